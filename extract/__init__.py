@@ -1,0 +1,1 @@
+"""Extraction: models, attention capture, token segments, statistics, benchmarks and the run loop."""

@@ -1,0 +1,165 @@
+"""The capture attention function and the session that tells it what to record.
+
+One function is registered under ``attnwh_capture`` in transformers' ``AttentionInterface`` (and
+the same name in ``AttentionMaskInterface``, mapped to the SDPA mask; without it padding masks are
+silently dropped). It returns exactly the stock SDPA output. While a ``CaptureSession`` is entered,
+it also computes ``softmax(q·Kᵀ·scale + mask)`` for the captured query rows only, reduces them to
+statistics on the device in fp32, and keeps the rows in float16. Full attention matrices are never
+materialised.
+
+Queries: ``prompt`` is the last prompt position (forward pass 0, the prefill); ``gen1`` is the first
+generated token (forward pass 1, the first decode step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from attnwh.extract.segments import with_generated
+from attnwh.extract.stats import STAT_NAMES, row_statistics
+
+CAPTURE_ATTENTION = "attnwh_capture"
+QUERY_STEPS = {"prompt": 0, "gen1": 1}  # query name -> forward pass whose last row it is
+SESSION_ATTRIBUTE = "attnwh_capture_layer"
+
+
+def capture_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [batch, head, query, head_dim]
+    key: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    value: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    attention_mask: torch.Tensor | None,  # bool [batch, 1, query, key] (True = attend), float additive, or None
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Stock SDPA attention, plus the rows of the captured queries when a session is active."""
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    layer = getattr(module, SESSION_ATTRIBUTE, None)
+    if layer is not None:
+        layer.observe(query, key, attention_mask, scaling)
+    return output, None
+
+
+AttentionInterface.register(CAPTURE_ATTENTION, capture_attention)
+AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+
+
+def last_query_rows(
+    query: torch.Tensor,  # [batch, head, query, head_dim]
+    key: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:  # [batch, head, key] fp32
+    """Attention probabilities of the last query position, in fp32, without repeating KV heads."""
+    batch, n_heads, _, head_dim = query.shape
+    n_kv_heads = key.shape[1]
+    scale = scaling if scaling is not None else head_dim**-0.5
+    q = query[:, :, -1, :].float().reshape(batch, n_kv_heads, n_heads // n_kv_heads, head_dim)
+    scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, n_heads, -1) * scale
+    if attention_mask is not None:
+        mask_row = attention_mask[:, :, -1, : scores.shape[-1]]  # [batch, 1 or head, key]
+        if mask_row.dtype == torch.bool:
+            scores = scores.masked_fill(~mask_row, float("-inf"))
+        else:
+            scores = scores + mask_row.float()
+    return torch.softmax(scores, dim=-1)
+
+
+@dataclass
+class CaptureSpec:
+    """What to capture: which queries, and whether to keep the raw rows."""
+
+    queries: tuple[str, ...] = ("prompt", "gen1")
+    rows: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.queries if name not in QUERY_STEPS]
+        if unknown or not self.queries:
+            raise ValueError(f"unknown capture queries {unknown}; choose from {sorted(QUERY_STEPS)}")
+
+    @property
+    def forward_passes_needed(self) -> int:
+        return max(QUERY_STEPS[name] for name in self.queries) + 1
+
+
+@dataclass
+class _LayerHandle:
+    session: "CaptureSession"
+    layer: int
+
+    def observe(self, query, key, attention_mask, scaling) -> None:
+        self.session.observe(self.layer, query, key, attention_mask, scaling)
+
+
+@dataclass
+class CaptureSession:
+    """What one batch captured: statistics and rows per query and layer, on the model's device."""
+
+    spec: CaptureSpec
+    segments: torch.Tensor  # [batch, prompt_position] segment codes
+    n_layers: int
+    step: int = -1  # index of the current forward pass
+    statistics: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, stat]
+    rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp16
+
+    def __post_init__(self) -> None:
+        self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.queries}
+        self._segments_at_step = {
+            QUERY_STEPS[name]: with_generated(self.segments, QUERY_STEPS[name]) for name in self.spec.queries
+        }
+        for name in self.spec.queries:
+            self.statistics[name] = [None] * self.n_layers
+            self.rows[name] = [None] * self.n_layers
+
+    def begin_forward(self) -> None:
+        self.step += 1
+
+    def observe(self, layer: int, query, key, attention_mask, scaling) -> None:
+        name = self._query_at_step.get(self.step)
+        if name is None:
+            return
+        rows = last_query_rows(query, key, attention_mask, scaling)
+        self.statistics[name][layer] = row_statistics(rows, self._segments_at_step[self.step])
+        if self.spec.rows:
+            self.rows[name][layer] = rows.to(torch.float16)
+
+    def complete(self) -> bool:
+        return all(s is not None for layers in self.statistics.values() for s in layers)
+
+    def stacked_statistics(self) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, stat] on CPU
+        return {name: torch.stack(layers).cpu() for name, layers in self.statistics.items()}
+
+    def stacked_rows(self) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, key] on CPU
+        return {name: torch.stack(layers).cpu() for name, layers in self.rows.items() if layers[0] is not None}
+
+
+@contextmanager
+def capture_session(
+    text_model: torch.nn.Module, attention_modules: list[torch.nn.Module], spec: CaptureSpec, segments: torch.Tensor
+) -> Iterator[CaptureSession]:
+    """Record the captured queries of every forward pass of ``text_model`` while inside the block.
+
+    ``attention_modules[i]`` is layer i's attention module; the model is restored on exit.
+    """
+    session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules))
+    hook = text_model.register_forward_pre_hook(lambda module, args: session.begin_forward())
+    for index, module in enumerate(attention_modules):
+        setattr(module, SESSION_ATTRIBUTE, _LayerHandle(session, index))
+    try:
+        yield session
+    finally:
+        hook.remove()
+        for module in attention_modules:
+            if hasattr(module, SESSION_ATTRIBUTE):
+                delattr(module, SESSION_ATTRIBUTE)
+
+
+__all__ = ["CAPTURE_ATTENTION", "STAT_NAMES", "CaptureSpec", "CaptureSession", "capture_session", "last_query_rows"]

@@ -1,0 +1,210 @@
+"""Model adapters, keyed by the Hugging Face architecture class, and the one loading path.
+
+Hub ids and local folders both load through ``from_pretrained``; the architecture is read from
+the config first, so an unsupported model fails before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnwh.errors import ModelError, UsageError
+from attnwh.extract.capture import CAPTURE_ATTENTION
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Where one architecture keeps the parts attnwh touches.
+
+    ``text_model``: the decoder whose attention is captured; ``attention_modules``: its self-attention
+    modules in layer order; ``final_norm`` and ``lm_head``: for the logit lens.
+    """
+
+    architecture: str
+    family: str
+    text_model: Callable[[torch.nn.Module], torch.nn.Module]
+    final_norm: Callable[[torch.nn.Module], torch.nn.Module]
+    lm_head: Callable[[torch.nn.Module], torch.nn.Module]
+    image_token_ids: Callable[[Any], tuple[int, ...]]
+
+    def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return [layer.self_attn for layer in self.text_model(model).layers]
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register_adapter(adapter: Adapter) -> Adapter:
+    if adapter.architecture in ADAPTERS:
+        raise ValueError(f"an adapter for {adapter.architecture} is already registered")
+    ADAPTERS[adapter.architecture] = adapter
+    return adapter
+
+
+def _language_model(model: torch.nn.Module) -> torch.nn.Module:
+    return model.model.language_model
+
+
+register_adapter(
+    Adapter(
+        architecture="LlavaForConditionalGeneration",
+        family="llava",
+        text_model=_language_model,
+        final_norm=lambda model: _language_model(model).norm,
+        lm_head=lambda model: model.lm_head,
+        image_token_ids=lambda config: (int(config.image_token_id),),
+    )
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """What the user named (``label``), what ``from_pretrained`` gets (``location``), and its revision."""
+
+    label: str
+    location: str
+    revision: str
+
+
+@dataclass
+class LoadedModel:
+    source: ModelSource
+    adapter: Adapter
+    model: torch.nn.Module
+    processor: Any
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return model_info(self.config, self.adapter)
+
+
+def model_info(config, adapter: Adapter) -> dict[str, Any]:
+    text = config.get_text_config()
+    n_heads = int(text.num_attention_heads)
+    return {
+        "architecture": adapter.architecture,
+        "family": adapter.family,
+        "n_layers": int(text.num_hidden_layers),
+        "n_heads": n_heads,
+        "n_kv_heads": int(getattr(text, "num_key_value_heads", None) or n_heads),
+        "head_dim": int(getattr(text, "head_dim", None) or text.hidden_size // n_heads),
+        "hidden_size": int(text.hidden_size),
+        "vocab_size": int(text.vocab_size),
+    }
+
+
+def resolve_source(model: str) -> ModelSource:
+    """A local folder or a hub id; the embedded default names are resolved by the caller."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return ModelSource(model, str(folder.resolve()), _folder_revision(folder))
+    if folder.exists():
+        raise ModelError(f"model path {model} is a file; give a model folder or a hub id")
+    return ModelSource(model, model, "hub")
+
+
+def _folder_revision(folder: Path) -> str:
+    """A content digest of a local model: its config and the names and sizes of its weight files."""
+    digest = hashlib.sha256()
+    config = folder / "config.json"
+    if config.is_file():
+        digest.update(config.read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def load_config(source: ModelSource):
+    """The model config, and its adapter; fails before any weights are read."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(source.location)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load a model config from {source.label}: {_short(exc)}") from exc
+    architectures = getattr(config, "architectures", None) or []
+    for architecture in architectures:
+        if architecture in ADAPTERS:
+            return config, ADAPTERS[architecture]
+    raise ModelError(
+        f"unsupported architecture {', '.join(architectures) or '(none in config)'} for {source.label}; "
+        f"supported: {', '.join(sorted(ADAPTERS))}"
+    )
+
+
+def revision(source: ModelSource, config) -> str:
+    """The revision that goes into a run's fingerprint: folder digest, or the hub commit."""
+    if source.revision != "hub":
+        return source.revision
+    return "hub:" + str(getattr(config, "_commit_hash", None) or "unknown")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device, config) -> torch.dtype:
+    """``auto``: fp32 on CPU; on GPU the checkpoint's half precision (bf16 if it names none)."""
+    if dtype == "auto":
+        if device.type == "cpu":
+            return torch.float32
+        preferred = getattr(config.get_text_config(), "dtype", None) or getattr(config, "dtype", None)
+        if preferred in (torch.float16, "float16"):
+            return torch.float16
+        return torch.bfloat16
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """Load weights and processor through ``from_pretrained``, with capture attention on the text model."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
+
+    _, adapter = load_config(source)
+    hf_logging.disable_progress_bar()
+    try:
+        processor = AutoProcessor.from_pretrained(source.location, backend="pil")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot load a processor for {source.label}: {_short(exc)}") from exc
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise ModelError(f"{source.label} has no image processor and tokenizer (found {type(processor).__name__})")
+    processor.tokenizer.padding_side = "left"
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source.location,
+            dtype=dtype,
+            attn_implementation={"text_config": CAPTURE_ATTENTION, "vision_config": "sdpa"},
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot load model weights from {source.label}: {_short(exc)}") from exc
+    model.to(device)
+    model.eval()
+    return LoadedModel(source, adapter, model, processor, device, dtype)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+

@@ -1,0 +1,361 @@
+"""The extraction run loop: plan → parts → batches → generate with capture → committed parts.
+
+Running the same settings again resumes the run: committed parts are skipped, and a complete run
+loads no model at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from attnwh.errors import UsageError
+from attnwh.extract.benchmarks import Sample, get_benchmark
+from attnwh.extract.benchmarks.parsers import parse
+from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
+from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
+from attnwh.extract.segments import image_spans, prompt_segments
+from attnwh.extract.stats import STAT_NAMES
+from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, DEFAULT_MODEL_VERSION, default_model_folder
+from attnwh.warehouse import arrays, parts
+from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
+from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, SAMPLES, with_metadata
+
+DEFAULT_PART_SIZE = 256
+ProgressCallback = Callable[[int, int], None]  # (samples done, samples to do)
+
+
+@dataclass
+class ExtractOptions:
+    model: str | None = None
+    benchmark: str | None = None
+    data: Path | None = None
+    split: str | None = None
+    limit: int | None = None
+    queries: tuple[str, ...] = ("prompt", "gen1")
+    rows: bool = True
+    batch_size: int = 8
+    dtype: str = "auto"
+    device: str = "auto"
+    part_size: int | None = None
+    max_new_tokens: int | None = None
+    run_id: str | None = None
+    max_parts: int | None = None  # stop after writing this many parts (the rest resumes later)
+    command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class ExtractResult:
+    run_id: str
+    run_path: Path
+    new_run: bool
+    parts_total: int
+    parts_skipped: int
+    parts_written: int
+    samples_written: int
+    errors: int
+
+
+def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
+    _check_options(options)
+    benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
+    samples = benchmark.load(options.data, options.split)
+    if options.limit is not None:
+        samples = samples[: options.limit]
+    if not samples:
+        raise UsageError("the benchmark selection has no samples")
+    model_label = options.model or DEFAULT_MODEL
+    source = resolve_source(str(default_model_folder()) if options.model is None else options.model)
+    config, adapter = load_config(source)
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device, config)
+    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows)
+    max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
+    part_size = options.part_size or DEFAULT_PART_SIZE
+    spec = {
+        "model": model_label,
+        "model_revision": DEFAULT_MODEL_VERSION if options.model is None else revision(source, config),
+        "dtype": str(dtype).removeprefix("torch."),
+        "queries": list(capture.queries),
+        "rows": capture.rows,
+        "prompt_format": "chat_template",
+        "benchmark": benchmark.name,
+        "benchmark_version": benchmark.version,
+        "split": options.split,
+        "data": str(Path(options.data).resolve()) if options.data else None,
+        "limit": options.limit,
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
+    warehouse = open_warehouse(warehouse_path, create=True)
+    plan = Plan([sample.key for sample in samples], part_size)
+    details = {
+        "model_location": source.location,
+        "model_info": model_info(config, adapter),
+        "device": str(device),
+        "command": options.command,
+        "environment": environment_info(),
+    }
+    run, new_run = open_or_create_run(
+        warehouse, kind="extract", model=model_label, benchmark=benchmark.name, spec=spec, plan=plan, run_id=options.run_id, details=details
+    )
+    parts.recover(run.paths)
+    committed = parts.committed_part_ids(run.paths)
+    pending = [part_id for part_id in range(plan.n_parts) if part_id not in committed]
+    if options.max_parts is not None:
+        pending = pending[: options.max_parts]
+    result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)
+    if not pending:
+        return result
+    loaded = load_model(source, dtype=dtype, device=device)
+    total = sum(len(plan.part_range(part_id)) for part_id in pending)
+    done = 0
+    for part_id in pending:
+        indices = list(plan.part_range(part_id))
+        part = extract_part(loaded, [samples[i] for i in indices], indices, run.run_id, capture, options.batch_size, max_new_tokens)
+        record = parts.commit_part(run.paths, part_id, part.write)
+        if record is not None:
+            result.parts_written += 1
+            result.samples_written += len(indices)
+            result.errors += part.errors
+        done += len(indices)
+        if on_progress:
+            on_progress(done, total)
+    return result
+
+
+def _check_options(options: ExtractOptions) -> None:
+    for name in ("batch_size", "part_size", "limit", "max_new_tokens", "max_parts"):
+        value = getattr(options, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    try:
+        CaptureSpec(queries=tuple(options.queries))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+@dataclass
+class PartData:
+    """Everything one part writes: sample rows, head metrics and raw rows."""
+
+    run_id: str
+    queries: tuple[str, ...]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    metrics: list[pa.Table] = field(default_factory=list)
+    rows: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (sample_idx, per query [layer, head, key])
+    errors: int = 0
+
+    def write(self, folder: Path) -> dict[str, int]:
+        samples = pa.Table.from_pylist(self.samples, schema=SAMPLES)
+        metrics = pa.concat_tables(self.metrics) if self.metrics else HEAD_METRICS.empty_table()
+        metrics = metrics.sort_by(HEAD_METRICS_SORT)
+        _write_parquet(samples, "samples", folder / "samples.parquet")
+        _write_parquet(metrics, "head_metrics", folder / "head_metrics.parquet")
+        if self.rows:
+            width = max(row.shape[-1] for _, per_query in self.rows for row in per_query)
+            n_layers, n_heads = self.rows[0][1][0].shape[:2]
+            attention = np.full((len(self.rows), len(self.queries), n_layers, n_heads, width), np.nan, dtype=np.float16)
+            for position, (_, per_query) in enumerate(self.rows):
+                for query_index, row in enumerate(per_query):
+                    attention[position, query_index, :, :, : row.shape[-1]] = row
+            arrays.write_rows(folder, attention, np.array([idx for idx, _ in self.rows], dtype=np.int64), list(self.queries))
+        return {"samples": samples.num_rows, "head_metrics": metrics.num_rows}
+
+
+def _write_parquet(table: pa.Table, name: str, path: Path) -> None:
+    table = table.replace_schema_metadata(with_metadata(name, table.schema).metadata)
+    pq.write_table(table, path, compression="zstd")
+
+
+def extract_part(
+    loaded: LoadedModel,
+    samples: list[Sample],
+    indices: list[int],
+    run_id: str,
+    capture: CaptureSpec,
+    batch_size: int,
+    max_new_tokens: int,
+) -> PartData:
+    part = PartData(run_id, capture.queries)
+    ready: list[tuple[int, Sample, Any, str]] = []
+    for sample_idx, sample in zip(indices, samples):
+        try:
+            image = sample.load_image().convert("RGB")
+        except Exception as exc:  # noqa: BLE001  a broken image fails its sample only
+            part.samples.append(_error_row(run_id, sample_idx, sample, f"image: {type(exc).__name__}: {exc}"))
+            part.errors += 1
+            continue
+        ready.append((sample_idx, sample, image, _image_sha256(image)))
+    for start in range(0, len(ready), batch_size):
+        _extract_batch(loaded, ready[start : start + batch_size], part, capture, max_new_tokens)
+    part.samples.sort(key=lambda row: row["sample_idx"])
+    return part
+
+
+def build_prompt(loaded: LoadedModel, sample: Sample) -> str:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+    return loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+class _StopAfterAnswers:
+    """Stops a row once it produced EOS and the forward passes the capture needs have run."""
+
+    def __init__(self, prompt_length: int, eos_ids: torch.Tensor, passes_needed: int):
+        self.prompt_length, self.eos_ids, self.passes_needed = prompt_length, eos_ids, passes_needed
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]
+        finished = torch.isin(generated, self.eos_ids).any(dim=1)
+        return finished & (generated.shape[1] >= self.passes_needed)
+
+
+def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor], capture: CaptureSpec, max_new_tokens: int):
+    """Greedy generation with the capture session active. Returns (answer token ids per row, session).
+
+    Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
+    decode step of the first generated token, even when that token is EOS); answers are cut at the
+    first EOS and at ``max_new_tokens``.
+    """
+    from transformers import GenerationConfig, StoppingCriteriaList
+
+    tokenizer = loaded.processor.tokenizer
+    eos = loaded.model.generation_config.eos_token_id
+    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id], device=loaded.device)
+    adapter = loaded.adapter
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], adapter.image_token_ids(loaded.config))
+    prompt_length = encoded["input_ids"].shape[1]
+    passes = capture.forward_passes_needed
+    config = GenerationConfig(
+        max_new_tokens=max(max_new_tokens, passes),
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=None,
+    )
+    stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
+    with torch.inference_mode(), capture_session(
+        adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), capture, segments
+    ) as session:
+        output = loaded.model.generate(**encoded, generation_config=config, stopping_criteria=stop)
+    if not session.complete():
+        raise RuntimeError("capture did not see every layer of every captured query")
+    answers = []
+    for row in output[:, prompt_length:].tolist():
+        row = row[:max_new_tokens]
+        cut = next((i for i, token in enumerate(row) if token in eos_ids.tolist()), len(row))
+        answers.append(row[:cut])
+    return answers, session, segments
+
+
+def _extract_batch(loaded: LoadedModel, batch, part: PartData, capture: CaptureSpec, max_new_tokens: int) -> None:
+    prompts = [build_prompt(loaded, sample) for _, sample, _, _ in batch]
+    try:
+        encoded = loaded.processor(images=[image for _, _, image, _ in batch], text=prompts, return_tensors="pt", padding=True)
+    except Exception as exc:  # noqa: BLE001  isolate the sample the processor rejects
+        if len(batch) == 1:
+            sample_idx, sample, _, _ = batch[0]
+            part.samples.append(_error_row(part.run_id, sample_idx, sample, f"processor: {type(exc).__name__}: {exc}"))
+            part.errors += 1
+            return
+        for item in batch:
+            _extract_batch(loaded, [item], part, capture, max_new_tokens)
+        return
+    encoded = {key: value.to(loaded.device) for key, value in encoded.items()}
+    if "pixel_values" in encoded:
+        encoded["pixel_values"] = encoded["pixel_values"].to(loaded.dtype)
+    answers, session, segments = generate_with_capture(loaded, encoded, capture, max_new_tokens)
+    statistics = {name: tensor.numpy() for name, tensor in session.stacked_statistics().items()}  # [layer, batch, head, stat]
+    rows = {name: tensor.float().numpy() for name, tensor in session.stacked_rows().items()}  # [layer, batch, head, key]
+    spans = image_spans(segments)
+    tokenizer = loaded.processor.tokenizer
+    prompt_length = segments.shape[1]
+    for position, ((sample_idx, sample, _, image_hash), prompt, answer, span) in enumerate(zip(batch, prompts, answers, spans)):
+        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+        parsed = parse(sample.parser, text, len(sample.choices))
+        part.samples.append(
+            {
+                "run_id": part.run_id,
+                "sample_idx": sample_idx,
+                "sample_key": sample.key,
+                "status": "ok",
+                "error": None,
+                "prompt": prompt,
+                "question": sample.question,
+                "choices": list(sample.choices),
+                "gold": sample.gold,
+                "category": sample.category,
+                "output_text": text,
+                "parsed": parsed,
+                "correct": (parsed == sample.gold) if sample.gold is not None else None,
+                "n_tokens": span.n_tokens,
+                "n_image": span.n_image,
+                "image_start": span.image_start,
+                "image_end": span.image_end,
+                "image_sha256": image_hash,
+            }
+        )
+        part.metrics.append(_metrics_table(part.run_id, sample_idx, {name: stats[:, position] for name, stats in statistics.items()}))
+        if rows:
+            pad = prompt_length - span.n_tokens
+            part.rows.append(
+                (sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.queries])
+            )
+
+
+def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarray]) -> pa.Table:
+    """Head metrics of one sample from per-query [layer, head, stat] arrays."""
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in ("query", "layer", "head", *STAT_NAMES)}
+    for name, values in statistics.items():
+        n_layers, n_heads, _ = values.shape
+        layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
+        columns["query"].append(np.full(n_layers * n_heads, name, dtype=object))
+        columns["layer"].append(layer.ravel())
+        columns["head"].append(head.ravel())
+        for index, stat in enumerate(STAT_NAMES):
+            columns[stat].append(values[:, :, index].ravel())
+    data = {key: np.concatenate(parts_) for key, parts_ in columns.items()}
+    n = len(data["layer"])
+    argmax = data["image_argmax"].astype(np.int32)
+    table = {
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "sample_idx": pa.array(np.full(n, sample_idx, dtype=np.int64)),
+        "query": pa.array(data["query"], pa.string()),
+        "layer": pa.array(data["layer"].astype(np.int16)),
+        "head": pa.array(data["head"].astype(np.int16)),
+        "image_argmax": pa.array(argmax, mask=argmax < 0),
+    }
+    for stat in STAT_NAMES:
+        if stat != "image_argmax":
+            table[stat] = pa.array(data[stat].astype(np.float32))
+    return pa.table(table).select(HEAD_METRICS.names).cast(HEAD_METRICS)
+
+
+def _error_row(run_id: str, sample_idx: int, sample: Sample, error: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "sample_idx": sample_idx,
+        "sample_key": sample.key,
+        "status": "error",
+        "error": error[:1000],
+        "question": sample.question,
+        "choices": list(sample.choices),
+        "gold": sample.gold,
+        "category": sample.category,
+    }
+
+
+def _image_sha256(image) -> str:
+    """Hash of the decoded pixels (mode, size, bytes): equal images hash equal whatever their file format."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()

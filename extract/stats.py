@@ -1,0 +1,60 @@
+"""Statistics of attention rows over token segments, reduced on the device in fp32 (DESIGN §5)."""
+
+from __future__ import annotations
+
+import torch
+
+from attnwh.extract.segments import BOS, GENERATED, IMAGE, PROMPT, SYSTEM
+
+STAT_NAMES = (
+    "image_sum",
+    "image_entropy",
+    "image_max",
+    "image_argmax",
+    "bos_sum",
+    "system_sum",
+    "prompt_sum",
+    "generated_sum",
+)
+
+
+def row_statistics(
+    rows: torch.Tensor,  # [batch, head, key] attention of one query, sums to 1 over non-pad keys
+    segments: torch.Tensor,  # [batch, key] segment codes
+) -> torch.Tensor:  # [batch, head, len(STAT_NAMES)] fp32
+    """All statistics of §5 for one query row per (sample, head).
+
+    ``image_entropy`` is the entropy of the attention renormalised over image positions (0 when
+    the image gets no attention); ``image_argmax`` is the index of the maximum among the image
+    positions (-1 when there is no image).
+    """
+    rows = rows.float()
+    image = (segments == IMAGE).unsqueeze(1)  # [batch, 1, key]
+    image_rows = rows * image
+    image_sum = image_rows.sum(-1)
+    share = image_rows / image_sum.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    image_entropy = -torch.special.xlogy(share, share).sum(-1)
+    image_entropy = torch.where(image_sum > 0, image_entropy, torch.zeros_like(image_entropy))
+    masked = rows.masked_fill(~image, float("-inf"))
+    image_max, argmax = masked.max(-1)
+    image_index = (image.cumsum(-1) - 1).expand_as(rows).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
+    has_image = image.any(-1)  # [batch, 1]
+    image_max = torch.where(has_image, image_max, torch.zeros_like(image_max))
+    image_index = torch.where(has_image, image_index, torch.full_like(image_index, -1))
+
+    def segment_sum(code: int) -> torch.Tensor:
+        return (rows * (segments == code).unsqueeze(1)).sum(-1)
+
+    return torch.stack(
+        [
+            image_sum,
+            image_entropy,
+            image_max,
+            image_index.float(),
+            segment_sum(BOS),
+            segment_sum(SYSTEM),
+            segment_sum(PROMPT),
+            segment_sum(GENERATED),
+        ],
+        dim=-1,
+    )

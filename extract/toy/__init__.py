@@ -1,0 +1,1 @@
+"""The embedded default: synthetic shapes data and tiny LLaVA-architecture models."""

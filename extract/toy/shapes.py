@@ -1,0 +1,101 @@
+"""Deterministic synthetic scenes: a few coloured shapes on a 2×2 grid, and questions about them."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220), "yellow": (230, 200, 40)}
+IMAGE_SIZE = 64
+GRID = 2
+SPLIT_SEEDS = {"test": 1001, "train": 2002, "validation": 3003}
+LETTERS = "ABCD"
+
+YES_NO_SUFFIX = "Answer yes or no ."
+LETTER_SUFFIX = "Answer with the letter ."
+
+
+@dataclass(frozen=True)
+class Placed:
+    shape: str
+    colour: str
+    cell: int
+    dx: int
+    dy: int
+    radius: int
+
+
+@dataclass(frozen=True)
+class Item:
+    scene: tuple[Placed, ...]
+    kind: str  # 'presence' | 'colour'
+    question: str
+    choices: tuple[str, ...]
+    gold: str
+
+
+def make_scene(rng: random.Random) -> tuple[Placed, ...]:
+    count = rng.randint(1, 3)
+    cells = rng.sample(range(GRID * GRID), count)
+    shapes_used = rng.sample(SHAPES, count)
+    cell_size = IMAGE_SIZE // GRID
+    placed = []
+    for cell, shape in zip(cells, shapes_used):
+        radius = rng.randint(cell_size // 4, cell_size // 3)
+        slack = cell_size // 2 - radius
+        placed.append(
+            Placed(shape, rng.choice(list(COLOURS)), cell, rng.randint(-slack, slack), rng.randint(-slack, slack), radius)
+        )
+    return tuple(placed)
+
+
+def make_item(seed: int, index: int) -> Item:
+    """Item ``index`` of the split seeded by ``seed``: even indices yes/no, odd indices colour choice."""
+    rng = random.Random(seed * 1_000_003 + index)
+    scene = make_scene(rng)
+    if index % 2 == 0:
+        if rng.random() < 0.5:
+            target = rng.choice(scene)
+            shape, colour, gold = target.shape, target.colour, "yes"
+        else:
+            present = {(p.shape, p.colour) for p in scene}
+            absent = [(s, c) for s in SHAPES for c in COLOURS if (s, c) not in present]
+            shape, colour = rng.choice(absent)
+            gold = "no"
+        question = f"Is there a {colour} {shape} in the image ? {YES_NO_SUFFIX}"
+        return Item(scene, "presence", question, (), gold)
+    target = rng.choice(scene)
+    options = list(COLOURS)
+    rng.shuffle(options)
+    lines = " ".join(f"{letter} . {colour}" for letter, colour in zip(LETTERS, options))
+    question = f"What colour is the {target.shape} ? {lines} {LETTER_SUFFIX}"
+    return Item(scene, "colour", question, tuple(options), LETTERS[options.index(target.colour)])
+
+
+def render(scene: tuple[Placed, ...]) -> Image.Image:
+    image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (245, 245, 245))
+    draw = ImageDraw.Draw(image)
+    cell_size = IMAGE_SIZE // GRID
+    for placed in scene:
+        cx = (placed.cell % GRID) * cell_size + cell_size // 2 + placed.dx
+        cy = (placed.cell // GRID) * cell_size + cell_size // 2 + placed.dy
+        r = placed.radius
+        fill = COLOURS[placed.colour]
+        if placed.shape == "circle":
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        elif placed.shape == "square":
+            draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=fill)
+        else:
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def vocabulary() -> list[str]:
+    """Every word the toy prompts and answers use (for the word-level toy tokenizer)."""
+    words = ["is", "there", "a", "in", "the", "image", "?", "answer", "Answer", "yes", "no", "or", "with", "letter",
+             "what", "What", "colour", "Is", ".", ":", "USER", "ASSISTANT", "\n"]
+    words += list(SHAPES) + list(COLOURS) + list(LETTERS)
+    return list(dict.fromkeys(words))

@@ -1,0 +1,66 @@
+"""Raw attention rows: one immutable Zarr group per part.
+
+``rows.zarr/attention`` is float16 with dimensions (sample, query, layer, head, key): the row of
+each captured query over the sample's keys without padding, NaN past the row's length.
+``rows.zarr/sample_idx`` maps the first dimension to the plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from attnwh.errors import WarehouseError
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import RunPaths
+
+ROWS_FOLDER = "rows.zarr"
+DIMENSIONS = ("sample", "query", "layer", "head", "key")
+
+
+def write_rows(folder: Path, attention: np.ndarray, sample_idx: np.ndarray, queries: list[str]) -> None:
+    """Write ``attention`` [sample, query, layer, head, key] (float16, NaN-padded) into ``folder/rows.zarr``."""
+    if attention.ndim != 5 or attention.shape[0] != len(sample_idx):
+        raise ValueError(f"attention rows must be [sample, query, layer, head, key], got {attention.shape}")
+    group = zarr.open_group(folder / ROWS_FOLDER, mode="w")
+    group.attrs.update({"queries": list(queries), "dimension_names": list(DIMENSIONS)})
+    rows = group.create_array(
+        "attention",
+        shape=attention.shape,
+        dtype="float16",
+        chunks=(1, *attention.shape[1:]),
+        fill_value=np.nan,
+        dimension_names=DIMENSIONS,
+    )
+    rows[...] = attention.astype(np.float16, copy=False)
+    index = group.create_array("sample_idx", shape=sample_idx.shape, dtype="int64", dimension_names=("sample",))
+    index[...] = sample_idx
+
+
+def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
+    """All committed rows of a run as one lazy Dask array, with its sample_idx and query names.
+
+    Parts with different key lengths are NaN-padded to the longest.
+    """
+    arrays, indices, queries = [], [], None
+    for record in parts.commit_records(run):
+        location = parts.part_folder(run, record) / ROWS_FOLDER
+        if not any(entry["path"].startswith(ROWS_FOLDER + "/") for entry in record.files):
+            continue
+        group = zarr.open_group(location, mode="r")
+        arrays.append(da.from_zarr(group["attention"]))
+        indices.append(np.asarray(group["sample_idx"][...]))
+        queries = queries or list(group.attrs["queries"])
+    if not arrays:
+        raise WarehouseError(f"run {run.root.name} has no committed raw rows")
+    width = max(array.shape[-1] for array in arrays)
+    padded = [
+        da.pad(array, [(0, 0)] * 4 + [(0, width - array.shape[-1])], constant_values=np.nan)
+        if array.shape[-1] < width
+        else array
+        for array in arrays
+    ]
+    return da.concatenate(padded, axis=0), np.concatenate(indices), queries

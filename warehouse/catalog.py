@@ -1,0 +1,177 @@
+"""The DuckDB session over a warehouse: views from the commit log, and a read-only SQL gate.
+
+Each command opens an in-memory DuckDB, defines ``runs``, ``samples`` and ``head_metrics`` from
+explicit lists of committed files (never globs, so uncommitted files are invisible), then locks
+the session down: file access only inside the warehouse, no extension installs, configuration
+locked. User SQL must be a single SELECT (or EXPLAIN of one): DuckDB's directory allow-list alone
+would still let COPY TO and ATTACH write inside the warehouse.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from attnwh.errors import SqlError, SqlRefused, WarehouseError
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import Warehouse
+from attnwh.warehouse.runs import read_manifest
+from attnwh.warehouse.schema import TABLES
+
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("kind", pa.string()),
+        ("model", pa.string()),
+        ("benchmark", pa.string()),
+        ("created", pa.string()),
+        ("fingerprint", pa.string()),
+        ("n_samples", pa.int64()),
+        ("n_parts", pa.int64()),
+        ("parts_committed", pa.int64()),
+        ("complete", pa.bool_()),
+        ("architecture", pa.string()),
+        ("n_layers", pa.int32()),
+        ("n_heads", pa.int32()),
+        ("n_kv_heads", pa.int32()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("spec", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+
+_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_EXPLAIN_PREFIX = re.compile(r"\AEXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
+
+
+class Catalog:
+    """An in-memory DuckDB session over one warehouse."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.warehouse = warehouse
+        self.connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        self._keep_alive: list[pa.Table] = []
+        self._define_raw_views()
+
+    # -- building -------------------------------------------------------------------------------
+
+    def _define_raw_views(self) -> None:
+        runs = self.warehouse.run_folders()
+        self._register_table("runs", runs_table(self.warehouse))
+        for table, schema in TABLES.items():
+            files = [str(path) for run in runs for path in parts.table_files(run, table)]
+            if files:
+                relation = self.connection.read_parquet(files, union_by_name=True)
+            else:
+                relation = self._arrow_relation(schema.empty_table())
+            relation.create_view(table, replace=True)
+
+    def _arrow_relation(self, table: pa.Table) -> duckdb.DuckDBPyRelation:
+        self._keep_alive.append(table)
+        return self.connection.from_arrow(table)
+
+    def _register_table(self, name: str, table: pa.Table) -> None:
+        self._arrow_relation(table).create_view(name, replace=True)
+
+    def define_view(self, name: str, sql: str) -> None:
+        """Define a view from trusted SQL shipped with attnwh (staging and marts)."""
+        self.connection.sql(sql).create_view(name, replace=True)
+
+    def lock(self) -> None:
+        """No file access outside the warehouse, no extensions, no further configuration changes."""
+        root = str(self.warehouse.root.resolve()) + "/"
+        self.connection.execute("SET allowed_directories = $dirs", {"dirs": [root]})
+        self.connection.execute("SET enable_external_access = false")
+        self.connection.execute("SET lock_configuration = true")
+
+    # -- querying ---------------------------------------------------------------------------------
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
+        """Run trusted SQL (attnwh's own queries) with bound parameters."""
+        try:
+            return self.connection.sql(sql, params=parameters or None).to_arrow_table()
+        except duckdb.Error as exc:
+            raise SqlError(_first_line(exc)) from exc
+
+    def user_query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
+        """Run a user's statement after checking that it only reads."""
+        statement = check_read_only(sql)
+        return self.query(statement, parameters)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def check_read_only(sql: str) -> str:
+    """Return the single read-only statement in ``sql``, or raise ``SqlRefused`` saying why."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise SqlError(_first_line(exc)) from exc
+    if not statements:
+        raise SqlRefused("no SQL statement given")
+    if len(statements) > 1:
+        raise SqlRefused(f"only one statement may run; found {len(statements)}")
+    statement = statements[0]
+    kind = statement.type
+    if kind == duckdb.StatementType.SELECT:
+        return statement.query
+    if kind == duckdb.StatementType.EXPLAIN:
+        text = _LEADING_COMMENTS.sub("", statement.query)
+        match = _EXPLAIN_PREFIX.match(text)
+        if match:
+            inner = duckdb.extract_statements(text[match.end():])
+            if len(inner) == 1 and inner[0].type == duckdb.StatementType.SELECT:
+                return statement.query
+        raise SqlRefused("EXPLAIN is allowed only of a SELECT")
+    raise SqlRefused(f"only SELECT and EXPLAIN statements run on the warehouse; this is {kind.name}")
+
+
+def runs_table(warehouse: Warehouse) -> pa.Table:
+    rows = []
+    for run in warehouse.run_folders():
+        try:
+            manifest = read_manifest(run)
+        except WarehouseError:
+            continue
+        model_info = manifest.get("model_info") or {}
+        committed = len(parts.committed_part_ids(run))
+        rows.append(
+            {
+                "run_id": manifest.get("run_id"),
+                "kind": manifest.get("kind"),
+                "model": manifest.get("model"),
+                "benchmark": manifest.get("benchmark"),
+                "created": manifest.get("created"),
+                "fingerprint": manifest.get("fingerprint"),
+                "n_samples": manifest.get("n_samples"),
+                "n_parts": manifest.get("n_parts"),
+                "parts_committed": committed,
+                "complete": committed >= int(manifest.get("n_parts") or 0),
+                "architecture": model_info.get("architecture"),
+                "n_layers": model_info.get("n_layers"),
+                "n_heads": model_info.get("n_heads"),
+                "n_kv_heads": model_info.get("n_kv_heads"),
+                "dtype": manifest.get("spec", {}).get("dtype"),
+                "device": manifest.get("device"),
+                "spec": json.dumps(manifest.get("spec", {}), sort_keys=True),
+                "path": str(Path(run.root)),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RUNS)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

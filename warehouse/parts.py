@@ -1,0 +1,284 @@
+"""The part commit protocol, recovery and verification.
+
+A part is written under ``_staging/part-N.<attempt>/``, fsynced and hashed; then its commit record
+``_commits/part-N.json`` is created exclusively (a hard link of a complete temporary file, so the
+record appears whole or not at all, and only one writer can win); then the staging folder is
+renamed to ``parts/part-N``. A part is done iff its commit record exists. Readers take file lists
+from commit records only, so uncommitted files are invisible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from attnwh.errors import IntegrityError, WarehouseError
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name
+from attnwh.warehouse.schema import SCHEMA_VERSION
+
+_HASH_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    part_id: int
+    attempt: str
+    files: list[dict[str, Any]]  # {"path", "size", "sha256", "rows" (tables only)}
+    tables: dict[str, int]  # table name -> rows
+    schema_version: int
+
+    @classmethod
+    def load(cls, path: Path) -> "CommitRecord":
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"commit record {path} is unreadable: {exc}") from exc
+        version = content.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise WarehouseError(f"{path} has schema version {version}; this attnwh reads up to {SCHEMA_VERSION}")
+        return cls(content["part_id"], content["attempt"], content["files"], content["tables"], version)
+
+
+def new_attempt_id() -> str:
+    """Names an attempt by host and process, so recovery knows whether its writer may still live."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def committed_part_ids(run: RunPaths) -> set[int]:
+    if not run.commits.is_dir():
+        return set()
+    ids = set()
+    for record in run.commits.glob("part-*.json"):
+        try:
+            ids.add(int(record.stem.removeprefix("part-")))
+        except ValueError:
+            continue
+    return ids
+
+
+def commit_records(run: RunPaths) -> list[CommitRecord]:
+    return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
+
+
+def part_folder(run: RunPaths, record: CommitRecord) -> Path:
+    """Where a committed part's files are: published, or still in staging if publishing was cut short."""
+    published = run.published_part(record.part_id)
+    if published.is_dir():
+        return published
+    return run.staging_attempt(record.part_id, record.attempt)
+
+
+def table_files(run: RunPaths, table: str) -> list[Path]:
+    """Committed Parquet files of ``table`` in this run, in part order."""
+    files = []
+    for record in commit_records(run):
+        if table in record.tables:
+            files.append(part_folder(run, record) / f"{table}.parquet")
+    return files
+
+
+def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]) -> CommitRecord | None:
+    """Write one part through staging and commit it.
+
+    ``write(folder)`` writes the part's files into ``folder`` and returns rows per table
+    (``{"samples": 12, "head_metrics": 1536}``). Returns the commit record, or None if another
+    writer committed this part first (our attempt is then discarded).
+    """
+    attempt = new_attempt_id()
+    staging = run.staging_attempt(part_id, attempt)
+    try:
+        staging.mkdir(parents=True)
+        tables = write(staging)
+        files = _describe_files(staging, tables)
+        _fsync_tree(staging)
+        record = {
+            "part_id": part_id,
+            "attempt": attempt,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "layout_version": LAYOUT_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "tables": tables,
+            "files": files,
+        }
+        if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n"):
+            shutil.rmtree(staging, ignore_errors=True)
+            return None
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WarehouseError(f"could not write {part_name(part_id)} of {run.root}: {exc.strerror or exc}") from exc
+    _publish(run, part_id, attempt)
+    return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION)
+
+
+def recover(run: RunPaths) -> dict[str, int]:
+    """Roll committed-but-unpublished parts forward; delete attempts that can no longer commit."""
+    rolled = removed = 0
+    committed = {record.part_id: record for record in commit_records(run)}
+    for record in committed.values():
+        if not run.published_part(record.part_id).is_dir() and run.staging_attempt(record.part_id, record.attempt).is_dir():
+            _publish(run, record.part_id, record.attempt)
+            rolled += 1
+    if run.staging.is_dir():
+        for attempt_dir in run.staging.iterdir():
+            name, _, attempt = attempt_dir.name.partition(".")
+            part = committed.get(_part_id(name))
+            if part is not None and part.attempt == attempt:
+                continue  # committed, being published right now
+            if part is None and _writer_alive(attempt):
+                continue
+            shutil.rmtree(attempt_dir, ignore_errors=True)
+            removed += 1
+    for leftover in run.commits.glob(".part-*.json.*.tmp") if run.commits.is_dir() else []:
+        attempt = leftover.name.removesuffix(".tmp").split(".json.", 1)[-1]
+        if not _writer_alive(attempt):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return {"rolled_forward": rolled, "removed": removed}
+
+
+def verify(run: RunPaths) -> list[str]:
+    """Every problem found between the commit log and the files on disk, one line each."""
+    problems = []
+    records = []
+    for part_id in sorted(committed_part_ids(run)):
+        try:
+            records.append(CommitRecord.load(run.commit_record(part_id)))
+        except WarehouseError as exc:
+            problems.append(str(exc))
+    referenced_parts = set()
+    for record in records:
+        folder = part_folder(run, record)
+        referenced_parts.add(folder.name)
+        if not folder.is_dir():
+            problems.append(f"{part_name(record.part_id)}: folder missing ({run.published_part(record.part_id)})")
+            continue
+        listed = set()
+        for entry in record.files:
+            listed.add(entry["path"])
+            path = folder / entry["path"]
+            if not path.is_file():
+                problems.append(f"{part_name(record.part_id)}: missing file {entry['path']}")
+                continue
+            size = path.stat().st_size
+            if size != entry["size"]:
+                problems.append(f"{part_name(record.part_id)}: {entry['path']} has {size} bytes, commit says {entry['size']}")
+            elif _sha256(path) != entry["sha256"]:
+                problems.append(f"{part_name(record.part_id)}: {entry['path']} content differs from its sha256")
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.relative_to(folder).as_posix() not in listed:
+                problems.append(f"{part_name(record.part_id)}: unreferenced file {path.relative_to(folder).as_posix()}")
+    if run.parts.is_dir():
+        for folder in sorted(run.parts.iterdir()):
+            if folder.name not in referenced_parts:
+                problems.append(f"{folder.name}: published without a commit record")
+    return problems
+
+
+def _describe_files(folder: Path, tables: dict[str, int]) -> list[dict[str, Any]]:
+    files = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        entry: dict[str, Any] = {"path": relative, "size": path.stat().st_size, "sha256": _sha256(path)}
+        table = relative.removesuffix(".parquet")
+        if relative.endswith(".parquet") and table in tables:
+            entry["rows"] = tables[table]
+        files.append(entry)
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in _walk(folder):
+        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+        fd = os.open(path, flags)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    yield from sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+    yield folder
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_exclusively(target: Path, content: str) -> bool:
+    """Make ``target`` appear with ``content`` atomically; False if it already exists."""
+    tmp = target.with_name(f".{target.name}.{new_attempt_id()}.tmp")
+    with open(tmp, "w") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    return True
+
+
+def _publish(run: RunPaths, part_id: int, attempt: str) -> None:
+    source = run.staging_attempt(part_id, attempt)
+    target = run.published_part(part_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(source, target)
+    except FileNotFoundError:
+        return  # another process published it
+    except OSError:
+        if target.is_dir():
+            return
+        raise
+    _fsync_dir(run.parts)
+
+
+def _part_id(name: str) -> int | None:
+    try:
+        return int(name.removeprefix("part-"))
+    except ValueError:
+        return None
+
+
+def _writer_alive(attempt: str) -> bool:
+    # host names may contain '-': the pid is the second-to-last field
+    fields = attempt.rsplit("-", 2)
+    if len(fields) != 3 or not fields[1].isdigit():
+        return False
+    host, pid = fields[0], int(fields[1])
+    if host != socket.gethostname():
+        return True  # cannot tell for another machine: leave it
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

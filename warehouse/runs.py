@@ -1,0 +1,208 @@
+"""Runs: fingerprints, ``RUN.json`` manifests and plans.
+
+A run is identified by the fingerprint of everything that changes its results (model and revision,
+dtype, capture spec, prompt template, benchmark and split, the plan's hash, layout version). The
+same settings resume the same run; other settings make another run, and naming an existing run
+with other settings is refused with the differing keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from attnwh.errors import FingerprintMismatch, WarehouseError
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
+from attnwh.warehouse.schema import PLAN
+
+RUN_ID_LENGTH = 12
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()
+
+
+def plan_hash(sample_keys: list[str], part_size: int) -> str:
+    digest = hashlib.sha256(f"part_size={part_size}\n".encode())
+    for key in sample_keys:
+        digest.update(key.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every planned sample of a run and the part it belongs to."""
+
+    sample_keys: list[str]
+    part_size: int
+
+    @property
+    def n_parts(self) -> int:
+        return (len(self.sample_keys) + self.part_size - 1) // self.part_size
+
+    def part_range(self, part_id: int) -> range:
+        start = part_id * self.part_size
+        return range(start, min(start + self.part_size, len(self.sample_keys)))
+
+    def to_table(self) -> pa.Table:
+        n = len(self.sample_keys)
+        return pa.table(
+            {
+                "sample_idx": pa.array(range(n), pa.int64()),
+                "sample_key": pa.array(self.sample_keys, pa.string()),
+                "part_id": pa.array([i // self.part_size for i in range(n)], pa.int32()),
+            },
+            schema=PLAN,
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """An opened run: its folder, manifest and plan."""
+
+    paths: RunPaths
+    manifest: dict[str, Any]
+    plan: Plan
+
+    @property
+    def run_id(self) -> str:
+        return self.manifest["run_id"]
+
+
+def environment_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where and with what a run was made: host, package versions, git commit."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("attnwh", "torch", "transformers", "accelerate", "pyarrow", "duckdb", "zarr", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    info = {"host": socket.gethostname(), "python": _python_version(), "packages": versions, "git_commit": _git_commit()}
+    info.update(extra or {})
+    return info
+
+
+def _python_version() -> str:
+    import platform
+
+    return platform.python_version()
+
+
+def _git_commit() -> str | None:
+    """The commit of the attnwh checkout this code runs from, if it is one."""
+    import subprocess
+
+    source = Path(__file__).resolve().parent.parent
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def open_or_create_run(
+    warehouse: Warehouse,
+    *,
+    kind: str,
+    model: str,
+    benchmark: str,
+    spec: dict[str, Any],
+    plan: Plan,
+    run_id: str | None,
+    details: dict[str, Any],
+) -> tuple[Run, bool]:
+    """Resume the run these settings name, or create it. Returns the run and whether it was new.
+
+    ``spec`` holds every fingerprinted setting; ``details`` is recorded but not fingerprinted
+    (environment, command line, model shape).
+    """
+    spec = {**spec, "kind": kind, "plan_hash": plan_hash(plan.sample_keys, plan.part_size), "layout_version": LAYOUT_VERSION}
+    digest = fingerprint(spec)
+    if run_id is not None:
+        _check_run_id(run_id)
+        existing = warehouse.find_run(run_id)
+        if existing is not None:
+            return _resume(existing, spec, digest, run_id), False
+    else:
+        run_id = digest[:RUN_ID_LENGTH]
+    paths = warehouse.run_paths(model, benchmark, run_id)
+    if paths.manifest.is_file():
+        return _resume(paths, spec, digest, run_id), False
+    manifest = {
+        "run_id": run_id,
+        "kind": kind,
+        "model": model,
+        "benchmark": benchmark,
+        "fingerprint": digest,
+        "spec": spec,
+        "n_samples": len(plan.sample_keys),
+        "part_size": plan.part_size,
+        "n_parts": plan.n_parts,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **details,
+    }
+    try:
+        for folder in (paths.root, paths.commits, paths.staging, paths.parts):
+            folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(paths.plan, lambda tmp: pq.write_table(plan.to_table(), tmp))
+        _write_atomically(paths.manifest, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
+    except OSError as exc:
+        raise WarehouseError(f"cannot create run folder {paths.root}: {exc.strerror or exc}") from exc
+    return Run(paths, manifest, plan), True
+
+
+def load_run(paths: RunPaths) -> Run:
+    manifest = read_manifest(paths)
+    plan_table = pq.read_table(paths.plan)
+    return Run(paths, manifest, Plan(plan_table.column("sample_key").to_pylist(), int(manifest["part_size"])))
+
+
+def read_manifest(paths: RunPaths) -> dict[str, Any]:
+    try:
+        return json.loads(paths.manifest.read_text())
+    except (OSError, ValueError) as exc:
+        raise WarehouseError(f"cannot read {paths.manifest}: {exc}") from exc
+
+
+def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> Run:
+    run = load_run(paths)
+    if run.manifest["fingerprint"] != digest:
+        old = run.manifest["spec"]
+        differing = {
+            key: (old.get(key), spec.get(key))
+            for key in sorted(set(old) | set(spec))
+            if canonical_json(old.get(key)) != canonical_json(spec.get(key))
+        }
+        raise FingerprintMismatch(run_id, differing)
+    return run
+
+
+def _check_run_id(run_id: str) -> None:
+    if not run_id or not all(c.isalnum() or c in "-_." for c in run_id) or run_id.startswith("."):
+        raise WarehouseError(f"run id {run_id!r} may only contain letters, digits, '-', '_' and '.'")
+
+
+def _write_atomically(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    write(tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)

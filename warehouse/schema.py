@@ -1,0 +1,70 @@
+"""Arrow schemas of the warehouse tables and their versions.
+
+Every Parquet file carries ``run_id`` as a column and its table name and schema version in its
+metadata; commit records repeat the version so readers can check it without opening files.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+META_TABLE = b"attnwh.table"
+META_VERSION = b"attnwh.schema_version"
+
+SAMPLES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("sample_key", pa.string()),
+        ("status", pa.string()),  # 'ok' | 'error'
+        ("error", pa.string()),
+        ("prompt", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("gold", pa.string()),
+        ("category", pa.string()),
+        ("output_text", pa.string()),
+        ("parsed", pa.string()),
+        ("correct", pa.bool_()),
+        ("n_tokens", pa.int32()),  # prompt tokens without padding
+        ("n_image", pa.int32()),
+        ("image_start", pa.int32()),  # first image position, counted from the first real token
+        ("image_end", pa.int32()),  # one past the last image position
+        ("image_sha256", pa.string()),
+    ]
+)
+
+HEAD_METRICS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("query", pa.string()),  # 'prompt' | 'gen1'
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("image_sum", pa.float32()),
+        ("image_entropy", pa.float32()),
+        ("image_max", pa.float32()),
+        ("image_argmax", pa.int32()),
+        ("bos_sum", pa.float32()),
+        ("system_sum", pa.float32()),
+        ("prompt_sum", pa.float32()),
+        ("generated_sum", pa.float32()),
+    ]
+)
+
+HEAD_METRICS_SORT = [("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]
+
+PLAN = pa.schema(
+    [
+        ("sample_idx", pa.int64()),
+        ("sample_key", pa.string()),
+        ("part_id", pa.int32()),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {"samples": SAMPLES, "head_metrics": HEAD_METRICS}
+
+
+def with_metadata(table_name: str, schema: pa.Schema) -> pa.Schema:
+    return schema.with_metadata({META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
