@@ -114,6 +114,8 @@ def resolve_source(model: str) -> ModelSource:
         return ModelSource(model, str(folder.resolve()), _folder_revision(folder))
     if folder.exists():
         raise ModelError(f"model path {model} is a file; give a model folder or a hub id")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:
+        raise ModelError(f"model folder {model} does not exist")
     return ModelSource(model, model, "hub")
 
 

@@ -120,6 +120,8 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     loaded = load_model(source, dtype=dtype, device=device)
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
     done = 0
+    if on_progress:
+        on_progress(0, total)
     for part_id in pending:
         indices = list(plan.part_range(part_id))
         part = extract_part(loaded, [samples[i] for i in indices], indices, run.run_id, capture, options.batch_size, max_new_tokens)

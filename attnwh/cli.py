@@ -1,0 +1,279 @@
+"""The ``attnwh`` command line: a thin layer over the library.
+
+Library code raises ``AttnwhError`` subclasses; every command turns them into one line on stderr and
+a non-zero exit code. Option mistakes caught by the parser also give one line.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+try:  # typer ≥ 0.20 vendors click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions
+
+from attnwh.errors import AttnwhError, UsageError
+
+app = typer.Typer(
+    name="attnwh",
+    help="A data warehouse of attention statistics for vision-language models.\n\n"
+    "Example: attnwh extract && attnwh report",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+WarehouseOption = Annotated[
+    Path | None,
+    typer.Option("--warehouse", "-w", help="Warehouse folder (default: $ATTNWH_WAREHOUSE, else ./attnwh-warehouse)."),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"attnwh: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(command):
+    """Turn library errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AttnwhError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; committed parts are kept, run the same command again to resume", 130)
+
+    return wrapper
+
+
+def _check_format(fmt: str) -> str:
+    from attnwh.output import FORMATS
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    return fmt
+
+
+@app.command()
+@handles_errors
+def extract(
+    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: the embedded toy LLaVA).")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Benchmark data file or folder.")] = None,
+    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    warehouse: WarehouseOption = None,
+    queries: Annotated[str, typer.Option(help="Captured queries, comma-separated: prompt, gen1.")] = "prompt,gen1",
+    rows: Annotated[bool, typer.Option("--rows/--no-rows", help="Store raw attention rows (Zarr).")] = True,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default 256; 16 for the toy).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
+    max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
+) -> None:
+    """Run a model over a benchmark and store attention statistics, raw rows and answers.
+
+    Running the same command again resumes the run: committed parts are skipped.
+
+    Example: attnwh extract --limit 32 --batch-size 4
+    """
+    from attnwh.extract.run import ExtractOptions, run_extract
+    from attnwh.extract.toy.default import DEFAULT_BENCHMARK
+
+    options = ExtractOptions(
+        model=model,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        limit=limit,
+        queries=tuple(name.strip() for name in queries.split(",") if name.strip()),
+        rows=rows,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        part_size=part_size or (16 if (benchmark or DEFAULT_BENCHMARK) == DEFAULT_BENCHMARK else None),
+        max_new_tokens=max_new_tokens,
+        run_id=run,
+        max_parts=max_parts,
+        command=["attnwh", *sys.argv[1:]],
+    )
+    with _progress() as on_progress:
+        result = run_extract(warehouse, options, on_progress=on_progress)
+    state = "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    typer.echo(
+        f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "
+        f"{result.errors} error row(s); {result.parts_skipped} of {result.parts_total} part(s) were already committed"
+    )
+    typer.echo(f"run folder: {result.run_path}")
+
+
+class _progress:
+    """A progress bar on stderr showing samples and samples/s; shown from the first finished part."""
+
+    def __enter__(self):
+        self.progress = None
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn("extract"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} samples/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.started = time.perf_counter()
+            self.task = self.progress.add_task("extract", total=total, rate="-")
+            self.progress.start()
+        elapsed = time.perf_counter() - self.started
+        self.progress.update(self.task, completed=done, rate=f"{done / elapsed:.1f}" if elapsed > 0 else "-")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+@app.command()
+@handles_errors
+def sql(
+    statement: Annotated[str | None, typer.Argument(help="One SELECT (or EXPLAIN) statement.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the statement from this file.")] = None,
+    fmt: FormatOption = "table",
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Run one read-only SQL statement over the warehouse (views: runs, samples, head_metrics, marts).
+
+    Only SELECT and EXPLAIN run; files outside the warehouse cannot be read.
+
+    Example: attnwh sql "select layer, avg(image_sum) from head_metrics where query = 'gen1' group by layer order by layer"
+    """
+    from attnwh.output import render
+    from attnwh.queries.library import open_session
+
+    _check_format(fmt)
+    if (statement is None) == (file is None):
+        raise UsageError("give either a SQL statement or --file, not both or neither")
+    if file is not None:
+        try:
+            statement = file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    with open_session(warehouse) as session:
+        table = session.user_query(statement)
+    typer.echo(render(table, fmt))
+
+
+@app.command()
+@handles_errors
+def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None:
+    """List the runs in the warehouse with their progress.
+
+    Example: attnwh runs --format json
+    """
+    from attnwh.output import render
+    from attnwh.queries.library import open_session
+
+    _check_format(fmt)
+    with open_session(warehouse) as session:
+        table = session.query(
+            "select run_id, kind, model, benchmark, n_samples, parts_committed, n_parts, complete, dtype, created "
+            "from runs order by created, run_id"
+        )
+    typer.echo(render(table, fmt))
+
+
+@app.command()
+@handles_errors
+def verify(
+    run_id: Annotated[str | None, typer.Argument(help="Check only this run.")] = None,
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Check every committed file against its commit record (size and sha256); list anything unreferenced.
+
+    Exits 1 if any problem is found.
+
+    Example: attnwh verify
+    """
+    from attnwh.warehouse import parts
+    from attnwh.warehouse.layout import open_warehouse
+
+    store = open_warehouse(warehouse)
+    runs_to_check = store.run_folders()
+    if run_id is not None:
+        found = store.find_run(run_id)
+        if found is None:
+            raise UsageError(f"no run {run_id!r} in {store.root}")
+        runs_to_check = [found]
+    failures = 0
+    for run_paths in runs_to_check:
+        problems = parts.verify(run_paths)
+        name = run_paths.root.name.removeprefix("run=")
+        n_parts = len(parts.committed_part_ids(run_paths))
+        if problems:
+            failures += len(problems)
+            for problem in problems:
+                typer.echo(f"{name}: {problem}")
+        else:
+            typer.echo(f"{name}: ok ({n_parts} committed part(s))")
+    if failures:
+        _fail(f"{failures} problem(s) found", 1)
+
+
+@app.command()
+@handles_errors
+def report(
+    out: Annotated[Path, typer.Option(help="Folder to write index.html into.")] = Path("attnwh-report"),
+    warehouse: WarehouseOption = None,
+    query: Annotated[str, typer.Option(help="Which captured query the heatmaps show: gen1 or prompt.")] = "gen1",
+) -> None:
+    """Render the warehouse as a self-contained HTML report (works offline).
+
+    Example: attnwh report --out attnwh-report && open attnwh-report/index.html
+    """
+    from attnwh.reports.build import build_report
+
+    if query not in ("gen1", "prompt"):
+        raise UsageError(f"unknown query {query!r}; choose gen1 or prompt")
+    target = build_report(warehouse, out, query=query)
+    typer.echo(f"report written to {target}")
+
+
+def main() -> None:
+    """Console entry point: parser errors become one line, like library errors."""
+    try:
+        code = app(standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click_exceptions.ClickException as exc:
+        typer.echo(f"attnwh: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click_exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click_exceptions.Abort:
+        typer.echo("attnwh: error: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

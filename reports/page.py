@@ -1,0 +1,111 @@
+"""Page assembly: inlined Vega/Vega-Lite/vega-embed, escaped data, and the SQL under each chart.
+
+Specs are embedded as JSON inside ``<script type="application/json">`` with ``<``, ``>`` and ``&``
+written as ``\\u003c``, ``\\u003e`` and ``\\u0026``: Altair's own ``to_html`` lets a ``</script>``
+inside a benchmark question end the script block. Every text shown as HTML is escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from functools import cache
+
+_JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+section { margin-bottom: 2.5rem; }
+details pre { background: #f6f6f6; padding: .75rem; overflow-x: auto; }
+table.data { border-collapse: collapse; font-size: .85rem; }
+table.data td, table.data th { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+p.empty { color: #777; font-style: italic; }
+"""
+
+
+def json_for_script(value) -> str:
+    """JSON that cannot end or alter the ``<script>`` element it is placed in."""
+    return json.dumps(value, allow_nan=False, default=str).translate(_JSON_ESCAPES)
+
+
+@cache
+def vega_bundle() -> str:
+    """Vega, Vega-Lite and vega-embed as one script, from vl-convert (no network)."""
+    import vl_convert
+
+    return vl_convert.javascript_bundle().replace("</script", "<\\/script")
+
+
+@dataclass
+class Section:
+    title: str
+    description: str
+    sql: str
+    spec: dict | None = None  # a Vega-Lite spec, or None when there is no data
+    table: list[dict] | None = None  # rows shown as an HTML table
+    empty_message: str = "No data for this section yet."
+
+
+@dataclass
+class Page:
+    title: str
+    sections: list[Section] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)  # (href, label)
+
+    def render(self) -> str:
+        body, scripts = [], []
+        for index, section in enumerate(self.sections):
+            body.append(_section_html(index, section))
+            if section.spec is not None:
+                scripts.append(
+                    f'<script type="application/json" id="spec-{index}">{json_for_script(section.spec)}</script>'
+                )
+        nav = " · ".join(f'<a href="{html.escape(href)}">{html.escape(label)}</a>' for href, label in self.links)
+        return "\n".join(
+            [
+                "<!DOCTYPE html>",
+                '<html lang="en"><head><meta charset="utf-8">',
+                f"<title>{html.escape(self.title)}</title>",
+                f"<style>{STYLE}</style>",
+                f"<script>{vega_bundle()}</script>",
+                "</head><body>",
+                f"<h1>{html.escape(self.title)}</h1>",
+                f"<nav>{nav}</nav>" if nav else "",
+                *body,
+                *scripts,
+                "<script>",
+                "document.querySelectorAll('script[id^=\"spec-\"]').forEach(function (node) {",
+                "  var target = '#chart-' + node.id.slice(5);",
+                "  vegaEmbed(target, JSON.parse(node.textContent), {actions: false, renderer: 'svg'})",
+                "    .catch(function (error) { console.error(error); });",
+                "});",
+                "</script>",
+                "</body></html>",
+            ]
+        )
+
+
+def _section_html(index: int, section: Section) -> str:
+    parts = [f'<section id="section-{index}">', f"<h2>{html.escape(section.title)}</h2>"]
+    if section.description:
+        parts.append(f"<p>{html.escape(section.description)}</p>")
+    if section.spec is not None:
+        parts.append(f'<div class="chart" id="chart-{index}"></div>')
+    elif section.table:
+        parts.append(_table_html(section.table))
+    else:
+        parts.append(f'<p class="empty">{html.escape(section.empty_message)}</p>')
+    parts.append(f"<details><summary>SQL</summary><pre>{html.escape(section.sql.strip())}</pre></details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _table_html(rows: list[dict]) -> str:
+    columns = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if row[c] is None else str(row[c]))}</td>" for c in columns) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
