@@ -4,7 +4,7 @@ One function is registered under ``attnwh_capture`` in transformers' ``Attention
 the same name in ``AttentionMaskInterface``, mapped to the SDPA mask; without it padding masks are
 silently dropped). It returns exactly the stock SDPA output. While a ``CaptureSession`` is entered,
 it also computes ``softmax(q·Kᵀ·scale + mask)`` for the captured query rows only, reduces them to
-statistics on the device in fp32, and keeps the rows in float16. Full attention matrices are never
+statistics on the device in fp32, and keeps the rows (fp32; the warehouse stores them as float16). Full attention matrices are never
 materialised.
 
 Queries: ``prompt`` is the last prompt position (forward pass 0, the prefill); ``gen1`` is the first
@@ -108,7 +108,7 @@ class CaptureSession:
     n_layers: int
     step: int = -1  # index of the current forward pass
     statistics: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, stat]
-    rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp16
+    rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp32
 
     def __post_init__(self) -> None:
         self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.queries}
@@ -129,7 +129,7 @@ class CaptureSession:
         rows = last_query_rows(query, key, attention_mask, scaling)
         self.statistics[name][layer] = row_statistics(rows, self._segments_at_step[self.step])
         if self.spec.rows:
-            self.rows[name][layer] = rows.to(torch.float16)
+            self.rows[name][layer] = rows
 
     def complete(self) -> bool:
         return all(s is not None for layers in self.statistics.values() for s in layers)
@@ -137,8 +137,9 @@ class CaptureSession:
     def stacked_statistics(self) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, stat] on CPU
         return {name: torch.stack(layers).cpu() for name, layers in self.statistics.items()}
 
-    def stacked_rows(self) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, key] on CPU
-        return {name: torch.stack(layers).cpu() for name, layers in self.rows.items() if layers[0] is not None}
+    def stacked_rows(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, key] on CPU
+        """Rows per query, converted to ``dtype`` on the device before the transfer."""
+        return {name: torch.stack(layers).to(dtype).cpu() for name, layers in self.rows.items() if layers[0] is not None}
 
 
 @contextmanager

@@ -277,7 +277,7 @@ def _extract_batch(loaded: LoadedModel, batch, part: PartData, capture: CaptureS
         encoded["pixel_values"] = encoded["pixel_values"].to(loaded.dtype)
     answers, session, segments = generate_with_capture(loaded, encoded, capture, max_new_tokens)
     statistics = {name: tensor.numpy() for name, tensor in session.stacked_statistics().items()}  # [layer, batch, head, stat]
-    rows = {name: tensor.float().numpy() for name, tensor in session.stacked_rows().items()}  # [layer, batch, head, key]
+    rows = {name: tensor.numpy() for name, tensor in session.stacked_rows(torch.float16).items()}  # [layer, batch, head, key]
     spans = image_spans(segments)
     tokenizer = loaded.processor.tokenizer
     prompt_length = segments.shape[1]

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny offline LLaVA models saved to temp folders, and small warehouses."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def attnwh_home(tmp_path_factory) -> Path:
+    """Build the embedded default model into a temp folder, never into the user's cache."""
+    home = tmp_path_factory.mktemp("attnwh-home")
+    previous = os.environ.get("ATTNWH_HOME")
+    os.environ["ATTNWH_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("ATTNWH_HOME", None)
+    else:
+        os.environ["ATTNWH_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_mha(tmp_path_factory) -> Path:
+    """A 3-layer × 4-head LLaVA (multi-head attention) with randomised norm weights."""
+    return save_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-mha", TinyLlavaSpec(n_layers=3, n_heads=4, n_kv_heads=4, seed=1, randomise_norms=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_gqa(tmp_path_factory) -> Path:
+    """A 3-layer LLaVA with 4 query heads sharing 2 KV heads (grouped-query attention)."""
+    return save_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-gqa", TinyLlavaSpec(n_layers=3, n_heads=4, n_kv_heads=2, seed=2, randomise_norms=True))
+
+
+@pytest.fixture(params=["mha", "gqa"])
+def tiny_model(request, tiny_mha, tiny_gqa) -> Path:
+    return {"mha": tiny_mha, "gqa": tiny_gqa}[request.param]

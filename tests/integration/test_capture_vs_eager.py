@@ -1,0 +1,96 @@
+"""Captured rows against transformers' eager attention on the same weights (an independent reference)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, GenerationConfig
+
+from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.models import load_model, resolve_source
+from attnwh.extract.run import build_prompt, generate_with_capture
+from attnwh.extract.segments import prompt_segments
+
+TOLERANCE = 1e-6
+
+
+def _encode(loaded, samples):
+    prompts = [build_prompt(loaded, sample) for sample in samples]
+    images = [sample.load_image() for sample in samples]
+    encoded = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
+    return dict(encoded)
+
+
+def _eager_generate(folder, encoded, n_new):
+    eager = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    config = GenerationConfig(max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        return eager.generate(
+            **encoded, generation_config=config, output_attentions=True, return_dict_in_generate=True
+        )
+
+
+def _samples(count):
+    samples = get_benchmark("toy-shapes").load(None, "test")
+    return samples[:count]
+
+
+@pytest.mark.parametrize("batch", [1, 3], ids=["single", "padded-batch"])
+def test_prompt_and_gen1_rows_equal_eager_attention(tiny_model, batch):
+    loaded = load_model(resolve_source(str(tiny_model)), dtype=torch.float32, device=torch.device("cpu"))
+    samples = _samples(batch)
+    encoded = _encode(loaded, samples)
+    if batch > 1:  # the point of the batch case: different prompt lengths, so real left padding
+        lengths = encoded["attention_mask"].sum(1)
+        assert len(set(lengths.tolist())) > 1
+    _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=True), max_new_tokens=2)
+    reference = _eager_generate(tiny_model, encoded, 2)
+    captured = session.stacked_rows()  # query -> [layer, batch, head, key]
+    n_layers = loaded.info["n_layers"]
+    for layer in range(n_layers):
+        prompt_ref = reference.attentions[0][layer][:, :, -1, :]  # [batch, head, key]
+        gen1_ref = reference.attentions[1][layer][:, :, -1, :]
+        assert captured["prompt"][layer].shape == prompt_ref.shape
+        assert captured["gen1"][layer].shape == gen1_ref.shape
+        assert (captured["prompt"][layer] - prompt_ref).abs().max().item() <= TOLERANCE
+        assert (captured["gen1"][layer] - gen1_ref).abs().max().item() <= TOLERANCE
+    # padding keys get exactly zero attention
+    pad = (encoded["attention_mask"] == 0)[None, :, None, :]  # [1, batch, 1, key]
+    assert bool(pad.any()) == (batch > 1)
+    assert (captured["prompt"] * pad).abs().max().item() == 0
+
+
+def test_logits_with_capture_equal_plain_sdpa(tiny_model):
+    loaded = load_model(resolve_source(str(tiny_model)), dtype=torch.float32, device=torch.device("cpu"))
+    encoded = _encode(loaded, _samples(3))
+    sdpa = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    config = GenerationConfig(max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    with torch.inference_mode():
+        plain = sdpa.generate(**encoded, generation_config=config, output_logits=True, return_dict_in_generate=True)
+        segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+        adapter = loaded.adapter
+        with capture_session(adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments) as session:
+            captured = loaded.model.generate(**encoded, generation_config=config, output_logits=True, return_dict_in_generate=True)
+    assert session.complete()
+    assert torch.equal(plain.sequences, captured.sequences)
+    for step_plain, step_captured in zip(plain.logits, captured.logits, strict=True):
+        assert torch.equal(step_plain, step_captured)
+
+
+def test_session_is_removed_after_the_block(tiny_mha):
+    loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
+    modules = loaded.adapter.attention_modules(loaded.model)
+    segments = torch.zeros((1, 4), dtype=torch.int8)
+    with pytest.raises(RuntimeError):
+        with capture_session(loaded.adapter.text_model(loaded.model), modules, CaptureSpec(), segments):
+            assert all(hasattr(module, "attnwh_capture_layer") for module in modules)
+            raise RuntimeError("boom")
+    assert not any(hasattr(module, "attnwh_capture_layer") for module in modules)
+    assert not loaded.adapter.text_model(loaded.model)._forward_pre_hooks
+
+
+def test_vision_tower_does_not_use_the_capture_function(tiny_mha):
+    loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
+    assert loaded.config.text_config._attn_implementation == "attnwh_capture"
+    assert loaded.config.vision_config._attn_implementation == "sdpa"

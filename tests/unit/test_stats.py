@@ -1,0 +1,83 @@
+"""Statistics against hand computations on hand-written rows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnwh.extract.segments import BOS, GENERATED, IMAGE, PAD, PROMPT, SYSTEM
+from attnwh.extract.stats import STAT_NAMES, row_statistics
+
+# pad, bos, system, system, image ×4, prompt, prompt, generated
+SEGMENTS = torch.tensor([[PAD, BOS, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, IMAGE, PROMPT, PROMPT, GENERATED]], dtype=torch.int8)
+
+
+def stats_of(row: list[float], segments: torch.Tensor = SEGMENTS) -> dict[str, float]:
+    values = row_statistics(torch.tensor([[row]], dtype=torch.float32), segments)[0, 0]
+    return dict(zip(STAT_NAMES, values.tolist()))
+
+
+def test_one_hot_image_attention_has_zero_entropy():
+    stats = stats_of([0, 0, 0, 0, 0, 0, 1.0, 0, 0, 0, 0])
+    assert stats["image_sum"] == pytest.approx(1.0)
+    assert stats["image_entropy"] == pytest.approx(0.0, abs=1e-7)
+    assert stats["image_max"] == pytest.approx(1.0)
+    assert stats["image_argmax"] == 2  # third image position
+    assert stats["bos_sum"] == stats["system_sum"] == stats["prompt_sum"] == stats["generated_sum"] == 0
+
+
+def test_uniform_image_attention_has_entropy_ln_n():
+    # 0.1 on each image token, the rest spread by hand over the other segments
+    row = [0, 0.3, 0.05, 0.05, 0.1, 0.1, 0.1, 0.1, 0.08, 0.07, 0.05]
+    stats = stats_of(row)
+    assert stats["image_sum"] == pytest.approx(0.4)
+    assert stats["image_entropy"] == pytest.approx(math.log(4), abs=1e-6)
+    assert stats["image_max"] == pytest.approx(0.1)
+    assert stats["bos_sum"] == pytest.approx(0.3)
+    assert stats["system_sum"] == pytest.approx(0.1)
+    assert stats["prompt_sum"] == pytest.approx(0.15)
+    assert stats["generated_sum"] == pytest.approx(0.05)
+
+
+def test_skewed_image_attention_matches_hand_entropy():
+    image = [0.2, 0.1, 0.05, 0.05]  # W = 0.4, p = 0.5, 0.25, 0.125, 0.125
+    row = [0, 0.6, 0, 0, *image, 0, 0, 0]
+    stats = stats_of(row)
+    expected = -(0.5 * math.log(0.5) + 0.25 * math.log(0.25) + 2 * 0.125 * math.log(0.125))
+    assert expected == pytest.approx(1.2130075659799042)
+    assert stats["image_entropy"] == pytest.approx(expected, abs=1e-6)
+    assert stats["image_argmax"] == 0
+    assert stats["image_max"] == pytest.approx(0.2)
+
+
+def test_no_image_attention_gives_zero_entropy():
+    stats = stats_of([0, 0.5, 0.25, 0.25, 0, 0, 0, 0, 0, 0, 0])
+    assert stats["image_sum"] == 0
+    assert stats["image_entropy"] == 0
+    assert not math.isnan(stats["image_entropy"])
+
+
+def test_sample_without_image_tokens():
+    segments = torch.tensor([[BOS, PROMPT, PROMPT]], dtype=torch.int8)
+    stats = stats_of([0.5, 0.25, 0.25], segments)
+    assert stats["image_sum"] == 0 and stats["image_max"] == 0 and stats["image_argmax"] == -1
+    assert stats["prompt_sum"] == pytest.approx(0.5)
+
+
+def test_batch_and_heads_are_independent():
+    rows = torch.tensor(
+        [
+            [[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0]],
+            [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0, 0]],
+        ]
+    )
+    stats = row_statistics(rows, SEGMENTS.expand(2, -1))
+    assert stats.shape == (2, 2, len(STAT_NAMES))
+    sums = stats[..., STAT_NAMES.index("image_sum")]
+    assert sums.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+    entropy = stats[..., STAT_NAMES.index("image_entropy")]
+    assert entropy[0, 1].item() == pytest.approx(math.log(2))
+    assert entropy[1, 1].item() == pytest.approx(math.log(4))
+    assert stats[1, 0, STAT_NAMES.index("generated_sum")].item() == 1.0
