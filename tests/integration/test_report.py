@@ -1,0 +1,85 @@
+"""The report page: self-contained, escaped, and built from the warehouse."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from attnwh.extract.benchmarks import registry
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.reports.build import build_report
+from attnwh.reports.page import Page, Section, json_for_script
+
+HOSTILE = "</script><script>window.pwned = 1</script> <img src=x onerror=\"window.pwned = 2\"> & done?"
+
+
+@pytest.fixture
+def hostile_warehouse(tmp_path, tiny_mha, monkeypatch):
+    original = registry.get_benchmark("toy-shapes")
+
+    def load(data, split):
+        samples = original.load(data, split)[:3]
+        first = samples[0]
+        samples[0] = registry.Sample(first.key, HOSTILE, first.load_image, first.choices, first.gold, first.category, first.parser)
+        return samples
+
+    monkeypatch.setitem(
+        registry.BENCHMARKS, "toy-shapes", registry.Benchmark(original.name, original.version, original.description, load, original.max_new_tokens)
+    )
+    run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
+    return tmp_path / "wh"
+
+
+def script_blocks(page: str) -> list[str]:
+    return re.findall(r"<script\b[^>]*>", page)
+
+
+def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_warehouse):
+    target = build_report(hostile_warehouse, tmp_path / "report")
+    page = target.read_text()
+    # one inlined library bundle, one JSON spec (the heatmap), one loader; nothing loaded from anywhere
+    blocks = script_blocks(page)
+    assert len(blocks) == 3, blocks
+    assert not any("src=" in block for block in blocks)
+    assert not re.search(r"<(link|img|iframe)\b[^>]*(src|href)=\"?https?:", page)
+    # the question is shown as text, never as markup
+    assert HOSTILE not in page
+    assert "&lt;/script&gt;&lt;script&gt;window.pwned = 1&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=" in page
+    # the heatmap spec parses back and holds every layer × head of the model
+    spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', page, re.DOTALL).group(1)
+    spec = json.loads(spec_text)
+    (values,) = spec["datasets"].values()
+    assert sorted((row["layer"], row["head"]) for row in values) == [(layer, head) for layer in range(3) for head in range(4)]
+    assert all(row["n_samples"] == 3 for row in values)
+    assert "SELECT" in page.upper() and "head_attention" in page
+
+
+def test_json_in_scripts_cannot_close_the_script():
+    text = json_for_script({"q": HOSTILE, "amp": "a & b <!-- x -->"})
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == {"q": HOSTILE, "amp": "a & b <!-- x -->"}
+
+
+def test_page_with_hostile_chart_data_and_table():
+    page = Page(
+        "t",
+        [
+            Section("chart", "", "select 1", spec={"data": {"values": [{"q": HOSTILE}]}, "mark": "point"}),
+            Section("table", "", "select 2", table=[{"question": HOSTILE}]),
+            Section("empty", "", "select 3"),
+        ],
+    ).render()
+    assert HOSTILE not in page
+    assert len(script_blocks(page)) == 3
+    assert "No data for this section yet." in page
+
+
+def test_empty_warehouse_report_says_so(tmp_path):
+    from attnwh.warehouse.layout import open_warehouse
+
+    open_warehouse(tmp_path / "wh", create=True)
+    page = build_report(tmp_path / "wh", tmp_path / "out").read_text()
+    assert "No data for this section yet." in page
