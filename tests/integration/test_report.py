@@ -51,7 +51,7 @@ def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_wareho
     # the heatmap spec parses back and holds every layer × head of the model
     spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', page, re.DOTALL).group(1)
     spec = json.loads(spec_text)
-    (values,) = spec["datasets"].values()
+    values = spec["data"]["values"]
     assert sorted((row["layer"], row["head"]) for row in values) == [(layer, head) for layer in range(3) for head in range(4)]
     assert all(row["n_samples"] == 3 for row in values)
     assert "SELECT" in page.upper() and "head_attention" in page
