@@ -33,7 +33,7 @@ def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
     shown = rows if max_rows is None else rows[:max_rows]
     cells = [[_cell(row[c]).replace("\n", "\\n") for c in table.column_names] for row in shown]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(table.column_names)]
-    lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths))]
+    lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(value.ljust(w) for value, w in zip(r, widths)).rstrip() for r in cells]
     footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"

@@ -10,7 +10,7 @@ PANEL_COLUMNS = 3
 def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale."""
     data = [{**row, "panel": f"{row['model']} · {row['benchmark']}"} for row in rows]
-    cell = 16
+    cell = 24
     n_heads = 1 + max(row["head"] for row in rows)
     n_layers = 1 + max(row["layer"] for row in rows)
     chart = (

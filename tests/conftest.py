@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnwh.extract.benchmarks import registry
+from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 
 torch.set_num_threads(2)
+
+HOSTILE_QUESTION = "</script><script>document.documentElement.setAttribute('data-pwned', '1')</script> <img src=x onerror=\"document.documentElement.setAttribute('data-pwned', '2')\"> & done?"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -41,3 +45,20 @@ def tiny_gqa(tmp_path_factory) -> Path:
 @pytest.fixture(params=["mha", "gqa"])
 def tiny_model(request, tiny_mha, tiny_gqa) -> Path:
     return {"mha": tiny_mha, "gqa": tiny_gqa}[request.param]
+
+
+@pytest.fixture
+def hostile_warehouse(tmp_path, tiny_mha, monkeypatch):
+    original = registry.get_benchmark("toy-shapes")
+
+    def load(data, split):
+        samples = original.load(data, split)[:3]
+        first = samples[0]
+        samples[0] = registry.Sample(first.key, HOSTILE_QUESTION, first.load_image, first.choices, first.gold, first.category, first.parser)
+        return samples
+
+    monkeypatch.setitem(
+        registry.BENCHMARKS, "toy-shapes", registry.Benchmark(original.name, original.version, original.description, load, original.max_new_tokens)
+    )
+    run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
+    return tmp_path / "wh"

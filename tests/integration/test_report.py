@@ -2,34 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 
 import pytest
 
-from attnwh.extract.benchmarks import registry
-from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.reports.build import build_report
 from attnwh.reports.page import Page, Section, json_for_script
 
-HOSTILE = "</script><script>window.pwned = 1</script> <img src=x onerror=\"window.pwned = 2\"> & done?"
-
-
-@pytest.fixture
-def hostile_warehouse(tmp_path, tiny_mha, monkeypatch):
-    original = registry.get_benchmark("toy-shapes")
-
-    def load(data, split):
-        samples = original.load(data, split)[:3]
-        first = samples[0]
-        samples[0] = registry.Sample(first.key, HOSTILE, first.load_image, first.choices, first.gold, first.category, first.parser)
-        return samples
-
-    monkeypatch.setitem(
-        registry.BENCHMARKS, "toy-shapes", registry.Benchmark(original.name, original.version, original.description, load, original.max_new_tokens)
-    )
-    run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
-    return tmp_path / "wh"
+from tests.conftest import HOSTILE_QUESTION as HOSTILE
 
 
 def script_blocks(page: str) -> list[str]:
@@ -46,8 +28,7 @@ def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_wareho
     assert not re.search(r"<(link|img|iframe)\b[^>]*(src|href)=\"?https?:", page)
     # the question is shown as text, never as markup
     assert HOSTILE not in page
-    assert "&lt;/script&gt;&lt;script&gt;window.pwned = 1&lt;/script&gt;" in page
-    assert "&lt;img src=x onerror=" in page
+    assert html.escape(HOSTILE) in page
     # the heatmap spec parses back and holds every layer × head of the model
     spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', page, re.DOTALL).group(1)
     spec = json.loads(spec_text)

@@ -1,0 +1,124 @@
+"""The command line: exact outputs, one-line errors, and documentation of every command."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnwh.cli import app
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> Path:
+    """The embedded default (toy model, toy benchmark), extracted through the CLI."""
+    path = tmp_path_factory.mktemp("cli") / "wh"
+    result = invoke("extract", "--warehouse", str(path), "--limit", "20", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output)
+    return path
+
+
+def test_extract_again_does_nothing(warehouse):
+    result = invoke("extract", "--warehouse", str(warehouse), "--limit", "20", "--batch-size", "4")
+    assert result.exit_code == 0
+    assert "wrote 0 part(s), 0 sample(s), 0 error row(s); 2 of 2 part(s) were already committed" in result.output
+
+
+def test_sql_formats(warehouse):
+    statement = "select status, count(*) as n from samples group by status"
+    assert invoke("sql", statement, "--warehouse", str(warehouse), "--format", "csv").output == "status,n\nok,20\n"
+    assert json.loads(invoke("sql", statement, "--warehouse", str(warehouse), "--format", "json").output) == [{"status": "ok", "n": 20}]
+    assert invoke("sql", statement, "--warehouse", str(warehouse)).output == "status  n\n------  --\nok      20\n(1 row)\n"
+
+
+def test_sql_from_file_and_marts_are_views(warehouse, tmp_path):
+    query = tmp_path / "q.sql"
+    query.write_text("select count(*) as heads from head_attention where query = 'gen1'")
+    result = invoke("sql", "-f", str(query), "--warehouse", str(warehouse), "--format", "csv")
+    assert result.output == "heads\n32\n"  # toy: 4 layers × 8 heads
+
+
+def test_sql_refusal_is_one_line(warehouse):
+    result = invoke("sql", "COPY samples TO 'x.csv'", "--warehouse", str(warehouse))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["attnwh: error: only SELECT and EXPLAIN statements run on the warehouse; this is COPY"]
+
+
+def test_runs_and_verify(warehouse):
+    runs = json.loads(invoke("runs", "--warehouse", str(warehouse), "--format", "json").output)
+    assert [(r["model"], r["benchmark"], r["n_samples"], r["complete"]) for r in runs] == [("toy-llava-random", "toy-shapes", 20, True)]
+    result = invoke("verify", "--warehouse", str(warehouse))
+    assert result.exit_code == 0
+    assert result.output == f"{runs[0]['run_id']}: ok (2 committed part(s))\n"
+
+
+def test_verify_reports_damage(warehouse, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(warehouse, damaged)
+    target = next(damaged.rglob("samples.parquet"))
+    target.write_bytes(target.read_bytes()[:-3])
+    result = invoke("verify", "--warehouse", str(damaged))
+    assert result.exit_code == 1
+    assert "samples.parquet has" in result.output and "1 problem(s) found" in result.output
+
+
+def test_report(warehouse, tmp_path):
+    result = invoke("report", "--warehouse", str(warehouse), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0
+    assert result.output == f"report written to {tmp_path / 'r' / 'index.html'}\n"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extract", "--benchmark", "toy-shape"], "unknown benchmark 'toy-shape'; did you mean 'toy-shapes'?"),
+        (["extract", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["extract", "--queries", "prompt,gen9"], "unknown capture queries ['gen9']"),
+        (["extract", "--model", "./no-such-model"], "model folder ./no-such-model does not exist"),
+        (["extract", "--dtype", "float8"], "unknown dtype 'float8'"),
+        (["sql", "select 1", "--format", "xml"], "unknown format 'xml'"),
+        (["sql"], "give either a SQL statement or --file"),
+        (["verify", "nope"], "no run 'nope'"),
+    ],
+)
+def test_user_errors_are_one_line(warehouse, args, message):
+    result = invoke(*args, "--warehouse", str(warehouse))
+    assert result.exit_code != 0
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("attnwh: error: ") and message in lines[0], result.output
+
+
+def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):
+    missing = subprocess.run(
+        [sys.executable, "-m", "attnwh.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True
+    )
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"]
+    bogus = subprocess.run([sys.executable, "-m", "attnwh.cli", "extract", "--bogus"], capture_output=True, text=True)
+    assert bogus.returncode == 2
+    assert len(bogus.stderr.strip().splitlines()) == 1 and "No such option: --bogus" in bogus.stderr
+
+
+def test_every_command_has_an_example_and_is_in_the_readme():
+    readme = README.read_text()
+    names = [command.name or command.callback.__name__ for command in app.registered_commands]
+    assert {"extract", "sql", "runs", "verify", "report"} <= set(names)
+    for name in names:
+        help_text = invoke(name, "--help").output
+        assert "Example: attnwh" in help_text, name
+        assert f"attnwh {name}" in readme, f"README does not document `attnwh {name}`"
