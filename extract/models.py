@@ -17,6 +17,7 @@ import torch
 from attnwh.errors import ModelError, UsageError
 from attnwh.extract.capture import CAPTURE_ATTENTION
 
+_REVISION_WINDOW = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -120,13 +121,22 @@ def resolve_source(model: str) -> ModelSource:
 
 
 def _folder_revision(folder: Path) -> str:
-    """A content digest of a local model: its config and the names and sizes of its weight files."""
+    """A content digest of a local model: its config, and each weight file's name, size, first and last MiB.
+
+    Reading whole 7B checkpoints would cost tens of seconds per command; the ends of a safetensors
+    file hold its header (names, shapes, offsets) and tensor data, which any retraining changes.
+    """
     digest = hashlib.sha256()
     config = folder / "config.json"
     if config.is_file():
         digest.update(config.read_bytes())
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        digest.update(f"{weights.name}:{weights.stat().st_size}\n".encode())
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}\n".encode())
+        with open(weights, "rb") as handle:
+            digest.update(handle.read(_REVISION_WINDOW))
+            handle.seek(max(0, size - _REVISION_WINDOW))
+            digest.update(handle.read(_REVISION_WINDOW))
     return "sha256:" + digest.hexdigest()[:16]
 
 
