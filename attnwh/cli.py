@@ -84,6 +84,7 @@ def extract(
     max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
+    prompt_format: Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")] = "chat_template",
 ) -> None:
     """Run a model over a benchmark and store attention statistics, raw rows and answers.
 
@@ -109,6 +110,7 @@ def extract(
         max_new_tokens=max_new_tokens,
         run_id=run,
         max_parts=max_parts,
+        prompt_format=prompt_format,
         command=["attnwh", *sys.argv[1:]],
     )
     with _progress() as on_progress:
@@ -150,6 +152,39 @@ class _progress:
     def __exit__(self, *exc_info) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+@app.command()
+@handles_errors
+def models(fmt: FormatOption = "table") -> None:
+    """List the supported architectures, and the study's models with the HF-native ids to use for them.
+
+    Example: attnwh models --format csv
+    """
+    import pyarrow as pa
+
+    from attnwh.extract.models import ADAPTERS
+    from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
+    from attnwh.output import render
+
+    _check_format(fmt)
+    supported = pa.Table.from_pylist(
+        [
+            {"architecture": a.architecture, "family": a.family, "prompt_formats": ", ".join(a.prompt_formats), "about": a.description}
+            for a in ADAPTERS.values()
+        ]
+    )
+    listed = pa.Table.from_pylist(
+        [
+            {"group": group, "model": m.study_name, "hf_id": m.hf_id, "architecture": m.architecture, "prompt_format": m.prompt_format, "note": m.note}
+            for group, entries in (("study", STUDY_MODELS), ("beyond", BEYOND_LLAVA))
+            for m in entries
+        ]
+    )
+    if fmt == "table":
+        typer.echo("Supported architectures\n" + render(supported, fmt) + "\n\nModels\n" + render(listed, fmt))
+    else:
+        typer.echo(render(listed, fmt))
 
 
 @app.command()

@@ -7,7 +7,6 @@ the config first, so an unsupported model fails before any weights are loaded.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,19 +24,37 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Adapter:
     """Where one architecture keeps the parts attnwh touches.
 
-    ``text_model``: the decoder whose attention is captured; ``attention_modules``: its self-attention
-    modules in layer order; ``final_norm`` and ``lm_head``: for the logit lens.
+    Module paths (transformers 5): the decoder is ``model.model.language_model``, its attention
+    modules ``.layers[i].self_attn``, the final norm ``.norm``, the unembedding ``model.lm_head``.
+    Image positions are the ``input_ids`` equal to the config's image token (after the processor
+    expanded it; LLaVA-NeXT's row-newline features are among them). An architecture that keeps
+    these elsewhere subclasses and overrides.
     """
 
     architecture: str
     family: str
-    text_model: Callable[[torch.nn.Module], torch.nn.Module]
-    final_norm: Callable[[torch.nn.Module], torch.nn.Module]
-    lm_head: Callable[[torch.nn.Module], torch.nn.Module]
-    image_token_ids: Callable[[Any], tuple[int, ...]]
+    description: str
+    prompt_formats: tuple[str, ...] = ("chat_template",)  # the first is suggested
+
+    def text_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.model.language_model
 
     def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
         return [layer.self_attn for layer in self.text_model(model).layers]
+
+    def final_norm(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.text_model(model).norm
+
+    def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.lm_head
+
+    def image_token_ids(self, config) -> tuple[int, ...]:
+        token = getattr(config, "image_token_id", None)
+        if token is None:
+            token = getattr(config, "image_token_index", None)
+        if token is None:
+            raise ModelError(f"{self.architecture} config names no image token id")
+        return (int(token),)
 
 
 ADAPTERS: dict[str, Adapter] = {}
@@ -50,20 +67,17 @@ def register_adapter(adapter: Adapter) -> Adapter:
     return adapter
 
 
-def _language_model(model: torch.nn.Module) -> torch.nn.Module:
-    return model.model.language_model
-
-
-register_adapter(
-    Adapter(
-        architecture="LlavaForConditionalGeneration",
-        family="llava",
-        text_model=_language_model,
-        final_norm=lambda model: _language_model(model).norm,
-        lm_head=lambda model: model.lm_head,
-        image_token_ids=lambda config: (int(config.image_token_id),),
-    )
-)
+_LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")
+for _adapter in (
+    Adapter("LlavaForConditionalGeneration", "llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS),
+    Adapter("LlavaNextForConditionalGeneration", "llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS),
+    Adapter("VipLlavaForConditionalGeneration", "vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template")),
+    Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)"),
+    Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)"),
+    Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)"),
+    Adapter("Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)"),
+):
+    register_adapter(_adapter)
 
 
 @dataclass(frozen=True)
@@ -203,15 +217,21 @@ def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device)
     if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
         raise ModelError(f"{source.label} has no image processor and tokenizer (found {type(processor).__name__})")
     processor.tokenizer.padding_side = "left"
+    # several GPUs: let accelerate spread a model that one card cannot hold
+    spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             source.location,
             dtype=dtype,
             attn_implementation={"text_config": CAPTURE_ATTENTION, "vision_config": "sdpa"},
+            **({"device_map": "auto"} if spread else {}),
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model weights from {source.label}: {_short(exc)}") from exc
-    model.to(device)
+    if spread:
+        device = torch.device("cuda:0")
+    else:
+        model.to(device)
     model.eval()
     return LoadedModel(source, adapter, model, processor, device, dtype)
 

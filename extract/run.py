@@ -23,6 +23,7 @@ from attnwh.extract.benchmarks import Sample, get_benchmark
 from attnwh.extract.benchmarks.parsers import parse
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
 from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
+from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.segments import image_spans, prompt_segments
 from attnwh.extract.stats import STAT_NAMES
 from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, DEFAULT_MODEL_VERSION, default_model_folder
@@ -51,6 +52,7 @@ class ExtractOptions:
     max_new_tokens: int | None = None
     run_id: str | None = None
     max_parts: int | None = None  # stop after writing this many parts (the rest resumes later)
+    prompt_format: str = "chat_template"
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -77,6 +79,11 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     model_label = options.model or DEFAULT_MODEL
     source = resolve_source(str(default_model_folder()) if options.model is None else options.model)
     config, adapter = load_config(source)
+    prompt_format = get_format(options.prompt_format)
+    if prompt_format.name not in adapter.prompt_formats:
+        raise UsageError(
+            f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
+        )
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device, config)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows)
@@ -88,7 +95,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         "dtype": str(dtype).removeprefix("torch."),
         "queries": list(capture.queries),
         "rows": capture.rows,
-        "prompt_format": "chat_template",
+        "prompt_format": prompt_format.name,
         "benchmark": benchmark.name,
         "benchmark_version": benchmark.version,
         "split": options.split,
@@ -124,7 +131,9 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         on_progress(0, total)
     for part_id in pending:
         indices = list(plan.part_range(part_id))
-        part = extract_part(loaded, [samples[i] for i in indices], indices, run.run_id, capture, options.batch_size, max_new_tokens)
+        part = extract_part(
+            loaded, prompt_format, [samples[i] for i in indices], indices, run.run_id, capture, options.batch_size, max_new_tokens
+        )
         record = parts.commit_part(run.paths, part_id, part.write)
         if record is not None:
             result.parts_written += 1
@@ -182,6 +191,7 @@ def _write_parquet(table: pa.Table, name: str, path: Path) -> None:
 
 def extract_part(
     loaded: LoadedModel,
+    prompt_format: PromptFormat,
     samples: list[Sample],
     indices: list[int],
     run_id: str,
@@ -200,14 +210,9 @@ def extract_part(
             continue
         ready.append((sample_idx, sample, image, _image_sha256(image)))
     for start in range(0, len(ready), batch_size):
-        _extract_batch(loaded, ready[start : start + batch_size], part, capture, max_new_tokens)
+        _extract_batch(loaded, prompt_format, ready[start : start + batch_size], part, capture, max_new_tokens)
     part.samples.sort(key=lambda row: row["sample_idx"])
     return part
-
-
-def build_prompt(loaded: LoadedModel, sample: Sample) -> str:
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
-    return loaded.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 class _StopAfterAnswers:
@@ -259,8 +264,8 @@ def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor],
     return answers, session, segments
 
 
-def _extract_batch(loaded: LoadedModel, batch, part: PartData, capture: CaptureSpec, max_new_tokens: int) -> None:
-    prompts = [build_prompt(loaded, sample) for _, sample, _, _ in batch]
+def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part: PartData, capture: CaptureSpec, max_new_tokens: int) -> None:
+    prompts = [prompt_format.render(loaded.processor, sample.question) for _, sample, _, _ in batch]
     try:
         encoded = loaded.processor(images=[image for _, _, image, _ in batch], text=prompts, return_tensors="pt", padding=True)
     except Exception as exc:  # noqa: BLE001  isolate the sample the processor rejects
@@ -270,7 +275,7 @@ def _extract_batch(loaded: LoadedModel, batch, part: PartData, capture: CaptureS
             part.errors += 1
             return
         for item in batch:
-            _extract_batch(loaded, [item], part, capture, max_new_tokens)
+            _extract_batch(loaded, prompt_format, [item], part, capture, max_new_tokens)
         return
     encoded = {key: value.to(loaded.device) for key, value in encoded.items()}
     if "pixel_values" in encoded:

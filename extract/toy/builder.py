@@ -42,6 +42,7 @@ class TinyLlavaSpec:
     patch_size: int = 16
     seed: int = 0
     randomise_norms: bool = False
+    architecture: str = "llava"  # 'llava' | 'vipllava'
 
 
 def build_tokenizer(words: list[str]):
@@ -82,7 +83,14 @@ def build_processor(spec: TinyLlavaSpec, words: list[str]):
 
 
 def build_model(spec: TinyLlavaSpec, vocab_size: int):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        VipLlavaConfig,
+        VipLlavaForConditionalGeneration,
+    )
 
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -106,25 +114,56 @@ def build_model(spec: TinyLlavaSpec, vocab_size: int):
         pad_token_id=PAD_ID,
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_ID,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
     torch.manual_seed(spec.seed)
-    model = LlavaForConditionalGeneration(config)
+    if spec.architecture == "vipllava":
+        # ViP-LLaVA concatenates several tower layers (the real one: 5 of a 24-layer CLIP)
+        layers = list(range(-spec.vision_layers, 0))
+        config = VipLlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID, vision_feature_layers=layers)
+        model = VipLlavaForConditionalGeneration(config)
+    elif spec.architecture == "llava":
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=IMAGE_ID,
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+        model = LlavaForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown tiny architecture {spec.architecture!r}")
     if spec.randomise_norms:
-        generator = torch.Generator().manual_seed(spec.seed + 1)
-        with torch.no_grad():
-            for name, parameter in model.model.language_model.named_parameters():
-                if name.endswith("norm.weight"):
-                    parameter.copy_(0.5 + torch.rand(parameter.shape, generator=generator))
+        randomise_norm_weights(model.model.language_model, spec.seed + 1)
     model.generation_config.pad_token_id = PAD_ID
     model.generation_config.bos_token_id = BOS_ID
     model.generation_config.eos_token_id = EOS_ID
     return model.eval()
+
+
+def randomise_norm_weights(text_model: torch.nn.Module, seed: int, low: float = 0.5, high: float = 1.5) -> None:
+    """Norm weights of 1 hide a norm applied twice; tests randomise them."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in text_model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.copy_(low + (high - low) * torch.rand(parameter.shape, generator=generator))
+
+
+def save_pretrained_atomically(folder: Path, *objects) -> Path:
+    """Save model and processor into a temporary sibling folder, then rename it into place."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for item in objects:
+            item.save_pretrained(staging)
+        try:
+            os.rename(staging, folder)
+        except OSError:
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def save_tiny_llava(folder: Path, spec: TinyLlavaSpec = TinyLlavaSpec(), words: list[str] | None = None) -> Path:
@@ -135,17 +174,4 @@ def save_tiny_llava(folder: Path, spec: TinyLlavaSpec = TinyLlavaSpec(), words: 
     words = words if words is not None else shapes.vocabulary()
     processor = build_processor(spec, words)
     model = build_model(spec, vocab_size=len(processor.tokenizer))
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        try:
-            os.rename(staging, folder)
-        except OSError:
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return save_pretrained_atomically(folder, model, processor)

@@ -9,14 +9,15 @@ from transformers import AutoModelForImageTextToText, GenerationConfig
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec, capture_session
 from attnwh.extract.models import load_model, resolve_source
-from attnwh.extract.run import build_prompt, generate_with_capture
+from attnwh.extract.prompts import FORMATS
+from attnwh.extract.run import generate_with_capture
 from attnwh.extract.segments import prompt_segments
 
 TOLERANCE = 1e-6
 
 
 def _encode(loaded, samples):
-    prompts = [build_prompt(loaded, sample) for sample in samples]
+    prompts = [FORMATS["chat_template"].render(loaded.processor, sample.question) for sample in samples]
     images = [sample.load_image() for sample in samples]
     encoded = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
     return dict(encoded)
