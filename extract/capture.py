@@ -127,7 +127,14 @@ class CaptureSession:
         if name is None:
             return
         rows = last_query_rows(query, key, attention_mask, scaling)
-        self.statistics[name][layer] = row_statistics(rows, self._segments_at_step[self.step])
+        segments = self._segments_at_step[self.step]
+        missing = segments.shape[1] - rows.shape[-1]
+        if missing > 0:
+            # a sliding-window layer's cache holds only the last keys: the earlier ones get exactly 0
+            rows = torch.nn.functional.pad(rows, (missing, 0))
+        elif missing < 0:
+            raise RuntimeError(f"layer {layer} saw {rows.shape[-1]} keys, more than the {segments.shape[1]} positions of the sequence")
+        self.statistics[name][layer] = row_statistics(rows, segments)
         if self.spec.rows:
             self.rows[name][layer] = rows
 

@@ -35,6 +35,7 @@ class Adapter:
     family: str
     description: str
     prompt_formats: tuple[str, ...] = ("chat_template",)  # the first is suggested
+    nested_images: bool = False  # the processor takes one list of images per prompt (Gemma 3)
 
     def text_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.model.language_model
@@ -47,6 +48,10 @@ class Adapter:
 
     def lm_head(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.lm_head
+
+    def processor_images(self, images: list) -> list:
+        """The ``images`` argument of the processor for one image per prompt."""
+        return [[image] for image in images] if self.nested_images else list(images)
 
     def image_token_ids(self, config) -> tuple[int, ...]:
         token = getattr(config, "image_token_id", None)
@@ -75,7 +80,9 @@ for _adapter in (
     Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)"),
     Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)"),
     Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)"),
-    Adapter("Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)"),
+    Adapter(
+        "Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True
+    ),
 ):
     register_adapter(_adapter)
 
@@ -97,6 +104,7 @@ class LoadedModel:
     processor: Any
     device: torch.device
     dtype: torch.dtype
+    eos_token_ids: tuple[int, ...] = ()  # the checkpoint's end-of-answer tokens
 
     @property
     def config(self):
@@ -205,7 +213,7 @@ def resolve_dtype(dtype: str, device: torch.device, config) -> torch.dtype:
 
 def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
     """Load weights and processor through ``from_pretrained``, with capture attention on the text model."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     _, adapter = load_config(source)
@@ -233,7 +241,19 @@ def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device)
     else:
         model.to(device)
     model.eval()
-    return LoadedModel(source, adapter, model, processor, device, dtype)
+    eos_token_ids = _end_tokens(model.generation_config.eos_token_id, processor.tokenizer.eos_token_id)
+    # Decoding is plain greedy whatever the checkpoint's generation_config suggests (sampling,
+    # repetition penalties): a clean config, so that nothing is merged into ``generate``'s settings.
+    model.generation_config = GenerationConfig(pad_token_id=processor.tokenizer.pad_token_id)
+    return LoadedModel(source, adapter, model, processor, device, dtype, eos_token_ids)
+
+
+def _end_tokens(configured, tokenizer_eos) -> tuple[int, ...]:
+    if configured is None:
+        configured = tokenizer_eos
+    if configured is None:
+        return ()
+    return tuple(int(token) for token in (configured if isinstance(configured, (list, tuple)) else [configured]))
 
 
 def _short(exc: BaseException) -> str:

@@ -227,39 +227,56 @@ class _StopAfterAnswers:
         return finished & (generated.shape[1] >= self.passes_needed)
 
 
+def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Processor output for one left-padded batch, on the model's device; float tensors in the model's dtype.
+
+    Everything the processor returns goes to the model (``image_sizes``, ``image_grid_thw``,
+    ``token_type_ids``, ``mm_token_type_ids``, ...): families need different extras.
+    """
+    encoded = loaded.processor(images=loaded.adapter.processor_images(images), text=prompts, return_tensors="pt", padding=True)
+    return {
+        key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None)
+        for key, value in encoded.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
 def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor], capture: CaptureSpec, max_new_tokens: int):
-    """Greedy generation with the capture session active. Returns (answer token ids per row, session).
+    """Greedy generation with the capture session active. Returns (answer token ids per row, session, segments).
 
     Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
-    decode step of the first generated token, even when that token is EOS); answers are cut at the
+    decode step of the first generated token, even when that token is EOS), so ``generate`` is not
+    told the EOS tokens; a stopping criterion ends rows at EOS instead, and answers are cut at the
     first EOS and at ``max_new_tokens``.
     """
-    from transformers import GenerationConfig, StoppingCriteriaList
+    from transformers import StoppingCriteriaList
 
     tokenizer = loaded.processor.tokenizer
-    eos = loaded.model.generation_config.eos_token_id
-    eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos if eos is not None else tokenizer.eos_token_id], device=loaded.device)
+    eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
     adapter = loaded.adapter
     segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], adapter.image_token_ids(loaded.config))
     prompt_length = encoded["input_ids"].shape[1]
     passes = capture.forward_passes_needed
-    config = GenerationConfig(
-        max_new_tokens=max(max_new_tokens, passes),
-        do_sample=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=None,
-    )
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
     with torch.inference_mode(), capture_session(
         adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), capture, segments
     ) as session:
-        output = loaded.model.generate(**encoded, generation_config=config, stopping_criteria=stop)
+        output = loaded.model.generate(
+            **encoded,
+            max_new_tokens=max(max_new_tokens, passes),
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None,
+            stopping_criteria=stop,
+        )
     if not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
+    end = set(loaded.eos_token_ids)
     answers = []
     for row in output[:, prompt_length:].tolist():
         row = row[:max_new_tokens]
-        cut = next((i for i, token in enumerate(row) if token in eos_ids.tolist()), len(row))
+        cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
     return answers, session, segments
 
@@ -267,7 +284,7 @@ def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor],
 def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part: PartData, capture: CaptureSpec, max_new_tokens: int) -> None:
     prompts = [prompt_format.render(loaded.processor, sample.question) for _, sample, _, _ in batch]
     try:
-        encoded = loaded.processor(images=[image for _, _, image, _ in batch], text=prompts, return_tensors="pt", padding=True)
+        encoded = encode_batch(loaded, [image for _, _, image, _ in batch], prompts)
     except Exception as exc:  # noqa: BLE001  isolate the sample the processor rejects
         if len(batch) == 1:
             sample_idx, sample, _, _ = batch[0]
@@ -277,9 +294,6 @@ def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part
         for item in batch:
             _extract_batch(loaded, prompt_format, [item], part, capture, max_new_tokens)
         return
-    encoded = {key: value.to(loaded.device) for key, value in encoded.items()}
-    if "pixel_values" in encoded:
-        encoded["pixel_values"] = encoded["pixel_values"].to(loaded.dtype)
     answers, session, segments = generate_with_capture(loaded, encoded, capture, max_new_tokens)
     statistics = {name: tensor.numpy() for name, tensor in session.stacked_statistics().items()}  # [layer, batch, head, stat]
     rows = {name: tensor.numpy() for name, tensor in session.stacked_rows(torch.float16).items()}  # [layer, batch, head, key]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, GenerationConfig
 
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec, capture_session
@@ -12,6 +11,7 @@ from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
 from attnwh.extract.run import generate_with_capture
 from attnwh.extract.segments import prompt_segments
+from tests.reference import reference_generate
 
 TOLERANCE = 1e-6
 
@@ -21,15 +21,6 @@ def _encode(loaded, samples):
     images = [sample.load_image() for sample in samples]
     encoded = loaded.processor(images=images, text=prompts, return_tensors="pt", padding=True)
     return dict(encoded)
-
-
-def _eager_generate(folder, encoded, n_new):
-    eager = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
-    config = GenerationConfig(max_new_tokens=n_new, do_sample=False, pad_token_id=0, eos_token_id=None)
-    with torch.inference_mode():
-        return eager.generate(
-            **encoded, generation_config=config, output_attentions=True, return_dict_in_generate=True
-        )
 
 
 def _samples(count):
@@ -46,7 +37,7 @@ def test_prompt_and_gen1_rows_equal_eager_attention(tiny_model, batch):
         lengths = encoded["attention_mask"].sum(1)
         assert len(set(lengths.tolist())) > 1
     _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=True), max_new_tokens=2)
-    reference = _eager_generate(tiny_model, encoded, 2)
+    reference = reference_generate(tiny_model, encoded, 2, output_attentions=True)
     captured = session.stacked_rows()  # query -> [layer, batch, head, key]
     n_layers = loaded.info["n_layers"]
     for layer in range(n_layers):
@@ -65,14 +56,14 @@ def test_prompt_and_gen1_rows_equal_eager_attention(tiny_model, batch):
 def test_logits_with_capture_equal_plain_sdpa(tiny_model):
     loaded = load_model(resolve_source(str(tiny_model)), dtype=torch.float32, device=torch.device("cpu"))
     encoded = _encode(loaded, _samples(3))
-    sdpa = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
-    config = GenerationConfig(max_new_tokens=3, do_sample=False, pad_token_id=0, eos_token_id=None)
+    plain = reference_generate(tiny_model, encoded, 3, attn_implementation="sdpa", output_logits=True)
     with torch.inference_mode():
-        plain = sdpa.generate(**encoded, generation_config=config, output_logits=True, return_dict_in_generate=True)
         segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
         adapter = loaded.adapter
         with capture_session(adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments) as session:
-            captured = loaded.model.generate(**encoded, generation_config=config, output_logits=True, return_dict_in_generate=True)
+            captured = loaded.model.generate(
+                **encoded, max_new_tokens=3, do_sample=False, eos_token_id=None, output_logits=True, return_dict_in_generate=True
+            )
     assert session.complete()
     assert torch.equal(plain.sequences, captured.sequences)
     for step_plain, step_captured in zip(plain.logits, captured.logits, strict=True):

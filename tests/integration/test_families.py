@@ -1,0 +1,148 @@
+"""Every supported family through the one capture path, against eager attention on the same weights.
+
+Each family is a tiny random-weight model built from configs (norm weights randomised), saved, and
+loaded with ``from_pretrained`` + ``AutoProcessor``. The batch is left-padded and, where the family
+allows it, its images have different sizes, so samples carry different numbers of image tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.capture import CaptureSpec
+from attnwh.extract.models import load_config, load_model, model_info, resolve_source
+from attnwh.extract.prompts import FORMATS
+from attnwh.extract.run import ExtractOptions, encode_batch, generate_with_capture, run_extract
+from attnwh.extract.segments import image_spans
+from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+from attnwh.extract.toy.tiny_gemma3 import save_tiny_gemma3
+from attnwh.extract.toy.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
+from attnwh.extract.toy.tiny_qwen import save_tiny_qwen2_5_vl, save_tiny_qwen2_vl
+from attnwh.warehouse.catalog import Catalog
+from attnwh.warehouse.layout import open_warehouse
+from tests.reference import reference_generate
+
+TOLERANCE = 1e-6
+IMAGE_SIZES = [(64, 64), (96, 48), (48, 96)]  # (width, height)
+
+ImageTokenCount = Callable  # (processor, encoded batch, config) -> image tokens per sample
+
+
+def fixed_count(count_of_config: Callable) -> ImageTokenCount:
+    """Families whose image becomes a fixed number of tokens whatever its size (LLaVA-1.5, Gemma 3)."""
+    return lambda processor, encoded, config: [count_of_config(config)] * len(encoded["input_ids"])
+
+
+def anyres_count(processor, encoded, config) -> list[int]:
+    """LLaVA-NeXT / OneVision: base view + unpadded tiles + one newline per row, as the processor computes it."""
+    return processor._get_num_multimodal_tokens(image_sizes=encoded["image_sizes"].tolist())["num_image_tokens"]
+
+
+def qwen_count(processor, encoded, config) -> list[int]:
+    """Qwen2(.5)-VL: one token per merge×merge block of the patch grid (temporal × height × width)."""
+    merge = processor.image_processor.merge_size
+    return (encoded["image_grid_thw"].prod(dim=-1) // merge**2).tolist()
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    build: Callable[[Path], Path]
+    expected_image_tokens: ImageTokenCount
+    varies_with_size: bool  # images of other sizes give other token counts
+
+
+FAMILIES = [
+    Family(
+        "llava",
+        lambda folder: save_tiny_llava(folder, TinyLlavaSpec(n_kv_heads=2, seed=3, randomise_norms=True)),
+        fixed_count(lambda config: (config.vision_config.image_size // config.vision_config.patch_size) ** 2),
+        False,
+    ),
+    Family(
+        "vipllava",
+        lambda folder: save_tiny_llava(folder, TinyLlavaSpec(n_kv_heads=2, seed=4, randomise_norms=True, architecture="vipllava")),
+        fixed_count(lambda config: (config.vision_config.image_size // config.vision_config.patch_size) ** 2),
+        False,
+    ),
+    Family("llava_next", lambda folder: save_tiny_llava_next(folder, seed=5, randomise_norms=True), anyres_count, True),
+    Family(
+        "llava_next_mistral",
+        lambda folder: save_tiny_llava_next(folder, seed=6, randomise_norms=True, text_model="mistral"),
+        anyres_count,
+        True,
+    ),
+    Family("llava_onevision", lambda folder: save_tiny_onevision(folder, seed=7, randomise_norms=True), anyres_count, True),
+    Family("qwen2_5_vl", lambda folder: save_tiny_qwen2_5_vl(folder, seed=8, randomise_norms=True), qwen_count, True),
+    Family("qwen2_vl", lambda folder: save_tiny_qwen2_vl(folder, seed=9, randomise_norms=True), qwen_count, True),
+    Family("gemma3", lambda folder: save_tiny_gemma3(folder, seed=10, randomise_norms=True), fixed_count(lambda config: config.mm_tokens_per_image), False),
+]
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda family: family.name)
+def family_model(request, tmp_path_factory):
+    family = request.param
+    return family, family.build(tmp_path_factory.mktemp("family") / family.name)
+
+
+def sized_images(samples):
+    return [sample.load_image().resize(size, Image.BICUBIC) for sample, size in zip(samples, IMAGE_SIZES)]
+
+
+def test_family_rows_equal_eager_attention(family_model):
+    family, folder = family_model
+    loaded = load_model(resolve_source(str(folder)), dtype=torch.float32, device=torch.device("cpu"))
+    assert loaded.config.get_text_config()._attn_implementation == "attnwh_capture"
+    samples = get_benchmark("toy-shapes").load(None, "test")[: len(IMAGE_SIZES)]
+    prompts = [FORMATS["chat_template"].render(loaded.processor, sample.question) for sample in samples]
+    encoded = encode_batch(loaded, sized_images(samples), prompts)
+    assert (encoded["attention_mask"] == 0).any(), "the batch must be left-padded"
+    _, session, segments = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1")), max_new_tokens=2)
+
+    reference = reference_generate(folder, encoded, 2, output_attentions=True)
+    rows = session.stacked_rows()
+    for layer in range(model_info(loaded.config, loaded.adapter)["n_layers"]):
+        for step, query in enumerate(("prompt", "gen1")):
+            expected = reference.attentions[step][layer][:, :, -1, :]
+            captured = rows[query][layer]
+            window = expected.shape[-1]  # a sliding-window layer's decode step sees only the last keys
+            assert captured.shape[:2] == expected.shape[:2] and captured.shape[-1] == encoded["input_ids"].shape[1] + step
+            assert (captured[..., -window:] - expected).abs().max().item() <= TOLERANCE, (query, layer)
+            assert captured[..., :-window].abs().sum().item() == 0, (query, layer)
+
+    spans = image_spans(segments)
+    counts = [span.n_image for span in spans]
+    assert counts == family.expected_image_tokens(loaded.processor, encoded, loaded.config)
+    if family.varies_with_size:
+        assert len(set(counts)) > 1, "images of different sizes should give different token counts"
+    image_ids = torch.tensor(loaded.adapter.image_token_ids(loaded.config))
+    for span, ids, mask in zip(spans, encoded["input_ids"], encoded["attention_mask"]):
+        real = ids[mask.bool()]
+        image_positions = torch.isin(real, image_ids).nonzero().flatten()
+        assert (span.image_start, span.image_end) == (int(image_positions[0]), int(image_positions[-1]) + 1)
+
+
+def test_family_extracts_into_the_warehouse(family_model, tmp_path):
+    family, folder = family_model
+    options = ExtractOptions(model=str(folder), limit=4, batch_size=4, part_size=4, max_new_tokens=2, command=["test"])
+    result = run_extract(tmp_path / "wh", options)
+    assert (result.parts_written, result.errors) == (1, 0)
+    info = model_info(*load_config(resolve_source(str(folder))))
+    with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
+        samples = catalog.query("SELECT status, n_image FROM samples ORDER BY sample_idx").to_pylist()
+        assert [row["status"] for row in samples] == ["ok"] * 4
+        assert all(row["n_image"] > 0 for row in samples)
+        totals = catalog.query(
+            "SELECT count(*) AS n, min(image_sum + bos_sum + system_sum + prompt_sum + generated_sum) AS low, "
+            "max(image_sum + bos_sum + system_sum + prompt_sum + generated_sum) AS high FROM head_metrics"
+        ).to_pylist()[0]
+    n, low, high = totals["n"], totals["low"], totals["high"]
+    assert n == 4 * 2 * info["n_layers"] * info["n_heads"]
+    assert abs(low - 1) < 1e-4 and abs(high - 1) < 1e-4  # each row's segments share all of its attention
