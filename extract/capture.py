@@ -106,6 +106,7 @@ class CaptureSession:
     spec: CaptureSpec
     segments: torch.Tensor  # [batch, prompt_position] segment codes
     n_layers: int
+    region: torch.Tensor | None = None  # [batch, prompt_position] bool: image positions in the question's boxes
     step: int = -1  # index of the current forward pass
     statistics: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, stat]
     rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp32
@@ -114,6 +115,9 @@ class CaptureSession:
         self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.queries}
         self._segments_at_step = {
             QUERY_STEPS[name]: with_generated(self.segments, QUERY_STEPS[name]) for name in self.spec.queries
+        }
+        self._region_at_step = {
+            step: None if self.region is None else torch.nn.functional.pad(self.region, (0, step)) for step in self._segments_at_step
         }
         for name in self.spec.queries:
             self.statistics[name] = [None] * self.n_layers
@@ -134,7 +138,7 @@ class CaptureSession:
             rows = torch.nn.functional.pad(rows, (missing, 0))
         elif missing < 0:
             raise RuntimeError(f"layer {layer} saw {rows.shape[-1]} keys, more than the {segments.shape[1]} positions of the sequence")
-        self.statistics[name][layer] = row_statistics(rows, segments)
+        self.statistics[name][layer] = row_statistics(rows, segments, self._region_at_step[self.step])
         if self.spec.rows:
             self.rows[name][layer] = rows
 
@@ -151,13 +155,17 @@ class CaptureSession:
 
 @contextmanager
 def capture_session(
-    text_model: torch.nn.Module, attention_modules: list[torch.nn.Module], spec: CaptureSpec, segments: torch.Tensor
+    text_model: torch.nn.Module,
+    attention_modules: list[torch.nn.Module],
+    spec: CaptureSpec,
+    segments: torch.Tensor,
+    region: torch.Tensor | None = None,
 ) -> Iterator[CaptureSession]:
     """Record the captured queries of every forward pass of ``text_model`` while inside the block.
 
     ``attention_modules[i]`` is layer i's attention module; the model is restored on exit.
     """
-    session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules))
+    session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules), region=region)
     hook = text_model.register_forward_pre_hook(lambda module, args: session.begin_forward())
     for index, module in enumerate(attention_modules):
         setattr(module, SESSION_ATTRIBUTE, _LayerHandle(session, index))

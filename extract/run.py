@@ -20,10 +20,14 @@ import torch
 
 from attnwh.errors import UsageError
 from attnwh.extract.benchmarks import Sample, get_benchmark
-from attnwh.extract.benchmarks.parsers import parse
+from attnwh.extract.benchmarks.data import resolve_data
+from attnwh.extract.benchmarks.parsers import PARSERS
+from attnwh.extract.benchmarks.registry import check_split
+from attnwh.extract.benchmarks.templates import LETTERS, render_question
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
 from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
+from attnwh.extract.regions import region_mask
 from attnwh.extract.segments import image_spans, prompt_segments
 from attnwh.extract.stats import STAT_NAMES
 from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, DEFAULT_MODEL_VERSION, default_model_folder
@@ -71,7 +75,9 @@ class ExtractResult:
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
     _check_options(options)
     benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
-    samples = benchmark.load(options.data, options.split)
+    split = check_split(benchmark, options.split)
+    data = resolve_data(benchmark, options.data)
+    samples = benchmark.load(data, split)
     if options.limit is not None:
         samples = samples[: options.limit]
     if not samples:
@@ -98,8 +104,8 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         "prompt_format": prompt_format.name,
         "benchmark": benchmark.name,
         "benchmark_version": benchmark.version,
-        "split": options.split,
-        "data": str(Path(options.data).resolve()) if options.data else None,
+        "split": split,
+        "data": str(data) if data is not None else None,
         "limit": options.limit,
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
@@ -125,15 +131,14 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     if not pending:
         return result
     loaded = load_model(source, dtype=dtype, device=device)
+    settings = BatchSettings(loaded, prompt_format, benchmark.template, capture, max_new_tokens)
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
     done = 0
     if on_progress:
         on_progress(0, total)
     for part_id in pending:
         indices = list(plan.part_range(part_id))
-        part = extract_part(
-            loaded, prompt_format, [samples[i] for i in indices], indices, run.run_id, capture, options.batch_size, max_new_tokens
-        )
+        part = extract_part(settings, [samples[i] for i in indices], indices, run.run_id, options.batch_size)
         record = parts.commit_part(run.paths, part_id, part.write)
         if record is not None:
             result.parts_written += 1
@@ -189,30 +194,41 @@ def _write_parquet(table: pa.Table, name: str, path: Path) -> None:
     pq.write_table(table, path, compression="zstd")
 
 
-def extract_part(
-    loaded: LoadedModel,
-    prompt_format: PromptFormat,
-    samples: list[Sample],
-    indices: list[int],
-    run_id: str,
-    capture: CaptureSpec,
-    batch_size: int,
-    max_new_tokens: int,
-) -> PartData:
-    part = PartData(run_id, capture.queries)
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every batch of a run shares."""
+
+    loaded: LoadedModel
+    prompt_format: PromptFormat
+    template: str  # the benchmark's question template
+    capture: CaptureSpec
+    max_new_tokens: int
+
+
+def extract_part(settings: BatchSettings, samples: list[Sample], indices: list[int], run_id: str, batch_size: int) -> PartData:
+    part = PartData(run_id, settings.capture.queries)
     ready: list[tuple[int, Sample, Any, str]] = []
     for sample_idx, sample in zip(indices, samples):
+        if sample.error is not None:  # a malformed benchmark row
+            part.samples.append(_error_row(run_id, sample_idx, sample, f"data: {sample.error}"))
+            part.errors += 1
+            continue
         try:
             image = sample.load_image().convert("RGB")
         except Exception as exc:  # noqa: BLE001  a broken image fails its sample only
-            part.samples.append(_error_row(run_id, sample_idx, sample, f"image: {type(exc).__name__}: {exc}"))
+            part.samples.append(_error_row(run_id, sample_idx, sample, f"image: {_describe(exc)}"))
             part.errors += 1
             continue
         ready.append((sample_idx, sample, image, _image_sha256(image)))
     for start in range(0, len(ready), batch_size):
-        _extract_batch(loaded, prompt_format, ready[start : start + batch_size], part, capture, max_new_tokens)
+        _extract_batch(settings, ready[start : start + batch_size], part)
     part.samples.sort(key=lambda row: row["sample_idx"])
     return part
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if type(exc).__name__ == "ImageLoadError" else f"{type(exc).__name__}: {text}"
 
 
 class _StopAfterAnswers:
@@ -241,8 +257,20 @@ def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[
     }
 
 
-def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor], capture: CaptureSpec, max_new_tokens: int):
-    """Greedy generation with the capture session active. Returns (answer token ids per row, session, segments).
+@dataclass
+class Generation:
+    answers: list[list[int]]  # generated token ids per row, cut at the first EOS and at max_new_tokens
+    first_logits: torch.Tensor  # [batch, vocab] fp32 on CPU: the logits at the answer position
+
+
+def generate_with_capture(
+    loaded: LoadedModel,
+    encoded: dict[str, torch.Tensor],
+    capture: CaptureSpec,
+    max_new_tokens: int,
+    region: torch.Tensor | None = None,
+):
+    """Greedy generation with the capture session active. Returns (generation, session, segments).
 
     Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
     decode step of the first generated token, even when that token is EOS), so ``generate`` is not
@@ -259,7 +287,7 @@ def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor],
     passes = capture.forward_passes_needed
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
     with torch.inference_mode(), capture_session(
-        adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), capture, segments
+        adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), capture, segments, region
     ) as session:
         output = loaded.model.generate(
             **encoded,
@@ -269,22 +297,27 @@ def generate_with_capture(loaded: LoadedModel, encoded: dict[str, torch.Tensor],
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=None,
             stopping_criteria=stop,
+            output_logits=True,
+            return_dict_in_generate=True,
         )
     if not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
     end = set(loaded.eos_token_ids)
     answers = []
-    for row in output[:, prompt_length:].tolist():
+    for row in output.sequences[:, prompt_length:].tolist():
         row = row[:max_new_tokens]
         cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
-    return answers, session, segments
+    return Generation(answers, output.logits[0].float().cpu()), session, segments
 
 
-def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part: PartData, capture: CaptureSpec, max_new_tokens: int) -> None:
-    prompts = [prompt_format.render(loaded.processor, sample.question) for _, sample, _, _ in batch]
+def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
+    loaded, capture = settings.loaded, settings.capture
+    prompts = [settings.prompt_format.render(loaded.processor, render_question(settings.template, sample)) for _, sample, _, _ in batch]
+    images = [image for _, _, image, _ in batch]
     try:
-        encoded = encode_batch(loaded, [image for _, _, image, _ in batch], prompts)
+        encoded = encode_batch(loaded, images, prompts)
+        region = _region(loaded, encoded, batch)
     except Exception as exc:  # noqa: BLE001  isolate the sample the processor rejects
         if len(batch) == 1:
             sample_idx, sample, _, _ = batch[0]
@@ -292,17 +325,23 @@ def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part
             part.errors += 1
             return
         for item in batch:
-            _extract_batch(loaded, prompt_format, [item], part, capture, max_new_tokens)
+            _extract_batch(settings, [item], part)
         return
-    answers, session, segments = generate_with_capture(loaded, encoded, capture, max_new_tokens)
+    generation, session, segments = generate_with_capture(loaded, encoded, capture, settings.max_new_tokens, region)
     statistics = {name: tensor.numpy() for name, tensor in session.stacked_statistics().items()}  # [layer, batch, head, stat]
     rows = {name: tensor.numpy() for name, tensor in session.stacked_rows(torch.float16).items()}  # [layer, batch, head, key]
     spans = image_spans(segments)
     tokenizer = loaded.processor.tokenizer
     prompt_length = segments.shape[1]
-    for position, ((sample_idx, sample, _, image_hash), prompt, answer, span) in enumerate(zip(batch, prompts, answers, spans)):
+    letter_ids = _letter_token_ids(tokenizer) if any(sample.choices for _, sample, _, _ in batch) else []
+    log_probs = torch.log_softmax(generation.first_logits, dim=-1)
+    for position, ((sample_idx, sample, _, image_hash), prompt, answer, span) in enumerate(zip(batch, prompts, generation.answers, spans)):
         text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-        parsed = parse(sample.parser, text, len(sample.choices))
+        parser = PARSERS[sample.parser]
+        parsed = parser.parse(text, sample.choices)
+        option_logprobs = None
+        if sample.choices:
+            option_logprobs = [float(torch.logsumexp(log_probs[position, ids], dim=0)) for ids in letter_ids[: len(sample.choices)]]
         part.samples.append(
             {
                 "run_id": part.run_id,
@@ -312,17 +351,23 @@ def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part
                 "error": None,
                 "prompt": prompt,
                 "question": sample.question,
+                "hint": sample.hint,
                 "choices": list(sample.choices),
                 "gold": sample.gold,
                 "category": sample.category,
+                "group_key": sample.group,
                 "output_text": text,
+                "parser": parser.name,
+                "parser_version": parser.version,
                 "parsed": parsed,
                 "correct": (parsed == sample.gold) if sample.gold is not None else None,
+                "option_logprobs": option_logprobs,
                 "n_tokens": span.n_tokens,
                 "n_image": span.n_image,
                 "image_start": span.image_start,
                 "image_end": span.image_end,
                 "image_sha256": image_hash,
+                "n_region": int(region[position].sum()) if region is not None and sample.boxes else None,
             }
         )
         part.metrics.append(_metrics_table(part.run_id, sample_idx, {name: stats[:, position] for name, stats in statistics.items()}))
@@ -331,6 +376,39 @@ def _extract_batch(loaded: LoadedModel, prompt_format: PromptFormat, batch, part
             part.rows.append(
                 (sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.queries])
             )
+
+
+def _letter_token_ids(tokenizer) -> list[torch.Tensor]:
+    """Per option letter, the ids of the single tokens that spell it at the start of an answer (``B``, ``▁B``)."""
+    ids = []
+    for letter in LETTERS:
+        candidates = {tokenizer.convert_tokens_to_ids(letter)}
+        for text in (letter, " " + letter):
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded) == 1:
+                candidates.add(encoded[0])
+        candidates.discard(tokenizer.unk_token_id)
+        candidates.discard(None)
+        ids.append(torch.tensor(sorted(candidates), dtype=torch.long))
+    return ids
+
+
+def _region(loaded: LoadedModel, encoded: dict[str, torch.Tensor], batch) -> torch.Tensor | None:
+    """[batch, prompt_position] bool: the image positions inside each sample's boxes; None when no sample has boxes."""
+    if not any(sample.boxes for _, sample, _, _ in batch):
+        return None
+    image_ids = torch.tensor(loaded.adapter.image_token_ids(loaded.config), device=encoded["input_ids"].device)
+    is_image = torch.isin(encoded["input_ids"], image_ids) & encoded["attention_mask"].bool()
+    region = torch.zeros_like(is_image)
+    for row, (_, sample, image, _) in enumerate(batch):
+        if not sample.boxes:
+            continue
+        inside = region_mask(loaded, image, sample.boxes)  # [n_image] bool, in the order of the image tokens
+        positions = is_image[row].nonzero().flatten()
+        if len(inside) != len(positions):
+            raise ValueError(f"region mask has {len(inside)} image tokens, the prompt {len(positions)}")
+        region[row, positions] = inside.to(region.device)
+    return region
 
 
 def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarray]) -> pa.Table:
@@ -357,7 +435,7 @@ def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarra
     }
     for stat in STAT_NAMES:
         if stat != "image_argmax":
-            table[stat] = pa.array(data[stat].astype(np.float32))
+            table[stat] = pa.array(data[stat].astype(np.float32), from_pandas=True)  # NaN (no region) -> null
     return pa.table(table).select(HEAD_METRICS.names).cast(HEAD_METRICS)
 
 
@@ -369,9 +447,13 @@ def _error_row(run_id: str, sample_idx: int, sample: Sample, error: str) -> dict
         "status": "error",
         "error": error[:1000],
         "question": sample.question,
+        "hint": sample.hint,
         "choices": list(sample.choices),
         "gold": sample.gold,
         "category": sample.category,
+        "group_key": sample.group,
+        "parser": sample.parser,
+        "parser_version": PARSERS[sample.parser].version if sample.parser in PARSERS else None,
     }
 
 

@@ -15,26 +15,33 @@ STAT_NAMES = (
     "system_sum",
     "prompt_sum",
     "generated_sum",
+    "region_sum",
+    "region_entropy",
 )
 
 
 def row_statistics(
     rows: torch.Tensor,  # [batch, head, key] attention of one query, sums to 1 over non-pad keys
     segments: torch.Tensor,  # [batch, key] segment codes
+    region: torch.Tensor | None = None,  # [batch, key] bool: image positions inside the question's boxes
 ) -> torch.Tensor:  # [batch, head, len(STAT_NAMES)] fp32
     """All statistics of §5 for one query row per (sample, head).
 
     ``image_entropy`` is the entropy of the attention renormalised over image positions (0 when
     the image gets no attention); ``image_argmax`` is the index of the maximum among the image
-    positions (-1 when there is no image).
+    positions (-1 when there is no image). ``region_sum`` / ``region_entropy`` are the same over the
+    region positions, NaN (stored as null) for samples without a region.
     """
     rows = rows.float()
     image = (segments == IMAGE).unsqueeze(1)  # [batch, 1, key]
-    image_rows = rows * image
-    image_sum = image_rows.sum(-1)
-    share = image_rows / image_sum.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
-    image_entropy = -torch.special.xlogy(share, share).sum(-1)
-    image_entropy = torch.where(image_sum > 0, image_entropy, torch.zeros_like(image_entropy))
+    image_sum, image_entropy = _mass_and_entropy(rows, image)
+    if region is None:
+        region = torch.zeros_like(segments, dtype=torch.bool)
+    region = (region & (segments == IMAGE)).unsqueeze(1)
+    region_sum, region_entropy = _mass_and_entropy(rows, region)
+    has_region = region.any(-1)  # [batch, 1]
+    region_sum = torch.where(has_region, region_sum, torch.full_like(region_sum, float("nan")))
+    region_entropy = torch.where(has_region, region_entropy, torch.full_like(region_entropy, float("nan")))
     masked = rows.masked_fill(~image, float("-inf"))
     image_max, argmax = masked.max(-1)
     image_index = (image.cumsum(-1) - 1).expand_as(rows).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
@@ -55,6 +62,17 @@ def row_statistics(
             segment_sum(SYSTEM),
             segment_sum(PROMPT),
             segment_sum(GENERATED),
+            region_sum,
+            region_entropy,
         ],
         dim=-1,
     )
+
+
+def _mass_and_entropy(rows: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention mass on the selected keys, and the entropy of the attention renormalised over them."""
+    selected_rows = rows * selected
+    mass = selected_rows.sum(-1)
+    share = selected_rows / mass.clamp_min(torch.finfo(torch.float32).tiny).unsqueeze(-1)
+    entropy = -torch.special.xlogy(share, share).sum(-1)
+    return mass, torch.where(mass > 0, entropy, torch.zeros_like(entropy))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -54,11 +55,9 @@ def hostile_warehouse(tmp_path, tiny_mha, monkeypatch):
     def load(data, split):
         samples = original.load(data, split)[:3]
         first = samples[0]
-        samples[0] = registry.Sample(first.key, HOSTILE_QUESTION, first.load_image, first.choices, first.gold, first.category, first.parser)
+        samples[0] = dataclasses.replace(first, question=HOSTILE_QUESTION)
         return samples
 
-    monkeypatch.setitem(
-        registry.BENCHMARKS, "toy-shapes", registry.Benchmark(original.name, original.version, original.description, load, original.max_new_tokens)
-    )
+    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
     run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
     return tmp_path / "wh"

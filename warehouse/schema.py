@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 META_TABLE = b"attnwh.table"
 META_VERSION = b"attnwh.schema_version"
 
@@ -21,17 +21,23 @@ SAMPLES = pa.schema(
         ("error", pa.string()),
         ("prompt", pa.string()),
         ("question", pa.string()),
+        ("hint", pa.string()),
         ("choices", pa.list_(pa.string())),
         ("gold", pa.string()),
         ("category", pa.string()),
+        ("group_key", pa.string()),  # samples scored together (MMBench circular: the question's index)
         ("output_text", pa.string()),
-        ("parsed", pa.string()),
+        ("parser", pa.string()),
+        ("parser_version", pa.string()),
+        ("parsed", pa.string()),  # an option letter, 'yes' / 'no', or 'invalid'
         ("correct", pa.bool_()),
+        ("option_logprobs", pa.list_(pa.float32())),  # log-probability of each option letter at the answer position
         ("n_tokens", pa.int32()),  # prompt tokens without padding
         ("n_image", pa.int32()),
         ("image_start", pa.int32()),  # first image position, counted from the first real token
         ("image_end", pa.int32()),  # one past the last image position
         ("image_sha256", pa.string()),
+        ("n_region", pa.int32()),  # image positions inside the question's boxes; null without boxes
     ]
 )
 
@@ -50,6 +56,8 @@ HEAD_METRICS = pa.schema(
         ("system_sum", pa.float32()),
         ("prompt_sum", pa.float32()),
         ("generated_sum", pa.float32()),
+        ("region_sum", pa.float32()),  # null without boxes
+        ("region_entropy", pa.float32()),
     ]
 )
 

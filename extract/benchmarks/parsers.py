@@ -1,16 +1,34 @@
-"""Answer parsers. An answer that cannot be parsed is ``invalid``: never a guess."""
+"""Answer parsers, named and versioned (both stored on every sample row).
+
+An answer that cannot be parsed is ``invalid``: never a guess, never a random letter.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
 
 INVALID = "invalid"
-_WORD = re.compile(r"[A-Za-z]+")
-_LETTER = re.compile(r"^\s*\(?([A-Z])(?:[.):\s]|$)")
+_WORD = re.compile(r"[^\W\d_]+")
+# a letter standing alone at the start: "B", "B.", "B)", "(B)", "B: text", "B, ..."; not the article
+# of a sentence ("A red circle"): a letter followed by a space and a lowercase word does not count
+_LEADING_LETTER = re.compile(r"^[\s\"'*]*\(?([A-Z])(?:[.):,\"'*]|\s+(?![a-z])|$)")
+# "the answer is B", "Answer: (B)", "option B", "correct option is B." (the letter itself upper case)
+_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is|:)?\s*\(?([A-Z])(?:[.):,\s]|$)")
 
 
-def parse_yes_no(text: str) -> str:
-    """POPE's rule: the first word decides; anything but yes/no is invalid."""
+@dataclass(frozen=True)
+class Parser:
+    name: str
+    version: str
+    parse: Callable[[str, tuple[str, ...]], str]  # (model output, option texts) -> parsed answer
+    description: str
+
+
+def parse_yes_no(text: str, choices: tuple[str, ...] = ()) -> str:
+    """POPE's rule: the first word decides (case-insensitive); anything but yes / no is invalid."""
     match = _WORD.search(text)
     if match is None:
         return INVALID
@@ -18,18 +36,36 @@ def parse_yes_no(text: str) -> str:
     return word if word in ("yes", "no") else INVALID
 
 
-def parse_letter(text: str, n_choices: int) -> str:
-    """A leading option letter (``B``, ``B.``, ``(B)``) within the offered choices."""
-    match = _LETTER.match(text)
-    if match is None:
-        return INVALID
-    letter = match.group(1)
-    return letter if ord(letter) - ord("A") < n_choices else INVALID
+def parse_letter(text: str, choices: tuple[str, ...]) -> str:
+    """An option letter within the offered choices.
+
+    In order: a letter standing alone at the start (``B``, ``B.``, ``(B)``, ``B) red``); a stated
+    letter (``The answer is B``, ``Answer: B``, ``Option B``); the whole answer equal to exactly one
+    option's text (``red`` for ``B. red``). Anything else, or a letter past the last option, is invalid.
+    """
+    text = unicodedata.normalize("NFKC", text).strip()
+    for pattern, source in ((_LEADING_LETTER, text), (_STATED_LETTER, text)):
+        match = pattern.search(source) if pattern is _STATED_LETTER else pattern.match(source)
+        if match is not None:
+            letter = match.group(1).upper()
+            return letter if 0 <= ord(letter) - ord("A") < len(choices) else INVALID
+    cleaned = text.rstrip(".").strip().casefold()
+    matches = [index for index, choice in enumerate(choices) if choice.strip().rstrip(".").casefold() == cleaned]
+    if cleaned and len(matches) == 1:
+        return chr(ord("A") + matches[0])
+    return INVALID
 
 
-def parse(parser: str, text: str, n_choices: int) -> str:
-    if parser == "yes_no":
-        return parse_yes_no(text)
-    if parser == "letter":
-        return parse_letter(text, n_choices)
-    raise ValueError(f"unknown parser {parser!r}")
+PARSERS: dict[str, Parser] = {
+    parser.name: parser
+    for parser in (
+        Parser("yes_no", "1", parse_yes_no, "first word, yes or no"),
+        Parser("letter", "2", parse_letter, "leading or stated option letter, or the exact text of one option"),
+    )
+}
+
+
+def parse(parser: str, text: str, choices: tuple[str, ...] = ()) -> str:
+    if parser not in PARSERS:
+        raise ValueError(f"unknown parser {parser!r}; choose {', '.join(PARSERS)}")
+    return PARSERS[parser].parse(text, tuple(choices))

@@ -1,4 +1,12 @@
-"""The benchmark registry: a benchmark is a versioned loader plus a parser and generation settings."""
+"""The benchmark registry: a benchmark is configuration (loader, prompt template, parser, generation
+settings, version); code lives only in the loaders of the odd formats.
+
+A loader turns local files into ``Sample`` objects. It never decodes images up front (``load_image``
+is called late, so a broken image fails only its sample), and a malformed row becomes a ``Sample``
+with ``error`` set (an error row in the warehouse) rather than stopping the run. A file that is not
+in the expected format at all raises ``BenchmarkError`` naming the file, the line or column, and
+what was expected.
+"""
 
 from __future__ import annotations
 
@@ -11,28 +19,38 @@ from PIL import Image
 
 from attnwh.errors import BenchmarkError
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
+
 
 @dataclass(frozen=True)
 class Sample:
-    """One benchmark item. ``load_image`` is called late, so a broken image fails only its sample."""
+    """One benchmark item."""
 
-    key: str
-    question: str  # the text given to the model after the image, options included
+    key: str  # the benchmark's own id (unique within a split)
+    question: str  # the question as the benchmark states it (options not included, except for the toy)
     load_image: Callable[[], Image.Image]
-    choices: tuple[str, ...] = ()
-    gold: str | None = None
+    choices: tuple[str, ...] = ()  # option texts in letter order (A, B, ...)
+    gold: str | None = None  # 'yes' / 'no', or an option letter
     category: str | None = None
-    parser: str = "yes_no"
+    parser: str = "yes_no"  # a name in ``parsers.PARSERS``
+    hint: str | None = None  # MMBench's hint / context, shown before the question
+    boxes: tuple[Box, ...] = ()  # regions the question points at (PointQA)
+    group: str | None = None  # samples scored together (MMBench circular: the question's index)
+    error: str | None = None  # set by the loader for a malformed row: the sample becomes an error row
 
 
 @dataclass(frozen=True)
 class Benchmark:
     name: str
-    version: str
+    version: str  # bumped whenever loading, prompts or parsing change what a run produces
     description: str
     load: Callable[[Path | None, str | None], list[Sample]]  # (data, split) -> samples
+    template: str = "as_is"  # a name in ``templates.TEMPLATES``
     max_new_tokens: int = 8
     splits: tuple[str, ...] = field(default=())
+    default_split: str | None = None
+    data_required: bool = True  # False: built in (the toy)
+    data_help: str = ""  # the files ``--data`` accepts
 
 
 BENCHMARKS: dict[str, Benchmark] = {}
@@ -49,10 +67,25 @@ def get_benchmark(name: str) -> Benchmark:
     _load_builtin()
     if name in BENCHMARKS:
         return BENCHMARKS[name]
-    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1)
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise BenchmarkError(f"unknown benchmark {name!r}; {hint}available: {', '.join(sorted(BENCHMARKS))}")
 
 
+def all_benchmarks() -> list[Benchmark]:
+    _load_builtin()
+    return [BENCHMARKS[name] for name in sorted(BENCHMARKS)]
+
+
+def check_split(benchmark: Benchmark, split: str | None) -> str | None:
+    """The split to load: the one asked for (which must exist), else the benchmark's default."""
+    if split is None:
+        return benchmark.default_split
+    if benchmark.splits and split not in benchmark.splits:
+        raise BenchmarkError(f"{benchmark.name} has splits {', '.join(benchmark.splits)}; got {split!r}")
+    return split
+
+
 def _load_builtin() -> None:
-    from attnwh.extract.benchmarks import toy_shapes  # noqa: F401  (registers itself)
+    # each module registers its benchmarks on import
+    from attnwh.extract.benchmarks import toy_shapes  # noqa: F401

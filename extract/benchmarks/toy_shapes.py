@@ -12,12 +12,7 @@ DEFAULT_SIZE = 64
 
 
 def load(data: Path | None, split: str | None) -> list[Sample]:
-    split = split or "test"
-    seed = shapes.SPLIT_SEEDS.get(split)
-    if seed is None:
-        from attnwh.errors import BenchmarkError
-
-        raise BenchmarkError(f"toy-shapes has splits {', '.join(shapes.SPLIT_SEEDS)}; got {split!r}")
+    seed = shapes.SPLIT_SEEDS[split or "test"]
     samples = []
     for index in range(DEFAULT_SIZE):
         item = shapes.make_item(seed, index)
@@ -41,7 +36,11 @@ register_benchmark(
         version="1",
         description="synthetic shapes: yes/no presence and colour multiple choice (embedded default)",
         load=load,
+        template="as_is",  # the toy's questions carry their own options and answer instruction
         max_new_tokens=2,
         splits=tuple(shapes.SPLIT_SEEDS),
+        default_split="test",
+        data_required=False,
+        data_help="nothing: generated deterministically",
     )
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -113,10 +115,10 @@ def test_broken_image_becomes_an_error_row(tmp_path, tiny_mha, monkeypatch):
         def broken():
             raise OSError("image file is truncated")
 
-        samples[1] = registry.Sample(samples[1].key, samples[1].question, broken, samples[1].choices, samples[1].gold, samples[1].category, samples[1].parser)
+        samples[1] = dataclasses.replace(samples[1], load_image=broken)
         return samples
 
-    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", registry.Benchmark(original.name, original.version, original.description, load_with_broken_image, original.max_new_tokens))
+    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load_with_broken_image))
     result = run_extract(tmp_path / "wh", options(tiny_mha, limit=4))
     assert result.errors == 1 and result.samples_written == 4
     with open_session(tmp_path / "wh") as session:
