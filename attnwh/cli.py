@@ -69,9 +69,9 @@ def _check_format(fmt: str) -> str:
 @app.command()
 @handles_errors
 def extract(
-    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: the embedded toy LLaVA).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")] = None,
     benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
-    data: Annotated[Path | None, typer.Option(help="Benchmark data file or folder.")] = None,
+    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
     split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     warehouse: WarehouseOption = None,
@@ -80,7 +80,7 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default 256; 16 for the toy).")] = None,
+    part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default 256; 32 for the toy).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
@@ -106,7 +106,7 @@ def extract(
         batch_size=batch_size,
         dtype=dtype,
         device=device,
-        part_size=part_size or (16 if (benchmark or DEFAULT_BENCHMARK) == DEFAULT_BENCHMARK else None),
+        part_size=part_size or (32 if (benchmark or DEFAULT_BENCHMARK).startswith(DEFAULT_BENCHMARK) else None),
         max_new_tokens=max_new_tokens,
         run_id=run,
         max_parts=max_parts,
@@ -185,6 +185,72 @@ def models(fmt: FormatOption = "table") -> None:
         typer.echo("Supported architectures\n" + render(supported, fmt) + "\n\nModels\n" + render(listed, fmt))
     else:
         typer.echo(render(listed, fmt))
+
+
+@app.command()
+@handles_errors
+def benchmarks(fmt: FormatOption = "table") -> None:
+    """List the benchmarks: version, splits, prompt template, parser and the files --data accepts.
+
+    Example: attnwh benchmarks --format csv
+    """
+    import pyarrow as pa
+
+    from attnwh.extract.benchmarks.registry import all_benchmarks
+    from attnwh.output import render
+
+    _check_format(fmt)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "benchmark": b.name,
+                "version": b.version,
+                "splits": ", ".join(b.splits),
+                "default_split": b.default_split,
+                "template": b.template,
+                "max_new_tokens": b.max_new_tokens,
+                "about": b.description,
+                "data": b.data_help,
+            }
+            for b in all_benchmarks()
+        ]
+    )
+    typer.echo(render(table, fmt))
+
+
+toy_app = typer.Typer(help="The embedded toy: a tiny LLaVA trained on synthetic shapes.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+@toy_app.command("train")
+@handles_errors
+def toy_train(
+    out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-trained).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights (training data are fixed).")] = 0,
+) -> None:
+    """Train the toy LLaVA on toy-shapes on the CPU (about 3 minutes on 2 cores), deterministic from the seed.
+
+    The trained model is saved with save_pretrained; use it with --model FOLDER. The embedded default
+    (toy-llava) is this command's output with the default settings, shipped with attnwh.
+
+    Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
+    """
+    from attnwh.extract.toy.default import attnwh_home
+    from attnwh.extract.toy.train import LANGUAGE_STEPS, train_toy
+
+    steps = LANGUAGE_STEPS if steps is None else steps
+    if steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    folder = out if out is not None else attnwh_home() / "models" / "toy-llava-trained"
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder} exists and is not empty; give another --out")
+    metrics = train_toy(folder, steps=steps, seed=seed, log=lambda line: typer.echo(line, err=True))
+    typer.echo(
+        f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, "
+        f"colour multiple choice {metrics['accuracy_colour']:.3f}"
+    )
+    typer.echo(f"model folder: {folder}")
 
 
 @app.command()

@@ -79,6 +79,7 @@ class CaptureSpec:
 
     queries: tuple[str, ...] = ("prompt", "gen1")
     rows: bool = True
+    lens: bool = True  # keep each layer's hidden state at the captured positions (logit lens)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.queries if name not in QUERY_STEPS]
@@ -110,6 +111,7 @@ class CaptureSession:
     step: int = -1  # index of the current forward pass
     statistics: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, stat]
     rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp32
+    hidden: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> 0..n_layers -> [batch, hidden]
 
     def __post_init__(self) -> None:
         self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.queries}
@@ -122,6 +124,7 @@ class CaptureSession:
         for name in self.spec.queries:
             self.statistics[name] = [None] * self.n_layers
             self.rows[name] = [None] * self.n_layers
+            self.hidden[name] = [None] * (self.n_layers + 1)
 
     def begin_forward(self) -> None:
         self.step += 1
@@ -142,8 +145,19 @@ class CaptureSession:
         if self.spec.rows:
             self.rows[name][layer] = rows
 
+    def observe_hidden(self, index: int, hidden: torch.Tensor) -> None:
+        """``index`` 0: the input of the first decoder layer (embeddings); i + 1: the output of layer i (before the final norm)."""
+        name = self._query_at_step.get(self.step)
+        if name is not None:
+            self.hidden[name][index] = hidden[:, -1, :].detach()
+
     def complete(self) -> bool:
-        return all(s is not None for layers in self.statistics.values() for s in layers)
+        statistics = all(s is not None for layers in self.statistics.values() for s in layers)
+        hidden = not self.spec.lens or all(h is not None for layers in self.hidden.values() for h in layers)
+        return statistics and hidden
+
+    def stacked_hidden(self) -> dict[str, torch.Tensor]:  # query -> [n_layers + 1, batch, hidden] on the device
+        return {name: torch.stack(layers) for name, layers in self.hidden.items() if layers[0] is not None}
 
     def stacked_statistics(self) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, stat] on CPU
         return {name: torch.stack(layers).cpu() for name, layers in self.statistics.items()}
@@ -160,22 +174,44 @@ def capture_session(
     spec: CaptureSpec,
     segments: torch.Tensor,
     region: torch.Tensor | None = None,
+    decoder_layers: list[torch.nn.Module] | None = None,
 ) -> Iterator[CaptureSession]:
     """Record the captured queries of every forward pass of ``text_model`` while inside the block.
 
-    ``attention_modules[i]`` is layer i's attention module; the model is restored on exit.
+    ``attention_modules[i]`` is layer i's attention module, ``decoder_layers[i]`` the decoder layer
+    around it (needed when ``spec.lens``); the model is restored on exit.
     """
     session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules), region=region)
-    hook = text_model.register_forward_pre_hook(lambda module, args: session.begin_forward())
+    hooks = [text_model.register_forward_pre_hook(lambda module, args: session.begin_forward())]
+    if spec.lens:
+        if decoder_layers is None or len(decoder_layers) != len(attention_modules):
+            raise ValueError("the logit lens needs the decoder layers")
+        hooks.append(decoder_layers[0].register_forward_pre_hook(_embedding_hook(session), with_kwargs=True))
+        hooks += [layer.register_forward_hook(_layer_output_hook(session, index + 1)) for index, layer in enumerate(decoder_layers)]
     for index, module in enumerate(attention_modules):
         setattr(module, SESSION_ATTRIBUTE, _LayerHandle(session, index))
     try:
         yield session
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
         for module in attention_modules:
             if hasattr(module, SESSION_ATTRIBUTE):
                 delattr(module, SESSION_ATTRIBUTE)
+
+
+def _embedding_hook(session: CaptureSession):
+    def hook(module, args, kwargs):
+        session.observe_hidden(0, args[0] if args else kwargs["hidden_states"])
+
+    return hook
+
+
+def _layer_output_hook(session: CaptureSession, index: int):
+    def hook(module, args, output):
+        session.observe_hidden(index, output[0] if isinstance(output, tuple) else output)
+
+    return hook
 
 
 __all__ = ["CAPTURE_ATTENTION", "STAT_NAMES", "CaptureSpec", "CaptureSession", "capture_session", "last_query_rows"]

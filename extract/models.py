@@ -40,8 +40,11 @@ class Adapter:
     def text_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.model.language_model
 
+    def decoder_layers(self, model: torch.nn.Module) -> list[torch.nn.Module]:
+        return list(self.text_model(model).layers)
+
     def attention_modules(self, model: torch.nn.Module) -> list[torch.nn.Module]:
-        return [layer.self_attn for layer in self.text_model(model).layers]
+        return [layer.self_attn for layer in self.decoder_layers(model)]
 
     def final_norm(self, model: torch.nn.Module) -> torch.nn.Module:
         return self.text_model(model).norm

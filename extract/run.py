@@ -27,14 +27,15 @@ from attnwh.extract.benchmarks.templates import LETTERS, render_question
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
 from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
+from attnwh.extract.lens import LensResult, logit_lens
 from attnwh.extract.regions import region_mask
 from attnwh.extract.segments import image_spans, prompt_segments
 from attnwh.extract.stats import STAT_NAMES
-from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, DEFAULT_MODEL_VERSION, default_model_folder
+from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
 from attnwh.warehouse import arrays, parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
-from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, SAMPLES, with_metadata
+from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, LOGIT_LENS, LOGIT_LENS_SORT, SAMPLES, with_metadata
 
 DEFAULT_PART_SIZE = 256
 ProgressCallback = Callable[[int, int], None]  # (samples done, samples to do)
@@ -49,6 +50,7 @@ class ExtractOptions:
     limit: int | None = None
     queries: tuple[str, ...] = ("prompt", "gen1")
     rows: bool = True
+    lens: bool = True
     batch_size: int = 8
     dtype: str = "auto"
     device: str = "auto"
@@ -83,7 +85,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     if not samples:
         raise UsageError("the benchmark selection has no samples")
     model_label = options.model or DEFAULT_MODEL
-    source = resolve_source(str(default_model_folder()) if options.model is None else options.model)
+    source = resolve_source(model_location(options.model))
     config, adapter = load_config(source)
     prompt_format = get_format(options.prompt_format)
     if prompt_format.name not in adapter.prompt_formats:
@@ -92,15 +94,16 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         )
     device = resolve_device(options.device)
     dtype = resolve_dtype(options.dtype, device, config)
-    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows)
+    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
     part_size = options.part_size or DEFAULT_PART_SIZE
     spec = {
         "model": model_label,
-        "model_revision": DEFAULT_MODEL_VERSION if options.model is None else revision(source, config),
+        "model_revision": revision(source, config),
         "dtype": str(dtype).removeprefix("torch."),
         "queries": list(capture.queries),
         "rows": capture.rows,
+        "lens": capture.lens,
         "prompt_format": prompt_format.name,
         "benchmark": benchmark.name,
         "benchmark_version": benchmark.version,
@@ -169,6 +172,7 @@ class PartData:
     queries: tuple[str, ...]
     samples: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[pa.Table] = field(default_factory=list)
+    lens: list[pa.Table] = field(default_factory=list)
     rows: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (sample_idx, per query [layer, head, key])
     errors: int = 0
 
@@ -178,6 +182,8 @@ class PartData:
         metrics = metrics.sort_by(HEAD_METRICS_SORT)
         _write_parquet(samples, "samples", folder / "samples.parquet")
         _write_parquet(metrics, "head_metrics", folder / "head_metrics.parquet")
+        if self.lens:
+            _write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder / "logit_lens.parquet")
         if self.rows:
             width = max(row.shape[-1] for _, per_query in self.rows for row in per_query)
             n_layers, n_heads = self.rows[0][1][0].shape[:2]
@@ -186,7 +192,10 @@ class PartData:
                 for query_index, row in enumerate(per_query):
                     attention[position, query_index, :, :, : row.shape[-1]] = row
             arrays.write_rows(folder, attention, np.array([idx for idx, _ in self.rows], dtype=np.int64), list(self.queries))
-        return {"samples": samples.num_rows, "head_metrics": metrics.num_rows}
+        counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows}
+        if self.lens:
+            counts["logit_lens"] = sum(table.num_rows for table in self.lens)
+        return counts
 
 
 def _write_parquet(table: pa.Table, name: str, path: Path) -> None:
@@ -261,6 +270,7 @@ def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[
 class Generation:
     answers: list[list[int]]  # generated token ids per row, cut at the first EOS and at max_new_tokens
     first_logits: torch.Tensor  # [batch, vocab] fp32 on CPU: the logits at the answer position
+    lens: dict[str, LensResult]  # per captured query, when the capture keeps hidden states
 
 
 def generate_with_capture(
@@ -287,7 +297,12 @@ def generate_with_capture(
     passes = capture.forward_passes_needed
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
     with torch.inference_mode(), capture_session(
-        adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), capture, segments, region
+        adapter.text_model(loaded.model),
+        adapter.attention_modules(loaded.model),
+        capture,
+        segments,
+        region,
+        adapter.decoder_layers(loaded.model),
     ) as session:
         output = loaded.model.generate(
             **encoded,
@@ -308,7 +323,12 @@ def generate_with_capture(
         row = row[:max_new_tokens]
         cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
-    return Generation(answers, output.logits[0].float().cpu()), session, segments
+    lens = {}
+    if capture.lens:
+        softcap = getattr(loaded.config.get_text_config(), "final_logit_softcapping", None)
+        norm, lm_head = adapter.final_norm(loaded.model), adapter.lm_head(loaded.model)
+        lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
+    return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
 
 
 def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
@@ -371,6 +391,8 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
             }
         )
         part.metrics.append(_metrics_table(part.run_id, sample_idx, {name: stats[:, position] for name, stats in statistics.items()}))
+        if generation.lens:
+            part.lens.append(_lens_table(part.run_id, sample_idx, position, generation.lens, tokenizer))
         if rows:
             pad = prompt_length - span.n_tokens
             part.rows.append(
@@ -437,6 +459,27 @@ def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarra
         if stat != "image_argmax":
             table[stat] = pa.array(data[stat].astype(np.float32), from_pandas=True)  # NaN (no region) -> null
     return pa.table(table).select(HEAD_METRICS.names).cast(HEAD_METRICS)
+
+
+def _lens_table(run_id: str, sample_idx: int, position: int, lens: dict[str, LensResult], tokenizer) -> pa.Table:
+    """Logit-lens rows of one sample: one per (query, layer 0..L)."""
+    columns: dict[str, list] = {name: [] for name in LOGIT_LENS.names}
+    for query, result in lens.items():
+        n = result.target_rank.shape[0]
+        target = int(result.target_token[position])
+        top = result.top_token[:, position].tolist()
+        columns["run_id"] += [run_id] * n
+        columns["sample_idx"] += [sample_idx] * n
+        columns["query"] += [query] * n
+        columns["layer"] += list(range(n))
+        columns["target_token"] += [target] * n
+        columns["target_text"] += [tokenizer.convert_ids_to_tokens(target)] * n
+        columns["target_rank"] += result.target_rank[:, position].tolist()
+        columns["target_prob"] += result.target_prob[:, position].tolist()
+        columns["top_token"] += top
+        columns["top_text"] += tokenizer.convert_ids_to_tokens(top)
+        columns["top_prob"] += result.top_prob[:, position].tolist()
+    return pa.table(columns, schema=LOGIT_LENS)
 
 
 def _error_row(run_id: str, sample_idx: int, sample: Sample, error: str) -> dict[str, Any]:

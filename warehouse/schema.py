@@ -63,6 +63,24 @@ HEAD_METRICS = pa.schema(
 
 HEAD_METRICS_SORT = [("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]
 
+LOGIT_LENS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("query", pa.string()),  # 'prompt' | 'gen1'
+        ("layer", pa.int16()),  # 0 = embeddings, ℓ = output of decoder layer ℓ - 1; n_layers = the model's own logits
+        ("target_token", pa.int32()),  # the model's final top-1 token at this position
+        ("target_text", pa.string()),
+        ("target_rank", pa.int32()),  # 1 = top
+        ("target_prob", pa.float32()),
+        ("top_token", pa.int32()),  # this layer's own top-1 token
+        ("top_text", pa.string()),
+        ("top_prob", pa.float32()),
+    ]
+)
+
+LOGIT_LENS_SORT = [("query", "ascending"), ("layer", "ascending"), ("sample_idx", "ascending")]
+
 PLAN = pa.schema(
     [
         ("sample_idx", pa.int64()),
@@ -71,7 +89,7 @@ PLAN = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"samples": SAMPLES, "head_metrics": HEAD_METRICS}
+TABLES: dict[str, pa.Schema] = {"samples": SAMPLES, "head_metrics": HEAD_METRICS, "logit_lens": LOGIT_LENS}
 
 
 def with_metadata(table_name: str, schema: pa.Schema) -> pa.Schema:

@@ -1,4 +1,10 @@
-"""``toy-shapes``: the embedded synthetic benchmark (POPE-style yes/no and colour multiple choice)."""
+"""``toy-shapes``: the embedded synthetic benchmark (POPE-style yes/no and colour multiple choice).
+
+Items are generated deterministically from the split's seed (``attnwh.extract.toy.shapes``): even
+indices ask whether a coloured shape is present, odd ones ask a shape's colour with four options.
+``toy-shapes-yesno`` and ``toy-shapes-choice`` are the two halves on their own, so that charts can
+compare them like two benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,17 @@ from pathlib import Path
 from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_benchmark
 from attnwh.extract.toy import shapes
 
-DEFAULT_SIZE = 64
+SAMPLES_PER_SPLIT = 256
+KINDS = {"toy-shapes": (0, 1), "toy-shapes-yesno": (0,), "toy-shapes-choice": (1,)}  # item index parities
 
 
-def load(data: Path | None, split: str | None) -> list[Sample]:
-    seed = shapes.SPLIT_SEEDS[split or "test"]
+def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
+    split = split or "test"
+    seed = shapes.SPLIT_SEEDS[split]
+    parities = KINDS[name]
+    indices = [index for index in range(SAMPLES_PER_SPLIT * 2 // len(parities)) if index % 2 in parities][:SAMPLES_PER_SPLIT]
     samples = []
-    for index in range(DEFAULT_SIZE):
+    for index in indices:
         item = shapes.make_item(seed, index)
         samples.append(
             Sample(
@@ -30,17 +40,24 @@ def load(data: Path | None, split: str | None) -> list[Sample]:
     return samples
 
 
-register_benchmark(
-    Benchmark(
-        name="toy-shapes",
-        version="1",
-        description="synthetic shapes: yes/no presence and colour multiple choice (embedded default)",
-        load=load,
-        template="as_is",  # the toy's questions carry their own options and answer instruction
-        max_new_tokens=2,
-        splits=tuple(shapes.SPLIT_SEEDS),
-        default_split="test",
-        data_required=False,
-        data_help="nothing: generated deterministically",
+_DESCRIPTIONS = {
+    "toy-shapes": "synthetic shapes: yes/no presence and colour multiple choice (the embedded default)",
+    "toy-shapes-yesno": "synthetic shapes: yes/no presence questions only",
+    "toy-shapes-choice": "synthetic shapes: colour multiple choice only",
+}
+
+for _name, _description in _DESCRIPTIONS.items():
+    register_benchmark(
+        Benchmark(
+            name=_name,
+            version="2",
+            description=_description,
+            load=partial(load, _name),
+            template="as_is",  # the toy's questions carry their own options and answer instruction
+            max_new_tokens=2,
+            splits=tuple(shapes.SPLIT_SEEDS),
+            default_split="test",
+            data_required=False,
+            data_help="nothing: generated deterministically",
+        )
     )
-)

@@ -1,20 +1,25 @@
-"""The embedded default: the model and benchmark used when none is named."""
+"""The embedded default: the model and benchmark used when none is named.
+
+``toy-llava`` is the output of ``attnwh toy train`` with its default settings, shipped with attnwh
+(about 2 MB), so that the first ``attnwh extract`` runs at once instead of training for minutes.
+It loads through ``from_pretrained`` like any hub model.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+from attnwh.errors import ModelError
 
-DEFAULT_MODEL = "toy-llava-random"
+DEFAULT_MODEL = "toy-llava"
 DEFAULT_BENCHMARK = "toy-shapes"
-DEFAULT_MODEL_VERSION = "1"
 ENV_HOME = "ATTNWH_HOME"
+CHECKPOINT = Path(__file__).parent / "checkpoint" / DEFAULT_MODEL
 
 
 def attnwh_home() -> Path:
-    """Where attnwh keeps built models: ``$ATTNWH_HOME``, else ``$XDG_CACHE_HOME/attnwh``, else ``~/.cache/attnwh``."""
+    """Where attnwh keeps models it trains: ``$ATTNWH_HOME``, else ``$XDG_CACHE_HOME/attnwh``, else ``~/.cache/attnwh``."""
     if os.environ.get(ENV_HOME):
         return Path(os.environ[ENV_HOME])
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -22,8 +27,12 @@ def attnwh_home() -> Path:
 
 
 def default_model_folder() -> Path:
-    """The embedded random-weight toy LLaVA, built on first use (deterministic from its seed)."""
-    folder = attnwh_home() / "models" / f"{DEFAULT_MODEL}-v{DEFAULT_MODEL_VERSION}"
-    if not (folder / "config.json").is_file():
-        save_tiny_llava(folder, TinyLlavaSpec(n_layers=4, n_heads=8, n_kv_heads=4, hidden_size=64, seed=0))
-    return folder
+    """The shipped trained toy LLaVA."""
+    if not (CHECKPOINT / "config.json").is_file():
+        raise ModelError(f"the embedded toy model is missing from {CHECKPOINT}; reinstall attnwh, or run `attnwh toy train --out DIR` and pass --model DIR")
+    return CHECKPOINT
+
+
+def model_location(model: str | None) -> str:
+    """What ``--model`` names: the embedded toy for None or ``toy-llava``, else the id or folder as given."""
+    return str(default_model_folder()) if model in (None, DEFAULT_MODEL) else model

@@ -25,14 +25,14 @@ def invoke(*args: str):
 def warehouse(tmp_path_factory) -> Path:
     """The embedded default (toy model, toy benchmark), extracted through the CLI."""
     path = tmp_path_factory.mktemp("cli") / "wh"
-    result = invoke("extract", "--warehouse", str(path), "--limit", "20", "--batch-size", "4")
+    result = invoke("extract", "--warehouse", str(path), "--limit", "20", "--batch-size", "4", "--part-size", "10")
     assert result.exit_code == 0, result.output
     assert re.search(r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output)
     return path
 
 
 def test_extract_again_does_nothing(warehouse):
-    result = invoke("extract", "--warehouse", str(warehouse), "--limit", "20", "--batch-size", "4")
+    result = invoke("extract", "--warehouse", str(warehouse), "--limit", "20", "--batch-size", "4", "--part-size", "10")
     assert result.exit_code == 0
     assert "wrote 0 part(s), 0 sample(s), 0 error row(s); 2 of 2 part(s) were already committed" in result.output
 
@@ -59,7 +59,7 @@ def test_sql_refusal_is_one_line(warehouse):
 
 def test_runs_and_verify(warehouse):
     runs = json.loads(invoke("runs", "--warehouse", str(warehouse), "--format", "json").output)
-    assert [(r["model"], r["benchmark"], r["n_samples"], r["complete"]) for r in runs] == [("toy-llava-random", "toy-shapes", 20, True)]
+    assert [(r["model"], r["benchmark"], r["n_samples"], r["complete"]) for r in runs] == [("toy-llava", "toy-shapes", 20, True)]
     result = invoke("verify", "--warehouse", str(warehouse))
     assert result.exit_code == 0
     assert result.output == f"{runs[0]['run_id']}: ok (2 committed part(s))\n"
@@ -122,3 +122,5 @@ def test_every_command_has_an_example_and_is_in_the_readme():
         help_text = invoke(name, "--help").output
         assert "Example: attnwh" in help_text, name
         assert f"attnwh {name}" in readme, f"README does not document `attnwh {name}`"
+    assert "Example: attnwh toy train" in invoke("toy", "train", "--help").output
+    assert "attnwh toy train" in readme

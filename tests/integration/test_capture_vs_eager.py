@@ -60,7 +60,9 @@ def test_logits_with_capture_equal_plain_sdpa(tiny_model):
     with torch.inference_mode():
         segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
         adapter = loaded.adapter
-        with capture_session(adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments) as session:
+        with capture_session(
+            adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments, None, adapter.decoder_layers(loaded.model)
+        ) as session:
             captured = loaded.model.generate(
                 **encoded, max_new_tokens=3, do_sample=False, eos_token_id=None, output_logits=True, return_dict_in_generate=True
             )
@@ -75,11 +77,13 @@ def test_session_is_removed_after_the_block(tiny_mha):
     modules = loaded.adapter.attention_modules(loaded.model)
     segments = torch.zeros((1, 4), dtype=torch.int8)
     with pytest.raises(RuntimeError):
-        with capture_session(loaded.adapter.text_model(loaded.model), modules, CaptureSpec(), segments):
+        layers = loaded.adapter.decoder_layers(loaded.model)
+        with capture_session(loaded.adapter.text_model(loaded.model), modules, CaptureSpec(), segments, None, layers):
             assert all(hasattr(module, "attnwh_capture_layer") for module in modules)
             raise RuntimeError("boom")
     assert not any(hasattr(module, "attnwh_capture_layer") for module in modules)
     assert not loaded.adapter.text_model(loaded.model)._forward_pre_hooks
+    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in loaded.adapter.decoder_layers(loaded.model))
 
 
 def test_vision_tower_does_not_use_the_capture_function(tiny_mha):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 from pathlib import Path
 
 import numpy as np
@@ -127,3 +126,25 @@ def test_broken_image_becomes_an_error_row(tmp_path, tiny_mha, monkeypatch):
     assert [row["status"] for row in statuses] == ["ok", "error", "ok", "ok"]
     assert "truncated" in statuses[1]["error"]
     assert counted == [3]
+
+
+def test_option_log_probabilities_equal_a_plain_forward(tmp_path, tiny_mha):
+    """Stored option log-probs = log_softmax of a plain SDPA forward's last-position logits, per letter token."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from attnwh.extract.benchmarks import get_benchmark
+
+    run_extract(tmp_path / "wh", options(tiny_mha, benchmark="toy-shapes-choice", limit=3, batch_size=3))
+    samples = tables(tmp_path / "wh")["samples"].to_pylist()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_mha, dtype=torch.float32, attn_implementation="sdpa").eval()
+    processor = AutoProcessor.from_pretrained(tiny_mha, backend="pil")
+    letters = [processor.tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
+    benchmark = get_benchmark("toy-shapes-choice").load(None, "test")
+    for row, sample in zip(samples, benchmark):
+        assert row["sample_key"] == sample.key and row["parser"] == "letter" and row["parser_version"] == "2"
+        encoded = processor(images=[sample.load_image()], text=[row["prompt"]], return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**encoded).logits[0, -1]
+        expected = torch.log_softmax(logits, dim=-1)[letters]
+        assert row["option_logprobs"] == pytest.approx(expected.tolist(), abs=1e-4)

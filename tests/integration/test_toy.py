@@ -1,0 +1,75 @@
+"""The embedded trained toy: it sees (held-out accuracy), and its training is deterministic."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.extract.toy.train import train_toy
+from attnwh.queries.library import open_session
+
+ACCURACY_SQL = """
+select category, avg(case when correct then 1.0 else 0.0 end) as accuracy, count(*) as n,
+       count(*) filter (where parsed = 'invalid') as invalid
+from samples where status = 'ok' group by category order by category
+"""
+
+
+def accuracy_by_kind(warehouse: Path) -> dict[str, dict]:
+    with open_session(warehouse) as session:
+        return {row["category"]: row for row in session.query(ACCURACY_SQL).to_pylist()}
+
+
+def test_shipped_toy_sees_on_the_held_out_split(tmp_path):
+    """``attnwh extract`` with no model: the shipped toy-llava on the whole toy-shapes test split."""
+    run_extract(tmp_path / "wh", ExtractOptions(batch_size=32, part_size=128, rows=False, device="cpu", command=["test"]))
+    kinds = accuracy_by_kind(tmp_path / "wh")
+    assert kinds["presence"]["n"] == kinds["colour"]["n"] == 128
+    assert kinds["presence"]["accuracy"] >= 0.9  # yes/no: chance is 0.5
+    assert kinds["colour"]["accuracy"] >= 0.6  # four options: chance is 0.25
+
+
+def test_blank_images_bring_the_toy_to_chance(tmp_path, monkeypatch):
+    """Without the image the toy cannot know the answers: its accuracy drops to about chance."""
+    import dataclasses
+
+    from PIL import Image
+
+    from attnwh.extract.benchmarks import registry
+
+    original = registry.get_benchmark("toy-shapes")
+
+    def blank(data, split):
+        grey = Image.new("RGB", (64, 64), (245, 245, 245))
+        return [dataclasses.replace(sample, load_image=grey.copy) for sample in original.load(data, split)]
+
+    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=blank))
+    run_extract(tmp_path / "wh", ExtractOptions(batch_size=32, part_size=128, rows=False, device="cpu", command=["test"]))
+    kinds = accuracy_by_kind(tmp_path / "wh")
+    assert kinds["presence"]["accuracy"] <= 0.75
+    assert kinds["colour"]["accuracy"] <= 0.45
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_training_is_deterministic(tmp_path):
+    first = train_toy(tmp_path / "a", steps=8, vision_steps=8, eval_items=8)
+    second = train_toy(tmp_path / "b", steps=8, vision_steps=8, eval_items=8)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert first["final_loss"] == second["final_loss"]
+    train_toy(tmp_path / "other-seed", steps=8, vision_steps=8, eval_items=8, seed=1)
+    assert _digest(tmp_path / "other-seed") != _digest(tmp_path / "a")
+
+
+@pytest.mark.slow
+def test_toy_training_reaches_the_accuracy_threshold(tmp_path):
+    """``attnwh toy train`` from scratch, with its default settings (about 3 minutes on 2 cores)."""
+    metrics = train_toy(tmp_path / "toy")
+    assert metrics["accuracy_yes_no"] >= 0.9
+    assert metrics["accuracy_colour"] >= 0.6
+    assert (tmp_path / "toy" / "config.json").is_file()
