@@ -1,0 +1,395 @@
+"""PointQA / LookTwice-QA (Mani et al. 2020, "Point and Ask"): counting questions about a pointed-at object.
+
+Each item is a Visual Genome image, the box of one object, and its count ("How many ... are
+there?") asked three ways: ``general`` ("How many of these are there?"), ``obj`` (the object named:
+"How many dogs are there?") and ``super`` (its supercategory: "How many of these beings are
+there?"). Six benchmarks, ``pointqa-{visual,plain}-{general,obj,super}``:
+
+* ``visual`` draws the box on the image as ViP-LLaVA's PointQA evaluation does (a red rectangle at
+  alpha 128, 3 px per 336 px of the longer side) and appends its sentence "The exemplary object is
+  within the rectangle." to the question;
+* ``plain`` gives the image and the question unchanged.
+
+Both set ``Sample.boxes``, so region statistics (DESIGN §4) are computed for both. Sample keys are
+the same in all six benchmarks, so their runs join on ``sample_key``.
+
+The questions are asked as multiple choice: the true count and three distractors (distinct
+non-negative integers within ±3 of it), drawn and shuffled by a ``random.Random`` seeded with a
+SHA-256 of the sample key, so the options are the same on every load and in every variant; they are
+stored as the sample's choices. (ViP-LLaVA's own evaluation asks for a short answer instead.)
+
+Files read (``--data`` is the file, or a folder holding it; images are found relative to it):
+
+* ViP-LLaVA's ``pointQA_twice_test.json`` (mucai/ViP-LLaVA-Instruct): a JSON array of objects with
+  ``id``, ``image`` (a path), ``bboxes`` ([[x0, y0, x1, y1]], pixels), ``general_question``,
+  ``obj_question``, ``super_question`` and ``answer``;
+* Shikra's ``pointQA_twice_{val,test}.jsonl``: one object per line with ``file_path``, ``bbox``
+  ([x0, y0, x1, y1]), ``point`` and the same question and answer fields;
+* the ``pointingqa`` release's LookTwice-QA JSON: an object mapping a Visual Genome image id to a
+  list of questions with ``img_question`` (the ``obj`` question), ``pt_question`` (the ``super``
+  question), ``ans``, ``bbox`` (a Visual Genome object: ``x``, ``y``, ``w``, ``h``) and ``div``
+  (train / trainadd / val / test: entries of other splits are skipped); images ``<id>.jpg``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from attnwh.errors import BenchmarkError
+from attnwh.extract.benchmarks.images import ImageLoadError, file_loader, open_image_file
+from attnwh.extract.benchmarks.registry import Benchmark, Box, Sample, register_benchmark
+from attnwh.extract.benchmarks.templates import LETTERS
+
+QUESTION_TYPES = ("general", "obj", "super")
+VARIANTS = ("visual", "plain")
+SPLITS = ("test", "val")
+GENERAL_QUESTION = "How many of these are there?"  # LookTwice-QA's pointing question before the category is inserted
+RECTANGLE_HINT = "The exemplary object is within the rectangle."  # ViP-LLaVA's PointQA prompt
+RECTANGLE_RGBA = (255, 0, 0, 128)  # red at ViP-LLaVA's evaluation alpha (--alpha 128)
+LINE_WIDTH_PER_ANCHOR = 3  # px per ANCHOR_SIZE px of the image's longer side (ViP-LLaVA's 'constant' style)
+ANCHOR_SIZE = 336  # the CLIP crop size ViP-LLaVA scales its line width by
+N_OPTIONS = 4
+SPREAD = 3  # distractors lie within ±SPREAD of the true count
+
+# field name -> accepted names, first match wins
+FIELDS: dict[str, tuple[str, ...]] = {
+    "key": ("question_id", "id"),
+    "image": ("image", "file_path", "img_path", "image_path", "file_name"),
+    "image_id": ("genome_id", "image_id", "vg_id"),
+    "boxes": ("bboxes", "bbox", "box"),
+    "answer": ("answer", "ans", "count"),
+    "general": ("general_question",),
+    "obj": ("obj_question", "object_question", "img_question"),
+    "super": ("super_question", "supercategory_question", "pt_question"),
+    "split": ("div", "split"),
+    "category": ("obj_type", "object", "category"),
+}
+_GENOME_FOLDERS = (".", "VG_100K", "VG_100K_2", "images")
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_SPLIT_NAMES = {"test": ("test",), "val": ("val", "validation")}  # values of an entry's div / split field
+
+
+class _RowError(ValueError):
+    """A malformed row: it becomes an error sample."""
+
+
+@dataclass(frozen=True)
+class _Row:
+    where: str  # 'line 3' / 'entry 3' / 'image 2414753 entry 1', for messages
+    key: str
+    fields: Any  # the decoded JSON value, or the _RowError it failed with
+
+
+def load(data: Path | None, split: str | None, *, variant: str, question_type: str) -> list[Sample]:
+    """Samples of one variant and question type, in file order."""
+    if data is None:
+        raise BenchmarkError("PointQA needs --data: " + DATA_HELP)
+    split = split or SPLITS[0]
+    annotation = annotation_file(Path(data), split)
+    rows = read_rows(annotation, split)
+    samples = [_sample(row, annotation.parent, variant, question_type) for row in rows]
+    first_seen: dict[str, str] = {}
+    for row, sample in zip(rows, samples):
+        if sample.key in first_seen:
+            raise BenchmarkError(f"{annotation}: {row.where}: id {sample.key!r} repeats {first_seen[sample.key]}; expected unique ids")
+        first_seen[sample.key] = row.where
+    return samples
+
+
+def annotation_file(data: Path, split: str) -> Path:
+    """The file itself, or the PointQA file of a folder: among its .json / .jsonl files those naming
+    PointQA or LookTwice if any, then the one naming the split, or the only one."""
+    if data.is_file():
+        return data
+    if not data.is_dir():
+        raise BenchmarkError(f"PointQA data {data} does not exist")
+    candidates = sorted(path for pattern in ("*.json", "*.jsonl") for path in data.glob(pattern))
+    candidates = [path for path in candidates if re.search(r"pointqa|looktwice", path.stem.lower())] or candidates
+    named = [path for path in candidates if split in re.split(r"[^a-z]+", path.stem.lower())]
+    if len(named) == 1:
+        return named[0]
+    if len(candidates) == 1:
+        return candidates[0]
+    found = ", ".join(path.name for path in candidates) or "none"
+    raise BenchmarkError(f"{data}: expected one PointQA .json / .jsonl file (or one naming split {split!r}); found {found}")
+
+
+def read_rows(path: Path, split: str) -> list[_Row]:
+    """The rows of a PointQA file in any of the three layouts, without the entries of other splits."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"{path}: cannot read as UTF-8 text ({exc})") from exc
+    if not text.strip():
+        raise BenchmarkError(f"{path}: the file is empty; expected a JSON array, JSON lines or a LookTwice-QA JSON object")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not text.lstrip().startswith("{"):
+            raise BenchmarkError(
+                f"{path}: line {exc.lineno} column {exc.colno}: not JSON ({exc.msg}); "
+                "expected a JSON array of PointQA entries, JSON lines, or a LookTwice-QA JSON object"
+            ) from exc
+        rows = _json_lines(text, path)
+    else:
+        if isinstance(document, list):
+            rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(_array_entries(text), 1)]
+        elif isinstance(document, dict) and document and all(isinstance(value, list) for value in document.values()):
+            rows = _genome_mapping(document)
+        elif isinstance(document, dict):
+            rows = [_Row("line 1", "1", document)]  # JSON lines with a single line
+        else:
+            raise BenchmarkError(f"{path}: the top level is a JSON {type(document).__name__}; expected an array of PointQA entries")
+    if rows and all(not isinstance(row.fields, dict) for row in rows):
+        raise BenchmarkError(f"{path}: {rows[0].where}: not a JSON object; expected PointQA entries (objects with a question, box and answer)")
+    return [row for row in rows if _in_split(row.fields, split)]
+
+
+def _json_lines(text: str, path: Path) -> list[_Row]:
+    rows, first_error = [], None
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(_Row(f"line {number}", str(number), json.loads(line)))
+        except json.JSONDecodeError as exc:
+            first_error = first_error or (number, exc)
+            rows.append(_Row(f"line {number}", str(number), _RowError(f"not JSON ({exc.msg} at column {exc.colno})")))
+    if all(isinstance(row.fields, _RowError) for row in rows):
+        number, exc = first_error
+        raise BenchmarkError(f"{path}: line {number} column {exc.colno}: not JSON ({exc.msg}); expected one PointQA JSON object per line")
+    return rows
+
+
+def _array_entries(text: str) -> list[tuple[int, Any]]:
+    """(line, value) of each element of a JSON array already known to be valid."""
+    decoder = json.JSONDecoder()
+    entries, line, counted = [], 1, 0
+    position = _WHITESPACE.match(text, 0).end() + 1  # past '['
+    while True:
+        position = _WHITESPACE.match(text, position).end()
+        if text[position] == ",":
+            position = _WHITESPACE.match(text, position + 1).end()
+        if text[position] == "]":
+            return entries
+        line += text.count("\n", counted, position)
+        counted = position
+        value, position = decoder.raw_decode(text, position)
+        entries.append((line, value))
+
+
+def _genome_mapping(document: dict[str, list]) -> list[_Row]:
+    """The ``pointingqa`` release: image id -> questions; the image id names the image."""
+    rows = []
+    for image_id, entries in document.items():
+        for index, entry in enumerate(entries, 1):
+            if isinstance(entry, dict):
+                entry = {"genome_id": image_id, **{name: value for name, value in entry.items() if name != "id"}}
+            rows.append(_Row(f"image {image_id} entry {index}", f"{image_id}-{index}", entry))
+    return rows
+
+
+def _in_split(fields: Any, split: str) -> bool:
+    if not isinstance(fields, dict):
+        return True
+    value = _field(fields, "split")
+    return value is None or str(value).lower() in _SPLIT_NAMES[split]
+
+
+def _field(fields: dict, name: str) -> Any:
+    for alias in FIELDS[name]:
+        if fields.get(alias) is not None:
+            return fields[alias]
+    return None
+
+
+def _sample(row: _Row, root: Path, variant: str, question_type: str) -> Sample:
+    fields = row.fields
+    try:
+        if isinstance(fields, _RowError):
+            raise fields
+        if not isinstance(fields, dict):
+            raise _RowError(f"a JSON {type(fields).__name__}, expected an object")
+        return _parse(fields, _key(fields, row.key), root, variant, question_type)
+    except _RowError as exc:
+        return Sample(key=_error_key(fields, row.key), question="", load_image=_no_image, parser="letter", error=f"{row.where}: {exc}")
+
+
+def _error_key(fields: Any, fallback: str) -> str:
+    """The key an error row is stored under: its id where usable, else its position."""
+    try:
+        return _key(fields, fallback) if isinstance(fields, dict) else fallback
+    except _RowError:
+        return fallback
+
+
+def _parse(fields: dict, key: str, root: Path, variant: str, question_type: str) -> Sample:
+    boxes = parse_boxes(_field(fields, "boxes"))
+    count = parse_count(_field(fields, "answer"))
+    question = _question(fields, question_type)
+    image = _image_loader(fields, root)
+    if variant == "visual":
+        question = f"{question} {RECTANGLE_HINT}"
+        image = partial(draw_rectangles, image, boxes)
+    choices, gold = count_options(count, key)
+    category = _field(fields, "category")
+    return Sample(
+        key=key,
+        question=question,
+        load_image=image,
+        choices=choices,
+        gold=gold,
+        category=str(category) if category is not None else None,
+        parser="letter",
+        boxes=boxes,
+    )
+
+
+def _key(fields: dict, fallback: str) -> str:
+    value = _field(fields, "key")
+    if value is None:
+        return fallback
+    if not isinstance(value, (str, int)) or isinstance(value, bool) or not str(value).strip():
+        raise _RowError(f"id {value!r} is not a string or integer")
+    return str(value).strip()
+
+
+def parse_boxes(value: Any) -> tuple[Box, ...]:
+    """Boxes as (x0, y0, x1, y1) pixels from a list of 4 numbers (x0, y0, x1, y1), a list of such lists,
+    or a Visual Genome object ``{"x", "y", "w", "h"}`` (or a list of those)."""
+    if value is None:
+        raise _RowError(f"no box (expected one of {', '.join(FIELDS['boxes'])})")
+    items = value if isinstance(value, list) and value and isinstance(value[0], (list, dict)) else [value]
+    return tuple(_box(item) for item in items)
+
+
+def _box(item: Any) -> Box:
+    if isinstance(item, dict):
+        try:
+            x, y, w, h = (_number(item[name]) for name in ("x", "y", "w", "h"))
+        except KeyError as exc:
+            raise _RowError(f"box {item!r} lacks {exc.args[0]!r}; expected x, y, w, h") from None
+        if w < 0 or h < 0:
+            raise _RowError(f"box {item!r} has a negative size")
+        return (x, y, x + w, y + h)
+    if not isinstance(item, list) or len(item) != 4:
+        raise _RowError(f"box {item!r} is not [x0, y0, x1, y1] or {{x, y, w, h}}")
+    x0, y0, x1, y1 = (_number(number) for number in item)
+    if x1 < x0 or y1 < y0:
+        raise _RowError(f"box {item!r} has x1 < x0 or y1 < y0; expected [x0, y0, x1, y1]")
+    return (x0, y0, x1, y1)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _RowError(f"box coordinate {value!r} is not a finite number")
+    return float(value)
+
+
+def parse_count(value: Any) -> int:
+    """The answer: a non-negative integer, or a string of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if value is None:
+        raise _RowError(f"no answer (expected one of {', '.join(FIELDS['answer'])})")
+    raise _RowError(f"answer {value!r} is not a count")
+
+
+def _question(fields: dict, question_type: str) -> str:
+    value = _field(fields, question_type)
+    if value is None and question_type == "general":
+        return GENERAL_QUESTION
+    if not isinstance(value, str) or not value.strip():
+        raise _RowError(f"no {question_type} question (expected one of {', '.join(FIELDS[question_type])})")
+    return value.strip()
+
+
+def count_options(count: int, key: str) -> tuple[tuple[str, ...], str]:
+    """Four options (the count and three distinct nearby non-negative integers), shuffled; and the gold letter.
+
+    Seeded by a SHA-256 of the key (not Python's salted ``hash``): the same on every load and machine.
+    """
+    rng = random.Random(int.from_bytes(hashlib.sha256(f"pointqa:{key}".encode()).digest()[:8], "big"))
+    nearby = [number for number in range(max(0, count - SPREAD), count + SPREAD + 1) if number != count]
+    options = [count, *rng.sample(nearby, N_OPTIONS - 1)]
+    rng.shuffle(options)
+    return tuple(str(number) for number in options), LETTERS[options.index(count)]
+
+
+def _image_loader(fields: dict, root: Path) -> Callable[[], Image.Image]:
+    path = _field(fields, "image")
+    if isinstance(path, str) and path.strip():
+        return file_loader(root / path.strip())
+    image_id = _field(fields, "image_id")
+    if isinstance(image_id, (str, int)) and not isinstance(image_id, bool) and str(image_id).strip():
+        return partial(open_genome_image, root, str(image_id).strip())
+    raise _RowError(f"no image (expected one of {', '.join(FIELDS['image'] + FIELDS['image_id'])})")
+
+
+def open_genome_image(root: Path, image_id: str) -> Image.Image:
+    """Visual Genome image ``<id>.jpg`` in the data folder or its VG_100K, VG_100K_2 or images folders."""
+    candidates = [root / folder / f"{image_id}.jpg" for folder in _GENOME_FOLDERS]
+    return open_image_file(next((path for path in candidates if path.is_file()), candidates[0]))
+
+
+def draw_rectangles(load_image: Callable[[], Image.Image], boxes: tuple[Box, ...]) -> Image.Image:
+    """The image with each box outlined as ViP-LLaVA draws its PointQA visual prompt."""
+    image = load_image().convert("RGBA")
+    width = max(int(LINE_WIDTH_PER_ANCHOR * max(image.size) / ANCHOR_SIZE), 1)
+    overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    for x0, y0, x1, y1 in boxes:
+        draw.rectangle([(x0, y0), (x1, y1)], outline=RECTANGLE_RGBA, width=width)
+    return Image.alpha_composite(image, overlay).convert("RGB")
+
+
+def _no_image() -> Image.Image:
+    raise ImageLoadError("the row is malformed; no image to load")
+
+
+DATA_HELP = (
+    "a LookTwice-QA file, or a folder holding one (the file naming the split if several): ViP-LLaVA's "
+    "pointQA_twice_test.json (JSON array: image, bboxes [[x0,y0,x1,y1]], general_question, obj_question, "
+    "super_question, answer), Shikra's pointQA_twice_<split>.jsonl (file_path, bbox [x0,y0,x1,y1], the same "
+    "questions and answer), or the pointingqa release's JSON (Visual Genome image id -> entries with "
+    "img_question, pt_question, ans, bbox {x,y,w,h}, div); image paths are relative to the file's folder, "
+    "Visual Genome ids are found as <id>.jpg there or in VG_100K / VG_100K_2 / images"
+)
+_QUESTION_TEXT = {
+    "general": "'How many of these are there?'",
+    "obj": "the object named ('How many dogs are there?')",
+    "super": "its supercategory ('How many of these beings are there?')",
+}
+_VARIANT_TEXT = {"visual": "box drawn as a red rectangle", "plain": "image unmarked"}
+
+for _variant in VARIANTS:
+    for _question_type in QUESTION_TYPES:
+        register_benchmark(
+            Benchmark(
+                name=f"pointqa-{_variant}-{_question_type}",
+                version="1",
+                description=(
+                    f"LookTwice-QA counting, {_QUESTION_TEXT[_question_type]}, {_VARIANT_TEXT[_variant]}; "
+                    "4 count options; region = the box"
+                ),
+                load=partial(load, variant=_variant, question_type=_question_type),
+                template="letter_choice",
+                max_new_tokens=8,  # as the other letter-choice benchmarks
+                splits=SPLITS,
+                default_split="test",
+                data_help=DATA_HELP,
+            )
+        )

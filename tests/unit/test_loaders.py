@@ -1,0 +1,364 @@
+"""Benchmark loaders (POPE, MMBench, SEED-Bench, Q-Bench) on small files in their public formats.
+
+Every expected value is written by hand from the fixture files (``tests/fixtures_benchmarks.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from attnwh.errors import BenchmarkError
+from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.benchmarks.images import ImageLoadError
+from attnwh.extract.benchmarks.registry import Sample
+from attnwh.extract.benchmarks.templates import render_question
+from tests import fixtures_benchmarks as fx
+
+
+def fields(sample: Sample) -> tuple:
+    """What a loader decides about a good sample, in one comparable tuple."""
+    return (sample.key, sample.question, sample.choices, sample.gold, sample.category, sample.hint, sample.group)
+
+
+def by_key(samples: list[Sample]) -> dict[str, Sample]:
+    return {sample.key: sample for sample in samples}
+
+
+def assert_image(sample: Sample, size: tuple[int, int]) -> None:
+    image = sample.load_image()
+    assert (image.mode, image.size) == ("RGB", size)
+
+
+def assert_broken_image(sample: Sample, *words: str) -> None:
+    assert sample.error is None
+    with pytest.raises(ImageLoadError) as caught:
+        sample.load_image()
+    for word in words:
+        assert word in str(caught.value)
+
+
+def assert_error(sample: Sample, *words: str) -> None:
+    assert sample.error is not None
+    for word in words:
+        assert word in sample.error
+
+
+def load_error(name: str, data: Path, split: str | None = None) -> str:
+    """The one-line message of the BenchmarkError a load raises."""
+    with pytest.raises(BenchmarkError) as caught:
+        get_benchmark(name).load(data, split)
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------- registrations
+
+
+@pytest.mark.parametrize(
+    ("name", "template", "splits", "default"),
+    [
+        ("pope", "short_answer", ("adversarial", "popular", "random", "all"), "adversarial"),
+        ("mmbench", "letter_choice", ("dev", "test"), "dev"),
+        ("mmbench-circular", "letter_choice", ("dev", "test"), "dev"),
+        ("seed-bench", "letter_choice", ("test",), "test"),
+        ("qbench", "letter_choice", ("dev", "test"), "dev"),
+    ],
+)
+def test_registration(name, template, splits, default):
+    benchmark = get_benchmark(name)
+    assert (benchmark.template, benchmark.splits, benchmark.default_split, benchmark.version) == (template, splits, default, "1")
+    assert benchmark.data_required and benchmark.data_help and benchmark.description
+    assert "--data" in load_error(name, None)
+
+
+# ---------------------------------------------------------------- POPE question files
+
+
+def test_pope_question_files(tmp_path):
+    samples = get_benchmark("pope").load(fx.pope_folder(tmp_path / "pope"), "adversarial")
+    assert [sample.key for sample in samples] == ["1", "2", "3", "4", "5", "line-7", "1#2"]
+    good = [fields(sample) for sample in samples[:4]]
+    assert good == [
+        ("1", "Is there a snowboard in the image?", (), "yes", "adversarial", None, None),
+        ("2", "Y a-t-il un éléphant dans l’image ?", (), "no", "adversarial", None, None),
+        ("3", "Is there a dog in the image?", (), "no", "adversarial", None, None),
+        ("4", "Is there a cup in the image?", (), "yes", "adversarial", None, None),
+    ]
+    assert {sample.parser for sample in samples} == {"yes_no"}
+    assert_image(samples[0], (32, 24))
+    assert_image(samples[1], (20, 30))
+    assert_broken_image(samples[2], "COCO_val2014_000000000003.jpg", "not found")
+    assert_broken_image(samples[3], "COCO_val2014_000000000004.jpg")
+    assert_error(samples[4], "coco_pope_adversarial.json line 5", "maybe")
+    assert_error(samples[5], "line 7", "question_id")
+    assert_error(samples[6], "key 1 repeats")
+
+
+def test_pope_other_settings_and_all(tmp_path):
+    root = fx.pope_folder(tmp_path / "pope")
+    popular = get_benchmark("pope").load(root, "popular")
+    assert [fields(sample) for sample in popular] == [("1", "Is there a person in the image?", (), "yes", "popular", None, None)]
+    assert_image(popular[0], (18, 18))  # CMYK JPEG
+    random_setting = get_benchmark("pope").load(root, "random")
+    assert_image(random_setting[0], (26, 14))  # RGBA PNG
+    everything = get_benchmark("pope").load(root, "all")
+    adversarial = ["adversarial-1", "adversarial-2", "adversarial-3", "adversarial-4", "adversarial-5", "adversarial-line-7", "adversarial-1#2"]
+    keys = [*adversarial, "popular-1", "random-1"]
+    assert [sample.key for sample in everything] == keys
+    assert [sample.category for sample in everything[-2:]] == ["popular", "random"]
+
+
+def test_pope_single_file_with_images_in_a_sibling_folder(tmp_path):
+    """LLaVA's layout: pope/coco/coco_pope_random.json and pope/val2014/."""
+    source = fx.pope_folder(tmp_path / "source")
+    coco = tmp_path / "pope" / "coco"
+    coco.mkdir(parents=True)
+    (source / "coco_pope_random.json").rename(coco / "coco_pope_random.json")
+    (source / "val2014").rename(tmp_path / "pope" / "val2014")
+    samples = get_benchmark("pope").load(coco / "coco_pope_random.json", "random")
+    assert [fields(sample) for sample in samples] == [("1", "Is there a kite in the image?", (), "no", "random", None, None)]
+    assert_image(samples[0], (26, 14))
+
+
+def test_pope_single_file_of_another_split_is_refused(tmp_path):
+    root = fx.pope_folder(tmp_path / "pope")
+    message = load_error("pope", root / "coco_pope_popular.json", "adversarial")
+    assert "coco_pope_popular.json" in message and "--split popular" in message
+
+
+def test_pope_bad_files(tmp_path):
+    broken = fx.write_lines(tmp_path / "bad" / "coco_pope_adversarial.json", [fx.json_line({"question_id": 1}), '{"question_id": 2, "text": '])
+    message = load_error("pope", broken, "adversarial")
+    assert "coco_pope_adversarial.json: line 2, column" in message and "JSON" in message
+    unlabelled_line = fx.json_line({"question_id": 1, "image": "x.jpg", "text": "Is there a cat?"})
+    unlabelled = fx.write_lines(tmp_path / "llava" / "coco_pope_adversarial.json", [unlabelled_line])
+    message = load_error("pope", unlabelled, "adversarial")
+    assert "coco_pope_adversarial.json: line 1" in message and "label" in message
+    (tmp_path / "empty").mkdir()
+    assert "coco_pope_adversarial.json" in load_error("pope", tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- POPE Parquet
+
+
+def test_pope_parquet(tmp_path):
+    root = fx.pope_parquet_folder(tmp_path / "POPE")
+    samples = get_benchmark("pope").load(root, None)  # the default split: adversarial
+    assert [fields(sample) for sample in samples] == [
+        ("1", "Is there a snowboard in the image?", (), "yes", "adversarial", None, None),
+        ("2", "Y a-t-il un éléphant dans l’image ?", (), "no", "adversarial", None, None),
+    ]
+    assert_image(samples[0], (22, 11))  # palette PNG in a {bytes, path} struct
+    assert_broken_image(samples[1], "test-00001-of-00002.parquet row 1")
+    everything = get_benchmark("pope").load(root, "all")
+    assert [sample.key for sample in everything] == ["adversarial-1", "popular-1", "adversarial-2", "random-1"]
+    assert_image(everything[1], (15, 25))
+    assert_image(everything[3], (10, 40))  # CMYK JPEG as plain bytes
+    single = get_benchmark("pope").load(root / "data" / "test-00001-of-00002.parquet", "random")
+    assert [fields(sample) for sample in single] == [("1", "Is there a kite in the image?", (), "yes", "random", None, None)]
+
+
+def test_pope_parquet_bad_files(tmp_path):
+    wrong = tmp_path / "wrong" / "test.parquet"
+    wrong.parent.mkdir()
+    pq.write_table(pa.table({"question_id": ["1"], "text": ["Is there a cat?"]}), wrong)
+    message = load_error("pope", wrong.parent)
+    assert "test.parquet" in message and "question, answer, image, category missing" in message
+    garbage = tmp_path / "garbage" / "test.parquet"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not parquet at all")
+    assert "test.parquet: not a readable Parquet file" in load_error("pope", garbage)
+
+
+# ---------------------------------------------------------------- MMBench
+
+
+def mmbench_file(tmp_path: Path) -> Path:
+    return fx.write_tsv(tmp_path / "MMBench_DEV_EN.tsv", fx.MMBENCH_HEADER, fx.mmbench_rows())
+
+
+def test_mmbench(tmp_path):
+    samples = get_benchmark("mmbench").load(mmbench_file(tmp_path), "dev")
+    assert [sample.key for sample in samples] == ["0", "1", "2", "3", "4", "5", "6", "7"]
+    good = [fields(samples[index]) for index in (0, 1, 2, 3, 6, 7)]
+    assert good == [
+        ("0", "Which colour dominates this picture?", ("red", "green", "blue", "yellow"), "C", "attribute_recognition", None, None),
+        ("1", "Quel est l’objet au centre ?", ("a cat", "a dog"), "B", "object_localization", 'The picture was taken at noon.\nIt is "sunny".',
+         None),
+        ("2", "How many apples are there?", ("one", "two", "four"), "C", "attribute_recognition", None, None),  # D relettered C
+        ("3", "Is the square larger than the circle?", ("yes", "no"), "A", "attribute_recognition", None, None),
+        ("6", "What is broken here?", ("the image", "nothing"), "A", "attribute_recognition", None, None),
+        ("7", "Where is the dot?", ("left", "right"), "B", "attribute_recognition", None, None),
+    ]
+    assert {sample.parser for sample in samples} == {"letter"}
+    assert_image(samples[0], (40, 30))
+    assert_image(samples[1], (16, 16))  # grayscale PNG
+    assert_image(samples[2], (24, 12))  # CMYK JPEG
+    assert_image(samples[3], (40, 30))  # the image of row index 0
+    assert_error(samples[4], "MMBench_DEV_EN.tsv line 7", "'D'", "A, B")
+    assert_error(samples[5], "line 8", "question")
+    assert_broken_image(samples[6], "line 9")
+    assert_broken_image(samples[7], "line 11", "99")
+
+
+def test_mmbench_prompt(tmp_path):
+    sample = get_benchmark("mmbench").load(mmbench_file(tmp_path), "dev")[1]
+    expected = (
+        "The picture was taken at noon.\n"
+        'It is "sunny".\n'
+        "Quel est l’objet au centre ?\n"
+        "A. a cat\n"
+        "B. a dog\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert render_question("letter_choice", sample) == expected
+
+
+def test_mmbench_circular(tmp_path):
+    samples = get_benchmark("mmbench-circular").load(mmbench_file(tmp_path), None)
+    keys = ["0-c0", "0-c1", "0-c2", "0-c3", "1-c0", "1-c1", "2-c0", "2-c1", "2-c2", "3-c0", "3-c1", "4-c0", "5-c0", "6-c0", "6-c1", "7-c0", "7-c1"]
+    assert [sample.key for sample in samples] == keys
+    found = by_key(samples)
+    rotations = [(key, found[key].choices, found[key].gold, found[key].group) for key in keys[:9]]
+    assert rotations == [
+        ("0-c0", ("red", "green", "blue", "yellow"), "C", "0"),
+        ("0-c1", ("green", "blue", "yellow", "red"), "B", "0"),
+        ("0-c2", ("blue", "yellow", "red", "green"), "A", "0"),
+        ("0-c3", ("yellow", "red", "green", "blue"), "D", "0"),
+        ("1-c0", ("a cat", "a dog"), "B", "1"),
+        ("1-c1", ("a dog", "a cat"), "A", "1"),
+        ("2-c0", ("one", "two", "four"), "C", "2"),
+        ("2-c1", ("two", "four", "one"), "B", "2"),
+        ("2-c2", ("four", "one", "two"), "A", "2"),
+    ]
+    rotated = found["1-c1"]
+    assert (rotated.question, rotated.hint, rotated.category) == ("Quel est l’objet au centre ?", fx.MMBENCH_HINT, "object_localization")
+    assert_image(found["0-c3"], (40, 30))
+    assert_error(found["4-c0"], "line 7")
+    assert found["4-c0"].group == "4"
+
+
+def test_mmbench_test_split_without_answers_and_folder_search(tmp_path):
+    rows = [{key: value for key, value in row.items() if key != "answer"} for row in fx.mmbench_rows()[:2]]
+    header = [name for name in fx.MMBENCH_HEADER if name != "answer"]
+    fx.write_tsv(tmp_path / "MMBench_TEST_EN.tsv", header, rows)
+    fx.write_tsv(tmp_path / "MMBench_TEST_CN.tsv", header, rows[:1])
+    samples = get_benchmark("mmbench").load(tmp_path, "test")
+    assert [(sample.key, sample.gold, sample.error) for sample in samples] == [("0", None, None), ("1", None, None)]
+    assert "no MMBench dev TSV" in load_error("mmbench", tmp_path, "dev")
+    assert "--split test" in load_error("mmbench", tmp_path / "MMBench_TEST_EN.tsv", "dev")
+
+
+def test_mmbench_bad_files(tmp_path):
+    row = {"index": "1", "question": "Why?", "B": "x", "answer": "A"}
+    no_images = fx.write_tsv(tmp_path / "a" / "MMBench_DEV_EN.tsv", ["index", "question", "B", "answer"], [row])
+    message = load_error("mmbench", no_images)
+    assert "MMBench_DEV_EN.tsv: line 1" in message and "A, image missing" in message
+    short_row = mmbench_file(tmp_path / "b")
+    with open(short_row, "a", encoding="utf-8") as handle:
+        handle.write("8\tA question with too few cells\tnan\n")
+    assert "MMBench_DEV_EN.tsv: line 12: 3 tab-separated cells, the header has 14" in load_error("mmbench", short_row)
+    latin = tmp_path / "c" / "MMBench_DEV_EN.tsv"
+    latin.parent.mkdir()
+    latin.write_bytes("\t".join(fx.MMBENCH_HEADER).encode() + b"\n0\tCaf\xe9?\n")
+    assert "MMBench_DEV_EN.tsv: line 2, column 6: byte 0xe9 is not UTF-8" in load_error("mmbench", latin)
+
+
+# ---------------------------------------------------------------- SEED-Bench
+
+
+def test_seed_bench_json(tmp_path):
+    samples = get_benchmark("seed-bench").load(fx.seed_folder(tmp_path / "seed"), None)
+    assert [sample.key for sample in samples] == ["101669", "2", "3", "4"]  # the video question is skipped
+    options = ("One", "Two", "Three", "Four")
+    assert [fields(sample) for sample in samples[:3]] == [
+        ("101669", "How many towels are in the image?", options, "B", "Instances Counting", None, None),
+        ("2", "Что изображено на картинке?", options, "D", "Scene Understanding", None, None),
+        ("3", "How many cars are there?", options, "A", "Instances Counting", None, None),
+    ]
+    assert_image(samples[0], (30, 20))
+    assert_image(samples[1], (12, 34))  # data_id without suffix → img_without_ext.png, a palette PNG
+    assert_broken_image(samples[2], "missing.jpg", "not found")
+    assert_error(samples[3], "SEED-Bench.json line 6", "'E'")
+
+
+def test_seed_bench_json_file_itself(tmp_path):
+    root = fx.seed_folder(tmp_path / "seed")
+    samples = get_benchmark("seed-bench").load(root / "SEED-Bench.json", "test")
+    assert_image(samples[0], (30, 20))  # found in the SEED-Bench-image/ folder below it
+
+
+def test_seed_bench_parquet(tmp_path):
+    samples = get_benchmark("seed-bench").load(fx.seed_parquet(tmp_path / "SEED-Bench" / "data" / "test-00000-of-00001.parquet").parents[1], None)
+    assert [fields(sample) for sample in samples] == [
+        ("11", "What colour is the car?", ("red", "green", "blue", "black"), "C", "Instance Attributes", None, None),
+        ("12", "Is it raining?", ("yes", "no", "maybe", "never"), "B", "Visual Reasoning", None, None),
+    ]
+    assert_image(samples[0], (14, 9))  # CMYK JPEG in a one-image list
+    assert_broken_image(samples[1], "row 3", "empty")
+
+
+def test_seed_bench_bad_files(tmp_path):
+    no_questions = tmp_path / "a" / "SEED-Bench.json"
+    no_questions.parent.mkdir()
+    no_questions.write_text(json.dumps({"question_type": {}}), encoding="utf-8")
+    assert "SEED-Bench.json: line 1: no list under key 'questions'" in load_error("seed-bench", no_questions)
+    bad_json = tmp_path / "b" / "SEED-Bench.json"
+    bad_json.parent.mkdir()
+    bad_json.write_text('{"questions": [\n{"question_id": "1",}\n]}', encoding="utf-8")
+    assert "SEED-Bench.json: line 2, column 21: not valid JSON" in load_error("seed-bench", bad_json.parent)
+    videos_only = tmp_path / "c" / "SEED-Bench.json"
+    videos_only.parent.mkdir()
+    item = {"question_id": "v1", "question": "?", "choice_a": "a", "choice_b": "b", "choice_c": "c", "choice_d": "d", "answer": "A",
+            "data_id": "v1.mp4", "data_type": "video", "question_type_id": 10}
+    videos_only.write_text(json.dumps({"questions": [item]}), encoding="utf-8")
+    assert "no question has data_type image" in load_error("seed-bench", videos_only)
+
+
+# ---------------------------------------------------------------- Q-Bench
+
+
+def test_qbench_dev(tmp_path):
+    samples = get_benchmark("qbench").load(fx.qbench_folder(tmp_path / "qbench"), "dev")
+    assert [sample.key for sample in samples] == ["00079.jpg", "00080.png", "00081.jpg", "00082.jpg", "00083.jpg", "00084.jpg"]
+    assert [fields(sample) for sample in samples[:3] + samples[5:]] == [
+        ("00079.jpg", "How is the lighting of this image?", ("High", "Low", "Medium"), "C", "how / in-context other", None, None),
+        ("00080.png", "Is this image blurry?", ("Yes", "No"), "B", "yes-or-no / distortion", None, None),
+        ("00081.jpg", "Какое искажение есть на этом изображении?", ("Шум", "Размытие", "Пересвет", "Нет"), "A", "what / other low-level", None,
+         None),
+        ("00084.jpg", "What is the colour tone?", ("Warm", "Cold"), "A", "what / in-context distortion", None, None),
+    ]
+    assert_image(samples[0], (28, 21))
+    assert_image(samples[1], (9, 19))  # RGBA PNG
+    assert_image(samples[2], (33, 11))  # grayscale JPEG
+    assert_error(samples[3], "llvisionqa_dev.json line 5", "1 candidates")
+    assert_error(samples[4], "line 6", "'None'")
+    assert_broken_image(samples[5], "00084.jpg", "not found")
+
+
+def test_qbench_test_split_and_single_file(tmp_path):
+    root = fx.qbench_folder(tmp_path / "qbench")
+    samples = get_benchmark("qbench").load(root, "test")
+    expected = ("00090.jpg", "How is the focus of this image?", ("Sharp", "Soft"), None, "how / distortion", None, None)
+    assert [fields(sample) for sample in samples] == [expected]
+    assert_image(samples[0], (5, 7))
+    single = get_benchmark("qbench").load(root / "llvisionqa_dev.json", "dev")
+    assert_image(single[0], (28, 21))
+    assert "--split test" in load_error("qbench", root / "llvisionqa_test.json", "dev")
+
+
+def test_qbench_bad_files(tmp_path):
+    not_a_list = tmp_path / "llvisionqa_dev.json"
+    not_a_list.write_text('{"img_path": "1.jpg"}', encoding="utf-8")
+    assert "llvisionqa_dev.json: line 1: the document is a JSON object" in load_error("qbench", not_a_list)
+    other_keys = tmp_path / "other" / "llvisionqa_dev.json"
+    other_keys.parent.mkdir()
+    other_keys.write_text('[\n{"image": "1.jpg", "question": "Why?"}\n]', encoding="utf-8")
+    message = load_error("qbench", other_keys.parent)
+    assert "llvisionqa_dev.json: line 2" in message and "img_path, candidates" in message
