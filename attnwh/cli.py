@@ -124,7 +124,10 @@ def extract(
 
 
 class _progress:
-    """A progress bar on stderr showing samples and samples/s; shown from the first finished part."""
+    """A progress bar on stderr showing items and items/s; shown from the first finished part."""
+
+    def __init__(self, label: str = "extract", unit: str = "samples"):
+        self.label, self.unit = label, unit
 
     def __enter__(self):
         self.progress = None
@@ -136,15 +139,15 @@ class _progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
-                TextColumn("extract"),
+                TextColumn(self.label),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]} samples/s"),
+                TextColumn("{task.fields[rate]} " + self.unit + "/s"),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
             )
             self.started = time.perf_counter()
-            self.task = self.progress.add_task("extract", total=total, rate="-")
+            self.task = self.progress.add_task(self.label, total=total, rate="-")
             self.progress.start()
         elapsed = time.perf_counter() - self.started
         self.progress.update(self.task, completed=done, rate=f"{done / elapsed:.1f}" if elapsed > 0 else "-")
@@ -152,6 +155,71 @@ class _progress:
     def __exit__(self, *exc_info) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+@app.command()
+@handles_errors
+def mask(
+    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava).")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
+    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    warehouse: WarehouseOption = None,
+    strategy: Annotated[str, typer.Option(help="Head sets, comma-separated: top, random, bottom.")] = "top,random",
+    stage: Annotated[str, typer.Option(help="Layer stages, comma-separated: early, mid, late, all.")] = "all",
+    k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads (5, 0.1, 10%).")] = "0,0.05,0.1,0.2",
+    seeds: Annotated[int, typer.Option(help="Seeds of the random strategy.")] = 3,
+    mode: Annotated[str, typer.Option(help="zero (output zeroed), mean (mean output) or paper (uniform attention, unpadded).")] = "zero",
+    ranking: Annotated[str, typer.Option(help="Score that ranks heads: concentration_x_sum, image_sum or concentration.")] = "concentration_x_sum",
+    ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
+    run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
+) -> None:
+    """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.
+
+    Top heads are ranked over an extraction run of the same model and benchmark, so run attnwh extract
+    first. Each condition is committed as it finishes; the same command again resumes the sweep.
+
+    Example: attnwh extract && attnwh mask --strategy top,random --k 0,2,4,8 --seeds 3
+    """
+    from attnwh.extract.mask_run import MaskOptions, run_mask
+    from attnwh.output import render
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    options = MaskOptions(
+        model=model,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        limit=limit,
+        strategies=names(strategy),
+        stages=names(stage),
+        k=names(k),
+        seeds=seeds,
+        mode=mode,
+        ranking=ranking,
+        ranking_run=ranking_run,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        prompt_format=prompt_format,
+        run_id=run,
+        command=["attnwh", *sys.argv[1:]],
+    )
+    with _progress("mask", "conditions") as on_progress:
+        result = run_mask(warehouse, options, on_progress=on_progress)
+    typer.echo(render(result.summary, "table"))
+    typer.echo(
+        f"mask run {result.run_id}: wrote {result.conditions_written} condition(s); "
+        f"{result.conditions_skipped} of {result.conditions_total} were already committed"
+    )
+    typer.echo(f"run folder: {result.run_path}")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from attnwh.extract.stats import STAT_NAMES, row_statistics
 CAPTURE_ATTENTION = "attnwh_capture"
 QUERY_STEPS = {"prompt": 0, "gen1": 1}  # query name -> forward pass whose last row it is
 SESSION_ATTRIBUTE = "attnwh_capture_layer"
+MASK_ATTRIBUTE = "attnwh_head_mask"  # set by ``attnwh.extract.masking.head_masking`` for the duration of a block
 
 
 def capture_attention(
@@ -40,11 +41,15 @@ def capture_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Stock SDPA attention, plus the rows of the captured queries when a session is active."""
+    """Stock SDPA attention, plus the rows of the captured queries when a session is active, and
+    the chosen heads switched off while a head mask is set (output ``[batch, query, head, head_dim]``)."""
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     layer = getattr(module, SESSION_ATTRIBUTE, None)
     if layer is not None:
         layer.observe(query, key, attention_mask, scaling)
+    head_mask = getattr(module, MASK_ATTRIBUTE, None)
+    if head_mask is not None:
+        output = head_mask.apply(output, value)
     return output, None
 
 

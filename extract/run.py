@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
 from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.lens import LensResult, logit_lens
+from attnwh.extract.masking import HeadMask, head_masking
 from attnwh.extract.regions import region_mask
 from attnwh.extract.segments import image_spans, prompt_segments
 from attnwh.extract.stats import STAT_NAMES
@@ -276,11 +278,13 @@ class Generation:
 def generate_with_capture(
     loaded: LoadedModel,
     encoded: dict[str, torch.Tensor],
-    capture: CaptureSpec,
+    capture: CaptureSpec | None,
     max_new_tokens: int,
     region: torch.Tensor | None = None,
+    mask: HeadMask | None = None,
 ):
-    """Greedy generation with the capture session active. Returns (generation, session, segments).
+    """Greedy generation, with the capture session active (unless ``capture`` is None) and the heads of
+    ``mask`` switched off. Returns (generation, session or None, segments).
 
     Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
     decode step of the first generated token, even when that token is EOS), so ``generate`` is not
@@ -291,20 +295,21 @@ def generate_with_capture(
 
     tokenizer = loaded.processor.tokenizer
     eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
-    adapter = loaded.adapter
+    adapter, model = loaded.adapter, loaded.model
     segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], adapter.image_token_ids(loaded.config))
     prompt_length = encoded["input_ids"].shape[1]
-    passes = capture.forward_passes_needed
+    passes = capture.forward_passes_needed if capture is not None else 1
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
-    with torch.inference_mode(), capture_session(
-        adapter.text_model(loaded.model),
-        adapter.attention_modules(loaded.model),
-        capture,
-        segments,
-        region,
-        adapter.decoder_layers(loaded.model),
-    ) as session:
-        output = loaded.model.generate(
+    info = loaded.info
+    capturing = (
+        capture_session(
+            adapter.text_model(model), adapter.attention_modules(model), capture, segments, region, adapter.decoder_layers(model)
+        )
+        if capture is not None
+        else nullcontext()
+    )
+    with torch.inference_mode(), head_masking(adapter.attention_modules(model), mask, info["n_heads"], info["n_kv_heads"]), capturing as session:
+        output = model.generate(
             **encoded,
             max_new_tokens=max(max_new_tokens, passes),
             do_sample=False,
@@ -315,7 +320,7 @@ def generate_with_capture(
             output_logits=True,
             return_dict_in_generate=True,
         )
-    if not session.complete():
+    if session is not None and not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
     end = set(loaded.eos_token_ids)
     answers = []
@@ -324,11 +329,18 @@ def generate_with_capture(
         cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
     lens = {}
-    if capture.lens:
+    if session is not None and capture.lens:
         softcap = getattr(loaded.config.get_text_config(), "final_logit_softcapping", None)
-        norm, lm_head = adapter.final_norm(loaded.model), adapter.lm_head(loaded.model)
+        norm, lm_head = adapter.final_norm(model), adapter.lm_head(model)
         lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
     return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
+
+
+def option_log_probs(log_probs: torch.Tensor, letter_ids: list[torch.Tensor], n_choices: int) -> list[float] | None:
+    """Log-probability of each option letter at the answer position (any single token spelling it)."""
+    if not n_choices:
+        return None
+    return [float(torch.logsumexp(log_probs[ids], dim=0)) for ids in letter_ids[:n_choices]]
 
 
 def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
@@ -353,15 +365,13 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
     spans = image_spans(segments)
     tokenizer = loaded.processor.tokenizer
     prompt_length = segments.shape[1]
-    letter_ids = _letter_token_ids(tokenizer) if any(sample.choices for _, sample, _, _ in batch) else []
+    letter_ids = letter_token_ids(tokenizer) if any(sample.choices for _, sample, _, _ in batch) else []
     log_probs = torch.log_softmax(generation.first_logits, dim=-1)
     for position, ((sample_idx, sample, _, image_hash), prompt, answer, span) in enumerate(zip(batch, prompts, generation.answers, spans)):
         text = tokenizer.decode(answer, skip_special_tokens=True).strip()
         parser = PARSERS[sample.parser]
         parsed = parser.parse(text, sample.choices)
-        option_logprobs = None
-        if sample.choices:
-            option_logprobs = [float(torch.logsumexp(log_probs[position, ids], dim=0)) for ids in letter_ids[: len(sample.choices)]]
+        option_logprobs = option_log_probs(log_probs[position], letter_ids, len(sample.choices))
         part.samples.append(
             {
                 "run_id": part.run_id,
@@ -400,7 +410,7 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
             )
 
 
-def _letter_token_ids(tokenizer) -> list[torch.Tensor]:
+def letter_token_ids(tokenizer) -> list[torch.Tensor]:
     """Per option letter, the ids of the single tokens that spell it at the start of an answer (``B``, ``▁B``)."""
     ids = []
     for letter in LETTERS:

@@ -81,6 +81,41 @@ LOGIT_LENS = pa.schema(
 
 LOGIT_LENS_SORT = [("query", "ascending"), ("layer", "ascending"), ("sample_idx", "ascending")]
 
+MASK_CONDITIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),  # 0 = the unmasked baseline
+        ("strategy", pa.string()),  # 'none' | 'top' | 'random' | 'bottom'
+        ("stage", pa.string()),  # 'early' | 'mid' | 'late' | 'all'
+        ("k", pa.int32()),  # heads masked
+        ("fraction", pa.float32()),  # k / all heads of the model
+        ("seed", pa.int32()),  # random strategy only
+        ("mode", pa.string()),  # 'zero' | 'mean' | 'paper'
+        ("ranking_run_id", pa.string()),  # the extraction run that ranked the heads
+        ("ranking_metric", pa.string()),
+        ("heads", pa.list_(pa.struct([("layer", pa.int16()), ("head", pa.int16())]))),
+    ]
+)
+
+MASK_RESULTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),
+        ("sample_idx", pa.int64()),
+        ("sample_key", pa.string()),
+        ("mode", pa.string()),
+        ("status", pa.string()),  # 'ok' | 'error'
+        ("error", pa.string()),
+        ("gold", pa.string()),
+        ("output_text", pa.string()),
+        ("parser", pa.string()),
+        ("parser_version", pa.string()),
+        ("parsed", pa.string()),
+        ("correct", pa.bool_()),
+        ("option_logprobs", pa.list_(pa.float32())),
+    ]
+)
+
 PLAN = pa.schema(
     [
         ("sample_idx", pa.int64()),
@@ -89,7 +124,13 @@ PLAN = pa.schema(
     ]
 )
 
-TABLES: dict[str, pa.Schema] = {"samples": SAMPLES, "head_metrics": HEAD_METRICS, "logit_lens": LOGIT_LENS}
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "head_metrics": HEAD_METRICS,
+    "logit_lens": LOGIT_LENS,
+    "mask_conditions": MASK_CONDITIONS,
+    "mask_results": MASK_RESULTS,
+}
 
 
 def with_metadata(table_name: str, schema: pa.Schema) -> pa.Schema:

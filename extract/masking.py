@@ -1,0 +1,218 @@
+"""Head masking (DESIGN §7): switch chosen attention heads off inside the capture attention function.
+
+Modes, recorded on every result row:
+
+- ``zero``: the head's output is zero (what an ``o_proj`` input hook zeroing the head's slice does);
+- ``mean``: the head's output is replaced by its mean output over a reference set (the prefill
+  positions of the sweep's own samples, unmasked);
+- ``paper``: the reference code's behaviour: the pre-softmax scores are set to 0 *after* the causal
+  mask, so the head attends uniformly to every key, future and padding included; its output is the
+  mean of its value vectors over all keys. Padding changes the result, so this mode runs unpadded.
+
+Stages (for 32 layers: early 0–9, mid 10–19, late 20–31; for 40 layers 0–12, 13–26, 27–39, as the
+reference study split them; otherwise thirds, rounded) and ``all``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from attnwh.errors import UsageError
+from attnwh.extract.capture import MASK_ATTRIBUTE
+
+MODES = ("zero", "mean", "paper")
+STAGES = ("early", "mid", "late", "all")
+STRATEGIES = ("top", "random", "bottom")
+_STUDY_STAGES = {32: (10, 20), 40: (13, 27)}  # first layer of mid, first layer of late
+
+Head = tuple[int, int]  # (layer, head)
+
+
+def stage_layers(n_layers: int, stage: str) -> range:
+    """The layers of a stage: the study's split for 32 and 40 layers, else thirds rounded."""
+    if stage == "all":
+        return range(n_layers)
+    mid, late = _STUDY_STAGES.get(n_layers, (round(n_layers / 3), round(2 * n_layers / 3)))
+    bounds = {"early": (0, mid), "mid": (mid, late), "late": (late, n_layers)}
+    if stage not in bounds:
+        raise UsageError(f"unknown stage {stage!r}; choose {', '.join(STAGES)}")
+    return range(*bounds[stage])
+
+
+@dataclass
+class LayerMask:
+    """The heads of one layer to switch off, and how."""
+
+    heads: torch.Tensor  # long [n]
+    mode: str
+    n_kv_groups: int  # query heads per KV head
+    means: torch.Tensor | None = None  # [n, head_dim] for mode 'mean'
+
+    def apply(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``output`` [batch, query, head, head_dim]; ``value`` [batch, kv_head, key, head_dim]."""
+        if self.heads.numel() == 0:
+            return output
+        heads = self.heads.to(output.device)
+        if self.mode == "zero":
+            output[:, :, heads, :] = 0
+        elif self.mode == "mean":
+            output[:, :, heads, :] = self.means.to(output.device, output.dtype)[None, None]
+        elif self.mode == "paper":
+            uniform = value[:, heads // self.n_kv_groups].float().mean(dim=2)  # [batch, n, head_dim]
+            output[:, :, heads, :] = uniform[:, None].to(output.dtype)
+        else:  # pragma: no cover  (checked when the mask is built)
+            raise ValueError(self.mode)
+        return output
+
+
+@dataclass
+class HeadMask:
+    """Heads to switch off per layer, for every forward pass (prefill and decode) inside ``head_masking``."""
+
+    heads: Sequence[Head]
+    mode: str = "zero"
+    means: dict[Head, torch.Tensor] = field(default_factory=dict)  # mode 'mean': (layer, head) -> [head_dim]
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"unknown masking mode {self.mode!r}; choose {', '.join(MODES)}")
+        if self.mode == "mean" and any(head not in self.means for head in self.heads):
+            raise ValueError("mode 'mean' needs the mean output of every masked head")
+
+    def layer_masks(self, n_layers: int, n_heads: int, n_kv_heads: int) -> dict[int, LayerMask]:
+        by_layer: dict[int, list[int]] = {}
+        for layer, head in self.heads:
+            if not (0 <= layer < n_layers and 0 <= head < n_heads):
+                raise UsageError(f"head ({layer}, {head}) does not exist in a model of {n_layers} layers × {n_heads} heads")
+            by_layer.setdefault(layer, []).append(head)
+        masks = {}
+        for layer, heads in by_layer.items():
+            heads = sorted(set(heads))
+            means = torch.stack([self.means[(layer, head)] for head in heads]) if self.mode == "mean" else None
+            masks[layer] = LayerMask(torch.tensor(heads, dtype=torch.long), self.mode, n_heads // n_kv_heads, means)
+        return masks
+
+
+@contextmanager
+def head_masking(attention_modules: list[torch.nn.Module], mask: HeadMask | None, n_heads: int, n_kv_heads: int) -> Iterator[None]:
+    """Switch the mask's heads off in the capture attention function while inside the block."""
+    if mask is None:
+        yield
+        return
+    layer_masks = mask.layer_masks(len(attention_modules), n_heads, n_kv_heads)
+    for layer, layer_mask in layer_masks.items():
+        setattr(attention_modules[layer], MASK_ATTRIBUTE, layer_mask)
+    try:
+        yield
+    finally:
+        for module in attention_modules:
+            if hasattr(module, MASK_ATTRIBUTE):
+                delattr(module, MASK_ATTRIBUTE)
+
+
+class _MeanRecorder:
+    """Sums each head's output over real (non-pad) prefill positions; installed in place of a mask."""
+
+    def __init__(self, real: torch.Tensor):
+        self.real = real  # [batch, position] bool
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def apply(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        if output.shape[1] == self.real.shape[1]:  # the prefill pass
+            selected = output[self.real.to(output.device)].float()  # [positions, head, head_dim]
+            total = selected.sum(dim=0)
+            self.total = total if self.total is None else self.total + total
+            self.count += selected.shape[0]
+        return output
+
+
+@contextmanager
+def recording_head_means(attention_modules: list[torch.nn.Module], attention_mask: torch.Tensor) -> Iterator[list[_MeanRecorder]]:
+    """Record per-layer head output sums over one batch's prefill (unmasked)."""
+    recorders = [_MeanRecorder(attention_mask.bool()) for _ in attention_modules]
+    for module, recorder in zip(attention_modules, recorders):
+        setattr(module, MASK_ATTRIBUTE, recorder)
+    try:
+        yield recorders
+    finally:
+        for module in attention_modules:
+            if hasattr(module, MASK_ATTRIBUTE):
+                delattr(module, MASK_ATTRIBUTE)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One masking condition of a sweep."""
+
+    condition_id: int
+    strategy: str  # 'none' for the baseline
+    stage: str
+    k: int
+    fraction: float  # k / all heads of the model
+    seed: int | None
+    heads: tuple[Head, ...]
+
+
+def parse_k(values: Sequence[str], total_heads: int) -> list[int]:
+    """Counts (``5``) or fractions of all heads (``0.1``, ``10%``) → head counts."""
+    counts = []
+    for value in values:
+        text = str(value).strip()
+        try:
+            if text.endswith("%"):
+                count = round(float(text[:-1]) / 100 * total_heads)
+            elif "." in text:
+                count = round(float(text) * total_heads)
+            else:
+                count = int(text)
+        except ValueError as exc:
+            raise UsageError(f"--k takes counts or fractions of all heads (5, 0.1, 10%); got {text!r}") from exc
+        if count < 0 or count > total_heads:
+            raise UsageError(f"--k {text} is {count} heads; the model has {total_heads}")
+        counts.append(count)
+    return sorted(set(counts))
+
+
+def build_conditions(
+    ranking: Sequence[Head],  # every head of the model, best first
+    n_layers: int,
+    n_heads: int,
+    strategies: Sequence[str],
+    stages: Sequence[str],
+    ks: Sequence[int],
+    seeds: int,
+) -> list[Condition]:
+    """The sweep: the unmasked baseline once (condition 0), then stage × strategy × k (× seed for random).
+
+    ``top`` takes the stage's k best-ranked heads, ``bottom`` its k worst; ``random`` draws k of the
+    stage's heads outside its top k (as the reference did), seeded per (stage, k, seed).
+    """
+    for strategy in strategies:
+        if strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {strategy!r}; choose {', '.join(STRATEGIES)}")
+    total = n_layers * n_heads
+    conditions = [Condition(0, "none", "all", 0, 0.0, None, ())]
+    for stage in stages:
+        layers = set(stage_layers(n_layers, stage))
+        ranked = [head for head in ranking if head[0] in layers]
+        for k in ks:
+            if k == 0:
+                continue
+            k_stage = min(k, len(ranked))
+            for strategy in strategies:
+                if strategy == "random":
+                    pool = ranked[k_stage:]
+                    for seed in range(seeds):
+                        rng = random.Random(f"{stage}:{k}:{seed}")
+                        heads = tuple(sorted(rng.sample(pool, min(k_stage, len(pool)))))
+                        conditions.append(Condition(len(conditions), strategy, stage, len(heads), len(heads) / total, seed, heads))
+                    continue
+                chosen = ranked[:k_stage] if strategy == "top" else ranked[len(ranked) - k_stage :]
+                conditions.append(Condition(len(conditions), strategy, stage, k_stage, k_stage / total, None, tuple(sorted(chosen))))
+    return conditions
