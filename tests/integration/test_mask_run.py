@@ -1,0 +1,104 @@
+"""``attnwh mask`` on the trained toy: a resumable sweep, and what masking every head does."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnwh.errors import UsageError
+from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.mask_run import MaskOptions, run_mask
+from attnwh.extract.masking import HeadMask
+from attnwh.extract.models import load_model, resolve_source
+from attnwh.extract.prompts import FORMATS
+from attnwh.extract.run import ExtractOptions, encode_batch, generate_with_capture, run_extract
+from attnwh.extract.toy.default import default_model_folder
+from attnwh.queries.library import open_session
+
+LIMIT = 48
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    warehouse = tmp_path_factory.mktemp("mask") / "wh"
+    run_extract(warehouse, ExtractOptions(limit=LIMIT, rows=False, device="cpu", part_size=LIMIT, batch_size=16, command=["test"]))
+    options = MaskOptions(limit=LIMIT, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=16, command=["test"])
+    return warehouse, options, run_mask(warehouse, options)
+
+
+def test_sweep_conditions_and_baseline(swept):
+    warehouse, _, result = swept
+    assert (result.conditions_total, result.conditions_written) == (1 + 2 * (1 + 2), 7)  # baseline + k∈{2,4} × (top + 2 random seeds)
+    with open_session(warehouse) as session:
+        conditions = session.query("select condition_id, strategy, k, len(heads) as n_heads, mode from mask_conditions order by condition_id").to_pylist()
+        baseline = session.query(
+            "select r.sample_idx, r.correct, s.correct as extracted from mask_results r join samples s using (sample_idx) "
+            "where r.condition_id = 0 order by r.sample_idx"
+        ).to_pylist()
+        ranking = session.query(
+            "select h.layer, h.head from stg_head_metrics h where query = 'gen1' group by all "
+            "order by avg(concentration_x_sum) desc, layer, head limit 2"
+        ).to_pylist()
+        top2 = session.query("select heads from mask_conditions where strategy = 'top' and k = 2").to_pylist()[0]["heads"]
+    assert [c["strategy"] for c in conditions].count("random") == 4 and all(c["mode"] == "zero" for c in conditions)
+    assert all(c["n_heads"] == c["k"] for c in conditions)
+    assert len(baseline) == LIMIT and all(row["correct"] == row["extracted"] for row in baseline)  # unmasked = the extraction's answers
+    assert sorted((h["layer"], h["head"]) for h in top2) == sorted((r["layer"], r["head"]) for r in ranking)
+
+
+def test_sweep_resumes_without_work(swept):
+    warehouse, options, first = swept
+    again = run_mask(warehouse, options)
+    assert again.run_id == first.run_id and again.conditions_written == 0 and again.conditions_skipped == first.conditions_total
+    assert again.summary.num_rows == first.conditions_total
+
+
+def test_mask_without_an_extraction_run_fails_clearly(tmp_path):
+    with pytest.raises(UsageError, match="no complete extraction run of toy-llava"):
+        run_mask(tmp_path / "empty", MaskOptions(limit=4, device="cpu", command=["test"]))
+
+
+def test_masking_every_head_makes_answers_independent_of_the_image():
+    """Attention is the only path from the image tokens to the answer: with every head off, two images give the same logits."""
+    loaded = load_model(resolve_source(str(default_model_folder())), dtype=torch.float32, device=torch.device("cpu"))
+    info = loaded.info
+    every_head = [(layer, head) for layer in range(info["n_layers"]) for head in range(info["n_heads"])]
+    samples = get_benchmark("toy-shapes").load(None, "test")
+    question = samples[0].question
+    images = [sample.load_image() for sample in samples[:6:2]]  # three different scenes
+    prompt = FORMATS["chat_template"].render(loaded.processor, question)
+    encoded = encode_batch(loaded, images, [prompt] * len(images))
+    masked, _, _ = generate_with_capture(loaded, encoded, None, 2, mask=HeadMask(every_head, "zero"))
+    assert all(torch.equal(masked.first_logits[0], logits) for logits in masked.first_logits[1:])
+    assert masked.answers[0] == masked.answers[1] == masked.answers[2]
+    unmasked, _, _ = generate_with_capture(loaded, encoded, None, 2)
+    assert not torch.allclose(unmasked.first_logits[0], unmasked.first_logits[1]), "unmasked, the images must matter"
+
+
+def wilson(correct: int, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    p = correct / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def test_masking_accuracy_mart_by_hand(swept):
+    """Accuracy, Wilson interval and exact McNemar p-value recomputed from the raw results in Python."""
+    warehouse, _, result = swept
+    with open_session(warehouse) as session:
+        raw = session.query("select condition_id, sample_idx, correct from mask_results where run_id = $r", {"r": result.run_id}).to_pylist()
+        mart = session.query("select * from masking_accuracy where run_id = $r order by condition_id", {"r": result.run_id}).to_pylist()
+    baseline = {row["sample_idx"]: row["correct"] for row in raw if row["condition_id"] == 0}
+    for row in mart:
+        mine = {r["sample_idx"]: r["correct"] for r in raw if r["condition_id"] == row["condition_id"]}
+        correct = sum(mine.values())
+        assert row["n"] == len(mine) and row["accuracy"] == pytest.approx(correct / len(mine))
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson(correct, len(mine)))
+        lost = sum(baseline[i] and not mine[i] for i in mine)
+        gained = sum(mine[i] and not baseline[i] for i in mine)
+        tail = sum(math.comb(lost + gained, i) for i in range(min(lost, gained) + 1)) / 2 ** (lost + gained)
+        assert (row["lost"], row["gained"]) == (lost, gained)
+        assert row["mcnemar_p"] == pytest.approx(min(1.0, 2 * tail))
+    assert any(row["lost"] for row in mart) and any(row["mcnemar_p"] < 1 for row in mart), "the sweep should change some answers"
