@@ -355,6 +355,50 @@ def sql(
 
 @app.command()
 @handles_errors
+def query(
+    name: Annotated[str | None, typer.Argument(help="A named query (see --list).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the named queries and their descriptions.")] = False,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A parameter, KEY=VALUE (repeatable).")] = None,
+    fmt: FormatOption = "table",
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Run a named query of the library (queries/marts); parameters are bound, never pasted into SQL.
+
+    Example: attnwh query visual_heads --param k=5 --param score=image_sum
+    """
+    import pyarrow as pa
+
+    from attnwh.output import render
+    from attnwh.queries.library import marts, open_session, run_mart
+
+    _check_format(fmt)
+    if list_:
+        rows = [
+            {
+                "query": mart.name,
+                "grain": mart.grain,
+                "parameters": ", ".join(f"{key}={spec.get('default', '?')}" for key, spec in mart.parameters.items()),
+                "description": mart.description,
+            }
+            for mart in marts().values()
+        ]
+        typer.echo(render(pa.Table.from_pylist(rows), fmt))
+        return
+    if name is None:
+        raise UsageError("name a query, or pass --list")
+    given = {}
+    for item in param or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
+        given[key.strip()] = value
+    with open_session(warehouse) as session:
+        table = run_mart(session, name, given)
+    typer.echo(render(table, fmt))
+
+
+@app.command()
+@handles_errors
 def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None:
     """List the runs in the warehouse with their progress.
 
@@ -412,11 +456,13 @@ def verify(
 @app.command()
 @handles_errors
 def report(
-    out: Annotated[Path, typer.Option(help="Folder to write index.html into.")] = Path("attnwh-report"),
+    out: Annotated[Path, typer.Option(help="Folder to write the pages (index.html, ...) into.")] = Path("attnwh-report"),
     warehouse: WarehouseOption = None,
-    query: Annotated[str, typer.Option(help="Which captured query the heatmaps show: gen1 or prompt.")] = "gen1",
+    query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
+    fmt: Annotated[str, typer.Option("--format", help="html, or png / svg to also write every chart as a file under charts/.")] = "html",
+    top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
 ) -> None:
-    """Render the warehouse as a self-contained HTML report (works offline).
+    """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, samples.
 
     Example: attnwh report --out attnwh-report && open attnwh-report/index.html
     """
@@ -424,7 +470,10 @@ def report(
 
     if query not in ("gen1", "prompt"):
         raise UsageError(f"unknown query {query!r}; choose gen1 or prompt")
-    target = build_report(warehouse, out, query=query)
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    formats = ("html",) if fmt == "html" else ("html", fmt)
+    target = build_report(warehouse, out, query=query, formats=formats, top=top)
     typer.echo(f"report written to {target}")
 
 

@@ -7,12 +7,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import yaml
+
+from attnwh.errors import UsageError
 
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 
-STAGING_ORDER = ("stg_samples", "stg_head_metrics")
+STAGING_ORDER = ("stg_samples", "stg_head_metrics", "stg_logit_lens", "stg_mask_results")
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,78 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
         catalog.close()
         raise
     return catalog
+
+
+def get_mart(name: str) -> Mart:
+    found = marts()
+    if name not in found:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UsageError(f"unknown query {name!r}; {hint}see `attnwh query --list`")
+    return found[name]
+
+
+_CASTS = {"string": str, "int": int, "float": float}
+
+
+def bind_parameters(mart: Mart, given: dict[str, str]) -> dict[str, Any]:
+    """The mart's parameters from ``key=value`` strings: typed, checked against choices, defaults filled.
+
+    Values are bound by DuckDB (``$name``), never pasted into the SQL.
+    """
+    unknown = sorted(set(given) - set(mart.parameters))
+    if unknown:
+        allowed = ", ".join(mart.parameters) or "none"
+        raise UsageError(f"query {mart.name} has no parameter {', '.join(unknown)}; parameters: {allowed}")
+    bound = {}
+    for name, declared in mart.parameters.items():
+        if name in given:
+            kind = declared.get("type", "string")
+            try:
+                value = _CASTS[kind](given[name])
+            except ValueError as exc:
+                raise UsageError(f"parameter {name} of {mart.name} must be {kind}, got {given[name]!r}") from exc
+        elif "default" in declared:
+            value = declared["default"]
+        else:
+            raise UsageError(f"query {mart.name} needs --param {name}=...")
+        choices = declared.get("choices")
+        if choices is not None and value not in choices:
+            raise UsageError(f"parameter {name} of {mart.name} takes {', '.join(map(str, choices))}; got {value!r}")
+        bound[name] = value
+    return bound
+
+
+def run_mart(session: Catalog, name: str, given: dict[str, str] | None = None) -> pa.Table:
+    mart = get_mart(name)
+    return session.query(mart.sql, bind_parameters(mart, given or {}))
+
+
+def data_test_failures(mart: Mart, table: pa.Table) -> list[str]:
+    """The sidecar's data tests (unique, not_null, accepted_values, range) checked on a result, in Python."""
+    failures = []
+    tests = mart.tests
+    rows = table.to_pylist()
+    key = tests.get("unique")
+    if key:
+        seen = [tuple(row[column] for column in key) for row in rows]
+        if len(seen) != len(set(seen)):
+            failures.append(f"{mart.name}: ({', '.join(key)}) is not unique")
+    for column in tests.get("not_null", []):
+        if table.column(column).null_count:
+            failures.append(f"{mart.name}: {column} has {table.column(column).null_count} null(s)")
+    for column, allowed in (tests.get("accepted_values") or {}).items():
+        bad = sorted({row[column] for row in rows} - set(allowed) - {None}, key=str)
+        if bad:
+            failures.append(f"{mart.name}: {column} has values outside {allowed}: {bad}")
+    for column, (low, high) in (tests.get("range") or {}).items():
+        values = [row[column] for row in rows if row[column] is not None]
+        outside = [value for value in values if not (low - 1e-9 <= value <= high + 1e-9)]
+        if outside:
+            failures.append(f"{mart.name}: {column} outside [{low}, {high}]: {outside[:3]}")
+    missing = sorted(set(mart.columns) ^ set(table.column_names))
+    if missing:
+        failures.append(f"{mart.name}: columns differ from the sidecar: {missing}")
+    return failures

@@ -27,3 +27,135 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
         .resolve_scale(color="independent", x="independent", y="independent")
     )
     return chart.to_dict()
+
+
+def _panel(row: dict) -> str:
+    return f"{row['model']} · {row['benchmark']}"
+
+
+def sum_vs_concentration(rows: list[dict]) -> dict:
+    """One point per head: mean image-attention sum against mean concentration, coloured by layer."""
+    data = [{**row, "panel": _panel(row)} for row in rows]
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_circle(size=40, opacity=0.8)
+        .encode(
+            x=alt.X("mean_image_sum:Q", title="mean image-attention sum"),
+            y=alt.Y("mean_concentration:Q", title="mean concentration"),
+            color=alt.Color("layer:Q", title="layer", scale=alt.Scale(scheme="plasma")),
+            tooltip=["panel:N", "layer:O", "head:O", alt.Tooltip("mean_image_sum:Q", format=".4f"), alt.Tooltip("mean_concentration:Q", format=".3f")],
+        )
+        .properties(width=300, height=240)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+        .resolve_scale(x="independent", y="independent")
+    )
+    return chart.to_dict()
+
+
+def layer_profiles(rows: list[dict], value: str, title: str) -> dict:
+    """Cross-model layer profiles on normalised depth, one line per model, one panel per benchmark."""
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("depth:Q", title="depth (layer / (layers − 1))", scale=alt.Scale(domain=[0, 1])),
+            y=alt.Y(f"{value}:Q", title=title),
+            color=alt.Color("model:N", title="model"),
+            tooltip=["model:N", "benchmark:N", "layer:O", alt.Tooltip(f"{value}:Q", format=".4f")],
+        )
+        .properties(width=360, height=240)
+        .facet(facet=alt.Facet("benchmark:N", title=None), columns=PANEL_COLUMNS)
+    )
+    return chart.to_dict()
+
+
+def segment_shares(rows: list[dict]) -> dict:
+    """Stacked shares of attention per segment and layer, one panel per model × benchmark."""
+    segments = ("image", "bos", "system", "prompt", "generated")
+    data = [
+        {"panel": _panel(row), "layer": row["layer"], "segment": segment, "segment_order": index, "share": row[segment]}
+        for row in rows
+        for index, segment in enumerate(segments)
+    ]
+    chart = (
+        alt.Chart(alt.Data(values=data))
+        .mark_bar()
+        .encode(
+            x=alt.X("layer:O", title="layer"),
+            y=alt.Y("share:Q", title="mean attention share", stack="zero", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("segment:N", title="segment", sort=list(segments)),
+            order=alt.Order("segment_order:Q"),
+            tooltip=["panel:N", "layer:O", "segment:N", alt.Tooltip("share:Q", format=".3f")],
+        )
+        .properties(width=300, height=200)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+        .resolve_scale(x="independent")
+    )
+    return chart.to_dict()
+
+
+def lens_rank_heatmap(rows: list[dict]) -> dict:
+    """Samples × layers, coloured by the final answer's rank (log scale); rank 1 in its own colour."""
+    data = [{**row, "panel": _panel(row), "top": row["target_rank"] == 1} for row in rows]
+    base = alt.Chart(alt.Data(values=data)).encode(
+        x=alt.X("layer:O", title="layer (0 = embeddings)"),
+        y=alt.Y("sample_idx:O", title="sample", axis=alt.Axis(labels=False, ticks=False)),
+        tooltip=["panel:N", "sample_idx:O", "layer:O", "target_rank:Q", "target_text:N", "top_text:N"],
+    )
+    ranks = base.mark_rect().encode(
+        color=alt.Color("target_rank:Q", title="rank of the final answer", scale=alt.Scale(type="log", scheme="oranges"))
+    ).transform_filter("datum.target_rank > 1")
+    top = base.mark_rect(color="#1f77b4").transform_filter("datum.target_rank == 1")
+    chart = (
+        alt.layer(ranks, top)
+        .properties(width=240, height=240)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+        .resolve_scale(x="independent", y="independent")
+    )
+    return chart.to_dict()
+
+
+def lens_median_rank(rows: list[dict]) -> dict:
+    """Median rank of the final answer per layer, one line per benchmark, one panel per model."""
+    chart = (
+        alt.Chart(alt.Data(values=rows))
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:Q", title="layer (0 = embeddings)"),
+            y=alt.Y("rank_median:Q", title="median rank (1 = top)", scale=alt.Scale(type="log")),
+            color=alt.Color("benchmark:N", title="benchmark"),
+            strokeDash=alt.StrokeDash("query:N", title="query"),
+            tooltip=["model:N", "benchmark:N", "query:N", "layer:Q", "rank_median:Q", alt.Tooltip("share_at_top:Q", format=".2f")],
+        )
+        .properties(width=360, height=240)
+        .facet(facet=alt.Facet("model:N", title=None), columns=PANEL_COLUMNS)
+    )
+    return chart.to_dict()
+
+
+def masking_curves(rows: list[dict]) -> dict:
+    """Accuracy against the share of heads masked: top solid, random dashed, interval bands, one colour per benchmark."""
+    data = [
+        {**row, "series": f"{row['benchmark']} · {row['strategy']}", "panel": f"{row['model']} · {row['stage']} · {row['mode']}"}
+        for row in rows
+    ]
+    base = alt.Chart(alt.Data(values=data)).encode(
+        x=alt.X("fraction:Q", title="share of heads masked"),
+        color=alt.Color("benchmark:N", title="benchmark"),
+        detail="series:N",
+    )
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+        strokeDash=alt.StrokeDash(
+            "strategy:N", title="strategy", scale=alt.Scale(domain=["top", "random", "bottom"], range=[[1, 0], [6, 4], [2, 2]])
+        ),
+        tooltip=["model:N", "benchmark:N", "stage:N", "strategy:N", "k:Q", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n_conditions:Q"],
+    )
+    chart = (
+        alt.layer(band, line)
+        .properties(width=320, height=240)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+    )
+    return chart.to_dict()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from attnwh.extract.benchmarks import registry
+from attnwh.extract.mask_run import MaskOptions, run_mask
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 
@@ -48,16 +49,24 @@ def tiny_model(request, tiny_mha, tiny_gqa) -> Path:
     return {"mha": tiny_mha, "gqa": tiny_gqa}[request.param]
 
 
-@pytest.fixture
-def hostile_warehouse(tmp_path, tiny_mha, monkeypatch):
+@pytest.fixture(scope="session")
+def hostile_warehouse_module(tmp_path_factory, tiny_mha):
+    """An extraction and a mask sweep of the tiny LLaVA on 3 toy samples, the first with a hostile question."""
     original = registry.get_benchmark("toy-shapes")
 
     def load(data, split):
         samples = original.load(data, split)[:3]
-        first = samples[0]
-        samples[0] = dataclasses.replace(first, question=HOSTILE_QUESTION)
+        samples[0] = dataclasses.replace(samples[0], question=HOSTILE_QUESTION)
         return samples
 
-    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
-    run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
-    return tmp_path / "wh"
+    warehouse = tmp_path_factory.mktemp("hostile") / "wh"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
+        run_extract(warehouse, ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
+        run_mask(warehouse, MaskOptions(model=str(tiny_mha), k=("0", "1", "2"), seeds=1, device="cpu", command=["test"]))
+    return warehouse
+
+
+@pytest.fixture
+def hostile_warehouse(hostile_warehouse_module):
+    return hostile_warehouse_module

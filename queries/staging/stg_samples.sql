@@ -7,15 +7,23 @@ select
     s.sample_key,
     s.status,
     s.error,
+    s.prompt,
     s.question,
+    s.hint,
+    s.choices,
     s.category,
+    s.group_key,
     s.gold,
     s.output_text,
+    s.parser,
+    s.parser_version,
     s.parsed,
     s.correct,
+    s.option_logprobs,
     s.n_tokens,
     s.n_image,
     s.image_start,
-    s.image_end
+    s.image_end,
+    s.n_region
 from samples as s
 join runs as r using (run_id)

@@ -124,3 +124,22 @@ def test_every_command_has_an_example_and_is_in_the_readme():
         assert f"attnwh {name}" in readme, f"README does not document `attnwh {name}`"
     assert "Example: attnwh toy train" in invoke("toy", "train", "--help").output
     assert "attnwh toy train" in readme
+
+
+def test_query_list_and_parameters(warehouse):
+    listed = json.loads(invoke("query", "--list", "--format", "json").output)
+    names = {row["query"] for row in listed}
+    assert {"head_attention", "visual_heads", "layer_profile", "segment_shares", "lens_convergence", "lens_settling",
+            "masking_accuracy", "masking_curves", "run_overview", "head_ranking"} <= names
+    rows = json.loads(invoke("query", "visual_heads", "--param", "k=2", "--param", "score=image_sum", "--warehouse", str(warehouse), "--format", "json").output)
+    assert len(rows) == 32 and sorted(row["rank"] for row in rows) == list(range(1, 33))
+    assert sum(row["detection_score"] for row in rows) == pytest.approx(2.0)  # each sample detects exactly k heads
+    bad = invoke("query", "visual_heads", "--param", "k=two", "--warehouse", str(warehouse))
+    assert bad.exit_code == 2 and bad.output.strip().splitlines() == ["attnwh: error: parameter k of visual_heads must be int, got 'two'"]
+    unknown = invoke("query", "visual_head", "--warehouse", str(warehouse))
+    assert unknown.exit_code == 2 and "did you mean 'visual_heads'?" in unknown.output
+
+
+def test_marts_are_views_in_sql(warehouse):
+    result = invoke("sql", "select count(*) as n from run_overview", "--warehouse", str(warehouse), "--format", "csv")
+    assert result.output == "n\n1\n"

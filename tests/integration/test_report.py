@@ -19,23 +19,32 @@ def script_blocks(page: str) -> list[str]:
 
 
 def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_warehouse):
-    target = build_report(hostile_warehouse, tmp_path / "report")
-    page = target.read_text()
-    # one inlined library bundle, one JSON spec (the heatmap), one loader; nothing loaded from anywhere
-    blocks = script_blocks(page)
-    assert len(blocks) == 3, blocks
-    assert not any("src=" in block for block in blocks)
-    assert not re.search(r"<(link|img|iframe)\b[^>]*(src|href)=\"?https?:", page)
-    # the question is shown as text, never as markup
-    assert HOSTILE not in page
-    assert html.escape(HOSTILE) in page
-    # the heatmap spec parses back and holds every layer × head of the model
-    spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', page, re.DOTALL).group(1)
-    spec = json.loads(spec_text)
-    values = spec["data"]["values"]
+    index = build_report(hostile_warehouse, tmp_path / "report")
+    pages = {path.name: path.read_text() for path in index.parent.glob("*.html")}
+    assert set(pages) == {"index.html", "attention.html", "layers.html", "lens.html", "masking.html", "samples.html"}
+    for name, page in pages.items():
+        # the inlined library bundle, the JSON specs, one loader; nothing loaded from anywhere
+        blocks = script_blocks(page)
+        assert not any("src=" in block for block in blocks), name
+        assert len(blocks) == 2 + page.count('<div class="chart"'), name
+        assert not re.search(r"<(link|img|iframe)\b[^>]*(src|href)=\"?https?:", page), name
+        assert HOSTILE not in page, name
+        assert all(f'href="{other}"' in page for other in pages), f"{name} does not link every page"
+    assert html.escape(HOSTILE) in pages["samples.html"]  # shown as text, never as markup
+    # the first heatmap holds every layer × head of the model; the SQL is shown under it
+    spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', pages["attention.html"], re.DOTALL).group(1)
+    values = json.loads(spec_text)["data"]["values"]
     assert sorted((row["layer"], row["head"]) for row in values) == [(layer, head) for layer in range(3) for head in range(4)]
     assert all(row["n_samples"] == 3 for row in values)
-    assert "SELECT" in page.upper() and "head_attention" in page
+    assert "head_attention" in pages["attention.html"] and "masking_curves" in pages["masking.html"]
+
+
+def test_report_exports_charts_as_files(tmp_path, hostile_warehouse):
+    build_report(hostile_warehouse, tmp_path / "report", formats=("html", "svg"))
+    svgs = sorted((tmp_path / "report" / "charts").glob("*.svg"))
+    assert [path.name for path in svgs][:2] == ["attention-1.svg", "attention-2.svg"]
+    assert all(path.read_text().lstrip().startswith("<svg") for path in svgs)
+    assert any(path.name.startswith("masking-") for path in svgs)
 
 
 def test_json_in_scripts_cannot_close_the_script():

@@ -1,0 +1,47 @@
+-- one row per run: what it is, how far it got, and how well the model answered
+with extract_samples as (
+    select
+        run_id,
+        count(*) as n_rows,
+        count(*) filter (where status = 'error') as n_errors,
+        count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
+        avg(case when correct then 1.0 when correct = false then 0.0 end) as accuracy
+    from samples
+    group by run_id
+),
+mask_samples as (
+    select
+        run_id,
+        count(*) as n_rows,
+        count(*) filter (where status = 'error') as n_errors,
+        count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
+        avg(case when correct then 1.0 when correct = false then 0.0 end) filter (where condition_id = 0) as accuracy
+    from mask_results
+    group by run_id
+),
+counted as (
+    select * from extract_samples
+    union all
+    select * from mask_samples
+)
+select
+    r.run_id,
+    r.kind,
+    r.model,
+    r.benchmark,
+    r.architecture,
+    r.n_layers,
+    r.n_heads,
+    r.n_kv_heads,
+    r.dtype,
+    r.n_samples as n_planned,
+    r.parts_committed,
+    r.n_parts,
+    r.complete,
+    coalesce(c.n_rows, 0) as n_rows,
+    coalesce(c.n_errors, 0) as n_errors,
+    coalesce(c.n_invalid, 0) as n_invalid,
+    c.accuracy,
+    r.created
+from runs as r
+left join counted as c using (run_id)

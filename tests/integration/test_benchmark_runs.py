@@ -1,0 +1,51 @@
+"""Real-benchmark loaders through ``attnwh extract``: bad rows and images become error rows, the run goes on."""
+
+from __future__ import annotations
+
+import pytest
+
+from attnwh.errors import BenchmarkError
+from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.benchmarks.data import resolve_data
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.queries.library import open_session
+from tests.fixtures_benchmarks import pope_folder
+
+
+def test_pope_with_broken_rows_and_images(tmp_path, tiny_mha):
+    data = pope_folder(tmp_path / "pope")
+    result = run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), benchmark="pope", data=data, device="cpu", command=["test"]))
+    with open_session(tmp_path / "wh") as session:
+        rows = session.query("select sample_key, status, error, question, prompt, parser from samples order by sample_idx").to_pylist()
+        spec = session.query("select spec from runs").to_pylist()[0]["spec"]
+    by_key = {row["sample_key"]: row for row in rows}
+    assert by_key["1"]["status"] == by_key["2"]["status"] == "ok"
+    assert by_key["2"]["question"] == "Y a-t-il un éléphant dans l’image ?"
+    assert by_key["1"]["prompt"].endswith("Is there a snowboard in the image?\nAnswer the question using a single word or phrase. ASSISTANT:")
+    assert by_key["3"]["status"] == "error" and "not found" in by_key["3"]["error"]
+    assert by_key["4"]["status"] == "error" and "decode" in by_key["4"]["error"]
+    assert by_key["5"]["status"] == "error"  # label 'maybe'
+    assert result.errors == sum(row["status"] == "error" for row in rows) and result.errors >= 3
+    assert '"benchmark_version": "1"' in spec and '"split": "adversarial"' in spec
+
+
+def test_a_file_in_the_wrong_format_fails_with_one_line(tmp_path):
+    broken = tmp_path / "MMBench_DEV_EN.tsv"
+    broken.write_text("this is not\ta benchmark\n1\t2\n")
+    with pytest.raises(BenchmarkError) as error:
+        get_benchmark("mmbench").load(broken, "dev")
+    message = str(error.value)
+    assert "\n" not in message and str(broken) in message
+
+
+def test_a_hub_dataset_id_without_a_hub_fails_clearly(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import; never reach a hub here
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BenchmarkError, match="lmms-lab/POPE"):
+        resolve_data(get_benchmark("pope"), "lmms-lab/POPE")
+    with pytest.raises(BenchmarkError, match="does not exist"):
+        resolve_data(get_benchmark("pope"), "./no/such/folder")

@@ -1,0 +1,205 @@
+"""The query library: every mart's sidecar data tests on a warehouse made by extraction and masking,
+and expected rows written by hand for a hand-made warehouse."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from attnwh.errors import UsageError
+from attnwh.extract.mask_run import MaskOptions, run_mask
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.queries.library import bind_parameters, data_test_failures, get_mart, marts, open_session, run_mart
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.runs import Plan, open_or_create_run
+from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, with_metadata
+
+
+@pytest.fixture(scope="module")
+def toy_warehouse(tmp_path_factory):
+    warehouse = tmp_path_factory.mktemp("marts") / "wh"
+    run_extract(warehouse, ExtractOptions(limit=24, rows=False, device="cpu", part_size=12, batch_size=12, command=["test"]))
+    run_mask(warehouse, MaskOptions(limit=24, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=12, command=["test"]))
+    return warehouse
+
+
+@pytest.mark.parametrize("name", sorted(marts()))
+def test_mart_sidecar_tests_pass_on_a_real_warehouse(toy_warehouse, name):
+    mart = get_mart(name)
+    given = {"run_id": _extract_run(toy_warehouse)} if "run_id" in mart.parameters else {}
+    with open_session(toy_warehouse) as session:
+        table = run_mart(session, name, given)
+    assert table.num_rows > 0, f"{name} returned no rows"
+    assert data_test_failures(mart, table) == []
+
+
+def _extract_run(warehouse) -> str:
+    with open_session(warehouse) as session:
+        return session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]
+
+
+def test_sidecar_tests_can_fail():
+    mart = get_mart("segment_shares")
+    row = {column: 0.5 for column in mart.columns} | {"run_id": "r", "query": "gen1", "layer": 0, "model": "m", "benchmark": "b"}
+    table = pa.Table.from_pylist([row, {**row, "image": 1.5}])
+    failures = data_test_failures(mart, table)
+    assert any("not unique" in failure for failure in failures) and any("image outside" in failure for failure in failures)
+
+
+# ------------------------------------------------------------------ a hand-made warehouse
+#
+# One extraction run of a 2-layer × 2-head model on 2 samples (4 image tokens each), query gen1:
+#
+#   sample  layer head  image_sum  image_entropy  bos   system prompt generated
+#   0       0     0     0.6        0              0.1   0.1    0.1    0.1
+#   0       0     1     0.2        ln 4           0.4   0.2    0.1    0.1
+#   0       1     0     0.0        0              0.5   0.2    0.2    0.1
+#   0       1     1     0.8        ln 2           0.1   0.0    0.05   0.05
+#   1       0     0     0.4        ln 2           0.2   0.2    0.1    0.1
+#   1       0     1     0.6        0              0.1   0.1    0.1    0.1
+#   1       1     0     0.2        0              0.4   0.2    0.1    0.1
+#   1       1     1     0.4        ln 4           0.3   0.1    0.1    0.1
+#
+# concentration = 1 - entropy / ln 4: entropy 0 -> 1, ln 2 -> 0.5, ln 4 -> 0.
+
+LN2, LN4 = math.log(2), math.log(4)
+HAND_METRICS = [
+    (0, 0, 0, 0.6, 0.0, 0.1, 0.1, 0.1, 0.1),
+    (0, 0, 1, 0.2, LN4, 0.4, 0.2, 0.1, 0.1),
+    (0, 1, 0, 0.0, 0.0, 0.5, 0.2, 0.2, 0.1),
+    (0, 1, 1, 0.8, LN2, 0.1, 0.0, 0.05, 0.05),
+    (1, 0, 0, 0.4, LN2, 0.2, 0.2, 0.1, 0.1),
+    (1, 0, 1, 0.6, 0.0, 0.1, 0.1, 0.1, 0.1),
+    (1, 1, 0, 0.2, 0.0, 0.4, 0.2, 0.1, 0.1),
+    (1, 1, 1, 0.4, LN4, 0.3, 0.1, 0.1, 0.1),
+]
+# logit lens (layers 0..2): sample 0 ranks 5, 1, 1 (settles at layer 1); sample 1 ranks 3, 2, 1 (settles at 2)
+HAND_LENS = {0: [5, 1, 1], 1: [3, 2, 1]}
+
+
+def _hand_warehouse(root):
+    warehouse = open_warehouse(root, create=True)
+    plan = Plan(["s0", "s1"], 2)
+    details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
+    run, _ = open_or_create_run(
+        warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=plan, run_id=None, details=details
+    )
+
+    def write(folder):
+        samples = pa.Table.from_pylist(
+            [
+                {"run_id": run.run_id, "sample_idx": i, "sample_key": f"s{i}", "status": "ok", "n_image": 4, "gold": "yes", "parsed": "yes", "correct": i == 0}
+                for i in (0, 1)
+            ],
+            schema=SAMPLES,
+        )
+        metrics = pa.Table.from_pylist(
+            [
+                {
+                    "run_id": run.run_id, "sample_idx": s, "query": "gen1", "layer": layer, "head": head, "image_sum": image,
+                    "image_entropy": entropy, "image_max": image, "image_argmax": 0, "bos_sum": bos, "system_sum": system,
+                    "prompt_sum": prompt, "generated_sum": generated,
+                }
+                for s, layer, head, image, entropy, bos, system, prompt, generated in HAND_METRICS
+            ],
+            schema=HEAD_METRICS,
+        )
+        lens = pa.Table.from_pylist(
+            [
+                {"run_id": run.run_id, "sample_idx": s, "query": "gen1", "layer": layer, "target_token": 7, "target_rank": rank, "target_prob": 0.5}
+                for s, ranks in HAND_LENS.items()
+                for layer, rank in enumerate(ranks)
+            ],
+            schema=LOGIT_LENS,
+        )
+        for table, name in ((samples, "samples"), (metrics, "head_metrics"), (lens, "logit_lens")):
+            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+        return {"samples": 2, "head_metrics": 8, "logit_lens": 6}
+
+    parts.commit_part(run.paths, 0, write)
+    return root, run.run_id
+
+
+@pytest.fixture
+def hand(tmp_path):
+    return _hand_warehouse(tmp_path / "hand")
+
+
+def _rows(warehouse, name, given=None, order=("layer", "head")):
+    with open_session(warehouse) as session:
+        rows = run_mart(session, name, given or {}).to_pylist()
+    return sorted(rows, key=lambda row: tuple(row[key] for key in order))
+
+
+def test_head_attention_by_hand(hand):
+    warehouse, _ = hand
+    rows = _rows(warehouse, "head_attention")
+    expected = [  # (layer, head, mean image sum, mean concentration, mean concentration × sum)
+        (0, 0, 0.5, 0.75, (0.6 * 1 + 0.4 * 0.5) / 2),
+        (0, 1, 0.4, 0.5, (0.2 * 0 + 0.6 * 1) / 2),
+        (1, 0, 0.1, 1.0, (0.0 * 1 + 0.2 * 1) / 2),
+        (1, 1, 0.6, 0.25, (0.8 * 0.5 + 0.4 * 0) / 2),
+    ]
+    got = [(r["layer"], r["head"], r["mean_image_sum"], r["mean_concentration"], r["mean_concentration_x_sum"]) for r in rows]
+    assert got == [pytest.approx(row) for row in expected]
+    assert rows[0]["n_samples"] == 2 and rows[0]["sd_image_sum"] == pytest.approx(math.sqrt(0.02))
+
+
+def test_visual_heads_ranking_and_detection_by_hand(hand):
+    warehouse, _ = hand
+    rows = _rows(warehouse, "visual_heads", {"k": "1", "score": "concentration_x_sum"})
+    # per-sample top head by concentration × sum: sample 0 -> (0,0) with 0.6; sample 1 -> (0,1) with 0.6
+    detection = {(r["layer"], r["head"]): r["detection_score"] for r in rows}
+    assert detection == {(0, 0): 0.5, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.0}
+    ranks = {(r["layer"], r["head"]): r["rank"] for r in rows}
+    assert ranks == {(0, 0): 1, (0, 1): 2, (1, 1): 3, (1, 0): 4}  # means 0.4, 0.3, 0.2, 0.1
+    by_sum = _rows(warehouse, "visual_heads", {"k": "2", "score": "image_sum"})
+    assert {(r["layer"], r["head"]): r["detection_score"] for r in by_sum} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.5}
+
+
+def test_layer_profile_and_segment_shares_by_hand(hand):
+    warehouse, _ = hand
+    layers = _rows(warehouse, "layer_profile", order=("layer",))
+    assert [(r["layer"], r["depth"], r["stage"], r["n"]) for r in layers] == [(0, 0.0, "early", 4), (1, 1.0, "late", 4)]  # 2 layers: thirds round to early [0], mid [], late [1]
+    assert [r["mean_image_sum"] for r in layers] == pytest.approx([0.45, 0.35])
+    shares = _rows(warehouse, "segment_shares", order=("layer",))
+    assert [r["bos"] for r in shares] == pytest.approx([0.2, 0.325])
+    assert [r["generated"] for r in shares] == pytest.approx([0.1, 0.0875])
+    for row in shares:
+        assert row["image"] + row["bos"] + row["system"] + row["prompt"] + row["generated"] == pytest.approx(1.0)
+
+
+def test_logit_lens_marts_by_hand(hand):
+    warehouse, _ = hand
+    layers = _rows(warehouse, "lens_convergence", order=("layer",))
+    assert [(r["layer"], r["rank_median"], r["share_at_top"]) for r in layers] == [(0, 4.0, 0.0), (1, 1.5, 0.5), (2, 1.0, 1.0)]
+    assert [r["rank_q1"] for r in layers] == pytest.approx([3.5, 1.25, 1.0])
+    (settling,) = _rows(warehouse, "lens_settling", order=("query",))
+    assert (settling["median_settle_layer"], settling["share_settled_early"], settling["n_samples"]) == (1.5, 0.5, 2)
+
+
+def test_run_overview_by_hand(hand):
+    warehouse, run_id = hand
+    (row,) = _rows(warehouse, "run_overview", order=("run_id",))
+    assert (row["run_id"], row["kind"], row["n_rows"], row["n_errors"], row["accuracy"], row["complete"]) == (run_id, "extract", 2, 0, 0.5, True)
+
+
+def test_parameters_are_typed_checked_and_bound(hand):
+    warehouse, run_id = hand
+    mart = get_mart("visual_heads")
+    assert bind_parameters(mart, {"k": "3"}) == {"score": "concentration_x_sum", "k": 3, "query": "gen1"}
+    with pytest.raises(UsageError, match="must be int"):
+        bind_parameters(mart, {"k": "3; drop table runs"})
+    with pytest.raises(UsageError, match="takes concentration_x_sum"):
+        bind_parameters(mart, {"score": "image_sum' or 1=1 --"})
+    with pytest.raises(UsageError, match="no parameter bogus"):
+        bind_parameters(mart, {"bogus": "1"})
+    with pytest.raises(UsageError, match="needs --param run_id"):
+        bind_parameters(get_mart("head_ranking"), {})
+    # a value carrying SQL is data: it matches no run
+    assert _rows(warehouse, "head_ranking", {"run_id": f"{run_id}' or 1=1 --"}) == []
+    assert len(_rows(warehouse, "head_ranking", {"run_id": run_id})) == 4
