@@ -122,3 +122,53 @@ def test_conditions_top_random_bottom():
     for seed in (0, 1):  # random heads never include the top k
         assert len(by[("random", 2, seed)]) == 2 and not set(by[("random", 2, seed)]) & {(1, 0), (0, 1)}
     assert build_conditions(ranking, 2, 2, ["random"], ["all"], [1], seeds=1) == build_conditions(ranking, 2, 2, ["random"], ["all"], [1], seeds=1)
+
+
+def test_mean_mode_equals_an_o_proj_hook_with_independently_recorded_means(tiny_model):
+    """Means recorded by an o_proj input hook over the real prefill positions, then substituted by the hook."""
+    from attnwh.extract.masking import recording_head_means
+
+    loaded = _loaded(tiny_model)
+    encoded = _encoded(loaded, 3)
+    modules = loaded.adapter.attention_modules(loaded.model)
+    with torch.inference_mode(), recording_head_means(modules, encoded["attention_mask"]) as recorders:
+        loaded.model(**encoded)
+    means = {(layer, head): recorders[layer].total[head] / recorders[layer].count for layer, head in HEADS}
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 1, mask=HeadMask(HEADS, "mean", means))
+
+    reference = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    text = reference.config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    real = encoded["attention_mask"].bool()
+    recorded: dict[int, torch.Tensor] = {}
+
+    def record(layer):
+        def hook(module, args):
+            recorded[layer] = args[0][real].reshape(-1, text.num_attention_heads, head_dim).mean(dim=0)
+
+        return hook
+
+    layers = reference.model.language_model.layers
+    handles = [layer.self_attn.o_proj.register_forward_pre_hook(record(index)) for index, layer in enumerate(layers)]
+    with torch.inference_mode():
+        reference(**encoded)
+    for handle in handles:
+        handle.remove()
+    for layer, head in HEADS:  # the means agree with an independent recording
+        assert torch.allclose(means[(layer, head)], recorded[layer][head], atol=1e-5)
+
+    def substitute(layer):
+        def hook(module, args):
+            hidden = args[0].clone()
+            for l, head in HEADS:
+                if l == layer:
+                    hidden[..., head * head_dim : (head + 1) * head_dim] = recorded[layer][head]
+            return (hidden,)
+
+        return hook
+
+    for index, layer in enumerate(layers):
+        layer.self_attn.o_proj.register_forward_pre_hook(substitute(index))
+    with torch.inference_mode():
+        logits = reference(**encoded).logits[:, -1]
+    assert torch.allclose(generation.first_logits, logits, atol=1e-5)
