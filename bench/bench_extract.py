@@ -1,0 +1,202 @@
+"""Extraction against its limit and its alternatives, side by side in one run.
+
+Variants, each timed in a fresh subprocess (so that its peak RSS is its own), interleaved over
+rounds (so that machine drift hits all alike), on the same saved model and the same inputs:
+
+- ``plain``: SDPA generation of the same answers, no capture (the practical limit);
+- ``capture``: generation with attnwh's capture (statistics and logit lens, no raw rows);
+- ``capture_rows``: the same, keeping the raw rows (float16, moved to the CPU as extract does);
+- ``eager``: the route most tools take: eager attention with ``output_attentions=True``, then the
+  same statistics computed from the returned attention maps;
+- ``extract`` / ``extract_rows``: the whole ``run_extract`` (encode, generate, statistics, Parquet
+  and Zarr writes, commits), without and with raw rows.
+
+Shapes: ``realistic`` = a LLaVA-1.5-shaped prompt (336-px image → 576 image tokens, ~650 tokens in
+all) through a text model of 8 layers × 16 heads (hidden 1024), and ``toy`` = the shipped toy.
+
+    python bench/bench_extract.py                      # both shapes, 3 rounds
+    python bench/bench_extract.py --shape toy --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+VARIANTS = ("plain", "capture", "capture_rows", "eager", "extract", "extract_rows")
+TARGETS = {  # ratio: (numerator, denominator, limit, direction)
+    "capture / plain time": ("capture", "plain", 1.05, "<="),
+    "eager / capture time": ("eager", "capture", 2.0, ">="),
+    "capture / plain peak RSS": ("capture", "plain", 1.10, "<="),
+    "extract_rows / extract time": ("extract_rows", "extract", 1.10, "<="),
+}
+
+
+def build_model(shape: str, folder: Path) -> Path:
+    from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+    from attnwh.extract.toy.default import default_model_folder
+
+    if shape == "toy":
+        return default_model_folder()
+    spec = TinyLlavaSpec(n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=336, patch_size=14, seed=0)
+    return save_tiny_llava(folder / "realistic", spec)
+
+
+def inputs(loaded, shape: str, batch_size: int):
+    """A left-padded batch: toy-shapes questions; for the realistic shape padded out to ~70 text tokens."""
+    from attnwh.extract.benchmarks import get_benchmark
+    from attnwh.extract.prompts import FORMATS
+    from attnwh.extract.run import encode_batch
+
+    samples = get_benchmark("toy-shapes").load(None, "test")[:batch_size]
+    questions = [sample.question for sample in samples]
+    if shape == "realistic":  # a longer text part, as LLaVA's system prompt + question make (~70 tokens)
+        filler = " ".join(["is there a red circle in the image ?"] * 6)
+        questions = [f"{filler} {question}" for question in questions]
+    prompts = [FORMATS["chat_template"].render(loaded.processor, question) for question in questions]
+    images = [sample.load_image() for sample in samples]
+    return samples, encode_batch(loaded, images, prompts)
+
+
+def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, batches: int, new_tokens: int) -> dict:
+    """Runs in the child process: warm up once, then time ``batches`` batches."""
+    import torch
+
+    from attnwh.extract.capture import CaptureSpec
+    from attnwh.extract.models import load_model, resolve_source
+    from attnwh.extract.run import ExtractOptions, generate_with_capture, run_extract
+    from attnwh.extract.segments import prompt_segments, with_generated
+    from attnwh.extract.stats import row_statistics
+
+    torch.set_num_threads(int(os.environ.get("ATTNWH_BENCH_THREADS", "2")))
+    source = resolve_source(str(model_folder))
+    if variant.startswith("extract"):
+        with tempfile.TemporaryDirectory() as scratch:
+            options = dict(model=str(model_folder), limit=batch_size * batches, batch_size=batch_size, part_size=batch_size * batches,
+                           max_new_tokens=new_tokens, device="cpu", rows=variant == "extract_rows", command=["bench"])
+            run_extract(Path(scratch) / "warm", ExtractOptions(**{**options, "limit": batch_size, "part_size": batch_size}))
+            started = time.perf_counter()
+            run_extract(Path(scratch) / "wh", ExtractOptions(**options))
+            seconds = time.perf_counter() - started
+        return {"seconds": seconds, "samples": batch_size * batches}
+
+    implementation = "eager" if variant == "eager" else None
+    loaded = load_model(source, dtype=torch.float32, device=torch.device("cpu"))
+    if implementation == "eager":
+        from transformers import AutoModelForImageTextToText
+
+        eager = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32, attn_implementation="eager").eval()
+        eager.generation_config = loaded.model.generation_config
+    _, encoded = inputs(loaded, shape, batch_size)
+    n_tokens = int(encoded["input_ids"].shape[1])
+
+    def once() -> None:
+        if variant == "plain":
+            generate_with_capture(loaded, encoded, None, new_tokens)
+        elif variant in ("capture", "capture_rows"):
+            _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=variant == "capture_rows", lens=True), new_tokens)
+            session.stacked_statistics()
+            if variant == "capture_rows":
+                session.stacked_rows(torch.float16)
+        else:  # eager: full attention maps out of generate, then the same statistics from them
+            with torch.inference_mode():
+                out = eager.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                     output_attentions=True, return_dict_in_generate=True)
+                segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+                for step in (0, 1):
+                    step_segments = with_generated(segments, step)
+                    for layer_maps in out.attentions[step]:
+                        row_statistics(layer_maps[:, :, -1, :], step_segments)
+
+    once()  # warm-up
+    started = time.perf_counter()
+    for _ in range(batches):
+        once()
+    return {"seconds": time.perf_counter() - started, "samples": batch_size * batches, "prompt_tokens": n_tokens}
+
+
+def child_main(args) -> int:
+    result = run_variant(args.variant, args.shape, Path(args.model), args.batch_size, args.batches, args.new_tokens)
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+    return 0
+
+
+def parent_main(args) -> int:
+    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+                     "command": " ".join(["python", *sys.argv]), "shapes": {}}
+    with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
+        for shape in args.shape:
+            model = build_model(shape, Path(scratch))
+            runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+            for round_index in range(args.rounds):
+                for variant in args.variants:
+                    command = [sys.executable, __file__, "--child", "--variant", variant, "--shape", shape, "--model", str(model),
+                               "--batch-size", str(args.batch_size), "--batches", str(args.batches), "--new-tokens", str(args.new_tokens)]
+                    done = subprocess.run(command, capture_output=True, text=True, check=False)
+                    if done.returncode != 0:
+                        print(done.stderr[-3000:], file=sys.stderr)
+                        raise SystemExit(f"variant {variant} failed")
+                    runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(f"[{shape} round {round_index + 1}] {variant}: {runs[variant][-1]['seconds']:.2f} s", file=sys.stderr)
+            summary = {
+                variant: {
+                    "median_seconds": statistics.median(r["seconds"] for r in rs),
+                    "samples_per_second": rs[0]["samples"] / statistics.median(r["seconds"] for r in rs),
+                    "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+                    "prompt_tokens": rs[0].get("prompt_tokens"),
+                    "all_seconds": [r["seconds"] for r in rs],
+                }
+                for variant, rs in runs.items()
+            }
+            ratios = {}
+            for name, (top, bottom, limit, direction) in TARGETS.items():
+                if top in summary and bottom in summary:
+                    key = "peak_rss_mib" if "RSS" in name else "median_seconds"
+                    value = summary[top][key] / summary[bottom][key]
+                    ratios[name] = {"ratio": value, "target": f"{direction} {limit}", "met": value <= limit if direction == "<=" else value >= limit}
+            results["shapes"][shape] = {"variants": summary, "ratios": ratios}
+            print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {summary[args.variants[0]].get('prompt_tokens')} tokens")
+            print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}")
+            for variant, row in summary.items():
+                print(f"{variant:<14}{row['median_seconds']:>10.2f}{row['samples_per_second']:>11.2f}{row['peak_rss_mib']:>14.0f}")
+            for name, row in ratios.items():
+                print(f"  {name:<30} {row['ratio']:.3f}  (target {row['target']}: {'met' if row['met'] else 'MISSED'})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", nargs="+", default=["realistic", "toy"], choices=["realistic", "toy"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=4)
+    parser.add_argument("--out", type=Path, default=Path("bench/results-extract.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.shape = args.shape if isinstance(args.shape, str) else args.shape[0]
+        return child_main(args)
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,210 @@
+"""The warehouse side at scale: every mart and the full report over ≥ 10 million head_metrics rows.
+
+Builds a synthetic warehouse through the real commit protocol (default: 10,000 samples × 32 layers ×
+32 heads × 1 query = 10,240,000 head_metrics rows, with samples, logit-lens rows and a mask sweep),
+then times each mart (median of repeats, each in a fresh session as ``attnwh query`` runs it) and
+the full report build. Prints a table and writes JSON.
+
+    python bench/bench_warehouse.py                    # 10k samples, into a temp folder
+    python bench/bench_warehouse.py --samples 2000 --out bench/results-warehouse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from attnwh.queries.library import marts, open_session, run_mart
+from attnwh.reports.build import build_report
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.runs import Plan, open_or_create_run
+from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
+
+MART_TARGET_S = 0.5
+REPORT_TARGET_S = 30.0
+
+
+def _write(table: pa.Table, name: str, folder: Path) -> None:
+    pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
+
+
+def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0) -> tuple[str, int]:
+    """A synthetic extraction run (and a mask run) written part by part through commit_part."""
+    rng = np.random.default_rng(seed)
+    warehouse = open_warehouse(root, create=True)
+    plan = Plan([f"s{i}" for i in range(n_samples)], part_size)
+    info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
+    run, _ = open_or_create_run(
+        warehouse, kind="extract", model="synthetic-7b", benchmark="synthetic", spec={"dtype": "bfloat16"}, plan=plan, run_id=None, details={"model_info": info}
+    )
+    heads = n_layers * n_heads
+    for part_id in range(plan.n_parts):
+        indices = np.array(plan.part_range(part_id))
+        n = len(indices)
+
+        def write(folder: Path, indices=indices, n=n) -> dict[str, int]:
+            samples = pa.table(
+                {
+                    "run_id": [run.run_id] * n,
+                    "sample_idx": indices,
+                    "sample_key": [f"s{i}" for i in indices],
+                    "status": ["ok"] * n,
+                    "question": ["Is there a dog in the image?"] * n,
+                    "gold": rng.choice(["yes", "no"], n),
+                    "parsed": rng.choice(["yes", "no"], n),
+                    "correct": rng.random(n) < 0.85,
+                    "n_tokens": np.full(n, 650, np.int32),
+                    "n_image": np.full(n, 576, np.int32),
+                }
+            )
+            samples = pa.Table.from_pylist(samples.to_pylist(), schema=SAMPLES)
+            rows = n * heads
+            image_sum = rng.beta(1, 4, rows).astype(np.float32)
+            rest = (1 - image_sum) / 4
+            metrics = pa.table(
+                {
+                    "run_id": pa.array([run.run_id] * rows),
+                    "sample_idx": np.repeat(indices, heads),
+                    "query": pa.array(["gen1"] * rows),
+                    "layer": np.tile(np.repeat(np.arange(n_layers, dtype=np.int16), n_heads), n),
+                    "head": np.tile(np.arange(n_heads, dtype=np.int16), n * n_layers),
+                    "image_sum": image_sum,
+                    "image_entropy": (rng.random(rows) * np.log(576)).astype(np.float32),
+                    "image_max": (image_sum * rng.random(rows)).astype(np.float32),
+                    "image_argmax": rng.integers(0, 576, rows, dtype=np.int32),
+                    "bos_sum": rest,
+                    "system_sum": rest,
+                    "prompt_sum": rest,
+                    "generated_sum": rest,
+                    "region_sum": pa.nulls(rows, pa.float32()),
+                    "region_entropy": pa.nulls(rows, pa.float32()),
+                }
+            ).cast(HEAD_METRICS)
+            lens_rows = n * (n_layers + 1)
+            lens = pa.table(
+                {
+                    "run_id": pa.array([run.run_id] * lens_rows),
+                    "sample_idx": np.repeat(indices, n_layers + 1),
+                    "query": pa.array(["gen1"] * lens_rows),
+                    "layer": np.tile(np.arange(n_layers + 1, dtype=np.int16), n),
+                    "target_token": np.full(lens_rows, 3869, np.int32),
+                    "target_text": pa.array(["▁Yes"] * lens_rows),
+                    "target_rank": np.maximum(1, (rng.pareto(1.0, lens_rows) * 10 * (1 - np.tile(np.arange(n_layers + 1), n) / n_layers))).astype(np.int32),
+                    "target_prob": rng.random(lens_rows).astype(np.float32),
+                    "top_token": np.full(lens_rows, 3869, np.int32),
+                    "top_text": pa.array(["▁Yes"] * lens_rows),
+                    "top_prob": rng.random(lens_rows).astype(np.float32),
+                }
+            ).cast(LOGIT_LENS)
+            _write(samples, "samples", folder)
+            _write(metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder)
+            _write(lens, "logit_lens", folder)
+            return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows}
+
+        parts.commit_part(run.paths, part_id, write)
+    _build_mask_run(warehouse, n_layers, n_heads, min(n_samples, 1000), rng)
+    return run.run_id, n_samples * heads
+
+
+def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng) -> None:
+    conditions = [("none", 0, None)] + [(s, k, seed) for k in (8, 32, 64, 128) for s, seed in (("top", None), ("random", 0), ("random", 1), ("random", 2))]
+    plan = Plan([f"condition-{i}" for i in range(len(conditions))], 1)
+    info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
+    run, _ = open_or_create_run(
+        warehouse, kind="mask", model="synthetic-7b", benchmark="synthetic", spec={"mask": True}, plan=plan, run_id=None, details={"model_info": info}
+    )
+    for cid, (strategy, k, seed) in enumerate(conditions):
+
+        def write(folder: Path, cid=cid, strategy=strategy, k=k, seed=seed) -> dict[str, int]:
+            heads = [{"layer": int(i // n_heads), "head": int(i % n_heads)} for i in rng.choice(n_layers * n_heads, k, replace=False)]
+            condition = pa.Table.from_pylist(
+                [{"run_id": run.run_id, "condition_id": cid, "strategy": strategy, "stage": "all", "k": k, "fraction": k / (n_layers * n_heads),
+                  "seed": seed, "mode": "zero", "ranking_run_id": "x", "ranking_metric": "concentration_x_sum", "heads": heads}],
+                schema=MASK_CONDITIONS,
+            )
+            accuracy = 0.85 - (0.002 if strategy == "random" else 0.004) * k
+            results = pa.Table.from_pylist(
+                [{"run_id": run.run_id, "condition_id": cid, "sample_idx": i, "sample_key": f"s{i}", "mode": "zero", "status": "ok",
+                  "gold": "yes", "parsed": "yes", "correct": bool(rng.random() < accuracy)} for i in range(n_samples)],
+                schema=MASK_RESULTS,
+            )
+            _write(condition, "mask_conditions", folder)
+            _write(results, "mask_results", folder)
+            return {"mask_conditions": 1, "mask_results": n_samples}
+
+        parts.commit_part(run.paths, cid, write)
+
+
+def time_marts(root: Path, run_id: str, repeats: int) -> dict[str, float]:
+    timings = {}
+    for name, mart in marts().items():
+        given = {"run_id": run_id} if "run_id" in mart.parameters else {}
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            with open_session(root) as session:
+                table = run_mart(session, name, given)
+            seconds.append(time.perf_counter() - started)
+        timings[name] = statistics.median(seconds)
+        print(f"  {name:<18} {timings[name]:7.3f} s  ({table.num_rows} rows)", file=sys.stderr)
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=10_000)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--part-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warehouse", type=Path, default=None, help="build here (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results-warehouse.json"))
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
+        root = args.warehouse or Path(scratch) / "wh"
+        started = time.perf_counter()
+        run_id, n_rows = build(root, args.samples, args.layers, args.heads, args.part_size)
+        build_s = time.perf_counter() - started
+        print(f"built {n_rows:,} head_metrics rows in {build_s:.1f} s", file=sys.stderr)
+        marts_s = time_marts(root, run_id, args.repeats)
+        started = time.perf_counter()
+        build_report(root, Path(scratch) / "report")
+        report_s = time.perf_counter() - started
+
+    rows = [(name, seconds, seconds / MART_TARGET_S) for name, seconds in marts_s.items()]
+    print(f"\n{'what':<22}{'seconds':>9}{'target':>9}{'ratio':>8}")
+    for name, seconds, ratio in rows:
+        print(f"{'mart ' + name:<22}{seconds:>9.3f}{MART_TARGET_S:>9.1f}{ratio:>8.2f}")
+    print(f"{'report (6 pages)':<22}{report_s:>9.2f}{REPORT_TARGET_S:>9.1f}{report_s / REPORT_TARGET_S:>8.2f}")
+    result = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": platform.python_version()},
+        "command": " ".join(["python", *sys.argv]),
+        "head_metrics_rows": n_rows,
+        "build_seconds": build_s,
+        "marts_seconds": marts_s,
+        "report_seconds": report_s,
+        "targets": {"mart_s": MART_TARGET_S, "report_s": REPORT_TARGET_S},
+        "all_within_target": all(s <= MART_TARGET_S for s in marts_s.values()) and report_s <= REPORT_TARGET_S,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwritten {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
