@@ -80,6 +80,7 @@ def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: in
                     "query": pa.array(["gen1"] * rows),
                     "layer": np.tile(np.repeat(np.arange(n_layers, dtype=np.int16), n_heads), n),
                     "head": np.tile(np.arange(n_heads, dtype=np.int16), n * n_layers),
+                    "n_image": np.full(rows, 576, np.int32),
                     "image_sum": image_sum,
                     "image_entropy": (rng.random(rows) * np.log(576)).astype(np.float32),
                     "image_max": (image_sum * rng.random(rows)).astype(np.float32),

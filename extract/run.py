@@ -400,7 +400,9 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
                 "n_region": int(region[position].sum()) if region is not None and sample.boxes else None,
             }
         )
-        part.metrics.append(_metrics_table(part.run_id, sample_idx, {name: stats[:, position] for name, stats in statistics.items()}))
+        part.metrics.append(
+            _metrics_table(part.run_id, sample_idx, span.n_image, {name: stats[:, position] for name, stats in statistics.items()})
+        )
         if generation.lens:
             part.lens.append(_lens_table(part.run_id, sample_idx, position, generation.lens, tokenizer))
         if rows:
@@ -443,7 +445,7 @@ def _region(loaded: LoadedModel, encoded: dict[str, torch.Tensor], batch) -> tor
     return region
 
 
-def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarray]) -> pa.Table:
+def _metrics_table(run_id: str, sample_idx: int, n_image: int, statistics: dict[str, np.ndarray]) -> pa.Table:
     """Head metrics of one sample from per-query [layer, head, stat] arrays."""
     columns: dict[str, list[np.ndarray]] = {name: [] for name in ("query", "layer", "head", *STAT_NAMES)}
     for name, values in statistics.items():
@@ -463,6 +465,7 @@ def _metrics_table(run_id: str, sample_idx: int, statistics: dict[str, np.ndarra
         "query": pa.array(data["query"], pa.string()),
         "layer": pa.array(data["layer"].astype(np.int16)),
         "head": pa.array(data["head"].astype(np.int16)),
+        "n_image": pa.array(np.full(n, n_image, dtype=np.int32)),
         "image_argmax": pa.array(argmax, mask=argmax < 0),
     }
     for stat in STAT_NAMES:

@@ -15,7 +15,8 @@ from attnwh.errors import UsageError
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 
-STAGING_ORDER = ("stg_samples", "stg_head_metrics", "stg_logit_lens", "stg_mask_results")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when libyaml is there: 10× faster
+STAGING_ORDER = ("stg_samples", "stg_layers", "stg_head_metrics", "stg_logit_lens", "stg_mask_results")
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def marts() -> dict[str, Mart]:
         if not entry.name.endswith(".sql"):
             continue
         name = entry.name.removesuffix(".sql")
-        sidecar = yaml.safe_load((folder / f"{name}.yml").read_text())
+        sidecar = yaml.load((folder / f"{name}.yml").read_text(), Loader=_YAML_LOADER)
         found[name] = Mart(
             name=name,
             sql=entry.read_text(),

@@ -55,7 +55,12 @@ class Catalog:
 
     def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
-        self.connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        self.connection = duckdb.connect(
+            ":memory:",
+            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
+        )
+        # Parquet footers are read once per session, not once per view bound over them
+        self.connection.execute("SET parquet_metadata_cache = true")
         self._keep_alive: list[pa.Table] = []
         self._define_raw_views()
 

@@ -48,6 +48,7 @@ HEAD_METRICS = pa.schema(
         ("query", pa.string()),  # 'prompt' | 'gen1'
         ("layer", pa.int16()),
         ("head", pa.int16()),
+        ("n_image", pa.int32()),  # the sample's image tokens, repeated here so that concentration needs no join
         ("image_sum", pa.float32()),
         ("image_entropy", pa.float32()),
         ("image_max", pa.float32()),

@@ -100,7 +100,7 @@ def _hand_warehouse(root):
         metrics = pa.Table.from_pylist(
             [
                 {
-                    "run_id": run.run_id, "sample_idx": s, "query": "gen1", "layer": layer, "head": head, "image_sum": image,
+                    "run_id": run.run_id, "sample_idx": s, "query": "gen1", "layer": layer, "head": head, "n_image": 4, "image_sum": image,
                     "image_entropy": entropy, "image_max": image, "image_argmax": 0, "bos_sum": bos, "system_sum": system,
                     "prompt_sum": prompt, "generated_sum": generated,
                 }
