@@ -125,9 +125,32 @@ PLAN = pa.schema(
     ]
 )
 
+# per part and head: counts, sums, sums of squares and maxima (see ``attnwh.warehouse.summary``)
+HEAD_SUMMARY = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("query", pa.string()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("n", pa.int64()),  # sample rows
+        ("n_concentration", pa.int64()),  # rows with a concentration (n_image > 1)
+        ("sum_image", pa.float64()),
+        ("sumsq_image", pa.float64()),
+        ("max_image", pa.float64()),
+        ("sum_concentration", pa.float64()),
+        ("sumsq_concentration", pa.float64()),
+        ("sum_concentration_x_sum", pa.float64()),
+        ("sum_bos", pa.float64()),
+        ("sum_system", pa.float64()),
+        ("sum_prompt", pa.float64()),
+        ("sum_generated", pa.float64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
+    "head_summary": HEAD_SUMMARY,
     "logit_lens": LOGIT_LENS,
     "mask_conditions": MASK_CONDITIONS,
     "mask_results": MASK_RESULTS,

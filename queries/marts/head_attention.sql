@@ -1,31 +1,18 @@
 -- one row per run, query, layer and head: image attention averaged over samples
-with per_head as (
-    select
-        run_id,
-        query,
-        layer,
-        head,
-        count(*) as n_samples,
-        avg(image_sum) as mean_image_sum,
-        stddev_samp(image_sum) as sd_image_sum,
-        avg(concentration) as mean_concentration,
-        stddev_samp(concentration) as sd_concentration,
-        avg(concentration_x_sum) as mean_concentration_x_sum
-    from stg_head_metrics
-    group by run_id, query, layer, head
-)
+-- (from the per-part rollups in head_summary: a few rows per head instead of one per sample)
 select
-    p.run_id,
+    h.run_id,
     r.model,
     r.benchmark,
-    p.query,
-    p.layer,
-    p.head,
-    p.n_samples,
-    p.mean_image_sum,
-    p.sd_image_sum,
-    p.mean_concentration,
-    p.sd_concentration,
-    p.mean_concentration_x_sum
-from per_head as p
+    h.query,
+    h.layer,
+    h.head,
+    h.n as n_samples,
+    h.sum_image / h.n as mean_image_sum,
+    case when h.n > 1 then sqrt(greatest(0, (h.sumsq_image - h.sum_image * h.sum_image / h.n) / (h.n - 1))) end as sd_image_sum,
+    case when h.n_concentration > 0 then h.sum_concentration / h.n_concentration end as mean_concentration,
+    case when h.n_concentration > 1 then sqrt(greatest(0,
+        (h.sumsq_concentration - h.sum_concentration * h.sum_concentration / h.n_concentration) / (h.n_concentration - 1))) end as sd_concentration,
+    case when h.n_concentration > 0 then h.sum_concentration_x_sum / h.n_concentration end as mean_concentration_x_sum
+from stg_head_summary as h
 join runs as r using (run_id)

@@ -1,16 +1,18 @@
 -- one row per run, query and layer: image attention averaged over heads and samples, on normalised depth
+-- (from the per-part rollups in head_summary)
 with per_layer as (
     select
         run_id,
         query,
         layer,
-        count(*) as n,
-        avg(image_sum) as mean_image_sum,
-        stddev_samp(image_sum) as sd_image_sum,
-        max(image_sum) as max_image_sum,
-        avg(concentration) as mean_concentration,
-        avg(concentration_x_sum) as mean_concentration_x_sum
-    from stg_head_metrics
+        sum(n) as n,
+        sum(sum_image) as sum_image,
+        sum(sumsq_image) as sumsq_image,
+        max(max_image) as max_image_sum,
+        sum(n_concentration) as n_concentration,
+        sum(sum_concentration) as sum_concentration,
+        sum(sum_concentration_x_sum) as sum_concentration_x_sum
+    from stg_head_summary
     group by run_id, query, layer
 )
 select
@@ -23,11 +25,11 @@ select
     l.depth,
     l.stage,
     p.n,
-    p.mean_image_sum,
-    p.sd_image_sum,
+    p.sum_image / p.n as mean_image_sum,
+    case when p.n > 1 then sqrt(greatest(0, (p.sumsq_image - p.sum_image * p.sum_image / p.n) / (p.n - 1))) end as sd_image_sum,
     p.max_image_sum,
-    p.mean_concentration,
-    p.mean_concentration_x_sum
+    case when p.n_concentration > 0 then p.sum_concentration / p.n_concentration end as mean_concentration,
+    case when p.n_concentration > 0 then p.sum_concentration_x_sum / p.n_concentration end as mean_concentration_x_sum
 from per_layer as p
 join runs as r using (run_id)
 join stg_layers as l using (run_id, layer)

@@ -1,16 +1,17 @@
 -- one row per run, query and layer: where the attention goes, as mean shares of each token segment
+-- (from the per-part rollups in head_summary)
 with per_layer as (
     select
         run_id,
         query,
         layer,
-        count(*) as n,
-        avg(image_sum) as image,
-        avg(bos_sum) as bos,
-        avg(system_sum) as system,
-        avg(prompt_sum) as prompt,
-        avg(generated_sum) as generated
-    from stg_head_metrics
+        sum(n) as n,
+        sum(sum_image) / sum(n) as image,
+        sum(sum_bos) / sum(n) as bos,
+        sum(sum_system) / sum(n) as system,
+        sum(sum_prompt) / sum(n) as prompt,
+        sum(sum_generated) / sum(n) as generated
+    from stg_head_summary
     group by run_id, query, layer
 )
 select

@@ -17,6 +17,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, with_metadata
+from attnwh.warehouse.summary import summarise_head_metrics
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +117,10 @@ def _hand_warehouse(root):
             ],
             schema=LOGIT_LENS,
         )
-        for table, name in ((samples, "samples"), (metrics, "head_metrics"), (lens, "logit_lens")):
+        summary = summarise_head_metrics(metrics)
+        for table, name in ((samples, "samples"), (metrics, "head_metrics"), (lens, "logit_lens"), (summary, "head_summary")):
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
-        return {"samples": 2, "head_metrics": 8, "logit_lens": 6}
+        return {"samples": 2, "head_metrics": 8, "logit_lens": 6, "head_summary": summary.num_rows}
 
     parts.commit_part(run.paths, 0, write)
     return root, run.run_id
