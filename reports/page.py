@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from decimal import Decimal
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -26,7 +27,14 @@ p.empty { color: #777; font-style: italic; }
 
 def json_for_script(value) -> str:
     """JSON that cannot end or alter the ``<script>`` element it is placed in."""
-    return json.dumps(value, allow_nan=False, default=str).translate(_JSON_ESCAPES)
+    return json.dumps(value, allow_nan=False, default=_plain).translate(_JSON_ESCAPES)
+
+
+def _plain(value):
+    """Numbers DuckDB hands over as Decimal (sums of integers) stay numbers; anything else becomes text."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return str(value)
 
 
 @cache

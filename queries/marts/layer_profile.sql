@@ -5,11 +5,11 @@ with per_layer as (
         run_id,
         query,
         layer,
-        sum(n) as n,
+        cast(sum(n) as bigint) as n,
         sum(sum_image) as sum_image,
         sum(sumsq_image) as sumsq_image,
         max(max_image) as max_image_sum,
-        sum(n_concentration) as n_concentration,
+        cast(sum(n_concentration) as bigint) as n_concentration,
         sum(sum_concentration) as sum_concentration,
         sum(sum_concentration_x_sum) as sum_concentration_x_sum
     from stg_head_summary

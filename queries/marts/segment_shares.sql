@@ -5,7 +5,7 @@ with per_layer as (
         run_id,
         query,
         layer,
-        sum(n) as n,
+        cast(sum(n) as bigint) as n,
         sum(sum_image) / sum(n) as image,
         sum(sum_bos) / sum(n) as bos,
         sum(sum_system) / sum(n) as system,
