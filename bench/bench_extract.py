@@ -1,7 +1,8 @@
 """Extraction against its limit and its alternatives, side by side in one run.
 
-Variants, each timed in a fresh subprocess (so that its peak RSS is its own), interleaved over
-rounds (so that machine drift hits all alike), on the same saved model and the same inputs:
+Timing: plain, capture, capture with rows and eager alternate in one process for several rounds
+(paired ratios: this machine drifts by tens of percent within minutes). Memory: each variant in a
+fresh subprocess (so that its peak RSS is its own). Variants, on the same saved model and inputs:
 
 - ``plain``: SDPA generation of the same answers, no capture (the practical limit);
 - ``capture``: generation with attnwh's capture (statistics and logit lens, no raw rows);
@@ -125,11 +126,79 @@ def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, b
     return {"seconds": time.perf_counter() - started, "samples": batch_size * batches, "prompt_tokens": n_tokens}
 
 
+def paired_main(args) -> int:
+    """One process, one loaded model: plain / capture / capture_rows / eager alternate for ``rounds``
+    rounds, so that each ratio is the median of ratios of runs taken seconds apart (this machine's
+    speed drifts by tens of percent within minutes; paired ratios cancel most of it)."""
+    import torch
+
+    from attnwh.extract.capture import CaptureSpec
+    from attnwh.extract.models import load_model, resolve_source
+    from attnwh.extract.run import generate_with_capture
+    from attnwh.extract.segments import prompt_segments, with_generated
+    from attnwh.extract.stats import row_statistics
+    from transformers import AutoModelForImageTextToText
+
+    torch.set_num_threads(int(os.environ.get("ATTNWH_BENCH_THREADS", "2")))
+    source = resolve_source(args.model)
+    loaded = load_model(source, dtype=torch.float32, device=torch.device("cpu"))
+    eager = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32, attn_implementation="eager").eval()
+    _, encoded = inputs(loaded, args.shape, args.batch_size)
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+
+    def plain():
+        generate_with_capture(loaded, encoded, None, args.new_tokens)
+
+    def capture(rows: bool):
+        _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=rows, lens=True), args.new_tokens)
+        session.stacked_statistics()
+        if rows:
+            session.stacked_rows(torch.float16)
+
+    def eager_route():
+        with torch.inference_mode():
+            out = eager.generate(**encoded, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                 output_attentions=True, return_dict_in_generate=True)
+            for step in (0, 1):
+                step_segments = with_generated(segments, step)
+                for layer_maps in out.attentions[step]:
+                    row_statistics(layer_maps[:, :, -1, :], step_segments)
+
+    variants = {"plain": plain, "capture": lambda: capture(False), "capture_rows": lambda: capture(True), "eager": eager_route}
+    for run in variants.values():
+        run()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            wall, started_cpu = time.perf_counter(), time.process_time()
+            for _ in range(args.batches):
+                run()
+            times[name].append(time.perf_counter() - wall)
+            cpu[name].append(time.process_time() - started_cpu)
+    print(json.dumps({"times": times, "cpu": cpu, "prompt_tokens": int(encoded["input_ids"].shape[1]), "samples": args.batch_size * args.batches}))
+    return 0
+
+
 def child_main(args) -> int:
     result = run_variant(args.variant, args.shape, Path(args.model), args.batch_size, args.batches, args.new_tokens)
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
     return 0
+
+
+def _child(args, extra: list[str]) -> dict:
+    command = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
+               "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *extra]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"bench child failed: {' '.join(extra)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _ratio(values_top: list[float], values_bottom: list[float]) -> float:
+    return statistics.median(top / bottom for top, bottom in zip(values_top, values_bottom))
 
 
 def parent_main(args) -> int:
@@ -138,41 +207,53 @@ def parent_main(args) -> int:
                      "command": " ".join(["python", *sys.argv]), "shapes": {}}
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
         for shape in args.shape:
-            model = build_model(shape, Path(scratch))
-            runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+            model = str(build_model(shape, Path(scratch)))
+            paired = _child(args, ["--paired", "--shape", shape, "--model", model])
+            print(f"[{shape}] paired timing done", file=sys.stderr)
+            memory: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            whole: dict[str, list[float]] = {"extract": [], "extract_rows": []}
             for round_index in range(args.rounds):
-                for variant in args.variants:
-                    command = [sys.executable, __file__, "--child", "--variant", variant, "--shape", shape, "--model", str(model),
-                               "--batch-size", str(args.batch_size), "--batches", str(args.batches), "--new-tokens", str(args.new_tokens)]
-                    done = subprocess.run(command, capture_output=True, text=True, check=False)
-                    if done.returncode != 0:
-                        print(done.stderr[-3000:], file=sys.stderr)
-                        raise SystemExit(f"variant {variant} failed")
-                    runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
-                    print(f"[{shape} round {round_index + 1}] {variant}: {runs[variant][-1]['seconds']:.2f} s", file=sys.stderr)
+                for variant in VARIANTS:
+                    if round_index > 0 and variant not in whole:
+                        continue  # peak memory once per variant; whole extraction runs every round
+                    result = _child(args, ["--child", "--variant", variant, "--shape", shape, "--model", model])
+                    memory[variant].append(result["peak_rss_mib"])
+                    if variant in whole:
+                        whole[variant].append(result["seconds"])
+            print(f"[{shape}] memory and whole runs done", file=sys.stderr)
+            samples = paired["samples"]
             summary = {
-                variant: {
-                    "median_seconds": statistics.median(r["seconds"] for r in rs),
-                    "samples_per_second": rs[0]["samples"] / statistics.median(r["seconds"] for r in rs),
-                    "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
-                    "prompt_tokens": rs[0].get("prompt_tokens"),
-                    "all_seconds": [r["seconds"] for r in rs],
+                name: {
+                    "median_seconds": statistics.median(paired["times"][name]) if name in paired["times"] else statistics.median(whole[name]),
+                    "median_cpu_seconds": statistics.median(paired["cpu"][name]) if name in paired["cpu"] else None,
+                    "peak_rss_mib": statistics.median(memory[name]),
+                    "all_seconds": paired["times"].get(name) or whole[name],
                 }
-                for variant, rs in runs.items()
+                for name in VARIANTS
             }
-            ratios = {}
-            for name, (top, bottom, limit, direction) in TARGETS.items():
-                if top in summary and bottom in summary:
-                    key = "peak_rss_mib" if "RSS" in name else "median_seconds"
-                    value = summary[top][key] / summary[bottom][key]
-                    ratios[name] = {"ratio": value, "target": f"{direction} {limit}", "met": value <= limit if direction == "<=" else value >= limit}
-            results["shapes"][shape] = {"variants": summary, "ratios": ratios}
-            print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {summary[args.variants[0]].get('prompt_tokens')} tokens")
+            for row in summary.values():
+                row["samples_per_second"] = samples / row["median_seconds"]
+            ratios = {
+                "capture / plain time (paired)": (_ratio(paired["times"]["capture"], paired["times"]["plain"]), 1.05, "<="),
+                "capture_rows / plain time (paired)": (_ratio(paired["times"]["capture_rows"], paired["times"]["plain"]), 1.05, "<="),
+                "eager / capture time (paired)": (_ratio(paired["times"]["eager"], paired["times"]["capture"]), 2.0, ">="),
+                "capture / plain CPU time (paired)": (_ratio(paired["cpu"]["capture"], paired["cpu"]["plain"]), 1.05, "<="),
+                "capture / plain peak RSS": (summary["capture"]["peak_rss_mib"] / summary["plain"]["peak_rss_mib"], 1.10, "<="),
+                "eager / plain peak RSS": (summary["eager"]["peak_rss_mib"] / summary["plain"]["peak_rss_mib"], None, ""),
+                "extract_rows / extract time": (_ratio(whole["extract_rows"], whole["extract"]), 1.10, "<="),
+            }
+            ratios = {
+                name: {"ratio": value, "target": f"{direction} {limit}" if limit else "", "met": None if limit is None else (value <= limit if direction == "<=" else value >= limit)}
+                for name, (value, limit, direction) in ratios.items()
+            }
+            results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
+            print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}")
             for variant, row in summary.items():
                 print(f"{variant:<14}{row['median_seconds']:>10.2f}{row['samples_per_second']:>11.2f}{row['peak_rss_mib']:>14.0f}")
             for name, row in ratios.items():
-                print(f"  {name:<30} {row['ratio']:.3f}  (target {row['target']}: {'met' if row['met'] else 'MISSED'})")
+                verdict = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
+                print(f"  {name:<36} {row['ratio']:.3f}  {row['target']} {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwritten {args.out}")
@@ -183,18 +264,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs="+", default=["realistic", "toy"], choices=["realistic", "toy"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("bench/results-extract.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--paired", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child or args.paired:
         args.shape = args.shape if isinstance(args.shape, str) else args.shape[0]
-        return child_main(args)
+        return child_main(args) if args.child else paired_main(args)
     return parent_main(args)
 
 

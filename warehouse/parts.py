@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,18 @@ from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name
 from attnwh.warehouse.schema import SCHEMA_VERSION
 
 _HASH_BLOCK = 1 << 20
+FAULT_ENV = "ATTNWH_FAULT"  # "point" or "point:PART_ID": SIGKILL this process there (crash tests)
+FAULT_POINTS = ("after_staging", "after_fsync", "after_record_tmp", "after_commit", "after_publish")
+
+
+def _fault(point: str, part_id: int) -> None:
+    """Kill the process at ``point`` when ``$ATTNWH_FAULT`` names it (and this part, if it names one)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    name, _, part = spec.partition(":")
+    if name == point and (not part or int(part) == part_id):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -98,8 +111,10 @@ def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, i
     try:
         staging.mkdir(parents=True)
         tables = write(staging)
+        _fault("after_staging", part_id)
         files = _describe_files(staging, tables)
         _fsync_tree(staging)
+        _fault("after_fsync", part_id)
         record = {
             "part_id": part_id,
             "attempt": attempt,
@@ -109,13 +124,15 @@ def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, i
             "tables": tables,
             "files": files,
         }
-        if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n"):
+        if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
             shutil.rmtree(staging, ignore_errors=True)
             return None
+        _fault("after_commit", part_id)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise WarehouseError(f"could not write {part_name(part_id)} of {run.root}: {exc.strerror or exc}") from exc
     _publish(run, part_id, attempt)
+    _fault("after_publish", part_id)
     return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION)
 
 
@@ -226,13 +243,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _create_exclusively(target: Path, content: str) -> bool:
+def _create_exclusively(target: Path, content: str, part_id: int = -1) -> bool:
     """Make ``target`` appear with ``content`` atomically; False if it already exists."""
     tmp = target.with_name(f".{target.name}.{new_attempt_id()}.tmp")
     with open(tmp, "w") as handle:
         handle.write(content)
         handle.flush()
         os.fsync(handle.fileno())
+    _fault("after_record_tmp", part_id)
     try:
         os.link(tmp, target)
     except FileExistsError:
