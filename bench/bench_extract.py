@@ -83,7 +83,7 @@ def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, b
     source = resolve_source(str(model_folder))
     if variant.startswith("extract"):
         with tempfile.TemporaryDirectory() as scratch:
-            options = dict(model=str(model_folder), limit=batch_size * batches, batch_size=batch_size, part_size=batch_size * batches,
+            options = dict(model=str(model_folder), limit=batch_size * batches, batch_size=batch_size, part_size=batch_size,
                            max_new_tokens=new_tokens, device="cpu", rows=variant == "extract_rows", command=["bench"])
             run_extract(Path(scratch) / "warm", ExtractOptions(**{**options, "limit": batch_size, "part_size": batch_size}))
             started = time.perf_counter()

@@ -28,6 +28,9 @@ class LensResult:
     top_prob: torch.Tensor  # [L + 1, batch] fp32
 
 
+LOGIT_CHUNK = 1 << 24  # logits held at once (floats): 64 MiB in fp32
+
+
 @torch.inference_mode()
 def logit_lens(
     hidden: torch.Tensor,  # [L + 1, batch, hidden] before the final norm
@@ -35,18 +38,30 @@ def logit_lens(
     lm_head: torch.nn.Module,
     softcap: float | None = None,
 ) -> LensResult:
-    logits = [_logits(hidden[layer], norm, lm_head, softcap) for layer in range(hidden.shape[0])]  # each [batch, vocab] fp32
-    target = logits[-1].argmax(dim=-1)
+    """All layers in as few lm_head calls as memory allows (one for small vocabularies)."""
+    n_layers, batch = hidden.shape[:2]
+    flat = hidden.reshape(n_layers * batch, -1)
+    vocab = lm_head.weight.shape[0]
+    per_chunk = max(1, LOGIT_CHUNK // vocab)
     ranks, target_probs, top_tokens, top_probs = [], [], [], []
-    for layer_logits in logits:
-        target_logit = layer_logits.gather(-1, target[:, None])
-        ranks.append(1 + (layer_logits > target_logit).sum(dim=-1))
-        probs = torch.softmax(layer_logits, dim=-1)
-        target_probs.append(probs.gather(-1, target[:, None]).squeeze(-1))
+    final = _logits(hidden[-1], norm, lm_head, softcap)
+    target = final.argmax(dim=-1)  # [batch]
+    targets = target.repeat(n_layers)  # row r of ``flat`` is (layer r // batch, sample r % batch)
+    for start in range(0, flat.shape[0], per_chunk):
+        logits = _logits(flat[start : start + per_chunk], norm, lm_head, softcap)
+        wanted = targets[start : start + per_chunk, None].to(logits.device)
+        target_logit = logits.gather(-1, wanted)
+        ranks.append(1 + (logits > target_logit).sum(dim=-1))
+        probs = torch.softmax(logits, dim=-1)
+        target_probs.append(probs.gather(-1, wanted).squeeze(-1))
         top_prob, top_token = probs.max(dim=-1)
         top_tokens.append(top_token)
         top_probs.append(top_prob)
-    return LensResult(target, torch.stack(ranks), torch.stack(target_probs), torch.stack(top_tokens), torch.stack(top_probs))
+
+    def shaped(parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts).reshape(n_layers, batch)
+
+    return LensResult(target, shaped(ranks), shaped(target_probs), shaped(top_tokens), shaped(top_probs))
 
 
 def _logits(hidden: torch.Tensor, norm: torch.nn.Module, lm_head: torch.nn.Module, softcap: float | None) -> torch.Tensor:

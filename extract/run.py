@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,20 +140,31 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     loaded = load_model(source, dtype=dtype, device=device)
     settings = BatchSettings(loaded, prompt_format, benchmark.template, capture, max_new_tokens)
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
-    done = 0
+    progress = {"done": 0}
     if on_progress:
         on_progress(0, total)
-    for part_id in pending:
-        indices = list(plan.part_range(part_id))
-        part = extract_part(settings, [samples[i] for i in indices], indices, run.run_id, options.batch_size)
-        record = parts.commit_part(run.paths, part_id, part.write)
-        if record is not None:
+
+    def finish(commit: Future, part: PartData, count: int) -> None:
+        if commit.result() is not None:
             result.parts_written += 1
-            result.samples_written += len(indices)
+            result.samples_written += count
             result.errors += part.errors
-        done += len(indices)
+        progress["done"] += count
         if on_progress:
-            on_progress(done, total)
+            on_progress(progress["done"], total)
+
+    # Part N is written and committed in a background thread while part N + 1 computes; at most one
+    # commit is in flight, and each is atomic on its own, so a crash loses at most uncommitted work.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="attnwh-commit") as writer:
+        in_flight: tuple[Future, PartData, int] | None = None
+        for part_id in pending:
+            indices = list(plan.part_range(part_id))
+            part = extract_part(settings, [samples[i] for i in indices], indices, run.run_id, options.batch_size)
+            if in_flight is not None:
+                finish(*in_flight)
+            in_flight = (writer.submit(parts.commit_part, run.paths, part_id, part.write), part, len(indices))
+        if in_flight is not None:
+            finish(*in_flight)
     return result
 
 
