@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
 from attnwh.warehouse import parts
@@ -71,6 +72,8 @@ class Catalog:
         self._register_table("runs", runs_table(self.warehouse))
         for table, schema in TABLES.items():
             files = [str(path) for run in runs for path in parts.table_files(run, table)]
+            for path in files:
+                check_file_schema(Path(path), schema)
             if files:
                 relation = self.connection.read_parquet(files, union_by_name=True)
             else:
@@ -142,6 +145,19 @@ def check_read_only(sql: str) -> str:
                 return statement.query
         raise SqlRefused("EXPLAIN is allowed only of a SELECT")
     raise SqlRefused(f"only SELECT and EXPLAIN statements run on the warehouse; this is {kind.name}")
+
+
+def check_file_schema(path: Path, expected: pa.Schema) -> None:
+    """A committed Parquet file may carry extra (newer, nullable) columns or lack newer ones, but a
+    column it shares with the schema must have the schema's type."""
+    try:
+        found = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)}); run `attnwh verify`") from exc
+    for field in expected:
+        index = found.get_field_index(field.name)
+        if index >= 0 and not found.field(index).type.equals(field.type):
+            raise WarehouseError(f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}")
 
 
 def runs_table(warehouse: Warehouse) -> pa.Table:
