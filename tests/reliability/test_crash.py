@@ -57,6 +57,7 @@ def snapshot(warehouse: Path) -> dict:
 
 
 def check_complete(warehouse: Path) -> None:
+    """verify passes, every planned part is committed, no staging is left, and every sample appears once per run."""
     store = open_warehouse(warehouse)
     for run in store.run_folders():
         assert parts.verify(run) == [], run.root
@@ -64,7 +65,7 @@ def check_complete(warehouse: Path) -> None:
         assert parts.committed_part_ids(run) == plan_parts
         assert not any(run.staging.iterdir()) if run.staging.is_dir() else True
     with open_session(warehouse) as session:
-        counts = session.query("select sample_idx, count(*) as n from samples group by sample_idx").to_pylist()
+        counts = session.query("select run_id, sample_idx, count(*) as n from samples group by run_id, sample_idx").to_pylist()
     assert counts and all(row["n"] == 1 for row in counts)  # every planned sample exactly once
 
 
