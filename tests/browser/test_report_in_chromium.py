@@ -10,7 +10,6 @@ import subprocess
 import pytest
 
 from attnwh.reports.build import build_report
-from tests.conftest import HOSTILE_QUESTION as HOSTILE
 
 CHROMIUM_FLAGS = [
     "--headless",

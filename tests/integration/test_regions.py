@@ -7,7 +7,6 @@ Every expected token list below is worked out by hand from the tiny models' proc
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

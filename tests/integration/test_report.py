@@ -6,7 +6,6 @@ import html
 import json
 import re
 
-import pytest
 
 from attnwh.reports.build import build_report
 from attnwh.reports.page import Page, Section, json_for_script
