@@ -1,0 +1,157 @@
+"""The bad-input corpus (README, "Bad input"): each case with its expected outcome.
+
+Per-sample problems become error rows and the run goes on; everything else fails with one clear
+line (a named error; the CLI prints it as one line and exits non-zero); nothing committed before is
+lost or altered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import io
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from attnwh.errors import AttnwhError, BenchmarkError, ModelError, UsageError, WarehouseError
+from attnwh.extract.benchmarks import get_benchmark, registry
+from attnwh.extract.benchmarks.images import bytes_loader
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.queries.library import open_session
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import open_warehouse
+
+
+def _huge_png() -> bytes:
+    """A 1-bit PNG of 8,200 × 8,000 pixels (65.6 M, over attnwh's 64 M limit) that compresses to a few KB."""
+    buffer = io.BytesIO()
+    Image.new("1", (8_200, 8_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image_bytes(mode: str, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (40, 30), 128 if mode in ("L", "P") else None).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _jpeg_truncated() -> bytes:
+    return _image_bytes("RGB", "JPEG")[:200]
+
+
+# (case, image bytes, question, expected status)
+PER_SAMPLE = [
+    ("ok RGB JPEG", _image_bytes("RGB", "JPEG"), None, "ok"),
+    ("grayscale", _image_bytes("L", "PNG"), None, "ok"),
+    ("CMYK JPEG", _image_bytes("CMYK", "JPEG"), None, "ok"),
+    ("RGBA PNG", _image_bytes("RGBA", "PNG"), None, "ok"),
+    ("palette PNG", _image_bytes("P", "PNG"), None, "ok"),
+    ("zero-byte image", b"", None, "error"),
+    ("truncated JPEG", _jpeg_truncated(), None, "error"),
+    ("undecodable bytes", b"this is not an image at all", None, "error"),
+    ("huge image (decompression bomb)", _huge_png(), None, "error"),
+    ("empty question", _image_bytes("RGB", "PNG"), "", "ok"),
+    ("non-ASCII question", _image_bytes("RGB", "PNG"), "Y a-t-il un cercle rouge ? 円はありますか", "ok"),
+]
+
+
+@pytest.fixture
+def corpus_benchmark(monkeypatch):
+    original = get_benchmark("toy-shapes")
+
+    def load(data, split):
+        samples = original.load(data, split)[: len(PER_SAMPLE)]
+        return [
+            dataclasses.replace(sample, key=case, load_image=bytes_loader(data_bytes, case), question=sample.question if question is None else question)
+            for sample, (case, data_bytes, question, _) in zip(samples, PER_SAMPLE, strict=True)
+        ]
+
+    monkeypatch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
+
+
+def test_per_sample_problems_become_error_rows(tmp_path, tiny_mha, corpus_benchmark):
+    result = run_extract(tmp_path / "wh", ExtractOptions(model=str(tiny_mha), batch_size=4, part_size=6, device="cpu", command=["test"]))
+    with open_session(tmp_path / "wh") as session:
+        rows = {row["sample_key"]: row for row in session.query("select sample_key, status, error from samples").to_pylist()}
+    assert {case: rows[case]["status"] for case, *_ in PER_SAMPLE} == {case: status for case, _, _, status in PER_SAMPLE}
+    assert "empty" in rows["zero-byte image"]["error"]
+    assert "more than" in rows["huge image (decompression bomb)"]["error"]
+    assert result.errors == sum(status == "error" for *_, status in PER_SAMPLE)
+
+
+def test_malformed_rows_and_files(tmp_path):
+    folder = tmp_path / "pope"
+    folder.mkdir()
+    (folder / "coco_pope_adversarial.json").write_text(
+        '{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "yes"}\n'
+        '{"question_id": 2, "image": "a.jpg", "label": "no"}\n'  # no question text: an error row
+    )
+    samples = get_benchmark("pope").load(folder, "adversarial")
+    assert [sample.error is None for sample in samples] == [True, False]
+    (folder / "coco_pope_adversarial.json").write_text("[this is not json lines\n")
+    with pytest.raises(BenchmarkError, match="coco_pope_adversarial.json"):
+        get_benchmark("pope").load(folder, "adversarial")
+    (folder / "coco_pope_adversarial.json").write_bytes(b'{"question_id": 1, "image": "a.jpg", "text": "caf\xe9?", "label": "yes"}\n')
+    with pytest.raises(BenchmarkError, match="coco_pope_adversarial.json"):
+        get_benchmark("pope").load(folder, "adversarial")
+
+
+def test_unknown_benchmark_and_model(tmp_path):
+    with pytest.raises(BenchmarkError, match="did you mean 'pope'"):
+        run_extract(tmp_path / "wh", ExtractOptions(benchmark="popee", command=["test"]))
+    with pytest.raises(ModelError, match="does not exist"):
+        run_extract(tmp_path / "wh", ExtractOptions(model="./no/such/model", command=["test"]))
+
+
+def test_model_folder_without_a_processor(tmp_path, tiny_mha):
+    bare = tmp_path / "bare-model"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "generation_config.json"):
+        (bare / name).write_bytes((Path(tiny_mha) / name).read_bytes())
+    with pytest.raises(ModelError, match="processor"):
+        run_extract(tmp_path / "wh", ExtractOptions(model=str(bare), limit=2, device="cpu", command=["test"]))
+
+
+def test_warehouse_paths(tmp_path):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    with pytest.raises(WarehouseError):
+        open_warehouse(afile, create=True)
+    with pytest.raises(AttnwhError):
+        open_warehouse(Path("/proc/attnwh-cannot-write-here"), create=True)  # unwritable even for root
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "WAREHOUSE.json").write_text('{"format": "attnwh", "layout_version": 999}')
+    with pytest.raises(WarehouseError, match="newer"):
+        open_warehouse(newer)
+
+
+def test_a_full_disk_fails_clearly_and_loses_nothing(tmp_path, tiny_mha, monkeypatch):
+    warehouse = tmp_path / "wh"
+    options = ExtractOptions(model=str(tiny_mha), limit=6, part_size=2, batch_size=2, device="cpu", command=["test"])
+    run_extract(warehouse, dataclasses.replace(options, max_parts=1))
+    before = {path: path.read_bytes() for path in warehouse.rglob("*.parquet")}
+
+    real_write = pq.write_table
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    with pytest.raises(WarehouseError, match="No space left on device"):
+        run_extract(warehouse, options)
+    monkeypatch.setattr(pq, "write_table", real_write)
+    assert {path: path.read_bytes() for path in warehouse.rglob("*.parquet") if path in before} == before
+    (run,) = open_warehouse(warehouse).run_folders()
+    assert parts.verify(run) == [] and parts.committed_part_ids(run) == {0}
+    result = run_extract(warehouse, options)  # the disk has room again: the run resumes
+    assert result.parts_written == 2 and parts.verify(run) == []
+
+
+def test_bad_options_are_usage_errors(tmp_path):
+    for bad in (dict(batch_size=0), dict(limit=-1), dict(queries=("first",)), dict(dtype="float8"), dict(device="tpu")):
+        with pytest.raises(UsageError):
+            run_extract(tmp_path / "wh", ExtractOptions(command=["test"], **bad))
