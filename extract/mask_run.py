@@ -20,19 +20,15 @@ import pyarrow.parquet as pq
 import torch
 
 from attnwh.errors import UsageError
-from attnwh.extract.benchmarks import Sample, get_benchmark
-from attnwh.extract.benchmarks.data import resolve_data
-from attnwh.extract.benchmarks.parsers import PARSERS
-from attnwh.extract.benchmarks.registry import check_split
+from attnwh.extract.benchmarks import Sample
 from attnwh.extract.benchmarks.templates import render_question
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, HeadMask, build_conditions, parse_k, recording_head_means
-from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
-from attnwh.extract.prompts import PromptFormat, get_format
-from attnwh.extract.run import encode_batch, generate_with_capture, letter_token_ids, option_log_probs
-from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
+from attnwh.extract.models import LoadedModel, load_model
+from attnwh.extract.prompts import PromptFormat
+from attnwh.extract.run import encode_batch, generate_with_capture, letter_token_ids, prepare_run, score_answer
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
-from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
+from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS, with_metadata
 
 RANKING_METRICS = ("concentration_x_sum", "image_sum", "concentration")
@@ -75,42 +71,19 @@ class MaskResult:
 
 def run_mask(warehouse_path: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None) -> MaskResult:
     _check_options(options)
-    benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
-    split = check_split(benchmark, options.split)
-    data = resolve_data(benchmark, options.data)
-    samples = benchmark.load(data, split)[: options.limit]
-    if not samples:
-        raise UsageError("the benchmark selection has no samples")
-    model_label = options.model or DEFAULT_MODEL
-    source = resolve_source(model_location(options.model))
-    config, adapter = load_config(source)
-    info = model_info(config, adapter)
-    prompt_format = get_format(options.prompt_format)
-    model_revision = revision(source, config)
+    setup = prepare_run(options)
+    info = setup.details["model_info"]
+    model_label, benchmark = setup.model_label, setup.benchmark
     warehouse = open_warehouse(warehouse_path, create=True)
 
-    ranking_run = options.ranking_run or find_ranking_run(warehouse.root, model_label, model_revision, benchmark.name)
+    ranking_run = options.ranking_run or find_ranking_run(warehouse.root, model_label, setup.spec["model_revision"], benchmark.name)
     ranking = rank_heads(warehouse.root, ranking_run, options.ranking, options.ranking_query)
     if len(ranking) != info["n_layers"] * info["n_heads"]:
         raise UsageError(f"extraction run {ranking_run} ranks {len(ranking)} heads; {model_label} has {info['n_layers'] * info['n_heads']}")
     ks = parse_k(options.k, info["n_layers"] * info["n_heads"])
     conditions = build_conditions(ranking, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds)
-
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device, config)
-    max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
     spec = {
-        "model": model_label,
-        "model_revision": model_revision,
-        "dtype": str(dtype).removeprefix("torch."),
-        "prompt_format": prompt_format.name,
-        "benchmark": benchmark.name,
-        "benchmark_version": benchmark.version,
-        "split": split,
-        "data": str(data) if data is not None else None,
-        "limit": options.limit,
-        "max_new_tokens": max_new_tokens,
-        "decoding": "greedy",
+        **setup.spec,
         "mode": options.mode,
         "batch_size": 1 if options.mode == "paper" else None,  # paper mode runs unpadded
         "ranking_run": ranking_run,
@@ -120,18 +93,17 @@ def run_mask(warehouse_path: Path | str | None, options: MaskOptions, on_progres
     }
     # one part per condition: the plan's "samples" are the conditions
     plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
-    details = {"model_location": source.location, "model_info": info, "device": str(device), "command": options.command, "environment": environment_info()}
     run, _ = open_or_create_run(
-        warehouse, kind="mask", model=model_label, benchmark=benchmark.name, spec=spec, plan=plan, run_id=options.run_id, details=details
+        warehouse, kind="mask", model=model_label, benchmark=benchmark.name, spec=spec, plan=plan, run_id=options.run_id, details=setup.details
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
     pending = [c for c in conditions if c.condition_id not in committed]
     result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0, pa.table({}))
     if pending:
-        loaded = load_model(source, dtype=dtype, device=device)
+        loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
         batch_size = 1 if options.mode == "paper" else options.batch_size
-        sweep = _Sweep(loaded, prompt_format, benchmark.template, samples, batch_size, max_new_tokens)
+        sweep = _Sweep(loaded, setup.prompt_format, benchmark.template, setup.samples, batch_size, setup.max_new_tokens)
         means = sweep.head_means() if options.mode == "mean" else {}
         if on_progress:
             on_progress(0, len(pending))
@@ -237,23 +209,8 @@ class _Sweep:
             generation, _, _ = generate_with_capture(self.loaded, encoded, None, self.max_new_tokens, mask=mask)
             log_probs = torch.log_softmax(generation.first_logits, dim=-1)
             for position, ((index, sample), answer) in enumerate(zip(batch, generation.answers)):
-                text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-                parser = PARSERS[sample.parser]
-                parsed = parser.parse(text, sample.choices)
-                rows.append(
-                    {
-                        "sample_idx": index,
-                        "sample_key": sample.key,
-                        "status": "ok",
-                        "gold": sample.gold,
-                        "output_text": text,
-                        "parser": parser.name,
-                        "parser_version": parser.version,
-                        "parsed": parsed,
-                        "correct": parsed == sample.gold if sample.gold is not None else None,
-                        "option_logprobs": option_log_probs(log_probs[position], self.letter_ids, len(sample.choices)),
-                    }
-                )
+                score = score_answer(tokenizer, sample, answer, log_probs[position], self.letter_ids)
+                rows.append({"sample_idx": index, "sample_key": sample.key, "status": "ok", "gold": sample.gold, **score})
         return sorted(rows, key=lambda row: row["sample_idx"])
 
 

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import torch
 
 from attnwh.errors import UsageError
-from attnwh.extract.benchmarks import Sample, get_benchmark
+from attnwh.extract.benchmarks import Benchmark, Sample, get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.registry import check_split
 from attnwh.extract.benchmarks.templates import LETTERS, render_question
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
-from attnwh.extract.models import LoadedModel, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
+from attnwh.extract.models import Adapter, LoadedModel, ModelSource, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.lens import LensResult, logit_lens
 from attnwh.extract.masking import HeadMask, head_masking
@@ -80,54 +80,22 @@ class ExtractResult:
 
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
     _check_options(options)
-    benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
-    split = check_split(benchmark, options.split)
-    data = resolve_data(benchmark, options.data)
-    samples = benchmark.load(data, split)
-    if options.limit is not None:
-        samples = samples[: options.limit]
-    if not samples:
-        raise UsageError("the benchmark selection has no samples")
-    model_label = options.model or DEFAULT_MODEL
-    source = resolve_source(model_location(options.model))
-    config, adapter = load_config(source)
-    prompt_format = get_format(options.prompt_format)
-    if prompt_format.name not in adapter.prompt_formats:
-        raise UsageError(
-            f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
-        )
-    device = resolve_device(options.device)
-    dtype = resolve_dtype(options.dtype, device, config)
+    setup = prepare_run(options)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
-    max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
     part_size = options.part_size or DEFAULT_PART_SIZE
-    spec = {
-        "model": model_label,
-        "model_revision": revision(source, config),
-        "dtype": str(dtype).removeprefix("torch."),
-        "queries": list(capture.queries),
-        "rows": capture.rows,
-        "lens": capture.lens,
-        "prompt_format": prompt_format.name,
-        "benchmark": benchmark.name,
-        "benchmark_version": benchmark.version,
-        "split": split,
-        "data": str(data) if data is not None else None,
-        "limit": options.limit,
-        "max_new_tokens": max_new_tokens,
-        "decoding": "greedy",
-    }
+    spec = {**setup.spec, "queries": list(capture.queries), "rows": capture.rows, "lens": capture.lens}
     warehouse = open_warehouse(warehouse_path, create=True)
+    samples = setup.samples
     plan = Plan([sample.key for sample in samples], part_size)
-    details = {
-        "model_location": source.location,
-        "model_info": model_info(config, adapter),
-        "device": str(device),
-        "command": options.command,
-        "environment": environment_info(),
-    }
     run, new_run = open_or_create_run(
-        warehouse, kind="extract", model=model_label, benchmark=benchmark.name, spec=spec, plan=plan, run_id=options.run_id, details=details
+        warehouse,
+        kind="extract",
+        model=setup.model_label,
+        benchmark=setup.benchmark.name,
+        spec=spec,
+        plan=plan,
+        run_id=options.run_id,
+        details=setup.details,
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
@@ -137,8 +105,10 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)
     if not pending:
         return result
-    loaded = load_model(source, dtype=dtype, device=device)
-    settings = BatchSettings(loaded, prompt_format, benchmark.template, capture, max_new_tokens)
+    loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
+    settings = BatchSettings(
+        loaded, setup.prompt_format, setup.benchmark.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer)
+    )
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
     progress = {"done": 0}
     if on_progress:
@@ -166,6 +136,70 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         if in_flight is not None:
             finish(*in_flight)
     return result
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What extraction and masking runs resolve alike from their options, before any weight is read."""
+
+    benchmark: Benchmark
+    split: str | None
+    data: Path | None
+    samples: list[Sample]
+    model_label: str
+    source: ModelSource
+    config: Any
+    adapter: Adapter
+    prompt_format: PromptFormat
+    device: torch.device
+    dtype: torch.dtype
+    max_new_tokens: int
+    spec: dict[str, Any]  # the fingerprinted settings both kinds of run share
+    details: dict[str, Any]  # recorded, not fingerprinted
+
+
+def prepare_run(options) -> RunSetup:
+    """Benchmark, samples, model config, prompt format, device and dtype from ``ExtractOptions`` / ``MaskOptions``."""
+    benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
+    split = check_split(benchmark, options.split)
+    data = resolve_data(benchmark, options.data)
+    samples = benchmark.load(data, split)
+    if options.limit is not None:
+        samples = samples[: options.limit]
+    if not samples:
+        raise UsageError("the benchmark selection has no samples")
+    model_label = options.model or DEFAULT_MODEL
+    source = resolve_source(model_location(options.model))
+    config, adapter = load_config(source)
+    prompt_format = get_format(options.prompt_format)
+    if prompt_format.name not in adapter.prompt_formats:
+        raise UsageError(
+            f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
+        )
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device, config)
+    max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
+    spec = {
+        "model": model_label,
+        "model_revision": revision(source, config),
+        "dtype": str(dtype).removeprefix("torch."),
+        "prompt_format": prompt_format.name,
+        "benchmark": benchmark.name,
+        "benchmark_version": benchmark.version,
+        "split": split,
+        "data": str(data) if data is not None else None,
+        "limit": options.limit,
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
+    details = {
+        "model_location": source.location,
+        "model_info": model_info(config, adapter),
+        "device": str(device),
+        "command": options.command,
+        "environment": environment_info(),
+    }
+    return RunSetup(benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, device, dtype, max_new_tokens, spec, details)
 
 
 def _check_options(options: ExtractOptions) -> None:
@@ -229,6 +263,7 @@ class BatchSettings:
     template: str  # the benchmark's question template
     capture: CaptureSpec
     max_new_tokens: int
+    letter_ids: list[torch.Tensor]  # per option letter, the tokens that spell it (computed once per run)
 
 
 def extract_part(settings: BatchSettings, samples: list[Sample], indices: list[int], run_id: str, batch_size: int) -> PartData:
@@ -351,6 +386,24 @@ def generate_with_capture(
     return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
 
 
+def score_answer(tokenizer, sample: Sample, answer: list[int], log_probs: torch.Tensor, letter_ids: list[torch.Tensor]) -> dict[str, Any]:
+    """The answer's columns: decoded text, parser name and version, parsed answer, correct, option log-probs.
+
+    ``log_probs`` [vocab]: log-softmax of the logits at the answer position of this sample.
+    """
+    text = tokenizer.decode(answer, skip_special_tokens=True).strip()
+    parser = PARSERS[sample.parser]
+    parsed = parser.parse(text, sample.choices)
+    return {
+        "output_text": text,
+        "parser": parser.name,
+        "parser_version": parser.version,
+        "parsed": parsed,
+        "correct": (parsed == sample.gold) if sample.gold is not None else None,
+        "option_logprobs": option_log_probs(log_probs, letter_ids, len(sample.choices)),
+    }
+
+
 def option_log_probs(log_probs: torch.Tensor, letter_ids: list[torch.Tensor], n_choices: int) -> list[float] | None:
     """Log-probability of each option letter at the answer position (any single token spelling it)."""
     if not n_choices:
@@ -380,13 +433,8 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
     spans = image_spans(segments)
     tokenizer = loaded.processor.tokenizer
     prompt_length = segments.shape[1]
-    letter_ids = letter_token_ids(tokenizer) if any(sample.choices for _, sample, _, _ in batch) else []
     log_probs = torch.log_softmax(generation.first_logits, dim=-1)
     for position, ((sample_idx, sample, _, image_hash), prompt, answer, span) in enumerate(zip(batch, prompts, generation.answers, spans)):
-        text = tokenizer.decode(answer, skip_special_tokens=True).strip()
-        parser = PARSERS[sample.parser]
-        parsed = parser.parse(text, sample.choices)
-        option_logprobs = option_log_probs(log_probs[position], letter_ids, len(sample.choices))
         part.samples.append(
             {
                 "run_id": part.run_id,
@@ -401,12 +449,7 @@ def _extract_batch(settings: BatchSettings, batch, part: PartData) -> None:
                 "gold": sample.gold,
                 "category": sample.category,
                 "group_key": sample.group,
-                "output_text": text,
-                "parser": parser.name,
-                "parser_version": parser.version,
-                "parsed": parsed,
-                "correct": (parsed == sample.gold) if sample.gold is not None else None,
-                "option_logprobs": option_logprobs,
+                **score_answer(tokenizer, sample, answer, log_probs[position], settings.letter_ids),
                 "n_tokens": span.n_tokens,
                 "n_image": span.n_image,
                 "image_start": span.image_start,
