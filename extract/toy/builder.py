@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from attnwh.extract.toy import shapes
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -133,10 +132,7 @@ def build_model(spec: TinyLlavaSpec, vocab_size: int):
         raise ValueError(f"unknown tiny architecture {spec.architecture!r}")
     if spec.randomise_norms:
         randomise_norm_weights(model.model.language_model, spec.seed + 1)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.bos_token_id = BOS_ID
-    model.generation_config.eos_token_id = EOS_ID
-    return model.eval()
+    return set_generation_tokens(model, PAD_ID, BOS_ID, EOS_ID).eval()
 
 
 def randomise_norm_weights(text_model: torch.nn.Module, seed: int, low: float = 0.5, high: float = 1.5) -> None:
@@ -146,6 +142,25 @@ def randomise_norm_weights(text_model: torch.nn.Module, seed: int, low: float = 
         for name, parameter in text_model.named_parameters():
             if name.endswith("norm.weight"):
                 parameter.copy_(low + (high - low) * torch.rand(parameter.shape, generator=generator))
+
+
+def set_generation_tokens(model, pad: int, bos: int, eos: int | list[int]):
+    """The special tokens of the model's generation_config, as the family's real checkpoints set them."""
+    model.generation_config.pad_token_id = pad
+    model.generation_config.bos_token_id = bos
+    model.generation_config.eos_token_id = eos
+    return model
+
+
+def save_tiny(folder: Path, build_processor, build_model, words: list[str] | None = None, **model_options) -> Path:
+    """Build a family's processor (word-level vocabulary: the toy's unless ``words``), then its model sized to
+    that tokenizer (``build_model(vocab_size, **model_options)``), and save both atomically into ``folder``."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    processor = build_processor(words if words is not None else shapes.vocabulary())
+    model = build_model(len(processor.tokenizer), **model_options)
+    return save_pretrained_atomically(folder, model, processor)
 
 
 def save_pretrained_atomically(folder: Path, *objects) -> Path:
@@ -168,10 +183,4 @@ def save_pretrained_atomically(folder: Path, *objects) -> Path:
 
 def save_tiny_llava(folder: Path, spec: TinyLlavaSpec = TinyLlavaSpec(), words: list[str] | None = None) -> Path:
     """Build a tiny LLaVA and save model + processor into ``folder`` (created atomically)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    words = words if words is not None else shapes.vocabulary()
-    processor = build_processor(spec, words)
-    model = build_model(spec, vocab_size=len(processor.tokenizer))
-    return save_pretrained_atomically(folder, model, processor)
+    return save_tiny(folder, lambda vocabulary: build_processor(spec, vocabulary), lambda vocab_size: build_model(spec, vocab_size), words)

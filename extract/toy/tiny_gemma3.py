@@ -18,8 +18,11 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy import shapes
-from attnwh.extract.toy.builder import randomise_norm_weights, save_pretrained_atomically
+from attnwh.extract.toy.builder import (
+    randomise_norm_weights,
+    save_tiny,
+    set_generation_tokens,
+)
 
 SPECIAL_TOKENS = (
     "<pad>",
@@ -100,7 +103,9 @@ def build_tokenizer(words: list[str]):
 
 def build_processor(words: list[str]):
     from transformers import Gemma3Processor
-    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    from transformers.models.gemma3.image_processing_pil_gemma3 import (
+        Gemma3ImageProcessorPil,
+    )
 
     image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False)
     return Gemma3Processor(
@@ -121,7 +126,12 @@ def build_model(
     seed: int,
     randomise_norms: bool,
 ):
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     if hidden_size % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"hidden_size {hidden_size} / n_heads {n_heads} / n_kv_heads {n_kv_heads} do not divide")
@@ -175,10 +185,8 @@ def build_model(
         projection.copy_(torch.randn(projection.shape, generator=generator) * VISION_HIDDEN**-0.5)
     if randomise_norms:
         randomise_norm_weights(model.model.language_model, seed + 1, -0.5, 0.5)  # Gemma scales by 1 + weight
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.bos_token_id = BOS_ID
-    model.generation_config.eos_token_id = [EOS_ID, END_OF_TURN_ID]  # as the real -it checkpoints: <eos>, <end_of_turn>
-    return model.eval()
+    # as the real -it checkpoints: <eos>, <end_of_turn>
+    return set_generation_tokens(model, PAD_ID, BOS_ID, [EOS_ID, END_OF_TURN_ID]).eval()
 
 
 def save_tiny_gemma3(
@@ -193,18 +201,7 @@ def save_tiny_gemma3(
     words: list[str] | None = None,
 ) -> Path:
     """Build a tiny Gemma 3 (``Gemma3ForConditionalGeneration``) and save model + processor into ``folder``."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    words = words if words is not None else shapes.vocabulary()
-    processor = build_processor(words)
-    model = build_model(
-        len(processor.tokenizer),
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        hidden_size=hidden_size,
-        seed=seed,
-        randomise_norms=randomise_norms,
+    return save_tiny(
+        folder, build_processor, build_model, words,
+        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
     )
-    return save_pretrained_atomically(folder, model, processor)

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy import shapes
 from attnwh.extract.toy.builder import (
     BOS_ID,
     CHAT_TEMPLATE,
@@ -39,7 +38,8 @@ from attnwh.extract.toy.builder import (
     SPECIAL_TOKENS,
     build_tokenizer,
     randomise_norm_weights,
-    save_pretrained_atomically,
+    save_tiny,
+    set_generation_tokens,
 )
 
 IMAGE_SIZE = 32  # one crop, and the base view
@@ -117,15 +117,14 @@ def _text_config(kind: str, vocab_size: int, *, n_layers: int, n_heads: int, n_k
 def _finish(model, seed: int, randomise_norms: bool):
     if randomise_norms:
         randomise_norm_weights(model.model.language_model, seed + 1)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.bos_token_id = BOS_ID
-    model.generation_config.eos_token_id = EOS_ID
-    return model.eval()
+    return set_generation_tokens(model, PAD_ID, BOS_ID, EOS_ID).eval()
 
 
 def build_llava_next_processor(words: list[str]):
     from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
 
     image_processor = LlavaNextImageProcessorPil(
         size={"shortest_edge": IMAGE_SIZE},
@@ -145,7 +144,11 @@ def build_llava_next_processor(words: list[str]):
 def build_llava_next_model(
     vocab_size: int, *, text_model: str = "llama", seed: int = 0, randomise_norms: bool = False, **sizes
 ):
-    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     if text_model not in TEXT_MODELS:
         raise ValueError(f"unknown LLaVA-NeXT text model {text_model!r}; choose {', '.join(TEXT_MODELS)}")
@@ -201,7 +204,11 @@ def build_onevision_processor(words: list[str]):
 
 
 def build_onevision_model(vocab_size: int, *, seed: int = 0, randomise_norms: bool = False, **sizes):
-    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        SiglipVisionConfig,
+    )
 
     vision = SiglipVisionConfig(
         hidden_size=VISION_HIDDEN,
@@ -240,22 +247,10 @@ def save_tiny_llava_next(
     text_model: str = "llama",
 ) -> Path:
     """Build a tiny LLaVA-NeXT (CLIP + Llama, or Mistral with ``text_model="mistral"``) and save model + processor."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    words = words if words is not None else shapes.vocabulary()
-    processor = build_llava_next_processor(words)
-    model = build_llava_next_model(
-        len(processor.tokenizer),
-        text_model=text_model,
-        seed=seed,
-        randomise_norms=randomise_norms,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        hidden_size=hidden_size,
+    return save_tiny(
+        folder, build_llava_next_processor, build_llava_next_model, words, text_model=text_model,
+        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
     )
-    return save_pretrained_atomically(folder, model, processor)
 
 
 def save_tiny_onevision(
@@ -270,18 +265,7 @@ def save_tiny_onevision(
     words: list[str] | None = None,
 ) -> Path:
     """Build a tiny LLaVA-OneVision (SigLIP + Qwen2) and save model + processor into ``folder``."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    words = words if words is not None else shapes.vocabulary()
-    processor = build_onevision_processor(words)
-    model = build_onevision_model(
-        len(processor.tokenizer),
-        seed=seed,
-        randomise_norms=randomise_norms,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        hidden_size=hidden_size,
+    return save_tiny(
+        folder, build_onevision_processor, build_onevision_model, words,
+        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
     )
-    return save_pretrained_atomically(folder, model, processor)

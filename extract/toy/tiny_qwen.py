@@ -14,8 +14,11 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy import shapes
-from attnwh.extract.toy.builder import randomise_norm_weights, save_pretrained_atomically
+from attnwh.extract.toy.builder import (
+    randomise_norm_weights,
+    save_tiny,
+    set_generation_tokens,
+)
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",  # pad (and the generation config's bos, as in the real checkpoints)
@@ -90,7 +93,9 @@ def build_processor(words: list[str]):
     ``PaddleOCRVLProcessor`` does exactly that with no video processor, so it stands in for them.
     """
     from transformers import PaddleOCRVLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=MIN_PIXELS,
@@ -121,7 +126,12 @@ def build_model(
     seed: int,
     randomise_norms: bool,
 ):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+    )
 
     if hidden_size % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"hidden_size {hidden_size} / n_heads {n_heads} / n_kv_heads {n_kv_heads} do not divide")
@@ -169,10 +179,7 @@ def build_model(
     model = model_class(config)
     if randomise_norms:
         randomise_norm_weights(model.model.language_model, seed + 1)
-    model.generation_config.pad_token_id = PAD_ID
-    model.generation_config.bos_token_id = BOS_ID
-    model.generation_config.eos_token_id = EOS_ID
-    return model.eval()
+    return set_generation_tokens(model, PAD_ID, BOS_ID, EOS_ID).eval()
 
 
 def save_tiny_qwen2_5_vl(
@@ -188,24 +195,12 @@ def save_tiny_qwen2_5_vl(
     variant: str = "qwen2_5_vl",
 ) -> Path:
     """Build a tiny Qwen2.5-VL (or, with ``variant="qwen2_vl"``, Qwen2-VL) and save model + processor into ``folder``."""
-    from transformers.utils import logging as hf_logging
-
     if variant not in VARIANTS:
         raise ValueError(f"unknown Qwen variant {variant!r}; choose {', '.join(VARIANTS)}")
-    hf_logging.disable_progress_bar()
-    words = words if words is not None else shapes.vocabulary()
-    processor = build_processor(words)
-    model = build_model(
-        len(processor.tokenizer),
-        variant=variant,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        hidden_size=hidden_size,
-        seed=seed,
-        randomise_norms=randomise_norms,
+    return save_tiny(
+        folder, build_processor, build_model, words, variant=variant,
+        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
     )
-    return save_pretrained_atomically(folder, model, processor)
 
 
 def save_tiny_qwen2_vl(folder: Path, **kwargs) -> Path:
