@@ -35,13 +35,14 @@ def row_statistics(
     rows = rows.float()
     image = (segments == IMAGE).unsqueeze(1)  # [batch, 1, key]
     image_sum, image_entropy = _mass_and_entropy(rows, image)
-    if region is None:
-        region = torch.zeros_like(segments, dtype=torch.bool)
-    region = (region & (segments == IMAGE)).unsqueeze(1)
-    region_sum, region_entropy = _mass_and_entropy(rows, region)
-    has_region = region.any(-1)  # [batch, 1]
-    region_sum = torch.where(has_region, region_sum, torch.full_like(region_sum, float("nan")))
-    region_entropy = torch.where(has_region, region_entropy, torch.full_like(region_entropy, float("nan")))
+    if region is None:  # no sample has boxes: no second pass over the rows
+        region_sum = region_entropy = torch.full_like(image_sum, float("nan"))
+    else:
+        region = (region & (segments == IMAGE)).unsqueeze(1)
+        region_sum, region_entropy = _mass_and_entropy(rows, region)
+        has_region = region.any(-1)  # [batch, 1]
+        region_sum = torch.where(has_region, region_sum, torch.full_like(region_sum, float("nan")))
+        region_entropy = torch.where(has_region, region_entropy, torch.full_like(region_entropy, float("nan")))
     masked = rows.masked_fill(~image, float("-inf"))
     image_max, argmax = masked.max(-1)
     image_index = (image.cumsum(-1) - 1).expand_as(rows).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
