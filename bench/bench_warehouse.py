@@ -30,7 +30,7 @@ from attnwh.reports.build import build_report
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.summary import summarise_head_metrics
+from attnwh.warehouse.summary import rank_head_metrics, summarise_head_metrics
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
 
 MART_TARGET_S = 0.5
@@ -115,7 +115,9 @@ def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: in
             _write(lens, "logit_lens", folder)
             summary = summarise_head_metrics(metrics)
             _write(summary, "head_summary", folder)
-            return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_summary": summary.num_rows}
+            ranks = rank_head_metrics(metrics)
+            _write(ranks, "head_ranks", folder)
+            return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
 
         parts.commit_part(run.paths, part_id, write)
     _build_mask_run(warehouse, n_layers, n_heads, min(n_samples, 1000), rng)

@@ -38,7 +38,7 @@ from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_l
 from attnwh.warehouse import arrays, parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
-from attnwh.warehouse.summary import summarise_head_metrics
+from attnwh.warehouse.summary import rank_head_metrics, summarise_head_metrics
 from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, LOGIT_LENS, LOGIT_LENS_SORT, SAMPLES, with_metadata
 
 DEFAULT_PART_SIZE = 256
@@ -233,6 +233,8 @@ class PartData:
         _write_parquet(metrics, "head_metrics", folder / "head_metrics.parquet")
         summary = summarise_head_metrics(metrics)
         _write_parquet(summary, "head_summary", folder / "head_summary.parquet")
+        ranks = rank_head_metrics(metrics)
+        _write_parquet(ranks, "head_ranks", folder / "head_ranks.parquet")
         if self.lens:
             _write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder / "logit_lens.parquet")
         if self.rows:
@@ -243,7 +245,7 @@ class PartData:
                 for query_index, row in enumerate(per_query):
                     attention[position, query_index, :, :, : row.shape[-1]] = row
             arrays.write_rows(folder, attention, np.array([idx for idx, _ in self.rows], dtype=np.int64), list(self.queries))
-        counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_summary": summary.num_rows}
+        counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
         if self.lens:
             counts["logit_lens"] = sum(table.num_rows for table in self.lens)
         return counts

@@ -110,6 +110,8 @@ def bind_parameters(mart: Mart, given: dict[str, str]) -> dict[str, Any]:
             value = declared["default"]
         else:
             raise UsageError(f"query {mart.name} needs --param {name}=...")
+        if "min" in declared and value < declared["min"]:
+            raise UsageError(f"parameter {name} of {mart.name} must be at least {declared['min']}, got {value!r}")
         choices = declared.get("choices")
         if choices is not None and value not in choices:
             raise UsageError(f"parameter {name} of {mart.name} takes {', '.join(map(str, choices))}; got {value!r}")

@@ -75,10 +75,22 @@ class Catalog:
             for path in files:
                 check_file_schema(Path(path), schema)
             if files:
-                relation = self.connection.read_parquet(files, union_by_name=True)
+                relation = self._with_every_column(self.connection.read_parquet(files, union_by_name=True), schema)
             else:
                 relation = self._arrow_relation(schema.empty_table())
             relation.create_view(table, replace=True)
+
+    def _with_every_column(self, relation: duckdb.DuckDBPyRelation, schema: pa.Schema) -> duckdb.DuckDBPyRelation:
+        """The relation with NULLs for columns of the schema that none of its files has (files
+        written before the column was added), so that views and marts bind on any warehouse."""
+        missing = [name for name in schema.names if name not in relation.columns]
+        if not missing:
+            return relation
+        typed = self.connection.from_arrow(schema.empty_table())
+        types = dict(zip(typed.columns, typed.types))
+        columns = [duckdb.ColumnExpression(name) for name in relation.columns]
+        columns += [duckdb.ConstantExpression(None).cast(types[name]).alias(name) for name in missing]
+        return relation.select(*columns)
 
     def _arrow_relation(self, table: pa.Table) -> duckdb.DuckDBPyRelation:
         self._keep_alive.append(table)

@@ -140,6 +140,7 @@ HEAD_SUMMARY = pa.schema(
         ("sum_concentration", pa.float64()),
         ("sumsq_concentration", pa.float64()),
         ("sum_concentration_x_sum", pa.float64()),
+        ("sumsq_concentration_x_sum", pa.float64()),  # null in parts written before it was added
         ("sum_bos", pa.float64()),
         ("sum_system", pa.float64()),
         ("sum_prompt", pa.float64()),
@@ -147,10 +148,25 @@ HEAD_SUMMARY = pa.schema(
     ]
 )
 
+# per part, query, score and head: in how many of the part's samples the head held each of the first
+# ``RANKS_KEPT`` places of that sample's heads (see ``attnwh.warehouse.summary.rank_head_metrics``)
+HEAD_RANKS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("query", pa.string()),
+        ("score", pa.string()),  # image_sum | concentration | concentration_x_sum
+        ("rank", pa.int16()),  # 1 = the sample's best head by this score (ties: lower layer, then lower head)
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("n", pa.int32()),  # samples of the part in which the head held this rank
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
     "head_summary": HEAD_SUMMARY,
+    "head_ranks": HEAD_RANKS,
     "logit_lens": LOGIT_LENS,
     "mask_conditions": MASK_CONDITIONS,
     "mask_results": MASK_RESULTS,

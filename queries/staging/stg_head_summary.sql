@@ -13,6 +13,7 @@ select
     sum(sum_concentration) as sum_concentration,
     sum(sumsq_concentration) as sumsq_concentration,
     sum(sum_concentration_x_sum) as sum_concentration_x_sum,
+    sum(sumsq_concentration_x_sum) as sumsq_concentration_x_sum,
     sum(sum_bos) as sum_bos,
     sum(sum_system) as sum_system,
     sum(sum_prompt) as sum_prompt,

@@ -17,7 +17,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, with_metadata
-from attnwh.warehouse.summary import summarise_head_metrics
+from attnwh.warehouse.summary import RANKS_KEPT, rank_head_metrics, summarise_head_metrics
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,9 @@ HAND_METRICS = [
 HAND_LENS = {0: [5, 1, 1], 1: [3, 2, 1]}
 
 
-def _hand_warehouse(root):
+def _hand_warehouse(root, rollups="new"):
+    """``rollups``: "new" writes head_summary and head_ranks as extraction does now; "old" writes a
+    part as attnwh wrote it before head_ranks and sumsq_concentration_x_sum existed."""
     warehouse = open_warehouse(root, create=True)
     plan = Plan(["s0", "s1"], 2)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
@@ -118,9 +120,14 @@ def _hand_warehouse(root):
             schema=LOGIT_LENS,
         )
         summary = summarise_head_metrics(metrics)
-        for table, name in ((samples, "samples"), (metrics, "head_metrics"), (lens, "logit_lens"), (summary, "head_summary")):
+        tables = {"samples": samples, "head_metrics": metrics, "logit_lens": lens, "head_summary": summary}
+        if rollups == "new":
+            tables["head_ranks"] = rank_head_metrics(metrics)
+        else:
+            tables["head_summary"] = summary.drop_columns(["sumsq_concentration_x_sum"])
+        for name, table in tables.items():
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
-        return {"samples": 2, "head_metrics": 8, "logit_lens": 6, "head_summary": summary.num_rows}
+        return {name: table.num_rows for name, table in tables.items()}
 
     parts.commit_part(run.paths, 0, write)
     return root, run.run_id
@@ -129,6 +136,11 @@ def _hand_warehouse(root):
 @pytest.fixture
 def hand(tmp_path):
     return _hand_warehouse(tmp_path / "hand")
+
+
+@pytest.fixture(params=["new", "old"])
+def hand_either(request, tmp_path):
+    return _hand_warehouse(tmp_path / "hand", rollups=request.param)
 
 
 def _rows(warehouse, name, given=None, order=("layer", "head")):
@@ -151,16 +163,93 @@ def test_head_attention_by_hand(hand):
     assert rows[0]["n_samples"] == 2 and rows[0]["sd_image_sum"] == pytest.approx(math.sqrt(0.02))
 
 
-def test_visual_heads_ranking_and_detection_by_hand(hand):
-    warehouse, _ = hand
+def test_visual_heads_ranking_and_detection_by_hand(hand_either):
+    # the same numbers from the rollups (new parts) and from every head_metrics row (old parts)
+    warehouse, _ = hand_either
     rows = _rows(warehouse, "visual_heads", {"k": "1", "score": "concentration_x_sum"})
     # per-sample top head by concentration × sum: sample 0 -> (0,0) with 0.6; sample 1 -> (0,1) with 0.6
     detection = {(r["layer"], r["head"]): r["detection_score"] for r in rows}
     assert detection == {(0, 0): 0.5, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.0}
     ranks = {(r["layer"], r["head"]): r["rank"] for r in rows}
     assert ranks == {(0, 0): 1, (0, 1): 2, (1, 1): 3, (1, 0): 4}  # means 0.4, 0.3, 0.2, 0.1
+    # concentration × sum per sample: (0,0) 0.6, 0.2; (0,1) 0, 0.6; (1,0) 0, 0.2; (1,1) 0.4, 0
+    assert [r["mean_score"] for r in rows] == pytest.approx([0.4, 0.3, 0.1, 0.2])
+    assert [r["sd_score"] for r in rows] == pytest.approx([math.sqrt(0.08), math.sqrt(0.18), math.sqrt(0.02), math.sqrt(0.08)])
     by_sum = _rows(warehouse, "visual_heads", {"k": "2", "score": "image_sum"})
+    # sample 1 ties (0,0) and (1,1) at 0.4 for second place: the lower layer wins
     assert {(r["layer"], r["head"]): r["detection_score"] for r in by_sum} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.5}
+    by_concentration = _rows(warehouse, "visual_heads", {"k": "3", "score": "concentration", "query": "gen1"})
+    # concentration: sample 0 -> 1, 0, 1, 0.5 (top 3: (0,0), (1,0), (1,1)); sample 1 -> 0.5, 1, 1, 0 ((0,0), (0,1), (1,0))
+    assert {(r["layer"], r["head"]): r["detection_score"] for r in by_concentration} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 1.0, (1, 1): 0.5}
+    assert [r["n_samples"] for r in by_concentration] == [2, 2, 2, 2]
+    assert _rows(warehouse, "visual_heads", {"query": "prompt"}) == []
+
+
+def test_head_ranks_by_hand():
+    # 1 sample × 2 layers × 2 heads, query gen1; head (1,0) has one image token, so no concentration
+    rows = [(0, 0, 4, 0.3, LN2), (0, 1, 4, 0.5, 0.0), (1, 0, 1, 0.5, 0.0), (1, 1, 4, 0.3, LN4)]
+    metrics = pa.Table.from_pylist(
+        [
+            {"run_id": "r", "sample_idx": 0, "query": "gen1", "layer": layer, "head": head, "n_image": n_image, "image_sum": image, "image_entropy": entropy}
+            for layer, head, n_image, image, entropy in rows
+        ],
+        schema=HEAD_METRICS,
+    )
+    ranks = rank_head_metrics(metrics)
+    placed = {(r["score"], r["rank"]): (r["layer"], r["head"], r["n"]) for r in ranks.to_pylist()}
+    # image_sum: 0.5 ties between (0,1) and (1,0) -> lower layer first; 0.3 ties (0,0) and (1,1)
+    assert [placed["image_sum", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (1, 0, 1), (0, 0, 1), (1, 1, 1)]
+    # concentration: (0,1) 1, (0,0) 0.5, (1,1) 0, (1,0) none -> last
+    assert [placed["concentration", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (0, 0, 1), (1, 1, 1), (1, 0, 1)]
+    assert [placed["concentration_x_sum", rank][:2] for rank in (1, 2, 3, 4)] == [(0, 1), (0, 0), (1, 1), (1, 0)]
+    assert rank_head_metrics(metrics, kept=2).filter(pa.compute.field("rank") > 2).num_rows == 0
+
+
+def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
+    """The detection score and mean per head, from the raw head_metrics rows, in plain Python."""
+    raw = session.query(
+        "select run_id, sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where query = $q", {"q": query}
+    ).to_pylist()
+    per_sample, values = {}, {}
+    for row in raw:
+        concentration = 1 - row["image_entropy"] / math.log(row["n_image"]) if row["n_image"] > 1 else None
+        value = {
+            "image_sum": row["image_sum"],
+            "concentration": concentration,
+            "concentration_x_sum": None if concentration is None else concentration * row["image_sum"],
+        }[score]
+        per_sample.setdefault((row["run_id"], row["sample_idx"]), []).append((row["layer"], row["head"], value))
+        values.setdefault((row["run_id"], row["layer"], row["head"]), []).append(value)
+    detected = dict.fromkeys(values, 0)
+    for (run_id, _), heads in per_sample.items():
+        ordered = sorted(heads, key=lambda item: (-(item[2] if item[2] is not None else -1e300), item[0], item[1]))
+        for layer, head, _ in ordered[:k]:
+            detected[run_id, layer, head] += 1
+    return {
+        key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found)))
+        for key, found in values.items()
+    }
+
+
+@pytest.mark.parametrize("score", ["concentration_x_sum", "image_sum", "concentration"])
+def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, score):
+    cases = (("gen1", 1), ("prompt", 5), ("gen1", 32), ("prompt", 33))
+    with open_session(toy_warehouse) as session:
+        expected = {case: _visual_heads_by_python(session, score, case[1], case[0]) for case in cases}
+        for (query, k), want in expected.items():
+            got = run_mart(session, "visual_heads", {"score": score, "k": str(k), "query": query}).to_pylist()
+            assert {(r["run_id"], r["layer"], r["head"]): r["detection_score"] for r in got} == {key: value[0] for key, value in want.items()}
+            assert {(r["run_id"], r["layer"], r["head"]): r["mean_score"] for r in got} == pytest.approx({key: value[1] for key, value in want.items()})
+        # with head_metrics gone from the session only the rollups remain: the same detection scores
+        # come back for every k up to the toy's 32 heads (≤ RANKS_KEPT), so that route is the one taken
+        assert RANKS_KEPT >= 32
+        session._register_table("head_metrics", HEAD_METRICS.empty_table())
+        for (query, k), want in expected.items():
+            got = run_mart(session, "visual_heads", {"score": score, "k": str(k), "query": query}).to_pylist()
+            if k <= 32:
+                assert {(r["run_id"], r["layer"], r["head"]): r["detection_score"] for r in got} == {key: value[0] for key, value in want.items()}
+            else:  # beyond the sample's places (33 > 32 heads) only head_metrics can answer: gone here
+                assert got == []
 
 
 def test_layer_profile_and_segment_shares_by_hand(hand):
@@ -198,6 +287,8 @@ def test_parameters_are_typed_checked_and_bound(hand):
         bind_parameters(mart, {"k": "3; drop table runs"})
     with pytest.raises(UsageError, match="takes concentration_x_sum"):
         bind_parameters(mart, {"score": "image_sum' or 1=1 --"})
+    with pytest.raises(UsageError, match="must be at least 1, got 0"):
+        bind_parameters(mart, {"k": "0"})
     with pytest.raises(UsageError, match="no parameter bogus"):
         bind_parameters(mart, {"bogus": "1"})
     with pytest.raises(UsageError, match="needs --param run_id"):
