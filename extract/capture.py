@@ -151,7 +151,9 @@ class CaptureSession:
         """``index`` 0: the input of the first decoder layer (embeddings); i + 1: the output of layer i (before the final norm)."""
         name = self._query_at_step.get(self.step)
         if name is not None:
-            self.hidden[name][index] = hidden[:, -1, :].detach()
+            # a copy, not a view: a view would keep the layer's whole [batch, position, hidden]
+            # output alive until the batch ends (measured: +125 MiB peak at a 658-token prompt)
+            self.hidden[name][index] = hidden[:, -1, :].detach().clone()
 
     def complete(self) -> bool:
         rows = all(r is not None for layers in self.rows.values() for r in layers)

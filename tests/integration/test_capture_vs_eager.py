@@ -72,6 +72,18 @@ def test_logits_with_capture_equal_plain_sdpa(tiny_model):
         assert torch.equal(step_plain, step_captured)
 
 
+def test_captured_tensors_hold_only_their_own_memory(tiny_model):
+    # what the session keeps for a batch must not pin the model's activations: a view of a layer's
+    # output would keep its whole [batch, position, hidden] tensor alive until the batch ends
+    loaded = load_model(resolve_source(str(tiny_model)), dtype=torch.float32, device=torch.device("cpu"))
+    encoded = _encode(loaded, _samples(3))
+    _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=True, lens=True), max_new_tokens=2)
+    kept = [tensor for layers in (*session.hidden.values(), *session.rows.values()) for tensor in layers]
+    assert kept and all(tensor is not None for tensor in kept)
+    for tensor in kept:
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
 def test_session_is_removed_after_the_block(tiny_mha):
     loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
     modules = loaded.adapter.attention_modules(loaded.model)
