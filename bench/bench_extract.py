@@ -1,7 +1,8 @@
 """Extraction against its limit and its alternatives, side by side in one run.
 
-Timing: plain, capture, capture with rows and eager alternate in one process for several rounds
-(paired ratios: this machine drifts by tens of percent within minutes). Memory: each variant in a
+Timing: plain, capture, capture with rows and eager alternate batch by batch in one process for
+several rounds (paired ratios: this machine drifts by tens of percent within minutes, at times 4×);
+ratios of each variant's fastest round are printed beside the medians of the paired ratios. Memory: each variant in a
 fresh subprocess (so that its peak RSS is its own). Variants, on the same saved model and inputs:
 
 - ``plain``: SDPA generation of the same answers, no capture (the practical limit);
@@ -178,12 +179,16 @@ def paired_main(args) -> int:
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, run in variants.items():
-            wall, started_cpu = time.perf_counter(), time.process_time()
-            for _ in range(args.batches):
+        # variants alternate batch by batch, so that a round's variants run seconds apart
+        for name in variants:
+            times[name].append(0.0)
+            cpu[name].append(0.0)
+        for _ in range(args.batches):
+            for name, run in variants.items():
+                wall, started_cpu = time.perf_counter(), time.process_time()
                 run()
-            times[name].append(time.perf_counter() - wall)
-            cpu[name].append(time.process_time() - started_cpu)
+                times[name][-1] += time.perf_counter() - wall
+                cpu[name][-1] += time.process_time() - started_cpu
     print(json.dumps({"times": times, "cpu": cpu, "prompt_tokens": int(encoded["input_ids"].shape[1]), "samples": args.batch_size * args.batches}))
     return 0
 
@@ -258,6 +263,12 @@ def parent_main(args) -> int:
                 name: {"ratio": value, "target": f"{direction} {limit}" if limit else "", "met": None if limit is None else (value <= limit if direction == "<=" else value >= limit)}
                 for name, (value, limit, direction) in ratios.items()
             }
+            # the same time ratios from each variant's fastest round: the least-disturbed runs (this
+            # machine's speed swings up to 4× with its neighbours' load; paired medians and minima
+            # bracket the uncontended ratio)
+            for top, bottom in (("capture", "plain"), ("capture_rows", "plain"), ("eager", "capture"), ("extract_rows", "extract")):
+                source = whole if top in whole else paired["times"]
+                ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(source[top]) / min(source[bottom]), "target": "", "met": None}
             results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
             print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}{'working MiB':>13}")
