@@ -10,6 +10,9 @@ fresh subprocess (so that its peak RSS is its own). Variants, on the same saved 
 - ``capture_rows``: the same, keeping the raw rows (float16, moved to the CPU as extract does);
 - ``eager``: the route most tools take: eager attention with ``output_attentions=True``, then the
   same statistics computed from the returned attention maps;
+- ``nnsight`` (when nnsight is installed: ``pip install nnsight``): nnsight tracing ``generate`` on
+  the eager-attention model, saving every layer's last attention row for steps 0 and 1, then the
+  same statistics;
 - ``extract`` / ``extract_rows``: the whole ``run_extract`` (encode, generate, statistics, Parquet
   and Zarr writes, commits), without and with raw rows.
 
@@ -41,7 +44,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-VARIANTS = ("plain", "capture", "capture_rows", "eager", "extract", "extract_rows")
+VARIANTS = ("plain", "capture", "capture_rows", "eager", "nnsight", "extract", "extract_rows")
+IN_PROCESS = ("plain", "capture", "capture_rows", "eager", "nnsight")  # timed paired in one process
 
 
 def build_model(shape: str, folder: Path) -> Path:
@@ -75,11 +79,8 @@ def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, b
     """Runs in the child process: warm up once, then time ``batches`` batches."""
     import torch
 
-    from attnwh.extract.capture import CaptureSpec
     from attnwh.extract.models import load_model, resolve_source
-    from attnwh.extract.run import ExtractOptions, generate_with_capture, run_extract
-    from attnwh.extract.segments import prompt_segments, with_generated
-    from attnwh.extract.stats import row_statistics
+    from attnwh.extract.run import ExtractOptions, run_extract
 
     torch.set_num_threads(int(os.environ.get("ATTNWH_BENCH_THREADS", "2")))
     source = resolve_source(str(model_folder))
@@ -93,34 +94,11 @@ def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, b
             seconds = time.perf_counter() - started
         return {"seconds": seconds, "samples": batch_size * batches}
 
-    implementation = "eager" if variant == "eager" else None
     loaded = load_model(source, dtype=torch.float32, device=torch.device("cpu"))
-    if implementation == "eager":
-        from transformers import AutoModelForImageTextToText
-
-        eager = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32, attn_implementation="eager").eval()
-        eager.generation_config = loaded.model.generation_config
     _, encoded = inputs(loaded, shape, batch_size)
+    once = routes(loaded, encoded, new_tokens, [variant])[variant]
     n_tokens = int(encoded["input_ids"].shape[1])
     loaded_rss = _current_rss_mib()
-
-    def once() -> None:
-        if variant == "plain":
-            generate_with_capture(loaded, encoded, None, new_tokens)
-        elif variant in ("capture", "capture_rows"):
-            _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=variant == "capture_rows", lens=True), new_tokens)
-            session.stacked_statistics()
-            if variant == "capture_rows":
-                session.stacked_rows(torch.float16)
-        else:  # eager: full attention maps out of generate, then the same statistics from them
-            with torch.inference_mode():
-                out = eager.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                                     output_attentions=True, return_dict_in_generate=True)
-                segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
-                for step in (0, 1):
-                    step_segments = with_generated(segments, step)
-                    for layer_maps in out.attentions[step]:
-                        row_statistics(layer_maps[:, :, -1, :], step_segments)
 
     once()  # warm-up
     started = time.perf_counter()
@@ -135,45 +113,85 @@ def _current_rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def paired_main(args) -> int:
-    """One process, one loaded model: plain / capture / capture_rows / eager alternate for ``rounds``
-    rounds, so that each ratio is the median of ratios of runs taken seconds apart (this machine's
-    speed drifts by tens of percent within minutes; paired ratios cancel most of it)."""
+def nnsight_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("nnsight") is not None
+
+
+def routes(loaded, encoded, new_tokens: int, wanted) -> dict:
+    """One batch of each wanted variant, as a callable, on the same inputs (the eager and nnsight
+    routes load their own eager-attention copy of the weights)."""
     import torch
 
     from attnwh.extract.capture import CaptureSpec
-    from attnwh.extract.models import load_model, resolve_source
     from attnwh.extract.run import generate_with_capture
     from attnwh.extract.segments import prompt_segments, with_generated
     from attnwh.extract.stats import row_statistics
-    from transformers import AutoModelForImageTextToText
 
-    torch.set_num_threads(int(os.environ.get("ATTNWH_BENCH_THREADS", "2")))
-    source = resolve_source(args.model)
-    loaded = load_model(source, dtype=torch.float32, device=torch.device("cpu"))
-    eager = AutoModelForImageTextToText.from_pretrained(source.location, dtype=torch.float32, attn_implementation="eager").eval()
-    _, encoded = inputs(loaded, args.shape, args.batch_size)
     segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+    location = loaded.source.location
+    n_layers = loaded.info["n_layers"]
+    found = {}
 
-    def plain():
-        generate_with_capture(loaded, encoded, None, args.new_tokens)
+    def statistics_of(per_step) -> None:  # the same statistics from rows of steps 0 and 1: [batch, head, key] per layer
+        for step, layers in enumerate(per_step):
+            step_segments = with_generated(segments, step)
+            for rows in layers:
+                row_statistics(rows, step_segments)
 
-    def capture(rows: bool):
-        _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=rows, lens=True), args.new_tokens)
+    def capture(rows: bool) -> None:
+        _, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("prompt", "gen1"), rows=rows, lens=True), new_tokens)
         session.stacked_statistics()
         if rows:
             session.stacked_rows(torch.float16)
 
-    def eager_route():
-        with torch.inference_mode():
-            out = eager.generate(**encoded, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                                 output_attentions=True, return_dict_in_generate=True)
-            for step in (0, 1):
-                step_segments = with_generated(segments, step)
-                for layer_maps in out.attentions[step]:
-                    row_statistics(layer_maps[:, :, -1, :], step_segments)
+    found["plain"] = lambda: generate_with_capture(loaded, encoded, None, new_tokens)
+    found["capture"] = lambda: capture(False)
+    found["capture_rows"] = lambda: capture(True)
+    if "eager" in wanted:
+        from transformers import AutoModelForImageTextToText
 
-    variants = {"plain": plain, "capture": lambda: capture(False), "capture_rows": lambda: capture(True), "eager": eager_route}
+        eager = AutoModelForImageTextToText.from_pretrained(location, dtype=torch.float32, attn_implementation="eager").eval()
+        eager.generation_config = loaded.model.generation_config
+
+        def eager_route() -> None:  # full attention maps out of generate, then the statistics from them
+            with torch.inference_mode():
+                out = eager.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
+                                     output_attentions=True, return_dict_in_generate=True)
+                statistics_of([[maps[:, :, -1, :] for maps in out.attentions[step]] for step in (0, 1)])
+
+        found["eager"] = eager_route
+    if "nnsight" in wanted:
+        from nnsight.modeling.transformers import TransformersModel
+
+        traced = TransformersModel(location, task="image-text-to-text", dispatch=True, attn_implementation="eager", dtype=torch.float32)
+
+        def nnsight_route() -> None:  # the last row of every layer's attention weights, saved by tracing generate
+            with torch.inference_mode():
+                with traced.generate(dict(encoded), max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0) as tracer:
+                    saved = list().save()
+                    for _ in tracer.iter[0:2]:
+                        saved.append([traced.model.language_model.layers[i].self_attn.output[1][:, :, -1, :] for i in range(n_layers)])
+                statistics_of(saved)
+
+        found["nnsight"] = nnsight_route
+    return {name: run for name, run in found.items() if name in wanted}
+
+
+def paired_main(args) -> int:
+    """One process, one loaded model: plain / capture / capture_rows / eager (/ nnsight) alternate
+    batch by batch for ``rounds`` rounds, so that each ratio is the median of ratios of runs taken
+    seconds apart (this machine's speed drifts by tens of percent within minutes; paired ratios
+    cancel most of it)."""
+    import torch
+
+    from attnwh.extract.models import load_model, resolve_source
+
+    torch.set_num_threads(int(os.environ.get("ATTNWH_BENCH_THREADS", "2")))
+    loaded = load_model(resolve_source(args.model), dtype=torch.float32, device=torch.device("cpu"))
+    _, encoded = inputs(loaded, args.shape, args.batch_size)
+    variants = routes(loaded, encoded, args.new_tokens, [name for name in args.variants if name in IN_PROCESS])
     for run in variants.values():
         run()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -214,20 +232,38 @@ def _ratio(values_top: list[float], values_bottom: list[float]) -> float:
     return statistics.median(top / bottom for top, bottom in zip(values_top, values_bottom))
 
 
+# (numerator, denominator, measure, limit, direction): the issue's targets, and what is only reported
+RATIOS = (
+    ("capture", "plain", "time", 1.05, "<="),
+    ("capture_rows", "plain", "time", 1.05, "<="),
+    ("eager", "capture", "time", 2.0, ">="),
+    ("nnsight", "capture", "time", 2.0, ">="),
+    ("capture", "plain", "CPU time", 1.05, "<="),
+    ("capture", "plain", "peak RSS", 1.10, "<="),
+    ("capture_rows", "plain", "peak RSS", 1.10, "<="),
+    ("eager", "plain", "peak RSS", None, ""),
+    ("nnsight", "plain", "peak RSS", None, ""),
+    ("extract_rows", "extract", "time", 1.10, "<="),
+)
+
+
 def parent_main(args) -> int:
+    selected = [name for name in args.variants if name != "nnsight" or nnsight_available()]
+    if len(selected) < len(args.variants):
+        print("nnsight is not installed: its route is left out (pip install nnsight)", file=sys.stderr)
     results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
                      "command": " ".join(["python", *sys.argv]), "shapes": {}}
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
         for shape in args.shape:
             model = str(build_model(shape, Path(scratch)))
-            paired = _child(args, ["--paired", "--shape", shape, "--model", model])
+            paired = _child(args, ["--paired", "--shape", shape, "--model", model, "--variants", *selected])
             print(f"[{shape}] paired timing done", file=sys.stderr)
-            memory: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-            working: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-            whole: dict[str, list[float]] = {"extract": [], "extract_rows": []}
+            memory: dict[str, list[float]] = {variant: [] for variant in selected}
+            working: dict[str, list[float]] = {variant: [] for variant in selected}
+            whole: dict[str, list[float]] = {variant: [] for variant in selected if variant not in IN_PROCESS}
             for _ in range(args.rounds):
-                for variant in VARIANTS:
+                for variant in selected:
                     result = _child(args, ["--child", "--variant", variant, "--shape", shape, "--model", model])
                     memory[variant].append(result["peak_rss_mib"])
                     if "loaded_rss_mib" in result:
@@ -236,39 +272,35 @@ def parent_main(args) -> int:
                         whole[variant].append(result["seconds"])
             print(f"[{shape}] memory and whole runs done", file=sys.stderr)
             samples = paired["samples"]
+            times = {**paired["times"], **whole}
             summary = {
                 name: {
-                    "median_seconds": statistics.median(paired["times"][name]) if name in paired["times"] else statistics.median(whole[name]),
+                    "median_seconds": statistics.median(times[name]),
                     "median_cpu_seconds": statistics.median(paired["cpu"][name]) if name in paired["cpu"] else None,
                     "peak_rss_mib": statistics.median(memory[name]),
                     "working_mib": statistics.median(working[name]) if working[name] else None,
-                    "all_seconds": paired["times"].get(name) or whole[name],
+                    "all_seconds": times[name],
                     "all_peak_rss_mib": memory[name],
                 }
-                for name in VARIANTS
+                for name in selected
             }
             for row in summary.values():
                 row["samples_per_second"] = samples / row["median_seconds"]
-            ratios = {
-                "capture / plain time (paired)": (_ratio(paired["times"]["capture"], paired["times"]["plain"]), 1.05, "<="),
-                "capture_rows / plain time (paired)": (_ratio(paired["times"]["capture_rows"], paired["times"]["plain"]), 1.05, "<="),
-                "eager / capture time (paired)": (_ratio(paired["times"]["eager"], paired["times"]["capture"]), 2.0, ">="),
-                "capture / plain CPU time (paired)": (_ratio(paired["cpu"]["capture"], paired["cpu"]["plain"]), 1.05, "<="),
-                "capture / plain peak RSS (per round)": (_ratio(memory["capture"], memory["plain"]), 1.10, "<="),
-                "capture_rows / plain peak RSS (per round)": (_ratio(memory["capture_rows"], memory["plain"]), 1.10, "<="),
-                "eager / plain peak RSS (per round)": (_ratio(memory["eager"], memory["plain"]), None, ""),
-                "extract_rows / extract time": (_ratio(whole["extract_rows"], whole["extract"]), 1.10, "<="),
-            }
-            ratios = {
-                name: {"ratio": value, "target": f"{direction} {limit}" if limit else "", "met": None if limit is None else (value <= limit if direction == "<=" else value >= limit)}
-                for name, (value, limit, direction) in ratios.items()
-            }
+            measures = {"time": times, "CPU time": paired["cpu"], "peak RSS": memory}
+            ratios = {}
+            for top, bottom, measure, limit, direction in RATIOS:
+                if top not in summary or bottom not in summary:
+                    continue
+                how = "per round" if measure == "peak RSS" else ("paired" if top in IN_PROCESS else "per round, separate processes")
+                value = _ratio(measures[measure][top], measures[measure][bottom])
+                met = None if limit is None else (value <= limit if direction == "<=" else value >= limit)
+                ratios[f"{top} / {bottom} {measure} ({how})"] = {"ratio": value, "target": f"{direction} {limit}" if limit else "", "met": met}
             # the same time ratios from each variant's fastest round: the least-disturbed runs (this
             # machine's speed swings up to 4× with its neighbours' load; paired medians and minima
             # bracket the uncontended ratio)
-            for top, bottom in (("capture", "plain"), ("capture_rows", "plain"), ("eager", "capture"), ("extract_rows", "extract")):
-                source = whole if top in whole else paired["times"]
-                ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(source[top]) / min(source[bottom]), "target": "", "met": None}
+            for top, bottom, measure, _, _ in RATIOS:
+                if measure == "time" and top in summary and bottom in summary:
+                    ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(times[top]) / min(times[bottom]), "target": "", "met": None}
             results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
             print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}{'working MiB':>13}")
@@ -277,7 +309,7 @@ def parent_main(args) -> int:
                 print(f"{variant:<14}{row['median_seconds']:>10.2f}{row['samples_per_second']:>11.2f}{row['peak_rss_mib']:>14.0f}{work:>13}")
             for name, row in ratios.items():
                 verdict = "" if row["met"] is None else ("met" if row["met"] else "MISSED")
-                print(f"  {name:<36} {row['ratio']:.3f}  {row['target']} {verdict}")
+                print(f"  {name:<48} {row['ratio']:.3f}  {row['target']} {verdict}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwritten {args.out}")
