@@ -131,8 +131,10 @@ def build(shape: Shape, folder: Path, device, dtype) -> Path:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
 
-    from attnwh.extract.benchmarks import get_benchmark
-    from attnwh.extract.toy.builder import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, TinyLlavaSpec, build_processor, set_generation_tokens
+    from attnwh.extract.toy import shapes
+    from attnwh.extract.toy.builder import (
+        BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, TinyLlavaSpec, build_processor, save_pretrained_atomically, set_generation_tokens,
+    )
 
     vision = CLIPVisionConfig(
         hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate, num_hidden_layers=shape.vision_layers,
@@ -153,10 +155,8 @@ def build(shape: Shape, folder: Path, device, dtype) -> Path:
     with torch.device(device):
         model = LlavaForConditionalGeneration._from_config(config, dtype=dtype)
     set_generation_tokens(model, PAD_ID, BOS_ID, EOS_ID)
-    words = sorted({word for sample in get_benchmark("toy-shapes").load(None, "test") for word in sample.question.replace("?", " ?").split()})
-    spec = TinyLlavaSpec(image_size=shape.image_size, patch_size=shape.patch_size)
-    model.save_pretrained(folder)
-    build_processor(spec, [*words, "is", "there", "a", "red", "circle", "in", "the", "image", "?"]).save_pretrained(folder)
+    processor = build_processor(TinyLlavaSpec(image_size=shape.image_size, patch_size=shape.patch_size), shapes.vocabulary())
+    save_pretrained_atomically(folder, model, processor)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()

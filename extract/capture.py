@@ -114,7 +114,6 @@ class CaptureSession:
     n_layers: int
     region: torch.Tensor | None = None  # [batch, prompt_position] bool: image positions in the question's boxes
     step: int = -1  # index of the current forward pass
-    statistics_cache: dict[str, torch.Tensor] = field(default_factory=dict)  # query -> [layer, batch, head, stat] on CPU
     rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp32
     hidden: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> 0..n_layers -> [batch, hidden]
 
@@ -171,16 +170,14 @@ class CaptureSession:
         """
         result = {}
         for name, layers in self.rows.items():
-            if name not in self.statistics_cache:
-                rows = torch.stack(layers)  # [layer, batch, head, key]
-                n_layers, batch = rows.shape[:2]
-                step = QUERY_STEPS[name]
-                segments = self._segments_at_step[step].repeat(n_layers, 1)
-                region = self._region_at_step[step]
-                region = region.repeat(n_layers, 1) if region is not None else None
-                stats = row_statistics(rows.reshape(n_layers * batch, *rows.shape[2:]), segments, region)
-                self.statistics_cache[name] = stats.reshape(n_layers, batch, *stats.shape[1:]).cpu()
-            result[name] = self.statistics_cache[name]
+            rows = torch.stack(layers)  # [layer, batch, head, key]
+            n_layers, batch = rows.shape[:2]
+            step = QUERY_STEPS[name]
+            segments = self._segments_at_step[step].repeat(n_layers, 1)
+            region = self._region_at_step[step]
+            region = region.repeat(n_layers, 1) if region is not None else None
+            stats = row_statistics(rows.reshape(n_layers * batch, *rows.shape[2:]), segments, region)
+            result[name] = stats.reshape(n_layers, batch, *stats.shape[1:]).cpu()
         return result
 
     def stacked_rows(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:  # query -> [layer, batch, head, key] on CPU

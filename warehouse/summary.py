@@ -27,7 +27,6 @@ from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY
 
 _KEYS = ["run_id", "query", "layer", "head"]
 RANKS_KEPT = 64  # places per sample kept in head_ranks; visual_heads with a larger k reads head_metrics
-SCORES = ("image_sum", "concentration", "concentration_x_sum")
 
 
 def head_scores(metrics: pa.Table) -> dict[str, np.ndarray]:
@@ -109,13 +108,11 @@ def rank_head_metrics(metrics: pa.Table, kept: int = RANKS_KEPT) -> pa.Table:
     each of the first ``kept`` places among its sample's heads (per run, sample and query)."""
     if metrics.num_rows == 0:
         return HEAD_RANKS.empty_table()
-    run = pc.dictionary_encode(metrics.column("run_id")).combine_chunks()
-    query = pc.dictionary_encode(metrics.column("query")).combine_chunks()
     sample = metrics.column("sample_idx").to_numpy(zero_copy_only=False)
     layer = metrics.column("layer").to_numpy(zero_copy_only=False)
     head = metrics.column("head").to_numpy(zero_copy_only=False)
-    run_code = run.indices.to_numpy(zero_copy_only=False)
-    query_code = query.indices.to_numpy(zero_copy_only=False)
+    run_code = pc.dictionary_encode(metrics.column("run_id")).combine_chunks().indices.to_numpy(zero_copy_only=False)
+    query_code = pc.dictionary_encode(metrics.column("query")).combine_chunks().indices.to_numpy(zero_copy_only=False)
     # one group per (run, sample, query); groups in a fixed order, the rows of each in rank order
     _, group = np.unique(np.stack([run_code, sample, query_code]), axis=1, return_inverse=True)
     group = group.reshape(-1)
@@ -126,23 +123,20 @@ def rank_head_metrics(metrics: pa.Table, kept: int = RANKS_KEPT) -> pa.Table:
         ordered_group = group[order]
         starts = np.flatnonzero(np.r_[True, ordered_group[1:] != ordered_group[:-1]])
         place = np.arange(order.size) - np.repeat(starts, np.diff(np.r_[starts, order.size])) + 1
-        keep = order[place <= kept]
+        kept_places = place <= kept
+        keep = pa.array(order[kept_places])
         places = pa.table(
             {
-                "run_id": run.take(pa.array(keep)),
-                "query": query.take(pa.array(keep)),
-                "rank": pa.array(place[place <= kept].astype(np.int16)),
-                "layer": pa.array(layer[keep]),
-                "head": pa.array(head[keep]),
-                "one": pa.array(np.ones(keep.size, dtype=np.int32)),
+                "run_id": metrics.column("run_id").take(keep),
+                "query": metrics.column("query").take(keep),
+                "rank": pa.array(place[kept_places].astype(np.int16)),
+                "layer": metrics.column("layer").take(keep),
+                "head": metrics.column("head").take(keep),
+                "n": pa.array(np.ones(len(keep), dtype=np.int32)),
             }
         )
-        grouped = places.group_by(["run_id", "query", "rank", "layer", "head"], use_threads=False).aggregate([("one", "sum")])
+        grouped = places.group_by(["run_id", "query", "rank", "layer", "head"], use_threads=False).aggregate([("n", "sum")])
+        grouped = grouped.rename_columns(["n" if name == "n_sum" else name for name in grouped.column_names])
         tables.append(grouped.append_column("score", pa.array([score] * grouped.num_rows, pa.string())))
-    ranks = pa.concat_tables(tables).rename_columns(
-        ["n" if name == "one_sum" else name for name in tables[0].column_names]
-    )
-    ranks = ranks.select(HEAD_RANKS.names)
-    ranks = ranks.set_column(0, "run_id", pc.cast(ranks.column("run_id"), pa.string()))
-    ranks = ranks.set_column(1, "query", pc.cast(ranks.column("query"), pa.string()))
-    return ranks.cast(HEAD_RANKS).sort_by([("query", "ascending"), ("score", "ascending"), ("rank", "ascending"), ("layer", "ascending"), ("head", "ascending")])
+    ranks = pa.concat_tables(tables).select(HEAD_RANKS.names).cast(HEAD_RANKS)
+    return ranks.sort_by([(name, "ascending") for name in ("query", "score", "rank", "layer", "head")])
