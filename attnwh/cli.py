@@ -86,6 +86,7 @@ def extract(
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
     prompt_format: Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")] = "chat_template",
+    prompt_style: Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")] = "llava-eval",
 ) -> None:
     """Run a model over a benchmark and store attention statistics, raw rows and answers.
 
@@ -113,6 +114,7 @@ def extract(
         run_id=run,
         max_parts=max_parts,
         prompt_format=prompt_format,
+        prompt_style=prompt_style,
         command=["attnwh", *sys.argv[1:]],
     )
     with _progress() as on_progress:
@@ -179,6 +181,7 @@ def mask(
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
+    prompt_style: Annotated[str, typer.Option(help="As for attnwh extract: llava-eval or study.")] = "llava-eval",
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
 ) -> None:
     """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.
@@ -211,6 +214,7 @@ def mask(
         dtype=dtype,
         device=device,
         prompt_format=prompt_format,
+        prompt_style=prompt_style,
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )
@@ -278,6 +282,7 @@ def benchmarks(fmt: FormatOption = "table") -> None:
                 "splits": ", ".join(b.splits),
                 "default_split": b.default_split,
                 "template": b.template,
+                "study_template": b.template_for("study"),
                 "max_new_tokens": b.max_new_tokens,
                 "about": b.description,
                 "data": b.data_help,

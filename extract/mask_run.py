@@ -21,7 +21,7 @@ import torch
 
 from attnwh.errors import UsageError
 from attnwh.extract.benchmarks import Sample
-from attnwh.extract.benchmarks.templates import render_question
+from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE, render_question
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.prompts import PromptFormat
@@ -54,6 +54,7 @@ class MaskOptions:
     dtype: str = "auto"
     device: str = "auto"
     prompt_format: str = "chat_template"
+    prompt_style: str = DEFAULT_PROMPT_STYLE
     max_new_tokens: int | None = None
     run_id: str | None = None
     command: list[str] = field(default_factory=lambda: list(sys.argv))
@@ -103,7 +104,7 @@ def run_mask(warehouse_path: Path | str | None, options: MaskOptions, on_progres
     if pending:
         loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
         batch_size = 1 if options.mode == "paper" else options.batch_size
-        sweep = _Sweep(loaded, setup.prompt_format, benchmark.template, setup.samples, batch_size, setup.max_new_tokens)
+        sweep = _Sweep(loaded, setup.prompt_format, setup.template, setup.samples, batch_size, setup.max_new_tokens)
         means = sweep.head_means() if options.mode == "mean" else {}
         if on_progress:
             on_progress(0, len(pending))

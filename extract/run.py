@@ -25,7 +25,7 @@ from attnwh.extract.benchmarks import Benchmark, Sample, get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.registry import check_split
-from attnwh.extract.benchmarks.templates import LETTERS, render_question
+from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE, LETTERS, check_style, render_question
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec, capture_session
 from attnwh.extract.models import Adapter, LoadedModel, ModelSource, load_config, load_model, model_info, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
@@ -63,6 +63,7 @@ class ExtractOptions:
     run_id: str | None = None
     max_parts: int | None = None  # stop after writing this many parts (the rest resumes later)
     prompt_format: str = "chat_template"
+    prompt_style: str = DEFAULT_PROMPT_STYLE  # llava-eval | study: how the benchmark's question is worded
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -107,7 +108,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
     settings = BatchSettings(
-        loaded, setup.prompt_format, setup.benchmark.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer)
+        loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer)
     )
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
     progress = {"done": 0}
@@ -151,6 +152,7 @@ class RunSetup:
     config: Any
     adapter: Adapter
     prompt_format: PromptFormat
+    template: str  # the benchmark's question template in the chosen prompt style
     device: torch.device
     dtype: torch.dtype
     max_new_tokens: int
@@ -161,6 +163,7 @@ class RunSetup:
 def prepare_run(options) -> RunSetup:
     """Benchmark, samples, model config, prompt format, device and dtype from ``ExtractOptions`` / ``MaskOptions``."""
     benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
+    prompt_style = check_style(options.prompt_style)
     split = check_split(benchmark, options.split)
     data = resolve_data(benchmark, options.data)
     samples = benchmark.load(data, split)
@@ -184,6 +187,7 @@ def prepare_run(options) -> RunSetup:
         "model_revision": revision(source, config),
         "dtype": str(dtype).removeprefix("torch."),
         "prompt_format": prompt_format.name,
+        "prompt_style": prompt_style,
         "benchmark": benchmark.name,
         "benchmark_version": benchmark.version,
         "split": split,
@@ -199,7 +203,10 @@ def prepare_run(options) -> RunSetup:
         "command": options.command,
         "environment": environment_info(),
     }
-    return RunSetup(benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, device, dtype, max_new_tokens, spec, details)
+    template = benchmark.template_for(prompt_style)
+    return RunSetup(
+        benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, template, device, dtype, max_new_tokens, spec, details
+    )
 
 
 def _check_options(options: ExtractOptions) -> None:

@@ -82,19 +82,48 @@ def json_list_items(path: Path, expected: str, key: str | None = None) -> tuple[
     return document, _array_items(text, start)
 
 
-def read_json_lines(path: Path, expected: str) -> list[Located]:
-    """The values of a JSON-lines file (blank lines skipped), each with its line number."""
-    items = []
+class BadLine(ValueError):
+    """A line of a JSON-lines file that is not JSON, kept in place by ``read_json_lines(keep_bad_lines=True)``."""
+
+
+def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False) -> list[Located]:
+    """The values of a JSON-lines file (blank lines skipped), each with its line number.
+
+    A line that is not JSON refuses the file, or with ``keep_bad_lines`` becomes a ``BadLine`` item
+    (for loaders that make it an error row); a file with no good line is refused either way.
+    """
+    items: list[Located] = []
+    first_error = None
     for number, line in enumerate(read_text(path).split("\n"), start=1):  # not splitlines: U+2028 is valid in JSON
         if not line.strip():
             continue
         try:
             items.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: line {number}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}") from exc
+            message = f"{path}: line {number}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}"
+            if not keep_bad_lines:
+                raise BenchmarkError(message) from exc
+            first_error = first_error or message
+            items.append((number, BadLine(f"not JSON ({exc.msg} at column {exc.colno})")))
     if not items:
         raise BenchmarkError(f"{path}: line 1: the file is empty; expected {expected}")
+    if first_error is not None and all(isinstance(item, BadLine) for _, item in items):
+        raise BenchmarkError(first_error)
     return items
+
+
+def read_json_records(path: Path, expected: str) -> list[Located]:
+    """The items of a JSON array or of a JSON-lines file, whichever the file is, each with its line.
+
+    POPE publishes both under one suffix: its COCO files are JSON lines, its A-OKVQA and GQA files
+    pretty-printed arrays.
+    """
+    if read_text(path).lstrip().startswith("["):
+        _, items = json_list_items(path, expected)
+        if not items:
+            raise BenchmarkError(f"{path}: line 1: the list is empty; expected {expected}")
+        return items
+    return read_json_lines(path, expected)
 
 
 def check_keys_somewhere(path: Path, items: Sequence[Located], required: Sequence[str], expected: str) -> None:

@@ -206,6 +206,7 @@ def _register(name: str, circular: bool, description: str) -> None:
             description=description,
             load=partial(load, circular),
             template="letter_choice",
+            study_template="study_letter_choice",
             splits=SPLITS,
             default_split=DEFAULT_SPLIT,
             data_help=DATA_HELP,

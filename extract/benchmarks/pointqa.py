@@ -25,10 +25,21 @@ Files read (``--data`` is the file, or a folder holding it; images are found rel
   ``obj_question``, ``super_question`` and ``answer``;
 * Shikra's ``pointQA_twice_{val,test}.jsonl``: one object per line with ``file_path``, ``bbox``
   ([x0, y0, x1, y1]), ``point`` and the same question and answer fields;
-* the ``pointingqa`` release's LookTwice-QA JSON: an object mapping a Visual Genome image id to a
-  list of questions with ``img_question`` (the ``obj`` question), ``pt_question`` (the ``super``
-  question), ``ans``, ``bbox`` (a Visual Genome object: ``x``, ``y``, ``w``, ``h``) and ``div``
-  (train / trainadd / val / test: entries of other splits are skipped); images ``<id>.jpg``.
+* the first release (princetonvisualai/pointingqa, ``Datasets/LookTwiceQA``):
+  ``looktwiceqa_dataset.json``, whose entries (a JSON array, or a mapping of Visual Genome image id
+  to that image's entries) carry ``Img_id``, ``Obj_question`` ("How many dogs are there?"),
+  ``Super_question`` ("How many of these animals are there?"), ``General_question`` ("How many of
+  these are there?"), ``Ans``, ``BBox`` (a Visual Genome object: ``x``, ``y``, ``w``, ``h``,
+  ``names``, ...), ``Point`` {x, y, ans}, ``Obj_type`` and ``Supercategory``; images ``<id>.jpg``.
+  Its splits are the Visual Genome image ids listed in ``looktwiceqa_{train,val,test}_imgs.json``
+  beside it; with those lists present, a split is exactly the entries of its images. The authors'
+  generation script (``create_looktwice_initial.py``) wrote ``img_question`` (the object question),
+  ``pt_question`` (the object replaced by "of these": the *general* question), ``ans``, ``bbox``,
+  ``obj_type`` and an image ``id``; those names are read too.
+
+Keys: ``id`` / ``question_id`` where an entry has one; else ``{image id}-{n}`` (the entry's place
+among its image's entries) for the first release, or the line number. A repeated key is an error
+row, like every malformed entry.
 """
 
 from __future__ import annotations
@@ -47,13 +58,15 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from attnwh.errors import BenchmarkError
-from attnwh.extract.benchmarks.images import ImageLoadError, file_loader, open_image_file
+from attnwh.extract.benchmarks import formats
+from attnwh.extract.benchmarks.images import file_loader, open_image_file
 from attnwh.extract.benchmarks.registry import Benchmark, Box, Sample, register_benchmark
 from attnwh.extract.benchmarks.templates import LETTERS
 
 QUESTION_TYPES = ("general", "obj", "super")
 VARIANTS = ("visual", "plain")
-SPLITS = ("test", "val")
+SPLITS = ("test", "val", "train")
+PARSER = "letter"
 GENERAL_QUESTION = "How many of these are there?"  # LookTwice-QA's pointing question before the category is inserted
 RECTANGLE_HINT = "The exemplary object is within the rectangle."  # ViP-LLaVA's PointQA prompt
 RECTANGLE_RGBA = (255, 0, 0, 128)  # red at ViP-LLaVA's evaluation alpha (--alpha 128)
@@ -61,23 +74,24 @@ LINE_WIDTH_PER_ANCHOR = 3  # px per ANCHOR_SIZE px of the image's longer side (V
 ANCHOR_SIZE = 336  # the CLIP crop size ViP-LLaVA scales its line width by
 N_OPTIONS = 4
 SPREAD = 3  # distractors lie within ±SPREAD of the true count
+SPLIT_LIST = "looktwiceqa_{split}_imgs.json"  # the first release's split: a JSON list of image ids
+EXPECTED = "a JSON array of PointQA entries, JSON lines, or the LookTwice-QA release (image id -> entries)"
 
-# field name -> accepted names, first match wins
+# field name -> accepted names, first match wins (ViP-LLaVA / Shikra, then the first release, then its generation script)
 FIELDS: dict[str, tuple[str, ...]] = {
     "key": ("question_id", "id"),
     "image": ("image", "file_path", "img_path", "image_path", "file_name"),
-    "image_id": ("genome_id", "image_id", "vg_id"),
-    "boxes": ("bboxes", "bbox", "box"),
-    "answer": ("answer", "ans", "count"),
-    "general": ("general_question",),
-    "obj": ("obj_question", "object_question", "img_question"),
-    "super": ("super_question", "supercategory_question", "pt_question"),
+    "image_id": ("Img_id", "img_id", "genome_id", "image_id", "vg_id"),
+    "boxes": ("bboxes", "bbox", "box", "BBox"),
+    "answer": ("answer", "Ans", "ans", "count"),
+    "general": ("general_question", "General_question", "pt_question"),
+    "obj": ("obj_question", "Obj_question", "object_question", "img_question"),
+    "super": ("super_question", "Super_question", "supercategory_question"),
     "split": ("div", "split"),
-    "category": ("obj_type", "object", "category"),
+    "category": ("obj_type", "Obj_type", "object", "category"),
 }
 _GENOME_FOLDERS = (".", "VG_100K", "VG_100K_2", "images")
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_SPLIT_NAMES = {"test": ("test",), "val": ("val", "validation")}  # values of an entry's div / split field
+_SPLIT_NAMES = {"test": ("test",), "val": ("val", "validation"), "train": ("train", "trainadd")}  # values of div / split
 
 
 class _RowError(ValueError):
@@ -86,37 +100,31 @@ class _RowError(ValueError):
 
 @dataclass(frozen=True)
 class _Row:
-    where: str  # 'line 3' / 'entry 3' / 'image 2414753 entry 1', for messages
-    key: str
-    fields: Any  # the decoded JSON value, or the _RowError it failed with
+    where: str  # 'line 3' / 'entry 3 (line 4)' / 'image 2414753 entry 1', for messages
+    key: str  # the key when the entry has no id of its own
+    fields: Any  # the decoded JSON value, or the error it failed with
 
 
 def load(data: Path | None, split: str | None, *, variant: str, question_type: str) -> list[Sample]:
     """Samples of one variant and question type, in file order."""
-    if data is None:
-        raise BenchmarkError("PointQA needs --data: " + DATA_HELP)
+    root = formats.require_data("PointQA", data, DATA_HELP)
     split = split or SPLITS[0]
-    annotation = annotation_file(Path(data), split)
+    annotation = annotation_file(root, split)
     rows = read_rows(annotation, split)
-    samples = [_sample(row, annotation.parent, variant, question_type) for row in rows]
-    first_seen: dict[str, str] = {}
-    for row, sample in zip(rows, samples):
-        if sample.key in first_seen:
-            raise BenchmarkError(f"{annotation}: {row.where}: id {sample.key!r} repeats {first_seen[sample.key]}; expected unique ids")
-        first_seen[sample.key] = row.where
-    return samples
+    return formats.unique_keys([_sample(row, annotation.parent, variant, question_type) for row in rows])
 
 
 def annotation_file(data: Path, split: str) -> Path:
-    """The file itself, or the PointQA file of a folder: among its .json / .jsonl files those naming
-    PointQA or LookTwice if any, then the one naming the split, or the only one."""
+    """The file itself, or the PointQA file of a folder: among its .json / .jsonl files (split lists
+    excluded) those naming PointQA or LookTwice if any, then the one naming the split, or the only one."""
     if data.is_file():
         return data
     if not data.is_dir():
         raise BenchmarkError(f"PointQA data {data} does not exist")
-    candidates = sorted(path for pattern in ("*.json", "*.jsonl") for path in data.glob(pattern))
+    candidates = formats.find_files(data, lambda path: path.suffix.lower() in (".json", ".jsonl") and path.parent == data)
+    candidates = [path for path in candidates if not _is_split_list(path)]
     candidates = [path for path in candidates if re.search(r"pointqa|looktwice", path.stem.lower())] or candidates
-    named = [path for path in candidates if split in re.split(r"[^a-z]+", path.stem.lower())]
+    named = [path for path in candidates if split in formats.name_tokens(path)]
     if len(named) == 1:
         return named[0]
     if len(candidates) == 1:
@@ -125,79 +133,86 @@ def annotation_file(data: Path, split: str) -> Path:
     raise BenchmarkError(f"{data}: expected one PointQA .json / .jsonl file (or one naming split {split!r}); found {found}")
 
 
+def _is_split_list(path: Path) -> bool:
+    return any(path.name.lower() == SPLIT_LIST.format(split=split) for split in SPLITS)
+
+
 def read_rows(path: Path, split: str) -> list[_Row]:
-    """The rows of a PointQA file in any of the three layouts, without the entries of other splits."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BenchmarkError(f"{path}: cannot read as UTF-8 text ({exc})") from exc
+    """The rows of a PointQA file in any of its layouts, only those of ``split``."""
+    text = formats.read_text(path)
     if not text.strip():
-        raise BenchmarkError(f"{path}: the file is empty; expected a JSON array, JSON lines or a LookTwice-QA JSON object")
+        raise BenchmarkError(f"{path}: the file is empty; expected {EXPECTED}")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as exc:
         if not text.lstrip().startswith("{"):
-            raise BenchmarkError(
-                f"{path}: line {exc.lineno} column {exc.colno}: not JSON ({exc.msg}); "
-                "expected a JSON array of PointQA entries, JSON lines, or a LookTwice-QA JSON object"
-            ) from exc
-        rows = _json_lines(text, path)
+            raise BenchmarkError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); expected {EXPECTED}") from exc
+        lines = formats.read_json_lines(path, "one PointQA JSON object per line", keep_bad_lines=True)
+        rows = [_Row(f"line {line}", str(line), value) for line, value in lines]
     else:
         if isinstance(document, list):
-            rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(_array_entries(text), 1)]
+            _, items = formats.json_list_items(path, EXPECTED)
+            rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(items, 1)]
         elif isinstance(document, dict) and document and all(isinstance(value, list) for value in document.values()):
             rows = _genome_mapping(document)
         elif isinstance(document, dict):
             rows = [_Row("line 1", "1", document)]  # JSON lines with a single line
         else:
-            raise BenchmarkError(f"{path}: the top level is a JSON {type(document).__name__}; expected an array of PointQA entries")
-    if rows and all(not isinstance(row.fields, dict) for row in rows):
+            raise BenchmarkError(f"{path}: line 1: the top level is a JSON {type(document).__name__}; expected {EXPECTED}")
+    if rows and all(not isinstance(row.fields, (dict, formats.BadLine)) for row in rows):
         raise BenchmarkError(f"{path}: {rows[0].where}: not a JSON object; expected PointQA entries (objects with a question, box and answer)")
-    return [row for row in rows if _in_split(row.fields, split)]
-
-
-def _json_lines(text: str, path: Path) -> list[_Row]:
-    rows, first_error = [], None
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(_Row(f"line {number}", str(number), json.loads(line)))
-        except json.JSONDecodeError as exc:
-            first_error = first_error or (number, exc)
-            rows.append(_Row(f"line {number}", str(number), _RowError(f"not JSON ({exc.msg} at column {exc.colno})")))
-    if all(isinstance(row.fields, _RowError) for row in rows):
-        number, exc = first_error
-        raise BenchmarkError(f"{path}: line {number} column {exc.colno}: not JSON ({exc.msg}); expected one PointQA JSON object per line")
-    return rows
-
-
-def _array_entries(text: str) -> list[tuple[int, Any]]:
-    """(line, value) of each element of a JSON array already known to be valid."""
-    decoder = json.JSONDecoder()
-    entries, line, counted = [], 1, 0
-    position = _WHITESPACE.match(text, 0).end() + 1  # past '['
-    while True:
-        position = _WHITESPACE.match(text, position).end()
-        if text[position] == ",":
-            position = _WHITESPACE.match(text, position + 1).end()
-        if text[position] == "]":
-            return entries
-        line += text.count("\n", counted, position)
-        counted = position
-        value, position = decoder.raw_decode(text, position)
-        entries.append((line, value))
+    rows = _release_keys(rows)
+    return _split_rows(path, rows, split)
 
 
 def _genome_mapping(document: dict[str, list]) -> list[_Row]:
-    """The ``pointingqa`` release: image id -> questions; the image id names the image."""
+    """The release as image id -> entries: the image id names the image."""
     rows = []
     for image_id, entries in document.items():
         for index, entry in enumerate(entries, 1):
             if isinstance(entry, dict):
-                entry = {"genome_id": image_id, **{name: value for name, value in entry.items() if name != "id"}}
+                entry = {"Img_id": image_id, **{name: value for name, value in entry.items() if name != "id"}}
             rows.append(_Row(f"image {image_id} entry {index}", f"{image_id}-{index}", entry))
     return rows
+
+
+def _release_keys(rows: list[_Row]) -> list[_Row]:
+    """Entries of the release listed flat (``Img_id``, no id): keyed ``{image id}-{n}`` as in the mapping layout."""
+    counts: dict[str, int] = {}
+    keyed = []
+    for row in rows:
+        fields = row.fields
+        if isinstance(fields, dict) and _field(fields, "key") is None and _field(fields, "image_id") is not None and "image " not in row.where:
+            image_id = str(_field(fields, "image_id")).strip()
+            counts[image_id] = counts.get(image_id, 0) + 1
+            row = _Row(row.where, f"{image_id}-{counts[image_id]}", fields)
+        keyed.append(row)
+    return keyed
+
+
+def _split_rows(path: Path, rows: list[_Row], split: str) -> list[_Row]:
+    """The rows of ``split``: by the release's image-id lists when present, else by an entry's div / split field."""
+    lists = {name: path.parent / SPLIT_LIST.format(split=name) for name in SPLITS}
+    present = {name: file for name, file in lists.items() if file.is_file()}
+    if present:
+        if split not in present:
+            raise BenchmarkError(f"{path.parent}: the split lists are {', '.join(file.name for file in present.values())}; {lists[split].name} is missing")
+        images = _image_ids(present[split])
+        return [row for row in rows if not isinstance(row.fields, dict) or _image_id(row.fields) in images]
+    return [row for row in rows if _in_split(row.fields, split)]
+
+
+def _image_ids(path: Path) -> set[str]:
+    _, items = formats.json_list_items(path, 'a JSON list of Visual Genome image ids like ["2414753", ...]')
+    ids = {formats.id_value(value) for _, value in items}
+    if None in ids:
+        line = next(line for line, value in items if formats.id_value(value) is None)
+        raise BenchmarkError(f"{path}: line {line}: not an image id; expected a JSON list of Visual Genome image ids")
+    return ids
+
+
+def _image_id(fields: dict) -> str | None:
+    return formats.id_value(_field(fields, "image_id"))
 
 
 def _in_split(fields: Any, split: str) -> bool:
@@ -217,13 +232,13 @@ def _field(fields: dict, name: str) -> Any:
 def _sample(row: _Row, root: Path, variant: str, question_type: str) -> Sample:
     fields = row.fields
     try:
-        if isinstance(fields, _RowError):
-            raise fields
+        if isinstance(fields, formats.BadLine):
+            raise _RowError(str(fields))
         if not isinstance(fields, dict):
             raise _RowError(f"a JSON {type(fields).__name__}, expected an object")
         return _parse(fields, _key(fields, row.key), root, variant, question_type)
     except _RowError as exc:
-        return Sample(key=_error_key(fields, row.key), question="", load_image=_no_image, parser="letter", error=f"{row.where}: {exc}")
+        return formats.error_sample(_error_key(fields, row.key), f"{row.where}: {exc}", PARSER)
 
 
 def _error_key(fields: Any, fallback: str) -> str:
@@ -239,8 +254,9 @@ def _parse(fields: dict, key: str, root: Path, variant: str, question_type: str)
     count = parse_count(_field(fields, "answer"))
     question = _question(fields, question_type)
     image = _image_loader(fields, root)
+    note = None
     if variant == "visual":
-        question = f"{question} {RECTANGLE_HINT}"
+        note = RECTANGLE_HINT
         image = partial(draw_rectangles, image, boxes)
     choices, gold = count_options(count, key)
     category = _field(fields, "category")
@@ -251,7 +267,8 @@ def _parse(fields: dict, key: str, root: Path, variant: str, question_type: str)
         choices=choices,
         gold=gold,
         category=str(category) if category is not None else None,
-        parser="letter",
+        parser=PARSER,
+        note=note,
         boxes=boxes,
     )
 
@@ -356,17 +373,14 @@ def draw_rectangles(load_image: Callable[[], Image.Image], boxes: tuple[Box, ...
     return Image.alpha_composite(image, overlay).convert("RGB")
 
 
-def _no_image() -> Image.Image:
-    raise ImageLoadError("the row is malformed; no image to load")
-
-
 DATA_HELP = (
     "a LookTwice-QA file, or a folder holding one (the file naming the split if several): ViP-LLaVA's "
     "pointQA_twice_test.json (JSON array: image, bboxes [[x0,y0,x1,y1]], general_question, obj_question, "
     "super_question, answer), Shikra's pointQA_twice_<split>.jsonl (file_path, bbox [x0,y0,x1,y1], the same "
-    "questions and answer), or the pointingqa release's JSON (Visual Genome image id -> entries with "
-    "img_question, pt_question, ans, bbox {x,y,w,h}, div); image paths are relative to the file's folder, "
-    "Visual Genome ids are found as <id>.jpg there or in VG_100K / VG_100K_2 / images"
+    "questions and answer), or the first release's looktwiceqa_dataset.json (Img_id, General_question, "
+    "Obj_question, Super_question, Ans, BBox {x,y,w,h}) with looktwiceqa_<split>_imgs.json beside it; image "
+    "paths are relative to the file's folder, Visual Genome ids are found as <id>.jpg there or in VG_100K / "
+    "VG_100K_2 / images"
 )
 _QUESTION_TEXT = {
     "general": "'How many of these are there?'",
@@ -380,13 +394,14 @@ for _variant in VARIANTS:
         register_benchmark(
             Benchmark(
                 name=f"pointqa-{_variant}-{_question_type}",
-                version="1",
+                version="2",
                 description=(
                     f"LookTwice-QA counting, {_QUESTION_TEXT[_question_type]}, {_VARIANT_TEXT[_variant]}; "
                     "4 count options; region = the box"
                 ),
                 load=partial(load, variant=_variant, question_type=_question_type),
                 template="letter_choice",
+                study_template="study_letter_choice",
                 max_new_tokens=8,  # as the other letter-choice benchmarks
                 splits=SPLITS,
                 default_split="test",

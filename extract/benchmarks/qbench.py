@@ -1,16 +1,18 @@
 """``qbench``: Q-Bench's LLVisionQA, multiple choice about low-level image quality (blur, noise, lighting).
 
-The public files are JSON lists, ``llvisionqa_dev.json`` (with answers) and ``llvisionqa_test.json``
-(without them at first release), of ``{"img_path": "00079.jpg", "question": "How is the lighting ...?",
-"question_type": 1, "question_concern": 3, "candidates": ["High", "Low", "Medium"], "correct_ans":
-"High"}``, with the images in a folder (``images/``, ``images_llvisionqa/``).
+The authors' files are JSON lists, ``llvisionqa_dev.json`` (with answers) and ``llvisionqa_test.json``
+(without them), of ``{"type": 2, "concern": 3, "question": "How is the lighting of this building?",
+"img_path": "00653.jpg", "candidates": ["High", "Low", "Medium"], "correct_ans": "Low"}``, with the
+images in a folder (``images/``, ``images_llvisionqa/``). The hub export names the two codes
+``question_type`` / ``question_concern``; both spellings are read.
 
 The options are the candidates in file order (2 to 4 of them) and the gold letter is the position of
 ``correct_ans`` among them; a file without any ``correct_ans`` gives samples without gold. Items have
 no id of their own, and each LLVisionQA image has one question, so the key is ``img_path``. The
-category is ``{question type} / {concern}``, both from Q-Bench's codes: type 0 ``yes-or-no``, 1
-``what``, 2 ``how``; concern 0 ``distortion``, 1 ``other low-level``, 2 ``in-context distortion``,
-3 ``in-context other`` (so ``split_part(category, ' / ', 1)`` is the type).
+category is ``{type} / {concern}`` as the file gives them, each code named as Q-Bench names it:
+type 0 ``yes-or-no``, 1 ``what``, 2 ``how``; concern 0 ``distortion``, 1 ``other low-level``,
+2 ``in-context distortion``, 3 ``in-context other`` (so ``split_part(category, ' / ', 1)`` is the
+type); a code given as text is kept as it is, an unknown number shown as ``type 7``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ DEFAULT_SPLIT = "dev"
 PARSER = "letter"
 REQUIRED = ("img_path", "question", "candidates")
 MIN_CANDIDATES, MAX_CANDIDATES = 2, 4
+TYPE_FIELDS = ("type", "question_type")  # the authors' files, the hub export
+CONCERN_FIELDS = ("concern", "question_concern")
 QUESTION_TYPES = {0: "yes-or-no", 1: "what", 2: "how"}
 CONCERNS = {0: "distortion", 1: "other low-level", 2: "in-context distortion", 3: "in-context other"}
 EXPECTED = 'a JSON list of LLVisionQA questions like {"img_path": ..., "question": ..., "candidates": [...], "correct_ans": ...}'
@@ -70,7 +74,7 @@ def _sample(where: str, item: Any, has_answers: bool, images: formats.ImageIndex
     if not isinstance(item, dict):
         return formats.error_sample(where.replace(" ", "-"), f"{where}: not a JSON object", PARSER)
     key = formats.text_value(item.get("img_path"))
-    category = _category(item.get("question_type"), item.get("question_concern"))
+    category = _category(_first(item, TYPE_FIELDS), _first(item, CONCERN_FIELDS))
     gold, problem = _gold(item, has_answers)
     if key is None:
         problem = "img_path is missing or empty"
@@ -99,20 +103,33 @@ def _gold(item: dict[str, Any], has_answers: bool) -> tuple[str | None, str | No
     return LETTERS[positions[0]], None
 
 
+def _first(item: dict[str, Any], names: tuple[str, ...]) -> Any:
+    return next((item[name] for name in names if item.get(name) is not None), None)
+
+
 def _category(question_type: Any, concern: Any) -> str | None:
-    """``{type} / {concern}`` from Q-Bench's codes; an unknown code is shown as a number."""
+    """``{type} / {concern}``: Q-Bench's codes named, text kept, an unknown code shown as a number."""
     if question_type is None and concern is None:
         return None
-    return f"{QUESTION_TYPES.get(question_type, f'type {question_type}')} / {CONCERNS.get(concern, f'concern {concern}')}"
+    return f"{_code_name(question_type, QUESTION_TYPES, 'type')} / {_code_name(concern, CONCERNS, 'concern')}"
+
+
+def _code_name(value: Any, names: dict[int, str], what: str) -> str:
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int) and not isinstance(value, bool) and value in names:
+        return names[value]
+    return f"{what} {value}"
 
 
 register_benchmark(
     Benchmark(
         name=NAME,
-        version="1",
+        version="2",
         description="Q-Bench LLVisionQA: multiple choice on low-level image quality (distortions, lighting, clarity)",
         load=load,
         template="letter_choice",
+        study_template="study_qbench",
         splits=SPLITS,
         default_split=DEFAULT_SPLIT,
         data_help=DATA_HELP,

@@ -34,6 +34,7 @@ class Sample:
     category: str | None = None
     parser: str = "yes_no"  # a name in ``parsers.PARSERS``
     hint: str | None = None  # MMBench's hint / context, shown before the question
+    note: str | None = None  # a sentence the llava-eval prompt adds after the question (PointQA's rectangle hint)
     boxes: tuple[Box, ...] = ()  # regions the question points at (PointQA)
     group: str | None = None  # samples scored together (MMBench circular: the question's index)
     error: str | None = None  # set by the loader for a malformed row: the sample becomes an error row
@@ -45,12 +46,19 @@ class Benchmark:
     version: str  # bumped whenever loading, prompts or parsing change what a run produces
     description: str
     load: Callable[[Path | None, str | None], list[Sample]]  # (data, split) -> samples
-    template: str = "as_is"  # a name in ``templates.TEMPLATES``
+    template: str = "as_is"  # a name in ``templates.TEMPLATES``: the llava-eval prompt style
+    study_template: str | None = None  # the study prompt style's template (None: the same as ``template``)
     max_new_tokens: int = 8
     splits: tuple[str, ...] = field(default=())
     default_split: str | None = None
     data_required: bool = True  # False: built in (the toy)
     data_help: str = ""  # the files ``--data`` accepts
+
+    def template_for(self, style: str) -> str:
+        """The template name of a prompt style (``templates.PROMPT_STYLES``)."""
+        if style == "study" and self.study_template is not None:
+            return self.study_template
+        return self.template
 
 
 BENCHMARKS: dict[str, Benchmark] = {}

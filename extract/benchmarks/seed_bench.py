@@ -148,6 +148,7 @@ register_benchmark(
         description="SEED-Bench: four-option multiple choice over nine image dimensions (video questions skipped)",
         load=load,
         template="letter_choice",
+        study_template="study_seed",
         splits=SPLITS,
         default_split="test",
         data_help=DATA_HELP,

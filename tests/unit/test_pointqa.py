@@ -12,7 +12,7 @@ from attnwh.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError
 from attnwh.extract.benchmarks.pointqa import count_options
-from attnwh.extract.benchmarks.templates import LETTERS
+from attnwh.extract.benchmarks.templates import LETTERS, render_question
 
 GREY = (128, 128, 128)
 HINT = " The exemplary object is within the rectangle."
@@ -84,7 +84,7 @@ def load(name: str, data: Path, split: str | None = None):
 def test_six_benchmarks_are_registered_as_letter_choice():
     for name in NAMES:
         benchmark = get_benchmark(name)
-        assert (benchmark.template, benchmark.version, benchmark.default_split) == ("letter_choice", "1", "test")
+        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == ("letter_choice", "study_letter_choice", "2", "test")
         assert benchmark.data_required and "bboxes" in benchmark.data_help
 
 
@@ -99,7 +99,10 @@ def test_vip_llava_layout_questions_boxes_and_keys(vip_data):
         visual = load(f"pointqa-visual-{kind}", vip_data)
         assert [sample.key for sample in plain] == ["pointQA_twice-1", "pointQA_twice-2", "pointQA_twice-3", "pointQA_twice-4"]
         assert [sample.question for sample in plain[:2]] == questions
-        assert [sample.question for sample in visual[:2]] == [question + HINT for question in questions]
+        assert [sample.question for sample in visual[:2]] == questions  # the rectangle sentence is the prompt's note
+        assert [render_question("letter_choice", sample).split("\n")[0] for sample in visual[:2]] == [question + HINT for question in questions]
+        assert [render_question("study_letter_choice", sample).split("\n")[0] for sample in visual[:2]] == questions
+        assert {sample.note for sample in plain} == {None}
         for samples in (plain, visual):
             assert samples[0].boxes == ((10.0, 8.0, 30.0, 28.0),)
             assert samples[1].boxes == ((100.0, 50.0, 400.0, 300.0),)
@@ -178,36 +181,81 @@ def test_shikra_json_lines_with_a_bad_line(tmp_path):
     assert [sample.key for sample in samples] == ["1", "2", "4"]
     assert samples[0].question == "How many horses are there?" and samples[0].boxes == ((100.0, 50.0, 400.0, 300.0),)
     assert samples[1].error.startswith("line 2: not JSON")
-    assert samples[2].error == "line 4: no answer (expected one of answer, ans, count)"
+    assert samples[2].error == "line 4: no answer (expected one of answer, Ans, ans, count)"
     assert [sample.key for sample in load("pointqa-plain-obj", tmp_path, "val")] == ["1"]
 
 
-def test_pointingqa_release_layout_keeps_the_split_and_finds_genome_images(tmp_path):
+def release_entry(image_id: str, obj: str, answer: str, obj_type: str) -> dict:
+    """An entry of looktwiceqa_dataset.json with the fields its README lists (Img_id ... Supercategory)."""
+    return {
+        "Img_id": image_id, "Obj_question": obj, "Super_question": "How many of these animals are there?",
+        "General_question": "How many of these are there?", "Ans": answer,
+        "BBox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": [obj_type[:-1]], "synsets": []},
+        "Point": {"x": 9, "y": 12, "ans": answer}, "Obj_type": obj_type, "Supercategory": "animal",
+    }
+
+
+def write_release(root: Path, as_mapping: bool) -> Path:
+    """The first release as its README describes it: the dataset file and the split lists of image ids."""
+    (root / "VG_100K_2").mkdir(parents=True)
+    for image_id, size in (("2414753", (80, 60)), ("2410576", (90, 70)), ("150444", (50, 40))):
+        Image.new("RGB", size, GREY).save(root / "VG_100K_2" / f"{image_id}.jpg")
+    entries = [
+        release_entry("2414753", "How many dogs are there?", "2", "dogs"),
+        release_entry("2410576", "How many cats are there?", "5", "cats"),
+        release_entry("2414753", "How many birds are there?", "3", "birds"),
+        release_entry("150444", "How many cows are there?", "4", "cows"),
+    ]
+    if as_mapping:
+        mapping: dict[str, list] = {}
+        for entry in entries:
+            mapping.setdefault(entry["Img_id"], []).append(entry)
+        (root / "looktwiceqa_dataset.json").write_text(json.dumps(mapping), encoding="utf-8")
+    else:
+        write_json_array(root / "looktwiceqa_dataset.json", entries)
+    for split, ids in (("train", ["150444"]), ("val", ["2410576"]), ("test", ["2414753"])):
+        (root / f"looktwiceqa_{split}_imgs.json").write_text(json.dumps(ids), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize("as_mapping", [False, True])
+def test_first_release_splits_come_from_the_image_id_lists(tmp_path, as_mapping):
+    root = write_release(tmp_path, as_mapping)
+    test = load("pointqa-plain-general", root, "test")
+    assert [(sample.key, sample.question, sample.boxes, sample.category) for sample in test] == [
+        ("2414753-1", "How many of these are there?", ((4.0, 6.0, 14.0, 18.0),), "dogs"),
+        ("2414753-2", "How many of these are there?", ((4.0, 6.0, 14.0, 18.0),), "birds"),
+    ]
+    assert [sample.choices[LETTERS.index(sample.gold)] for sample in test] == ["2", "3"]
+    assert test[0].load_image().size == (80, 60)
+    assert [sample.question for sample in load("pointqa-plain-obj", root, "test")] == ["How many dogs are there?", "How many birds are there?"]
+    assert [sample.question for sample in load("pointqa-plain-super", root, "test")] == ["How many of these animals are there?"] * 2
+    assert [(sample.key, sample.question) for sample in load("pointqa-plain-obj", root, "val")] == [("2410576-1", "How many cats are there?")]
+    assert [sample.key for sample in load("pointqa-plain-obj", root / "looktwiceqa_dataset.json", "train")] == ["150444-1"]
+    (root / "looktwiceqa_val_imgs.json").unlink()
+    with pytest.raises(BenchmarkError, match="looktwiceqa_val_imgs.json is missing"):
+        load("pointqa-plain-obj", root, "val")
+
+
+def test_generation_script_names_pt_question_is_the_general_question(tmp_path):
+    """create_looktwice_initial.py writes img_question (the object question) and pt_question (the object replaced by 'of these')."""
     (tmp_path / "VG_100K_2").mkdir()
     Image.new("RGB", (80, 60), GREY).save(tmp_path / "VG_100K_2" / "2414753.jpg")
-    def entry(question: str, answer: str, division: str) -> dict:
-        return {"id": 2414753, "img_question": question, "pt_question": "How many of these beings are there?", "ans": answer,
-                "qtype": "howmany", "point": {"x": 9, "y": 12, "ans": answer}, "obj_type": "dogs", "div": division,
-                "bbox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": ["dog"], "synsets": ["dog.n.01"]}}
-    document = {"2414753": [entry("How many dogs are there?", "2", "test"), entry("How many cats are there?", "5", "train"),
-                            entry("How many birds are there?", "6", "val")]}
-    (tmp_path / "looktwice.json").write_text(json.dumps(document), encoding="utf-8")
-    test = load("pointqa-plain-general", tmp_path / "looktwice.json", "test")
-    assert [(sample.key, sample.question, sample.boxes, sample.category) for sample in test] == [
-        ("2414753-1", "How many of these are there?", ((4.0, 6.0, 14.0, 18.0),), "dogs")
-    ]
-    assert test[0].choices[LETTERS.index(test[0].gold)] == "2"
-    assert test[0].load_image().size == (80, 60)
-    val = load("pointqa-plain-obj", tmp_path / "looktwice.json", "val")
-    assert [(sample.key, sample.question) for sample in val] == [("2414753-3", "How many birds are there?")]
-    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].question == "How many of these beings are there?"
+    entry = {"id": 2414753, "img_question": "How many dogs are there?", "pt_question": "How many of these are there?", "ans": "2",
+             "qtype": "howmany", "point": {"x": 9, "y": 12, "ans": "2"}, "obj_type": "dogs",
+             "bbox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": ["dog"], "synsets": ["dog.n.01"]}}
+    (tmp_path / "looktwice.json").write_text(json.dumps({"2414753": [entry]}), encoding="utf-8")
+    general = load("pointqa-plain-general", tmp_path / "looktwice.json", "test")
+    assert [(sample.key, sample.question, sample.category) for sample in general] == [("2414753-1", "How many of these are there?", "dogs")]
+    assert load("pointqa-plain-obj", tmp_path / "looktwice.json")[0].question == "How many dogs are there?"
+    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].error.endswith("no super question (expected one of super_question, Super_question, supercategory_question)")
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("this is not json", r"line 1 column 1: not JSON .*expected a JSON array"),
-        ("42", r"top level is a JSON int; expected an array"),
+        ("this is not json", r"line 1, column 1: not valid JSON .*expected a JSON array"),
+        ("42", r"line 1: the top level is a JSON int; expected a JSON array"),
         ('["2414753", "2410576"]', r"entry 1 \(line 1\): not a JSON object; expected PointQA entries"),
         ("", r"the file is empty"),
     ],
@@ -223,15 +271,17 @@ def test_file_not_in_the_format_names_file_and_place(tmp_path, content, expected
 def test_all_json_lines_broken_is_a_format_error(tmp_path):
     path = tmp_path / "pointQA_twice_test.jsonl"
     path.write_text("{broken\n{also broken\n", encoding="utf-8")
-    with pytest.raises(BenchmarkError, match=r"line 1 column 2: not JSON .*one PointQA JSON object per line"):
+    with pytest.raises(BenchmarkError, match=r"line 1, column 2: not valid JSON .*one PointQA JSON object per line"):
         load("pointqa-plain-obj", path)
 
 
-def test_repeated_ids_and_ambiguous_folders_are_refused(tmp_path):
+def test_repeated_ids_are_error_rows_and_ambiguous_folders_are_refused(tmp_path):
     write_images(tmp_path)
     write_json_array(tmp_path / "a.json", [VIP_ENTRIES[0], VIP_ENTRIES[0]])
-    with pytest.raises(BenchmarkError, match=r"entry 2 \(line 3\): id 'pointQA_twice-1' repeats entry 1 \(line 2\)"):
-        load("pointqa-plain-obj", tmp_path / "a.json")
+    samples = load("pointqa-plain-obj", tmp_path / "a.json")
+    assert [(sample.key, sample.error) for sample in samples] == [
+        ("pointQA_twice-1", None), ("pointQA_twice-1#2", "key pointQA_twice-1 repeats an earlier item's key")
+    ]
     write_json_array(tmp_path / "b.json", VIP_ENTRIES[:1])
     with pytest.raises(BenchmarkError, match=r"expected one PointQA .json / .jsonl file.*found a.json, b.json"):
         load("pointqa-plain-obj", tmp_path)
