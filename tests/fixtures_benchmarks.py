@@ -107,6 +107,33 @@ def pope_folder(root: Path) -> Path:
     return root
 
 
+def pope_seem_folder(root: Path) -> Path:
+    """POPE's A-OKVQA and GQA files as published: pretty-printed JSON arrays (4-space indent), ``*_pope_seem_{setting}.json``.
+
+    A-OKVQA questions name COCO images (in ``val2014/``), GQA questions Visual Genome ids (in ``images/``).
+    aokvqa adversarial: 1 yes (RGB 12×10), 2 no (same image); popular / random: one each. gqa
+    adversarial: 1 yes (RGB 14×9), 2 missing image; popular / random: one each.
+    """
+    write_images(root / "val2014", {"COCO_val2014_000000461751.jpg": jpeg((12, 10))})
+    write_images(root / "images", {"2405722.jpg": jpeg((14, 9))})
+
+    def question(question_id: int, image: str, text: str, label: str) -> dict[str, Any]:
+        return {"question_id": question_id, "image": image, "text": text, "label": label}
+
+    coco, gqa = "COCO_val2014_000000461751.jpg", "2405722.jpg"
+    files = {
+        "aokvqa_pope_seem_adversarial.json": [question(1, coco, "Is there a building in the image?", "yes"), question(2, coco, "Is there a sky in the image?", "no")],
+        "aokvqa_pope_seem_popular.json": [question(1, coco, "Is there a person in the image?", "yes")],
+        "aokvqa_pope_seem_random.json": [question(1, coco, "Is there a kite in the image?", "no")],
+        "gqa_pope_seem_adversarial.json": [question(1, gqa, "Is there a bird in the image?", "yes"), question(2, "2400000.jpg", "Is there a wall in the image?", "no")],
+        "gqa_pope_seem_popular.json": [question(1, gqa, "Is there a tree in the image?", "yes")],
+        "gqa_pope_seem_random.json": [question(1, gqa, "Is there a boat in the image?", "no")],
+    }
+    for name, items in files.items():
+        (root / name).write_text(json.dumps(items, indent=4), encoding="utf-8")
+    return root
+
+
 POPE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -271,7 +298,8 @@ QBENCH_RUSSIAN = "Какое искажение есть на этом изоб�
 def qbench_folder(root: Path) -> Path:
     """llvisionqa_dev.json / llvisionqa_test.json (one item per line) and images/.
 
-    Dev items, by line: 2 how / in-context other (RGB 28×21), 3 yes-or-no / distortion (RGBA 9×19),
+    Keys as in the authors' files (``type``, ``concern``, ...; item 3 with the hub export's
+    ``question_type`` / ``question_concern``). Dev items, by line: 2 how / in-context other (RGB 28×21), 3 yes-or-no / distortion (RGBA 9×19),
     4 what / other low-level, non-ASCII (grayscale 33×11), 5 one candidate (error), 6 answer not a
     candidate (error), 7 missing image.
     """
@@ -279,7 +307,9 @@ def qbench_folder(root: Path) -> Path:
     write_images(root / "images", images)
 
     def item(img_path: str, question: str, question_type: int, concern: int, candidates: list[str], answer: str | None) -> str:
-        fields = {"img_path": img_path, "question": question, "question_concern": concern, "question_type": question_type, "candidates": candidates}
+        # the authors' keys in the authors' order; the second item uses the hub export's names for the two codes
+        names = ("question_type", "question_concern") if img_path == "00080.png" else ("type", "concern")
+        fields = {names[0]: question_type, names[1]: concern, "question": question, "img_path": img_path, "candidates": candidates}
         return json_line(fields if answer is None else {**fields, "correct_ans": answer})
 
     dev = [

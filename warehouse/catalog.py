@@ -30,6 +30,7 @@ RUNS = pa.schema(
         ("kind", pa.string()),
         ("model", pa.string()),
         ("benchmark", pa.string()),
+        ("split", pa.string()),
         ("created", pa.string()),
         ("fingerprint", pa.string()),
         ("n_samples", pa.int64()),
@@ -41,6 +42,8 @@ RUNS = pa.schema(
         ("n_heads", pa.int32()),
         ("n_kv_heads", pa.int32()),
         ("dtype", pa.string()),
+        ("prompt_format", pa.string()),
+        ("prompt_style", pa.string()),
         ("device", pa.string()),
         ("spec", pa.string()),
         ("path", pa.string()),
@@ -180,6 +183,7 @@ def runs_table(warehouse: Warehouse) -> pa.Table:
         except WarehouseError:
             continue
         model_info = manifest.get("model_info") or {}
+        spec = manifest.get("spec") or {}
         committed = len(parts.committed_part_ids(run))
         rows.append(
             {
@@ -187,6 +191,7 @@ def runs_table(warehouse: Warehouse) -> pa.Table:
                 "kind": manifest.get("kind"),
                 "model": manifest.get("model"),
                 "benchmark": manifest.get("benchmark"),
+                "split": spec.get("split"),
                 "created": manifest.get("created"),
                 "fingerprint": manifest.get("fingerprint"),
                 "n_samples": manifest.get("n_samples"),
@@ -197,9 +202,11 @@ def runs_table(warehouse: Warehouse) -> pa.Table:
                 "n_layers": model_info.get("n_layers"),
                 "n_heads": model_info.get("n_heads"),
                 "n_kv_heads": model_info.get("n_kv_heads"),
-                "dtype": manifest.get("spec", {}).get("dtype"),
+                "dtype": spec.get("dtype"),
+                "prompt_format": spec.get("prompt_format"),
+                "prompt_style": spec.get("prompt_style"),
                 "device": manifest.get("device"),
-                "spec": json.dumps(manifest.get("spec", {}), sort_keys=True),
+                "spec": json.dumps(spec, sort_keys=True),
                 "path": str(Path(run.root)),
             }
         )

@@ -61,18 +61,21 @@ def load_error(name: str, data: Path, split: str | None = None) -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "template", "splits", "default"),
+    ("name", "templates", "splits", "default", "version"),
     [
-        ("pope", "short_answer", ("adversarial", "popular", "random", "all"), "adversarial"),
-        ("mmbench", "letter_choice", ("dev", "test"), "dev"),
-        ("mmbench-circular", "letter_choice", ("dev", "test"), "dev"),
-        ("seed-bench", "letter_choice", ("test",), "test"),
-        ("qbench", "letter_choice", ("dev", "test"), "dev"),
+        ("pope", ("short_answer", "as_is"), ("adversarial", "popular", "random", "all"), "adversarial", "1"),
+        ("pope-aokvqa", ("short_answer", "as_is"), ("adversarial", "popular", "random", "all"), "adversarial", "1"),
+        ("pope-gqa", ("short_answer", "as_is"), ("adversarial", "popular", "random", "all"), "adversarial", "1"),
+        ("mmbench", ("letter_choice", "study_letter_choice"), ("dev", "test"), "dev", "1"),
+        ("mmbench-circular", ("letter_choice", "study_letter_choice"), ("dev", "test"), "dev", "1"),
+        ("seed-bench", ("letter_choice", "study_seed"), ("test",), "test", "1"),
+        ("qbench", ("letter_choice", "study_qbench"), ("dev", "test"), "dev", "2"),
     ],
 )
-def test_registration(name, template, splits, default):
+def test_registration(name, templates, splits, default, version):
     benchmark = get_benchmark(name)
-    assert (benchmark.template, benchmark.splits, benchmark.default_split, benchmark.version) == (template, splits, default, "1")
+    assert (benchmark.template_for("llava-eval"), benchmark.template_for("study")) == templates
+    assert (benchmark.splits, benchmark.default_split, benchmark.version) == (splits, default, version)
     assert benchmark.data_required and benchmark.data_help and benchmark.description
     assert "--data" in load_error(name, None)
 
@@ -145,6 +148,43 @@ def test_pope_bad_files(tmp_path):
 
 
 # ---------------------------------------------------------------- POPE Parquet
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "size"),
+    [("pope-aokvqa", ("1", "Is there a building in the image?", "yes"), (12, 10)), ("pope-gqa", ("1", "Is there a bird in the image?", "yes"), (14, 9))],
+)
+def test_pope_seem_arrays_each_source_its_own_files(tmp_path, name, first, size):
+    root = fx.pope_seem_folder(tmp_path / "seem")
+    samples = get_benchmark(name).load(root, None)
+    assert [(sample.key, sample.question, sample.gold) for sample in samples][0] == first
+    assert len(samples) == 2 and {sample.category for sample in samples} == {"adversarial"}
+    assert_image(samples[0], size)
+    everything = get_benchmark(name).load(root, "all")
+    assert [sample.key for sample in everything] == ["adversarial-1", "adversarial-2", "popular-1", "random-1"]
+    prefix = name.removeprefix("pope-")
+    single = get_benchmark(name).load(root / f"{prefix}_pope_seem_popular.json", "popular")
+    assert [sample.key for sample in single] == ["1"]
+    other = "pope-gqa" if name == "pope-aokvqa" else "pope-aokvqa"
+    assert f"use --benchmark {name}" in load_error(other, root / f"{prefix}_pope_seem_random.json", "random")
+    assert f"use --benchmark {name}" in load_error("pope", root / f"{prefix}_pope_seem_random.json", "random")
+    assert "no coco_pope_adversarial.json found" in load_error("pope", root)
+
+
+def test_pope_gqa_missing_image_is_an_error_row_when_loaded(tmp_path):
+    samples = get_benchmark("pope-gqa").load(fx.pope_seem_folder(tmp_path / "seem"), "adversarial")
+    assert samples[1].error is None
+    assert_broken_image(samples[1], "2400000.jpg", "not found")
+
+
+def test_pope_reads_a_json_array_and_crlf_lines_alike(tmp_path):
+    items = [{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cup in the image?", "label": "no"}]
+    fx.write_images(tmp_path / "val2014", {"COCO_val2014_000000000001.jpg": fx.jpeg((8, 6))})
+    (tmp_path / "coco_pope_random.json").write_text(json.dumps(items, indent=4), encoding="utf-8")
+    (tmp_path / "coco_pope_popular.json").write_bytes((json.dumps(items[0]) + "\r\n").encode())
+    for split in ("random", "popular"):
+        samples = get_benchmark("pope").load(tmp_path, split)
+        assert [(sample.key, sample.question, sample.gold, sample.category) for sample in samples] == [("1", "Is there a cup in the image?", "no", split)]
 
 
 def test_pope_parquet(tmp_path):
