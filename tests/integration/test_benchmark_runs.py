@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from attnwh.errors import BenchmarkError
+from attnwh.errors import BenchmarkError, UsageError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session
-from tests.fixtures_benchmarks import pope_folder
+from tests.fixtures_benchmarks import pope_folder, qbench_folder
 
 
 def test_pope_with_broken_rows_and_images(tmp_path, tiny_mha):
@@ -49,3 +49,28 @@ def test_a_hub_dataset_id_without_a_hub_fails_clearly(monkeypatch, tmp_path):
         resolve_data(get_benchmark("pope"), "lmms-lab/POPE")
     with pytest.raises(BenchmarkError, match="does not exist"):
         resolve_data(get_benchmark("pope"), "./no/such/folder")
+
+
+def test_prompt_style_is_a_fingerprinted_choice(tmp_path, tiny_mha):
+    data = qbench_folder(tmp_path / "qbench")
+    warehouse = tmp_path / "wh"
+    runs = {}
+    for style in ("llava-eval", "study", "study"):
+        options = ExtractOptions(model=str(tiny_mha), benchmark="qbench", data=data, limit=3, prompt_style=style, device="cpu", command=["test"])
+        result = run_extract(warehouse, options)
+        runs.setdefault(style, result.run_id)
+        assert result.run_id == runs[style]  # the same style again resumes its run
+    assert runs["llava-eval"] != runs["study"]
+    with open_session(warehouse) as session:
+        rows = session.query(
+            "select r.prompt_style, s.sample_key, s.prompt from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx"
+        ).to_pylist()
+    first = {row["prompt_style"]: row["prompt"] for row in rows if row["sample_key"] == "00079.jpg"}
+    assert first["study"].endswith(
+        "How is the lighting of this image?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n ASSISTANT:"
+    )
+    assert first["llava-eval"].endswith(
+        "How is the lighting of this image?\nA. High\nB. Low\nC. Medium\nAnswer with the option's letter from the given choices directly. ASSISTANT:"
+    )
+    with pytest.raises(UsageError, match="unknown prompt style 'paper'; choose llava-eval, study"):
+        run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark="qbench", data=data, prompt_style="paper", device="cpu"))
