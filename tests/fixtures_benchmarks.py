@@ -239,8 +239,7 @@ def seed_folder(root: Path) -> Path:
     def question(question_id: str, text: str, answer: str, data_id: str, data_type: str = "image", type_id: int = 5) -> str:
         return json_line(
             {"answer": answer, "choice_a": "One", "choice_b": "Two", "choice_c": "Three", "choice_d": "Four", "data_id": data_id,
-             "data_source": "cc3m", "data_type": data_type, "level": "L1", "question": text, "question_id": question_id,
-             "question_type_id": type_id, "subpart": "Scene & Instance"}
+             "data_type": data_type, "question": text, "question_id": question_id, "question_type_id": type_id}  # SEED-Bench v1's keys
         )
 
     lines = [

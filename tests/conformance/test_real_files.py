@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from attnwh.cli import app
 from attnwh.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.benchmarks.registry import check_split
 from attnwh.extract.benchmarks.templates import render_question
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.models import load_model, resolve_source
@@ -129,8 +130,6 @@ def test_seed_bench_keeps_the_image_question_and_skips_video_ones():
     ]
     assert len(document["questions"]) == 4 and len(samples) == 1
     with pytest.raises(BenchmarkError, match="has splits test"):
-        from attnwh.extract.benchmarks.registry import check_split
-
         check_split(get_benchmark("seed-bench"), "dev")
 
 
@@ -146,6 +145,8 @@ def test_mmbench_transcribed_rows_keep_hint_options_and_answer():
         expected.append((row["index"], row["question"], row["hint"] or None, tuple(present), gold, row["category"], None))
     assert [(s.key, s.question, s.hint, s.choices, s.gold, s.category, s.error) for s in samples] == expected
     assert len(samples) == 3 and any(s.hint and "\n" in s.hint for s in samples)
+    with pytest.raises(BenchmarkError, match="holds split dev, not test"):
+        get_benchmark("mmbench").load(path, "test")
 
 
 # ---------------------------------------------------------------- prompts on real records
