@@ -1,30 +1,34 @@
 """The ``attnwh`` command line: a thin layer over the library.
 
 Library code raises ``AttnwhError`` subclasses; every command turns them into one line on stderr and
-a non-zero exit code. Option mistakes caught by the parser also give one line.
+a non-zero exit code. Option mistakes caught by the parser also give one line. Anything else is a
+bug: one line ``attnwh: internal error: ...`` and exit code 70, the traceback only with ``--debug``
+or ``ATTNWH_DEBUG=1``. Only typer's public API is used (``typer.Exit``, ``typer.Abort``,
+``typer.TyperException``), never its vendored click.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-try:  # typer ≥ 0.20 vendors click
-    from typer._click import exceptions as click_exceptions
-except ImportError:  # pragma: no cover
-    from click import exceptions as click_exceptions
-
 from attnwh.errors import AttnwhError, UsageError
+
+INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE in sysexits.h: a bug, not the user's mistake
+DEBUG_ENV = "ATTNWH_DEBUG"
 
 app = typer.Typer(
     name="attnwh",
     help="A data warehouse of attention statistics for vision-language models.\n\n"
-    "Example: attnwh extract && attnwh report",
+    "Example: attnwh extract && attnwh report\n\n"
+    "--debug (anywhere on the line) or ATTNWH_DEBUG=1 prints the traceback of an internal error.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -32,7 +36,7 @@ app = typer.Typer(
 )
 
 WarehouseOption = Annotated[
-    Path | None,
+    str | None,
     typer.Option("--warehouse", "-w", help="Warehouse folder (default: $ATTNWH_WAREHOUSE, else ./attnwh-warehouse)."),
 ]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
@@ -56,6 +60,28 @@ def handles_errors(command):
             _fail("interrupted; committed parts are kept, run the same command again to resume", 130)
 
     return wrapper
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"attnwh: warning: {line}", err=True)
+
+
+class _session:
+    """The query session of a read command; runs left out of it are named on stderr, never dropped silently."""
+
+    def __init__(self, warehouse: str | None):
+        self.warehouse = warehouse
+
+    def __enter__(self):
+        from attnwh.queries.library import open_session
+
+        self.catalog = open_session(self.warehouse)
+        _warn(self.catalog.warnings)
+        return self.catalog
+
+    def __exit__(self, *exc_info) -> None:
+        self.catalog.close()
 
 
 def _check_format(fmt: str) -> str:
@@ -343,7 +369,6 @@ def sql(
     Example: attnwh sql "select layer, avg(image_sum) from head_metrics where query = 'gen1' group by layer order by layer"
     """
     from attnwh.output import render
-    from attnwh.queries.library import open_session
 
     _check_format(fmt)
     if (statement is None) == (file is None):
@@ -353,7 +378,7 @@ def sql(
             statement = file.read_text()
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from exc
-    with open_session(warehouse) as session:
+    with _session(warehouse) as session:
         table = session.user_query(statement)
     typer.echo(render(table, fmt))
 
@@ -374,7 +399,7 @@ def query(
     import pyarrow as pa
 
     from attnwh.output import render
-    from attnwh.queries.library import marts, open_session, run_mart
+    from attnwh.queries.library import marts, run_mart
 
     _check_format(fmt)
     if list_:
@@ -397,7 +422,7 @@ def query(
         if not separator or not key.strip():
             raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
         given[key.strip()] = value
-    with open_session(warehouse) as session:
+    with _session(warehouse) as session:
         table = run_mart(session, name, given)
     typer.echo(render(table, fmt))
 
@@ -410,10 +435,9 @@ def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None
     Example: attnwh runs --format json
     """
     from attnwh.output import render
-    from attnwh.queries.library import open_session
 
     _check_format(fmt)
-    with open_session(warehouse) as session:
+    with _session(warehouse) as session:
         table = session.query(
             "select run_id, kind, model, benchmark, n_samples, parts_committed, n_parts, complete, dtype, created "
             "from runs order by created, run_id"
@@ -478,25 +502,41 @@ def report(
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
     formats = ("html",) if fmt == "html" else ("html", fmt)
-    target = build_report(warehouse, out, query=query, formats=formats, top=top)
+    target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=_warn)
     typer.echo(f"report written to {target}")
 
 
-def main() -> None:
-    """Console entry point: parser errors become one line, like library errors."""
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: parser errors become one line, like library errors; a bug one line too."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     try:
-        code = app(standalone_mode=False)
-    except click_exceptions.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except click_exceptions.ClickException as exc:
-        typer.echo(f"attnwh: error: {exc.format_message()}", err=True)
+        code = app(args=args, prog_name="attnwh", standalone_mode=False)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click_exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click_exceptions.Abort:
+    except typer.Abort:
         typer.echo("attnwh: error: aborted", err=True)
         sys.exit(130)
+    except typer.TyperException as exc:  # the parser's errors (and its request for help on no arguments)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        context = getattr(exc, "ctx", None)
+        if context is not None and message == context.get_help():
+            typer.echo(message)
+            sys.exit(0)
+        typer.echo(f"attnwh: error: {' '.join(message.split())}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        typer.echo("attnwh: error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001  a bug: one line, the traceback on request
+        if debug:
+            traceback.print_exc()
+        text = str(exc).strip()
+        detail = f": {text.splitlines()[0]}" if text else ""
+        hint = "" if debug else f" (--debug or {DEBUG_ENV}=1 shows the traceback)"
+        typer.echo(f"attnwh: internal error: {type(exc).__name__}{detail}{hint}", err=True)
+        sys.exit(INTERNAL_ERROR_EXIT)
     sys.exit(code if isinstance(code, int) else 0)
 
 

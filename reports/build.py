@@ -170,6 +170,10 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
     }
 
 
+WARNINGS_TITLE = "Damaged runs"
+WARNINGS_TEXT = "Runs left out are in none of the charts below; `attnwh verify` names every damaged file."
+
+
 def build_report(
     warehouse_path: Path | str | None,
     out: Path | str,
@@ -177,8 +181,12 @@ def build_report(
     formats: tuple[str, ...] = ("html",),
     top: int = 20,
     max_samples: int = 50,
+    warn: Callable[[list[str]], None] | None = None,
 ) -> Path:
-    """Write the report set into ``out``; returns the path of ``index.html``."""
+    """Write the report set into ``out``; returns the path of ``index.html``.
+
+    Damaged runs (left out of the session, or not resumable) are passed to ``warn`` and listed first on the first page.
+    """
     unknown = [fmt for fmt in formats if fmt not in ("html", "png", "svg")]
     if unknown:
         raise UsageError(f"unknown report format {', '.join(unknown)}; choose html, png or svg")
@@ -188,8 +196,12 @@ def build_report(
     rendered: dict[str, str] = {}
     exports: list[tuple[str, dict]] = []
     with open_session(warehouse_path) as session:
-        for name, (title, sections) in pages.items():
+        if warn is not None:
+            warn(session.warnings)
+        for index, (name, (title, sections)) in enumerate(pages.items()):
             page = Page(title, links=links)
+            if index == 0 and session.warnings:
+                page.sections.append(Section(WARNINGS_TITLE, WARNINGS_TEXT, "", table=[{"warning": line} for line in session.warnings]))
             for number, section in enumerate(sections):
                 built = _section(session, section)
                 page.sections.append(built)

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
 from attnwh.warehouse import parts
-from attnwh.warehouse.layout import Warehouse
-from attnwh.warehouse.runs import read_manifest
-from attnwh.warehouse.schema import TABLES
+from attnwh.warehouse.layout import RunPaths, Warehouse
+from attnwh.warehouse.runs import read_manifest, read_plan
+from attnwh.warehouse.schema import META_VERSION, SCHEMA_VERSION, TABLES
 
 RUNS = pa.schema(
     [
@@ -66,19 +66,38 @@ class Catalog:
         # Parquet footers are read once per session, not once per view bound over them
         self.connection.execute("SET parquet_metadata_cache = true")
         self._keep_alive: list[pa.Table] = []
+        self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
         self._define_raw_views()
 
     # -- building -------------------------------------------------------------------------------
 
     def _define_raw_views(self) -> None:
-        runs = self.warehouse.run_folders()
-        self._register_table("runs", runs_table(self.warehouse))
+        """``runs`` and one view per table over the committed files of every sound run.
+
+        A run whose manifest, commit records or committed tables are damaged is left out of every
+        view (not only of those that join ``runs``) and named in ``warnings``, never dropped silently;
+        one whose plan is damaged is kept (its tables are sound) with a warning that it cannot be resumed.
+        """
+        runs: list[RunPaths] = []
+        files: dict[str, list[str]] = {table: [] for table in TABLES}
+        for run in self.warehouse.run_folders():
+            try:
+                run_files = _sound_table_files(run)
+            except WarehouseError as exc:
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {exc}; see `attnwh verify`")
+                continue
+            for name in parts.unrecorded_parts(run):
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')}: {name} left out: it has no commit record; see `attnwh verify`")
+            plan_problem = _plan_problem(run)
+            if plan_problem is not None:
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')} cannot be resumed: {plan_problem}; see `attnwh verify`")
+            runs.append(run)
+            for table, paths in run_files.items():
+                files[table] += paths
+        self._register_table("runs", runs_table(runs))
         for table, schema in TABLES.items():
-            files = [str(path) for run in runs for path in parts.table_files(run, table)]
-            for path in files:
-                check_file_schema(Path(path), schema)
-            if files:
-                relation = self._with_every_column(self.connection.read_parquet(files, union_by_name=True), schema)
+            if files[table]:
+                relation = self._with_every_column(self.connection.read_parquet(files[table], union_by_name=True), schema)
             else:
                 relation = self._arrow_relation(schema.empty_table())
             relation.create_view(table, replace=True)
@@ -168,20 +187,41 @@ def check_file_schema(path: Path, expected: pa.Schema) -> None:
     try:
         found = pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as exc:
-        raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)}); run `attnwh verify`") from exc
+        raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
+    version = (found.metadata or {}).get(META_VERSION)
+    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+        raise WarehouseError(f"{path}: schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
     for field in expected:
         index = found.get_field_index(field.name)
         if index >= 0 and not found.field(index).type.equals(field.type):
             raise WarehouseError(f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}")
 
 
-def runs_table(warehouse: Warehouse) -> pa.Table:
+def _sound_table_files(run: RunPaths) -> dict[str, list[str]]:
+    """The committed table files of a run, or ``WarehouseError`` naming the first damaged file."""
+    problem = parts.damaged_tables(run)
+    if problem is not None:
+        raise WarehouseError(problem)
+    files = {table: [str(path) for path in parts.table_files(run, table)] for table in TABLES}
+    for table, paths in files.items():
+        for path in paths:
+            check_file_schema(Path(path), TABLES[table])
+    return files
+
+
+def _plan_problem(run: RunPaths) -> str | None:
+    try:
+        read_plan(run, read_manifest(run))
+    except WarehouseError as exc:
+        return str(exc)
+    return None
+
+
+def runs_table(runs: list[RunPaths]) -> pa.Table:
+    """One row per run (the runs given: those whose manifest and commit records were checked)."""
     rows = []
-    for run in warehouse.run_folders():
-        try:
-            manifest = read_manifest(run)
-        except WarehouseError:
-            continue
+    for run in runs:
+        manifest = read_manifest(run)
         model_info = manifest.get("model_info") or {}
         spec = manifest.get("spec") or {}
         committed = len(parts.committed_part_ids(run))

@@ -28,8 +28,20 @@ def part_name(part_id: int) -> str:
     return f"part-{part_id:06d}"
 
 
-def default_warehouse_path() -> Path:
-    return Path(os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE)
+_URL = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def warehouse_location(path: Path | str | None) -> Path:
+    """The local folder a ``--warehouse`` value (or ``$ATTNWH_WAREHOUSE``, else the default) names.
+
+    URLs are refused before anything is created: object storage is not supported yet, and a
+    ``Path`` would quietly turn ``s3://bucket/wh`` into a local folder named ``s3:``.
+    """
+    text = str(path) if path is not None else os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE
+    match = _URL.match(text)
+    if match:
+        raise WarehouseError(f"warehouse {text}: {match.group(1)}:// URLs are not supported yet (no object storage); give a local folder")
+    return Path(text)
 
 
 @dataclass(frozen=True)
@@ -105,13 +117,18 @@ def open_warehouse(path: Path | str | None, create: bool = False) -> Warehouse:
     Refuses a path that is a file, a non-empty folder that is not a warehouse, and a warehouse of a
     newer layout than this version of attnwh understands.
     """
-    root = Path(path) if path is not None else default_warehouse_path()
+    root = warehouse_location(path)
     warehouse = Warehouse(root)
     if root.exists() and not root.is_dir():
         raise WarehouseError(f"warehouse path {root} is a file, not a folder")
     if warehouse.marker.is_file():
         _check_marker(warehouse.marker)
         return warehouse
+    if warehouse.runs_root.is_dir():
+        raise WarehouseError(
+            f"{warehouse.marker} is missing but {warehouse.runs_root} is there: restore it as "
+            f'{{"format": "{FORMAT_NAME}", "layout_version": {LAYOUT_VERSION}}} to open this warehouse'
+        )
     if not create:
         raise WarehouseError(f"no attnwh warehouse at {root} (run `attnwh extract` first, or pass --warehouse)")
     if root.is_dir() and any(root.iterdir()):
@@ -135,12 +152,12 @@ def _check_marker(marker: Path) -> None:
     try:
         content = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:
-        raise WarehouseError(f"{marker} is not readable JSON: {exc}") from exc
-    if content.get("format") != FORMAT_NAME:
+        raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
+    if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")
     version = content.get("layout_version")
     if not isinstance(version, int) or version > LAYOUT_VERSION:
         raise WarehouseError(
-            f"warehouse {marker.parent} has layout version {version}; this attnwh reads up to "
+            f"{marker} has layout version {version}; this attnwh reads up to "
             f"{LAYOUT_VERSION} (upgrade attnwh)"
         )

@@ -24,6 +24,7 @@ from typing import Any
 
 from attnwh.errors import IntegrityError, WarehouseError
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name
+from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.schema import SCHEMA_VERSION
 
 _HASH_BLOCK = 1 << 20
@@ -51,14 +52,44 @@ class CommitRecord:
 
     @classmethod
     def load(cls, path: Path) -> "CommitRecord":
+        """A commit record, refused (naming the file) when unreadable, of the wrong shape or newer than this attnwh."""
         try:
             content = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise IntegrityError(f"commit record {path} is unreadable: {exc}") from exc
+            raise IntegrityError(f"commit record {path} is unreadable ({_first_line(exc)})") from exc
+        if not isinstance(content, dict):
+            raise IntegrityError(f"commit record {path} holds a JSON {type(content).__name__}, not a commit record")
         version = content.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise WarehouseError(f"{path} has schema version {version}; this attnwh reads up to {SCHEMA_VERSION}")
-        return cls(content["part_id"], content["attempt"], content["files"], content["tables"], version)
+        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+            raise IntegrityError(f"commit record {path} has schema version {version!r}; this attnwh reads up to {SCHEMA_VERSION}")
+        files, tables = content.get("files"), content.get("tables")
+        well_formed = (
+            content.get("part_id") == _part_id(path.stem)
+            and isinstance(content.get("attempt"), str)
+            and isinstance(files, list)
+            and all(_file_entry(entry) for entry in files)
+            and isinstance(tables, dict)
+            and all(isinstance(name, str) and isinstance(rows, int) and not isinstance(rows, bool) for name, rows in tables.items())
+        )
+        if not well_formed:
+            raise IntegrityError(f"commit record {path} lacks or mistypes part_id, attempt, files or tables")
+        return cls(content["part_id"], content["attempt"], files, tables, version)
+
+
+def _file_entry(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and not entry["path"].startswith("/")
+        and ".." not in entry["path"].split("/")
+        and isinstance(entry.get("size"), int)
+        and isinstance(entry.get("sha256"), str)
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def new_attempt_id() -> str:
@@ -162,9 +193,47 @@ def recover(run: RunPaths) -> dict[str, int]:
     return {"rolled_forward": rolled, "removed": removed}
 
 
+def damaged_tables(run: RunPaths) -> str | None:
+    """The first problem that stops a reader from trusting this run's tables, or None.
+
+    Cheap enough for every session: the manifest and every commit record are parsed and checked,
+    and every committed Parquet table is stat-ed against its recorded size (hashes are ``verify``'s).
+    """
+    try:
+        read_manifest(run)
+        records = commit_records(run)
+    except WarehouseError as exc:
+        return str(exc)
+    for record in records:
+        folder = part_folder(run, record)
+        for entry in record.files:
+            if not entry["path"].endswith(".parquet"):
+                continue
+            path = folder / entry["path"]
+            try:
+                size = path.stat().st_size
+            except OSError:
+                return f"{path} is missing"
+            if size != entry["size"]:
+                return f"{path} has {size} bytes, its commit record says {entry['size']}"
+    return None
+
+
+def unrecorded_parts(run: RunPaths) -> list[str]:
+    """Published part folders with no commit record: readers cannot trust them, so they are not read."""
+    if not run.parts.is_dir():
+        return []
+    recorded = {part_name(part_id) for part_id in committed_part_ids(run)}
+    return sorted(folder.name for folder in run.parts.iterdir() if folder.is_dir() and folder.name not in recorded)
+
+
 def verify(run: RunPaths) -> list[str]:
-    """Every problem found between the commit log and the files on disk, one line each."""
+    """Every problem found between the manifest, plan, commit log and the files on disk, one line each."""
     problems = []
+    try:
+        load_run(run)
+    except WarehouseError as exc:
+        problems.append(str(exc))
     records = []
     for part_id in sorted(committed_part_ids(run)):
         try:
@@ -193,10 +262,9 @@ def verify(run: RunPaths) -> list[str]:
         for path in sorted(folder.rglob("*")):
             if path.is_file() and path.relative_to(folder).as_posix() not in listed:
                 problems.append(f"{part_name(record.part_id)}: unreferenced file {path.relative_to(folder).as_posix()}")
-    if run.parts.is_dir():
-        for folder in sorted(run.parts.iterdir()):
-            if folder.name not in referenced_parts:
-                problems.append(f"{folder.name}: published without a commit record")
+    for name in unrecorded_parts(run):
+        if name not in referenced_parts:
+            problems.append(f"{name}: published without a commit record ({run.commits / (name + '.json')} is missing)")
     return problems
 
 

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from attnwh.errors import FingerprintMismatch, WarehouseError
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
-from attnwh.warehouse.schema import PLAN
+from attnwh.warehouse.schema import META_VERSION, PLAN, SCHEMA_VERSION
 
 RUN_ID_LENGTH = 12
 
@@ -144,7 +144,7 @@ def open_or_create_run(
     else:
         run_id = digest[:RUN_ID_LENGTH]
     paths = warehouse.run_paths(model, benchmark, run_id)
-    if paths.manifest.is_file():
+    if paths.manifest.is_file() or _has_commits(paths):  # a run with committed parts is resumed, never made anew
         return _resume(paths, spec, digest, run_id), False
     manifest = {
         "run_id": run_id,
@@ -169,21 +169,80 @@ def open_or_create_run(
     return Run(paths, manifest, plan), True
 
 
+# what a RUN.json must hold, and of which types, for attnwh to trust it
+MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "run_id": str,
+    "kind": str,
+    "model": str,
+    "benchmark": str,
+    "fingerprint": str,
+    "spec": dict,
+    "n_samples": int,
+    "part_size": int,
+    "n_parts": int,
+}
+
+
 def load_run(paths: RunPaths) -> Run:
+    """The run's manifest and plan, both checked; a damaged one raises ``WarehouseError`` naming the file."""
     manifest = read_manifest(paths)
-    plan_table = pq.read_table(paths.plan)
-    return Run(paths, manifest, Plan(plan_table.column("sample_key").to_pylist(), int(manifest["part_size"])))
+    return Run(paths, manifest, read_plan(paths, manifest))
 
 
 def read_manifest(paths: RunPaths) -> dict[str, Any]:
+    """``RUN.json``, refused (``WarehouseError`` naming it) when unreadable, of the wrong shape or newer than this attnwh."""
     try:
-        return json.loads(paths.manifest.read_text())
+        content = json.loads(paths.manifest.read_text())
+    except FileNotFoundError as exc:
+        raise WarehouseError(f"{paths.manifest} is missing") from exc
     except (OSError, ValueError) as exc:
-        raise WarehouseError(f"cannot read {paths.manifest}: {exc}") from exc
+        raise WarehouseError(f"{paths.manifest} is not readable JSON ({_first_line(exc)})") from exc
+    if not isinstance(content, dict):
+        raise WarehouseError(f"{paths.manifest} holds a JSON {type(content).__name__}, not a run manifest")
+    wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(content.get(name), kind) or isinstance(content.get(name), bool)]
+    if wrong:
+        raise WarehouseError(f"{paths.manifest} lacks or mistypes {', '.join(wrong)}; not a run manifest")
+    version = content["spec"].get("layout_version")
+    if not isinstance(version, int) or version > LAYOUT_VERSION:
+        raise WarehouseError(f"{paths.manifest} has layout version {version}; this attnwh reads up to {LAYOUT_VERSION} (upgrade attnwh)")
+    if content["part_size"] < 1 or content["n_parts"] != -(-content["n_samples"] // content["part_size"]):
+        raise WarehouseError(f"{paths.manifest}: n_parts {content['n_parts']} does not fit {content['n_samples']} samples in parts of {content['part_size']}")
+    if fingerprint(content["spec"]) != content["fingerprint"]:
+        raise WarehouseError(f"{paths.manifest}: its settings do not match its fingerprint (edited after the run was made)")
+    return content
+
+
+def read_plan(paths: RunPaths, manifest: dict[str, Any]) -> Plan:
+    """``plan.parquet``, checked against the manifest (sample count and the plan's hash)."""
+    try:
+        table = pq.read_table(paths.plan)
+        keys = table.column("sample_key").to_pylist()
+    except FileNotFoundError as exc:
+        raise WarehouseError(f"{paths.plan} is missing") from exc
+    except (OSError, KeyError, pa.ArrowException) as exc:
+        raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
+    version = (table.schema.metadata or {}).get(META_VERSION)
+    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+        raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
+    plan = Plan([str(key) for key in keys], manifest["part_size"])
+    if len(keys) != manifest["n_samples"] or plan_hash(plan.sample_keys, plan.part_size) != manifest["spec"].get("plan_hash"):
+        raise WarehouseError(f"{paths.plan} does not match the plan recorded in {paths.manifest.name} ({len(keys)} samples)")
+    return plan
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> Run:
-    run = load_run(paths)
+    try:
+        run = load_run(paths)
+    except WarehouseError as exc:
+        raise WarehouseError(
+            f"cannot resume run {run_id}: {exc}. Committed parts are untouched; restore the file from a copy, "
+            f"or start a new run with --run NEW_ID (or move {paths.root} away)"
+        ) from exc
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
         differing = {
@@ -193,6 +252,10 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
         }
         raise FingerprintMismatch(run_id, differing)
     return run
+
+
+def _has_commits(paths: RunPaths) -> bool:
+    return paths.commits.is_dir() and any(paths.commits.glob("part-*.json"))
 
 
 def _check_run_id(run_id: str) -> None:

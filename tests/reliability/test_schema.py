@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
-from attnwh.errors import WarehouseError
 from attnwh.queries.library import open_session
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
@@ -38,10 +36,11 @@ def test_extra_nullable_column_is_read(tmp_path):
     assert rows == [{"sample_key": "a", "status": "ok", "future_column": None}]
 
 
-def test_changed_type_is_refused_naming_file_and_column(tmp_path):
+def test_changed_type_leaves_the_run_out_naming_file_and_column(tmp_path):
     table = pa.table({"sample_idx": pa.array(["zero"]), "sample_key": ["a"], "status": ["ok"]})
     root = _warehouse_with(tmp_path / "wh", table)
-    with pytest.raises(WarehouseError) as error:
-        open_session(root)
-    message = str(error.value)
-    assert "samples.parquet" in message and "column sample_idx is string, expected int64" in message
+    with open_session(root) as session:
+        assert session.query("select count(*) as n from samples").to_pylist() == [{"n": 0}]
+        assert session.query("select count(*) as n from runs").to_pylist() == [{"n": 0}]
+        [message] = session.warnings
+    assert "left out" in message and "samples.parquet" in message and "column sample_idx is string, expected int64" in message
