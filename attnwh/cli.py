@@ -42,8 +42,14 @@ WarehouseOption = Annotated[
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 
 
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character escaped (``\\x1e``): a message is one line
+    on any terminal and for ``str.splitlines``, whatever user input it quotes."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
+
+
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"attnwh: error: {message}", err=True)
+    typer.echo(f"attnwh: error: {one_line(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -64,7 +70,7 @@ def handles_errors(command):
 
 def _warn(lines: list[str]) -> None:
     for line in lines:
-        typer.echo(f"attnwh: warning: {line}", err=True)
+        typer.echo(f"attnwh: warning: {one_line(line)}", err=True)
 
 
 class _session:
@@ -524,7 +530,7 @@ def main(argv: list[str] | None = None) -> None:
         if context is not None and message == context.get_help():
             typer.echo(message)
             sys.exit(0)
-        typer.echo(f"attnwh: error: {' '.join(message.split())}", err=True)
+        typer.echo(f"attnwh: error: {one_line(' '.join(message.split()))}", err=True)
         sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         typer.echo("attnwh: error: interrupted", err=True)
@@ -533,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         text = str(exc).strip()
-        detail = f": {text.splitlines()[0]}" if text else ""
+        detail = f": {one_line(text.splitlines()[0])}" if text else ""
         hint = "" if debug else f" (--debug or {DEBUG_ENV}=1 shows the traceback)"
         typer.echo(f"attnwh: internal error: {type(exc).__name__}{detail}{hint}", err=True)
         sys.exit(INTERNAL_ERROR_EXIT)

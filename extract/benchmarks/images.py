@@ -26,8 +26,13 @@ def _decode(handle, label: str) -> Image.Image:
             return image.convert("RGB")  # grayscale, palette, RGBA (alpha dropped, as LLaVA does), CMYK
     except ImageLoadError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001  Pillow's plugins raise many types on corrupt data (struct.error, EOFError, IndexError, ...)
+        raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def open_image_file(path: Path) -> Image.Image:

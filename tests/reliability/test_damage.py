@@ -9,7 +9,6 @@ itself is damaged: then every command refuses, naming it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -20,41 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attnwh.cli import INTERNAL_ERROR_EXIT, main
-
-EXTRACT = ["extract", "--limit", "8", "--part-size", "4", "--batch-size", "4"]
-MASK = ["mask", "--limit", "8", "--k", "0,1", "--seeds", "1", "--batch-size", "4"]
-NEW_RUN = ["extract", "--limit", "2", "--part-size", "2", "--no-rows", "--no-lens", "--benchmark", "toy-shapes-yesno"]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """``attnwh ARGS`` in this process, through the console entry point: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory) -> Path:
-    """A toy warehouse with a two-part extraction (raw rows included) and a mask sweep of three conditions."""
-    root = tmp_path_factory.mktemp("pristine") / "wh"
-    for args in (EXTRACT, MASK):
-        with pytest.raises(SystemExit) as exit_:
-            main([*args, "--warehouse", str(root)])
-        assert exit_.value.code == 0
-    return root
-
-
-def run_folder(root: Path, kind: str) -> Path:
-    for manifest in root.glob("runs/*/*/run=*/RUN.json"):
-        if json.loads(manifest.read_text())["kind"] == kind:
-            return manifest.parent
-    raise AssertionError(f"no {kind} run")
-
+from attnwh.cli import INTERNAL_ERROR_EXIT
+from tests.reliability.harness import EXTRACT, MASK, NEW_RUN, digests, run_cli, run_folder
 
 # the files a warehouse holds, each found from the warehouse root
 TARGETS: dict[str, Callable[[Path], Path]] = {
@@ -117,10 +83,6 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "wrong shape": _wrong_shape,
     "newer version": _newer,
 }
-
-
-def digests(root: Path) -> dict[str, str]:
-    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 CASES = [(target, damage) for target in TARGETS for damage in DAMAGES if not (damage == "newer version" and "chunk" in target)]
