@@ -54,7 +54,7 @@ def test_sql_from_file_and_marts_are_views(warehouse, tmp_path):
 def test_sql_refusal_is_one_line(warehouse):
     result = invoke("sql", "COPY samples TO 'x.csv'", "--warehouse", str(warehouse))
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["attnwh: error: only SELECT and EXPLAIN statements run on the warehouse; this is COPY"]
+    assert result.output.strip().splitlines() == ["attnwh: error: only SELECT (with PIVOT / UNPIVOT, DESCRIBE, SUMMARIZE) and EXPLAIN statements run on the warehouse; this is COPY"]
 
 
 def test_runs_and_verify(warehouse):
