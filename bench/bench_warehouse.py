@@ -30,7 +30,7 @@ from attnwh.reports.build import build_report
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.summary import rank_head_metrics, summarise_head_metrics
+from attnwh.warehouse.definitions import rollups
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
 
 MART_TARGET_S = 0.5
@@ -113,9 +113,8 @@ def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: in
             _write(samples, "samples", folder)
             _write(metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder)
             _write(lens, "logit_lens", folder)
-            summary = summarise_head_metrics(metrics)
+            summary, ranks = rollups(metrics)
             _write(summary, "head_summary", folder)
-            ranks = rank_head_metrics(metrics)
             _write(ranks, "head_ranks", folder)
             return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
 

@@ -9,8 +9,9 @@ Modes, recorded on every result row:
   mask, so the head attends uniformly to every key, future and padding included; its output is the
   mean of its value vectors over all keys. Padding changes the result, so this mode runs unpadded.
 
-Stages (for 32 layers: early 0–9, mid 10–19, late 20–31; for 40 layers 0–12, 13–26, 27–39, as the
-reference study split them; otherwise thirds, rounded) and ``all``.
+Stages are the ``stage`` macro's (warehouse/sql/definitions.sql: for 32 layers early 0–9, mid 10–19,
+late 20–31; for 40 layers 0–12, 13–26, 27–39, as the reference study split them; otherwise thirds,
+rounded), and ``all``.
 """
 
 from __future__ import annotations
@@ -24,24 +25,24 @@ import torch
 
 from attnwh.errors import UsageError
 from attnwh.extract.capture import MASK_ATTRIBUTE
+from attnwh.warehouse.definitions import layer_stages
 
 MODES = ("zero", "mean", "paper")
 STAGES = ("early", "mid", "late", "all")
 STRATEGIES = ("top", "random", "bottom")
-_STUDY_STAGES = {32: (10, 20), 40: (13, 27)}  # first layer of mid, first layer of late
 
 Head = tuple[int, int]  # (layer, head)
 
 
 def stage_layers(n_layers: int, stage: str) -> range:
-    """The layers of a stage: the study's split for 32 and 40 layers, else thirds rounded."""
+    """The layers of a stage, by the ``stage`` macro of the warehouse's definitions (the study's split
+    for 32 and 40 layers, else thirds rounded); stages are contiguous."""
     if stage == "all":
         return range(n_layers)
-    mid, late = _STUDY_STAGES.get(n_layers, (round(n_layers / 3), round(2 * n_layers / 3)))
-    bounds = {"early": (0, mid), "mid": (mid, late), "late": (late, n_layers)}
-    if stage not in bounds:
+    if stage not in STAGES:
         raise UsageError(f"unknown stage {stage!r}; choose {', '.join(STAGES)}")
-    return range(*bounds[stage])
+    layers = [layer for layer, name in enumerate(layer_stages(n_layers)) if name == stage]
+    return range(layers[0], layers[-1] + 1) if layers else range(0)
 
 
 @dataclass

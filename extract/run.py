@@ -38,7 +38,7 @@ from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_l
 from attnwh.warehouse import arrays, parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
-from attnwh.warehouse.summary import rank_head_metrics, summarise_head_metrics
+from attnwh.warehouse.definitions import rollups
 from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, LOGIT_LENS, LOGIT_LENS_SORT, SAMPLES, with_metadata
 
 DEFAULT_PART_SIZE = 256
@@ -238,9 +238,8 @@ class PartData:
         metrics = metrics.sort_by(HEAD_METRICS_SORT)
         _write_parquet(samples, "samples", folder / "samples.parquet")
         _write_parquet(metrics, "head_metrics", folder / "head_metrics.parquet")
-        summary = summarise_head_metrics(metrics)
+        summary, ranks = rollups(metrics)
         _write_parquet(summary, "head_summary", folder / "head_summary.parquet")
-        ranks = rank_head_metrics(metrics)
         _write_parquet(ranks, "head_ranks", folder / "head_ranks.parquet")
         if self.lens:
             _write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder / "logit_lens.parquet")

@@ -16,7 +16,16 @@ from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when libyaml is there: 10× faster
-STAGING_ORDER = ("stg_samples", "stg_layers", "stg_head_metrics", "stg_head_summary", "stg_logit_lens", "stg_mask_results")
+STAGING_ORDER = (
+    "stg_samples",
+    "stg_layers",
+    "stg_head_metrics",
+    "stg_head_summary",
+    "stg_head_ranks",
+    "stg_head_scores",
+    "stg_logit_lens",
+    "stg_mask_results",
+)
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ PLAN = pa.schema(
     ]
 )
 
-# per part and head: counts, sums, sums of squares and maxima (see ``attnwh.warehouse.summary``)
+# per part and head: counts, sums, sums of squares and maxima (``summarise_head_metrics`` in warehouse/sql/rollups.sql)
 HEAD_SUMMARY = pa.schema(
     [
         ("run_id", pa.string()),
@@ -145,11 +145,12 @@ HEAD_SUMMARY = pa.schema(
         ("sum_system", pa.float64()),
         ("sum_prompt", pa.float64()),
         ("sum_generated", pa.float64()),
+        ("definitions", pa.string()),  # the version of the definitions it was built from (null: parts older than versions)
     ]
 )
 
 # per part, query, score and head: in how many of the part's samples the head held each of the first
-# ``RANKS_KEPT`` places of that sample's heads (see ``attnwh.warehouse.summary.rank_head_metrics``)
+# ``ranks_kept()`` places of that sample's heads (``rank_head_metrics`` in warehouse/sql/rollups.sql)
 HEAD_RANKS = pa.schema(
     [
         ("run_id", pa.string()),
@@ -159,6 +160,7 @@ HEAD_RANKS = pa.schema(
         ("layer", pa.int16()),
         ("head", pa.int16()),
         ("n", pa.int32()),  # samples of the part in which the head held this rank
+        ("definitions", pa.string()),  # the version of the definitions it was built from
     ]
 )
 

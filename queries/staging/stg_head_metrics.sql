@@ -1,5 +1,5 @@
--- one row per run, sample, query, layer and head, with the derived concentration:
--- concentration = 1 - image_entropy / ln(n_image): 1 = all image attention on one token, 0 = uniform
+-- one row per run, sample, query, layer and head, with the derived head scores of
+-- warehouse/sql/definitions.sql (concentration, concentration × sum)
 -- (n_image is stored on every row and this view joins nothing: marts aggregate first, then join
 -- the small runs and stg_layers views for model, benchmark, depth and stage)
 select
@@ -19,6 +19,6 @@ select
     generated_sum,
     region_sum,
     region_entropy,
-    case when n_image > 1 then 1 - image_entropy / ln(n_image) end as concentration,
-    case when n_image > 1 then (1 - image_entropy / ln(n_image)) * image_sum end as concentration_x_sum
+    concentration(image_entropy, n_image) as concentration,
+    head_score('concentration_x_sum', image_sum, image_entropy, n_image) as concentration_x_sum
 from head_metrics

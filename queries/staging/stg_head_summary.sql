@@ -1,5 +1,15 @@
 -- one row per run, query, layer and head: the per-part rollups of head_metrics added up over parts
--- (exact sums; means are sum / n; sample standard deviations from the sums of squares)
+-- (exact sums; means are sum / n; sample standard deviations from the sums of squares).
+-- Runs whose rollups were built from the current definitions read them (a few rows per head); the
+-- others (parts older than the definitions' versions, or another version) get the same sums
+-- recomputed from their head_metrics rows by the same macro, with the current definitions.
+with per_part as (
+    select * exclude (definitions)
+    from head_summary
+    where run_id in (select run_id from rolled_up_runs)
+    union all by name
+    select * from summarise_head_metrics('head_metrics_not_rolled_up')
+)
 select
     run_id,
     query,
@@ -18,5 +28,5 @@ select
     sum(sum_system) as sum_system,
     sum(sum_prompt) as sum_prompt,
     sum(sum_generated) as sum_generated
-from head_summary
+from per_part
 group by run_id, query, layer, head

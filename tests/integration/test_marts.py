@@ -17,7 +17,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, with_metadata
-from attnwh.warehouse.summary import RANKS_KEPT, rank_head_metrics, summarise_head_metrics
+from attnwh.warehouse.definitions import rollups
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,9 @@ HAND_METRICS = [
 HAND_LENS = {0: [5, 1, 1], 1: [3, 2, 1]}
 
 
-def _hand_warehouse(root, rollups="new"):
-    """``rollups``: "new" writes head_summary and head_ranks as extraction does now; "old" writes a
-    part as attnwh wrote it before head_ranks and sumsq_concentration_x_sum existed."""
+def _hand_warehouse(root, kind="new"):
+    """``kind``: "new" writes head_summary and head_ranks as extraction does now; "old" writes a part
+    as attnwh wrote it before head_ranks, sumsq_concentration_x_sum and the definitions' version existed."""
     warehouse = open_warehouse(root, create=True)
     plan = Plan(["s0", "s1"], 2)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
@@ -119,12 +119,12 @@ def _hand_warehouse(root, rollups="new"):
             ],
             schema=LOGIT_LENS,
         )
-        summary = summarise_head_metrics(metrics)
+        summary, ranks = rollups(metrics)
         tables = {"samples": samples, "head_metrics": metrics, "logit_lens": lens, "head_summary": summary}
-        if rollups == "new":
-            tables["head_ranks"] = rank_head_metrics(metrics)
+        if kind == "new":
+            tables["head_ranks"] = ranks
         else:
-            tables["head_summary"] = summary.drop_columns(["sumsq_concentration_x_sum"])
+            tables["head_summary"] = summary.drop_columns(["sumsq_concentration_x_sum", "definitions"])
         for name, table in tables.items():
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
         return {name: table.num_rows for name, table in tables.items()}
@@ -140,7 +140,7 @@ def hand(tmp_path):
 
 @pytest.fixture(params=["new", "old"])
 def hand_either(request, tmp_path):
-    return _hand_warehouse(tmp_path / "hand", rollups=request.param)
+    return _hand_warehouse(tmp_path / "hand", kind=request.param)
 
 
 def _rows(warehouse, name, given=None, order=("layer", "head")):
@@ -195,14 +195,13 @@ def test_head_ranks_by_hand():
         ],
         schema=HEAD_METRICS,
     )
-    ranks = rank_head_metrics(metrics)
+    _, ranks = rollups(metrics)
     placed = {(r["score"], r["rank"]): (r["layer"], r["head"], r["n"]) for r in ranks.to_pylist()}
     # image_sum: 0.5 ties between (0,1) and (1,0) -> lower layer first; 0.3 ties (0,0) and (1,1)
     assert [placed["image_sum", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (1, 0, 1), (0, 0, 1), (1, 1, 1)]
     # concentration: (0,1) 1, (0,0) 0.5, (1,1) 0, (1,0) none -> last
     assert [placed["concentration", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (0, 0, 1), (1, 1, 1), (1, 0, 1)]
     assert [placed["concentration_x_sum", rank][:2] for rank in (1, 2, 3, 4)] == [(0, 1), (0, 0), (1, 1), (1, 0)]
-    assert rank_head_metrics(metrics, kept=2).filter(pa.compute.field("rank") > 2).num_rows == 0
 
 
 def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
@@ -233,7 +232,7 @@ def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
 
 @pytest.mark.parametrize("score", ["concentration_x_sum", "image_sum", "concentration"])
 def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, score):
-    cases = (("gen1", 1), ("prompt", 5), ("gen1", 32), ("prompt", 33))
+    cases = (("gen1", 1), ("prompt", 5), ("gen1", 32), ("prompt", 64), ("gen1", 65))
     with open_session(toy_warehouse) as session:
         expected = {case: _visual_heads_by_python(session, score, case[1], case[0]) for case in cases}
         for (query, k), want in expected.items():
@@ -241,15 +240,16 @@ def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, sco
             assert {(r["run_id"], r["layer"], r["head"]): r["detection_score"] for r in got} == {key: value[0] for key, value in want.items()}
             assert {(r["run_id"], r["layer"], r["head"]): r["mean_score"] for r in got} == pytest.approx({key: value[1] for key, value in want.items()})
         # with head_metrics gone from the session only the rollups remain: the same detection scores
-        # come back for every k up to the toy's 32 heads (≤ RANKS_KEPT), so that route is the one taken
-        assert RANKS_KEPT >= 32
+        # come back for every k up to ranks_kept() (64), so that route is the one taken
+        assert session.query("select ranks_kept() as kept").to_pylist() == [{"kept": 64}]
         session._register_table("head_metrics", HEAD_METRICS.empty_table())
         for (query, k), want in expected.items():
             got = run_mart(session, "visual_heads", {"score": score, "k": str(k), "query": query}).to_pylist()
-            if k <= 32:
-                assert {(r["run_id"], r["layer"], r["head"]): r["detection_score"] for r in got} == {key: value[0] for key, value in want.items()}
-            else:  # beyond the sample's places (33 > 32 heads) only head_metrics can answer: gone here
-                assert got == []
+            detection = {(r["run_id"], r["layer"], r["head"]): r["detection_score"] for r in got}
+            if k <= 64:
+                assert detection == {key: value[0] for key, value in want.items()}
+            else:  # beyond the places kept only head_metrics can answer: gone here, so nothing is detected
+                assert set(detection.values()) == {0}
 
 
 def test_layer_profile_and_segment_shares_by_hand(hand):

@@ -340,7 +340,8 @@ def read_statements(draw, views: dict[str, list[str]]) -> str:
         limit = draw(st.integers(0, 50))
         return f"SELECT {quoted} FROM {view} WHERE {quoted} IS NOT NULL LIMIT {limit}"
     if kind == "pivot":
-        return f"PIVOT (SELECT coalesce({quoted}::VARCHAR, 'null') AS k, count(*) AS n FROM {view} GROUP BY 1 LIMIT 20) ON k USING sum(n)"
+        # (a value that is always there: a PIVOT of an empty relation has no columns, which DuckDB refuses)
+        return f"PIVOT (SELECT coalesce({quoted}::VARCHAR, 'null') AS k, count(*) AS n FROM {view} GROUP BY 1 UNION ALL SELECT 'none', 0 LIMIT 20) ON k USING sum(n)"
     if kind == "pivot static":
         return f"SELECT * FROM (SELECT {quoted}::VARCHAR AS k FROM {view} LIMIT 10) PIVOT (count(*) FOR k IN ('0', '1', 'gen1'))"
     if kind == "unpivot":

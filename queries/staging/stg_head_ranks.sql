@@ -1,0 +1,14 @@
+-- one row per run, query, score, place (1..ranks_kept()) and head: in how many samples the head held
+-- that place among the sample's heads. From the per-part rollups of runs built with the current
+-- definitions, else recomputed from head_metrics by the same macro.
+with per_part as (
+    select run_id, query, score, rank, layer, head, n
+    from head_ranks
+    where run_id in (select run_id from rolled_up_runs)
+    union all
+    select run_id, query, score, rank, layer, head, n
+    from rank_head_metrics('head_metrics_not_rolled_up')
+)
+select run_id, query, score, cast(rank as smallint) as rank, layer, head, cast(sum(n) as bigint) as n
+from per_part
+group by run_id, query, score, rank, layer, head

@@ -1,0 +1,101 @@
+"""One definition per concept: the head scores and stages live in warehouse/sql/definitions.sql only.
+
+Editing a formula there is one edit: rollups built from other definitions are bypassed, and every
+mart (head_attention, visual_heads, head_ranking) and masking's ranking follow the new formula, as
+a plain-Python computation over the raw head_metrics rows with that formula says.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attnwh.extract.mask_run import rank_heads
+from attnwh.extract.masking import stage_layers
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.queries.library import open_session, run_mart
+from attnwh.warehouse import definitions
+
+OLD = "case when n_image > 1 then 1 - image_entropy / ln(n_image) end"
+NEW = "case when n_image > 1 then sqrt(greatest(0, 1 - image_entropy / ln(n_image))) end"  # another form, other ranks
+
+
+def new_concentration(entropy: float, n_image: int) -> float | None:
+    return math.sqrt(max(0.0, 1 - entropy / math.log(n_image))) if n_image > 1 else None
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory):
+    root = tmp_path_factory.mktemp("definitions") / "wh"
+    result = run_extract(root, ExtractOptions(limit=24, rows=False, device="cpu", part_size=12, batch_size=12, command=["test"]))
+    return root, result.run_id
+
+
+@pytest.fixture
+def edited(monkeypatch):
+    original = definitions.definitions_sql()
+    assert original.count(OLD) == 1  # the formula is written once
+    monkeypatch.setattr(definitions, "definitions_sql", lambda: original.replace(OLD, NEW))
+    assert definitions.definitions_version() != definitions.definitions_version(original)
+
+
+def by_python(root, run_id: str) -> dict:
+    """Per head (gen1): mean new concentration, mean new concentration × sum, and the detection share for k = 3."""
+    with open_session(root) as session:
+        rows = session.query(
+            "select sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where run_id = $r and query = 'gen1'",
+            {"r": run_id},
+        ).to_pylist()
+    per_head, per_sample = {}, {}
+    for row in rows:
+        concentration = new_concentration(row["image_entropy"], row["n_image"])
+        product = None if concentration is None else concentration * row["image_sum"]
+        per_head.setdefault((row["layer"], row["head"]), []).append((concentration, product))
+        per_sample.setdefault(row["sample_idx"], []).append((row["layer"], row["head"], product))
+    detected = dict.fromkeys(per_head, 0)
+    for heads in per_sample.values():
+        for layer, head, _ in sorted(heads, key=lambda h: (-(h[2] if h[2] is not None else -1e300), h[0], h[1]))[:3]:
+            detected[layer, head] += 1
+    means = {}
+    for key, values in per_head.items():
+        present = [value for value in values if value[0] is not None]
+        means[key] = (sum(c for c, _ in present) / len(present), sum(p for _, p in present) / len(present), detected[key] / len(per_sample))
+    return means
+
+
+def test_rollups_of_the_current_definitions_are_read(warehouse):
+    root, run_id = warehouse
+    with open_session(root) as session:
+        assert session.query("select run_id from rolled_up_runs").column(0).to_pylist() == [run_id]
+
+
+def test_an_edited_formula_is_followed_by_every_mart_and_masking(warehouse, edited):
+    root, run_id = warehouse
+    expected = by_python(root, run_id)
+    with open_session(root) as session:
+        assert session.query("select count(*) as n from rolled_up_runs").to_pylist() == [{"n": 0}]  # built from other definitions: bypassed
+        attention = run_mart(session, "head_attention").to_pylist()
+        visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
+        ranking = run_mart(session, "head_ranking", {"run_id": run_id, "metric": "concentration"}).to_pylist()
+    gen1 = {(r["layer"], r["head"]): r for r in attention if r["query"] == "gen1"}
+    assert {key: row["mean_concentration"] for key, row in gen1.items()} == pytest.approx({key: value[0] for key, value in expected.items()})
+    assert {key: row["mean_concentration_x_sum"] for key, row in gen1.items()} == pytest.approx({key: value[1] for key, value in expected.items()})
+    assert {(r["layer"], r["head"]): r["mean_score"] for r in visual} == pytest.approx({key: value[1] for key, value in expected.items()})
+    assert {(r["layer"], r["head"]): r["detection_score"] for r in visual} == {key: value[2] for key, value in expected.items()}
+    order = sorted(expected, key=lambda key: (-expected[key][0], key))
+    assert [(r["layer"], r["head"]) for r in ranking] == order
+    assert rank_heads(root, run_id, "concentration", "gen1") == order  # what `attnwh mask --strategy top` masks first
+
+
+def test_the_edit_changes_the_ranking(warehouse):
+    """The edited formula is not a no-op on this warehouse: without it the order differs."""
+    root, run_id = warehouse
+    expected = by_python(root, run_id)
+    order = sorted(expected, key=lambda key: (-expected[key][0], key))
+    assert rank_heads(root, run_id, "concentration", "gen1") != order
+
+
+def test_stages_come_from_the_stage_macro():
+    assert [stage_layers(32, stage) for stage in ("early", "mid", "late")] == [range(0, 10), range(10, 20), range(20, 32)]
+    assert definitions.layer_stages(4) == ["early", "mid", "mid", "late"]

@@ -1,0 +1,73 @@
+"""The SQL definitions of head scores, stages and depth (``sql/definitions.sql``), their version, and
+the per-part rollups built from them (``sql/rollups.sql``).
+
+One definition per concept: the DuckDB macros are the only place where concentration, the head
+scores, the order of a sample's heads and the stages are written down. The warehouse materialises
+the per-part rollups ``head_summary`` and ``head_ranks`` from them at commit time, tagged with
+``DEFINITIONS_VERSION`` (a hash of the definition files); every query session defines the same
+macros, and ``attnwh.queries``' staging views read a run's rollups only when their version is the
+current one, else recompute from ``head_metrics``. Changing a formula is one edit in
+``definitions.sql``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+
+import duckdb
+import pyarrow as pa
+
+from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY
+
+_FILES = ("definitions.sql", "rollups.sql")
+
+
+@cache
+def definitions_sql() -> str:
+    """The text of every definition file, in order (macros only: ``create or replace macro``)."""
+    folder = resources.files("attnwh.warehouse") / "sql"
+    return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in _FILES)
+
+
+def definitions_version(sql: str | None = None) -> str:
+    """A short hash of the definitions: rollups record it, readers compare it."""
+    return hashlib.sha256((sql if sql is not None else definitions_sql()).encode()).hexdigest()[:16]
+
+
+def define_macros(connection: duckdb.DuckDBPyConnection, sql: str | None = None) -> None:
+    """Create the macros in ``connection``, and ``definitions_version()`` returning their version."""
+    text = sql if sql is not None else definitions_sql()
+    connection.execute(text)
+    connection.execute("create or replace table definitions_info as select $version::varchar as version", {"version": definitions_version(text)})
+    connection.execute("create or replace macro definitions_version() as (select version from definitions_info)")
+
+
+def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``head_summary`` and ``head_ranks`` of one part's ``head_metrics``, computed by DuckDB from the
+    definitions (one thread: sums in a fixed order, so the same part always gives the same bytes)."""
+    connection = duckdb.connect(":memory:", config={"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    try:
+        define_macros(connection)
+        connection.register("part_head_metrics", metrics)
+        summary = connection.sql(
+            "select *, definitions_version() as definitions from summarise_head_metrics('part_head_metrics') order by query, layer, head"
+        ).to_arrow_table()
+        ranks = connection.sql(
+            "select *, definitions_version() as definitions from rank_head_metrics('part_head_metrics') order by query, score, rank, layer, head"
+        ).to_arrow_table()
+    finally:
+        connection.close()
+    return summary.select(HEAD_SUMMARY.names).cast(HEAD_SUMMARY), ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS)
+
+
+def layer_stages(n_layers: int) -> list[str]:
+    """The stage of every layer of an ``n_layers``-layer decoder, by the ``stage`` macro."""
+    connection = duckdb.connect(":memory:")
+    try:
+        define_macros(connection)
+        rows = connection.execute("select stage(layer, $n) from range($n) as t(layer) order by layer", {"n": n_layers}).fetchall()
+    finally:
+        connection.close()
+    return [stage for (stage,) in rows]

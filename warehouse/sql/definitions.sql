@@ -1,0 +1,43 @@
+-- The definitions every number of attnwh is built from: the head scores, the stages of layers and
+-- normalised depth. Each is one DuckDB macro, defined here and nowhere else: the warehouse builds
+-- its per-part rollups (head_summary, head_ranks) from them at commit time, the staging views and
+-- marts of attnwh.queries call them, and masking asks them which layers a stage holds. Editing a
+-- formula here changes the definitions' version (the hash of this file): rollups of another version
+-- are then bypassed, and marts recompute from head_metrics with the new formula.
+
+-- concentration = 1 - image_entropy / ln(n_image): 1 = all image attention on one token, 0 = uniform
+-- (undefined with fewer than two image tokens). The study's exact form could not be confirmed; this
+-- normalised-entropy form is attnwh's default.
+create or replace macro concentration(image_entropy, n_image) as
+    case when n_image > 1 then 1 - image_entropy / ln(n_image) end;
+
+-- the per-sample head scores that rank heads (visual heads, masking's top heads)
+create or replace macro head_score_names() as ['image_sum', 'concentration', 'concentration_x_sum'];
+
+create or replace macro head_score(score, image_sum, image_entropy, n_image) as
+    case score
+        when 'image_sum' then image_sum
+        when 'concentration' then concentration(image_entropy, n_image)
+        when 'concentration_x_sum' then concentration(image_entropy, n_image) * image_sum
+    end;
+
+-- the order of a sample's heads by a score: higher first, a missing score last, ties to the lower
+-- layer, then the lower head (a struct that sorts in that order, descending)
+create or replace macro head_order_key(score_value, layer, head) as
+    {'score': coalesce(score_value, -1e300), 'layer': -layer, 'head': -head};
+
+-- places per sample that the head_ranks rollup keeps (visual_heads with a larger k reads head_metrics)
+create or replace macro ranks_kept() as 64;
+
+-- stages of the decoder: the reference study's split for 32 layers (0-9, 10-19, 20-31) and 40 layers
+-- (0-12, 13-26, 27-39), otherwise thirds, rounded
+create or replace macro stage(layer, n_layers) as
+    case
+        when layer < (case n_layers when 32 then 10 when 40 then 13 else cast(round(n_layers / 3) as integer) end) then 'early'
+        when layer < (case n_layers when 32 then 20 when 40 then 27 else cast(round(2 * n_layers / 3) as integer) end) then 'mid'
+        else 'late'
+    end;
+
+-- depth = layer / (n_layers - 1): 0 at the first layer, 1 at the last, for comparing models of different depth
+create or replace macro depth(layer, n_layers) as
+    case when n_layers > 1 then layer / (n_layers - 1) else 0 end;
