@@ -14,7 +14,9 @@ from typing import Any
 import torch
 
 from attnwh.errors import ModelError, UsageError
+from attnwh.extract import regions
 from attnwh.extract.capture import CAPTURE_ATTENTION
+from attnwh.extract.regions import RegionFunction
 
 _REVISION_WINDOW = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,6 +38,7 @@ class Adapter:
     description: str
     prompt_formats: tuple[str, ...] = ("chat_template",)  # the first is suggested
     nested_images: bool = False  # the processor takes one list of images per prompt (Gemma 3)
+    region_tokens: RegionFunction | None = None  # which image tokens a box mask covers (attnwh.extract.regions)
 
     def text_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model.model.language_model
@@ -77,14 +80,21 @@ def register_adapter(adapter: Adapter) -> Adapter:
 
 _LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")
 for _adapter in (
-    Adapter("LlavaForConditionalGeneration", "llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS),
-    Adapter("LlavaNextForConditionalGeneration", "llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS),
-    Adapter("VipLlavaForConditionalGeneration", "vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template")),
-    Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)"),
-    Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)"),
-    Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)"),
+    Adapter("LlavaForConditionalGeneration", "llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, region_tokens=regions.llava_region),
     Adapter(
-        "Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True
+        "LlavaNextForConditionalGeneration", "llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS,
+        region_tokens=regions.llava_next_region,
+    ),
+    Adapter(
+        "VipLlavaForConditionalGeneration", "vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"),
+        region_tokens=regions.vip_llava_region,
+    ),
+    Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region),
+    Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
+    Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
+    Adapter(
+        "Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True,
+        region_tokens=regions.gemma3_region,
     ),
 ):
     register_adapter(_adapter)

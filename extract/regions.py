@@ -10,7 +10,7 @@ adds, whose darkest channel is 0.41). An image token is in the region when any p
 (or pooled block of patches, or merged patches) is inside. A box thinner than about half a
 processed pixel therefore marks no token.
 
-Patch grids map to image tokens per family, keyed by the adapter's architecture:
+Patch grids map to image tokens per family (each adapter names its function, ``Adapter.region_tokens``):
 
 * LLaVA-1.5 / ViP-LLaVA: one token per patch of the processed (resized, centre-cropped) image,
   row-major; a CLS feature kept by ``vision_feature_select_strategy="full"`` comes first and is
@@ -46,10 +46,10 @@ RegionFunction = Callable[["LoadedModel", Image.Image], torch.Tensor]  # (loaded
 
 def region_mask(loaded: LoadedModel, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
     """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box."""
-    architecture = loaded.adapter.architecture
-    if architecture not in REGION_FUNCTIONS:
-        raise ModelError(f"regions are not supported for {architecture}; supported: {', '.join(sorted(REGION_FUNCTIONS))}")
-    return REGION_FUNCTIONS[architecture](loaded, render_box_mask(image.size, boxes))
+    region_tokens = loaded.adapter.region_tokens
+    if region_tokens is None:
+        raise ModelError(f"regions are not supported for {loaded.adapter.architecture}")
+    return region_tokens(loaded, render_box_mask(image.size, boxes))
 
 
 def render_box_mask(size: tuple[int, int], boxes: Sequence[Box]) -> Image.Image:
@@ -170,13 +170,3 @@ def llava_onevision_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tens
     )
     return packed[0][:, 0] > 0
 
-
-REGION_FUNCTIONS: dict[str, RegionFunction] = {
-    "LlavaForConditionalGeneration": llava_region,
-    "VipLlavaForConditionalGeneration": vip_llava_region,
-    "Gemma3ForConditionalGeneration": gemma3_region,
-    "Qwen2VLForConditionalGeneration": qwen_vl_region,
-    "Qwen2_5_VLForConditionalGeneration": qwen_vl_region,
-    "LlavaNextForConditionalGeneration": llava_next_region,
-    "LlavaOnevisionForConditionalGeneration": llava_onevision_region,
-}

@@ -22,9 +22,9 @@ from attnwh.extract.prompts import FORMATS
 from attnwh.extract.run import ExtractOptions, encode_batch, generate_with_capture, run_extract
 from attnwh.extract.segments import image_spans
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
-from attnwh.extract.toy.tiny_gemma3 import save_tiny_gemma3
-from attnwh.extract.toy.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
-from attnwh.extract.toy.tiny_qwen import save_tiny_qwen2_5_vl, save_tiny_qwen2_vl
+from tests.builders.tiny_gemma3 import save_tiny_gemma3
+from tests.builders.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
+from tests.builders.tiny_qwen import save_tiny_qwen2_5_vl, save_tiny_qwen2_vl
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 from tests.reference import reference_generate

@@ -15,13 +15,13 @@ from PIL import Image
 
 from attnwh.errors import ModelError
 from attnwh.extract.benchmarks import get_benchmark
-from attnwh.extract.models import load_model, resolve_source
+from attnwh.extract.models import Adapter, load_model, resolve_source
 from attnwh.extract.regions import region_mask, render_box_mask
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
-from attnwh.extract.toy.tiny_gemma3 import save_tiny_gemma3
-from attnwh.extract.toy.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
-from attnwh.extract.toy.tiny_qwen import save_tiny_qwen2_5_vl
+from tests.builders.tiny_gemma3 import save_tiny_gemma3
+from tests.builders.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
+from tests.builders.tiny_qwen import save_tiny_qwen2_5_vl
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 
@@ -159,7 +159,7 @@ def test_llava_onevision_wide_image_unpadded(loaded_models):
 
 
 def test_unsupported_architecture_is_named():
-    loaded = SimpleNamespace(adapter=SimpleNamespace(architecture="FancyVLForConditionalGeneration"))
+    loaded = SimpleNamespace(adapter=Adapter("FancyVLForConditionalGeneration", "fancy", "an adapter without a region function"))
     with pytest.raises(ModelError, match="regions are not supported for FancyVLForConditionalGeneration"):
         region_mask(loaded, Image.new("RGB", (8, 8)), [(0, 0, 4, 4)])
 
