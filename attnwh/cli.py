@@ -223,7 +223,8 @@ def mask(
 
     Example: attnwh extract && attnwh mask --strategy top,random --k 0,2,4,8 --seeds 3
     """
-    from attnwh.extract.mask_run import MaskOptions, run_mask
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.workflows import mask_sweep
     from attnwh.output import render
 
     def names(text: str) -> tuple[str, ...]:
@@ -251,8 +252,8 @@ def mask(
         command=["attnwh", *sys.argv[1:]],
     )
     with _progress("mask", "conditions") as on_progress:
-        result = run_mask(warehouse, options, on_progress=on_progress)
-    typer.echo(render(result.summary, "table"))
+        result, summary = mask_sweep(warehouse, options, on_progress=on_progress, warn=_warn)
+    typer.echo(render(summary, "table"))
     typer.echo(
         f"mask run {result.run_id}: wrote {result.conditions_written} condition(s); "
         f"{result.conditions_skipped} of {result.conditions_total} were already committed"

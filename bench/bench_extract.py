@@ -65,7 +65,7 @@ def inputs(loaded, shape: str, batch_size: int):
     """A left-padded batch: toy-shapes questions; for the realistic shape padded out to ~70 text tokens."""
     from attnwh.extract.benchmarks import get_benchmark
     from attnwh.extract.prompts import FORMATS
-    from attnwh.extract.run import encode_batch
+    from attnwh.extract.generation import encode_batch
 
     samples = get_benchmark("toy-shapes").load(None, "test")[:batch_size]
     questions = [sample.question for sample in samples]
@@ -149,7 +149,7 @@ def routes(loaded, encoded, new_tokens: int, wanted) -> dict:
     import torch
 
     from attnwh.extract.capture import CaptureSpec
-    from attnwh.extract.run import generate_with_capture
+    from attnwh.extract.generation import generate_with_capture
     from attnwh.extract.segments import prompt_segments, with_generated
     from attnwh.extract.stats import row_statistics
 

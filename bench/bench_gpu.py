@@ -176,7 +176,7 @@ def paired(args, folder: Path, device, dtype) -> dict:
 
     from attnwh.extract.capture import CaptureSpec
     from attnwh.extract.models import load_model, resolve_source
-    from attnwh.extract.run import generate_with_capture
+    from attnwh.extract.generation import generate_with_capture
     from attnwh.extract.segments import prompt_segments, with_generated
     from attnwh.extract.stats import row_statistics
 

@@ -2,17 +2,19 @@
 
 Each condition (the unmasked baseline once, then stage × strategy × k × seed) is one part of a
 ``mask`` run: its ``mask_conditions`` row and its ``mask_results`` rows are committed together, so a
-sweep resumes exactly like an extraction. ``top`` and ``bottom`` rank heads with the ``head_ranking``
-query over an extraction run of the same model (same revision) and benchmark.
+sweep resumes exactly like an extraction. ``top`` and ``bottom`` take heads in the order of a
+``Ranking`` the caller brings (``attnwh.workflows`` asks the ``head_ranking`` query over an extraction
+run of the same model, same revision, and benchmark): this stage runs models, it opens no query
+session.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -20,18 +22,19 @@ import pyarrow.parquet as pq
 import torch
 
 from attnwh.errors import UsageError
-from attnwh.extract.benchmarks import Sample
-from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE, render_question
-from attnwh.extract.masking import STAGES, STRATEGIES, Condition, HeadMask, build_conditions, parse_k, recording_head_means
+from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
+from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
+from attnwh.extract.generation import generate_with_capture, letter_token_ids
+from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
-from attnwh.extract.prompts import PromptFormat
-from attnwh.extract.run import encode_batch, generate_with_capture, letter_token_ids, prepare_run, score_answer
+from attnwh.extract.scoring import score_answer
+from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS, with_metadata
 
-RANKING_METRICS = ("concentration_x_sum", "image_sum", "concentration")
+RANKING_SCORES = ("concentration_x_sum", "image_sum", "concentration")  # head_score_names() of the warehouse's definitions
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -67,57 +70,79 @@ class MaskResult:
     conditions_total: int
     conditions_skipped: int
     conditions_written: int
-    summary: pa.Table  # accuracy per condition
 
 
-def run_mask(warehouse_path: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None) -> MaskResult:
+@dataclass(frozen=True)
+class Ranking:
+    """Every head of the model, best first, by a score over an extraction run (what ``top`` masks first)."""
+
+    run_id: str  # the extraction run the heads were ranked over
+    score: str  # a head score name (RANKING_SCORES)
+    query: str  # prompt | gen1
+    heads: list[Head]
+
+
+@dataclass(frozen=True)
+class MaskSetup:
+    """A sweep's options, checked, and what they resolve to before any weight is read."""
+
+    options: MaskOptions
+    run: RunSetup
+
+    @property
+    def n_heads(self) -> int:
+        info = self.run.details["model_info"]
+        return info["n_layers"] * info["n_heads"]
+
+
+def prepare_mask(options: MaskOptions) -> MaskSetup:
+    """Options checked; benchmark, samples, model config and prompt resolved (the ranking is the caller's to find)."""
     _check_options(options)
-    setup = prepare_run(options)
-    info = setup.details["model_info"]
-    model_label, benchmark = setup.model_label, setup.benchmark
-    warehouse = open_warehouse(warehouse_path, create=True)
+    return MaskSetup(options, prepare_run(options))
 
-    ranking_run = options.ranking_run or find_ranking_run(warehouse.root, model_label, setup.spec["model_revision"], benchmark.name)
-    ranking = rank_heads(warehouse.root, ranking_run, options.ranking, options.ranking_query)
-    if len(ranking) != info["n_layers"] * info["n_heads"]:
-        raise UsageError(f"extraction run {ranking_run} ranks {len(ranking)} heads; {model_label} has {info['n_layers'] * info['n_heads']}")
-    ks = parse_k(options.k, info["n_layers"] * info["n_heads"])
-    conditions = build_conditions(ranking, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds)
+
+def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranking, on_progress: ProgressCallback | None = None) -> MaskResult:
+    """Run (or resume) the sweep of ``setup`` with heads taken in the order of ``ranking``."""
+    options, info = setup.options, setup.run.details["model_info"]
+    if len(ranking.heads) != setup.n_heads:
+        raise UsageError(f"extraction run {ranking.run_id} ranks {len(ranking.heads)} heads; {setup.run.model_label} has {setup.n_heads}")
+    warehouse = open_warehouse(warehouse_path, create=True)
+    ks = parse_k(options.k, setup.n_heads)
+    conditions = build_conditions(ranking.heads, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds)
     spec = {
-        **setup.spec,
+        **setup.run.spec,
         "mode": options.mode,
         "batch_size": 1 if options.mode == "paper" else None,  # paper mode runs unpadded
-        "ranking_run": ranking_run,
-        "ranking_metric": options.ranking,
-        "ranking_query": options.ranking_query,
+        "ranking_run": ranking.run_id,
+        "ranking_metric": ranking.score,
+        "ranking_query": ranking.query,
         "conditions": [[c.strategy, c.stage, c.k, c.seed, [list(h) for h in c.heads]] for c in conditions],
     }
     # one part per condition: the plan's "samples" are the conditions
     plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
     run, _ = open_or_create_run(
-        warehouse, kind="mask", model=model_label, benchmark=benchmark.name, spec=spec, plan=plan, run_id=options.run_id, details=setup.details
+        warehouse, kind="mask", model=setup.run.model_label, benchmark=setup.run.benchmark.name, spec=spec, plan=plan,
+        run_id=options.run_id, details=setup.run.details,
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
     pending = [c for c in conditions if c.condition_id not in committed]
-    result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0, pa.table({}))
-    if pending:
-        loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
-        batch_size = 1 if options.mode == "paper" else options.batch_size
-        sweep = _Sweep(loaded, setup.prompt_format, setup.template, setup.samples, batch_size, setup.max_new_tokens)
-        means = sweep.head_means() if options.mode == "mean" else {}
+    result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0)
+    if not pending:
+        return result
+    loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
+    batch_size = 1 if options.mode == "paper" else options.batch_size
+    sweep = _Sweep(loaded, setup.run, batch_size)
+    means = sweep.head_means() if options.mode == "mean" else {}
+    if on_progress:
+        on_progress(0, len(pending))
+    for done, condition in enumerate(pending, start=1):
+        mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
+        rows = sweep.evaluate(mask if condition.heads else None)
+        part = _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, rows)
+        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write) is not None
         if on_progress:
-            on_progress(0, len(pending))
-        for done, condition in enumerate(pending, start=1):
-            mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
-            rows = sweep.evaluate(mask if condition.heads else None)
-            record = parts.commit_part(
-                run.paths, condition.condition_id, _ConditionPart(run.run_id, condition, options.mode, ranking_run, options.ranking, rows).write
-            )
-            result.conditions_written += record is not None
-            if on_progress:
-                on_progress(done, len(pending))
-    result.summary = sweep_summary(warehouse.root, run.run_id)
+            on_progress(done, len(pending))
     return result
 
 
@@ -130,63 +155,31 @@ def _check_options(options: MaskOptions) -> None:
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
             raise UsageError(f"--{option} takes {', '.join(allowed)}; got {', '.join(values) or 'nothing'}")
-    if options.ranking not in RANKING_METRICS:
-        raise UsageError(f"--ranking takes {', '.join(RANKING_METRICS)}; got {options.ranking!r}")
+    if options.ranking not in RANKING_SCORES:
+        raise UsageError(f"--ranking takes {', '.join(RANKING_SCORES)}; got {options.ranking!r}")
     if options.ranking_query not in ("prompt", "gen1"):
         raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
     HeadMask((), options.mode)  # checks the mode
 
 
-def find_ranking_run(warehouse_root: Path, model: str, model_revision: str, benchmark: str) -> str:
-    """The latest complete extraction run of this model (same revision) and benchmark."""
-    from attnwh.queries.library import open_session
-
-    with open_session(warehouse_root) as session:
-        found = session.query(
-            "select run_id, spec from runs where kind = 'extract' and model = $model and benchmark = $benchmark and complete "
-            "order by created desc",
-            {"model": model, "benchmark": benchmark},
-        ).to_pylist()
-    for row in found:
-        if json.loads(row["spec"]).get("model_revision") == model_revision:
-            return row["run_id"]
-    raise UsageError(
-        f"no complete extraction run of {model} (this revision) on {benchmark} in the warehouse to rank heads by; "
-        f"run `attnwh extract --model {model} --benchmark {benchmark}` first, or pass --ranking-run"
-    )
-
-
-def rank_heads(warehouse_root: Path, run_id: str, metric: str, query: str) -> list[tuple[int, int]]:
-    """Every head of the run, best first, by the ``head_ranking`` query."""
-    from attnwh.queries.library import marts, open_session
-
-    with open_session(warehouse_root) as session:
-        rows = session.query(marts()["head_ranking"].sql, {"run_id": run_id, "metric": metric, "query": query}).to_pylist()
-    if not rows:
-        raise UsageError(f"extraction run {run_id} has no head metrics for query {query}")
-    return [(row["layer"], row["head"]) for row in rows]
-
-
 class _Sweep:
-    """The sweep's samples, encoded once per batch; evaluated under one mask at a time."""
+    """The sweep's samples, encoded once per batch (the same batch path as extraction, so a sample the
+    loader, the image decoder or the processor rejects is the same error row); evaluated under one
+    mask at a time."""
 
-    def __init__(self, loaded: LoadedModel, prompt_format: PromptFormat, template: str, samples: list[Sample], batch_size: int, max_new_tokens: int):
-        self.loaded, self.max_new_tokens = loaded, max_new_tokens
-        self.errors: list[dict[str, Any]] = []
-        self.batches: list[tuple[list[tuple[int, Sample]], dict[str, torch.Tensor]]] = []
-        ready = []
-        for index, sample in enumerate(samples):
-            try:
-                if sample.error is not None:
-                    raise ValueError(f"data: {sample.error}")
-                ready.append((index, sample, sample.load_image().convert("RGB")))
-            except Exception as exc:  # noqa: BLE001  a broken sample fails alone
-                self.errors.append({"sample_idx": index, "sample_key": sample.key, "status": "error", "error": str(exc)[:1000], "gold": sample.gold})
-        for start in range(0, len(ready), batch_size):
-            chunk = ready[start : start + batch_size]
-            prompts = [prompt_format.render(loaded.processor, render_question(template, sample)) for _, sample, _ in chunk]
-            encoded = encode_batch(loaded, [image for _, _, image in chunk], prompts)
-            self.batches.append(([(index, sample) for index, sample, _ in chunk], encoded))
+    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int):
+        self.loaded, self.max_new_tokens = loaded, setup.max_new_tokens
+        ready, failed = load_samples(setup.samples, list(range(len(setup.samples))))
+        prompt_of = partial(prompt_text, loaded, setup.prompt_format, setup.template)
+        self.batches: list[Batch] = []
+        for batch in encode_batches(loaded, ready, prompt_of, batch_size):
+            if isinstance(batch, Failed):
+                failed.append(batch)
+            else:
+                self.batches.append(batch)
+        self.errors = [
+            {"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed
+        ]
         self.letter_ids = letter_token_ids(loaded.processor.tokenizer)
 
     def head_means(self) -> dict[tuple[int, int], torch.Tensor]:
@@ -194,9 +187,9 @@ class _Sweep:
         adapter, model = self.loaded.adapter, self.loaded.model
         modules = adapter.attention_modules(model)
         totals, count = None, 0
-        for _, encoded in self.batches:
-            with torch.inference_mode(), recording_head_means(modules, encoded["attention_mask"]) as recorders:
-                model(**encoded)
+        for batch in self.batches:
+            with torch.inference_mode(), recording_head_means(modules, batch.encoded["attention_mask"]) as recorders:
+                model(**batch.encoded)
             sums = torch.stack([recorder.total for recorder in recorders])  # [layer, head, head_dim]
             totals = sums if totals is None else totals + sums
             count += recorders[0].count
@@ -206,12 +199,12 @@ class _Sweep:
     def evaluate(self, mask: HeadMask | None) -> list[dict[str, Any]]:
         tokenizer = self.loaded.processor.tokenizer
         rows = [dict(row) for row in self.errors]
-        for batch, encoded in self.batches:
-            generation, _, _ = generate_with_capture(self.loaded, encoded, None, self.max_new_tokens, mask=mask)
+        for batch in self.batches:
+            generation, _, _ = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, mask=mask)
             log_probs = torch.log_softmax(generation.first_logits, dim=-1)
-            for position, ((index, sample), answer) in enumerate(zip(batch, generation.answers)):
-                score = score_answer(tokenizer, sample, answer, log_probs[position], self.letter_ids)
-                rows.append({"sample_idx": index, "sample_key": sample.key, "status": "ok", "gold": sample.gold, **score})
+            for position, (item, answer) in enumerate(zip(batch.items, generation.answers)):
+                score = score_answer(tokenizer, item.sample, answer, log_probs[position], self.letter_ids)
+                rows.append({"sample_idx": item.sample_idx, "sample_key": item.sample.key, "status": "ok", "gold": item.sample.gold, **score})
         return sorted(rows, key=lambda row: row["sample_idx"])
 
 
@@ -250,16 +243,3 @@ class _ConditionPart:
         for table, name in ((conditions, "mask_conditions"), (results, "mask_results")):
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
         return {"mask_conditions": 1, "mask_results": results.num_rows}
-
-
-def sweep_summary(warehouse_root: Path, run_id: str) -> pa.Table:
-    """Accuracy per condition with its 95% Wilson interval and the paired difference to the baseline."""
-    from attnwh.queries.library import open_session
-
-    with open_session(warehouse_root) as session:
-        return session.query(
-            "select strategy, stage, k, round(fraction, 3) as fraction, seed, n, round(accuracy, 3) as accuracy, "
-            "round(ci_low, 3) as ci_low, round(ci_high, 3) as ci_high, round(delta, 3) as delta, mcnemar_p "
-            "from masking_accuracy where run_id = $run_id order by condition_id",
-            {"run_id": run_id},
-        )

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from attnwh.extract.benchmarks import registry
-from attnwh.extract.mask_run import MaskOptions, run_mask
+from attnwh.extract.mask_run import MaskOptions
+from attnwh.workflows import mask_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 
@@ -63,7 +64,7 @@ def hostile_warehouse_module(tmp_path_factory, tiny_mha):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
         run_extract(warehouse, ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
-        run_mask(warehouse, MaskOptions(model=str(tiny_mha), k=("0", "1", "2"), seeds=1, device="cpu", command=["test"]))
+        mask_sweep(warehouse, MaskOptions(model=str(tiny_mha), k=("0", "1", "2"), seeds=1, device="cpu", command=["test"]))
     return warehouse
 
 

@@ -9,7 +9,7 @@ from attnwh.cli import INTERNAL_ERROR_EXIT, main
 # per command: a function it calls (patched to fail) and the arguments that reach it
 COMMANDS = {
     "extract": ("attnwh.extract.run.run_extract", ["extract"]),
-    "mask": ("attnwh.extract.mask_run.run_mask", ["mask"]),
+    "mask": ("attnwh.workflows.mask_sweep", ["mask"]),
     "models": ("attnwh.output.render", ["models"]),
     "benchmarks": ("attnwh.extract.benchmarks.registry.all_benchmarks", ["benchmarks"]),
     "sql": ("attnwh.queries.library.open_session", ["sql", "select 1"]),

@@ -27,7 +27,7 @@ from attnwh.extract.benchmarks.templates import render_question
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.run import encode_batch, generate_with_capture
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.queries.library import open_session
 from tests.reference import reference_generate
 

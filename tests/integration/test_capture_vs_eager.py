@@ -9,7 +9,7 @@ from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec, capture_session
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.run import generate_with_capture
+from attnwh.extract.generation import generate_with_capture
 from attnwh.extract.segments import prompt_segments
 from tests.reference import reference_generate
 

@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from attnwh.extract.mask_run import rank_heads
+from attnwh.queries.rankings import head_order
 from attnwh.extract.masking import stage_layers
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session, run_mart
@@ -85,7 +85,8 @@ def test_an_edited_formula_is_followed_by_every_mart_and_masking(warehouse, edit
     assert {(r["layer"], r["head"]): r["detection_score"] for r in visual} == {key: value[2] for key, value in expected.items()}
     order = sorted(expected, key=lambda key: (-expected[key][0], key))
     assert [(r["layer"], r["head"]) for r in ranking] == order
-    assert rank_heads(root, run_id, "concentration", "gen1") == order  # what `attnwh mask --strategy top` masks first
+    with open_session(root) as session:
+        assert head_order(session, run_id, "concentration", "gen1") == order  # what `attnwh mask --strategy top` masks first
 
 
 def test_the_edit_changes_the_ranking(warehouse):
@@ -93,7 +94,8 @@ def test_the_edit_changes_the_ranking(warehouse):
     root, run_id = warehouse
     expected = by_python(root, run_id)
     order = sorted(expected, key=lambda key: (-expected[key][0], key))
-    assert rank_heads(root, run_id, "concentration", "gen1") != order
+    with open_session(root) as session:
+        assert head_order(session, run_id, "concentration", "gen1") != order
 
 
 def test_stages_come_from_the_stage_macro():

@@ -19,7 +19,8 @@ from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.models import load_config, load_model, model_info, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.run import ExtractOptions, encode_batch, generate_with_capture, run_extract
+from attnwh.extract.generation import encode_batch, generate_with_capture
+from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.segments import image_spans
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 from tests.builders.tiny_gemma3 import save_tiny_gemma3

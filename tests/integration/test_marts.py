@@ -3,6 +3,7 @@ and expected rows written by hand for a hand-made warehouse."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pyarrow as pa
@@ -10,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from attnwh.errors import UsageError
-from attnwh.extract.mask_run import MaskOptions, run_mask
+from attnwh.extract.mask_run import MaskOptions
+from attnwh.workflows import mask_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import bind_parameters, data_test_failures, get_mart, marts, open_session, run_mart
 from attnwh.warehouse import parts
@@ -24,15 +26,23 @@ from attnwh.warehouse.definitions import rollups
 def toy_warehouse(tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("marts") / "wh"
     run_extract(warehouse, ExtractOptions(limit=24, rows=False, device="cpu", part_size=12, batch_size=12, command=["test"]))
-    run_mask(warehouse, MaskOptions(limit=24, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=12, command=["test"]))
+    mask_sweep(warehouse, MaskOptions(limit=24, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=12, command=["test"]))
     return warehouse
 
 
 @pytest.mark.parametrize("name", sorted(marts()))
 def test_mart_sidecar_tests_pass_on_a_real_warehouse(toy_warehouse, name):
     mart = get_mart(name)
-    given = {"run_id": _extract_run(toy_warehouse)} if "run_id" in mart.parameters else {}
     with open_session(toy_warehouse) as session:
+        runs = {row["kind"]: row for row in session.query("select kind, run_id, model, benchmark, spec from runs").to_pylist()}
+        extract = runs["extract"]
+        known = {
+            "run_id": runs["mask"]["run_id"] if name == "mask_sweep" else extract["run_id"],
+            "model": extract["model"],
+            "benchmark": extract["benchmark"],
+            "model_revision": json.loads(extract["spec"])["model_revision"],
+        }
+        given = {key: known[key] for key, spec in mart.parameters.items() if spec.get("required")}
         table = run_mart(session, name, given)
     assert table.num_rows > 0, f"{name} returned no rows"
     assert data_test_failures(mart, table) == []

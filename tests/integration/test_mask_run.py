@@ -9,11 +9,13 @@ import torch
 
 from attnwh.errors import UsageError
 from attnwh.extract.benchmarks import get_benchmark
-from attnwh.extract.mask_run import MaskOptions, run_mask
+from attnwh.extract.mask_run import MaskOptions
+from attnwh.workflows import mask_sweep
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.run import ExtractOptions, encode_batch, generate_with_capture, run_extract
+from attnwh.extract.generation import encode_batch, generate_with_capture
+from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.default import default_model_folder
 from attnwh.queries.library import open_session
 
@@ -25,7 +27,7 @@ def swept(tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("mask") / "wh"
     run_extract(warehouse, ExtractOptions(limit=LIMIT, rows=False, device="cpu", part_size=LIMIT, batch_size=16, command=["test"]))
     options = MaskOptions(limit=LIMIT, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=16, command=["test"])
-    return warehouse, options, run_mask(warehouse, options)
+    return warehouse, options, mask_sweep(warehouse, options)[0]
 
 
 def test_sweep_conditions_and_baseline(swept):
@@ -50,14 +52,14 @@ def test_sweep_conditions_and_baseline(swept):
 
 def test_sweep_resumes_without_work(swept):
     warehouse, options, first = swept
-    again = run_mask(warehouse, options)
+    again, summary = mask_sweep(warehouse, options)
     assert again.run_id == first.run_id and again.conditions_written == 0 and again.conditions_skipped == first.conditions_total
-    assert again.summary.num_rows == first.conditions_total
+    assert summary.num_rows == first.conditions_total
 
 
 def test_mask_without_an_extraction_run_fails_clearly(tmp_path):
     with pytest.raises(UsageError, match="no complete extraction run of toy-llava"):
-        run_mask(tmp_path / "empty", MaskOptions(limit=4, device="cpu", command=["test"]))
+        mask_sweep(tmp_path / "empty", MaskOptions(limit=4, device="cpu", command=["test"]))
 
 
 def test_masking_every_head_makes_answers_independent_of_the_image():

@@ -11,7 +11,7 @@ from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.masking import HeadMask, build_conditions, stage_layers
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.run import encode_batch, generate_with_capture
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from tests.reference import reference_generate
 
 HEADS = ((0, 1), (1, 0), (1, 3), (2, 2))  # (layer, head) of a 3-layer × 4-head model

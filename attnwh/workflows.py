@@ -1,0 +1,39 @@
+"""Work that spans stages, for the CLI and for notebooks: a stage never opens another stage's sessions,
+so whatever needs both (rank heads with a query, then run a model) is orchestrated here.
+
+Like the CLI, this module sits above the stages; the small core (``attnwh.errors``, ``attnwh.output``)
+imports none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+
+from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, prepare_mask, run_mask
+from attnwh.queries.library import open_session, run_mart
+from attnwh.queries.rankings import head_order, latest_ranking_run
+from attnwh.warehouse.layout import open_warehouse
+
+Warn = Callable[[list[str]], None]
+
+
+def mask_sweep(
+    warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
+) -> tuple[MaskResult, pa.Table]:
+    """``attnwh mask``: heads ranked over an extraction run (``--ranking-run``, else the newest complete
+    one of the same model revision and benchmark), the sweep run or resumed, and its table of
+    accuracy per condition (the ``mask_sweep`` mart)."""
+    setup = prepare_mask(options)
+    open_warehouse(warehouse, create=True)  # a sweep writes into it (a missing one then says which run to extract first)
+    with open_session(warehouse) as session:
+        if warn is not None:
+            warn(session.warnings)
+        run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
+        heads = head_order(session, run_id, options.ranking, options.ranking_query)
+    result = run_mask(warehouse, setup, Ranking(run_id, options.ranking, options.ranking_query, heads), on_progress)
+    with open_session(warehouse) as session:
+        summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
+    return result, summary

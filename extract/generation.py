@@ -1,0 +1,126 @@
+"""Generation with the capture session: one left-padded batch in, answers, first-step logits and the
+logit lens out. Shared by extraction and masking (and anything else that runs a model over a batch).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from attnwh.extract.benchmarks.templates import LETTERS
+from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.lens import LensResult, logit_lens
+from attnwh.extract.masking import HeadMask, head_masking
+from attnwh.extract.models import LoadedModel
+from attnwh.extract.segments import prompt_segments
+
+
+class _StopAfterAnswers:
+    """Stops a row once it produced EOS and the forward passes the capture needs have run."""
+
+    def __init__(self, prompt_length: int, eos_ids: torch.Tensor, passes_needed: int):
+        self.prompt_length, self.eos_ids, self.passes_needed = prompt_length, eos_ids, passes_needed
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]
+        finished = torch.isin(generated, self.eos_ids).any(dim=1)
+        return finished & (generated.shape[1] >= self.passes_needed)
+
+
+def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Processor output for one left-padded batch, on the model's device; float tensors in the model's dtype.
+
+    Everything the processor returns goes to the model (``image_sizes``, ``image_grid_thw``,
+    ``token_type_ids``, ``mm_token_type_ids``, ...): families need different extras.
+    """
+    encoded = loaded.processor(images=loaded.adapter.processor_images(images), text=prompts, return_tensors="pt", padding=True)
+    return {
+        key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None)
+        for key, value in encoded.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+@dataclass
+class Generation:
+    answers: list[list[int]]  # generated token ids per row, cut at the first EOS and at max_new_tokens
+    first_logits: torch.Tensor  # [batch, vocab] fp32 on CPU: the logits at the answer position
+    lens: dict[str, LensResult]  # per captured query, when the capture keeps hidden states
+
+
+def generate_with_capture(
+    loaded: LoadedModel,
+    encoded: dict[str, torch.Tensor],
+    capture: CaptureSpec | None,
+    max_new_tokens: int,
+    region: torch.Tensor | None = None,
+    mask: HeadMask | None = None,
+):
+    """Greedy generation, with the capture session active (unless ``capture`` is None) and the heads of
+    ``mask`` switched off. Returns (generation, session or None, segments).
+
+    Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
+    decode step of the first generated token, even when that token is EOS), so ``generate`` is not
+    told the EOS tokens; a stopping criterion ends rows at EOS instead, and answers are cut at the
+    first EOS and at ``max_new_tokens``.
+    """
+    from transformers import StoppingCriteriaList
+
+    tokenizer = loaded.processor.tokenizer
+    eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
+    adapter, model = loaded.adapter, loaded.model
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], adapter.image_token_ids(loaded.config))
+    prompt_length = encoded["input_ids"].shape[1]
+    passes = capture.forward_passes_needed if capture is not None else 1
+    stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
+    info = loaded.info
+    capturing = (
+        capture_session(
+            adapter.text_model(model), adapter.attention_modules(model), capture, segments, region, adapter.decoder_layers(model)
+        )
+        if capture is not None
+        else nullcontext()
+    )
+    with torch.inference_mode(), head_masking(adapter.attention_modules(model), mask, info["n_heads"], info["n_kv_heads"]), capturing as session:
+        output = model.generate(
+            **encoded,
+            max_new_tokens=max(max_new_tokens, passes),
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None,
+            stopping_criteria=stop,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    if session is not None and not session.complete():
+        raise RuntimeError("capture did not see every layer of every captured query")
+    end = set(loaded.eos_token_ids)
+    answers = []
+    for row in output.sequences[:, prompt_length:].tolist():
+        row = row[:max_new_tokens]
+        cut = next((i for i, token in enumerate(row) if token in end), len(row))
+        answers.append(row[:cut])
+    lens = {}
+    if session is not None and capture.lens:
+        softcap = getattr(loaded.config.get_text_config(), "final_logit_softcapping", None)
+        norm, lm_head = adapter.final_norm(model), adapter.lm_head(model)
+        lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
+    return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
+
+
+def letter_token_ids(tokenizer) -> list[torch.Tensor]:
+    """Per option letter, the ids of the single tokens that spell it at the start of an answer (``B``, ``▁B``)."""
+    ids = []
+    for letter in LETTERS:
+        candidates = {tokenizer.convert_tokens_to_ids(letter)}
+        for text in (letter, " " + letter):
+            encoded = tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded) == 1:
+                candidates.add(encoded[0])
+        candidates.discard(tokenizer.unk_token_id)
+        candidates.discard(None)
+        ids.append(torch.tensor(sorted(candidates), dtype=torch.long))
+    return ids

@@ -1,0 +1,92 @@
+"""What extraction and masking runs resolve alike from their options, before any weight is read:
+benchmark and samples, model config and adapter, prompt format and style, device, dtype, and the
+fingerprinted settings they share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attnwh.errors import UsageError
+from attnwh.extract.benchmarks import Benchmark, Sample, get_benchmark
+from attnwh.extract.benchmarks.data import resolve_data
+from attnwh.extract.benchmarks.registry import check_split
+from attnwh.extract.benchmarks.templates import check_style
+from attnwh.extract.models import Adapter, ModelSource, load_config, model_info, resolve_device, resolve_dtype, resolve_source, revision
+from attnwh.extract.prompts import PromptFormat, get_format
+from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
+from attnwh.warehouse.runs import environment_info
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What extraction and masking runs resolve alike from their options, before any weight is read."""
+
+    benchmark: Benchmark
+    split: str | None
+    data: Path | None
+    samples: list[Sample]
+    model_label: str
+    source: ModelSource
+    config: Any
+    adapter: Adapter
+    prompt_format: PromptFormat
+    template: str  # the benchmark's question template in the chosen prompt style
+    device: torch.device
+    dtype: torch.dtype
+    max_new_tokens: int
+    spec: dict[str, Any]  # the fingerprinted settings both kinds of run share
+    details: dict[str, Any]  # recorded, not fingerprinted
+
+
+def prepare_run(options) -> RunSetup:
+    """Benchmark, samples, model config, prompt format, device and dtype from ``ExtractOptions`` / ``MaskOptions``."""
+    benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
+    prompt_style = check_style(options.prompt_style)
+    split = check_split(benchmark, options.split)
+    data = resolve_data(benchmark, options.data)
+    samples = benchmark.load(data, split)
+    if options.limit is not None:
+        samples = samples[: options.limit]
+    if not samples:
+        raise UsageError("the benchmark selection has no samples")
+    model_label = options.model or DEFAULT_MODEL
+    source = resolve_source(model_location(options.model))
+    config, adapter = load_config(source)
+    prompt_format = get_format(options.prompt_format)
+    if prompt_format.name not in adapter.prompt_formats:
+        raise UsageError(
+            f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
+        )
+    device = resolve_device(options.device)
+    dtype = resolve_dtype(options.dtype, device, config)
+    max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
+    spec = {
+        "model": model_label,
+        "model_revision": revision(source, config),
+        "dtype": str(dtype).removeprefix("torch."),
+        "prompt_format": prompt_format.name,
+        "prompt_style": prompt_style,
+        "benchmark": benchmark.name,
+        "benchmark_version": benchmark.version,
+        "split": split,
+        "data": str(data) if data is not None else None,
+        "limit": options.limit,
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
+    details = {
+        "model_location": source.location,
+        "model_info": model_info(config, adapter),
+        "device": str(device),
+        "command": options.command,
+        "environment": environment_info(),
+    }
+    template = benchmark.template_for(prompt_style)
+    return RunSetup(
+        benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, template, device, dtype, max_new_tokens, spec, details
+    )

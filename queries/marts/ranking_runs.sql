@@ -1,0 +1,10 @@
+-- one row per complete extraction run of a model (at one revision) on a benchmark, newest first:
+-- the runs `attnwh mask` may rank heads by (the first, unless --ranking-run names another)
+select run_id, created
+from runs
+where kind = 'extract'
+    and complete
+    and model = $model
+    and benchmark = $benchmark
+    and json_extract_string(spec, '$.model_revision') = $model_revision
+order by created desc, run_id

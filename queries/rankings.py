@@ -1,0 +1,30 @@
+"""Head rankings for the stages that act on heads (masking): which extraction run to rank by, and the
+order of its heads. Both are marts (``ranking_runs``, ``head_ranking``); these are their typed faces.
+"""
+
+from __future__ import annotations
+
+from attnwh.errors import UsageError
+from attnwh.queries.library import run_mart
+from attnwh.warehouse.catalog import Catalog
+
+Head = tuple[int, int]  # (layer, head)
+
+
+def latest_ranking_run(session: Catalog, model: str, model_revision: str, benchmark: str) -> str:
+    """The newest complete extraction run of this model revision on this benchmark."""
+    rows = run_mart(session, "ranking_runs", {"model": model, "model_revision": model_revision, "benchmark": benchmark}).to_pylist()
+    if not rows:
+        raise UsageError(
+            f"no complete extraction run of {model} (this revision) on {benchmark} in the warehouse to rank heads by; "
+            f"run `attnwh extract --model {model} --benchmark {benchmark}` first, or pass --ranking-run"
+        )
+    return rows[0]["run_id"]
+
+
+def head_order(session: Catalog, run_id: str, score: str, query: str) -> list[Head]:
+    """Every head of the run, best first, by the ``head_ranking`` mart."""
+    rows = run_mart(session, "head_ranking", {"run_id": run_id, "metric": score, "query": query}).to_pylist()
+    if not rows:
+        raise UsageError(f"extraction run {run_id} has no head metrics for query {query}")
+    return [(row["layer"], row["head"]) for row in rows]
