@@ -444,11 +444,10 @@ def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None
     from attnwh.output import render
 
     _check_format(fmt)
+    from attnwh.queries.library import run_mart
+
     with _session(warehouse) as session:
-        table = session.query(
-            "select run_id, kind, model, benchmark, n_samples, parts_committed, n_parts, complete, dtype, created "
-            "from runs order by created, run_id"
-        )
+        table = run_mart(session, "run_list")
     typer.echo(render(table, fmt))
 
 

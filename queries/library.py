@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import yaml
 
@@ -17,6 +18,7 @@ from attnwh.warehouse.layout import open_warehouse
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when libyaml is there: 10× faster
 STAGING_ORDER = (
+    "stg_runs",
     "stg_samples",
     "stg_layers",
     "stg_head_metrics",
@@ -24,6 +26,7 @@ STAGING_ORDER = (
     "stg_head_ranks",
     "stg_head_scores",
     "stg_logit_lens",
+    "stg_mask_conditions",
     "stg_mask_results",
 )
 
@@ -74,14 +77,28 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
     try:
         for name, sql in staging_sql():
             catalog.define_view(name, sql)
-        for mart in marts().values():
-            if not mart.parameters:
-                catalog.define_view(mart.name, mart.sql)
+        _define_marts(catalog, [mart for mart in marts().values() if not mart.parameters])
         catalog.lock()
     except Exception:
         catalog.close()
         raise
     return catalog
+
+
+def _define_marts(catalog: Catalog, pending: list[Mart]) -> None:
+    """Every mart as a view, each after the marts it reads (a mart may read another: report_* read the
+    question marts): those that do not bind yet are retried once others are defined."""
+    while pending:
+        waiting, first_error = [], None
+        for mart in pending:
+            try:
+                catalog.define_view(mart.name, mart.sql)
+            except duckdb.CatalogException as exc:
+                waiting.append(mart)
+                first_error = first_error or exc
+        if len(waiting) == len(pending):
+            raise first_error
+        pending = waiting
 
 
 def get_mart(name: str) -> Mart:

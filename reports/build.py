@@ -19,103 +19,37 @@ from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
 from attnwh.reports import charts
 from attnwh.reports.page import Page, Section
 
-HEADS_SQL = """
-select model, benchmark, layer, head, n_samples, mean_image_sum, mean_concentration, mean_concentration_x_sum
-from head_attention
-where query = $query
-order by model, benchmark, layer, head
-"""
+
 
 TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
 
-LAYERS_SQL = """
-select model, benchmark, layer, depth, mean_image_sum, mean_concentration, mean_concentration_x_sum
-from layer_profile
-where query = $query
-order by model, benchmark, layer
-"""
 
-SEGMENTS_SQL = """
-select model, benchmark, layer, image, bos, system, prompt, generated
-from segment_shares
-where query = $query
-order by model, benchmark, layer
-"""
 
-LENS_SAMPLES_SQL = """
-with chosen as (
-    select run_id, sample_idx
-    from (select distinct run_id, sample_idx from stg_logit_lens where query = $query)
-    qualify row_number() over (partition by run_id order by sample_idx) <= $max_samples
-)
-select l.model, l.benchmark, l.sample_idx, l.layer, l.target_rank, l.target_text, l.top_text
-from stg_logit_lens as l
-join chosen using (run_id, sample_idx)
-where l.query = $query
-order by l.model, l.benchmark, l.sample_idx, l.layer
-"""
 
-LENS_CURVES_SQL = """
-select model, benchmark, query, layer, rank_median, share_at_top
-from lens_convergence
-order by model, benchmark, query, layer
-"""
 
-LENS_SETTLING_SQL = """
-select model, benchmark, query, n_layers, n_samples, median_settle_layer, round(share_settled_early, 3) as share_settled_early
-from lens_settling
-order by model, benchmark, query
-"""
 
-MASKING_SQL = """
-with curves as (
-    select * from masking_curves
-),
-lines as (
-    select distinct run_id, strategy, stage from curves where strategy <> 'none'
-)
-select c.model, c.benchmark, c.mode, c.strategy, c.stage, c.k, c.fraction, c.accuracy, c.ci_low, c.ci_high, c.n_conditions
-from curves as c
-where c.strategy <> 'none'
-union all
-select b.model, b.benchmark, b.mode, l.strategy, l.stage, b.k, b.fraction, b.accuracy, b.ci_low, b.ci_high, b.n_conditions
-from curves as b
-join lines as l using (run_id)
-where b.strategy = 'none'
-order by model, benchmark, stage, strategy, k
-"""
 
-CONDITIONS_SQL = """
-select model, benchmark, mode, strategy, stage, k, seed, n, round(accuracy, 3) as accuracy,
-       round(ci_low, 3) as ci_low, round(ci_high, 3) as ci_high, round(delta, 3) as delta, mcnemar_p
-from masking_accuracy
-order by model, benchmark, condition_id
-"""
 
-OVERVIEW_SQL = """
-select run_id, kind, model, benchmark, architecture, n_layers, n_heads, n_kv_heads, dtype, n_planned, parts_committed, n_parts,
-       complete, n_rows, n_errors, n_invalid, round(accuracy, 4) as accuracy
-from run_overview
-order by created, run_id
-"""
 
-SAMPLES_SQL = """
-select model, benchmark, sample_key, status, question, output_text, parsed, gold, correct, error
-from stg_samples
-order by model, benchmark, sample_idx
-limit $max_samples
-"""
+
+
+
+
+
+
+
+
+
 
 
 @dataclass(frozen=True)
 class ChartSection:
     title: str
     description: str
-    sql: str
+    mart: str  # the query of the library (queries/marts) that feeds it
     chart: Callable[[list[dict]], dict] | None  # None: shown as a table
     parameters: dict[str, Any]
-    mart: str | None = None  # a mart with parameters: ``sql`` is ignored, the mart runs with ``parameters``
-    keep: Callable[[dict], bool] | None = None  # rows of the mart to show
+    keep: Callable[[dict], bool] | None = None  # rows of the mart to show (then sorted by model, benchmark, rank)
     columns: tuple[str, ...] | None = None
 
 
@@ -123,21 +57,20 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
     """The report set: file name -> (page title, sections)."""
     q = {"query": query}
     return {
-        "index.html": ("attnwh report", [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", OVERVIEW_SQL, None, {})]),
+        "index.html": ("attnwh report", [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", "report_overview", None, {})]),
         "attention.html": (
             "Image attention per head",
             [
-                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", HEADS_SQL, lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q),
-                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", HEADS_SQL, lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q),
-                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", HEADS_SQL, lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q),
-                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", HEADS_SQL, charts.sum_vs_concentration, q),
+                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q),
+                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q),
+                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q),
+                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q),
                 ChartSection(
                     f"Top {top} heads ({query})",
                     "Ranked by mean concentration × sum; detection score = share of samples in which the head is among that sample's top 10.",
-                    "",
+                    "visual_heads",
                     None,
                     {"query": query},
-                    mart="visual_heads",
                     keep=lambda row: row["rank"] <= top,
                     columns=TOP_HEADS_COLUMNS,
                 ),
@@ -146,27 +79,27 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "layers.html": (
             "Layers and segments",
             [
-                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", LAYERS_SQL, lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q),
-                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", LAYERS_SQL, lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q),
-                ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", SEGMENTS_SQL, charts.segment_shares, q),
+                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q),
+                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q),
+                ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", "report_segments", charts.segment_shares, q),
             ],
         ),
         "lens.html": (
             "Logit lens",
             [
-                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", LENS_SAMPLES_SQL, charts.lens_rank_heatmap, {**q, "max_samples": max_samples}),
-                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", LENS_CURVES_SQL, charts.lens_median_rank, {}),
-                ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", LENS_SETTLING_SQL, None, {}),
+                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}),
+                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}),
+                ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
             ],
         ),
         "masking.html": (
             "Head masking",
             [
-                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", MASKING_SQL, charts.masking_curves, {}),
-                ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", CONDITIONS_SQL, None, {}),
+                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}),
+                ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
             ],
         ),
-        "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", SAMPLES_SQL, None, {"max_samples": max_samples})]),
+        "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
     }
 
 
@@ -221,15 +154,12 @@ def build_report(
 
 
 def _section(session: Catalog, section: ChartSection) -> Section:
-    if section.mart is not None:
-        mart = get_mart(section.mart)
-        rows = run_mart(session, section.mart, {key: str(value) for key, value in section.parameters.items()}).to_pylist()
-        rows = [{column: row[column] for column in section.columns or row} for row in rows if section.keep is None or section.keep(row)]
+    mart = get_mart(section.mart)
+    rows = run_mart(session, section.mart, {key: str(value) for key, value in section.parameters.items()}).to_pylist()
+    if section.keep is not None:
+        rows = [{column: row[column] for column in section.columns or row} for row in rows if section.keep(row)]
         rows.sort(key=lambda row: (row.get("model"), row.get("benchmark"), row.get("rank")))
-        shown_sql = f"-- the {mart.name} query (attnwh query {mart.name})\n{mart.sql.strip()}"
-    else:
-        rows = session.query(section.sql, section.parameters or None).to_pylist()
-        shown_sql = section.sql.strip()
+    shown_sql = f"-- the {mart.name} query (attnwh query {mart.name})\n{mart.sql.strip()}"
     if section.parameters:
         shown_sql += "\n-- parameters: " + ", ".join(f"{key} = {value!r}" for key, value in section.parameters.items())
     if section.chart is None:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
 from attnwh.warehouse import parts
-from attnwh.warehouse.definitions import define_macros
+from attnwh.warehouse.definitions import define_macros, rollup_views_sql
 from attnwh.warehouse.layout import RunPaths, Warehouse
 from attnwh.warehouse.runs import read_manifest, read_plan
 from attnwh.warehouse.schema import META_VERSION, SCHEMA_VERSION, TABLES
@@ -107,19 +107,8 @@ class Catalog:
             relation.create_view(table, replace=True)
 
     def _define_rollup_views(self) -> None:
-        """Which runs' rollups were built from the current definitions, and the head_metrics of the others.
-
-        ``rolled_up_runs``: runs every one of whose head_summary and head_ranks rows carries the
-        current ``definitions_version()``; ``head_metrics_not_rolled_up``: the rows of every other run
-        (older parts, or rollups of other definitions), which staging recomputes from.
-        """
-        self.connection.sql(
-            "select run_id from (select run_id, definitions from head_summary union all select run_id, definitions from head_ranks) "
-            "group by run_id having bool_and(coalesce(definitions = definitions_version(), false))"
-        ).create_view("rolled_up_runs", replace=True)
-        self.connection.sql(
-            "select * from head_metrics where run_id not in (select run_id from rolled_up_runs)"
-        ).create_view("head_metrics_not_rolled_up", replace=True)
+        """``rolled_up_runs`` and ``head_metrics_not_rolled_up`` (warehouse/sql/rollup_views.sql)."""
+        self.connection.execute(rollup_views_sql())
 
     def _with_every_column(self, relation: duckdb.DuckDBPyRelation, schema: pa.Schema) -> duckdb.DuckDBPyRelation:
         """The relation with NULLs for columns of the schema that none of its files has (files

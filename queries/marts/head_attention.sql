@@ -15,4 +15,4 @@ select
         (h.sumsq_concentration - h.sum_concentration * h.sum_concentration / h.n_concentration) / (h.n_concentration - 1))) end as sd_concentration,
     case when h.n_concentration > 0 then h.sum_concentration_x_sum / h.n_concentration end as mean_concentration_x_sum
 from stg_head_summary as h
-join runs as r using (run_id)
+join stg_runs as r using (run_id)

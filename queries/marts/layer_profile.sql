@@ -31,5 +31,5 @@ select
     case when p.n_concentration > 0 then p.sum_concentration / p.n_concentration end as mean_concentration,
     case when p.n_concentration > 0 then p.sum_concentration_x_sum / p.n_concentration end as mean_concentration_x_sum
 from per_layer as p
-join runs as r using (run_id)
+join stg_runs as r using (run_id)
 join stg_layers as l using (run_id, layer)

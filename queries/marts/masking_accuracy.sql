@@ -2,7 +2,7 @@
 -- unmasked baseline (condition 0) on the same samples: difference in accuracy and the exact McNemar p-value
 with results as (
     select run_id, condition_id, sample_idx, correct
-    from mask_results
+    from stg_mask_results
     where status = 'ok' and correct is not null
 ),
 per_condition as (
@@ -46,8 +46,8 @@ wilson as (
 )
 select
     m.run_id,
-    r.model,
-    r.benchmark,
+    m.model,
+    m.benchmark,
     m.condition_id,
     m.strategy,
     m.stage,
@@ -66,7 +66,6 @@ select
     t.lost,
     t.gained,
     t.mcnemar_p
-from mask_conditions as m
-join runs as r using (run_id)
+from stg_mask_conditions as m
 join wilson as w using (run_id, condition_id)
 left join tests as t using (run_id, condition_id)

@@ -1,7 +1,7 @@
 -- one row per complete extraction run of a model (at one revision) on a benchmark, newest first:
 -- the runs `attnwh mask` may rank heads by (the first, unless --ranking-run names another)
 select run_id, created
-from runs
+from stg_runs
 where kind = 'extract'
     and complete
     and model = $model

@@ -6,7 +6,7 @@ with extract_samples as (
         count(*) filter (where status = 'error') as n_errors,
         count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
         avg(case when correct then 1.0 when correct = false then 0.0 end) as accuracy
-    from samples
+    from stg_samples
     group by run_id
 ),
 mask_samples as (
@@ -16,7 +16,7 @@ mask_samples as (
         count(*) filter (where status = 'error') as n_errors,
         count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
         avg(case when correct then 1.0 when correct = false then 0.0 end) filter (where condition_id = 0) as accuracy
-    from mask_results
+    from stg_mask_results
     group by run_id
 ),
 counted as (
@@ -43,5 +43,5 @@ select
     coalesce(c.n_invalid, 0) as n_invalid,
     c.accuracy,
     r.created
-from runs as r
+from stg_runs as r
 left join counted as c using (run_id)

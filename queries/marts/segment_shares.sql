@@ -28,5 +28,5 @@ select
     p.prompt,
     p.generated
 from per_layer as p
-join runs as r using (run_id)
+join stg_runs as r using (run_id)
 join stg_layers as l using (run_id, layer)

@@ -33,7 +33,7 @@ keyed as (
         layer,
         head,
         head_order_key(head_score($score, image_sum, image_entropy, n_image), layer, head) as sort_key
-    from head_metrics
+    from stg_head_metrics
     where query = $query and $k > ranks_kept()
 ),
 thresholds as (
@@ -68,4 +68,4 @@ select
 from means as m
 join samples_per_run as s using (run_id)
 left join detected as d using (run_id, layer, head)
-join runs as r using (run_id)
+join stg_runs as r using (run_id)

@@ -6,5 +6,5 @@ select
     r.n_layers,
     depth(l.layer, r.n_layers) as depth,
     stage(l.layer, r.n_layers) as stage
-from runs as r, lateral (select unnest(range(r.n_layers)) as layer) as l
+from stg_runs as r, lateral (select unnest(range(r.n_layers)) as layer) as l
 where r.n_layers is not null

@@ -17,4 +17,4 @@ select
     l.top_prob,
     l.target_rank = 1 as at_top
 from logit_lens as l
-join runs as r using (run_id)
+join stg_runs as r using (run_id)

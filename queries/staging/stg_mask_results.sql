@@ -19,4 +19,4 @@ select
     m.correct
 from mask_results as m
 join mask_conditions as c using (run_id, condition_id)
-join runs as r using (run_id)
+join stg_runs as r using (run_id)

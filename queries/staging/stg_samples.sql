@@ -26,4 +26,4 @@ select
     s.image_end,
     s.n_region
 from samples as s
-join runs as r using (run_id)
+join stg_runs as r using (run_id)
