@@ -32,8 +32,8 @@ def mask_sweep(
         if warn is not None:
             warn(session.warnings)
         run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
-        heads = head_order(session, run_id, options.ranking, options.ranking_query)
-    result = run_mask(warehouse, setup, Ranking(run_id, options.ranking, options.ranking_query, heads), on_progress)
+        heads = head_order(session, run_id, options.score, options.ranking_query)
+    result = run_mask(warehouse, setup, Ranking(run_id, options.score, options.ranking_query, heads), on_progress)
     with open_session(warehouse) as session:
         summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
     return result, summary

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-LENS_COLUMNS = ("target_token", "target_rank", "target_prob", "top_token", "top_prob")
 
 
 @dataclass

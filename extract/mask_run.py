@@ -50,7 +50,7 @@ class MaskOptions:
     k: tuple[str, ...] = ("0", "0.05", "0.1", "0.2")
     seeds: int = 3
     mode: str = "zero"
-    ranking: str = "concentration_x_sum"
+    score: str = "concentration_x_sum"  # the head score that ranks heads (head_score_names())
     ranking_query: str = "gen1"
     ranking_run: str | None = None  # default: the latest complete extraction run of the same model and benchmark
     batch_size: int = 8
@@ -114,7 +114,7 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
         "mode": options.mode,
         "batch_size": 1 if options.mode == "paper" else None,  # paper mode runs unpadded
         "ranking_run": ranking.run_id,
-        "ranking_metric": ranking.score,
+        "ranking_metric": ranking.score,  # the stored name of the ranking's score (kept: it is in every run's fingerprint)
         "ranking_query": ranking.query,
         "conditions": [[c.strategy, c.stage, c.k, c.seed, [list(h) for h in c.heads]] for c in conditions],
     }
@@ -155,8 +155,8 @@ def _check_options(options: MaskOptions) -> None:
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
             raise UsageError(f"--{option} takes {', '.join(allowed)}; got {', '.join(values) or 'nothing'}")
-    if options.ranking not in RANKING_SCORES:
-        raise UsageError(f"--ranking takes {', '.join(RANKING_SCORES)}; got {options.ranking!r}")
+    if options.score not in RANKING_SCORES:
+        raise UsageError(f"--score takes {', '.join(RANKING_SCORES)}; got {options.score!r}")
     if options.ranking_query not in ("prompt", "gen1"):
         raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
     HeadMask((), options.mode)  # checks the mode
@@ -214,7 +214,7 @@ class _ConditionPart:
     condition: Condition
     mode: str
     ranking_run: str
-    ranking_metric: str
+    ranking_score: str
     rows: list[dict[str, Any]]
 
     def write(self, folder: Path) -> dict[str, int]:
@@ -231,7 +231,7 @@ class _ConditionPart:
                     "seed": c.seed,
                     "mode": self.mode,
                     "ranking_run_id": self.ranking_run,
-                    "ranking_metric": self.ranking_metric,
+                    "ranking_metric": self.ranking_score,  # stored under its first name (older parts have it)
                     "heads": [{"layer": layer, "head": head} for layer, head in c.heads],
                 }
             ],

@@ -77,7 +77,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     _check_options(options)
     setup = prepare_run(options)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
-    part_size = options.part_size or DEFAULT_PART_SIZE
+    part_size = options.part_size or setup.benchmark.part_size or DEFAULT_PART_SIZE
     spec = {**setup.spec, "queries": list(capture.queries), "rows": capture.rows, "lens": capture.lens}
     warehouse = open_warehouse(warehouse_path, create=True)
     samples = setup.samples

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import torch
 
 PAD, BOS, SYSTEM, IMAGE, PROMPT, GENERATED = 0, 1, 2, 3, 4, 5
-SEGMENT_NAMES = ("pad", "bos", "system", "image", "prompt", "generated")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def latest_ranking_run(session: Catalog, model: str, model_revision: str, benchm
 
 def head_order(session: Catalog, run_id: str, score: str, query: str) -> list[Head]:
     """Every head of the run, best first, by the ``head_ranking`` mart."""
-    rows = run_mart(session, "head_ranking", {"run_id": run_id, "metric": score, "query": query}).to_pylist()
+    rows = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist()
     if not rows:
         raise UsageError(f"extraction run {run_id} has no head metrics for query {query}")
     return [(row["layer"], row["head"]) for row in rows]

@@ -53,6 +53,7 @@ class Benchmark:
     default_split: str | None = None
     data_required: bool = True  # False: built in (the toy)
     data_help: str = ""  # the files ``--data`` accepts
+    part_size: int | None = None  # samples per committed part when --part-size is not given (None: the run loop's default, 256)
 
     def template_for(self, style: str) -> str:
         """The template name of a prompt style (``templates.PROMPT_STYLES``)."""

@@ -55,6 +55,7 @@ for _name, _description in _DESCRIPTIONS.items():
             load=partial(load, _name),
             template="as_is",  # the toy's questions carry their own options and answer instruction
             max_new_tokens=2,
+            part_size=32,  # a few seconds of work per committed part on a CPU
             splits=tuple(shapes.SPLIT_SEEDS),
             default_split="test",
             data_required=False,

@@ -9,6 +9,17 @@ with extract_samples as (
     from stg_samples
     group by run_id
 ),
+-- MMBench's circular evaluation: a question (group_key) counts as right only when every rotation is
+circular as (
+    select run_id, avg(case when all_right then 1.0 else 0.0 end) as circular_accuracy, count(*) as n_groups
+    from (
+        select run_id, group_key, bool_and(coalesce(status = 'ok' and correct, false)) as all_right
+        from stg_samples
+        where group_key is not null
+        group by run_id, group_key
+    )
+    group by run_id
+),
 mask_samples as (
     select
         run_id,
@@ -42,6 +53,9 @@ select
     coalesce(c.n_errors, 0) as n_errors,
     coalesce(c.n_invalid, 0) as n_invalid,
     c.accuracy,
+    g.n_groups,
+    g.circular_accuracy,
     r.created
 from stg_runs as r
 left join counted as c using (run_id)
+left join circular as g using (run_id)

@@ -11,7 +11,7 @@ select
     c.seed,
     c.mode,
     c.ranking_run_id,
-    c.ranking_metric,
+    c.ranking_metric as ranking_score,  -- stored as ranking_metric
     c.heads
 from mask_conditions as c
 join stg_runs as r using (run_id)

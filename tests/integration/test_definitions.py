@@ -77,7 +77,7 @@ def test_an_edited_formula_is_followed_by_every_mart_and_masking(warehouse, edit
         assert session.query("select count(*) as n from rolled_up_runs").to_pylist() == [{"n": 0}]  # built from other definitions: bypassed
         attention = run_mart(session, "head_attention").to_pylist()
         visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
-        ranking = run_mart(session, "head_ranking", {"run_id": run_id, "metric": "concentration"}).to_pylist()
+        ranking = run_mart(session, "head_ranking", {"run_id": run_id, "score": "concentration"}).to_pylist()
     gen1 = {(r["layer"], r["head"]): r for r in attention if r["query"] == "gen1"}
     assert {key: row["mean_concentration"] for key, row in gen1.items()} == pytest.approx({key: value[0] for key, value in expected.items()})
     assert {key: row["mean_concentration_x_sum"] for key, row in gen1.items()} == pytest.approx({key: value[1] for key, value in expected.items()})

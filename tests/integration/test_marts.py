@@ -306,3 +306,29 @@ def test_parameters_are_typed_checked_and_bound(hand):
     # a value carrying SQL is data: it matches no run
     assert _rows(warehouse, "head_ranking", {"run_id": f"{run_id}' or 1=1 --"}) == []
     assert len(_rows(warehouse, "head_ranking", {"run_id": run_id})) == 4
+
+
+def test_circular_accuracy_by_hand(tmp_path):
+    """MMBench circular: question A right in both rotations, B wrong in one, C's second rotation an error row."""
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    keys = ["A-c0", "A-c1", "B-c0", "B-c1", "C-c0", "C-c1"]
+    run, _ = open_or_create_run(
+        warehouse, kind="extract", model="hand", benchmark="mmbench-circular", spec={}, plan=Plan(keys, 6), run_id=None, details={}
+    )
+    outcomes = [("ok", True), ("ok", True), ("ok", True), ("ok", False), ("ok", True), ("error", None)]
+
+    def write(folder):
+        samples = pa.Table.from_pylist(
+            [
+                {"run_id": run.run_id, "sample_idx": i, "sample_key": key, "status": status, "correct": correct, "group_key": key[0]}
+                for i, (key, (status, correct)) in enumerate(zip(keys, outcomes))
+            ],
+            schema=SAMPLES,
+        )
+        pq.write_table(samples.replace_schema_metadata(with_metadata("samples", samples.schema).metadata), folder / "samples.parquet")
+        return {"samples": samples.num_rows}
+
+    parts.commit_part(run.paths, 0, write)
+    (row,) = _rows(tmp_path / "wh", "run_overview", order=("run_id",))
+    assert (row["n_groups"], row["circular_accuracy"]) == (3, pytest.approx(1 / 3))
+    assert row["accuracy"] == pytest.approx(4 / 5)  # the plain accuracy counts rotations (error rows are not scored)

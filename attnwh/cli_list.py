@@ -1,0 +1,71 @@
+"""The commands that list what attnwh supports: ``attnwh models`` and ``attnwh benchmarks``."""
+
+from __future__ import annotations
+
+import typer
+
+from attnwh.console import FormatOption, check_format, handles_errors
+
+
+
+@handles_errors
+def models(fmt: FormatOption = "table") -> None:
+    """List the supported architectures, and the study's models with the HF-native ids to use for them.
+
+    Example: attnwh models --format csv
+    """
+    import pyarrow as pa
+
+    from attnwh.extract.models import ADAPTERS
+    from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
+    from attnwh.output import render
+
+    check_format(fmt)
+    supported = pa.Table.from_pylist(
+        [
+            {"architecture": a.architecture, "family": a.family, "prompt_formats": ", ".join(a.prompt_formats), "about": a.description}
+            for a in ADAPTERS.values()
+        ]
+    )
+    listed = pa.Table.from_pylist(
+        [
+            {"group": group, "model": m.study_name, "hf_id": m.hf_id, "architecture": m.architecture, "prompt_format": m.prompt_format, "note": m.note}
+            for group, entries in (("study", STUDY_MODELS), ("beyond", BEYOND_LLAVA))
+            for m in entries
+        ]
+    )
+    if fmt == "table":
+        typer.echo("Supported architectures\n" + render(supported, fmt) + "\n\nModels\n" + render(listed, fmt))
+    else:
+        typer.echo(render(listed, fmt))
+
+
+@handles_errors
+def benchmarks(fmt: FormatOption = "table") -> None:
+    """List the benchmarks: version, splits, prompt template, parser and the files --data accepts.
+
+    Example: attnwh benchmarks --format csv
+    """
+    import pyarrow as pa
+
+    from attnwh.extract.benchmarks.registry import all_benchmarks
+    from attnwh.output import render
+
+    check_format(fmt)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "benchmark": b.name,
+                "version": b.version,
+                "splits": ", ".join(b.splits),
+                "default_split": b.default_split,
+                "template": b.template,
+                "study_template": b.template_for("study"),
+                "max_new_tokens": b.max_new_tokens,
+                "about": b.description,
+                "data": b.data_help,
+            }
+            for b in all_benchmarks()
+        ]
+    )
+    typer.echo(render(table, fmt))

@@ -1,0 +1,158 @@
+"""The commands that read a warehouse: ``attnwh sql``, ``query``, ``runs``, ``verify`` and ``report``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnwh.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
+from attnwh.errors import UsageError
+
+
+
+@handles_errors
+def sql(
+    statement: Annotated[str | None, typer.Argument(help="One SELECT (or EXPLAIN) statement.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="Read the statement from this file.")] = None,
+    fmt: FormatOption = "table",
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Run one read-only SQL statement over the warehouse (views: runs, samples, head_metrics, marts).
+
+    Only SELECT and EXPLAIN run; files outside the warehouse cannot be read.
+
+    Example: attnwh sql "select layer, avg(image_sum) from head_metrics where query = 'gen1' group by layer order by layer"
+    """
+    from attnwh.output import render
+
+    check_format(fmt)
+    if (statement is None) == (file is None):
+        raise UsageError("give either a SQL statement or --file, not both or neither")
+    if file is not None:
+        try:
+            statement = file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    with read_session(warehouse) as session:
+        table = session.user_query(statement)
+    typer.echo(render(table, fmt))
+
+
+@handles_errors
+def query(
+    name: Annotated[str | None, typer.Argument(help="A named query (see --list).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the named queries and their descriptions.")] = False,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A parameter, KEY=VALUE (repeatable).")] = None,
+    fmt: FormatOption = "table",
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Run a named query of the library (queries/marts); parameters are bound, never pasted into SQL.
+
+    Example: attnwh query visual_heads --param k=5 --param score=image_sum
+    """
+    import pyarrow as pa
+
+    from attnwh.output import render
+    from attnwh.queries.library import marts, run_mart
+
+    check_format(fmt)
+    if list_:
+        rows = [
+            {
+                "query": mart.name,
+                "grain": mart.grain,
+                "parameters": ", ".join(f"{key}={spec.get('default', '?')}" for key, spec in mart.parameters.items()),
+                "description": mart.description,
+            }
+            for mart in marts().values()
+        ]
+        typer.echo(render(pa.Table.from_pylist(rows), fmt))
+        return
+    if name is None:
+        raise UsageError("name a query, or pass --list")
+    given = {}
+    for item in param or []:
+        key, separator, value = item.partition("=")
+        if not separator or not key.strip():
+            raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
+        given[key.strip()] = value
+    with read_session(warehouse) as session:
+        table = run_mart(session, name, given)
+    typer.echo(render(table, fmt))
+
+
+@handles_errors
+def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None:
+    """List the runs in the warehouse with their progress.
+
+    Example: attnwh runs --format json
+    """
+    from attnwh.output import render
+
+    check_format(fmt)
+    from attnwh.queries.library import run_mart
+
+    with read_session(warehouse) as session:
+        table = run_mart(session, "run_list")
+    typer.echo(render(table, fmt))
+
+
+@handles_errors
+def verify(
+    run_id: Annotated[str | None, typer.Argument(help="Check only this run.")] = None,
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Check every committed file against its commit record (size and sha256); list anything unreferenced.
+
+    Exits 1 if any problem is found.
+
+    Example: attnwh verify
+    """
+    from attnwh.warehouse import parts
+    from attnwh.warehouse.layout import open_warehouse
+
+    store = open_warehouse(warehouse)
+    runs_to_check = store.run_folders()
+    if run_id is not None:
+        found = store.find_run(run_id)
+        if found is None:
+            raise UsageError(f"no run {run_id!r} in {store.root}")
+        runs_to_check = [found]
+    failures = 0
+    for run_paths in runs_to_check:
+        problems = parts.verify(run_paths)
+        name = run_paths.root.name.removeprefix("run=")
+        n_parts = len(parts.committed_part_ids(run_paths))
+        if problems:
+            failures += len(problems)
+            for problem in problems:
+                typer.echo(f"{name}: {problem}")
+        else:
+            typer.echo(f"{name}: ok ({n_parts} committed part(s))")
+    if failures:
+        fail(f"{failures} problem(s) found", 1)
+
+
+@handles_errors
+def report(
+    out: Annotated[Path, typer.Option(help="Folder to write the pages (index.html, ...) into.")] = Path("attnwh-report"),
+    warehouse: WarehouseOption = None,
+    query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
+    fmt: Annotated[str, typer.Option("--format", help="html, or png / svg to also write every chart as a file under charts/.")] = "html",
+    top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
+) -> None:
+    """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, samples.
+
+    Example: attnwh report --out attnwh-report && open attnwh-report/index.html
+    """
+    from attnwh.reports.build import build_report
+
+    if query not in ("gen1", "prompt"):
+        raise UsageError(f"unknown query {query!r}; choose gen1 or prompt")
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    formats = ("html",) if fmt == "html" else ("html", fmt)
+    target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=warn)
+    typer.echo(f"report written to {target}")

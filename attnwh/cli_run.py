@@ -1,0 +1,171 @@
+"""The commands that run models: ``attnwh extract``, ``attnwh mask`` and ``attnwh toy train``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from attnwh.console import WarehouseOption, handles_errors, progress, warn
+from attnwh.errors import UsageError
+
+
+
+@handles_errors
+def extract(
+    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
+    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    warehouse: WarehouseOption = None,
+    queries: Annotated[str, typer.Option(help="Captured queries, comma-separated: prompt, gen1.")] = "prompt,gen1",
+    rows: Annotated[bool, typer.Option("--rows/--no-rows", help="Store raw attention rows (Zarr).")] = True,
+    lens: Annotated[bool, typer.Option("--lens/--no-lens", help="Store the logit lens per layer.")] = True,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default: the benchmark's, 32 for the toy, else 256).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
+    max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
+    prompt_format: Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")] = "chat_template",
+    prompt_style: Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")] = "llava-eval",
+) -> None:
+    """Run a model over a benchmark and store attention statistics, raw rows and answers.
+
+    Running the same command again resumes the run: committed parts are skipped.
+
+    Example: attnwh extract --limit 32 --batch-size 4
+    """
+    from attnwh.extract.run import ExtractOptions, run_extract
+
+    options = ExtractOptions(
+        model=model,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        limit=limit,
+        queries=tuple(name.strip() for name in queries.split(",") if name.strip()),
+        rows=rows,
+        lens=lens,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        part_size=part_size,
+        max_new_tokens=max_new_tokens,
+        run_id=run,
+        max_parts=max_parts,
+        prompt_format=prompt_format,
+        prompt_style=prompt_style,
+        command=["attnwh", *sys.argv[1:]],
+    )
+    with progress() as on_progress:
+        result = run_extract(warehouse, options, on_progress=on_progress)
+    state = "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    typer.echo(
+        f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "
+        f"{result.errors} error row(s); {result.parts_skipped} of {result.parts_total} part(s) were already committed"
+    )
+    typer.echo(f"run folder: {result.run_path}")
+
+
+
+@handles_errors
+def mask(
+    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava).")] = None,
+    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
+    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
+    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    warehouse: WarehouseOption = None,
+    strategy: Annotated[str, typer.Option(help="Head sets, comma-separated: top, random, bottom.")] = "top,random",
+    stage: Annotated[str, typer.Option(help="Layer stages, comma-separated: early, mid, late, all.")] = "all",
+    k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads (5, 0.1, 10%).")] = "0,0.05,0.1,0.2",
+    seeds: Annotated[int, typer.Option(help="Seeds of the random strategy.")] = 3,
+    mode: Annotated[str, typer.Option(help="zero (output zeroed), mean (mean output) or paper (uniform attention, unpadded).")] = "zero",
+    score: Annotated[str, typer.Option("--score", "--ranking", help="Head score that ranks heads: concentration_x_sum, image_sum or concentration (--ranking: its old name).")] = "concentration_x_sum",
+    ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
+    prompt_style: Annotated[str, typer.Option(help="As for attnwh extract: llava-eval or study.")] = "llava-eval",
+    run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
+) -> None:
+    """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.
+
+    Top heads are ranked over an extraction run of the same model and benchmark, so run attnwh extract
+    first. Each condition is committed as it finishes; the same command again resumes the sweep.
+
+    Example: attnwh extract && attnwh mask --strategy top,random --k 0,2,4,8 --seeds 3
+    """
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.workflows import mask_sweep
+    from attnwh.output import render
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    options = MaskOptions(
+        model=model,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        limit=limit,
+        strategies=names(strategy),
+        stages=names(stage),
+        k=names(k),
+        seeds=seeds,
+        mode=mode,
+        score=score,
+        ranking_run=ranking_run,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        prompt_format=prompt_format,
+        prompt_style=prompt_style,
+        run_id=run,
+        command=["attnwh", *sys.argv[1:]],
+    )
+    with progress("mask", "conditions") as on_progress:
+        result, summary = mask_sweep(warehouse, options, on_progress=on_progress, warn=warn)
+    typer.echo(render(summary, "table"))
+    typer.echo(
+        f"mask run {result.run_id}: wrote {result.conditions_written} condition(s); "
+        f"{result.conditions_skipped} of {result.conditions_total} were already committed"
+    )
+    typer.echo(f"run folder: {result.run_path}")
+
+
+
+@handles_errors
+def toy_train(
+    out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-trained).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights (training data are fixed).")] = 0,
+) -> None:
+    """Train the toy LLaVA on toy-shapes on the CPU (about 3 minutes on 2 cores), deterministic from the seed.
+
+    The trained model is saved with save_pretrained; use it with --model FOLDER. The embedded default
+    (toy-llava) is this command's output with the default settings, shipped with attnwh.
+
+    Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
+    """
+    from attnwh.extract.toy.default import attnwh_home
+    from attnwh.extract.toy.train import LANGUAGE_STEPS, train_toy
+
+    steps = LANGUAGE_STEPS if steps is None else steps
+    if steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    folder = out if out is not None else attnwh_home() / "models" / "toy-llava-trained"
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder} exists and is not empty; give another --out")
+    metrics = train_toy(folder, steps=steps, seed=seed, log=lambda line: typer.echo(line, err=True))
+    typer.echo(
+        f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, "
+        f"colour multiple choice {metrics['accuracy_colour']:.3f}"
+    )
+    typer.echo(f"model folder: {folder}")

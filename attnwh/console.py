@@ -1,0 +1,110 @@
+"""What every ``attnwh`` command shares: one-line errors, warnings, the query session of read
+commands, the progress bar and the option types. Library code raises ``AttnwhError`` subclasses;
+``handles_errors`` turns them into one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Annotated
+
+import typer
+
+from attnwh.errors import AttnwhError, UsageError
+
+WarehouseOption = Annotated[
+    str | None,
+    typer.Option("--warehouse", "-w", help="Warehouse folder (default: $ATTNWH_WAREHOUSE, else ./attnwh-warehouse)."),
+]
+FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
+
+
+def one_line(text: str) -> str:
+    """``text`` with every line break and control character escaped (``\\x1e``): a message is one line
+    on any terminal and for ``str.splitlines``, whatever user input it quotes."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
+
+
+def fail(message: str, code: int) -> None:
+    typer.echo(f"attnwh: error: {one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(command):
+    """Turn library errors into one line on stderr and a non-zero exit."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AttnwhError as exc:
+            fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            fail("interrupted; committed parts are kept, run the same command again to resume", 130)
+
+    return wrapper
+
+
+def warn(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"attnwh: warning: {one_line(line)}", err=True)
+
+
+class read_session:
+    """The query session of a read command; runs left out of it are named on stderr, never dropped silently."""
+
+    def __init__(self, warehouse: str | None):
+        self.warehouse = warehouse
+
+    def __enter__(self):
+        from attnwh.queries.library import open_session
+
+        self.catalog = open_session(self.warehouse)
+        warn(self.catalog.warnings)
+        return self.catalog
+
+    def __exit__(self, *exc_info) -> None:
+        self.catalog.close()
+
+
+def check_format(fmt: str) -> str:
+    from attnwh.output import FORMATS
+
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")
+    return fmt
+
+
+class progress:
+    """A progress bar on stderr showing items and items/s; shown from the first finished part."""
+
+    def __init__(self, label: str = "extract", unit: str = "samples"):
+        self.label, self.unit = label, unit
+
+    def __enter__(self):
+        self.progress = None
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(
+                TextColumn(self.label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} " + self.unit + "/s"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+            )
+            self.started = time.perf_counter()
+            self.task = self.progress.add_task(self.label, total=total, rate="-")
+            self.progress.start()
+        elapsed = time.perf_counter() - self.started
+        self.progress.update(self.task, completed=done, rate=f"{done / elapsed:.1f}" if elapsed > 0 else "-")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.progress is not None:
+            self.progress.stop()
