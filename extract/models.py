@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from attnwh.errors import ModelError, UsageError
+from attnwh.registry import register
 from attnwh.extract import regions
 from attnwh.extract.capture import CAPTURE_ATTENTION
 from attnwh.extract.regions import RegionFunction
@@ -72,10 +73,7 @@ ADAPTERS: dict[str, Adapter] = {}
 
 
 def register_adapter(adapter: Adapter) -> Adapter:
-    if adapter.architecture in ADAPTERS:
-        raise ValueError(f"an adapter for {adapter.architecture} is already registered")
-    ADAPTERS[adapter.architecture] = adapter
-    return adapter
+    return register(ADAPTERS, adapter.architecture, adapter, "an adapter for")
 
 
 _LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")

@@ -116,19 +116,26 @@ def lens_table(run_id: str, sample_idx: int, position: int, lens: dict[str, Lens
 
 def error_row(run_id: str, sample_idx: int, sample: Sample, error: str) -> dict[str, Any]:
     return {
+        **sample_fields(run_id, sample_idx, sample),
+        "status": "error",
+        "error": error[:1000],
+        "parser": sample.parser,
+        "parser_version": PARSERS[sample.parser].version if sample.parser in PARSERS else None,
+    }
+
+
+def sample_fields(run_id: str, sample_idx: int, sample: Sample) -> dict[str, Any]:
+    """The columns of a samples row that come from the benchmark's sample itself."""
+    return {
         "run_id": run_id,
         "sample_idx": sample_idx,
         "sample_key": sample.key,
-        "status": "error",
-        "error": error[:1000],
         "question": sample.question,
         "hint": sample.hint,
         "choices": list(sample.choices),
         "gold": sample.gold,
         "category": sample.category,
         "group_key": sample.group,
-        "parser": sample.parser,
-        "parser_version": PARSERS[sample.parser].version if sample.parser in PARSERS else None,
     }
 
 

@@ -25,7 +25,7 @@ from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
-from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table
+from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table, sample_fields
 from attnwh.extract.prompts import PromptFormat
 from attnwh.extract.regions import region_mask
 from attnwh.extract.scoring import score_answer
@@ -184,18 +184,10 @@ def _extract_batch(settings: BatchSettings, batch: Batch, part: PartData) -> Non
         sample_idx, sample = item.sample_idx, item.sample
         part.samples.append(
             {
-                "run_id": part.run_id,
-                "sample_idx": sample_idx,
-                "sample_key": sample.key,
+                **sample_fields(part.run_id, sample_idx, sample),
                 "status": "ok",
                 "error": None,
                 "prompt": prompt,
-                "question": sample.question,
-                "hint": sample.hint,
-                "choices": list(sample.choices),
-                "gold": sample.gold,
-                "category": sample.category,
-                "group_key": sample.group,
                 **score_answer(tokenizer, sample, answer, log_probs[position], settings.letter_ids),
                 "n_tokens": span.n_tokens,
                 "n_image": span.n_image,

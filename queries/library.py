@@ -23,6 +23,7 @@ STAGING_ORDER = (
     "stg_layers",
     "stg_head_metrics",
     "stg_head_summary",
+    "stg_layer_summary",
     "stg_head_ranks",
     "stg_head_scores",
     "stg_logit_lens",

@@ -23,33 +23,8 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.definitions import define_macros, rollup_views_sql
 from attnwh.warehouse.layout import RunPaths, Warehouse
 from attnwh.warehouse.runs import read_manifest, read_plan
-from attnwh.warehouse.schema import META_VERSION, SCHEMA_VERSION, TABLES
+from attnwh.warehouse.schema import META_VERSION, RUNS, SCHEMA_VERSION, TABLES
 
-RUNS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("kind", pa.string()),
-        ("model", pa.string()),
-        ("benchmark", pa.string()),
-        ("split", pa.string()),
-        ("created", pa.string()),
-        ("fingerprint", pa.string()),
-        ("n_samples", pa.int64()),
-        ("n_parts", pa.int64()),
-        ("parts_committed", pa.int64()),
-        ("complete", pa.bool_()),
-        ("architecture", pa.string()),
-        ("n_layers", pa.int32()),
-        ("n_heads", pa.int32()),
-        ("n_kv_heads", pa.int32()),
-        ("dtype", pa.string()),
-        ("prompt_format", pa.string()),
-        ("prompt_style", pa.string()),
-        ("device", pa.string()),
-        ("spec", pa.string()),
-        ("path", pa.string()),
-    ]
-)
 
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)

@@ -164,6 +164,33 @@ HEAD_RANKS = pa.schema(
     ]
 )
 
+# the runs view: one row per run, from RUN.json and the commit log (``attnwh.warehouse.catalog.runs_table``)
+RUNS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("kind", pa.string()),
+        ("model", pa.string()),
+        ("benchmark", pa.string()),
+        ("split", pa.string()),
+        ("created", pa.string()),
+        ("fingerprint", pa.string()),
+        ("n_samples", pa.int64()),
+        ("n_parts", pa.int64()),
+        ("parts_committed", pa.int64()),
+        ("complete", pa.bool_()),
+        ("architecture", pa.string()),
+        ("n_layers", pa.int32()),
+        ("n_heads", pa.int32()),
+        ("n_kv_heads", pa.int32()),
+        ("dtype", pa.string()),
+        ("prompt_format", pa.string()),
+        ("prompt_style", pa.string()),
+        ("device", pa.string()),
+        ("spec", pa.string()),
+        ("path", pa.string()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,

@@ -18,6 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from attnwh.errors import BenchmarkError
+from attnwh.registry import register
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
 
@@ -66,10 +67,7 @@ BENCHMARKS: dict[str, Benchmark] = {}
 
 
 def register_benchmark(benchmark: Benchmark) -> Benchmark:
-    if benchmark.name in BENCHMARKS:
-        raise ValueError(f"benchmark {benchmark.name} is already registered")
-    BENCHMARKS[benchmark.name] = benchmark
-    return benchmark
+    return register(BENCHMARKS, benchmark.name, benchmark, "benchmark")
 
 
 def get_benchmark(name: str) -> Benchmark:
