@@ -18,7 +18,6 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from attnwh.errors import UsageError
@@ -27,12 +26,13 @@ from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
+from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS, with_metadata
+from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS
 
 RANKING_SCORES = ("concentration_x_sum", "image_sum", "concentration")  # head_score_names() of the warehouse's definitions
 ProgressCallback = Callable[[int, int], None]
@@ -241,5 +241,5 @@ class _ConditionPart:
             [{"run_id": self.run_id, "condition_id": c.condition_id, "mode": self.mode, **row} for row in self.rows], schema=MASK_RESULTS
         )
         for table, name in ((conditions, "mask_conditions"), (results, "mask_results")):
-            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
+            write_parquet(table, name, folder)
         return {"mask_conditions": 1, "mask_results": results.num_rows}

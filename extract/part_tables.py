@@ -19,6 +19,7 @@ from attnwh.extract.lens import LensResult
 from attnwh.extract.stats import STAT_NAMES
 from attnwh.warehouse import arrays
 from attnwh.warehouse.definitions import rollups
+from attnwh.warehouse.layout import table_file
 from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, LOGIT_LENS, LOGIT_LENS_SORT, SAMPLES, with_metadata
 
 
@@ -38,13 +39,13 @@ class PartData:
         samples = pa.Table.from_pylist(self.samples, schema=SAMPLES)
         metrics = pa.concat_tables(self.metrics) if self.metrics else HEAD_METRICS.empty_table()
         metrics = metrics.sort_by(HEAD_METRICS_SORT)
-        write_parquet(samples, "samples", folder / "samples.parquet")
-        write_parquet(metrics, "head_metrics", folder / "head_metrics.parquet")
+        write_parquet(samples, "samples", folder)
+        write_parquet(metrics, "head_metrics", folder)
         summary, ranks = rollups(metrics)
-        write_parquet(summary, "head_summary", folder / "head_summary.parquet")
-        write_parquet(ranks, "head_ranks", folder / "head_ranks.parquet")
+        write_parquet(summary, "head_summary", folder)
+        write_parquet(ranks, "head_ranks", folder)
         if self.lens:
-            write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder / "logit_lens.parquet")
+            write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder)
         if self.rows:
             width = max(row.shape[-1] for _, per_query in self.rows for row in per_query)
             n_layers, n_heads = self.rows[0][1][0].shape[:2]
@@ -59,9 +60,10 @@ class PartData:
         return counts
 
 
-def write_parquet(table: pa.Table, name: str, path: Path) -> None:
+def write_parquet(table: pa.Table, name: str, folder: Path) -> None:
+    """A part's table ``name``, with the schema version in its metadata."""
     table = table.replace_schema_metadata(with_metadata(name, table.schema).metadata)
-    pq.write_table(table, path, compression="zstd")
+    pq.write_table(table, table_file(folder, name), compression="zstd")
 
 
 def metrics_table(run_id: str, sample_idx: int, n_image: int, statistics: dict[str, np.ndarray]) -> pa.Table:

@@ -15,9 +15,8 @@ import zarr
 
 from attnwh.errors import WarehouseError
 from attnwh.warehouse import parts
-from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.layout import ROWS_FOLDER, RunPaths, rows_folder
 
-ROWS_FOLDER = "rows.zarr"
 DIMENSIONS = ("sample", "query", "layer", "head", "key")
 
 
@@ -25,7 +24,7 @@ def write_rows(folder: Path, attention: np.ndarray, sample_idx: np.ndarray, quer
     """Write ``attention`` [sample, query, layer, head, key] (float16, NaN-padded) into ``folder/rows.zarr``."""
     if attention.ndim != 5 or attention.shape[0] != len(sample_idx):
         raise ValueError(f"attention rows must be [sample, query, layer, head, key], got {attention.shape}")
-    group = zarr.open_group(folder / ROWS_FOLDER, mode="w")
+    group = zarr.open_group(rows_folder(folder), mode="w")
     group.attrs.update({"queries": list(queries), "dimension_names": list(DIMENSIONS)})
     rows = group.create_array(
         "attention",
@@ -47,7 +46,7 @@ def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
     """
     arrays, indices, queries = [], [], None
     for record in parts.commit_records(run):
-        location = parts.part_folder(run, record) / ROWS_FOLDER
+        location = rows_folder(parts.part_folder(run, record))
         if not any(entry["path"].startswith(ROWS_FOLDER + "/") for entry in record.files):
             continue
         group = zarr.open_group(location, mode="r")

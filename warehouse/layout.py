@@ -24,8 +24,21 @@ def slug(text: str) -> str:
     return cleaned[:120] or "unnamed"
 
 
+ROWS_FOLDER = "rows.zarr"  # a part's raw attention rows (a Zarr group)
+
+
 def part_name(part_id: int) -> str:
     return f"part-{part_id:06d}"
+
+
+def table_file(part_folder: Path, table: str) -> Path:
+    """A part's Parquet file of ``table`` (``samples``, ``head_metrics``, ...)."""
+    return part_folder / f"{table}.parquet"
+
+
+def rows_folder(part_folder: Path) -> Path:
+    """A part's Zarr group of raw attention rows."""
+    return part_folder / ROWS_FOLDER
 
 
 _URL = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from attnwh.errors import IntegrityError, WarehouseError
-from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, table_file
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.schema import SCHEMA_VERSION
 
@@ -126,7 +126,7 @@ def table_files(run: RunPaths, table: str) -> list[Path]:
     files = []
     for record in commit_records(run):
         if table in record.tables:
-            files.append(part_folder(run, record) / f"{table}.parquet")
+            files.append(table_file(part_folder(run, record), table))
     return files
 
 
