@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def open_warehouse(path: Path | str | None, create: bool = False) -> Warehouse:
 
 def _write_marker(marker: Path) -> None:
     payload = json.dumps({"format": FORMAT_NAME, "layout_version": LAYOUT_VERSION}, indent=2)
-    tmp = marker.with_name(marker.name + ".tmp")
+    tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # two processes may create one warehouse at once
     tmp.write_text(payload + "\n")
     os.replace(tmp, marker)
 
