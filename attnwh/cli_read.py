@@ -156,3 +156,55 @@ def report(
     formats = ("html",) if fmt == "html" else ("html", fmt)
     target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=warn)
     typer.echo(f"report written to {target}")
+
+
+@handles_errors
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="Only this run.")] = None,
+    fmt: FormatOption = "table",
+    warehouse: WarehouseOption = None,
+) -> None:
+    """Where each run stands: parts committed / planned, who committed them, rate and ETA, attempts in flight.
+
+    Useful while ranks or cluster workers write into the warehouse. --format json gives every part's writer.
+
+    Example: attnwh status --format json
+    """
+    import json
+
+    import pyarrow as pa
+
+    from attnwh.output import render
+    from attnwh.warehouse.layout import open_warehouse
+    from attnwh.warehouse.status import run_status
+
+    check_format(fmt)
+    store = open_warehouse(warehouse)
+    runs = store.run_folders()
+    if run_id is not None:
+        found = store.find_run(run_id)
+        if found is None:
+            raise UsageError(f"no run {run_id!r} in {store.root}")
+        runs = [found]
+    statuses = [run_status(run) for run in runs]
+    if fmt == "json":
+        typer.echo(json.dumps(statuses, indent=1))
+        return
+    rows = [
+        {
+            "run_id": s["run_id"],
+            "kind": s.get("kind"),
+            "benchmark": s.get("benchmark"),
+            "committed": f"{s['parts_committed']}/{s['parts_planned']}" if "parts_committed" in s else None,
+            "samples_per_s": round(s["samples_per_second"], 2) if s.get("samples_per_second") else None,
+            "eta_s": round(s["eta_seconds"]) if s.get("eta_seconds") is not None else None,
+            "writers": ", ".join(f"{writer} ({count})" for writer, count in s.get("writers", {}).items()),
+            "in_flight": ", ".join(
+                f"part {a['part_id']} on {a['host']}:{a['pid']}" + (f" (lease {a['lease_age_seconds']} s)" if a["lease_age_seconds"] is not None else "")
+                for a in s.get("in_flight", [])
+            ),
+            "problem": s.get("problem"),
+        }
+        for s in statuses
+    ]
+    typer.echo(render(pa.Table.from_pylist(rows), fmt))

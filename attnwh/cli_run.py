@@ -33,6 +33,8 @@ def extract(
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
     prompt_format: Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")] = "chat_template",
     prompt_style: Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")] = "llava-eval",
+    rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
+    world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
 ) -> None:
     """Run a model over a benchmark and store attention statistics, raw rows and answers.
 
@@ -60,6 +62,8 @@ def extract(
         max_parts=max_parts,
         prompt_format=prompt_format,
         prompt_style=prompt_style,
+        rank=rank,
+        world_size=world_size,
         command=["attnwh", *sys.argv[1:]],
     )
     with progress() as on_progress:
@@ -93,6 +97,8 @@ def mask(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
     prompt_style: Annotated[str, typer.Option(help="As for attnwh extract: llava-eval or study.")] = "llava-eval",
+    rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
+    world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
 ) -> None:
     """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.
@@ -127,6 +133,8 @@ def mask(
         device=device,
         prompt_format=prompt_format,
         prompt_style=prompt_style,
+        rank=rank,
+        world_size=world_size,
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )

@@ -27,6 +27,7 @@ from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
+from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts
@@ -60,6 +61,8 @@ class MaskOptions:
     prompt_style: str = DEFAULT_PROMPT_STYLE
     max_new_tokens: int | None = None
     run_id: str | None = None
+    rank: int | None = None  # this process's rank (default: from torchrun / accelerate / SLURM, else 0 of 1)
+    world_size: int | None = None
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -88,6 +91,7 @@ class MaskSetup:
 
     options: MaskOptions
     run: RunSetup
+    rank: Rank
 
     @property
     def n_heads(self) -> int:
@@ -98,7 +102,8 @@ class MaskSetup:
 def prepare_mask(options: MaskOptions) -> MaskSetup:
     """Options checked; benchmark, samples, model config and prompt resolved (the ranking is the caller's to find)."""
     _check_options(options)
-    return MaskSetup(options, prepare_run(options))
+    rank = detect_rank(options.rank, options.world_size)
+    return MaskSetup(options, prepare_run(options, rank.local_rank), rank)
 
 
 def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranking, on_progress: ProgressCallback | None = None) -> MaskResult:
@@ -122,11 +127,11 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
     run, _ = open_or_create_run(
         warehouse, kind="mask", model=setup.run.model_label, benchmark=setup.run.benchmark.name, spec=spec, plan=plan,
-        run_id=options.run_id, details=setup.run.details,
+        run_id=options.run_id, details=setup.run.details, create=setup.rank.creates_runs, wait_seconds=wait_seconds(),
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
-    pending = [c for c in conditions if c.condition_id not in committed]
+    pending = [c for c in conditions if c.condition_id not in committed and setup.rank.takes(c.condition_id)]
     result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0)
     if not pending:
         return result
@@ -140,7 +145,7 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
         mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
         rows = sweep.evaluate(mask if condition.heads else None)
         part = _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, rows)
-        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write) is not None
+        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write, writer_of(setup.rank)) is not None
         if on_progress:
             on_progress(done, len(pending))
     return result

@@ -198,9 +198,12 @@ def revision(source: ModelSource, config) -> str:
     return "hub:" + str(getattr(config, "_commit_hash", None) or "unknown")
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, local_rank: int | None = None) -> torch.device:
+    """``auto``: the GPU of this rank on its node (``LOCAL_RANK``) or the first GPU, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if local_rank is not None else "cuda")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"unknown device {device!r}; choose auto, cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -25,6 +25,7 @@ from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
+from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table, sample_fields
 from attnwh.extract.prompts import PromptFormat
 from attnwh.extract.regions import region_mask
@@ -58,6 +59,8 @@ class ExtractOptions:
     max_parts: int | None = None  # stop after writing this many parts (the rest resumes later)
     prompt_format: str = "chat_template"
     prompt_style: str = DEFAULT_PROMPT_STYLE  # llava-eval | study: how the benchmark's question is worded
+    rank: int | None = None  # this process's rank (default: from torchrun / accelerate / SLURM, else 0 of 1)
+    world_size: int | None = None
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -75,7 +78,8 @@ class ExtractResult:
 
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
     _check_options(options)
-    setup = prepare_run(options)
+    rank = detect_rank(options.rank, options.world_size)
+    setup = prepare_run(options, rank.local_rank)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
     part_size = options.part_size or setup.benchmark.part_size or DEFAULT_PART_SIZE
     spec = {**setup.spec, "queries": list(capture.queries), "rows": capture.rows, "lens": capture.lens}
@@ -91,10 +95,12 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
         plan=plan,
         run_id=options.run_id,
         details=setup.details,
+        create=rank.creates_runs,
+        wait_seconds=wait_seconds(),
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
-    pending = [part_id for part_id in range(plan.n_parts) if part_id not in committed]
+    pending = [part_id for part_id in range(plan.n_parts) if part_id not in committed and rank.takes(part_id)]
     if options.max_parts is not None:
         pending = pending[: options.max_parts]
     result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)
@@ -127,7 +133,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
             part = extract_part(settings, [samples[i] for i in indices], indices, run.run_id, options.batch_size)
             if in_flight is not None:
                 finish(*in_flight)
-            in_flight = (writer.submit(parts.commit_part, run.paths, part_id, part.write), part, len(indices))
+            in_flight = (writer.submit(parts.commit_part, run.paths, part_id, part.write, writer_of(rank)), part, len(indices))
         if in_flight is not None:
             finish(*in_flight)
     return result

@@ -43,7 +43,7 @@ class RunSetup:
     details: dict[str, Any]  # recorded, not fingerprinted
 
 
-def prepare_run(options) -> RunSetup:
+def prepare_run(options, local_rank: int | None = None) -> RunSetup:
     """Benchmark, samples, model config, prompt format, device and dtype from ``ExtractOptions`` / ``MaskOptions``."""
     benchmark = get_benchmark(options.benchmark or DEFAULT_BENCHMARK)
     prompt_style = check_style(options.prompt_style)
@@ -62,7 +62,7 @@ def prepare_run(options) -> RunSetup:
         raise UsageError(
             f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
         )
-    device = resolve_device(options.device)
+    device = resolve_device(options.device, local_rank)
     dtype = resolve_dtype(options.dtype, device, config)
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
     spec = {

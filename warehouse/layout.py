@@ -93,6 +93,14 @@ class RunPaths:
     def staging_attempt(self, part_id: int, attempt: str) -> Path:
         return self.staging / f"{part_name(part_id)}.{attempt}"
 
+    @property
+    def leases(self) -> Path:
+        return self.root / "_leases"
+
+    def lease(self, part_id: int, attempt: str) -> Path:
+        """The lease of an attempt: renewed (its mtime) while the attempt's writer lives."""
+        return self.leases / f"{part_name(part_id)}.{attempt}"
+
 
 @dataclass(frozen=True)
 class Warehouse:

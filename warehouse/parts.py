@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -49,6 +51,8 @@ class CommitRecord:
     files: list[dict[str, Any]]  # {"path", "size", "sha256", "rows" (tables only)}
     tables: dict[str, int]  # table name -> rows
     schema_version: int
+    created: str | None = None  # when it was committed (ISO 8601, UTC)
+    writer: dict[str, Any] | None = None  # host, pid, rank and world size of the process that committed it
 
     @classmethod
     def load(cls, path: Path) -> "CommitRecord":
@@ -73,7 +77,9 @@ class CommitRecord:
         )
         if not well_formed:
             raise IntegrityError(f"commit record {path} lacks or mistypes part_id, attempt, files or tables")
-        return cls(content["part_id"], content["attempt"], files, tables, version)
+        writer = content.get("writer") if isinstance(content.get("writer"), dict) else None
+        created = content.get("created") if isinstance(content.get("created"), str) else None
+        return cls(content["part_id"], content["attempt"], files, tables, version, created, writer)
 
 
 def _file_entry(entry: Any) -> bool:
@@ -130,14 +136,22 @@ def table_files(run: RunPaths, table: str) -> list[Path]:
     return files
 
 
-def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]) -> CommitRecord | None:
+def commit_part(
+    run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], writer: dict[str, Any] | None = None
+) -> CommitRecord | None:
     """Write one part through staging and commit it.
 
     ``write(folder)`` writes the part's files into ``folder`` and returns rows per table
     (``{"samples": 12, "head_metrics": 1536}``). Returns the commit record, or None if another
-    writer committed this part first (our attempt is then discarded).
+    writer committed this part first (our attempt is then discarded). ``writer`` (rank, world size)
+    is recorded with the host and process. The attempt holds a lease while it works.
     """
     attempt = new_attempt_id()
+    with _Lease(run.lease(part_id, attempt)):
+        return _commit(run, part_id, write, attempt, writer or {})
+
+
+def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], attempt: str, writer: dict[str, Any]) -> CommitRecord | None:
     staging = run.staging_attempt(part_id, attempt)
     try:
         staging.mkdir(parents=True)
@@ -154,6 +168,7 @@ def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, i
             "schema_version": SCHEMA_VERSION,
             "tables": tables,
             "files": files,
+            "writer": {"host": socket.gethostname(), "pid": os.getpid(), **writer},
         }
         if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
             shutil.rmtree(staging, ignore_errors=True)
@@ -167,8 +182,15 @@ def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, i
     return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION)
 
 
-def recover(run: RunPaths) -> dict[str, int]:
-    """Roll committed-but-unpublished parts forward; delete attempts that can no longer commit."""
+def recover(run: RunPaths, lease_seconds: float | None = None) -> dict[str, int]:
+    """Roll committed-but-unpublished parts forward; delete attempts that can no longer commit.
+
+    An attempt can no longer commit when its writer is a dead process of this host, or when its
+    lease has not been renewed for ``lease_seconds`` (default ``$ATTNWH_LEASE_SECONDS``, else 300):
+    a writer on another machine that crashed. A live attempt (fresh lease) is never removed; an
+    attempt of another machine without a lease (older attnwh) is left alone.
+    """
+    lease_seconds = lease_timeout() if lease_seconds is None else lease_seconds
     rolled = removed = 0
     committed = {record.part_id: record for record in commit_records(run)}
     for record in committed.values():
@@ -181,16 +203,82 @@ def recover(run: RunPaths) -> dict[str, int]:
             part = committed.get(_part_id(name))
             if part is not None and part.attempt == attempt:
                 continue  # committed, being published right now
-            if part is None and _writer_alive(attempt):
+            if part is None and not _expired(run, _part_id(name), attempt, lease_seconds):
                 continue
             shutil.rmtree(attempt_dir, ignore_errors=True)
             removed += 1
+    for lease in run.leases.iterdir() if run.leases.is_dir() else []:  # leases whose attempt is gone
+        name, _, attempt = lease.name.partition(".")
+        part_id = _part_id(name)
+        if part_id is not None and not run.staging_attempt(part_id, attempt).exists() and _expired(run, part_id, attempt, lease_seconds):
+            lease.unlink(missing_ok=True)
     for leftover in run.commits.glob(".part-*.json.*.tmp") if run.commits.is_dir() else []:
         attempt = leftover.name.removesuffix(".tmp").split(".json.", 1)[-1]
         if not _writer_alive(attempt):
             leftover.unlink(missing_ok=True)
             removed += 1
     return {"rolled_forward": rolled, "removed": removed}
+
+
+LEASE_ENV = "ATTNWH_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+def lease_timeout() -> float:
+    """How long an attempt's lease lasts without renewal: ``$ATTNWH_LEASE_SECONDS``, else 300 s."""
+    text = os.environ.get(LEASE_ENV)
+    try:
+        return float(text) if text else DEFAULT_LEASE_SECONDS
+    except ValueError as exc:
+        raise WarehouseError(f"{LEASE_ENV} must be a number of seconds, got {text!r}") from exc
+
+
+def lease_age(run: RunPaths, part_id: int | None, attempt: str) -> float | None:
+    """Seconds since the attempt's lease was last renewed (None: it has no lease)."""
+    if part_id is None:
+        return None
+    try:
+        return max(0.0, time.time() - run.lease(part_id, attempt).stat().st_mtime)
+    except OSError:
+        return None
+
+
+def _expired(run: RunPaths, part_id: int | None, attempt: str, lease_seconds: float) -> bool:
+    """Whether an uncommitted attempt may be removed: its writer is gone, or its lease ran out."""
+    if _dead_here(attempt):
+        return True
+    age = lease_age(run, part_id, attempt)
+    if age is None:
+        return not _writer_alive(attempt)
+    return age > lease_seconds
+
+
+class _Lease:
+    """A file whose modification time a background thread renews while the attempt's writer works."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.stop = threading.Event()
+        self.interval = max(0.05, min(30.0, lease_timeout() / 5))
+
+    def __enter__(self) -> "_Lease":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+        self.thread = threading.Thread(target=self._renew, name="attnwh-lease", daemon=True)
+        self.thread.start()
+        return self
+
+    def _renew(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.path.unlink(missing_ok=True)
 
 
 def damaged_tables(run: RunPaths) -> str | None:
@@ -349,6 +437,14 @@ def _part_id(name: str) -> int | None:
         return int(name.removeprefix("part-"))
     except ValueError:
         return None
+
+
+def _dead_here(attempt: str) -> bool:
+    """The attempt's writer was a process of this host that no longer runs."""
+    fields = attempt.rsplit("-", 2)
+    if len(fields) != 3 or not fields[1].isdigit() or fields[0] != socket.gethostname():
+        return False
+    return not _writer_alive(attempt)
 
 
 def _writer_alive(attempt: str) -> bool:

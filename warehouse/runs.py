@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -128,11 +129,14 @@ def open_or_create_run(
     plan: Plan,
     run_id: str | None,
     details: dict[str, Any],
+    create: bool = True,
+    wait_seconds: float = 0.0,
 ) -> tuple[Run, bool]:
     """Resume the run these settings name, or create it. Returns the run and whether it was new.
 
     ``spec`` holds every fingerprinted setting; ``details`` is recorded but not fingerprinted
-    (environment, command line, model shape).
+    (environment, command line, model shape). With ``create`` false (a rank other than 0) a missing
+    run is waited for, up to ``wait_seconds``, while rank 0 creates it.
     """
     spec = {**spec, "kind": kind, "plan_hash": plan_hash(plan.sample_keys, plan.part_size), "layout_version": LAYOUT_VERSION}
     digest = fingerprint(spec)
@@ -144,6 +148,8 @@ def open_or_create_run(
     else:
         run_id = digest[:RUN_ID_LENGTH]
     paths = warehouse.run_paths(model, benchmark, run_id)
+    if not create:
+        _wait_for(paths, run_id, wait_seconds)
     if paths.manifest.is_file() or _has_commits(paths):  # a run with committed parts is resumed, never made anew
         return _resume(paths, spec, digest, run_id), False
     manifest = {
@@ -252,6 +258,17 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
         }
         raise FingerprintMismatch(run_id, differing)
     return run
+
+
+def _wait_for(paths: RunPaths, run_id: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not paths.manifest.is_file():
+        if time.monotonic() >= deadline:
+            raise WarehouseError(
+                f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 "
+                f"(or raise $ATTNWH_RANK_WAIT_SECONDS)"
+            )
+        time.sleep(0.2)
 
 
 def _has_commits(paths: RunPaths) -> bool:

@@ -1,0 +1,80 @@
+"""Where a run stands while processes (ranks, cluster workers) write into it: parts committed and
+planned, who committed each, the rate and an ETA from the commit times, and attempts in flight with
+the age of their lease. Read from the commit log and the staging folder only: it never blocks a writer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+from attnwh.errors import WarehouseError
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.runs import read_manifest
+
+
+def run_status(run: RunPaths) -> dict[str, Any]:
+    """One run's progress; a damaged run says what is wrong instead."""
+    name = run.root.name.removeprefix("run=")
+    try:
+        manifest = read_manifest(run)
+        records = parts.commit_records(run)
+    except WarehouseError as exc:
+        return {"run_id": name, "problem": str(exc)}
+    times = sorted(_time(record.created) for record in records if _time(record.created) is not None)
+    per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+    remaining = manifest["n_parts"] - len(records)
+    writers = Counter(_writer_label(record.writer, record.attempt) for record in records)
+    return {
+        "run_id": manifest["run_id"],
+        "kind": manifest["kind"],
+        "model": manifest["model"],
+        "benchmark": manifest["benchmark"],
+        "parts_committed": len(records),
+        "parts_planned": manifest["n_parts"],
+        "samples_per_second": per_second * manifest["part_size"] if per_second else None,
+        "eta_seconds": remaining / per_second if per_second and remaining else (0.0 if not remaining else None),
+        "writers": dict(sorted(writers.items())),
+        "parts": [
+            {"part_id": record.part_id, "created": record.created, "writer": _writer_label(record.writer, record.attempt)} for record in records
+        ],
+        "in_flight": in_flight(run, {record.part_id for record in records}),
+    }
+
+
+def in_flight(run: RunPaths, committed: set[int]) -> list[dict[str, Any]]:
+    """Attempts of parts not committed yet, with the host and process that work on them and their lease's age."""
+    attempts = []
+    for folder in sorted(run.staging.iterdir()) if run.staging.is_dir() else []:
+        name, _, attempt = folder.name.partition(".")
+        part_id = _part_id(name)
+        if part_id is None or part_id in committed:
+            continue
+        host, _, rest = attempt.rpartition("-")[0].rpartition("-")
+        age = parts.lease_age(run, part_id, attempt)
+        attempts.append({"part_id": part_id, "host": host, "pid": rest, "lease_age_seconds": round(age, 1) if age is not None else None})
+    return attempts
+
+
+def _writer_label(writer: dict[str, Any] | None, attempt: str) -> str:
+    if writer:
+        rank = f" rank {writer['rank']}/{writer['world_size']}" if "rank" in writer else ""
+        return f"{writer.get('host')}:{writer.get('pid')}{rank}"
+    host, _, pid = attempt.rpartition("-")[0].rpartition("-")
+    return f"{host}:{pid}"
+
+
+def _time(text: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _part_id(name: str) -> int | None:
+    try:
+        return int(name.removeprefix("part-"))
+    except ValueError:
+        return None
