@@ -111,15 +111,8 @@ def verify(
     Example: attnwh verify
     """
     from attnwh.warehouse import parts
-    from attnwh.warehouse.layout import open_warehouse
 
-    store = open_warehouse(warehouse)
-    runs_to_check = store.run_folders()
-    if run_id is not None:
-        found = store.find_run(run_id)
-        if found is None:
-            raise UsageError(f"no run {run_id!r} in {store.root}")
-        runs_to_check = [found]
+    runs_to_check = _run_folders(warehouse, run_id)
     failures = 0
     for run_paths in runs_to_check:
         problems = parts.verify(run_paths)
@@ -175,18 +168,10 @@ def status(
     import pyarrow as pa
 
     from attnwh.output import render
-    from attnwh.warehouse.layout import open_warehouse
     from attnwh.warehouse.status import run_status
 
     check_format(fmt)
-    store = open_warehouse(warehouse)
-    runs = store.run_folders()
-    if run_id is not None:
-        found = store.find_run(run_id)
-        if found is None:
-            raise UsageError(f"no run {run_id!r} in {store.root}")
-        runs = [found]
-    statuses = [run_status(run) for run in runs]
+    statuses = [run_status(run) for run in _run_folders(warehouse, run_id)]
     if fmt == "json":
         typer.echo(json.dumps(statuses, indent=1))
         return
@@ -208,3 +193,16 @@ def status(
         for s in statuses
     ]
     typer.echo(render(pa.Table.from_pylist(rows), fmt))
+
+
+def _run_folders(warehouse: str | None, run_id: str | None):
+    """Every run folder of the warehouse, or the one ``run_id`` names (a missing one is one line)."""
+    from attnwh.warehouse.layout import open_warehouse
+
+    store = open_warehouse(warehouse)
+    if run_id is None:
+        return store.run_folders()
+    found = store.find_run(run_id)
+    if found is None:
+        raise UsageError(f"no run {run_id!r} in {store.root}")
+    return [found]
