@@ -35,6 +35,8 @@ def extract(
     prompt_style: Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")] = "llava-eval",
     rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
     world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
+    scheduler: Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")] = 1,
 ) -> None:
     """Run a model over a benchmark and store attention statistics, raw rows and answers.
 
@@ -64,6 +66,8 @@ def extract(
         prompt_style=prompt_style,
         rank=rank,
         world_size=world_size,
+        scheduler=scheduler,
+        threads_per_worker=threads_per_worker,
         command=["attnwh", *sys.argv[1:]],
     )
     with progress() as on_progress:
@@ -73,6 +77,8 @@ def extract(
         f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "
         f"{result.errors} error row(s); {result.parts_skipped} of {result.parts_total} part(s) were already committed"
     )
+    if result.dashboard:
+        typer.echo(f"dask dashboard: {result.dashboard}")
     typer.echo(f"run folder: {result.run_path}")
 
 

@@ -25,6 +25,7 @@ from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
+from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table, sample_fields
 from attnwh.extract.prompts import PromptFormat
@@ -34,7 +35,8 @@ from attnwh.extract.segments import image_spans
 from attnwh.extract.setup import prepare_run
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
-from attnwh.warehouse.runs import Plan, open_or_create_run
+from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.runs import Plan, Run, open_or_create_run
 
 DEFAULT_PART_SIZE = 256
 ProgressCallback = Callable[[int, int], None]  # (samples done, samples to do)
@@ -61,6 +63,8 @@ class ExtractOptions:
     prompt_style: str = DEFAULT_PROMPT_STYLE  # llava-eval | study: how the benchmark's question is worded
     rank: int | None = None  # this process's rank (default: from torchrun / accelerate / SLURM, else 0 of 1)
     world_size: int | None = None
+    scheduler: str | None = None  # local | local:N | tcp://HOST:PORT | scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local)
+    threads_per_worker: int = 1  # for local:N
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -74,10 +78,13 @@ class ExtractResult:
     parts_written: int
     samples_written: int
     errors: int
+    dashboard: str | None = None  # the Dask dashboard, when a cluster computed the parts
+    model_loads: dict[str, int] | None = None  # models loaded per Dask worker
 
 
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
     _check_options(options)
+    scheduler = parse_scheduler(options.scheduler)
     rank = detect_rank(options.rank, options.world_size)
     setup = prepare_run(options, rank.local_rank)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
@@ -106,6 +113,8 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)
     if not pending:
         return result
+    if not scheduler.in_process:
+        return _extract_on_dask(scheduler, options, run, plan, pending, result, on_progress)
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
     settings = BatchSettings(
         loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer)
@@ -139,8 +148,55 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     return result
 
 
+def _extract_on_dask(
+    scheduler, options: ExtractOptions, run: Run, plan: Plan, pending: list[int], result: ExtractResult, on_progress: ProgressCallback | None
+) -> ExtractResult:
+    """One Dask task per pending part; each worker commits its parts itself (``extract_part_task``)."""
+    from distributed import as_completed
+
+    from attnwh.extract.executors import dask_client, model_loads
+
+    total = sum(len(plan.part_range(part_id)) for part_id in pending)
+    with dask_client(scheduler, options.threads_per_worker) as client:
+        result.dashboard = client.dashboard_link
+        futures = {
+            client.submit(extract_part_task, options, str(run.paths.root), run.run_id, plan.part_size, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False): part_id
+            for part_id in pending
+        }
+        done = 0
+        if on_progress:
+            on_progress(0, total)
+        for future in as_completed(futures):
+            written, samples, errors = future.result()
+            result.parts_written += written
+            result.samples_written += samples
+            result.errors += errors
+            done += len(plan.part_range(futures[future]))
+            if on_progress:
+                on_progress(done, total)
+        result.model_loads = model_loads(client)
+    parts.recover(run.paths)  # attempts of workers that died (their tasks ran again elsewhere)
+    return result
+
+
+def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_size: int, part_id: int) -> tuple[int, int, int]:
+    """On a Dask worker: compute one part and commit it (parts written, samples written, error rows)."""
+    from attnwh.extract.executors import worker_address, worker_cache
+
+    cache = worker_cache()
+    setup = cache.run_setup(run_id, lambda: prepare_run(options))
+    model_key = (setup.source.location, setup.source.revision, str(setup.dtype), str(setup.device))
+    loaded = cache.model(model_key, lambda: load_model(setup.source, dtype=setup.dtype, device=setup.device))
+    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
+    settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))
+    indices = list(Plan([sample.key for sample in setup.samples], part_size).part_range(part_id))
+    part = extract_part(settings, [setup.samples[i] for i in indices], indices, run_id, options.batch_size)
+    record = parts.commit_part(RunPaths(Path(run_root)), part_id, part.write, {"worker": worker_address()})
+    return (1, len(indices), part.errors) if record is not None else (0, 0, 0)
+
+
 def _check_options(options: ExtractOptions) -> None:
-    for name in ("batch_size", "part_size", "limit", "max_new_tokens", "max_parts"):
+    for name in ("batch_size", "part_size", "limit", "max_new_tokens", "max_parts", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -31,6 +31,7 @@ from attnwh.warehouse.schema import SCHEMA_VERSION
 
 _HASH_BLOCK = 1 << 20
 FAULT_ENV = "ATTNWH_FAULT"  # "point" or "point:PART_ID": SIGKILL this process there (crash tests)
+FAULT_ONCE_ENV = "ATTNWH_FAULT_ONCE"  # a file: the fault fires only for the process that creates it (one kill in a cluster)
 FAULT_POINTS = ("after_staging", "after_fsync", "after_record_tmp", "after_commit", "after_publish")
 
 
@@ -41,6 +42,12 @@ def _fault(point: str, part_id: int) -> None:
         return
     name, _, part = spec.partition(":")
     if name == point and (not part or int(part) == part_id):
+        once = os.environ.get(FAULT_ONCE_ENV)
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -1,0 +1,128 @@
+"""Where a run's pending parts are computed: in this process (``local``), or on Dask distributed.
+
+``--scheduler`` takes ``local`` (the in-process loop), ``local:N`` (a ``distributed.LocalCluster`` of N
+worker processes on this machine), ``tcp://HOST:PORT`` or a ``scheduler.json`` file (an existing
+cluster: ``dask-jobqueue``'s SLURMCluster / PBSCluster, ``dask-cuda``'s LocalCUDACluster with one
+worker per GPU, ``dask scheduler`` + ``dask worker`` by hand); ``$DASK_SCHEDULER_ADDRESS`` is read
+when no option is given. The client plans and creates the run; each task computes one part and
+commits it itself through the commit protocol, so a task that Dask runs again after its worker died
+commits at most once. Each worker loads a model once (``ModelCache``, a worker plugin keyed by the
+model's location, revision, dtype and device).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from attnwh.errors import UsageError
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+TIMEOUT_ENV = "ATTNWH_DASK_CONNECT_TIMEOUT"  # how long to try to reach a scheduler (default 20s)
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    kind: str  # local | cluster (a LocalCluster of ``workers``) | address | file
+    workers: int = 0
+    address: str | None = None
+
+    @property
+    def in_process(self) -> bool:
+        return self.kind == "local"
+
+
+def parse_scheduler(text: str | None) -> Scheduler:
+    """``--scheduler`` (else ``$DASK_SCHEDULER_ADDRESS``, else ``local``)."""
+    text = (text or os.environ.get(SCHEDULER_ENV) or "local").strip()
+    if text == "local":
+        return Scheduler("local")
+    if text.startswith("local:"):
+        count = text.removeprefix("local:")
+        if not count.isdigit() or int(count) < 1:
+            raise UsageError(f"--scheduler local:N takes a number of workers N ≥ 1; got {text!r}")
+        return Scheduler("cluster", int(count))
+    if "://" in text:
+        return Scheduler("address", address=text)
+    if text.endswith(".json"):
+        if not Path(text).is_file():
+            raise UsageError(f"--scheduler {text}: no such scheduler file")
+        return Scheduler("file", address=text)
+    raise UsageError(f"--scheduler takes local, local:N, tcp://HOST:PORT or a scheduler.json file; got {text!r}")
+
+
+class ModelCache(WorkerPlugin):
+    """Per worker process: the run set-ups and loaded models its tasks share (loaded once each)."""
+
+    name = "attnwh-model-cache"
+
+    def setup(self, worker) -> None:
+        self.setups: dict[str, Any] = {}
+        self.models: dict[tuple, Any] = {}
+        self.loads = 0
+
+    def run_setup(self, key: str, make: Callable[[], Any]) -> Any:
+        if key not in self.setups:
+            self.setups[key] = make()
+        return self.setups[key]
+
+    def model(self, key: tuple, load: Callable[[], Any]) -> Any:
+        if key not in self.models:
+            self.models[key] = load()
+            self.loads += 1
+        return self.models[key]
+
+
+@contextmanager
+def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[Any]:
+    """A client of the scheduler (a LocalCluster for ``local:N``), with the model cache on every worker."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover  (a dependency)
+        raise UsageError("--scheduler other than local needs the distributed package (pip install distributed)") from exc
+    cluster = None
+    try:
+        if scheduler.kind == "cluster":
+            cluster = LocalCluster(
+                n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0"
+            )
+            client = Client(cluster)
+        elif scheduler.kind == "file":
+            client = Client(scheduler_file=scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
+        else:
+            client = Client(scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
+    except (OSError, TimeoutError, ValueError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise UsageError(f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}: {exc}") from exc
+    try:
+        client.register_plugin(ModelCache())
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def model_loads(client) -> dict[str, int]:
+    """How many models each worker loaded (the cache's count), by worker address."""
+    return client.run(lambda dask_worker: dask_worker.plugins[ModelCache.name].loads)
+
+
+def worker_cache() -> ModelCache:
+    """The model cache of the worker this task runs on."""
+    from distributed import get_worker
+
+    return get_worker().plugins[ModelCache.name]
+
+
+def worker_address() -> str:
+    from distributed import get_worker
+
+    return get_worker().address

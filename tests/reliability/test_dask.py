@@ -1,0 +1,83 @@
+"""Extraction on Dask distributed: a LocalCluster of two worker processes, a worker killed mid-part,
+the client killed, and bad scheduler addresses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attnwh.extract.executors import parse_scheduler
+from attnwh.errors import UsageError
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import open_warehouse
+from tests.reliability.harness import run_cli
+from tests.reliability.test_crash import check_complete, snapshot
+
+ARGS = ["--limit", "16", "--part-size", "4", "--batch-size", "4", "--device", "cpu"]
+
+
+def extract(warehouse: Path, *extra: str, **env: str) -> subprocess.Popen:
+    environment = {**os.environ, "ATTNWH_WAREHOUSE": str(warehouse), **env}
+    return subprocess.Popen([sys.executable, "-m", "attnwh.cli", "extract", *ARGS, *extra], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The single-process run, with one math thread as Dask gives each worker (equal bits need equal threads)."""
+    warehouse = tmp_path_factory.mktemp("single") / "wh"
+    assert extract(warehouse, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1").wait(timeout=600) == 0
+    return snapshot(warehouse)
+
+
+def test_two_workers_give_the_single_process_tables_and_load_the_model_once_each(tmp_path, reference):
+    warehouse = tmp_path / "wh"
+    options = ExtractOptions(limit=16, part_size=4, batch_size=4, device="cpu", scheduler="local:2", command=["test"])
+    result = run_extract(warehouse, options)
+    assert (result.parts_written, result.samples_written) == (4, 16) and result.dashboard.startswith("http://127.0.0.1:")
+    assert len(result.model_loads) == 2 and set(result.model_loads.values()) <= {0, 1} and sum(result.model_loads.values()) >= 1
+    check_complete(warehouse)
+    assert snapshot(warehouse) == reference
+    run = open_warehouse(warehouse).run_folders()[0]
+    assert {record.writer["worker"].startswith("tcp://127.0.0.1:") for record in parts.commit_records(run)} == {True}
+
+
+def test_a_worker_killed_in_a_part_is_replaced_and_every_sample_committed_once(tmp_path, reference):
+    warehouse = tmp_path / "wh"
+    process = extract(warehouse, "--scheduler", "local:2", ATTNWH_FAULT="after_staging:1", ATTNWH_FAULT_ONCE=str(tmp_path / "killed-once"))
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err.decode()[-2000:]
+    assert (tmp_path / "killed-once").exists()  # a worker did die in part 1
+    check_complete(warehouse)
+    assert snapshot(warehouse) == reference
+
+
+def test_the_client_killed_then_the_same_command_resumes(tmp_path, reference):
+    warehouse = tmp_path / "wh"
+    process = extract(warehouse, "--scheduler", "local:2")
+    time.sleep(12)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert extract(warehouse, "--scheduler", "local:2").wait(timeout=600) == 0
+    check_complete(warehouse)
+    assert snapshot(warehouse) == reference
+
+
+def test_bad_schedulers_are_one_clear_line(capsys, tmp_path, monkeypatch):
+    with pytest.raises(UsageError, match="local:N takes a number of workers"):
+        parse_scheduler("local:0")
+    with pytest.raises(UsageError, match="no such scheduler file"):
+        parse_scheduler(str(tmp_path / "scheduler.json"))
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "somewhere")
+    with pytest.raises(UsageError, match="takes local, local:N"):
+        parse_scheduler(None)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+    monkeypatch.setenv("ATTNWH_DASK_CONNECT_TIMEOUT", "1s")
+    code, _, err = run_cli(capsys, "extract", *ARGS, "--scheduler", "tcp://127.0.0.1:9", "--warehouse", str(tmp_path / "wh"))
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
