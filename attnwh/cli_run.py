@@ -103,6 +103,8 @@ def mask(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
     prompt_style: Annotated[str, typer.Option(help="As for attnwh extract: llava-eval or study.")] = "llava-eval",
+    scheduler: Annotated[str | None, typer.Option(help="As for attnwh extract: local, local:N, tcp://HOST:PORT or scheduler.json.")] = None,
+    threads_per_worker: Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")] = 1,
     rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
     world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
@@ -141,6 +143,8 @@ def mask(
         prompt_style=prompt_style,
         rank=rank,
         world_size=world_size,
+        scheduler=scheduler,
+        threads_per_worker=threads_per_worker,
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )

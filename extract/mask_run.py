@@ -27,11 +27,12 @@ from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
+from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts
-from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS
 
@@ -63,6 +64,8 @@ class MaskOptions:
     run_id: str | None = None
     rank: int | None = None  # this process's rank (default: from torchrun / accelerate / SLURM, else 0 of 1)
     world_size: int | None = None
+    scheduler: str | None = None  # as for extraction: local | local:N | tcp://HOST:PORT | scheduler.json
+    threads_per_worker: int = 1
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -92,6 +95,7 @@ class MaskSetup:
     options: MaskOptions
     run: RunSetup
     rank: Rank
+    scheduler: Scheduler
 
     @property
     def n_heads(self) -> int:
@@ -102,8 +106,9 @@ class MaskSetup:
 def prepare_mask(options: MaskOptions) -> MaskSetup:
     """Options checked; benchmark, samples, model config and prompt resolved (the ranking is the caller's to find)."""
     _check_options(options)
+    scheduler = parse_scheduler(options.scheduler)
     rank = detect_rank(options.rank, options.world_size)
-    return MaskSetup(options, prepare_run(options, rank.local_rank), rank)
+    return MaskSetup(options, prepare_run(options, rank.local_rank), rank, scheduler)
 
 
 def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranking, on_progress: ProgressCallback | None = None) -> MaskResult:
@@ -135,9 +140,10 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0)
     if not pending:
         return result
+    if not setup.scheduler.in_process:
+        return _mask_on_dask(setup, run, pending, ranking, result, on_progress)
     loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
-    batch_size = 1 if options.mode == "paper" else options.batch_size
-    sweep = _Sweep(loaded, setup.run, batch_size)
+    sweep = _Sweep(loaded, setup.run, _batch_size(options))
     means = sweep.head_means() if options.mode == "mean" else {}
     if on_progress:
         on_progress(0, len(pending))
@@ -151,8 +157,52 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     return result
 
 
+def _batch_size(options: MaskOptions) -> int:
+    return 1 if options.mode == "paper" else options.batch_size
+
+
+def _mask_on_dask(setup: MaskSetup, run, pending: list[Condition], ranking: Ranking, result: MaskResult, on_progress: ProgressCallback | None) -> MaskResult:
+    """One Dask task per pending condition (heads ranked once, on the client); workers commit their conditions."""
+    from distributed import as_completed
+
+    from attnwh.extract.executors import dask_client
+
+    with dask_client(setup.scheduler, setup.options.threads_per_worker) as client:
+        futures = [
+            client.submit(mask_condition_task, setup.options, str(run.paths.root), run.run_id, condition, ranking.run_id, ranking.score,
+                          key=f"attnwh-{run.run_id}-{condition.condition_id}", pure=False)
+            for condition in pending
+        ]
+        if on_progress:
+            on_progress(0, len(pending))
+        for done, future in enumerate(as_completed(futures), start=1):
+            result.conditions_written += future.result()
+            if on_progress:
+                on_progress(done, len(pending))
+    parts.recover(run.paths)  # attempts of workers that died (their tasks ran again elsewhere)
+    return result
+
+
+def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condition: Condition, ranking_run: str, ranking_score: str) -> int:
+    """On a Dask worker: evaluate one condition and commit it (1 if this task committed it)."""
+    from attnwh.extract.executors import worker_address, worker_cache
+
+    cache = worker_cache()
+    setup = cache.run_setup(run_id, lambda: prepare_run(options))
+    loaded = cache.model(
+        (setup.source.location, setup.source.revision, str(setup.dtype), str(setup.device)),
+        lambda: load_model(setup.source, dtype=setup.dtype, device=setup.device),
+    )
+    sweep = cache.run_setup(f"{run_id}/sweep", lambda: _Sweep(loaded, setup, _batch_size(options)))
+    means = cache.run_setup(f"{run_id}/means", sweep.head_means) if options.mode == "mean" else {}
+    mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
+    rows = sweep.evaluate(mask if condition.heads else None)
+    part = _ConditionPart(run_id, condition, options.mode, ranking_run, ranking_score, rows)
+    return int(parts.commit_part(RunPaths(Path(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
+
+
 def _check_options(options: MaskOptions) -> None:
-    for name in ("batch_size", "limit", "max_new_tokens", "seeds"):
+    for name in ("batch_size", "limit", "max_new_tokens", "seeds", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

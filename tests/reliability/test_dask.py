@@ -81,3 +81,29 @@ def test_bad_schedulers_are_one_clear_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNWH_DASK_CONNECT_TIMEOUT", "1s")
     code, _, err = run_cli(capsys, "extract", *ARGS, "--scheduler", "tcp://127.0.0.1:9", "--warehouse", str(tmp_path / "wh"))
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+
+
+def test_a_mask_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.queries.library import open_session
+    from attnwh.workflows import mask_sweep
+
+    results = []
+    for name, scheduler in (("single", "local"), ("cluster", "local:2")):
+        warehouse = tmp_path / name
+        assert extract(warehouse, "--no-rows", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1").wait(timeout=600) == 0
+        options = MaskOptions(limit=16, k=("0", "2"), seeds=2, device="cpu", batch_size=8, scheduler=scheduler, command=["test"])
+        if scheduler == "local":
+            code = subprocess.run(
+                [sys.executable, "-c", f"from attnwh.workflows import mask_sweep; from attnwh.extract.mask_run import MaskOptions; "
+                 f"mask_sweep({str(warehouse)!r}, MaskOptions(limit=16, k=('0', '2'), seeds=2, device='cpu', batch_size=8, command=['test']))"],
+                env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, capture_output=True,
+            ).returncode
+            assert code == 0
+        else:
+            result, summary = mask_sweep(warehouse, options)
+            assert result.conditions_written == 4 and summary.num_rows == 4
+        check_complete(warehouse)
+        with open_session(warehouse) as session:
+            results.append(session.query("select * exclude (run_id) from mask_results order by condition_id, sample_idx").to_pylist())
+    assert results[0] == results[1] and len(results[0]) == 4 * 16
