@@ -398,7 +398,7 @@ def write_statements(draw, root: Path) -> str:
                 f"SELECT * FROM read_blob('{outside}')",
                 f"SELECT * FROM glob('{outside}')",
                 f"SELECT * FROM read_parquet('{outside}')",
-                f"SELECT getenv('HOME')",
+                "SELECT getenv('HOME')",
                 f"SELECT 1; COPY {view} TO '{inside}'",
                 f"SELECT 1 /* ; */; DROP VIEW {view}",
                 f"EXPLAIN ANALYZE COPY {view} TO '{inside}'",
