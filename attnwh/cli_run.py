@@ -11,32 +11,47 @@ import typer
 from attnwh.console import WarehouseOption, handles_errors, progress, warn
 from attnwh.errors import UsageError
 
+# the options extract and mask share
+ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
+BenchmarkOption = Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")]
+DataOption = Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")]
+SplitOption = Annotated[str | None, typer.Option(help="Benchmark split.")]
+LimitOption = Annotated[int | None, typer.Option(help="Use only the first N samples.")]
+DtypeOption = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+PromptFormatOption = Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")]
+PromptStyleOption = Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")]
+RankOption = Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")]
+WorldSizeOption = Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")]
+SchedulerOption = Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")]
+ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
+
 
 
 @handles_errors
 def extract(
-    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")] = None,
-    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
-    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
-    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    model: ModelOption = None,
+    benchmark: BenchmarkOption = None,
+    data: DataOption = None,
+    split: SplitOption = None,
+    limit: LimitOption = None,
     warehouse: WarehouseOption = None,
     queries: Annotated[str, typer.Option(help="Captured queries, comma-separated: prompt, gen1.")] = "prompt,gen1",
     rows: Annotated[bool, typer.Option("--rows/--no-rows", help="Store raw attention rows (Zarr).")] = True,
     lens: Annotated[bool, typer.Option("--lens/--no-lens", help="Store the logit lens per layer.")] = True,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
     part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default: the benchmark's, 32 for the toy, else 256).")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
-    prompt_format: Annotated[str, typer.Option(help="chat_template, llava_v1, vip_llava, llama3, phi3 or mistral_instruct.")] = "chat_template",
-    prompt_style: Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")] = "llava-eval",
-    rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
-    world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")] = None,
-    threads_per_worker: Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")] = 1,
+    prompt_format: PromptFormatOption = "chat_template",
+    prompt_style: PromptStyleOption = "llava-eval",
+    rank: RankOption = None,
+    world_size: WorldSizeOption = None,
+    scheduler: SchedulerOption = None,
+    threads_per_worker: ThreadsOption = 1,
 ) -> None:
     """Run a model over a benchmark and store attention statistics, raw rows and answers.
 
@@ -85,11 +100,11 @@ def extract(
 
 @handles_errors
 def mask(
-    model: Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava).")] = None,
-    benchmark: Annotated[str | None, typer.Option(help="Benchmark name (default: toy-shapes).")] = None,
-    data: Annotated[str | None, typer.Option(help="Benchmark data: a file or folder, or a hub dataset id.")] = None,
-    split: Annotated[str | None, typer.Option(help="Benchmark split.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    model: ModelOption = None,
+    benchmark: BenchmarkOption = None,
+    data: DataOption = None,
+    split: SplitOption = None,
+    limit: LimitOption = None,
     warehouse: WarehouseOption = None,
     strategy: Annotated[str, typer.Option(help="Head sets, comma-separated: top, random, bottom.")] = "top,random",
     stage: Annotated[str, typer.Option(help="Layer stages, comma-separated: early, mid, late, all.")] = "all",
@@ -99,14 +114,14 @@ def mask(
     score: Annotated[str, typer.Option("--score", "--ranking", help="Head score that ranks heads: concentration_x_sum, image_sum or concentration (--ranking: its old name).")] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    prompt_format: Annotated[str, typer.Option(help="As for attnwh extract.")] = "chat_template",
-    prompt_style: Annotated[str, typer.Option(help="As for attnwh extract: llava-eval or study.")] = "llava-eval",
-    scheduler: Annotated[str | None, typer.Option(help="As for attnwh extract: local, local:N, tcp://HOST:PORT or scheduler.json.")] = None,
-    threads_per_worker: Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")] = 1,
-    rank: Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")] = None,
-    world_size: Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")] = None,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    prompt_format: PromptFormatOption = "chat_template",
+    prompt_style: PromptStyleOption = "llava-eval",
+    scheduler: SchedulerOption = None,
+    threads_per_worker: ThreadsOption = 1,
+    rank: RankOption = None,
+    world_size: WorldSizeOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
 ) -> None:
     """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.

@@ -72,9 +72,13 @@ class ModelCache(WorkerPlugin):
             self.setups[key] = make()
         return self.setups[key]
 
-    def model(self, key: tuple, load: Callable[[], Any]) -> Any:
+    def model(self, setup) -> Any:
+        """The ``LoadedModel`` of a run's set-up (``extract.setup.RunSetup``), loaded on first use."""
+        from attnwh.extract.models import load_model
+
+        key = (setup.source.location, setup.source.revision, str(setup.dtype), str(setup.device))
         if key not in self.models:
-            self.models[key] = load()
+            self.models[key] = load_model(setup.source, dtype=setup.dtype, device=setup.device)
             self.loads += 1
         return self.models[key]
 

@@ -32,11 +32,11 @@ from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts
+from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import MASK_CONDITIONS, MASK_RESULTS
 
-RANKING_SCORES = ("concentration_x_sum", "image_sum", "concentration")  # head_score_names() of the warehouse's definitions
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -83,7 +83,7 @@ class Ranking:
     """Every head of the model, best first, by a score over an extraction run (what ``top`` masks first)."""
 
     run_id: str  # the extraction run the heads were ranked over
-    score: str  # a head score name (RANKING_SCORES)
+    score: str  # a head score name (head_score_names() of the warehouse's definitions)
     query: str  # prompt | gen1
     heads: list[Head]
 
@@ -189,10 +189,7 @@ def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condit
 
     cache = worker_cache()
     setup = cache.run_setup(run_id, lambda: prepare_run(options))
-    loaded = cache.model(
-        (setup.source.location, setup.source.revision, str(setup.dtype), str(setup.device)),
-        lambda: load_model(setup.source, dtype=setup.dtype, device=setup.device),
-    )
+    loaded = cache.model(setup)
     sweep = cache.run_setup(f"{run_id}/sweep", lambda: _Sweep(loaded, setup, _batch_size(options)))
     means = cache.run_setup(f"{run_id}/means", sweep.head_means) if options.mode == "mean" else {}
     mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
@@ -210,8 +207,9 @@ def _check_options(options: MaskOptions) -> None:
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
             raise UsageError(f"--{option} takes {', '.join(allowed)}; got {', '.join(values) or 'nothing'}")
-    if options.score not in RANKING_SCORES:
-        raise UsageError(f"--score takes {', '.join(RANKING_SCORES)}; got {options.score!r}")
+    scores = head_score_names()
+    if options.score not in scores:
+        raise UsageError(f"--score takes {', '.join(scores)}; got {options.score!r}")
     if options.ranking_query not in ("prompt", "gen1"):
         raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
     HeadMask((), options.mode)  # checks the mode

@@ -185,8 +185,7 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
 
     cache = worker_cache()
     setup = cache.run_setup(run_id, lambda: prepare_run(options))
-    model_key = (setup.source.location, setup.source.revision, str(setup.dtype), str(setup.device))
-    loaded = cache.model(model_key, lambda: load_model(setup.source, dtype=setup.dtype, device=setup.device))
+    loaded = cache.model(setup)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
     settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))
     indices = list(Plan([sample.key for sample in setup.samples], part_size).part_range(part_id))

@@ -22,7 +22,7 @@ from attnwh.errors import SqlError, SqlRefused, WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.definitions import define_macros, rollup_views_sql
 from attnwh.warehouse.layout import RunPaths, Warehouse
-from attnwh.warehouse.runs import read_manifest, read_plan
+from attnwh.warehouse.runs import read_plan
 from attnwh.warehouse.schema import META_VERSION, RUNS, SCHEMA_VERSION, TABLES
 
 
@@ -57,20 +57,22 @@ class Catalog:
         view (not only of those that join ``runs``) and named in ``warnings``, never dropped silently;
         one whose plan is damaged is kept (its tables are sound) with a warning that it cannot be resumed.
         """
-        runs: list[RunPaths] = []
+        runs: list[tuple[RunPaths, parts.ReadableRun]] = []
         files: dict[str, list[str]] = {table: [] for table in TABLES}
         for run in self.warehouse.run_folders():
             try:
-                run_files = _sound_table_files(run)
+                readable = parts.readable_run(run)
+                run_files = _checked_table_files(run, readable.records)
             except WarehouseError as exc:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {exc}; see `attnwh verify`")
                 continue
             for name in parts.unrecorded_parts(run):
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')}: {name} left out: it has no commit record; see `attnwh verify`")
-            plan_problem = _plan_problem(run)
-            if plan_problem is not None:
-                self.warnings.append(f"run {run.root.name.removeprefix('run=')} cannot be resumed: {plan_problem}; see `attnwh verify`")
-            runs.append(run)
+            try:
+                read_plan(run, readable.manifest)
+            except WarehouseError as exc:
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')} cannot be resumed: {exc}; see `attnwh verify`")
+            runs.append((run, readable))
             for table, paths in run_files.items():
                 files[table] += paths
         self._register_table("runs", runs_table(runs))
@@ -189,34 +191,23 @@ def check_file_schema(path: Path, expected: pa.Schema) -> None:
             raise WarehouseError(f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}")
 
 
-def _sound_table_files(run: RunPaths) -> dict[str, list[str]]:
-    """The committed table files of a run, or ``WarehouseError`` naming the first damaged file."""
-    problem = parts.damaged_tables(run)
-    if problem is not None:
-        raise WarehouseError(problem)
-    files = {table: [str(path) for path in parts.table_files(run, table)] for table in TABLES}
+def _checked_table_files(run: RunPaths, records: list[parts.CommitRecord]) -> dict[str, list[str]]:
+    """The committed table files of a run, each checked against its schema (``WarehouseError`` naming a bad one)."""
+    files = {table: [str(path) for path in parts.table_files(run, table, records)] for table in TABLES}
     for table, paths in files.items():
         for path in paths:
             check_file_schema(Path(path), TABLES[table])
     return files
 
 
-def _plan_problem(run: RunPaths) -> str | None:
-    try:
-        read_plan(run, read_manifest(run))
-    except WarehouseError as exc:
-        return str(exc)
-    return None
-
-
-def runs_table(runs: list[RunPaths]) -> pa.Table:
+def runs_table(runs: list[tuple[RunPaths, parts.ReadableRun]]) -> pa.Table:
     """One row per run (the runs given: those whose manifest and commit records were checked)."""
     rows = []
-    for run in runs:
-        manifest = read_manifest(run)
+    for run, readable in runs:
+        manifest = readable.manifest
         model_info = manifest.get("model_info") or {}
         spec = manifest.get("spec") or {}
-        committed = len(parts.committed_part_ids(run))
+        committed = len(readable.records)
         rows.append(
             {
                 "run_id": manifest.get("run_id"),

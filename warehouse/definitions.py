@@ -69,10 +69,19 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 def layer_stages(n_layers: int) -> list[str]:
     """The stage of every layer of an ``n_layers``-layer decoder, by the ``stage`` macro."""
+    return [stage for (stage,) in _evaluate("select stage(layer, $n) from range($n) as t(layer) order by layer", {"n": n_layers})]
+
+
+def head_score_names() -> tuple[str, ...]:
+    """The head scores that rank heads, by the ``head_score_names`` macro."""
+    return tuple(_evaluate("select head_score_names()")[0][0])
+
+
+def _evaluate(sql: str, parameters: dict | None = None) -> list[tuple]:
+    """Rows of ``sql`` in a fresh in-memory DuckDB with the definitions' macros."""
     connection = duckdb.connect(":memory:")
     try:
         define_macros(connection)
-        rows = connection.execute("select stage(layer, $n) from range($n) as t(layer) order by layer", {"n": n_layers}).fetchall()
+        return connection.execute(sql, parameters or {}).fetchall()
     finally:
         connection.close()
-    return [stage for (stage,) in rows]

@@ -75,7 +75,7 @@ class CommitRecord:
             raise IntegrityError(f"commit record {path} has schema version {version!r}; this attnwh reads up to {SCHEMA_VERSION}")
         files, tables = content.get("files"), content.get("tables")
         well_formed = (
-            content.get("part_id") == _part_id(path.stem)
+            content.get("part_id") == part_id_of(path.stem)
             and isinstance(content.get("attempt"), str)
             and isinstance(files, list)
             and all(_file_entry(entry) for entry in files)
@@ -134,13 +134,10 @@ def part_folder(run: RunPaths, record: CommitRecord) -> Path:
     return run.staging_attempt(record.part_id, record.attempt)
 
 
-def table_files(run: RunPaths, table: str) -> list[Path]:
-    """Committed Parquet files of ``table`` in this run, in part order."""
-    files = []
-    for record in commit_records(run):
-        if table in record.tables:
-            files.append(table_file(part_folder(run, record), table))
-    return files
+def table_files(run: RunPaths, table: str, records: list[CommitRecord] | None = None) -> list[Path]:
+    """Committed Parquet files of ``table`` in this run, in part order (from ``records`` when the caller has them)."""
+    records = commit_records(run) if records is None else records
+    return [table_file(part_folder(run, record), table) for record in records if table in record.tables]
 
 
 def commit_part(
@@ -207,16 +204,16 @@ def recover(run: RunPaths, lease_seconds: float | None = None) -> dict[str, int]
     if run.staging.is_dir():
         for attempt_dir in run.staging.iterdir():
             name, _, attempt = attempt_dir.name.partition(".")
-            part = committed.get(_part_id(name))
+            part = committed.get(part_id_of(name))
             if part is not None and part.attempt == attempt:
                 continue  # committed, being published right now
-            if part is None and not _expired(run, _part_id(name), attempt, lease_seconds):
+            if part is None and not _expired(run, part_id_of(name), attempt, lease_seconds):
                 continue
             shutil.rmtree(attempt_dir, ignore_errors=True)
             removed += 1
     for lease in run.leases.iterdir() if run.leases.is_dir() else []:  # leases whose attempt is gone
         name, _, attempt = lease.name.partition(".")
-        part_id = _part_id(name)
+        part_id = part_id_of(name)
         if part_id is not None and not run.staging_attempt(part_id, attempt).exists() and _expired(run, part_id, attempt, lease_seconds):
             lease.unlink(missing_ok=True)
     for leftover in run.commits.glob(".part-*.json.*.tmp") if run.commits.is_dir() else []:
@@ -288,17 +285,23 @@ class _Lease:
         self.path.unlink(missing_ok=True)
 
 
-def damaged_tables(run: RunPaths) -> str | None:
-    """The first problem that stops a reader from trusting this run's tables, or None.
+@dataclass(frozen=True)
+class ReadableRun:
+    """A run whose manifest, commit records and committed tables a reader can trust."""
 
-    Cheap enough for every session: the manifest and every commit record are parsed and checked,
-    and every committed Parquet table is stat-ed against its recorded size (hashes are ``verify``'s).
+    manifest: dict[str, Any]
+    records: list[CommitRecord]
+
+
+def readable_run(run: RunPaths) -> ReadableRun:
+    """The run's manifest and commit records, or ``WarehouseError`` naming the first damaged file.
+
+    Cheap enough for every session: the manifest and every commit record are parsed once and
+    checked, and every committed Parquet table is stat-ed against its recorded size (hashes are
+    ``verify``'s).
     """
-    try:
-        read_manifest(run)
-        records = commit_records(run)
-    except WarehouseError as exc:
-        return str(exc)
+    manifest = read_manifest(run)
+    records = commit_records(run)
     for record in records:
         folder = part_folder(run, record)
         for entry in record.files:
@@ -308,10 +311,10 @@ def damaged_tables(run: RunPaths) -> str | None:
             try:
                 size = path.stat().st_size
             except OSError:
-                return f"{path} is missing"
+                raise WarehouseError(f"{path} is missing") from None
             if size != entry["size"]:
-                return f"{path} has {size} bytes, its commit record says {entry['size']}"
-    return None
+                raise WarehouseError(f"{path} has {size} bytes, its commit record says {entry['size']}")
+    return ReadableRun(manifest, records)
 
 
 def unrecorded_parts(run: RunPaths) -> list[str]:
@@ -439,27 +442,34 @@ def _publish(run: RunPaths, part_id: int, attempt: str) -> None:
     _fsync_dir(run.parts)
 
 
-def _part_id(name: str) -> int | None:
+def part_id_of(name: str) -> int | None:
+    """The part id in a name like ``part-000012`` (None for any other name)."""
     try:
         return int(name.removeprefix("part-"))
     except ValueError:
         return None
 
 
+def attempt_writer(attempt: str) -> tuple[str, int] | None:
+    """(host, pid) of the process an attempt id names (``new_attempt_id``); None for another kind of name.
+    Host names may contain '-': the pid is the second-to-last field."""
+    fields = attempt.rsplit("-", 2)
+    if len(fields) != 3 or not fields[1].isdigit():
+        return None
+    return fields[0], int(fields[1])
+
+
 def _dead_here(attempt: str) -> bool:
     """The attempt's writer was a process of this host that no longer runs."""
-    fields = attempt.rsplit("-", 2)
-    if len(fields) != 3 or not fields[1].isdigit() or fields[0] != socket.gethostname():
-        return False
-    return not _writer_alive(attempt)
+    writer = attempt_writer(attempt)
+    return writer is not None and writer[0] == socket.gethostname() and not _writer_alive(attempt)
 
 
 def _writer_alive(attempt: str) -> bool:
-    # host names may contain '-': the pid is the second-to-last field
-    fields = attempt.rsplit("-", 2)
-    if len(fields) != 3 or not fields[1].isdigit():
+    writer = attempt_writer(attempt)
+    if writer is None:
         return False
-    host, pid = fields[0], int(fields[1])
+    host, pid = writer
     if host != socket.gethostname():
         return True  # cannot tell for another machine: leave it
     if pid == os.getpid():

@@ -49,12 +49,12 @@ def in_flight(run: RunPaths, committed: set[int]) -> list[dict[str, Any]]:
     attempts = []
     for folder in sorted(run.staging.iterdir()) if run.staging.is_dir() else []:
         name, _, attempt = folder.name.partition(".")
-        part_id = _part_id(name)
+        part_id = parts.part_id_of(name)
         if part_id is None or part_id in committed:
             continue
-        host, _, rest = attempt.rpartition("-")[0].rpartition("-")
+        host, pid = parts.attempt_writer(attempt) or (attempt, None)
         age = parts.lease_age(run, part_id, attempt)
-        attempts.append({"part_id": part_id, "host": host, "pid": rest, "lease_age_seconds": round(age, 1) if age is not None else None})
+        attempts.append({"part_id": part_id, "host": host, "pid": pid, "lease_age_seconds": round(age, 1) if age is not None else None})
     return attempts
 
 
@@ -62,19 +62,12 @@ def _writer_label(writer: dict[str, Any] | None, attempt: str) -> str:
     if writer:
         rank = f" rank {writer['rank']}/{writer['world_size']}" if "rank" in writer else ""
         return f"{writer.get('host')}:{writer.get('pid')}{rank}"
-    host, _, pid = attempt.rpartition("-")[0].rpartition("-")
+    host, pid = parts.attempt_writer(attempt) or (attempt, None)
     return f"{host}:{pid}"
 
 
 def _time(text: str | None) -> float | None:
     try:
         return datetime.fromisoformat(text).timestamp() if text else None
-    except ValueError:
-        return None
-
-
-def _part_id(name: str) -> int | None:
-    try:
-        return int(name.removeprefix("part-"))
     except ValueError:
         return None

@@ -60,18 +60,19 @@ def read_text(path: Path) -> str:
         raise BenchmarkError(f"{path}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8; expected UTF-8 text") from exc
 
 
-def read_json(path: Path, expected: str) -> tuple[str, Any]:
-    """The text of a JSON file and its parsed value."""
-    text = read_text(path)
+def read_json(path: Path, expected: str, text: str | None = None) -> tuple[str, Any]:
+    """The text of a JSON file (``text``: already read) and its parsed value."""
+    text = read_text(path) if text is None else text
     try:
         return text, json.loads(text)
     except json.JSONDecodeError as exc:
         raise BenchmarkError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}") from exc
 
 
-def json_list_items(path: Path, expected: str, key: str | None = None) -> tuple[Any, list[Located]]:
-    """The document and the items of its list with the line each starts on: the top-level list, or ``document[key]``."""
-    text, document = read_json(path, expected)
+def json_list_items(path: Path, expected: str, key: str | None = None, text: str | None = None) -> tuple[Any, list[Located]]:
+    """The document and the items of its list with the line each starts on: the top-level list, or ``document[key]``
+    (``text``: the file's text, when the caller has read it)."""
+    text, document = read_json(path, expected, text)
     if key is None and not isinstance(document, list):
         raise BenchmarkError(f"{path}: line 1: the document is a JSON {_json_kind(document)}; expected {expected}")
     if key is not None and not (isinstance(document, dict) and isinstance(document.get(key), list)):
@@ -86,7 +87,7 @@ class BadLine(ValueError):
     """A line of a JSON-lines file that is not JSON, kept in place by ``read_json_lines(keep_bad_lines=True)``."""
 
 
-def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False) -> list[Located]:
+def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False, text: str | None = None) -> list[Located]:
     """The values of a JSON-lines file (blank lines skipped), each with its line number.
 
     A line that is not JSON refuses the file, or with ``keep_bad_lines`` becomes a ``BadLine`` item
@@ -94,7 +95,8 @@ def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False) -> 
     """
     items: list[Located] = []
     first_error = None
-    for number, line in enumerate(read_text(path).split("\n"), start=1):  # not splitlines: U+2028 is valid in JSON
+    text = read_text(path) if text is None else text
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 is valid in JSON
         if not line.strip():
             continue
         try:
@@ -118,12 +120,13 @@ def read_json_records(path: Path, expected: str) -> list[Located]:
     POPE publishes both under one suffix: its COCO files are JSON lines, its A-OKVQA and GQA files
     pretty-printed arrays.
     """
-    if read_text(path).lstrip().startswith("["):
-        _, items = json_list_items(path, expected)
+    text = read_text(path)
+    if text.lstrip().startswith("["):
+        _, items = json_list_items(path, expected, text=text)
         if not items:
             raise BenchmarkError(f"{path}: line 1: the list is empty; expected {expected}")
         return items
-    return read_json_lines(path, expected)
+    return read_json_lines(path, expected, text=text)
 
 
 def check_keys_somewhere(path: Path, items: Sequence[Located], required: Sequence[str], expected: str) -> None:

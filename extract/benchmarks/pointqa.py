@@ -147,11 +147,11 @@ def read_rows(path: Path, split: str) -> list[_Row]:
     except json.JSONDecodeError as exc:
         if not text.lstrip().startswith("{"):
             raise BenchmarkError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); expected {EXPECTED}") from exc
-        lines = formats.read_json_lines(path, "one PointQA JSON object per line", keep_bad_lines=True)
+        lines = formats.read_json_lines(path, "one PointQA JSON object per line", keep_bad_lines=True, text=text)
         rows = [_Row(f"line {line}", str(line), value) for line, value in lines]
     else:
         if isinstance(document, list):
-            _, items = formats.json_list_items(path, EXPECTED)
+            _, items = formats.json_list_items(path, EXPECTED, text=text)
             rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(items, 1)]
         elif isinstance(document, dict) and document and all(isinstance(value, list) for value in document.values()):
             rows = _genome_mapping(document)
