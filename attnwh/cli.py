@@ -34,7 +34,7 @@ app = typer.Typer(
 
 toy_app = typer.Typer(help="The embedded toy: a tiny LLaVA trained on synthetic shapes.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
-for command in (cli_run.extract, cli_run.mask, cli_list.models, cli_list.benchmarks):
+for command in (cli_run.extract, cli_run.mask, cli_run.recompute, cli_list.models, cli_list.benchmarks):
     app.command()(command)
 toy_app.command("train")(cli_run.toy_train)
 for command in (cli_read.sql, cli_read.query, cli_read.runs, cli_read.status, cli_read.verify, cli_read.report):

@@ -202,3 +202,46 @@ def toy_train(
         f"colour multiple choice {metrics['accuracy_colour']:.3f}"
     )
     typer.echo(f"model folder: {folder}")
+
+
+@handles_errors
+def recompute(
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="The extraction run whose raw rows are read.")],
+    statistic: Annotated[str, typer.Option(help="topk_mass (--k), image_sum_without_sinks (--tau, --share) or region (--regions).")],
+    name: Annotated[str, typer.Option(help="The view to read the derived table through in SQL (a lower-case identifier).")],
+    k: Annotated[int | None, typer.Option(help="topk_mass: the image tokens counted.")] = None,
+    tau: Annotated[float | None, typer.Option(help="Sinks: a head votes for an image token holding more than this share of its image attention.")] = None,
+    share: Annotated[float | None, typer.Option(help="Sinks: a token is a sink when at least this share of the sample's heads vote for it.")] = None,
+    regions: Annotated[str | None, typer.Option(help='region: a JSON-lines file of {"sample_key": ..., "boxes": [[x0, y0, x1, y1], ...]} in pixels.')] = None,
+    data: Annotated[str | None, typer.Option(help="region: the benchmark's data, if it moved since extraction.")] = None,
+    model: Annotated[str | None, typer.Option(help="region: the model folder or hub id, if it moved since extraction.")] = None,
+    warehouse: WarehouseOption = None,
+    scheduler: SchedulerOption = None,
+    threads_per_worker: ThreadsOption = 1,
+    max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
+) -> None:
+    """Compute a new statistic per (sample, query, layer, head) from a run's raw rows, without a model.
+
+    The derived table is committed part by part (rerun to resume) and read in SQL through the view
+    NAME, whose run_id is the extraction run's: it joins head_metrics.
+
+    Example: attnwh recompute RUN_ID --statistic topk_mass --k 5 --name top5_mass
+    """
+    from attnwh.extract.recompute import RecomputeOptions
+    from attnwh.workflows import recompute as run_recompute
+
+    options = RecomputeOptions(
+        source_run=run_id, statistic=statistic, name=name, k=k, tau=tau, share=share,
+        regions=Path(regions) if regions else None, data=Path(data) if data else None, model=model,
+        scheduler=scheduler, threads_per_worker=threads_per_worker, max_parts=max_parts, command=["attnwh", *sys.argv[1:]],
+    )
+    with progress(label="recompute", unit="parts") as on_progress:
+        result = run_recompute(warehouse, options, on_progress=on_progress)
+    state = "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    typer.echo(
+        f"derived run {result.run_id} ({state}) of run {result.source_run_id}: wrote {result.parts_written} part(s), "
+        f"{result.rows_written} row(s); {result.parts_skipped} of {result.parts_total} part(s) were already computed"
+    )
+    if result.dashboard:
+        typer.echo(f"dask dashboard: {result.dashboard}")
+    typer.echo(f"query it: attnwh sql \"select * from {result.name} join head_metrics using (run_id, sample_idx, query, layer, head) limit 5\"")

@@ -8,12 +8,14 @@ imports none of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, prepare_mask, run_mask
-from attnwh.queries.library import open_session, run_mart
+from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
+from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
 from attnwh.queries.rankings import head_order, latest_ranking_run
 from attnwh.warehouse.layout import open_warehouse
 
@@ -37,3 +39,10 @@ def mask_sweep(
     with open_session(warehouse) as session:
         summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
     return result, summary
+
+
+def recompute(warehouse: Path | str | None, options: RecomputeOptions, on_progress: Callable[[int, int], None] | None = None) -> RecomputeResult:
+    """``attnwh recompute``: a derived table from a run's raw rows, under a view name that no table,
+    staging view or mart of attnwh's queries uses."""
+    reserved = frozenset(marts()) | frozenset(STAGING_ORDER)
+    return run_recompute(warehouse, replace(options, reserved_names=reserved), on_progress)

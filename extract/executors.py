@@ -13,17 +13,24 @@ model's location, revision, dtype and device).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import WorkerPlugin
 
 from attnwh.errors import UsageError
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+# Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic mmap
+# threshold: every tensor over 128 KiB is then mmap'ed and unmapped again, page faults each time, and
+# a forward pass on the CPU ran 1.2x slower (bench/bench_scale.py). Workers of ``local:N`` keep
+# glibc's default; a cluster started by hand takes the same setting from a Dask config file (README).
+WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 TIMEOUT_ENV = "ATTNWH_DASK_CONNECT_TIMEOUT"  # how long to try to reach a scheduler (default 20s)
 
 
@@ -66,6 +73,9 @@ class ModelCache(WorkerPlugin):
         self.setups: dict[str, Any] = {}
         self.models: dict[tuple, Any] = {}
         self.loads = 0
+        # commits in flight beside computing tasks: at most one per worker thread, as the local loop
+        # keeps one commit in flight beside its computing part
+        self.commit_slots = threading.BoundedSemaphore(max(1, worker.state.nthreads))
 
     def run_setup(self, key: str, make: Callable[[], Any]) -> Any:
         if key not in self.setups:
@@ -93,9 +103,10 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
     cluster = None
     try:
         if scheduler.kind == "cluster":
-            cluster = LocalCluster(
-                n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0"
-            )
+            with dask.config.set(WORKER_CONFIG):
+                cluster = LocalCluster(
+                    n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0"
+                )
             client = Client(cluster)
         elif scheduler.kind == "file":
             client = Client(scheduler_file=scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
@@ -112,6 +123,22 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextmanager
+def commit_beside_next_task(cache: ModelCache) -> Iterator[None]:
+    """Commit a computed part while this worker thread computes the next one.
+
+    Waits for a commit slot (so commits in flight stay bounded), then secedes the task from the
+    worker's thread pool (``distributed.secede``), which frees its slot for the next task while this
+    one writes and commits. The task returns only once committed, so a worker lost mid-commit makes
+    Dask run the task again, and the commit protocol keeps it to one commit.
+    """
+    from distributed import secede
+
+    with cache.commit_slots:
+        secede()
+        yield
 
 
 def model_loads(client) -> dict[str, int]:

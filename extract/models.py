@@ -227,18 +227,12 @@ def resolve_dtype(dtype: str, device: torch.device, config) -> torch.dtype:
 
 def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
     """Load weights and processor through ``from_pretrained``, with capture attention on the text model."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
+    from transformers import AutoModelForImageTextToText, GenerationConfig
     from transformers.utils import logging as hf_logging
 
     _, adapter = load_config(source)
     hf_logging.disable_progress_bar()
-    try:
-        processor = AutoProcessor.from_pretrained(source.location, backend="pil")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ModelError(f"cannot load a processor for {source.label}: {_short(exc)}") from exc
-    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
-        raise ModelError(f"{source.label} has no image processor and tokenizer (found {type(processor).__name__})")
-    processor.tokenizer.padding_side = "left"
+    processor = load_processor(source)
     # several GPUs: let accelerate spread a model that one card cannot hold
     spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
     try:
@@ -260,6 +254,36 @@ def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device)
     # repetition penalties): a clean config, so that nothing is merged into ``generate``'s settings.
     model.generation_config = GenerationConfig(pad_token_id=processor.tokenizer.pad_token_id)
     return LoadedModel(source, adapter, model, processor, device, dtype, eos_token_ids)
+
+
+def load_processor(source: ModelSource):
+    """The model's processor (image processor and tokenizer, left padding)."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(source.location, backend="pil")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"cannot load a processor for {source.label}: {_short(exc)}") from exc
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise ModelError(f"{source.label} has no image processor and tokenizer (found {type(processor).__name__})")
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_geometry(source: ModelSource) -> LoadedModel:
+    """Config, processor and the model's modules without weights (the meta device): what mapping
+    boxes to image tokens needs (``extract.regions``), in seconds even for a 13B model."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForImageTextToText
+
+    config, adapter = load_config(source)
+    processor = load_processor(source)
+    try:
+        with init_empty_weights():
+            model = AutoModelForImageTextToText.from_config(config)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(f"cannot build {source.label} from its config: {_short(exc)}") from exc
+    return LoadedModel(source, adapter, model, processor, torch.device("cpu"), torch.float32)
 
 
 def _end_tokens(configured, tokenizer_eos) -> tuple[int, ...]:

@@ -181,7 +181,7 @@ def _extract_on_dask(
 
 def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_size: int, part_id: int) -> tuple[int, int, int]:
     """On a Dask worker: compute one part and commit it (parts written, samples written, error rows)."""
-    from attnwh.extract.executors import worker_address, worker_cache
+    from attnwh.extract.executors import commit_beside_next_task, worker_address, worker_cache
 
     cache = worker_cache()
     setup = cache.run_setup(run_id, lambda: prepare_run(options))
@@ -190,7 +190,8 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
     settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))
     indices = list(Plan([sample.key for sample in setup.samples], part_size).part_range(part_id))
     part = extract_part(settings, [setup.samples[i] for i in indices], indices, run_id, options.batch_size)
-    record = parts.commit_part(RunPaths(Path(run_root)), part_id, part.write, {"worker": worker_address()})
+    with commit_beside_next_task(cache):
+        record = parts.commit_part(RunPaths(Path(run_root)), part_id, part.write, {"worker": worker_address()})
     return (1, len(indices), part.errors) if record is not None else (0, 0, 0)
 
 

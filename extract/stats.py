@@ -34,12 +34,12 @@ def row_statistics(
     """
     rows = rows.float()
     image = (segments == IMAGE).unsqueeze(1)  # [batch, 1, key]
-    image_sum, image_entropy = _mass_and_entropy(rows, image)
+    image_sum, image_entropy = mass_and_entropy(rows, image)
     if region is None:  # no sample has boxes: no second pass over the rows
         region_sum = region_entropy = torch.full_like(image_sum, float("nan"))
     else:
         region = (region & (segments == IMAGE)).unsqueeze(1)
-        region_sum, region_entropy = _mass_and_entropy(rows, region)
+        region_sum, region_entropy = mass_and_entropy(rows, region)
         has_region = region.any(-1)  # [batch, 1]
         region_sum = torch.where(has_region, region_sum, torch.full_like(region_sum, float("nan")))
         region_entropy = torch.where(has_region, region_entropy, torch.full_like(region_entropy, float("nan")))
@@ -70,7 +70,7 @@ def row_statistics(
     )
 
 
-def _mass_and_entropy(rows: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mass_and_entropy(rows: torch.Tensor, selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention mass on the selected keys, and the entropy of the attention renormalised over them."""
     selected_rows = rows * selected
     mass = selected_rows.sum(-1)

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
 from attnwh.warehouse import parts
+from attnwh.errors import UsageError
 from attnwh.warehouse.definitions import define_macros, rollup_views_sql
+from attnwh.warehouse.derived import check_view_name, define_derived_views
 from attnwh.warehouse.layout import RunPaths, Warehouse
 from attnwh.warehouse.runs import read_plan
-from attnwh.warehouse.schema import META_VERSION, RUNS, SCHEMA_VERSION, TABLES
+from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_VERSION, RUNS, SCHEMA_VERSION, TABLES
 
 
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
@@ -82,6 +84,30 @@ class Catalog:
             else:
                 relation = self._arrow_relation(schema.empty_table())
             relation.create_view(table, replace=True)
+        self._define_derived_views(runs)
+
+    def _define_derived_views(self, runs: list[tuple[RunPaths, parts.ReadableRun]]) -> None:
+        """One view per name of a derived table (``attnwh recompute --name``); a name two statistics claim, or
+        one that is not a valid view name (a hand-edited RUN.json), is left out with a warning."""
+        names: dict[str, dict[str, Any]] = {}
+        for _, readable in runs:
+            manifest = readable.manifest
+            spec = manifest.get("spec") or {}
+            if manifest.get("kind") != "derived":
+                continue
+            name, claim = spec.get("name"), {"statistic": spec.get("statistic"), "columns": spec.get("columns"), "sinks": spec.get("sinks", False)}
+            try:
+                check_view_name(name if isinstance(name, str) else "")
+                if not isinstance(claim["columns"], list) or not all(isinstance(column, str) and column in DERIVED_VALUE_COLUMNS for column in claim["columns"]):
+                    raise UsageError(f"its columns {claim['columns']!r} are not derived_metrics columns")
+            except UsageError as exc:
+                self.warnings.append(f"run {manifest.get('run_id')}: derived table {name!r} has no view: {exc}")
+                continue
+            if name in names and names[name] != claim:
+                self.warnings.append(f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view")
+                continue
+            names[name] = claim
+        define_derived_views(self.connection, names)
 
     def _define_rollup_views(self) -> None:
         """``rolled_up_runs`` and ``head_metrics_not_rolled_up`` (warehouse/sql/rollup_views.sql)."""

@@ -167,7 +167,7 @@ def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]
         record = {
             "part_id": part_id,
             "attempt": attempt,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "layout_version": LAYOUT_VERSION,
             "schema_version": SCHEMA_VERSION,
             "tables": tables,

@@ -191,6 +191,36 @@ RUNS = pa.schema(
     ]
 )
 
+DERIVED_VALUE_COLUMNS = ("topk_mass", "image_sum_without_sinks", "region_sum", "region_entropy")  # one or two per statistic
+
+# statistics recomputed from a run's raw rows by ``attnwh recompute`` (extract/recompute.py): one row per
+# (sample, query, layer, head); each derived run fills the columns of its statistic, the rest are null
+DERIVED_METRICS = pa.schema(
+    [
+        ("run_id", pa.string()),  # the derived run
+        ("source_run_id", pa.string()),  # the extraction run whose rows it read (joins head_metrics.run_id)
+        ("name", pa.string()),  # the view it is read through
+        ("sample_idx", pa.int64()),
+        ("query", pa.string()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        *((column, pa.float32()) for column in DERIVED_VALUE_COLUMNS),
+    ]
+)
+
+# the image tokens found to be sinks, per sample and query (statistic image_sum_without_sinks)
+DERIVED_SINKS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("source_run_id", pa.string()),
+        ("name", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("query", pa.string()),
+        ("n_sinks", pa.int32()),
+        ("sink_positions", pa.list_(pa.int32())),  # indices among the sample's image tokens, ascending
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
@@ -199,6 +229,8 @@ TABLES: dict[str, pa.Schema] = {
     "logit_lens": LOGIT_LENS,
     "mask_conditions": MASK_CONDITIONS,
     "mask_results": MASK_RESULTS,
+    "derived_metrics": DERIVED_METRICS,
+    "derived_sinks": DERIVED_SINKS,
 }
 
 
