@@ -7,7 +7,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import yaml
 
@@ -76,30 +75,14 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
     """A locked DuckDB session over the warehouse with every staging view and mart defined."""
     catalog = Catalog(open_warehouse(warehouse_path))
     try:
-        for name, sql in staging_sql():
-            catalog.define_view(name, sql)
-        _define_marts(catalog, [mart for mart in marts().values() if not mart.parameters])
+        # staging views and parameterless marts are defined when a query first names them
+        catalog.define_on_demand(dict(staging_sql()))
+        catalog.define_on_demand({mart.name: mart.sql for mart in marts().values() if not mart.parameters})
         catalog.lock()
     except Exception:
         catalog.close()
         raise
     return catalog
-
-
-def _define_marts(catalog: Catalog, pending: list[Mart]) -> None:
-    """Every mart as a view, each after the marts it reads (a mart may read another: report_* read the
-    question marts): those that do not bind yet are retried once others are defined."""
-    while pending:
-        waiting, first_error = [], None
-        for mart in pending:
-            try:
-                catalog.define_view(mart.name, mart.sql)
-            except duckdb.CatalogException as exc:
-                waiting.append(mart)
-                first_error = first_error or exc
-        if len(waiting) == len(pending):
-            raise first_error
-        pending = waiting
 
 
 def get_mart(name: str) -> Mart:

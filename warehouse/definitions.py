@@ -31,11 +31,6 @@ def definitions_sql() -> str:
     return "\n".join(folder.joinpath(name).read_text(encoding="utf-8") for name in _FILES)
 
 
-def rollup_views_sql() -> str:
-    """The views that tell staging which runs' rollups are current (``rolled_up_runs``) and which rows to recompute from."""
-    return (resources.files("attnwh.warehouse") / "sql" / "rollup_views.sql").read_text(encoding="utf-8")
-
-
 def definitions_version(sql: str | None = None) -> str:
     """A short hash of the definitions: rollups record it, readers compare it."""
     return hashlib.sha256((sql if sql is not None else definitions_sql()).encode()).hexdigest()[:16]

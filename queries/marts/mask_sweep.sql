@@ -11,6 +11,9 @@ select
     round(ci_low, 3) as ci_low,
     round(ci_high, 3) as ci_high,
     round(delta, 3) as delta,
+    round(changed, 3) as changed,
+    correct_to_wrong,
+    wrong_to_right,
     mcnemar_p
 from masking_accuracy
 where run_id = $run_id

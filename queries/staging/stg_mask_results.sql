@@ -16,7 +16,8 @@ select
     m.gold,
     m.output_text,
     m.parsed,
-    m.correct
+    m.correct,
+    m.option_logprobs
 from mask_results as m
 join mask_conditions as c using (run_id, condition_id)
 join stg_runs as r using (run_id)

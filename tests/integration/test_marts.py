@@ -18,7 +18,7 @@ from attnwh.queries.library import bind_parameters, data_test_failures, get_mart
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, with_metadata
+from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
 from attnwh.warehouse.definitions import rollups
 
 
@@ -332,3 +332,57 @@ def test_circular_accuracy_by_hand(tmp_path):
     (row,) = _rows(tmp_path / "wh", "run_overview", order=("run_id",))
     assert (row["n_groups"], row["circular_accuracy"]) == (3, pytest.approx(1 / 3))
     assert row["accuracy"] == pytest.approx(4 / 5)  # the plain accuracy counts rotations (error rows are not scored)
+
+
+def test_answer_stability_by_hand(tmp_path):
+    """A hand-made mask run of a multiple-choice benchmark: the baseline and one masked condition over five
+    samples; the stability figures worked out by hand below."""
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    run, _ = open_or_create_run(
+        warehouse, kind="mask", model="hand", benchmark="mmbench", spec={"hand": True}, plan=Plan(["c0", "c1"], 1), run_id=None, details={}
+    )
+    # sample: gold, (baseline parsed, log-probabilities of A, B, C), (masked parsed, log-probabilities)
+    answers = [
+        ("A", ("A", [-0.1, -2.0, -3.0]), ("A", [-0.3, -1.5, -3.0])),  # right -> right, same answer; gold shift -0.2
+        ("B", ("B", [-2.0, -0.2, -3.0]), ("A", [-0.4, -1.2, -3.0])),  # right -> wrong, changed; shift -1.0
+        ("C", ("A", [-0.5, -2.0, -1.5]), ("C", [-1.5, -2.0, -0.5])),  # wrong -> right, changed; shift +1.0
+        ("A", ("B", [-1.0, -0.5, -2.0]), ("C", [-1.4, -0.9, -0.4])),  # wrong -> wrong, changed; shift -0.4
+        ("B", ("B", [-1.0, -0.1, -2.0]), None),  # an error row in the masked condition: not paired
+    ]
+
+    def write_condition(condition_id: int):
+        def write(folder):
+            condition = pa.Table.from_pylist(
+                [{"run_id": run.run_id, "condition_id": condition_id, "strategy": "top" if condition_id else "none", "stage": "all",
+                  "k": 2 * condition_id, "fraction": 0.1 * condition_id, "mode": "zero", "heads": []}],
+                schema=MASK_CONDITIONS,
+            )
+            rows = []
+            for index, (gold, baseline, masked) in enumerate(answers):
+                answer = masked if condition_id else baseline
+                if answer is None:
+                    rows.append({"run_id": run.run_id, "condition_id": condition_id, "sample_idx": index, "sample_key": f"s{index}",
+                                 "mode": "zero", "status": "error", "error": "image unreadable", "gold": gold})
+                    continue
+                rows.append({"run_id": run.run_id, "condition_id": condition_id, "sample_idx": index, "sample_key": f"s{index}", "mode": "zero",
+                             "status": "ok", "gold": gold, "parsed": answer[0], "correct": answer[0] == gold, "option_logprobs": answer[1]})
+            results = pa.Table.from_pylist(rows, schema=MASK_RESULTS)
+            for table, name in ((condition, "mask_conditions"), (results, "mask_results")):
+                pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+            return {"mask_conditions": 1, "mask_results": results.num_rows}
+
+        return write
+
+    for condition_id in (0, 1):
+        parts.commit_part(run.paths, condition_id, write_condition(condition_id))
+    baseline, masked = _rows(tmp_path / "wh", "masking_accuracy", order=("condition_id",))
+    # the baseline against itself: nothing changes
+    assert (baseline["changed"], baseline["correct_to_wrong"], baseline["wrong_to_right"], baseline["gold_logprob_shift"]) == (0, 0, 0, 0)
+    # four paired samples: three answers changed; one right -> wrong, one wrong -> right; shifts -0.2, -1.0, +1.0, -0.4
+    assert masked["changed"] == pytest.approx(3 / 4)
+    assert (masked["correct_to_wrong"], masked["wrong_to_right"]) == (1, 1)
+    assert masked["gold_logprob_shift"] == pytest.approx((-0.2 - 1.0 + 1.0 - 0.4) / 4, abs=1e-6)
+    assert masked["delta"] == 0 and masked["mcnemar_p"] == 1.0
+    assert (masked["n"], masked["accuracy"]) == (4, pytest.approx(2 / 4))
+    (sweep,) = [row for row in _rows(tmp_path / "wh", "mask_sweep", {"run_id": run.run_id}, order=("k",)) if row["k"] == 2]
+    assert (sweep["changed"], sweep["correct_to_wrong"], sweep["wrong_to_right"]) == (0.75, 1, 1)

@@ -101,6 +101,6 @@ def test_masking_accuracy_mart_by_hand(swept):
         lost = sum(baseline[i] and not mine[i] for i in mine)
         gained = sum(mine[i] and not baseline[i] for i in mine)
         tail = sum(math.comb(lost + gained, i) for i in range(min(lost, gained) + 1)) / 2 ** (lost + gained)
-        assert (row["lost"], row["gained"]) == (lost, gained)
+        assert (row["correct_to_wrong"], row["wrong_to_right"]) == (lost, gained)
         assert row["mcnemar_p"] == pytest.approx(min(1.0, 2 * tail))
-    assert any(row["lost"] for row in mart) and any(row["mcnemar_p"] < 1 for row in mart), "the sweep should change some answers"
+    assert any(row["correct_to_wrong"] for row in mart) and any(row["mcnemar_p"] < 1 for row in mart), "the sweep should change some answers"
