@@ -15,7 +15,7 @@ import traceback
 
 import typer
 
-from attnwh import cli_list, cli_read, cli_run
+from attnwh import cli_heads, cli_list, cli_read, cli_run
 from attnwh.console import one_line
 
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE in sysexits.h: a bug, not the user's mistake
@@ -34,6 +34,10 @@ app = typer.Typer(
 
 toy_app = typer.Typer(help="The embedded toy: a tiny LLaVA trained on synthetic shapes.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
+heads_app = typer.Typer(help="Head rankings in the files of Retrieval_Head, SparseMM, DuoAttention and kvpress.", no_args_is_help=True)
+app.add_typer(heads_app, name="heads")
+heads_app.command("export")(cli_heads.export)
+heads_app.command("import")(cli_heads.import_)
 for command in (cli_run.extract, cli_run.mask, cli_run.recompute, cli_list.models, cli_list.benchmarks):
     app.command()(command)
 toy_app.command("train")(cli_run.toy_train)

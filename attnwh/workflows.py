@@ -13,13 +13,26 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from attnwh.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, prepare_mask, run_mask
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
-from attnwh.queries.rankings import head_order, latest_ranking_run
+from attnwh.queries.rankings import head_order, imported_order, latest_ranking_run, run_kind
 from attnwh.warehouse.layout import open_warehouse
 
 Warn = Callable[[list[str]], None]
+IMPORTED_SCORE = "imported"  # the ranking score recorded for a ranking imported from a file
+
+
+def _check_heads_fit(heads: list[tuple[int, int]], info: dict, run_id: str, model: str) -> None:
+    """A ranking must order exactly the heads of the model being masked."""
+    expected = {(layer, head) for layer in range(info["n_layers"]) for head in range(info["n_heads"])}
+    if set(heads) != expected:
+        layers = max((layer for layer, _ in heads), default=-1) + 1
+        per_layer = max((head for _, head in heads), default=-1) + 1
+        raise UsageError(
+            f"ranking run {run_id} ranks {layers} layers × {per_layer} heads, but {model} has {info['n_layers']} layers × {info['n_heads']} heads"
+        )
 
 
 def mask_sweep(
@@ -34,8 +47,12 @@ def mask_sweep(
         if warn is not None:
             warn(session.warnings)
         run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
-        heads = head_order(session, run_id, options.score, options.ranking_query)
-    result = run_mask(warehouse, setup, Ranking(run_id, options.score, options.ranking_query, heads), on_progress)
+        if run_kind(session, run_id) == "ranking":  # imported by `attnwh heads import`
+            heads, score = imported_order(session, run_id), IMPORTED_SCORE
+        else:
+            heads, score = head_order(session, run_id, options.score, options.ranking_query), options.score
+    _check_heads_fit(heads, setup.run.details["model_info"], run_id, setup.run.model_label)
+    result = run_mask(warehouse, setup, Ranking(run_id, score, options.ranking_query, heads), on_progress)
     with open_session(warehouse) as session:
         summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
     return result, summary

@@ -157,7 +157,7 @@ def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng)
 def time_marts(root: Path, run_id: str, repeats: int) -> dict[str, float]:
     timings = {}
     for name, mart in marts().items():
-        known = {"run_id": run_id, "model": "synthetic-7b", "benchmark": "synthetic", "model_revision": "synthetic"}
+        known = {"run_id": run_id, "model": "synthetic-7b", "benchmark": "synthetic", "model_revision": "synthetic", "run_a": run_id, "run_b": run_id}
         given = {key: value for key, value in known.items() if key in mart.parameters}
         seconds = []
         for _ in range(repeats):

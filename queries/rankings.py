@@ -28,3 +28,17 @@ def head_order(session: Catalog, run_id: str, score: str, query: str) -> list[He
     if not rows:
         raise UsageError(f"extraction run {run_id} has no head metrics for query {query}")
     return [(row["layer"], row["head"]) for row in rows]
+
+
+def run_kind(session: Catalog, run_id: str) -> str | None:
+    """The kind of a run (extract, mask, derived, ranking), or None when the warehouse has no such run."""
+    kinds = [row["kind"] for row in run_mart(session, "run_list").to_pylist() if row["run_id"] == run_id]
+    return kinds[0] if kinds else None
+
+
+def imported_order(session: Catalog, run_id: str) -> list[Head]:
+    """Every head of an imported ranking (``attnwh heads import``), best first, by the ``imported_ranking`` mart."""
+    rows = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist()
+    if not rows:
+        raise UsageError(f"ranking run {run_id} has no committed heads")
+    return [(row["layer"], row["head"]) for row in rows]

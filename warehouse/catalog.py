@@ -24,8 +24,8 @@ from attnwh.errors import UsageError
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
 from attnwh.warehouse.layout import RunPaths, Warehouse
-from attnwh.warehouse.runs import read_plan
-from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_VERSION, RUNS, SCHEMA_VERSION, TABLES
+from attnwh.warehouse.runs import check_plan_footer
+from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES
 
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
@@ -64,17 +64,24 @@ class Catalog:
         runs: list[tuple[RunPaths, parts.ReadableRun]] = []
         files: dict[str, list[str]] = {table: [] for table in TABLES}
         self._run_files: dict[str, dict[str, list[str]]] = {}  # run_id -> table -> committed files
+        readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
         for run in self.warehouse.run_folders():
             try:
                 readable = parts.readable_run(run)
-                run_files = _checked_table_files(run, readable.records)
             except WarehouseError as exc:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {exc}; see `attnwh verify`")
+                continue
+            run_files = {table: [str(path) for path in parts.table_files(run, table, readable.records)] for table in TABLES}
+            readable_runs.append((run, readable, run_files))
+        problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
+        for (run, readable, run_files), problem in zip(readable_runs, problems):
+            if problem is not None:
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {problem}; see `attnwh verify`")
                 continue
             for name in parts.unrecorded_parts(run):
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')}: {name} left out: it has no commit record; see `attnwh verify`")
             try:
-                read_plan(run, readable.manifest)
+                check_plan_footer(run, readable.manifest)
             except WarehouseError as exc:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} cannot be resumed: {exc}; see `attnwh verify`")
             runs.append((run, readable))
@@ -113,16 +120,78 @@ class Catalog:
             names[name] = claim
         define_derived_views(self.connection, names)
 
+    def _table_file_problems(self, runs: list[dict[str, list[str]]]) -> list[str | None]:
+        """Per run (its committed files by table), the first problem of a file, or None.
+
+        Every file's footer metadata (the table it holds, its schema version, the Arrow schema pyarrow
+        stored) is read in one DuckDB call over all files (0.16 s for 2,000 files, where reading each
+        schema with pyarrow took 0.33 s, and it warms the footer cache the views then bind from); each
+        distinct Arrow schema is parsed once and its column types checked. A file without that
+        metadata, and every file when the batch fails (a file missing or unreadable), gets the full
+        per-file check (``check_file_schema``), which names the file.
+        """
+        paths = [path for run_files in runs for table_paths in run_files.values() for path in table_paths]
+        found: dict[str, dict[str, str]] | None = {}
+        if paths:
+            try:
+                rows = self.connection.sql(
+                    "select file_name, decode(key) as key, decode(value) as value from parquet_kv_metadata($files) "
+                    "where key in ($table_key::blob, $version_key::blob, $definitions_key::blob, $arrow_key::blob)",
+                    params={"files": paths, "table_key": META_TABLE.decode(), "version_key": META_VERSION.decode(),
+                            "definitions_key": META_DEFINITIONS.decode(), "arrow_key": ARROW_SCHEMA_KEY},
+                ).fetchall()
+            except duckdb.Error:
+                found = None
+            else:
+                for name, key, value in rows:
+                    found.setdefault(name, {})[key] = value
+        self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
+        schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
+        problems: list[str | None] = []
+        for run_files in runs:
+            problem = None
+            for table, table_paths in run_files.items():
+                for path in table_paths:
+                    metadata = None if found is None else found.get(path)
+                    serialized = (metadata or {}).get(ARROW_SCHEMA_KEY)
+                    if serialized is not None and serialized not in schemas:
+                        schemas[serialized] = _arrow_schema(serialized)
+                    schema = schemas.get(serialized) if serialized is not None else None
+                    if metadata is not None and META_TABLE.decode() in metadata and schema is not None:
+                        problem = _metadata_problem(path, table, metadata) or _type_problem(path, schema, TABLES[table])
+                    else:
+                        try:
+                            check_file_schema(Path(path), TABLES[table])
+                        except WarehouseError as exc:
+                            problem = str(exc)
+                    if problem is not None:
+                        break
+                if problem is not None:
+                    break
+            problems.append(problem)
+        return problems
+
     def _define_rollup_views(self) -> None:
         """``rolled_up_runs``: the runs every one of whose ``head_summary`` and ``head_ranks`` files was
-        built from the current definitions (``definitions_version()``), read from the files' Parquet
-        statistics, not their rows; ``head_metrics_not_rolled_up``: the ``head_metrics`` files of every
+        built from the current definitions (``definitions_version()``), read from the files' footers
+        (their ``attnwh.definitions`` metadata, else the column's statistics), not their rows; ``head_metrics_not_rolled_up``: the ``head_metrics`` files of every
         other run (parts older than versioned rollups, or rollups of other definitions), from which
         staging recomputes the same sums. At 10 M rows this takes 10 ms where scanning the rows took 0.3 s.
         """
         rollup_files = {run_id: tables["head_summary"] + tables["head_ranks"] for run_id, tables in self._run_files.items()}
-        current = self._files_of_definitions([path for paths in rollup_files.values() for path in paths], definitions_version())
-        rolled = sorted(run_id for run_id, paths in rollup_files.items() if paths and all(path in current for path in paths))
+        version = definitions_version()
+        tagged = {path: self._file_metadata[path].get(META_DEFINITIONS.decode()) for paths in rollup_files.values() for path in paths
+                  if META_DEFINITIONS.decode() in self._file_metadata.get(path, {})}
+        current = {path for path, tag in tagged.items() if tag == version}
+        # files written before their footers carried the version: from the column's statistics
+        current |= self._files_of_definitions([path for paths in rollup_files.values() for path in paths if path not in tagged], version)
+        rolled = sorted(
+            run_id
+            for run_id, paths in rollup_files.items()
+            if paths and all(path in current for path in paths)
+            # every part with head_metrics has both rollups (parts written before head_ranks existed have none)
+            and len(self._run_files[run_id]["head_summary"]) == len(self._run_files[run_id]["head_ranks"]) == len(self._run_files[run_id]["head_metrics"])
+        )
         self._register_table("rolled_up_runs", pa.table({"run_id": pa.array(rolled, pa.string())}))
         others = [path for run_id, tables in self._run_files.items() if run_id not in rolled for path in tables["head_metrics"]]
         if others:
@@ -263,19 +332,41 @@ def check_file_schema(path: Path, expected: pa.Schema) -> None:
     version = (found.metadata or {}).get(META_VERSION)
     if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
         raise WarehouseError(f"{path}: schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
+    problem = _type_problem(str(path), found, expected)
+    if problem is not None:
+        raise WarehouseError(problem)
+
+
+def _type_problem(path: str, found: pa.Schema, expected: pa.Schema) -> str | None:
     for field in expected:
         index = found.get_field_index(field.name)
         if index >= 0 and not found.field(index).type.equals(field.type):
-            raise WarehouseError(f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}")
+            return f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}"
+    return None
 
 
-def _checked_table_files(run: RunPaths, records: list[parts.CommitRecord]) -> dict[str, list[str]]:
-    """The committed table files of a run, each checked against its schema (``WarehouseError`` naming a bad one)."""
-    files = {table: [str(path) for path in parts.table_files(run, table, records)] for table in TABLES}
-    for table, paths in files.items():
-        for path in paths:
-            check_file_schema(Path(path), TABLES[table])
-    return files
+ARROW_SCHEMA_KEY = "ARROW:schema"  # where pyarrow keeps a file's Arrow schema (base64 IPC) in the Parquet footer
+
+
+def _arrow_schema(serialized: str) -> pa.Schema | None:
+    """The Arrow schema pyarrow stored in a file's footer, or None if it cannot be read."""
+    import base64
+
+    try:
+        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(serialized)))
+    except (ValueError, pa.ArrowException):
+        return None
+
+
+def _metadata_problem(path: str, table: str, metadata: dict[str, str]) -> str | None:
+    """What is wrong with a committed file, from its attnwh metadata (the table it holds, its schema version)."""
+    holds = metadata.get(META_TABLE.decode())
+    if holds != table:
+        return f"{path}: holds table {holds}, expected {table}"
+    version = metadata.get(META_VERSION.decode())
+    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+        return f"{path}: schema version {version}; this attnwh reads up to {SCHEMA_VERSION}"
+    return None
 
 
 def runs_table(runs: list[tuple[RunPaths, parts.ReadableRun]]) -> pa.Table:

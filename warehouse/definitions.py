@@ -19,7 +19,7 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY
+from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY, META_DEFINITIONS
 
 _FILES = ("definitions.sql", "rollups.sql")
 
@@ -59,7 +59,11 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
         ).to_arrow_table()
     finally:
         connection.close()
-    return summary.select(HEAD_SUMMARY.names).cast(HEAD_SUMMARY), ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS)
+    tagged = {META_DEFINITIONS: definitions_version().encode()}  # readers tell current rollups from the footer alone
+    return (
+        summary.select(HEAD_SUMMARY.names).cast(HEAD_SUMMARY).replace_schema_metadata(tagged),
+        ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged),
+    )
 
 
 def layer_stages(n_layers: int) -> list[str]:

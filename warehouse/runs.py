@@ -236,6 +236,23 @@ def read_plan(paths: RunPaths, manifest: dict[str, Any]) -> Plan:
     return plan
 
 
+def check_plan_footer(paths: RunPaths, manifest: dict[str, Any]) -> None:
+    """A cheap check of ``plan.parquet`` for readers (its footer only: a readable Parquet file of the
+    manifest's sample count, with a ``sample_key`` column, of a version this attnwh reads); resuming
+    a run reads the whole plan (``read_plan``) and checks its hash too."""
+    try:
+        metadata = pq.read_metadata(paths.plan)
+    except FileNotFoundError as exc:
+        raise WarehouseError(f"{paths.plan} is missing") from exc
+    except (OSError, pa.ArrowException) as exc:
+        raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
+    version = (metadata.metadata or {}).get(META_VERSION)
+    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+        raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
+    if "sample_key" not in metadata.schema.names or metadata.num_rows != manifest["n_samples"]:
+        raise WarehouseError(f"{paths.plan} does not match the plan recorded in {paths.manifest.name} ({metadata.num_rows} samples)")
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -11,6 +11,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 2
 META_TABLE = b"attnwh.table"
 META_VERSION = b"attnwh.schema_version"
+META_DEFINITIONS = b"attnwh.definitions"  # rollup files: the definitions' version they were built from (also a column)
 
 SAMPLES = pa.schema(
     [
@@ -221,6 +222,16 @@ DERIVED_SINKS = pa.schema(
     ]
 )
 
+# a head ranking imported from a file (``attnwh heads import``): one row per query head of the model
+IMPORTED_RANKINGS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("score", pa.float64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
@@ -231,8 +242,10 @@ TABLES: dict[str, pa.Schema] = {
     "mask_results": MASK_RESULTS,
     "derived_metrics": DERIVED_METRICS,
     "derived_sinks": DERIVED_SINKS,
+    "imported_rankings": IMPORTED_RANKINGS,
 }
 
 
 def with_metadata(table_name: str, schema: pa.Schema) -> pa.Schema:
-    return schema.with_metadata({META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
+    """The schema with attnwh's metadata (table, schema version), keeping what it carries (``META_DEFINITIONS``)."""
+    return schema.with_metadata({**(schema.metadata or {}), META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})

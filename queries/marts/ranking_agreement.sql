@@ -1,0 +1,70 @@
+-- one row per k of a grid: how far two head rankings agree. A ranking is a run's heads ordered by the
+-- mean of a head score over the run's samples (as head_ranking orders them: missing scores last, ties
+-- to the lower layer, then head); the two may differ in run (benchmark, model of the same shape), query
+-- and score. Heads are matched by (layer, head). Over the heads both score: Spearman's rho (Pearson's
+-- correlation of average ranks, ties sharing their mean rank) and Kendall's tau-b (ties corrected);
+-- and for each k: the top-k heads both rankings share, and their Jaccard index.
+with a as (
+    select layer, head, case when n_samples > 0 then total / n_samples end as score
+    from stg_head_scores
+    where run_id = $run_a and query = $query_a and score = $score_a
+),
+b as (
+    select layer, head, case when n_samples > 0 then total / n_samples end as score
+    from stg_head_scores
+    where run_id = $run_b and query = $query_b and score = $score_b
+),
+heads as (
+    select layer, head, a.score as score_a, b.score as score_b,
+        row_number() over (order by a.score desc nulls last, layer, head) as place_a,
+        row_number() over (order by b.score desc nulls last, layer, head) as place_b
+    from a join b using (layer, head)
+),
+scored as (
+    select * from heads where score_a is not null and score_b is not null
+),
+ranked as (
+    select
+        *,
+        rank() over (order by score_a) + (count(*) over (partition by score_a) - 1) / 2 as rank_a,
+        rank() over (order by score_b) + (count(*) over (partition by score_b) - 1) / 2 as rank_b
+    from scored
+),
+pairs as (
+    select
+        count(*) filter (where sign(x.score_a - y.score_a) * sign(x.score_b - y.score_b) > 0) as concordant,
+        count(*) filter (where sign(x.score_a - y.score_a) * sign(x.score_b - y.score_b) < 0) as discordant,
+        count(*) filter (where x.score_a = y.score_a and x.score_b <> y.score_b) as ties_a,
+        count(*) filter (where x.score_b = y.score_b and x.score_a <> y.score_a) as ties_b
+    from scored as x
+    join scored as y on (x.layer, x.head) < (y.layer, y.head)
+),
+correlations as (
+    select
+        (select count(*) from scored) as n_heads,
+        (select corr(rank_a, rank_b) from ranked) as spearman,
+        case
+            when (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
+            then (concordant - discordant) / sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+        end as kendall_tau_b
+    from pairs
+),
+grid as (
+    select unnest([1, 5, 10, 20, 50, 100, 200]) as k
+)
+select
+    $run_a as run_a,
+    $run_b as run_b,
+    $query_a as query_a,
+    $query_b as query_b,
+    $score_a as score_a,
+    $score_b as score_b,
+    c.n_heads,
+    c.spearman,
+    c.kendall_tau_b,
+    g.k,
+    (select count(*) from heads where place_a <= g.k and place_b <= g.k) as shared,
+    (select count(*) from heads where place_a <= g.k and place_b <= g.k) / (2 * g.k - (select count(*) from heads where place_a <= g.k and place_b <= g.k)) as jaccard
+from grid as g, correlations as c
+where g.k <= (select count(*) from heads)
+order by g.k

@@ -1,0 +1,150 @@
+"""``attnwh heads export / import``: the files other tools read, against the rows they come from, and
+rankings imported from them driving ``attnwh mask``.
+
+References read ``head_metrics`` straight from the parts' Parquet files (pyarrow, not attnwh's
+readers) and compute means and key-value-head scores in plain Python.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attnwh.errors import UsageError
+from attnwh.extract.mask_run import MaskOptions
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.heads import ImportOptions, import_heads, parse_duo_tsv, parse_retrieval_json
+from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
+from attnwh.workflows import mask_sweep
+from tests.reliability.harness import run_cli
+
+
+@pytest.fixture(scope="module")
+def gqa_run(tmp_path_factory, tiny_gqa):
+    """The tiny GQA LLaVA (3 layers, 4 query heads sharing 2 KV heads) on 6 toy samples."""
+    warehouse = tmp_path_factory.mktemp("heads") / "wh"
+    run_id = run_extract(warehouse, ExtractOptions(model=str(tiny_gqa), limit=6, part_size=3, device="cpu", command=["test"])).run_id
+    return warehouse, run_id
+
+
+def image_sums(warehouse: Path, run_id: str, query: str = "gen1") -> dict[tuple[int, int], list[float]]:
+    """Per head, image_sum in each sample in sample order, from the parts' files."""
+    rows = []
+    for path in sorted(warehouse.glob(f"runs/*/*/run={run_id}/parts/*/head_metrics.parquet")):
+        rows += pq.read_table(path, columns=["sample_idx", "query", "layer", "head", "image_sum"]).to_pylist()
+    heads: dict[tuple[int, int], list[tuple[int, float]]] = {}
+    for row in rows:
+        if row["query"] == query:
+            heads.setdefault((row["layer"], row["head"]), []).append((row["sample_idx"], row["image_sum"]))
+    return {head: [value for _, value in sorted(values)] for head, values in heads.items()}
+
+
+def test_retrieval_json_holds_every_heads_per_sample_scores(gqa_run, capsys):
+    warehouse, run_id = gqa_run
+    code, out, err = run_cli(capsys, "heads", "export", run_id, "--score", "image_sum", "--warehouse", str(warehouse))
+    assert code == 0, err
+    exported = json.loads(out)
+    expected = image_sums(warehouse, run_id)
+    assert set(exported) == {f"{layer}-{head}" for layer in range(3) for head in range(4)}
+    for (layer, head), values in expected.items():
+        assert exported[f"{layer}-{head}"] == pytest.approx(values, abs=1e-6) and len(values) == 6
+
+
+def test_duo_tsv_scores_key_value_heads_by_their_groups(gqa_run, tmp_path, capsys):
+    warehouse, run_id = gqa_run
+    out = tmp_path / "full_attention_heads.tsv"
+    code, _, err = run_cli(capsys, "heads", "export", run_id, "--format", "duo-tsv", "--score", "image_sum", "--out", str(out), "--warehouse", str(warehouse))
+    assert code == 0, err
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3 and all(len(line.split("\t")) == 2 for line in lines)  # layers × KV heads
+    got = [[float(cell) for cell in line.split("\t")] for line in lines]
+    means = {head: sum(values) / len(values) for head, values in image_sums(warehouse, run_id).items()}
+    kv = {(layer, group): (means[(layer, 2 * group)] + means[(layer, 2 * group + 1)]) / 2 for layer in range(3) for group in range(2)}
+    low, high = min(kv.values()), max(kv.values())
+    for (layer, group), value in kv.items():
+        assert got[layer][group] == pytest.approx((value - low) / (high - low), abs=2e-6)
+    assert min(min(row) for row in got) == 0 and max(max(row) for row in got) == 1
+
+
+def test_an_exported_ranking_imports_to_the_same_order_and_masks_its_top_head(gqa_run, tiny_gqa, tmp_path, capsys):
+    warehouse, run_id = gqa_run
+    exported = tmp_path / "retrieval.json"
+    assert run_cli(capsys, "heads", "export", run_id, "--score", "image_sum", "--out", str(exported), "--warehouse", str(warehouse))[0] == 0
+    result = import_heads(warehouse, ImportOptions(exported, "retrieval-json", str(tiny_gqa), "pope-image-sum", command=["test"]))
+    assert (result.n_heads, result.shape, result.new_run) == (12, (3, 4, 2), True)
+    again = import_heads(warehouse, ImportOptions(exported, "retrieval-json", str(tiny_gqa), "pope-image-sum", command=["test"]))
+    assert (again.run_id, again.new_run) == (result.run_id, False)  # fingerprinted by the file: the same run
+    with open_session(warehouse) as session:
+        imported = run_mart(session, "imported_ranking", {"run_id": result.run_id})
+        ranked = run_mart(session, "head_ranking", {"run_id": run_id, "score": "image_sum"}).to_pylist()
+        assert data_test_failures(get_mart("imported_ranking"), imported) == []
+    assert [(row["layer"], row["head"]) for row in imported.to_pylist()] == [(row["layer"], row["head"]) for row in ranked]
+    # masking by the imported ranking switches off its best head first
+    mask, _ = mask_sweep(warehouse, MaskOptions(model=str(tiny_gqa), limit=3, k=("0", "1"), strategies=("top",), seeds=1, device="cpu",
+                                                ranking_run=result.run_id, command=["test"]))
+    with open_session(warehouse) as session:
+        conditions = session.query("select k, heads, ranking_metric, ranking_run_id from mask_conditions where run_id = $r order by k", {"r": mask.run_id}).to_pylist()
+    best = imported.to_pylist()[0]
+    assert conditions[1]["heads"] == [{"layer": best["layer"], "head": best["head"]}]
+    assert (conditions[1]["ranking_metric"], conditions[1]["ranking_run_id"]) == ("imported", result.run_id)
+
+
+def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
+    tsv = tmp_path / "duo.tsv"
+    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")
+    result = import_heads(tmp_path / "wh", ImportOptions(tsv, "duo-tsv", str(tiny_gqa), "duo", command=["test"]))
+    with open_session(tmp_path / "wh") as session:
+        rows = run_mart(session, "imported_ranking", {"run_id": result.run_id}).to_pylist()
+    scores = {(row["layer"], row["head"]): row["score"] for row in rows}
+    assert scores == {(0, 0): 0.1, (0, 1): 0.1, (0, 2): 0.9, (0, 3): 0.9, (1, 0): 0.5, (1, 1): 0.5, (1, 2): 0.3, (1, 3): 0.3,
+                      (2, 0): 1.0, (2, 1): 1.0, (2, 2): 0.0, (2, 3): 0.0}
+    assert [(row["layer"], row["head"]) for row in rows][:3] == [(2, 0), (2, 1), (0, 2)]  # ties to the lower layer, then head
+
+
+@pytest.mark.parametrize(
+    "fmt, content, message",
+    [
+        ("duo-tsv", "0.1\t0.9\n0.5\t0.3\n", "holds 2 layers × 2 key-value heads, but"),
+        ("duo-tsv", "0.1\t0.9\t0.2\n0.5\t0.3\t0.1\n1\t0\t0\n", "holds 3 layers × 3 key-value heads, but"),
+        ("duo-tsv", "0.1\t1.5\n0.5\t0.3\n1\t0\n", ":1: scores must be in [0, 1]"),
+        ("duo-tsv", "a\tb\n", ":1: not tab-separated numbers"),
+        ("retrieval-json", json.dumps({"0-0": [0.1]}), "holds 1 heads (layers 0..0, heads 0..0), but"),
+        ("retrieval-json", "[1, 2]", 'expected an object of "layer-head"'),
+        ("retrieval-json", json.dumps({"zero": [0.1]}), "key 'zero' is not \"layer-head\""),
+        ("retrieval-json", "{", "not JSON"),
+    ],
+)
+def test_files_that_do_not_fit_give_one_line_naming_both_shapes(tmp_path, tiny_gqa, capsys, fmt, content, message):
+    path = tmp_path / "ranking.txt"
+    path.write_text(content)
+    code, _, err = run_cli(capsys, "heads", "import", str(path), "--format", fmt, "--model", str(tiny_gqa), "--name", "x", "--warehouse", str(tmp_path / "wh"))
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    if "but" in message:
+        assert "has 3 layers × 4 heads (2 key-value heads)" in err
+
+
+def test_a_ranking_of_another_shape_cannot_drive_a_mask_sweep(gqa_run, tmp_path, capsys):
+    from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+
+    warehouse, run_id = gqa_run
+    other = save_tiny_llava(tmp_path / "two-layers", TinyLlavaSpec(n_layers=2, n_heads=4, n_kv_heads=4, seed=3))
+    code, _, err = run_cli(capsys, "mask", "--model", str(other), "--limit", "2", "--k", "0,1", "--strategy", "top", "--seeds", "1",
+                           "--ranking-run", run_id, "--device", "cpu", "--warehouse", str(warehouse))
+    assert code == 2 and err.strip().endswith(f"ranking run {run_id} ranks 3 layers × 4 heads, but {other} has 2 layers × 4 heads"), err
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.one_of(st.text(max_size=60), st.lists(st.lists(st.floats(), max_size=3), max_size=4).map(lambda rows: "\n".join("\t".join(map(str, row)) for row in rows))))
+def test_generated_files_parse_or_give_one_line(text):
+    for parse in (parse_duo_tsv, parse_retrieval_json):
+        try:
+            scores = parse(text, "ranking.txt", (3, 4, 2), "tiny")
+        except UsageError as exc:
+            assert "\n" not in str(exc) and "ranking.txt" in str(exc)
+        else:
+            assert set(scores) == {(layer, head) for layer in range(3) for head in range(4)}
