@@ -111,7 +111,7 @@ def mask(
     k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads (5, 0.1, 10%).")] = "0,0.05,0.1,0.2",
     seeds: Annotated[int, typer.Option(help="Seeds of the random strategy.")] = 3,
     mode: Annotated[str, typer.Option(help="zero (output zeroed), mean (mean output) or paper (uniform attention, unpadded).")] = "zero",
-    score: Annotated[str, typer.Option("--score", "--ranking", help="Head score that ranks heads: concentration_x_sum, image_sum or concentration (--ranking: its old name).")] = "concentration_x_sum",
+    score: Annotated[str, typer.Option("--score", "--ranking", help="Head score that ranks heads: concentration_x_sum, image_sum, concentration or region_hit (boxed benchmarks; --ranking: its old name).")] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
     dtype: DtypeOption = "auto",

@@ -17,6 +17,7 @@ STAT_NAMES = (
     "generated_sum",
     "region_sum",
     "region_entropy",
+    "region_hit",
 )
 
 
@@ -30,21 +31,25 @@ def row_statistics(
     ``image_entropy`` is the entropy of the attention renormalised over image positions (0 when
     the image gets no attention); ``image_argmax`` is the index of the maximum among the image
     positions (-1 when there is no image). ``region_sum`` / ``region_entropy`` are the same over the
-    region positions, NaN (stored as null) for samples without a region.
+    region positions, NaN (stored as null) for samples without a region; ``region_hit`` is 1 when the
+    most-attended image position (``image_argmax``) lies in the region, else 0 (SparseMM's criterion),
+    NaN without a region.
     """
     rows = rows.float()
     image = (segments == IMAGE).unsqueeze(1)  # [batch, 1, key]
     image_sum, image_entropy = mass_and_entropy(rows, image)
+    masked = rows.masked_fill(~image, float("-inf"))
+    image_max, argmax = masked.max(-1)
     if region is None:  # no sample has boxes: no second pass over the rows
-        region_sum = region_entropy = torch.full_like(image_sum, float("nan"))
+        region_sum = region_entropy = region_hit = torch.full_like(image_sum, float("nan"))
     else:
         region = (region & (segments == IMAGE)).unsqueeze(1)
         region_sum, region_entropy = mass_and_entropy(rows, region)
         has_region = region.any(-1)  # [batch, 1]
         region_sum = torch.where(has_region, region_sum, torch.full_like(region_sum, float("nan")))
         region_entropy = torch.where(has_region, region_entropy, torch.full_like(region_entropy, float("nan")))
-    masked = rows.masked_fill(~image, float("-inf"))
-    image_max, argmax = masked.max(-1)
+        hit = region.expand_as(rows).gather(-1, argmax.unsqueeze(-1)).squeeze(-1).float()
+        region_hit = torch.where(has_region, hit, torch.full_like(hit, float("nan")))
     image_index = (image.cumsum(-1) - 1).expand_as(rows).gather(-1, argmax.unsqueeze(-1)).squeeze(-1)
     has_image = image.any(-1)  # [batch, 1]
     image_max = torch.where(has_image, image_max, torch.zeros_like(image_max))
@@ -65,6 +70,7 @@ def row_statistics(
             segment_sum(GENERATED),
             region_sum,
             region_entropy,
+            region_hit,
         ],
         dim=-1,
     )

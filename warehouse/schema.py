@@ -60,6 +60,7 @@ HEAD_METRICS = pa.schema(
         ("generated_sum", pa.float32()),
         ("region_sum", pa.float32()),  # null without boxes
         ("region_entropy", pa.float32()),
+        ("region_hit", pa.float32()),  # 1 when the most-attended image token lies in the boxes, else 0; null without boxes
     ]
 )
 
@@ -146,6 +147,9 @@ HEAD_SUMMARY = pa.schema(
         ("sum_system", pa.float64()),
         ("sum_prompt", pa.float64()),
         ("sum_generated", pa.float64()),
+        ("n_region_hit", pa.int64()),  # rows with region_hit (samples with boxes); null in parts written before it
+        ("sum_region_hit", pa.float64()),
+        ("sumsq_region_hit", pa.float64()),
         ("definitions", pa.string()),  # the version of the definitions it was built from (null: parts older than versions)
     ]
 )

@@ -1,5 +1,5 @@
 -- one row per head of one extraction run: its mean score over the run's samples, and its rank (1 = best)
--- $score picks the head score (head_score_names(): 'concentration_x_sum' by default, 'image_sum', 'concentration')
+-- $score picks the head score (head_score_names(): 'concentration_x_sum' by default, 'image_sum', 'concentration', 'region_hit')
 with scored as (
     select run_id, layer, head, n_samples, case when n_samples > 0 then total / n_samples end as mean_score
     from stg_head_scores

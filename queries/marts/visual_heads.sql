@@ -32,7 +32,7 @@ keyed as (
         sample_idx,
         layer,
         head,
-        head_order_key(head_score($score, image_sum, image_entropy, n_image), layer, head) as sort_key
+        head_order_key(head_score($score, image_sum, image_entropy, n_image, region_hit), layer, head) as sort_key
     from stg_head_metrics
     where query = $query and $k > ranks_kept()
 ),

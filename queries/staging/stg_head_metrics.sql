@@ -19,6 +19,7 @@ select
     generated_sum,
     region_sum,
     region_entropy,
+    region_hit,
     concentration(image_entropy, n_image) as concentration,
-    head_score('concentration_x_sum', image_sum, image_entropy, n_image) as concentration_x_sum
+    head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit) as concentration_x_sum
 from head_metrics

@@ -13,3 +13,6 @@ from summary
 union all
 select run_id, query, layer, head, 'concentration_x_sum', n_concentration, sum_concentration_x_sum, sumsq_concentration_x_sum
 from summary
+union all
+select run_id, query, layer, head, 'region_hit', coalesce(n_region_hit, 0), sum_region_hit, sumsq_region_hit
+from summary

@@ -27,6 +27,9 @@ select
     sum(sum_bos) as sum_bos,
     sum(sum_system) as sum_system,
     sum(sum_prompt) as sum_prompt,
-    sum(sum_generated) as sum_generated
+    sum(sum_generated) as sum_generated,
+    cast(sum(n_region_hit) as bigint) as n_region_hit,
+    sum(sum_region_hit) as sum_region_hit,
+    sum(sumsq_region_hit) as sumsq_region_hit
 from per_part
 group by run_id, query, layer, head

@@ -197,3 +197,20 @@ def test_pointqa_extraction_stores_regions(tmp_path, tiny_mha):
     assert [row["choices"] for row in samples] == loaded_choices
     assert metrics["n"] == metrics["with_region"] > 0  # never null for samples with boxes
     assert metrics["excess"] <= 1e-6 and metrics["low"] >= 0
+    # region_hit: the head's most-attended image token among the boxed ones (hand: q1 tokens 0, 1, 4, 5 of
+    # the 4×4 grid; q2 only token 15, x 80..96 and y 48..64 of the crop)
+    boxed = {"q1": {0, 1, 4, 5}, "q2": {15}}
+    with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
+        rows = catalog.query(
+            "SELECT s.sample_key, m.image_argmax, m.region_hit FROM head_metrics m JOIN samples s USING (run_id, sample_idx)"
+        ).to_pylist()
+    assert rows and all(row["region_hit"] == float(row["image_argmax"] in boxed[row["sample_key"]]) for row in rows)
+    assert {row["region_hit"] for row in rows} == {0.0, 1.0}  # both outcomes occur
+    from attnwh.queries.library import open_session, run_mart
+
+    with open_session(tmp_path / "wh") as session:  # as a head score: the share of samples hit
+        ranked = run_mart(session, "head_ranking", {"run_id": result.run_id, "score": "region_hit"}).to_pylist()
+    with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
+        per_head = catalog.query("SELECT layer, head, avg(region_hit) AS share FROM head_metrics WHERE query = 'gen1' GROUP BY ALL").to_pylist()
+    hits = {(row["layer"], row["head"]): row["share"] for row in per_head}
+    assert {(row["layer"], row["head"]): row["score"] for row in ranked} == pytest.approx(hits)

@@ -81,3 +81,19 @@ def test_batch_and_heads_are_independent():
     assert entropy[0, 1].item() == pytest.approx(math.log(2))
     assert entropy[1, 1].item() == pytest.approx(math.log(4))
     assert stats[1, 0, STAT_NAMES.index("generated_sum")].item() == 1.0
+
+
+def test_region_hit_is_whether_the_most_attended_image_token_is_in_the_boxes():
+    row = torch.tensor([[[0, 0.1, 0.05, 0.05, 0.1, 0.4, 0.2, 0.05, 0.03, 0.02, 0.0]]], dtype=torch.float32)  # image argmax: position 5
+    inside = torch.zeros(1, 11, dtype=torch.bool)
+    inside[0, 5] = True  # the second image token is boxed
+    stats = dict(zip(STAT_NAMES, row_statistics(row, SEGMENTS, inside)[0, 0].tolist()))
+    assert (stats["region_hit"], stats["image_argmax"], stats["region_sum"]) == (1.0, 1, pytest.approx(0.4))
+    elsewhere = torch.zeros(1, 11, dtype=torch.bool)
+    elsewhere[0, 6] = elsewhere[0, 7] = True
+    stats = dict(zip(STAT_NAMES, row_statistics(row, SEGMENTS, elsewhere)[0, 0].tolist()))
+    assert stats["region_hit"] == 0.0 and stats["region_sum"] == pytest.approx(0.25)
+    none = torch.zeros(1, 11, dtype=torch.bool)
+    none[0, 8] = True  # a "region" on a prompt token is no image region: no boxes
+    assert math.isnan(dict(zip(STAT_NAMES, row_statistics(row, SEGMENTS, none)[0, 0].tolist()))["region_hit"])
+    assert math.isnan(stats_of(row[0, 0].tolist())["region_hit"])  # no regions at all

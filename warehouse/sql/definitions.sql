@@ -12,13 +12,16 @@ create or replace macro concentration(image_entropy, n_image) as
     case when n_image > 1 then 1 - image_entropy / ln(n_image) end;
 
 -- the per-sample head scores that rank heads (visual heads, masking's top heads)
-create or replace macro head_score_names() as ['image_sum', 'concentration', 'concentration_x_sum'];
+create or replace macro head_score_names() as ['image_sum', 'concentration', 'concentration_x_sum', 'region_hit'];
 
-create or replace macro head_score(score, image_sum, image_entropy, n_image) as
+-- region_hit (SparseMM's criterion): 1 when the head's most-attended image token lies in the question's
+-- boxes, 0 when it does not, null for samples without boxes; its mean is the share of samples hit
+create or replace macro head_score(score, image_sum, image_entropy, n_image, region_hit) as
     case score
         when 'image_sum' then image_sum
         when 'concentration' then concentration(image_entropy, n_image)
         when 'concentration_x_sum' then concentration(image_entropy, n_image) * image_sum
+        when 'region_hit' then region_hit
     end;
 
 -- the order of a sample's heads by a score: higher first, a missing score last, ties to the lower

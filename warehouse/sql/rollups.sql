@@ -17,8 +17,11 @@ create or replace macro summarise_head_metrics(rows) as table
         max(image_sum) as max_image,
         coalesce(sum(concentration(image_entropy, n_image)), 0) as sum_concentration,
         coalesce(sum(concentration(image_entropy, n_image) ** 2), 0) as sumsq_concentration,
-        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image)), 0) as sum_concentration_x_sum,
-        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image) ** 2), 0) as sumsq_concentration_x_sum,
+        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit)), 0) as sum_concentration_x_sum,
+        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit) ** 2), 0) as sumsq_concentration_x_sum,
+        count(region_hit) as n_region_hit,
+        coalesce(sum(region_hit::double), 0) as sum_region_hit,
+        coalesce(sum(region_hit::double * region_hit::double), 0) as sumsq_region_hit,
         sum(bos_sum::double) as sum_bos,
         sum(system_sum::double) as sum_system,
         sum(prompt_sum::double) as sum_prompt,
@@ -38,7 +41,7 @@ create or replace macro rank_head_metrics(rows) as table
             m.layer,
             m.head,
             s.score,
-            head_score(s.score, m.image_sum, m.image_entropy, m.n_image) as value
+            head_score(s.score, m.image_sum, m.image_entropy, m.n_image, m.region_hit) as value
         from query_table(rows) as m, (select unnest(head_score_names()) as score) as s
     ),
     placed as (
