@@ -51,6 +51,7 @@ class ChartSection:
     parameters: dict[str, Any]
     keep: Callable[[dict], bool] | None = None  # rows of the mart to show (then sorted by model, benchmark, rank)
     columns: tuple[str, ...] | None = None
+    name: str | None = None  # a chart's name for ``attnwh.open(...).chart(NAME)``
 
 
 def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str, list[ChartSection]]]:
@@ -61,10 +62,10 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "attention.html": (
             "Image attention per head",
             [
-                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q),
-                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q),
-                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q),
-                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q),
+                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q, name="head_image_sum"),
+                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q, name="head_concentration"),
+                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q, name="head_concentration_x_sum"),
+                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q, name="sum_vs_concentration"),
                 ChartSection(
                     f"Top {top} heads ({query})",
                     "Ranked by mean concentration × sum; detection score = share of samples in which the head is among that sample's top 10.",
@@ -79,23 +80,23 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "layers.html": (
             "Layers and segments",
             [
-                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q),
-                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q),
-                ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", "report_segments", charts.segment_shares, q),
+                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q, name="layer_image_sum"),
+                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q, name="layer_concentration_x_sum"),
+                ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", "report_segments", charts.segment_shares, q, name="segment_shares"),
             ],
         ),
         "lens.html": (
             "Logit lens",
             [
-                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}),
-                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}),
+                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}, name="lens_ranks"),
+                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}, name="lens_median_rank"),
                 ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
             ],
         ),
         "masking.html": (
             "Head masking",
             [
-                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}),
+                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}, name="masking_curves"),
                 ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
             ],
         ),
@@ -151,6 +152,19 @@ def build_report(
     except OSError as exc:
         raise AttnwhError(f"cannot write the report into {out}: {exc.strerror or exc}") from exc
     return out / "index.html"
+
+
+def chart_sections(query: str = "gen1", top: int = 20, max_samples: int = 50) -> dict[str, ChartSection]:
+    """Every chart of the report by its name (``head_image_sum``, ``masking_curves``, ...)."""
+    return {section.name: section for _, sections in page_sections(query, top, max_samples).values() for section in sections if section.name}
+
+
+def chart_spec(session: Catalog, name: str, query: str = "gen1", max_samples: int = 50) -> dict | None:
+    """The Vega-Lite spec of one chart of the report, from its mart over this session (None: no rows)."""
+    found = chart_sections(query, max_samples=max_samples)
+    if name not in found:
+        raise UsageError(f"unknown chart {name!r}; charts: {', '.join(sorted(found))}")
+    return _section(session, found[name]).spec
 
 
 def _section(session: Catalog, section: ChartSection) -> Section:

@@ -273,6 +273,17 @@ class Catalog:
         except duckdb.Error as exc:
             raise SqlError(_first_line(exc)) from exc
 
+    def relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
+        """Trusted SQL (attnwh's own queries) as a lazy DuckDB relation, parameters bound."""
+        try:
+            return self._when_defined(lambda: self.connection.sql(sql, params=parameters or None))
+        except duckdb.Error as exc:
+            raise SqlError(_first_line(exc)) from exc
+
+    def user_relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
+        """A user's statement, checked to only read, as a lazy DuckDB relation (the notebook API)."""
+        return self.relation(check_read_only(sql), parameters)
+
     def user_query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         """Run a user's statement after checking that it only reads."""
         statement = check_read_only(sql)

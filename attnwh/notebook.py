@@ -1,0 +1,117 @@
+"""The notebook API: ``attnwh.open(path)`` gives a read-only handle on a warehouse.
+
+Every table, query and chart comes back as the object notebooks work with: DuckDB relations
+(``.arrow()``, ``.df()`` with pandas, ``.pl()`` with polars), an ``xarray.DataArray`` on Dask for raw
+rows, Altair charts that render inline in Jupyter. The handle holds one locked DuckDB session (the
+same as ``attnwh sql``: only reads, nothing outside the warehouse, parameters bound, never pasted);
+close it with ``close()`` or a ``with`` block.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from attnwh.errors import UsageError
+from attnwh.queries.library import bind_parameters, get_mart, open_session
+
+
+class Warehouse:
+    """A read-only view of one warehouse (``attnwh.open``)."""
+
+    def __init__(self, path: Path | str | None = None):
+        from attnwh.warehouse.layout import open_warehouse
+
+        self._warehouse = open_warehouse(path)
+        self._session = open_session(path)
+        self.warnings: list[str] = list(self._session.warnings)  # damaged runs left out, as the CLI warns
+
+    @property
+    def path(self) -> Path:
+        return self._warehouse.root
+
+    def runs(self) -> duckdb.DuckDBPyRelation:
+        """One row per run (the ``runs`` view)."""
+        return self._session.relation("select * from runs order by created, run_id")
+
+    def sql(self, statement: str, **parameters: Any) -> duckdb.DuckDBPyRelation:
+        """One read-only statement (SELECT or EXPLAIN) with ``$name`` parameters bound from keywords."""
+        return self._session.user_relation(statement, parameters or None)
+
+    def query(self, name: str, **parameters: Any) -> duckdb.DuckDBPyRelation:
+        """A named query of the library (``attnwh query --list``), its parameters typed and checked."""
+        mart = get_mart(name)
+        return self._session.relation(mart.sql, bind_parameters(mart, {key: str(value) for key, value in parameters.items()}))
+
+    def rows(self, run_id: str):
+        """The run's raw attention rows as an ``xarray.DataArray`` backed by Dask (nothing is read until computed).
+
+        Dimensions ``sample, query, layer, head, key`` (keys from the sample's first real token, NaN
+        past a row's end); coordinates ``sample`` (the plan's sample index) with ``sample_key``,
+        ``query`` names, ``layer`` and ``head`` numbers.
+        """
+        try:
+            import xarray
+        except ImportError as exc:  # an optional dependency
+            raise UsageError("rows() needs xarray: pip install 'attnwh[notebook]'") from exc
+        from attnwh.warehouse.arrays import DIMENSIONS, open_rows
+
+        paths = self._warehouse.find_run(run_id)
+        if paths is None:
+            raise UsageError(f"no run {run_id} in {self.path}")
+        array, sample_idx, queries = open_rows(paths)
+        samples = self._session.query("select sample_idx, sample_key from samples where run_id = $run", {"run": run_id}).to_pylist()
+        keys = {row["sample_idx"]: row["sample_key"] for row in samples}
+        _, _, n_layers, n_heads, n_keys = array.shape
+        return xarray.DataArray(
+            array,
+            dims=DIMENSIONS,
+            coords={
+                "sample": sample_idx,
+                "sample_key": ("sample", [keys.get(int(index)) for index in sample_idx]),
+                "query": queries,
+                "layer": range(n_layers),
+                "head": range(n_heads),
+                "key": range(n_keys),
+            },
+            name="attention",
+            attrs={"run_id": run_id},
+        )
+
+    def chart(self, name: str, query: str = "gen1"):
+        """A chart of the report (``head_image_sum``, ``masking_curves``, ...) as an Altair chart."""
+        import altair as alt
+
+        from attnwh.reports.build import chart_spec
+
+        spec = chart_spec(self._session, name, query)
+        if spec is None:
+            raise UsageError(f"chart {name} has no data in {self.path}")
+        kinds = (("layer", alt.LayerChart), ("facet", alt.FacetChart), ("hconcat", alt.HConcatChart), ("vconcat", alt.VConcatChart), ("concat", alt.ConcatChart))
+        chart_class = next((kind for key, kind in kinds if key in spec), alt.Chart)
+        return chart_class.from_dict(spec, validate=False)
+
+    def charts(self) -> list[str]:
+        """The names ``chart`` takes."""
+        from attnwh.reports.build import chart_sections
+
+        return sorted(chart_sections())
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "Warehouse":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"attnwh.Warehouse({str(self.path)!r})"
+
+
+def open(path: Path | str | None = None) -> Warehouse:  # noqa: A001  (attnwh.open, as the issue names it)
+    """Open a warehouse for reading (default: ``$ATTNWH_WAREHOUSE``, else ``./attnwh-warehouse``)."""
+    return Warehouse(path)
