@@ -1,6 +1,11 @@
 """attnwh: a data warehouse of attention statistics for vision-language models."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("attnwh")  # one definition: pyproject.toml's
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
 
 def __getattr__(name: str):

@@ -32,6 +32,23 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
+
+def _version(value: bool) -> None:
+    if value:
+        from attnwh import __version__
+
+        typer.echo(f"attnwh {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", help="Print attnwh's version and exit.", is_eager=True, callback=_version),
+) -> None:
+    """A data warehouse of attention statistics for vision-language models."""
+
+
 toy_app = typer.Typer(help="The embedded toy: a tiny LLaVA trained on synthetic shapes.", no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
 heads_app = typer.Typer(help="Head rankings in the files of Retrieval_Head, SparseMM, DuoAttention and kvpress.", no_args_is_help=True)

@@ -143,3 +143,14 @@ def test_query_list_and_parameters(warehouse):
 def test_marts_are_views_in_sql(warehouse):
     result = invoke("sql", "select count(*) as n from run_overview", "--warehouse", str(warehouse), "--format", "csv")
     assert result.output == "n\n1\n"
+
+
+def test_version_is_the_packages(capsys):
+    import tomllib
+    from pathlib import Path
+
+    from tests.reliability.harness import run_cli
+
+    expected = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
+    code, out, err = run_cli(capsys, "--version")
+    assert (code, out.strip(), err) == (0, f"attnwh {expected}", "")
