@@ -133,8 +133,9 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder to write the pages (index.html, ...) into.")] = Path("attnwh-report"),
     warehouse: WarehouseOption = None,
     query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
-    fmt: Annotated[str, typer.Option("--format", help="html, or png / svg to also write every chart as a file under charts/.")] = "html",
+    fmt: Annotated[str, typer.Option("--format", help="html, or png / svg / pdf to also write every chart as a file under charts/.")] = "html",
     top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
+    figure: Annotated[int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")] = None,
 ) -> None:
     """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, samples.
 
@@ -146,6 +147,12 @@ def report(
         raise UsageError(f"unknown query {query!r}; choose gen1 or prompt")
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
+    if figure is not None:
+        from attnwh.reports.build import write_figure
+
+        for path in write_figure(warehouse, out, figure, "svg" if fmt == "html" else fmt, query=query, warn=warn):
+            typer.echo(f"wrote {path}")
+        return
     formats = ("html",) if fmt == "html" else ("html", fmt)
     target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=warn)
     typer.echo(f"report written to {target}")

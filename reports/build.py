@@ -52,6 +52,7 @@ class ChartSection:
     keep: Callable[[dict], bool] | None = None  # rows of the mart to show (then sorted by model, benchmark, rank)
     columns: tuple[str, ...] | None = None
     name: str | None = None  # a chart's name for ``attnwh.open(...).chart(NAME)``
+    figures: tuple[int, ...] = ()  # the figures of the study (CVPR 2025 and its supplement) the chart reproduces
 
 
 def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str, list[ChartSection]]]:
@@ -62,10 +63,10 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "attention.html": (
             "Image attention per head",
             [
-                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q, name="head_image_sum"),
-                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q, name="head_concentration"),
-                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q, name="head_concentration_x_sum"),
-                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q, name="sum_vs_concentration"),
+                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q, name="head_image_sum", figures=(10, 15)),
+                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q, name="head_concentration", figures=(11,)),
+                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q, name="head_concentration_x_sum", figures=(14,)),
+                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q, name="sum_vs_concentration", figures=(1,)),
                 ChartSection(
                     f"Top {top} heads ({query})",
                     "Ranked by mean concentration × sum; detection score = share of samples in which the head is among that sample's top 10.",
@@ -80,23 +81,23 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "layers.html": (
             "Layers and segments",
             [
-                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q, name="layer_image_sum"),
-                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q, name="layer_concentration_x_sum"),
+                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q, name="layer_image_sum", figures=(10, 15)),
+                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q, name="layer_concentration_x_sum", figures=(14,)),
                 ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", "report_segments", charts.segment_shares, q, name="segment_shares"),
             ],
         ),
         "lens.html": (
             "Logit lens",
             [
-                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}, name="lens_ranks"),
-                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}, name="lens_median_rank"),
+                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}, name="lens_ranks", figures=(9,)),
+                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}, name="lens_median_rank", figures=(9,)),
                 ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
             ],
         ),
         "masking.html": (
             "Head masking",
             [
-                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}, name="masking_curves"),
+                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}, name="masking_curves", figures=(12, 13)),
                 ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
             ],
         ),
@@ -104,6 +105,10 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
     }
 
 
+CHART_FORMATS = ("png", "svg", "pdf")
+FIGURES_TITLE = "Figures of the study"
+FIGURES_TEXT = ("The charts that reproduce the figures of \"Unveiling Visual Perception in Language Models: An Attention Head "
+                "Analysis Approach\" (CVPR 2025) and its supplement; `attnwh report --figure N` writes one as a file.")
 WARNINGS_TITLE = "Damaged runs"
 WARNINGS_TEXT = "Runs left out are in none of the charts below; `attnwh verify` names every damaged file."
 
@@ -121,9 +126,9 @@ def build_report(
 
     Damaged runs (left out of the session, or not resumable) are passed to ``warn`` and listed first on the first page.
     """
-    unknown = [fmt for fmt in formats if fmt not in ("html", "png", "svg")]
+    unknown = [fmt for fmt in formats if fmt not in ("html", *CHART_FORMATS)]
     if unknown:
-        raise UsageError(f"unknown report format {', '.join(unknown)}; choose html, png or svg")
+        raise UsageError(f"unknown report format {', '.join(unknown)}; choose html, png, svg or pdf")
     out = Path(out)
     pages = page_sections(query, top, max_samples)
     links = [(name, title) for name, (title, _) in pages.items()]
@@ -136,6 +141,8 @@ def build_report(
             page = Page(title, links=links)
             if index == 0 and session.warnings:
                 page.sections.append(Section(WARNINGS_TITLE, WARNINGS_TEXT, "", table=[{"warning": line} for line in session.warnings]))
+            if index == 0:
+                page.sections.append(Section(FIGURES_TITLE, FIGURES_TEXT, "", table=figure_index(pages)))
             for number, section in enumerate(sections):
                 built = _section(session, section)
                 page.sections.append(built)
@@ -176,17 +183,68 @@ def _section(session: Catalog, section: ChartSection) -> Section:
     shown_sql = f"-- the {mart.name} query (attnwh query {mart.name})\n{mart.sql.strip()}"
     if section.parameters:
         shown_sql += "\n-- parameters: " + ", ".join(f"{key} = {value!r}" for key, value in section.parameters.items())
+    description = f"{figure_label(section.figures)} of the study. {section.description}" if section.figures else section.description
     if section.chart is None:
-        return Section(section.title, section.description, shown_sql, table=rows or None)
-    return Section(section.title, section.description, shown_sql, spec=section.chart(rows) if rows else None)
+        return Section(section.title, description, shown_sql, table=rows or None)
+    return Section(section.title, description, shown_sql, spec=section.chart(rows) if rows else None)
 
 
-def _export(folder: Path, exports: list[tuple[str, dict]], fmt: str) -> None:
+def figure_label(figures: tuple[int, ...]) -> str:
+    """``(10, 15)`` -> "Figs. 10 and 15"; ``(12, 13)`` -> "Figs. 12-13"; ``(1,)`` -> "Fig. 1"."""
+    if len(figures) == 1:
+        return f"Fig. {figures[0]}"
+    if list(figures) == list(range(figures[0], figures[-1] + 1)):
+        return f"Figs. {figures[0]}–{figures[-1]}"
+    return "Figs. " + ", ".join(map(str, figures[:-1])) + f" and {figures[-1]}"
+
+
+def figure_index(pages: dict[str, tuple[str, list[ChartSection]]]) -> list[dict]:
+    """The index of the study's figures: which chart on which page reproduces each."""
+    rows = []
+    for page, (_, sections) in pages.items():
+        for section in sections:
+            for figure in section.figures:
+                rows.append({"figure": f"Fig. {figure}", "chart": section.title, "page": page, "name": section.name})
+    return sorted(rows, key=lambda row: (int(row["figure"].removeprefix("Fig. ")), row["page"], row["chart"]))
+
+
+def _export(folder: Path, exports: list[tuple[str, dict]], fmt: str) -> list[Path]:
     import vl_convert
 
     folder.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, spec in exports:
+        path = folder / f"{name}.{fmt}"
         if fmt == "png":
-            (folder / f"{name}.png").write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+            path.write_bytes(vl_convert.vegalite_to_png(spec, scale=2))
+        elif fmt == "pdf":
+            path.write_bytes(vl_convert.vegalite_to_pdf(spec))
         else:
-            (folder / f"{name}.svg").write_text(vl_convert.vegalite_to_svg(spec), encoding="utf-8")
+            path.write_text(vl_convert.vegalite_to_svg(spec), encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def write_figure(warehouse_path: Path | str | None, out: Path | str, figure: int, fmt: str = "svg", query: str = "gen1",
+                 warn: Callable[[list[str]], None] | None = None) -> list[Path]:
+    """Write only the charts that reproduce one figure of the study, as ``fmt`` files under ``out``."""
+    if fmt not in CHART_FORMATS:
+        raise UsageError(f"--figure writes png, svg or pdf; got --format {fmt}")
+    sections = [section for section in chart_sections(query).values() if figure in section.figures]
+    if not sections:
+        known = sorted({number for section in chart_sections(query).values() for number in section.figures})
+        raise UsageError(f"no chart reproduces Fig. {figure}; figures: {', '.join(map(str, known))}")
+    exports = []
+    with open_session(warehouse_path) as session:
+        if warn is not None:
+            warn(session.warnings)
+        for section in sections:
+            spec = _section(session, section).spec
+            if spec is not None:
+                exports.append((f"fig-{figure}-{section.name}", spec))
+    if not exports:
+        raise UsageError(f"Fig. {figure} has no data in the warehouse yet")
+    try:
+        return _export(Path(out), exports, fmt)
+    except OSError as exc:
+        raise AttnwhError(f"cannot write into {out}: {exc.strerror or exc}") from exc

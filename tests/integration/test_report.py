@@ -72,3 +72,26 @@ def test_empty_warehouse_report_says_so(tmp_path):
     open_warehouse(tmp_path / "wh", create=True)
     page = build_report(tmp_path / "wh", tmp_path / "out").read_text()
     assert "No data for this section yet." in page
+
+
+def test_figures_of_the_study_are_indexed_and_written_one_by_one(tmp_path, hostile_warehouse, capsys):
+    """Each chart names the study's figure it reproduces (the supplement's captions: Fig. 9 logit-lens ranks,
+    10/15 attention sums, 11 concentration, 14 concentration × sum, 12-13 masking curves); the first page
+    indexes them; --figure N writes just those charts, as SVG, PNG or PDF."""
+    from tests.reliability.harness import run_cli
+
+    index = build_report(hostile_warehouse, tmp_path / "report")
+    first = index.read_text()
+    assert "Figures of the study" in first
+    for figure in (1, 9, 10, 11, 12, 13, 14, 15):
+        assert f"<td>Fig. {figure}</td>" in first, figure
+    assert "Figs. 12–13 of the study." in (index.parent / "masking.html").read_text()
+    assert "Figs. 10 and 15 of the study." in (index.parent / "attention.html").read_text()
+    code, out, err = run_cli(capsys, "report", "--figure", "12", "--format", "pdf", "--out", str(tmp_path / "fig"), "--warehouse", str(hostile_warehouse))
+    assert code == 0, err
+    assert [path.name for path in (tmp_path / "fig").iterdir()] == ["fig-12-masking_curves.pdf"]
+    assert (tmp_path / "fig" / "fig-12-masking_curves.pdf").read_bytes().startswith(b"%PDF")
+    code, out, err = run_cli(capsys, "report", "--figure", "10", "--out", str(tmp_path / "fig10"), "--warehouse", str(hostile_warehouse))
+    assert code == 0 and sorted(path.name for path in (tmp_path / "fig10").iterdir()) == ["fig-10-head_image_sum.svg", "fig-10-layer_image_sum.svg"]
+    code, out, err = run_cli(capsys, "report", "--figure", "7", "--warehouse", str(hostile_warehouse))
+    assert code == 2 and err.strip() == "attnwh: error: no chart reproduces Fig. 7; figures: 1, 9, 10, 11, 12, 13, 14, 15"
