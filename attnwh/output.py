@@ -13,11 +13,35 @@ FORMATS = ("table", "csv", "json")
 
 
 def _cell(value) -> str:
+    """A value as CSV keeps it: floats exactly (the shortest text that reads back the same number)."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6g}"
+        return "nan" if math.isnan(value) else repr(value)
     return str(value)
+
+
+def is_p_value(column: str) -> bool:
+    return column == "p" or column.endswith(("_p", "p_value"))
+
+
+def readable(value, column: str = "") -> str:
+    """A value for a person to read (terminal tables, the report's tables): three significant digits,
+    p-values below 0.001 in scientific notation, counts (integers) whole, thousands separated;
+    CSV and JSON keep the exact values."""
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    if is_p_value(column) and 0 < value < 1e-3:
+        return f"{value:.2e}"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
@@ -31,7 +55,7 @@ def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
         writer.writerows([[_cell(row[c]) for c in table.column_names] for row in rows])
         return buffer.getvalue().rstrip("\n")
     shown = rows if max_rows is None else rows[:max_rows]
-    cells = [[_cell(row[c]).replace("\n", "\\n") for c in table.column_names] for row in shown]
+    cells = [[readable(row[c], c).replace("\n", "\\n") for c in table.column_names] for row in shown]
     widths = [max([len(name)] + [len(r[i]) for r in cells]) for i, name in enumerate(table.column_names)]
     lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

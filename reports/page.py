@@ -13,6 +13,8 @@ from decimal import Decimal
 from dataclasses import dataclass, field
 from functools import cache
 
+from attnwh.output import readable
+
 _JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 STYLE = """
@@ -113,7 +115,7 @@ def _table_html(rows: list[dict]) -> str:
     columns = list(rows[0])
     head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if row[c] is None else str(row[c]))}</td>" for c in columns) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(readable(row[c], c))}</td>" for c in columns) + "</tr>"
         for row in rows
     )
     return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
