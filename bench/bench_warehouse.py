@@ -94,6 +94,7 @@ def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: in
                     "generated_sum": rest,
                     "region_sum": pa.nulls(rows, pa.float32()),
                     "region_entropy": pa.nulls(rows, pa.float32()),
+                    "region_hit": pa.nulls(rows, pa.float32()),
                 }
             ).cast(HEAD_METRICS)
             lens_rows = n * (n_layers + 1)
