@@ -10,6 +10,7 @@ would still let COPY TO and ATTACH write inside the warehouse.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from attnwh.warehouse import parts
 from attnwh.errors import UsageError
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
-from attnwh.warehouse.layout import RunPaths, Warehouse
+from attnwh.warehouse.layout import RunPaths, Warehouse, table_file
 from attnwh.warehouse.runs import check_plan_footer
 from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES
 
@@ -47,7 +48,7 @@ class Catalog:
         self.connection.execute("SET parquet_metadata_cache = true")
         self._keep_alive: list[pa.Table] = []
         self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
-        self._on_demand: dict[str, str] = {}  # views defined when a query first names them (``define_on_demand``)
+        self._on_demand: dict[str, str | Callable[[], None]] = {}  # views defined when a query first names them
         define_macros(self.connection)
         self._define_raw_views()
         self._define_rollup_views()
@@ -71,7 +72,8 @@ class Catalog:
             except WarehouseError as exc:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {exc}; see `attnwh verify`")
                 continue
-            run_files = {table: [str(path) for path in parts.table_files(run, table, readable.records)] for table in TABLES}
+            folders = [(record, parts.part_folder(run, record)) for record in readable.records]  # one stat per part, not per table
+            run_files = {table: [str(table_file(folder, table)) for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
@@ -89,13 +91,32 @@ class Catalog:
             for table, paths in run_files.items():
                 files[table] += paths
         self._register_table("runs", runs_table(runs))
-        for table, schema in TABLES.items():
-            if files[table]:
-                relation = self._with_every_column(self.connection.read_parquet(files[table], union_by_name=True), schema)
-            else:
-                relation = self._arrow_relation(schema.empty_table())
-            relation.create_view(table, replace=True)
+        # each table's view is bound (every footer of its files read by DuckDB) when a query first names it
+        self._on_demand.update({table: self._raw_view(table, files[table]) for table in TABLES})
         self._define_derived_views(runs)
+
+    def _raw_view(self, table: str, files: list[str]) -> Callable[[], None]:
+        def define() -> None:
+            if files:
+                relation = self._with_every_column(self.connection.read_parquet(files, union_by_name=True), TABLES[table])
+            else:
+                relation = self._arrow_relation(TABLES[table].empty_table())
+            relation.create_view(table, replace=True)
+
+        return define
+
+    def define_everything(self) -> None:
+        """Define every view now (tools that list the session's views, like ``duckdb_views()``, see them all)."""
+        while self._on_demand:
+            name = next(iter(self._on_demand))
+            self._define_pending(name)
+
+    def _define_pending(self, name: str) -> None:
+        definition = self._on_demand.pop(name)
+        if callable(definition):
+            self._when_defined(definition)
+        else:
+            self.define_view(name, definition)
 
     def _define_derived_views(self, runs: list[tuple[RunPaths, parts.ReadableRun]]) -> None:
         """One view per name of a derived table (``attnwh recompute --name``); a name two statistics claim, or
@@ -118,6 +139,10 @@ class Catalog:
                 self.warnings.append(f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view")
                 continue
             names[name] = claim
+        if names:
+            for table in ("derived_metrics", "derived_sinks"):
+                if table in self._on_demand:
+                    self._define_pending(table)
         define_derived_views(self.connection, names)
 
     def _table_file_problems(self, runs: list[dict[str, list[str]]]) -> list[str | None]:
@@ -147,6 +172,7 @@ class Catalog:
                     found.setdefault(name, {})[key] = value
         self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
         schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
+        types_checked: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
         problems: list[str | None] = []
         for run_files in runs:
             problem = None
@@ -158,7 +184,10 @@ class Catalog:
                         schemas[serialized] = _arrow_schema(serialized)
                     schema = schemas.get(serialized) if serialized is not None else None
                     if metadata is not None and META_TABLE.decode() in metadata and schema is not None:
-                        problem = _metadata_problem(path, table, metadata) or _type_problem(path, schema, TABLES[table])
+                        if (serialized, table) not in types_checked:
+                            types_checked[(serialized, table)] = _type_problem(path, schema, TABLES[table]) is not None
+                        wrong_types = types_checked[(serialized, table)]
+                        problem = _metadata_problem(path, table, metadata) or (_type_problem(path, schema, TABLES[table]) if wrong_types else None)
                     else:
                         try:
                             check_file_schema(Path(path), TABLES[table])
@@ -254,8 +283,7 @@ class Catalog:
                 match = _MISSING_TABLE.search(str(exc))
                 if match is None or match.group(1) not in self._on_demand:
                     raise
-                name = match.group(1)
-                self.define_view(name, self._on_demand.pop(name))
+                self._define_pending(match.group(1))
 
     def lock(self) -> None:
         """No file access outside the warehouse, no extensions, no further configuration changes."""

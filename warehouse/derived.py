@@ -29,6 +29,8 @@ def check_view_name(name: str, reserved: set[str] | frozenset[str] = frozenset()
 
 def define_derived_views(connection: duckdb.DuckDBPyConnection, names: dict[str, dict[str, Any]]) -> None:
     """``names``: view name -> the derived spec (``columns``, ``statistic``) of its runs."""
+    if not names:
+        return
     metrics = connection.table("derived_metrics")
     sinks = connection.table("derived_sinks")
     for name, spec in sorted(names.items()):

@@ -321,6 +321,7 @@ def test_generated_images_decode_or_become_error_rows():
 @pytest.fixture(scope="module")
 def views(warehouse) -> dict[str, list[str]]:
     with open_session(warehouse) as session:
+        session.define_everything()  # views are otherwise defined when a statement first names them
         names = session.query("select view_name from duckdb_views() where not internal and schema_name = 'main' order by 1").column(0).to_pylist()
         return {name: session.query(f'select column_name from (describe "{name}")').column(0).to_pylist() for name in names}
 
