@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_scale import attnwh_command, rotated  # noqa: E402  (one definition of both, beside this script)
 
 VARIANTS = ("local", "dask-1", "dask-2")
 QUERIES = ["prompt", "gen1"]
@@ -75,13 +77,6 @@ def build(root: Path, n_samples: int, part_size: int, n_layers: int = 32, n_head
     return run.run_id
 
 
-def attnwh_command() -> list[str]:
-    found = shutil.which("attnwh", path=str(Path(sys.executable).parent)) or shutil.which("attnwh")
-    if not found:
-        raise SystemExit("bench_recompute: the attnwh command is not installed (pip install -e .)")
-    return [found]
-
-
 def run_variant(variant: str, warehouse: Path, run_id: str, name: str, args) -> dict:
     from attnwh.warehouse.layout import open_warehouse
     from attnwh.warehouse.status import run_status
@@ -118,7 +113,7 @@ def main() -> int:
         run_id = build(warehouse, args.samples, args.part_size)
         print(f"built {args.samples} samples of raw rows ({args.samples * 2.66:.0f} MB float16) in {time.perf_counter() - started:.1f} s", flush=True)
         for round_index in range(args.rounds):
-            order = VARIANTS[round_index % len(VARIANTS):] + VARIANTS[: round_index % len(VARIANTS)]
+            order = rotated(VARIANTS, round_index)
             measured = {}
             for variant in order:
                 measured[variant] = run_variant(variant, warehouse, run_id, f"r{round_index}_{variant.replace('-', '')}", args)

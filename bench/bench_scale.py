@@ -45,6 +45,12 @@ TARGETS = {  # name: (numerator variant, denominator variant, rate or time, boun
 }
 
 
+def rotated(variants, round_index: int) -> list:
+    """The variants in the order of one round: each round starts one later, so drift falls on all alike."""
+    shift = round_index % len(variants)
+    return [*variants[shift:], *variants[:shift]]
+
+
 def attnwh_command() -> list[str]:
     found = shutil.which("attnwh", path=str(Path(sys.executable).parent)) or shutil.which("attnwh")
     if not found:
@@ -104,7 +110,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-scale-") as scratch:
         model = build_model("realistic", Path(scratch))
         for round_index in range(args.rounds):
-            order = args.variants[round_index % len(args.variants):] + args.variants[: round_index % len(args.variants)]
+            order = rotated(args.variants, round_index)
             measured = {}
             for variant in order:
                 measured[variant] = run_variant(variant, model, Path(scratch) / f"wh-{round_index}-{variant}", args)
