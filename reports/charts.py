@@ -8,22 +8,45 @@ PANEL_COLUMNS = 3
 
 
 def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
-    """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale."""
-    data = [{**row, "panel": f"{row['model']} · {row['benchmark']}"} for row in rows]
+    """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale;
+    white rules mark where the early / mid / late stages meet, named on the right."""
+    data = [{**row, "panel": _panel(row), "head_end": row["head"] + 1, "layer_end": row["layer"] + 1} for row in rows]
     cell = 24
     n_heads = 1 + max(row["head"] for row in rows)
     n_layers = 1 + max(row["layer"] for row in rows)
-    chart = (
-        alt.Chart(alt.Data(values=data))
-        .mark_rect()
-        .encode(
-            x=alt.X("head:O", title="head"),
-            y=alt.Y("layer:O", title="layer", sort="descending"),
-            color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="viridis")),
-            tooltip=["panel:N", "layer:O", "head:O", alt.Tooltip(f"{value}:Q", format=".4f"), "n_samples:Q"],
+    stages: dict[tuple[str, str], list[int]] = {}
+    for row in sorted(data, key=lambda row: row["layer"]):
+        if row.get("stage") is not None:
+            stages.setdefault((row["panel"], row["stage"]), []).append(row["layer"])
+    width = {row["panel"]: 1 + max(other["head"] for other in data if other["panel"] == row["panel"]) for row in data}
+    marks = [
+        {"kind": "stage", "panel": panel, "stage": stage, "start": min(layers), "middle": (min(layers) + max(layers) + 1) / 2, "right": width[panel]}
+        for (panel, stage), layers in stages.items()
+    ]
+    # one data set for every layer (a faceted layer chart needs that), each layer filtering its kind
+    source = alt.Chart(alt.Data(values=[{**row, "kind": "cell"} for row in data] + marks))
+    base = source.transform_filter("datum.kind == 'cell'").mark_rect().encode(
+        # cells span [head, head + 1) × [layer, layer + 1); labels sit at the cells' centres
+        x=alt.X("head:Q", title="head", scale=alt.Scale(nice=False, zero=True),
+                axis=alt.Axis(values=[index + 0.5 for index in range(n_heads)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False)),
+        x2="head_end:Q",
+        y=alt.Y("layer:Q", title="layer", scale=alt.Scale(nice=False, zero=True),
+                axis=alt.Axis(values=[index + 0.5 for index in range(n_layers)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False)),
+        y2="layer_end:Q",
+        color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="viridis"), legend=alt.Legend(orient="bottom", direction="horizontal")),
+        tooltip=["panel:N", "layer:O", "head:O", "stage:N", alt.Tooltip(f"{value}:Q", format=".4f"), "n_samples:Q"],
+    )
+    layers = [base]
+    if marks:
+        boundaries = source.transform_filter("datum.kind == 'stage' && datum.start > 0").mark_rule(color="white", strokeWidth=2).encode(y="start:Q")
+        names = source.transform_filter("datum.kind == 'stage'").mark_text(align="left", dx=4, fontSize=10, color="#555").encode(
+            x="right:Q", y="middle:Q", text="stage:N"
         )
+        layers += [boundaries, names]
+    chart = (
+        alt.layer(*layers)
         .properties(width=min(cell * n_heads, 640), height=min(cell * n_layers, 640))
-        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS, spacing=48)  # room for the stage names
         .resolve_scale(color="independent", x="independent", y="independent")
     )
     return chart.to_dict()
