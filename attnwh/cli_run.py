@@ -87,13 +87,12 @@ def extract(
     )
     with progress() as on_progress:
         result = run_extract(warehouse, options, on_progress=on_progress)
-    state = "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    state = _state(result)
     typer.echo(
         f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "
         f"{result.errors} error row(s); {result.parts_skipped} of {result.parts_total} part(s) were already committed"
     )
-    if result.dashboard:
-        typer.echo(f"dask dashboard: {result.dashboard}")
+    _echo_dashboard(result)
     typer.echo(f"run folder: {result.run_path}")
 
 
@@ -237,11 +236,20 @@ def recompute(
     )
     with progress(label="recompute", unit="parts") as on_progress:
         result = run_recompute(warehouse, options, on_progress=on_progress)
-    state = "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    state = _state(result)
     typer.echo(
         f"derived run {result.run_id} ({state}) of run {result.source_run_id}: wrote {result.parts_written} part(s), "
         f"{result.rows_written} row(s); {result.parts_skipped} of {result.parts_total} part(s) were already computed"
     )
+    _echo_dashboard(result)
+    typer.echo(f"query it: attnwh sql \"select * from {result.name} join head_metrics using (run_id, sample_idx, query, layer, head) limit 5\"")
+
+
+def _state(result) -> str:
+    """An extraction's or recomputation's result: complete when every part is committed."""
+    return "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+
+
+def _echo_dashboard(result) -> None:
     if result.dashboard:
         typer.echo(f"dask dashboard: {result.dashboard}")
-    typer.echo(f"query it: attnwh sql \"select * from {result.name} join head_metrics using (run_id, sample_idx, query, layer, head) limit 5\"")

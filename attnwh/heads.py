@@ -32,7 +32,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
-from attnwh.warehouse.schema import IMPORTED_RANKINGS, with_metadata
+from attnwh.warehouse.schema import IMPORTED_RANKINGS
 
 FORMATS = ("retrieval-json", "duo-tsv")
 
@@ -90,6 +90,7 @@ class ImportResult:
 def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> ImportResult:
     """Store a ranking file as a run of kind ``ranking`` (fingerprinted by the file's hash, the model and the name)."""
     from attnwh.extract.models import load_config, model_info, resolve_source, revision
+    from attnwh.extract.part_tables import write_parquet
     from attnwh.extract.toy.default import DEFAULT_MODEL, model_location
 
     fmt = _check_format(options.fmt)
@@ -119,9 +120,7 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
     )
 
     def write(folder: Path) -> dict[str, int]:
-        import pyarrow.parquet as pq
-
-        pq.write_table(table.replace_schema_metadata(with_metadata("imported_rankings", table.schema).metadata), folder / "imported_rankings.parquet")
+        write_parquet(table, "imported_rankings", folder)
         return {"imported_rankings": table.num_rows}
 
     if 0 not in parts.committed_part_ids(run.paths):

@@ -22,10 +22,8 @@ class Warehouse:
     """A read-only view of one warehouse (``attnwh.open``)."""
 
     def __init__(self, path: Path | str | None = None):
-        from attnwh.warehouse.layout import open_warehouse
-
-        self._warehouse = open_warehouse(path)
         self._session = open_session(path)
+        self._warehouse = self._session.warehouse
         self.warnings: list[str] = list(self._session.warnings)  # damaged runs left out, as the CLI warns
 
     @property

@@ -30,6 +30,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy
 from attnwh.warehouse import parts
+from attnwh.warehouse.arrays import has_rows
 from attnwh.warehouse.layout import RunPaths, open_warehouse, rows_folder, table_file
 from attnwh.warehouse.derived import SINKS_SUFFIX, check_view_name
 from attnwh.warehouse.runs import Run, environment_info, load_run, open_or_create_run, read_manifest
@@ -152,7 +154,7 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
         details={"model_info": source.manifest.get("model_info"), "command": options.command, "environment": environment_info()},
     )
     parts.recover(run.paths)
-    source_records = {record.part_id: record for record in parts.commit_records(source.paths) if _has_rows(record)}
+    source_records = {record.part_id: record for record in parts.commit_records(source.paths) if has_rows(record)}
     done = parts.committed_part_ids(run.paths)
     pending = [part_id for part_id in sorted(source_records) if part_id not in done]
     if options.max_parts is not None:
@@ -166,7 +168,7 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
         on_progress(0, len(pending))
     if scheduler.in_process:
         for count, (part_id, task) in enumerate(tasks.items(), start=1):
-            written, rows = compute_and_commit(task, part_id, None)
+            written, rows = compute_and_commit(task, part_id)
             result.parts_written += written
             result.rows_written += rows
             if on_progress:
@@ -200,7 +202,7 @@ def recompute_part_task(task: Task, part_id: int) -> tuple[int, int]:
     return compute_and_commit(task, part_id, lambda: commit_beside_next_task(worker_cache()), {"worker": worker_address()})
 
 
-def compute_and_commit(task: Task, part_id: int, commit_context, writer: dict[str, Any] | None = None) -> tuple[int, int]:
+def compute_and_commit(task: Task, part_id: int, commit_context=nullcontext, writer: dict[str, Any] | None = None) -> tuple[int, int]:
     """Compute a derived part from its source part and commit it: (parts written, rows written)."""
     source = RunPaths(Path(task.source_root))
     record = parts.CommitRecord.load(source.commit_record(part_id))
@@ -211,11 +213,8 @@ def compute_and_commit(task: Task, part_id: int, commit_context, writer: dict[st
             write_parquet(table, name, folder)
         return {name: table.num_rows for name, table in tables.items()}
 
-    if commit_context is None:
+    with commit_context():
         committed = parts.commit_part(RunPaths(Path(task.derived_root)), part_id, write, writer)
-    else:
-        with commit_context():
-            committed = parts.commit_part(RunPaths(Path(task.derived_root)), part_id, write, writer)
     return (1, tables["derived_metrics"].num_rows) if committed is not None else (0, 0)
 
 
@@ -364,10 +363,6 @@ def _check_name(warehouse, name: str, statistic: Statistic, parameters: dict[str
 
 def _comparable(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (parameters or {}).items() if key != "regions_sha256"}
-
-
-def _has_rows(record: parts.CommitRecord) -> bool:
-    return any(entry["path"].startswith("rows.zarr/") for entry in record.files)
 
 
 def _task(statistic: Statistic, name: str, parameters: dict[str, Any], source: Run, run: Run, part_id: int, masks) -> Task:

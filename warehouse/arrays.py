@@ -39,6 +39,11 @@ def write_rows(folder: Path, attention: np.ndarray, sample_idx: np.ndarray, quer
     index[...] = sample_idx
 
 
+def has_rows(record: parts.CommitRecord) -> bool:
+    """Whether a committed part holds raw rows (runs extracted with ``--no-rows`` have none)."""
+    return any(entry["path"].startswith(ROWS_FOLDER + "/") for entry in record.files)
+
+
 def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
     """All committed rows of a run as one lazy Dask array, with its sample_idx and query names.
 
@@ -47,7 +52,7 @@ def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
     arrays, indices, queries = [], [], None
     for record in parts.commit_records(run):
         location = rows_folder(parts.part_folder(run, record))
-        if not any(entry["path"].startswith(ROWS_FOLDER + "/") for entry in record.files):
+        if not has_rows(record):
             continue
         group = zarr.open_group(location, mode="r")
         arrays.append(da.from_zarr(group["attention"]))

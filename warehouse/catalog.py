@@ -26,7 +26,7 @@ from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
 from attnwh.warehouse.layout import RunPaths, Warehouse, table_file
 from attnwh.warehouse.runs import check_plan_footer
-from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES
+from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES, unreadable_version
 
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
@@ -172,33 +172,28 @@ class Catalog:
                     found.setdefault(name, {})[key] = value
         self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
         schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
-        types_checked: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
-        problems: list[str | None] = []
-        for run_files in runs:
-            problem = None
-            for table, table_paths in run_files.items():
-                for path in table_paths:
-                    metadata = None if found is None else found.get(path)
-                    serialized = (metadata or {}).get(ARROW_SCHEMA_KEY)
-                    if serialized is not None and serialized not in schemas:
-                        schemas[serialized] = _arrow_schema(serialized)
-                    schema = schemas.get(serialized) if serialized is not None else None
-                    if metadata is not None and META_TABLE.decode() in metadata and schema is not None:
-                        if (serialized, table) not in types_checked:
-                            types_checked[(serialized, table)] = _type_problem(path, schema, TABLES[table]) is not None
-                        wrong_types = types_checked[(serialized, table)]
-                        problem = _metadata_problem(path, table, metadata) or (_type_problem(path, schema, TABLES[table]) if wrong_types else None)
-                    else:
-                        try:
-                            check_file_schema(Path(path), TABLES[table])
-                        except WarehouseError as exc:
-                            problem = str(exc)
-                    if problem is not None:
-                        break
-                if problem is not None:
-                    break
-            problems.append(problem)
-        return problems
+        wrong_types: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
+
+        def problem_of(path: str, table: str) -> str | None:
+            metadata = (found or {}).get(path, {})
+            serialized = metadata.get(ARROW_SCHEMA_KEY)
+            if serialized is not None and serialized not in schemas:
+                schemas[serialized] = _arrow_schema(serialized)
+            schema = schemas.get(serialized)
+            if META_TABLE.decode() not in metadata or schema is None:
+                try:
+                    check_file_schema(Path(path), TABLES[table])
+                except WarehouseError as exc:
+                    return str(exc)
+                return None
+            if (serialized, table) not in wrong_types:
+                wrong_types[(serialized, table)] = _type_problem(path, schema, TABLES[table]) is not None
+            return _metadata_problem(path, table, metadata) or (_type_problem(path, schema, TABLES[table]) if wrong_types[(serialized, table)] else None)
+
+        return [
+            next((problem for table, table_paths in run_files.items() for path in table_paths if (problem := problem_of(path, table))), None)
+            for run_files in runs
+        ]
 
     def _define_rollup_views(self) -> None:
         """``rolled_up_runs``: the runs every one of whose ``head_summary`` and ``head_ranks`` files was
@@ -369,7 +364,7 @@ def check_file_schema(path: Path, expected: pa.Schema) -> None:
     except (OSError, pa.ArrowInvalid) as exc:
         raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
     version = (found.metadata or {}).get(META_VERSION)
-    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+    if unreadable_version(version):
         raise WarehouseError(f"{path}: schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
     problem = _type_problem(str(path), found, expected)
     if problem is not None:
@@ -403,7 +398,7 @@ def _metadata_problem(path: str, table: str, metadata: dict[str, str]) -> str | 
     if holds != table:
         return f"{path}: holds table {holds}, expected {table}"
     version = metadata.get(META_VERSION.decode())
-    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+    if unreadable_version(version):
         return f"{path}: schema version {version}; this attnwh reads up to {SCHEMA_VERSION}"
     return None
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from attnwh.errors import FingerprintMismatch, WarehouseError
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
-from attnwh.warehouse.schema import META_VERSION, PLAN, SCHEMA_VERSION
+from attnwh.warehouse.schema import META_VERSION, PLAN, SCHEMA_VERSION, unreadable_version
 
 RUN_ID_LENGTH = 12
 
@@ -228,7 +228,7 @@ def read_plan(paths: RunPaths, manifest: dict[str, Any]) -> Plan:
     except (OSError, KeyError, pa.ArrowException) as exc:
         raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
     version = (table.schema.metadata or {}).get(META_VERSION)
-    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+    if unreadable_version(version):
         raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
     plan = Plan([str(key) for key in keys], manifest["part_size"])
     if len(keys) != manifest["n_samples"] or plan_hash(plan.sample_keys, plan.part_size) != manifest["spec"].get("plan_hash"):
@@ -247,7 +247,7 @@ def check_plan_footer(paths: RunPaths, manifest: dict[str, Any]) -> None:
     except (OSError, pa.ArrowException) as exc:
         raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
     version = (metadata.metadata or {}).get(META_VERSION)
-    if version is not None and (not version.isdigit() or int(version) > SCHEMA_VERSION):
+    if unreadable_version(version):
         raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
     if "sample_key" not in metadata.schema.names or metadata.num_rows != manifest["n_samples"]:
         raise WarehouseError(f"{paths.plan} does not match the plan recorded in {paths.manifest.name} ({metadata.num_rows} samples)")

@@ -250,6 +250,14 @@ TABLES: dict[str, pa.Schema] = {
 }
 
 
+def unreadable_version(version: str | bytes | None) -> bool:
+    """Whether a file's schema version (its footer metadata; None: written before versions) is one this attnwh cannot read."""
+    if version is None:
+        return False
+    text = version.decode(errors="replace") if isinstance(version, bytes) else version
+    return not text.isdigit() or int(text) > SCHEMA_VERSION
+
+
 def with_metadata(table_name: str, schema: pa.Schema) -> pa.Schema:
     """The schema with attnwh's metadata (table, schema version), keeping what it carries (``META_DEFINITIONS``)."""
     return schema.with_metadata({**(schema.metadata or {}), META_TABLE: table_name.encode(), META_VERSION: str(SCHEMA_VERSION).encode()})
