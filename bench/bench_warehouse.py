@@ -8,6 +8,11 @@ the full report build. Prints a table and writes JSON.
     python bench/bench_warehouse.py                    # 10k samples, into a temp folder
     python bench/bench_warehouse.py --samples 2000 --out bench/results-warehouse.json
     python bench/bench_warehouse.py --samples 10000 30000 100000 --out bench/results-warehouse-100m.json   # 10 M → 100 M rows
+    python bench/bench_warehouse.py --s3 --out bench/results-warehouse-s3.json   # the same warehouse on a local S3 emulator
+
+With ``--s3`` the warehouse is built twice through the commit protocol, into a local folder and into
+``s3://`` on moto's S3 server (started on 127.0.0.1), and every mart is timed on both, side by side
+in one run: the ratio S3 / local is the figure (target ≤ 3).
 """
 
 from __future__ import annotations
@@ -37,13 +42,14 @@ from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, M
 MART_TARGET_S = 0.5
 MART_TARGET_LARGE_S = 1.0
 REPORT_TARGET_S = 30.0
+S3_RATIO_TARGET = 3.0
 
 
 def _write(table: pa.Table, name: str, folder: Path) -> None:
     pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
 
 
-def build(root: Path, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0) -> tuple[str, int]:
+def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0) -> tuple[str, int]:
     """A synthetic extraction run (and a mask run) written part by part through commit_part."""
     rng = np.random.default_rng(seed)
     warehouse = open_warehouse(root, create=True)
@@ -200,6 +206,41 @@ def measure(root: Path, scratch: Path, samples: int, args) -> dict:
     }
 
 
+def measure_s3(scratch: Path, samples: int, args) -> dict:
+    """Every mart on a local folder and on the S3 emulator, rounds alternating (the machine drifts)."""
+    import os
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.objectstore.s3server import s3_server
+
+    with s3_server(scratch / "moto.log") as server:
+        os.environ.update(server.environment())
+        url = server.url("bench")
+        local = scratch / "wh"
+        timings: dict[str, dict[str, list[float]]] = {"local": {}, "s3": {}}
+        for where, root in (("local", local), ("s3", url)):
+            started = time.perf_counter()
+            run_id, n_rows = build(root, samples, args.layers, args.heads, args.part_size)
+            print(f"built {n_rows:,} head_metrics rows on {where} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        for _ in range(args.repeats):
+            for where, root in (("local", local), ("s3", url)):
+                for name, seconds in time_marts(root, run_id, 1).items():
+                    timings[where].setdefault(name, []).append(seconds)
+    medians = {where: {name: statistics.median(values) for name, values in found.items()} for where, found in timings.items()}
+    ratios = {name: medians["s3"][name] / medians["local"][name] for name in medians["local"]}
+    print(f"\n{'mart':<22}{'local s':>9}{'s3 s':>9}{'ratio':>8}  ({n_rows:,} rows, target ratio <= {S3_RATIO_TARGET:g})")
+    for name, ratio in ratios.items():
+        print(f"{name:<22}{medians['local'][name]:>9.3f}{medians['s3'][name]:>9.3f}{ratio:>8.2f}")
+    return {
+        "head_metrics_rows": n_rows,
+        "local_seconds": medians["local"],
+        "s3_seconds": medians["s3"],
+        "s3_over_local": ratios,
+        "target_ratio": S3_RATIO_TARGET,
+        "all_within_target": all(ratio <= S3_RATIO_TARGET for ratio in ratios.values()),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[10_000], help="one warehouse per size, built and timed in turn")
@@ -209,15 +250,18 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warehouse", type=Path, default=None, help="build here (default: a temp folder; one size only)")
     parser.add_argument("--out", type=Path, default=Path("bench/results-warehouse.json"))
+    parser.add_argument("--s3", action="store_true", help="time every mart on a local folder and on a local S3 emulator, side by side")
     args = parser.parse_args()
     if args.warehouse is not None and len(args.samples) > 1:
         parser.error("--warehouse takes one --samples size")
+    if args.s3 and (len(args.samples) > 1 or args.warehouse is not None):
+        parser.error("--s3 takes one --samples size and builds in a temp folder")
 
     sizes = []
     for samples in args.samples:
         with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
             root = args.warehouse or Path(scratch) / "wh"
-            sizes.append(measure(root, Path(scratch), samples, args))
+            sizes.append(measure_s3(Path(scratch), samples, args) if args.s3 else measure(root, Path(scratch), samples, args))
     if len(sizes) > 1:
         names = list(sizes[0]["marts_seconds"])
         print(f"\n{'what':<22}" + "".join(f"{size['head_metrics_rows'] / 1e6:>9.0f}M" for size in sizes))

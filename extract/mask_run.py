@@ -31,7 +31,7 @@ from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.setup import RunSetup, prepare_run
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
@@ -195,7 +195,7 @@ def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condit
     mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
     rows = sweep.evaluate(mask if condition.heads else None)
     part = _ConditionPart(run_id, condition, options.mode, ranking_run, ranking_score, rows)
-    return int(parts.commit_part(RunPaths(Path(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
+    return int(parts.commit_part(RunPaths(storage.location(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
 
 
 def _check_options(options: MaskOptions) -> None:

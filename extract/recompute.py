@@ -45,7 +45,7 @@ from attnwh.errors import UsageError, WarehouseError
 from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
 from attnwh.warehouse.arrays import has_rows
 from attnwh.warehouse.layout import RunPaths, open_warehouse, rows_folder, table_file
 from attnwh.warehouse.derived import SINKS_SUFFIX, check_view_name
@@ -204,7 +204,7 @@ def recompute_part_task(task: Task, part_id: int) -> tuple[int, int]:
 
 def compute_and_commit(task: Task, part_id: int, commit_context=nullcontext, writer: dict[str, Any] | None = None) -> tuple[int, int]:
     """Compute a derived part from its source part and commit it: (parts written, rows written)."""
-    source = RunPaths(Path(task.source_root))
+    source = RunPaths(storage.location(task.source_root))
     record = parts.CommitRecord.load(source.commit_record(part_id))
     tables = compute_part(task, parts.part_folder(source, record))
 
@@ -214,7 +214,7 @@ def compute_and_commit(task: Task, part_id: int, commit_context=nullcontext, wri
         return {name: table.num_rows for name, table in tables.items()}
 
     with commit_context():
-        committed = parts.commit_part(RunPaths(Path(task.derived_root)), part_id, write, writer)
+        committed = parts.commit_part(RunPaths(storage.location(task.derived_root)), part_id, write, writer)
     return (1, tables["derived_metrics"].num_rows) if committed is not None else (0, 0)
 
 
@@ -257,9 +257,10 @@ def region_statistics(image: np.ndarray, region: np.ndarray) -> tuple[np.ndarray
 
 def compute_part(task: Task, source_part: Path) -> dict[str, pa.Table]:
     """The derived tables of one part from the source part's rows and samples."""
-    samples = pq.read_table(table_file(source_part, "samples"), columns=["sample_idx", "sample_key", "status", "image_start", "image_end"])
+    source, filesystem = storage.arrow_source(table_file(source_part, "samples"))
+    samples = pq.read_table(source, filesystem=filesystem, columns=["sample_idx", "sample_key", "status", "image_start", "image_end"])
     where = {row["sample_idx"]: row for row in samples.to_pylist()}
-    group = zarr.open_group(rows_folder(source_part), mode="r")
+    group = zarr.open_group(storage.zarr_store(rows_folder(source_part)), mode="r")
     attention = group["attention"]
     sample_idx = np.asarray(group["sample_idx"][...])
     queries = list(group.attrs["queries"])

@@ -33,7 +33,7 @@ from attnwh.extract.regions import region_mask
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import image_spans
 from attnwh.extract.setup import prepare_run
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.runs import Plan, Run, open_or_create_run
@@ -191,7 +191,7 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
     indices = list(Plan([sample.key for sample in setup.samples], part_size).part_range(part_id))
     part = extract_part(settings, [setup.samples[i] for i in indices], indices, run_id, options.batch_size)
     with commit_beside_next_task(cache):
-        record = parts.commit_part(RunPaths(Path(run_root)), part_id, part.write, {"worker": worker_address()})
+        record = parts.commit_part(RunPaths(storage.location(run_root)), part_id, part.write, {"worker": worker_address()})
     return (1, len(indices), part.errors) if record is not None else (0, 0, 0)
 
 

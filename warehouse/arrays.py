@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from attnwh.errors import WarehouseError
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import ROWS_FOLDER, RunPaths, rows_folder
 
 DIMENSIONS = ("sample", "query", "layer", "head", "key")
@@ -54,7 +54,7 @@ def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
         location = rows_folder(parts.part_folder(run, record))
         if not has_rows(record):
             continue
-        group = zarr.open_group(location, mode="r")
+        group = zarr.open_group(storage.zarr_store(location), mode="r")
         arrays.append(da.from_zarr(group["attention"]))
         indices.append(np.asarray(group["sample_idx"][...]))
         queries = queries or list(group.attrs["queries"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 import re
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -20,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
+from attnwh.warehouse.storage import Location
 from attnwh.errors import UsageError
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
@@ -75,6 +75,10 @@ class Catalog:
             folders = [(record, parts.part_folder(run, record)) for record in readable.records]  # one stat per part, not per table
             run_files = {table: [str(table_file(folder, table)) for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
+        if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
+            sizes = {str(parts.part_folder(run, record) / entry["path"]): entry["size"] for run, readable, _ in readable_runs
+                     for record in readable.records for entry in record.files if entry["path"].endswith(".parquet")}
+            self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, sizes))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
             if problem is not None:
@@ -182,7 +186,7 @@ class Catalog:
             schema = schemas.get(serialized)
             if META_TABLE.decode() not in metadata or schema is None:
                 try:
-                    check_file_schema(Path(path), TABLES[table])
+                    check_file_schema(storage.location(path), TABLES[table])
                 except WarehouseError as exc:
                     return str(exc)
                 return None
@@ -282,7 +286,8 @@ class Catalog:
 
     def lock(self) -> None:
         """No file access outside the warehouse, no extensions, no further configuration changes."""
-        root = str(self.warehouse.root.resolve()) + "/"
+        root = storage.url(self.warehouse.root) if storage.is_object_store(self.warehouse.root) else str(self.warehouse.root.resolve())
+        root = root.rstrip("/") + "/"
         self.connection.execute("SET allowed_directories = $dirs", {"dirs": [root]})
         self.connection.execute("SET enable_external_access = false")
         self.connection.execute("SET lock_configuration = true")
@@ -356,11 +361,12 @@ def _reads_only(statement) -> bool:
     return statement.type == duckdb.StatementType.MULTI and _PIVOT.search(_LEADING_COMMENTS.sub("", statement.query)) is not None
 
 
-def check_file_schema(path: Path, expected: pa.Schema) -> None:
+def check_file_schema(path: Location, expected: pa.Schema) -> None:
     """A committed Parquet file may carry extra (newer, nullable) columns or lack newer ones, but a
     column it shares with the schema must have the schema's type."""
     try:
-        found = pq.read_schema(path)
+        source, filesystem = storage.arrow_source(path)
+        found = pq.read_schema(source, filesystem=filesystem)
     except (OSError, pa.ArrowInvalid) as exc:
         raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
     version = (found.metadata or {}).get(META_VERSION)
@@ -433,7 +439,7 @@ def runs_table(runs: list[tuple[RunPaths, parts.ReadableRun]]) -> pa.Table:
                 "prompt_style": spec.get("prompt_style"),
                 "device": manifest.get("device"),
                 "spec": json.dumps(spec, sort_keys=True),
-                "path": str(Path(run.root)),
+                "path": str(run.root),
             }
         )
     return pa.Table.from_pylist(rows, schema=RUNS)

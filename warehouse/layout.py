@@ -7,9 +7,10 @@ import os
 import re
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from attnwh.errors import WarehouseError
+from attnwh.warehouse import storage
+from attnwh.warehouse.storage import Location
 
 LAYOUT_VERSION = 1
 FORMAT_NAME = "attnwh"
@@ -32,72 +33,64 @@ def part_name(part_id: int) -> str:
     return f"part-{part_id:06d}"
 
 
-def table_file(part_folder: Path, table: str) -> Path:
+def table_file(part_folder: Location, table: str) -> Location:
     """A part's Parquet file of ``table`` (``samples``, ``head_metrics``, ...)."""
     return part_folder / f"{table}.parquet"
 
 
-def rows_folder(part_folder: Path) -> Path:
+def rows_folder(part_folder: Location) -> Location:
     """A part's Zarr group of raw attention rows."""
     return part_folder / ROWS_FOLDER
 
 
-_URL = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def warehouse_location(path: Path | str | None) -> Path:
-    """The local folder a ``--warehouse`` value (or ``$ATTNWH_WAREHOUSE``, else the default) names.
-
-    URLs are refused before anything is created: object storage is not supported yet, and a
-    ``Path`` would quietly turn ``s3://bucket/wh`` into a local folder named ``s3:``.
-    """
-    text = str(path) if path is not None else os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE
-    match = _URL.match(text)
-    if match:
-        raise WarehouseError(f"warehouse {text}: {match.group(1)}:// URLs are not supported yet (no object storage); give a local folder")
-    return Path(text)
+def warehouse_location(path: Location | str | None) -> Location:
+    """The folder or object-store prefix a ``--warehouse`` value (or ``$ATTNWH_WAREHOUSE``, else the
+    default) names: a local path, or a URL like ``s3://bucket/prefix`` (``storage.location``)."""
+    if path is not None and not isinstance(path, str) and storage.is_object_store(path):
+        return path
+    return storage.location(str(path) if path is not None else os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE)
 
 
 @dataclass(frozen=True)
 class RunPaths:
     """The folder of one run and the paths inside it."""
 
-    root: Path
+    root: Location
 
     @property
-    def manifest(self) -> Path:
+    def manifest(self) -> Location:
         return self.root / "RUN.json"
 
     @property
-    def plan(self) -> Path:
+    def plan(self) -> Location:
         return self.root / "plan.parquet"
 
     @property
-    def commits(self) -> Path:
+    def commits(self) -> Location:
         return self.root / "_commits"
 
     @property
-    def staging(self) -> Path:
+    def staging(self) -> Location:
         return self.root / "_staging"
 
     @property
-    def parts(self) -> Path:
+    def parts(self) -> Location:
         return self.root / "parts"
 
-    def commit_record(self, part_id: int) -> Path:
+    def commit_record(self, part_id: int) -> Location:
         return self.commits / f"{part_name(part_id)}.json"
 
-    def published_part(self, part_id: int) -> Path:
+    def published_part(self, part_id: int) -> Location:
         return self.parts / part_name(part_id)
 
-    def staging_attempt(self, part_id: int, attempt: str) -> Path:
+    def staging_attempt(self, part_id: int, attempt: str) -> Location:
         return self.staging / f"{part_name(part_id)}.{attempt}"
 
     @property
-    def leases(self) -> Path:
+    def leases(self) -> Location:
         return self.root / "_leases"
 
-    def lease(self, part_id: int, attempt: str) -> Path:
+    def lease(self, part_id: int, attempt: str) -> Location:
         """The lease of an attempt: renewed (its mtime) while the attempt's writer lives."""
         return self.leases / f"{part_name(part_id)}.{attempt}"
 
@@ -106,14 +99,14 @@ class RunPaths:
 class Warehouse:
     """A warehouse folder: ``WAREHOUSE.json`` plus ``runs/model=.../benchmark=.../run=...``."""
 
-    root: Path
+    root: Location
 
     @property
-    def marker(self) -> Path:
+    def marker(self) -> Location:
         return self.root / "WAREHOUSE.json"
 
     @property
-    def runs_root(self) -> Path:
+    def runs_root(self) -> Location:
         return self.root / "runs"
 
     def run_paths(self, model: str, benchmark: str, run_id: str) -> RunPaths:
@@ -133,14 +126,26 @@ class Warehouse:
         return RunPaths(matches[0]) if matches else None
 
 
-def open_warehouse(path: Path | str | None, create: bool = False) -> Warehouse:
-    """Open (or, with ``create``, initialise) the warehouse at ``path``.
+def open_warehouse(path: Location | str | None, create: bool = False) -> Warehouse:
+    """Open (or, with ``create``, initialise) the warehouse at ``path`` (a folder or an object-store URL).
 
     Refuses a path that is a file, a non-empty folder that is not a warehouse, and a warehouse of a
-    newer layout than this version of attnwh understands.
+    newer layout than this version of attnwh understands. A store that cannot be reached, or that
+    refuses the credentials, is one line naming it.
     """
     root = warehouse_location(path)
-    warehouse = Warehouse(root)
+    try:
+        return _open(Warehouse(root), create)
+    except WarehouseError:
+        raise
+    except Exception as exc:  # noqa: BLE001  the store's client raises its own kinds (botocore, aiohttp)
+        if not storage.is_object_store(root):
+            raise
+        raise WarehouseError(storage.describe_error(root, exc)) from exc
+
+
+def _open(warehouse: Warehouse, create: bool) -> Warehouse:
+    root = warehouse.root
     if root.exists() and not root.is_dir():
         raise WarehouseError(f"warehouse path {root} is a file, not a folder")
     if warehouse.marker.is_file():
@@ -156,21 +161,26 @@ def open_warehouse(path: Path | str | None, create: bool = False) -> Warehouse:
     if root.is_dir() and any(root.iterdir()):
         raise WarehouseError(f"{root} is a non-empty folder without WAREHOUSE.json; refusing to write into it")
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        storage.make_folders(root)
         _write_marker(warehouse.marker)
     except OSError as exc:
+        if storage.is_object_store(root):
+            raise WarehouseError(storage.describe_error(root, exc)) from exc
         raise WarehouseError(f"cannot create a warehouse at {root}: {exc.strerror or exc}") from exc
     return warehouse
 
 
-def _write_marker(marker: Path) -> None:
+def _write_marker(marker: Location) -> None:
     payload = json.dumps({"format": FORMAT_NAME, "layout_version": LAYOUT_VERSION}, indent=2)
+    if storage.is_object_store(marker):
+        storage.put_exclusively(marker, (payload + "\n").encode())  # two processes may create one warehouse at once: the first wins
+        return
     tmp = marker.with_name(f".{marker.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # two processes may create one warehouse at once
     tmp.write_text(payload + "\n")
     os.replace(tmp, marker)
 
 
-def _check_marker(marker: Path) -> None:
+def _check_marker(marker: Location) -> None:
     try:
         content = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:

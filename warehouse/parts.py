@@ -5,6 +5,11 @@ A part is written under ``_staging/part-N.<attempt>/``, fsynced and hashed; then
 record appears whole or not at all, and only one writer can win); then the staging folder is
 renamed to ``parts/part-N``. A part is done iff its commit record exists. Readers take file lists
 from commit records only, so uncommitted files are invisible.
+
+On an object store (no rename, no hard link) the part is written into a local temporary folder,
+hashed, and uploaded under its attempt's prefix ``_staging/part-N.<attempt>/``, which is its final
+place: the commit record, put conditionally (``If-None-Match: *``, so exactly one writer wins),
+names that folder, and there is no publish step.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from attnwh.errors import IntegrityError, WarehouseError
+from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, table_file
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.schema import SCHEMA_VERSION
+from attnwh.warehouse.storage import Location
 
 _HASH_BLOCK = 1 << 20
 FAULT_ENV = "ATTNWH_FAULT"  # "point" or "point:PART_ID": SIGKILL this process there (crash tests)
@@ -60,13 +67,23 @@ class CommitRecord:
     schema_version: int
     created: str | None = None  # when it was committed (ISO 8601, UTC)
     writer: dict[str, Any] | None = None  # host, pid, rank and world size of the process that committed it
+    folder: str | None = None  # where its files are, relative to the run (object stores: the attempt's prefix); None: published
 
     @classmethod
-    def load(cls, path: Path) -> "CommitRecord":
+    def load(cls, path: Location) -> "CommitRecord":
         """A commit record, refused (naming the file) when unreadable, of the wrong shape or newer than this attnwh."""
         try:
-            content = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise IntegrityError(f"commit record {path} is unreadable ({_first_line(exc)})") from exc
+        return cls.parse(path, text)
+
+    @classmethod
+    def parse(cls, path: Location, text: bytes) -> "CommitRecord":
+        """The record in ``text`` (the content of ``path``), checked as ``load`` checks it."""
+        try:
+            content = json.loads(text)
+        except ValueError as exc:
             raise IntegrityError(f"commit record {path} is unreadable ({_first_line(exc)})") from exc
         if not isinstance(content, dict):
             raise IntegrityError(f"commit record {path} holds a JSON {type(content).__name__}, not a commit record")
@@ -81,23 +98,22 @@ class CommitRecord:
             and all(_file_entry(entry) for entry in files)
             and isinstance(tables, dict)
             and all(isinstance(name, str) and isinstance(rows, int) and not isinstance(rows, bool) for name, rows in tables.items())
+            and (content.get("folder") is None or _relative(content["folder"]))
         )
         if not well_formed:
             raise IntegrityError(f"commit record {path} lacks or mistypes part_id, attempt, files or tables")
         writer = content.get("writer") if isinstance(content.get("writer"), dict) else None
         created = content.get("created") if isinstance(content.get("created"), str) else None
-        return cls(content["part_id"], content["attempt"], files, tables, version, created, writer)
+        return cls(content["part_id"], content["attempt"], files, tables, version, created, writer, content.get("folder"))
 
 
 def _file_entry(entry: Any) -> bool:
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("path"), str)
-        and not entry["path"].startswith("/")
-        and ".." not in entry["path"].split("/")
-        and isinstance(entry.get("size"), int)
-        and isinstance(entry.get("sha256"), str)
-    )
+    return isinstance(entry, dict) and _relative(entry.get("path")) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str)
+
+
+def _relative(path: Any) -> bool:
+    """A path inside its folder: relative, without '..'."""
+    return isinstance(path, str) and bool(path) and not path.startswith("/") and ".." not in path.split("/")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -123,18 +139,29 @@ def committed_part_ids(run: RunPaths) -> set[int]:
 
 
 def commit_records(run: RunPaths) -> list[CommitRecord]:
-    return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
+    paths = [run.commit_record(part_id) for part_id in sorted(committed_part_ids(run))]
+    if not storage.is_object_store(run.root):
+        return [CommitRecord.load(path) for path in paths]
+    found = storage.read_all(paths)  # concurrently: one round trip, not one per part
+    return [CommitRecord.parse(path, content) if isinstance(content, bytes) else _unreadable(path, content) for path, content in zip(paths, found)]
 
 
-def part_folder(run: RunPaths, record: CommitRecord) -> Path:
-    """Where a committed part's files are: published, or still in staging if publishing was cut short."""
+def _unreadable(path: Location, exc: BaseException) -> CommitRecord:
+    raise IntegrityError(f"commit record {path} is unreadable ({_first_line(exc)})") from exc
+
+
+def part_folder(run: RunPaths, record: CommitRecord) -> Location:
+    """Where a committed part's files are: the folder its record names (object stores), published, or
+    still in staging if publishing was cut short."""
+    if record.folder is not None:
+        return run.root / record.folder
     published = run.published_part(record.part_id)
     if published.is_dir():
         return published
     return run.staging_attempt(record.part_id, record.attempt)
 
 
-def table_files(run: RunPaths, table: str, records: list[CommitRecord] | None = None) -> list[Path]:
+def table_files(run: RunPaths, table: str, records: list[CommitRecord] | None = None) -> list[Location]:
     """Committed Parquet files of ``table`` in this run, in part order (from ``records`` when the caller has them)."""
     records = commit_records(run) if records is None else records
     return [table_file(part_folder(run, record), table) for record in records if table in record.tables]
@@ -152,7 +179,25 @@ def commit_part(
     """
     attempt = new_attempt_id()
     with _Lease(run.lease(part_id, attempt)):
+        if storage.is_object_store(run.root):
+            return _commit_to_store(run, part_id, write, attempt, writer or {})
         return _commit(run, part_id, write, attempt, writer or {})
+
+
+def _record(part_id: int, attempt: str, tables: dict[str, int], files: list[dict[str, Any]], writer: dict[str, Any], folder: str | None = None) -> dict[str, Any]:
+    record = {
+        "part_id": part_id,
+        "attempt": attempt,
+        "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "layout_version": LAYOUT_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "tables": tables,
+        "files": files,
+        "writer": {"host": socket.gethostname(), "pid": os.getpid(), **writer},
+    }
+    if folder is not None:
+        record["folder"] = folder
+    return record
 
 
 def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], attempt: str, writer: dict[str, Any]) -> CommitRecord | None:
@@ -164,17 +209,8 @@ def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]
         files = _describe_files(staging, tables)
         _fsync_tree(staging)
         _fault("after_fsync", part_id)
-        record = {
-            "part_id": part_id,
-            "attempt": attempt,
-            "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-            "layout_version": LAYOUT_VERSION,
-            "schema_version": SCHEMA_VERSION,
-            "tables": tables,
-            "files": files,
-            "writer": {"host": socket.gethostname(), "pid": os.getpid(), **writer},
-        }
-        if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
+        record = _record(part_id, attempt, tables, files, writer)
+        if not create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
             shutil.rmtree(staging, ignore_errors=True)
             return None
         _fault("after_commit", part_id)
@@ -184,6 +220,28 @@ def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]
     _publish(run, part_id, attempt)
     _fault("after_publish", part_id)
     return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION)
+
+
+def _commit_to_store(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], attempt: str, writer: dict[str, Any]) -> CommitRecord | None:
+    """The object-store protocol: write locally, upload under the attempt's prefix, put the record conditionally."""
+    target = run.staging_attempt(part_id, attempt)
+    folder = f"{run.staging.name}/{target.name}"
+    with storage.local_staging(f"attnwh-{part_name(part_id)}-") as local:
+        tables = write(local)
+        files = _describe_files(local, tables)
+        try:
+            storage.upload_folder(local, target)
+            _fault("after_staging", part_id)
+            record = _record(part_id, attempt, tables, files, writer, folder)
+            won = storage.put_exclusively(run.commit_record(part_id), (json.dumps(record, indent=1) + "\n").encode())
+        except OSError as exc:
+            storage.remove_tree(target)
+            raise WarehouseError(f"could not write {part_name(part_id)} of {run.root}: {storage.describe_error(run.root, exc)}") from exc
+    if not won:
+        storage.remove_tree(target)
+        return None
+    _fault("after_commit", part_id)
+    return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION, folder=folder)
 
 
 def recover(run: RunPaths, lease_seconds: float | None = None) -> dict[str, int]:
@@ -198,30 +256,40 @@ def recover(run: RunPaths, lease_seconds: float | None = None) -> dict[str, int]
     rolled = removed = 0
     committed = {record.part_id: record for record in commit_records(run)}
     for record in committed.values():
-        if not run.published_part(record.part_id).is_dir() and run.staging_attempt(record.part_id, record.attempt).is_dir():
+        if record.folder is None and not run.published_part(record.part_id).is_dir() and run.staging_attempt(record.part_id, record.attempt).is_dir():
             _publish(run, record.part_id, record.attempt)
             rolled += 1
-    if run.staging.is_dir():
-        for attempt_dir in run.staging.iterdir():
-            name, _, attempt = attempt_dir.name.partition(".")
-            part = committed.get(part_id_of(name))
-            if part is not None and part.attempt == attempt:
-                continue  # committed, being published right now
-            if part is None and not _expired(run, part_id_of(name), attempt, lease_seconds):
-                continue
-            shutil.rmtree(attempt_dir, ignore_errors=True)
-            removed += 1
-    for lease in run.leases.iterdir() if run.leases.is_dir() else []:  # leases whose attempt is gone
-        name, _, attempt = lease.name.partition(".")
+    attempts = _attempt_names(run.staging)
+    for attempt_name in attempts:
+        name, _, attempt = attempt_name.partition(".")
+        part = committed.get(part_id_of(name))
+        if part is not None and part.attempt == attempt:
+            continue  # committed: being published right now, or (object stores) its final place
+        if part is None and not _expired(run, part_id_of(name), attempt, lease_seconds):
+            continue
+        storage.remove_tree(run.staging / attempt_name)
+        removed += 1
+    for lease_name in _attempt_names(run.leases):  # leases whose attempt is gone
+        name, _, attempt = lease_name.partition(".")
         part_id = part_id_of(name)
-        if part_id is not None and not run.staging_attempt(part_id, attempt).exists() and _expired(run, part_id, attempt, lease_seconds):
-            lease.unlink(missing_ok=True)
+        if part_id is not None and f"{part_name(part_id)}.{attempt}" not in attempts and _expired(run, part_id, attempt, lease_seconds):
+            storage.remove_file(run.leases / lease_name)
+    if storage.is_object_store(run.root):
+        return {"rolled_forward": rolled, "removed": removed}
     for leftover in run.commits.glob(".part-*.json.*.tmp") if run.commits.is_dir() else []:
         attempt = leftover.name.removesuffix(".tmp").split(".json.", 1)[-1]
         if not _writer_alive(attempt):
             leftover.unlink(missing_ok=True)
             removed += 1
     return {"rolled_forward": rolled, "removed": removed}
+
+
+def _attempt_names(folder: Location) -> list[str]:
+    """The names directly under ``folder`` (attempts under ``_staging``, leases under ``_leases``)."""
+    try:
+        return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    except FileNotFoundError:
+        return []
 
 
 LEASE_ENV = "ATTNWH_LEASE_SECONDS"
@@ -260,29 +328,35 @@ def _expired(run: RunPaths, part_id: int | None, attempt: str, lease_seconds: fl
 class _Lease:
     """A file whose modification time a background thread renews while the attempt's writer works."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Location):
         self.path = path
         self.stop = threading.Event()
         self.interval = max(0.05, min(30.0, lease_timeout() / 5))
 
     def __enter__(self) -> "_Lease":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        storage.make_folders(self.path.parent)
+        self._touch()
         self.thread = threading.Thread(target=self._renew, name="attnwh-lease", daemon=True)
         self.thread.start()
         return self
 
+    def _touch(self) -> None:
+        if storage.is_object_store(self.path):
+            storage.put(self.path, b"")  # an object's modification time is its last put
+        else:
+            self.path.touch()
+
     def _renew(self) -> None:
         while not self.stop.wait(self.interval):
             try:
-                os.utime(self.path)
+                self._touch()
             except OSError:
                 return
 
     def __exit__(self, *exc_info) -> None:
         self.stop.set()
         self.thread.join()
-        self.path.unlink(missing_ok=True)
+        storage.remove_file(self.path)
 
 
 @dataclass(frozen=True)
@@ -302,19 +376,26 @@ def readable_run(run: RunPaths) -> ReadableRun:
     """
     manifest = read_manifest(run)
     records = commit_records(run)
+    listed = storage.sizes_under(run.staging) if storage.is_object_store(run.root) else None  # one listing, not a request per file
     for record in records:
         folder = part_folder(run, record)
         for entry in record.files:
             if not entry["path"].endswith(".parquet"):
                 continue
             path = folder / entry["path"]
-            try:
-                size = path.stat().st_size
-            except OSError:
-                raise WarehouseError(f"{path} is missing") from None
+            size = _size(path) if listed is None else listed.get(f"{folder.name}/{entry['path']}")
+            if size is None:
+                raise WarehouseError(f"{path} is missing")
             if size != entry["size"]:
                 raise WarehouseError(f"{path} has {size} bytes, its commit record says {entry['size']}")
     return ReadableRun(manifest, records)
+
+
+def _size(path: Location) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def unrecorded_parts(run: RunPaths) -> list[str]:
@@ -342,24 +423,20 @@ def verify(run: RunPaths) -> list[str]:
     for record in records:
         folder = part_folder(run, record)
         referenced_parts.add(folder.name)
-        if not folder.is_dir():
-            problems.append(f"{part_name(record.part_id)}: folder missing ({run.published_part(record.part_id)})")
+        found = storage.sizes_under(folder)
+        if not found and not folder.is_dir():
+            problems.append(f"{part_name(record.part_id)}: folder missing ({folder if record.folder else run.published_part(record.part_id)})")
             continue
-        listed = set()
         for entry in record.files:
-            listed.add(entry["path"])
-            path = folder / entry["path"]
-            if not path.is_file():
+            size = found.get(entry["path"])
+            if size is None:
                 problems.append(f"{part_name(record.part_id)}: missing file {entry['path']}")
-                continue
-            size = path.stat().st_size
-            if size != entry["size"]:
+            elif size != entry["size"]:
                 problems.append(f"{part_name(record.part_id)}: {entry['path']} has {size} bytes, commit says {entry['size']}")
-            elif _sha256(path) != entry["sha256"]:
+            elif _sha256(folder / entry["path"]) != entry["sha256"]:
                 problems.append(f"{part_name(record.part_id)}: {entry['path']} content differs from its sha256")
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.relative_to(folder).as_posix() not in listed:
-                problems.append(f"{part_name(record.part_id)}: unreferenced file {path.relative_to(folder).as_posix()}")
+        listed = {entry["path"] for entry in record.files}
+        problems += [f"{part_name(record.part_id)}: unreferenced file {path}" for path in sorted(found) if path not in listed]
     for name in unrecorded_parts(run):
         if name not in referenced_parts:
             problems.append(f"{name}: published without a commit record ({run.commits / (name + '.json')} is missing)")
@@ -378,9 +455,9 @@ def _describe_files(folder: Path, tables: dict[str, int]) -> list[dict[str, Any]
     return files
 
 
-def _sha256(path: Path) -> str:
+def _sha256(path: Location) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -409,7 +486,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _create_exclusively(target: Path, content: str, part_id: int = -1) -> bool:
+def create_exclusively(target: Path, content: str, part_id: int = -1) -> bool:
     """Make ``target`` appear with ``content`` atomically; False if it already exists."""
     tmp = target.with_name(f".{target.name}.{new_attempt_id()}.tmp")
     with open(tmp, "w") as handle:

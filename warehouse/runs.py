@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from attnwh.errors import FingerprintMismatch, WarehouseError
+from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
 from attnwh.warehouse.schema import META_VERSION, PLAN, SCHEMA_VERSION, unreadable_version
 
@@ -166,10 +166,9 @@ def open_or_create_run(
         **details,
     }
     try:
-        for folder in (paths.root, paths.commits, paths.staging, paths.parts):
-            folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(paths.plan, lambda tmp: pq.write_table(plan.to_table(), tmp))
-        _write_atomically(paths.manifest, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n"))
+        storage.make_folders(paths.root, paths.commits, paths.staging, paths.parts)
+        storage.put(paths.plan, parquet_bytes(plan.to_table()))
+        storage.put(paths.manifest, (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     except OSError as exc:
         raise WarehouseError(f"cannot create run folder {paths.root}: {exc.strerror or exc}") from exc
     return Run(paths, manifest, plan), True
@@ -221,7 +220,8 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
 def read_plan(paths: RunPaths, manifest: dict[str, Any]) -> Plan:
     """``plan.parquet``, checked against the manifest (sample count and the plan's hash)."""
     try:
-        table = pq.read_table(paths.plan)
+        source, filesystem = storage.arrow_source(paths.plan)
+        table = pq.read_table(source, filesystem=filesystem)
         keys = table.column("sample_key").to_pylist()
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.plan} is missing") from exc
@@ -241,7 +241,8 @@ def check_plan_footer(paths: RunPaths, manifest: dict[str, Any]) -> None:
     manifest's sample count, with a ``sample_key`` column, of a version this attnwh reads); resuming
     a run reads the whole plan (``read_plan``) and checks its hash too."""
     try:
-        metadata = pq.read_metadata(paths.plan)
+        source, filesystem = storage.arrow_source(paths.plan)
+        metadata = pq.read_metadata(source, filesystem=filesystem)
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.plan} is missing") from exc
     except (OSError, pa.ArrowException) as exc:
@@ -297,9 +298,8 @@ def _check_run_id(run_id: str) -> None:
         raise WarehouseError(f"run id {run_id!r} may only contain letters, digits, '-', '_' and '.'")
 
 
-def _write_atomically(target: Path, write) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    write(tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of a Parquet file (small files written whole: plans, imported rankings)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()

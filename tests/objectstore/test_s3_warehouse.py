@@ -1,0 +1,237 @@
+"""Warehouses on object storage, against a local S3 server (moto) that enforces conditional puts and
+checks credentials: the whole pipeline, racing writers, a kill mid-part, damaged objects, hostile SQL,
+wrong credentials and an unreachable endpoint. The reference is the same commands on a local folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import attnwh
+from attnwh.errors import SqlRefused, WarehouseError
+from attnwh.queries.library import open_session
+from attnwh.warehouse import parts, storage
+from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.parts import FAULT_ENV
+from attnwh.warehouse.runs import Plan, open_or_create_run
+from tests.objectstore.s3server import BUCKET, OTHER_BUCKET
+from tests.reliability.harness import run_cli
+
+EXTRACT = ["extract", "--limit", "8", "--part-size", "4", "--batch-size", "4", "--device", "cpu"]
+MASK = ["mask", "--limit", "8", "--k", "0,1", "--seeds", "1", "--batch-size", "4", "--device", "cpu"]
+
+
+def tables(warehouse: str | Path) -> dict[str, list]:
+    """Every committed row without run-specific ids and times."""
+    with open_session(warehouse) as session:
+        return {
+            "samples": session.query("select * exclude (run_id) from samples order by sample_idx").to_pylist(),
+            "head_metrics": session.query("select * exclude (run_id) from head_metrics order by sample_idx, query, layer, head").to_pylist(),
+            "logit_lens": session.query("select * exclude (run_id) from logit_lens order by sample_idx, query, layer").to_pylist(),
+            "mask": session.query("select * exclude (run_id) from mask_results order by condition_id, sample_idx").to_pylist(),
+            "derived": session.query("select * exclude (run_id, source_run_id) from derived_metrics order by all").to_pylist(),
+        }
+
+
+def objects(s3, url: str) -> dict[str, bytes]:
+    """Every object under a warehouse URL, read with boto3 (not through attnwh)."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    client = s3.client()
+    keys = [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/") for item in page.get("Contents", [])]
+    return {key.removeprefix(prefix + "/"): client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+
+def subprocess_attnwh(args: list[str], warehouse: str, env: dict[str, str], fault: str | None = None) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env, "ATTNWH_WAREHOUSE": warehouse}
+    environment.pop(FAULT_ENV, None)
+    if fault:
+        environment[FAULT_ENV] = fault
+    return subprocess.run([sys.executable, "-m", "attnwh.cli", *args], env=environment, capture_output=True, text=True, timeout=300)
+
+
+def test_extract_verify_sql_report_mask_recompute_on_s3_equal_a_local_folder(s3, tmp_path, capsys):
+    url = s3.url()
+    local = tmp_path / "local"
+    for warehouse in (url, str(local)):
+        assert run_cli(capsys, *EXTRACT, "--warehouse", warehouse)[0] == 0
+        assert run_cli(capsys, *MASK, "--warehouse", warehouse)[0] == 0
+        code, out, _ = run_cli(capsys, "runs", "--format", "csv", "--warehouse", warehouse)
+        extraction = next(line.split(",")[0] for line in out.splitlines() if ",extract," in line)
+        assert run_cli(capsys, "recompute", extraction, "--statistic", "topk_mass", "--k", "2", "--name", "top2", "--warehouse", warehouse)[0] == 0
+    assert tables(url) == tables(local)
+
+    code, out, err = run_cli(capsys, "verify", "--warehouse", url)
+    assert code == 0, out + err
+    code, out, _ = run_cli(capsys, "sql", "select count(*) as n, count(distinct run_id) as runs from head_metrics", "--format", "csv", "--warehouse", url)
+    _, shape, _ = run_cli(capsys, "sql", "select n_layers * n_heads from runs where kind = 'extract'", "--format", "csv", "--warehouse", url)
+    assert code == 0 and out.splitlines()[1] == f"{8 * 2 * int(shape.splitlines()[1])},1"  # 8 samples x 2 queries x every head, 1 run
+    code, out, _ = run_cli(capsys, "query", "visual_heads", "--format", "csv", "--warehouse", url)
+    assert code == 0 and out == run_cli(capsys, "query", "visual_heads", "--format", "csv", "--warehouse", str(local))[1].replace(str(local), url)
+    code, out, _ = run_cli(capsys, "status", "--format", "csv", "--warehouse", url)
+    assert code == 0 and "2/2" in out
+    code, _, err = run_cli(capsys, "report", "--out", str(tmp_path / "report"), "--warehouse", url)
+    assert code == 0, err
+    assert (tmp_path / "report" / "index.html").is_file() and len(list((tmp_path / "report").glob("*.html"))) > 3
+
+    stored = objects(s3, url)
+    assert not any(key.startswith("runs/") and "/parts/" in key for key in stored)  # no publish step: parts stay at their attempt's prefix
+    assert all(s3.secret.encode() not in content and s3.key_id.encode() not in content for content in stored.values())
+    with attnwh.open(url) as wh:  # the notebook API on the same warehouse
+        assert wh.sql("select count(*) from samples").fetchall() == [(8,)]
+        assert wh.rows(extraction).shape[0] == 8
+
+
+def test_two_writers_racing_for_one_part_commit_it_once(s3):
+    warehouse = open_warehouse(s3.url("race"), create=True)
+    run, _ = open_or_create_run(warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan(["a", "b"], 2), run_id="race", details={})
+    both_written = threading.Barrier(2)
+    results: list[parts.CommitRecord | None] = []
+
+    def write(folder: Path) -> dict[str, int]:
+        pq.write_table(pa.table({"writer": [threading.current_thread().name]}), folder / "samples.parquet")
+        both_written.wait(timeout=60)  # both attempts are uploaded before either puts its record
+        return {"samples": 1}
+
+    writers = [threading.Thread(target=lambda: results.append(parts.commit_part(run.paths, 0, write)), name=f"writer-{i}") for i in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    winners = [record for record in results if record is not None]
+    assert len(results) == 2 and len(winners) == 1
+    stored = objects(s3, str(warehouse.root))
+    run_prefix = "runs/model=m/benchmark=b/run=race/"
+    assert sorted(key for key in stored if key.startswith(run_prefix + "_commits/")) == [run_prefix + "_commits/part-000000.json"]
+    attempts = {key.split("/")[5] for key in stored if key.startswith(run_prefix + "_staging/")}
+    assert attempts == {f"part-000000.{winners[0].attempt}"}  # the loser removed its objects
+    assert parts.verify(run.paths) == []
+    name = pq.read_table(pa.BufferReader(stored[f"{run_prefix}_staging/part-000000.{winners[0].attempt}/samples.parquet"])).column("writer")[0].as_py()
+    assert name in {"writer-0", "writer-1"}
+
+
+@pytest.mark.parametrize("point", ["after_staging", "after_commit"])
+def test_killed_in_the_middle_of_a_part_then_resumed_commits_each_part_once(s3, point, tmp_path):
+    url, local = s3.url("crash"), str(tmp_path / "local")
+    env = s3.environment()
+    killed = subprocess_attnwh([*EXTRACT, "--no-rows"], url, env, fault=f"{point}:1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = objects(s3, url)
+    assert any("/_staging/part-000001." in key for key in before)  # the killed attempt left its objects behind
+    resumed = subprocess_attnwh([*EXTRACT, "--no-rows"], url, env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert subprocess_attnwh([*EXTRACT, "--no-rows"], local, env).returncode == 0
+
+    store = open_warehouse(url)
+    (run,) = store.run_folders()
+    records = parts.commit_records(run)
+    assert [record.part_id for record in records] == [0, 1] and parts.verify(run) == []
+    stored = objects(s3, url)
+    committed_attempts = {f"part-{record.part_id:06d}.{record.attempt}" for record in records}
+    assert {key.split("/")[5] for key in stored if "/_staging/" in key} == committed_attempts  # nothing uncommitted left
+    found = tables(url)
+    assert [row["sample_idx"] for row in found["samples"]] == list(range(8))  # each sample exactly once
+    assert found == tables(local)
+
+
+def test_verify_names_a_corrupted_or_missing_object_and_readers_leave_the_run_out(s3, capsys):
+    url = s3.url("damage")
+    assert run_cli(capsys, *EXTRACT, "--no-rows", "--warehouse", url)[0] == 0
+    bucket_prefix = url.removeprefix(f"s3://{BUCKET}/")
+    stored = objects(s3, url)
+    metrics = next(key for key in stored if key.endswith("part-000000." + key.split("part-000000.")[-1].split("/")[0] + "/head_metrics.parquet"))
+    samples = next(key for key in stored if "/_staging/part-000001." in key and key.endswith("/samples.parquet"))
+    client = s3.client()
+    corrupted = bytes(b ^ 0xFF for b in stored[metrics][:64]) + stored[metrics][64:]  # same size, other bytes
+    client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{metrics}", Body=corrupted)
+    client.delete_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{samples}")
+
+    code, out, err = run_cli(capsys, "verify", "--warehouse", url)
+    assert code != 0
+    assert "part-000000: head_metrics.parquet content differs from its sha256" in out + err
+    assert "part-000001: missing file samples.parquet" in out + err
+    code, out, err = run_cli(capsys, "sql", "select count(*) from samples", "--format", "csv", "--warehouse", url)
+    assert code == 0 and out.splitlines()[1] == "0"
+    assert "samples.parquet is missing" in err and "see `attnwh verify`" in err
+    after = objects(s3, url)
+    assert {key: value for key, value in after.items() if key not in (metrics, samples)} == {
+        key: value for key, value in stored.items() if key not in (metrics, samples)
+    }  # nothing else touched
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"s3://{OTHER_BUCKET}/secret.parquet",  # another bucket
+        f"s3://{BUCKET}/elsewhere/secret.parquet",  # another prefix of the same bucket
+        "{url}-sibling/secret.parquet",  # a prefix that only starts like the warehouse's
+        "{url}/../elsewhere/secret.parquet",  # out through '..'
+    ],
+)
+def test_hostile_sql_cannot_read_outside_the_warehouse_prefix(s3, capsys, target):
+    url = s3.url("guard")
+    assert run_cli(capsys, *EXTRACT, "--limit", "2", "--no-rows", "--warehouse", url)[0] == 0
+    client = s3.client()
+    secret = pa.BufferOutputStream()
+    pq.write_table(pa.table({"secret": ["do not read"]}), secret)
+    path = target.format(url=url)
+    bucket, _, key = path.removeprefix("s3://").partition("/")
+    client.put_object(Bucket=bucket, Key=os.path.normpath(key), Body=secret.getvalue().to_pybytes())
+    for query in (f"select * from read_parquet('{path}')", f"select * from '{path}'", f"select * from glob('{path}')"):
+        code, out, err = run_cli(capsys, "sql", query, "--warehouse", url)
+        assert code != 0 and "do not read" not in out + err and len(err.strip().splitlines()) == 1, (query, out, err)
+    with attnwh.open(url) as wh, pytest.raises((SqlRefused, Exception)) as refused:
+        wh.sql(f"select * from read_parquet('{path}')").fetchall()
+    assert "do not read" not in str(refused.value)
+
+
+def test_wrong_credentials_and_an_unreachable_endpoint_are_one_clear_line(s3, tmp_path):
+    url = s3.url("creds")
+    wrong = {**s3.environment(), "AWS_SECRET_ACCESS_KEY": "not-the-secret-" + s3.secret[:4]}
+    for args in (["runs"], ["verify"], [*EXTRACT, "--limit", "2", "--no-rows"]):
+        result = subprocess_attnwh(args, url, wrong)
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert result.stderr.startswith(f"attnwh: error: warehouse {url}: access denied") and "Traceback" not in result.stderr
+        assert wrong["AWS_SECRET_ACCESS_KEY"] not in result.stderr
+    with socket_closed() as port:
+        unreachable = {**s3.environment(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+        result = subprocess_attnwh(["runs"], url, unreachable)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"attnwh: error: warehouse {url}: the store cannot be reached")
+    result = subprocess_attnwh(["runs"], "s3://no-such-bucket-here/wh", s3.environment())
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "no-such-bucket-here" in result.stderr
+    assert not any(tmp_path.iterdir())
+
+
+class socket_closed:
+    """A port of 127.0.0.1 that nothing listens on."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40), st.sampled_from(["s3", "S3", "gs", "http", "file", "memory", "x+y", ""]))
+def test_any_warehouse_text_is_a_location_or_one_clear_error(tail, scheme):
+    text = f"{scheme}://{tail}" if scheme else tail
+    try:
+        where = storage.location(text)
+    except WarehouseError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith(f"warehouse {text if text.isprintable() else repr(text)}")
+        return
+    assert storage.is_object_store(where) == (scheme.lower() in storage.CONDITIONAL_PUT_PROTOCOLS)

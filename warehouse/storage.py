@@ -1,0 +1,280 @@
+"""Where a warehouse lives: a local folder, or a prefix of an object store reached through fsspec.
+
+Locations are paths: ``pathlib.Path`` for a local folder, ``upath.UPath`` (universal_pathlib, over
+the fsspec filesystem of the URL's protocol) for ``s3://bucket/prefix`` and any other fsspec store.
+Reading code treats both alike (``/``, ``read_text``, ``glob``, ``stat``). What differs lives here:
+
+- an object store has no rename and no hard link, so a file appears exclusively through a
+  **conditional put** (``If-None-Match: *``: exactly one writer wins), and a part's files are
+  uploaded once, complete, from a local staging folder;
+- DuckDB, pyarrow and Zarr are handed the store's fsspec filesystem explicitly;
+- credentials come from the standard places of the store's client (for S3: ``AWS_*`` variables,
+  ``~/.aws/config`` and ``credentials``, ``AWS_ENDPOINT_URL`` for S3-compatible stores) and are never
+  written anywhere by attnwh.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+from attnwh.errors import WarehouseError
+
+if TYPE_CHECKING:
+    from upath import UPath
+
+Location = Union[Path, "UPath"]
+
+# stores whose fsspec driver makes ``pipe_file(mode="create")`` a conditional put (If-None-Match: *)
+CONDITIONAL_PUT_PROTOCOLS = ("s3", "s3a")
+
+_URL = re.compile(r"\A([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def location(text: str) -> Location:
+    """The location a warehouse path or URL names: a local ``Path``, or a ``UPath`` on an object store.
+
+    Listings are not cached (other processes commit parts while this one runs); an unknown protocol,
+    or one whose fsspec driver is not installed, is one clear line.
+    """
+    match = _URL.match(text)
+    if match is None:
+        return Path(text)
+    shown = text if text.isprintable() else repr(text)  # an error names it on one line
+    protocol = match.group(1).lower()
+    if protocol == "file":
+        return Path(text[len("file://"):])
+    if protocol not in CONDITIONAL_PUT_PROTOCOLS:
+        raise WarehouseError(
+            f"warehouse {shown}: {protocol}:// is not supported: attnwh commits parts by a conditional put "
+            f"(If-None-Match), and supports {', '.join(p + '://' for p in CONDITIONAL_PUT_PROTOCOLS)} (any S3-compatible store, through AWS_ENDPOINT_URL) or a local folder"
+        )
+    import fsspec
+    from upath import UPath
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise WarehouseError(f"warehouse {shown}: {protocol}:// cannot be opened ({_first_line(exc)}); pip install 'attnwh[s3]'") from exc
+    if not text[match.end():].strip("/"):
+        raise WarehouseError(f"warehouse {shown}: name a bucket (and a prefix), like {protocol}://bucket/attnwh")
+    try:
+        return UPath(f"{protocol}://{text[match.end():]}".rstrip("/"), use_listings_cache=False)
+    except ValueError as exc:
+        raise WarehouseError(f"warehouse {shown}: not a usable {protocol}:// URL ({_first_line(exc)})") from exc
+
+
+def is_object_store(where: Location) -> bool:
+    """Whether ``where`` is on an object store (no rename, no hard links, no fsync)."""
+    return not isinstance(where, Path)
+
+
+def url(where: Location) -> str:
+    """The string another process (a cluster worker) reopens ``where`` from with ``location``."""
+    return str(where)
+
+
+def filesystem(where: Location):
+    """The fsspec filesystem of an object-store location (None for a local folder)."""
+    return where.fs if is_object_store(where) else None
+
+
+def arrow_source(where: Location) -> tuple[str, Any]:
+    """``(path, filesystem)`` for pyarrow's readers (``pq.read_table(path, filesystem=...)``)."""
+    if not is_object_store(where):
+        return str(where), None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    return where.path, PyFileSystem(FSSpecHandler(where.fs))
+
+
+def zarr_store(where: Location, read_only: bool = True):
+    """What ``zarr.open_group`` opens: the folder's path, or an fsspec store of the object."""
+    if not is_object_store(where):
+        return str(where)
+    from zarr.storage import FsspecStore
+
+    return FsspecStore.from_url(str(where), storage_options=dict(where.storage_options), read_only=read_only)
+
+
+def make_folders(*folders: Location) -> None:
+    """Create local folders (an object store has no folders: a prefix exists once an object is under it)."""
+    for folder in folders:
+        if not is_object_store(folder):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def put_exclusively(target: Location, content: bytes) -> bool:
+    """Make an object-store ``target`` appear with ``content``, or return False if it already exists
+    (a conditional put: ``If-None-Match: *``). Local files use ``parts.create_exclusively``."""
+    try:
+        target.fs.pipe_file(target.path, content, mode="create")
+    except FileExistsError:
+        return False
+    return True
+
+
+def put(target: Location, content: bytes) -> None:
+    """Write ``content`` to ``target``, replacing it (a local file through a temporary and a rename)."""
+    if is_object_store(target):
+        target.fs.pipe_file(target.path, content)
+        return
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, target)
+
+
+def read_all(paths: list[Location]) -> list[bytes | BaseException]:
+    """The content of every object in ``paths`` (on one store), read concurrently; an exception in place of one that failed."""
+    if not paths:
+        return []
+    fs = paths[0].fs
+    found = fs.cat([path.path for path in paths], on_error="return")
+    return [found.get(path.path, FileNotFoundError(path.path)) for path in paths]
+
+
+def upload_folder(folder: Path, target: Location) -> None:
+    """Copy every file under the local ``folder`` to the object-store prefix ``target`` (concurrently)."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    if files:
+        target.fs.put([str(path) for path in files], [f"{target.path}/{path.relative_to(folder).as_posix()}" for path in files])
+
+
+def remove_tree(where: Location) -> None:
+    """Remove a folder (or every object under a prefix); gone already is fine."""
+    if not is_object_store(where):
+        shutil.rmtree(where, ignore_errors=True)
+        return
+    try:
+        where.fs.rm(where.path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def remove_file(where: Location) -> None:
+    try:
+        where.unlink() if not is_object_store(where) else where.fs.rm_file(where.path)
+    except FileNotFoundError:
+        pass
+
+
+def sizes_under(folder: Location) -> dict[str, int]:
+    """Size of every file under ``folder``, by path relative to it (one listing on an object store)."""
+    if not is_object_store(folder):
+        return {path.relative_to(folder).as_posix(): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+    try:
+        found = folder.fs.find(folder.path, detail=True)
+    except FileNotFoundError:
+        return {}
+    prefix = folder.path.rstrip("/") + "/"
+    return {name.removeprefix(prefix): int(info.get("size") or 0) for name, info in found.items() if info.get("type") != "directory"}
+
+
+@contextmanager
+def local_staging(prefix: str) -> Iterator[Path]:
+    """A local temporary folder a part is written into before it is uploaded; removed afterwards."""
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def describe_error(where: Location, exc: BaseException) -> str:
+    """One line for a failure to reach or use a store (never its credentials)."""
+    name = type(exc).__name__
+    text = _first_line(exc)
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "Forbidden" in text:
+        return f"warehouse {where}: access denied ({text}); check the store's credentials (for S3: AWS_ACCESS_KEY_ID / AWS_PROFILE)"
+    if "Could not connect" in text or "Connect" in name or "EndpointConnection" in name or "connect" in text.lower():
+        return f"warehouse {where}: the store cannot be reached ({text}); check its endpoint (for S3: AWS_ENDPOINT_URL)"
+    if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
+        return f"warehouse {where}: {text}"
+    return f"warehouse {where}: {name}: {text}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+TAIL_BYTES = 128 * 1024  # read ahead at the end of each committed file: its footer, or all of a small file
+
+
+def committed_objects(where: Location, sizes: dict[str, int]):
+    """The filesystem DuckDB reads an object-store warehouse through in one session (``CommittedObjects``)."""
+    from fsspec import AbstractFileSystem
+    from fsspec.spec import AbstractBufferedFile
+
+    class CommittedFile(AbstractBufferedFile):
+        def _fetch_range(self, start: int, end: int) -> bytes:
+            return self.fs.read_range(self.path, start, end)
+
+    class CommittedObjects(AbstractFileSystem):
+        """Committed objects never change (their commit records hold their sizes and hashes), so this
+        answers DuckDB's size and modification-time questions from the records, without a request,
+        and serves the end of every file (Parquet footers; whole rollup and sample files) from one
+        concurrent read of all of them. Other reads go to the store; writes are refused."""
+
+        cachable = False
+
+        def __init__(self, fs, sizes: dict[str, int]):
+            super().__init__()
+            self.fs = fs
+            self.protocol = fs.protocol
+            self.sizes = {fs._strip_protocol(path): size for path, size in sizes.items()}
+            self.tails: dict[str, tuple[int, bytes]] = {}
+
+        def _strip_protocol(self, path):
+            return self.fs._strip_protocol(path)
+
+        def prefetch(self) -> None:
+            """The last ``TAIL_BYTES`` of every known file, read concurrently."""
+            paths = sorted(self.sizes)
+            starts = [max(0, self.sizes[path] - TAIL_BYTES) for path in paths]
+            found = self.fs.cat_ranges(paths, starts, [self.sizes[path] for path in paths], on_error="return")
+            self.tails = {path: (start, data) for path, start, data in zip(paths, starts, found) if isinstance(data, bytes)}
+
+        def read_range(self, path: str, start: int, end: int) -> bytes:
+            tail = self.tails.get(path)
+            if tail is not None and start >= tail[0]:
+                return tail[1][start - tail[0] : end - tail[0]]
+            return self.fs.cat_file(path, start=start, end=end)
+
+        def info(self, path, **kwargs):
+            path = self._strip_protocol(path)
+            if path in self.sizes:
+                return {"name": path, "size": self.sizes[path], "type": "file"}
+            return self.fs.info(path, **kwargs)
+
+        def modified(self, path):
+            from datetime import datetime, timezone
+
+            path = self._strip_protocol(path)
+            if path in self.sizes:
+                return datetime(2000, 1, 1, tzinfo=timezone.utc)  # immutable: any fixed time keeps DuckDB's footer cache valid
+            return self.fs.modified(path)
+
+        def ls(self, path, detail=True, **kwargs):
+            return self.fs.ls(path, detail=detail, **kwargs)
+
+        def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+            if mode != "rb":
+                raise PermissionError(f"{path}: the warehouse is read-only here")
+            path = self._strip_protocol(path)
+            size = self.info(path)["size"]
+            return CommittedFile(self, path, mode, block_size=block_size or 8 * 2**20, cache_type="readahead", size=size)
+
+    fs = CommittedObjects(where.fs, sizes)
+    fs.prefetch()
+    return fs
