@@ -55,7 +55,7 @@ heads_app = typer.Typer(help="Head rankings in the files of Retrieval_Head, Spar
 app.add_typer(heads_app, name="heads")
 heads_app.command("export")(cli_heads.export)
 heads_app.command("import")(cli_heads.import_)
-for command in (cli_run.extract, cli_run.mask, cli_run.recompute, cli_list.models, cli_list.benchmarks):
+for command in (cli_run.extract, cli_run.mask, cli_run.prune, cli_run.recompute, cli_list.models, cli_list.benchmarks):
     app.command()(command)
 toy_app.command("train")(cli_run.toy_train)
 for command in (cli_read.sql, cli_read.query, cli_read.runs, cli_read.status, cli_read.verify, cli_read.report):

@@ -96,6 +96,62 @@ def extract(
     typer.echo(f"run folder: {result.run_path}")
 
 
+@handles_errors
+def prune(
+    model: ModelOption = None,
+    benchmark: BenchmarkOption = None,
+    data: DataOption = None,
+    split: SplitOption = None,
+    limit: LimitOption = None,
+    warehouse: WarehouseOption = None,
+    kv_share: Annotated[str, typer.Option(help="Shares of all image KV kept, comma-separated (1 = the full cache, the reference).")] = "1,0.5,0.25,0.1,0.05",
+    allocation: Annotated[str, typer.Option(help="Budgets per KV head, comma-separated: score (floor + in proportion to the head score), uniform, random.")] = "score,uniform,random",
+    keep: Annotated[str, typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated.")] = "attention",
+    floor: Annotated[float, typer.Option(help="score / random: every KV head's floor budget, as a share of the kept share.")] = 0.1,
+    seeds: Annotated[int, typer.Option(help="Seeds of the random allocation.")] = 3,
+    score: Annotated[str, typer.Option(help="Head score the score allocation follows: concentration_x_sum, image_sum, concentration or region_hit.")] = "concentration_x_sum",
+    ranking_run: Annotated[str | None, typer.Option(help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
+    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    prompt_format: PromptFormatOption = "chat_template",
+    prompt_style: PromptStyleOption = "llava-eval",
+    scheduler: SchedulerOption = None,
+    threads_per_worker: ThreadsOption = 1,
+    rank: RankOption = None,
+    world_size: WorldSizeOption = None,
+    run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the prune run with this id.")] = None,
+) -> None:
+    """Prune each head's image KV cache (budgets by head score, uniform or random) and store accuracy and KV bytes per condition.
+
+    Removed image keys leave that head's softmax in the prefill and every decode step, exactly what
+    evicting them from its cache does; text keys are always kept. Budgets follow the head scores of an
+    extraction run (or a ranking imported with attnwh heads import), so run attnwh extract first.
+
+    Example: attnwh extract && attnwh prune --kv-share 1,0.25,0.1 --allocation score,uniform --seeds 2
+    """
+    from attnwh.extract.prune_run import PruneOptions
+    from attnwh.workflows import prune_sweep
+    from attnwh.output import render
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    options = PruneOptions(
+        model=model, benchmark=benchmark, data=data, split=split, limit=limit, kv_shares=names(kv_share), allocations=names(allocation),
+        keep=names(keep), floor=floor, seeds=seeds, score=score, ranking_run=ranking_run, batch_size=batch_size, dtype=dtype, device=device,
+        prompt_format=prompt_format, prompt_style=prompt_style, rank=rank, world_size=world_size, scheduler=scheduler,
+        threads_per_worker=threads_per_worker, run_id=run, command=["attnwh", *sys.argv[1:]],
+    )
+    with progress("prune", "conditions") as on_progress:
+        result, summary = prune_sweep(warehouse, options, on_progress=on_progress, warn=warn)
+    typer.echo(render(summary, "table"))
+    typer.echo(
+        f"prune run {result.run_id}: wrote {result.conditions_written} condition(s); "
+        f"{result.conditions_skipped} of {result.conditions_total} were already committed"
+    )
+    typer.echo(f"run folder: {result.run_path}")
+
 
 @handles_errors
 def mask(

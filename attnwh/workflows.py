@@ -15,9 +15,10 @@ import pyarrow as pa
 
 from attnwh.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, prepare_mask, run_mask
+from attnwh.extract.prune_run import HeadScores, PruneOptions, PruneResult, prepare_prune, run_prune
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
-from attnwh.queries.rankings import head_order, imported_order, latest_ranking_run, run_kind
+from attnwh.queries.rankings import head_order, head_scores, imported_order, latest_ranking_run, run_kind
 from attnwh.warehouse.layout import open_warehouse
 
 Warn = Callable[[list[str]], None]
@@ -55,6 +56,27 @@ def mask_sweep(
     result = run_mask(warehouse, setup, Ranking(run_id, score, options.ranking_query, heads), on_progress)
     with open_session(warehouse) as session:
         summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
+    return result, summary
+
+
+def prune_sweep(
+    warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
+) -> tuple[PruneResult, pa.Table]:
+    """``attnwh prune``: head scores from an extraction run (``--ranking-run``, else the newest complete
+    one of the same model revision and benchmark) or an imported ranking, the pruning sweep run or
+    resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
+    setup = prepare_prune(options)
+    open_warehouse(warehouse, create=True)
+    with open_session(warehouse) as session:
+        if warn is not None:
+            warn(session.warnings)
+        run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
+        imported = run_kind(session, run_id) == "ranking"
+        scores = head_scores(session, run_id, options.score, options.ranking_query)
+    _check_heads_fit(sorted(scores), setup.run.details["model_info"], run_id, setup.run.model_label)
+    result = run_prune(warehouse, setup, HeadScores(run_id, IMPORTED_SCORE if imported else options.score, scores), on_progress)
+    with open_session(warehouse) as session:
+        summary = run_mart(session, "prune_sweep", {"run_id": result.run_id})
     return result, summary
 
 

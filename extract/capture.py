@@ -29,6 +29,7 @@ CAPTURE_ATTENTION = "attnwh_capture"
 QUERY_STEPS = {"prompt": 0, "gen1": 1}  # query name -> forward pass whose last row it is
 SESSION_ATTRIBUTE = "attnwh_capture_layer"
 MASK_ATTRIBUTE = "attnwh_head_mask"  # set by ``attnwh.extract.masking.head_masking`` for the duration of a block
+PRUNE_ATTRIBUTE = "attnwh_kv_prune"  # set by ``attnwh.extract.pruning.kv_pruning`` for the duration of a block
 
 
 def capture_attention(
@@ -41,8 +42,12 @@ def capture_attention(
     scaling: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Stock SDPA attention, plus the rows of the captured queries when a session is active, and
-    the chosen heads switched off while a head mask is set (output ``[batch, query, head, head_dim]``)."""
+    """Stock SDPA attention, plus the rows of the captured queries when a session is active, the
+    chosen heads switched off while a head mask is set, and each head's removed image keys masked
+    out while a KV pruning is set (output ``[batch, query, head, head_dim]``)."""
+    prune = getattr(module, PRUNE_ATTRIBUTE, None)
+    if prune is not None:  # head-wise image KV pruning (``attnwh.extract.pruning``): removed keys masked out per head
+        attention_mask = prune.mask(query, key, attention_mask, scaling)
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     layer = getattr(module, SESSION_ATTRIBUTE, None)
     if layer is not None:

@@ -14,7 +14,8 @@ from attnwh.extract.capture import CaptureSpec, capture_session
 from attnwh.extract.lens import LensResult, logit_lens
 from attnwh.extract.masking import HeadMask, head_masking
 from attnwh.extract.models import LoadedModel
-from attnwh.extract.segments import prompt_segments
+from attnwh.extract.pruning import KVPrune, kv_pruning
+from attnwh.extract.segments import IMAGE, prompt_segments
 
 
 class _StopAfterAnswers:
@@ -57,9 +58,10 @@ def generate_with_capture(
     max_new_tokens: int,
     region: torch.Tensor | None = None,
     mask: HeadMask | None = None,
+    prune: KVPrune | None = None,
 ):
     """Greedy generation, with the capture session active (unless ``capture`` is None) and the heads of
-    ``mask`` switched off. Returns (generation, session or None, segments).
+    ``mask`` switched off and the image KV cache pruned as ``prune`` says. Returns (generation, session or None, segments).
 
     Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
     decode step of the first generated token, even when that token is EOS), so ``generate`` is not
@@ -83,7 +85,8 @@ def generate_with_capture(
         if capture is not None
         else nullcontext()
     )
-    with torch.inference_mode(), head_masking(adapter.attention_modules(model), mask, info["n_heads"], info["n_kv_heads"]), capturing as session:
+    pruning = kv_pruning(adapter.attention_modules(model), prune, segments == IMAGE, info["n_heads"], info["n_kv_heads"])
+    with torch.inference_mode(), head_masking(adapter.attention_modules(model), mask, info["n_heads"], info["n_kv_heads"]), pruning, capturing as session:
         output = model.generate(
             **encoded,
             max_new_tokens=max(max_new_tokens, passes),

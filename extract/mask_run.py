@@ -27,6 +27,8 @@ from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
+from attnwh.extract.pruning import KVPrune
+from attnwh.extract.segments import IMAGE
 from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
@@ -143,7 +145,7 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     if not setup.scheduler.in_process:
         return _mask_on_dask(setup, run, pending, ranking, result, on_progress)
     loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
-    sweep = _Sweep(loaded, setup.run, _batch_size(options))
+    sweep = Sweep(loaded, setup.run, _batch_size(options))
     means = sweep.head_means() if options.mode == "mean" else {}
     if on_progress:
         on_progress(0, len(pending))
@@ -190,7 +192,7 @@ def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condit
     cache = worker_cache()
     setup = cache.run_setup(run_id, lambda: prepare_run(options))
     loaded = cache.model(setup)
-    sweep = cache.run_setup(f"{run_id}/sweep", lambda: _Sweep(loaded, setup, _batch_size(options)))
+    sweep = cache.run_setup(f"{run_id}/sweep", lambda: Sweep(loaded, setup, _batch_size(options)))
     means = cache.run_setup(f"{run_id}/means", sweep.head_means) if options.mode == "mean" else {}
     mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
     rows = sweep.evaluate(mask if condition.heads else None)
@@ -215,7 +217,7 @@ def _check_options(options: MaskOptions) -> None:
     HeadMask((), options.mode)  # checks the mode
 
 
-class _Sweep:
+class Sweep:
     """The sweep's samples, encoded once per batch (the same batch path as extraction, so a sample the
     loader, the image decoder or the processor rejects is the same error row); evaluated under one
     mask at a time."""
@@ -249,15 +251,22 @@ class _Sweep:
         means = (totals / count).cpu()
         return {(layer, head): means[layer, head] for layer in range(means.shape[0]) for head in range(means.shape[1])}
 
-    def evaluate(self, mask: HeadMask | None) -> list[dict[str, Any]]:
+    def evaluate(self, mask: HeadMask | None = None, prune: KVPrune | None = None) -> list[dict[str, Any]]:
+        """Every sample's answer with the heads of ``mask`` switched off and the image KV cache pruned
+        as ``prune`` says; each row also counts the prompt's keys and image keys (padding excluded)."""
         tokenizer = self.loaded.processor.tokenizer
         rows = [dict(row) for row in self.errors]
         for batch in self.batches:
-            generation, _, _ = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, mask=mask)
+            generation, _, segments = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, mask=mask, prune=prune)
             log_probs = torch.log_softmax(generation.first_logits, dim=-1)
+            n_prompt = batch.encoded["attention_mask"].sum(dim=1).tolist()
+            n_image = (segments == IMAGE).sum(dim=1).tolist()
             for position, (item, answer) in enumerate(zip(batch.items, generation.answers)):
                 score = score_answer(tokenizer, item.sample, answer, log_probs[position], self.letter_ids)
-                rows.append({"sample_idx": item.sample_idx, "sample_key": item.sample.key, "status": "ok", "gold": item.sample.gold, **score})
+                rows.append({
+                    "sample_idx": item.sample_idx, "sample_key": item.sample.key, "status": "ok", "gold": item.sample.gold, **score,
+                    "n_prompt_keys": int(n_prompt[position]), "n_image_keys": int(n_image[position]),
+                })
         return sorted(rows, key=lambda row: row["sample_idx"])
 
 

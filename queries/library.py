@@ -28,6 +28,7 @@ STAGING_ORDER = (
     "stg_logit_lens",
     "stg_mask_conditions",
     "stg_mask_results",
+    "stg_prune_results",
 )
 
 

@@ -42,3 +42,15 @@ def imported_order(session: Catalog, run_id: str) -> list[Head]:
     if not rows:
         raise UsageError(f"ranking run {run_id} has no committed heads")
     return [(row["layer"], row["head"]) for row in rows]
+
+
+def head_scores(session: Catalog, run_id: str, score: str, query: str) -> dict[Head, float]:
+    """Every head's mean score over an extraction run (the ``head_ranking`` mart), or its score in an
+    imported ranking (the ``imported_ranking`` mart; ``score`` and ``query`` do not apply there)."""
+    if run_kind(session, run_id) == "ranking":
+        rows = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist()
+    else:
+        rows = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist()
+    if not rows:
+        raise UsageError(f"run {run_id} has no head scores" + ("" if run_kind(session, run_id) == "ranking" else f" for query {query}"))
+    return {(row["layer"], row["head"]): row["score"] for row in rows}

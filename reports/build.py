@@ -101,6 +101,13 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
             ],
         ),
+        "pruning.html": (
+            "Image-KV pruning",
+            [
+                ChartSection("Accuracy as each head's image KV is pruned", "Share of all image KV kept (budgets per KV head: by head score with a floor, uniform, or random scores; mean over seeds) against accuracy; bands: 95% Wilson intervals (random: their envelope over seeds). The study's supplement proposed this; it never tested it.", "report_pruning", charts.pruning_curves, {}, name="pruning_curves"),
+                ChartSection("Conditions", "Every condition, with the paired difference to the full cache, answer stability, the exact McNemar p-value and the KV bytes saved.", "report_prune_conditions", None, {}),
+            ],
+        ),
         "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
     }
 

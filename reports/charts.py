@@ -182,3 +182,20 @@ def masking_curves(rows: list[dict]) -> dict:
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     )
     return chart.to_dict()
+
+
+def pruning_curves(rows: list[dict]) -> dict:
+    """Accuracy against the share of image KV kept: one line per allocation, interval bands, one panel per model, benchmark and keep rule."""
+    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · keep {row['keep']}"} for row in rows]
+    base = alt.Chart(alt.Data(values=data)).encode(
+        x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
+        color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"])),
+    )
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(
+        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["model:N", "benchmark:N", "keep:N", "allocation:N", "kv_share:Q", alt.Tooltip("accuracy:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), alt.Tooltip("kv_saving:Q", format=".3f"), "n_conditions:Q"],
+    )
+    chart = alt.layer(band, line).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+    return chart.to_dict()

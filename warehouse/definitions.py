@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY, META_DEFINITIONS
 
-_FILES = ("definitions.sql", "rollups.sql")
+_FILES = ("definitions.sql", "rollups.sql")  # versioned: the rollups are built from them
+STATISTICS_FILE = "statistics.sql"  # Wilson intervals, McNemar tests: macros of the accuracy tables, not of the rollups
 
 
 @cache
@@ -40,6 +41,7 @@ def define_macros(connection: duckdb.DuckDBPyConnection, sql: str | None = None)
     """Create the macros in ``connection``, and ``definitions_version()`` returning their version."""
     text = sql if sql is not None else definitions_sql()
     connection.execute(text)
+    connection.execute((resources.files("attnwh.warehouse") / "sql" / STATISTICS_FILE).read_text(encoding="utf-8"))
     connection.execute("create or replace table definitions_info as select $version::varchar as version", {"version": definitions_version(text)})
     connection.execute("create or replace macro definitions_version() as (select version from definitions_info)")
 

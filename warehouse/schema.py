@@ -119,6 +119,47 @@ MASK_RESULTS = pa.schema(
     ]
 )
 
+# one row per pruning condition of a prune run (``attnwh prune``): condition 0 keeps every key (the reference)
+PRUNE_CONDITIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),  # 0 = full (no pruning)
+        ("allocation", pa.string()),  # 'full' | 'uniform' | 'score' | 'random'
+        ("kv_share", pa.float32()),  # share of all image KV kept (the mean of kept_shares)
+        ("keep", pa.string()),  # 'attention' | 'stride': which image keys a head keeps within its budget
+        ("floor", pa.float32()),  # score and random: every KV head's floor, as a share of kv_share
+        ("seed", pa.int32()),  # random only
+        ("ranking_run_id", pa.string()),  # score: the run whose head scores set the budgets
+        ("ranking_score", pa.string()),
+        ("kept_shares", pa.list_(pa.float32())),  # per (layer, KV head), row-major: the share of image keys kept
+    ]
+)
+
+# one row per pruning condition and sample: the answer, and the KV cache the pruned heads would hold
+PRUNE_RESULTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),
+        ("sample_idx", pa.int64()),
+        ("sample_key", pa.string()),
+        ("status", pa.string()),  # 'ok' | 'error'
+        ("error", pa.string()),
+        ("gold", pa.string()),
+        ("output_text", pa.string()),
+        ("parser", pa.string()),
+        ("parser_version", pa.string()),
+        ("parsed", pa.string()),
+        ("correct", pa.bool_()),
+        ("option_logprobs", pa.list_(pa.float32())),
+        ("n_prompt_keys", pa.int32()),  # keys of the prompt (padding excluded)
+        ("n_image_keys", pa.int32()),
+        ("kv_keys", pa.int64()),  # keys the pruned cache holds, summed over layers and KV heads
+        ("kv_keys_full", pa.int64()),  # the same for the full cache
+        ("kv_bytes", pa.int64()),  # kv_keys × head_dim × 2 (key and value) × bytes per value
+        ("kv_bytes_full", pa.int64()),
+    ]
+)
+
 PLAN = pa.schema(
     [
         ("sample_idx", pa.int64()),
@@ -244,6 +285,8 @@ TABLES: dict[str, pa.Schema] = {
     "logit_lens": LOGIT_LENS,
     "mask_conditions": MASK_CONDITIONS,
     "mask_results": MASK_RESULTS,
+    "prune_conditions": PRUNE_CONDITIONS,
+    "prune_results": PRUNE_RESULTS,
     "derived_metrics": DERIVED_METRICS,
     "derived_sinks": DERIVED_SINKS,
     "imported_rankings": IMPORTED_RANKINGS,

@@ -28,23 +28,11 @@ paired as (
     group by c.run_id, c.condition_id
 ),
 tests as (
-    select
-        *,
-        case
-            when correct_to_wrong + wrong_to_right = 0 then 1.0
-            else least(1.0, 2 * (
-                select sum(exp(lgamma(correct_to_wrong + wrong_to_right + 1) - lgamma(i + 1) - lgamma(correct_to_wrong + wrong_to_right - i + 1)
-                               - (correct_to_wrong + wrong_to_right) * ln(2)))
-                from (select unnest(range(0, least(correct_to_wrong, wrong_to_right) + 1)) as i)
-            ))
-        end as mcnemar_p
+    select *, mcnemar_p(correct_to_wrong, wrong_to_right) as mcnemar_p
     from paired
 ),
 wilson as (
-    select
-        *,
-        n_correct / n as accuracy,
-        1.959963984540054 as z
+    select *, n_correct / n as accuracy
     from per_condition
 )
 select
@@ -61,10 +49,8 @@ select
     w.n,
     w.n_correct,
     w.accuracy,
-    (w.accuracy + w.z * w.z / (2 * w.n) - w.z * sqrt(w.accuracy * (1 - w.accuracy) / w.n + w.z * w.z / (4 * w.n * w.n)))
-        / (1 + w.z * w.z / w.n) as ci_low,
-    (w.accuracy + w.z * w.z / (2 * w.n) + w.z * sqrt(w.accuracy * (1 - w.accuracy) / w.n + w.z * w.z / (4 * w.n * w.n)))
-        / (1 + w.z * w.z / w.n) as ci_high,
+    wilson_low(w.n_correct, w.n) as ci_low,
+    wilson_high(w.n_correct, w.n) as ci_high,
     (t.wrong_to_right - t.correct_to_wrong) / t.n_paired as delta,
     t.n_changed / t.n_paired as changed,
     t.correct_to_wrong,

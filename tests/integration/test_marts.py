@@ -12,7 +12,8 @@ import pytest
 
 from attnwh.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
-from attnwh.workflows import mask_sweep
+from attnwh.extract.prune_run import PruneOptions
+from attnwh.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import bind_parameters, data_test_failures, get_mart, marts, open_session, run_mart
 from attnwh.warehouse import parts
@@ -27,6 +28,7 @@ def toy_warehouse(tmp_path_factory):
     warehouse = tmp_path_factory.mktemp("marts") / "wh"
     run_extract(warehouse, ExtractOptions(limit=24, rows=False, device="cpu", part_size=12, batch_size=12, command=["test"]))
     mask_sweep(warehouse, MaskOptions(limit=24, k=("0", "2", "4"), seeds=2, device="cpu", batch_size=12, command=["test"]))
+    prune_sweep(warehouse, PruneOptions(limit=24, kv_shares=("1", "0.25"), seeds=1, device="cpu", batch_size=12, command=["test"]))
     return warehouse
 
 
@@ -37,7 +39,7 @@ def test_mart_sidecar_tests_pass_on_a_real_warehouse(toy_warehouse, name):
         runs = {row["kind"]: row for row in session.query("select kind, run_id, model, benchmark, spec from runs").to_pylist()}
         extract = runs["extract"]
         known = {
-            "run_id": runs["mask"]["run_id"] if name == "mask_sweep" else extract["run_id"],
+            "run_id": {"mask_sweep": runs["mask"]["run_id"], "prune_sweep": runs["prune"]["run_id"]}.get(name, extract["run_id"]),
             "model": extract["model"],
             "benchmark": extract["benchmark"],
             "model_revision": json.loads(extract["spec"])["model_revision"],

@@ -1,0 +1,207 @@
+"""Head-wise pruning of the image KV cache, simulated exactly inside the capture attention function.
+
+The study's supplement proposes pruning "the KV cache corresponding to non-essential heads"; SparseMM
+(ICCV 2025) gives each head a budget of image keys from visual-head scores. attnwh evaluates that
+for any ranking: per layer and **KV head**, a budget of image keys the head keeps; its other image
+keys are removed from the head's softmax in the prefill and in every decode step (what evicting them
+from that head's cache does). Text keys (system, question, generated) are always kept.
+
+GQA: the query heads of one KV head share its cache, so budgets are per KV head, and a score per KV
+head is the sum of its query heads' scores (as SparseMM sums them).
+
+Allocations of a total share ``s`` of all image KV (every budget a share of the sample's image keys):
+
+- ``full``: no pruning (the reference);
+- ``uniform``: every KV head keeps ``s`` (the baseline);
+- ``score``: every KV head gets the floor ``floor · s``; the rest, ``(1 − floor) · s`` on average,
+  goes in proportion to the head's score; a share above 1 is capped and its excess handed on to the
+  others in proportion again (water-filling), so the mean stays ``s``;
+- ``random``: ``score`` with scores drawn uniformly at random (seeded).
+
+Which image keys a head keeps within its budget: ``attention`` (those its own last-prompt-row
+attention ranks highest, summed over the KV head's query heads, as SnapKV-style eviction chooses) or
+``stride`` (evenly spaced). Budgets in keys are rounded so that their sum over heads is the rounded
+total (largest remainders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from attnwh.errors import UsageError
+from attnwh.extract.capture import PRUNE_ATTRIBUTE, last_query_rows
+
+ALLOCATIONS = ("full", "uniform", "score", "random")
+KEEP = ("attention", "stride")
+
+
+def allocate(allocation: str, share: float, scores: np.ndarray | None, floor: float = 0.1, seed: int = 0) -> np.ndarray:
+    """The kept share of image keys per (layer, KV head), each in [0, 1], their mean ``share``.
+
+    ``scores`` [layer, kv_head] (``score``; negative scores count as 0); ``random`` draws its own
+    from ``seed``; ``uniform`` and ``full`` need none (``full`` keeps everything).
+    """
+    if allocation not in ALLOCATIONS:
+        raise UsageError(f"--allocation takes {', '.join(ALLOCATIONS)}; got {allocation!r}")
+    if not 0.0 <= share <= 1.0:
+        raise UsageError(f"a kept share of image KV must lie in [0, 1], got {share}")
+    if not 0.0 <= floor <= 1.0:
+        raise UsageError(f"--floor must lie in [0, 1], got {floor}")
+    if allocation == "random":
+        shape = scores.shape if scores is not None else None
+        if shape is None:
+            raise ValueError("random allocation needs the model's shape (pass any score table)")
+        scores = np.random.default_rng(seed).random(shape)
+    if scores is None:
+        raise ValueError(f"{allocation} allocation needs the model's shape (pass a score table)")
+    if allocation == "full":
+        return np.ones(scores.shape)
+    if allocation == "uniform":
+        return np.full(scores.shape, float(share))
+    weights = np.clip(np.asarray(scores, dtype=np.float64), 0.0, None)
+    n = weights.size
+    kept = np.full(weights.shape, floor * share)
+    _water_fill(kept, weights, (1.0 - floor) * share * n)
+    return kept
+
+
+def _water_fill(kept: np.ndarray, weights: np.ndarray, amount: float) -> None:
+    """Add ``amount`` to ``kept`` in proportion to ``weights`` (evenly where all weights are 0),
+    never above 1 per head; what a capped head cannot take goes to the others, in proportion again."""
+    flat, w = kept.reshape(-1), weights.reshape(-1)
+    while amount > 1e-12:
+        open_heads = flat < 1.0 - 1e-12
+        if not open_heads.any():
+            return
+        share_w = np.where(open_heads, w, 0.0)
+        if share_w.sum() <= 0:
+            share_w = open_heads.astype(np.float64)
+        offer = amount * share_w / share_w.sum()
+        taken = np.minimum(offer, 1.0 - flat)
+        flat += taken
+        amount -= taken.sum()
+
+
+def budgets(kept: np.ndarray, n_image: int) -> np.ndarray:
+    """Image keys kept per (layer, KV head) for a sample of ``n_image`` image tokens: ``kept · n_image``
+    rounded so that the sum is the rounded total (largest remainders), each within [0, n_image]."""
+    exact = kept.reshape(-1) * n_image
+    total = int(round(float(exact.sum())))
+    counts = np.floor(exact + 1e-9).astype(np.int64)
+    remainders = exact - counts
+    missing = total - int(counts.sum())
+    if missing > 0:
+        order = np.argsort(-remainders, kind="stable")
+        order = [i for i in order if counts[i] < n_image][:missing]
+        counts[order] += 1
+    return np.clip(counts, 0, n_image).reshape(kept.shape)
+
+
+def kv_bytes(keys: int, head_dim: int, bytes_per_value: int) -> int:
+    """Bytes of a KV cache holding ``keys`` keys summed over layers and KV heads (kept keys × layers ×
+    KV heads when every head keeps as many): a key and a value of ``head_dim`` values each."""
+    return int(keys) * head_dim * 2 * bytes_per_value
+
+
+@dataclass
+class LayerPrune:
+    """One layer's pruning for one batch: which image keys each KV head keeps."""
+
+    budgets: torch.Tensor  # long [batch, kv_head]
+    image: torch.Tensor  # bool [batch, prompt_position]: image keys
+    keep: str  # attention | stride
+    n_kv_groups: int  # query heads per KV head
+    kept: torch.Tensor | None = None  # bool [batch, kv_head, prompt_position], chosen in the prefill
+
+    def mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
+        """The attention mask with each head's removed image keys masked out (bool, True = attend, ``[batch, head, query, key]``),
+        or the mask unchanged where every head keeps every image key."""
+        n_prompt = self.image.shape[1]
+        if self.kept is None:
+            self.kept = self._choose(query, key, attention_mask, scaling)
+        if bool(self.kept.all()):
+            return attention_mask
+        batch, n_heads, n_query, _ = query.shape
+        n_keys = key.shape[2]
+        kept = self.kept
+        if n_keys > n_prompt:  # decode steps: generated keys are always kept
+            kept = torch.nn.functional.pad(kept, (0, n_keys - n_prompt), value=True)
+        kept = kept[:, :, :n_keys].repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
+        base = _as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
+        return base & kept
+
+    def _choose(self, query, key, attention_mask, scaling) -> torch.Tensor:
+        batch, n_prompt = self.image.shape
+        n_kv = self.budgets.shape[1]
+        kept = ~self.image[:, None, :].expand(batch, n_kv, n_prompt).clone()  # text keys: always
+        if self.keep == "attention":
+            rows = last_query_rows(query, key, attention_mask, scaling)[..., :n_prompt]  # [batch, head, key]
+            rows = rows.reshape(batch, n_kv, self.n_kv_groups, n_prompt).sum(dim=2)
+        for b in range(batch):
+            positions = torch.nonzero(self.image[b]).flatten()
+            n_image = positions.numel()
+            for h in range(n_kv):
+                budget = int(self.budgets[b, h])
+                if budget <= 0 or n_image == 0:
+                    continue
+                if budget >= n_image:
+                    chosen = positions
+                elif self.keep == "attention":
+                    chosen = positions[torch.topk(rows[b, h, positions], budget).indices]
+                else:
+                    chosen = positions[((torch.arange(budget, device=positions.device) * 2 + 1) * n_image) // (2 * budget)]
+                kept[b, h, chosen] = True
+        return kept
+
+
+def _as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
+    """``[batch, 1 or head, query, key]`` bool (True = attend) from the mask SDPA was given (None: causal)."""
+    if attention_mask is None:
+        causal = torch.ones(n_query, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_query)
+        return causal[None, None].expand(batch, 1, n_query, n_keys)
+    mask = attention_mask[:, :, :, :n_keys]
+    if mask.dtype == torch.bool:
+        return mask
+    return mask > torch.finfo(mask.dtype).min / 2
+
+
+@dataclass
+class KVPrune:
+    """A pruning condition: the kept share per (layer, KV head), and how keys are chosen."""
+
+    kept: np.ndarray  # [layer, kv_head] in [0, 1]
+    keep: str = "attention"
+    layers: list[LayerPrune] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.keep not in KEEP:
+            raise UsageError(f"--keep takes {', '.join(KEEP)}; got {self.keep!r}")
+
+    def counts(self, n_image: int) -> np.ndarray:
+        return budgets(self.kept, n_image)
+
+
+@contextmanager
+def kv_pruning(attention_modules: list[torch.nn.Module], prune: KVPrune | None, image: torch.Tensor, n_heads: int, n_kv_heads: int) -> Iterator[None]:
+    """Prune the image KV cache of every layer inside the block (``image``: bool [batch, prompt_position])."""
+    if prune is None:
+        yield
+        return
+    if prune.kept.shape != (len(attention_modules), n_kv_heads):
+        raise UsageError(f"a pruning condition for {prune.kept.shape[0]} layers × {prune.kept.shape[1]} KV heads does not fit a model of {len(attention_modules)} × {n_kv_heads}")
+    n_image = image.sum(dim=1).tolist()
+    per_sample = [torch.from_numpy(prune.counts(int(n))) for n in n_image]  # [layer, kv_head] each
+    for index, module in enumerate(attention_modules):
+        budgets_of_layer = torch.stack([counts[index] for counts in per_sample]).to(image.device)
+        setattr(module, PRUNE_ATTRIBUTE, LayerPrune(budgets_of_layer, image, prune.keep, n_heads // n_kv_heads))
+    try:
+        yield
+    finally:
+        for module in attention_modules:
+            if hasattr(module, PRUNE_ATTRIBUTE):
+                delattr(module, PRUNE_ATTRIBUTE)
