@@ -46,7 +46,7 @@ def capture_attention(
     chosen heads switched off while a head mask is set, and each head's removed image keys masked
     out while a KV pruning is set (output ``[batch, query, head, head_dim]``)."""
     prune = getattr(module, PRUNE_ATTRIBUTE, None)
-    if prune is not None:  # head-wise image KV pruning (``attnwh.extract.pruning``): removed keys masked out per head
+    if prune is not None:  # head-wise image KV pruning (``attnwh.extract.pruning``): each head's removed keys masked out
         attention_mask = prune.mask(query, key, attention_mask, scaling)
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     layer = getattr(module, SESSION_ATTRIBUTE, None)

@@ -100,9 +100,11 @@ def _layer_inputs(seed: int = 0, batch: int = 2, n_heads: int = 4, n_kv: int = 2
 def test_removed_keys_get_exactly_zero_attention_and_kept_ones_sum_to_one(keep):
     query, key, _, image = _layer_inputs()
     layer = LayerPrune(torch.tensor([[2, 0], [6, 1]]), image, keep, n_kv_groups=2)
-    mask = layer.mask(query, key, None, 8**-0.5)  # bool [batch, head, query, key]
+    mask = layer.mask(query, key, None, 8**-0.5)  # additive [batch, head, query, key], as SDPA is given it
     scores = torch.matmul(query, key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # by hand, from the mask
+    weights = torch.softmax(scores + mask, dim=-1)  # by hand, from the mask
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    assert torch.all(weights[:, :, ~causal] == 0)  # and causal
     assert torch.allclose(weights.sum(-1), torch.ones_like(weights.sum(-1)))
     last = weights[:, :, -1, :]
     for b, budgets_of_sample in enumerate([[2, 0], [6, 1]]):
@@ -217,3 +219,28 @@ def test_prune_sweep_on_the_toy_commits_conditions_and_equal_hand_counts(tmp_pat
 def test_bad_prune_options_are_one_line(option, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", *option, "--warehouse", str(tmp_path / "wh"))
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**16), st.sampled_from(["attention", "stride"]), st.integers(1, 3), st.integers(2, 14))
+def test_the_kept_keys_equal_a_loop_over_heads_written_here(seed, keep, batch, n_keys):
+    generator = torch.Generator().manual_seed(seed)
+    query, key, _, _ = _layer_inputs(seed, batch=batch, n_keys=n_keys)
+    image = torch.rand(batch, n_keys, generator=generator) < 0.6
+    n_image = image.sum(dim=1)
+    budgets_ = torch.stack([torch.randint(0, int(n) + 1, (2,), generator=generator) for n in n_image])
+    kept = LayerPrune(budgets_, image, keep, n_kv_groups=2)._choose(query, key, None, 8**-0.5)
+    causal = torch.ones(n_keys, n_keys, dtype=torch.bool).tril()
+    scores = torch.matmul(query[:, :, -1:], key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5
+    last = torch.softmax(scores.masked_fill(~causal[-1:], float("-inf")), dim=-1)[:, :, 0]  # [batch, head, key]
+    for b in range(batch):
+        positions = torch.nonzero(image[b]).flatten().tolist()
+        for h in range(2):
+            budget = int(budgets_[b, h])
+            if keep == "attention":
+                weights = last[b, 2 * h : 2 * h + 2].sum(0)
+                expected = sorted(sorted(positions, key=lambda p: -float(weights[p]))[:budget])
+            else:
+                expected = [positions[(2 * k + 1) * len(positions) // (2 * budget)] for k in range(budget)] if budget else []
+            assert torch.nonzero(kept[b, h] & image[b]).flatten().tolist() == expected
+            assert bool(kept[b, h][~image[b]].all())
