@@ -242,7 +242,7 @@ def toy_train(
 
     Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
     """
-    from attnwh.extract.toy.default import attnwh_home
+    from attnwh.home import attnwh_home
     from attnwh.extract.toy.train import LANGUAGE_STEPS, train_toy
 
     steps = LANGUAGE_STEPS if steps is None else steps

@@ -76,9 +76,9 @@ class Catalog:
             run_files = {table: [str(table_file(folder, table)) for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
         if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
-            sizes = {str(parts.part_folder(run, record) / entry["path"]): entry["size"] for run, readable, _ in readable_runs
-                     for record in readable.records for entry in record.files if entry["path"].endswith(".parquet")}
-            self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, sizes))
+            committed = {str(parts.part_folder(run, record) / entry["path"]): (entry["size"], entry["sha256"]) for run, readable, _ in readable_runs
+                         for record in readable.records for entry in record.files if entry["path"].endswith(".parquet")}
+            self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
             if problem is not None:

@@ -139,10 +139,13 @@ def committed_part_ids(run: RunPaths) -> set[int]:
 
 
 def commit_records(run: RunPaths) -> list[CommitRecord]:
-    paths = [run.commit_record(part_id) for part_id in sorted(committed_part_ids(run))]
     if not storage.is_object_store(run.root):
-        return [CommitRecord.load(path) for path in paths]
-    found = storage.read_all(paths)  # concurrently: one round trip, not one per part
+        return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
+    # one listing (with ETags), then the records not cached on this machine, concurrently
+    listed = storage.tagged_listing(run.commits)
+    ids = sorted(part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None)
+    paths = [run.commit_record(part_id) for part_id in ids]
+    found = storage.read_all(paths, [listed[path.name] for path in paths])
     return [CommitRecord.parse(path, content) if isinstance(content, bytes) else _unreadable(path, content) for path, content in zip(paths, found)]
 
 

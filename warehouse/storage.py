@@ -132,13 +132,74 @@ def put(target: Location, content: bytes) -> None:
     os.replace(tmp, target)
 
 
-def read_all(paths: list[Location]) -> list[bytes | BaseException]:
-    """The content of every object in ``paths`` (on one store), read concurrently; an exception in place of one that failed."""
+OBJECT_CACHE_ENV = "ATTNWH_OBJECT_CACHE"  # a folder, or "off"
+
+
+def object_cache() -> Path | None:
+    """Where immutable object-store content is kept on this machine between sessions: ``$ATTNWH_OBJECT_CACHE``,
+    else ``$ATTNWH_HOME/cache/objects``; None when ``$ATTNWH_OBJECT_CACHE`` is ``off``.
+
+    Only what cannot change is kept: the tails of committed files, by the sha256 their commit record
+    holds, and commit records, by their key and ETag (an overwritten record has another ETag). Removing
+    the folder at any time is safe."""
+    from attnwh.home import attnwh_home
+
+    setting = os.environ.get(OBJECT_CACHE_ENV)
+    if setting == "off":
+        return None
+    return Path(setting) if setting else attnwh_home() / "cache" / "objects"
+
+
+def _cached(cache: Path | None, name: str) -> bytes | None:
+    if cache is None:
+        return None
+    try:
+        return (cache / name[:2] / name).read_bytes()
+    except OSError:
+        return None
+
+
+def _keep(cache: Path | None, name: str, content: bytes) -> None:
+    if cache is None:
+        return
+    target = cache / name[:2] / name
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp.write_bytes(content)
+        os.replace(tmp, target)
+    except OSError:
+        pass  # a cache that cannot be written is only slower
+
+
+def read_all(paths: list[Location], tags: list[str | None] | None = None) -> list[bytes | BaseException]:
+    """The content of every object in ``paths`` (on one store), read concurrently; an exception in place
+    of one that failed. An object with a tag (its ETag) is taken from the local cache when it is there."""
     if not paths:
         return []
-    fs = paths[0].fs
-    found = fs.cat([path.path for path in paths], on_error="return")
-    return [found.get(path.path, FileNotFoundError(path.path)) for path in paths]
+    import hashlib
+
+    cache = object_cache() if tags is not None else None
+    names = [hashlib.sha256(f"{path}\n{tag}".encode()).hexdigest() if tag else None for path, tag in zip(paths, tags or [None] * len(paths))]
+    found: dict[int, bytes | BaseException] = {i: content for i, name in enumerate(names) if name and (content := _cached(cache, name)) is not None}
+    missing = [i for i in range(len(paths)) if i not in found]
+    if missing:
+        fetched = paths[0].fs.cat([paths[i].path for i in missing], on_error="return")
+        for i in missing:
+            content = fetched.get(paths[i].path, FileNotFoundError(paths[i].path))
+            found[i] = content
+            if isinstance(content, bytes) and names[i]:
+                _keep(cache, names[i], content)
+    return [found[i] for i in range(len(paths))]
+
+
+def tagged_listing(folder: Location) -> dict[str, str | None]:
+    """The objects directly under an object-store ``folder``: name -> ETag (one listing)."""
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: (entry.get("ETag") or entry.get("etag")) for entry in entries if entry.get("type") != "directory"}
 
 
 def upload_folder(folder: Path, target: Location) -> None:
@@ -211,7 +272,7 @@ def _first_line(exc: BaseException) -> str:
 TAIL_BYTES = 128 * 1024  # read ahead at the end of each committed file: its footer, or all of a small file
 
 
-def committed_objects(where: Location, sizes: dict[str, int]):
+def committed_objects(where: Location, files: dict[str, tuple[int, str]]):
     """The filesystem DuckDB reads an object-store warehouse through in one session (``CommittedObjects``)."""
     from fsspec import AbstractFileSystem
     from fsspec.spec import AbstractBufferedFile
@@ -228,22 +289,34 @@ def committed_objects(where: Location, sizes: dict[str, int]):
 
         cachable = False
 
-        def __init__(self, fs, sizes: dict[str, int]):
+        def __init__(self, fs, files: dict[str, tuple[int, str]]):
             super().__init__()
             self.fs = fs
             self.protocol = fs.protocol
-            self.sizes = {fs._strip_protocol(path): size for path, size in sizes.items()}
+            self.sizes = {fs._strip_protocol(path): size for path, (size, _) in files.items()}
+            self.hashes = {fs._strip_protocol(path): sha256 for path, (_, sha256) in files.items()}
             self.tails: dict[str, tuple[int, bytes]] = {}
 
         def _strip_protocol(self, path):
             return self.fs._strip_protocol(path)
 
         def prefetch(self) -> None:
-            """The last ``TAIL_BYTES`` of every known file, read concurrently."""
-            paths = sorted(self.sizes)
-            starts = [max(0, self.sizes[path] - TAIL_BYTES) for path in paths]
-            found = self.fs.cat_ranges(paths, starts, [self.sizes[path] for path in paths], on_error="return")
-            self.tails = {path: (start, data) for path, start, data in zip(paths, starts, found) if isinstance(data, bytes)}
+            """The last ``TAIL_BYTES`` of every known file: from the local cache (by the file's sha256), the others read concurrently."""
+            cache = object_cache()
+            starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
+            names = {path: f"tail-{self.hashes[path]}-{starts[path]}" for path in self.sizes}
+            for path in self.sizes:
+                content = _cached(cache, names[path])
+                if content is not None and len(content) == self.sizes[path] - starts[path]:
+                    self.tails[path] = (starts[path], content)
+            missing = sorted(path for path in self.sizes if path not in self.tails)
+            if not missing:
+                return
+            found = self.fs.cat_ranges(missing, [starts[path] for path in missing], [self.sizes[path] for path in missing], on_error="return")
+            for path, content in zip(missing, found):
+                if isinstance(content, bytes) and len(content) == self.sizes[path] - starts[path]:
+                    self.tails[path] = (starts[path], content)
+                    _keep(cache, names[path], content)
 
         def read_range(self, path: str, start: int, end: int) -> bytes:
             tail = self.tails.get(path)
@@ -275,6 +348,6 @@ def committed_objects(where: Location, sizes: dict[str, int]):
             size = self.info(path)["size"]
             return CommittedFile(self, path, mode, block_size=block_size or 8 * 2**20, cache_type="readahead", size=size)
 
-    fs = CommittedObjects(where.fs, sizes)
+    fs = CommittedObjects(where.fs, files)
     fs.prefetch()
     return fs

@@ -7,23 +7,13 @@ It loads through ``from_pretrained`` like any hub model.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from attnwh.errors import ModelError
 
 DEFAULT_MODEL = "toy-llava"
 DEFAULT_BENCHMARK = "toy-shapes"
-ENV_HOME = "ATTNWH_HOME"
 CHECKPOINT = Path(__file__).parent / "checkpoint" / DEFAULT_MODEL
-
-
-def attnwh_home() -> Path:
-    """Where attnwh keeps models it trains: ``$ATTNWH_HOME``, else ``$XDG_CACHE_HOME/attnwh``, else ``~/.cache/attnwh``."""
-    if os.environ.get(ENV_HOME):
-        return Path(os.environ[ENV_HOME])
-    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache) / "attnwh"
 
 
 def default_model_folder() -> Path:
