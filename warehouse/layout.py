@@ -6,7 +6,7 @@ import json
 import os
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from attnwh.errors import WarehouseError
 from attnwh.warehouse import storage
@@ -56,6 +56,9 @@ class RunPaths:
     """The folder of one run and the paths inside it."""
 
     root: Location
+    # object stores: the run folder's own objects (RUN.json, plan.parquet) by name -> ETag, from the
+    # listing that found the run, so that readers take unchanged ones from the local cache
+    tags: dict[str, str | None] | None = field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def manifest(self) -> Location:
@@ -115,15 +118,29 @@ class Warehouse:
         )
 
     def run_folders(self) -> list[RunPaths]:
+        if storage.is_object_store(self.root):
+            return self._stored_runs()
         if not self.runs_root.is_dir():
             return []
         return [RunPaths(p) for p in sorted(self.runs_root.glob("model=*/benchmark=*/run=*")) if p.is_dir()]
 
     def find_run(self, run_id: str) -> RunPaths | None:
+        if storage.is_object_store(self.root):
+            return next((run for run in self._stored_runs(run_id) if run.root.name == f"run={run_id}"), None)
         if not self.runs_root.is_dir():
             return None
         matches = [p for p in self.runs_root.glob(f"model=*/benchmark=*/run={run_id}") if p.is_dir()]
         return RunPaths(matches[0]) if matches else None
+
+    def _stored_runs(self, run_id: str | None = None) -> list[RunPaths]:
+        """Runs on an object store, found level by level with delimited listings (never a listing of every
+        object under ``runs/``: raw rows are thousands of objects a run); each run's own objects tagged."""
+        runs = []
+        for model in storage.subfolders(self.runs_root, "model="):
+            for benchmark in storage.subfolders(model, "benchmark="):
+                for folder in storage.subfolders(benchmark, f"run={run_id}" if run_id else "run="):
+                    runs.append(RunPaths(folder, storage.tagged_listing(folder)))
+        return sorted(runs, key=lambda run: str(run.root))
 
 
 def open_warehouse(path: Location | str | None, create: bool = False) -> Warehouse:
@@ -146,7 +163,13 @@ def open_warehouse(path: Location | str | None, create: bool = False) -> Warehou
 
 def _open(warehouse: Warehouse, create: bool) -> Warehouse:
     root = warehouse.root
-    if root.exists() and not root.is_dir():
+    if storage.is_object_store(root):
+        try:
+            _check_marker(warehouse.marker)  # one request where the warehouse exists
+            return warehouse
+        except FileNotFoundError:
+            pass
+    if not storage.is_object_store(root) and root.exists() and not root.is_dir():
         raise WarehouseError(f"warehouse path {root} is a file, not a folder")
     if warehouse.marker.is_file():
         _check_marker(warehouse.marker)
@@ -182,8 +205,12 @@ def _write_marker(marker: Location) -> None:
 
 def _check_marker(marker: Location) -> None:
     try:
-        content = json.loads(marker.read_text())
-    except (OSError, ValueError) as exc:
+        content = json.loads(storage.read_tagged(marker, None))
+    except OSError as exc:
+        if storage.is_object_store(marker):
+            raise  # missing: no warehouse there yet; anything else: the store's own error, said in one line by open_warehouse
+        raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
+    except ValueError as exc:
         raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")

@@ -197,7 +197,7 @@ def load_run(paths: RunPaths) -> Run:
 def read_manifest(paths: RunPaths) -> dict[str, Any]:
     """``RUN.json``, refused (``WarehouseError`` naming it) when unreadable, of the wrong shape or newer than this attnwh."""
     try:
-        content = json.loads(paths.manifest.read_text())
+        content = json.loads(storage.read_tagged(paths.manifest, paths.tags))
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.manifest} is missing") from exc
     except (OSError, ValueError) as exc:
@@ -241,8 +241,10 @@ def check_plan_footer(paths: RunPaths, manifest: dict[str, Any]) -> None:
     manifest's sample count, with a ``sample_key`` column, of a version this attnwh reads); resuming
     a run reads the whole plan (``read_plan``) and checks its hash too."""
     try:
-        source, filesystem = storage.arrow_source(paths.plan)
-        metadata = pq.read_metadata(source, filesystem=filesystem)
+        if storage.is_object_store(paths.plan):  # one cached read, not a HEAD and two range reads
+            metadata = pq.read_metadata(pa.BufferReader(storage.read_tagged(paths.plan, paths.tags)))
+        else:
+            metadata = pq.read_metadata(paths.plan)
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.plan} is missing") from exc
     except (OSError, pa.ArrowException) as exc:

@@ -193,6 +193,29 @@ def read_all(paths: list[Location], tags: list[str | None] | None = None) -> lis
     return [found[i] for i in range(len(paths))]
 
 
+def subfolders(folder: Location, prefix: str = "") -> list[Location]:
+    """The folders (common prefixes) directly under an object-store ``folder`` whose names start with ``prefix`` (one listing)."""
+    try:
+        entries = folder.fs.ls(folder.path, detail=True)
+    except FileNotFoundError:
+        return []
+    names = sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "directory")
+    return [folder / name for name in names if name.startswith(prefix)]
+
+
+def read_tagged(path: Location, tags: dict[str, str | None] | None) -> bytes:
+    """The content of ``path``: on an object store, from the local cache when ``tags`` (its folder's
+    listing) gives its ETag and it was read before; raises ``FileNotFoundError`` when it is not there."""
+    if not is_object_store(path):
+        return path.read_bytes()
+    if tags is not None and path.name not in tags:
+        raise FileNotFoundError(str(path))
+    (content,) = read_all([path], [tags.get(path.name) if tags else None])
+    if isinstance(content, BaseException):
+        raise content
+    return content
+
+
 def tagged_listing(folder: Location) -> dict[str, str | None]:
     """The objects directly under an object-store ``folder``: name -> ETag (one listing)."""
     try:

@@ -244,3 +244,21 @@ def test_the_kept_keys_equal_a_loop_over_heads_written_here(seed, keep, batch, n
                 expected = [positions[(2 * k + 1) * len(positions) // (2 * budget)] for k in range(budget)] if budget else []
             assert torch.nonzero(kept[b, h] & image[b]).flatten().tolist() == expected
             assert bool(kept[b, h][~image[b]].all())
+
+
+def test_score_budgets_follow_an_imported_duo_attention_file(tmp_path, tiny_gqa, capsys):
+    warehouse = tmp_path / "wh"
+    tsv = tmp_path / "duo.tsv"
+    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")  # [layer x KV head] of the tiny GQA model (3 layers, 2 KV heads)
+    code, out, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
+    assert code == 0, err
+    with open_session(warehouse) as session:
+        ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
+    code, out, err = run_cli(capsys, "prune", "--model", str(tiny_gqa), "--limit", "3", "--kv-share", "1,0.25", "--allocation", "score",
+                             "--ranking-run", ranking, "--warehouse", str(warehouse), "--device", "cpu")
+    assert code == 0, err
+    with open_session(warehouse) as session:
+        (row,) = session.query("select kept_shares, ranking_score, ranking_run_id from prune_conditions where allocation = 'score'").to_pylist()
+    w = np.array([0.1, 0.9, 0.5, 0.3, 1.0, 0.0])  # each KV head's two query heads hold its score: their sum is 2 w, the same proportions
+    assert np.allclose(row["kept_shares"], 0.1 * 0.25 + 0.9 * 0.25 * 6 * w / w.sum(), atol=1e-6)
+    assert (row["ranking_score"], row["ranking_run_id"]) == ("imported", ranking)

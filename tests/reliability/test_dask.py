@@ -107,3 +107,23 @@ def test_a_mask_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
         with open_session(warehouse) as session:
             results.append(session.query("select * exclude (run_id) from mask_results order by condition_id, sample_idx").to_pylist())
     assert results[0] == results[1] and len(results[0]) == 4 * 16
+
+
+def test_a_prune_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
+    from attnwh.queries.library import open_session
+
+    results = []
+    for name, scheduler in (("single", "local"), ("cluster", "local:2")):
+        warehouse = tmp_path / name
+        assert extract(warehouse, "--no-rows", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1").wait(timeout=600) == 0
+        code = subprocess.run(
+            [sys.executable, "-m", "attnwh.cli", "prune", "--limit", "16", "--kv-share", "1,0.25", "--allocation", "score,random", "--seeds", "1",
+             "--batch-size", "8", "--device", "cpu", "--scheduler", scheduler, "--warehouse", str(warehouse)],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, capture_output=True, text=True,
+        )
+        assert code.returncode == 0, code.stderr
+        assert "wrote 3 condition(s)" in code.stdout
+        check_complete(warehouse)
+        with open_session(warehouse) as session:
+            results.append(session.query("select * exclude (run_id) from prune_results order by condition_id, sample_idx").to_pylist())
+    assert results[0] == results[1] and len(results[0]) == 3 * 16
