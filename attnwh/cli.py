@@ -58,6 +58,7 @@ heads_app.command("import")(cli_heads.import_)
 for command in (cli_run.extract, cli_run.mask, cli_run.prune, cli_run.recompute, cli_list.models, cli_list.benchmarks):
     app.command()(command)
 toy_app.command("train")(cli_run.toy_train)
+toy_app.command("zoo")(cli_run.toy_zoo)
 for command in (cli_read.sql, cli_read.query, cli_read.runs, cli_read.status, cli_read.verify, cli_read.report):
     app.command()(command)
 

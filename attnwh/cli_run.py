@@ -231,32 +231,64 @@ def mask(
 
 @handles_errors
 def toy_train(
-    out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-trained).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-SIZE-trained).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000; large: 2000).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (training data are fixed).")] = 0,
+    size: Annotated[str, typer.Option(help="small (4 layers x 8 heads, hidden 64), medium (6 x 12, 96) or large (8 x 16, 128).")] = "small",
 ) -> None:
-    """Train the toy LLaVA on toy-shapes on the CPU (about 3 minutes on 2 cores), deterministic from the seed.
+    """Train a toy LLaVA on toy-shapes on the CPU (small: about 3 minutes on 2 cores), deterministic from the seed.
 
-    The trained model is saved with save_pretrained; use it with --model FOLDER. The embedded default
-    (toy-llava) is this command's output with the default settings, shipped with attnwh.
+    The trained model is saved with save_pretrained; use it with --model FOLDER. The shipped toys
+    (toy-llava-small, alias toy-llava; toy-llava-medium; toy-llava-large) are this command's output
+    with the default settings and each --size.
 
     Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
     """
     from attnwh.home import attnwh_home
-    from attnwh.extract.toy.train import LANGUAGE_STEPS, train_toy
+    from attnwh.extract.toy.train import LANGUAGE_STEPS_BY_SIZE, TRAINED_SPECS, train_toy
 
-    steps = LANGUAGE_STEPS if steps is None else steps
+    if size not in TRAINED_SPECS:
+        raise UsageError(f"--size takes {', '.join(TRAINED_SPECS)}; got {size!r}")
+    steps = LANGUAGE_STEPS_BY_SIZE[size] if steps is None else steps
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
-    folder = out if out is not None else attnwh_home() / "models" / "toy-llava-trained"
+    folder = out if out is not None else attnwh_home() / "models" / f"toy-llava-{size}-trained"
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} exists and is not empty; give another --out")
-    metrics = train_toy(folder, steps=steps, seed=seed, log=lambda line: typer.echo(line, err=True))
+    metrics = train_toy(folder, steps=steps, seed=seed, size=size, log=lambda line: typer.echo(line, err=True))
     typer.echo(
         f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, "
         f"colour multiple choice {metrics['accuracy_colour']:.3f}"
     )
     typer.echo(f"model folder: {folder}")
+
+
+@handles_errors
+def toy_zoo(
+    warehouse: WarehouseOption = None,
+    limit: Annotated[int, typer.Option(help="Samples per benchmark.")] = 96,
+    k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads.")] = "0,0.1,0.2",
+    seeds: Annotated[int, typer.Option(help="Seeds of the random heads.")] = 2,
+    device: DeviceOption = "auto",
+) -> None:
+    """Extract every shipped toy (small, medium, large) on every toy benchmark and sweep masking on each.
+
+    Three toys of three scales, as the study compares 3.8B, 7B and 13B models, on yes / no,
+    colour-choice and boxed-region questions: then attnwh report shows the study's comparisons
+    across models and benchmarks. The same command again resumes.
+
+    Example: attnwh toy zoo && attnwh report
+    """
+    from attnwh.workflows import toy_zoo as run_zoo
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, got {limit}")
+    done = run_zoo(warehouse, limit, names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn)
+    for model, benchmark, extraction, mask in done:
+        typer.echo(f"{model:<18} {benchmark:<19} extraction {extraction}  mask {mask}")
 
 
 @handles_errors

@@ -80,6 +80,34 @@ def prune_sweep(
     return result, summary
 
 
+ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")
+
+
+def toy_zoo(
+    warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto",
+    on_step: Callable[[str], None] | None = None, warn: Warn | None = None,
+) -> list[tuple[str, str, str, str]]:
+    """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
+    choice, colour choice with the named shape's box as the region): an extraction, then a masking
+    sweep ranked by it. Returns (model, benchmark, extraction run, mask run) per pair; resumes."""
+    from attnwh.extract.run import ExtractOptions, run_extract
+    from attnwh.extract.toy.default import ZOO
+
+    done = []
+    for model in ZOO:
+        for benchmark in ZOO_BENCHMARKS:
+            if on_step is not None:
+                on_step(f"{model} on {benchmark}: extract, then mask")
+            extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, device=device, command=["attnwh", "toy", "zoo"]))
+            mask, _ = mask_sweep(
+                warehouse,
+                MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
+                warn=warn,
+            )
+            done.append((model, benchmark, extraction.run_id, mask.run_id))
+    return done
+
+
 def recompute(warehouse: Path | str | None, options: RecomputeOptions, on_progress: Callable[[int, int], None] | None = None) -> RecomputeResult:
     """``attnwh recompute``: a derived table from a run's raw rows, under a view name that no table,
     staging view or mart of attnwh's queries uses."""

@@ -49,14 +49,16 @@ def _write(table: pa.Table, name: str, folder: Path) -> None:
     pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
 
 
-def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0) -> tuple[str, int]:
-    """A synthetic extraction run (and a mask run) written part by part through commit_part."""
+def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0,
+          model: str = "synthetic-7b", benchmark: str = "synthetic", mask_ks: tuple[int, ...] = (8, 32, 64, 128)) -> tuple[str, int]:
+    """A synthetic extraction run (and a mask run) of ``model`` on ``benchmark``, written part by part through commit_part."""
     rng = np.random.default_rng(seed)
     warehouse = open_warehouse(root, create=True)
     plan = Plan([f"s{i}" for i in range(n_samples)], part_size)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
     run, _ = open_or_create_run(
-        warehouse, kind="extract", model="synthetic-7b", benchmark="synthetic", spec={"dtype": "bfloat16"}, plan=plan, run_id=None, details={"model_info": info}
+        warehouse, kind="extract", model=model, benchmark=benchmark, spec={"dtype": "bfloat16", "model": model, "benchmark": benchmark},
+        plan=plan, run_id=None, details={"model_info": info}
     )
     heads = n_layers * n_heads
     for part_id in range(plan.n_parts):
@@ -128,16 +130,17 @@ def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_si
             return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
 
         parts.commit_part(run.paths, part_id, write)
-    _build_mask_run(warehouse, n_layers, n_heads, min(n_samples, 1000), rng)
+    _build_mask_run(warehouse, n_layers, n_heads, min(n_samples, 1000), rng, model, benchmark, mask_ks)
     return run.run_id, n_samples * heads
 
 
-def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng) -> None:
-    conditions = [("none", 0, None)] + [(s, k, seed) for k in (8, 32, 64, 128) for s, seed in (("top", None), ("random", 0), ("random", 1), ("random", 2))]
+def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng, model: str, benchmark: str, ks: tuple[int, ...]) -> None:
+    conditions = [("none", 0, None)] + [(s, k, seed) for k in ks for s, seed in (("top", None), ("random", 0), ("random", 1), ("random", 2))]
     plan = Plan([f"condition-{i}" for i in range(len(conditions))], 1)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
     run, _ = open_or_create_run(
-        warehouse, kind="mask", model="synthetic-7b", benchmark="synthetic", spec={"mask": True}, plan=plan, run_id=None, details={"model_info": info}
+        warehouse, kind="mask", model=model, benchmark=benchmark, spec={"mask": True, "model": model, "benchmark": benchmark}, plan=plan, run_id=None,
+        details={"model_info": info}
     )
     for cid, (strategy, k, seed) in enumerate(conditions):
 

@@ -157,3 +157,24 @@ def worker_address() -> str:
     from distributed import get_worker
 
     return get_worker().address
+
+
+def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, task, task_args, on_progress=None) -> int:
+    """A sweep's conditions (each one part) as one Dask task each, ``task(*task_args(condition))``, which
+    commits its condition on the worker and returns 1 if it did; returns how many were committed. Attempts
+    of workers that died (their tasks ran again elsewhere) are removed afterwards."""
+    from distributed import as_completed
+
+    from attnwh.warehouse import parts
+
+    written = 0
+    with dask_client(scheduler, threads_per_worker) as client:
+        futures = [client.submit(task, *task_args(condition), key=f"attnwh-{run.run_id}-{condition.condition_id}", pure=False) for condition in conditions]
+        if on_progress:
+            on_progress(0, len(conditions))
+        for done, future in enumerate(as_completed(futures), start=1):
+            written += future.result()
+            if on_progress:
+                on_progress(done, len(conditions))
+    parts.recover(run.paths)
+    return written

@@ -43,17 +43,15 @@ ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
-class MaskOptions:
+class SweepOptions:
+    """What every sweep over conditions (``attnwh mask``, ``attnwh prune``) is given."""
+
     model: str | None = None
     benchmark: str | None = None
     data: Path | str | None = None
     split: str | None = None
     limit: int | None = None
-    strategies: tuple[str, ...] = ("top", "random")
-    stages: tuple[str, ...] = ("all",)
-    k: tuple[str, ...] = ("0", "0.05", "0.1", "0.2")
     seeds: int = 3
-    mode: str = "zero"
     score: str = "concentration_x_sum"  # the head score that ranks heads (head_score_names())
     ranking_query: str = "gen1"
     ranking_run: str | None = None  # default: the latest complete extraction run of the same model and benchmark
@@ -69,6 +67,14 @@ class MaskOptions:
     scheduler: str | None = None  # as for extraction: local | local:N | tcp://HOST:PORT | scheduler.json
     threads_per_worker: int = 1
     command: list[str] = field(default_factory=lambda: list(sys.argv))
+
+
+@dataclass
+class MaskOptions(SweepOptions):
+    strategies: tuple[str, ...] = ("top", "random")
+    stages: tuple[str, ...] = ("all",)
+    k: tuple[str, ...] = ("0", "0.05", "0.1", "0.2")
+    mode: str = "zero"
 
 
 @dataclass
@@ -165,23 +171,12 @@ def _batch_size(options: MaskOptions) -> int:
 
 def _mask_on_dask(setup: MaskSetup, run, pending: list[Condition], ranking: Ranking, result: MaskResult, on_progress: ProgressCallback | None) -> MaskResult:
     """One Dask task per pending condition (heads ranked once, on the client); workers commit their conditions."""
-    from distributed import as_completed
+    from attnwh.extract.executors import sweep_on_dask
 
-    from attnwh.extract.executors import dask_client
-
-    with dask_client(setup.scheduler, setup.options.threads_per_worker) as client:
-        futures = [
-            client.submit(mask_condition_task, setup.options, str(run.paths.root), run.run_id, condition, ranking.run_id, ranking.score,
-                          key=f"attnwh-{run.run_id}-{condition.condition_id}", pure=False)
-            for condition in pending
-        ]
-        if on_progress:
-            on_progress(0, len(pending))
-        for done, future in enumerate(as_completed(futures), start=1):
-            result.conditions_written += future.result()
-            if on_progress:
-                on_progress(done, len(pending))
-    parts.recover(run.paths)  # attempts of workers that died (their tasks ran again elsewhere)
+    result.conditions_written += sweep_on_dask(
+        setup.scheduler, setup.options.threads_per_worker, run, pending, mask_condition_task,
+        lambda condition: (setup.options, storage.url(run.paths.root), run.run_id, condition, ranking.run_id, ranking.score), on_progress,
+    )
     return result
 
 
@@ -200,12 +195,13 @@ def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condit
     return int(parts.commit_part(RunPaths(storage.location(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
 
 
-def _check_options(options: MaskOptions) -> None:
+def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]) -> None:
+    """Counts at least 1, each list of ``choices`` (values, allowed, option name) non-empty and known, a known score and query."""
     for name in ("batch_size", "limit", "max_new_tokens", "seeds", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for values, allowed, option in ((options.strategies, STRATEGIES, "strategy"), (options.stages, STAGES, "stage")):
+    for values, allowed, option in choices:
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:
             raise UsageError(f"--{option} takes {', '.join(allowed)}; got {', '.join(values) or 'nothing'}")
@@ -214,6 +210,10 @@ def _check_options(options: MaskOptions) -> None:
         raise UsageError(f"--score takes {', '.join(scores)}; got {options.score!r}")
     if options.ranking_query not in ("prompt", "gen1"):
         raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
+
+
+def _check_options(options: MaskOptions) -> None:
+    check_sweep_options(options, ((options.strategies, STRATEGIES, "strategy"), (options.stages, STAGES, "stage")))
     HeadMask((), options.mode)  # checks the mode
 
 

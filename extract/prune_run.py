@@ -11,9 +11,8 @@ A kept share of 1 keeps every key whatever the allocation: it is the ``full`` co
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,14 @@ import numpy as np
 import pyarrow as pa
 
 from attnwh.errors import UsageError
-from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.executors import Scheduler, parse_scheduler
-from attnwh.extract.mask_run import Sweep
+from attnwh.extract.mask_run import Sweep, SweepOptions, check_sweep_options
 from attnwh.extract.models import load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate, kv_bytes
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import PRUNE_CONDITIONS, PRUNE_RESULTS
@@ -40,32 +37,11 @@ DEFAULT_SHARES = ("1", "0.5", "0.25", "0.1", "0.05")
 
 
 @dataclass
-class PruneOptions:
-    model: str | None = None
-    benchmark: str | None = None
-    data: Path | str | None = None
-    split: str | None = None
-    limit: int | None = None
+class PruneOptions(SweepOptions):
     kv_shares: tuple[str, ...] = DEFAULT_SHARES
     allocations: tuple[str, ...] = ("score", "uniform", "random")
     keep: tuple[str, ...] = ("attention",)
     floor: float = 0.1
-    seeds: int = 3
-    score: str = "concentration_x_sum"  # the head score that sets ``score`` budgets (head_score_names())
-    ranking_query: str = "gen1"
-    ranking_run: str | None = None  # default: the latest complete extraction run of the same model and benchmark
-    batch_size: int = 8
-    dtype: str = "auto"
-    device: str = "auto"
-    prompt_format: str = "chat_template"
-    prompt_style: str = DEFAULT_PROMPT_STYLE
-    max_new_tokens: int | None = None
-    run_id: str | None = None
-    rank: int | None = None
-    world_size: int | None = None
-    scheduler: str | None = None
-    threads_per_worker: int = 1
-    command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
 @dataclass
@@ -217,23 +193,12 @@ def _condition_part(run_id: str, condition: PruneCondition, ranking: HeadScores,
 
 def _prune_on_dask(setup: PruneSetup, run, pending: list[PruneCondition], ranking: HeadScores, result: PruneResult, on_progress) -> PruneResult:
     """One Dask task per pending condition; workers commit their conditions."""
-    from distributed import as_completed
+    from attnwh.extract.executors import sweep_on_dask
 
-    from attnwh.extract.executors import dask_client
-
-    with dask_client(setup.scheduler, setup.options.threads_per_worker) as client:
-        futures = [
-            client.submit(prune_condition_task, setup.options, storage.url(run.paths.root), run.run_id, condition, ranking,
-                          key=f"attnwh-{run.run_id}-{condition.condition_id}", pure=False)
-            for condition in pending
-        ]
-        if on_progress:
-            on_progress(0, len(pending))
-        for done, future in enumerate(as_completed(futures), start=1):
-            result.conditions_written += future.result()
-            if on_progress:
-                on_progress(done, len(pending))
-    parts.recover(run.paths)
+    result.conditions_written += sweep_on_dask(
+        setup.scheduler, setup.options.threads_per_worker, run, pending, prune_condition_task,
+        lambda condition: (setup.options, storage.url(run.paths.root), run.run_id, condition, ranking), on_progress,
+    )
     return result
 
 
@@ -250,22 +215,10 @@ def prune_condition_task(options: PruneOptions, run_root: str, run_id: str, cond
 
 
 def _check_options(options: PruneOptions) -> None:
-    for name in ("batch_size", "limit", "max_new_tokens", "seeds", "threads_per_worker"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    for values, allowed, option in ((options.allocations, ALLOCATIONS, "allocation"), (options.keep, KEEP, "keep")):
-        unknown = [value for value in values if value not in allowed]
-        if unknown or not values:
-            raise UsageError(f"--{option} takes {', '.join(allowed)}; got {', '.join(values) or 'nothing'}")
+    check_sweep_options(options, ((options.allocations, ALLOCATIONS, "allocation"), (options.keep, KEEP, "keep")))
     if not 0.0 <= options.floor <= 1.0:
         raise UsageError(f"--floor must lie in [0, 1], got {options.floor}")
     parse_shares(options.kv_shares)
-    scores = head_score_names()
-    if options.score not in scores:
-        raise UsageError(f"--score takes {', '.join(scores)}; got {options.score!r}")
-    if options.ranking_query not in ("prompt", "gen1"):
-        raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
 
 
 @dataclass

@@ -11,7 +11,8 @@ import torch
 
 from attnwh.extract.benchmarks import registry
 from attnwh.extract.mask_run import MaskOptions
-from attnwh.workflows import mask_sweep
+from attnwh.extract.prune_run import PruneOptions
+from attnwh.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 
@@ -65,6 +66,7 @@ def hostile_warehouse_module(tmp_path_factory, tiny_mha):
         patch.setitem(registry.BENCHMARKS, "toy-shapes", dataclasses.replace(original, load=load))
         run_extract(warehouse, ExtractOptions(model=str(tiny_mha), part_size=3, device="cpu", command=["test"]))
         mask_sweep(warehouse, MaskOptions(model=str(tiny_mha), k=("0", "1", "2"), seeds=1, device="cpu", command=["test"]))
+        prune_sweep(warehouse, PruneOptions(model=str(tiny_mha), kv_shares=("1", "0.5"), seeds=1, device="cpu", command=["test"]))
     return warehouse
 
 

@@ -3,7 +3,9 @@
 Items are generated deterministically from the split's seed (``attnwh.extract.toy.shapes``): even
 indices ask whether a coloured shape is present, odd ones ask a shape's colour with four options.
 ``toy-shapes-yesno`` and ``toy-shapes-choice`` are the two halves on their own, so that charts can
-compare them like two benchmarks.
+compare them like two benchmarks. ``toy-shapes-region`` asks the colour questions with the box of the
+shape each one names as its region (as PointQA's plain variant does: the image is not marked), so
+that region attention (``region_sum``, ``region_hit``) appears on the toy.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_bench
 from attnwh.extract.toy import shapes
 
 SAMPLES_PER_SPLIT = 256
-KINDS = {"toy-shapes": (0, 1), "toy-shapes-yesno": (0,), "toy-shapes-choice": (1,)}  # item index parities
+KINDS = {"toy-shapes": (0, 1), "toy-shapes-yesno": (0,), "toy-shapes-choice": (1,), "toy-shapes-region": (1,)}  # item index parities
 
 
 def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
@@ -35,6 +37,7 @@ def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
                 gold=item.gold,
                 category=item.kind,
                 parser="letter" if item.choices else "yes_no",
+                boxes=(shapes.box(item.target),) if name == "toy-shapes-region" and item.target is not None else (),
             )
         )
     return samples
@@ -44,6 +47,7 @@ _DESCRIPTIONS = {
     "toy-shapes": "synthetic shapes: yes/no presence and colour multiple choice (the embedded default)",
     "toy-shapes-yesno": "synthetic shapes: yes/no presence questions only",
     "toy-shapes-choice": "synthetic shapes: colour multiple choice only",
+    "toy-shapes-region": "synthetic shapes: colour multiple choice, the named shape's box as the region (unmarked, as PointQA's plain variant)",
 }
 
 for _name, _description in _DESCRIPTIONS.items():

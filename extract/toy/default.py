@@ -13,16 +13,28 @@ from attnwh.errors import ModelError
 
 DEFAULT_MODEL = "toy-llava"
 DEFAULT_BENCHMARK = "toy-shapes"
-CHECKPOINT = Path(__file__).parent / "checkpoint" / DEFAULT_MODEL
+CHECKPOINTS = Path(__file__).parent / "checkpoint"
+CHECKPOINT = CHECKPOINTS / DEFAULT_MODEL
+# the toy zoo (``attnwh toy train --size``): name -> shipped folder; toy-llava is the small one
+TOY_MODELS = {
+    DEFAULT_MODEL: CHECKPOINT,
+    "toy-llava-small": CHECKPOINT,
+    "toy-llava-medium": CHECKPOINTS / "toy-llava-medium",
+    "toy-llava-large": CHECKPOINTS / "toy-llava-large",
+}
+ZOO = ("toy-llava-small", "toy-llava-medium", "toy-llava-large")
 
 
-def default_model_folder() -> Path:
-    """The shipped trained toy LLaVA."""
-    if not (CHECKPOINT / "config.json").is_file():
-        raise ModelError(f"the embedded toy model is missing from {CHECKPOINT}; reinstall attnwh, or run `attnwh toy train --out DIR` and pass --model DIR")
-    return CHECKPOINT
+def default_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """A shipped trained toy LLaVA (the small one unless ``name`` says another)."""
+    folder = TOY_MODELS[name]
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"the embedded toy model {name} is missing from {folder}; reinstall attnwh, or run `attnwh toy train --out DIR` and pass --model DIR")
+    return folder
 
 
 def model_location(model: str | None) -> str:
-    """What ``--model`` names: the embedded toy for None or ``toy-llava``, else the id or folder as given."""
-    return str(default_model_folder()) if model in (None, DEFAULT_MODEL) else model
+    """What ``--model`` names: a shipped toy for None or a toy's name, else the id or folder as given."""
+    if model is None:
+        return str(default_model_folder())
+    return str(default_model_folder(model)) if model in TOY_MODELS else model

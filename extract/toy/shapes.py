@@ -35,6 +35,7 @@ class Item:
     question: str
     choices: tuple[str, ...]
     gold: str
+    target: Placed | None = None  # the shape a colour question names
 
 
 def make_scene(rng: random.Random) -> tuple[Placed, ...]:
@@ -72,16 +73,27 @@ def make_item(seed: int, index: int) -> Item:
     rng.shuffle(options)
     lines = " ".join(f"{letter} . {colour}" for letter, colour in zip(LETTERS, options))
     question = f"What colour is the {target.shape} ? {lines} {LETTER_SUFFIX}"
-    return Item(scene, "colour", question, tuple(options), LETTERS[options.index(target.colour)])
+    return Item(scene, "colour", question, tuple(options), LETTERS[options.index(target.colour)], target)
+
+
+def centre(placed: Placed) -> tuple[int, int]:
+    """The pixel centre of a placed shape."""
+    cell_size = IMAGE_SIZE // GRID
+    return (placed.cell % GRID) * cell_size + cell_size // 2 + placed.dx, (placed.cell // GRID) * cell_size + cell_size // 2 + placed.dy
+
+
+def box(placed: Placed) -> tuple[float, float, float, float]:
+    """The shape's bounding box in pixels (x0, y0, x1, y1), as ``render`` draws it."""
+    cx, cy = centre(placed)
+    r = placed.radius
+    return (float(cx - r), float(cy - r), float(cx + r), float(cy + r))
 
 
 def render(scene: tuple[Placed, ...]) -> Image.Image:
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (245, 245, 245))
     draw = ImageDraw.Draw(image)
-    cell_size = IMAGE_SIZE // GRID
     for placed in scene:
-        cx = (placed.cell % GRID) * cell_size + cell_size // 2 + placed.dx
-        cy = (placed.cell // GRID) * cell_size + cell_size // 2 + placed.dy
+        cx, cy = centre(placed)
         r = placed.radius
         fill = COLOURS[placed.colour]
         if placed.shape == "circle":

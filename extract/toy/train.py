@@ -30,9 +30,18 @@ from attnwh.extract.toy.builder import TinyLlavaSpec
 # The vision tower is deeper and wider than the builder's default (2 × 32): that one tells circles from
 # squares in only ~60% of patches after 1000 steps; 4 × 64 reaches ~99% in 2000 steps (~50 s).
 TRAINED_SPEC = TinyLlavaSpec(n_layers=4, n_heads=8, n_kv_heads=8, hidden_size=64, vision_layers=4, vision_hidden=64)
+# the toy zoo: three scales, as the study compares 3.8B, 7B and 13B models; wider as they grow (head_dim 8 throughout),
+# the same vision tower, the same data and schedule
+TRAINED_SPECS = {
+    "small": TRAINED_SPEC,
+    "medium": replace(TRAINED_SPEC, n_layers=6, n_heads=12, n_kv_heads=12, hidden_size=96),
+    "large": replace(TRAINED_SPEC, n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=128),
+}
 
 VISION_STEPS = 2000
 LANGUAGE_STEPS = 3000  # 100% held-out accuracy on both question kinds; 6000 gives no more
+# per size: the large toy costs ~8x the small one a step on 2 cores, and is given two thirds of the steps
+LANGUAGE_STEPS_BY_SIZE = {"small": LANGUAGE_STEPS, "medium": LANGUAGE_STEPS, "large": 2000}
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
@@ -242,17 +251,18 @@ def train_toy(
     spec: TinyLlavaSpec | None = None,
     vision_steps: int = VISION_STEPS,
     eval_items: int = EVAL_ITEMS,
+    size: str = "small",
 ) -> dict:
     """Train a tiny LLaVA on toy-shapes and save model + processor into ``folder`` (atomically).
 
     ``steps`` counts language-model steps (after ``VISION_STEPS`` vision-tower steps). Deterministic
     from ``seed`` (the vision tower's initial weights from ``spec.seed``, which is ``seed``
-    unless ``spec`` is given). Returns metrics:
+    unless ``spec`` is given; ``size`` picks one of ``TRAINED_SPECS``). Returns metrics:
     held-out accuracies on the ``validation`` split, steps, seconds (training, without the
     evaluation and the save), final loss (answer + ``</s>`` cross-entropy, mean of the last 50 steps).
     """
     log = log or (lambda message: None)
-    spec = spec if spec is not None else replace(TRAINED_SPEC, seed=seed)
+    spec = spec if spec is not None else replace(TRAINED_SPECS[size], seed=seed)
     if spec.image_size != shapes.IMAGE_SIZE or shapes.IMAGE_SIZE % spec.patch_size:
         raise ValueError(f"toy training needs image_size {shapes.IMAGE_SIZE} and a patch size dividing it; got {spec}")
     threads = torch.get_num_threads()
@@ -287,5 +297,6 @@ def train_toy(
         "seconds": round(seconds, 1),
         "final_loss": final_loss,
         "seed": seed,
+        "size": size,
         "spec": asdict(spec),
     }

@@ -49,7 +49,7 @@ def render(page_path, tmp_path) -> tuple[str, str]:
     return result.stdout, result.stderr
 
 
-PAGES = ("index.html", "attention.html", "layers.html", "lens.html", "masking.html", "samples.html")
+PAGES = ("index.html", "attention.html", "layers.html", "lens.html", "masking.html", "pruning.html", "samples.html")
 
 
 @pytest.mark.parametrize("page_name", PAGES)
@@ -74,3 +74,4 @@ def test_every_report_page_renders_offline_and_runs_no_injected_script(tmp_path_
 def hostile_report(tmp_path_factory, request):
     warehouse = request.getfixturevalue("hostile_warehouse_module")
     return build_report(warehouse, tmp_path_factory.mktemp("report") / "out").parent
+
