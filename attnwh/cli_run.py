@@ -232,7 +232,7 @@ def mask(
 @handles_errors
 def toy_train(
     out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-SIZE-trained).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000; large: 2000).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (training data are fixed).")] = 0,
     size: Annotated[str, typer.Option(help="small (4 layers x 8 heads, hidden 64), medium (6 x 12, 96) or large (8 x 16, 128).")] = "small",
 ) -> None:
@@ -245,11 +245,11 @@ def toy_train(
     Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
     """
     from attnwh.home import attnwh_home
-    from attnwh.extract.toy.train import LANGUAGE_STEPS_BY_SIZE, TRAINED_SPECS, train_toy
+    from attnwh.extract.toy.train import LANGUAGE_STEPS, TRAINED_SPECS, train_toy
 
     if size not in TRAINED_SPECS:
         raise UsageError(f"--size takes {', '.join(TRAINED_SPECS)}; got {size!r}")
-    steps = LANGUAGE_STEPS_BY_SIZE[size] if steps is None else steps
+    steps = LANGUAGE_STEPS if steps is None else steps
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
     folder = out if out is not None else attnwh_home() / "models" / f"toy-llava-{size}-trained"

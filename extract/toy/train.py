@@ -40,8 +40,6 @@ TRAINED_SPECS = {
 
 VISION_STEPS = 2000
 LANGUAGE_STEPS = 3000  # 100% held-out accuracy on both question kinds; 6000 gives no more
-# per size: the large toy costs ~8x the small one a step on 2 cores, and is given two thirds of the steps
-LANGUAGE_STEPS_BY_SIZE = {"small": LANGUAGE_STEPS, "medium": LANGUAGE_STEPS, "large": 2000}
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
