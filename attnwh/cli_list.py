@@ -18,6 +18,7 @@ def models(fmt: FormatOption = "table") -> None:
 
     from attnwh.extract.models import ADAPTERS
     from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
+    from attnwh.extract.toy.train import TRAINED_SPECS
     from attnwh.output import render
 
     check_format(fmt)
@@ -27,12 +28,19 @@ def models(fmt: FormatOption = "table") -> None:
             for a in ADAPTERS.values()
         ]
     )
+    toys = [
+        {"group": "toy", "model": name, "hf_id": name, "architecture": "LlavaForConditionalGeneration", "prompt_format": "chat_template",
+         "note": f"shipped ({spec.n_layers} layers x {spec.n_heads} heads, hidden {spec.hidden_size}); attnwh toy train --size {size}"}
+        for name, size in (("toy-llava-small", "small"), ("toy-llava-medium", "medium"), ("toy-llava-large", "large"))
+        for spec in [TRAINED_SPECS[size]]
+    ]
     listed = pa.Table.from_pylist(
         [
             {"group": group, "model": m.study_name, "hf_id": m.hf_id, "architecture": m.architecture, "prompt_format": m.prompt_format, "note": m.note}
             for group, entries in (("study", STUDY_MODELS), ("beyond", BEYOND_LLAVA))
             for m in entries
         ]
+        + toys
     )
     if fmt == "table":
         typer.echo("Supported architectures\n" + render(supported, fmt) + "\n\nModels\n" + render(listed, fmt))

@@ -68,6 +68,19 @@ def test_every_report_page_renders_offline_and_runs_no_injected_script(tmp_path_
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
     if page_name == "samples.html":
         assert "&lt;/script&gt;&lt;script&gt;document.documentElement.setAttribute(" in dom  # shown as text
+    screenshot(page, tmp_path_factory.mktemp("shot"))
+
+
+def screenshot(page, profile) -> None:
+    """With $ATTNWH_SCREENSHOTS set, a screenshot of the page at a desktop width (1440 px) is kept there, to be looked at."""
+    folder = os.environ.get("ATTNWH_SCREENSHOTS")
+    if not folder:
+        return
+    flags = [flag for flag in CHROMIUM_FLAGS if flag != "--dump-dom"]
+    target = os.path.join(folder, page.name.replace(".html", ".png"))
+    result = subprocess.run([chromium(), *flags, f"--user-data-dir={profile}", "--window-size=1440,3000", f"--screenshot={target}", page.resolve().as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and os.path.getsize(target) > 0, result.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
