@@ -266,9 +266,9 @@ def toy_train(
 @handles_errors
 def toy_zoo(
     warehouse: WarehouseOption = None,
-    limit: Annotated[int, typer.Option(help="Samples per benchmark.")] = 96,
+    limit: Annotated[int, typer.Option(help="Samples per benchmark (256: the whole test split).")] = 256,
     k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads.")] = "0,0.1,0.2",
-    seeds: Annotated[int, typer.Option(help="Seeds of the random heads.")] = 2,
+    seeds: Annotated[int, typer.Option(help="Seeds of the random heads.")] = 3,
     device: DeviceOption = "auto",
 ) -> None:
     """Extract every shipped toy (small, medium, large) on every toy benchmark and sweep masking on each.

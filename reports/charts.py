@@ -5,6 +5,7 @@ from __future__ import annotations
 import altair as alt
 
 PANEL_COLUMNS = 3
+HEATMAP_MAX_WIDTH = 300  # three heatmaps, their stage names and spacing fit the pages' 1200 px (wider ones overflowed at 1440 px: looked at)
 
 
 def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
@@ -45,7 +46,7 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
         layers += [boundaries, names]
     chart = (
         alt.layer(*layers)
-        .properties(width=min(cell * n_heads, 640), height=min(cell * n_layers, 640))
+        .properties(width=min(cell * n_heads, HEATMAP_MAX_WIDTH), height=min(cell * n_layers, 640))
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS, spacing=48)  # room for the stage names
         .resolve_scale(color="independent", x="independent", y="independent")
     )
