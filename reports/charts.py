@@ -5,6 +5,9 @@ from __future__ import annotations
 import altair as alt
 
 PANEL_COLUMNS = 3
+# legends of charts with interval bands: the symbols drawn opaque (they took the bands' 0.15 opacity and the
+# benchmarks' colours could not be told apart: looked at)
+SOLID_LEGEND = alt.Legend(symbolOpacity=1, symbolStrokeWidth=2)
 HEATMAP_MAX_WIDTH = 300  # three heatmaps, their stage names and spacing fit the pages' 1200 px (wider ones overflowed at 1440 px: looked at)
 
 
@@ -165,7 +168,7 @@ def masking_curves(rows: list[dict]) -> dict:
     ]
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("fraction:Q", title="share of heads masked"),
-        color=alt.Color("benchmark:N", title="benchmark"),
+        color=alt.Color("benchmark:N", title="benchmark", legend=SOLID_LEGEND),
         detail="series:N",
     )
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
@@ -190,7 +193,7 @@ def pruning_curves(rows: list[dict]) -> dict:
     data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · keep {row['keep']}"} for row in rows]
     base = alt.Chart(alt.Data(values=data)).encode(
         x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
-        color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"])),
+        color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"]), legend=SOLID_LEGEND),
     )
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
