@@ -14,15 +14,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from attnwh.errors import UsageError
-from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, prepare_mask, run_mask
+from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, SweepOptions, prepare_mask, run_mask
+from attnwh.extract.setup import RunSetup
 from attnwh.extract.prune_run import HeadScores, PruneOptions, PruneResult, prepare_prune, run_prune
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
-from attnwh.queries.rankings import head_order, head_scores, imported_order, latest_ranking_run, run_kind
+from attnwh.queries.rankings import latest_ranking_run, ranked_scores
 from attnwh.warehouse.layout import open_warehouse
 
 Warn = Callable[[list[str]], None]
-IMPORTED_SCORE = "imported"  # the ranking score recorded for a ranking imported from a file
 
 
 def _check_heads_fit(heads: list[tuple[int, int]], info: dict, run_id: str, model: str) -> None:
@@ -36,48 +36,44 @@ def _check_heads_fit(heads: list[tuple[int, int]], info: dict, run_id: str, mode
         )
 
 
-def mask_sweep(
-    warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
-) -> tuple[MaskResult, pa.Table]:
-    """``attnwh mask``: heads ranked over an extraction run (``--ranking-run``, else the newest complete
-    one of the same model revision and benchmark), the sweep run or resumed, and its table of
-    accuracy per condition (the ``mask_sweep`` mart)."""
-    setup = prepare_mask(options)
+def _ranked_heads(warehouse: Path | str | None, setup: RunSetup, options: SweepOptions, warn: Warn | None) -> tuple[str, dict[tuple[int, int], float], str]:
+    """The ranking a sweep follows: the run (``--ranking-run``, else the newest complete extraction of the
+    same model revision and benchmark), every head's score best first, and the score's recorded name."""
     open_warehouse(warehouse, create=True)  # a sweep writes into it (a missing one then says which run to extract first)
     with open_session(warehouse) as session:
         if warn is not None:
             warn(session.warnings)
-        run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
-        if run_kind(session, run_id) == "ranking":  # imported by `attnwh heads import`
-            heads, score = imported_order(session, run_id), IMPORTED_SCORE
-        else:
-            heads, score = head_order(session, run_id, options.score, options.ranking_query), options.score
-    _check_heads_fit(heads, setup.run.details["model_info"], run_id, setup.run.model_label)
-    result = run_mask(warehouse, setup, Ranking(run_id, score, options.ranking_query, heads), on_progress)
+        run_id = options.ranking_run or latest_ranking_run(session, setup.model_label, setup.spec["model_revision"], setup.benchmark.name)
+        scores, score = ranked_scores(session, run_id, options.score, options.ranking_query)
+    _check_heads_fit(list(scores), setup.details["model_info"], run_id, setup.model_label)
+    return run_id, scores, score
+
+
+def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Table:
     with open_session(warehouse) as session:
-        summary = run_mart(session, "mask_sweep", {"run_id": result.run_id})
-    return result, summary
+        return run_mart(session, mart, {"run_id": run_id})
+
+
+def mask_sweep(
+    warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
+) -> tuple[MaskResult, pa.Table]:
+    """``attnwh mask``: heads ranked over an extraction run (or an imported ranking), the sweep run or
+    resumed, and its table of accuracy per condition (the ``mask_sweep`` mart)."""
+    setup = prepare_mask(options)
+    run_id, scores, score = _ranked_heads(warehouse, setup.run, options, warn)
+    result = run_mask(warehouse, setup, Ranking(run_id, score, options.ranking_query, list(scores)), on_progress)
+    return result, _sweep_table(warehouse, "mask_sweep", result.run_id)
 
 
 def prune_sweep(
     warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
 ) -> tuple[PruneResult, pa.Table]:
-    """``attnwh prune``: head scores from an extraction run (``--ranking-run``, else the newest complete
-    one of the same model revision and benchmark) or an imported ranking, the pruning sweep run or
-    resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
+    """``attnwh prune``: head scores from an extraction run (or an imported ranking), the pruning sweep
+    run or resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
     setup = prepare_prune(options)
-    open_warehouse(warehouse, create=True)
-    with open_session(warehouse) as session:
-        if warn is not None:
-            warn(session.warnings)
-        run_id = options.ranking_run or latest_ranking_run(session, setup.run.model_label, setup.run.spec["model_revision"], setup.run.benchmark.name)
-        imported = run_kind(session, run_id) == "ranking"
-        scores = head_scores(session, run_id, options.score, options.ranking_query)
-    _check_heads_fit(sorted(scores), setup.run.details["model_info"], run_id, setup.run.model_label)
-    result = run_prune(warehouse, setup, HeadScores(run_id, IMPORTED_SCORE if imported else options.score, scores), on_progress)
-    with open_session(warehouse) as session:
-        summary = run_mart(session, "prune_sweep", {"run_id": result.run_id})
-    return result, summary
+    run_id, scores, score = _ranked_heads(warehouse, setup.run, options, warn)
+    result = run_prune(warehouse, setup, HeadScores(run_id, score, scores), on_progress)
+    return result, _sweep_table(warehouse, "prune_sweep", result.run_id)
 
 
 ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")

@@ -124,7 +124,6 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     options, info = setup.options, setup.run.details["model_info"]
     if len(ranking.heads) != setup.n_heads:
         raise UsageError(f"extraction run {ranking.run_id} ranks {len(ranking.heads)} heads; {setup.run.model_label} has {setup.n_heads}")
-    warehouse = open_warehouse(warehouse_path, create=True)
     ks = parse_k(options.k, setup.n_heads)
     conditions = build_conditions(ranking.heads, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds)
     spec = {
@@ -136,16 +135,8 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
         "ranking_query": ranking.query,
         "conditions": [[c.strategy, c.stage, c.k, c.seed, [list(h) for h in c.heads]] for c in conditions],
     }
-    # one part per condition: the plan's "samples" are the conditions
-    plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
-    run, _ = open_or_create_run(
-        warehouse, kind="mask", model=setup.run.model_label, benchmark=setup.run.benchmark.name, spec=spec, plan=plan,
-        run_id=options.run_id, details=setup.run.details, create=setup.rank.creates_runs, wait_seconds=wait_seconds(),
-    )
-    parts.recover(run.paths)
-    committed = parts.committed_part_ids(run.paths)
-    pending = [c for c in conditions if c.condition_id not in committed and setup.rank.takes(c.condition_id)]
-    result = MaskResult(run.run_id, run.paths.root, len(conditions), len(committed), 0)
+    run, committed, pending = open_sweep_run(warehouse_path, setup.run, setup.rank, "mask", spec, conditions, options.run_id)
+    result = MaskResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     if not pending:
         return result
     if not setup.scheduler.in_process:
@@ -153,16 +144,39 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
     loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
     sweep = Sweep(loaded, setup.run, _batch_size(options))
     means = sweep.head_means() if options.mode == "mean" else {}
-    if on_progress:
-        on_progress(0, len(pending))
-    for done, condition in enumerate(pending, start=1):
+
+    def part_of(condition: Condition) -> _ConditionPart:
         mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
-        rows = sweep.evaluate(mask if condition.heads else None)
-        part = _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, rows)
-        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write, writer_of(setup.rank)) is not None
-        if on_progress:
-            on_progress(done, len(pending))
+        return _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, sweep.evaluate(mask if condition.heads else None))
+
+    result.conditions_written += commit_conditions(run, pending, part_of, writer_of(setup.rank), on_progress)
     return result
+
+
+def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Rank, kind: str, spec: dict[str, Any], conditions: list, run_id: str | None):
+    """Create or resume a sweep's run (one part per condition: the plan's "samples" are the conditions),
+    recover it, and return it with the count of committed conditions and those this process still runs."""
+    warehouse = open_warehouse(warehouse_path, create=True)
+    plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
+    run, _ = open_or_create_run(
+        warehouse, kind=kind, model=setup.model_label, benchmark=setup.benchmark.name, spec=spec, plan=plan,
+        run_id=run_id, details=setup.details, create=rank.creates_runs, wait_seconds=wait_seconds(),
+    )
+    parts.recover(run.paths)
+    committed = parts.committed_part_ids(run.paths)
+    return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
+
+
+def commit_conditions(run, conditions: list, part_of: Callable, writer: dict[str, Any], on_progress: ProgressCallback | None) -> int:
+    """The in-process loop of a sweep: each condition evaluated (``part_of``) and committed as it finishes; returns how many this process committed."""
+    written = 0
+    if on_progress:
+        on_progress(0, len(conditions))
+    for done, condition in enumerate(conditions, start=1):
+        written += parts.commit_part(run.paths, condition.condition_id, part_of(condition).write, writer) is not None
+        if on_progress:
+            on_progress(done, len(conditions))
+    return written
 
 
 def _batch_size(options: MaskOptions) -> int:
@@ -175,7 +189,7 @@ def _mask_on_dask(setup: MaskSetup, run, pending: list[Condition], ranking: Rank
 
     result.conditions_written += sweep_on_dask(
         setup.scheduler, setup.options.threads_per_worker, run, pending, mask_condition_task,
-        lambda condition: (setup.options, storage.url(run.paths.root), run.run_id, condition, ranking.run_id, ranking.score), on_progress,
+        lambda condition: (setup.options, str(run.paths.root), run.run_id, condition, ranking.run_id, ranking.score), on_progress,
     )
     return result
 

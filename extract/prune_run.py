@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,14 @@ import pyarrow as pa
 
 from attnwh.errors import UsageError
 from attnwh.extract.executors import Scheduler, parse_scheduler
-from attnwh.extract.mask_run import Sweep, SweepOptions, check_sweep_options
+from attnwh.extract.mask_run import Sweep, SweepOptions, check_sweep_options, commit_conditions, open_sweep_run
 from attnwh.extract.models import load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate, kv_bytes
-from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
+from attnwh.extract.ranks import Rank, detect_rank, writer_of
 from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.layout import RunPaths, open_warehouse
-from attnwh.warehouse.runs import Plan, open_or_create_run
+from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.schema import PRUNE_CONDITIONS, PRUNE_RESULTS
 
 ProgressCallback = Callable[[int, int], None]
@@ -140,7 +140,6 @@ def prepare_prune(options: PruneOptions) -> PruneSetup:
 def run_prune(warehouse_path: Path | str | None, setup: PruneSetup, ranking: HeadScores, on_progress: ProgressCallback | None = None) -> PruneResult:
     """Run (or resume) the pruning sweep of ``setup``; ``score`` budgets follow ``ranking``."""
     options, info = setup.options, setup.info
-    warehouse = open_warehouse(warehouse_path, create=True)
     kv_scores = kv_head_scores(ranking.scores, info["n_layers"], info["n_heads"], info["n_kv_heads"])
     conditions = build_prune_conditions(parse_shares(options.kv_shares), options.allocations, options.keep, options.seeds, options.floor, kv_scores)
     spec = {
@@ -150,28 +149,16 @@ def run_prune(warehouse_path: Path | str | None, setup: PruneSetup, ranking: Hea
         "ranking_query": options.ranking_query,
         "conditions": [[c.allocation, c.kv_share, c.keep, c.floor, c.seed, np.round(c.kept, 9).ravel().tolist()] for c in conditions],
     }
-    plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
-    run, _ = open_or_create_run(
-        warehouse, kind="prune", model=setup.run.model_label, benchmark=setup.run.benchmark.name, spec=spec, plan=plan,
-        run_id=options.run_id, details=setup.run.details, create=setup.rank.creates_runs, wait_seconds=wait_seconds(),
-    )
-    parts.recover(run.paths)
-    committed = parts.committed_part_ids(run.paths)
-    pending = [c for c in conditions if c.condition_id not in committed and setup.rank.takes(c.condition_id)]
-    result = PruneResult(run.run_id, run.paths.root, len(conditions), len(committed), 0)
+    run, committed, pending = open_sweep_run(warehouse_path, setup.run, setup.rank, "prune", spec, conditions, options.run_id)
+    result = PruneResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     if not pending:
         return result
     if not setup.scheduler.in_process:
         return _prune_on_dask(setup, run, pending, ranking, result, on_progress)
     loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
     sweep = Sweep(loaded, setup.run, options.batch_size)
-    if on_progress:
-        on_progress(0, len(pending))
-    for done, condition in enumerate(pending, start=1):
-        part = _condition_part(run.run_id, condition, ranking, sweep, info, loaded.dtype.itemsize)
-        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write, writer_of(setup.rank)) is not None
-        if on_progress:
-            on_progress(done, len(pending))
+    part_of = partial(_condition_part, run.run_id, ranking=ranking, sweep=sweep, info=info, bytes_per_value=loaded.dtype.itemsize)
+    result.conditions_written += commit_conditions(run, pending, part_of, writer_of(setup.rank), on_progress)
     return result
 
 
@@ -197,7 +184,7 @@ def _prune_on_dask(setup: PruneSetup, run, pending: list[PruneCondition], rankin
 
     result.conditions_written += sweep_on_dask(
         setup.scheduler, setup.options.threads_per_worker, run, pending, prune_condition_task,
-        lambda condition: (setup.options, storage.url(run.paths.root), run.run_id, condition, ranking), on_progress,
+        lambda condition: (setup.options, str(run.paths.root), run.run_id, condition, ranking), on_progress,
     )
     return result
 

@@ -23,11 +23,8 @@ def latest_ranking_run(session: Catalog, model: str, model_revision: str, benchm
 
 
 def head_order(session: Catalog, run_id: str, score: str, query: str) -> list[Head]:
-    """Every head of the run, best first, by the ``head_ranking`` mart."""
-    rows = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist()
-    if not rows:
-        raise UsageError(f"extraction run {run_id} has no head metrics for query {query}")
-    return [(row["layer"], row["head"]) for row in rows]
+    """Every head of the run, best first (``ranked_scores``)."""
+    return list(ranked_scores(session, run_id, score, query)[0])
 
 
 def run_kind(session: Catalog, run_id: str) -> str | None:
@@ -36,21 +33,19 @@ def run_kind(session: Catalog, run_id: str) -> str | None:
     return kinds[0] if kinds else None
 
 
-def imported_order(session: Catalog, run_id: str) -> list[Head]:
-    """Every head of an imported ranking (``attnwh heads import``), best first, by the ``imported_ranking`` mart."""
-    rows = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist()
-    if not rows:
-        raise UsageError(f"ranking run {run_id} has no committed heads")
-    return [(row["layer"], row["head"]) for row in rows]
+IMPORTED_SCORE = "imported"  # the score recorded for a ranking imported from a file (``attnwh heads import``)
 
 
-def head_scores(session: Catalog, run_id: str, score: str, query: str) -> dict[Head, float]:
-    """Every head's mean score over an extraction run (the ``head_ranking`` mart), or its score in an
-    imported ranking (the ``imported_ranking`` mart; ``score`` and ``query`` do not apply there)."""
+def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tuple[dict[Head, float], str]:
+    """Every head's score, best first, and the name the score is recorded under: an extraction run's
+    mean ``score`` on ``query`` (the ``head_ranking`` mart), or an imported ranking's scores (the
+    ``imported_ranking`` mart, recorded as ``imported``; ``score`` and ``query`` do not apply there)."""
     if run_kind(session, run_id) == "ranking":
-        rows = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist()
+        rows, recorded = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist(), IMPORTED_SCORE
+        missing = f"ranking run {run_id} has no committed heads"
     else:
-        rows = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist()
+        rows, recorded = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist(), score
+        missing = f"extraction run {run_id} has no head metrics for query {query}"
     if not rows:
-        raise UsageError(f"run {run_id} has no head scores" + ("" if run_kind(session, run_id) == "ranking" else f" for query {query}"))
-    return {(row["layer"], row["head"]): row["score"] for row in rows}
+        raise UsageError(missing)
+    return {(row["layer"], row["head"]): row["score"] for row in rows}, recorded

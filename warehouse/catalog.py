@@ -286,7 +286,7 @@ class Catalog:
 
     def lock(self) -> None:
         """No file access outside the warehouse, no extensions, no further configuration changes."""
-        root = storage.url(self.warehouse.root) if storage.is_object_store(self.warehouse.root) else str(self.warehouse.root.resolve())
+        root = str(self.warehouse.root) if storage.is_object_store(self.warehouse.root) else str(self.warehouse.root.resolve())
         root = root.rstrip("/") + "/"
         self.connection.execute("SET allowed_directories = $dirs", {"dirs": [root]})
         self.connection.execute("SET enable_external_access = false")

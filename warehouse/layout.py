@@ -206,11 +206,9 @@ def _write_marker(marker: Location) -> None:
 def _check_marker(marker: Location) -> None:
     try:
         content = json.loads(storage.read_tagged(marker, None))
-    except OSError as exc:
-        if storage.is_object_store(marker):
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, OSError) and storage.is_object_store(marker):
             raise  # missing: no warehouse there yet; anything else: the store's own error, said in one line by open_warehouse
-        raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
-    except ValueError as exc:
         raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")

@@ -213,7 +213,7 @@ def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]
         _fsync_tree(staging)
         _fault("after_fsync", part_id)
         record = _record(part_id, attempt, tables, files, writer)
-        if not create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
+        if not _create_exclusively(run.commit_record(part_id), json.dumps(record, indent=1) + "\n", part_id):
             shutil.rmtree(staging, ignore_errors=True)
             return None
         _fault("after_commit", part_id)
@@ -489,7 +489,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def create_exclusively(target: Path, content: str, part_id: int = -1) -> bool:
+def _create_exclusively(target: Path, content: str, part_id: int = -1) -> bool:
     """Make ``target`` appear with ``content`` atomically; False if it already exists."""
     tmp = target.with_name(f".{target.name}.{new_attempt_id()}.tmp")
     with open(tmp, "w") as handle:

@@ -20,8 +20,12 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
+
+from fsspec import AbstractFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from attnwh.errors import WarehouseError
 
@@ -70,18 +74,9 @@ def location(text: str) -> Location:
 
 
 def is_object_store(where: Location) -> bool:
-    """Whether ``where`` is on an object store (no rename, no hard links, no fsync)."""
+    """Whether ``where`` is on an object store (no rename, no hard links, no fsync). ``str(where)`` is
+    what another process (a cluster worker) reopens it from with ``location``."""
     return not isinstance(where, Path)
-
-
-def url(where: Location) -> str:
-    """The string another process (a cluster worker) reopens ``where`` from with ``location``."""
-    return str(where)
-
-
-def filesystem(where: Location):
-    """The fsspec filesystem of an object-store location (None for a local folder)."""
-    return where.fs if is_object_store(where) else None
 
 
 def arrow_source(where: Location) -> tuple[str, Any]:
@@ -111,7 +106,7 @@ def make_folders(*folders: Location) -> None:
 
 def put_exclusively(target: Location, content: bytes) -> bool:
     """Make an object-store ``target`` appear with ``content``, or return False if it already exists
-    (a conditional put: ``If-None-Match: *``). Local files use ``parts.create_exclusively``."""
+    (a conditional put: ``If-None-Match: *``). Local files use ``parts._create_exclusively``."""
     try:
         target.fs.pipe_file(target.path, content, mode="create")
     except FileExistsError:
@@ -193,14 +188,18 @@ def read_all(paths: list[Location], tags: list[str | None] | None = None) -> lis
     return [found[i] for i in range(len(paths))]
 
 
-def subfolders(folder: Location, prefix: str = "") -> list[Location]:
-    """The folders (common prefixes) directly under an object-store ``folder`` whose names start with ``prefix`` (one listing)."""
+def _listing(folder: Location) -> list[tuple[str, dict]]:
+    """(name, fsspec entry) of everything directly under an object-store ``folder`` (one delimited listing)."""
     try:
         entries = folder.fs.ls(folder.path, detail=True)
     except FileNotFoundError:
         return []
-    names = sorted(entry["name"].rstrip("/").rsplit("/", 1)[-1] for entry in entries if entry.get("type") == "directory")
-    return [folder / name for name in names if name.startswith(prefix)]
+    return [(entry["name"].rstrip("/").rsplit("/", 1)[-1], entry) for entry in entries]
+
+
+def subfolders(folder: Location, prefix: str = "") -> list[Location]:
+    """The folders (common prefixes) directly under an object-store ``folder`` whose names start with ``prefix``."""
+    return [folder / name for name, entry in sorted(_listing(folder), key=lambda item: item[0]) if entry.get("type") == "directory" and name.startswith(prefix)]
 
 
 def read_tagged(path: Location, tags: dict[str, str | None] | None) -> bytes:
@@ -217,12 +216,8 @@ def read_tagged(path: Location, tags: dict[str, str | None] | None) -> bytes:
 
 
 def tagged_listing(folder: Location) -> dict[str, str | None]:
-    """The objects directly under an object-store ``folder``: name -> ETag (one listing)."""
-    try:
-        entries = folder.fs.ls(folder.path, detail=True)
-    except FileNotFoundError:
-        return {}
-    return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: (entry.get("ETag") or entry.get("etag")) for entry in entries if entry.get("type") != "directory"}
+    """The objects directly under an object-store ``folder``: name -> ETag."""
+    return {name: entry.get("ETag") or entry.get("etag") for name, entry in _listing(folder) if entry.get("type") != "directory"}
 
 
 def upload_folder(folder: Path, target: Location) -> None:
@@ -295,82 +290,81 @@ def _first_line(exc: BaseException) -> str:
 TAIL_BYTES = 128 * 1024  # read ahead at the end of each committed file: its footer, or all of a small file
 
 
-def committed_objects(where: Location, files: dict[str, tuple[int, str]]):
-    """The filesystem DuckDB reads an object-store warehouse through in one session (``CommittedObjects``)."""
-    from fsspec import AbstractFileSystem
-    from fsspec.spec import AbstractBufferedFile
+class CommittedFile(AbstractBufferedFile):
+    """A committed object read through ``CommittedObjects`` (its tail from memory)."""
 
-    class CommittedFile(AbstractBufferedFile):
-        def _fetch_range(self, start: int, end: int) -> bytes:
-            return self.fs.read_range(self.path, start, end)
+    def _fetch_range(self, start: int, end: int) -> bytes:
+        return self.fs.read_range(self.path, start, end)
 
-    class CommittedObjects(AbstractFileSystem):
-        """Committed objects never change (their commit records hold their sizes and hashes), so this
-        answers DuckDB's size and modification-time questions from the records, without a request,
-        and serves the end of every file (Parquet footers; whole rollup and sample files) from one
-        concurrent read of all of them. Other reads go to the store; writes are refused."""
 
-        cachable = False
+class CommittedObjects(AbstractFileSystem):
+    """What DuckDB reads an object-store warehouse through in one session. Committed objects never
+    change (their commit records hold their sizes and hashes), so this answers DuckDB's size and
+    modification-time questions from the records, without a request, and serves the end of every
+    file (Parquet footers; whole rollup and sample files) from one concurrent read of all of them
+    (``prefetch``) or the local cache. Other reads go to the store; writes are refused."""
 
-        def __init__(self, fs, files: dict[str, tuple[int, str]]):
-            super().__init__()
-            self.fs = fs
-            self.protocol = fs.protocol
-            self.sizes = {fs._strip_protocol(path): size for path, (size, _) in files.items()}
-            self.hashes = {fs._strip_protocol(path): sha256 for path, (_, sha256) in files.items()}
-            self.tails: dict[str, tuple[int, bytes]] = {}
+    cachable = False
 
-        def _strip_protocol(self, path):
-            return self.fs._strip_protocol(path)
+    def __init__(self, fs, files: dict[str, tuple[int, str]]):
+        super().__init__()
+        self.fs = fs
+        self.protocol = fs.protocol
+        self.sizes = {fs._strip_protocol(path): size for path, (size, _) in files.items()}
+        self.hashes = {fs._strip_protocol(path): sha256 for path, (_, sha256) in files.items()}
+        self.tails: dict[str, tuple[int, bytes]] = {}
 
-        def prefetch(self) -> None:
-            """The last ``TAIL_BYTES`` of every known file: from the local cache (by the file's sha256), the others read concurrently."""
-            cache = object_cache()
-            starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
-            names = {path: f"tail-{self.hashes[path]}-{starts[path]}" for path in self.sizes}
-            for path in self.sizes:
-                content = _cached(cache, names[path])
-                if content is not None and len(content) == self.sizes[path] - starts[path]:
-                    self.tails[path] = (starts[path], content)
-            missing = sorted(path for path in self.sizes if path not in self.tails)
-            if not missing:
-                return
-            found = self.fs.cat_ranges(missing, [starts[path] for path in missing], [self.sizes[path] for path in missing], on_error="return")
-            for path, content in zip(missing, found):
-                if isinstance(content, bytes) and len(content) == self.sizes[path] - starts[path]:
-                    self.tails[path] = (starts[path], content)
-                    _keep(cache, names[path], content)
+    def _strip_protocol(self, path):
+        return self.fs._strip_protocol(path)
 
-        def read_range(self, path: str, start: int, end: int) -> bytes:
-            tail = self.tails.get(path)
-            if tail is not None and start >= tail[0]:
-                return tail[1][start - tail[0] : end - tail[0]]
-            return self.fs.cat_file(path, start=start, end=end)
+    def prefetch(self) -> None:
+        """The last ``TAIL_BYTES`` of every known file: from the local cache (by the file's sha256), the others read concurrently."""
+        cache = object_cache()
+        starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
+        names = {path: f"tail-{self.hashes[path]}-{starts[path]}" for path in self.sizes}
+        for path in self.sizes:
+            content = _cached(cache, names[path])
+            if content is not None and len(content) == self.sizes[path] - starts[path]:
+                self.tails[path] = (starts[path], content)
+        missing = sorted(path for path in self.sizes if path not in self.tails)
+        if not missing:
+            return
+        found = self.fs.cat_ranges(missing, [starts[path] for path in missing], [self.sizes[path] for path in missing], on_error="return")
+        for path, content in zip(missing, found):
+            if isinstance(content, bytes) and len(content) == self.sizes[path] - starts[path]:
+                self.tails[path] = (starts[path], content)
+                _keep(cache, names[path], content)
 
-        def info(self, path, **kwargs):
-            path = self._strip_protocol(path)
-            if path in self.sizes:
-                return {"name": path, "size": self.sizes[path], "type": "file"}
-            return self.fs.info(path, **kwargs)
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        tail = self.tails.get(path)
+        if tail is not None and start >= tail[0]:
+            return tail[1][start - tail[0] : end - tail[0]]
+        return self.fs.cat_file(path, start=start, end=end)
 
-        def modified(self, path):
-            from datetime import datetime, timezone
+    def info(self, path, **kwargs):
+        path = self._strip_protocol(path)
+        if path in self.sizes:
+            return {"name": path, "size": self.sizes[path], "type": "file"}
+        return self.fs.info(path, **kwargs)
 
-            path = self._strip_protocol(path)
-            if path in self.sizes:
-                return datetime(2000, 1, 1, tzinfo=timezone.utc)  # immutable: any fixed time keeps DuckDB's footer cache valid
-            return self.fs.modified(path)
+    def modified(self, path):
+        path = self._strip_protocol(path)
+        if path in self.sizes:
+            return datetime(2000, 1, 1, tzinfo=timezone.utc)  # immutable: any fixed time keeps DuckDB's footer cache valid
+        return self.fs.modified(path)
 
-        def ls(self, path, detail=True, **kwargs):
-            return self.fs.ls(path, detail=detail, **kwargs)
+    def ls(self, path, detail=True, **kwargs):
+        return self.fs.ls(path, detail=detail, **kwargs)
 
-        def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
-            if mode != "rb":
-                raise PermissionError(f"{path}: the warehouse is read-only here")
-            path = self._strip_protocol(path)
-            size = self.info(path)["size"]
-            return CommittedFile(self, path, mode, block_size=block_size or 8 * 2**20, cache_type="readahead", size=size)
+    def _open(self, path, mode="rb", block_size=None, autocommit=True, cache_options=None, **kwargs):
+        if mode != "rb":
+            raise PermissionError(f"{path}: the warehouse is read-only here")
+        path = self._strip_protocol(path)
+        return CommittedFile(self, path, mode, block_size=block_size or 8 * 2**20, cache_type="readahead", size=self.info(path)["size"])
 
+
+def committed_objects(where: Location, files: dict[str, tuple[int, str]]) -> CommittedObjects:
+    """The filesystem DuckDB reads an object-store warehouse through in one session, its tails prefetched."""
     fs = CommittedObjects(where.fs, files)
     fs.prefetch()
     return fs

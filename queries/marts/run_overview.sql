@@ -20,32 +20,25 @@ circular as (
     )
     group by run_id
 ),
-mask_samples as (
+-- mask and prune runs: one row per condition and sample; accuracy is the baseline's (condition 0: unmasked / the full cache)
+sweep_samples as (
     select
         run_id,
         count(*) as n_rows,
         count(*) filter (where status = 'error') as n_errors,
         count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
         avg(case when correct then 1.0 when correct = false then 0.0 end) filter (where condition_id = 0) as accuracy
-    from stg_mask_results
-    group by run_id
-),
-prune_samples as (
-    select
-        run_id,
-        count(*) as n_rows,
-        count(*) filter (where status = 'error') as n_errors,
-        count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
-        avg(case when correct then 1.0 when correct = false then 0.0 end) filter (where condition_id = 0) as accuracy
-    from stg_prune_results
+    from (
+        select run_id, condition_id, status, parsed, correct from stg_mask_results
+        union all
+        select run_id, condition_id, status, parsed, correct from stg_prune_results
+    )
     group by run_id
 ),
 counted as (
     select * from extract_samples
     union all
-    select * from mask_samples
-    union all
-    select * from prune_samples
+    select * from sweep_samples
 )
 select
     r.run_id,
