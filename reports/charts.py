@@ -8,13 +8,20 @@ PANEL_COLUMNS = 3
 # legends of charts with interval bands: the symbols drawn opaque (they took the bands' 0.15 opacity and the
 # benchmarks' colours could not be told apart: looked at)
 SOLID_LEGEND = alt.Legend(symbolOpacity=1, symbolStrokeWidth=2)
+# every chart reads its rows by this name from the spec's top-level ``datasets``: Altair then validates the spec
+# only, not every row (validating 55,000 inline heatmap rows took a minute for nine models × five benchmarks)
+ROWS = alt.Data(name="rows")
+# layers on a band axis: labels level and thinned where they would overlap (40 rotated labels overlapped at 240 px: looked at)
+LAYER_AXIS = alt.Axis(labelAngle=0, labelOverlap="parity")
 HEATMAP_MAX_WIDTH = 300  # three heatmaps, their stage names and spacing fit the pages' 1200 px (wider ones overflowed at 1440 px: looked at)
 
 
 def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale;
     white rules mark where the early / mid / late stages meet, named on the right."""
-    data = [{**row, "panel": _panel(row), "head_end": row["head"] + 1, "layer_end": row["layer"] + 1} for row in rows]
+    # only what the chart draws (nine models × five benchmarks are 55,000 cells a heatmap)
+    data = [{"panel": _panel(row), "layer": row["layer"], "head": row["head"], "stage": row.get("stage"), "n_samples": row.get("n_samples"), value: row[value]}
+            for row in rows]
     cell = 24
     n_heads = 1 + max(row["head"] for row in rows)
     n_layers = 1 + max(row["layer"] for row in rows)
@@ -22,14 +29,17 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     for row in sorted(data, key=lambda row: row["layer"]):
         if row.get("stage") is not None:
             stages.setdefault((row["panel"], row["stage"]), []).append(row["layer"])
-    width = {row["panel"]: 1 + max(other["head"] for other in data if other["panel"] == row["panel"]) for row in data}
+    width: dict[str, int] = {}  # heads per panel (one pass: nine models × five benchmarks are 55,000 rows)
+    for row in data:
+        width[row["panel"]] = max(width.get(row["panel"], 0), row["head"] + 1)
     marks = [
         {"kind": "stage", "panel": panel, "stage": stage, "start": min(layers), "middle": (min(layers) + max(layers) + 1) / 2, "right": width[panel]}
         for (panel, stage), layers in stages.items()
     ]
     # one data set for every layer (a faceted layer chart needs that), each layer filtering its kind
-    source = alt.Chart(alt.Data(values=[{**row, "kind": "cell"} for row in data] + marks))
-    base = source.transform_filter("datum.kind == 'cell'").mark_rect().encode(
+    source = alt.Chart(ROWS)
+    cells = source.transform_filter("datum.kind == 'cell'").transform_calculate(head_end="datum.head + 1", layer_end="datum.layer + 1")
+    base = cells.mark_rect().encode(
         # cells span [head, head + 1) × [layer, layer + 1); labels sit at the cells' centres
         x=alt.X("head:Q", title="head", scale=alt.Scale(nice=False, zero=True),
                 axis=alt.Axis(values=[index + 0.5 for index in range(n_heads)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False)),
@@ -53,7 +63,14 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS, spacing=48)  # room for the stage names
         .resolve_scale(color="independent", x="independent", y="independent")
     )
-    return chart.to_dict()
+    return _spec(chart, [{**row, "kind": "cell"} for row in data] + marks)
+
+
+def _spec(chart: alt.TopLevelMixin, rows: list[dict]) -> dict:
+    """The chart's Vega-Lite spec with ``rows`` as its named dataset."""
+    spec = chart.to_dict()
+    spec["datasets"] = {ROWS.name: rows}
+    return spec
 
 
 def _panel(row: dict) -> str:
@@ -62,9 +79,9 @@ def _panel(row: dict) -> str:
 
 def sum_vs_concentration(rows: list[dict]) -> dict:
     """One point per head: mean image-attention sum against mean concentration, coloured by layer."""
-    data = [{**row, "panel": _panel(row)} for row in rows]
+    data = [{"panel": _panel(row), **{key: row[key] for key in ("layer", "head", "mean_image_sum", "mean_concentration")}} for row in rows]
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(ROWS)
         .mark_circle(size=40, opacity=0.8)
         .encode(
             x=alt.X("mean_image_sum:Q", title="mean image-attention sum"),
@@ -76,13 +93,13 @@ def sum_vs_concentration(rows: list[dict]) -> dict:
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
         .resolve_scale(x="independent", y="independent")
     )
-    return chart.to_dict()
+    return _spec(chart, data)
 
 
 def layer_profiles(rows: list[dict], value: str, title: str) -> dict:
     """Cross-model layer profiles on normalised depth, one line per model, one panel per benchmark."""
     chart = (
-        alt.Chart(alt.Data(values=rows))
+        alt.Chart(ROWS)
         .mark_line(point=True)
         .encode(
             x=alt.X("depth:Q", title="depth (layer / (layers − 1))", scale=alt.Scale(domain=[0, 1])),
@@ -93,7 +110,7 @@ def layer_profiles(rows: list[dict], value: str, title: str) -> dict:
         .properties(width=360, height=240)
         .facet(facet=alt.Facet("benchmark:N", title=None), columns=PANEL_COLUMNS)
     )
-    return chart.to_dict()
+    return _spec(chart, rows)
 
 
 def segment_shares(rows: list[dict]) -> dict:
@@ -105,10 +122,10 @@ def segment_shares(rows: list[dict]) -> dict:
         for index, segment in enumerate(segments)
     ]
     chart = (
-        alt.Chart(alt.Data(values=data))
+        alt.Chart(ROWS)
         .mark_bar()
         .encode(
-            x=alt.X("layer:O", title="layer"),
+            x=alt.X("layer:O", title="layer", axis=LAYER_AXIS),
             y=alt.Y("share:Q", title="mean attention share", stack="zero", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("segment:N", title="segment", sort=list(segments)),
             order=alt.Order("segment_order:Q"),
@@ -118,14 +135,14 @@ def segment_shares(rows: list[dict]) -> dict:
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
         .resolve_scale(x="independent")
     )
-    return chart.to_dict()
+    return _spec(chart, data)
 
 
 def lens_rank_heatmap(rows: list[dict]) -> dict:
     """Samples × layers, coloured by the final answer's rank (log scale); rank 1 in its own colour."""
-    data = [{**row, "panel": _panel(row), "top": row["target_rank"] == 1} for row in rows]
-    base = alt.Chart(alt.Data(values=data)).encode(
-        x=alt.X("layer:O", title="layer (0 = embeddings)"),
+    data = [{"panel": _panel(row), **{key: row[key] for key in ("sample_idx", "layer", "target_rank", "target_text", "top_text")}} for row in rows]
+    base = alt.Chart(ROWS).encode(
+        x=alt.X("layer:O", title="layer (0 = embeddings)", axis=LAYER_AXIS),
         y=alt.Y("sample_idx:O", title="sample", axis=alt.Axis(labels=False, ticks=False)),
         tooltip=["panel:N", "sample_idx:O", "layer:O", "target_rank:Q", "target_text:N", "top_text:N"],
     )
@@ -139,13 +156,13 @@ def lens_rank_heatmap(rows: list[dict]) -> dict:
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
         .resolve_scale(x="independent", y="independent")
     )
-    return chart.to_dict()
+    return _spec(chart, data)
 
 
 def lens_median_rank(rows: list[dict]) -> dict:
     """Median rank of the final answer per layer, one line per benchmark, one panel per model."""
     chart = (
-        alt.Chart(alt.Data(values=rows))
+        alt.Chart(ROWS)
         .mark_line(point=True)
         .encode(
             x=alt.X("layer:Q", title="layer (0 = embeddings)"),
@@ -157,7 +174,7 @@ def lens_median_rank(rows: list[dict]) -> dict:
         .properties(width=360, height=240)
         .facet(facet=alt.Facet("model:N", title=None), columns=PANEL_COLUMNS)
     )
-    return chart.to_dict()
+    return _spec(chart, rows)
 
 
 def masking_curves(rows: list[dict]) -> dict:
@@ -166,32 +183,38 @@ def masking_curves(rows: list[dict]) -> dict:
         {**row, "series": f"{row['benchmark']} · {row['strategy']}", "panel": f"{row['model']} · {row['stage']} · {row['mode']}"}
         for row in rows
     ]
-    base = alt.Chart(alt.Data(values=data)).encode(
+    base = alt.Chart(ROWS).encode(
         x=alt.X("fraction:Q", title="share of heads masked"),
         color=alt.Color("benchmark:N", title="benchmark", legend=SOLID_LEGEND),
         detail="series:N",
     )
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
-    line = base.mark_line(point=True).encode(
-        y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
+    accuracy = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]))
+    # lines and their points in two layers: a line layer with points drew its dash legend invisible (looked at)
+    line = base.mark_line().encode(
+        y=accuracy,
         strokeDash=alt.StrokeDash(
-            "strategy:N", title="strategy", scale=alt.Scale(domain=["top", "random", "bottom"], range=[[1, 0], [6, 4], [2, 2]])
+            "strategy:N", title="strategy", scale=alt.Scale(domain=["top", "random", "bottom"], range=[[1, 0], [6, 4], [2, 2]]),
+            legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2),
         ),
+    )
+    points = base.mark_circle(size=30, opacity=1).encode(
+        y=accuracy,
         tooltip=["model:N", "benchmark:N", "stage:N", "strategy:N", "k:Q", alt.Tooltip("accuracy:Q", format=".3f"),
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n_conditions:Q"],
     )
     chart = (
-        alt.layer(band, line)
+        alt.layer(band, line, points)
         .properties(width=320, height=240)
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     )
-    return chart.to_dict()
+    return _spec(chart, data)
 
 
 def pruning_curves(rows: list[dict]) -> dict:
     """Accuracy against the share of image KV kept: one line per allocation, interval bands, one panel per model, benchmark and keep rule."""
     data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · keep {row['keep']}"} for row in rows]
-    base = alt.Chart(alt.Data(values=data)).encode(
+    base = alt.Chart(ROWS).encode(
         x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
         color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"]), legend=SOLID_LEGEND),
     )
@@ -202,4 +225,4 @@ def pruning_curves(rows: list[dict]) -> dict:
                  alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), alt.Tooltip("kv_saving:Q", format=".3f"), "n_conditions:Q"],
     )
     chart = alt.layer(band, line).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
-    return chart.to_dict()
+    return _spec(chart, data)

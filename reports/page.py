@@ -21,7 +21,9 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
 section { margin-bottom: 2.5rem; }
 details pre { background: #f6f6f6; padding: .75rem; overflow-x: auto; }
+.table { overflow-x: auto; }  /* wide tables scroll inside the page, not the page */
 table.data { border-collapse: collapse; font-size: .85rem; }
+table.data td { white-space: nowrap; }
 table.data td, table.data th { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
 p.empty { color: #777; font-style: italic; }
 """
@@ -118,4 +120,4 @@ def _table_html(rows: list[dict]) -> str:
         "<tr>" + "".join(f"<td>{html.escape(readable(row[c], c))}</td>" for c in columns) + "</tr>"
         for row in rows
     )
-    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<div class="table"><table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

@@ -32,7 +32,7 @@ def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_wareho
     assert html.escape(HOSTILE) in pages["samples.html"]  # shown as text, never as markup
     # the first heatmap holds every layer × head of the model; the SQL is shown under it
     spec_text = re.search(r'<script type="application/json" id="spec-0">(.*?)</script>', pages["attention.html"], re.DOTALL).group(1)
-    data = json.loads(spec_text)["data"]["values"]
+    data = json.loads(spec_text)["datasets"]["rows"]
     values = [row for row in data if row["kind"] == "cell"]
     assert sorted((row["layer"], row["head"]) for row in values) == [(layer, head) for layer in range(3) for head in range(4)]
     assert all(row["n_samples"] == 3 for row in values)
