@@ -20,26 +20,7 @@ from attnwh.reports import charts
 from attnwh.reports.page import Page, Section
 
 
-
 TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 @dataclass(frozen=True)

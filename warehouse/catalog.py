@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 import re
 from typing import Any
 
@@ -24,7 +25,7 @@ from attnwh.warehouse.storage import Location
 from attnwh.errors import UsageError
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
-from attnwh.warehouse.layout import RunPaths, Warehouse, table_file
+from attnwh.warehouse.layout import RunPaths, Warehouse, table_file_name
 from attnwh.warehouse.runs import check_plan_footer
 from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES, unreadable_version
 
@@ -34,6 +35,13 @@ _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOT
 _PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)
 _EXPLAIN_PREFIX = re.compile(r"\AEXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
+
+
+def _readable_or_problem(run: RunPaths) -> parts.ReadableRun | WarehouseError:
+    try:
+        return parts.readable_run(run)
+    except WarehouseError as exc:
+        return exc
 
 class Catalog:
     """An in-memory DuckDB session over one warehouse."""
@@ -66,18 +74,21 @@ class Catalog:
         files: dict[str, list[str]] = {table: [] for table in TABLES}
         self._run_files: dict[str, dict[str, list[str]]] = {}  # run_id -> table -> committed files
         readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
-        for run in self.warehouse.run_folders():
-            try:
-                readable = parts.readable_run(run)
-            except WarehouseError as exc:
-                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {exc}; see `attnwh verify`")
+        found_runs = self.warehouse.run_folders(tagged=False)
+        committed: dict[str, tuple[int, str]] = {}  # object stores: every committed Parquet object, its size and hash
+        # each run's manifest, commit records and listings, the runs' requests overlapping (object stores)
+        for run, readable in zip(found_runs, storage.concurrently([partial(_readable_or_problem, run) for run in found_runs])):
+            if isinstance(readable, WarehouseError):
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {readable}; see `attnwh verify`")
                 continue
-            folders = [(record, parts.part_folder(run, record)) for record in readable.records]  # one stat per part, not per table
-            run_files = {table: [str(table_file(folder, table)) for record, folder in folders if table in record.tables] for table in TABLES}
+            run = readable.paths  # with its listing: the plan's footer comes from the local cache
+            # one stat (and one object-store path) per part, not per table: files are named by joining text
+            folders = [(record, str(parts.part_folder(run, record))) for record in readable.records]
+            run_files = {table: [f"{folder}/{table_file_name(table)}" for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
+            committed.update({f"{folder}/{entry['path']}": (entry["size"], entry["sha256"]) for record, folder in folders for entry in record.files
+                              if entry["path"].endswith(".parquet")})
         if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
-            committed = {str(parts.part_folder(run, record) / entry["path"]): (entry["size"], entry["sha256"]) for run, readable, _ in readable_runs
-                         for record in readable.records for entry in record.files if entry["path"].endswith(".parquet")}
             self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):

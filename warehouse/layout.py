@@ -7,6 +7,7 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 
 from attnwh.errors import WarehouseError
 from attnwh.warehouse import storage
@@ -35,7 +36,13 @@ def part_name(part_id: int) -> str:
 
 def table_file(part_folder: Location, table: str) -> Location:
     """A part's Parquet file of ``table`` (``samples``, ``head_metrics``, ...)."""
-    return part_folder / f"{table}.parquet"
+    return part_folder / table_file_name(table)
+
+
+def table_file_name(table: str) -> str:
+    """The name of a part's Parquet file of ``table`` (readers over many parts join it to the folder's
+    text: a ``/`` on an object-store path costs 0.14 ms, 2,000 files a session)."""
+    return f"{table}.parquet"
 
 
 def rows_folder(part_folder: Location) -> Location:
@@ -117,9 +124,11 @@ class Warehouse:
             self.runs_root / f"model={slug(model)}" / f"benchmark={slug(benchmark)}" / f"run={run_id}"
         )
 
-    def run_folders(self) -> list[RunPaths]:
+    def run_folders(self, tagged: bool = True) -> list[RunPaths]:
+        """Every run's folder; on an object store with the listing of its own objects, unless ``tagged`` is
+        False (``parts.readable_run`` lists it together with the run's commit log)."""
         if storage.is_object_store(self.root):
-            return self._stored_runs()
+            return self._stored_runs(tagged=tagged)
         if not self.runs_root.is_dir():
             return []
         return [RunPaths(p) for p in sorted(self.runs_root.glob("model=*/benchmark=*/run=*")) if p.is_dir()]
@@ -132,15 +141,16 @@ class Warehouse:
         matches = [p for p in self.runs_root.glob(f"model=*/benchmark=*/run={run_id}") if p.is_dir()]
         return RunPaths(matches[0]) if matches else None
 
-    def _stored_runs(self, run_id: str | None = None) -> list[RunPaths]:
+    def _stored_runs(self, run_id: str | None = None, tagged: bool = True) -> list[RunPaths]:
         """Runs on an object store, found level by level with delimited listings (never a listing of every
         object under ``runs/``: raw rows are thousands of objects a run); each run's own objects tagged."""
-        runs = []
-        for model in storage.subfolders(self.runs_root, "model="):
-            for benchmark in storage.subfolders(model, "benchmark="):
-                for folder in storage.subfolders(benchmark, f"run={run_id}" if run_id else "run="):
-                    runs.append(RunPaths(folder, storage.tagged_listing(folder)))
-        return sorted(runs, key=lambda run: str(run.root))
+        models = storage.subfolders(self.runs_root, "model=")
+        # one round trip per level: the listings of a level are issued together
+        benchmarks = [folder for found in storage.concurrently([partial(storage.subfolders, model, "benchmark=") for model in models]) for folder in found]
+        prefix = f"run={run_id}" if run_id else "run="
+        folders = [folder for found in storage.concurrently([partial(storage.subfolders, benchmark, prefix) for benchmark in benchmarks]) for folder in found]
+        tags = storage.concurrently([partial(storage.tagged_listing, folder) for folder in folders]) if tagged else [None] * len(folders)
+        return sorted((RunPaths(folder, tagged) for folder, tagged in zip(folders, tags)), key=lambda run: str(run.root))
 
 
 def open_warehouse(path: Location | str | None, create: bool = False) -> Warehouse:

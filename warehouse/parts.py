@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +369,7 @@ class ReadableRun:
 
     manifest: dict[str, Any]
     records: list[CommitRecord]
+    paths: RunPaths  # the run's paths, with the listing of its own objects on an object store
 
 
 def readable_run(run: RunPaths) -> ReadableRun:
@@ -377,21 +379,25 @@ def readable_run(run: RunPaths) -> ReadableRun:
     checked, and every committed Parquet table is stat-ed against its recorded size (hashes are
     ``verify``'s).
     """
-    manifest = read_manifest(run)
-    records = commit_records(run)
-    listed = storage.sizes_under(run.staging) if storage.is_object_store(run.root) else None  # one listing, not a request per file
+    if not storage.is_object_store(run.root):
+        manifest, records, listed = read_manifest(run), commit_records(run), None
+    else:  # the run folder's listing (unless given), the commit log and one listing of staging (not a request per file), together
+        tags, records, listed = storage.concurrently([
+            (lambda: run.tags) if run.tags is not None else partial(storage.tagged_listing, run.root), partial(commit_records, run), partial(storage.sizes_under, run.staging)
+        ])
+        run = RunPaths(run.root, tags)
+        manifest = read_manifest(run)  # from the local cache when its ETag was read before
     for record in records:
         folder = part_folder(run, record)
         for entry in record.files:
             if not entry["path"].endswith(".parquet"):
                 continue
-            path = folder / entry["path"]
-            size = _size(path) if listed is None else listed.get(f"{folder.name}/{entry['path']}")
+            size = _size(folder / entry["path"]) if listed is None else listed.get(f"{folder.name}/{entry['path']}")
             if size is None:
-                raise WarehouseError(f"{path} is missing")
+                raise WarehouseError(f"{folder / entry['path']} is missing")
             if size != entry["size"]:
-                raise WarehouseError(f"{path} has {size} bytes, its commit record says {entry['size']}")
-    return ReadableRun(manifest, records)
+                raise WarehouseError(f"{folder / entry['path']} has {size} bytes, its commit record says {entry['size']}")
+    return ReadableRun(manifest, records, run)
 
 
 def _size(path: Location) -> int | None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from upath import UPath
 
 Location = Union[Path, "UPath"]
+T = TypeVar("T")
+
+MAX_CONCURRENT_REQUESTS = 16  # listings in flight at once (s3fs's own default for a batch of reads is 32)
 
 # stores whose fsspec driver makes ``pipe_file(mode="create")`` a conditional put (If-None-Match: *)
 CONDITIONAL_PUT_PROTOCOLS = ("s3", "s3a")
@@ -179,13 +183,25 @@ def read_all(paths: list[Location], tags: list[str | None] | None = None) -> lis
     found: dict[int, bytes | BaseException] = {i: content for i, name in enumerate(names) if name and (content := _cached(cache, name)) is not None}
     missing = [i for i in range(len(paths)) if i not in found]
     if missing:
-        fetched = paths[0].fs.cat([paths[i].path for i in missing], on_error="return")
+        fs = paths[0].fs
+        # s3fs asks for an object's size first (a HEAD) to split large reads; these are small: one GET each
+        whole = {"max_concurrency": 1} if hasattr(fs, "max_concurrency") else {}
+        fetched = fs.cat([paths[i].path for i in missing], on_error="return", **whole)
         for i in missing:
             content = fetched.get(paths[i].path, FileNotFoundError(paths[i].path))
             found[i] = content
             if isinstance(content, bytes) and names[i]:
                 _keep(cache, names[i], content)
     return [found[i] for i in range(len(paths))]
+
+
+def concurrently(calls: list[Callable[[], T]]) -> list[T]:
+    """The results of ``calls``, run in threads (requests to a store overlap: a session's listings take one
+    round trip per level, not one per run). An exception in a call is raised here."""
+    if len(calls) < 2:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=min(len(calls), MAX_CONCURRENT_REQUESTS)) as pool:
+        return list(pool.map(lambda call: call(), calls))
 
 
 def _listing(folder: Location) -> list[tuple[str, dict]]:
