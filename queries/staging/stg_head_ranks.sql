@@ -6,9 +6,11 @@ with per_part as (
     from head_ranks
     where run_id in (select run_id from rolled_up_runs)
     union all
-    select run_id, query, score, rank, layer, head, n
+    select run_id, query, score, cast(rank as smallint) as rank, layer, head, n
     from rank_head_metrics('head_metrics_not_rolled_up')
 )
-select run_id, query, score, cast(rank as smallint) as rank, layer, head, cast(sum(n) as bigint) as n
+-- rank is a plain column here (cast in the recomputing branch above), so that a filter on it reaches the
+-- rollup files' scan: their rows sorted by query, score and rank, row groups past the top-k are skipped
+select run_id, query, score, rank, layer, head, cast(sum(n) as bigint) as n
 from per_part
 group by run_id, query, score, rank, layer, head
