@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
@@ -35,6 +36,32 @@ _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOT
 _PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)
 _EXPLAIN_PREFIX = re.compile(r"\AEXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
+
+
+ROLLUP_TABLES = ("head_summary", "head_ranks")
+
+
+def _read_compacted(cache, key: str, schema: pa.Schema) -> pa.Table | None:
+    content = storage.cached_content(cache, key)
+    if content is None:
+        return None
+    try:
+        table = pq.read_table(pa.BufferReader(content))
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, KeyError, ValueError):
+        return None  # damaged: added up again and kept anew
+
+
+def _keep_compacted(cache, key: str, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.keep_content(cache, key, sink.getvalue().to_pybytes())
+
+
+def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A run's added-up staging rows in the shape of its rollup files (tagged with the current definitions)."""
+    rows = rows.append_column("definitions", pa.array([definitions_version()] * rows.num_rows, pa.string()))
+    return rows.select(schema.names).cast(schema)
 
 
 def _readable_or_problem(run: RunPaths) -> parts.ReadableRun | WarehouseError:
@@ -57,6 +84,7 @@ class Catalog:
         self._keep_alive: list[pa.Table] = []
         self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
         self._on_demand: dict[str, str | Callable[[], None]] = {}  # views defined when a query first names them
+        self._trusted_sql: dict[str, str] = {}  # the SQL of every on-demand view (staging adds up rollups: see _define_rolled_up)
         define_macros(self.connection)
         self._define_raw_views()
         self._define_rollup_views()
@@ -88,6 +116,7 @@ class Catalog:
             readable_runs.append((run, readable, run_files))
             committed.update({f"{folder}/{entry['path']}": (entry["size"], entry["sha256"]) for record, folder in folders for entry in record.files
                               if entry["path"].endswith(".parquet")})
+        self._committed_hashes = {path: sha256 for path, (_, sha256) in committed.items()}  # the rollups' compaction key
         if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
             self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
@@ -232,12 +261,60 @@ class Catalog:
             and len(self._run_files[run_id]["head_summary"]) == len(self._run_files[run_id]["head_ranks"]) == len(self._run_files[run_id]["head_metrics"])
         )
         self._register_table("rolled_up_runs", pa.table({"run_id": pa.array(rolled, pa.string())}))
+        # what staging adds up: the rollups of those runs, each run's parts added up once on this machine
+        self._on_demand.update({f"rolled_up_{table}": partial(self._define_rolled_up, table, rolled) for table in ROLLUP_TABLES})
         others = [path for run_id, tables in self._run_files.items() if run_id not in rolled for path in tables["head_metrics"]]
         if others:
             relation = self._with_every_column(self.connection.read_parquet(others, union_by_name=True), TABLES["head_metrics"])
         else:
             relation = self._arrow_relation(TABLES["head_metrics"].empty_table())
         relation.create_view("head_metrics_not_rolled_up", replace=True)
+
+    def _define_rolled_up(self, table: str, rolled: list[str]) -> None:
+        """``rolled_up_<table>``: the ``head_summary`` / ``head_ranks`` rows of the rolled-up runs, a run of
+        many parts as one compacted table kept in the local cache.
+
+        At 100 M rows a run has 400 parts, and every session read and added up 800 rollup files. The
+        compacted table of a run is ``stg_<table>`` itself (the one definition of adding up parts) over
+        that run's parts, computed by the first session that needs it, and kept by a key of the parts'
+        committed hashes, the definitions' version and the staging SQL (so it is found again only for
+        exactly those parts and that arithmetic); staging adding up one row per head gives the same rows.
+        With the cache off (``ATTNWH_OBJECT_CACHE=off``) the parts are read as before.
+        """
+        cache = storage.object_cache()
+        staging = self._trusted_sql.get(f"stg_{table}")
+        keys = {run_id: self._rollup_key(table, run_id, staging) for run_id in rolled if cache is not None and staging is not None
+                and len(self._run_files[run_id][table]) > 1}
+        compacted = {run_id: found for run_id, key in keys.items() if (found := _read_compacted(cache, key, TABLES[table])) is not None}
+        missing = [run_id for run_id in keys if run_id not in compacted]
+        if missing:  # added up here once, then read from the cache by every later session
+            self._rolled_up_view(table, [path for run_id in missing for path in self._run_files[run_id][table]], [])
+            rows = self._when_defined(lambda: self.connection.sql(staging).filter(duckdb.ColumnExpression("run_id").isin(
+                *[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table())
+            for run_id in missing:
+                found = _as_rollup(rows.filter(pa.compute.equal(rows["run_id"], run_id)), TABLES[table])
+                _keep_compacted(cache, keys[run_id], found)
+                compacted[run_id] = found
+        files = [path for run_id in rolled if run_id not in compacted for path in self._run_files[run_id][table]]
+        self._rolled_up_view(table, files, [compacted[run_id] for run_id in rolled if run_id in compacted])
+
+    def _rolled_up_view(self, table: str, files: list[str], tables: list[pa.Table]) -> None:
+        schema = TABLES[table]
+        relations = [self._with_every_column(self.connection.read_parquet(files, union_by_name=True), schema)] if files else []
+        if tables:
+            self._keep_alive.append(combined := pa.concat_tables(tables))
+            relations.append(self.connection.from_arrow(combined))
+        relation = relations[0] if relations else self._arrow_relation(schema.empty_table())
+        for other in relations[1:]:
+            relation = relation.select(*schema.names).union(other.select(*schema.names))
+        relation.create_view(f"rolled_up_{table}", replace=True)
+
+    def _rollup_key(self, table: str, run_id: str, staging: str) -> str:
+        import hashlib
+
+        hashes = sorted(self._committed_hashes[path] for path in self._run_files[run_id][table])
+        text = json.dumps([table, run_id, hashes, definitions_version(), SCHEMA_VERSION, hashlib.sha256(staging.encode()).hexdigest()])
+        return f"rollup-{table}-{hashlib.sha256(text.encode()).hexdigest()}"
 
     def _files_of_definitions(self, files: list[str], version: str) -> set[str]:
         """The files whose ``definitions`` column holds ``version`` in every row (files without rows count as such)."""
@@ -283,6 +360,7 @@ class Catalog:
         every view beneath (10-20 ms a view at 10 M rows), so a session defines only what it uses.
         """
         self._on_demand.update(views)
+        self._trusted_sql.update(views)
 
     def _when_defined(self, action):
         """Run ``action``; while it fails on a missing table that is an on-demand view, define that view and retry."""

@@ -139,8 +139,9 @@ def object_cache() -> Path | None:
     else ``$ATTNWH_HOME/cache/objects``; None when ``$ATTNWH_OBJECT_CACHE`` is ``off``.
 
     Only what cannot change is kept: the tails of committed files, by the sha256 their commit record
-    holds, and commit records, by their key and ETag (an overwritten record has another ETag). Removing
-    the folder at any time is safe."""
+    holds; commit records, by their key and ETag (an overwritten record has another ETag); and each run's
+    rollups added up over its parts, by the parts' hashes and the definitions (any warehouse, local ones
+    too). Removing the folder at any time is safe."""
     from attnwh.home import attnwh_home
 
     setting = os.environ.get(OBJECT_CACHE_ENV)
@@ -149,7 +150,7 @@ def object_cache() -> Path | None:
     return Path(setting) if setting else attnwh_home() / "cache" / "objects"
 
 
-def _cached(cache: Path | None, name: str) -> bytes | None:
+def cached_content(cache: Path | None, name: str) -> bytes | None:
     if cache is None:
         return None
     try:
@@ -158,7 +159,7 @@ def _cached(cache: Path | None, name: str) -> bytes | None:
         return None
 
 
-def _keep(cache: Path | None, name: str, content: bytes) -> None:
+def keep_content(cache: Path | None, name: str, content: bytes) -> None:
     if cache is None:
         return
     target = cache / name[:2] / name
@@ -180,7 +181,7 @@ def read_all(paths: list[Location], tags: list[str | None] | None = None) -> lis
 
     cache = object_cache() if tags is not None else None
     names = [hashlib.sha256(f"{path}\n{tag}".encode()).hexdigest() if tag else None for path, tag in zip(paths, tags or [None] * len(paths))]
-    found: dict[int, bytes | BaseException] = {i: content for i, name in enumerate(names) if name and (content := _cached(cache, name)) is not None}
+    found: dict[int, bytes | BaseException] = {i: content for i, name in enumerate(names) if name and (content := cached_content(cache, name)) is not None}
     missing = [i for i in range(len(paths)) if i not in found]
     if missing:
         fs = paths[0].fs
@@ -191,7 +192,7 @@ def read_all(paths: list[Location], tags: list[str | None] | None = None) -> lis
             content = fetched.get(paths[i].path, FileNotFoundError(paths[i].path))
             found[i] = content
             if isinstance(content, bytes) and names[i]:
-                _keep(cache, names[i], content)
+                keep_content(cache, names[i], content)
     return [found[i] for i in range(len(paths))]
 
 
@@ -339,7 +340,7 @@ class CommittedObjects(AbstractFileSystem):
         starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
         names = {path: f"tail-{self.hashes[path]}-{starts[path]}" for path in self.sizes}
         for path in self.sizes:
-            content = _cached(cache, names[path])
+            content = cached_content(cache, names[path])
             if content is not None and len(content) == self.sizes[path] - starts[path]:
                 self.tails[path] = (starts[path], content)
         missing = sorted(path for path in self.sizes if path not in self.tails)
@@ -349,7 +350,7 @@ class CommittedObjects(AbstractFileSystem):
         for path, content in zip(missing, found):
             if isinstance(content, bytes) and len(content) == self.sizes[path] - starts[path]:
                 self.tails[path] = (starts[path], content)
-                _keep(cache, names[path], content)
+                keep_content(cache, names[path], content)
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         tail = self.tails.get(path)

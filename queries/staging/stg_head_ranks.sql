@@ -3,8 +3,7 @@
 -- definitions, else recomputed from head_metrics by the same macro.
 with per_part as (
     select run_id, query, score, rank, layer, head, n
-    from head_ranks
-    where run_id in (select run_id from rolled_up_runs)
+    from rolled_up_head_ranks
     union all
     select run_id, query, score, cast(rank as smallint) as rank, layer, head, n
     from rank_head_metrics('head_metrics_not_rolled_up')

@@ -5,8 +5,7 @@
 -- recomputed from their head_metrics rows by the same macro, with the current definitions.
 with per_part as (
     select * exclude (definitions)
-    from head_summary
-    where run_id in (select run_id from rolled_up_runs)
+    from rolled_up_head_summary
     union all by name
     select * from summarise_head_metrics('head_metrics_not_rolled_up')
 )

@@ -40,8 +40,12 @@ def edited(monkeypatch):
     assert definitions.definitions_version() != definitions.definitions_version(original)
 
 
-def by_python(root, run_id: str) -> dict:
-    """Per head (gen1): mean new concentration, mean new concentration × sum, and the detection share for k = 3."""
+def old_concentration(entropy: float, n_image: int) -> float | None:
+    return 1 - entropy / math.log(n_image) if n_image > 1 else None
+
+
+def by_python(root, run_id: str, concentration=new_concentration) -> dict:
+    """Per head (gen1): mean concentration (the new formula unless given), mean concentration × sum, and the detection share for k = 3."""
     with open_session(root) as session:
         rows = session.query(
             "select sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where run_id = $r and query = 'gen1'",
@@ -49,9 +53,9 @@ def by_python(root, run_id: str) -> dict:
         ).to_pylist()
     per_head, per_sample = {}, {}
     for row in rows:
-        concentration = new_concentration(row["image_entropy"], row["n_image"])
-        product = None if concentration is None else concentration * row["image_sum"]
-        per_head.setdefault((row["layer"], row["head"]), []).append((concentration, product))
+        value = concentration(row["image_entropy"], row["n_image"])
+        product = None if value is None else value * row["image_sum"]
+        per_head.setdefault((row["layer"], row["head"]), []).append((value, product))
         per_sample.setdefault(row["sample_idx"], []).append((row["layer"], row["head"], product))
     detected = dict.fromkeys(per_head, 0)
     for heads in per_sample.values():
@@ -101,3 +105,47 @@ def test_the_edit_changes_the_ranking(warehouse):
 def test_stages_come_from_the_stage_macro():
     assert [stage_layers(32, stage) for stage in ("early", "mid", "late")] == [range(0, 10), range(10, 20), range(20, 32)]
     assert definitions.layer_stages(4) == ["early", "mid", "mid", "late"]
+
+
+def flat(expected: dict, doubled: str | None = None) -> dict:
+    """by_python's means keyed by (layer, head, name); ``doubled``: that name's means times two."""
+    return {(*key, name): value[index] * (2 if name == doubled else 1) for key, value in expected.items()
+            for index, name in enumerate(("concentration", "concentration_x_sum"))}
+
+
+def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(warehouse, monkeypatch, tmp_path):
+    """A run's rollups are added up over its parts by the first session and kept in the local cache (by the
+    parts' hashes and the definitions); later sessions read that, and every answer equals plain Python's."""
+    root, run_id = warehouse
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", str(cache))
+    expected = by_python(root, run_id, old_concentration)
+
+    def answers() -> tuple[dict, dict]:
+        with open_session(root) as session:
+            attention = run_mart(session, "head_attention").to_pylist()
+            visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
+        means = {(r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")}
+        return means, {(r["layer"], r["head"]): (r["mean_score"], r["detection_score"]) for r in visual}
+
+    for session in ("adds up the parts", "reads the cache"):
+        means, visual = answers()
+        assert means == pytest.approx(flat(expected)), session
+        assert {key: value[0] for key, value in visual.items()} == pytest.approx({key: value[1] for key, value in expected.items()}), session
+        assert {key: value[1] for key, value in visual.items()} == {key: value[2] for key, value in expected.items()}, session
+        kept = sorted(path.name.split("-")[1] for path in cache.rglob("rollup-*"))
+        assert kept == ["head_ranks", "head_summary"], session  # one compacted table per rollup table of the run (2 parts)
+
+    # the later sessions really read the kept tables: one altered (a valid table) shows in the answers ...
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    (summary,) = [path for path in cache.rglob("rollup-head_summary-*")]
+    table = pq.read_table(summary)
+    pq.write_table(table.set_column(table.schema.get_field_index("sum_concentration"), "sum_concentration", pc.multiply(table["sum_concentration"], 2.0)), summary)
+    means, _ = answers()
+    assert means == pytest.approx(flat(expected, doubled="concentration"))
+    # ... and a damaged one is added up again from the parts
+    summary.write_bytes(b"not parquet")
+    means, _ = answers()
+    assert means == pytest.approx(flat(expected))
