@@ -190,6 +190,15 @@ def measure(root: Path, scratch: Path, samples: int, args) -> dict:
     run_id, n_rows = build(root, samples, args.layers, args.heads, args.part_size)
     build_s = time.perf_counter() - started
     print(f"built {n_rows:,} head_metrics rows in {build_s:.1f} s", file=sys.stderr)
+    import os
+
+    # the first session on this machine adds up each run's rollups over its parts (then kept in the local cache)
+    os.environ["ATTNWH_OBJECT_CACHE"] = str(scratch / f"cache-{samples}")
+    started = time.perf_counter()
+    with open_session(root) as session:
+        run_mart(session, "visual_heads", {})
+    first_s = time.perf_counter() - started
+    print(f"first session (rollups not yet added up on this machine), visual_heads: {first_s:.2f} s", file=sys.stderr)
     marts_s = time_marts(root, run_id, args.repeats)
     started = time.perf_counter()
     build_report(root, scratch / f"report-{samples}")
@@ -203,6 +212,7 @@ def measure(root: Path, scratch: Path, samples: int, args) -> dict:
         "head_metrics_rows": n_rows,
         "build_seconds": build_s,
         "marts_seconds": marts_s,
+        "first_session_seconds": first_s,  # visual_heads in a session that adds up the run's rollups (later ones read them)
         "report_seconds": report_s,
         "targets": {"mart_s": target, "report_s": REPORT_TARGET_S},
         "all_within_target": all(s <= target for s in marts_s.values()) and report_s <= REPORT_TARGET_S,
