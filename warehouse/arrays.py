@@ -1,7 +1,8 @@
 """Raw attention rows: one immutable Zarr group per part.
 
 ``rows.zarr/attention`` is float16 with dimensions (sample, query, layer, head, key): the row of
-each captured query over the sample's keys without padding, NaN past the row's length.
+each captured query over the sample's keys without padding, NaN past the row's length; one chunk a
+sample, all of a part's chunks in one shard (one object). Parts written before shards read alike.
 ``rows.zarr/sample_idx`` maps the first dimension to the plan.
 """
 
@@ -30,7 +31,10 @@ def write_rows(folder: Path, attention: np.ndarray, sample_idx: np.ndarray, quer
         "attention",
         shape=attention.shape,
         dtype="float16",
-        chunks=(1, *attention.shape[1:]),
+        chunks=(1, *attention.shape[1:]),  # a sample's rows are read together
+        # one object holds the part's chunks (Zarr sharding): an object-store warehouse lists a few objects a
+        # part, not one per sample (30,000 a run at the study's scale, listed by every reading session)
+        shards=attention.shape,
         fill_value=np.nan,
         dimension_names=DIMENSIONS,
     )
