@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 import re
 from typing import Any
@@ -64,9 +65,9 @@ def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return rows.select(schema.names).cast(schema)
 
 
-def _readable_or_problem(run: RunPaths) -> parts.ReadableRun | WarehouseError:
+def _readable_or_problem(run: RunPaths, check_sizes: bool) -> parts.ReadableRun | WarehouseError:
     try:
-        return parts.readable_run(run)
+        return parts.readable_run(run, check_sizes)
     except WarehouseError as exc:
         return exc
 
@@ -101,11 +102,29 @@ class Catalog:
         runs: list[tuple[RunPaths, parts.ReadableRun]] = []
         files: dict[str, list[str]] = {table: [] for table in TABLES}
         self._run_files: dict[str, dict[str, list[str]]] = {}  # run_id -> table -> committed files
-        readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
         found_runs = self.warehouse.run_folders(tagged=False)
-        committed: dict[str, tuple[int, str]] = {}  # object stores: every committed Parquet object, its size and hash
+        object_store = storage.is_object_store(self.warehouse.root)
+        # object stores: each run's staging prefix listed (to check committed sizes) while the rest goes on
+        background = ThreadPoolExecutor(max_workers=storage.MAX_CONCURRENT_REQUESTS) if object_store and found_runs else None
+        staging = {str(run.root): background.submit(storage.sizes_under, run.staging) for run in found_runs} if background else {}
+        try:
+            self._define_readable_views(found_runs, staging, runs, files)
+        finally:
+            if background is not None:
+                background.shutdown(wait=True)
+        self._register_table("runs", runs_table(runs))
+        # each table's view is bound (every footer of its files read by DuckDB) when a query first names it
+        self._on_demand.update({table: self._raw_view(table, files[table]) for table in TABLES})
+        self._define_derived_views(runs)
+
+    def _define_readable_views(self, found_runs: list[RunPaths], staging: dict[str, Future], runs: list, files: dict[str, list[str]]) -> None:
+        """Fill ``runs`` and ``files`` with the sound runs and their committed files (``staging``: object stores'
+        listings of each run's staging prefix, in flight while manifests, records and footers are read)."""
+        readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
+        committed: dict[str, tuple[int, str]] = {}  # every committed Parquet file, its size and hash
         # each run's manifest, commit records and listings, the runs' requests overlapping (object stores)
-        for run, readable in zip(found_runs, storage.concurrently([partial(_readable_or_problem, run) for run in found_runs])):
+        readables = storage.concurrently([partial(_readable_or_problem, run, check_sizes=not staging) for run in found_runs])
+        for run, readable in zip(found_runs, readables):
             if isinstance(readable, WarehouseError):
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {readable}; see `attnwh verify`")
                 continue
@@ -121,6 +140,8 @@ class Catalog:
             self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
+            if staging:  # a missing or resized object explains a footer that could not be read: said first
+                problem = parts.size_problem(run, readable.records, staging[str(run.root)].result()) or problem
             if problem is not None:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {problem}; see `attnwh verify`")
                 continue
@@ -134,10 +155,6 @@ class Catalog:
             self._run_files[readable.manifest["run_id"]] = run_files
             for table, paths in run_files.items():
                 files[table] += paths
-        self._register_table("runs", runs_table(runs))
-        # each table's view is bound (every footer of its files read by DuckDB) when a query first names it
-        self._on_demand.update({table: self._raw_view(table, files[table]) for table in TABLES})
-        self._define_derived_views(runs)
 
     def _raw_view(self, table: str, files: list[str]) -> Callable[[], None]:
         def define() -> None:

@@ -372,21 +372,31 @@ class ReadableRun:
     paths: RunPaths  # the run's paths, with the listing of its own objects on an object store
 
 
-def readable_run(run: RunPaths) -> ReadableRun:
+def readable_run(run: RunPaths, check_sizes: bool = True) -> ReadableRun:
     """The run's manifest and commit records, or ``WarehouseError`` naming the first damaged file.
 
     Cheap enough for every session: the manifest and every commit record are parsed once and
     checked, and every committed Parquet table is stat-ed against its recorded size (hashes are
-    ``verify``'s).
+    ``verify``'s). On an object store the sizes come from one listing of the run's staging prefix;
+    with ``check_sizes`` False the caller lists it itself (``size_problem``), overlapping other work.
     """
     if not storage.is_object_store(run.root):
         manifest, records, listed = read_manifest(run), commit_records(run), None
     else:  # the run folder's listing (unless given), the commit log and one listing of staging (not a request per file), together
         tags, records, listed = storage.concurrently([
-            (lambda: run.tags) if run.tags is not None else partial(storage.tagged_listing, run.root), partial(commit_records, run), partial(storage.sizes_under, run.staging)
+            (lambda: run.tags) if run.tags is not None else partial(storage.tagged_listing, run.root), partial(commit_records, run),
+            partial(storage.sizes_under, run.staging) if check_sizes else dict,
         ])
         run = RunPaths(run.root, tags)
         manifest = read_manifest(run)  # from the local cache when its ETag was read before
+    if check_sizes and (problem := size_problem(run, records, listed)) is not None:
+        raise WarehouseError(problem)
+    return ReadableRun(manifest, records, run)
+
+
+def size_problem(run: RunPaths, records: list[CommitRecord], listed: dict[str, int] | None) -> str | None:
+    """The first committed Parquet table whose size differs from its record (or that is missing), or None.
+    ``listed``: an object store's sizes under the run's staging prefix (``storage.sizes_under``); None: stat each file."""
     for record in records:
         folder = part_folder(run, record)
         for entry in record.files:
@@ -394,10 +404,10 @@ def readable_run(run: RunPaths) -> ReadableRun:
                 continue
             size = _size(folder / entry["path"]) if listed is None else listed.get(f"{folder.name}/{entry['path']}")
             if size is None:
-                raise WarehouseError(f"{folder / entry['path']} is missing")
+                return f"{folder / entry['path']} is missing"
             if size != entry["size"]:
-                raise WarehouseError(f"{folder / entry['path']} has {size} bytes, its commit record says {entry['size']}")
-    return ReadableRun(manifest, records, run)
+                return f"{folder / entry['path']} has {size} bytes, its commit record says {entry['size']}"
+    return None
 
 
 def _size(path: Location) -> int | None:
