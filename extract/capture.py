@@ -43,14 +43,19 @@ def capture_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """Stock SDPA attention, plus the rows of the captured queries when a session is active, the
-    chosen heads switched off while a head mask is set, and each head's removed image keys masked
-    out while a KV pruning is set (output ``[batch, query, head, head_dim]``)."""
+    chosen heads switched off while a head mask is set, and each head's removed image keys evicted
+    (absent from its softmax) while a KV pruning is set (output ``[batch, query, head, head_dim]``)."""
     prune = getattr(module, PRUNE_ATTRIBUTE, None)
-    if prune is not None:  # head-wise image KV pruning (``attnwh.extract.pruning``): each head's removed keys masked out
-        attention_mask = prune.mask(query, key, attention_mask, scaling)
-    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if prune is None:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    else:  # head-wise image KV pruning (``attnwh.extract.pruning``): SDPA over each head's kept keys only
+        kept_key, kept_value, kept_mask = prune.sdpa_inputs(query, key, value, attention_mask, scaling)
+        output, _ = sdpa_attention_forward(module, query, kept_key, kept_value, kept_mask, dropout=dropout, scaling=scaling, **kwargs)
     layer = getattr(module, SESSION_ATTRIBUTE, None)
     if layer is not None:
+        if prune is not None:  # the observed last row over all keys, each head's removed keys masked out
+            last_mask = None if attention_mask is None else attention_mask[:, :, -1:, :]
+            attention_mask = prune.mask(query[:, :, -1:, :], key, last_mask, scaling)
         layer.observe(query, key, attention_mask, scaling)
     head_mask = getattr(module, MASK_ATTRIBUTE, None)
     if head_mask is not None:

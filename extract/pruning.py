@@ -26,6 +26,7 @@ total (largest remainders).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -108,6 +109,26 @@ def kv_bytes(keys: int, head_dim: int, bytes_per_value: int) -> int:
     return int(keys) * head_dim * 2 * bytes_per_value
 
 
+class MaskBuffer:
+    """Memory reused for the gathered attention masks of one batch's layers (``LayerPrune.sdpa_inputs``).
+
+    Each layer's mask is consumed by its SDPA call before the next layer builds its own, so the layers of a
+    pruning block share one buffer. A fresh ``[batch, head, query, width]`` tensor is tens of MB in a
+    prefill: the allocator maps new pages for it every time, and faulting them in cost ~5x the gather
+    that fills them (LLaVA-1.5 shape on the CPU: 22 ms fresh, 4 ms into a reused buffer)."""
+
+    def __init__(self) -> None:
+        self._flat: torch.Tensor | None = None
+
+    def take(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """Uninitialised memory of ``shape``, valid until the next ``take``."""
+        numel = math.prod(shape)
+        flat = self._flat
+        if flat is None or flat.numel() < numel or flat.dtype != dtype or flat.device != device:
+            flat = self._flat = torch.empty(numel, dtype=dtype, device=device)
+        return flat[:numel].view(shape)
+
+
 @dataclass
 class LayerPrune:
     """One layer's pruning for one batch: which image keys each KV head keeps."""
@@ -118,14 +139,62 @@ class LayerPrune:
     n_kv_groups: int  # query heads per KV head
     kept: torch.Tensor | None = None  # bool [batch, kv_head, prompt_position], chosen in the prefill
     keeps_all: bool = False
+    slots: torch.Tensor | None = None  # long [batch, kv_head, width]: each KV head's kept prompt positions, ascending; then -1
+    buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one ``kv_pruning`` block
+
+    def sdpa_inputs(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(key, value, attention_mask)`` for SDPA with each KV head's removed image keys evicted, or the inputs
+        unchanged where every head keeps every image key (then bit-identical to plain SDPA).
+
+        Each KV head's kept keys are gathered, in position order, into ``[batch, kv_head, width, head_dim]``
+        (``width``: the most keys any KV head of the batch keeps), and the model's attention mask alike into
+        ``[batch, head, query, width]``, additive in the query's dtype, written into ``buffer`` (valid until the
+        next layer's call); a head that keeps fewer than ``width`` keys has its extra slots masked out. A head's
+        removed keys are absent from its softmax: they get exactly zero attention and its kept keys sum to one,
+        as under :meth:`mask` (the same logits up to float rounding, ~1e-7 in fp32). Only rows that see no key
+        at all (left padding, whose outputs no real row reads) differ: they average the gathered values where
+        the mask over all keys averages all of them.
+
+        Gathered rather than masked: a per-head mask over all keys (:meth:`mask`) has to be built as a
+        ``[batch, head, query, key]`` tensor in every layer's prefill (~50 ms for bench/bench_prune.py's
+        LLaVA-1.5-shaped layer on the CPU, most of it faulting in fresh memory) and SDPA still runs over every
+        key (75 ms, against 55 ms with the shared mask): the pruned pass cost 1.10-1.13x a plain one. Gathered,
+        SDPA runs over the kept keys only; that layer's prefill takes ~45 ms with a quarter of the image KV kept
+        (uniform budgets; score budgets, whose widest head keeps more, ~46 ms), choosing the keys included, and a
+        pruned pass costs 0.92-1.01x a plain one (bench/bench_prune.py, medians of paired rounds, quiet machine)."""
+        if self.kept is None:
+            self.kept = self._choose(query, key, attention_mask, scaling)
+            self.keeps_all = bool(self.kept.all())
+        if self.keeps_all:
+            return key, value, attention_mask
+        if self.slots is None:
+            self.slots = _slots(self.kept)
+        batch, n_heads, n_query, _ = query.shape
+        n_keys, n_prompt = key.shape[2], self.image.shape[1]
+        if n_keys >= n_prompt:  # the prompt's slots, then the generated keys (kept by every head)
+            generated = torch.arange(n_prompt, n_keys, device=key.device).expand(*self.slots.shape[:2], -1)
+            slots = torch.cat([self.slots, generated], dim=-1)
+        else:  # a cache shorter than the prompt (a sliding-window layer's): its first keys, as ``mask`` takes them
+            slots = _slots(self.kept[:, :, :n_keys])
+        key = key.gather(2, slots.clamp(min=0)[..., None].expand(-1, -1, -1, key.shape[-1]))  # extra slots: any key, masked out below
+        value = value.gather(2, slots.clamp(min=0)[..., None].expand(-1, -1, -1, value.shape[-1]))
+        # additive, as ``mask`` builds it (SDPA given a bool mask of this size would convert it itself, into fresh memory)
+        lowest = torch.finfo(query.dtype).min
+        additive = torch.where(_as_bool_mask(attention_mask, batch, n_query, n_keys, query.device), 0.0, lowest).to(query.dtype)
+        # a first key column masked in every row, for the extra slots (-1 + 1); key k is column k + 1
+        additive = torch.cat([additive.new_full((*additive.shape[:-1], 1), lowest), additive], dim=-1)
+        index = (slots + 1).repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :].expand(batch, n_heads, n_query, -1)
+        mask = self.buffer.take(index.shape, query.dtype, query.device)
+        torch.gather(additive.expand(batch, n_heads, n_query, n_keys + 1), 3, index, out=mask)
+        return key, value, mask
 
     def mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
-        """The attention mask with each head's removed image keys masked out (additive, ``[batch, head, query, key]``:
-        0 = attend, the dtype's lowest value = not), or the mask unchanged where every head keeps every image key.
-
-        Built in one pass in the query's dtype (given a bool mask of that shape SDPA converts it itself).
-        A pruned pass costs 1.11× a plain one on the CPU (bench/bench_prune.py, median of paired rounds);
-        one more head dimension carrying −∞ for removed keys, which keeps the shared mask, cost 1.23×."""
+        """The attention mask over all keys with each head's removed image keys masked out (additive,
+        ``[batch, head, query, key]``: 0 = attend, the dtype's lowest value = not), or the mask unchanged where
+        every head keeps every image key: what :meth:`sdpa_inputs` evicts, as a mask (the capture session
+        observes the last query row through it)."""
         if self.kept is None:
             self.kept = self._choose(query, key, attention_mask, scaling)
             self.keeps_all = bool(self.kept.all())
@@ -158,6 +227,15 @@ class LayerPrune:
             hit.scatter_(2, picked.clamp(min=-1) + 1, True)  # slot 0 collects the unused k
             chosen = image & hit[:, :, 1:].gather(2, (index.clamp(min=0))[:, None, :].expand(batch, n_kv, n_prompt))
         return ~image | chosen
+
+
+def _slots(kept: torch.Tensor) -> torch.Tensor:
+    """long [batch, kv_head, width] from bool [batch, kv_head, key]: each KV head's kept positions, ascending,
+    then -1 up to ``width``, the most any head keeps."""
+    counts = kept.sum(dim=-1, keepdim=True)  # [batch, kv_head, 1]
+    width = int(counts.max())
+    order = kept.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :, :width]  # kept first, in position order
+    return torch.where(torch.arange(width, device=kept.device) < counts, order, -1)
 
 
 def _as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
@@ -197,9 +275,10 @@ def kv_pruning(attention_modules: list[torch.nn.Module], prune: KVPrune | None, 
         raise UsageError(f"a pruning condition for {prune.kept.shape[0]} layers × {prune.kept.shape[1]} KV heads does not fit a model of {len(attention_modules)} × {n_kv_heads}")
     n_image = image.sum(dim=1).tolist()
     per_sample = [torch.from_numpy(prune.counts(int(n))) for n in n_image]  # [layer, kv_head] each
+    buffer = MaskBuffer()  # the layers run one after the other: one mask buffer for all of them
     for index, module in enumerate(attention_modules):
         budgets_of_layer = torch.stack([counts[index] for counts in per_sample]).to(image.device)
-        setattr(module, PRUNE_ATTRIBUTE, LayerPrune(budgets_of_layer, image, prune.keep, n_heads // n_kv_heads))
+        setattr(module, PRUNE_ATTRIBUTE, LayerPrune(budgets_of_layer, image, prune.keep, n_heads // n_kv_heads, buffer=buffer))
     try:
         yield
     finally:
