@@ -18,7 +18,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from attnwh.errors import SqlError, SqlRefused, WarehouseError
@@ -65,9 +65,9 @@ def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     return rows.select(schema.names).cast(schema)
 
 
-def _readable_or_problem(run: RunPaths, check_sizes: bool) -> parts.ReadableRun | WarehouseError:
+def _readable_or_problem(run: RunPaths) -> parts.ReadableRun | WarehouseError:
     try:
-        return parts.readable_run(run, check_sizes)
+        return parts.readable_run(run)
     except WarehouseError as exc:
         return exc
 
@@ -123,7 +123,7 @@ class Catalog:
         readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
         committed: dict[str, tuple[int, str]] = {}  # every committed Parquet file, its size and hash
         # each run's manifest, commit records and listings, the runs' requests overlapping (object stores)
-        readables = storage.concurrently([partial(_readable_or_problem, run, check_sizes=not staging) for run in found_runs])
+        readables = storage.concurrently([partial(_readable_or_problem, run) for run in found_runs])
         for run, readable in zip(found_runs, readables):
             if isinstance(readable, WarehouseError):
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {readable}; see `attnwh verify`")
@@ -309,7 +309,7 @@ class Catalog:
             rows = self._when_defined(lambda: self.connection.sql(staging).filter(duckdb.ColumnExpression("run_id").isin(
                 *[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table())
             for run_id in missing:
-                found = _as_rollup(rows.filter(pa.compute.equal(rows["run_id"], run_id)), TABLES[table])
+                found = _as_rollup(rows.filter(pc.equal(rows["run_id"], run_id)), TABLES[table])
                 _keep_compacted(cache, keys[run_id], found)
                 compacted[run_id] = found
         files = [path for run_id in rolled if run_id not in compacted for path in self._run_files[run_id][table]]

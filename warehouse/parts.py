@@ -372,26 +372,23 @@ class ReadableRun:
     paths: RunPaths  # the run's paths, with the listing of its own objects on an object store
 
 
-def readable_run(run: RunPaths, check_sizes: bool = True) -> ReadableRun:
+def readable_run(run: RunPaths) -> ReadableRun:
     """The run's manifest and commit records, or ``WarehouseError`` naming the first damaged file.
 
     Cheap enough for every session: the manifest and every commit record are parsed once and
-    checked, and every committed Parquet table is stat-ed against its recorded size (hashes are
-    ``verify``'s). On an object store the sizes come from one listing of the run's staging prefix;
-    with ``check_sizes`` False the caller lists it itself (``size_problem``), overlapping other work.
+    checked, and (local folders) every committed Parquet table is stat-ed against its recorded size
+    (hashes are ``verify``'s). On an object store the sizes come from one listing of the run's staging
+    prefix, which the caller issues itself while other work goes on (``size_problem``).
     """
     if not storage.is_object_store(run.root):
-        manifest, records, listed = read_manifest(run), commit_records(run), None
-    else:  # the run folder's listing (unless given), the commit log and one listing of staging (not a request per file), together
-        tags, records, listed = storage.concurrently([
-            (lambda: run.tags) if run.tags is not None else partial(storage.tagged_listing, run.root), partial(commit_records, run),
-            partial(storage.sizes_under, run.staging) if check_sizes else dict,
-        ])
-        run = RunPaths(run.root, tags)
-        manifest = read_manifest(run)  # from the local cache when its ETag was read before
-    if check_sizes and (problem := size_problem(run, records, listed)) is not None:
-        raise WarehouseError(problem)
-    return ReadableRun(manifest, records, run)
+        manifest, records = read_manifest(run), commit_records(run)
+        if (problem := size_problem(run, records, None)) is not None:
+            raise WarehouseError(problem)
+        return ReadableRun(manifest, records, run)
+    # the run folder's listing (unless given) and its commit log, together
+    tags, records = storage.concurrently([(lambda: run.tags) if run.tags is not None else partial(storage.tagged_listing, run.root), partial(commit_records, run)])
+    run = RunPaths(run.root, tags)
+    return ReadableRun(read_manifest(run), records, run)  # the manifest from the local cache when its ETag was read before
 
 
 def size_problem(run: RunPaths, records: list[CommitRecord], listed: dict[str, int] | None) -> str | None:
