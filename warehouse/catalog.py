@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 import re
 from typing import Any
@@ -59,6 +58,24 @@ def _keep_compacted(cache, key: str, table: pa.Table) -> None:
     storage.keep_content(cache, key, sink.getvalue().to_pybytes())
 
 
+def _read_footers(cache, name: str) -> dict[str, dict[str, str]] | None:
+    """Footer metadata kept by ``_keep_footers``: sha256 -> key -> value; None when absent or damaged."""
+    content = storage.cached_content(cache, name)
+    try:
+        kept = json.loads(content) if content is not None else None
+        values = kept["values"]
+        return {sha256: {key: values[index] for key, index in metadata.items()} for sha256, metadata in kept["files"].items()}
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        return None
+
+
+def _keep_footers(cache, key: str, metadata: dict[str, dict[str, str]]) -> None:
+    """Keep files' footer metadata (sha256 -> key -> value), each distinct value once (files of a table share their schema)."""
+    values: dict[str, int] = {}
+    files = {sha256: {key: values.setdefault(value, len(values)) for key, value in found.items()} for sha256, found in metadata.items()}
+    storage.keep_content(cache, key, json.dumps({"values": list(values), "files": files}).encode())
+
+
 def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """A run's added-up staging rows in the shape of its rollup files (tagged with the current definitions)."""
     rows = rows.append_column("definitions", pa.array([definitions_version()] * rows.num_rows, pa.string()))
@@ -102,24 +119,14 @@ class Catalog:
         runs: list[tuple[RunPaths, parts.ReadableRun]] = []
         files: dict[str, list[str]] = {table: [] for table in TABLES}
         self._run_files: dict[str, dict[str, list[str]]] = {}  # run_id -> table -> committed files
-        found_runs = self.warehouse.run_folders(tagged=False)
-        object_store = storage.is_object_store(self.warehouse.root)
-        # object stores: each run's staging prefix listed (to check committed sizes) while the rest goes on
-        background = ThreadPoolExecutor(max_workers=storage.MAX_CONCURRENT_REQUESTS) if object_store and found_runs else None
-        staging = {str(run.root): background.submit(storage.sizes_under, run.staging) for run in found_runs} if background else {}
-        try:
-            self._define_readable_views(found_runs, staging, runs, files)
-        finally:
-            if background is not None:
-                background.shutdown(wait=True)
+        self._define_readable_views(self.warehouse.run_folders(tagged=False), runs, files)
         self._register_table("runs", runs_table(runs))
         # each table's view is bound (every footer of its files read by DuckDB) when a query first names it
         self._on_demand.update({table: self._raw_view(table, files[table]) for table in TABLES})
         self._define_derived_views(runs)
 
-    def _define_readable_views(self, found_runs: list[RunPaths], staging: dict[str, Future], runs: list, files: dict[str, list[str]]) -> None:
-        """Fill ``runs`` and ``files`` with the sound runs and their committed files (``staging``: object stores'
-        listings of each run's staging prefix, in flight while manifests, records and footers are read)."""
+    def _define_readable_views(self, found_runs: list[RunPaths], runs: list, files: dict[str, list[str]]) -> None:
+        """Fill ``runs`` and ``files`` with the sound runs and their committed files."""
         readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
         committed: dict[str, tuple[int, str]] = {}  # every committed Parquet file, its size and hash
         # each run's manifest, commit records and listings, the runs' requests overlapping (object stores)
@@ -140,8 +147,6 @@ class Catalog:
             self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
-            if staging:  # a missing or resized object explains a footer that could not be read: said first
-                problem = parts.size_problem(run, readable.records, staging[str(run.root)].result()) or problem
             if problem is not None:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {problem}; see `attnwh verify`")
                 continue
@@ -216,8 +221,14 @@ class Catalog:
         metadata, and every file when the batch fails (a file missing or unreadable), gets the full
         per-file check (``check_file_schema``), which names the file.
         """
-        paths = [path for run_files in runs for table_paths in run_files.values() for path in table_paths]
-        found: dict[str, dict[str, str]] | None = {}
+        # object stores: a run's footer metadata kept on this machine by its files' committed hashes (what
+        # a hash names never changes); read through fsspec it cost 0.35 ms a file, every session
+        cache = storage.object_cache() if storage.is_object_store(self.warehouse.root) else None
+        files_of = [[path for table_paths in run_files.values() for path in table_paths] for run_files in runs]
+        keys = {i: self._footers_key(paths) for i, paths in enumerate(files_of) if paths} if cache is not None else {}
+        kept = {i: metadata for i, key in keys.items() if (metadata := _read_footers(cache, key)) is not None}
+        found: dict[str, dict[str, str]] | None = {path: kept[i].get(self._committed_hashes[path], {}) for i in kept for path in files_of[i]}
+        paths = [path for i, run_paths in enumerate(files_of) if i not in kept for path in run_paths]
         if paths:
             try:
                 rows = self.connection.sql(
@@ -231,6 +242,8 @@ class Catalog:
             else:
                 for name, key, value in rows:
                     found.setdefault(name, {})[key] = value
+                for i in keys.keys() - kept.keys():
+                    _keep_footers(cache, keys[i], {self._committed_hashes[path]: found.get(path, {}) for path in files_of[i]})
         self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
         schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
         wrong_types: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
@@ -332,6 +345,12 @@ class Catalog:
         hashes = sorted(self._committed_hashes[path] for path in self._run_files[run_id][table])
         text = json.dumps([table, run_id, hashes, definitions_version(), SCHEMA_VERSION, hashlib.sha256(staging.encode()).hexdigest()])
         return f"rollup-{table}-{hashlib.sha256(text.encode()).hexdigest()}"
+
+    def _footers_key(self, files: list[str]) -> str:
+        import hashlib
+
+        text = json.dumps(sorted(self._committed_hashes[path] for path in files))
+        return f"footers-{hashlib.sha256(text.encode()).hexdigest()}"
 
     def _files_of_definitions(self, files: list[str], version: str) -> set[str]:
         """The files whose ``definitions`` column holds ``version`` in every row (files without rows count as such)."""

@@ -126,7 +126,7 @@ class Warehouse:
 
     def run_folders(self, tagged: bool = True) -> list[RunPaths]:
         """Every run's folder; on an object store with the listing of its own objects, unless ``tagged`` is
-        False (``parts.readable_run`` lists it together with the run's commit log)."""
+        False (``parts.readable_run`` lists everything under the run in one listing)."""
         if storage.is_object_store(self.root):
             return self._stored_runs(tagged=tagged)
         if not self.runs_root.is_dir():

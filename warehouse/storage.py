@@ -150,11 +150,25 @@ def object_cache() -> Path | None:
     return Path(setting) if setting else attnwh_home() / "cache" / "objects"
 
 
+def _cache_file(cache: Path, name: str) -> Path:
+    return cache / name[:2] / name
+
+
 def cached_content(cache: Path | None, name: str) -> bytes | None:
     if cache is None:
         return None
     try:
-        return (cache / name[:2] / name).read_bytes()
+        return _cache_file(cache, name).read_bytes()
+    except OSError:
+        return None
+
+
+def cached_size(cache: Path | None, name: str) -> int | None:
+    """The size of what the cache keeps under ``name`` (None: nothing), without reading it."""
+    if cache is None:
+        return None
+    try:
+        return _cache_file(cache, name).stat().st_size
     except OSError:
         return None
 
@@ -162,7 +176,7 @@ def cached_content(cache: Path | None, name: str) -> bytes | None:
 def keep_content(cache: Path | None, name: str, content: bytes) -> None:
     if cache is None:
         return
-    target = cache / name[:2] / name
+    target = _cache_file(cache, name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
@@ -262,16 +276,23 @@ def remove_file(where: Location) -> None:
         pass
 
 
-def sizes_under(folder: Location) -> dict[str, int]:
-    """Size of every file under ``folder``, by path relative to it (one listing on an object store)."""
-    if not is_object_store(folder):
-        return {path.relative_to(folder).as_posix(): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+def objects_under(folder: Location) -> dict[str, tuple[int, str | None]]:
+    """Every object under an object-store ``folder`` (at any depth): path relative to it -> (size, ETag),
+    from one listing (S3 returns 1,000 keys a page: a run of the study's scale, ~120 parts, is one page)."""
     try:
         found = folder.fs.find(folder.path, detail=True)
     except FileNotFoundError:
         return {}
     prefix = folder.path.rstrip("/") + "/"
-    return {name.removeprefix(prefix): int(info.get("size") or 0) for name, info in found.items() if info.get("type") != "directory"}
+    return {name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag"))
+            for name, info in found.items() if info.get("type") != "directory"}
+
+
+def sizes_under(folder: Location) -> dict[str, int]:
+    """Size of every file under ``folder``, by path relative to it (one listing on an object store)."""
+    if not is_object_store(folder):
+        return {path.relative_to(folder).as_posix(): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+    return {name: size for name, (size, _) in objects_under(folder).items()}
 
 
 @contextmanager
@@ -318,8 +339,8 @@ class CommittedObjects(AbstractFileSystem):
     """What DuckDB reads an object-store warehouse through in one session. Committed objects never
     change (their commit records hold their sizes and hashes), so this answers DuckDB's size and
     modification-time questions from the records, without a request, and serves the end of every
-    file (Parquet footers; whole rollup and sample files) from one concurrent read of all of them
-    (``prefetch``) or the local cache. Other reads go to the store; writes are refused."""
+    file (Parquet footers; whole rollup and sample files) from the local cache, or from one concurrent
+    read of those not cached yet (``prefetch``). Other reads go to the store; writes are refused."""
 
     cachable = False
 
@@ -328,32 +349,36 @@ class CommittedObjects(AbstractFileSystem):
         self.fs = fs
         self.protocol = fs.protocol
         self.sizes = {fs._strip_protocol(path): size for path, (size, _) in files.items()}
-        self.hashes = {fs._strip_protocol(path): sha256 for path, (_, sha256) in files.items()}
+        self.starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
+        self.names = {fs._strip_protocol(path): f"tail-{sha256}-{max(0, size - TAIL_BYTES)}" for path, (size, sha256) in files.items()}
+        self.cache = object_cache()
         self.tails: dict[str, tuple[int, bytes]] = {}
 
     def _strip_protocol(self, path):
         return self.fs._strip_protocol(path)
 
     def prefetch(self) -> None:
-        """The last ``TAIL_BYTES`` of every known file: from the local cache (by the file's sha256), the others read concurrently."""
-        cache = object_cache()
-        starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
-        names = {path: f"tail-{self.hashes[path]}-{starts[path]}" for path in self.sizes}
-        for path in self.sizes:
-            content = cached_content(cache, names[path])
-            if content is not None and len(content) == self.sizes[path] - starts[path]:
-                self.tails[path] = (starts[path], content)
-        missing = sorted(path for path in self.sizes if path not in self.tails)
+        """The last ``TAIL_BYTES`` of every known file not in the local cache (by the file's sha256), read
+        concurrently; cached ones are read when DuckDB first asks (a query reads a few tables' footers)."""
+        missing = sorted(path for path in self.sizes if cached_size(self.cache, self.names[path]) != self.sizes[path] - self.starts[path])
         if not missing:
             return
-        found = self.fs.cat_ranges(missing, [starts[path] for path in missing], [self.sizes[path] for path in missing], on_error="return")
+        found = self.fs.cat_ranges(missing, [self.starts[path] for path in missing], [self.sizes[path] for path in missing], on_error="return")
         for path, content in zip(missing, found):
-            if isinstance(content, bytes) and len(content) == self.sizes[path] - starts[path]:
-                self.tails[path] = (starts[path], content)
-                keep_content(cache, names[path], content)
+            if isinstance(content, bytes) and len(content) == self.sizes[path] - self.starts[path]:
+                self.tails[path] = (self.starts[path], content)
+                keep_content(self.cache, self.names[path], content)
+
+    def _tail(self, path: str) -> tuple[int, bytes] | None:
+        tail = self.tails.get(path)
+        if tail is None and path in self.sizes:
+            content = cached_content(self.cache, self.names[path])
+            if content is not None and len(content) == self.sizes[path] - self.starts[path]:
+                tail = self.tails[path] = (self.starts[path], content)
+        return tail
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
-        tail = self.tails.get(path)
+        tail = self._tail(path)
         if tail is not None and start >= tail[0]:
             return tail[1][start - tail[0] : end - tail[0]]
         return self.fs.cat_file(path, start=start, end=end)

@@ -167,6 +167,56 @@ def test_verify_names_a_corrupted_or_missing_object_and_readers_leave_the_run_ou
     }  # nothing else touched
 
 
+def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_cache(s3, capsys, tmp_path, monkeypatch):
+    """The first session on a machine reads every committed file's footer metadata from the store and keeps
+    it by the files' hashes (one entry a run); later sessions check the files against the kept entry. The
+    entry equals pyarrow's reading of the stored objects; an altered one shows (so it is what is read); a
+    damaged one is read from the store again; a missing object is named whatever the entry says."""
+    import hashlib
+    import io
+    import json
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", str(cache))
+    url = s3.url("footers")
+    assert run_cli(capsys, *EXTRACT, "--no-rows", "--warehouse", url)[0] == 0
+    for entry in cache.rglob("footers-*"):
+        entry.unlink()  # what extract's own sessions kept: this test starts on a machine that never read the run
+
+    def session() -> tuple[int, list[str]]:
+        with open_session(url) as opened:
+            return opened.query("select count(*) as n from head_metrics").to_pylist()[0]["n"], opened.warnings
+
+    stored = {key: content for key, content in objects(s3, url).items() if key.endswith(".parquet") and "/_staging/" in key}
+    n_rows = sum(pq.read_metadata(io.BytesIO(content)).num_rows for key, content in stored.items() if key.endswith("/head_metrics.parquet"))
+    assert session() == (n_rows, [])
+    (entry,) = cache.rglob("footers-*")
+    kept = json.loads(entry.read_bytes())
+    by_pyarrow = {
+        hashlib.sha256(content).hexdigest(): {key.decode(): value.decode() for key, value in pq.read_metadata(io.BytesIO(content)).metadata.items()
+                                              if key in (b"attnwh.table", b"attnwh.schema_version", b"attnwh.definitions", b"ARROW:schema")}
+        for content in stored.values()
+    }
+    assert {sha256: {key: kept["values"][index] for key, index in found.items()} for sha256, found in kept["files"].items()} == by_pyarrow
+    assert session() == (n_rows, [])  # from the entry
+
+    # an entry that says every file holds another table: the session believes it
+    altered = dict(kept, values=["samples" if value == "head_metrics" else value for value in kept["values"]])
+    entry.write_text(json.dumps(altered))
+    _, warnings = session()
+    assert len(warnings) == 1 and "holds table samples, expected head_metrics" in warnings[0]
+    # a damaged entry: read from the store again, and kept anew
+    entry.write_bytes(b"{not json")
+    assert session() == (n_rows, [])
+    assert json.loads(entry.read_bytes()) == kept
+    # a missing object is named from the store's listing, whatever the entry holds
+    samples = next(key for key in stored if key.endswith("/samples.parquet"))
+    bucket_prefix = url.removeprefix(f"s3://{BUCKET}/")
+    s3.client().delete_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{samples}")
+    _, warnings = session()
+    assert len(warnings) == 1 and f"{samples} is missing" in warnings[0]
+
+
 @pytest.mark.parametrize(
     "target",
     [
