@@ -63,9 +63,13 @@ def _read_footers(cache, name: str) -> dict[str, dict[str, str]] | None:
     content = storage.cached_content(cache, name)
     try:
         kept = json.loads(content) if content is not None else None
-        values = kept["values"]
-        return {sha256: {key: values[index] for key, index in metadata.items()} for sha256, metadata in kept["files"].items()}
-    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+        values, files = kept["values"], kept["files"]
+        if not (isinstance(values, list) and all(isinstance(value, str) for value in values) and isinstance(files, dict)
+                and all(isinstance(metadata, dict) and all(isinstance(key, str) and type(index) is int and 0 <= index < len(values)
+                                                           for key, index in metadata.items()) for metadata in files.values())):
+            return None  # damaged (a JSON of another shape): read from the store again
+        return {sha256: {key: values[index] for key, index in metadata.items()} for sha256, metadata in files.items()}
+    except (TypeError, KeyError, ValueError):
         return None
 
 

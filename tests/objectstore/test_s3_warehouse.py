@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import attnwh
 from attnwh.errors import SqlRefused, WarehouseError
@@ -209,6 +209,27 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     entry.write_bytes(b"{not json")
     assert session() == (n_rows, [])
     assert json.loads(entry.read_bytes()) == kept
+    # whatever else the entry holds (any bytes, any JSON, the right shape with wrong values), a session
+    # answers, or leaves the run out with one warning naming it: never a traceback
+    run_id = json.loads(next(content for key, content in objects(s3, url).items() if key.endswith("/RUN.json")))["run_id"]
+    shas = sorted(kept["files"])
+    scalars = st.none() | st.booleans() | st.integers(-3, 8) | st.floats(allow_nan=False) | st.text(max_size=8)
+    any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+    shaped = st.fixed_dictionaries({
+        "values": st.lists(st.sampled_from(kept["values"]) | any_json, max_size=6),
+        "files": st.dictionaries(st.sampled_from([*shas, "0" * 64]), st.dictionaries(st.sampled_from([*kept["files"][shas[0]], "other"]), scalars, max_size=4), max_size=len(shas) + 1),
+    })
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @example(json.dumps({"values": [["a", "list"], *kept["values"]], "files": {sha: {"ARROW:schema": 0} for sha in shas}}).encode())
+    @given(st.binary(max_size=64) | any_json.map(lambda value: json.dumps(value).encode()) | shaped.map(lambda value: json.dumps(value).encode()))
+    def any_entry(content: bytes) -> None:
+        entry.write_bytes(content)
+        count, warnings = session()
+        assert (count, warnings) == (n_rows, []) or (count == 0 and len(warnings) == 1 and warnings[0].startswith(f"run {run_id} left out: ")), warnings
+
+    any_entry()
+    entry.write_bytes(json.dumps(kept).encode())
     # a missing object is named from the store's listing, whatever the entry holds
     samples = next(key for key in stored if key.endswith("/samples.parquet"))
     bucket_prefix = url.removeprefix(f"s3://{BUCKET}/")
