@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
+import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -150,17 +152,23 @@ def object_cache() -> Path | None:
     return Path(setting) if setting else attnwh_home() / "cache" / "objects"
 
 
+CHECK_BYTES = 4  # each kept content ends with its CRC-32: a damaged entry is read from the store again, never trusted
+
+
 def _cache_file(cache: Path, name: str) -> Path:
     return cache / name[:2] / name
 
 
 def cached_content(cache: Path | None, name: str) -> bytes | None:
+    """What the cache keeps under ``name``; None when nothing is kept, or what is kept is damaged."""
     if cache is None:
         return None
     try:
-        return _cache_file(cache, name).read_bytes()
+        kept = _cache_file(cache, name).read_bytes()
     except OSError:
         return None
+    content, check = kept[:-CHECK_BYTES], kept[-CHECK_BYTES:]
+    return content if len(kept) >= CHECK_BYTES and zlib.crc32(content).to_bytes(CHECK_BYTES, "big") == check else None
 
 
 def cached_size(cache: Path | None, name: str) -> int | None:
@@ -168,18 +176,20 @@ def cached_size(cache: Path | None, name: str) -> int | None:
     if cache is None:
         return None
     try:
-        return _cache_file(cache, name).stat().st_size
+        return _cache_file(cache, name).stat().st_size - CHECK_BYTES
     except OSError:
         return None
 
 
 def keep_content(cache: Path | None, name: str, content: bytes) -> None:
+    """Keep ``content`` under ``name`` (written whole, then renamed into place; followed by its CRC-32)."""
     if cache is None:
         return
     target = _cache_file(cache, name)
+    content = content + zlib.crc32(content).to_bytes(CHECK_BYTES, "big")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{name}.{os.getpid()}.tmp")
+        tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_bytes(content)
         os.replace(tmp, target)
     except OSError:
@@ -372,9 +382,14 @@ class CommittedObjects(AbstractFileSystem):
     def _tail(self, path: str) -> tuple[int, bytes] | None:
         tail = self.tails.get(path)
         if tail is None and path in self.sizes:
+            start, length = self.starts[path], self.sizes[path] - self.starts[path]
             content = cached_content(self.cache, self.names[path])
-            if content is not None and len(content) == self.sizes[path] - self.starts[path]:
-                tail = self.tails[path] = (self.starts[path], content)
+            if content is None or len(content) != length:  # damaged (or removed) since ``prefetch`` looked: read again
+                content = self.fs.cat_file(path, start=start, end=self.sizes[path])
+                if len(content) != length:
+                    return None
+                keep_content(self.cache, self.names[path], content)
+            tail = self.tails[path] = (start, content)
         return tail
 
     def read_range(self, path: str, start: int, end: int) -> bytes:

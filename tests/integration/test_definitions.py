@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
+import pyarrow as pa
 import pytest
 
 from attnwh.queries.rankings import head_order
 from attnwh.extract.masking import stage_layers
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session, run_mart
-from attnwh.warehouse import definitions
+from attnwh.warehouse import definitions, storage
 
 OLD = "case when n_image > 1 then 1 - image_entropy / ln(n_image) end"
 NEW = "case when n_image > 1 then sqrt(greatest(0, 1 - image_entropy / ln(n_image))) end"  # another form, other ranks
@@ -141,11 +142,18 @@ def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(war
     import pyarrow.parquet as pq
 
     (summary,) = [path for path in cache.rglob("rollup-head_summary-*")]
-    table = pq.read_table(summary)
-    pq.write_table(table.set_column(table.schema.get_field_index("sum_concentration"), "sum_concentration", pc.multiply(table["sum_concentration"], 2.0)), summary)
+    table = pq.read_table(pa.BufferReader(storage.cached_content(cache, summary.name)))
+    altered = pa.BufferOutputStream()
+    pq.write_table(table.set_column(table.schema.get_field_index("sum_concentration"), "sum_concentration", pc.multiply(table["sum_concentration"], 2.0)), altered)
+    storage.keep_content(cache, summary.name, altered.getvalue().to_pybytes())
     means, _ = answers()
     assert means == pytest.approx(flat(expected, doubled="concentration"))
-    # ... and a damaged one is added up again from the parts
-    summary.write_bytes(b"not parquet")
+    # ... and a damaged one (a byte flipped, or not Parquet at all) is added up again from the parts
+    kept = bytearray(summary.read_bytes())
+    kept[len(kept) // 2] ^= 0x01
+    summary.write_bytes(bytes(kept))
+    means, _ = answers()
+    assert means == pytest.approx(flat(expected))
+    storage.keep_content(cache, summary.name, b"not parquet")
     means, _ = answers()
     assert means == pytest.approx(flat(expected))

@@ -171,7 +171,8 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     """The first session on a machine reads every committed file's footer metadata from the store and keeps
     it by the files' hashes (one entry a run); later sessions check the files against the kept entry. The
     entry equals pyarrow's reading of the stored objects; an altered one shows (so it is what is read); a
-    damaged one is read from the store again; a missing object is named whatever the entry says."""
+    damaged one is read from the store again; a missing object is named whatever the entry says. Every
+    kept entry (tails, commit records, this metadata) with a byte flipped is read from the store again."""
     import hashlib
     import io
     import json
@@ -191,7 +192,7 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     n_rows = sum(pq.read_metadata(io.BytesIO(content)).num_rows for key, content in stored.items() if key.endswith("/head_metrics.parquet"))
     assert session() == (n_rows, [])
     (entry,) = cache.rglob("footers-*")
-    kept = json.loads(entry.read_bytes())
+    kept = json.loads(storage.cached_content(cache, entry.name))
     by_pyarrow = {
         hashlib.sha256(content).hexdigest(): {key.decode(): value.decode() for key, value in pq.read_metadata(io.BytesIO(content)).metadata.items()
                                               if key in (b"attnwh.table", b"attnwh.schema_version", b"attnwh.definitions", b"ARROW:schema")}
@@ -202,13 +203,14 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
 
     # an entry that says every file holds another table: the session believes it
     altered = dict(kept, values=["samples" if value == "head_metrics" else value for value in kept["values"]])
-    entry.write_text(json.dumps(altered))
+    storage.keep_content(cache, entry.name, json.dumps(altered).encode())
     _, warnings = session()
     assert len(warnings) == 1 and "holds table samples, expected head_metrics" in warnings[0]
-    # a damaged entry: read from the store again, and kept anew
-    entry.write_bytes(b"{not json")
-    assert session() == (n_rows, [])
-    assert json.loads(entry.read_bytes()) == kept
+    # a damaged entry (a byte flipped; not JSON): read from the store again, and kept anew
+    for damage in (lambda: entry.write_bytes(flipped(entry.read_bytes())), lambda: storage.keep_content(cache, entry.name, b"{not json")):
+        damage()
+        assert session() == (n_rows, [])
+        assert json.loads(storage.cached_content(cache, entry.name)) == kept
     # whatever else the entry holds (any bytes, any JSON, the right shape with wrong values), a session
     # answers, or leaves the run out with one warning naming it: never a traceback
     run_id = json.loads(next(content for key, content in objects(s3, url).items() if key.endswith("/RUN.json")))["run_id"]
@@ -224,18 +226,31 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     @example(json.dumps({"values": [["a", "list"], *kept["values"]], "files": {sha: {"ARROW:schema": 0} for sha in shas}}).encode())
     @given(st.binary(max_size=64) | any_json.map(lambda value: json.dumps(value).encode()) | shaped.map(lambda value: json.dumps(value).encode()))
     def any_entry(content: bytes) -> None:
-        entry.write_bytes(content)
+        storage.keep_content(cache, entry.name, content)
         count, warnings = session()
         assert (count, warnings) == (n_rows, []) or (count == 0 and len(warnings) == 1 and warnings[0].startswith(f"run {run_id} left out: ")), warnings
 
     any_entry()
-    entry.write_bytes(json.dumps(kept).encode())
+    storage.keep_content(cache, entry.name, json.dumps(kept).encode())
+    # every kept entry damaged at once (file tails, commit records and manifest, footer metadata): all read again
+    entries = sorted(path for path in cache.rglob("*") if path.is_file())
+    assert {path.name.split("-")[0] for path in entries} >= {"tail", "footers"} and len(entries) > len(stored) + 1
+    for path in entries:
+        path.write_bytes(flipped(path.read_bytes()))
+    assert session() == (n_rows, [])
+    assert all(storage.cached_content(cache, path.name) is not None for path in entries if path.name.startswith(("tail-", "footers-")))
     # a missing object is named from the store's listing, whatever the entry holds
     samples = next(key for key in stored if key.endswith("/samples.parquet"))
     bucket_prefix = url.removeprefix(f"s3://{BUCKET}/")
     s3.client().delete_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{samples}")
     _, warnings = session()
     assert len(warnings) == 1 and f"{samples} is missing" in warnings[0]
+
+
+def flipped(content: bytes) -> bytes:
+    """``content`` with one bit of its middle byte flipped."""
+    middle = len(content) // 2
+    return content[:middle] + bytes([content[middle] ^ 0x01]) + content[middle + 1 :]
 
 
 @pytest.mark.parametrize(
