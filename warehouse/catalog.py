@@ -69,7 +69,7 @@ def _read_footers(cache, name: str) -> dict[str, dict[str, str]] | None:
                                                            for key, index in metadata.items()) for metadata in files.values())):
             return None  # damaged (a JSON of another shape): read from the store again
         return {sha256: {key: values[index] for key, index in metadata.items()} for sha256, metadata in files.items()}
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, RecursionError):
         return None
 
 
@@ -238,8 +238,7 @@ class Catalog:
                 rows = self.connection.sql(
                     "select file_name, decode(key) as key, decode(value) as value from parquet_kv_metadata($files) "
                     "where key in ($table_key::blob, $version_key::blob, $definitions_key::blob, $arrow_key::blob)",
-                    params={"files": paths, "table_key": META_TABLE.decode(), "version_key": META_VERSION.decode(),
-                            "definitions_key": META_DEFINITIONS.decode(), "arrow_key": ARROW_SCHEMA_KEY},
+                    params={"files": paths, **FOOTER_KEYS},
                 ).fetchall()
             except duckdb.Error:
                 found = None
@@ -353,7 +352,8 @@ class Catalog:
     def _footers_key(self, files: list[str]) -> str:
         import hashlib
 
-        text = json.dumps(sorted(self._committed_hashes[path] for path in files))
+        # the keys read are part of the key: an attnwh that reads other keys does not take these entries
+        text = json.dumps([sorted(FOOTER_KEYS.values()), sorted(self._committed_hashes[path] for path in files)])
         return f"footers-{hashlib.sha256(text.encode()).hexdigest()}"
 
     def _files_of_definitions(self, files: list[str], version: str) -> set[str]:
@@ -515,6 +515,8 @@ def _type_problem(path: str, found: pa.Schema, expected: pa.Schema) -> str | Non
 
 
 ARROW_SCHEMA_KEY = "ARROW:schema"  # where pyarrow keeps a file's Arrow schema (base64 IPC) in the Parquet footer
+# what a session reads of every committed file's footer (``Catalog._table_file_problems``)
+FOOTER_KEYS = {"table_key": META_TABLE.decode(), "version_key": META_VERSION.decode(), "definitions_key": META_DEFINITIONS.decode(), "arrow_key": ARROW_SCHEMA_KEY}
 
 
 def _arrow_schema(serialized: str) -> pa.Schema | None:

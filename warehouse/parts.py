@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import signal
 import socket
@@ -31,7 +32,7 @@ from typing import Any
 
 from attnwh.errors import IntegrityError, WarehouseError
 from attnwh.warehouse import storage
-from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, table_file
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, table_file, table_file_name
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.schema import SCHEMA_VERSION
 from attnwh.warehouse.storage import Location
@@ -102,9 +103,13 @@ class CommitRecord:
         )
         if not well_formed:
             raise IntegrityError(f"commit record {path} lacks or mistypes part_id, attempt, files or tables")
+        listed = {entry["path"] for entry in files}
+        if (unlisted := next((name for name in tables if table_file_name(name) not in listed), None)) is not None:
+            raise IntegrityError(f"commit record {path} counts rows of table {unlisted} but lists no file {table_file_name(unlisted)}")
         writer = content.get("writer") if isinstance(content.get("writer"), dict) else None
         created = content.get("created") if isinstance(content.get("created"), str) else None
-        return cls(content["part_id"], content["attempt"], files, tables, version, created, writer, content.get("folder"))
+        folder = posixpath.normpath(content["folder"]) if content.get("folder") is not None else None  # joined as text by readers
+        return cls(content["part_id"], content["attempt"], files, tables, version, created, writer, folder)
 
 
 def _file_entry(entry: Any) -> bool:
@@ -144,9 +149,9 @@ def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -
     if not storage.is_object_store(run.root):
         return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
     listed = storage.tagged_listing(run.commits) if listed is None else listed
-    ids = sorted(part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None)
+    ids = sorted({part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None})
     paths = [run.commit_record(part_id) for part_id in ids]
-    found = storage.read_all(paths, [listed[path.name] for path in paths])
+    found = storage.read_all(paths, [listed.get(path.name) for path in paths])  # a name like part-1.json: not found, as on a disk
     return [CommitRecord.parse(path, content) if isinstance(content, bytes) else _unreadable(path, content) for path, content in zip(paths, found)]
 
 
@@ -378,8 +383,9 @@ def readable_run(run: RunPaths) -> ReadableRun:
     Cheap enough for every session: the manifest and every commit record are parsed once and checked,
     and every committed Parquet table's size is checked against its record (hashes are ``verify``'s):
     stat-ed in a local folder; on an object store, from one listing of everything under the run (its
-    own objects with their ETags, its commit log and every staged file: one request where three took
-    three round trips), the manifest and records unchanged since an earlier session taken from the local cache.
+    own objects with their ETags, its commit log and every staged file; it replaced a listing of the run
+    folder and one of its commit log, then one of its staging prefix), the manifest and records unchanged
+    since an earlier session taken from the local cache.
     """
     if not storage.is_object_store(run.root):
         manifest, records = read_manifest(run), commit_records(run)

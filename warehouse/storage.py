@@ -141,9 +141,9 @@ def object_cache() -> Path | None:
     else ``$ATTNWH_HOME/cache/objects``; None when ``$ATTNWH_OBJECT_CACHE`` is ``off``.
 
     Only what cannot change is kept: the tails of committed files, by the sha256 their commit record
-    holds; commit records, by their key and ETag (an overwritten record has another ETag); and each run's
-    rollups added up over its parts, by the parts' hashes and the definitions (any warehouse, local ones
-    too). Removing the folder at any time is safe."""
+    holds; commit records and manifests, by their key and ETag (an overwritten record has another ETag); each
+    run's footer metadata, by its files' hashes; and each run's rollups added up over its parts, by the parts'
+    hashes and the definitions (any warehouse, local ones too). Removing the folder at any time is safe."""
     from attnwh.home import attnwh_home
 
     setting = os.environ.get(OBJECT_CACHE_ENV)
@@ -288,7 +288,8 @@ def remove_file(where: Location) -> None:
 
 def objects_under(folder: Location) -> dict[str, tuple[int, str | None]]:
     """Every object under an object-store ``folder`` (at any depth): path relative to it -> (size, ETag),
-    from one listing (S3 returns 1,000 keys a page: a run of the study's scale, ~120 parts, is one page)."""
+    from one listing (S3 returns 1,000 keys a page; a part is 5 objects, 11 with raw rows: a run of the study's
+    ~120 parts is one or two pages)."""
     try:
         found = folder.fs.find(folder.path, detail=True)
     except FileNotFoundError:
@@ -359,8 +360,9 @@ class CommittedObjects(AbstractFileSystem):
         self.fs = fs
         self.protocol = fs.protocol
         self.sizes = {fs._strip_protocol(path): size for path, (size, _) in files.items()}
+        self.hashes = {fs._strip_protocol(path): sha256 for path, (_, sha256) in files.items()}
         self.starts = {path: max(0, size - TAIL_BYTES) for path, size in self.sizes.items()}
-        self.names = {fs._strip_protocol(path): f"tail-{sha256}-{max(0, size - TAIL_BYTES)}" for path, (size, sha256) in files.items()}
+        self.names = {path: f"tail-{self.hashes[path]}-{start}" for path, start in self.starts.items()}
         self.cache = object_cache()
         self.tails: dict[str, tuple[int, bytes]] = {}
 

@@ -247,6 +247,50 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     assert len(warnings) == 1 and f"{samples} is missing" in warnings[0]
 
 
+def test_commit_log_damage_a_listing_shows_is_a_warning_or_harmless(s3, capsys, tmp_path):
+    """On a store as on a disk: a stray commit-log object named like a record (``part-1.json``) doubles no
+    row; a record that counts rows of a table it lists no file of, or a committed file cut short, leaves
+    the run out with one warning naming it (never a traceback)."""
+    import json
+
+    url = s3.url("records")
+    local = tmp_path / "local"
+    for where in (url, str(local)):
+        assert run_cli(capsys, *EXTRACT, "--no-rows", "--warehouse", where)[0] == 0
+    bucket_prefix = url.removeprefix(f"s3://{BUCKET}/")
+    client = s3.client()
+    stored = objects(s3, url)
+    record_key = next(key for key in stored if key.endswith("/_commits/part-000001.json"))
+    (local_record,) = local.rglob("_commits/part-000001.json")
+
+    def session(where: str) -> tuple[int, list[str]]:
+        with open_session(where) as opened:
+            return opened.query("select count(*) as n from samples").to_pylist()[0]["n"], opened.warnings
+
+    assert session(url) == session(str(local)) == (8, [])
+    stray = record_key.replace("part-000001.json", "part-1.json")
+    client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{stray}", Body=stored[record_key])
+    (local_record.parent / "part-1.json").write_bytes(local_record.read_bytes())
+    assert session(url) == session(str(local)) == (8, [])
+    client.delete_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{stray}")
+    (local_record.parent / "part-1.json").unlink()
+
+    record = json.loads(stored[record_key])
+    record["files"] = [entry for entry in record["files"] if entry["path"] != "samples.parquet"]
+    client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{record_key}", Body=json.dumps(record).encode())
+    local_record.write_text(json.dumps(dict(json.loads(local_record.read_text()), files=record["files"])))
+    for where in (url, str(local)):
+        count, warnings = session(where)
+        assert count == 0 and len(warnings) == 1 and "counts rows of table samples but lists no file samples.parquet" in warnings[0], warnings
+    client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{record_key}", Body=stored[record_key])
+
+    samples = next(key for key in stored if "/_staging/part-000000." in key and key.endswith("/samples.parquet"))
+    client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{samples}", Body=stored[samples][:100])
+    count, warnings = session(url)
+    assert count == 0 and len(warnings) == 1
+    assert f"{samples} has 100 bytes, its commit record says {len(stored[samples])}" in warnings[0] and "see `attnwh verify`" in warnings[0]
+
+
 def flipped(content: bytes) -> bytes:
     """``content`` with one bit of its middle byte flipped."""
     middle = len(content) // 2
