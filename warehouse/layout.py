@@ -34,6 +34,11 @@ def part_name(part_id: int) -> str:
     return f"part-{part_id:06d}"
 
 
+def record_name(part_id: int) -> str:
+    """The name of a part's commit record in the run's commit log (the only name a record is read by)."""
+    return f"{part_name(part_id)}.json"
+
+
 def table_file(part_folder: Location, table: str) -> Location:
     """A part's Parquet file of ``table`` (``samples``, ``head_metrics``, ...)."""
     return part_folder / table_file_name(table)
@@ -88,7 +93,7 @@ class RunPaths:
         return self.root / "parts"
 
     def commit_record(self, part_id: int) -> Location:
-        return self.commits / f"{part_name(part_id)}.json"
+        return self.commits / record_name(part_id)
 
     def published_part(self, part_id: int) -> Location:
         return self.parts / part_name(part_id)

@@ -32,7 +32,7 @@ from typing import Any
 
 from attnwh.errors import IntegrityError, WarehouseError
 from attnwh.warehouse import storage
-from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, table_file, table_file_name
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, record_name, table_file, table_file_name
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.schema import SCHEMA_VERSION
 from attnwh.warehouse.storage import Location
@@ -132,15 +132,15 @@ def new_attempt_id() -> str:
 
 
 def committed_part_ids(run: RunPaths) -> set[int]:
+    """The parts whose commit record is there, by its part's name (another name, like ``part-1.json``, is no record)."""
+    return {part_id for part_id, name in _commit_log_names(run) if name == record_name(part_id)}
+
+
+def _commit_log_names(run: RunPaths) -> list[tuple[int, str]]:
+    """(part id, file name) of every object of the commit log named like a record (``part-<n>.json``)."""
     if not run.commits.is_dir():
-        return set()
-    ids = set()
-    for record in run.commits.glob("part-*.json"):
-        try:
-            ids.add(int(record.stem.removeprefix("part-")))
-        except ValueError:
-            continue
-    return ids
+        return []
+    return [(part_id, record.name) for record in run.commits.glob("part-*.json") if (part_id := part_id_of(record.stem)) is not None]
 
 
 def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -> list[CommitRecord]:
@@ -149,9 +149,10 @@ def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -
     if not storage.is_object_store(run.root):
         return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
     listed = storage.tagged_listing(run.commits) if listed is None else listed
-    ids = sorted({part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None})
+    ids = sorted({part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None
+                  and name == record_name(part_id)})  # another name (part-1.json) is no record, as on a disk
     paths = [run.commit_record(part_id) for part_id in ids]
-    found = storage.read_all(paths, [listed.get(path.name) for path in paths])  # a name like part-1.json: not found, as on a disk
+    found = storage.read_all(paths, [listed[path.name] for path in paths])
     return [CommitRecord.parse(path, content) if isinstance(content, bytes) else _unreadable(path, content) for path, content in zip(paths, found)]
 
 
@@ -444,7 +445,11 @@ def verify(run: RunPaths) -> list[str]:
     except WarehouseError as exc:
         problems.append(str(exc))
     records = []
-    for part_id in sorted(committed_part_ids(run)):
+    names = _commit_log_names(run)
+    # a record is read by its part's name: another name (part-1.json) is never read, and said so
+    problems += [f"{run.commits / name}: not a commit record's name ({record_name(part_id)}); readers ignore it"
+                 for part_id, name in sorted(names) if name != record_name(part_id)]
+    for part_id in sorted({part_id for part_id, name in names if name == record_name(part_id)}):
         try:
             records.append(CommitRecord.load(run.commit_record(part_id)))
         except WarehouseError as exc:

@@ -249,7 +249,7 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
 
 def test_commit_log_damage_a_listing_shows_is_a_warning_or_harmless(s3, capsys, tmp_path):
     """On a store as on a disk: a stray commit-log object named like a record (``part-1.json``) doubles no
-    row; a record that counts rows of a table it lists no file of, or a committed file cut short, leaves
+    row, and ``verify`` names it; a record that counts rows of a table it lists no file of, or a committed file cut short, leaves
     the run out with one warning naming it (never a traceback)."""
     import json
 
@@ -272,6 +272,9 @@ def test_commit_log_damage_a_listing_shows_is_a_warning_or_harmless(s3, capsys, 
     client.put_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{stray}", Body=stored[record_key])
     (local_record.parent / "part-1.json").write_bytes(local_record.read_bytes())
     assert session(url) == session(str(local)) == (8, [])
+    for where in (url, str(local)):  # verify names it
+        code, out, err = run_cli(capsys, "verify", "--warehouse", where)
+        assert code == 1 and "part-1.json: not a commit record's name (part-000001.json); readers ignore it" in out + err
     client.delete_object(Bucket=BUCKET, Key=f"{bucket_prefix}/{stray}")
     (local_record.parent / "part-1.json").unlink()
 
