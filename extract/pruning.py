@@ -164,10 +164,7 @@ class LayerPrune:
         SDPA runs over the kept keys only; that layer's prefill takes ~45 ms with a quarter of the image KV kept
         (uniform budgets; score budgets, whose widest head keeps more, ~46 ms), choosing the keys included, and a
         pruned pass costs 0.92-1.01x a plain one (bench/bench_prune.py, medians of paired rounds, quiet machine)."""
-        if self.kept is None:
-            self.kept = self._choose(query, key, attention_mask, scaling)
-            self.keeps_all = bool(self.kept.all())
-        if self.keeps_all:
+        if self._keeps_all(query, key, attention_mask, scaling):
             return key, value, attention_mask
         if self.slots is None:
             self.slots = _slots(self.kept)
@@ -178,8 +175,9 @@ class LayerPrune:
             slots = torch.cat([self.slots, generated], dim=-1)
         else:  # a cache shorter than the prompt (a sliding-window layer's): its first keys, as ``mask`` takes them
             slots = _slots(self.kept[:, :, :n_keys])
-        key = key.gather(2, slots.clamp(min=0)[..., None].expand(-1, -1, -1, key.shape[-1]))  # extra slots: any key, masked out below
-        value = value.gather(2, slots.clamp(min=0)[..., None].expand(-1, -1, -1, value.shape[-1]))
+        at = slots.clamp(min=0)[..., None]  # extra slots: any key, masked out below
+        key = key.gather(2, at.expand(-1, -1, -1, key.shape[-1]))
+        value = value.gather(2, at.expand(-1, -1, -1, value.shape[-1]))
         # additive, as ``mask`` builds it (SDPA given a bool mask of this size would convert it itself, into fresh memory)
         lowest = torch.finfo(query.dtype).min
         additive = torch.where(_as_bool_mask(attention_mask, batch, n_query, n_keys, query.device), 0.0, lowest).to(query.dtype)
@@ -195,10 +193,7 @@ class LayerPrune:
         ``[batch, head, query, key]``: 0 = attend, the dtype's lowest value = not), or the mask unchanged where
         every head keeps every image key: what :meth:`sdpa_inputs` evicts, as a mask (the capture session
         observes the last query row through it)."""
-        if self.kept is None:
-            self.kept = self._choose(query, key, attention_mask, scaling)
-            self.keeps_all = bool(self.kept.all())
-        if self.keeps_all:
+        if self._keeps_all(query, key, attention_mask, scaling):
             return attention_mask
         batch, _, n_query, _ = query.shape
         n_prompt, n_keys = self.image.shape[1], key.shape[2]
@@ -206,6 +201,13 @@ class LayerPrune:
         kept = kept[:, :, :n_keys].repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
         base = _as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
         return torch.where(base & kept, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+
+    def _keeps_all(self, query, key, attention_mask, scaling) -> bool:
+        """Whether every head keeps every image key; the keys are chosen by the layer's first call (the prefill)."""
+        if self.kept is None:
+            self.kept = self._choose(query, key, attention_mask, scaling)
+            self.keeps_all = bool(self.kept.all())
+        return self.keeps_all
 
     def _choose(self, query, key, attention_mask, scaling) -> torch.Tensor:
         """bool [batch, kv_head, prompt_position]: the keys each KV head keeps (text keys, and its budget of image keys)."""

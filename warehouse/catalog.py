@@ -9,6 +9,7 @@ would still let COPY TO and ATTACH write inside the warehouse.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from functools import partial
@@ -343,18 +344,17 @@ class Catalog:
         relation.create_view(f"rolled_up_{table}", replace=True)
 
     def _rollup_key(self, table: str, run_id: str, staging: str) -> str:
-        import hashlib
-
-        hashes = sorted(self._committed_hashes[path] for path in self._run_files[run_id][table])
-        text = json.dumps([table, run_id, hashes, definitions_version(), SCHEMA_VERSION, hashlib.sha256(staging.encode()).hexdigest()])
-        return f"rollup-{table}-{hashlib.sha256(text.encode()).hexdigest()}"
+        return self._cache_key(f"rollup-{table}", self._run_files[run_id][table], run_id, definitions_version(), SCHEMA_VERSION,
+                               hashlib.sha256(staging.encode()).hexdigest())
 
     def _footers_key(self, files: list[str]) -> str:
-        import hashlib
-
         # the keys read are part of the key: an attnwh that reads other keys does not take these entries
-        text = json.dumps([sorted(FOOTER_KEYS.values()), sorted(self._committed_hashes[path] for path in files)])
-        return f"footers-{hashlib.sha256(text.encode()).hexdigest()}"
+        return self._cache_key("footers", files, sorted(FOOTER_KEYS.values()))
+
+    def _cache_key(self, kind: str, files: list[str], *how: Any) -> str:
+        """The local cache's name of what was computed from ``files`` (by their committed hashes) and ``how``."""
+        text = json.dumps([*how, sorted(self._committed_hashes[path] for path in files)])
+        return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()}"
 
     def _files_of_definitions(self, files: list[str], version: str) -> set[str]:
         """The files whose ``definitions`` column holds ``version`` in every row (files without rows count as such)."""

@@ -133,14 +133,20 @@ def new_attempt_id() -> str:
 
 def committed_part_ids(run: RunPaths) -> set[int]:
     """The parts whose commit record is there, by its part's name (another name, like ``part-1.json``, is no record)."""
-    return {part_id for part_id, name in _commit_log_names(run) if name == record_name(part_id)}
+    return {part_id for name in _commit_log_names(run) if (part_id := record_part_id(name)) is not None}
 
 
-def _commit_log_names(run: RunPaths) -> list[tuple[int, str]]:
-    """(part id, file name) of every object of the commit log named like a record (``part-<n>.json``)."""
+def record_part_id(name: str) -> int | None:
+    """The part whose commit record ``name`` is (``part-000012.json``: 12); None for any other name."""
+    part_id = part_id_of(name.removesuffix(".json"))
+    return part_id if part_id is not None and name == record_name(part_id) else None
+
+
+def _commit_log_names(run: RunPaths) -> list[str]:
+    """The names of the commit log's objects named like a record (``part-*.json``)."""
     if not run.commits.is_dir():
         return []
-    return [(part_id, record.name) for record in run.commits.glob("part-*.json") if (part_id := part_id_of(record.stem)) is not None]
+    return [record.name for record in run.commits.glob("part-*.json")]
 
 
 def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -> list[CommitRecord]:
@@ -149,8 +155,7 @@ def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -
     if not storage.is_object_store(run.root):
         return [CommitRecord.load(run.commit_record(part_id)) for part_id in sorted(committed_part_ids(run))]
     listed = storage.tagged_listing(run.commits) if listed is None else listed
-    ids = sorted({part_id for name in listed if name.startswith("part-") and name.endswith(".json") and (part_id := part_id_of(name.removesuffix(".json"))) is not None
-                  and name == record_name(part_id)})  # another name (part-1.json) is no record, as on a disk
+    ids = sorted(part_id for name in listed if (part_id := record_part_id(name)) is not None)
     paths = [run.commit_record(part_id) for part_id in ids]
     found = storage.read_all(paths, [listed[path.name] for path in paths])
     return [CommitRecord.parse(path, content) if isinstance(content, bytes) else _unreadable(path, content) for path, content in zip(paths, found)]
@@ -445,11 +450,11 @@ def verify(run: RunPaths) -> list[str]:
     except WarehouseError as exc:
         problems.append(str(exc))
     records = []
-    names = _commit_log_names(run)
+    names = sorted(_commit_log_names(run))
     # a record is read by its part's name: another name (part-1.json) is never read, and said so
     problems += [f"{run.commits / name}: not a commit record's name ({record_name(part_id)}); readers ignore it"
-                 for part_id, name in sorted(names) if name != record_name(part_id)]
-    for part_id in sorted({part_id for part_id, name in names if name == record_name(part_id)}):
+                 for name in names if record_part_id(name) is None and (part_id := part_id_of(name.removesuffix(".json"))) is not None]
+    for part_id in sorted(part_id for name in names if (part_id := record_part_id(name)) is not None):
         try:
             records.append(CommitRecord.load(run.commit_record(part_id)))
         except WarehouseError as exc:
