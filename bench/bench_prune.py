@@ -66,7 +66,7 @@ def main() -> int:
         }
 
         def run(prune) -> None:
-            generate_with_capture(loaded, encoded, None, args.new_tokens, prune=prune)
+            generate_with_capture(loaded, encoded, None, args.new_tokens, interventions=[prune] if prune is not None else [])
 
         for prune in conditions.values():
             run(prune)  # warm-up

@@ -1,11 +1,11 @@
-"""The capture attention function and the session that tells it what to record.
+"""The capture session: what one call records of the attention rows it sees.
 
-One function is registered under ``attnwh_capture`` in transformers' ``AttentionInterface`` (and
-the same name in ``AttentionMaskInterface``, mapped to the SDPA mask; without it padding masks are
-silently dropped). It returns exactly the stock SDPA output. While a ``CaptureSession`` is entered,
-it also computes ``softmax(q·Kᵀ·scale + mask)`` for the captured query rows only, reduces them to
-statistics on the device in fp32, and keeps the rows (fp32; the warehouse stores them as float16). Full attention matrices are never
-materialised.
+The attention function registered with transformers (``extract.forward``) shows the active call's
+observer, a ``CaptureSession`` while ``capture_session`` is entered, the last query row of every layer
+as the layer saw it (after interventions such as pruning). The session computes
+``softmax(q·Kᵀ·scale + mask)`` for the captured query rows only, reduces them to statistics on the
+device in fp32, and keeps the rows (fp32; the warehouse stores them as float16). Full attention
+matrices are never materialised.
 
 Queries: ``prompt`` is the last prompt position (forward pass 0, the prefill); ``gen1`` is the first
 generated token (forward pass 1, the first decode step).
@@ -18,53 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from attnwh.extract.forward import forward_call
 from attnwh.extract.segments import with_generated
 from attnwh.extract.stats import STAT_NAMES, row_statistics
 
-CAPTURE_ATTENTION = "attnwh_capture"
 QUERY_STEPS = {"prompt": 0, "gen1": 1}  # query name -> forward pass whose last row it is
-SESSION_ATTRIBUTE = "attnwh_capture_layer"
-MASK_ATTRIBUTE = "attnwh_head_mask"  # set by ``attnwh.extract.masking.head_masking`` for the duration of a block
-PRUNE_ATTRIBUTE = "attnwh_kv_prune"  # set by ``attnwh.extract.pruning.kv_pruning`` for the duration of a block
-
-
-def capture_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,  # [batch, head, query, head_dim]
-    key: torch.Tensor,  # [batch, kv_head, key, head_dim]
-    value: torch.Tensor,  # [batch, kv_head, key, head_dim]
-    attention_mask: torch.Tensor | None,  # bool [batch, 1, query, key] (True = attend), float additive, or None
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs,
-) -> tuple[torch.Tensor, None]:
-    """Stock SDPA attention, plus the rows of the captured queries when a session is active, the
-    chosen heads switched off while a head mask is set, and each head's removed image keys evicted
-    (absent from its softmax) while a KV pruning is set (output ``[batch, query, head, head_dim]``)."""
-    prune = getattr(module, PRUNE_ATTRIBUTE, None)
-    if prune is None:
-        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    else:  # head-wise image KV pruning (``attnwh.extract.pruning``): SDPA over each head's kept keys only
-        kept_key, kept_value, kept_mask = prune.sdpa_inputs(query, key, value, attention_mask, scaling)
-        output, _ = sdpa_attention_forward(module, query, kept_key, kept_value, kept_mask, dropout=dropout, scaling=scaling, **kwargs)
-    layer = getattr(module, SESSION_ATTRIBUTE, None)
-    if layer is not None:
-        if prune is not None:  # the observed last row over all keys, each head's removed keys masked out
-            last_mask = None if attention_mask is None else attention_mask[:, :, -1:, :]
-            attention_mask = prune.mask(query[:, :, -1:, :], key, last_mask, scaling)
-        layer.observe(query, key, attention_mask, scaling)
-    head_mask = getattr(module, MASK_ATTRIBUTE, None)
-    if head_mask is not None:
-        output = head_mask.apply(output, value)
-    return output, None
-
-
-AttentionInterface.register(CAPTURE_ATTENTION, capture_attention)
-AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
 
 
 def last_query_rows(
@@ -104,15 +63,6 @@ class CaptureSpec:
     @property
     def forward_passes_needed(self) -> int:
         return max(QUERY_STEPS[name] for name in self.queries) + 1
-
-
-@dataclass
-class _LayerHandle:
-    session: "CaptureSession"
-    layer: int
-
-    def observe(self, query, key, attention_mask, scaling) -> None:
-        self.session.observe(self.layer, query, key, attention_mask, scaling)
 
 
 @dataclass
@@ -205,43 +155,19 @@ def capture_session(
     segments: torch.Tensor,
     region: torch.Tensor | None = None,
     decoder_layers: list[torch.nn.Module] | None = None,
+    layer_edits=(),
 ) -> Iterator[CaptureSession]:
-    """Record the captured queries of every forward pass of ``text_model`` while inside the block.
+    """Record the captured queries of every forward pass of ``text_model`` this thread runs inside the block.
 
     ``attention_modules[i]`` is layer i's attention module, ``decoder_layers[i]`` the decoder layer
-    around it (needed when ``spec.lens``); the model is restored on exit.
+    around it (needed when ``spec.lens``); ``layer_edits`` are interventions bound to this batch
+    (``extract.forward``), active in the same call.
     """
     session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules), region=region)
-    hooks = [text_model.register_forward_pre_hook(lambda module, args: session.begin_forward())]
-    if spec.lens:
-        if decoder_layers is None or len(decoder_layers) != len(attention_modules):
-            raise ValueError("the logit lens needs the decoder layers")
-        hooks.append(decoder_layers[0].register_forward_pre_hook(_embedding_hook(session), with_kwargs=True))
-        hooks += [layer.register_forward_hook(_layer_output_hook(session, index + 1)) for index, layer in enumerate(decoder_layers)]
-    for index, module in enumerate(attention_modules):
-        setattr(module, SESSION_ATTRIBUTE, _LayerHandle(session, index))
-    try:
+    if spec.lens and (decoder_layers is None or len(decoder_layers) != len(attention_modules)):
+        raise ValueError("the logit lens needs the decoder layers")
+    with forward_call(text_model, attention_modules, decoder_layers or [], layer_edits, session, spec.lens):
         yield session
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module in attention_modules:
-            if hasattr(module, SESSION_ATTRIBUTE):
-                delattr(module, SESSION_ATTRIBUTE)
 
 
-def _embedding_hook(session: CaptureSession):
-    def hook(module, args, kwargs):
-        session.observe_hidden(0, args[0] if args else kwargs["hidden_states"])
-
-    return hook
-
-
-def _layer_output_hook(session: CaptureSession, index: int):
-    def hook(module, args, output):
-        session.observe_hidden(index, output[0] if isinstance(output, tuple) else output)
-
-    return hook
-
-
-__all__ = ["CAPTURE_ATTENTION", "STAT_NAMES", "CaptureSpec", "CaptureSession", "capture_session", "last_query_rows"]
+__all__ = ["STAT_NAMES", "CaptureSpec", "CaptureSession", "capture_session", "last_query_rows"]

@@ -4,18 +4,17 @@ logit lens out. Shared by extraction and masking (and anything else that runs a 
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from attnwh.extract.benchmarks.templates import LETTERS
 from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.forward import BatchView, Intervention, forward_call
 from attnwh.extract.lens import LensResult, logit_lens
-from attnwh.extract.masking import HeadMask, head_masking
 from attnwh.extract.models import LoadedModel
-from attnwh.extract.pruning import KVPrune, kv_pruning
-from attnwh.extract.segments import IMAGE, prompt_segments
+from attnwh.extract.segments import prompt_segments
 
 
 class _StopAfterAnswers:
@@ -51,17 +50,33 @@ class Generation:
     lens: dict[str, LensResult]  # per captured query, when the capture keeps hidden states
 
 
+def batch_view(loaded: LoadedModel, encoded: dict[str, torch.Tensor]) -> BatchView:
+    """What interventions are told of the model and of one encoded batch."""
+    info = loaded.info
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+    return BatchView(info["n_layers"], info["n_heads"], info["n_kv_heads"], segments, encoded["attention_mask"])
+
+
+def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()):
+    """One plain forward pass (no generation) with ``interventions`` active; returns the model's output."""
+    adapter, model = loaded.adapter, loaded.model
+    view = batch_view(loaded, encoded)
+    bound = [intervention.bind(view) for intervention in interventions]
+    with torch.inference_mode(), forward_call(adapter.text_model(model), adapter.attention_modules(model), adapter.decoder_layers(model), bound):
+        return model(**encoded)
+
+
 def generate_with_capture(
     loaded: LoadedModel,
     encoded: dict[str, torch.Tensor],
     capture: CaptureSpec | None,
     max_new_tokens: int,
     region: torch.Tensor | None = None,
-    mask: HeadMask | None = None,
-    prune: KVPrune | None = None,
+    interventions: Sequence[Intervention] = (),
 ):
-    """Greedy generation, with the capture session active (unless ``capture`` is None) and the heads of
-    ``mask`` switched off and the image KV cache pruned as ``prune`` says. Returns (generation, session or None, segments).
+    """Greedy generation, with the capture session active (unless ``capture`` is None) and
+    ``interventions`` (head masks, KV pruning, ...) bound to this batch and active for this call only.
+    Returns (generation, session or None, segments).
 
     Generation runs at least as many forward passes as the captured queries need (``gen1`` needs the
     decode step of the first generated token, even when that token is EOS), so ``generate`` is not
@@ -73,20 +88,19 @@ def generate_with_capture(
     tokenizer = loaded.processor.tokenizer
     eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
     adapter, model = loaded.adapter, loaded.model
-    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], adapter.image_token_ids(loaded.config))
+    view = batch_view(loaded, encoded)
+    segments = view.segments
     prompt_length = encoded["input_ids"].shape[1]
     passes = capture.forward_passes_needed if capture is not None else 1
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
-    info = loaded.info
-    capturing = (
-        capture_session(
-            adapter.text_model(model), adapter.attention_modules(model), capture, segments, region, adapter.decoder_layers(model)
-        )
-        if capture is not None
-        else nullcontext()
-    )
-    pruning = kv_pruning(adapter.attention_modules(model), prune, segments == IMAGE, info["n_heads"], info["n_kv_heads"])
-    with torch.inference_mode(), head_masking(adapter.attention_modules(model), mask, info["n_heads"], info["n_kv_heads"]), pruning, capturing as session:
+    bound = [intervention.bind(view) for intervention in interventions]
+    text_model, modules, layers = adapter.text_model(model), adapter.attention_modules(model), adapter.decoder_layers(model)
+    if capture is not None:
+        active = capture_session(text_model, modules, capture, segments, region, layers, bound)
+    else:
+        active = forward_call(text_model, modules, layers, bound)
+    with torch.inference_mode(), active as entered:
+        session = entered if capture is not None else None
         output = model.generate(
             **encoded,
             max_new_tokens=max(max_new_tokens, passes),

@@ -11,7 +11,7 @@ session.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from functools import partial
@@ -23,11 +23,11 @@ import torch
 from attnwh.errors import UsageError
 from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
-from attnwh.extract.generation import generate_with_capture, letter_token_ids
-from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, build_conditions, parse_k, recording_head_means
+from attnwh.extract.forward import Intervention
+from attnwh.extract.generation import forward_with, generate_with_capture, letter_token_ids
+from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, HeadMeans, build_conditions, parse_k
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
-from attnwh.extract.pruning import KVPrune
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
@@ -147,7 +147,7 @@ def run_mask(warehouse_path: Path | str | None, setup: MaskSetup, ranking: Ranki
 
     def part_of(condition: Condition) -> _ConditionPart:
         mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
-        return _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, sweep.evaluate(mask if condition.heads else None))
+        return _ConditionPart(run.run_id, condition, options.mode, ranking.run_id, ranking.score, sweep.evaluate([mask] if condition.heads else []))
 
     result.conditions_written += commit_conditions(run, pending, part_of, writer_of(setup.rank), on_progress)
     return result
@@ -204,7 +204,7 @@ def mask_condition_task(options: MaskOptions, run_root: str, run_id: str, condit
     sweep = cache.run_setup(f"{run_id}/sweep", lambda: Sweep(loaded, setup, _batch_size(options)))
     means = cache.run_setup(f"{run_id}/means", sweep.head_means) if options.mode == "mean" else {}
     mask = HeadMask(condition.heads, options.mode, {head: means[head] for head in condition.heads} if means else {})
-    rows = sweep.evaluate(mask if condition.heads else None)
+    rows = sweep.evaluate([mask] if condition.heads else [])
     part = _ConditionPart(run_id, condition, options.mode, ranking_run, ranking_score, rows)
     return int(parts.commit_part(RunPaths(storage.location(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
 
@@ -253,25 +253,25 @@ class Sweep:
 
     def head_means(self) -> dict[tuple[int, int], torch.Tensor]:
         """Each head's mean output over the real prefill positions of all samples (mode ``mean``)."""
-        adapter, model = self.loaded.adapter, self.loaded.model
-        modules = adapter.attention_modules(model)
         totals, count = None, 0
         for batch in self.batches:
-            with torch.inference_mode(), recording_head_means(modules, batch.encoded["attention_mask"]) as recorders:
-                model(**batch.encoded)
+            recording = HeadMeans()
+            forward_with(self.loaded, batch.encoded, [recording])
+            recorders = recording.recorders
             sums = torch.stack([recorder.total for recorder in recorders])  # [layer, head, head_dim]
             totals = sums if totals is None else totals + sums
             count += recorders[0].count
         means = (totals / count).cpu()
         return {(layer, head): means[layer, head] for layer in range(means.shape[0]) for head in range(means.shape[1])}
 
-    def evaluate(self, mask: HeadMask | None = None, prune: KVPrune | None = None) -> list[dict[str, Any]]:
-        """Every sample's answer with the heads of ``mask`` switched off and the image KV cache pruned
-        as ``prune`` says; each row also counts the prompt's keys and image keys (padding excluded)."""
+    def evaluate(self, interventions: Sequence[Intervention] = ()) -> list[dict[str, Any]]:
+        """Every sample's answer under ``interventions`` (a head mask, a KV pruning, ...; none: the
+        baseline); each row also counts the prompt's keys and image keys (padding excluded).
+        Safe to call from several threads at once: the interventions are bound per call."""
         tokenizer = self.loaded.processor.tokenizer
         rows = [dict(row) for row in self.errors]
         for batch in self.batches:
-            generation, _, segments = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, mask=mask, prune=prune)
+            generation, _, segments = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, interventions=interventions)
             log_probs = torch.log_softmax(generation.first_logits, dim=-1)
             n_prompt = batch.encoded["attention_mask"].sum(dim=1).tolist()
             n_image = (segments == IMAGE).sum(dim=1).tolist()

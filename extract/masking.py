@@ -17,14 +17,13 @@ rounded), and ``all``.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from attnwh.errors import UsageError
-from attnwh.extract.capture import MASK_ATTRIBUTE
+from attnwh.extract.forward import BatchView, LayerIntervention
 from attnwh.warehouse.definitions import layer_stages
 
 MODES = ("zero", "mean", "paper")
@@ -46,7 +45,7 @@ def stage_layers(n_layers: int, stage: str) -> range:
 
 
 @dataclass
-class LayerMask:
+class LayerMask(LayerIntervention):
     """The heads of one layer to switch off, and how."""
 
     heads: torch.Tensor  # long [n]
@@ -54,7 +53,7 @@ class LayerMask:
     n_kv_groups: int  # query heads per KV head
     means: torch.Tensor | None = None  # [n, head_dim] for mode 'mean'
 
-    def apply(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``output`` [batch, query, head, head_dim]; ``value`` [batch, kv_head, key, head_dim]."""
         if self.heads.numel() == 0:
             return output
@@ -73,8 +72,9 @@ class LayerMask:
 
 @dataclass
 class HeadMask:
-    """Heads to switch off per layer, for every forward pass (prefill and decode) inside ``head_masking``."""
+    """An intervention: heads to switch off per layer, for every forward pass (prefill and decode) of a call."""
 
+    kind = "mask"
     heads: Sequence[Head]
     mode: str = "zero"
     means: dict[Head, torch.Tensor] = field(default_factory=dict)  # mode 'mean': (layer, head) -> [head_dim]
@@ -99,32 +99,19 @@ class HeadMask:
         return masks
 
 
-@contextmanager
-def head_masking(attention_modules: list[torch.nn.Module], mask: HeadMask | None, n_heads: int, n_kv_heads: int) -> Iterator[None]:
-    """Switch the mask's heads off in the capture attention function while inside the block."""
-    if mask is None:
-        yield
-        return
-    layer_masks = mask.layer_masks(len(attention_modules), n_heads, n_kv_heads)
-    for layer, layer_mask in layer_masks.items():
-        setattr(attention_modules[layer], MASK_ATTRIBUTE, layer_mask)
-    try:
-        yield
-    finally:
-        for module in attention_modules:
-            if hasattr(module, MASK_ATTRIBUTE):
-                delattr(module, MASK_ATTRIBUTE)
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        return self.layer_masks(view.n_layers, view.n_heads, view.n_kv_heads)
 
 
-class _MeanRecorder:
-    """Sums each head's output over real (non-pad) prefill positions; installed in place of a mask."""
+class MeanRecorder(LayerIntervention):
+    """Sums each head's output over real (non-pad) prefill positions of one layer; changes nothing."""
 
     def __init__(self, real: torch.Tensor):
         self.real = real  # [batch, position] bool
-        self.total: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None  # [head, head_dim] fp32
         self.count = 0
 
-    def apply(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         if output.shape[1] == self.real.shape[1]:  # the prefill pass
             selected = output[self.real.to(output.device)].float()  # [positions, head, head_dim]
             total = selected.sum(dim=0)
@@ -133,18 +120,16 @@ class _MeanRecorder:
         return output
 
 
-@contextmanager
-def recording_head_means(attention_modules: list[torch.nn.Module], attention_mask: torch.Tensor) -> Iterator[list[_MeanRecorder]]:
-    """Record per-layer head output sums over one batch's prefill (unmasked)."""
-    recorders = [_MeanRecorder(attention_mask.bool()) for _ in attention_modules]
-    for module, recorder in zip(attention_modules, recorders):
-        setattr(module, MASK_ATTRIBUTE, recorder)
-    try:
-        yield recorders
-    finally:
-        for module in attention_modules:
-            if hasattr(module, MASK_ATTRIBUTE):
-                delattr(module, MASK_ATTRIBUTE)
+@dataclass
+class HeadMeans:
+    """An intervention that records each head's output sums over one batch's prefill (mode ``mean``'s reference)."""
+
+    kind = "record"
+    recorders: list[MeanRecorder] = field(default_factory=list)  # one per layer, after ``bind``
+
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        self.recorders = [MeanRecorder(view.attention_mask.bool()) for _ in range(view.n_layers)]
+        return dict(enumerate(self.recorders))
 
 
 @dataclass(frozen=True)

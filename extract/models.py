@@ -16,7 +16,7 @@ import torch
 from attnwh.errors import ModelError, UsageError
 from attnwh.registry import register
 from attnwh.extract import regions
-from attnwh.extract.capture import CAPTURE_ATTENTION
+from attnwh.extract.forward import CAPTURE_ATTENTION, install_dispatch
 from attnwh.extract.regions import RegionFunction
 
 _REVISION_WINDOW = 1 << 20
@@ -116,6 +116,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     eos_token_ids: tuple[int, ...] = ()  # the checkpoint's end-of-answer tokens
+
+    def __post_init__(self) -> None:
+        # the hooks that report to the calling context's forward call, installed before the model is shared
+        install_dispatch(self.adapter.text_model(self.model), self.adapter.decoder_layers(self.model))
 
     @property
     def config(self):

@@ -164,7 +164,7 @@ def run_prune(warehouse_path: Path | str | None, setup: PruneSetup, ranking: Hea
 
 def _condition_part(run_id: str, condition: PruneCondition, ranking: HeadScores, sweep: Sweep, info: dict[str, Any], bytes_per_value: int) -> "_ConditionPart":
     prune = None if condition.allocation == "full" else KVPrune(condition.kept, condition.keep)
-    rows = sweep.evaluate(prune=prune)
+    rows = sweep.evaluate([prune] if prune is not None else [])
     n_layers, n_kv = info["n_layers"], info["n_kv_heads"]
     for row in rows:
         if row["status"] != "ok":

@@ -27,15 +27,15 @@ total (largest remainders).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from attnwh.errors import UsageError
-from attnwh.extract.capture import PRUNE_ATTRIBUTE, last_query_rows
+from attnwh.extract.capture import last_query_rows
+from attnwh.extract.forward import BatchView, LayerIntervention
+from attnwh.extract.segments import IMAGE
 
 ALLOCATIONS = ("full", "uniform", "score", "random")
 KEEP = ("attention", "stride")
@@ -110,7 +110,7 @@ def kv_bytes(keys: int, head_dim: int, bytes_per_value: int) -> int:
 
 
 class MaskBuffer:
-    """Memory reused for the gathered attention masks of one batch's layers (``LayerPrune.sdpa_inputs``).
+    """Memory reused for the gathered attention masks of one batch's layers (``LayerPrune.attend``).
 
     Each layer's mask is consumed by its SDPA call before the next layer builds its own, so the layers of a
     pruning block share one buffer. A fresh ``[batch, head, query, width]`` tensor is tens of MB in a
@@ -130,8 +130,8 @@ class MaskBuffer:
 
 
 @dataclass
-class LayerPrune:
-    """One layer's pruning for one batch: which image keys each KV head keeps."""
+class LayerPrune(LayerIntervention):
+    """One layer's pruning for one call: which image keys each KV head keeps (chosen by the layer's first call)."""
 
     budgets: torch.Tensor  # long [batch, kv_head]
     image: torch.Tensor  # bool [batch, prompt_position]: image keys
@@ -140,9 +140,9 @@ class LayerPrune:
     kept: torch.Tensor | None = None  # bool [batch, kv_head, prompt_position], chosen in the prefill
     keeps_all: bool = False
     slots: torch.Tensor | None = None  # long [batch, kv_head, width]: each KV head's kept prompt positions, ascending; then -1
-    buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one ``kv_pruning`` block
+    buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one call
 
-    def sdpa_inputs(
+    def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """``(key, value, attention_mask)`` for SDPA with each KV head's removed image keys evicted, or the inputs
@@ -153,11 +153,11 @@ class LayerPrune:
         ``[batch, head, query, width]``, additive in the query's dtype, written into ``buffer`` (valid until the
         next layer's call); a head that keeps fewer than ``width`` keys has its extra slots masked out. A head's
         removed keys are absent from its softmax: they get exactly zero attention and its kept keys sum to one,
-        as under :meth:`mask` (the same logits up to float rounding, ~1e-7 in fp32). Only rows that see no key
+        as under :meth:`observed_mask` (the same logits up to float rounding, ~1e-7 in fp32). Only rows that see no key
         at all (left padding, whose outputs no real row reads) differ: they average the gathered values where
         the mask over all keys averages all of them.
 
-        Gathered rather than masked: a per-head mask over all keys (:meth:`mask`) has to be built as a
+        Gathered rather than masked: a per-head mask over all keys (:meth:`observed_mask`) has to be built as a
         ``[batch, head, query, key]`` tensor in every layer's prefill (~50 ms for bench/bench_prune.py's
         LLaVA-1.5-shaped layer on the CPU, most of it faulting in fresh memory) and SDPA still runs over every
         key (75 ms, against 55 ms with the shared mask): the pruned pass cost 1.10-1.13x a plain one. Gathered,
@@ -188,10 +188,10 @@ class LayerPrune:
         torch.gather(additive.expand(batch, n_heads, n_query, n_keys + 1), 3, index, out=mask)
         return key, value, mask
 
-    def mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
+    def observed_mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
         """The attention mask over all keys with each head's removed image keys masked out (additive,
         ``[batch, head, query, key]``: 0 = attend, the dtype's lowest value = not), or the mask unchanged where
-        every head keeps every image key: what :meth:`sdpa_inputs` evicts, as a mask (the capture session
+        every head keeps every image key: what :meth:`attend` evicts, as a mask (the capture session
         observes the last query row through it)."""
         if self._keeps_all(query, key, attention_mask, scaling):
             return attention_mask
@@ -253,11 +253,11 @@ def _as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int,
 
 @dataclass
 class KVPrune:
-    """A pruning condition: the kept share per (layer, KV head), and how keys are chosen."""
+    """An intervention: the kept share of image keys per (layer, KV head), and how keys are chosen."""
 
+    kind = "prune"
     kept: np.ndarray  # [layer, kv_head] in [0, 1]
     keep: str = "attention"
-    layers: list[LayerPrune] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP:
@@ -266,24 +266,16 @@ class KVPrune:
     def counts(self, n_image: int) -> np.ndarray:
         return budgets(self.kept, n_image)
 
-
-@contextmanager
-def kv_pruning(attention_modules: list[torch.nn.Module], prune: KVPrune | None, image: torch.Tensor, n_heads: int, n_kv_heads: int) -> Iterator[None]:
-    """Prune the image KV cache of every layer inside the block (``image``: bool [batch, prompt_position])."""
-    if prune is None:
-        yield
-        return
-    if prune.kept.shape != (len(attention_modules), n_kv_heads):
-        raise UsageError(f"a pruning condition for {prune.kept.shape[0]} layers × {prune.kept.shape[1]} KV heads does not fit a model of {len(attention_modules)} × {n_kv_heads}")
-    n_image = image.sum(dim=1).tolist()
-    per_sample = [torch.from_numpy(prune.counts(int(n))) for n in n_image]  # [layer, kv_head] each
-    buffer = MaskBuffer()  # the layers run one after the other: one mask buffer for all of them
-    for index, module in enumerate(attention_modules):
-        budgets_of_layer = torch.stack([counts[index] for counts in per_sample]).to(image.device)
-        setattr(module, PRUNE_ATTRIBUTE, LayerPrune(budgets_of_layer, image, prune.keep, n_heads // n_kv_heads, buffer=buffer))
-    try:
-        yield
-    finally:
-        for module in attention_modules:
-            if hasattr(module, PRUNE_ATTRIBUTE):
-                delattr(module, PRUNE_ATTRIBUTE)
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        """Each layer's budgets for this batch's samples, and one mask buffer for all layers (they run one after the other)."""
+        if self.kept.shape != (view.n_layers, view.n_kv_heads):
+            raise UsageError(
+                f"a pruning condition for {self.kept.shape[0]} layers × {self.kept.shape[1]} KV heads does not fit a model of {view.n_layers} × {view.n_kv_heads}"
+            )
+        image = view.segments == IMAGE
+        per_sample = [torch.from_numpy(self.counts(int(n))) for n in image.sum(dim=1).tolist()]  # [layer, kv_head] each
+        buffer = MaskBuffer()
+        return {
+            layer: LayerPrune(torch.stack([counts[layer] for counts in per_sample]).to(image.device), image, self.keep, view.n_kv_groups, buffer=buffer)
+            for layer in range(view.n_layers)
+        }

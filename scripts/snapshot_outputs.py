@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 VARYING = ("created", "path")  # when and where a run was made: differ between two builds of the same warehouse
-TABLES = ("samples", "head_metrics", "logit_lens", "mask_conditions", "mask_results")
+TABLES = ("samples", "head_metrics", "logit_lens", "mask_conditions", "mask_results", "prune_conditions", "prune_results")
 
 
 def snapshot(warehouse: str) -> dict:

@@ -84,21 +84,23 @@ def test_captured_tensors_hold_only_their_own_memory(tiny_model):
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
 
 
-def test_session_is_removed_after_the_block(tiny_mha):
+def test_a_call_leaves_nothing_on_the_model(tiny_mha):
+    # per-call state travels with the call (a context variable), never as attributes or hooks of the shared model
+    from attnwh.extract.forward import ACTIVE_CALL
+
     loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
-    modules = loaded.adapter.attention_modules(loaded.model)
+    adapter, model = loaded.adapter, loaded.model
+    modules, layers, text_model = adapter.attention_modules(model), adapter.decoder_layers(model), adapter.text_model(model)
+
+    def state():
+        return [(sorted(vars(module)), len(module._forward_hooks), len(module._forward_pre_hooks)) for module in (*modules, *layers, text_model)]
+
+    before = state()
     segments = torch.zeros((1, 4), dtype=torch.int8)
     with pytest.raises(RuntimeError):
-        layers = loaded.adapter.decoder_layers(loaded.model)
-        with capture_session(loaded.adapter.text_model(loaded.model), modules, CaptureSpec(), segments, None, layers):
-            assert all(hasattr(module, "attnwh_capture_layer") for module in modules)
+        with capture_session(text_model, modules, CaptureSpec(), segments, None, layers):
+            assert ACTIVE_CALL.get() is not None
+            assert state() == before
             raise RuntimeError("boom")
-    assert not any(hasattr(module, "attnwh_capture_layer") for module in modules)
-    assert not loaded.adapter.text_model(loaded.model)._forward_pre_hooks
-    assert not any(layer._forward_hooks or layer._forward_pre_hooks for layer in loaded.adapter.decoder_layers(loaded.model))
-
-
-def test_vision_tower_does_not_use_the_capture_function(tiny_mha):
-    loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
-    assert loaded.config.text_config._attn_implementation == "attnwh_capture"
-    assert loaded.config.vision_config._attn_implementation == "sdpa"
+    assert ACTIVE_CALL.get() is None
+    assert state() == before

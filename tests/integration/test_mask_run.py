@@ -72,7 +72,7 @@ def test_masking_every_head_makes_answers_independent_of_the_image():
     images = [sample.load_image() for sample in samples[:6:2]]  # three different scenes
     prompt = FORMATS["chat_template"].render(loaded.processor, question)
     encoded = encode_batch(loaded, images, [prompt] * len(images))
-    masked, _, _ = generate_with_capture(loaded, encoded, None, 2, mask=HeadMask(every_head, "zero"))
+    masked, _, _ = generate_with_capture(loaded, encoded, None, 2, interventions=[HeadMask(every_head, "zero")])
     assert all(torch.equal(masked.first_logits[0], logits) for logits in masked.first_logits[1:])
     assert masked.answers[0] == masked.answers[1] == masked.answers[2]
     unmasked, _, _ = generate_with_capture(loaded, encoded, None, 2)

@@ -30,7 +30,7 @@ def _loaded(folder):
 def test_masking_no_heads_leaves_logits_bit_identical(tiny_model):
     loaded = _loaded(tiny_model)
     encoded = _encoded(loaded, 3)
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 1, mask=HeadMask((), "zero"))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 1, interventions=[HeadMask((), "zero")])
     plain = reference_generate(tiny_model, encoded, 1, attn_implementation="sdpa", output_logits=True)
     assert torch.equal(generation.first_logits, plain.logits[0])
 
@@ -38,7 +38,7 @@ def test_masking_no_heads_leaves_logits_bit_identical(tiny_model):
 def test_zero_mode_equals_an_o_proj_input_hook(tiny_model):
     loaded = _loaded(tiny_model)
     encoded = _encoded(loaded, 3)
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, mask=HeadMask(HEADS, "zero"))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, interventions=[HeadMask(HEADS, "zero")])
 
     reference = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
     head_dim = reference.config.text_config.hidden_size // reference.config.text_config.num_attention_heads
@@ -87,7 +87,7 @@ def _paper_reference(heads_by_layer: dict[int, list[int]]):
 def test_paper_mode_equals_zeroed_scores_after_the_causal_mask(tiny_model):
     loaded = _loaded(tiny_model)
     encoded = _encoded(loaded, 1)  # unpadded, as paper mode runs
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, mask=HeadMask(HEADS, "paper"))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, interventions=[HeadMask(HEADS, "paper")])
 
     heads_by_layer: dict[int, list[int]] = {}
     for layer, head in HEADS:
@@ -100,7 +100,7 @@ def test_paper_mode_equals_zeroed_scores_after_the_causal_mask(tiny_model):
     with torch.inference_mode():
         logits = reference(**encoded).logits[:, -1]
     assert torch.allclose(generation.first_logits, logits, atol=1e-5)
-    zeroed, _, _ = generate_with_capture(loaded, encoded, None, 1, mask=HeadMask(HEADS, "zero"))
+    zeroed, _, _ = generate_with_capture(loaded, encoded, None, 1, interventions=[HeadMask(HEADS, "zero")])
     assert not torch.allclose(zeroed.first_logits, logits, atol=1e-3), "paper mode must differ from zero mode"
 
 
@@ -126,15 +126,16 @@ def test_conditions_top_random_bottom():
 
 def test_mean_mode_equals_an_o_proj_hook_with_independently_recorded_means(tiny_model):
     """Means recorded by an o_proj input hook over the real prefill positions, then substituted by the hook."""
-    from attnwh.extract.masking import recording_head_means
+    from attnwh.extract.generation import forward_with
+    from attnwh.extract.masking import HeadMeans
 
     loaded = _loaded(tiny_model)
     encoded = _encoded(loaded, 3)
-    modules = loaded.adapter.attention_modules(loaded.model)
-    with torch.inference_mode(), recording_head_means(modules, encoded["attention_mask"]) as recorders:
-        loaded.model(**encoded)
+    recording = HeadMeans()
+    forward_with(loaded, encoded, [recording])
+    recorders = recording.recorders
     means = {(layer, head): recorders[layer].total[head] / recorders[layer].count for layer, head in HEADS}
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 1, mask=HeadMask(HEADS, "mean", means))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 1, interventions=[HeadMask(HEADS, "mean", means)])
 
     reference = AutoModelForImageTextToText.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="sdpa").eval()
     text = reference.config.text_config

@@ -100,7 +100,7 @@ def _layer_inputs(seed: int = 0, batch: int = 2, n_heads: int = 4, n_kv: int = 2
 def test_removed_keys_get_exactly_zero_attention_and_kept_ones_sum_to_one(keep):
     query, key, _, image = _layer_inputs()
     layer = LayerPrune(torch.tensor([[2, 0], [6, 1]]), image, keep, n_kv_groups=2)
-    mask = layer.mask(query, key, None, 8**-0.5)  # additive [batch, head, query, key], as SDPA is given it
+    mask = layer.observed_mask(query, key, None, 8**-0.5)  # additive [batch, head, query, key], as SDPA is given it
     scores = torch.matmul(query, key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5
     weights = torch.softmax(scores + mask, dim=-1)  # by hand, from the mask
     causal = torch.ones(12, 12, dtype=torch.bool).tril()
@@ -127,7 +127,7 @@ def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_ima
     pruned = {(0, 1), (2, 0)}  # (layer, KV head) with budget 0
     for layer, kv_head in pruned:
         kept[layer, kv_head] = 0.0
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 4, prune=KVPrune(kept, "attention"))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 4, interventions=[KVPrune(kept, "attention")])
 
     image_ids = loaded.config.image_token_id
     image = encoded["input_ids"] == image_ids  # [batch, prompt]: the image keys, from the token ids
@@ -165,7 +165,7 @@ def test_keeping_every_key_leaves_logits_bit_identical_to_plain_sdpa(tiny_model)
     encoded = _encoded(loaded, 3)
     info = loaded.info
     kept = allocate("uniform", 1.0, np.zeros((info["n_layers"], info["n_kv_heads"])))
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, prune=KVPrune(kept, "attention"))
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, interventions=[KVPrune(kept, "attention")])
     plain = reference_generate(tiny_model, encoded, 3, attn_implementation="sdpa", output_logits=True)
     assert torch.equal(generation.first_logits, plain.logits[0])
 

@@ -1,0 +1,228 @@
+"""One forward call's state, and the one attention function that reads it: where reading and intervening meet.
+
+attnwh registers one attention function with transformers (``attnwh_capture`` in ``AttentionInterface``,
+and the same name in ``AttentionMaskInterface`` mapped to the SDPA mask: without it padding masks are
+silently dropped). It computes exactly the stock SDPA output unless a ``ForwardCall`` is active in the
+calling context; then, per layer, it lets the call's interventions change what the layer attends to
+(``LayerIntervention.attend``: pruning evicts keys) and what it outputs (``LayerIntervention.output``:
+masking switches heads off), and shows the call's observer (the capture session, ``extract.capture``)
+the last query row as the layer saw it. Reading and intervening go through this one mechanism, as
+TransformerLens' hook points do; an intervention is one module that builds ``LayerIntervention`` objects.
+
+**State of one call travels with the call.** The active ``ForwardCall`` lives in a ``ContextVar``
+(``forward_call`` sets it around the block and resets it on exit), so it belongs to the calling thread
+and task: several conditions may run at once on one model, as they do on a Dask worker with several
+threads. Nothing per call is stored on the model. The forward hooks that tell the observer where a
+forward pass starts and what each decoder layer outputs (the logit lens) are installed once per model
+(``install_dispatch``, when a ``LoadedModel`` is made, before the model is shared) and dispatch to the
+calling context's ``ForwardCall``; they do nothing when none is active or when it belongs to another model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+CAPTURE_ATTENTION = "attnwh_capture"
+DISPATCH_MARKER = "attnwh_dispatch_hooks"  # set once on a text model whose dispatch hooks are installed (structural, not per call)
+
+
+class LayerIntervention:
+    """What one intervention changes in one layer's attention during one call; each method defaults to no change."""
+
+    def attend(
+        self,
+        query: torch.Tensor,  # [batch, head, query, head_dim]
+        key: torch.Tensor,  # [batch, kv_head, key, head_dim]
+        value: torch.Tensor,  # [batch, kv_head, key, head_dim]
+        attention_mask: torch.Tensor | None,
+        scaling: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(key, value, attention_mask)`` SDPA runs over."""
+        return key, value, attention_mask
+
+    def observed_mask(
+        self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
+    ) -> torch.Tensor | None:
+        """The mask over all ``key`` positions through which the observer sees the last query row (``query``
+        and ``attention_mask`` cut to that row): what the layer really attended to."""
+        return attention_mask
+
+    def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The layer's attention output ``[batch, query, head, head_dim]`` after the intervention."""
+        return output
+
+
+@dataclass(frozen=True)
+class BatchView:
+    """What an intervention is told of the model and the batch it is bound to."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    segments: torch.Tensor  # [batch, prompt_position] segment codes (extract.segments)
+    attention_mask: torch.Tensor  # [batch, prompt_position] 1 = real token, 0 = left padding
+
+    @property
+    def n_kv_groups(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+class Intervention(Protocol):
+    """A condition's change to attention (masking, pruning, an ablation pattern, ...): bound to one batch per call."""
+
+    kind: str  # what the sweep records in its condition rows ('mask', 'prune', ...)
+
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        """The per-layer interventions for one call over this batch (fresh objects: they may hold per-call state)."""
+        ...
+
+
+class Observer(Protocol):
+    """What reads a call's attention (``extract.capture.CaptureSession``)."""
+
+    def begin_forward(self) -> None: ...
+
+    def observe(self, layer: int, query, key, attention_mask, scaling) -> None: ...
+
+    def observe_hidden(self, index: int, hidden: torch.Tensor) -> None: ...
+
+
+@dataclass
+class ForwardCall:
+    """One call's observer and interventions, by layer, for the modules of one model."""
+
+    text_model: torch.nn.Module
+    decoder_layers: list[torch.nn.Module]
+    layer_of: dict[int, int]  # id(attention module) -> layer index
+    edits: dict[int, list[LayerIntervention]] = field(default_factory=dict)  # layer -> interventions, in the order given
+    observer: Observer | None = None
+    lens: bool = False  # whether the observer wants each decoder layer's output
+
+
+ACTIVE_CALL: ContextVar[ForwardCall | None] = ContextVar("attnwh_forward_call", default=None)
+
+
+def attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,  # [batch, head, query, head_dim]
+    key: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    value: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    attention_mask: torch.Tensor | None,  # bool [batch, 1, query, key] (True = attend), float additive, or None
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Stock SDPA attention, changed by the active call's interventions of this layer and observed by its
+    observer (output ``[batch, query, head, head_dim]``)."""
+    call = ACTIVE_CALL.get()
+    layer = None if call is None else call.layer_of.get(id(module))
+    if layer is None:  # no call in this context, or a call over another model
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return output, None
+    edits = call.edits.get(layer, ())
+    attended_key, attended_value, attended_mask = key, value, attention_mask
+    for edit in edits:
+        attended_key, attended_value, attended_mask = edit.attend(query, attended_key, attended_value, attended_mask, scaling)
+    output, _ = sdpa_attention_forward(module, query, attended_key, attended_value, attended_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if call.observer is not None:
+        observed = attention_mask
+        if edits:
+            last_query = query[:, :, -1:, :]
+            observed = None if attention_mask is None else attention_mask[:, :, -1:, :]
+            for edit in edits:
+                observed = edit.observed_mask(last_query, key, observed, scaling)
+        call.observer.observe(layer, query, key, observed, scaling)
+    for edit in edits:
+        output = edit.output(output, value)
+    return output, None
+
+
+AttentionInterface.register(CAPTURE_ATTENTION, attention)
+AttentionMaskInterface.register(CAPTURE_ATTENTION, sdpa_mask)
+
+
+def install_dispatch(text_model: torch.nn.Module, decoder_layers: Sequence[torch.nn.Module]) -> None:
+    """Install, once per model, the hooks that report forward starts and decoder-layer outputs to the
+    active call's observer. Call it before the model is shared between threads (``LoadedModel`` does)."""
+    if getattr(text_model, DISPATCH_MARKER, False):
+        return
+    text_model.register_forward_pre_hook(_forward_start)
+    if decoder_layers:
+        decoder_layers[0].register_forward_pre_hook(_embedding_input, with_kwargs=True)
+        for index, layer in enumerate(decoder_layers):
+            layer.register_forward_hook(_LayerOutput(index))
+    setattr(text_model, DISPATCH_MARKER, True)
+
+
+def _observing(text_model: torch.nn.Module | None = None) -> ForwardCall | None:
+    call = ACTIVE_CALL.get()
+    if call is None or call.observer is None or (text_model is not None and call.text_model is not text_model):
+        return None
+    return call
+
+
+def _forward_start(module, args) -> None:
+    call = _observing(module)
+    if call is not None:
+        call.observer.begin_forward()
+
+
+def _embedding_input(module, args, kwargs) -> None:
+    call = _observing()
+    if call is not None and call.lens and call.decoder_layers and call.decoder_layers[0] is module:
+        call.observer.observe_hidden(0, args[0] if args else kwargs["hidden_states"])
+
+
+class _LayerOutput:
+    """Forward hook of decoder layer ``index``: its output is the logit lens's hidden state ``index + 1``."""
+
+    def __init__(self, index: int):
+        self.index = index
+
+    def __call__(self, module, args, output) -> None:
+        call = _observing()
+        if call is not None and call.lens and self.index < len(call.decoder_layers) and call.decoder_layers[self.index] is module:
+            call.observer.observe_hidden(self.index + 1, output[0] if isinstance(output, tuple) else output)
+
+
+@contextmanager
+def forward_call(
+    text_model: torch.nn.Module,
+    attention_modules: Sequence[torch.nn.Module],
+    decoder_layers: Sequence[torch.nn.Module],
+    layer_edits: Sequence[dict[int, LayerIntervention]] = (),
+    observer: Observer | None = None,
+    lens: bool = False,
+) -> Iterator[ForwardCall]:
+    """Make a call's interventions (each a ``{layer: LayerIntervention}`` from ``Intervention.bind``) and
+    observer active for the forward passes this thread or task runs inside the block."""
+    if ACTIVE_CALL.get() is not None:
+        raise RuntimeError("a forward call is already active in this context: calls do not nest")
+    install_dispatch(text_model, decoder_layers)
+    edits: dict[int, list[LayerIntervention]] = {}
+    for bound in layer_edits:
+        for layer, edit in bound.items():
+            edits.setdefault(layer, []).append(edit)
+    call = ForwardCall(
+        text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens
+    )
+    token = ACTIVE_CALL.set(call)
+    try:
+        yield call
+    finally:
+        ACTIVE_CALL.reset(token)
+
+
+__all__ = [
+    "ACTIVE_CALL", "BatchView", "CAPTURE_ATTENTION", "ForwardCall", "Intervention", "LayerIntervention", "Observer",
+    "attention", "forward_call", "install_dispatch",
+]
