@@ -14,9 +14,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from attnwh.errors import UsageError
-from attnwh.extract.mask_run import MaskOptions, MaskResult, ProgressCallback, Ranking, SweepOptions, prepare_mask, run_mask
+from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
 from attnwh.extract.setup import RunSetup
-from attnwh.extract.prune_run import HeadScores, PruneOptions, PruneResult, prepare_prune, run_prune
+from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune
+from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepOptions, SweepResult
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
 from attnwh.queries.rankings import latest_ranking_run, ranked_scores
@@ -36,7 +37,7 @@ def _check_heads_fit(heads: list[tuple[int, int]], info: dict, run_id: str, mode
         )
 
 
-def _ranked_heads(warehouse: Path | str | None, setup: RunSetup, options: SweepOptions, warn: Warn | None) -> tuple[str, dict[tuple[int, int], float], str]:
+def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOptions, warn: Warn | None) -> HeadRanking:
     """The ranking a sweep follows: the run (``--ranking-run``, else the newest complete extraction of the
     same model revision and benchmark), every head's score best first, and the score's recorded name."""
     open_warehouse(warehouse, create=True)  # a sweep writes into it (a missing one then says which run to extract first)
@@ -46,7 +47,7 @@ def _ranked_heads(warehouse: Path | str | None, setup: RunSetup, options: SweepO
         run_id = options.ranking_run or latest_ranking_run(session, setup.model_label, setup.spec["model_revision"], setup.benchmark.name)
         scores, score = ranked_scores(session, run_id, options.score, options.ranking_query)
     _check_heads_fit(list(scores), setup.details["model_info"], run_id, setup.model_label)
-    return run_id, scores, score
+    return HeadRanking(run_id, score, options.ranking_query, scores)
 
 
 def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Table:
@@ -56,23 +57,21 @@ def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Tab
 
 def mask_sweep(
     warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
-) -> tuple[MaskResult, pa.Table]:
+) -> tuple[SweepResult, pa.Table]:
     """``attnwh mask``: heads ranked over an extraction run (or an imported ranking), the sweep run or
     resumed, and its table of accuracy per condition (the ``mask_sweep`` mart)."""
     setup = prepare_mask(options)
-    run_id, scores, score = _ranked_heads(warehouse, setup.run, options, warn)
-    result = run_mask(warehouse, setup, Ranking(run_id, score, options.ranking_query, list(scores)), on_progress)
+    result = run_mask(warehouse, setup, _ranking(warehouse, setup.run, options, warn), on_progress)
     return result, _sweep_table(warehouse, "mask_sweep", result.run_id)
 
 
 def prune_sweep(
     warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
-) -> tuple[PruneResult, pa.Table]:
+) -> tuple[SweepResult, pa.Table]:
     """``attnwh prune``: head scores from an extraction run (or an imported ranking), the pruning sweep
     run or resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
     setup = prepare_prune(options)
-    run_id, scores, score = _ranked_heads(warehouse, setup.run, options, warn)
-    result = run_prune(warehouse, setup, HeadScores(run_id, score, scores), on_progress)
+    result = run_prune(warehouse, setup, _ranking(warehouse, setup.run, options, warn), on_progress)
     return result, _sweep_table(warehouse, "prune_sweep", result.run_id)
 
 

@@ -266,6 +266,10 @@ class KVPrune:
     def counts(self, n_image: int) -> np.ndarray:
         return budgets(self.kept, n_image)
 
+    def kept_image_keys(self, n_image: int) -> int:
+        """Image keys the pruned cache holds for a sample of ``n_image`` image tokens, summed over layers and KV heads."""
+        return int(self.counts(n_image).sum())
+
     def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
         """Each layer's budgets for this batch's samples, and one mask buffer for all layers (they run one after the other)."""
         if self.kept.shape != (view.n_layers, view.n_kv_heads):

@@ -26,9 +26,17 @@ STAGING_ORDER = (
     "stg_head_ranks",
     "stg_head_scores",
     "stg_logit_lens",
+    "stg_sweep_conditions",
+    "stg_sweep_results",
     "stg_mask_conditions",
     "stg_mask_results",
+    "stg_prune_conditions",
     "stg_prune_results",
+    # the former stored tables, in their shape over old and new parts (sweeps now share sweep_conditions / sweep_results)
+    "mask_conditions",
+    "mask_results",
+    "prune_conditions",
+    "prune_results",
 )
 
 

@@ -29,7 +29,7 @@ from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import check_view_name, define_derived_views
 from attnwh.warehouse.layout import RunPaths, Warehouse, table_file_name
 from attnwh.warehouse.runs import check_plan_footer
-from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES, unreadable_version
+from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES, unreadable_version, view_name
 
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
@@ -127,7 +127,7 @@ class Catalog:
         self._define_readable_views(self.warehouse.run_folders(tagged=False), runs, files)
         self._register_table("runs", runs_table(runs))
         # each table's view is bound (every footer of its files read by DuckDB) when a query first names it
-        self._on_demand.update({table: self._raw_view(table, files[table]) for table in TABLES})
+        self._on_demand.update({view_name(table): self._raw_view(table, files[table]) for table in TABLES})
         self._define_derived_views(runs)
 
     def _define_readable_views(self, found_runs: list[RunPaths], runs: list, files: dict[str, list[str]]) -> None:
@@ -172,7 +172,7 @@ class Catalog:
                 relation = self._with_every_column(self.connection.read_parquet(files, union_by_name=True), TABLES[table])
             else:
                 relation = self._arrow_relation(TABLES[table].empty_table())
-            relation.create_view(table, replace=True)
+            relation.create_view(view_name(table), replace=True)
 
         return define
 

@@ -84,6 +84,47 @@ LOGIT_LENS = pa.schema(
 
 LOGIT_LENS_SORT = [("query", "ascending"), ("layer", "ascending"), ("sample_idx", "ascending")]
 
+# Sweeps (``attnwh mask``, ``attnwh prune``, any intervention): one condition table and one result table for
+# every kind. A condition's own settings are the intervention's (JSON, typed by the kind's staging view);
+# condition 0 of a run is its baseline, and every condition is compared with it on the same samples.
+SWEEP_CONDITIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),  # 0 = the baseline (no intervention)
+        ("kind", pa.string()),  # 'mask' | 'prune' | ...: the intervention
+        ("ranking_run_id", pa.string()),  # the run whose head scores chose the heads or budgets (null: none did)
+        ("ranking_score", pa.string()),  # the head score of that ranking (head_score_names(), or 'imported')
+        ("heads", pa.list_(pa.struct([("layer", pa.int16()), ("head", pa.int16())]))),  # the heads the condition acts on
+        ("settings", pa.string()),  # JSON object: the intervention's settings (mask: strategy, stage, k, ...; prune: allocation, kv_share, ...)
+    ]
+)
+
+# one row per condition and sample: the answer, and the KV cache the condition's heads hold
+SWEEP_RESULTS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),
+        ("sample_idx", pa.int64()),
+        ("sample_key", pa.string()),
+        ("status", pa.string()),  # 'ok' | 'error'
+        ("error", pa.string()),
+        ("gold", pa.string()),
+        ("output_text", pa.string()),
+        ("parser", pa.string()),
+        ("parser_version", pa.string()),
+        ("parsed", pa.string()),
+        ("correct", pa.bool_()),
+        ("option_logprobs", pa.list_(pa.float32())),
+        ("n_prompt_keys", pa.int32()),  # keys of the prompt (padding excluded)
+        ("n_image_keys", pa.int32()),
+        ("kv_keys", pa.int64()),  # keys the condition's cache holds, summed over layers and KV heads
+        ("kv_keys_full", pa.int64()),  # the same for the full cache
+        ("kv_bytes", pa.int64()),  # kv_keys × head_dim × 2 (key and value) × bytes per value
+        ("kv_bytes_full", pa.int64()),
+    ]
+)
+
+# Legacy: sweeps written before the sweep tables (read, never written; stg_sweep_* map them).
 MASK_CONDITIONS = pa.schema(
     [
         ("run_id", pa.string()),
@@ -283,6 +324,8 @@ TABLES: dict[str, pa.Schema] = {
     "head_summary": HEAD_SUMMARY,
     "head_ranks": HEAD_RANKS,
     "logit_lens": LOGIT_LENS,
+    "sweep_conditions": SWEEP_CONDITIONS,
+    "sweep_results": SWEEP_RESULTS,
     "mask_conditions": MASK_CONDITIONS,
     "mask_results": MASK_RESULTS,
     "prune_conditions": PRUNE_CONDITIONS,
@@ -291,6 +334,21 @@ TABLES: dict[str, pa.Schema] = {
     "derived_sinks": DERIVED_SINKS,
     "imported_rankings": IMPORTED_RANKINGS,
 }
+
+
+# Tables no longer written, read under another name so that the name can serve as a view in their former
+# shape over old and new parts alike (queries/staging: mask_conditions.sql ... over stg_sweep_* and these).
+LEGACY_VIEWS = {
+    "mask_conditions": "legacy_mask_conditions",
+    "mask_results": "legacy_mask_results",
+    "prune_conditions": "legacy_prune_conditions",
+    "prune_results": "legacy_prune_results",
+}
+
+
+def view_name(table: str) -> str:
+    """The name a session reads a stored table's committed files under."""
+    return LEGACY_VIEWS.get(table, table)
 
 
 def unreadable_version(version: str | bytes | None) -> bool:

@@ -20,7 +20,7 @@ circular as (
     )
     group by run_id
 ),
--- mask and prune runs: one row per condition and sample; accuracy is the baseline's (condition 0: unmasked / the full cache)
+-- sweep runs (mask, prune): one row per condition and sample; accuracy is the baseline's (condition 0: unmasked / the full cache)
 sweep_samples as (
     select
         run_id,
@@ -28,11 +28,7 @@ sweep_samples as (
         count(*) filter (where status = 'error') as n_errors,
         count(*) filter (where status = 'ok' and parsed = 'invalid') as n_invalid,
         avg(case when correct then 1.0 when correct = false then 0.0 end) filter (where condition_id = 0) as accuracy
-    from (
-        select run_id, condition_id, status, parsed, correct from stg_mask_results
-        union all
-        select run_id, condition_id, status, parsed, correct from stg_prune_results
-    )
+    from stg_sweep_results
     group by run_id
 ),
 counted as (

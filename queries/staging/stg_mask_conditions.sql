@@ -1,17 +1,17 @@
--- one row per mask run and condition: what was masked, and how the heads were ranked
+-- one row per mask run and condition: what was masked, and how the heads were ranked (the mask kind's settings, typed)
 select
-    c.run_id,
-    r.model,
-    r.benchmark,
-    c.condition_id,
-    c.strategy,
-    c.stage,
-    c.k,
-    c.fraction,
-    c.seed,
-    c.mode,
-    c.ranking_run_id,
-    c.ranking_metric as ranking_score,  -- stored as ranking_metric
-    c.heads
-from mask_conditions as c
-join stg_runs as r using (run_id)
+    run_id,
+    model,
+    benchmark,
+    condition_id,
+    settings ->> 'strategy' as strategy,
+    settings ->> 'stage' as stage,
+    cast(settings ->> 'k' as integer) as k,
+    cast(settings ->> 'fraction' as float) as fraction,
+    cast(settings ->> 'seed' as integer) as seed,
+    settings ->> 'mode' as mode,
+    ranking_run_id,
+    ranking_score,
+    heads
+from stg_sweep_conditions
+where kind = 'mask'

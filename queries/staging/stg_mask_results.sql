@@ -1,23 +1,10 @@
 -- one row per mask run, condition and sample, with the condition's settings
 select
-    m.run_id,
-    r.model,
-    r.benchmark,
-    m.condition_id,
-    c.strategy,
-    c.stage,
-    c.k,
-    c.fraction,
-    c.seed,
-    m.mode,
-    m.sample_idx,
-    m.sample_key,
-    m.status,
-    m.gold,
-    m.output_text,
-    m.parsed,
-    m.correct,
-    m.option_logprobs
-from mask_results as m
-join mask_conditions as c using (run_id, condition_id)
-join stg_runs as r using (run_id)
+    s.run_id,
+    s.model,
+    s.benchmark,
+    s.condition_id,
+    c.* exclude (run_id, model, benchmark, condition_id, ranking_run_id, ranking_score, heads),
+    s.* exclude (run_id, model, benchmark, kind, condition_id, n_prompt_keys, n_image_keys, kv_keys, kv_keys_full, kv_bytes, kv_bytes_full)
+from stg_sweep_results as s
+join stg_mask_conditions as c using (run_id, condition_id)
