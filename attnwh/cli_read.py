@@ -19,7 +19,7 @@ def sql(
     fmt: FormatOption = "table",
     warehouse: WarehouseOption = None,
 ) -> None:
-    """Run one read-only SQL statement over the warehouse (views: runs, samples, head_metrics, marts).
+    """Run one read-only SQL statement over the warehouse (views: runs, samples, head_metrics, marts; "show tables" lists them all).
 
     Only SELECT and EXPLAIN run; files outside the warehouse cannot be read.
 
@@ -137,7 +137,7 @@ def report(
     top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
     figure: Annotated[int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")] = None,
 ) -> None:
-    """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, samples.
+    """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, pruning, samples.
 
     Example: attnwh report --out attnwh-report && open attnwh-report/index.html
     """
@@ -166,7 +166,8 @@ def status(
 ) -> None:
     """Where each run stands: parts committed / planned, who committed them, rate and ETA, attempts in flight.
 
-    Useful while ranks or cluster workers write into the warehouse. --format json gives every part's writer.
+    Useful while ranks or cluster workers write into the warehouse. --format json gives every part's writer
+    as fields: host, pid, rank, world_size, worker (a Dask worker's address).
 
     Example: attnwh status --format json
     """

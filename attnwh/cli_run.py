@@ -23,7 +23,7 @@ PromptFormatOption = Annotated[str, typer.Option(help="chat_template, llava_v1, 
 PromptStyleOption = Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")]
 RankOption = Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")]
 WorldSizeOption = Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")]
-SchedulerOption = Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")]
+SchedulerOption = Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")]
 ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
 
 

@@ -37,7 +37,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.definitions import rollups
-from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
+from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, SWEEP_CONDITIONS, SWEEP_RESULTS, with_metadata
 
 MART_TARGET_S = 0.5
 MART_TARGET_LARGE_S = 1.0
@@ -124,10 +124,10 @@ def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_si
             _write(samples, "samples", folder)
             _write(metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder)
             _write(lens, "logit_lens", folder)
-            summary, ranks = rollups(metrics)
-            _write(summary, "head_summary", folder)
+            scores, ranks = rollups(metrics)
+            _write(scores, "head_scores", folder)
             _write(ranks, "head_ranks", folder)
-            return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
+            return {"samples": n, "head_metrics": rows, "logit_lens": lens_rows, "head_scores": scores.num_rows, "head_ranks": ranks.num_rows}
 
         parts.commit_part(run.paths, part_id, write)
     _build_mask_run(warehouse, n_layers, n_heads, min(n_samples, 1000), rng, model, benchmark, mask_ks)
@@ -146,20 +146,21 @@ def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng,
 
         def write(folder: Path, cid=cid, strategy=strategy, k=k, seed=seed) -> dict[str, int]:
             heads = [{"layer": int(i // n_heads), "head": int(i % n_heads)} for i in rng.choice(n_layers * n_heads, k, replace=False)]
+            settings = {"strategy": strategy, "stage": "all", "k": k, "fraction": k / (n_layers * n_heads), "seed": seed, "mode": "zero"}
             condition = pa.Table.from_pylist(
-                [{"run_id": run.run_id, "condition_id": cid, "strategy": strategy, "stage": "all", "k": k, "fraction": k / (n_layers * n_heads),
-                  "seed": seed, "mode": "zero", "ranking_run_id": "x", "ranking_metric": "concentration_x_sum", "heads": heads}],
-                schema=MASK_CONDITIONS,
+                [{"run_id": run.run_id, "condition_id": cid, "kind": "mask", "ranking_run_id": "x", "ranking_score": "concentration_x_sum",
+                  "heads": heads, "settings": json.dumps(settings)}],
+                schema=SWEEP_CONDITIONS,
             )
             accuracy = 0.85 - (0.002 if strategy == "random" else 0.004) * k
             results = pa.Table.from_pylist(
-                [{"run_id": run.run_id, "condition_id": cid, "sample_idx": i, "sample_key": f"s{i}", "mode": "zero", "status": "ok",
+                [{"run_id": run.run_id, "condition_id": cid, "sample_idx": i, "sample_key": f"s{i}", "status": "ok",
                   "gold": "yes", "parsed": "yes", "correct": bool(rng.random() < accuracy)} for i in range(n_samples)],
-                schema=MASK_RESULTS,
+                schema=SWEEP_RESULTS,
             )
-            _write(condition, "mask_conditions", folder)
-            _write(results, "mask_results", folder)
-            return {"mask_conditions": 1, "mask_results": n_samples}
+            _write(condition, "sweep_conditions", folder)
+            _write(results, "sweep_results", folder)
+            return {"sweep_conditions": 1, "sweep_results": n_samples}
 
         parts.commit_part(run.paths, cid, write)
 

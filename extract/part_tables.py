@@ -41,8 +41,8 @@ class PartData:
         metrics = metrics.sort_by(HEAD_METRICS_SORT)
         write_parquet(samples, "samples", folder)
         write_parquet(metrics, "head_metrics", folder)
-        summary, ranks = rollups(metrics)
-        write_parquet(summary, "head_summary", folder)
+        scores, ranks = rollups(metrics)
+        write_parquet(scores, "head_scores", folder)
         write_parquet(ranks, "head_ranks", folder)
         if self.lens:
             write_parquet(pa.concat_tables(self.lens).sort_by(LOGIT_LENS_SORT), "logit_lens", folder)
@@ -54,7 +54,7 @@ class PartData:
                 for query_index, row in enumerate(per_query):
                     attention[position, query_index, :, :, : row.shape[-1]] = row
             arrays.write_rows(folder, attention, np.array([idx for idx, _ in self.rows], dtype=np.int64), list(self.queries))
-        counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_summary": summary.num_rows, "head_ranks": ranks.num_rows}
+        counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_scores": scores.num_rows, "head_ranks": ranks.num_rows}
         if self.lens:
             counts["logit_lens"] = sum(table.num_rows for table in self.lens)
         return counts

@@ -6,7 +6,10 @@ world size come from ``--rank`` / ``--world-size``, else from the launcher's env
 
 - torchrun and ``accelerate launch``: ``RANK``, ``WORLD_SIZE`` (and ``LOCAL_RANK``: the GPU of this
   process on its node);
-- a SLURM array: ``SLURM_ARRAY_TASK_ID`` - ``SLURM_ARRAY_TASK_MIN`` of ``SLURM_ARRAY_TASK_COUNT``;
+- a SLURM array: the task's index among the array's tasks, ``(SLURM_ARRAY_TASK_ID -
+  SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``, of ``SLURM_ARRAY_TASK_COUNT`` (``--array=0-6:2``
+  runs tasks 0, 2, 4, 6: ranks 0-3 of 4); an array whose ids no step describes (``--array=1,3,8``)
+  is refused, as its tasks cannot know their index;
 - SLURM tasks (``srun``): ``SLURM_PROCID`` of ``SLURM_NTASKS`` (``SLURM_LOCALID`` is the local rank).
 
 Rank 0 creates the run; the others wait for it. A rerun with any world size completes the same run.
@@ -49,11 +52,33 @@ def detect_rank(rank: int | None = None, world_size: int | None = None, env: Map
     if "RANK" in env and "WORLD_SIZE" in env:
         return _checked(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _optional_int(env, "LOCAL_RANK"), "RANK / WORLD_SIZE (torchrun, accelerate)")
     if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = _optional_int(env, "SLURM_ARRAY_TASK_MIN") or 0
-        return _checked(_int(env, "SLURM_ARRAY_TASK_ID") - first, _int(env, "SLURM_ARRAY_TASK_COUNT"), None, "a SLURM array")
+        return _checked(_array_index(env), _int(env, "SLURM_ARRAY_TASK_COUNT"), None, "a SLURM array")
     if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         return _checked(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"), _optional_int(env, "SLURM_LOCALID"), "SLURM_PROCID / SLURM_NTASKS")
     return Rank()
+
+
+def _array_index(env: Mapping[str, str]) -> int:
+    """This task's index among a SLURM array's tasks (``MIN``, ``MIN + STEP``, ... ``MAX``)."""
+    task, count = _int(env, "SLURM_ARRAY_TASK_ID"), _int(env, "SLURM_ARRAY_TASK_COUNT")
+    first = _optional_int(env, "SLURM_ARRAY_TASK_MIN")
+    first = 0 if first is None else first
+    step = _optional_int(env, "SLURM_ARRAY_TASK_STEP")
+    step = 1 if step is None else step
+    last = _optional_int(env, "SLURM_ARRAY_TASK_MAX")
+    if step < 1:
+        raise UsageError(f"$SLURM_ARRAY_TASK_STEP must be at least 1, got {step}")
+    if last is not None and count >= 1 and (last < first or (last - first) % step or (last - first) // step + 1 != count):
+        raise UsageError(
+            f"the SLURM array of {count} task(s) from {first} to {last} (step {step}) is not an evenly stepped range, "
+            f"so a task cannot know its index; give --rank and --world-size (or submit an array like --array=0-{count - 1})"
+        )
+    if (task - first) % step:
+        raise UsageError(
+            f"SLURM array task {task} is not one of {first}, {first + step}, {first + 2 * step}, ... "
+            f"(SLURM_ARRAY_TASK_MIN {first}, step {step})"
+        )
+    return (task - first) // step
 
 
 def writer_of(rank: Rank) -> dict[str, int]:

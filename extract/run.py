@@ -181,10 +181,11 @@ def _extract_on_dask(
 
 def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_size: int, part_id: int) -> tuple[int, int, int]:
     """On a Dask worker: compute one part and commit it (parts written, samples written, error rows)."""
-    from attnwh.extract.executors import commit_beside_next_task, worker_address, worker_cache
+    from attnwh.extract.executors import commit_beside_next_task, worker_address, worker_cache, worker_run_setup
 
     cache = worker_cache()
-    setup = cache.run_setup(run_id, lambda: prepare_run(options))
+    # built once per worker, and checked against the run's settings and plan before this worker commits anything
+    setup = worker_run_setup(cache, run_root, run_id, lambda: prepare_run(options))
     loaded = cache.model(setup)
     capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
     settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))

@@ -240,11 +240,12 @@ def run_sweep(
     if not pending:
         return result
     if not scheduler.in_process:
-        from attnwh.extract.executors import sweep_on_dask
+        from attnwh.extract.executors import samples_digest, sweep_on_dask
 
+        digest = samples_digest(setup.samples)  # a sweep's plan lists conditions: workers check their samples against this
         result.conditions_written += sweep_on_dask(
             scheduler, options.threads_per_worker, run, pending, sweep_condition_task,
-            lambda condition: (options, kind, str(run.paths.root), run.run_id, condition, ranking), on_progress,
+            lambda condition: (options, kind, str(run.paths.root), run.run_id, condition, ranking, digest), on_progress,
         )
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
@@ -275,13 +276,16 @@ def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Ran
     return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
 
 
-def sweep_condition_task(options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, condition: SweepCondition, ranking: HeadRanking | None) -> int:
+def sweep_condition_task(
+    options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, condition: SweepCondition, ranking: HeadRanking | None, samples_digest: str
+) -> int:
     """On a Dask worker: evaluate one condition and commit it (1 if this task committed it). The samples and
-    what the kind prepares from them are built once per worker and run, and shared by its threads."""
-    from attnwh.extract.executors import worker_address, worker_cache
+    what the kind prepares from them are built once per worker and run, and shared by its threads; before
+    the first, the worker's settings and samples are checked against the run's (``samples_digest``: the client's)."""
+    from attnwh.extract.executors import worker_address, worker_cache, worker_run_setup
 
     cache = worker_cache()
-    setup = cache.run_setup(run_id, lambda: prepare_run(options))
+    setup = worker_run_setup(cache, run_root, run_id, lambda: prepare_run(options), samples=samples_digest)
     loaded = cache.model(setup)
     samples = cache.run_setup(f"{run_id}/samples", lambda: SweepSamples(loaded, setup, kind.batch_size(options)))
     prepared = cache.run_setup(f"{run_id}/prepared", lambda: kind.prepare(samples))
@@ -303,4 +307,4 @@ def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, .
     if options.score not in scores:
         raise UsageError(f"--score takes {', '.join(scores)}; got {options.score!r}")
     if options.ranking_query not in ("prompt", "gen1"):
-        raise UsageError(f"--ranking-query takes prompt or gen1; got {options.ranking_query!r}")
+        raise UsageError(f"the ranking's query takes prompt or gen1; got {options.ranking_query!r}")

@@ -13,6 +13,7 @@ import yaml
 from attnwh.errors import UsageError
 
 from attnwh.warehouse.catalog import Catalog
+from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import open_warehouse
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when libyaml is there: 10× faster
@@ -21,10 +22,10 @@ STAGING_ORDER = (
     "stg_samples",
     "stg_layers",
     "stg_head_metrics",
+    "stg_head_scores",
     "stg_head_summary",
     "stg_layer_summary",
     "stg_head_ranks",
-    "stg_head_scores",
     "stg_logit_lens",
     "stg_sweep_conditions",
     "stg_sweep_results",
@@ -74,10 +75,22 @@ def marts() -> dict[str, Mart]:
             description=sidecar["description"],
             grain=sidecar["grain"],
             columns=sidecar.get("columns") or {},
-            parameters=sidecar.get("parameters") or {},
+            parameters=_resolved(sidecar.get("parameters") or {}),
             tests=sidecar.get("tests") or {},
         )
     return found
+
+
+# what a sidecar may name instead of listing choices: lists the definitions own, read from them
+_NAMED_CHOICES = {"head_score_names": head_score_names}
+
+
+def _resolved(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Parameters with ``choices: head_score_names`` (a name of the definitions' lists) replaced by the list itself."""
+    return {
+        name: {**spec, "choices": list(_NAMED_CHOICES[spec["choices"]]())} if isinstance(spec.get("choices"), str) else spec
+        for name, spec in parameters.items()
+    }
 
 
 def open_session(warehouse_path: Path | str | None) -> Catalog:
@@ -86,7 +99,8 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
     try:
         # staging views and parameterless marts are defined when a query first names them
         catalog.define_on_demand(dict(staging_sql()))
-        catalog.define_on_demand({mart.name: mart.sql for mart in marts().values() if not mart.parameters})
+        plain = [mart for mart in marts().values() if not mart.parameters]
+        catalog.define_on_demand({mart.name: mart.sql for mart in plain}, descriptions={mart.name: mart.description for mart in plain})
         catalog.lock()
     except Exception:
         catalog.close()

@@ -33,13 +33,46 @@ from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, MET
 
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Once a statement lists the session's tables, an on-demand view not bound yet is a placeholder: a view
+# over a table of this prefix that no longer exists, so that naming it fails on that table, which defines
+# the real view (see ``Catalog.list_everything``). The name says so in ``duckdb_views()``'s ``sql`` column.
+PENDING_PREFIX = "attnwh_bound_when_first_named__"
+# statements that read DuckDB's catalog (``show tables``, ``information_schema.tables``, ``duckdb_views()``,
+# ``pg_catalog``, ``sqlite_master``, ...): before they run, every name a query may use is listed
+_LISTING = re.compile(r"\b(?:show|information_schema|pg_catalog|pg_\w+|duckdb_\w+|sqlite_\w+)\b", re.IGNORECASE)
+# a one-line description of each view and table the warehouse itself defines (shown by
+# ``information_schema.tables`` and ``duckdb_views()``; staging views and marts give their own)
+DESCRIPTIONS = {
+    "runs": "one row per sound run (damaged runs are left out, with a warning): what it is, its settings and how far it got",
+    "samples": "one row per run and sample: the prompt, the model's answer, whether it was correct, token counts",
+    "head_metrics": "one row per run, sample, query, layer and head: the statistics of that attention row (image sum, entropy, ...)",
+    "head_scores": "per committed part, one row per run, query, layer, head and summarised value (head scores, segment mass): head_metrics added up (rollups; stg_head_scores adds up parts)",
+    "head_summary": "legacy rollups of parts written before head_scores (a column of sums per score); read never: such runs are recomputed from head_metrics",
+    "head_ranks": "per committed part, one row per run, query, score, place and head: in how many samples the head held that place (rollups)",
+    "logit_lens": "one row per run, sample, query and layer: the logit lens's view of the final answer (rank, probability)",
+    "sweep_conditions": "one row per sweep run (mask, prune, ...) and condition: the intervention, its settings (JSON) and the ranking that chose it",
+    "sweep_results": "one row per sweep run, condition and sample: the answer under that condition, and the KV cache it leaves",
+    "mask_conditions": "one row per mask run and condition: which heads were masked, and how they were ranked",
+    "mask_results": "one row per mask run, condition and sample: the answer with those heads masked",
+    "prune_conditions": "one row per prune run and condition: the image-KV budget, its allocation over heads and what each head keeps",
+    "prune_results": "one row per prune run, condition and sample: the answer with the image KV cache pruned, and the KV kept",
+    "derived_metrics": "rows of every derived table (attnwh recompute); each table's name is also a view of its own",
+    "derived_sinks": "the attention sinks derived tables found (attnwh recompute), per run, sample and query",
+    "imported_rankings": "head rankings imported with attnwh heads import: one row per ranking and head",
+    "definitions_info": "the version of the definitions (head scores, concentration, stages) this session computes with",
+    "rolled_up_runs": "the runs whose head_scores / head_ranks rollups were all built from the current definitions",
+    "head_metrics_not_rolled_up": "the head_metrics rows of every run not in rolled_up_runs (staging recomputes their sums from them)",
+    "rolled_up_head_scores": "the head_scores rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
+    "rolled_up_head_ranks": "the head_ranks rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
+}
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)
 _EXPLAIN_PREFIX = re.compile(r"\AEXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 
 
 
-ROLLUP_TABLES = ("head_summary", "head_ranks")
+ROLLUP_TABLES = ("head_scores", "head_ranks")
 
 
 def _read_compacted(cache, key: str, schema: pa.Schema) -> pa.Table | None:
@@ -108,6 +141,8 @@ class Catalog:
         self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
         self._on_demand: dict[str, str | Callable[[], None]] = {}  # views defined when a query first names them
         self._trusted_sql: dict[str, str] = {}  # the SQL of every on-demand view (staging adds up rollups: see _define_rolled_up)
+        self.descriptions: dict[str, str] = dict(DESCRIPTIONS)  # name -> one line, the comment of its table or view
+        self._listed = False  # whether a statement listed the catalog (``list_everything``)
         define_macros(self.connection)
         self._define_raw_views()
         self._define_rollup_views()
@@ -184,10 +219,72 @@ class Catalog:
 
     def _define_pending(self, name: str) -> None:
         definition = self._on_demand.pop(name)
-        if callable(definition):
-            self._when_defined(definition)
+        try:
+            if callable(definition):
+                self._when_defined(definition)
+            else:
+                self.define_view(name, definition)
+        except BaseException:
+            self._on_demand[name] = definition  # still pending: its placeholder names it again
+            raise
+        if self._listed:
+            self._comment({name: "view"})  # a view defined anew loses its placeholder's comment
+
+    def list_everything(self) -> None:
+        """Make DuckDB's own listings (``show tables``, ``information_schema.tables``, ``duckdb_views()``)
+        name every table, view and mart a query may use, each with a one-line description (its
+        comment), without binding any: done once, before the first statement that reads the catalog.
+
+        A view not bound yet becomes a placeholder: a view over a table that is dropped at once (DuckDB
+        binds a view when it is created, and again when a query names it), so naming it fails on that
+        table and ``_when_defined`` defines the real view in its place. A stored table's placeholder has
+        the table's columns (``information_schema.columns``); a staging view's or mart's has one column
+        saying it is not bound yet, until a query (or DESCRIBE) names it. Sessions that list nothing
+        never pay for this (about 60 statements, 10-30 ms).
+        """
+        if self._listed:
+            return
+        self._listed = True
+        existing = dict(self.connection.execute(
+            "select view_name, 'view' from duckdb_views() where not internal and schema_name = 'main' "
+            "union all select table_name, 'table' from duckdb_tables() where schema_name = 'main'"
+        ).fetchall())
+        self._add_placeholders([name for name in self._on_demand if name not in existing])
+        self._comment(existing)
+
+    def _add_placeholders(self, names: list[str]) -> None:
+        """A placeholder view per name not bound yet (see ``list_everything``), with its description."""
+        script = []
+        for name in names:
+            if not _PLAIN_NAME.fullmatch(name):
+                continue
+            pending = PENDING_PREFIX + name
+            schema = TABLES.get(_stored_table(name) or "")
+            if schema is not None:
+                self.connection.from_arrow(schema.empty_table()).create(pending)
+            else:
+                script.append(f'create table "{pending}" ("not bound yet: describe it, or name it in a query" boolean);')
+            script.append(f'create view if not exists "{name}" as select * from "{pending}"; drop table "{pending}";')
+            script.append(self._comment_sql(name, "view"))
+        if script:
+            self.connection.execute("\n".join(script))
+
+    def _comment_sql(self, name: str, kind: str) -> str:
+        stored = _stored_table(name)
+        if stored is not None and name.startswith("legacy_"):
+            fallback = f"the committed {stored} files, read under this name: a table no longer written (the view {stored} keeps its shape)"
         else:
-            self.define_view(name, definition)
+            fallback = f"the committed {stored} rows of every sound run" if stored else None
+        description = self.descriptions.get(name) or fallback
+        if not description or not _PLAIN_NAME.fullmatch(name) or kind not in ("table", "view"):
+            return ""
+        return f"comment on {kind} \"{name}\" is '{description.replace(chr(39), chr(39) * 2)}';"
+
+    def _comment(self, kinds: dict[str, str]) -> None:
+        """Comment each table or view (name -> 'table' | 'view') with its description."""
+        script = "\n".join(self._comment_sql(name, kind) for name, kind in kinds.items()).strip()
+        if script:
+            self.connection.execute(script)
 
     def _define_derived_views(self, runs: list[tuple[RunPaths, parts.ReadableRun]]) -> None:
         """One view per name of a derived table (``attnwh recompute --name``); a name two statistics claim, or
@@ -215,6 +312,10 @@ class Catalog:
                 if table in self._on_demand:
                     self._define_pending(table)
         define_derived_views(self.connection, names)
+        for name, claim in names.items():
+            self.descriptions[name] = f"derived table {name} (attnwh recompute --statistic {claim['statistic']}): one row per source run, sample, query, layer and head"
+            if claim["sinks"]:
+                self.descriptions[name + "_sinks"] = f"the attention sinks of derived table {name}: one row per source run, sample and query"
 
     def _table_file_problems(self, runs: list[dict[str, list[str]]]) -> list[str | None]:
         """Per run (its committed files by table), the first problem of a file, or None.
@@ -274,13 +375,13 @@ class Catalog:
         ]
 
     def _define_rollup_views(self) -> None:
-        """``rolled_up_runs``: the runs every one of whose ``head_summary`` and ``head_ranks`` files was
+        """``rolled_up_runs``: the runs every one of whose ``head_scores`` and ``head_ranks`` files was
         built from the current definitions (``definitions_version()``), read from the files' footers
         (their ``attnwh.definitions`` metadata, else the column's statistics), not their rows; ``head_metrics_not_rolled_up``: the ``head_metrics`` files of every
         other run (parts older than versioned rollups, or rollups of other definitions), from which
         staging recomputes the same sums. At 10 M rows this takes 10 ms where scanning the rows took 0.3 s.
         """
-        rollup_files = {run_id: tables["head_summary"] + tables["head_ranks"] for run_id, tables in self._run_files.items()}
+        rollup_files = {run_id: tables["head_scores"] + tables["head_ranks"] for run_id, tables in self._run_files.items()}
         version = definitions_version()
         tagged = {path: self._file_metadata[path].get(META_DEFINITIONS.decode()) for paths in rollup_files.values() for path in paths
                   if META_DEFINITIONS.decode() in self._file_metadata.get(path, {})}
@@ -292,7 +393,7 @@ class Catalog:
             for run_id, paths in rollup_files.items()
             if paths and all(path in current for path in paths)
             # every part with head_metrics has both rollups (parts written before head_ranks existed have none)
-            and len(self._run_files[run_id]["head_summary"]) == len(self._run_files[run_id]["head_ranks"]) == len(self._run_files[run_id]["head_metrics"])
+            and len(self._run_files[run_id]["head_scores"]) == len(self._run_files[run_id]["head_ranks"]) == len(self._run_files[run_id]["head_metrics"])
         )
         self._register_table("rolled_up_runs", pa.table({"run_id": pa.array(rolled, pa.string())}))
         # what staging adds up: the rollups of those runs, each run's parts added up once on this machine
@@ -305,7 +406,7 @@ class Catalog:
         relation.create_view("head_metrics_not_rolled_up", replace=True)
 
     def _define_rolled_up(self, table: str, rolled: list[str]) -> None:
-        """``rolled_up_<table>``: the ``head_summary`` / ``head_ranks`` rows of the rolled-up runs, a run of
+        """``rolled_up_<table>``: the ``head_scores`` / ``head_ranks`` rows of the rolled-up runs, a run of
         many parts as one compacted table kept in the local cache.
 
         At 100 M rows a run has 400 parts, and every session read and added up 800 rollup files. The
@@ -393,14 +494,22 @@ class Catalog:
         """Define a view from trusted SQL shipped with attnwh (staging and marts)."""
         self._when_defined(lambda: self.connection.sql(sql).create_view(name, replace=True))
 
-    def define_on_demand(self, views: dict[str, str]) -> None:
+    def define_on_demand(self, views: dict[str, str], descriptions: dict[str, str] | None = None) -> None:
         """Views from trusted SQL, each defined when a query (or another view) first names it.
 
         Binding a view over a large warehouse costs: DuckDB binds it down to the Parquet files of
         every view beneath (10-20 ms a view at 10 M rows), so a session defines only what it uses.
+        Listings of the catalog still name each (``list_everything``), with a one-line description:
+        ``descriptions[name]``, else the first sentence of the SQL's leading comment.
         """
+        for name, sql in views.items():
+            described = (descriptions or {}).get(name) or leading_comment(sql)
+            if described:
+                self.descriptions[name] = one_line(described)
         self._on_demand.update(views)
         self._trusted_sql.update(views)
+        if self._listed:
+            self._add_placeholders(list(views))
 
     def _when_defined(self, action):
         """Run ``action``; while it fails on a missing table that is an on-demand view, define that view and retry."""
@@ -409,9 +518,10 @@ class Catalog:
                 return action()
             except duckdb.CatalogException as exc:
                 match = _MISSING_TABLE.search(str(exc))
-                if match is None or match.group(1) not in self._on_demand:
+                name = match.group(1).removeprefix(PENDING_PREFIX) if match is not None else None
+                if name not in self._on_demand:
                     raise
-                self._define_pending(match.group(1))
+                self._define_pending(name)
 
     def lock(self) -> None:
         """No file access outside the warehouse, no extensions, no further configuration changes."""
@@ -439,12 +549,21 @@ class Catalog:
 
     def user_relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """A user's statement, checked to only read, as a lazy DuckDB relation (the notebook API)."""
-        return self.relation(check_read_only(sql), parameters)
+        return self.relation(self._user_statement(sql), parameters)
 
     def user_query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         """Run a user's statement after checking that it only reads."""
+        return self.query(self._user_statement(sql), parameters)
+
+    def _user_statement(self, sql: str) -> str:
+        """The user's statement checked to only read; one that reads the catalog first gets every name listed."""
         statement = check_read_only(sql)
-        return self.query(statement, parameters)
+        if _LISTING.search(statement):
+            try:
+                self.list_everything()
+            except duckdb.Error as exc:
+                raise SqlError(_first_line(exc)) from exc
+        return statement
 
     def close(self) -> None:
         self.connection.close()
@@ -454,6 +573,34 @@ class Catalog:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def _stored_table(name: str) -> str | None:
+    """The stored table a view of the session reads (``head_metrics``; ``rolled_up_head_scores``: ``head_scores``;
+    a table read under another name, ``legacy_mask_results``: ``mask_results``), or None."""
+    for prefix in ("", "rolled_up_", "legacy_"):
+        if name.startswith(prefix) and name.removeprefix(prefix) in TABLES:
+            return name.removeprefix(prefix)
+    return None
+
+
+def leading_comment(sql: str) -> str:
+    """The ``--`` comment lines an SQL file starts with, joined."""
+    lines = []
+    for line in sql.lstrip().splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line.removeprefix("--").strip())
+    return " ".join(line for line in lines if line)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    """A description's first sentence on one line, cut at ``limit`` characters (at a word, with an ellipsis)."""
+    text = " ".join(text.split())
+    sentence = re.split(r"(?<=[a-z0-9)\]])\.\s+(?=[A-Z(])", text, maxsplit=1)[0].rstrip(".")
+    if len(sentence) <= limit:
+        return sentence
+    return sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
 
 
 def check_read_only(sql: str) -> str:

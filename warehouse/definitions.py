@@ -3,7 +3,7 @@ the per-part rollups built from them (``sql/rollups.sql``).
 
 One definition per concept: the DuckDB macros are the only place where concentration, the head
 scores, the order of a sample's heads and the stages are written down. The warehouse materialises
-the per-part rollups ``head_summary`` and ``head_ranks`` from them at commit time, tagged with
+the per-part rollups ``head_scores`` and ``head_ranks`` from them at commit time, tagged with
 ``DEFINITIONS_VERSION`` (a hash of the definition files); every query session defines the same
 macros, and ``attnwh.queries``' staging views read a run's rollups only when their version is the
 current one, else recompute from ``head_metrics``. Changing a formula is one edit in
@@ -19,7 +19,7 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SUMMARY, META_DEFINITIONS
+from attnwh.warehouse.schema import HEAD_RANKS, HEAD_SCORES, META_DEFINITIONS
 
 _FILES = ("definitions.sql", "rollups.sql")  # versioned: the rollups are built from them
 STATISTICS_FILE = "statistics.sql"  # Wilson intervals, McNemar tests: macros of the accuracy tables, not of the rollups
@@ -47,14 +47,14 @@ def define_macros(connection: duckdb.DuckDBPyConnection, sql: str | None = None)
 
 
 def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """``head_summary`` and ``head_ranks`` of one part's ``head_metrics``, computed by DuckDB from the
+    """``head_scores`` and ``head_ranks`` of one part's ``head_metrics``, computed by DuckDB from the
     definitions (one thread: sums in a fixed order, so the same part always gives the same bytes)."""
     connection = duckdb.connect(":memory:", config={"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         define_macros(connection)
         connection.register("part_head_metrics", metrics)
         summary = connection.sql(
-            "select *, definitions_version() as definitions from summarise_head_metrics('part_head_metrics') order by query, layer, head"
+            "select *, definitions_version() as definitions from summarise_head_metrics('part_head_metrics') order by query, score, layer, head"
         ).to_arrow_table()
         ranks = connection.sql(
             "select *, definitions_version() as definitions from rank_head_metrics('part_head_metrics') order by query, score, rank, layer, head"
@@ -63,7 +63,7 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
         connection.close()
     tagged = {META_DEFINITIONS: definitions_version().encode()}  # readers tell current rollups from the footer alone
     return (
-        summary.select(HEAD_SUMMARY.names).cast(HEAD_SUMMARY).replace_schema_metadata(tagged),
+        summary.select(HEAD_SCORES.names).cast(HEAD_SCORES).replace_schema_metadata(tagged),
         ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged),
     )
 
@@ -73,8 +73,9 @@ def layer_stages(n_layers: int) -> list[str]:
     return [stage for (stage,) in _evaluate("select stage(layer, $n) from range($n) as t(layer) order by layer", {"n": n_layers})]
 
 
+@cache
 def head_score_names() -> tuple[str, ...]:
-    """The head scores that rank heads, by the ``head_score_names`` macro."""
+    """The head scores that rank heads, by the ``head_score_names`` macro (the choices of every ``--score``)."""
     return tuple(_evaluate("select head_score_names()")[0][0])
 
 

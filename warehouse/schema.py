@@ -209,7 +209,26 @@ PLAN = pa.schema(
     ]
 )
 
-# per part and head: counts, sums, sums of squares and maxima (``summarise_head_metrics`` in warehouse/sql/rollups.sql)
+# per part, query, layer, head and summarised value (``summarised_names()``: the head scores, then the segments'
+# attention mass): the part's samples that have it, the sum and sum of squares of its values and the largest
+# (``summarise_head_metrics`` in warehouse/sql/rollups.sql). Long: a new score adds rows, not columns.
+HEAD_SCORES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("query", pa.string()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("score", pa.string()),  # a name of summarised_names()
+        ("n", pa.int64()),  # sample rows with a value
+        ("total", pa.float64()),
+        ("total_sq", pa.float64()),
+        ("max_value", pa.float64()),
+        ("definitions", pa.string()),  # the version of the definitions it was built from
+    ]
+)
+
+# Legacy: the wide rollup of parts written before HEAD_SCORES (a column of sums per score), read never
+# (its definitions' version is not the current one: staging recomputes such runs from head_metrics).
 HEAD_SUMMARY = pa.schema(
     [
         ("run_id", pa.string()),
@@ -242,7 +261,7 @@ HEAD_RANKS = pa.schema(
     [
         ("run_id", pa.string()),
         ("query", pa.string()),
-        ("score", pa.string()),  # image_sum | concentration | concentration_x_sum
+        ("score", pa.string()),  # a name of head_score_names()
         ("rank", pa.int16()),  # 1 = the sample's best head by this score (ties: lower layer, then lower head)
         ("layer", pa.int16()),
         ("head", pa.int16()),
@@ -321,6 +340,7 @@ IMPORTED_RANKINGS = pa.schema(
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
+    "head_scores": HEAD_SCORES,
     "head_summary": HEAD_SUMMARY,
     "head_ranks": HEAD_RANKS,
     "logit_lens": LOGIT_LENS,

@@ -1,6 +1,7 @@
 """Where a run stands while processes (ranks, cluster workers) write into it: parts committed and
-planned, who committed each, the rate and an ETA from the commit times, and attempts in flight with
-the age of their lease. Read from the commit log and the staging folder only: it never blocks a writer.
+planned, who committed each (host, pid, rank and world size, Dask worker: fields in JSON, one label
+in the table), the rate and an ETA from the commit times, and attempts in flight with the age of
+their lease. Read from the commit log and the staging folder only: it never blocks a writer.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         "eta_seconds": remaining / per_second if per_second and remaining else (0.0 if not remaining else None),
         "writers": dict(sorted(writers.items())),
         "parts": [
-            {"part_id": record.part_id, "created": record.created, "writer": _writer_label(record.writer, record.attempt)} for record in records
+            {"part_id": record.part_id, "created": record.created, "writer": _writer_label(record.writer, record.attempt),
+             **writer_fields(record.writer, record.attempt)}
+            for record in records
         ],
         "in_flight": in_flight(run, {record.part_id for record in records}),
     }
@@ -58,10 +61,26 @@ def in_flight(run: RunPaths, committed: set[int]) -> list[dict[str, Any]]:
     return attempts
 
 
+def writer_fields(writer: dict[str, Any] | None, attempt: str) -> dict[str, Any]:
+    """Who committed a part, as fields: host, pid, rank and world size (ranks), the Dask worker's address
+    (None where not known: records written before the writer was recorded name host and pid by their attempt)."""
+    writer = writer or {}
+    host, pid = parts.attempt_writer(attempt) or (None, None)
+    return {
+        "host": writer.get("host", host),
+        "pid": writer.get("pid", pid),
+        "rank": writer.get("rank"),
+        "world_size": writer.get("world_size"),
+        "worker": writer.get("worker"),
+    }
+
+
 def _writer_label(writer: dict[str, Any] | None, attempt: str) -> str:
+    """The same on one line, for the table: ``host:pid rank r/n`` or ``host:pid worker tcp://...``."""
     if writer:
         rank = f" rank {writer['rank']}/{writer['world_size']}" if "rank" in writer else ""
-        return f"{writer.get('host')}:{writer.get('pid')}{rank}"
+        worker = f" worker {writer['worker']}" if writer.get("worker") else ""
+        return f"{writer.get('host')}:{writer.get('pid')}{rank}{worker}"
     host, pid = parts.attempt_writer(attempt) or (attempt, None)
     return f"{host}:{pid}"
 

@@ -3,9 +3,9 @@
 select
     m.layer,
     m.head,
-    list(head_score($score, m.image_sum, m.image_entropy, m.n_image, m.region_hit) order by m.sample_idx)
-        filter (where head_score($score, m.image_sum, m.image_entropy, m.n_image, m.region_hit) is not null) as scores,
-    avg(head_score($score, m.image_sum, m.image_entropy, m.n_image, m.region_hit)) as mean_score,
+    list(head_score($score, m) order by m.sample_idx)
+        filter (where head_score($score, m) is not null) as scores,
+    avg(head_score($score, m)) as mean_score,
     any_value(r.n_layers) as n_layers,
     any_value(r.n_heads) as n_heads,
     any_value(r.n_kv_heads) as n_kv_heads

@@ -5,12 +5,12 @@
 -- correlation of average ranks, ties sharing their mean rank) and Kendall's tau-b (ties corrected);
 -- and for each k: the top-k heads both rankings share, and their Jaccard index.
 with a as (
-    select layer, head, case when n_samples > 0 then total / n_samples end as score
+    select layer, head, case when n > 0 then total / n end as score
     from stg_head_scores
     where run_id = $run_a and query = $query_a and score = $score_a
 ),
 b as (
-    select layer, head, case when n_samples > 0 then total / n_samples end as score
+    select layer, head, case when n > 0 then total / n end as score
     from stg_head_scores
     where run_id = $run_b and query = $query_b and score = $score_b
 ),

@@ -9,9 +9,9 @@ with means as (
         query,
         layer,
         head,
-        n_samples,
-        case when n_samples > 0 then total / n_samples end as mean_score,
-        case when n_samples > 1 then sqrt(greatest(0, (total_sq - total * total / n_samples) / (n_samples - 1))) end as sd_score
+        n as n_samples,
+        case when n > 0 then total / n end as mean_score,
+        case when n > 1 then sqrt(greatest(0, (total_sq - total * total / n) / (n - 1))) end as sd_score
     from stg_head_scores
     where query = $query and score = $score
 ),
@@ -32,8 +32,8 @@ keyed as (
         sample_idx,
         layer,
         head,
-        head_order_key(head_score($score, image_sum, image_entropy, n_image, region_hit), layer, head) as sort_key
-    from stg_head_metrics
+        head_order_key(head_score($score, m), layer, head) as sort_key
+    from stg_head_metrics as m
     where query = $query and $k > ranks_kept()
 ),
 thresholds as (

@@ -21,5 +21,5 @@ select
     region_entropy,
     region_hit,
     concentration(image_entropy, n_image) as concentration,
-    head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit) as concentration_x_sum
-from head_metrics
+    head_score('concentration_x_sum', m) as concentration_x_sum
+from head_metrics as m

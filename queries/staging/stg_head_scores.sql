@@ -1,18 +1,24 @@
--- one row per run, query, layer, head and head score (head_score_names()): the samples that have the
--- score, and the sum and sum of squares of its values over them. The one place that says which
--- columns of the summary hold each score's sums. The summary is computed once (materialised), not
--- once per score.
-with summary as materialized (
-    select * from stg_head_summary
+-- one row per run, query, layer, head and summarised value (summarised_names(): the head scores, then the
+-- segments' attention mass): the samples that have the value, and its sum, sum of squares and largest
+-- value over them: the per-part rollups added up over parts. Runs whose rollups were built from the current
+-- definitions read them (a few rows per head and score); the others (parts older than the definitions'
+-- versions, or another version) get the same sums recomputed from their head_metrics rows by the same
+-- macro, with the current definitions.
+with per_part as (
+    select * exclude (definitions)
+    from rolled_up_head_scores
+    union all by name
+    select * from summarise_head_metrics('head_metrics_not_rolled_up')
 )
-select run_id, query, layer, head, 'image_sum' as score, n as n_samples, sum_image as total, sumsq_image as total_sq
-from summary
-union all
-select run_id, query, layer, head, 'concentration', n_concentration, sum_concentration, sumsq_concentration
-from summary
-union all
-select run_id, query, layer, head, 'concentration_x_sum', n_concentration, sum_concentration_x_sum, sumsq_concentration_x_sum
-from summary
-union all
-select run_id, query, layer, head, 'region_hit', coalesce(n_region_hit, 0), sum_region_hit, sumsq_region_hit
-from summary
+select
+    run_id,
+    query,
+    layer,
+    head,
+    score,
+    cast(sum(n) as bigint) as n,
+    sum(total) as total,
+    sum(total_sq) as total_sq,
+    max(max_value) as max_value
+from per_part
+group by run_id, query, layer, head, score

@@ -1,34 +1,29 @@
--- one row per run, query, layer and head: the per-part rollups of head_metrics added up over parts
--- (exact sums; means are sum / n; sample standard deviations from the sums of squares).
--- Runs whose rollups were built from the current definitions read them (a few rows per head); the
--- others (parts older than the definitions' versions, or another version) get the same sums
--- recomputed from their head_metrics rows by the same macro, with the current definitions.
-with per_part as (
-    select * exclude (definitions)
-    from rolled_up_head_summary
-    union all by name
-    select * from summarise_head_metrics('head_metrics_not_rolled_up')
+-- one row per run, query, layer and head: the head's summarised values side by side (stg_head_scores, one
+-- column group per value the marts of head attention, layer profiles and segment shares read by name).
+-- n is the head's sample rows (every sample has an image sum); a score missing in some samples has its own count.
+with scores as materialized (
+    select * from stg_head_scores
 )
 select
     run_id,
     query,
     layer,
     head,
-    cast(sum(n) as bigint) as n,
-    cast(sum(n_concentration) as bigint) as n_concentration,
-    sum(sum_image) as sum_image,
-    sum(sumsq_image) as sumsq_image,
-    max(max_image) as max_image,
-    sum(sum_concentration) as sum_concentration,
-    sum(sumsq_concentration) as sumsq_concentration,
-    sum(sum_concentration_x_sum) as sum_concentration_x_sum,
-    sum(sumsq_concentration_x_sum) as sumsq_concentration_x_sum,
-    sum(sum_bos) as sum_bos,
-    sum(sum_system) as sum_system,
-    sum(sum_prompt) as sum_prompt,
-    sum(sum_generated) as sum_generated,
-    cast(sum(n_region_hit) as bigint) as n_region_hit,
-    sum(sum_region_hit) as sum_region_hit,
-    sum(sumsq_region_hit) as sumsq_region_hit
-from per_part
+    max(n) filter (where score = 'image_sum') as n,
+    max(n) filter (where score = 'concentration') as n_concentration,
+    max(total) filter (where score = 'image_sum') as sum_image,
+    max(total_sq) filter (where score = 'image_sum') as sumsq_image,
+    max(max_value) filter (where score = 'image_sum') as max_image,
+    max(total) filter (where score = 'concentration') as sum_concentration,
+    max(total_sq) filter (where score = 'concentration') as sumsq_concentration,
+    max(total) filter (where score = 'concentration_x_sum') as sum_concentration_x_sum,
+    max(total_sq) filter (where score = 'concentration_x_sum') as sumsq_concentration_x_sum,
+    max(total) filter (where score = 'bos_sum') as sum_bos,
+    max(total) filter (where score = 'system_sum') as sum_system,
+    max(total) filter (where score = 'prompt_sum') as sum_prompt,
+    max(total) filter (where score = 'generated_sum') as sum_generated,
+    max(n) filter (where score = 'region_hit') as n_region_hit,
+    max(total) filter (where score = 'region_hit') as sum_region_hit,
+    max(total_sq) filter (where score = 'region_hit') as sumsq_region_hit
+from scores
 group by run_id, query, layer, head

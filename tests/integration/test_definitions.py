@@ -135,16 +135,17 @@ def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(war
         assert {key: value[0] for key, value in visual.items()} == pytest.approx({key: value[1] for key, value in expected.items()}), session
         assert {key: value[1] for key, value in visual.items()} == {key: value[2] for key, value in expected.items()}, session
         kept = sorted(path.name.split("-")[1] for path in cache.rglob("rollup-*"))
-        assert kept == ["head_ranks", "head_summary"], session  # one compacted table per rollup table of the run (2 parts)
+        assert kept == ["head_ranks", "head_scores"], session  # one compacted table per rollup table of the run (2 parts)
 
     # the later sessions really read the kept tables: one altered (a valid table) shows in the answers ...
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    (summary,) = [path for path in cache.rglob("rollup-head_summary-*")]
+    (summary,) = [path for path in cache.rglob("rollup-head_scores-*")]
     table = pq.read_table(pa.BufferReader(storage.cached_content(cache, summary.name)))
     altered = pa.BufferOutputStream()
-    pq.write_table(table.set_column(table.schema.get_field_index("sum_concentration"), "sum_concentration", pc.multiply(table["sum_concentration"], 2.0)), altered)
+    doubled = pc.if_else(pc.equal(table["score"], "concentration"), pc.multiply(table["total"], 2.0), table["total"])
+    pq.write_table(table.set_column(table.schema.get_field_index("total"), "total", doubled), altered)
     storage.keep_content(cache, summary.name, altered.getvalue().to_pybytes())
     means, _ = answers()
     assert means == pytest.approx(flat(expected, doubled="concentration"))

@@ -19,7 +19,7 @@ from attnwh.queries.library import bind_parameters, data_test_failures, get_mart
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
+from attnwh.warehouse.schema import HEAD_METRICS, HEAD_SUMMARY, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
 from attnwh.warehouse.definitions import rollups
 
 
@@ -99,8 +99,9 @@ HAND_LENS = {0: [5, 1, 1], 1: [3, 2, 1]}
 
 
 def _hand_warehouse(root, kind="new"):
-    """``kind``: "new" writes head_summary and head_ranks as extraction does now; "old" writes a part
-    as attnwh wrote it before head_ranks, sumsq_concentration_x_sum and the definitions' version existed."""
+    """``kind``: "new" writes head_scores and head_ranks as extraction does now; "old" writes a part
+    as attnwh wrote it before head_ranks, sumsq_concentration_x_sum and the definitions' version existed: a
+    wide head_summary, here with values no mart may show (it is recomputed from head_metrics)."""
     warehouse = open_warehouse(root, create=True)
     plan = Plan(["s0", "s1"], 2)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
@@ -135,12 +136,14 @@ def _hand_warehouse(root, kind="new"):
             ],
             schema=LOGIT_LENS,
         )
-        summary, ranks = rollups(metrics)
-        tables = {"samples": samples, "head_metrics": metrics, "logit_lens": lens, "head_summary": summary}
+        scores, ranks = rollups(metrics)
+        tables = {"samples": samples, "head_metrics": metrics, "logit_lens": lens}
         if kind == "new":
-            tables["head_ranks"] = ranks
+            tables.update(head_scores=scores, head_ranks=ranks)
         else:
-            tables["head_summary"] = summary.drop_columns(["sumsq_concentration_x_sum", "definitions"])
+            wrong = {name: 1e6 for name in HEAD_SUMMARY.names if name.startswith(("sum", "max"))}
+            legacy = pa.Table.from_pylist([{"run_id": run.run_id, "query": "gen1", "layer": 0, "head": 0, "n": 99, **wrong}], schema=HEAD_SUMMARY)
+            tables["head_summary"] = legacy.drop_columns(["sumsq_concentration_x_sum", "definitions"])
         for name, table in tables.items():
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
         return {name: table.num_rows for name, table in tables.items()}
@@ -301,7 +304,7 @@ def test_parameters_are_typed_checked_and_bound(hand):
     assert bind_parameters(mart, {"k": "3"}) == {"score": "concentration_x_sum", "k": 3, "query": "gen1"}
     with pytest.raises(UsageError, match="must be int"):
         bind_parameters(mart, {"k": "3; drop table runs"})
-    with pytest.raises(UsageError, match="takes concentration_x_sum"):
+    with pytest.raises(UsageError, match="takes image_sum, concentration, concentration_x_sum, region_hit"):
         bind_parameters(mart, {"score": "image_sum' or 1=1 --"})
     with pytest.raises(UsageError, match="must be at least 1, got 0"):
         bind_parameters(mart, {"k": "0"})
@@ -414,8 +417,8 @@ def _scored_runs(root, runs: dict[str, list[float]], n_layers: int = 2, n_heads:
                 ],
                 schema=HEAD_METRICS,
             )
-            summary, ranks = rollups(metrics)
-            tables = {"samples": samples, "head_metrics": metrics, "head_summary": summary, "head_ranks": ranks}
+            scores, ranks = rollups(metrics)
+            tables = {"samples": samples, "head_metrics": metrics, "head_scores": scores, "head_ranks": ranks}
             for name, table in tables.items():
                 pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
             return {name: table.num_rows for name, table in tables.items()}

@@ -47,7 +47,7 @@ def snapshot(warehouse: Path) -> dict:
             "head_metrics": session.query("select * exclude (run_id) from head_metrics order by sample_idx, query, layer, head").to_pylist(),
             "logit_lens": session.query("select * exclude (run_id) from logit_lens order by sample_idx, query, layer").to_pylist(),
             # the per-part rollups, row by row (each part's are computed from that part alone)
-            "head_summary": session.query("select * exclude (run_id) from head_summary order by all").to_pylist(),
+            "head_scores": session.query("select * exclude (run_id) from head_scores order by all").to_pylist(),
             "head_ranks": session.query("select * exclude (run_id) from head_ranks order by all").to_pylist(),
             "mask": session.query("select * exclude (run_id) from mask_results order by condition_id, sample_idx").to_pylist(),
             "conditions": session.query("select * exclude (run_id, ranking_run_id) from mask_conditions order by condition_id").to_pylist(),

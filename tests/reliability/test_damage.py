@@ -31,9 +31,9 @@ TARGETS: dict[str, Callable[[Path], Path]] = {
     "commit record": lambda root: run_folder(root, "extract") / "_commits" / "part-000000.json",
     "samples.parquet": lambda root: run_folder(root, "extract") / "parts" / "part-000000" / "samples.parquet",
     "head_metrics.parquet": lambda root: run_folder(root, "extract") / "parts" / "part-000001" / "head_metrics.parquet",
-    "head_summary.parquet (rollup)": lambda root: run_folder(root, "extract") / "parts" / "part-000000" / "head_summary.parquet",
+    "head_scores.parquet (rollup)": lambda root: run_folder(root, "extract") / "parts" / "part-000000" / "head_scores.parquet",
     "head_ranks.parquet (rollup)": lambda root: run_folder(root, "extract") / "parts" / "part-000001" / "head_ranks.parquet",
-    "mask_results.parquet": lambda root: run_folder(root, "mask") / "parts" / "part-000001" / "mask_results.parquet",
+    "sweep_results.parquet": lambda root: run_folder(root, "mask") / "parts" / "part-000001" / "sweep_results.parquet",
     "rows.zarr metadata": lambda root: run_folder(root, "extract") / "parts" / "part-000000" / "rows.zarr" / "attention" / "zarr.json",
 }
 
@@ -97,7 +97,7 @@ def test_damage_gets_a_clear_outcome_from_every_command(pristine, tmp_path, caps
     before = digests(root)
     extract_run = run_folder(pristine, "extract").name.removeprefix("run=")
     mask_run = run_folder(pristine, "mask").name.removeprefix("run=")
-    damaged_run = {"RUN.json": extract_run, "mask RUN.json": mask_run, "mask_results.parquet": mask_run}.get(target, extract_run)
+    damaged_run = {"RUN.json": extract_run, "mask RUN.json": mask_run, "sweep_results.parquet": mask_run}.get(target, extract_run)
     named = (path.name, damaged_run)  # an outcome names the damaged file or the run left out
     warehouse = ["--warehouse", str(root)]
 

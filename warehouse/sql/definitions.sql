@@ -11,17 +11,28 @@
 create or replace macro concentration(image_entropy, n_image) as
     case when n_image > 1 then 1 - image_entropy / ln(n_image) end;
 
--- the per-sample head scores that rank heads (visual heads, masking's top heads)
+-- the per-sample head scores that rank heads (visual heads, masking's top heads, pruning budgets): the
+-- choices of every --score option and mart parameter
 create or replace macro head_score_names() as ['image_sum', 'concentration', 'concentration_x_sum', 'region_hit'];
 
+-- every per-sample value of a head that the rollups add up: the head scores, then the attention mass of
+-- the other segments (segment_shares)
+create or replace macro summarised_names() as list_concat(head_score_names(), ['bos_sum', 'system_sum', 'prompt_sum', 'generated_sum']);
+
+-- the value of a head score or a summarised statistic (by name) for one head_metrics row m (pass the row:
+-- `head_score('concentration', m)` with m a table alias), as a double; DuckDB reads only the columns used.
 -- region_hit (SparseMM's criterion): 1 when the head's most-attended image token lies in the question's
 -- boxes, 0 when it does not, null for samples without boxes; its mean is the share of samples hit
-create or replace macro head_score(score, image_sum, image_entropy, n_image, region_hit) as
+create or replace macro head_score(score, m) as
     case score
-        when 'image_sum' then image_sum
-        when 'concentration' then concentration(image_entropy, n_image)
-        when 'concentration_x_sum' then concentration(image_entropy, n_image) * image_sum
-        when 'region_hit' then region_hit
+        when 'image_sum' then m.image_sum::double
+        when 'concentration' then concentration(m.image_entropy, m.n_image)
+        when 'concentration_x_sum' then concentration(m.image_entropy, m.n_image) * m.image_sum
+        when 'region_hit' then m.region_hit::double
+        when 'bos_sum' then m.bos_sum::double
+        when 'system_sum' then m.system_sum::double
+        when 'prompt_sum' then m.prompt_sum::double
+        when 'generated_sum' then m.generated_sum::double
     end;
 
 -- the order of a sample's heads by a score: higher first, a missing score last, ties to the lower

@@ -2,32 +2,27 @@
 -- warehouse runs them over each part at commit time, and the staging views over the rows of runs
 -- whose committed rollups were built from other definitions (another version of definitions.sql).
 
--- per (run, query, layer, head): count, sums and sums of squares of the head scores, and the sums of
--- the segment shares (means and sample standard deviations add up exactly over parts)
+-- per (run, query, layer, head, score) for every summarised value (summarised_names(): the head scores and
+-- the segments' attention mass): the samples that have it, the sum and sum of squares of its values and
+-- its largest value (means and sample standard deviations add up exactly over parts). Long, one row per
+-- value: a new score is a new name in head_score_names() and its formula in head_score(), nothing here.
 create or replace macro summarise_head_metrics(rows) as table
+    with valued as (
+        select m.run_id, m.query, m.layer, m.head, s.score, head_score(s.score, m) as value
+        from query_table(rows) as m, (select unnest(summarised_names()) as score) as s
+    )
     select
         run_id,
         query,
         layer,
         head,
-        count(*) as n,
-        count(concentration(image_entropy, n_image)) as n_concentration,
-        sum(image_sum::double) as sum_image,
-        sum(image_sum::double * image_sum::double) as sumsq_image,
-        max(image_sum) as max_image,
-        coalesce(sum(concentration(image_entropy, n_image)), 0) as sum_concentration,
-        coalesce(sum(concentration(image_entropy, n_image) ** 2), 0) as sumsq_concentration,
-        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit)), 0) as sum_concentration_x_sum,
-        coalesce(sum(head_score('concentration_x_sum', image_sum, image_entropy, n_image, region_hit) ** 2), 0) as sumsq_concentration_x_sum,
-        count(region_hit) as n_region_hit,
-        coalesce(sum(region_hit::double), 0) as sum_region_hit,
-        coalesce(sum(region_hit::double * region_hit::double), 0) as sumsq_region_hit,
-        sum(bos_sum::double) as sum_bos,
-        sum(system_sum::double) as sum_system,
-        sum(prompt_sum::double) as sum_prompt,
-        sum(generated_sum::double) as sum_generated
-    from query_table(rows)
-    group by run_id, query, layer, head;
+        score,
+        count(value) as n,
+        coalesce(sum(value), 0) as total,
+        coalesce(sum(value * value), 0) as total_sq,
+        max(value) as max_value
+    from valued
+    group by run_id, query, layer, head, score;
 
 -- per (run, query, score, place 1..ranks_kept(), layer, head): in how many of the samples the head held that
 -- place among the sample's heads by that score (head_order_key: missing scores last, ties to the
@@ -41,7 +36,7 @@ create or replace macro rank_head_metrics(rows) as table
             m.layer,
             m.head,
             s.score,
-            head_score(s.score, m.image_sum, m.image_entropy, m.n_image, m.region_hit) as value
+            head_score(s.score, m) as value
         from query_table(rows) as m, (select unnest(head_score_names()) as score) as s
     ),
     placed as (

@@ -1,0 +1,115 @@
+"""What ad-hoc SQL users see first: every table, view and mart a query may name is listed by ``show
+tables``, ``information_schema.tables`` and ``duckdb_views()`` (with a description), while views are
+still bound only when a query first names them; and ``attnwh status --format json`` gives a part's
+writer as fields (issue 27, finding 7)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from attnwh.cli import app
+from attnwh.queries.library import STAGING_ORDER, marts, open_session
+from attnwh.warehouse.catalog import leading_comment, one_line
+from attnwh.warehouse.schema import TABLES
+
+runner = CliRunner()
+RAW = ["runs", *TABLES, "definitions_info", "rolled_up_runs", "head_metrics_not_rolled_up"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tables") / "wh"
+    result = invoke("extract", "--warehouse", str(path), "--limit", "8", "--batch-size", "4", "--part-size", "4", "--no-rows")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def queryable() -> list[str]:
+    """Every name a query may use: raw tables, staging views and the marts without parameters."""
+    return [*RAW, *STAGING_ORDER, *(name for name, mart in marts().items() if not mart.parameters)]
+
+
+def sql_json(warehouse: Path, statement: str) -> list[dict]:
+    result = invoke("sql", statement, "--warehouse", str(warehouse), "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_show_tables_lists_every_name_a_query_may_use(warehouse):
+    listed = {row["name"] for row in sql_json(warehouse, "show tables")}
+    assert set(queryable()) <= listed
+    assert {"head_metrics", "samples", "stg_head_metrics", "head_attention", "run_overview"} <= listed
+
+
+def test_information_schema_and_duckdb_views_list_them_with_a_description(warehouse):
+    tables = {row["table_name"]: row for row in sql_json(warehouse, "select table_name, table_type, table_comment as description from information_schema.tables")}
+    views = {row["view_name"]: row["comment"] for row in sql_json(warehouse, "select view_name, comment from duckdb_views() where not internal")}
+    assert set(queryable()) <= set(tables)
+    assert set(queryable()) - {"definitions_info"} <= set(views)  # definitions_info is a table
+    for name in queryable():
+        comment = tables[name]["description"]
+        assert comment and "\n" not in comment, name  # a one-line description of every name
+    assert views["head_metrics"] == tables["head_metrics"]["description"]
+    mart = marts()["head_attention"]  # the mart's own description: its sidecar's where the library passes it, else its SQL's comment
+    assert tables["head_attention"]["description"] in (one_line(mart.description), one_line(leading_comment(mart.sql)))
+    assert tables["head_attention"]["description"]
+    assert "one row per" in tables["stg_samples"]["description"]
+
+
+def test_listing_binds_nothing_and_a_listed_view_answers_when_named(warehouse):
+    with open_session(warehouse) as session:
+        pending = set(session._on_demand)
+        assert {"head_metrics", "samples", "head_attention", "stg_head_metrics"} <= pending  # bound only when named
+        # a session whose statements list nothing makes no placeholders (its open time does not grow)
+        placeholders = "select count(*) as n from duckdb_views() where sql like '%attnwh_bound_when_first_named%'"
+        assert session.query(placeholders).to_pylist() == [{"n": 0}]
+        session.user_query("show tables")
+        session.user_query("select * from information_schema.tables")
+        session.user_query("select * from duckdb_views()")
+        assert set(session._on_demand) == pending  # listing bound nothing
+        assert session.user_query("select count(*) as n from samples").to_pylist() == [{"n": 8}]
+        assert session.user_query("select count(*) as n from head_attention where query = 'gen1'").to_pylist() == [{"n": 32}]
+        assert "samples" not in session._on_demand and "stg_head_summary" not in session._on_demand
+        # the description stays once the view is bound; its columns are then the real ones
+        comment = session.user_query("select comment from duckdb_views() where view_name = 'samples'").to_pylist()[0]["comment"]
+        assert comment and "sample" in comment
+        columns = session.user_query("select column_name from information_schema.columns where table_name = 'samples'").column("column_name").to_pylist()
+        assert {"sample_key", "output_text", "correct"} <= set(columns)
+
+
+def test_describe_and_unknown_names(warehouse):
+    described = sql_json(warehouse, "describe head_attention")
+    assert "mean_image_sum" in {row["column_name"] for row in described}
+    result = invoke("sql", "select * from head_metric", "--warehouse", str(warehouse))
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "head_metric" in result.output and "placeholder" not in result.output and "attnwh_" not in result.output
+
+
+def test_status_json_gives_the_writer_as_fields(warehouse):
+    import socket
+
+    result = invoke("status", "--format", "json", "--warehouse", str(warehouse))
+    assert result.exit_code == 0, result.output
+    [status] = json.loads(result.output)
+    for part in status["parts"]:
+        assert part["host"] == socket.gethostname() and isinstance(part["pid"], int)
+        assert (part["rank"], part["world_size"], part["worker"]) == (0, 1, None)
+    table = invoke("status", "--warehouse", str(warehouse)).output
+    assert re.search(r"rank 0/1 \(2\)", table)  # the table stays readable
+
+
+def test_a_dask_workers_fields():
+    from attnwh.warehouse.status import writer_fields
+
+    assert writer_fields({"host": "node-3", "pid": 4242, "worker": "tcp://10.0.0.3:40123"}, "node-3-4242-abcdef12") == {
+        "host": "node-3", "pid": 4242, "rank": None, "world_size": None, "worker": "tcp://10.0.0.3:40123"}
+    assert writer_fields(None, "node-4-77-abcdef12") == {"host": "node-4", "pid": 77, "rank": None, "world_size": None, "worker": None}
