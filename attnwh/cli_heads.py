@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.console import WarehouseOption, handles_errors, read_session
+from attnwh.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, read_session
 
 HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json (Retrieval_Head, SparseMM) or duo-tsv (DuoAttention, kvpress).")]
 
@@ -17,7 +17,7 @@ HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json
 def export(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="An extraction run.")],
     fmt: HeadsFormatOption = "retrieval-json",
-    score: Annotated[str, typer.Option(help="Head score: concentration_x_sum, image_sum, concentration or region_hit.")] = "concentration_x_sum",
+    score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score: {SCORE_HELP}.")] = "concentration_x_sum",
     query: Annotated[str, typer.Option(help="Captured query: gen1 or prompt.")] = "gen1",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: standard output).")] = None,
     warehouse: WarehouseOption = None,

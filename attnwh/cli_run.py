@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.console import WarehouseOption, handles_errors, progress, warn
+from attnwh.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, progress, warn
 from attnwh.errors import UsageError
 
 # the options extract and mask share
@@ -109,7 +109,7 @@ def prune(
     keep: Annotated[str, typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated.")] = "attention",
     floor: Annotated[float, typer.Option(help="score / random: every KV head's floor budget, as a share of the kept share.")] = 0.1,
     seeds: Annotated[int, typer.Option(help="Seeds of the random allocation.")] = 3,
-    score: Annotated[str, typer.Option(help="Head score the score allocation follows: concentration_x_sum, image_sum, concentration or region_hit.")] = "concentration_x_sum",
+    score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
     dtype: DtypeOption = "auto",
@@ -166,7 +166,7 @@ def mask(
     k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads (5, 0.1, 10%).")] = "0,0.05,0.1,0.2",
     seeds: Annotated[int, typer.Option(help="Seeds of the random strategy.")] = 3,
     mode: Annotated[str, typer.Option(help="zero (output zeroed), mean (mean output) or paper (uniform attention, unpadded).")] = "zero",
-    score: Annotated[str, typer.Option("--score", "--ranking", help="Head score that ranks heads: concentration_x_sum, image_sum, concentration or region_hit (boxed benchmarks; --ranking: its old name).")] = "concentration_x_sum",
+    score: Annotated[str, typer.Option("--score", "--ranking", parser=head_score, metavar="SCORE", help=f"Head score that ranks heads: {SCORE_HELP} (region_hit: boxed benchmarks; --ranking: its old name).")] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
     dtype: DtypeOption = "auto",

@@ -20,6 +20,20 @@ WarehouseOption = Annotated[
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 
 
+SCORE_HELP = "a head score of the definitions (head_score_names(); `attnwh query --list` shows them as head_ranking's score choices)"
+
+
+def head_score(value: str) -> str:
+    """A ``--score`` value, checked against the warehouse's definitions (read when a value is given, so
+    a new score needs no edit here and commands that take no score never load them)."""
+    from attnwh.warehouse.definitions import head_score_names
+
+    names = head_score_names()
+    if value not in names:
+        raise typer.BadParameter(f"{value!r} is not a head score; choose {', '.join(names)}")
+    return value
+
+
 def one_line(text: str) -> str:
     """``text`` with every line break and control character escaped (``\\x1e``): a message is one line
     on any terminal and for ``str.splitlines``, whatever user input it quotes."""
