@@ -27,7 +27,7 @@ def export(
     Example: attnwh heads export RUN_ID --format duo-tsv --out full_attention_heads.tsv
     """
     from attnwh.errors import UsageError
-    from attnwh.heads import export_heads
+    from attnwh.queries.rankings import export_heads
 
     with read_session(warehouse) as session:
         text = export_heads(session, run_id, fmt, score, query)
@@ -53,7 +53,7 @@ def import_(
 
     Example: attnwh heads import full_attention_heads.tsv --format duo-tsv --model llava-hf/llava-1.5-7b-hf --name duo
     """
-    from attnwh.heads import ImportOptions, import_heads
+    from attnwh.extract.ranking_import import ImportOptions, import_heads
 
     result = import_heads(warehouse, ImportOptions(file, fmt, model, name, command=["attnwh", *sys.argv[1:]]))
     layers, heads, kv_heads = result.shape

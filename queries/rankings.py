@@ -7,6 +7,7 @@ from __future__ import annotations
 from attnwh.errors import UsageError
 from attnwh.queries.library import run_mart
 from attnwh.warehouse.catalog import Catalog
+from attnwh.warehouse.head_files import check_format, write_heads
 
 Head = tuple[int, int]  # (layer, head)
 
@@ -49,3 +50,12 @@ def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tupl
     if not rows:
         raise UsageError(missing)
     return {(row["layer"], row["head"]): row["score"] for row in rows}, recorded
+
+
+def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentration_x_sum", query: str = "gen1") -> str:
+    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``)."""
+    check_format(fmt)
+    rows = run_mart(session, "head_sample_scores", {"run_id": run_id, "score": score, "query": query}).to_pylist()
+    if not rows:
+        raise UsageError(f"run {run_id} has no head metrics for query {query} (is it an extraction run?)")
+    return write_heads(rows, fmt)

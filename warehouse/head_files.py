@@ -1,6 +1,7 @@
-"""Head rankings that travel: ``attnwh heads export`` writes a run's head scores in the formats other
-tools read, and ``attnwh heads import`` stores such a file as a ranking run that ``attnwh mask
---ranking-run`` can mask by.
+"""Head-ranking files other tools read and write, as text: Retrieval_Head / SparseMM JSON and DuoAttention's
+TSV. Writers turn a run's per-head scores into a file's text; parsers turn a file's text into a score per
+query head of a model of a given shape. No model and no query here: ``queries.rankings.export_heads`` feeds
+the writers from a mart, ``extract.ranking_import`` stores what the parsers read as a ranking run.
 
 Formats:
 
@@ -17,41 +18,25 @@ Formats:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import pyarrow as pa
+from typing import Any
 
 from attnwh.errors import UsageError
-from attnwh.queries.library import run_mart
-from attnwh.warehouse import parts
-from attnwh.warehouse.catalog import Catalog
-from attnwh.warehouse.layout import open_warehouse
-from attnwh.warehouse.runs import Plan, environment_info, open_or_create_run
-from attnwh.warehouse.schema import IMPORTED_RANKINGS
 
 FORMATS = ("retrieval-json", "duo-tsv")
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise UsageError(f"--format takes {' or '.join(FORMATS)}; got {fmt!r}")
     return fmt
 
 
-# -- export --------------------------------------------------------------------------------------
-
-
-def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentration_x_sum", query: str = "gen1") -> str:
-    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file."""
-    _check_format(fmt)
-    rows = run_mart(session, "head_sample_scores", {"run_id": run_id, "score": score, "query": query}).to_pylist()
-    if not rows:
-        raise UsageError(f"run {run_id} has no head metrics for query {query} (is it an extraction run?)")
+def write_heads(rows: list[dict[str, Any]], fmt: str) -> str:
+    """The text of a ``retrieval-json`` or ``duo-tsv`` file from ``head_sample_scores`` rows (one per query head:
+    ``layer``, ``head``, ``scores`` per sample, ``mean_score``, and the model's ``n_layers``, ``n_heads``, ``n_kv_heads``)."""
+    check_format(fmt)
     if fmt == "retrieval-json":
         return json.dumps({f"{row['layer']}-{row['head']}": [float(value) for value in row["scores"] or []] for row in rows}) + "\n"
     n_layers, n_heads, n_kv_heads = rows[0]["n_layers"], rows[0]["n_heads"], rows[0]["n_kv_heads"] or rows[0]["n_heads"]
@@ -67,65 +52,9 @@ def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentr
     return "\n".join(lines) + "\n"
 
 
-# -- import --------------------------------------------------------------------------------------
-
-
-@dataclass
-class ImportOptions:
-    file: Path
-    fmt: str
-    model: str | None  # the model the ranking is for (its shape is checked against the file)
-    name: str
-    command: list[str] = field(default_factory=lambda: list(sys.argv))
-
-
-@dataclass
-class ImportResult:
-    run_id: str
-    new_run: bool
-    n_heads: int
-    shape: tuple[int, int, int]  # layers, query heads, key-value heads
-
-
-def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> ImportResult:
-    """Store a ranking file as a run of kind ``ranking`` (fingerprinted by the file's hash, the model and the name)."""
-    from attnwh.extract.models import load_config, model_info, resolve_source, revision
-    from attnwh.extract.part_tables import write_parquet
-    from attnwh.extract.toy.default import DEFAULT_MODEL, model_location
-
-    fmt = _check_format(options.fmt)
-    if not options.name or not options.name.replace("-", "").replace("_", "").isalnum():
-        raise UsageError(f"--name {options.name!r} must be letters, digits, - and _")
-    try:
-        data = Path(options.file).read_bytes()
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {options.file}: {getattr(exc, 'strerror', None) or exc}") from exc
-    label = options.model or DEFAULT_MODEL
-    source = resolve_source(model_location(options.model))
-    config, adapter = load_config(source)
-    info = model_info(config, adapter)
-    shape = (int(info["n_layers"]), int(info["n_heads"]), int(info.get("n_kv_heads") or info["n_heads"]))
-    scores = (parse_retrieval_json if fmt == "retrieval-json" else parse_duo_tsv)(text, str(options.file), shape, label)
-    warehouse = open_warehouse(warehouse_path, create=True)
-    spec = {"format": fmt, "file_sha256": hashlib.sha256(data).hexdigest(), "name": options.name, "model": label,
-            "model_revision": revision(source, config)}
-    run, new_run = open_or_create_run(
-        warehouse, kind="ranking", model=label, benchmark=f"imported-{options.name}", spec=spec, plan=Plan([options.name], 1), run_id=None,
-        details={"model_info": info, "source_file": str(options.file), "command": options.command, "environment": environment_info()},
-    )
-    table = pa.Table.from_pylist(
-        [{"run_id": run.run_id, "layer": layer, "head": head, "score": value} for (layer, head), value in sorted(scores.items())],
-        schema=IMPORTED_RANKINGS,
-    )
-
-    def write(folder: Path) -> dict[str, int]:
-        write_parquet(table, "imported_rankings", folder)
-        return {"imported_rankings": table.num_rows}
-
-    if 0 not in parts.committed_part_ids(run.paths):
-        parts.commit_part(run.paths, 0, write)
-    return ImportResult(run.run_id, new_run, len(scores), shape)
+def parse_heads(text: str, fmt: str, where: str, shape: tuple[int, int, int], label: str) -> dict[tuple[int, int], float]:
+    """A file's text -> the score of every query head of a model of ``shape`` (layers, query heads, KV heads)."""
+    return (parse_retrieval_json if check_format(fmt) == "retrieval-json" else parse_duo_tsv)(text, where, shape, label)
 
 
 def _shape_error(where: str, found: str, shape: tuple[int, int, int], label: str) -> UsageError:
