@@ -53,3 +53,10 @@ class SqlRefused(AttnwhError):
 
 class SqlError(AttnwhError):
     """A read-only query that DuckDB could not run (syntax, unknown column, ...)."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at ``limit`` characters."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit] if limit is not None else line

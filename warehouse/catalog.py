@@ -19,99 +19,26 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from attnwh.errors import SqlError, SqlRefused, WarehouseError
+from attnwh.errors import SqlError, WarehouseError, first_line
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.storage import Location
-from attnwh.errors import UsageError
+from attnwh.warehouse.footers import (
+    ARROW_SCHEMA_KEY, FOOTER_KEYS, arrow_schema, check_file_schema, keep_compacted, keep_footers, metadata_problem, read_compacted,
+    read_footers, type_problem,
+)
+from attnwh.warehouse.listing import LISTING, DESCRIPTIONS, PENDING_PREFIX, add_placeholders, comment, leading_comment, one_line
+from attnwh.warehouse.sql_guard import check_read_only
 from attnwh.warehouse.definitions import define_macros, definitions_version
-from attnwh.warehouse.derived import check_view_name, define_derived_views
+from attnwh.warehouse.derived import define_derived_views, derived_view_claims
 from attnwh.warehouse.layout import RunPaths, Warehouse, table_file_name
-from attnwh.warehouse.runs import check_plan_footer
-from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, META_DEFINITIONS, META_TABLE, META_VERSION, RUNS, SCHEMA_VERSION, TABLES, unreadable_version, view_name
+from attnwh.warehouse.runs import check_plan_footer, runs_table
+from attnwh.warehouse.schema import META_DEFINITIONS, META_TABLE, SCHEMA_VERSION, TABLES, view_name
 
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Once a statement lists the session's tables, an on-demand view not bound yet is a placeholder: a view
-# over a table of this prefix that no longer exists, so that naming it fails on that table, which defines
-# the real view (see ``Catalog.list_everything``). The name says so in ``duckdb_views()``'s ``sql`` column.
-PENDING_PREFIX = "attnwh_bound_when_first_named__"
-# statements that read DuckDB's catalog (``show tables``, ``information_schema.tables``, ``duckdb_views()``,
-# ``pg_catalog``, ``sqlite_master``, ...): before they run, every name a query may use is listed
-_LISTING = re.compile(r"\b(?:show|information_schema|pg_catalog|pg_\w+|duckdb_\w+|sqlite_\w+)\b", re.IGNORECASE)
-# a one-line description of each view and table the warehouse itself defines (shown by
-# ``information_schema.tables`` and ``duckdb_views()``; staging views and marts give their own)
-DESCRIPTIONS = {
-    "runs": "one row per sound run (damaged runs are left out, with a warning): what it is, its settings and how far it got",
-    "samples": "one row per run and sample: the prompt, the model's answer, whether it was correct, token counts",
-    "head_metrics": "one row per run, sample, query, layer and head: the statistics of that attention row (image sum, entropy, ...)",
-    "head_scores": "per committed part, one row per run, query, layer, head and summarised value (head scores, segment mass): head_metrics added up (rollups; stg_head_scores adds up parts)",
-    "head_summary": "legacy rollups of parts written before head_scores (a column of sums per score); read never: such runs are recomputed from head_metrics",
-    "head_ranks": "per committed part, one row per run, query, score, place and head: in how many samples the head held that place (rollups)",
-    "logit_lens": "one row per run, sample, query and layer: the logit lens's view of the final answer (rank, probability)",
-    "sweep_conditions": "one row per sweep run (mask, prune, ...) and condition: the intervention, its settings (JSON) and the ranking that chose it",
-    "sweep_results": "one row per sweep run, condition and sample: the answer under that condition, and the KV cache it leaves",
-    "mask_conditions": "one row per mask run and condition: which heads were masked, and how they were ranked",
-    "mask_results": "one row per mask run, condition and sample: the answer with those heads masked",
-    "prune_conditions": "one row per prune run and condition: the image-KV budget, its allocation over heads and what each head keeps",
-    "prune_results": "one row per prune run, condition and sample: the answer with the image KV cache pruned, and the KV kept",
-    "derived_metrics": "rows of every derived table (attnwh recompute); each table's name is also a view of its own",
-    "derived_sinks": "the attention sinks derived tables found (attnwh recompute), per run, sample and query",
-    "imported_rankings": "head rankings imported with attnwh heads import: one row per ranking and head",
-    "definitions_info": "the version of the definitions (head scores, concentration, stages) this session computes with",
-    "rolled_up_runs": "the runs whose head_scores / head_ranks rollups were all built from the current definitions",
-    "head_metrics_not_rolled_up": "the head_metrics rows of every run not in rolled_up_runs (staging recomputes their sums from them)",
-    "rolled_up_head_scores": "the head_scores rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
-    "rolled_up_head_ranks": "the head_ranks rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
-}
-_LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
-_PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)
-_EXPLAIN_PREFIX = re.compile(r"\AEXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
-
 
 
 ROLLUP_TABLES = ("head_scores", "head_ranks")
-
-
-def _read_compacted(cache, key: str, schema: pa.Schema) -> pa.Table | None:
-    content = storage.cached_content(cache, key)
-    if content is None:
-        return None
-    try:
-        table = pq.read_table(pa.BufferReader(content))
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowException, KeyError, ValueError):
-        return None  # damaged: added up again and kept anew
-
-
-def _keep_compacted(cache, key: str, table: pa.Table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    storage.keep_content(cache, key, sink.getvalue().to_pybytes())
-
-
-def _read_footers(cache, name: str) -> dict[str, dict[str, str]] | None:
-    """Footer metadata kept by ``_keep_footers``: sha256 -> key -> value; None when absent or damaged."""
-    content = storage.cached_content(cache, name)
-    try:
-        kept = json.loads(content) if content is not None else None
-        values, files = kept["values"], kept["files"]
-        if not (isinstance(values, list) and all(isinstance(value, str) for value in values) and isinstance(files, dict)
-                and all(isinstance(metadata, dict) and all(isinstance(key, str) and type(index) is int and 0 <= index < len(values)
-                                                           for key, index in metadata.items()) for metadata in files.values())):
-            return None  # damaged (a JSON of another shape): read from the store again
-        return {sha256: {key: values[index] for key, index in metadata.items()} for sha256, metadata in files.items()}
-    except (TypeError, KeyError, ValueError, RecursionError):
-        return None
-
-
-def _keep_footers(cache, key: str, metadata: dict[str, dict[str, str]]) -> None:
-    """Keep files' footer metadata (sha256 -> key -> value), each distinct value once (files of a table share their schema)."""
-    values: dict[str, int] = {}
-    files = {sha256: {key: values.setdefault(value, len(values)) for key, value in found.items()} for sha256, found in metadata.items()}
-    storage.keep_content(cache, key, json.dumps({"values": list(values), "files": files}).encode())
 
 
 def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -228,7 +155,7 @@ class Catalog:
             self._on_demand[name] = definition  # still pending: its placeholder names it again
             raise
         if self._listed:
-            self._comment({name: "view"})  # a view defined anew loses its placeholder's comment
+            comment(self.connection, {name: "view"}, self.descriptions)  # a view defined anew loses its placeholder's comment
 
     def list_everything(self) -> None:
         """Make DuckDB's own listings (``show tables``, ``information_schema.tables``, ``duckdb_views()``)
@@ -249,64 +176,13 @@ class Catalog:
             "select view_name, 'view' from duckdb_views() where not internal and schema_name = 'main' "
             "union all select table_name, 'table' from duckdb_tables() where schema_name = 'main'"
         ).fetchall())
-        self._add_placeholders([name for name in self._on_demand if name not in existing])
-        self._comment(existing)
-
-    def _add_placeholders(self, names: list[str]) -> None:
-        """A placeholder view per name not bound yet (see ``list_everything``), with its description."""
-        script = []
-        for name in names:
-            if not _PLAIN_NAME.fullmatch(name):
-                continue
-            pending = PENDING_PREFIX + name
-            schema = TABLES.get(_stored_table(name) or "")
-            if schema is not None:
-                self.connection.from_arrow(schema.empty_table()).create(pending)
-            else:
-                script.append(f'create table "{pending}" ("not bound yet: describe it, or name it in a query" boolean);')
-            script.append(f'create view if not exists "{name}" as select * from "{pending}"; drop table "{pending}";')
-            script.append(self._comment_sql(name, "view"))
-        if script:
-            self.connection.execute("\n".join(script))
-
-    def _comment_sql(self, name: str, kind: str) -> str:
-        stored = _stored_table(name)
-        if stored is not None and name.startswith("legacy_"):
-            fallback = f"the committed {stored} files, read under this name: a table no longer written (the view {stored} keeps its shape)"
-        else:
-            fallback = f"the committed {stored} rows of every sound run" if stored else None
-        description = self.descriptions.get(name) or fallback
-        if not description or not _PLAIN_NAME.fullmatch(name) or kind not in ("table", "view"):
-            return ""
-        return f"comment on {kind} \"{name}\" is '{description.replace(chr(39), chr(39) * 2)}';"
-
-    def _comment(self, kinds: dict[str, str]) -> None:
-        """Comment each table or view (name -> 'table' | 'view') with its description."""
-        script = "\n".join(self._comment_sql(name, kind) for name, kind in kinds.items()).strip()
-        if script:
-            self.connection.execute(script)
+        add_placeholders(self.connection, [name for name in self._on_demand if name not in existing], self.descriptions)
+        comment(self.connection, existing, self.descriptions)
 
     def _define_derived_views(self, runs: list[tuple[RunPaths, parts.ReadableRun]]) -> None:
         """One view per name of a derived table (``attnwh recompute --name``); a name two statistics claim, or
         one that is not a valid view name (a hand-edited RUN.json), is left out with a warning."""
-        names: dict[str, dict[str, Any]] = {}
-        for _, readable in runs:
-            manifest = readable.manifest
-            spec = manifest.get("spec") or {}
-            if manifest.get("kind") != "derived":
-                continue
-            name, claim = spec.get("name"), {"statistic": spec.get("statistic"), "columns": spec.get("columns"), "sinks": spec.get("sinks", False)}
-            try:
-                check_view_name(name if isinstance(name, str) else "")
-                if not isinstance(claim["columns"], list) or not all(isinstance(column, str) and column in DERIVED_VALUE_COLUMNS for column in claim["columns"]):
-                    raise UsageError(f"its columns {claim['columns']!r} are not derived_metrics columns")
-            except UsageError as exc:
-                self.warnings.append(f"run {manifest.get('run_id')}: derived table {name!r} has no view: {exc}")
-                continue
-            if name in names and names[name] != claim:
-                self.warnings.append(f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view")
-                continue
-            names[name] = claim
+        names = derived_view_claims([readable.manifest for _, readable in runs], self.warnings)
         if names:
             for table in ("derived_metrics", "derived_sinks"):
                 if table in self._on_demand:
@@ -332,7 +208,7 @@ class Catalog:
         cache = storage.object_cache() if storage.is_object_store(self.warehouse.root) else None
         files_of = [[path for table_paths in run_files.values() for path in table_paths] for run_files in runs]
         keys = {i: self._footers_key(paths) for i, paths in enumerate(files_of) if paths} if cache is not None else {}
-        kept = {i: metadata for i, key in keys.items() if (metadata := _read_footers(cache, key)) is not None}
+        kept = {i: metadata for i, key in keys.items() if (metadata := read_footers(cache, key)) is not None}
         found: dict[str, dict[str, str]] | None = {path: kept[i].get(self._committed_hashes[path], {}) for i in kept for path in files_of[i]}
         paths = [path for i, run_paths in enumerate(files_of) if i not in kept for path in run_paths]
         if paths:
@@ -348,7 +224,7 @@ class Catalog:
                 for name, key, value in rows:
                     found.setdefault(name, {})[key] = value
                 for i in keys.keys() - kept.keys():
-                    _keep_footers(cache, keys[i], {self._committed_hashes[path]: found.get(path, {}) for path in files_of[i]})
+                    keep_footers(cache, keys[i], {self._committed_hashes[path]: found.get(path, {}) for path in files_of[i]})
         self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
         schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
         wrong_types: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
@@ -357,7 +233,7 @@ class Catalog:
             metadata = (found or {}).get(path, {})
             serialized = metadata.get(ARROW_SCHEMA_KEY)
             if serialized is not None and serialized not in schemas:
-                schemas[serialized] = _arrow_schema(serialized)
+                schemas[serialized] = arrow_schema(serialized)
             schema = schemas.get(serialized)
             if META_TABLE.decode() not in metadata or schema is None:
                 try:
@@ -366,8 +242,8 @@ class Catalog:
                     return str(exc)
                 return None
             if (serialized, table) not in wrong_types:
-                wrong_types[(serialized, table)] = _type_problem(path, schema, TABLES[table]) is not None
-            return _metadata_problem(path, table, metadata) or (_type_problem(path, schema, TABLES[table]) if wrong_types[(serialized, table)] else None)
+                wrong_types[(serialized, table)] = type_problem(path, schema, TABLES[table]) is not None
+            return metadata_problem(path, table, metadata) or (type_problem(path, schema, TABLES[table]) if wrong_types[(serialized, table)] else None)
 
         return [
             next((problem for table, table_paths in run_files.items() for path in table_paths if (problem := problem_of(path, table))), None)
@@ -420,7 +296,7 @@ class Catalog:
         staging = self._trusted_sql.get(f"stg_{table}")
         keys = {run_id: self._rollup_key(table, run_id, staging) for run_id in rolled if cache is not None and staging is not None
                 and len(self._run_files[run_id][table]) > 1}
-        compacted = {run_id: found for run_id, key in keys.items() if (found := _read_compacted(cache, key, TABLES[table])) is not None}
+        compacted = {run_id: found for run_id, key in keys.items() if (found := read_compacted(cache, key, TABLES[table])) is not None}
         missing = [run_id for run_id in keys if run_id not in compacted]
         if missing:  # added up here once, then read from the cache by every later session
             self._rolled_up_view(table, [path for run_id in missing for path in self._run_files[run_id][table]], [])
@@ -428,7 +304,7 @@ class Catalog:
                 *[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table())
             for run_id in missing:
                 found = _as_rollup(rows.filter(pc.equal(rows["run_id"], run_id)), TABLES[table])
-                _keep_compacted(cache, keys[run_id], found)
+                keep_compacted(cache, keys[run_id], found)
                 compacted[run_id] = found
         files = [path for run_id in rolled if run_id not in compacted for path in self._run_files[run_id][table]]
         self._rolled_up_view(table, files, [compacted[run_id] for run_id in rolled if run_id in compacted])
@@ -509,7 +385,7 @@ class Catalog:
         self._on_demand.update(views)
         self._trusted_sql.update(views)
         if self._listed:
-            self._add_placeholders(list(views))
+            add_placeholders(self.connection, list(views), self.descriptions)
 
     def _when_defined(self, action):
         """Run ``action``; while it fails on a missing table that is an on-demand view, define that view and retry."""
@@ -538,14 +414,14 @@ class Catalog:
         try:
             return self._when_defined(lambda: self.connection.sql(sql, params=parameters or None).to_arrow_table())
         except duckdb.Error as exc:
-            raise SqlError(_first_line(exc)) from exc
+            raise SqlError(first_line(exc)) from exc
 
     def relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """Trusted SQL (attnwh's own queries) as a lazy DuckDB relation, parameters bound."""
         try:
             return self._when_defined(lambda: self.connection.sql(sql, params=parameters or None))
         except duckdb.Error as exc:
-            raise SqlError(_first_line(exc)) from exc
+            raise SqlError(first_line(exc)) from exc
 
     def user_relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """A user's statement, checked to only read, as a lazy DuckDB relation (the notebook API)."""
@@ -558,11 +434,11 @@ class Catalog:
     def _user_statement(self, sql: str) -> str:
         """The user's statement checked to only read; one that reads the catalog first gets every name listed."""
         statement = check_read_only(sql)
-        if _LISTING.search(statement):
+        if LISTING.search(statement):
             try:
                 self.list_everything()
             except duckdb.Error as exc:
-                raise SqlError(_first_line(exc)) from exc
+                raise SqlError(first_line(exc)) from exc
         return statement
 
     def close(self) -> None:
@@ -575,153 +451,3 @@ class Catalog:
         self.close()
 
 
-def _stored_table(name: str) -> str | None:
-    """The stored table a view of the session reads (``head_metrics``; ``rolled_up_head_scores``: ``head_scores``;
-    a table read under another name, ``legacy_mask_results``: ``mask_results``), or None."""
-    for prefix in ("", "rolled_up_", "legacy_"):
-        if name.startswith(prefix) and name.removeprefix(prefix) in TABLES:
-            return name.removeprefix(prefix)
-    return None
-
-
-def leading_comment(sql: str) -> str:
-    """The ``--`` comment lines an SQL file starts with, joined."""
-    lines = []
-    for line in sql.lstrip().splitlines():
-        if not line.startswith("--"):
-            break
-        lines.append(line.removeprefix("--").strip())
-    return " ".join(line for line in lines if line)
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """A description's first sentence on one line, cut at ``limit`` characters (at a word, with an ellipsis)."""
-    text = " ".join(text.split())
-    sentence = re.split(r"(?<=[a-z0-9)\]])\.\s+(?=[A-Z(])", text, maxsplit=1)[0].rstrip(".")
-    if len(sentence) <= limit:
-        return sentence
-    return sentence[:limit].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
-
-
-def check_read_only(sql: str) -> str:
-    """Return the single read-only statement in ``sql``, or raise ``SqlRefused`` saying why."""
-    try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise SqlError(_first_line(exc)) from exc
-    if not statements:
-        raise SqlRefused("no SQL statement given")
-    if len(statements) > 1:
-        raise SqlRefused(f"only one statement may run; found {len(statements)}")
-    statement = statements[0]
-    kind = statement.type
-    if _reads_only(statement):
-        return statement.query
-    if kind == duckdb.StatementType.EXPLAIN:
-        text = _LEADING_COMMENTS.sub("", statement.query)
-        match = _EXPLAIN_PREFIX.match(text)
-        if match:
-            inner = duckdb.extract_statements(text[match.end():])
-            if len(inner) == 1 and _reads_only(inner[0]):
-                return statement.query
-        raise SqlRefused("EXPLAIN is allowed only of a SELECT")
-    raise SqlRefused(f"only SELECT (with PIVOT / UNPIVOT, DESCRIBE, SUMMARIZE) and EXPLAIN statements run on the warehouse; this is {kind.name}")
-
-
-def _reads_only(statement) -> bool:
-    """A SELECT, or a PIVOT whose columns come from the data: DuckDB parses that as one MULTI
-    statement (a temporary enum of the values, then the SELECT), and PIVOT's grammar admits only
-    queries as its source, so it cannot hide a write."""
-    if statement.type == duckdb.StatementType.SELECT:
-        return True
-    return statement.type == duckdb.StatementType.MULTI and _PIVOT.search(_LEADING_COMMENTS.sub("", statement.query)) is not None
-
-
-def check_file_schema(path: Location, expected: pa.Schema) -> None:
-    """A committed Parquet file may carry extra (newer, nullable) columns or lack newer ones, but a
-    column it shares with the schema must have the schema's type."""
-    try:
-        source, filesystem = storage.arrow_source(path)
-        found = pq.read_schema(source, filesystem=filesystem)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise WarehouseError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from exc
-    version = (found.metadata or {}).get(META_VERSION)
-    if unreadable_version(version):
-        raise WarehouseError(f"{path}: schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
-    problem = _type_problem(str(path), found, expected)
-    if problem is not None:
-        raise WarehouseError(problem)
-
-
-def _type_problem(path: str, found: pa.Schema, expected: pa.Schema) -> str | None:
-    for field in expected:
-        index = found.get_field_index(field.name)
-        if index >= 0 and not found.field(index).type.equals(field.type):
-            return f"{path}: column {field.name} is {found.field(index).type}, expected {field.type}"
-    return None
-
-
-ARROW_SCHEMA_KEY = "ARROW:schema"  # where pyarrow keeps a file's Arrow schema (base64 IPC) in the Parquet footer
-# what a session reads of every committed file's footer (``Catalog._table_file_problems``)
-FOOTER_KEYS = {"table_key": META_TABLE.decode(), "version_key": META_VERSION.decode(), "definitions_key": META_DEFINITIONS.decode(), "arrow_key": ARROW_SCHEMA_KEY}
-
-
-def _arrow_schema(serialized: str) -> pa.Schema | None:
-    """The Arrow schema pyarrow stored in a file's footer, or None if it cannot be read."""
-    import base64
-
-    try:
-        return pa.ipc.read_schema(pa.py_buffer(base64.b64decode(serialized)))
-    except (ValueError, pa.ArrowException):
-        return None
-
-
-def _metadata_problem(path: str, table: str, metadata: dict[str, str]) -> str | None:
-    """What is wrong with a committed file, from its attnwh metadata (the table it holds, its schema version)."""
-    holds = metadata.get(META_TABLE.decode())
-    if holds != table:
-        return f"{path}: holds table {holds}, expected {table}"
-    version = metadata.get(META_VERSION.decode())
-    if unreadable_version(version):
-        return f"{path}: schema version {version}; this attnwh reads up to {SCHEMA_VERSION}"
-    return None
-
-
-def runs_table(runs: list[tuple[RunPaths, parts.ReadableRun]]) -> pa.Table:
-    """One row per run (the runs given: those whose manifest and commit records were checked)."""
-    rows = []
-    for run, readable in runs:
-        manifest = readable.manifest
-        model_info = manifest.get("model_info") or {}
-        spec = manifest.get("spec") or {}
-        committed = len(readable.records)
-        rows.append(
-            {
-                "run_id": manifest.get("run_id"),
-                "kind": manifest.get("kind"),
-                "model": manifest.get("model"),
-                "benchmark": manifest.get("benchmark"),
-                "split": spec.get("split"),
-                "created": manifest.get("created"),
-                "fingerprint": manifest.get("fingerprint"),
-                "n_samples": manifest.get("n_samples"),
-                "n_parts": manifest.get("n_parts"),
-                "parts_committed": committed,
-                "complete": committed >= int(manifest.get("n_parts") or 0),
-                "architecture": model_info.get("architecture"),
-                "n_layers": model_info.get("n_layers"),
-                "n_heads": model_info.get("n_heads"),
-                "n_kv_heads": model_info.get("n_kv_heads"),
-                "dtype": spec.get("dtype"),
-                "prompt_format": spec.get("prompt_format"),
-                "prompt_style": spec.get("prompt_style"),
-                "device": manifest.get("device"),
-                "spec": json.dumps(spec, sort_keys=True),
-                "path": str(run.root),
-            }
-        )
-    return pa.Table.from_pylist(rows, schema=RUNS)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from attnwh.errors import UsageError
-from attnwh.warehouse.schema import TABLES
+from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, TABLES
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,55}")
 SINKS_SUFFIX = "_sinks"
@@ -49,3 +49,26 @@ def define_derived_views(connection: duckdb.DuckDBPyConnection, names: dict[str,
                 duckdb.ColumnExpression("run_id").alias("derived_run_id"),
             ]
             sinks.filter(this).select(*sink_columns).create_view(name + SINKS_SUFFIX, replace=True)
+
+
+def derived_view_claims(manifests: list[dict[str, Any]], warnings: list[str]) -> dict[str, dict[str, Any]]:
+    """The view name each derived run claims (``attnwh recompute --name``) and what it holds; a name two
+    statistics claim, or one that is not a valid view name (a hand-edited RUN.json), is left out with a warning."""
+    names: dict[str, dict[str, Any]] = {}
+    for manifest in manifests:
+        spec = manifest.get("spec") or {}
+        if manifest.get("kind") != "derived":
+            continue
+        name, claim = spec.get("name"), {"statistic": spec.get("statistic"), "columns": spec.get("columns"), "sinks": spec.get("sinks", False)}
+        try:
+            check_view_name(name if isinstance(name, str) else "")
+            if not isinstance(claim["columns"], list) or not all(isinstance(column, str) and column in DERIVED_VALUE_COLUMNS for column in claim["columns"]):
+                raise UsageError(f"its columns {claim['columns']!r} are not derived_metrics columns")
+        except UsageError as exc:
+            warnings.append(f"run {manifest.get('run_id')}: derived table {name!r} has no view: {exc}")
+            continue
+        if name in names and names[name] != claim:
+            warnings.append(f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view")
+            continue
+        names[name] = claim
+    return names

@@ -20,10 +20,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attnwh.errors import FingerprintMismatch, WarehouseError
+from attnwh.errors import FingerprintMismatch, WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
-from attnwh.warehouse.schema import META_VERSION, PLAN, SCHEMA_VERSION, unreadable_version
+from attnwh.warehouse.schema import META_VERSION, PLAN, RUNS, SCHEMA_VERSION, unreadable_version
 
 RUN_ID_LENGTH = 12
 
@@ -201,7 +201,7 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.manifest} is missing") from exc
     except (OSError, ValueError) as exc:
-        raise WarehouseError(f"{paths.manifest} is not readable JSON ({_first_line(exc)})") from exc
+        raise WarehouseError(f"{paths.manifest} is not readable JSON ({first_line(exc)})") from exc
     if not isinstance(content, dict):
         raise WarehouseError(f"{paths.manifest} holds a JSON {type(content).__name__}, not a run manifest")
     wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(content.get(name), kind) or isinstance(content.get(name), bool)]
@@ -226,7 +226,7 @@ def read_plan(paths: RunPaths, manifest: dict[str, Any]) -> Plan:
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.plan} is missing") from exc
     except (OSError, KeyError, pa.ArrowException) as exc:
-        raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
+        raise WarehouseError(f"{paths.plan} is not a readable plan ({first_line(exc)})") from exc
     version = (table.schema.metadata or {}).get(META_VERSION)
     if unreadable_version(version):
         raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
@@ -248,17 +248,12 @@ def check_plan_footer(paths: RunPaths, manifest: dict[str, Any]) -> None:
     except FileNotFoundError as exc:
         raise WarehouseError(f"{paths.plan} is missing") from exc
     except (OSError, pa.ArrowException) as exc:
-        raise WarehouseError(f"{paths.plan} is not a readable plan ({_first_line(exc)})") from exc
+        raise WarehouseError(f"{paths.plan} is not a readable plan ({first_line(exc)})") from exc
     version = (metadata.metadata or {}).get(META_VERSION)
     if unreadable_version(version):
         raise WarehouseError(f"{paths.plan} has schema version {version.decode(errors='replace')}; this attnwh reads up to {SCHEMA_VERSION}")
     if "sample_key" not in metadata.schema.names or metadata.num_rows != manifest["n_samples"]:
         raise WarehouseError(f"{paths.plan} does not match the plan recorded in {paths.manifest.name} ({metadata.num_rows} samples)")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> Run:
@@ -305,3 +300,39 @@ def parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
+
+
+def runs_table(runs: list[tuple[RunPaths, Any]]) -> pa.Table:
+    """One row per run (the runs given, each with its ``parts.ReadableRun``: those whose manifest and commit records were checked)."""
+    rows = []
+    for run, readable in runs:
+        manifest = readable.manifest
+        model_info = manifest.get("model_info") or {}
+        spec = manifest.get("spec") or {}
+        committed = len(readable.records)
+        rows.append(
+            {
+                "run_id": manifest.get("run_id"),
+                "kind": manifest.get("kind"),
+                "model": manifest.get("model"),
+                "benchmark": manifest.get("benchmark"),
+                "split": spec.get("split"),
+                "created": manifest.get("created"),
+                "fingerprint": manifest.get("fingerprint"),
+                "n_samples": manifest.get("n_samples"),
+                "n_parts": manifest.get("n_parts"),
+                "parts_committed": committed,
+                "complete": committed >= int(manifest.get("n_parts") or 0),
+                "architecture": model_info.get("architecture"),
+                "n_layers": model_info.get("n_layers"),
+                "n_heads": model_info.get("n_heads"),
+                "n_kv_heads": model_info.get("n_kv_heads"),
+                "dtype": spec.get("dtype"),
+                "prompt_format": spec.get("prompt_format"),
+                "prompt_style": spec.get("prompt_style"),
+                "device": manifest.get("device"),
+                "spec": json.dumps(spec, sort_keys=True),
+                "path": str(run.root),
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=RUNS)

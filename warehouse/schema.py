@@ -270,7 +270,7 @@ HEAD_RANKS = pa.schema(
     ]
 )
 
-# the runs view: one row per run, from RUN.json and the commit log (``attnwh.warehouse.catalog.runs_table``)
+# the runs view: one row per run, from RUN.json and the commit log (``attnwh.warehouse.runs.runs_table``)
 RUNS = pa.schema(
     [
         ("run_id", pa.string()),

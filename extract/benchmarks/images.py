@@ -10,6 +10,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from attnwh.errors import first_line
+
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs), not decoded
 
 
@@ -27,13 +29,7 @@ def _decode(handle, label: str) -> Image.Image:
     except ImageLoadError:
         raise
     except Exception as exc:  # noqa: BLE001  Pillow's plugins raise many types on corrupt data (struct.error, EOFError, IndexError, ...)
-        raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {_first_line(exc)})") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
+        raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {first_line(exc, 300)})") from exc
 
 def open_image_file(path: Path) -> Image.Image:
     path = Path(path)

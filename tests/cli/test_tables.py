@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from attnwh.cli import app
 from attnwh.queries.library import STAGING_ORDER, marts, open_session
-from attnwh.warehouse.catalog import leading_comment, one_line
+from attnwh.warehouse.listing import leading_comment, one_line
 from attnwh.warehouse.schema import TABLES
 
 runner = CliRunner()
