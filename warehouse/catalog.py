@@ -67,7 +67,6 @@ class Catalog:
         self._keep_alive: list[pa.Table] = []
         self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
         self._on_demand: dict[str, str | Callable[[], None]] = {}  # views defined when a query first names them
-        self._trusted_sql: dict[str, str] = {}  # the SQL of every on-demand view (staging adds up rollups: see _define_rolled_up)
         self.descriptions: dict[str, str] = dict(DESCRIPTIONS)  # name -> one line, the comment of its table or view
         self._listed = False  # whether a statement listed the catalog (``list_everything``)
         define_macros(self.connection)
@@ -286,21 +285,21 @@ class Catalog:
         many parts as one compacted table kept in the local cache.
 
         At 100 M rows a run has 400 parts, and every session read and added up 800 rollup files. The
-        compacted table of a run is ``stg_<table>`` itself (the one definition of adding up parts) over
-        that run's parts, computed by the first session that needs it, and kept by a key of the parts'
-        committed hashes, the definitions' version and the staging SQL (so it is found again only for
-        exactly those parts and that arithmetic); staging adding up one row per head gives the same rows.
+        compacted table of a run is ``add_up_<table>`` of the rollups (warehouse/sql/rollups.sql: the one
+        definition of adding up parts, which staging uses too) over that run's parts, computed by the first
+        session that needs it, and kept by a key of the parts' committed hashes and the definitions' version
+        (which covers that macro: so it is found again only for exactly those parts and that arithmetic);
+        staging adding up one row per head gives the same rows.
         With the cache off (``ATTNWH_OBJECT_CACHE=off``) the parts are read as before.
         """
         cache = storage.object_cache()
-        staging = self._trusted_sql.get(f"stg_{table}")
-        keys = {run_id: self._rollup_key(table, run_id, staging) for run_id in rolled if cache is not None and staging is not None
-                and len(self._run_files[run_id][table]) > 1}
+        adding_up = f"select * from add_up_{table}('rolled_up_{table}')"
+        keys = {run_id: self._rollup_key(table, run_id) for run_id in rolled if cache is not None and len(self._run_files[run_id][table]) > 1}
         compacted = {run_id: found for run_id, key in keys.items() if (found := read_compacted(cache, key, TABLES[table])) is not None}
         missing = [run_id for run_id in keys if run_id not in compacted]
         if missing:  # added up here once, then read from the cache by every later session
             self._rolled_up_view(table, [path for run_id in missing for path in self._run_files[run_id][table]], [])
-            rows = self._when_defined(lambda: self.connection.sql(staging).filter(duckdb.ColumnExpression("run_id").isin(
+            rows = self._when_defined(lambda: self.connection.sql(adding_up).filter(duckdb.ColumnExpression("run_id").isin(
                 *[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table())
             for run_id in missing:
                 found = _as_rollup(rows.filter(pc.equal(rows["run_id"], run_id)), TABLES[table])
@@ -320,9 +319,8 @@ class Catalog:
             relation = relation.select(*schema.names).union(other.select(*schema.names))
         relation.create_view(f"rolled_up_{table}", replace=True)
 
-    def _rollup_key(self, table: str, run_id: str, staging: str) -> str:
-        return self._cache_key(f"rollup-{table}", self._run_files[run_id][table], run_id, definitions_version(), SCHEMA_VERSION,
-                               hashlib.sha256(staging.encode()).hexdigest())
+    def _rollup_key(self, table: str, run_id: str) -> str:
+        return self._cache_key(f"rollup-{table}", self._run_files[run_id][table], run_id, definitions_version(), SCHEMA_VERSION)
 
     def _footers_key(self, files: list[str]) -> str:
         # the keys read are part of the key: an attnwh that reads other keys does not take these entries
@@ -383,7 +381,6 @@ class Catalog:
             if described:
                 self.descriptions[name] = one_line(described)
         self._on_demand.update(views)
-        self._trusted_sql.update(views)
         if self._listed:
             add_placeholders(self.connection, list(views), self.descriptions)
 
