@@ -11,7 +11,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 def __getattr__(name: str):
     """``attnwh.open`` and ``attnwh.Warehouse``, the notebook API, imported on first use (the CLI does not need them)."""
     if name in ("open", "Warehouse"):
-        from attnwh import notebook
+        from attnwh.face import notebook
 
         return getattr(notebook, name)
     raise AttributeError(f"module 'attnwh' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 A sweep (``extract.sweep``) whose intervention is a ``HeadMask``: each condition (the unmasked baseline
 once, then stage × strategy × k × seed) is one part of a ``mask`` run. ``top`` and ``bottom`` take heads
-in the order of a ``HeadRanking`` the caller brings (``attnwh.workflows`` asks the ``head_ranking`` query over an extraction
+in the order of a ``HeadRanking`` the caller brings (``attnwh.face.workflows`` asks the ``head_ranking`` query over an extraction
 run of the same model, same revision, and benchmark): this stage runs models, it opens no query
 session.
 """

@@ -3,7 +3,7 @@
 A sweep (``extract.sweep``) whose intervention is a ``KVPrune``: each condition (``full`` once: every key
 kept, the reference; then allocation × kept share × keep rule, × seed for ``random``) is one part of a
 ``prune`` run. ``score`` budgets come from the head scores of a ranking the caller brings
-(``attnwh.workflows`` asks them of an extraction run or an imported ranking).
+(``attnwh.face.workflows`` asks them of an extraction run or an imported ranking).
 
 A kept share of 1 keeps every key whatever the allocation: it is the ``full`` condition, not repeated.
 """

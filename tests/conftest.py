@@ -12,7 +12,7 @@ import torch
 from attnwh.extract.benchmarks import registry
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.prune_run import PruneOptions
-from attnwh.workflows import mask_sweep, prune_sweep
+from attnwh.face.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 

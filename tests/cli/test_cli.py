@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnwh.cli import app
+from attnwh.face.cli import app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 runner = CliRunner()
@@ -105,11 +105,11 @@ def test_user_errors_are_one_line(warehouse, args, message):
 
 def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):
     missing = subprocess.run(
-        [sys.executable, "-m", "attnwh.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True
+        [sys.executable, "-m", "attnwh.face.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True
     )
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"]
-    bogus = subprocess.run([sys.executable, "-m", "attnwh.cli", "extract", "--bogus"], capture_output=True, text=True)
+    bogus = subprocess.run([sys.executable, "-m", "attnwh.face.cli", "extract", "--bogus"], capture_output=True, text=True)
     assert bogus.returncode == 2
     assert len(bogus.stderr.strip().splitlines()) == 1 and "No such option: --bogus" in bogus.stderr
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from attnwh.cli import INTERNAL_ERROR_EXIT, main
+from attnwh.face.cli import INTERNAL_ERROR_EXIT, main
 
 # per command: a function it calls (patched to fail) and the arguments that reach it
 COMMANDS = {
     "extract": ("attnwh.extract.run.run_extract", ["extract"]),
-    "mask": ("attnwh.workflows.mask_sweep", ["mask"]),
+    "mask": ("attnwh.face.workflows.mask_sweep", ["mask"]),
     "models": ("attnwh.output.render", ["models"]),
     "benchmarks": ("attnwh.extract.benchmarks.registry.all_benchmarks", ["benchmarks"]),
     "sql": ("attnwh.queries.library.open_session", ["sql", "select 1"]),

@@ -34,13 +34,13 @@ from pathlib import Path
 import typer
 import yaml
 
-from attnwh.cli import app
+from attnwh.face.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 MARTS = ROOT / "queries" / "marts"
 
-ALWAYS = {"--help", "--debug"}  # every command takes --help; --debug is taken anywhere by attnwh.cli.main
+ALWAYS = {"--help", "--debug"}  # every command takes --help; --debug is taken anywhere by attnwh.face.cli.main
 OTHER_PROGRAMS = {"python", "python3", "pip", "bash", "torchrun", "accelerate", "dask", "dask-cuda-worker", "apt-get", "pytest", "export"}
 SEPARATOR = re.compile(r"&&|\|\||[|;#()]")
 ATTNWH = re.compile(r"(?<![\w./$-])attnwh(?![\w.:\[/-])")

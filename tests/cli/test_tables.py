@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from attnwh.cli import app
+from attnwh.face.cli import app
 from attnwh.queries.library import STAGING_ORDER, marts, open_session
 from attnwh.warehouse.listing import leading_comment, one_line
 from attnwh.warehouse.schema import TABLES

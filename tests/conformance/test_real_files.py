@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from attnwh.cli import app
+from attnwh.face.cli import app
 from attnwh.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.registry import check_split

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import typer
 
-from attnwh.console import head_score
+from attnwh.face.console import head_score
 from attnwh.queries.library import bind_parameters, get_mart
 from attnwh.warehouse import definitions
 from tests.integration.test_marts import HAND_METRICS, _hand_warehouse, _rows

@@ -21,7 +21,7 @@ from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.ranking_import import ImportOptions, import_heads
 from attnwh.warehouse.head_files import parse_duo_tsv, parse_retrieval_json
 from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
-from attnwh.workflows import mask_sweep
+from attnwh.face.workflows import mask_sweep
 from tests.reliability.harness import run_cli
 
 

@@ -13,7 +13,7 @@ import pytest
 from attnwh.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.prune_run import PruneOptions
-from attnwh.workflows import mask_sweep, prune_sweep
+from attnwh.face.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import bind_parameters, data_test_failures, get_mart, marts, open_session, run_mart
 from attnwh.warehouse import parts

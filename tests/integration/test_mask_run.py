@@ -10,7 +10,7 @@ import torch
 from attnwh.errors import UsageError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.mask_run import MaskOptions
-from attnwh.workflows import mask_sweep
+from attnwh.face.workflows import mask_sweep
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS

@@ -14,7 +14,7 @@ import attnwh
 from attnwh.errors import SqlError, SqlRefused, UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.run import ExtractOptions, run_extract
-from attnwh.workflows import mask_sweep
+from attnwh.face.workflows import mask_sweep
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -26,7 +26,7 @@ from attnwh.extract.recompute import RecomputeOptions, read_regions
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session
 from attnwh.warehouse.layout import open_warehouse
-from attnwh.workflows import mask_sweep, recompute
+from attnwh.face.workflows import mask_sweep, recompute
 from tests.reliability.harness import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -55,7 +55,7 @@ def subprocess_attnwh(args: list[str], warehouse: str, env: dict[str, str], faul
     environment.pop(FAULT_ENV, None)
     if fault:
         environment[FAULT_ENV] = fault
-    return subprocess.run([sys.executable, "-m", "attnwh.cli", *args], env=environment, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "attnwh.face.cli", *args], env=environment, capture_output=True, text=True, timeout=300)
 
 
 def test_extract_verify_sql_report_mask_recompute_on_s3_equal_a_local_folder(s3, tmp_path, capsys):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from attnwh.cli import main
+from attnwh.face.cli import main
 from tests.reliability.harness import EXTRACT, MASK
 
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from attnwh.cli import main
+from attnwh.face.cli import main
 
 EXTRACT = ["extract", "--limit", "8", "--part-size", "4", "--batch-size", "4"]
 MASK = ["mask", "--limit", "8", "--k", "0,1", "--seeds", "1", "--batch-size", "4"]

@@ -30,7 +30,7 @@ def attnwh(args: list[str], warehouse: Path, fault: str | None = None, **popen) 
     env.pop(FAULT_ENV, None)
     if fault:
         env[FAULT_ENV] = fault
-    return subprocess.Popen([sys.executable, "-m", "attnwh.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    return subprocess.Popen([sys.executable, "-m", "attnwh.face.cli", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
 def run(args: list[str], warehouse: Path, fault: str | None = None) -> int:

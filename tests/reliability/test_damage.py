@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attnwh.cli import INTERNAL_ERROR_EXIT
+from attnwh.face.cli import INTERNAL_ERROR_EXIT
 from tests.reliability.harness import EXTRACT, MASK, NEW_RUN, digests, run_cli, run_folder
 
 # the files a warehouse holds, each found from the warehouse root

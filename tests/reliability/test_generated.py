@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnwh.cli import INTERNAL_ERROR_EXIT
+from attnwh.face.cli import INTERNAL_ERROR_EXIT
 from attnwh.errors import AttnwhError, BenchmarkError, ModelError, SqlError, SqlRefused
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError, open_image_bytes

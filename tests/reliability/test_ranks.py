@@ -27,7 +27,7 @@ def launch(args: list[str], warehouse: Path, **env: str) -> subprocess.Popen:
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
         if name not in env:
             environment.pop(name, None)
-    return subprocess.Popen([sys.executable, "-m", "attnwh.cli", *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "attnwh.face.cli", *args], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def finish(*processes: subprocess.Popen) -> None:

@@ -15,8 +15,8 @@ import traceback
 
 import typer
 
-from attnwh import cli_heads, cli_list, cli_read, cli_run
-from attnwh.console import one_line
+from attnwh.face import cli_heads, cli_list, cli_read, cli_run
+from attnwh.face.console import one_line
 
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE in sysexits.h: a bug, not the user's mistake
 DEBUG_ENV = "ATTNWH_DEBUG"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, progress, warn
+from attnwh.face.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, progress, warn
 from attnwh.errors import UsageError
 
 # the options extract and mask share
@@ -131,7 +131,7 @@ def prune(
     Example: attnwh extract && attnwh prune --kv-share 1,0.25,0.1 --allocation score,uniform --seeds 2
     """
     from attnwh.extract.prune_run import PruneOptions
-    from attnwh.workflows import prune_sweep
+    from attnwh.face.workflows import prune_sweep
     from attnwh.output import render
 
     def names(text: str) -> tuple[str, ...]:
@@ -187,7 +187,7 @@ def mask(
     Example: attnwh extract && attnwh mask --strategy top,random --k 0,2,4,8 --seeds 3
     """
     from attnwh.extract.mask_run import MaskOptions
-    from attnwh.workflows import mask_sweep
+    from attnwh.face.workflows import mask_sweep
     from attnwh.output import render
 
     def names(text: str) -> tuple[str, ...]:
@@ -279,7 +279,7 @@ def toy_zoo(
 
     Example: attnwh toy zoo && attnwh report
     """
-    from attnwh.workflows import toy_zoo as run_zoo
+    from attnwh.face.workflows import toy_zoo as run_zoo
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -315,7 +315,7 @@ def recompute(
     Example: attnwh recompute RUN_ID --statistic topk_mass --k 5 --name top5_mass
     """
     from attnwh.extract.recompute import RecomputeOptions
-    from attnwh.workflows import recompute as run_recompute
+    from attnwh.face.workflows import recompute as run_recompute
 
     options = RecomputeOptions(
         source_run=run_id, statistic=statistic, name=name, k=k, tau=tau, share=share,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
+from attnwh.face.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
 from attnwh.errors import UsageError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from attnwh.console import FormatOption, check_format, handles_errors
+from attnwh.face.console import FormatOption, check_format, handles_errors
 
 
 
