@@ -29,7 +29,7 @@ from typing import Any
 import dask
 from distributed import WorkerPlugin
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic mmap
@@ -214,7 +214,7 @@ def worker_run_setup(cache: ModelCache, run_root: str | Path, run_id: str, make:
 
 def check_worker_setup(setup, run_root: str | Path, run_id: str, samples: str | None = None) -> None:
     """Raise ``WarehouseError`` naming each key in which ``setup`` differs from the run at ``run_root``."""
-    from attnwh.errors import WarehouseError
+    from attnwh.core.errors import WarehouseError
     from attnwh.warehouse import storage
     from attnwh.warehouse.layout import RunPaths
     from attnwh.warehouse.runs import canonical_json, plan_hash, read_manifest, read_plan

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, HeadMeans, build_conditions, parse_k
 from attnwh.extract.ranks import Rank, detect_rank

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.forward import BatchView, LayerIntervention
 from attnwh.warehouse.definitions import layer_stages
 

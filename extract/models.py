@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from attnwh.errors import ModelError, UsageError
-from attnwh.registry import register
+from attnwh.core.errors import ModelError, UsageError
+from attnwh.core.registry import register
 from attnwh.extract import regions
 from attnwh.extract.forward import CAPTURE_ATTENTION, install_dispatch
 from attnwh.extract.regions import RegionFunction

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 LLAVA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate
 from attnwh.extract.ranks import Rank, detect_rank

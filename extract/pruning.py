@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.capture import last_query_rows
 from attnwh.extract.forward import BatchView, LayerIntervention
 from attnwh.extract.segments import IMAGE

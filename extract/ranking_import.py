@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.models import load_config, model_info, resolve_source, revision
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.toy.default import DEFAULT_MODEL, model_location

@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 WAIT_ENV = "ATTNWH_RANK_WAIT_SECONDS"
 DEFAULT_WAIT_SECONDS = 600.0  # how long a rank > 0 waits for rank 0 to create the run

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 import torch
 import zarr
 
-from attnwh.errors import UsageError, WarehouseError
+from attnwh.core.errors import UsageError, WarehouseError
 from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy

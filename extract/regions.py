@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image, ImageDraw
 
-from attnwh.errors import ModelError
+from attnwh.core.errors import ModelError
 from attnwh.extract.benchmarks.registry import Box
 
 if TYPE_CHECKING:

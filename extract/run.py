@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks import Sample
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.benchmarks import Benchmark, Sample, get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.benchmarks.registry import check_split

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.executors import Scheduler

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.definitions import head_score_names

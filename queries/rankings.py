@@ -4,7 +4,7 @@ order of its heads. Both are marts (``ranking_runs``, ``head_ranking``); these a
 
 from __future__ import annotations
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.queries.library import run_mart
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.head_files import check_format, write_heads

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnwh.errors import AttnwhError, UsageError
+from attnwh.core.errors import AttnwhError, UsageError
 from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
 from attnwh.reports import charts
 from attnwh.reports.page import Page, Section

@@ -13,7 +13,7 @@ from decimal import Decimal
 from dataclasses import dataclass, field
 from functools import cache
 
-from attnwh.output import readable
+from attnwh.core.output import readable
 
 _JSON_ESCAPES = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 

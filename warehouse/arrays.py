@@ -14,7 +14,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from attnwh.errors import WarehouseError
+from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import ROWS_FOLDER, RunPaths, rows_folder
 

@@ -20,7 +20,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from attnwh.errors import SqlError, WarehouseError, first_line
+from attnwh.core.errors import SqlError, WarehouseError, first_line
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.footers import (
     ARROW_SCHEMA_KEY, FOOTER_KEYS, arrow_schema, check_file_schema, keep_compacted, keep_footers, metadata_problem, read_compacted,

@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.warehouse.schema import DERIVED_VALUE_COLUMNS, TABLES
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,55}")

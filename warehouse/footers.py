@@ -11,7 +11,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attnwh.errors import WarehouseError, first_line
+from attnwh.core.errors import WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.schema import META_DEFINITIONS, META_TABLE, META_VERSION, SCHEMA_VERSION, unreadable_version
 from attnwh.warehouse.storage import Location

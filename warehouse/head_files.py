@@ -22,7 +22,7 @@ import json
 import math
 from typing import Any
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 FORMATS = ("retrieval-json", "duo-tsv")
 

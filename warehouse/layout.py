@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
-from attnwh.errors import WarehouseError
+from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import storage
 from attnwh.warehouse.storage import Location
 

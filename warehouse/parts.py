@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from attnwh.errors import IntegrityError, WarehouseError
+from attnwh.core.errors import IntegrityError, WarehouseError
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, part_name, record_name, table_file, table_file_name
 from attnwh.warehouse.runs import load_run, read_manifest

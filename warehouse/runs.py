@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from attnwh.errors import FingerprintMismatch, WarehouseError, first_line
+from attnwh.core.errors import FingerprintMismatch, WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
 from attnwh.warehouse.schema import META_VERSION, PLAN, RUNS, SCHEMA_VERSION, unreadable_version

@@ -10,7 +10,7 @@ import re
 
 import duckdb
 
-from attnwh.errors import SqlError, SqlRefused, first_line
+from attnwh.core.errors import SqlError, SqlRefused, first_line
 
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _PIVOT = re.compile(r"\bpivot(?:_wider)?\b", re.IGNORECASE)

@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from attnwh.errors import WarehouseError
+from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.runs import read_manifest

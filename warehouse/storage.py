@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from attnwh.errors import WarehouseError
+from attnwh.core.errors import WarehouseError
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -144,7 +144,7 @@ def object_cache() -> Path | None:
     holds; commit records and manifests, by their key and ETag (an overwritten record has another ETag); each
     run's footer metadata, by its files' hashes; and each run's rollups added up over its parts, by the parts'
     hashes and the definitions (any warehouse, local ones too). Removing the folder at any time is safe."""
-    from attnwh.home import attnwh_home
+    from attnwh.core.home import attnwh_home
 
     setting = os.environ.get(OBJECT_CACHE_ENV)
     if setting == "off":

@@ -26,7 +26,7 @@ def export(
 
     Example: attnwh heads export RUN_ID --format duo-tsv --out full_attention_heads.tsv
     """
-    from attnwh.errors import UsageError
+    from attnwh.core.errors import UsageError
     from attnwh.queries.rankings import export_heads
 
     with read_session(warehouse) as session:

@@ -19,7 +19,7 @@ def models(fmt: FormatOption = "table") -> None:
     from attnwh.extract.models import ADAPTERS
     from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
     from attnwh.extract.toy.train import TRAINED_SPECS
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     check_format(fmt)
     supported = pa.Table.from_pylist(
@@ -57,7 +57,7 @@ def benchmarks(fmt: FormatOption = "table") -> None:
     import pyarrow as pa
 
     from attnwh.extract.benchmarks.registry import all_benchmarks
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     check_format(fmt)
     table = pa.Table.from_pylist(

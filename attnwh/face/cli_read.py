@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnwh.face.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 
 
@@ -25,7 +25,7 @@ def sql(
 
     Example: attnwh sql "select layer, avg(image_sum) from head_metrics where query = 'gen1' group by layer order by layer"
     """
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     check_format(fmt)
     if (statement is None) == (file is None):
@@ -54,7 +54,7 @@ def query(
     """
     import pyarrow as pa
 
-    from attnwh.output import render
+    from attnwh.core.output import render
     from attnwh.queries.library import marts, run_mart
 
     check_format(fmt)
@@ -89,7 +89,7 @@ def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None
 
     Example: attnwh runs --format json
     """
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     check_format(fmt)
     from attnwh.queries.library import run_mart
@@ -175,7 +175,7 @@ def status(
 
     import pyarrow as pa
 
-    from attnwh.output import render
+    from attnwh.core.output import render
     from attnwh.warehouse.status import run_status
 
     check_format(fmt)

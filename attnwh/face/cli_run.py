@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attnwh.face.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, progress, warn
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 
 # the options extract and mask share
 ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
@@ -132,7 +132,7 @@ def prune(
     """
     from attnwh.extract.prune_run import PruneOptions
     from attnwh.face.workflows import prune_sweep
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -188,7 +188,7 @@ def mask(
     """
     from attnwh.extract.mask_run import MaskOptions
     from attnwh.face.workflows import mask_sweep
-    from attnwh.output import render
+    from attnwh.core.output import render
 
     def names(text: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in text.split(",") if part.strip())
@@ -244,7 +244,7 @@ def toy_train(
 
     Example: attnwh toy train --out my-toy && attnwh extract --model my-toy
     """
-    from attnwh.home import attnwh_home
+    from attnwh.core.home import attnwh_home
     from attnwh.extract.toy.train import LANGUAGE_STEPS, TRAINED_SPECS, train_toy
 
     if size not in TRAINED_SPECS:

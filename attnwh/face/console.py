@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.errors import AttnwhError, UsageError
+from attnwh.core.errors import AttnwhError, UsageError
 
 WarehouseOption = Annotated[
     str | None,
@@ -83,7 +83,7 @@ class read_session:
 
 
 def check_format(fmt: str) -> str:
-    from attnwh.output import FORMATS
+    from attnwh.core.output import FORMATS
 
     if fmt not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}; choose {', '.join(FORMATS)}")

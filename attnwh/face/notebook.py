@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.queries.library import bind_parameters, get_mart, open_session
 
 

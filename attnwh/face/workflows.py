@@ -1,7 +1,7 @@
 """Work that spans stages, for the CLI and for notebooks: a stage never opens another stage's sessions,
 so whatever needs both (rank heads with a query, then run a model) is orchestrated here.
 
-Like the CLI, this module sits above the stages; the small core (``attnwh.errors``, ``attnwh.output``)
+Like the CLI, this module sits above the stages; the small core (``attnwh.core.errors``, ``attnwh.core.output``)
 imports none of them.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
 from attnwh.extract.setup import RunSetup
 from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from attnwh.errors import BenchmarkError, UsageError
+from attnwh.core.errors import BenchmarkError, UsageError
 from attnwh.extract.benchmarks.registry import Benchmark
 
 _DATASET_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks.images import ImageLoadError, file_loader, open_image_bytes, open_image_file
 from attnwh.extract.benchmarks.registry import Sample
 

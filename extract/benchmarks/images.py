@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from attnwh.errors import first_line
+from attnwh.core.errors import first_line
 
 MAX_PIXELS = 64_000_000  # larger images are refused (decompression bombs), not decoded
 

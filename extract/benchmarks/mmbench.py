@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import formats
 from attnwh.extract.benchmarks.images import base64_loader
 from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_benchmark

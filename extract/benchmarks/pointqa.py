@@ -57,7 +57,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import formats
 from attnwh.extract.benchmarks.images import file_loader, open_image_file
 from attnwh.extract.benchmarks.registry import Benchmark, Box, Sample, register_benchmark

@@ -29,7 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import formats
 from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_benchmark
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from attnwh.errors import BenchmarkError
-from attnwh.registry import register
+from attnwh.core.errors import BenchmarkError
+from attnwh.core.registry import register
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
 

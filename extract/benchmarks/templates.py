@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.benchmarks.registry import Sample
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."

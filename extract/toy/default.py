@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnwh.errors import ModelError
+from attnwh.core.errors import ModelError
 
 DEFAULT_MODEL = "toy-llava"
 DEFAULT_BENCHMARK = "toy-shapes"

@@ -10,7 +10,7 @@ from attnwh.face.cli import INTERNAL_ERROR_EXIT, main
 COMMANDS = {
     "extract": ("attnwh.extract.run.run_extract", ["extract"]),
     "mask": ("attnwh.face.workflows.mask_sweep", ["mask"]),
-    "models": ("attnwh.output.render", ["models"]),
+    "models": ("attnwh.core.output.render", ["models"]),
     "benchmarks": ("attnwh.extract.benchmarks.registry.all_benchmarks", ["benchmarks"]),
     "sql": ("attnwh.queries.library.open_session", ["sql", "select 1"]),
     "query": ("attnwh.queries.library.open_session", ["query", "head_attention"]),

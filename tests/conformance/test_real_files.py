@@ -20,7 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from attnwh.face.cli import app
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.registry import check_split
 from attnwh.extract.benchmarks.templates import render_question

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attnwh.errors import BenchmarkError, UsageError
+from attnwh.core.errors import BenchmarkError, UsageError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.run import ExtractOptions, run_extract

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from attnwh.errors import FingerprintMismatch
+from attnwh.core.errors import FingerprintMismatch
 from attnwh.extract import run as run_module
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session

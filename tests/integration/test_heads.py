@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.ranking_import import ImportOptions, import_heads

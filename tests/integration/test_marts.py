@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.prune_run import PruneOptions
 from attnwh.face.workflows import mask_sweep, prune_sweep

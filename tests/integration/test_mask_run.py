@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.face.workflows import mask_sweep

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from attnwh.errors import ModelError
+from attnwh.core.errors import ModelError
 from attnwh.extract.models import load_config, load_model, resolve_source
 
 

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 import attnwh
-from attnwh.errors import SqlError, SqlRefused, UsageError
+from attnwh.core.errors import SqlError, SqlRefused, UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.face.workflows import mask_sweep

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from transformers import AttentionInterface, AutoModelForImageTextToText
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.generation import generate_with_capture
 from attnwh.extract.prune_run import build_prune_conditions, kv_head_scores, parse_shares
 from attnwh.extract.pruning import KVPrune, LayerPrune, allocate, budgets

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.recompute import RecomputeOptions, read_regions
 from attnwh.extract.run import ExtractOptions, run_extract

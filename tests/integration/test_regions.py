@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from attnwh.errors import ModelError
+from attnwh.core.errors import ModelError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.models import Adapter, load_model, resolve_source
 from attnwh.extract.regions import region_mask, render_box_mask

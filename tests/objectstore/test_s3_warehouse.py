@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import attnwh
-from attnwh.errors import SqlRefused, WarehouseError
+from attnwh.core.errors import SqlRefused, WarehouseError
 from attnwh.queries.library import open_session
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import open_warehouse

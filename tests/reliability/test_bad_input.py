@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from attnwh.errors import AttnwhError, BenchmarkError, ModelError, UsageError, WarehouseError
+from attnwh.core.errors import AttnwhError, BenchmarkError, ModelError, UsageError, WarehouseError
 from attnwh.extract.benchmarks import get_benchmark, registry
 from attnwh.extract.benchmarks.images import bytes_loader
 from attnwh.extract.run import ExtractOptions, run_extract

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from attnwh.extract.executors import parse_scheduler
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse

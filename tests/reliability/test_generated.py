@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from attnwh.face.cli import INTERNAL_ERROR_EXIT
-from attnwh.errors import AttnwhError, BenchmarkError, ModelError, SqlError, SqlRefused
+from attnwh.core.errors import AttnwhError, BenchmarkError, ModelError, SqlError, SqlRefused
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError, open_image_bytes
 from attnwh.extract.benchmarks.templates import PROMPT_STYLES, render_question

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attnwh.errors import UsageError
+from attnwh.core.errors import UsageError
 from attnwh.extract.ranks import Rank, detect_rank
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attnwh.errors import UsageError, WarehouseError
+from attnwh.core.errors import UsageError, WarehouseError
 from attnwh.extract import executors
 from attnwh.extract.executors import ModelCache, parse_scheduler
 from attnwh.extract.ranks import Rank, detect_rank

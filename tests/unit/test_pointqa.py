@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from attnwh.errors import BenchmarkError
+from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError
 from attnwh.extract.benchmarks.pointqa import count_options

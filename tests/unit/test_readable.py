@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from attnwh.output import readable, render
+from attnwh.core.output import readable, render
 
 
 @pytest.mark.parametrize(

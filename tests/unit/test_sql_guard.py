@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from attnwh.errors import SqlError, SqlRefused
+from attnwh.core.errors import SqlError, SqlRefused
 from attnwh.queries.library import open_session
 from attnwh.warehouse.layout import open_warehouse
 
