@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from attnwh.core.errors import WarehouseError
-from attnwh.warehouse import storage
+from attnwh.warehouse import probe, storage
 from attnwh.warehouse.storage import Location
 
 LAYOUT_VERSION = 1
@@ -125,9 +125,7 @@ class Warehouse:
         return self.root / "runs"
 
     def run_paths(self, model: str, benchmark: str, run_id: str) -> RunPaths:
-        return RunPaths(
-            self.runs_root / f"model={slug(model)}" / f"benchmark={slug(benchmark)}" / f"run={run_id}"
-        )
+        return RunPaths(self.runs_root / f"model={slug(model)}" / f"benchmark={slug(benchmark)}" / f"run={run_id}")
 
     def run_folders(self, tagged: bool = True) -> list[RunPaths]:
         """Every run's folder; on an object store with the listing of its own objects, unless ``tagged`` is
@@ -163,7 +161,8 @@ def open_warehouse(path: Location | str | None, create: bool = False) -> Warehou
 
     Refuses a path that is a file, a non-empty folder that is not a warehouse, and a warehouse of a
     newer layout than this version of attnwh understands. A store that cannot be reached, or that
-    refuses the credentials, is one line naming it.
+    refuses the credentials, is one line naming it; so is, with ``create`` (a writer), a store that
+    ignores conditional puts (``probe``: asked once per machine and store).
     """
     root = warehouse_location(path)
     try:
@@ -181,6 +180,8 @@ def _open(warehouse: Warehouse, create: bool) -> Warehouse:
     if storage.is_object_store(root):
         try:
             _check_marker(warehouse.marker)  # one request where the warehouse exists
+            if create:  # a writer: the store must honour conditional puts (asked once per machine)
+                probe.check_conditional_puts(root)
             return warehouse
         except FileNotFoundError:
             pass
@@ -198,6 +199,7 @@ def _open(warehouse: Warehouse, create: bool) -> Warehouse:
         raise WarehouseError(f"no attnwh warehouse at {root} (run `attnwh extract` first, or pass --warehouse)")
     if root.is_dir() and any(root.iterdir()):
         raise WarehouseError(f"{root} is a non-empty folder without WAREHOUSE.json; refusing to write into it")
+    probe.check_conditional_puts(root)  # before anything is written there
     try:
         storage.make_folders(root)
         _write_marker(warehouse.marker)
@@ -229,7 +231,4 @@ def _check_marker(marker: Location) -> None:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")
     version = content.get("layout_version")
     if not isinstance(version, int) or version > LAYOUT_VERSION:
-        raise WarehouseError(
-            f"{marker} has layout version {version}; this attnwh reads up to "
-            f"{LAYOUT_VERSION} (upgrade attnwh)"
-        )
+        raise WarehouseError(f"{marker} has layout version {version}; this attnwh reads up to {LAYOUT_VERSION} (upgrade attnwh)")

@@ -58,7 +58,7 @@ def location(text: str) -> Location:
     shown = text if text.isprintable() else repr(text)  # an error names it on one line
     protocol = match.group(1).lower()
     if protocol == "file":
-        return Path(text[len("file://"):])
+        return Path(text[len("file://") :])
     if protocol not in CONDITIONAL_PUT_PROTOCOLS:
         raise WarehouseError(
             f"warehouse {shown}: {protocol}:// is not supported: attnwh commits parts by a conditional put "
@@ -71,10 +71,10 @@ def location(text: str) -> Location:
         fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError) as exc:
         raise WarehouseError(f"warehouse {shown}: {protocol}:// cannot be opened ({_first_line(exc)}); pip install 'attnwh[s3]'") from exc
-    if not text[match.end():].strip("/"):
+    if not text[match.end() :].strip("/"):
         raise WarehouseError(f"warehouse {shown}: name a bucket (and a prefix), like {protocol}://bucket/attnwh")
     try:
-        return UPath(f"{protocol}://{text[match.end():]}".rstrip("/"), use_listings_cache=False)
+        return UPath(f"{protocol}://{text[match.end() :]}".rstrip("/"), use_listings_cache=False)
     except ValueError as exc:
         raise WarehouseError(f"warehouse {shown}: not a usable {protocol}:// URL ({_first_line(exc)})") from exc
 
@@ -112,7 +112,8 @@ def make_folders(*folders: Location) -> None:
 
 def put_exclusively(target: Location, content: bytes) -> bool:
     """Make an object-store ``target`` appear with ``content``, or return False if it already exists
-    (a conditional put: ``If-None-Match: *``). Local files use ``parts._create_exclusively``."""
+    (a conditional put: ``If-None-Match: *``; ``probe`` checks once per machine that the store honours it).
+    Local files use ``commit._create_exclusively``."""
     try:
         target.fs.pipe_file(target.path, content, mode="create")
     except FileExistsError:
@@ -131,6 +132,16 @@ def put(target: Location, content: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, target)
+
+
+def renew(target: Location) -> None:
+    """Make an existing file's (object's) modification time now; ``FileNotFoundError`` when it is gone: a
+    lease is renewed, never recreated (recovery removes it when it takes an attempt over)."""
+    if not is_object_store(target):
+        os.utime(target)
+        return
+    target.fs.info(target.path)
+    target.fs.pipe_file(target.path, b"")
 
 
 OBJECT_CACHE_ENV = "ATTNWH_OBJECT_CACHE"  # a folder, or "off"
@@ -295,8 +306,11 @@ def objects_under(folder: Location) -> dict[str, tuple[int, str | None]]:
     except FileNotFoundError:
         return {}
     prefix = folder.path.rstrip("/") + "/"
-    return {name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag"))
-            for name, info in found.items() if info.get("type") != "directory"}
+    return {
+        name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag"))
+        for name, info in found.items()
+        if info.get("type") != "directory"
+    }
 
 
 def sizes_under(folder: Location) -> dict[str, int]:

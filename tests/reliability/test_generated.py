@@ -99,7 +99,7 @@ def no_heavy_work(monkeypatch, tmp_path):
         raise ModelError("stopped before loading weights (generated-options test)")
 
     monkeypatch.setattr("attnwh.extract.run.load_model", stop)
-    monkeypatch.setattr("attnwh.extract.mask_run.load_model", stop)
+    monkeypatch.setattr("attnwh.extract.sweep.load_model", stop)
     monkeypatch.setattr("attnwh.extract.toy.train.train_toy", stop)
     import huggingface_hub.constants
 
