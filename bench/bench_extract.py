@@ -57,15 +57,17 @@ def build_model(shape: str, folder: Path) -> Path:
     if shape == "toy":
         return default_model_folder()
     image_size = {"realistic": 336, "long": 756}[shape]
-    spec = TinyLlavaSpec(n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=image_size, patch_size=14, seed=0)
+    spec = TinyLlavaSpec(
+        n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=image_size, patch_size=14, seed=0
+    )
     return save_tiny_llava(folder / shape, spec)
 
 
 def inputs(loaded, shape: str, batch_size: int):
     """A left-padded batch: toy-shapes questions; for the realistic shape padded out to ~70 text tokens."""
     from attnwh.extract.benchmarks import get_benchmark
-    from attnwh.extract.prompts import FORMATS
     from attnwh.extract.generation import encode_batch
+    from attnwh.extract.prompts import FORMATS
 
     samples = get_benchmark("toy-shapes").load(None, "test")[:batch_size]
     questions = [sample.question for sample in samples]
@@ -88,8 +90,16 @@ def run_variant(variant: str, shape: str, model_folder: Path, batch_size: int, b
     source = resolve_source(str(model_folder))
     if variant.startswith("extract"):
         with tempfile.TemporaryDirectory() as scratch:
-            options = dict(model=str(model_folder), limit=batch_size * batches, batch_size=batch_size, part_size=batch_size,
-                           max_new_tokens=new_tokens, device="cpu", rows=variant == "extract_rows", command=["bench"])
+            options = dict(
+                model=str(model_folder),
+                limit=batch_size * batches,
+                batch_size=batch_size,
+                part_size=batch_size,
+                max_new_tokens=new_tokens,
+                device="cpu",
+                rows=variant == "extract_rows",
+                command=["bench"],
+            )
             run_extract(Path(scratch) / "warm", ExtractOptions(**{**options, "limit": batch_size, "part_size": batch_size}))
             started = time.perf_counter()
             run_extract(Path(scratch) / "wh", ExtractOptions(**options))
@@ -181,8 +191,15 @@ def routes(loaded, encoded, new_tokens: int, wanted) -> dict:
 
         def eager_route() -> None:  # full attention maps out of generate, then the statistics from them
             with torch.inference_mode():
-                out = eager.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                                     output_attentions=True, return_dict_in_generate=True)
+                out = eager.generate(
+                    **encoded,
+                    max_new_tokens=new_tokens,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    output_attentions=True,
+                    return_dict_in_generate=True,
+                )
                 statistics_of([[maps[:, :, -1, :] for maps in out.attentions[step]] for step in (0, 1)])
 
         found["eager"] = eager_route
@@ -246,8 +263,19 @@ def child_main(args) -> int:
 
 
 def _child(args, extra: list[str]) -> dict:
-    command = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--batches", str(args.batches),
-               "--new-tokens", str(args.new_tokens), "--rounds", str(args.rounds), *extra]
+    command = [
+        sys.executable,
+        __file__,
+        "--batch-size",
+        str(args.batch_size),
+        "--batches",
+        str(args.batches),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--rounds",
+        str(args.rounds),
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)
@@ -278,9 +306,12 @@ def parent_main(args) -> int:
     selected = [name for name in args.variants if name != "nnsight" or nnsight_available()]
     if len(selected) < len(args.variants):
         print("nnsight is not installed: its route is left out (pip install nnsight)", file=sys.stderr)
-    results: dict = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                     "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-                     "command": " ".join(["python", *sys.argv]), "shapes": {}}
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "command": " ".join(["python", *sys.argv]),
+        "shapes": {},
+    }
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
         for shape in args.shape:
             model = str(build_model(shape, Path(scratch)))
@@ -329,7 +360,9 @@ def parent_main(args) -> int:
                 if measure == "time" and top in summary and bottom in summary:
                     ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(times[top]) / min(times[bottom]), "target": "", "met": None}
             results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
-            print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
+            print(
+                f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds"
+            )
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}{'working MiB':>13}")
             for variant, row in summary.items():
                 work = "" if row["working_mib"] is None else f"{row['working_mib']:.0f}"

@@ -133,22 +133,46 @@ def build(shape: Shape, folder: Path, device, dtype) -> Path:
 
     from attnwh.extract.toy import shapes
     from attnwh.extract.toy.builder import (
-        BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, TinyLlavaSpec, build_processor, save_pretrained_atomically, set_generation_tokens,
+        BOS_ID,
+        EOS_ID,
+        IMAGE_ID,
+        PAD_ID,
+        TinyLlavaSpec,
+        build_processor,
+        save_pretrained_atomically,
+        set_generation_tokens,
     )
 
     vision = CLIPVisionConfig(
-        hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate, num_hidden_layers=shape.vision_layers,
-        num_attention_heads=shape.vision_heads, image_size=shape.image_size, patch_size=shape.patch_size, projection_dim=768,
+        hidden_size=shape.vision_hidden,
+        intermediate_size=shape.vision_intermediate,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+        projection_dim=768,
     )
     text = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.text_hidden, intermediate_size=shape.text_intermediate,
-        num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads, num_key_value_heads=shape.text_heads,
-        max_position_embeddings=4096, rms_norm_eps=1e-5, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID,
+        vocab_size=shape.vocab,
+        hidden_size=shape.text_hidden,
+        intermediate_size=shape.text_intermediate,
+        num_hidden_layers=shape.text_layers,
+        num_attention_heads=shape.text_heads,
+        num_key_value_heads=shape.text_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=PAD_ID,
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
-        vision_config=vision, text_config=text, image_token_id=IMAGE_ID, vision_feature_layer=-2,
-        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        vision_config=vision,
+        text_config=text,
+        image_token_id=IMAGE_ID,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
     )
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -175,8 +199,8 @@ def paired(args, folder: Path, device, dtype) -> dict:
     from transformers import AutoModelForImageTextToText
 
     from attnwh.extract.capture import CaptureSpec
-    from attnwh.extract.models import load_model, resolve_source
     from attnwh.extract.generation import generate_with_capture
+    from attnwh.extract.models import load_model, resolve_source
     from attnwh.extract.segments import prompt_segments, with_generated
     from attnwh.extract.stats import row_statistics
 
@@ -205,8 +229,15 @@ def paired(args, folder: Path, device, dtype) -> dict:
 
         def eager_route():
             with torch.inference_mode():
-                out = eager.generate(**encoded, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0,
-                                     output_attentions=True, return_dict_in_generate=True)
+                out = eager.generate(
+                    **encoded,
+                    max_new_tokens=args.new_tokens,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                    output_attentions=True,
+                    return_dict_in_generate=True,
+                )
                 for step in (0, 1):
                     step_segments = with_generated(segments, step)
                     for layer_maps in out.attentions[step]:
@@ -239,16 +270,24 @@ def paired(args, folder: Path, device, dtype) -> dict:
                 run()
             _synchronize(device)
             times[name].append(time.perf_counter() - started)
-    return {"times": times, "peak_memory_gib": peak_memory, "failed": failed, "prompt_tokens": prompt_tokens,
-            "samples": args.batch_size * args.batches}
+    return {"times": times, "peak_memory_gib": peak_memory, "failed": failed, "prompt_tokens": prompt_tokens, "samples": args.batch_size * args.batches}
 
 
 def whole(args, folder: Path, device_name: str) -> dict:
     from attnwh.extract.run import ExtractOptions, run_extract
 
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-gpu-") as scratch:
-        options = dict(model=str(folder), limit=args.samples, batch_size=args.batch_size, part_size=max(args.batch_size, 64),
-                       max_new_tokens=args.new_tokens, device=device_name, dtype=args.dtype, rows=False, command=["bench"])
+        options = dict(
+            model=str(folder),
+            limit=args.samples,
+            batch_size=args.batch_size,
+            part_size=max(args.batch_size, 64),
+            max_new_tokens=args.new_tokens,
+            device=device_name,
+            dtype=args.dtype,
+            rows=False,
+            command=["bench"],
+        )
         run_extract(Path(scratch) / "warm", ExtractOptions(**{**options, "limit": args.batch_size}))
         started = time.perf_counter()
         run_extract(Path(scratch) / "wh", ExtractOptions(**options))
@@ -261,8 +300,7 @@ def main() -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="7b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--variants", nargs="+", default=["plain", "capture", "capture_rows", "eager"],
-                        choices=["plain", "capture", "capture_rows", "eager"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "capture", "capture_rows", "eager"], choices=["plain", "capture", "capture_rows", "eager"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -305,8 +343,13 @@ def main() -> int:
         }
     if whole_run:
         per_second = whole_run["samples"] / whole_run["seconds"]
-        rows["extract"] = {"median_seconds": whole_run["seconds"], "samples_per_second": per_second, "tflops": flops * per_second / 1e12,
-                           "mfu": flops * per_second / 1e12 / peak if peak else None, "peak_memory_gib": None}
+        rows["extract"] = {
+            "median_seconds": whole_run["seconds"],
+            "samples_per_second": per_second,
+            "tflops": flops * per_second / 1e12,
+            "mfu": flops * per_second / 1e12 / peak if peak else None,
+            "peak_memory_gib": None,
+        }
     ratios = {}
     times = measured["times"]
     for top, bottom in (("capture", "plain"), ("capture_rows", "plain"), ("eager", "capture")):
@@ -328,8 +371,10 @@ def main() -> int:
         "failed": measured["failed"],
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
-    print(f"\n{device_name}, {args.scale}, {args.dtype}, batch {args.batch_size}, prompt {measured['prompt_tokens']} tokens, "
-          f"{args.new_tokens} new tokens, {flops / 1e12:.2f} TFLOP per sample, peak {peak or '?'} TFLOP/s")
+    print(
+        f"\n{device_name}, {args.scale}, {args.dtype}, batch {args.batch_size}, prompt {measured['prompt_tokens']} tokens, "
+        f"{args.new_tokens} new tokens, {flops / 1e12:.2f} TFLOP per sample, peak {peak or '?'} TFLOP/s"
+    )
     print(f"{'variant':<14}{'samples/s':>11}{'TFLOP/s':>10}{'MFU':>8}{'peak GiB':>10}")
     for name, row in rows.items():
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"

@@ -27,8 +27,15 @@ from bench_warehouse import build  # noqa: E402
 from attnwh.reports.build import build_report  # noqa: E402
 
 MODELS = (  # name, layers, heads: the shapes of the study's families
-    ("llava-v1.5-7b", 32, 32), ("llava-v1.5-13b", 40, 40), ("llava-phi3-mini", 32, 32), ("qwen2-vl-7b", 28, 28), ("internvl2-8b", 32, 32),
-    ("llava-v1.6-7b", 32, 32), ("llava-v1.6-13b", 40, 40), ("minicpm-v", 28, 28), ("idefics2-8b", 32, 32),
+    ("llava-v1.5-7b", 32, 32),
+    ("llava-v1.5-13b", 40, 40),
+    ("llava-phi3-mini", 32, 32),
+    ("qwen2-vl-7b", 28, 28),
+    ("internvl2-8b", 32, 32),
+    ("llava-v1.6-7b", 32, 32),
+    ("llava-v1.6-13b", 40, 40),
+    ("minicpm-v", 28, 28),
+    ("idefics2-8b", 32, 32),
 )
 BENCHMARKS = ("pope", "mmbench", "qbench", "seed-bench", "pointqa")
 REPORT_TARGET_S = 30.0
@@ -44,10 +51,24 @@ def screenshots(report: Path, folder: Path) -> dict[str, float]:
     for page in sorted(report.glob("*.html")):
         with tempfile.TemporaryDirectory() as profile:
             started = time.perf_counter()
-            subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--proxy-server=127.0.0.1:9",
-                            "--virtual-time-budget=30000", f"--user-data-dir={profile}", "--window-size=1440,3000",
-                            f"--screenshot={folder / page.with_suffix('.png').name}", page.resolve().as_uri()],
-                           capture_output=True, check=True, timeout=300)
+            subprocess.run(
+                [
+                    browser,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--proxy-server=127.0.0.1:9",
+                    "--virtual-time-budget=30000",
+                    f"--user-data-dir={profile}",
+                    "--window-size=1440,3000",
+                    f"--screenshot={folder / page.with_suffix('.png').name}",
+                    page.resolve().as_uri(),
+                ],
+                capture_output=True,
+                check=True,
+                timeout=300,
+            )
             seconds[page.name] = time.perf_counter() - started
     return seconds
 
@@ -78,8 +99,13 @@ def main() -> int:
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]),
-        "models": len(MODELS), "benchmarks": len(BENCHMARKS), "samples_per_run": args.samples,
-        "build_seconds": build_s, "report_seconds": report_s, "page_bytes": pages, "chromium_seconds": browser_s,
+        "models": len(MODELS),
+        "benchmarks": len(BENCHMARKS),
+        "samples_per_run": args.samples,
+        "build_seconds": build_s,
+        "report_seconds": report_s,
+        "page_bytes": pages,
+        "chromium_seconds": browser_s,
         "within_target": report_s <= REPORT_TARGET_S,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

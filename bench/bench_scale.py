@@ -63,9 +63,28 @@ def run_variant(variant: str, model: Path, warehouse: Path, args) -> dict:
     from attnwh.warehouse.layout import open_warehouse
     from attnwh.warehouse.status import run_status
 
-    command = [*attnwh_command(), "extract", "--model", str(model), "--benchmark", "toy-shapes", "--limit", str(args.samples),
-               "--batch-size", str(args.batch_size), "--part-size", str(args.part_size), "--max-new-tokens", str(args.new_tokens),
-               "--device", "cpu", "--dtype", "float32", "--warehouse", str(warehouse)]
+    command = [
+        *attnwh_command(),
+        "extract",
+        "--model",
+        str(model),
+        "--benchmark",
+        "toy-shapes",
+        "--limit",
+        str(args.samples),
+        "--batch-size",
+        str(args.batch_size),
+        "--part-size",
+        str(args.part_size),
+        "--max-new-tokens",
+        str(args.new_tokens),
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--warehouse",
+        str(warehouse),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ATTNWH_RANK_WAIT_SECONDS": "300"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "DASK_SCHEDULER_ADDRESS"):
         env.pop(name, None)
@@ -88,8 +107,12 @@ def run_variant(variant: str, model: Path, warehouse: Path, args) -> dict:
     status = run_status(runs[0])
     if status["parts_committed"] != status["parts_planned"]:
         raise SystemExit(f"bench_scale: {variant} committed {status['parts_committed']} of {status['parts_planned']} parts")
-    return {"seconds": seconds, "samples_per_second": args.samples / seconds, "steady_samples_per_second": status["samples_per_second"],
-            "writers": len(status["writers"])}
+    return {
+        "seconds": seconds,
+        "samples_per_second": args.samples / seconds,
+        "steady_samples_per_second": status["samples_per_second"],
+        "writers": len(status["writers"]),
+    }
 
 
 def main() -> int:
@@ -116,17 +139,24 @@ def main() -> int:
                 measured[variant] = run_variant(variant, model, Path(scratch) / f"wh-{round_index}-{variant}", args)
                 shutil.rmtree(Path(scratch) / f"wh-{round_index}-{variant}")
                 line = measured[variant]
-                print(f"round {round_index + 1} {variant:8s} {line['seconds']:7.1f} s  {line['samples_per_second']:5.2f} samples/s "
-                      f"(steady {line['steady_samples_per_second']:.2f}, {line['writers']} writers)", flush=True)
+                print(
+                    f"round {round_index + 1} {variant:8s} {line['seconds']:7.1f} s  {line['samples_per_second']:5.2f} samples/s "
+                    f"(steady {line['steady_samples_per_second']:.2f}, {line['writers']} writers)",
+                    flush=True,
+                )
             rounds.append(measured)
 
     def median_of(variant: str, field: str) -> float:
         return statistics.median(measured[variant][field] for measured in rounds)
 
-    print(f"\n{args.samples} samples, batch {args.batch_size}, parts of {args.part_size}, {args.new_tokens} new tokens, {args.rounds} rounds, 1 thread per process")
+    print(
+        f"\n{args.samples} samples, batch {args.batch_size}, parts of {args.part_size}, {args.new_tokens} new tokens, {args.rounds} rounds, 1 thread per process"
+    )
     print(f"{'variant':10s} {'median s':>9s} {'samples/s':>10s} {'steady samples/s':>17s}")
     for variant in args.variants:
-        print(f"{variant:10s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'samples_per_second'):10.2f} {median_of(variant, 'steady_samples_per_second'):17.2f}")
+        print(
+            f"{variant:10s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'samples_per_second'):10.2f} {median_of(variant, 'steady_samples_per_second'):17.2f}"
+        )
 
     ratios = {}
     print(f"\n{'ratio':28s} {'whole command':>14s} {'steady':>8s} {'target':>8s}")

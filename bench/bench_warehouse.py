@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 from attnwh.queries.library import marts, open_session, run_mart
 from attnwh.reports.build import build_report
 from attnwh.warehouse import parts
+from attnwh.warehouse.definitions import rollups
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.definitions import rollups
 from attnwh.warehouse.schema import HEAD_METRICS, LOGIT_LENS, SAMPLES, SWEEP_CONDITIONS, SWEEP_RESULTS, with_metadata
 
 MART_TARGET_S = 0.5
@@ -49,16 +49,31 @@ def _write(table: pa.Table, name: str, folder: Path) -> None:
     pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet", compression="zstd")
 
 
-def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0,
-          model: str = "synthetic-7b", benchmark: str = "synthetic", mask_ks: tuple[int, ...] = (8, 32, 64, 128)) -> tuple[str, int]:
+def build(
+    root: Path | str,
+    n_samples: int,
+    n_layers: int,
+    n_heads: int,
+    part_size: int,
+    seed: int = 0,
+    model: str = "synthetic-7b",
+    benchmark: str = "synthetic",
+    mask_ks: tuple[int, ...] = (8, 32, 64, 128),
+) -> tuple[str, int]:
     """A synthetic extraction run (and a mask run) of ``model`` on ``benchmark``, written part by part through commit_part."""
     rng = np.random.default_rng(seed)
     warehouse = open_warehouse(root, create=True)
     plan = Plan([f"s{i}" for i in range(n_samples)], part_size)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
     run, _ = open_or_create_run(
-        warehouse, kind="extract", model=model, benchmark=benchmark, spec={"dtype": "bfloat16", "model": model, "benchmark": benchmark},
-        plan=plan, run_id=None, details={"model_info": info}
+        warehouse,
+        kind="extract",
+        model=model,
+        benchmark=benchmark,
+        spec={"dtype": "bfloat16", "model": model, "benchmark": benchmark},
+        plan=plan,
+        run_id=None,
+        details={"model_info": info},
     )
     heads = n_layers * n_heads
     for part_id in range(plan.n_parts):
@@ -122,7 +137,9 @@ def build(root: Path | str, n_samples: int, n_layers: int, n_heads: int, part_si
                 }
             ).cast(LOGIT_LENS)
             _write(samples, "samples", folder)
-            _write(metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder)
+            _write(
+                metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder
+            )
             _write(lens, "logit_lens", folder)
             scores, ranks = rollups(metrics)
             _write(scores, "head_scores", folder)
@@ -139,8 +156,14 @@ def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng,
     plan = Plan([f"condition-{i}" for i in range(len(conditions))], 1)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
     run, _ = open_or_create_run(
-        warehouse, kind="mask", model=model, benchmark=benchmark, spec={"mask": True, "model": model, "benchmark": benchmark}, plan=plan, run_id=None,
-        details={"model_info": info}
+        warehouse,
+        kind="mask",
+        model=model,
+        benchmark=benchmark,
+        spec={"mask": True, "model": model, "benchmark": benchmark},
+        plan=plan,
+        run_id=None,
+        details={"model_info": info},
     )
     for cid, (strategy, k, seed) in enumerate(conditions):
 
@@ -148,14 +171,34 @@ def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng,
             heads = [{"layer": int(i // n_heads), "head": int(i % n_heads)} for i in rng.choice(n_layers * n_heads, k, replace=False)]
             settings = {"strategy": strategy, "stage": "all", "k": k, "fraction": k / (n_layers * n_heads), "seed": seed, "mode": "zero"}
             condition = pa.Table.from_pylist(
-                [{"run_id": run.run_id, "condition_id": cid, "kind": "mask", "ranking_run_id": "x", "ranking_score": "concentration_x_sum",
-                  "heads": heads, "settings": json.dumps(settings)}],
+                [
+                    {
+                        "run_id": run.run_id,
+                        "condition_id": cid,
+                        "kind": "mask",
+                        "ranking_run_id": "x",
+                        "ranking_score": "concentration_x_sum",
+                        "heads": heads,
+                        "settings": json.dumps(settings),
+                    }
+                ],
                 schema=SWEEP_CONDITIONS,
             )
             accuracy = 0.85 - (0.002 if strategy == "random" else 0.004) * k
             results = pa.Table.from_pylist(
-                [{"run_id": run.run_id, "condition_id": cid, "sample_idx": i, "sample_key": f"s{i}", "status": "ok",
-                  "gold": "yes", "parsed": "yes", "correct": bool(rng.random() < accuracy)} for i in range(n_samples)],
+                [
+                    {
+                        "run_id": run.run_id,
+                        "condition_id": cid,
+                        "sample_idx": i,
+                        "sample_key": f"s{i}",
+                        "status": "ok",
+                        "gold": "yes",
+                        "parsed": "yes",
+                        "correct": bool(rng.random() < accuracy),
+                    }
+                    for i in range(n_samples)
+                ],
                 schema=SWEEP_RESULTS,
             )
             _write(condition, "sweep_conditions", folder)

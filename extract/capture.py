@@ -79,12 +79,8 @@ class CaptureSession:
 
     def __post_init__(self) -> None:
         self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.queries}
-        self._segments_at_step = {
-            QUERY_STEPS[name]: with_generated(self.segments, QUERY_STEPS[name]) for name in self.spec.queries
-        }
-        self._region_at_step = {
-            step: None if self.region is None else torch.nn.functional.pad(self.region, (0, step)) for step in self._segments_at_step
-        }
+        self._segments_at_step = {QUERY_STEPS[name]: with_generated(self.segments, QUERY_STEPS[name]) for name in self.spec.queries}
+        self._region_at_step = {step: None if self.region is None else torch.nn.functional.pad(self.region, (0, step)) for step in self._segments_at_step}
         for name in self.spec.queries:
             self.rows[name] = [None] * self.n_layers
             self.hidden[name] = [None] * (self.n_layers + 1)

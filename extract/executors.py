@@ -116,7 +116,7 @@ def check_scheduler_file(path: Path) -> str:
         raise refuse(f"a JSON {type(found).__name__}, not an object")
     address = found.get("address")
     if not isinstance(address, str):
-        raise refuse("no \"address\" string" if address is None else f"its \"address\" is a JSON {type(address).__name__}")
+        raise refuse('no "address" string' if address is None else f'its "address" is a JSON {type(address).__name__}')
     scheme, _, rest = address.partition("://")
     if not scheme or not rest or not scheme.isascii() or not scheme.isalnum() or address != address.strip():
         raise refuse(f"its address {address!r} is not PROTOCOL://HOST:PORT")
@@ -181,8 +181,19 @@ def samples_digest(samples: list) -> str:
     and the client exactly when they read the same benchmark data (images are not read for it)."""
     digest = hashlib.sha256()
     for sample in samples:
-        fields = [sample.key, sample.question, list(sample.choices), sample.gold, sample.category, sample.parser, sample.hint,
-                  sample.note, [list(box) for box in sample.boxes], sample.group, sample.error]
+        fields = [
+            sample.key,
+            sample.question,
+            list(sample.choices),
+            sample.gold,
+            sample.category,
+            sample.parser,
+            sample.hint,
+            sample.note,
+            [list(box) for box in sample.boxes],
+            sample.group,
+            sample.error,
+        ]
         digest.update(json.dumps(fields, default=repr, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -233,8 +244,11 @@ def check_worker_setup(setup, run_root: str | Path, run_id: str, samples: str | 
         if mine != theirs:
             planned = read_plan(paths, manifest).sample_keys
             where = next((i for i, (a, b) in enumerate(zip(keys, planned)) if a != b), None)
-            detail = (f"sample {where} is {keys[where]!r} here, {planned[where]!r} in the run's plan" if where is not None
-                      else f"{len(keys)} samples here, {len(planned)} in the run's plan")
+            detail = (
+                f"sample {where} is {keys[where]!r} here, {planned[where]!r} in the run's plan"
+                if where is not None
+                else f"{len(keys)} samples here, {len(planned)} in the run's plan"
+            )
             differing.append(f"plan hash {mine[:12]} != {str(theirs)[:12]} ({detail})")
     if samples is not None:
         mine = samples_digest(setup.samples)
@@ -279,7 +293,9 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
         if cluster is not None:
             cluster.close()
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UsageError(f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}{': ' + text if text else ''}") from exc
+        raise UsageError(
+            f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}{': ' + text if text else ''}"
+        ) from exc
     try:
         client.register_plugin(ModelCache())
         yield client

@@ -49,9 +49,7 @@ class LayerIntervention:
         """``(key, value, attention_mask)`` SDPA runs over."""
         return key, value, attention_mask
 
-    def observed_mask(
-        self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
-    ) -> torch.Tensor | None:
+    def observed_mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
         """The mask over all ``key`` positions through which the observer sees the last query row (``query``
         and ``attention_mask`` cut to that row): what the layer really attended to."""
         return attention_mask
@@ -212,9 +210,7 @@ def forward_call(
     for bound in layer_edits:
         for layer, edit in bound.items():
             edits.setdefault(layer, []).append(edit)
-    call = ForwardCall(
-        text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens
-    )
+    call = ForwardCall(text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens)
     token = ACTIVE_CALL.set(call)
     try:
         yield call
@@ -223,6 +219,14 @@ def forward_call(
 
 
 __all__ = [
-    "ACTIVE_CALL", "BatchView", "CAPTURE_ATTENTION", "ForwardCall", "Intervention", "LayerIntervention", "Observer",
-    "attention", "forward_call", "install_dispatch",
+    "ACTIVE_CALL",
+    "BatchView",
+    "CAPTURE_ATTENTION",
+    "ForwardCall",
+    "Intervention",
+    "LayerIntervention",
+    "Observer",
+    "attention",
+    "forward_call",
+    "install_dispatch",
 ]

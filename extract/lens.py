@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 
 
-
 @dataclass
 class LensResult:
     """Per (layer 0..L, sample): the final top-1 token's rank (1 = top) and probability, and the layer's own top-1."""

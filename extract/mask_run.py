@@ -15,12 +15,18 @@ from typing import Any
 import torch
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, HeadMeans, build_conditions, parse_k
-from attnwh.extract.ranks import Rank, detect_rank
-from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.extract.sweep import (
-    HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, check_sweep_options, run_sweep,
+    HeadRanking,
+    ProgressCallback,
+    SweepCondition,
+    SweepOptions,
+    SweepResult,
+    SweepSamples,
+    SweepSetup,
+    check_sweep_options,
+    prepare_sweep,
+    run_sweep,
 )
 
 
@@ -30,21 +36,6 @@ class MaskOptions(SweepOptions):
     stages: tuple[str, ...] = ("all",)
     k: tuple[str, ...] = ("0", "0.05", "0.1", "0.2")
     mode: str = "zero"
-
-
-@dataclass(frozen=True)
-class MaskSetup:
-    """A sweep's options, checked, and what they resolve to before any weight is read."""
-
-    options: MaskOptions
-    run: RunSetup
-    rank: Rank
-    scheduler: Scheduler
-
-    @property
-    def n_heads(self) -> int:
-        info = self.run.details["model_info"]
-        return info["n_layers"] * info["n_heads"]
 
 
 @dataclass(frozen=True)
@@ -79,19 +70,24 @@ def head_means(samples: SweepSamples) -> dict[Head, torch.Tensor]:
 
 def mask_condition(condition: Condition, mode: str) -> SweepCondition:
     """A masking condition as the sweep stores it (its settings, typed again by ``stg_mask_conditions``)."""
-    settings = {"strategy": condition.strategy, "stage": condition.stage, "k": condition.k, "fraction": condition.fraction, "seed": condition.seed, "mode": mode}
+    settings = {
+        "strategy": condition.strategy,
+        "stage": condition.stage,
+        "k": condition.k,
+        "fraction": condition.fraction,
+        "seed": condition.seed,
+        "mode": mode,
+    }
     return SweepCondition(condition.condition_id, settings, condition.heads)
 
 
-def prepare_mask(options: MaskOptions) -> MaskSetup:
+def prepare_mask(options: MaskOptions) -> SweepSetup:
     """Options checked; benchmark, samples, model config and prompt resolved (the ranking is the caller's to find)."""
     _check_options(options)
-    scheduler = parse_scheduler(options.scheduler)
-    rank = detect_rank(options.rank, options.world_size)
-    return MaskSetup(options, prepare_run(options, rank.local_rank), rank, scheduler)
+    return prepare_sweep(options)
 
 
-def run_mask(warehouse_path, setup: MaskSetup, ranking: HeadRanking, on_progress: ProgressCallback | None = None) -> SweepResult:
+def run_mask(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progress: ProgressCallback | None = None) -> SweepResult:
     """Run (or resume) the sweep of ``setup`` with heads taken in the order of ``ranking``."""
     options, info = setup.options, setup.run.details["model_info"]
     if len(ranking.heads) != setup.n_heads:
@@ -108,7 +104,7 @@ def run_mask(warehouse_path, setup: MaskSetup, ranking: HeadRanking, on_progress
         "conditions": [[c.strategy, c.stage, c.k, c.seed, [list(h) for h in c.heads]] for c in conditions],
     }
     sweep_conditions = [mask_condition(condition, options.mode) for condition in conditions]
-    return run_sweep(warehouse_path, setup.run, setup.rank, setup.scheduler, options, MaskSweep(options.mode), spec, sweep_conditions, ranking, on_progress)
+    return run_sweep(warehouse_path, setup, MaskSweep(options.mode), spec, sweep_conditions, ranking, on_progress)
 
 
 def _check_options(options: MaskOptions) -> None:

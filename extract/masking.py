@@ -98,7 +98,6 @@ class HeadMask:
             masks[layer] = LayerMask(torch.tensor(heads, dtype=torch.long), self.mode, n_heads // n_kv_heads, means)
         return masks
 
-
     def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
         return self.layer_masks(view.n_layers, view.n_heads, view.n_kv_heads)
 

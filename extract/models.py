@@ -80,18 +80,29 @@ _LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instru
 for _adapter in (
     Adapter("LlavaForConditionalGeneration", "llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, region_tokens=regions.llava_region),
     Adapter(
-        "LlavaNextForConditionalGeneration", "llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS,
+        "LlavaNextForConditionalGeneration",
+        "llava_next",
+        "LLaVA-1.6 / NeXT (anyres tiles + row newlines)",
+        _LLAVA_FORMATS,
         region_tokens=regions.llava_next_region,
     ),
     Adapter(
-        "VipLlavaForConditionalGeneration", "vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"),
+        "VipLlavaForConditionalGeneration",
+        "vipllava",
+        "ViP-LLaVA (multi-layer CLIP features)",
+        ("vip_llava", "chat_template"),
         region_tokens=regions.vip_llava_region,
     ),
-    Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region),
+    Adapter(
+        "LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region
+    ),
     Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
     Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
     Adapter(
-        "Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True,
+        "Gemma3ForConditionalGeneration",
+        "gemma3",
+        "Gemma 3 (SigLIP, bidirectional image attention, sliding window)",
+        nested_images=True,
         region_tokens=regions.gemma3_region,
     ),
 ):
@@ -189,10 +200,7 @@ def load_config(source: ModelSource):
     for architecture in architectures:
         if architecture in ADAPTERS:
             return config, ADAPTERS[architecture]
-    raise ModelError(
-        f"unsupported architecture {', '.join(architectures) or '(none in config)'} for {source.label}; "
-        f"supported: {', '.join(sorted(ADAPTERS))}"
-    )
+    raise ModelError(f"unsupported architecture {', '.join(architectures) or '(none in config)'} for {source.label}; supported: {', '.join(sorted(ADAPTERS))}")
 
 
 def revision(source: ModelSource, config) -> str:
@@ -301,4 +309,3 @@ def _end_tokens(configured, tokenizer_eos) -> tuple[int, ...]:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
-

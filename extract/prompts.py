@@ -52,8 +52,7 @@ FORMATS: dict[str, PromptFormat] = {
         PromptFormat(
             "llama3",
             "Llama-3 header format of the LLaVA Llama-3 checkpoints",
-            "<|start_header_id|>user<|end_header_id|>\n\n{image}\n{question}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            "<|start_header_id|>user<|end_header_id|>\n\n{image}\n{question}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
         ),
         PromptFormat("phi3", "Phi-3 format of the LLaVA Phi-3 checkpoints", "<|user|>\n{image}\n{question}<|end|>\n<|assistant|>\n"),
         PromptFormat("mistral_instruct", "Mistral [INST] format (LLaVA-1.6 Mistral)", "[INST] {image}\n{question} [/INST]"),

@@ -11,17 +11,22 @@ A kept share of 1 keeps every key whatever the allocation: it is the ``full`` co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate
-from attnwh.extract.ranks import Rank, detect_rank
-from attnwh.extract.setup import RunSetup, prepare_run
 from attnwh.extract.sweep import (
-    HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, check_sweep_options, run_sweep,
+    HeadRanking,
+    ProgressCallback,
+    SweepCondition,
+    SweepOptions,
+    SweepResult,
+    SweepSamples,
+    SweepSetup,
+    check_sweep_options,
+    prepare_sweep,
+    run_sweep,
 )
 
 DEFAULT_SHARES = ("1", "0.5", "0.25", "0.1", "0.05")
@@ -49,8 +54,13 @@ class PruneCondition:
         """As the sweep stores it (its settings, typed again by ``stg_prune_conditions``); only ``score``
         budgets follow the ranking."""
         settings = {
-            "allocation": self.allocation, "kv_share": self.kv_share, "keep": self.keep, "floor": self.floor, "seed": self.seed,
-            "kept_shares": self.kept.ravel().tolist(), "kv_heads": int(self.kept.shape[1]),
+            "allocation": self.allocation,
+            "kv_share": self.kv_share,
+            "keep": self.keep,
+            "floor": self.floor,
+            "seed": self.seed,
+            "kept_shares": self.kept.ravel().tolist(),
+            "kv_heads": int(self.kept.shape[1]),
         }
         return SweepCondition(self.condition_id, settings, ranked=self.allocation == "score")
 
@@ -71,18 +81,6 @@ class PruneSweep:
         settings = condition.settings
         kept = np.asarray(settings["kept_shares"], dtype=np.float64).reshape(-1, settings["kv_heads"])
         return [KVPrune(kept, settings["keep"])]
-
-
-@dataclass(frozen=True)
-class PruneSetup:
-    options: PruneOptions
-    run: RunSetup
-    rank: Rank
-    scheduler: Scheduler
-
-    @property
-    def info(self) -> dict[str, Any]:
-        return self.run.details["model_info"]
 
 
 def parse_shares(values: tuple[str, ...]) -> list[float]:
@@ -126,18 +124,18 @@ def build_prune_conditions(
                     continue
                 for seed in range(seeds) if allocation == "random" else [None]:
                     kept = allocate(allocation, share, kv_scores, floor, seed or 0)
-                    conditions.append(PruneCondition(len(conditions), allocation, share, keep, floor if allocation in ("score", "random") else None, seed, kept))
+                    conditions.append(
+                        PruneCondition(len(conditions), allocation, share, keep, floor if allocation in ("score", "random") else None, seed, kept)
+                    )
     return conditions
 
 
-def prepare_prune(options: PruneOptions) -> PruneSetup:
+def prepare_prune(options: PruneOptions) -> SweepSetup:
     _check_options(options)
-    scheduler = parse_scheduler(options.scheduler)
-    rank = detect_rank(options.rank, options.world_size)
-    return PruneSetup(options, prepare_run(options, rank.local_rank), rank, scheduler)
+    return prepare_sweep(options)
 
 
-def run_prune(warehouse_path, setup: PruneSetup, ranking: HeadRanking, on_progress: ProgressCallback | None = None) -> SweepResult:
+def run_prune(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progress: ProgressCallback | None = None) -> SweepResult:
     """Run (or resume) the pruning sweep of ``setup``; ``score`` budgets follow ``ranking``."""
     options, info = setup.options, setup.info
     kv_scores = kv_head_scores(ranking.scores, info["n_layers"], info["n_heads"], info["n_kv_heads"])
@@ -150,7 +148,7 @@ def run_prune(warehouse_path, setup: PruneSetup, ranking: HeadRanking, on_progre
         "conditions": [[c.allocation, c.kv_share, c.keep, c.floor, c.seed, np.round(c.kept, 9).ravel().tolist()] for c in conditions],
     }
     sweep_conditions = [condition.as_sweep() for condition in conditions]
-    return run_sweep(warehouse_path, setup.run, setup.rank, setup.scheduler, options, PruneSweep(), spec, sweep_conditions, ranking, on_progress)
+    return run_sweep(warehouse_path, setup, PruneSweep(), spec, sweep_conditions, ranking, on_progress)
 
 
 def _check_options(options: PruneOptions) -> None:

@@ -56,10 +56,15 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
     shape = (int(info["n_layers"]), int(info["n_heads"]), int(info.get("n_kv_heads") or info["n_heads"]))
     scores = parse_heads(text, fmt, str(options.file), shape, label)
     warehouse = open_warehouse(warehouse_path, create=True)
-    spec = {"format": fmt, "file_sha256": hashlib.sha256(data).hexdigest(), "name": options.name, "model": label,
-            "model_revision": revision(source, config)}
+    spec = {"format": fmt, "file_sha256": hashlib.sha256(data).hexdigest(), "name": options.name, "model": label, "model_revision": revision(source, config)}
     run, new_run = open_or_create_run(
-        warehouse, kind="ranking", model=label, benchmark=f"imported-{options.name}", spec=spec, plan=Plan([options.name], 1), run_id=None,
+        warehouse,
+        kind="ranking",
+        model=label,
+        benchmark=f"imported-{options.name}",
+        spec=spec,
+        plan=Plan([options.name], 1),
+        run_id=None,
         details={"model_info": info, "source_file": str(options.file), "command": options.command, "environment": environment_info()},
     )
     table = pa.Table.from_pylist(

@@ -74,10 +74,7 @@ def _array_index(env: Mapping[str, str]) -> int:
             f"so a task cannot know its index; give --rank and --world-size (or submit an array like --array=0-{count - 1})"
         )
     if (task - first) % step:
-        raise UsageError(
-            f"SLURM array task {task} is not one of {first}, {first + step}, {first + 2 * step}, ... "
-            f"(SLURM_ARRAY_TASK_MIN {first}, step {step})"
-        )
+        raise UsageError(f"SLURM array task {task} is not one of {first}, {first + step}, {first + 2 * step}, ... (SLURM_ARRAY_TASK_MIN {first}, step {step})")
     return (task - first) // step
 
 

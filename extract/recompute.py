@@ -47,8 +47,8 @@ from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.arrays import has_rows
-from attnwh.warehouse.layout import RunPaths, open_warehouse, rows_folder, table_file
 from attnwh.warehouse.derived import SINKS_SUFFIX, check_view_name
+from attnwh.warehouse.layout import RunPaths, open_warehouse, rows_folder, table_file
 from attnwh.warehouse.runs import Run, environment_info, load_run, open_or_create_run, read_manifest
 from attnwh.warehouse.schema import DERIVED_METRICS, DERIVED_SINKS, DERIVED_VALUE_COLUMNS
 
@@ -305,8 +305,11 @@ def compute_part(task: Task, source_part: Path) -> dict[str, pa.Table]:
 def _tables(task: Task, columns: dict[str, list[np.ndarray]], sinks_rows: list[dict[str, Any]]) -> dict[str, pa.Table]:
     data = {name: (np.concatenate(chunks) if chunks else np.array([])) for name, chunks in columns.items()}
     n = len(data["sample_idx"])
-    table = {"run_id": pa.array([task.derived_run_id] * n, pa.string()), "source_run_id": pa.array([task.source_run_id] * n, pa.string()),
-             "name": pa.array([task.name] * n, pa.string())}
+    table = {
+        "run_id": pa.array([task.derived_run_id] * n, pa.string()),
+        "source_run_id": pa.array([task.source_run_id] * n, pa.string()),
+        "name": pa.array([task.name] * n, pa.string()),
+    }
     for name in (*KEY_COLUMNS, *DERIVED_VALUE_COLUMNS):
         table[name] = pa.array(data[name], type=DERIVED_METRICS.field(name).type, from_pandas=True)  # NaN -> null
     tables = {"derived_metrics": pa.table(table).select(DERIVED_METRICS.names).cast(DERIVED_METRICS)}

@@ -72,9 +72,7 @@ def render_box_mask(size: tuple[int, int], boxes: Sequence[Box]) -> Image.Image:
 
 def _process_mask(loaded: LoadedModel, mask: Image.Image) -> Mapping[str, torch.Tensor]:
     """The image processor's output for the mask: the real image's geometry, pixel values in [0, 1]."""
-    return loaded.processor.image_processor(
-        images=[mask], do_normalize=False, do_rescale=True, rescale_factor=1 / 255, return_tensors="pt"
-    )
+    return loaded.processor.image_processor(images=[mask], do_normalize=False, do_rescale=True, rescale_factor=1 / 255, return_tensors="pt")
 
 
 def _inside(pixels: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -169,4 +167,3 @@ def llava_onevision_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tens
         [flags[..., None]], image_sizes, image_newline=_newline(), vision_aspect_ratio=loaded.config.vision_aspect_ratio
     )
     return packed[0][:, 0] > 0
-

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 import sys
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,19 +23,18 @@ from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_sa
 from attnwh.extract.benchmarks import Sample
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.capture import QUERY_STEPS, CaptureSpec
+from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
-from attnwh.extract.executors import parse_scheduler
-from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table, sample_fields
 from attnwh.extract.prompts import PromptFormat
+from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.regions import region_mask
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import image_spans
 from attnwh.extract.setup import prepare_run
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.layout import open_warehouse
-from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, Run, open_or_create_run
 
 DEFAULT_PART_SIZE = 256
@@ -116,9 +115,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     if not scheduler.in_process:
         return _extract_on_dask(scheduler, options, run, plan, pending, result, on_progress)
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
-    settings = BatchSettings(
-        loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer)
-    )
+    settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))
     total = sum(len(plan.part_range(part_id)) for part_id in pending)
     progress = {"done": 0}
     if on_progress:
@@ -160,7 +157,9 @@ def _extract_on_dask(
     with dask_client(scheduler, options.threads_per_worker) as client:
         result.dashboard = client.dashboard_link
         futures = {
-            client.submit(extract_part_task, options, str(run.paths.root), run.run_id, plan.part_size, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False): part_id
+            client.submit(
+                extract_part_task, options, str(run.paths.root), run.run_id, plan.part_size, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False
+            ): part_id
             for part_id in pending
         }
         done = 0
@@ -260,16 +259,12 @@ def _extract_batch(settings: BatchSettings, batch: Batch, part: PartData) -> Non
                 "n_region": int(region[position].sum()) if region is not None and sample.boxes else None,
             }
         )
-        part.metrics.append(
-            metrics_table(part.run_id, sample_idx, span.n_image, {name: stats[:, position] for name, stats in statistics.items()})
-        )
+        part.metrics.append(metrics_table(part.run_id, sample_idx, span.n_image, {name: stats[:, position] for name, stats in statistics.items()}))
         if generation.lens:
             part.lens.append(lens_table(part.run_id, sample_idx, position, generation.lens, tokenizer))
         if rows:
             pad = prompt_length - span.n_tokens
-            part.rows.append(
-                (sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.queries])
-            )
+            part.rows.append((sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.queries]))
 
 
 def _region(loaded: LoadedModel, encoded: dict[str, torch.Tensor], items: list[Ready]) -> torch.Tensor | None:

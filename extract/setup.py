@@ -59,9 +59,7 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
     config, adapter = load_config(source)
     prompt_format = get_format(options.prompt_format)
     if prompt_format.name not in adapter.prompt_formats:
-        raise UsageError(
-            f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}"
-        )
+        raise UsageError(f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}")
     device = resolve_device(options.device, local_rank)
     dtype = resolve_dtype(options.dtype, device, config)
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens

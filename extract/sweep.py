@@ -31,13 +31,13 @@ import torch
 from attnwh.core.errors import UsageError
 from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
-from attnwh.extract.executors import Scheduler
+from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.forward import Intervention
 from attnwh.extract.generation import forward_with, generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
-from attnwh.extract.ranks import Rank, wait_seconds, writer_of
+from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.setup import RunSetup, prepare_run
@@ -122,6 +122,32 @@ class SweepKind(Protocol):
     def interventions(self, condition: SweepCondition, prepared: Any) -> list[Intervention]: ...
 
 
+@dataclass(frozen=True)
+class SweepSetup:
+    """A sweep's options, checked, and what they resolve to before any weight is read."""
+
+    options: SweepOptions
+    run: RunSetup
+    rank: Rank
+    scheduler: Scheduler
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.run.details["model_info"]
+
+    @property
+    def n_heads(self) -> int:
+        return self.info["n_layers"] * self.info["n_heads"]
+
+
+def prepare_sweep(options: SweepOptions) -> SweepSetup:
+    """Benchmark, samples, model config and prompt resolved for a sweep whose options were checked
+    (the ranking is the caller's to find)."""
+    scheduler = parse_scheduler(options.scheduler)
+    rank = detect_rank(options.rank, options.world_size)
+    return SweepSetup(options, prepare_run(options, rank.local_rank), rank, scheduler)
+
+
 @dataclass
 class SweepResult:
     run_id: str
@@ -180,12 +206,21 @@ class SweepSamples:
                     kept = getattr(intervention, "kept_image_keys", None)
                     kept_image = min(kept_image, kept(image_keys)) if kept is not None else kept_image
                 kv_keys, kv_keys_full = (prompt_keys - image_keys) * n_layers * n_kv + kept_image, prompt_keys * n_layers * n_kv
-                rows.append({
-                    "sample_idx": item.sample_idx, "sample_key": item.sample.key, "status": "ok", "gold": item.sample.gold, **score,
-                    "n_prompt_keys": prompt_keys, "n_image_keys": image_keys, "kv_keys": kv_keys, "kv_keys_full": kv_keys_full,
-                    "kv_bytes": kv_bytes(kv_keys, info["head_dim"], self.loaded.dtype.itemsize),
-                    "kv_bytes_full": kv_bytes(kv_keys_full, info["head_dim"], self.loaded.dtype.itemsize),
-                })
+                rows.append(
+                    {
+                        "sample_idx": item.sample_idx,
+                        "sample_key": item.sample.key,
+                        "status": "ok",
+                        "gold": item.sample.gold,
+                        **score,
+                        "n_prompt_keys": prompt_keys,
+                        "n_image_keys": image_keys,
+                        "kv_keys": kv_keys,
+                        "kv_keys_full": kv_keys_full,
+                        "kv_bytes": kv_bytes(kv_keys, info["head_dim"], self.loaded.dtype.itemsize),
+                        "kv_bytes_full": kv_bytes(kv_keys_full, info["head_dim"], self.loaded.dtype.itemsize),
+                    }
+                )
         return sorted(rows, key=lambda row: row["sample_idx"])
 
 
@@ -202,12 +237,17 @@ class SweepPart:
     def write(self, folder: Path) -> dict[str, int]:
         c, ranked = self.condition, self.ranking is not None and self.condition.ranked
         conditions = pa.Table.from_pylist(
-            [{
-                "run_id": self.run_id, "condition_id": c.condition_id, "kind": self.kind,
-                "ranking_run_id": self.ranking.run_id if ranked else None, "ranking_score": self.ranking.score if ranked else None,
-                "heads": [{"layer": layer, "head": head} for layer, head in c.heads],
-                "settings": json.dumps(c.settings, sort_keys=True),
-            }],
+            [
+                {
+                    "run_id": self.run_id,
+                    "condition_id": c.condition_id,
+                    "kind": self.kind,
+                    "ranking_run_id": self.ranking.run_id if ranked else None,
+                    "ranking_score": self.ranking.score if ranked else None,
+                    "heads": [{"layer": layer, "head": head} for layer, head in c.heads],
+                    "settings": json.dumps(c.settings, sort_keys=True),
+                }
+            ],
             schema=SWEEP_CONDITIONS,
         )
         results = pa.Table.from_pylist([{"run_id": self.run_id, "condition_id": c.condition_id, **row} for row in self.rows], schema=SWEEP_RESULTS)
@@ -223,10 +263,7 @@ def evaluate_condition(run_id: str, kind: SweepKind, condition: SweepCondition, 
 
 def run_sweep(
     warehouse_path: Path | str | None,
-    setup: RunSetup,
-    rank: Rank,
-    scheduler: Scheduler,
-    options: SweepOptions,
+    sweep: SweepSetup,
     kind: SweepKind,
     spec: dict[str, Any],
     conditions: list[SweepCondition],
@@ -235,6 +272,7 @@ def run_sweep(
 ) -> SweepResult:
     """Create or resume the sweep's run (``spec``: what fingerprints it beyond the run set-up) and evaluate
     and commit the conditions this process takes: in this process, or one Dask task per condition."""
+    setup, rank, scheduler, options = sweep.run, sweep.rank, sweep.scheduler, sweep.options
     run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id)
     result = SweepResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     if not pending:
@@ -244,8 +282,13 @@ def run_sweep(
 
         digest = samples_digest(setup.samples)  # a sweep's plan lists conditions: workers check their samples against this
         result.conditions_written += sweep_on_dask(
-            scheduler, options.threads_per_worker, run, pending, sweep_condition_task,
-            lambda condition: (options, kind, str(run.paths.root), run.run_id, condition, ranking, digest), on_progress,
+            scheduler,
+            options.threads_per_worker,
+            run,
+            pending,
+            sweep_condition_task,
+            lambda condition: (options, kind, str(run.paths.root), run.run_id, condition, ranking, digest),
+            on_progress,
         )
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
@@ -268,8 +311,16 @@ def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Ran
     warehouse = open_warehouse(warehouse_path, create=True)
     plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
     run, _ = open_or_create_run(
-        warehouse, kind=kind, model=setup.model_label, benchmark=setup.benchmark.name, spec=spec, plan=plan,
-        run_id=run_id, details=setup.details, create=rank.creates_runs, wait_seconds=wait_seconds(),
+        warehouse,
+        kind=kind,
+        model=setup.model_label,
+        benchmark=setup.benchmark.name,
+        spec=spec,
+        plan=plan,
+        run_id=run_id,
+        details=setup.details,
+        create=rank.creates_runs,
+        wait_seconds=wait_seconds(),
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)

@@ -11,7 +11,6 @@ import pyarrow as pa
 import yaml
 
 from attnwh.core.errors import UsageError
-
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import open_warehouse

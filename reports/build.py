@@ -19,7 +19,6 @@ from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
 from attnwh.reports import charts
 from attnwh.reports.page import Page, Section
 
-
 TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
 
 
@@ -40,14 +39,49 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
     """The report set: file name -> (page title, sections)."""
     q = {"query": query}
     return {
-        "index.html": ("attnwh report", [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", "report_overview", None, {})]),
+        "index.html": (
+            "attnwh report",
+            [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", "report_overview", None, {})],
+        ),
         "attention.html": (
             "Image attention per head",
             [
-                ChartSection(f"Image-attention sum per head ({query})", "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"), q, name="head_image_sum", figures=(10, 15)),
-                ChartSection(f"Concentration per head ({query})", "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"), q, name="head_concentration", figures=(11,)),
-                ChartSection(f"Concentration × sum per head ({query})", "The visual-head score: heads that give the image much and focused attention.", "report_heads", lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"), q, name="head_concentration_x_sum", figures=(14,)),
-                ChartSection(f"Sum against concentration ({query})", "One point per head, coloured by layer.", "report_heads", charts.sum_vs_concentration, q, name="sum_vs_concentration", figures=(1,)),
+                ChartSection(
+                    f"Image-attention sum per head ({query})",
+                    "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.",
+                    "report_heads",
+                    lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"),
+                    q,
+                    name="head_image_sum",
+                    figures=(10, 15),
+                ),
+                ChartSection(
+                    f"Concentration per head ({query})",
+                    "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.",
+                    "report_heads",
+                    lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"),
+                    q,
+                    name="head_concentration",
+                    figures=(11,),
+                ),
+                ChartSection(
+                    f"Concentration × sum per head ({query})",
+                    "The visual-head score: heads that give the image much and focused attention.",
+                    "report_heads",
+                    lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"),
+                    q,
+                    name="head_concentration_x_sum",
+                    figures=(14,),
+                ),
+                ChartSection(
+                    f"Sum against concentration ({query})",
+                    "One point per head, coloured by layer.",
+                    "report_heads",
+                    charts.sum_vs_concentration,
+                    q,
+                    name="sum_vs_concentration",
+                    figures=(1,),
+                ),
                 ChartSection(
                     f"Top {top} heads ({query})",
                     "Ranked by mean concentration × sum; detection score = share of samples in which the head is among that sample's top 10.",
@@ -62,41 +96,114 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "layers.html": (
             "Layers and segments",
             [
-                ChartSection(f"Image attention by depth ({query})", "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"), q, name="layer_image_sum", figures=(10, 15)),
-                ChartSection(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "report_layers", lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"), q, name="layer_concentration_x_sum", figures=(14,)),
-                ChartSection(f"Where attention goes ({query})", "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.", "report_segments", charts.segment_shares, q, name="segment_shares"),
+                ChartSection(
+                    f"Image attention by depth ({query})",
+                    "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.",
+                    "report_layers",
+                    lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"),
+                    q,
+                    name="layer_image_sum",
+                    figures=(10, 15),
+                ),
+                ChartSection(
+                    f"Concentration × sum by depth ({query})",
+                    "Mean visual-head score per layer.",
+                    "report_layers",
+                    lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"),
+                    q,
+                    name="layer_concentration_x_sum",
+                    figures=(14,),
+                ),
+                ChartSection(
+                    f"Where attention goes ({query})",
+                    "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.",
+                    "report_segments",
+                    charts.segment_shares,
+                    q,
+                    name="segment_shares",
+                ),
             ],
         ),
         "lens.html": (
             "Logit lens",
             [
-                ChartSection(f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)", "Blue: the final answer is already top-1; orange: its rank (log scale).", "report_lens_samples", charts.lens_rank_heatmap, {**q, "max_samples": max_samples}, name="lens_ranks", figures=(9,)),
-                ChartSection("Median rank per layer", "Median rank of the final answer across samples, per benchmark and query.", "report_lens_curves", charts.lens_median_rank, {}, name="lens_median_rank", figures=(9,)),
-                ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
+                ChartSection(
+                    f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)",
+                    "Blue: the final answer is already top-1; orange: its rank (log scale).",
+                    "report_lens_samples",
+                    charts.lens_rank_heatmap,
+                    {**q, "max_samples": max_samples},
+                    name="lens_ranks",
+                    figures=(9,),
+                ),
+                ChartSection(
+                    "Median rank per layer",
+                    "Median rank of the final answer across samples, per benchmark and query.",
+                    "report_lens_curves",
+                    charts.lens_median_rank,
+                    {},
+                    name="lens_median_rank",
+                    figures=(9,),
+                ),
+                ChartSection(
+                    "When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}
+                ),
             ],
         ),
         "masking.html": (
             "Head masking",
             [
-                ChartSection("Accuracy as heads are masked", "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.", "report_masking", charts.masking_curves, {}, name="masking_curves", figures=(12, 13)),
-                ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
+                ChartSection(
+                    "Accuracy as heads are masked",
+                    "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.",
+                    "report_masking",
+                    charts.masking_curves,
+                    {},
+                    name="masking_curves",
+                    figures=(12, 13),
+                ),
+                ChartSection(
+                    "Conditions",
+                    "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.",
+                    "report_conditions",
+                    None,
+                    {},
+                ),
             ],
         ),
         "pruning.html": (
             "Image-KV pruning",
             [
-                ChartSection("Accuracy as each head's image KV is pruned", "Share of all image KV kept (budgets per KV head: by head score with a floor, uniform, or random scores; mean over seeds) against accuracy; bands: 95% Wilson intervals (random: their envelope over seeds). The study's supplement proposed this; it never tested it.", "report_pruning", charts.pruning_curves, {}, name="pruning_curves"),
-                ChartSection("Conditions", "Every condition, with the paired difference to the full cache, answer stability, the exact McNemar p-value and the KV bytes saved.", "report_prune_conditions", None, {}),
+                ChartSection(
+                    "Accuracy as each head's image KV is pruned",
+                    "Share of all image KV kept (budgets per KV head: by head score with a floor, uniform, or random scores; mean over seeds) against accuracy; bands: 95% Wilson intervals (random: their envelope over seeds). The study's supplement proposed this; it never tested it.",
+                    "report_pruning",
+                    charts.pruning_curves,
+                    {},
+                    name="pruning_curves",
+                ),
+                ChartSection(
+                    "Conditions",
+                    "Every condition, with the paired difference to the full cache, answer stability, the exact McNemar p-value and the KV bytes saved.",
+                    "report_prune_conditions",
+                    None,
+                    {},
+                ),
             ],
         ),
-        "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
+        "samples.html": (
+            "Samples",
+            [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})],
+        ),
     }
 
 
 CHART_FORMATS = ("png", "svg", "pdf")
 FIGURES_TITLE = "Figures of the study"
-FIGURES_TEXT = ("The charts that reproduce the figures of \"Unveiling Visual Perception in Language Models: An Attention Head "
-                "Analysis Approach\" (CVPR 2025) and its supplement; `attnwh report --figure N` writes one as a file.")
+FIGURES_TEXT = (
+    'The charts that reproduce the figures of "Unveiling Visual Perception in Language Models: An Attention Head '
+    'Analysis Approach" (CVPR 2025) and its supplement; `attnwh report --figure N` writes one as a file.'
+)
 WARNINGS_TITLE = "Damaged runs"
 WARNINGS_TEXT = "Runs left out are in none of the charts below; `attnwh verify` names every damaged file."
 
@@ -213,8 +320,9 @@ def _export(folder: Path, exports: list[tuple[str, dict]], fmt: str) -> list[Pat
     return written
 
 
-def write_figure(warehouse_path: Path | str | None, out: Path | str, figure: int, fmt: str = "svg", query: str = "gen1",
-                 warn: Callable[[list[str]], None] | None = None) -> list[Path]:
+def write_figure(
+    warehouse_path: Path | str | None, out: Path | str, figure: int, fmt: str = "svg", query: str = "gen1", warn: Callable[[list[str]], None] | None = None
+) -> list[Path]:
     """Write only the charts that reproduce one figure of the study, as ``fmt`` files under ``out``."""
     if fmt not in CHART_FORMATS:
         raise UsageError(f"--figure writes png, svg or pdf; got --format {fmt}")

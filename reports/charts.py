@@ -20,8 +20,10 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale;
     white rules mark where the early / mid / late stages meet, named on the right."""
     # only what the chart draws (nine models × five benchmarks are 55,000 cells a heatmap)
-    data = [{"panel": _panel(row), "layer": row["layer"], "head": row["head"], "stage": row.get("stage"), "n_samples": row.get("n_samples"), value: row[value]}
-            for row in rows]
+    data = [
+        {"panel": _panel(row), "layer": row["layer"], "head": row["head"], "stage": row.get("stage"), "n_samples": row.get("n_samples"), value: row[value]}
+        for row in rows
+    ]
     cell = 24
     n_heads = 1 + max(row["head"] for row in rows)
     n_layers = 1 + max(row["layer"] for row in rows)
@@ -41,11 +43,19 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     cells = source.transform_filter("datum.kind == 'cell'").transform_calculate(head_end="datum.head + 1", layer_end="datum.layer + 1")
     base = cells.mark_rect().encode(
         # cells span [head, head + 1) × [layer, layer + 1); labels sit at the cells' centres
-        x=alt.X("head:Q", title="head", scale=alt.Scale(nice=False, zero=True),
-                axis=alt.Axis(values=[index + 0.5 for index in range(n_heads)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False)),
+        x=alt.X(
+            "head:Q",
+            title="head",
+            scale=alt.Scale(nice=False, zero=True),
+            axis=alt.Axis(values=[index + 0.5 for index in range(n_heads)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False),
+        ),
         x2="head_end:Q",
-        y=alt.Y("layer:Q", title="layer", scale=alt.Scale(nice=False, zero=True),
-                axis=alt.Axis(values=[index + 0.5 for index in range(n_layers)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False)),
+        y=alt.Y(
+            "layer:Q",
+            title="layer",
+            scale=alt.Scale(nice=False, zero=True),
+            axis=alt.Axis(values=[index + 0.5 for index in range(n_layers)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False),
+        ),
         y2="layer_end:Q",
         color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="viridis"), legend=alt.Legend(orient="bottom", direction="horizontal")),
         tooltip=["panel:N", "layer:O", "head:O", "stage:N", alt.Tooltip(f"{value}:Q", format=".4f"), "n_samples:Q"],
@@ -53,8 +63,10 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     layers = [base]
     if marks:
         boundaries = source.transform_filter("datum.kind == 'stage' && datum.start > 0").mark_rule(color="white", strokeWidth=2).encode(y="start:Q")
-        names = source.transform_filter("datum.kind == 'stage'").mark_text(align="left", dx=4, fontSize=10, color="#555").encode(
-            x="right:Q", y="middle:Q", text="stage:N"
+        names = (
+            source.transform_filter("datum.kind == 'stage'")
+            .mark_text(align="left", dx=4, fontSize=10, color="#555")
+            .encode(x="right:Q", y="middle:Q", text="stage:N")
         )
         layers += [boundaries, names]
     chart = (
@@ -146,9 +158,11 @@ def lens_rank_heatmap(rows: list[dict]) -> dict:
         y=alt.Y("sample_idx:O", title="sample", axis=alt.Axis(labels=False, ticks=False)),
         tooltip=["panel:N", "sample_idx:O", "layer:O", "target_rank:Q", "target_text:N", "top_text:N"],
     )
-    ranks = base.mark_rect().encode(
-        color=alt.Color("target_rank:Q", title="rank of the final answer", scale=alt.Scale(type="log", scheme="oranges"))
-    ).transform_filter("datum.target_rank > 1")
+    ranks = (
+        base.mark_rect()
+        .encode(color=alt.Color("target_rank:Q", title="rank of the final answer", scale=alt.Scale(type="log", scheme="oranges")))
+        .transform_filter("datum.target_rank > 1")
+    )
     top = base.mark_rect(color="#1f77b4").transform_filter("datum.target_rank == 1")
     chart = (
         alt.layer(ranks, top)
@@ -179,10 +193,7 @@ def lens_median_rank(rows: list[dict]) -> dict:
 
 def masking_curves(rows: list[dict]) -> dict:
     """Accuracy against the share of heads masked: top solid, random dashed, interval bands, one colour per benchmark."""
-    data = [
-        {**row, "series": f"{row['benchmark']} · {row['strategy']}", "panel": f"{row['model']} · {row['stage']} · {row['mode']}"}
-        for row in rows
-    ]
+    data = [{**row, "series": f"{row['benchmark']} · {row['strategy']}", "panel": f"{row['model']} · {row['stage']} · {row['mode']}"} for row in rows]
     base = alt.Chart(ROWS).encode(
         x=alt.X("fraction:Q", title="share of heads masked"),
         color=alt.Color("benchmark:N", title="benchmark", legend=SOLID_LEGEND),
@@ -194,20 +205,27 @@ def masking_curves(rows: list[dict]) -> dict:
     line = base.mark_line().encode(
         y=accuracy,
         strokeDash=alt.StrokeDash(
-            "strategy:N", title="strategy", scale=alt.Scale(domain=["top", "random", "bottom"], range=[[1, 0], [6, 4], [2, 2]]),
+            "strategy:N",
+            title="strategy",
+            scale=alt.Scale(domain=["top", "random", "bottom"], range=[[1, 0], [6, 4], [2, 2]]),
             legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2),
         ),
     )
     points = base.mark_circle(size=30, opacity=1).encode(
         y=accuracy,
-        tooltip=["model:N", "benchmark:N", "stage:N", "strategy:N", "k:Q", alt.Tooltip("accuracy:Q", format=".3f"),
-                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n_conditions:Q"],
+        tooltip=[
+            "model:N",
+            "benchmark:N",
+            "stage:N",
+            "strategy:N",
+            "k:Q",
+            alt.Tooltip("accuracy:Q", format=".3f"),
+            alt.Tooltip("ci_low:Q", format=".3f"),
+            alt.Tooltip("ci_high:Q", format=".3f"),
+            "n_conditions:Q",
+        ],
     )
-    chart = (
-        alt.layer(band, line, points)
-        .properties(width=320, height=240)
-        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
-    )
+    chart = alt.layer(band, line, points).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     return _spec(chart, data)
 
 
@@ -221,8 +239,18 @@ def pruning_curves(rows: list[dict]) -> dict:
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
-        tooltip=["model:N", "benchmark:N", "keep:N", "allocation:N", "kv_share:Q", alt.Tooltip("accuracy:Q", format=".3f"),
-                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), alt.Tooltip("kv_saving:Q", format=".3f"), "n_conditions:Q"],
+        tooltip=[
+            "model:N",
+            "benchmark:N",
+            "keep:N",
+            "allocation:N",
+            "kv_share:Q",
+            alt.Tooltip("accuracy:Q", format=".3f"),
+            alt.Tooltip("ci_low:Q", format=".3f"),
+            alt.Tooltip("ci_high:Q", format=".3f"),
+            alt.Tooltip("kv_saving:Q", format=".3f"),
+            "n_conditions:Q",
+        ],
     )
     chart = alt.layer(band, line).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     return _spec(chart, data)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import json
-from decimal import Decimal
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import cache
 
 from attnwh.core.output import readable
@@ -70,9 +70,7 @@ class Page:
         for index, section in enumerate(self.sections):
             body.append(_section_html(index, section))
             if section.spec is not None:
-                scripts.append(
-                    f'<script type="application/json" id="spec-{index}">{json_for_script(section.spec)}</script>'
-                )
+                scripts.append(f'<script type="application/json" id="spec-{index}">{json_for_script(section.spec)}</script>')
         nav = " · ".join(f'<a href="{html.escape(href)}">{html.escape(label)}</a>' for href, label in self.links)
         return "\n".join(
             [
@@ -116,8 +114,5 @@ def _section_html(index: int, section: Section) -> str:
 def _table_html(rows: list[dict]) -> str:
     columns = list(rows[0])
     head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(readable(row[c], c))}</td>" for c in columns) + "</tr>"
-        for row in rows
-    )
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(readable(row[c], c))}</td>" for c in columns) + "</tr>" for row in rows)
     return f'<div class="table"><table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

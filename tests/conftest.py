@@ -12,9 +12,9 @@ import torch
 from attnwh.extract.benchmarks import registry
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.prune_run import PruneOptions
-from attnwh.face.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+from attnwh.face.workflows import mask_sweep, prune_sweep
 
 torch.set_num_threads(2)
 

@@ -122,10 +122,16 @@ def pope_seem_folder(root: Path) -> Path:
 
     coco, gqa = "COCO_val2014_000000461751.jpg", "2405722.jpg"
     files = {
-        "aokvqa_pope_seem_adversarial.json": [question(1, coco, "Is there a building in the image?", "yes"), question(2, coco, "Is there a sky in the image?", "no")],
+        "aokvqa_pope_seem_adversarial.json": [
+            question(1, coco, "Is there a building in the image?", "yes"),
+            question(2, coco, "Is there a sky in the image?", "no"),
+        ],
         "aokvqa_pope_seem_popular.json": [question(1, coco, "Is there a person in the image?", "yes")],
         "aokvqa_pope_seem_random.json": [question(1, coco, "Is there a kite in the image?", "no")],
-        "gqa_pope_seem_adversarial.json": [question(1, gqa, "Is there a bird in the image?", "yes"), question(2, "2400000.jpg", "Is there a wall in the image?", "no")],
+        "gqa_pope_seem_adversarial.json": [
+            question(1, gqa, "Is there a bird in the image?", "yes"),
+            question(2, "2400000.jpg", "Is there a wall in the image?", "no"),
+        ],
         "gqa_pope_seem_popular.json": [question(1, gqa, "Is there a tree in the image?", "yes")],
         "gqa_pope_seem_random.json": [question(1, gqa, "Is there a boat in the image?", "no")],
     }
@@ -196,8 +202,19 @@ def mmbench_rows() -> list[dict[str, str]]:
         index: str, question: str, options: tuple[str, ...], answer: str, image: str, hint: str = "", category: str = "attribute_recognition"
     ) -> dict[str, str]:
         cells = dict(zip(("A", "B", "C", "D"), options))
-        return {"index": index, "question": question, "hint": hint, **cells, "answer": answer, "category": category, "image": image,
-                "source": "MMBench", "l2-category": "fine-grained perception", "comment": "", "split": "dev"}
+        return {
+            "index": index,
+            "question": question,
+            "hint": hint,
+            **cells,
+            "answer": answer,
+            "category": category,
+            "image": image,
+            "source": "MMBench",
+            "l2-category": "fine-grained perception",
+            "comment": "",
+            "split": "dev",
+        }
 
     return [
         row("0", "Which colour dominates this picture?", ("red", "green", "blue", "yellow"), "C", red_blue),  # line 2
@@ -238,8 +255,18 @@ def seed_folder(root: Path) -> Path:
 
     def question(question_id: str, text: str, answer: str, data_id: str, data_type: str = "image", type_id: int = 5) -> str:
         return json_line(
-            {"answer": answer, "choice_a": "One", "choice_b": "Two", "choice_c": "Three", "choice_d": "Four", "data_id": data_id,
-             "data_type": data_type, "question": text, "question_id": question_id, "question_type_id": type_id}  # SEED-Bench v1's keys
+            {
+                "answer": answer,
+                "choice_a": "One",
+                "choice_b": "Two",
+                "choice_c": "Three",
+                "choice_d": "Four",
+                "data_id": data_id,
+                "data_type": data_type,
+                "question": text,
+                "question_id": question_id,
+                "question_type_id": type_id,
+            }  # SEED-Bench v1's keys
         )
 
     lines = [
@@ -249,8 +276,7 @@ def seed_folder(root: Path) -> Path:
         question("2", SEED_RUSSIAN, "D", "img_without_ext", type_id=1) + ",",
         question("3", "How many cars are there?", "A", "missing.jpg") + ",",
         question("4", "How many dogs are there?", "E", "1454426_2591111986.jpg"),
-        '], "question_type": {"Scene Understanding": 1, "Instance Identity": 2, "Instance Attributes": 3, "Instance Location": 4,'
-        ' "Instances Counting": 5}}',
+        '], "question_type": {"Scene Understanding": 1, "Instance Identity": 2, "Instance Attributes": 3, "Instance Location": 4, "Instances Counting": 5}}',
     ]
     write_lines(root / "SEED-Bench.json", lines)
     return root

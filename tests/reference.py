@@ -18,6 +18,4 @@ def reference_generate(folder: Path, encoded: dict[str, torch.Tensor], n_new: in
     pad = model.generation_config.pad_token_id
     model.generation_config = GenerationConfig(pad_token_id=pad if pad is not None else 0)
     with torch.inference_mode():
-        return model.generate(
-            **encoded, max_new_tokens=n_new, do_sample=False, eos_token_id=None, return_dict_in_generate=True, **outputs
-        )
+        return model.generate(**encoded, max_new_tokens=n_new, do_sample=False, eos_token_id=None, return_dict_in_generate=True, **outputs)

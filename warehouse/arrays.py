@@ -65,10 +65,5 @@ def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
     if not arrays:
         raise WarehouseError(f"run {run.root.name} has no committed raw rows")
     width = max(array.shape[-1] for array in arrays)
-    padded = [
-        da.pad(array, [(0, 0)] * 4 + [(0, width - array.shape[-1])], constant_values=np.nan)
-        if array.shape[-1] < width
-        else array
-        for array in arrays
-    ]
+    padded = [da.pad(array, [(0, 0)] * 4 + [(0, width - array.shape[-1])], constant_values=np.nan) if array.shape[-1] < width else array for array in arrays]
     return da.concatenate(padded, axis=0), np.concatenate(indices), queries

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from functools import partial
-import re
 from typing import Any
 
 import duckdb
@@ -22,18 +22,14 @@ import pyarrow.compute as pc
 
 from attnwh.core.errors import SqlError, WarehouseError, first_line
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.footers import (
-    ARROW_SCHEMA_KEY, FOOTER_KEYS, arrow_schema, check_file_schema, keep_compacted, keep_footers, metadata_problem, read_compacted,
-    read_footers, type_problem,
-)
-from attnwh.warehouse.listing import LISTING, DESCRIPTIONS, PENDING_PREFIX, add_placeholders, comment, leading_comment, one_line
-from attnwh.warehouse.sql_guard import check_read_only
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import define_derived_views, derived_view_claims
+from attnwh.warehouse.footers import FOOTER_KEYS, file_problems, files_of_definitions, keep_compacted, keep_footers, read_compacted, read_footers
 from attnwh.warehouse.layout import RunPaths, Warehouse, table_file_name
+from attnwh.warehouse.listing import DESCRIPTIONS, LISTING, PENDING_PREFIX, add_placeholders, comment, leading_comment, one_line
 from attnwh.warehouse.runs import check_plan_footer, runs_table
-from attnwh.warehouse.schema import META_DEFINITIONS, META_TABLE, SCHEMA_VERSION, TABLES, view_name
-
+from attnwh.warehouse.schema import META_DEFINITIONS, SCHEMA_VERSION, TABLES, view_name
+from attnwh.warehouse.sql_guard import check_read_only
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
 
@@ -52,6 +48,7 @@ def _readable_or_problem(run: RunPaths) -> parts.ReadableRun | WarehouseError:
         return parts.readable_run(run)
     except WarehouseError as exc:
         return exc
+
 
 class Catalog:
     """An in-memory DuckDB session over one warehouse."""
@@ -106,8 +103,14 @@ class Catalog:
             folders = [(record, str(parts.part_folder(run, record))) for record in readable.records]
             run_files = {table: [f"{folder}/{table_file_name(table)}" for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
-            committed.update({f"{folder}/{entry['path']}": (entry["size"], entry["sha256"]) for record, folder in folders for entry in record.files
-                              if entry["path"].endswith(".parquet")})
+            committed.update(
+                {
+                    f"{folder}/{entry['path']}": (entry["size"], entry["sha256"])
+                    for record, folder in folders
+                    for entry in record.files
+                    if entry["path"].endswith(".parquet")
+                }
+            )
         self._committed_hashes = {path: sha256 for path, (_, sha256) in committed.items()}  # the rollups' compaction key
         if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
             self.connection.register_filesystem(storage.committed_objects(self.warehouse.root, committed))
@@ -171,10 +174,12 @@ class Catalog:
         if self._listed:
             return
         self._listed = True
-        existing = dict(self.connection.execute(
-            "select view_name, 'view' from duckdb_views() where not internal and schema_name = 'main' "
-            "union all select table_name, 'table' from duckdb_tables() where schema_name = 'main'"
-        ).fetchall())
+        existing = dict(
+            self.connection.execute(
+                "select view_name, 'view' from duckdb_views() where not internal and schema_name = 'main' "
+                "union all select table_name, 'table' from duckdb_tables() where schema_name = 'main'"
+            ).fetchall()
+        )
         add_placeholders(self.connection, [name for name in self._on_demand if name not in existing], self.descriptions)
         comment(self.connection, existing, self.descriptions)
 
@@ -188,7 +193,9 @@ class Catalog:
                     self._define_pending(table)
         define_derived_views(self.connection, names)
         for name, claim in names.items():
-            self.descriptions[name] = f"derived table {name} (attnwh recompute --statistic {claim['statistic']}): one row per source run, sample, query, layer and head"
+            self.descriptions[name] = (
+                f"derived table {name} (attnwh recompute --statistic {claim['statistic']}): one row per source run, sample, query, layer and head"
+            )
             if claim["sinks"]:
                 self.descriptions[name + "_sinks"] = f"the attention sinks of derived table {name}: one row per source run, sample and query"
 
@@ -225,29 +232,7 @@ class Catalog:
                 for i in keys.keys() - kept.keys():
                     keep_footers(cache, keys[i], {self._committed_hashes[path]: found.get(path, {}) for path in files_of[i]})
         self._file_metadata = found or {}  # the rollup views read the definitions' versions from it
-        schemas: dict[str, pa.Schema | None] = {}  # distinct serialised schemas, read once (files of one table share theirs)
-        wrong_types: dict[tuple[str, str], bool] = {}  # (schema, table) -> whether its types are wrong, checked once
-
-        def problem_of(path: str, table: str) -> str | None:
-            metadata = (found or {}).get(path, {})
-            serialized = metadata.get(ARROW_SCHEMA_KEY)
-            if serialized is not None and serialized not in schemas:
-                schemas[serialized] = arrow_schema(serialized)
-            schema = schemas.get(serialized)
-            if META_TABLE.decode() not in metadata or schema is None:
-                try:
-                    check_file_schema(storage.location(path), TABLES[table])
-                except WarehouseError as exc:
-                    return str(exc)
-                return None
-            if (serialized, table) not in wrong_types:
-                wrong_types[(serialized, table)] = type_problem(path, schema, TABLES[table]) is not None
-            return metadata_problem(path, table, metadata) or (type_problem(path, schema, TABLES[table]) if wrong_types[(serialized, table)] else None)
-
-        return [
-            next((problem for table, table_paths in run_files.items() for path in table_paths if (problem := problem_of(path, table))), None)
-            for run_files in runs
-        ]
+        return file_problems(runs, found or {})
 
     def _define_rollup_views(self) -> None:
         """``rolled_up_runs``: the runs every one of whose ``head_scores`` and ``head_ranks`` files was
@@ -258,15 +243,20 @@ class Catalog:
         """
         rollup_files = {run_id: tables["head_scores"] + tables["head_ranks"] for run_id, tables in self._run_files.items()}
         version = definitions_version()
-        tagged = {path: self._file_metadata[path].get(META_DEFINITIONS.decode()) for paths in rollup_files.values() for path in paths
-                  if META_DEFINITIONS.decode() in self._file_metadata.get(path, {})}
+        tagged = {
+            path: self._file_metadata[path].get(META_DEFINITIONS.decode())
+            for paths in rollup_files.values()
+            for path in paths
+            if META_DEFINITIONS.decode() in self._file_metadata.get(path, {})
+        }
         current = {path for path, tag in tagged.items() if tag == version}
         # files written before their footers carried the version: from the column's statistics
-        current |= self._files_of_definitions([path for paths in rollup_files.values() for path in paths if path not in tagged], version)
+        current |= files_of_definitions(self.connection, [path for paths in rollup_files.values() for path in paths if path not in tagged], version)
         rolled = sorted(
             run_id
             for run_id, paths in rollup_files.items()
-            if paths and all(path in current for path in paths)
+            if paths
+            and all(path in current for path in paths)
             # every part with head_metrics has both rollups (parts written before head_ranks existed have none)
             and len(self._run_files[run_id]["head_scores"]) == len(self._run_files[run_id]["head_ranks"]) == len(self._run_files[run_id]["head_metrics"])
         )
@@ -299,8 +289,13 @@ class Catalog:
         missing = [run_id for run_id in keys if run_id not in compacted]
         if missing:  # added up here once, then read from the cache by every later session
             self._rolled_up_view(table, [path for run_id in missing for path in self._run_files[run_id][table]], [])
-            rows = self._when_defined(lambda: self.connection.sql(adding_up).filter(duckdb.ColumnExpression("run_id").isin(
-                *[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table())
+            rows = self._when_defined(
+                lambda: (
+                    self.connection.sql(adding_up)
+                    .filter(duckdb.ColumnExpression("run_id").isin(*[duckdb.ConstantExpression(run_id) for run_id in missing]))
+                    .to_arrow_table()
+                )
+            )
             for run_id in missing:
                 found = _as_rollup(rows.filter(pc.equal(rows["run_id"], run_id)), TABLES[table])
                 keep_compacted(cache, keys[run_id], found)
@@ -330,20 +325,6 @@ class Catalog:
         """The local cache's name of what was computed from ``files`` (by their committed hashes) and ``how``."""
         text = json.dumps([*how, sorted(self._committed_hashes[path] for path in files)])
         return f"{kind}-{hashlib.sha256(text.encode()).hexdigest()}"
-
-    def _files_of_definitions(self, files: list[str], version: str) -> set[str]:
-        """The files whose ``definitions`` column holds ``version`` in every row (files without rows count as such)."""
-        if not files:
-            return set()
-        rows = self.connection.sql(
-            "select f.file_name, f.num_rows, "
-            "bool_and(m.stats_null_count = 0 and m.stats_min_value = $version and m.stats_max_value = $version) as current "
-            "from parquet_file_metadata($files) as f "
-            "left join (select * from parquet_metadata($files) where path_in_schema = 'definitions') as m using (file_name) "
-            "group by f.file_name, f.num_rows",
-            params={"files": files, "version": version},
-        ).fetchall()
-        return {name for name, n_rows, is_current in rows if n_rows == 0 or is_current}
 
     def _with_every_column(self, relation: duckdb.DuckDBPyRelation, schema: pa.Schema) -> duckdb.DuckDBPyRelation:
         """The relation with NULLs for columns of the schema that none of its files has (files
@@ -446,5 +427,3 @@ class Catalog:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-

@@ -91,6 +91,7 @@ def add_placeholders(connection: duckdb.DuckDBPyConnection, names: list[str], de
     if script:
         connection.execute("\n".join(script))
 
+
 def comment_sql(name: str, kind: str, descriptions: dict[str, str]) -> str:
     stored = stored_table(name)
     if stored is not None and name.startswith("legacy_"):
@@ -101,6 +102,7 @@ def comment_sql(name: str, kind: str, descriptions: dict[str, str]) -> str:
     if not description or not PLAIN_NAME.fullmatch(name) or kind not in ("table", "view"):
         return ""
     return f"comment on {kind} \"{name}\" is '{description.replace(chr(39), chr(39) * 2)}';"
+
 
 def comment(connection: duckdb.DuckDBPyConnection, kinds: dict[str, str], descriptions: dict[str, str]) -> None:
     """Comment each table or view (name -> 'table' | 'view') with its description."""

@@ -111,9 +111,7 @@ def _git_commit() -> str | None:
 
     source = Path(__file__).resolve().parent.parent
     try:
-        result = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
+        result = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
@@ -267,9 +265,7 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
         differing = {
-            key: (old.get(key), spec.get(key))
-            for key in sorted(set(old) | set(spec))
-            if canonical_json(old.get(key)) != canonical_json(spec.get(key))
+            key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))
         }
         raise FingerprintMismatch(run_id, differing)
     return run
@@ -280,8 +276,7 @@ def _wait_for(paths: RunPaths, run_id: str, seconds: float) -> None:
     while not paths.manifest.is_file():
         if time.monotonic() >= deadline:
             raise WarehouseError(
-                f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 "
-                f"(or raise $ATTNWH_RANK_WAIT_SECONDS)"
+                f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 (or raise $ATTNWH_RANK_WAIT_SECONDS)"
             )
         time.sleep(0.2)
 

@@ -176,30 +176,8 @@ PRUNE_CONDITIONS = pa.schema(
     ]
 )
 
-# one row per pruning condition and sample: the answer, and the KV cache the pruned heads would hold
-PRUNE_RESULTS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("condition_id", pa.int32()),
-        ("sample_idx", pa.int64()),
-        ("sample_key", pa.string()),
-        ("status", pa.string()),  # 'ok' | 'error'
-        ("error", pa.string()),
-        ("gold", pa.string()),
-        ("output_text", pa.string()),
-        ("parser", pa.string()),
-        ("parser_version", pa.string()),
-        ("parsed", pa.string()),
-        ("correct", pa.bool_()),
-        ("option_logprobs", pa.list_(pa.float32())),
-        ("n_prompt_keys", pa.int32()),  # keys of the prompt (padding excluded)
-        ("n_image_keys", pa.int32()),
-        ("kv_keys", pa.int64()),  # keys the pruned cache holds, summed over layers and KV heads
-        ("kv_keys_full", pa.int64()),  # the same for the full cache
-        ("kv_bytes", pa.int64()),  # kv_keys × head_dim × 2 (key and value) × bytes per value
-        ("kv_bytes_full", pa.int64()),
-    ]
-)
+# one row per pruning condition and sample (legacy): the shape the sweep results took over
+PRUNE_RESULTS = SWEEP_RESULTS
 
 PLAN = pa.schema(
     [

@@ -35,7 +35,7 @@ def check_read_only(sql: str) -> str:
         text = _LEADING_COMMENTS.sub("", statement.query)
         match = _EXPLAIN_PREFIX.match(text)
         if match:
-            inner = duckdb.extract_statements(text[match.end():])
+            inner = duckdb.extract_statements(text[match.end() :])
             if len(inner) == 1 and _reads_only(inner[0]):
                 return statement.query
         raise SqlRefused("EXPLAIN is allowed only of a SELECT")

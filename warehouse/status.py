@@ -39,8 +39,12 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         "eta_seconds": remaining / per_second if per_second and remaining else (0.0 if not remaining else None),
         "writers": dict(sorted(writers.items())),
         "parts": [
-            {"part_id": record.part_id, "created": record.created, "writer": _writer_label(record.writer, record.attempt),
-             **writer_fields(record.writer, record.attempt)}
+            {
+                "part_id": record.part_id,
+                "created": record.created,
+                "writer": _writer_label(record.writer, record.attempt),
+                **writer_fields(record.writer, record.attempt),
+            }
             for record in records
         ],
         "in_flight": in_flight(run, {record.part_id for record in records}),

@@ -35,9 +35,7 @@ class FingerprintMismatch(WarehouseError):
     def __init__(self, run_id: str, differing: dict[str, tuple[object, object]]):
         self.run_id = run_id
         self.differing = differing
-        keys = ", ".join(
-            f"{key} (run: {old!r}, now: {new!r})" for key, (old, new) in sorted(differing.items())
-        )
+        keys = ", ".join(f"{key} (run: {old!r}, now: {new!r})" for key, (old, new) in sorted(differing.items()))
         super().__init__(f"run {run_id} was made with other settings; differing keys: {keys}")
 
 

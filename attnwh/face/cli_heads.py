@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, read_session
+from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, read_session
 
 HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json (Retrieval_Head, SparseMM) or duo-tsv (DuoAttention, kvpress).")]
 

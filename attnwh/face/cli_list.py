@@ -7,7 +7,6 @@ import typer
 from attnwh.face.console import FormatOption, check_format, handles_errors
 
 
-
 @handles_errors
 def models(fmt: FormatOption = "table") -> None:
     """List the supported architectures, and the study's models with the HF-native ids to use for them.
@@ -16,21 +15,24 @@ def models(fmt: FormatOption = "table") -> None:
     """
     import pyarrow as pa
 
+    from attnwh.core.output import render
     from attnwh.extract.models import ADAPTERS
     from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
     from attnwh.extract.toy.train import TRAINED_SPECS
-    from attnwh.core.output import render
 
     check_format(fmt)
     supported = pa.Table.from_pylist(
-        [
-            {"architecture": a.architecture, "family": a.family, "prompt_formats": ", ".join(a.prompt_formats), "about": a.description}
-            for a in ADAPTERS.values()
-        ]
+        [{"architecture": a.architecture, "family": a.family, "prompt_formats": ", ".join(a.prompt_formats), "about": a.description} for a in ADAPTERS.values()]
     )
     toys = [
-        {"group": "toy", "model": name, "hf_id": name, "architecture": "LlavaForConditionalGeneration", "prompt_format": "chat_template",
-         "note": f"shipped ({spec.n_layers} layers x {spec.n_heads} heads, hidden {spec.hidden_size}); attnwh toy train --size {size}"}
+        {
+            "group": "toy",
+            "model": name,
+            "hf_id": name,
+            "architecture": "LlavaForConditionalGeneration",
+            "prompt_format": "chat_template",
+            "note": f"shipped ({spec.n_layers} layers x {spec.n_heads} heads, hidden {spec.hidden_size}); attnwh toy train --size {size}",
+        }
         for name, size in (("toy-llava-small", "small"), ("toy-llava-medium", "medium"), ("toy-llava-large", "large"))
         for spec in [TRAINED_SPECS[size]]
     ]
@@ -56,8 +58,8 @@ def benchmarks(fmt: FormatOption = "table") -> None:
     """
     import pyarrow as pa
 
-    from attnwh.extract.benchmarks.registry import all_benchmarks
     from attnwh.core.output import render
+    from attnwh.extract.benchmarks.registry import all_benchmarks
 
     check_format(fmt)
     table = pa.Table.from_pylist(

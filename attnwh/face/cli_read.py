@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
 from attnwh.core.errors import UsageError
-
+from attnwh.face.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
 
 
 @handles_errors
@@ -135,7 +134,9 @@ def report(
     query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
     fmt: Annotated[str, typer.Option("--format", help="html, or png / svg / pdf to also write every chart as a file under charts/.")] = "html",
     top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
-    figure: Annotated[int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")] = None,
+    figure: Annotated[
+        int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")
+    ] = None,
 ) -> None:
     """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, pruning, samples.
 

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import SCORE_HELP, WarehouseOption, head_score, handles_errors, progress, warn
 from attnwh.core.errors import UsageError
+from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, warn
 
 # the options extract and mask share
 ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
@@ -23,9 +23,13 @@ PromptFormatOption = Annotated[str, typer.Option(help="chat_template, llava_v1, 
 PromptStyleOption = Annotated[str, typer.Option(help="Question wording: llava-eval (LLaVA-1.5's eval scripts) or study (the study's code).")]
 RankOption = Annotated[int | None, typer.Option(help="This process's rank (default: from torchrun / accelerate / SLURM, else 0).")]
 WorldSizeOption = Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")]
-SchedulerOption = Annotated[str | None, typer.Option(help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local).")]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local)."
+    ),
+]
 ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
-
 
 
 @handles_errors
@@ -105,12 +109,24 @@ def prune(
     limit: LimitOption = None,
     warehouse: WarehouseOption = None,
     kv_share: Annotated[str, typer.Option(help="Shares of all image KV kept, comma-separated (1 = the full cache, the reference).")] = "1,0.5,0.25,0.1,0.05",
-    allocation: Annotated[str, typer.Option(help="Budgets per KV head, comma-separated: score (floor + in proportion to the head score), uniform, random.")] = "score,uniform,random",
-    keep: Annotated[str, typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated.")] = "attention",
+    allocation: Annotated[
+        str, typer.Option(help="Budgets per KV head, comma-separated: score (floor + in proportion to the head score), uniform, random.")
+    ] = "score,uniform,random",
+    keep: Annotated[
+        str,
+        typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated."),
+    ] = "attention",
     floor: Annotated[float, typer.Option(help="score / random: every KV head's floor budget, as a share of the kept share.")] = 0.1,
     seeds: Annotated[int, typer.Option(help="Seeds of the random allocation.")] = 3,
-    score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")] = "concentration_x_sum",
-    ranking_run: Annotated[str | None, typer.Option(help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark).")] = None,
+    score: Annotated[
+        str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")
+    ] = "concentration_x_sum",
+    ranking_run: Annotated[
+        str | None,
+        typer.Option(
+            help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
@@ -132,25 +148,33 @@ def prune(
     """
     from attnwh.extract.prune_run import PruneOptions
     from attnwh.face.workflows import prune_sweep
-    from attnwh.core.output import render
-
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in text.split(",") if part.strip())
 
     options = PruneOptions(
-        model=model, benchmark=benchmark, data=data, split=split, limit=limit, kv_shares=names(kv_share), allocations=names(allocation),
-        keep=names(keep), floor=floor, seeds=seeds, score=score, ranking_run=ranking_run, batch_size=batch_size, dtype=dtype, device=device,
-        prompt_format=prompt_format, prompt_style=prompt_style, rank=rank, world_size=world_size, scheduler=scheduler,
-        threads_per_worker=threads_per_worker, run_id=run, command=["attnwh", *sys.argv[1:]],
+        model=model,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        limit=limit,
+        kv_shares=_names(kv_share),
+        allocations=_names(allocation),
+        keep=_names(keep),
+        floor=floor,
+        seeds=seeds,
+        score=score,
+        ranking_run=ranking_run,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        prompt_format=prompt_format,
+        prompt_style=prompt_style,
+        rank=rank,
+        world_size=world_size,
+        scheduler=scheduler,
+        threads_per_worker=threads_per_worker,
+        run_id=run,
+        command=["attnwh", *sys.argv[1:]],
     )
-    with progress("prune", "conditions") as on_progress:
-        result, summary = prune_sweep(warehouse, options, on_progress=on_progress, warn=warn)
-    typer.echo(render(summary, "table"))
-    typer.echo(
-        f"prune run {result.run_id}: wrote {result.conditions_written} condition(s); "
-        f"{result.conditions_skipped} of {result.conditions_total} were already committed"
-    )
-    typer.echo(f"run folder: {result.run_path}")
+    _run_sweep("prune", prune_sweep, warehouse, options)
 
 
 @handles_errors
@@ -166,7 +190,16 @@ def mask(
     k: Annotated[str, typer.Option(help="Heads to mask, comma-separated counts or fractions of all heads (5, 0.1, 10%).")] = "0,0.05,0.1,0.2",
     seeds: Annotated[int, typer.Option(help="Seeds of the random strategy.")] = 3,
     mode: Annotated[str, typer.Option(help="zero (output zeroed), mean (mean output) or paper (uniform attention, unpadded).")] = "zero",
-    score: Annotated[str, typer.Option("--score", "--ranking", parser=head_score, metavar="SCORE", help=f"Head score that ranks heads: {SCORE_HELP} (region_hit: boxed benchmarks; --ranking: its old name).")] = "concentration_x_sum",
+    score: Annotated[
+        str,
+        typer.Option(
+            "--score",
+            "--ranking",
+            parser=head_score,
+            metavar="SCORE",
+            help=f"Head score that ranks heads: {SCORE_HELP} (region_hit: boxed benchmarks; --ranking: its old name).",
+        ),
+    ] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (paper mode: 1).")] = 8,
     dtype: DtypeOption = "auto",
@@ -188,10 +221,6 @@ def mask(
     """
     from attnwh.extract.mask_run import MaskOptions
     from attnwh.face.workflows import mask_sweep
-    from attnwh.core.output import render
-
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in text.split(",") if part.strip())
 
     options = MaskOptions(
         model=model,
@@ -199,9 +228,9 @@ def mask(
         data=data,
         split=split,
         limit=limit,
-        strategies=names(strategy),
-        stages=names(stage),
-        k=names(k),
+        strategies=_names(strategy),
+        stages=_names(stage),
+        k=_names(k),
         seeds=seeds,
         mode=mode,
         score=score,
@@ -218,15 +247,26 @@ def mask(
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )
-    with progress("mask", "conditions") as on_progress:
-        result, summary = mask_sweep(warehouse, options, on_progress=on_progress, warn=warn)
+    _run_sweep("mask", mask_sweep, warehouse, options)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option's values."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
+    """Run (or resume) a sweep with a progress bar, then print its table and what was committed."""
+    from attnwh.core.output import render
+
+    with progress(kind, "conditions") as on_progress:
+        result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
     typer.echo(render(summary, "table"))
     typer.echo(
-        f"mask run {result.run_id}: wrote {result.conditions_written} condition(s); "
+        f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); "
         f"{result.conditions_skipped} of {result.conditions_total} were already committed"
     )
     typer.echo(f"run folder: {result.run_path}")
-
 
 
 @handles_errors
@@ -257,8 +297,7 @@ def toy_train(
         raise UsageError(f"{folder} exists and is not empty; give another --out")
     metrics = train_toy(folder, steps=steps, seed=seed, size=size, log=lambda line: typer.echo(line, err=True))
     typer.echo(
-        f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, "
-        f"colour multiple choice {metrics['accuracy_colour']:.3f}"
+        f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, colour multiple choice {metrics['accuracy_colour']:.3f}"
     )
     typer.echo(f"model folder: {folder}")
 
@@ -281,12 +320,9 @@ def toy_zoo(
     """
     from attnwh.face.workflows import toy_zoo as run_zoo
 
-    def names(text: str) -> tuple[str, ...]:
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
-    done = run_zoo(warehouse, limit, names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn)
+    done = run_zoo(warehouse, limit, _names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn)
     for model, benchmark, extraction, mask in done:
         typer.echo(f"{model:<18} {benchmark:<19} extraction {extraction}  mask {mask}")
 
@@ -318,9 +354,19 @@ def recompute(
     from attnwh.face.workflows import recompute as run_recompute
 
     options = RecomputeOptions(
-        source_run=run_id, statistic=statistic, name=name, k=k, tau=tau, share=share,
-        regions=Path(regions) if regions else None, data=Path(data) if data else None, model=model,
-        scheduler=scheduler, threads_per_worker=threads_per_worker, max_parts=max_parts, command=["attnwh", *sys.argv[1:]],
+        source_run=run_id,
+        statistic=statistic,
+        name=name,
+        k=k,
+        tau=tau,
+        share=share,
+        regions=Path(regions) if regions else None,
+        data=Path(data) if data else None,
+        model=model,
+        scheduler=scheduler,
+        threads_per_worker=threads_per_worker,
+        max_parts=max_parts,
+        command=["attnwh", *sys.argv[1:]],
     )
     with progress(label="recompute", unit="parts") as on_progress:
         result = run_recompute(warehouse, options, on_progress=on_progress)
@@ -330,7 +376,7 @@ def recompute(
         f"{result.rows_written} row(s); {result.parts_skipped} of {result.parts_total} part(s) were already computed"
     )
     _echo_dashboard(result)
-    typer.echo(f"query it: attnwh sql \"select * from {result.name} join head_metrics using (run_id, sample_idx, query, layer, head) limit 5\"")
+    typer.echo(f'query it: attnwh sql "select * from {result.name} join head_metrics using (run_id, sample_idx, query, layer, head) limit 5"')
 
 
 def _state(result) -> str:

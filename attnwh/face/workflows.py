@@ -15,10 +15,10 @@ import pyarrow as pa
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
-from attnwh.extract.setup import RunSetup
 from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune
-from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepOptions, SweepResult
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
+from attnwh.extract.setup import RunSetup
+from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepOptions, SweepResult
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
 from attnwh.queries.rankings import latest_ranking_run, ranked_scores
 from attnwh.warehouse.layout import open_warehouse
@@ -32,9 +32,7 @@ def _check_heads_fit(heads: list[tuple[int, int]], info: dict, run_id: str, mode
     if set(heads) != expected:
         layers = max((layer for layer, _ in heads), default=-1) + 1
         per_layer = max((head for _, head in heads), default=-1) + 1
-        raise UsageError(
-            f"ranking run {run_id} ranks {layers} layers × {per_layer} heads, but {model} has {info['n_layers']} layers × {info['n_heads']} heads"
-        )
+        raise UsageError(f"ranking run {run_id} ranks {layers} layers × {per_layer} heads, but {model} has {info['n_layers']} layers × {info['n_heads']} heads")
 
 
 def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOptions, warn: Warn | None) -> HeadRanking:
@@ -79,8 +77,13 @@ ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")
 
 
 def toy_zoo(
-    warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto",
-    on_step: Callable[[str], None] | None = None, warn: Warn | None = None,
+    warehouse: Path | str | None,
+    limit: int,
+    k: tuple[str, ...],
+    seeds: int,
+    device: str = "auto",
+    on_step: Callable[[str], None] | None = None,
+    warn: Warn | None = None,
 ) -> list[tuple[str, str, str, str]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
     choice, colour choice with the named shape's box as the region): an extraction, then a masking
@@ -96,7 +99,16 @@ def toy_zoo(
             extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, device=device, command=["attnwh", "toy", "zoo"]))
             mask, _ = mask_sweep(
                 warehouse,
-                MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
+                MaskOptions(
+                    model=model,
+                    benchmark=benchmark,
+                    limit=limit,
+                    k=k,
+                    seeds=seeds,
+                    device=device,
+                    ranking_run=extraction.run_id,
+                    command=["attnwh", "toy", "zoo"],
+                ),
                 warn=warn,
             )
             done.append((model, benchmark, extraction.run_id, mask.run_id))

@@ -135,9 +135,7 @@ def check_keys_somewhere(path: Path, items: Sequence[Located], required: Sequenc
         return
     line, first = items[0] if items else (1, None)
     missing = [name for name in required if not (isinstance(first, dict) and name in first)]
-    raise BenchmarkError(
-        f"{path}: line {line}: no item has the keys {', '.join(required)} (the first lacks {', '.join(missing)}); expected {expected}"
-    )
+    raise BenchmarkError(f"{path}: line {line}: no item has the keys {', '.join(required)} (the first lacks {', '.join(missing)}); expected {expected}")
 
 
 def _json_kind(value: Any) -> str:
@@ -220,9 +218,7 @@ def read_parquet(path: Path, required: Sequence[str], expected: str) -> pa.Table
         raise BenchmarkError(f"{path}: not a readable Parquet file ({type(exc).__name__}: {reason}); expected {expected}") from exc
     missing = [name for name in required if name not in table.column_names]
     if missing:
-        raise BenchmarkError(
-            f"{path}: column(s) {', '.join(missing)} missing (it has {', '.join(table.column_names)}); expected {expected}"
-        )
+        raise BenchmarkError(f"{path}: column(s) {', '.join(missing)} missing (it has {', '.join(table.column_names)}); expected {expected}")
     return table
 
 

@@ -31,6 +31,7 @@ def _decode(handle, label: str) -> Image.Image:
     except Exception as exc:  # noqa: BLE001  Pillow's plugins raise many types on corrupt data (struct.error, EOFError, IndexError, ...)
         raise ImageLoadError(f"{label}: cannot decode image ({type(exc).__name__}: {first_line(exc, 300)})") from exc
 
+
 def open_image_file(path: Path) -> Image.Image:
     path = Path(path)
     if not path.is_file():
@@ -66,5 +67,3 @@ def bytes_loader(data: bytes, label: str):
 
 def base64_loader(text: str, label: str):
     return partial(open_image_base64, text, label)
-
-

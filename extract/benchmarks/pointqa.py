@@ -395,10 +395,7 @@ for _variant in VARIANTS:
             Benchmark(
                 name=f"pointqa-{_variant}-{_question_type}",
                 version="2",
-                description=(
-                    f"LookTwice-QA counting, {_QUESTION_TEXT[_question_type]}, {_VARIANT_TEXT[_variant]}; "
-                    "4 count options; region = the box"
-                ),
+                description=(f"LookTwice-QA counting, {_QUESTION_TEXT[_question_type]}, {_VARIANT_TEXT[_variant]}; 4 count options; region = the box"),
                 load=partial(load, variant=_variant, question_type=_question_type),
                 template="letter_choice",
                 study_template="study_letter_choice",

@@ -95,5 +95,4 @@ def check_split(benchmark: Benchmark, split: str | None) -> str | None:
 
 def _load_builtin() -> None:
     # each module registers its benchmarks on import
-    from attnwh.extract.benchmarks import pointqa, toy_shapes  # noqa: F401
-    from attnwh.extract.benchmarks import mmbench, pope, qbench, seed_bench  # noqa: F401
+    from attnwh.extract.benchmarks import mmbench, pointqa, pope, qbench, seed_bench, toy_shapes  # noqa: F401  # noqa: F401

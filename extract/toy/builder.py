@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from attnwh.extract.toy import shapes
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -68,9 +69,7 @@ def build_processor(spec: TinyLlavaSpec, words: list[str]):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size}
-    )
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size})
     return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=build_tokenizer(words),

@@ -47,9 +47,7 @@ def make_scene(rng: random.Random) -> tuple[Placed, ...]:
     for cell, shape in zip(cells, shapes_used):
         radius = rng.randint(cell_size // 4, cell_size // 3)
         slack = cell_size // 2 - radius
-        placed.append(
-            Placed(shape, rng.choice(list(COLOURS)), cell, rng.randint(-slack, slack), rng.randint(-slack, slack), radius)
-        )
+        placed.append(Placed(shape, rng.choice(list(COLOURS)), cell, rng.randint(-slack, slack), rng.randint(-slack, slack), radius))
     return tuple(placed)
 
 
@@ -107,7 +105,30 @@ def render(scene: tuple[Placed, ...]) -> Image.Image:
 
 def vocabulary() -> list[str]:
     """Every word the toy prompts and answers use (for the word-level toy tokenizer)."""
-    words = ["is", "there", "a", "in", "the", "image", "?", "answer", "Answer", "yes", "no", "or", "with", "letter",
-             "what", "What", "colour", "Is", ".", ":", "USER", "ASSISTANT", "\n"]
+    words = [
+        "is",
+        "there",
+        "a",
+        "in",
+        "the",
+        "image",
+        "?",
+        "answer",
+        "Answer",
+        "yes",
+        "no",
+        "or",
+        "with",
+        "letter",
+        "what",
+        "What",
+        "colour",
+        "Is",
+        ".",
+        ":",
+        "USER",
+        "ASSISTANT",
+        "\n",
+    ]
     words += list(SHAPES) + list(COLOURS) + list(LETTERS)
     return list(dict.fromkeys(words))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from attnwh.extract.toy import builder, shapes
 from attnwh.extract.toy.builder import TinyLlavaSpec
 

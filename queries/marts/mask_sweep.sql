@@ -7,11 +7,7 @@ select
     round(fraction, 3) as fraction,
     seed,
     n,
-    round(accuracy, 3) as accuracy,
-    round(ci_low, 3) as ci_low,
-    round(ci_high, 3) as ci_high,
-    round(delta, 3) as delta,
-    round(changed, 3) as changed,
+    round(columns(['accuracy', 'ci_low', 'ci_high', 'delta', 'changed']), 3),
     correct_to_wrong,
     wrong_to_right,
     mcnemar_p

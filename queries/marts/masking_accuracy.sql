@@ -11,16 +11,6 @@ select
     m.fraction,
     m.seed,
     m.mode,
-    a.n,
-    a.n_correct,
-    a.accuracy,
-    a.ci_low,
-    a.ci_high,
-    a.delta,
-    a.changed,
-    a.correct_to_wrong,
-    a.wrong_to_right,
-    a.gold_logprob_shift,
-    a.mcnemar_p
+    a.* exclude (run_id, model, benchmark, kind, condition_id, baseline, settings, ranking_run_id, ranking_score, image_kv_kept, kv_bytes, kv_bytes_full, kv_saving)
 from stg_mask_conditions as m
 join sweep_accuracy as a using (run_id, condition_id)

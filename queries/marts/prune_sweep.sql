@@ -6,16 +6,11 @@ select
     keep,
     seed,
     n,
-    round(accuracy, 3) as accuracy,
-    round(ci_low, 3) as ci_low,
-    round(ci_high, 3) as ci_high,
-    round(delta, 3) as delta,
-    round(changed, 3) as changed,
+    round(columns(['accuracy', 'ci_low', 'ci_high', 'delta', 'changed']), 3),
     correct_to_wrong,
     wrong_to_right,
     mcnemar_p,
-    round(image_kv_kept, 3) as image_kv_kept,
-    round(kv_saving, 3) as kv_saving
+    round(columns(['image_kv_kept', 'kv_saving']), 3)
 from pruning_accuracy
 where run_id = $run_id
 order by condition_id

@@ -13,20 +13,6 @@ select
     p.seed,
     p.ranking_run_id,
     p.ranking_score,
-    a.n,
-    a.n_correct,
-    a.accuracy,
-    a.ci_low,
-    a.ci_high,
-    a.delta,
-    a.changed,
-    a.correct_to_wrong,
-    a.wrong_to_right,
-    a.gold_logprob_shift,
-    a.mcnemar_p,
-    a.image_kv_kept,
-    a.kv_bytes,
-    a.kv_bytes_full,
-    a.kv_saving
+    a.* exclude (run_id, model, benchmark, kind, condition_id, baseline, settings, ranking_run_id, ranking_score)
 from stg_prune_conditions as p
 join sweep_accuracy as a using (run_id, condition_id)

@@ -78,8 +78,12 @@ def screenshot(page, profile) -> None:
         return
     flags = [flag for flag in CHROMIUM_FLAGS if flag != "--dump-dom"]
     target = os.path.join(folder, page.name.replace(".html", ".png"))
-    result = subprocess.run([chromium(), *flags, f"--user-data-dir={profile}", "--window-size=1440,3000", f"--screenshot={target}", page.resolve().as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [chromium(), *flags, f"--user-data-dir={profile}", "--window-size=1440,3000", f"--screenshot={target}", page.resolve().as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0 and os.path.getsize(target) > 0, result.stderr[-2000:]
 
 
@@ -87,4 +91,3 @@ def screenshot(page, profile) -> None:
 def hostile_report(tmp_path_factory, request):
     warehouse = request.getfixturevalue("hostile_warehouse_module")
     return build_report(warehouse, tmp_path_factory.mktemp("report") / "out").parent
-

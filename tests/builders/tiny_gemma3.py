@@ -136,9 +136,7 @@ def build_model(
     if hidden_size % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"hidden_size {hidden_size} / n_heads {n_heads} / n_kv_heads {n_kv_heads} do not divide")
     head_dim = hidden_size // n_heads
-    layer_types = [
-        "full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention" for i in range(n_layers)
-    ]
+    layer_types = ["full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention" for i in range(n_layers)]
     if n_layers >= 2 and "full_attention" not in layer_types:
         layer_types[-1] = "full_attention"
     text = Gemma3TextConfig(
@@ -202,6 +200,14 @@ def save_tiny_gemma3(
 ) -> Path:
     """Build a tiny Gemma 3 (``Gemma3ForConditionalGeneration``) and save model + processor into ``folder``."""
     return save_tiny(
-        folder, build_processor, build_model, words,
-        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
+        folder,
+        build_processor,
+        build_model,
+        words,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_size=hidden_size,
+        seed=seed,
+        randomise_norms=randomise_norms,
     )

@@ -141,9 +141,7 @@ def build_llava_next_processor(words: list[str]):
     )
 
 
-def build_llava_next_model(
-    vocab_size: int, *, text_model: str = "llama", seed: int = 0, randomise_norms: bool = False, **sizes
-):
+def build_llava_next_model(vocab_size: int, *, text_model: str = "llama", seed: int = 0, randomise_norms: bool = False, **sizes):
     from transformers import (
         CLIPVisionConfig,
         LlavaNextConfig,
@@ -190,9 +188,7 @@ def build_onevision_processor(words: list[str]):
         LlavaOnevisionImageProcessorPil,
     )
 
-    image_processor = LlavaOnevisionImageProcessorPil(
-        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=ONEVISION_PINPOINTS
-    )
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=ONEVISION_PINPOINTS)
     return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=build_onevision_tokenizer(words),
@@ -248,8 +244,17 @@ def save_tiny_llava_next(
 ) -> Path:
     """Build a tiny LLaVA-NeXT (CLIP + Llama, or Mistral with ``text_model="mistral"``) and save model + processor."""
     return save_tiny(
-        folder, build_llava_next_processor, build_llava_next_model, words, text_model=text_model,
-        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
+        folder,
+        build_llava_next_processor,
+        build_llava_next_model,
+        words,
+        text_model=text_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_size=hidden_size,
+        seed=seed,
+        randomise_norms=randomise_norms,
     )
 
 
@@ -266,6 +271,14 @@ def save_tiny_onevision(
 ) -> Path:
     """Build a tiny LLaVA-OneVision (SigLIP + Qwen2) and save model + processor into ``folder``."""
     return save_tiny(
-        folder, build_onevision_processor, build_onevision_model, words,
-        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
+        folder,
+        build_onevision_processor,
+        build_onevision_model,
+        words,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_size=hidden_size,
+        seed=seed,
+        randomise_norms=randomise_norms,
     )

@@ -198,8 +198,17 @@ def save_tiny_qwen2_5_vl(
     if variant not in VARIANTS:
         raise ValueError(f"unknown Qwen variant {variant!r}; choose {', '.join(VARIANTS)}")
     return save_tiny(
-        folder, build_processor, build_model, words, variant=variant,
-        n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms,
+        folder,
+        build_processor,
+        build_model,
+        words,
+        variant=variant,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_size=hidden_size,
+        seed=seed,
+        randomise_norms=randomise_norms,
     )
 
 

@@ -27,7 +27,9 @@ def warehouse(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "wh"
     result = invoke("extract", "--warehouse", str(path), "--limit", "20", "--batch-size", "4", "--part-size", "10")
     assert result.exit_code == 0, result.output
-    assert re.search(r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output)
+    assert re.search(
+        r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output
+    )
     return path
 
 
@@ -54,7 +56,9 @@ def test_sql_from_file_and_marts_are_views(warehouse, tmp_path):
 def test_sql_refusal_is_one_line(warehouse):
     result = invoke("sql", "COPY samples TO 'x.csv'", "--warehouse", str(warehouse))
     assert result.exit_code == 2
-    assert result.output.strip().splitlines() == ["attnwh: error: only SELECT (with PIVOT / UNPIVOT, DESCRIBE, SUMMARIZE) and EXPLAIN statements run on the warehouse; this is COPY"]
+    assert result.output.strip().splitlines() == [
+        "attnwh: error: only SELECT (with PIVOT / UNPIVOT, DESCRIBE, SUMMARIZE) and EXPLAIN statements run on the warehouse; this is COPY"
+    ]
 
 
 def test_runs_and_verify(warehouse):
@@ -104,11 +108,11 @@ def test_user_errors_are_one_line(warehouse, args, message):
 
 
 def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):
-    missing = subprocess.run(
-        [sys.executable, "-m", "attnwh.face.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True
-    )
+    missing = subprocess.run([sys.executable, "-m", "attnwh.face.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stdout == ""
-    assert missing.stderr.strip().splitlines() == [f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"]
+    assert missing.stderr.strip().splitlines() == [
+        f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"
+    ]
     bogus = subprocess.run([sys.executable, "-m", "attnwh.face.cli", "extract", "--bogus"], capture_output=True, text=True)
     assert bogus.returncode == 2
     assert len(bogus.stderr.strip().splitlines()) == 1 and "No such option: --bogus" in bogus.stderr
@@ -129,8 +133,18 @@ def test_every_command_has_an_example_and_is_in_the_readme():
 def test_query_list_and_parameters(warehouse):
     listed = json.loads(invoke("query", "--list", "--format", "json").output)
     names = {row["query"] for row in listed}
-    assert {"head_attention", "visual_heads", "layer_profile", "segment_shares", "lens_convergence", "lens_settling",
-            "masking_accuracy", "masking_curves", "run_overview", "head_ranking"} <= names
+    assert {
+        "head_attention",
+        "visual_heads",
+        "layer_profile",
+        "segment_shares",
+        "lens_convergence",
+        "lens_settling",
+        "masking_accuracy",
+        "masking_curves",
+        "run_overview",
+        "head_ranking",
+    } <= names
     rows = json.loads(invoke("query", "visual_heads", "--param", "k=2", "--param", "score=image_sum", "--warehouse", str(warehouse), "--format", "json").output)
     assert len(rows) == 32 and sorted(row["rank"] for row in rows) == list(range(1, 33))
     assert sum(row["detection_score"] for row in rows) == pytest.approx(2.0)  # each sample detects exactly k heads

@@ -91,9 +91,12 @@ def options(path: str) -> dict[str, object]:
 
 def aliases(path: str) -> dict[str, str]:
     """Old long names (a second ``--`` name of an option) → the primary name."""
-    return {name: [n for n in param.opts if n.startswith("--")][0]
-            for param in command(path).params if param.param_type_name == "option"
-            for name in [n for n in param.opts if n.startswith("--")][1:]}
+    return {
+        name: [n for n in param.opts if n.startswith("--")][0]
+        for param in command(path).params
+        if param.param_type_name == "option"
+        for name in [n for n in param.opts if n.startswith("--")][1:]
+    }
 
 
 def default_problem(path: str, option: str, stated: str) -> str | None:
@@ -184,8 +187,9 @@ def blocks() -> list[Block]:
             level, heading_text = len(match.group(1)), match.group(2)
             if level <= 3:
                 heading += 1
-                section = tuple(path for span in SPAN.findall(heading_text) for path in [command_at(span.removeprefix("attnwh "))[0]]
-                                if span.startswith("attnwh ") and path)
+                section = tuple(
+                    path for span in SPAN.findall(heading_text) for path in [command_at(span.removeprefix("attnwh "))[0]] if span.startswith("attnwh ") and path
+                )
             continue
         if not line.strip() or re.match(r"\s*([-*]|\d+\.)\s", line):
             flush()
@@ -203,7 +207,7 @@ def invocations_in(text: str) -> list[tuple[str | None, str, int]]:
     one; ``""``: ``attnwh --option``)."""
     found = []
     for match in ATTNWH.finditer(text):
-        rest = text[match.end():]
+        rest = text[match.end() :]
         path, after = command_at(rest)
         if path is None and rest.lstrip().startswith("--"):
             path, after = "", rest
@@ -252,7 +256,7 @@ def claims() -> Claims:
         for match in SPAN.finditer(text):
             span = match.group(1).strip()
             number = block.line + block.text[: match.start()].count("\n")
-            stated = DEFAULT_BEFORE.search(text[previous_end: match.start()])
+            stated = DEFAULT_BEFORE.search(text[previous_end : match.start()])
             previous_end = match.end()
             if stated:
                 if span.startswith("--"):  # defaults: `--opt VALUE --opt VALUE`
@@ -288,7 +292,7 @@ def claims() -> Claims:
             spans = list(SPAN.finditer(text[: bare.start()]))
             if spans and spans[-1].group(1).strip().startswith(("--", "attnwh ")) and bare.start() - spans[-1].end() < 60:
                 result.problems.append(
-                    f"line {block.line + block.text[: bare.start()].count(chr(10))}: a default written as {text[bare.start(): bare.end() + 6]!r}; "
+                    f"line {block.line + block.text[: bare.start()].count(chr(10))}: a default written as {text[bare.start() : bare.end() + 6]!r}; "
                     "write it as default `VALUE` so that it is checked"
                 )
     return result

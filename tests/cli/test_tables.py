@@ -51,7 +51,9 @@ def test_show_tables_lists_every_name_a_query_may_use(warehouse):
 
 
 def test_information_schema_and_duckdb_views_list_them_with_a_description(warehouse):
-    tables = {row["table_name"]: row for row in sql_json(warehouse, "select table_name, table_type, table_comment as description from information_schema.tables")}
+    tables = {
+        row["table_name"]: row for row in sql_json(warehouse, "select table_name, table_type, table_comment as description from information_schema.tables")
+    }
     views = {row["view_name"]: row["comment"] for row in sql_json(warehouse, "select view_name, comment from duckdb_views() where not internal")}
     assert set(queryable()) <= set(tables)
     assert set(queryable()) - {"definitions_info"} <= set(views)  # definitions_info is a table
@@ -111,5 +113,10 @@ def test_a_dask_workers_fields():
     from attnwh.warehouse.status import writer_fields
 
     assert writer_fields({"host": "node-3", "pid": 4242, "worker": "tcp://10.0.0.3:40123"}, "node-3-4242-abcdef12") == {
-        "host": "node-3", "pid": 4242, "rank": None, "world_size": None, "worker": "tcp://10.0.0.3:40123"}
+        "host": "node-3",
+        "pid": 4242,
+        "rank": None,
+        "world_size": None,
+        "worker": "tcp://10.0.0.3:40123",
+    }
     assert writer_fields(None, "node-4-77-abcdef12") == {"host": "node-4", "pid": 77, "rank": None, "world_size": None, "worker": None}

@@ -19,15 +19,15 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from attnwh.face.cli import app
 from attnwh.core.errors import BenchmarkError
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.registry import check_split
 from attnwh.extract.benchmarks.templates import render_question
 from attnwh.extract.capture import CaptureSpec
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.generation import encode_batch, generate_with_capture
+from attnwh.face.cli import app
 from attnwh.queries.library import open_session
 from tests.reference import reference_generate
 
@@ -77,9 +77,7 @@ def test_pope_files_load_whole_and_equal_the_raw_records(name, file, split):
     for data in (path, path.parent):  # the file itself, and the folder search
         samples = get_benchmark(name).load(data, split)
         assert [sample.error for sample in samples] == [None] * len(raw)
-        assert [(s.key, s.question, s.gold, s.category, s.choices) for s in samples] == [
-            (str(r["question_id"]), r["text"], r["label"], split, ()) for r in raw
-        ]
+        assert [(s.key, s.question, s.gold, s.category, s.choices) for s in samples] == [(str(r["question_id"]), r["text"], r["label"], split, ()) for r in raw]
     assert len(raw) == 3000
 
 
@@ -155,9 +153,7 @@ def test_mmbench_transcribed_rows_keep_hint_options_and_answer():
 def test_prompt_styles_word_real_records_as_their_sources_do():
     seed = get_benchmark("seed-bench")
     sample = seed.load(BENCHMARKS / "seed-bench", None)[0]
-    assert render_question(seed.template_for("study"), sample) == (
-        "How many towels are in the image?\nA.One\nB.Two\nC.Three\nD.Four\n" + LETTER_INSTRUCTION
-    )
+    assert render_question(seed.template_for("study"), sample) == ("How many towels are in the image?\nA.One\nB.Two\nC.Three\nD.Four\n" + LETTER_INSTRUCTION)
     assert render_question(seed.template_for("llava-eval"), sample) == (
         "How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n" + LETTER_INSTRUCTION
     )
@@ -204,8 +200,15 @@ def real_llava(tmp_path_factory) -> Path:
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     config = LlavaConfig.from_pretrained(LLAVA)
-    assert (config.text_config.vocab_size, config.vision_config.image_size, config.vision_config.patch_size, config.vision_feature_layer) == (32064, 336, 14, -2)
-    config.text_config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16})
+    assert (config.text_config.vocab_size, config.vision_config.image_size, config.vision_config.patch_size, config.vision_feature_layer) == (
+        32064,
+        336,
+        14,
+        -2,
+    )
+    config.text_config.update(
+        {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16}
+    )
     config.vision_config.update({"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "projection_dim": 32})
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
@@ -237,8 +240,28 @@ def test_real_processor_extracts_576_image_tokens_about_640_in_all(real_llava, p
     warehouse = tmp_path / "wh"
     result = CliRunner().invoke(
         app,
-        ["extract", "--model", str(real_llava), "--benchmark", "pope", "--data", str(pope_with_images), "--limit", "12",
-         "--prompt-format", "llava_v1", "--device", "cpu", "--dtype", "float32", "--batch-size", "4", "--no-rows", "--warehouse", str(warehouse)],
+        [
+            "extract",
+            "--model",
+            str(real_llava),
+            "--benchmark",
+            "pope",
+            "--data",
+            str(pope_with_images),
+            "--limit",
+            "12",
+            "--prompt-format",
+            "llava_v1",
+            "--device",
+            "cpu",
+            "--dtype",
+            "float32",
+            "--batch-size",
+            "4",
+            "--no-rows",
+            "--warehouse",
+            str(warehouse),
+        ],
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output

@@ -42,9 +42,7 @@ def test_a_score_over_existing_columns_is_one_edit(text_sum_score, tmp_path):
 
     ranking = _rows(warehouse, "head_ranking", {"run_id": run_id, "score": text_sum_score})
     assert {(row["layer"], row["head"]): row["score"] for row in ranking} == pytest.approx(means)
-    assert [(row["layer"], row["head"]) for row in sorted(ranking, key=lambda row: row["rank"])] == sorted(
-        means, key=lambda key: (-means[key], key)
-    )
+    assert [(row["layer"], row["head"]) for row in sorted(ranking, key=lambda row: row["rank"])] == sorted(means, key=lambda key: (-means[key], key))
     visual = _rows(warehouse, "visual_heads", {"score": text_sum_score, "k": "1"})
     assert {(row["layer"], row["head"]): row["mean_score"] for row in visual} == pytest.approx(means)
     # detection (top-1 per sample), system + prompt by head (0,0), (0,1), (1,0), (1,1): sample 0 has 0.2, 0.3, 0.4,

@@ -66,9 +66,7 @@ def test_prompt_style_is_a_fingerprinted_choice(tmp_path, tiny_mha):
             "select r.prompt_style, s.sample_key, s.prompt from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx"
         ).to_pylist()
     first = {row["prompt_style"]: row["prompt"] for row in rows if row["sample_key"] == "00079.jpg"}
-    assert first["study"].endswith(
-        "How is the lighting of this image?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n ASSISTANT:"
-    )
+    assert first["study"].endswith("How is the lighting of this image?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n ASSISTANT:")
     assert first["llava-eval"].endswith(
         "How is the lighting of this image?\nA. High\nB. Low\nC. Medium\nAnswer with the option's letter from the given choices directly. ASSISTANT:"
     )

@@ -7,9 +7,9 @@ import torch
 
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.generation import generate_with_capture
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.generation import generate_with_capture
 from attnwh.extract.segments import prompt_segments
 from tests.reference import reference_generate
 
@@ -63,9 +63,7 @@ def test_logits_with_capture_equal_plain_sdpa(tiny_model):
         with capture_session(
             adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments, None, adapter.decoder_layers(loaded.model)
         ) as session:
-            captured = loaded.model.generate(
-                **encoded, max_new_tokens=3, do_sample=False, eos_token_id=None, output_logits=True, return_dict_in_generate=True
-            )
+            captured = loaded.model.generate(**encoded, max_new_tokens=3, do_sample=False, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
     assert session.complete()
     assert torch.equal(plain.sequences, captured.sequences)
     for step_plain, step_captured in zip(plain.logits, captured.logits, strict=True):

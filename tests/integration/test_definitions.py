@@ -12,10 +12,10 @@ import math
 import pyarrow as pa
 import pytest
 
-from attnwh.queries.rankings import head_order
 from attnwh.extract.masking import stage_layers
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session, run_mart
+from attnwh.queries.rankings import head_order
 from attnwh.warehouse import definitions, storage
 
 OLD = "case when n_image > 1 then 1 - image_entropy / ln(n_image) end"
@@ -110,8 +110,11 @@ def test_stages_come_from_the_stage_macro():
 
 def flat(expected: dict, doubled: str | None = None) -> dict:
     """by_python's means keyed by (layer, head, name); ``doubled``: that name's means times two."""
-    return {(*key, name): value[index] * (2 if name == doubled else 1) for key, value in expected.items()
-            for index, name in enumerate(("concentration", "concentration_x_sum"))}
+    return {
+        (*key, name): value[index] * (2 if name == doubled else 1)
+        for key, value in expected.items()
+        for index, name in enumerate(("concentration", "concentration_x_sum"))
+    }
 
 
 def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(warehouse, monkeypatch, tmp_path):
@@ -126,7 +129,9 @@ def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(war
         with open_session(root) as session:
             attention = run_mart(session, "head_attention").to_pylist()
             visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
-        means = {(r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")}
+        means = {
+            (r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")
+        }
         return means, {(r["layer"], r["head"]): (r["mean_score"], r["detection_score"]) for r in visual}
 
     for session in ("adds up the parts", "reads the cache"):

@@ -17,17 +17,17 @@ from PIL import Image
 
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.models import load_config, load_model, model_info, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.segments import image_spans
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+from attnwh.warehouse.catalog import Catalog
+from attnwh.warehouse.layout import open_warehouse
 from tests.builders.tiny_gemma3 import save_tiny_gemma3
 from tests.builders.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
 from tests.builders.tiny_qwen import save_tiny_qwen2_5_vl, save_tiny_qwen2_vl
-from attnwh.warehouse.catalog import Catalog
-from attnwh.warehouse.layout import open_warehouse
 from tests.reference import reference_generate
 
 TOLERANCE = 1e-6

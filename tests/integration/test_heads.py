@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
-from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.ranking_import import ImportOptions, import_heads
-from attnwh.warehouse.head_files import parse_duo_tsv, parse_retrieval_json
-from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
+from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.face.workflows import mask_sweep
+from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
+from attnwh.warehouse.head_files import parse_duo_tsv, parse_retrieval_json
 from tests.reliability.harness import run_cli
 
 
@@ -86,10 +86,14 @@ def test_an_exported_ranking_imports_to_the_same_order_and_masks_its_top_head(gq
         assert data_test_failures(get_mart("imported_ranking"), imported) == []
     assert [(row["layer"], row["head"]) for row in imported.to_pylist()] == [(row["layer"], row["head"]) for row in ranked]
     # masking by the imported ranking switches off its best head first
-    mask, _ = mask_sweep(warehouse, MaskOptions(model=str(tiny_gqa), limit=3, k=("0", "1"), strategies=("top",), seeds=1, device="cpu",
-                                                ranking_run=result.run_id, command=["test"]))
+    mask, _ = mask_sweep(
+        warehouse,
+        MaskOptions(model=str(tiny_gqa), limit=3, k=("0", "1"), strategies=("top",), seeds=1, device="cpu", ranking_run=result.run_id, command=["test"]),
+    )
     with open_session(warehouse) as session:
-        conditions = session.query("select k, heads, ranking_metric, ranking_run_id from mask_conditions where run_id = $r order by k", {"r": mask.run_id}).to_pylist()
+        conditions = session.query(
+            "select k, heads, ranking_metric, ranking_run_id from mask_conditions where run_id = $r order by k", {"r": mask.run_id}
+        ).to_pylist()
     best = imported.to_pylist()[0]
     assert conditions[1]["heads"] == [{"layer": best["layer"], "head": best["head"]}]
     assert (conditions[1]["ranking_metric"], conditions[1]["ranking_run_id"]) == ("imported", result.run_id)
@@ -102,8 +106,20 @@ def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
     with open_session(tmp_path / "wh") as session:
         rows = run_mart(session, "imported_ranking", {"run_id": result.run_id}).to_pylist()
     scores = {(row["layer"], row["head"]): row["score"] for row in rows}
-    assert scores == {(0, 0): 0.1, (0, 1): 0.1, (0, 2): 0.9, (0, 3): 0.9, (1, 0): 0.5, (1, 1): 0.5, (1, 2): 0.3, (1, 3): 0.3,
-                      (2, 0): 1.0, (2, 1): 1.0, (2, 2): 0.0, (2, 3): 0.0}
+    assert scores == {
+        (0, 0): 0.1,
+        (0, 1): 0.1,
+        (0, 2): 0.9,
+        (0, 3): 0.9,
+        (1, 0): 0.5,
+        (1, 1): 0.5,
+        (1, 2): 0.3,
+        (1, 3): 0.3,
+        (2, 0): 1.0,
+        (2, 1): 1.0,
+        (2, 2): 0.0,
+        (2, 3): 0.0,
+    }
     assert [(row["layer"], row["head"]) for row in rows][:3] == [(2, 0), (2, 1), (0, 2)]  # ties to the lower layer, then head
 
 
@@ -134,13 +150,35 @@ def test_a_ranking_of_another_shape_cannot_drive_a_mask_sweep(gqa_run, tmp_path,
 
     warehouse, run_id = gqa_run
     other = save_tiny_llava(tmp_path / "two-layers", TinyLlavaSpec(n_layers=2, n_heads=4, n_kv_heads=4, seed=3))
-    code, _, err = run_cli(capsys, "mask", "--model", str(other), "--limit", "2", "--k", "0,1", "--strategy", "top", "--seeds", "1",
-                           "--ranking-run", run_id, "--device", "cpu", "--warehouse", str(warehouse))
+    code, _, err = run_cli(
+        capsys,
+        "mask",
+        "--model",
+        str(other),
+        "--limit",
+        "2",
+        "--k",
+        "0,1",
+        "--strategy",
+        "top",
+        "--seeds",
+        "1",
+        "--ranking-run",
+        run_id,
+        "--device",
+        "cpu",
+        "--warehouse",
+        str(warehouse),
+    )
     assert code == 2 and err.strip().endswith(f"ranking run {run_id} ranks 3 layers × 4 heads, but {other} has 2 layers × 4 heads"), err
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.one_of(st.text(max_size=60), st.lists(st.lists(st.floats(), max_size=3), max_size=4).map(lambda rows: "\n".join("\t".join(map(str, row)) for row in rows))))
+@given(
+    text=st.one_of(
+        st.text(max_size=60), st.lists(st.lists(st.floats(), max_size=3), max_size=4).map(lambda rows: "\n".join("\t".join(map(str, row)) for row in rows))
+    )
+)
 def test_generated_files_parse_or_give_one_line(text):
     for parse in (parse_duo_tsv, parse_retrieval_json):
         try:

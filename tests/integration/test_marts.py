@@ -13,14 +13,14 @@ import pytest
 from attnwh.core.errors import UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.prune_run import PruneOptions
-from attnwh.face.workflows import mask_sweep, prune_sweep
 from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.face.workflows import mask_sweep, prune_sweep
 from attnwh.queries.library import bind_parameters, data_test_failures, get_mart, marts, open_session, run_mart
 from attnwh.warehouse import parts
+from attnwh.warehouse.definitions import rollups
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import HEAD_METRICS, HEAD_SUMMARY, LOGIT_LENS, MASK_CONDITIONS, MASK_RESULTS, SAMPLES, with_metadata
-from attnwh.warehouse.definitions import rollups
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +120,20 @@ def _hand_warehouse(root, kind="new"):
         metrics = pa.Table.from_pylist(
             [
                 {
-                    "run_id": run.run_id, "sample_idx": s, "query": "gen1", "layer": layer, "head": head, "n_image": 4, "image_sum": image,
-                    "image_entropy": entropy, "image_max": image, "image_argmax": 0, "bos_sum": bos, "system_sum": system,
-                    "prompt_sum": prompt, "generated_sum": generated,
+                    "run_id": run.run_id,
+                    "sample_idx": s,
+                    "query": "gen1",
+                    "layer": layer,
+                    "head": head,
+                    "n_image": 4,
+                    "image_sum": image,
+                    "image_entropy": entropy,
+                    "image_max": image,
+                    "image_argmax": 0,
+                    "bos_sum": bos,
+                    "system_sum": system,
+                    "prompt_sum": prompt,
+                    "generated_sum": generated,
                 }
                 for s, layer, head, image, entropy, bos, system, prompt, generated in HAND_METRICS
             ],
@@ -244,8 +255,7 @@ def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
         for layer, head, _ in ordered[:k]:
             detected[run_id, layer, head] += 1
     return {
-        key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found)))
-        for key, found in values.items()
+        key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found))) for key, found in values.items()
     }
 
 
@@ -274,7 +284,10 @@ def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, sco
 def test_layer_profile_and_segment_shares_by_hand(hand):
     warehouse, _ = hand
     layers = _rows(warehouse, "layer_profile", order=("layer",))
-    assert [(r["layer"], r["depth"], r["stage"], r["n"]) for r in layers] == [(0, 0.0, "early", 4), (1, 1.0, "late", 4)]  # 2 layers: thirds round to early [0], mid [], late [1]
+    assert [(r["layer"], r["depth"], r["stage"], r["n"]) for r in layers] == [
+        (0, 0.0, "early", 4),
+        (1, 1.0, "late", 4),
+    ]  # 2 layers: thirds round to early [0], mid [], late [1]
     assert [r["mean_image_sum"] for r in layers] == pytest.approx([0.45, 0.35])
     shares = _rows(warehouse, "segment_shares", order=("layer",))
     assert [r["bos"] for r in shares] == pytest.approx([0.2, 0.325])
@@ -321,9 +334,7 @@ def test_circular_accuracy_by_hand(tmp_path):
     """MMBench circular: question A right in both rotations, B wrong in one, C's second rotation an error row."""
     warehouse = open_warehouse(tmp_path / "wh", create=True)
     keys = ["A-c0", "A-c1", "B-c0", "B-c1", "C-c0", "C-c1"]
-    run, _ = open_or_create_run(
-        warehouse, kind="extract", model="hand", benchmark="mmbench-circular", spec={}, plan=Plan(keys, 6), run_id=None, details={}
-    )
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="mmbench-circular", spec={}, plan=Plan(keys, 6), run_id=None, details={})
     outcomes = [("ok", True), ("ok", True), ("ok", True), ("ok", False), ("ok", True), ("error", None)]
 
     def write(folder):
@@ -362,19 +373,51 @@ def test_answer_stability_by_hand(tmp_path):
     def write_condition(condition_id: int):
         def write(folder):
             condition = pa.Table.from_pylist(
-                [{"run_id": run.run_id, "condition_id": condition_id, "strategy": "top" if condition_id else "none", "stage": "all",
-                  "k": 2 * condition_id, "fraction": 0.1 * condition_id, "mode": "zero", "heads": []}],
+                [
+                    {
+                        "run_id": run.run_id,
+                        "condition_id": condition_id,
+                        "strategy": "top" if condition_id else "none",
+                        "stage": "all",
+                        "k": 2 * condition_id,
+                        "fraction": 0.1 * condition_id,
+                        "mode": "zero",
+                        "heads": [],
+                    }
+                ],
                 schema=MASK_CONDITIONS,
             )
             rows = []
             for index, (gold, baseline, masked) in enumerate(answers):
                 answer = masked if condition_id else baseline
                 if answer is None:
-                    rows.append({"run_id": run.run_id, "condition_id": condition_id, "sample_idx": index, "sample_key": f"s{index}",
-                                 "mode": "zero", "status": "error", "error": "image unreadable", "gold": gold})
+                    rows.append(
+                        {
+                            "run_id": run.run_id,
+                            "condition_id": condition_id,
+                            "sample_idx": index,
+                            "sample_key": f"s{index}",
+                            "mode": "zero",
+                            "status": "error",
+                            "error": "image unreadable",
+                            "gold": gold,
+                        }
+                    )
                     continue
-                rows.append({"run_id": run.run_id, "condition_id": condition_id, "sample_idx": index, "sample_key": f"s{index}", "mode": "zero",
-                             "status": "ok", "gold": gold, "parsed": answer[0], "correct": answer[0] == gold, "option_logprobs": answer[1]})
+                rows.append(
+                    {
+                        "run_id": run.run_id,
+                        "condition_id": condition_id,
+                        "sample_idx": index,
+                        "sample_key": f"s{index}",
+                        "mode": "zero",
+                        "status": "ok",
+                        "gold": gold,
+                        "parsed": answer[0],
+                        "correct": answer[0] == gold,
+                        "option_logprobs": answer[1],
+                    }
+                )
             results = pa.Table.from_pylist(rows, schema=MASK_RESULTS)
             for table, name in ((condition, "mask_conditions"), (results, "mask_results")):
                 pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
@@ -411,8 +454,18 @@ def _scored_runs(root, runs: dict[str, list[float]], n_layers: int = 2, n_heads:
             samples = pa.Table.from_pylist([{"run_id": run.run_id, "sample_idx": 0, "sample_key": "s0", "status": "ok", "n_image": 4}], schema=SAMPLES)
             metrics = pa.Table.from_pylist(
                 [
-                    {"run_id": run.run_id, "sample_idx": 0, "query": "gen1", "layer": index // n_heads, "head": index % n_heads, "n_image": 4,
-                     "image_sum": value, "image_entropy": 1.0, "image_max": value, "image_argmax": 0}
+                    {
+                        "run_id": run.run_id,
+                        "sample_idx": 0,
+                        "query": "gen1",
+                        "layer": index // n_heads,
+                        "head": index % n_heads,
+                        "n_image": 4,
+                        "image_sum": value,
+                        "image_entropy": 1.0,
+                        "image_max": value,
+                        "image_argmax": 0,
+                    }
                     for index, value in enumerate(values)
                 ],
                 schema=HEAD_METRICS,
@@ -458,7 +511,9 @@ def test_ranking_agreement_by_hand(tmp_path):
     pope = [0.9, 0.5, 0.5, 0.3, 0.1, 0.0]  # heads (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
     mmb = [0.8, 0.6, 0.2, 0.2, 0.4, 0.1]
     ids = _scored_runs(tmp_path / "wh", {"pope": pope, "mmbench": mmb})
-    rows = _rows(tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": ids["mmbench"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
+    rows = _rows(
+        tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": ids["mmbench"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",)
+    )
     assert [row["k"] for row in rows] == [1, 5]  # the grid up to the six heads
     # worked by hand: of 15 pairs, 11 concordant, 2 discordant ((0,2)-(1,1), (1,0)-(1,1)), one tied in pope only
     # ((0,1)-(0,2)), one in mmbench only ((0,2)-(1,0)): tau-b = (11 - 2) / sqrt(14 * 14)
@@ -473,7 +528,9 @@ def test_ranking_agreement_by_hand(tmp_path):
     ids = _scored_runs(tmp_path / "wh2", {"up": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "down": [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]})
     same = _rows(tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["up"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
     assert (same[0]["spearman"], same[0]["kendall_tau_b"]) == (pytest.approx(1.0), pytest.approx(1.0))
-    reverse = _rows(tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["down"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
+    reverse = _rows(
+        tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["down"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",)
+    )
     assert (reverse[0]["spearman"], reverse[0]["kendall_tau_b"]) == (pytest.approx(-1.0), pytest.approx(-1.0))
     assert (reverse[0]["shared"], reverse[0]["jaccard"]) == (0, 0.0)
     assert (reverse[1]["shared"], reverse[1]["jaccard"]) == (4, pytest.approx(4 / 6))

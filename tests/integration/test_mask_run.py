@@ -9,14 +9,14 @@ import torch
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.mask_run import MaskOptions
-from attnwh.face.workflows import mask_sweep
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.default import default_model_folder
+from attnwh.face.workflows import mask_sweep
 from attnwh.queries.library import open_session
 
 LIMIT = 48
@@ -40,8 +40,7 @@ def test_sweep_conditions_and_baseline(swept):
             "where r.condition_id = 0 order by r.sample_idx"
         ).to_pylist()
         ranking = session.query(
-            "select h.layer, h.head from stg_head_metrics h where query = 'gen1' group by all "
-            "order by avg(concentration_x_sum) desc, layer, head limit 2"
+            "select h.layer, h.head from stg_head_metrics h where query = 'gen1' group by all order by avg(concentration_x_sum) desc, layer, head limit 2"
         ).to_pylist()
         top2 = session.query("select heads from mask_conditions where strategy = 'top' and k = 2").to_pylist()[0]["heads"]
     assert [c["strategy"] for c in conditions].count("random") == 4 and all(c["mode"] == "zero" for c in conditions)

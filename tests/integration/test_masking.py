@@ -8,10 +8,10 @@ from transformers import AttentionInterface, AutoModelForImageTextToText
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from attnwh.extract.benchmarks import get_benchmark
+from attnwh.extract.generation import encode_batch, generate_with_capture
 from attnwh.extract.masking import HeadMask, build_conditions, stage_layers
 from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
-from attnwh.extract.generation import encode_batch, generate_with_capture
 from tests.reference import reference_generate
 
 HEADS = ((0, 1), (1, 0), (1, 3), (2, 2))  # (layer, head) of a 3-layer × 4-head model
@@ -54,7 +54,7 @@ def test_zero_mode_equals_an_o_proj_input_hook(tiny_model):
         return hook
 
     for layer_index, layer in enumerate(reference.model.language_model.layers):
-        layer.self_attn.o_proj.register_forward_pre_hook(zero_heads([h for l, h in HEADS if l == layer_index]))
+        layer.self_attn.o_proj.register_forward_pre_hook(zero_heads([h for masked_layer, h in HEADS if masked_layer == layer_index]))
     with torch.inference_mode():
         logits = reference(**encoded).logits[:, -1]
     assert torch.allclose(generation.first_logits, logits, atol=1e-6)
@@ -161,8 +161,8 @@ def test_mean_mode_equals_an_o_proj_hook_with_independently_recorded_means(tiny_
     def substitute(layer):
         def hook(module, args):
             hidden = args[0].clone()
-            for l, head in HEADS:
-                if l == layer:
+            for masked_layer, head in HEADS:
+                if masked_layer == layer:
                     hidden[..., head * head_dim : (head + 1) * head_dim] = recorded[layer][head]
             return (hidden,)
 

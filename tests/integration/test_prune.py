@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AttentionInterface, AutoModelForImageTextToText
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -76,8 +77,15 @@ def test_gqa_scores_sum_over_each_kv_heads_query_heads():
 def test_conditions_keep_full_once_and_skip_share_one():
     conditions = build_prune_conditions(parse_shares(("1", "0.5", "25%")), ("score", "uniform", "random"), ("attention",), 2, 0.1, SCORES)
     assert [(c.allocation, c.kv_share, c.seed) for c in conditions] == [
-        ("full", 1.0, None), ("score", 0.5, None), ("uniform", 0.5, None), ("random", 0.5, 0), ("random", 0.5, 1),
-        ("score", 0.25, None), ("uniform", 0.25, None), ("random", 0.25, 0), ("random", 0.25, 1),
+        ("full", 1.0, None),
+        ("score", 0.5, None),
+        ("uniform", 0.5, None),
+        ("random", 0.5, 0),
+        ("random", 0.5, 1),
+        ("score", 0.25, None),
+        ("uniform", 0.25, None),
+        ("random", 0.25, 0),
+        ("random", 0.25, 1),
     ]
     with pytest.raises(UsageError, match="outside"):
         parse_shares(("1.5",))
@@ -136,7 +144,11 @@ def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_ima
         groups = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
         scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-        scores = scores.masked_fill(~attention_mask[:, :, :, : key.shape[-2]], float("-inf")) if attention_mask.dtype == torch.bool else scores + attention_mask[:, :, :, : key.shape[-2]]
+        scores = (
+            scores.masked_fill(~attention_mask[:, :, :, : key.shape[-2]], float("-inf"))
+            if attention_mask.dtype == torch.bool
+            else scores + attention_mask[:, :, :, : key.shape[-2]]
+        )
         for layer, kv_head in pruned:
             if module.layer_idx == layer:
                 heads = list(range(kv_head * groups, (kv_head + 1) * groups))
@@ -151,8 +163,9 @@ def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_ima
         tiny_gqa, dtype=torch.float32, attn_implementation={"text_config": "test_prune_reference", "vision_config": "sdpa"}
     ).eval()
     with torch.inference_mode():
-        output = reference.generate(**encoded, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True,
-                                    pad_token_id=loaded.processor.tokenizer.pad_token_id)
+        output = reference.generate(
+            **encoded, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=loaded.processor.tokenizer.pad_token_id
+        )
     assert torch.allclose(generation.first_logits, output.logits[0], atol=1e-5)
     prompt = encoded["input_ids"].shape[1]
     assert [answer[:2] for answer in generation.answers] == [row[:2] for row in output.sequences[:, prompt:].tolist()]  # decode steps pruned too
@@ -176,8 +189,23 @@ def test_keeping_every_key_leaves_logits_bit_identical_to_plain_sdpa(tiny_model)
 def test_prune_sweep_on_the_toy_commits_conditions_and_equal_hand_counts(tmp_path, capsys):
     warehouse = str(tmp_path / "wh")
     assert run_cli(capsys, "extract", "--limit", "12", "--warehouse", warehouse, "--device", "cpu")[0] == 0
-    args = ("prune", "--limit", "12", "--kv-share", "1,0.5,0.1", "--allocation", "score,uniform,random", "--seeds", "2", "--keep", "attention,stride",
-            "--warehouse", warehouse, "--device", "cpu")
+    args = (
+        "prune",
+        "--limit",
+        "12",
+        "--kv-share",
+        "1,0.5,0.1",
+        "--allocation",
+        "score,uniform,random",
+        "--seeds",
+        "2",
+        "--keep",
+        "attention,stride",
+        "--warehouse",
+        warehouse,
+        "--device",
+        "cpu",
+    )
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
     assert "wrote 17 condition(s)" in out  # full + 2 keeps x 2 shares x (score, uniform, 2 random)
@@ -214,7 +242,12 @@ def test_prune_sweep_on_the_toy_commits_conditions_and_equal_hand_counts(tmp_pat
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [(("--kv-share", "1.5"), "outside (0, 1]"), (("--allocation", "greedy"), "--allocation takes"), (("--keep", "first"), "--keep takes"), (("--floor", "2"), "--floor must")],
+    [
+        (("--kv-share", "1.5"), "outside (0, 1]"),
+        (("--allocation", "greedy"), "--allocation takes"),
+        (("--keep", "first"), "--keep takes"),
+        (("--floor", "2"), "--floor must"),
+    ],
 )
 def test_bad_prune_options_are_one_line(option, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", *option, "--warehouse", str(tmp_path / "wh"))
@@ -250,12 +283,30 @@ def test_score_budgets_follow_an_imported_duo_attention_file(tmp_path, tiny_gqa,
     warehouse = tmp_path / "wh"
     tsv = tmp_path / "duo.tsv"
     tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")  # [layer x KV head] of the tiny GQA model (3 layers, 2 KV heads)
-    code, out, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
+    code, out, err = run_cli(
+        capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse)
+    )
     assert code == 0, err
     with open_session(warehouse) as session:
         ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
-    code, out, err = run_cli(capsys, "prune", "--model", str(tiny_gqa), "--limit", "3", "--kv-share", "1,0.25", "--allocation", "score",
-                             "--ranking-run", ranking, "--warehouse", str(warehouse), "--device", "cpu")
+    code, out, err = run_cli(
+        capsys,
+        "prune",
+        "--model",
+        str(tiny_gqa),
+        "--limit",
+        "3",
+        "--kv-share",
+        "1,0.25",
+        "--allocation",
+        "score",
+        "--ranking-run",
+        ranking,
+        "--warehouse",
+        str(warehouse),
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     with open_session(warehouse) as session:
         (row,) = session.query("select kept_shares, ranking_score, ranking_run_id from prune_conditions where allocation = 'score'").to_pylist()

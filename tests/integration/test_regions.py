@@ -19,11 +19,11 @@ from attnwh.extract.models import Adapter, load_model, resolve_source
 from attnwh.extract.regions import region_mask, render_box_mask
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+from attnwh.warehouse.catalog import Catalog
+from attnwh.warehouse.layout import open_warehouse
 from tests.builders.tiny_gemma3 import save_tiny_gemma3
 from tests.builders.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
 from tests.builders.tiny_qwen import save_tiny_qwen2_5_vl
-from attnwh.warehouse.catalog import Catalog
-from attnwh.warehouse.layout import open_warehouse
 
 BUILDERS = {
     "llava": lambda folder: save_tiny_llava(folder, TinyLlavaSpec(n_layers=1)),
@@ -189,8 +189,7 @@ def test_pointqa_extraction_stores_regions(tmp_path, tiny_mha):
     with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
         samples = catalog.query("SELECT sample_key, status, n_image, n_region, choices FROM samples ORDER BY sample_idx").to_pylist()
         metrics = catalog.query(
-            "SELECT count(*) AS n, count(region_sum) AS with_region, max(region_sum - image_sum) AS excess, "
-            "min(region_sum) AS low FROM head_metrics"
+            "SELECT count(*) AS n, count(region_sum) AS with_region, max(region_sum - image_sum) AS excess, min(region_sum) AS low FROM head_metrics"
         ).to_pylist()[0]
     # hand: the top-left quarter of a 64×64 image is 4 of 16 patches; x 80..128 of 128×64 is visible at 80..96: 1 patch
     assert [(row["sample_key"], row["status"], row["n_image"], row["n_region"]) for row in samples] == [("q1", "ok", 16, 4), ("q2", "ok", 16, 1)]
@@ -201,9 +200,7 @@ def test_pointqa_extraction_stores_regions(tmp_path, tiny_mha):
     # the 4×4 grid; q2 only token 15, x 80..96 and y 48..64 of the crop)
     boxed = {"q1": {0, 1, 4, 5}, "q2": {15}}
     with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
-        rows = catalog.query(
-            "SELECT s.sample_key, m.image_argmax, m.region_hit FROM head_metrics m JOIN samples s USING (run_id, sample_idx)"
-        ).to_pylist()
+        rows = catalog.query("SELECT s.sample_key, m.image_argmax, m.region_hit FROM head_metrics m JOIN samples s USING (run_id, sample_idx)").to_pylist()
     assert rows and all(row["region_hit"] == float(row["image_argmax"] in boxed[row["sample_key"]]) for row in rows)
     assert {row["region_hit"] for row in rows} == {0.0, 1.0}  # both outcomes occur
     from attnwh.queries.library import open_session, run_mart

@@ -6,10 +6,8 @@ import html
 import json
 import re
 
-
 from attnwh.reports.build import build_report
 from attnwh.reports.page import Page, Section, json_for_script
-
 from tests.conftest import HOSTILE_QUESTION as HOSTILE
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 import attnwh
 from attnwh.core.errors import SqlRefused, WarehouseError
@@ -194,8 +195,11 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     (entry,) = cache.rglob("footers-*")
     kept = json.loads(storage.cached_content(cache, entry.name))
     by_pyarrow = {
-        hashlib.sha256(content).hexdigest(): {key.decode(): value.decode() for key, value in pq.read_metadata(io.BytesIO(content)).metadata.items()
-                                              if key in (b"attnwh.table", b"attnwh.schema_version", b"attnwh.definitions", b"ARROW:schema")}
+        hashlib.sha256(content).hexdigest(): {
+            key.decode(): value.decode()
+            for key, value in pq.read_metadata(io.BytesIO(content)).metadata.items()
+            if key in (b"attnwh.table", b"attnwh.schema_version", b"attnwh.definitions", b"ARROW:schema")
+        }
         for content in stored.values()
     }
     assert {sha256: {key: kept["values"][index] for key, index in found.items()} for sha256, found in kept["files"].items()} == by_pyarrow
@@ -217,10 +221,16 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
     shas = sorted(kept["files"])
     scalars = st.none() | st.booleans() | st.integers(-3, 8) | st.floats(allow_nan=False) | st.text(max_size=8)
     any_json = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
-    shaped = st.fixed_dictionaries({
-        "values": st.lists(st.sampled_from(kept["values"]) | any_json, max_size=6),
-        "files": st.dictionaries(st.sampled_from([*shas, "0" * 64]), st.dictionaries(st.sampled_from([*kept["files"][shas[0]], "other"]), scalars, max_size=4), max_size=len(shas) + 1),
-    })
+    shaped = st.fixed_dictionaries(
+        {
+            "values": st.lists(st.sampled_from(kept["values"]) | any_json, max_size=6),
+            "files": st.dictionaries(
+                st.sampled_from([*shas, "0" * 64]),
+                st.dictionaries(st.sampled_from([*kept["files"][shas[0]], "other"]), scalars, max_size=4),
+                max_size=len(shas) + 1,
+            ),
+        }
+    )
 
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     @example(json.dumps({"values": [["a", "list"], *kept["values"]], "files": {sha: {"ARROW:schema": 0} for sha in shas}}).encode())
@@ -359,7 +369,10 @@ class socket_closed:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40), st.sampled_from(["s3", "S3", "gs", "http", "file", "memory", "x+y", ""]))
+@given(
+    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
+    st.sampled_from(["s3", "S3", "gs", "http", "file", "memory", "x+y", ""]),
+)
 def test_any_warehouse_text_is_a_location_or_one_clear_error(tail, scheme):
     text = f"{scheme}://{tail}" if scheme else tail
     try:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from tests.reliability.test_crash import attnwh, check_complete
-
 from attnwh.queries.library import open_session
+from tests.reliability.test_crash import attnwh, check_complete
 
 
 def _both(first: list[str], second: list[str], warehouse) -> None:
@@ -76,6 +75,7 @@ def test_readers_under_fire(tmp_path):
     check_complete(warehouse)
     with open_session(warehouse) as session:
         assert session.query("select n_samples, complete from runs order by n_samples").to_pylist() == [
-            {"n_samples": 3, "complete": True}, {"n_samples": 60, "complete": True}
+            {"n_samples": 3, "complete": True},
+            {"n_samples": 60, "complete": True},
         ]
     print(f"readers under fire: {kills} kills, reader rounds {[report['rounds'] for report in reports]}")

@@ -127,9 +127,7 @@ def test_readers_never_see_a_partial_part(tmp_path):
     started = time.monotonic()
     while time.monotonic() - started < 8:
         with open_session(warehouse) as session:
-            counts = session.query(
-                "select run_id, count(distinct sample_idx) as samples, count(*) as metrics from head_metrics group by run_id"
-            ).to_pylist()
+            counts = session.query("select run_id, count(distinct sample_idx) as samples, count(*) as metrics from head_metrics group by run_id").to_pylist()
         for row in counts:
             assert row["samples"] % 3 == 0  # parts of 3 samples, whole or absent
             seen.append(row["samples"])

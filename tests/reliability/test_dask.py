@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from attnwh.extract.executors import parse_scheduler
 from attnwh.core.errors import UsageError
+from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
@@ -25,7 +25,9 @@ ARGS = ["--limit", "16", "--part-size", "4", "--batch-size", "4", "--device", "c
 
 def extract(warehouse: Path, *extra: str, **env: str) -> subprocess.Popen:
     environment = {**os.environ, "ATTNWH_WAREHOUSE": str(warehouse), **env}
-    return subprocess.Popen([sys.executable, "-m", "attnwh.face.cli", "extract", *ARGS, *extra], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "attnwh.face.cli", "extract", *ARGS, *extra], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +87,8 @@ def test_bad_schedulers_are_one_clear_line(capsys, tmp_path, monkeypatch):
 
 def test_a_mask_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
     from attnwh.extract.mask_run import MaskOptions
-    from attnwh.queries.library import open_session
     from attnwh.face.workflows import mask_sweep
+    from attnwh.queries.library import open_session
 
     results = []
     for name, scheduler in (("single", "local"), ("cluster", "local:2")):
@@ -95,9 +97,14 @@ def test_a_mask_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
         options = MaskOptions(limit=16, k=("0", "2"), seeds=2, device="cpu", batch_size=8, scheduler=scheduler, command=["test"])
         if scheduler == "local":
             code = subprocess.run(
-                [sys.executable, "-c", f"from attnwh.face.workflows import mask_sweep; from attnwh.extract.mask_run import MaskOptions; "
-                 f"mask_sweep({str(warehouse)!r}, MaskOptions(limit=16, k=('0', '2'), seeds=2, device='cpu', batch_size=8, command=['test']))"],
-                env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, capture_output=True,
+                [
+                    sys.executable,
+                    "-c",
+                    f"from attnwh.face.workflows import mask_sweep; from attnwh.extract.mask_run import MaskOptions; "
+                    f"mask_sweep({str(warehouse)!r}, MaskOptions(limit=16, k=('0', '2'), seeds=2, device='cpu', batch_size=8, command=['test']))",
+                ],
+                env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+                capture_output=True,
             ).returncode
             assert code == 0
         else:
@@ -117,9 +124,31 @@ def test_a_prune_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
         warehouse = tmp_path / name
         assert extract(warehouse, "--no-rows", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1").wait(timeout=600) == 0
         code = subprocess.run(
-            [sys.executable, "-m", "attnwh.face.cli", "prune", "--limit", "16", "--kv-share", "1,0.25", "--allocation", "score,random", "--seeds", "1",
-             "--batch-size", "8", "--device", "cpu", "--scheduler", scheduler, "--warehouse", str(warehouse)],
-            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "attnwh.face.cli",
+                "prune",
+                "--limit",
+                "16",
+                "--kv-share",
+                "1,0.25",
+                "--allocation",
+                "score,random",
+                "--seeds",
+                "1",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+                "--scheduler",
+                scheduler,
+                "--warehouse",
+                str(warehouse),
+            ],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
         )
         assert code.returncode == 0, code.stderr
         assert "wrote 3 condition(s)" in code.stdout

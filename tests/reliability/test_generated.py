@@ -21,17 +21,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnwh.face.cli import INTERNAL_ERROR_EXIT
 from attnwh.core.errors import AttnwhError, BenchmarkError, ModelError, SqlError, SqlRefused
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError, open_image_bytes
 from attnwh.extract.benchmarks.templates import PROMPT_STYLES, render_question
+from attnwh.face.cli import INTERNAL_ERROR_EXIT
 from attnwh.queries.library import open_session
 from tests import fixtures_benchmarks as fx
 from tests.reliability.harness import digests, run_cli
 
 SCALE = int(os.environ.get("ATTNWH_HYPOTHESIS_SCALE", "1"))
-EXAMPLES = {"options": 450 * SCALE, "report": 15 * SCALE, "benchmark files": 450 * SCALE, "images": 450 * SCALE, "sql reads": 400 * SCALE, "sql writes": 400 * SCALE}
+EXAMPLES = {
+    "options": 450 * SCALE,
+    "report": 15 * SCALE,
+    "benchmark files": 450 * SCALE,
+    "images": 450 * SCALE,
+    "sql reads": 400 * SCALE,
+    "sql writes": 400 * SCALE,
+}
 REAL = Path(os.environ.get("ATTNWH_REAL_FILES") or Path(__file__).resolve().parents[2].parent / "shared" / "real") / "benchmarks"
 RAN: Counter = Counter()  # cases actually generated per test
 
@@ -56,13 +63,46 @@ def assert_unchanged(before: dict[str, str], root: Path) -> None:
 
 ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=24)
 NUMBERS = st.one_of(st.integers(-(10**15), 10**15), st.sampled_from(["0", "-1", "1e9", "nan", "inf", "0x10", "1.5", "", " 3"]))
-VALUE = st.one_of(NUMBERS.map(str), ODD_TEXT, st.sampled_from(["toy-llava", "pope", "gen1", "prompt,gen1", "auto", "cpu", "cuda", "zero", "top,random", "all", "study", "json", "csv"]))
+VALUE = st.one_of(
+    NUMBERS.map(str),
+    ODD_TEXT,
+    st.sampled_from(["toy-llava", "pope", "gen1", "prompt,gen1", "auto", "cpu", "cuda", "zero", "top,random", "all", "study", "json", "csv"]),
+)
 
 OPTIONS = {
-    "extract": ["--limit", "--batch-size", "--part-size", "--max-new-tokens", "--max-parts", "--queries", "--dtype", "--device",
-                "--prompt-format", "--prompt-style", "--benchmark", "--split", "--model", "--data", "--run"],
-    "mask": ["--k", "--strategy", "--stage", "--seeds", "--mode", "--ranking", "--ranking-run", "--batch-size", "--limit", "--split",
-             "--prompt-style", "--dtype", "--device", "--run"],
+    "extract": [
+        "--limit",
+        "--batch-size",
+        "--part-size",
+        "--max-new-tokens",
+        "--max-parts",
+        "--queries",
+        "--dtype",
+        "--device",
+        "--prompt-format",
+        "--prompt-style",
+        "--benchmark",
+        "--split",
+        "--model",
+        "--data",
+        "--run",
+    ],
+    "mask": [
+        "--k",
+        "--strategy",
+        "--stage",
+        "--seeds",
+        "--mode",
+        "--ranking",
+        "--ranking-run",
+        "--batch-size",
+        "--limit",
+        "--split",
+        "--prompt-style",
+        "--dtype",
+        "--device",
+        "--run",
+    ],
     "sql": ["--format", "--file"],
     "query": ["--format", "--param", "--list"],
     "runs": ["--format"],
@@ -175,7 +215,7 @@ def _mutate_records(text: str, draw) -> str:
     """Structured damage to a JSON file's records: fields removed, of the wrong type, huge, empty or odd."""
     stripped = text.lstrip()
     try:
-        document = json.loads(text) if stripped.startswith(("[", "{")) and not stripped.startswith("{\"question_id") else None
+        document = json.loads(text) if stripped.startswith(("[", "{")) and not stripped.startswith('{"question_id') else None
     except ValueError:
         document = None
     lines_mode = document is None
@@ -225,7 +265,7 @@ def damaged_text(draw, original: bytes) -> bytes:
         return b"".join(line + (ending if draw(st.booleans()) else b"\n") for line in lines)
     if kind == "insert":
         position = draw(st.integers(0, len(original)))
-        return original[:position] + draw(st.sampled_from([b"\t", b"\"", b"\x00", b"\xff\xfe", b"}", b"]", b"\n\n"])) + original[position:]
+        return original[:position] + draw(st.sampled_from([b"\t", b'"', b"\x00", b"\xff\xfe", b"}", b"]", b"\n\n"])) + original[position:]
     text = original.decode("utf-8", errors="replace")
     if not text.lstrip().startswith(("[", "{")):
         return original

@@ -27,9 +27,7 @@ def _warehouse_with(root, samples: pa.Table):
 
 def test_extra_nullable_column_is_read(tmp_path):
     row = {"sample_idx": 0, "sample_key": "a", "status": "ok"}
-    table = pa.Table.from_pylist([row], schema=SAMPLES.remove(SAMPLES.get_field_index("run_id"))).append_column(
-        "future_column", pa.array([None], pa.string())
-    )
+    table = pa.Table.from_pylist([row], schema=SAMPLES.remove(SAMPLES.get_field_index("run_id"))).append_column("future_column", pa.array([None], pa.string()))
     root = _warehouse_with(tmp_path / "wh", table)
     with open_session(root) as session:
         rows = session.query("select sample_key, status, future_column from samples").to_pylist()

@@ -28,9 +28,7 @@ def test_flop_count_parameters_equal_the_built_model(tmp_path, monkeypatch):
     folder = bench.build(shape, tmp_path / "model", torch.device("cpu"), torch.float32)
     model = LlavaForConditionalGeneration.from_pretrained(folder)
     text = model.model.language_model
-    assert bench.text_linear_params(shape) == sum(
-        p.numel() for name, p in text.layers.named_parameters() if name.endswith("proj.weight")
-    )
+    assert bench.text_linear_params(shape) == sum(p.numel() for name, p in text.layers.named_parameters() if name.endswith("proj.weight"))
     layer = model.model.vision_tower.encoder.layers[0]
     assert bench.vision_layer_params(shape) == sum(p.numel() for name, p in layer.named_parameters() if name.endswith("weight") and "norm" not in name)
     projector = model.model.multi_modal_projector

@@ -229,8 +229,7 @@ def test_mmbench(tmp_path):
     good = [fields(samples[index]) for index in (0, 1, 2, 3, 6, 7)]
     assert good == [
         ("0", "Which colour dominates this picture?", ("red", "green", "blue", "yellow"), "C", "attribute_recognition", None, None),
-        ("1", "Quel est l’objet au centre ?", ("a cat", "a dog"), "B", "object_localization", 'The picture was taken at noon.\nIt is "sunny".',
-         None),
+        ("1", "Quel est l’objet au centre ?", ("a cat", "a dog"), "B", "object_localization", 'The picture was taken at noon.\nIt is "sunny".', None),
         ("2", "How many apples are there?", ("one", "two", "four"), "C", "attribute_recognition", None, None),  # D relettered C
         ("3", "Is the square larger than the circle?", ("yes", "no"), "A", "attribute_recognition", None, None),
         ("6", "What is broken here?", ("the image", "nothing"), "A", "attribute_recognition", None, None),
@@ -355,8 +354,18 @@ def test_seed_bench_bad_files(tmp_path):
     assert "SEED-Bench.json: line 2, column 21: not valid JSON" in load_error("seed-bench", bad_json.parent)
     videos_only = tmp_path / "c" / "SEED-Bench.json"
     videos_only.parent.mkdir()
-    item = {"question_id": "v1", "question": "?", "choice_a": "a", "choice_b": "b", "choice_c": "c", "choice_d": "d", "answer": "A",
-            "data_id": "v1.mp4", "data_type": "video", "question_type_id": 10}
+    item = {
+        "question_id": "v1",
+        "question": "?",
+        "choice_a": "a",
+        "choice_b": "b",
+        "choice_c": "c",
+        "choice_d": "d",
+        "answer": "A",
+        "data_id": "v1.mp4",
+        "data_type": "video",
+        "question_type_id": 10,
+    }
     videos_only.write_text(json.dumps({"questions": [item]}), encoding="utf-8")
     assert "no question has data_type image" in load_error("seed-bench", videos_only)
 
@@ -370,8 +379,7 @@ def test_qbench_dev(tmp_path):
     assert [fields(sample) for sample in samples[:3] + samples[5:]] == [
         ("00079.jpg", "How is the lighting of this image?", ("High", "Low", "Medium"), "C", "how / in-context other", None, None),
         ("00080.png", "Is this image blurry?", ("Yes", "No"), "B", "yes-or-no / distortion", None, None),
-        ("00081.jpg", "Какое искажение есть на этом изображении?", ("Шум", "Размытие", "Пересвет", "Нет"), "A", "what / other low-level", None,
-         None),
+        ("00081.jpg", "Какое искажение есть на этом изображении?", ("Шум", "Размытие", "Пересвет", "Нет"), "A", "what / other low-level", None, None),
         ("00084.jpg", "What is the colour tone?", ("Warm", "Cold"), "A", "what / in-context distortion", None, None),
     ]
     assert_image(samples[0], (28, 21))

@@ -84,7 +84,12 @@ def load(name: str, data: Path, split: str | None = None):
 def test_six_benchmarks_are_registered_as_letter_choice():
     for name in NAMES:
         benchmark = get_benchmark(name)
-        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == ("letter_choice", "study_letter_choice", "2", "test")
+        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == (
+            "letter_choice",
+            "study_letter_choice",
+            "2",
+            "test",
+        )
         assert benchmark.data_required and "bboxes" in benchmark.data_help
 
 
@@ -168,8 +173,17 @@ def test_visual_variant_draws_a_red_outline_and_plain_does_not(vip_data):
 def test_shikra_json_lines_with_a_bad_line(tmp_path):
     write_images(tmp_path)
     lines = [
-        json.dumps({"file_path": "VG_100K/2.png", "bbox": [100, 50, 400, 300], "point": [250, 175], "obj_question": "How many horses are there?",
-                    "super_question": "How many of these beings are there?", "general_question": "How many of these are there?", "answer": "4"}),
+        json.dumps(
+            {
+                "file_path": "VG_100K/2.png",
+                "bbox": [100, 50, 400, 300],
+                "point": [250, 175],
+                "obj_question": "How many horses are there?",
+                "super_question": "How many of these beings are there?",
+                "general_question": "How many of these are there?",
+                "answer": "4",
+            }
+        ),
         "{not json",
         "",
         json.dumps({"file_path": "VG_100K/1.jpg", "bbox": [0, 0, 10, 10], "obj_question": "How many cups are there?", "general_question": "x"}),
@@ -188,10 +202,15 @@ def test_shikra_json_lines_with_a_bad_line(tmp_path):
 def release_entry(image_id: str, obj: str, answer: str, obj_type: str) -> dict:
     """An entry of looktwiceqa_dataset.json with the fields its README lists (Img_id ... Supercategory)."""
     return {
-        "Img_id": image_id, "Obj_question": obj, "Super_question": "How many of these animals are there?",
-        "General_question": "How many of these are there?", "Ans": answer,
+        "Img_id": image_id,
+        "Obj_question": obj,
+        "Super_question": "How many of these animals are there?",
+        "General_question": "How many of these are there?",
+        "Ans": answer,
         "BBox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": [obj_type[:-1]], "synsets": []},
-        "Point": {"x": 9, "y": 12, "ans": answer}, "Obj_type": obj_type, "Supercategory": "animal",
+        "Point": {"x": 9, "y": 12, "ans": answer},
+        "Obj_type": obj_type,
+        "Supercategory": "animal",
     }
 
 
@@ -241,14 +260,23 @@ def test_generation_script_names_pt_question_is_the_general_question(tmp_path):
     """create_looktwice_initial.py writes img_question (the object question) and pt_question (the object replaced by 'of these')."""
     (tmp_path / "VG_100K_2").mkdir()
     Image.new("RGB", (80, 60), GREY).save(tmp_path / "VG_100K_2" / "2414753.jpg")
-    entry = {"id": 2414753, "img_question": "How many dogs are there?", "pt_question": "How many of these are there?", "ans": "2",
-             "qtype": "howmany", "point": {"x": 9, "y": 12, "ans": "2"}, "obj_type": "dogs",
-             "bbox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": ["dog"], "synsets": ["dog.n.01"]}}
+    entry = {
+        "id": 2414753,
+        "img_question": "How many dogs are there?",
+        "pt_question": "How many of these are there?",
+        "ans": "2",
+        "qtype": "howmany",
+        "point": {"x": 9, "y": 12, "ans": "2"},
+        "obj_type": "dogs",
+        "bbox": {"object_id": 7, "x": 4, "y": 6, "w": 10, "h": 12, "names": ["dog"], "synsets": ["dog.n.01"]},
+    }
     (tmp_path / "looktwice.json").write_text(json.dumps({"2414753": [entry]}), encoding="utf-8")
     general = load("pointqa-plain-general", tmp_path / "looktwice.json", "test")
     assert [(sample.key, sample.question, sample.category) for sample in general] == [("2414753-1", "How many of these are there?", "dogs")]
     assert load("pointqa-plain-obj", tmp_path / "looktwice.json")[0].question == "How many dogs are there?"
-    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].error.endswith("no super question (expected one of super_question, Super_question, supercategory_question)")
+    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].error.endswith(
+        "no super question (expected one of super_question, Super_question, supercategory_question)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -280,7 +308,8 @@ def test_repeated_ids_are_error_rows_and_ambiguous_folders_are_refused(tmp_path)
     write_json_array(tmp_path / "a.json", [VIP_ENTRIES[0], VIP_ENTRIES[0]])
     samples = load("pointqa-plain-obj", tmp_path / "a.json")
     assert [(sample.key, sample.error) for sample in samples] == [
-        ("pointQA_twice-1", None), ("pointQA_twice-1#2", "key pointQA_twice-1 repeats an earlier item's key")
+        ("pointQA_twice-1", None),
+        ("pointQA_twice-1#2", "key pointQA_twice-1 repeats an earlier item's key"),
     ]
     write_json_array(tmp_path / "b.json", VIP_ENTRIES[:1])
     with pytest.raises(BenchmarkError, match=r"expected one PointQA .json / .jsonl file.*found a.json, b.json"):

@@ -57,16 +57,7 @@ create or replace macro rank_head_metrics(rows) as table
 -- a run's rollup rows of many parts added up to one row per (run, query, layer, head, score): the one
 -- definition of adding up parts, for staging (stg_head_scores) and for the rollups a reading machine keeps
 create or replace macro add_up_head_scores(parts) as table
-    select
-        run_id,
-        query,
-        layer,
-        head,
-        score,
-        cast(sum(n) as bigint) as n,
-        sum(total) as total,
-        sum(total_sq) as total_sq,
-        max(max_value) as max_value
+    select run_id, query, layer, head, score, cast(sum(n) as bigint) as n, sum(total) as total, sum(total_sq) as total_sq, max(max_value) as max_value
     from query_table(parts)
     group by run_id, query, layer, head, score;
 
