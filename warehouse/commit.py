@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,16 @@ FAULT_ENV = "ATTNWH_FAULT"  # "point" or "point:PART_ID": SIGKILL this process t
 FAULT_ONCE_ENV = "ATTNWH_FAULT_ONCE"  # a file: the fault fires only for the process that creates it (one kill in a cluster)
 FAULT_POINTS = ("after_staging", "after_fsync", "after_record_tmp", "after_commit", "after_publish")
 FENCE_POINT = "before_record"  # after the lease is confirmed, before the record is written (a fault point too)
-fault_hook: Callable[[str, int], None] | None = None  # tests: called at every fault point (the fault-schedule harness)
+# tests: called at every fault point (the fault-schedule harness); a context variable, so it belongs to the
+# thread or task that set it and never reaches another writer in the same process
+FAULT_HOOK: ContextVar[Callable[[str, int], None] | None] = ContextVar("attnwh_fault_hook", default=None)
 
 
 def _fault(point: str, part_id: int) -> None:
     """Kill the process at ``point`` when ``$ATTNWH_FAULT`` names it (and this part, if it names one)."""
-    if fault_hook is not None:
-        fault_hook(point, part_id)
+    hook = FAULT_HOOK.get()
+    if hook is not None:
+        hook(point, part_id)
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return

@@ -5,7 +5,8 @@ header as known to work on AWS S3, and a store that ignores it lets two writers 
 So before a warehouse is created on a store, or first written from a machine, attnwh creates a probe
 object exclusively twice: the second create must fail. A store where it does not is refused in one line
 naming it. A store that holds is remembered in this machine's object cache (``storage.object_cache``;
-remove the folder to ask again), and in this process when that cache is off.
+remove the folder to ask again); with that cache off (``ATTNWH_OBJECT_CACHE=off``) every commit asks
+again (three requests), as nothing else of a process outlives one call.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from datetime import datetime, timezone
 from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import storage
 from attnwh.warehouse.storage import Location
-
-_PROBED: dict[tuple[str, str], bool] = {}  # (store, cache folder) -> it honours conditional puts, in this process
 
 
 def store_name(where: Location) -> str:
@@ -43,12 +42,8 @@ def check_conditional_puts(where: Location) -> None:
         return
     store = store_name(where)
     cache = storage.object_cache()
-    memo = (store, str(cache))
-    if _PROBED.get(memo):
-        return
     entry = "store-" + hashlib.sha256(store.encode()).hexdigest()
     if storage.cached_content(cache, entry) is not None:
-        _PROBED[memo] = True
         return
     probe = where / f".attnwh-probe-{uuid.uuid4().hex}"
     try:
@@ -66,4 +61,3 @@ def check_conditional_puts(where: Location) -> None:
             f"of one object succeeded, so two writers could both commit one part; attnwh refuses to write there (use a store that honours If-None-Match)"
         )
     storage.keep_content(cache, entry, f"{store} honours If-None-Match (probed {datetime.now(timezone.utc).isoformat(timespec='seconds')})\n".encode())
-    _PROBED[memo] = True

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from attnwh.core.errors import WarehouseError
-from attnwh.warehouse import commit, parts, probe, storage
+from attnwh.warehouse import commit, parts, storage
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from tests.reliability.schedules import BEFORE_RECORD, Outcomes, Schedule, Step, attempt, check, files_under, new_run, resume, schedule, write_part
 
@@ -229,7 +229,6 @@ class Runner:
 
         with (
             patched(storage, "put_exclusively", put_exclusively),
-            patched(probe, "_PROBED", {}),
             environment(ATTNWH_OBJECT_CACHE=str(scratch / "a-new-machine")),
         ):
             try:
@@ -259,7 +258,7 @@ def forked(run: RunPaths, scratch: Path, bodies: list[Callable[[RunPaths], None]
         if pid == 0:  # the child: a fresh client for the store, never the parent's
             code = 0
             try:
-                commit.fault_hook = None
+                commit.FAULT_HOOK.set(None)
                 if only is None or index == only:
                     os.environ.update(env)
                 body(RunPaths(storage.location(str(run.root))))

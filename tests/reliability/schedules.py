@@ -130,8 +130,7 @@ def new_run(warehouse, n_parts: int, run_id: str) -> RunPaths:
 
 def attempt(run: RunPaths, part: int, outcomes: Outcomes, hook: Callable[[str, int], None] | None = None) -> str:
     """One writer of ``part`` in this process, with ``hook`` at its fault points: what it was told."""
-    previous = commit.fault_hook
-    commit.fault_hook = hook
+    token = commit.FAULT_HOOK.set(hook)
     try:
         record = parts.commit_part(run, part, write_part(part))
         told = "won" if record is not None else "lost"
@@ -142,7 +141,7 @@ def attempt(run: RunPaths, part: int, outcomes: Outcomes, hook: Callable[[str, i
         if told != "lease lost":
             outcomes.problems.append(f"writer of part {part}: {exc}")
     finally:
-        commit.fault_hook = previous
+        commit.FAULT_HOOK.reset(token)
     return told
 
 
