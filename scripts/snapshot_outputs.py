@@ -2,6 +2,7 @@
 
     python scripts/snapshot_outputs.py WAREHOUSE OUT.json          # every table, every mart, the report data
     python scripts/snapshot_outputs.py --compare A.json B.json     # equal, floats to 1e-12 relative
+    bash scripts/zoo_snapshot.sh PYTHON WAREHOUSE OUT.json          # build the zoo's warehouse, then snapshot it
 
 Tables are read in a fixed order with ``run_id`` and times left out; marts run with their default
 parameters (a required run id: each run in turn); the report's chart data are the Vega-Lite datasets
