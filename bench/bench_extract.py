@@ -57,9 +57,7 @@ def build_model(shape: str, folder: Path) -> Path:
     if shape == "toy":
         return default_model_folder()
     image_size = {"realistic": 336, "long": 756}[shape]
-    spec = TinyLlavaSpec(
-        n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=image_size, patch_size=14, seed=0
-    )
+    spec = TinyLlavaSpec(n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=image_size, patch_size=14, seed=0)
     return save_tiny_llava(folder / shape, spec)
 
 
@@ -191,15 +189,7 @@ def routes(loaded, encoded, new_tokens: int, wanted) -> dict:
 
         def eager_route() -> None:  # full attention maps out of generate, then the statistics from them
             with torch.inference_mode():
-                out = eager.generate(
-                    **encoded,
-                    max_new_tokens=new_tokens,
-                    do_sample=False,
-                    eos_token_id=None,
-                    pad_token_id=0,
-                    output_attentions=True,
-                    return_dict_in_generate=True,
-                )
+                out = eager.generate(**encoded, max_new_tokens=new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, output_attentions=True, return_dict_in_generate=True)
                 statistics_of([[maps[:, :, -1, :] for maps in out.attentions[step]] for step in (0, 1)])
 
         found["eager"] = eager_route
@@ -360,9 +350,7 @@ def parent_main(args) -> int:
                 if measure == "time" and top in summary and bottom in summary:
                     ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(times[top]) / min(times[bottom]), "target": "", "met": None}
             results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
-            print(
-                f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds"
-            )
+            print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}{'working MiB':>13}")
             for variant, row in summary.items():
                 work = "" if row["working_mib"] is None else f"{row['working_mib']:.0f}"

@@ -41,16 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # dense bf16 tensor-core peaks (TFLOP/s, without sparsity) from the vendors' data sheets
-BF16_PEAK_TFLOPS = {
-    "H200": 989.0,
-    "H100 SXM": 989.0,
-    "H100 80GB HBM3": 989.0,
-    "H100 NVL": 835.0,
-    "H100 PCIe": 756.0,
-    "A100": 312.0,
-    "L40S": 362.0,
-    "L4": 121.0,
-}
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
 
 
 @dataclass(frozen=True)
@@ -132,16 +123,7 @@ def build(shape: Shape, folder: Path, device, dtype) -> Path:
     from transformers.utils import logging as hf_logging
 
     from attnwh.extract.toy import shapes
-    from attnwh.extract.toy.builder import (
-        BOS_ID,
-        EOS_ID,
-        IMAGE_ID,
-        PAD_ID,
-        TinyLlavaSpec,
-        build_processor,
-        save_pretrained_atomically,
-        set_generation_tokens,
-    )
+    from attnwh.extract.toy.builder import BOS_ID, EOS_ID, IMAGE_ID, PAD_ID, TinyLlavaSpec, build_processor, save_pretrained_atomically, set_generation_tokens
 
     vision = CLIPVisionConfig(
         hidden_size=shape.vision_hidden,
@@ -167,12 +149,7 @@ def build(shape: Shape, folder: Path, device, dtype) -> Path:
         tie_word_embeddings=False,
     )
     config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=IMAGE_ID,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
+        vision_config=vision, text_config=text, image_token_id=IMAGE_ID, vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu"
     )
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)
@@ -230,13 +207,7 @@ def paired(args, folder: Path, device, dtype) -> dict:
         def eager_route():
             with torch.inference_mode():
                 out = eager.generate(
-                    **encoded,
-                    max_new_tokens=args.new_tokens,
-                    do_sample=False,
-                    eos_token_id=None,
-                    pad_token_id=0,
-                    output_attentions=True,
-                    return_dict_in_generate=True,
+                    **encoded, max_new_tokens=args.new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0, output_attentions=True, return_dict_in_generate=True
                 )
                 for step in (0, 1):
                     step_segments = with_generated(segments, step)

@@ -53,9 +53,7 @@ def build(root: Path, n_samples: int, part_size: int, n_layers: int = 32, n_head
     warehouse = open_warehouse(root, create=True)
     plan = Plan([f"s{i}" for i in range(n_samples)], part_size)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
-    run, _ = open_or_create_run(
-        warehouse, kind="extract", model="synthetic-7b", benchmark="synthetic", spec={"rows": True}, plan=plan, run_id=None, details={"model_info": info}
-    )
+    run, _ = open_or_create_run(warehouse, kind="extract", model="synthetic-7b", benchmark="synthetic", spec={"rows": True}, plan=plan, run_id=None, details={"model_info": info})
     start = 35
     for part_id in range(plan.n_parts):
         indices = np.array(plan.part_range(part_id))
@@ -142,8 +140,7 @@ def main() -> int:
                 measured[variant] = run_variant(variant, warehouse, run_id, f"r{round_index}_{variant.replace('-', '')}", args)
                 line = measured[variant]
                 print(
-                    f"round {round_index + 1} {variant:7s} {line['seconds']:6.1f} s  {line['rows_per_second']:10,.0f} rows/s "
-                    f"(steady {line['steady_rows_per_second']:,.0f})",
+                    f"round {round_index + 1} {variant:7s} {line['seconds']:6.1f} s  {line['rows_per_second']:10,.0f} rows/s (steady {line['steady_rows_per_second']:,.0f})",
                     flush=True,
                 )
             rounds.append(measured)
@@ -151,14 +148,10 @@ def main() -> int:
     def median_of(variant: str, field: str) -> float:
         return statistics.median(measured[variant][field] for measured in rounds)
 
-    print(
-        f"\n{args.statistic}, {args.samples} samples × 2 queries × 1,024 heads = {args.samples * 2048:,} rows, parts of {args.part_size}, {args.rounds} rounds"
-    )
+    print(f"\n{args.statistic}, {args.samples} samples × 2 queries × 1,024 heads = {args.samples * 2048:,} rows, parts of {args.part_size}, {args.rounds} rounds")
     print(f"{'variant':8s} {'median s':>9s} {'rows/s':>12s} {'steady rows/s':>14s}")
     for variant in VARIANTS:
-        print(
-            f"{variant:8s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'rows_per_second'):12,.0f} {median_of(variant, 'steady_rows_per_second'):14,.0f}"
-        )
+        print(f"{variant:8s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'rows_per_second'):12,.0f} {median_of(variant, 'steady_rows_per_second'):14,.0f}")
     whole = statistics.median(m["dask-2"]["rows_per_second"] / m["dask-1"]["rows_per_second"] for m in rounds)
     steady = statistics.median(m["dask-2"]["steady_rows_per_second"] / m["dask-1"]["steady_rows_per_second"] for m in rounds)
     print(f"\ndask-2 / dask-1 rows/s: steady {steady:.2f}, whole command {whole:.2f} (target ≥ 1.7: {'met' if steady >= 1.7 else 'NOT met'})")

@@ -107,12 +107,7 @@ def run_variant(variant: str, model: Path, warehouse: Path, args) -> dict:
     status = run_status(runs[0])
     if status["parts_committed"] != status["parts_planned"]:
         raise SystemExit(f"bench_scale: {variant} committed {status['parts_committed']} of {status['parts_planned']} parts")
-    return {
-        "seconds": seconds,
-        "samples_per_second": args.samples / seconds,
-        "steady_samples_per_second": status["samples_per_second"],
-        "writers": len(status["writers"]),
-    }
+    return {"seconds": seconds, "samples_per_second": args.samples / seconds, "steady_samples_per_second": status["samples_per_second"], "writers": len(status["writers"])}
 
 
 def main() -> int:
@@ -149,14 +144,10 @@ def main() -> int:
     def median_of(variant: str, field: str) -> float:
         return statistics.median(measured[variant][field] for measured in rounds)
 
-    print(
-        f"\n{args.samples} samples, batch {args.batch_size}, parts of {args.part_size}, {args.new_tokens} new tokens, {args.rounds} rounds, 1 thread per process"
-    )
+    print(f"\n{args.samples} samples, batch {args.batch_size}, parts of {args.part_size}, {args.new_tokens} new tokens, {args.rounds} rounds, 1 thread per process")
     print(f"{'variant':10s} {'median s':>9s} {'samples/s':>10s} {'steady samples/s':>17s}")
     for variant in args.variants:
-        print(
-            f"{variant:10s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'samples_per_second'):10.2f} {median_of(variant, 'steady_samples_per_second'):17.2f}"
-        )
+        print(f"{variant:10s} {median_of(variant, 'seconds'):9.1f} {median_of(variant, 'samples_per_second'):10.2f} {median_of(variant, 'steady_samples_per_second'):17.2f}")
 
     ratios = {}
     print(f"\n{'ratio':28s} {'whole command':>14s} {'steady':>8s} {'target':>8s}")

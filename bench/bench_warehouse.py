@@ -137,9 +137,7 @@ def build(
                 }
             ).cast(LOGIT_LENS)
             _write(samples, "samples", folder)
-            _write(
-                metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder
-            )
+            _write(metrics.sort_by([("query", "ascending"), ("layer", "ascending"), ("head", "ascending"), ("sample_idx", "ascending")]), "head_metrics", folder)
             _write(lens, "logit_lens", folder)
             scores, ranks = rollups(metrics)
             _write(scores, "head_scores", folder)
@@ -156,14 +154,7 @@ def _build_mask_run(warehouse, n_layers: int, n_heads: int, n_samples: int, rng,
     plan = Plan([f"condition-{i}" for i in range(len(conditions))], 1)
     info = {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}
     run, _ = open_or_create_run(
-        warehouse,
-        kind="mask",
-        model=model,
-        benchmark=benchmark,
-        spec={"mask": True, "model": model, "benchmark": benchmark},
-        plan=plan,
-        run_id=None,
-        details={"model_info": info},
+        warehouse, kind="mask", model=model, benchmark=benchmark, spec={"mask": True, "model": model, "benchmark": benchmark}, plan=plan, run_id=None, details={"model_info": info}
     )
     for cid, (strategy, k, seed) in enumerate(conditions):
 

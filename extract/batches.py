@@ -73,13 +73,7 @@ def prompt_text(loaded: LoadedModel, prompt_format: PromptFormat, template: str,
     return prompt_format.render(loaded.processor, render_question(template, sample))
 
 
-def encode_batches(
-    loaded: LoadedModel,
-    items: list[Ready],
-    prompt_of: Callable[[Sample], str],
-    batch_size: int,
-    prepare: Prepare | None = None,
-) -> Iterator[Batch | Failed]:
+def encode_batches(loaded: LoadedModel, items: list[Ready], prompt_of: Callable[[Sample], str], batch_size: int, prepare: Prepare | None = None) -> Iterator[Batch | Failed]:
     """Batches of ``batch_size`` encoded by the processor (and ``prepare``d), lazily; a batch the
     processor rejects is split until the sample it rejects is alone, and that one is yielded as ``Failed``."""
     for start in range(0, len(items), batch_size):

@@ -76,8 +76,7 @@ def parse_scheduler(text: str | None) -> Scheduler:
         cores = usable_cores()
         if int(count) > cores:
             raise UsageError(
-                f"--scheduler {text}: at most {cores} workers on this machine ({cores} CPU cores); "
-                f"more workers than cores only compete for them (use a cluster for more)"
+                f"--scheduler {text}: at most {cores} workers on this machine ({cores} CPU cores); more workers than cores only compete for them (use a cluster for more)"
             )
         return Scheduler("cluster", int(count))
     if "://" in text:
@@ -281,9 +280,7 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
     try:
         if scheduler.kind == "cluster":
             with dask.config.set(WORKER_CONFIG):
-                cluster = LocalCluster(
-                    n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0"
-                )
+                cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0")
             client = Client(cluster)
         elif scheduler.kind == "file":
             client = Client(scheduler_file=scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
@@ -293,9 +290,7 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
         if cluster is not None:
             cluster.close()
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UsageError(
-            f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}{': ' + text if text else ''}"
-        ) from exc
+        raise UsageError(f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}{': ' + text if text else ''}") from exc
     try:
         client.register_plugin(ModelCache())
         yield client

@@ -218,15 +218,4 @@ def forward_call(
         ACTIVE_CALL.reset(token)
 
 
-__all__ = [
-    "ACTIVE_CALL",
-    "BatchView",
-    "CAPTURE_ATTENTION",
-    "ForwardCall",
-    "Intervention",
-    "LayerIntervention",
-    "Observer",
-    "attention",
-    "forward_call",
-    "install_dispatch",
-]
+__all__ = ["ACTIVE_CALL", "BatchView", "CAPTURE_ATTENTION", "ForwardCall", "Intervention", "LayerIntervention", "Observer", "attention", "forward_call", "install_dispatch"]

@@ -36,11 +36,7 @@ def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[
     ``token_type_ids``, ``mm_token_type_ids``, ...): families need different extras.
     """
     encoded = loaded.processor(images=loaded.adapter.processor_images(images), text=prompts, return_tensors="pt", padding=True)
-    return {
-        key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None)
-        for key, value in encoded.items()
-        if isinstance(value, torch.Tensor)
-    }
+    return {key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None) for key, value in encoded.items() if isinstance(value, torch.Tensor)}
 
 
 @dataclass

@@ -16,18 +16,7 @@ import torch
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.masking import STAGES, STRATEGIES, Condition, Head, HeadMask, HeadMeans, build_conditions, parse_k
-from attnwh.extract.sweep import (
-    HeadRanking,
-    ProgressCallback,
-    SweepCondition,
-    SweepOptions,
-    SweepResult,
-    SweepSamples,
-    SweepSetup,
-    check_sweep_options,
-    prepare_sweep,
-    run_sweep,
-)
+from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, SweepSetup, check_sweep_options, prepare_sweep, run_sweep
 
 
 @dataclass
@@ -70,14 +59,7 @@ def head_means(samples: SweepSamples) -> dict[Head, torch.Tensor]:
 
 def mask_condition(condition: Condition, mode: str) -> SweepCondition:
     """A masking condition as the sweep stores it (its settings, typed again by ``stg_mask_conditions``)."""
-    settings = {
-        "strategy": condition.strategy,
-        "stage": condition.stage,
-        "k": condition.k,
-        "fraction": condition.fraction,
-        "seed": condition.seed,
-        "mode": mode,
-    }
+    settings = {"strategy": condition.strategy, "stage": condition.stage, "k": condition.k, "fraction": condition.fraction, "seed": condition.seed, "mode": mode}
     return SweepCondition(condition.condition_id, settings, condition.heads)
 
 

@@ -79,32 +79,12 @@ def register_adapter(adapter: Adapter) -> Adapter:
 _LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")
 for _adapter in (
     Adapter("LlavaForConditionalGeneration", "llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, region_tokens=regions.llava_region),
-    Adapter(
-        "LlavaNextForConditionalGeneration",
-        "llava_next",
-        "LLaVA-1.6 / NeXT (anyres tiles + row newlines)",
-        _LLAVA_FORMATS,
-        region_tokens=regions.llava_next_region,
-    ),
-    Adapter(
-        "VipLlavaForConditionalGeneration",
-        "vipllava",
-        "ViP-LLaVA (multi-layer CLIP features)",
-        ("vip_llava", "chat_template"),
-        region_tokens=regions.vip_llava_region,
-    ),
-    Adapter(
-        "LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region
-    ),
+    Adapter("LlavaNextForConditionalGeneration", "llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS, region_tokens=regions.llava_next_region),
+    Adapter("VipLlavaForConditionalGeneration", "vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"), region_tokens=regions.vip_llava_region),
+    Adapter("LlavaOnevisionForConditionalGeneration", "llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region),
     Adapter("Qwen2VLForConditionalGeneration", "qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
     Adapter("Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
-    Adapter(
-        "Gemma3ForConditionalGeneration",
-        "gemma3",
-        "Gemma 3 (SigLIP, bidirectional image attention, sliding window)",
-        nested_images=True,
-        region_tokens=regions.gemma3_region,
-    ),
+    Adapter("Gemma3ForConditionalGeneration", "gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True, region_tokens=regions.gemma3_region),
 ):
     register_adapter(_adapter)
 
@@ -249,10 +229,7 @@ def load_model(source: ModelSource, *, dtype: torch.dtype, device: torch.device)
     spread = device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            source.location,
-            dtype=dtype,
-            attn_implementation={"text_config": CAPTURE_ATTENTION, "vision_config": "sdpa"},
-            **({"device_map": "auto"} if spread else {}),
+            source.location, dtype=dtype, attn_implementation={"text_config": CAPTURE_ATTENTION, "vision_config": "sdpa"}, **({"device_map": "auto"} if spread else {})
         )
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model weights from {source.label}: {_short(exc)}") from exc

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 from attnwh.core.errors import UsageError
 
-LLAVA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
-)
+LLAVA_SYSTEM = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions."
 
 
 @dataclass(frozen=True)
@@ -40,15 +37,9 @@ FORMATS: dict[str, PromptFormat] = {
     for fmt in (
         PromptFormat("chat_template", "the model's own chat template (processor.apply_chat_template)", None),
         PromptFormat(
-            "llava_v1",
-            "LLaVA v1 conversation with its system prompt (LLaVA-1.5 / 1.6 Vicuna, as the study ran them)",
-            LLAVA_SYSTEM + " USER: {image}\n{question} ASSISTANT:",
+            "llava_v1", "LLaVA v1 conversation with its system prompt (LLaVA-1.5 / 1.6 Vicuna, as the study ran them)", LLAVA_SYSTEM + " USER: {image}\n{question} ASSISTANT:"
         ),
-        PromptFormat(
-            "vip_llava",
-            "ViP-LLaVA conversation (###Human / ###Assistant)",
-            LLAVA_SYSTEM + "###Human: {image}\n{question}###Assistant:",
-        ),
+        PromptFormat("vip_llava", "ViP-LLaVA conversation (###Human / ###Assistant)", LLAVA_SYSTEM + "###Human: {image}\n{question}###Assistant:"),
         PromptFormat(
             "llama3",
             "Llama-3 header format of the LLaVA Llama-3 checkpoints",

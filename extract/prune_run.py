@@ -16,18 +16,7 @@ import numpy as np
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate
-from attnwh.extract.sweep import (
-    HeadRanking,
-    ProgressCallback,
-    SweepCondition,
-    SweepOptions,
-    SweepResult,
-    SweepSamples,
-    SweepSetup,
-    check_sweep_options,
-    prepare_sweep,
-    run_sweep,
-)
+from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, SweepSetup, check_sweep_options, prepare_sweep, run_sweep
 
 DEFAULT_SHARES = ("1", "0.5", "0.25", "0.1", "0.05")
 
@@ -110,9 +99,7 @@ def kv_head_scores(scores: dict[tuple[int, int], float], n_layers: int, n_heads:
     return table
 
 
-def build_prune_conditions(
-    shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray
-) -> list[PruneCondition]:
+def build_prune_conditions(shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray) -> list[PruneCondition]:
     """``full`` (condition 0), then keep × share × allocation (× seed for random), shares below 1 only."""
     conditions = [PruneCondition(0, "full", 1.0, keeps[0], None, None, np.ones(kv_scores.shape))]
     for keep in keeps:
@@ -124,9 +111,7 @@ def build_prune_conditions(
                     continue
                 for seed in range(seeds) if allocation == "random" else [None]:
                     kept = allocate(allocation, share, kv_scores, floor, seed or 0)
-                    conditions.append(
-                        PruneCondition(len(conditions), allocation, share, keep, floor if allocation in ("score", "random") else None, seed, kept)
-                    )
+                    conditions.append(PruneCondition(len(conditions), allocation, share, keep, floor if allocation in ("score", "random") else None, seed, kept))
     return conditions
 
 

@@ -273,9 +273,7 @@ class KVPrune:
     def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
         """Each layer's budgets for this batch's samples, and one mask buffer for all layers (they run one after the other)."""
         if self.kept.shape != (view.n_layers, view.n_kv_heads):
-            raise UsageError(
-                f"a pruning condition for {self.kept.shape[0]} layers × {self.kept.shape[1]} KV heads does not fit a model of {view.n_layers} × {view.n_kv_heads}"
-            )
+            raise UsageError(f"a pruning condition for {self.kept.shape[0]} layers × {self.kept.shape[1]} KV heads does not fit a model of {view.n_layers} × {view.n_kv_heads}")
         image = view.segments == IMAGE
         per_sample = [torch.from_numpy(self.counts(int(n))) for n in image.sum(dim=1).tolist()]  # [layer, kv_head] each
         buffer = MaskBuffer()

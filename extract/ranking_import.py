@@ -68,8 +68,7 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
         details={"model_info": info, "source_file": str(options.file), "command": options.command, "environment": environment_info()},
     )
     table = pa.Table.from_pylist(
-        [{"run_id": run.run_id, "layer": layer, "head": head, "score": value} for (layer, head), value in sorted(scores.items())],
-        schema=IMPORTED_RANKINGS,
+        [{"run_id": run.run_id, "layer": layer, "head": head, "score": value} for (layer, head), value in sorted(scores.items())], schema=IMPORTED_RANKINGS
     )
 
     def write(folder: Path) -> dict[str, int]:

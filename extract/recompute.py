@@ -360,8 +360,7 @@ def _check_name(warehouse, name: str, statistic: Statistic, parameters: dict[str
         if spec.get("name") == name:
             if spec.get("statistic") != statistic.name or _comparable(spec.get("parameters")) != _comparable(parameters):
                 raise UsageError(
-                    f"--name {name} already holds {spec.get('statistic')} {json.dumps(spec.get('parameters'), sort_keys=True)} "
-                    f"(run {manifest['run_id']}); choose another name"
+                    f"--name {name} already holds {spec.get('statistic')} {json.dumps(spec.get('parameters'), sort_keys=True)} (run {manifest['run_id']}); choose another name"
                 )
 
 

@@ -163,7 +163,5 @@ def llava_next_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
 def llava_onevision_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
     """LLaVA-OneVision: as LLaVA-NeXT, plus ``anyres_max`` bilinear down-sampling (any overlap counts)."""
     flags, image_sizes = _view_flags(loaded, mask)
-    packed, _ = loaded.model.model.pack_image_features(
-        [flags[..., None]], image_sizes, image_newline=_newline(), vision_aspect_ratio=loaded.config.vision_aspect_ratio
-    )
+    packed, _ = loaded.model.model.pack_image_features([flags[..., None]], image_sizes, image_newline=_newline(), vision_aspect_ratio=loaded.config.vision_aspect_ratio)
     return packed[0][:, 0] > 0

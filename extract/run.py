@@ -145,9 +145,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     return result
 
 
-def _extract_on_dask(
-    scheduler, options: ExtractOptions, run: Run, plan: Plan, pending: list[int], result: ExtractResult, on_progress: ProgressCallback | None
-) -> ExtractResult:
+def _extract_on_dask(scheduler, options: ExtractOptions, run: Run, plan: Plan, pending: list[int], result: ExtractResult, on_progress: ProgressCallback | None) -> ExtractResult:
     """One Dask task per pending part; each worker commits its parts itself (``extract_part_task``)."""
     from distributed import as_completed
 
@@ -157,9 +155,7 @@ def _extract_on_dask(
     with dask_client(scheduler, options.threads_per_worker) as client:
         result.dashboard = client.dashboard_link
         futures = {
-            client.submit(
-                extract_part_task, options, str(run.paths.root), run.run_id, plan.part_size, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False
-            ): part_id
+            client.submit(extract_part_task, options, str(run.paths.root), run.run_id, plan.part_size, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False): part_id
             for part_id in pending
         }
         done = 0

@@ -77,14 +77,6 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
     }
-    details = {
-        "model_location": source.location,
-        "model_info": model_info(config, adapter),
-        "device": str(device),
-        "command": options.command,
-        "environment": environment_info(),
-    }
+    details = {"model_location": source.location, "model_info": model_info(config, adapter), "device": str(device), "command": options.command, "environment": environment_info()}
     template = benchmark.template_for(prompt_style)
-    return RunSetup(
-        benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, template, device, dtype, max_new_tokens, spec, details
-    )
+    return RunSetup(benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, template, device, dtype, max_new_tokens, spec, details)

@@ -6,19 +6,7 @@ import torch
 
 from attnwh.extract.segments import BOS, GENERATED, IMAGE, PROMPT, SYSTEM
 
-STAT_NAMES = (
-    "image_sum",
-    "image_entropy",
-    "image_max",
-    "image_argmax",
-    "bos_sum",
-    "system_sum",
-    "prompt_sum",
-    "generated_sum",
-    "region_sum",
-    "region_entropy",
-    "region_hit",
-)
+STAT_NAMES = ("image_sum", "image_entropy", "image_max", "image_argmax", "bos_sum", "system_sum", "prompt_sum", "generated_sum", "region_sum", "region_entropy", "region_hit")
 
 
 def row_statistics(

@@ -172,9 +172,7 @@ class SweepSamples:
                 failed.append(batch)
             else:
                 self.batches.append(batch)
-        self.errors = [
-            {"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed
-        ]
+        self.errors = [{"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed]
         self.letter_ids = letter_token_ids(loaded.processor.tokenizer)
 
     def forward_each(self, interventions: Callable[[], Sequence[Intervention]]) -> list[Sequence[Intervention]]:
@@ -327,9 +325,7 @@ def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Ran
     return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
 
 
-def sweep_condition_task(
-    options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, condition: SweepCondition, ranking: HeadRanking | None, samples_digest: str
-) -> int:
+def sweep_condition_task(options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, condition: SweepCondition, ranking: HeadRanking | None, samples_digest: str) -> int:
     """On a Dask worker: evaluate one condition and commit it (1 if this task committed it). The samples and
     what the kind prepares from them are built once per worker and run, and shared by its threads; before
     the first, the worker's settings and samples are checked against the run's (``samples_digest``: the client's)."""

@@ -86,10 +86,7 @@ _NAMED_CHOICES = {"head_score_names": head_score_names}
 
 def _resolved(parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters with ``choices: head_score_names`` (a name of the definitions' lists) replaced by the list itself."""
-    return {
-        name: {**spec, "choices": list(_NAMED_CHOICES[spec["choices"]]())} if isinstance(spec.get("choices"), str) else spec
-        for name, spec in parameters.items()
-    }
+    return {name: {**spec, "choices": list(_NAMED_CHOICES[spec["choices"]]())} if isinstance(spec.get("choices"), str) else spec for name, spec in parameters.items()}
 
 
 def open_session(warehouse_path: Path | str | None) -> Catalog:

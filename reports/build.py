@@ -35,43 +35,47 @@ class ChartSection:
     figures: tuple[int, ...] = ()  # the figures of the study (CVPR 2025 and its supplement) the chart reproduces
 
 
+def _per_head(title: str, description: str, score: str, label: str, params: dict, figures: tuple[int, ...]) -> ChartSection:
+    """A layer × head heatmap of a head's mean ``score`` (``report_heads``' ``mean_<score>``)."""
+    return ChartSection(title, description, "report_heads", lambda rows: charts.head_heatmaps(rows, f"mean_{score}", label), params, name=f"head_{score}", figures=figures)
+
+
+def _per_layer(title: str, description: str, score: str, label: str, params: dict, figures: tuple[int, ...]) -> ChartSection:
+    """Profiles on normalised depth of a layer's mean ``score`` (``report_layers``' ``mean_<score>``)."""
+    return ChartSection(title, description, "report_layers", lambda rows: charts.layer_profiles(rows, f"mean_{score}", label), params, name=f"layer_{score}", figures=figures)
+
+
 def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str, list[ChartSection]]]:
     """The report set: file name -> (page title, sections)."""
     q = {"query": query}
     return {
-        "index.html": (
-            "attnwh report",
-            [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", "report_overview", None, {})],
-        ),
+        "index.html": ("attnwh report", [ChartSection("Runs", "Every run in the warehouse: progress, errors, unparseable answers and accuracy.", "report_overview", None, {})]),
         "attention.html": (
             "Image attention per head",
             [
-                ChartSection(
+                _per_head(
                     f"Image-attention sum per head ({query})",
                     "Attention mass on image tokens, mean over samples, per layer × head; one panel per model × benchmark, each with its own colour scale.",
-                    "report_heads",
-                    lambda rows: charts.head_heatmaps(rows, "mean_image_sum", "image sum"),
+                    "image_sum",
+                    "image sum",
                     q,
-                    name="head_image_sum",
-                    figures=(10, 15),
+                    (10, 15),
                 ),
-                ChartSection(
+                _per_head(
                     f"Concentration per head ({query})",
                     "1 − entropy / ln(n_image) of the attention over image tokens: 1 = one token, 0 = uniform.",
-                    "report_heads",
-                    lambda rows: charts.head_heatmaps(rows, "mean_concentration", "concentration"),
+                    "concentration",
+                    "concentration",
                     q,
-                    name="head_concentration",
-                    figures=(11,),
+                    (11,),
                 ),
-                ChartSection(
+                _per_head(
                     f"Concentration × sum per head ({query})",
                     "The visual-head score: heads that give the image much and focused attention.",
-                    "report_heads",
-                    lambda rows: charts.head_heatmaps(rows, "mean_concentration_x_sum", "concentration × sum"),
+                    "concentration_x_sum",
+                    "concentration × sum",
                     q,
-                    name="head_concentration_x_sum",
-                    figures=(14,),
+                    (14,),
                 ),
                 ChartSection(
                     f"Sum against concentration ({query})",
@@ -96,24 +100,15 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
         "layers.html": (
             "Layers and segments",
             [
-                ChartSection(
+                _per_layer(
                     f"Image attention by depth ({query})",
                     "Mean image-attention sum per layer, on normalised depth so that models of different depth compare.",
-                    "report_layers",
-                    lambda rows: charts.layer_profiles(rows, "mean_image_sum", "mean image sum"),
+                    "image_sum",
+                    "mean image sum",
                     q,
-                    name="layer_image_sum",
-                    figures=(10, 15),
+                    (10, 15),
                 ),
-                ChartSection(
-                    f"Concentration × sum by depth ({query})",
-                    "Mean visual-head score per layer.",
-                    "report_layers",
-                    lambda rows: charts.layer_profiles(rows, "mean_concentration_x_sum", "mean concentration × sum"),
-                    q,
-                    name="layer_concentration_x_sum",
-                    figures=(14,),
-                ),
+                _per_layer(f"Concentration × sum by depth ({query})", "Mean visual-head score per layer.", "concentration_x_sum", "mean concentration × sum", q, (14,)),
                 ChartSection(
                     f"Where attention goes ({query})",
                     "Mean share of attention on image, BOS, system, prompt and generated tokens per layer.",
@@ -145,9 +140,7 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                     name="lens_median_rank",
                     figures=(9,),
                 ),
-                ChartSection(
-                    "When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}
-                ),
+                ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
             ],
         ),
         "masking.html": (
@@ -162,13 +155,7 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                     name="masking_curves",
                     figures=(12, 13),
                 ),
-                ChartSection(
-                    "Conditions",
-                    "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.",
-                    "report_conditions",
-                    None,
-                    {},
-                ),
+                ChartSection("Conditions", "Every condition, with the paired difference to the unmasked baseline and the exact McNemar p-value.", "report_conditions", None, {}),
             ],
         ),
         "pruning.html": (
@@ -191,10 +178,7 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ),
             ],
         ),
-        "samples.html": (
-            "Samples",
-            [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})],
-        ),
+        "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
     }
 
 

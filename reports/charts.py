@@ -16,14 +16,21 @@ LAYER_AXIS = alt.Axis(labelAngle=0, labelOverlap="parity")
 HEATMAP_MAX_WIDTH = 300  # three heatmaps, their stage names and spacing fit the pages' 1200 px (wider ones overflowed at 1440 px: looked at)
 
 
+def _cell_axis(channel, field: str, count: int):
+    """A quantitative axis of ``count`` unit cells [i, i + 1), labelled with the integer at each cell's centre."""
+    return channel(
+        f"{field}:Q",
+        title=field,
+        scale=alt.Scale(nice=False, zero=True),
+        axis=alt.Axis(values=[index + 0.5 for index in range(count)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False),
+    )
+
+
 def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     """Layer × head heatmaps of ``value``, one panel per model × benchmark, each with its own colour scale;
     white rules mark where the early / mid / late stages meet, named on the right."""
     # only what the chart draws (nine models × five benchmarks are 55,000 cells a heatmap)
-    data = [
-        {"panel": _panel(row), "layer": row["layer"], "head": row["head"], "stage": row.get("stage"), "n_samples": row.get("n_samples"), value: row[value]}
-        for row in rows
-    ]
+    data = [{"panel": _panel(row), "layer": row["layer"], "head": row["head"], "stage": row.get("stage"), "n_samples": row.get("n_samples"), value: row[value]} for row in rows]
     cell = 24
     n_heads = 1 + max(row["head"] for row in rows)
     n_layers = 1 + max(row["layer"] for row in rows)
@@ -43,19 +50,9 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     cells = source.transform_filter("datum.kind == 'cell'").transform_calculate(head_end="datum.head + 1", layer_end="datum.layer + 1")
     base = cells.mark_rect().encode(
         # cells span [head, head + 1) × [layer, layer + 1); labels sit at the cells' centres
-        x=alt.X(
-            "head:Q",
-            title="head",
-            scale=alt.Scale(nice=False, zero=True),
-            axis=alt.Axis(values=[index + 0.5 for index in range(n_heads)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False),
-        ),
+        x=_cell_axis(alt.X, "head", n_heads),
         x2="head_end:Q",
-        y=alt.Y(
-            "layer:Q",
-            title="layer",
-            scale=alt.Scale(nice=False, zero=True),
-            axis=alt.Axis(values=[index + 0.5 for index in range(n_layers)], labelExpr="floor(datum.value)", labelOverlap=True, grid=False),
-        ),
+        y=_cell_axis(alt.Y, "layer", n_layers),
         y2="layer_end:Q",
         color=alt.Color(f"{value}:Q", title=title, scale=alt.Scale(scheme="viridis"), legend=alt.Legend(orient="bottom", direction="horizontal")),
         tooltip=["panel:N", "layer:O", "head:O", "stage:N", alt.Tooltip(f"{value}:Q", format=".4f"), "n_samples:Q"],
@@ -63,11 +60,7 @@ def head_heatmaps(rows: list[dict], value: str, title: str) -> dict:
     layers = [base]
     if marks:
         boundaries = source.transform_filter("datum.kind == 'stage' && datum.start > 0").mark_rule(color="white", strokeWidth=2).encode(y="start:Q")
-        names = (
-            source.transform_filter("datum.kind == 'stage'")
-            .mark_text(align="left", dx=4, fontSize=10, color="#555")
-            .encode(x="right:Q", y="middle:Q", text="stage:N")
-        )
+        names = source.transform_filter("datum.kind == 'stage'").mark_text(align="left", dx=4, fontSize=10, color="#555").encode(x="right:Q", y="middle:Q", text="stage:N")
         layers += [boundaries, names]
     chart = (
         alt.layer(*layers)
@@ -129,9 +122,7 @@ def segment_shares(rows: list[dict]) -> dict:
     """Stacked shares of attention per segment and layer, one panel per model × benchmark."""
     segments = ("image", "bos", "system", "prompt", "generated")
     data = [
-        {"panel": _panel(row), "layer": row["layer"], "segment": segment, "segment_order": index, "share": row[segment]}
-        for row in rows
-        for index, segment in enumerate(segments)
+        {"panel": _panel(row), "layer": row["layer"], "segment": segment, "segment_order": index, "share": row[segment]} for row in rows for index, segment in enumerate(segments)
     ]
     chart = (
         alt.Chart(ROWS)
@@ -165,10 +156,7 @@ def lens_rank_heatmap(rows: list[dict]) -> dict:
     )
     top = base.mark_rect(color="#1f77b4").transform_filter("datum.target_rank == 1")
     chart = (
-        alt.layer(ranks, top)
-        .properties(width=240, height=240)
-        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
-        .resolve_scale(x="independent", y="independent")
+        alt.layer(ranks, top).properties(width=240, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS).resolve_scale(x="independent", y="independent")
     )
     return _spec(chart, data)
 
@@ -191,14 +179,15 @@ def lens_median_rank(rows: list[dict]) -> dict:
     return _spec(chart, rows)
 
 
+def _accuracy_tooltip(before: list, after: list) -> list:
+    """A tooltip naming a condition (``before``), its accuracy and 95% interval, then ``after``."""
+    return [*before, *(alt.Tooltip(f"{field}:Q", format=".3f") for field in ("accuracy", "ci_low", "ci_high")), *after]
+
+
 def masking_curves(rows: list[dict]) -> dict:
     """Accuracy against the share of heads masked: top solid, random dashed, interval bands, one colour per benchmark."""
     data = [{**row, "series": f"{row['benchmark']} · {row['strategy']}", "panel": f"{row['model']} · {row['stage']} · {row['mode']}"} for row in rows]
-    base = alt.Chart(ROWS).encode(
-        x=alt.X("fraction:Q", title="share of heads masked"),
-        color=alt.Color("benchmark:N", title="benchmark", legend=SOLID_LEGEND),
-        detail="series:N",
-    )
+    base = alt.Chart(ROWS).encode(x=alt.X("fraction:Q", title="share of heads masked"), color=alt.Color("benchmark:N", title="benchmark", legend=SOLID_LEGEND), detail="series:N")
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
     accuracy = alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1]))
     # lines and their points in two layers: a line layer with points drew its dash legend invisible (looked at)
@@ -211,20 +200,7 @@ def masking_curves(rows: list[dict]) -> dict:
             legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#444", symbolStrokeWidth=2),
         ),
     )
-    points = base.mark_circle(size=30, opacity=1).encode(
-        y=accuracy,
-        tooltip=[
-            "model:N",
-            "benchmark:N",
-            "stage:N",
-            "strategy:N",
-            "k:Q",
-            alt.Tooltip("accuracy:Q", format=".3f"),
-            alt.Tooltip("ci_low:Q", format=".3f"),
-            alt.Tooltip("ci_high:Q", format=".3f"),
-            "n_conditions:Q",
-        ],
-    )
+    points = base.mark_circle(size=30, opacity=1).encode(y=accuracy, tooltip=_accuracy_tooltip(["model:N", "benchmark:N", "stage:N", "strategy:N", "k:Q"], ["n_conditions:Q"]))
     chart = alt.layer(band, line, points).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     return _spec(chart, data)
 
@@ -239,18 +215,7 @@ def pruning_curves(rows: list[dict]) -> dict:
     band = base.mark_area(opacity=0.15).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
-        tooltip=[
-            "model:N",
-            "benchmark:N",
-            "keep:N",
-            "allocation:N",
-            "kv_share:Q",
-            alt.Tooltip("accuracy:Q", format=".3f"),
-            alt.Tooltip("ci_low:Q", format=".3f"),
-            alt.Tooltip("ci_high:Q", format=".3f"),
-            alt.Tooltip("kv_saving:Q", format=".3f"),
-            "n_conditions:Q",
-        ],
+        tooltip=_accuracy_tooltip(["model:N", "benchmark:N", "keep:N", "allocation:N", "kv_share:Q"], [alt.Tooltip("kv_saving:Q", format=".3f"), "n_conditions:Q"]),
     )
     chart = alt.layer(band, line).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     return _spec(chart, data)

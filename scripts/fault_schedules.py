@@ -68,11 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     passed += 1
                 if done % 250 == 0:
                     print(f"  {name}: {passed}/{done} passed ({time.monotonic() - started:.0f} s)", flush=True)
-            print(
-                f"{date.today().isoformat()}: {passed}/{len(seeds)} schedules passed on {name} "
-                f"(seeds {seeds[0]}-{seeds[-1]}, {time.monotonic() - started:.0f} s)",
-                flush=True,
-            )
+            print(f"{date.today().isoformat()}: {passed}/{len(seeds)} schedules passed on {name} (seeds {seeds[0]}-{seeds[-1]}, {time.monotonic() - started:.0f} s)", flush=True)
     return 1 if failed_any else 0
 
 

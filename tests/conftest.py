@@ -18,7 +18,9 @@ from attnwh.face.workflows import mask_sweep, prune_sweep
 
 torch.set_num_threads(2)
 
-HOSTILE_QUESTION = "</script><script>document.documentElement.setAttribute('data-pwned', '1')</script> <img src=x onerror=\"document.documentElement.setAttribute('data-pwned', '2')\"> & done?"
+HOSTILE_QUESTION = (
+    "</script><script>document.documentElement.setAttribute('data-pwned', '1')</script> <img src=x onerror=\"document.documentElement.setAttribute('data-pwned', '2')\"> & done?"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

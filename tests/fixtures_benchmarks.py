@@ -97,13 +97,9 @@ def pope_folder(root: Path) -> Path:
         ],
     )
     write_lines(
-        root / "coco_pope_popular.json",
-        [json_line({"question_id": 1, "image": "COCO_val2014_000000000005.jpg", "text": "Is there a person in the image?", "label": "yes"})],
+        root / "coco_pope_popular.json", [json_line({"question_id": 1, "image": "COCO_val2014_000000000005.jpg", "text": "Is there a person in the image?", "label": "yes"})]
     )
-    write_lines(
-        root / "coco_pope_random.json",
-        [json_line({"question_id": 1, "image": "COCO_val2014_000000000006.png", "text": "Is there a kite in the image?", "label": "no"})],
-    )
+    write_lines(root / "coco_pope_random.json", [json_line({"question_id": 1, "image": "COCO_val2014_000000000006.png", "text": "Is there a kite in the image?", "label": "no"})])
     return root
 
 
@@ -122,16 +118,10 @@ def pope_seem_folder(root: Path) -> Path:
 
     coco, gqa = "COCO_val2014_000000461751.jpg", "2405722.jpg"
     files = {
-        "aokvqa_pope_seem_adversarial.json": [
-            question(1, coco, "Is there a building in the image?", "yes"),
-            question(2, coco, "Is there a sky in the image?", "no"),
-        ],
+        "aokvqa_pope_seem_adversarial.json": [question(1, coco, "Is there a building in the image?", "yes"), question(2, coco, "Is there a sky in the image?", "no")],
         "aokvqa_pope_seem_popular.json": [question(1, coco, "Is there a person in the image?", "yes")],
         "aokvqa_pope_seem_random.json": [question(1, coco, "Is there a kite in the image?", "no")],
-        "gqa_pope_seem_adversarial.json": [
-            question(1, gqa, "Is there a bird in the image?", "yes"),
-            question(2, "2400000.jpg", "Is there a wall in the image?", "no"),
-        ],
+        "gqa_pope_seem_adversarial.json": [question(1, gqa, "Is there a bird in the image?", "yes"), question(2, "2400000.jpg", "Is there a wall in the image?", "no")],
         "gqa_pope_seem_popular.json": [question(1, gqa, "Is there a tree in the image?", "yes")],
         "gqa_pope_seem_random.json": [question(1, gqa, "Is there a boat in the image?", "no")],
     }
@@ -198,9 +188,7 @@ def mmbench_rows() -> list[dict[str, str]]:
     """
     red_blue = b64(jpeg((40, 30)))
 
-    def row(
-        index: str, question: str, options: tuple[str, ...], answer: str, image: str, hint: str = "", category: str = "attribute_recognition"
-    ) -> dict[str, str]:
+    def row(index: str, question: str, options: tuple[str, ...], answer: str, image: str, hint: str = "", category: str = "attribute_recognition") -> dict[str, str]:
         cells = dict(zip(("A", "B", "C", "D"), options))
         return {
             "index": index,
@@ -302,13 +290,7 @@ def seed_parquet(path: Path) -> Path:
             "question_type_id": [3, 10, 8],
             "image": [[{"bytes": jpeg((14, 9), "CMYK"), "path": "1_2.jpg"}], [{"bytes": jpeg((8, 8)), "path": "f1.jpg"}] * 2, []],
         },
-        schema=pa.schema(
-            [
-                *(pa.field(name, pa.string()) for name in SEED_TEXT_COLUMNS),
-                pa.field("question_type_id", pa.int64()),
-                pa.field("image", pa.list_(SEED_IMAGE)),
-            ]
-        ),
+        schema=pa.schema([*(pa.field(name, pa.string()) for name in SEED_TEXT_COLUMNS), pa.field("question_type_id", pa.int64()), pa.field("image", pa.list_(SEED_IMAGE))]),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

@@ -55,10 +55,7 @@ class Catalog:
 
     def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
-        self.connection = duckdb.connect(
-            ":memory:",
-            config={"autoinstall_known_extensions": False, "autoload_known_extensions": False},
-        )
+        self.connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
         # Parquet footers are read once per session, not once per view bound over them
         self.connection.execute("SET parquet_metadata_cache = true")
         self._keep_alive: list[pa.Table] = []
@@ -104,12 +101,7 @@ class Catalog:
             run_files = {table: [f"{folder}/{table_file_name(table)}" for record, folder in folders if table in record.tables] for table in TABLES}
             readable_runs.append((run, readable, run_files))
             committed.update(
-                {
-                    f"{folder}/{entry['path']}": (entry["size"], entry["sha256"])
-                    for record, folder in folders
-                    for entry in record.files
-                    if entry["path"].endswith(".parquet")
-                }
+                {f"{folder}/{entry['path']}": (entry["size"], entry["sha256"]) for record, folder in folders for entry in record.files if entry["path"].endswith(".parquet")}
             )
         self._committed_hashes = {path: sha256 for path, (_, sha256) in committed.items()}  # the rollups' compaction key
         if storage.is_object_store(self.warehouse.root):  # DuckDB reads the store through fsspec (httpfs cannot be installed offline)
@@ -193,9 +185,7 @@ class Catalog:
                     self._define_pending(table)
         define_derived_views(self.connection, names)
         for name, claim in names.items():
-            self.descriptions[name] = (
-                f"derived table {name} (attnwh recompute --statistic {claim['statistic']}): one row per source run, sample, query, layer and head"
-            )
+            self.descriptions[name] = f"derived table {name} (attnwh recompute --statistic {claim['statistic']}): one row per source run, sample, query, layer and head"
             if claim["sinks"]:
                 self.descriptions[name + "_sinks"] = f"the attention sinks of derived table {name}: one row per source run, sample and query"
 
@@ -290,11 +280,7 @@ class Catalog:
         if missing:  # added up here once, then read from the cache by every later session
             self._rolled_up_view(table, [path for run_id in missing for path in self._run_files[run_id][table]], [])
             rows = self._when_defined(
-                lambda: (
-                    self.connection.sql(adding_up)
-                    .filter(duckdb.ColumnExpression("run_id").isin(*[duckdb.ConstantExpression(run_id) for run_id in missing]))
-                    .to_arrow_table()
-                )
+                lambda: self.connection.sql(adding_up).filter(duckdb.ColumnExpression("run_id").isin(*[duckdb.ConstantExpression(run_id) for run_id in missing])).to_arrow_table()
             )
             for run_id in missing:
                 found = _as_rollup(rows.filter(pc.equal(rows["run_id"], run_id)), TABLES[table])

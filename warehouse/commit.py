@@ -90,14 +90,10 @@ def commit_part(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, i
                 return _commit_to_store(run, part_id, write, attempt, writer or {}, lease)
             return _commit(run, part_id, write, attempt, writer or {}, lease)
         except LeaseLost as lost:
-            raise WarehouseError(
-                f"{part_name(part_id)} of {run.root}: this writer lost its lease ({lost}); it committed nothing, and another process may redo the part"
-            ) from None
+            raise WarehouseError(f"{part_name(part_id)} of {run.root}: this writer lost its lease ({lost}); it committed nothing, and another process may redo the part") from None
 
 
-def _record(
-    part_id: int, attempt: str, tables: dict[str, int], files: list[dict[str, Any]], writer: dict[str, Any], folder: str | None = None
-) -> dict[str, Any]:
+def _record(part_id: int, attempt: str, tables: dict[str, int], files: list[dict[str, Any]], writer: dict[str, Any], folder: str | None = None) -> dict[str, Any]:
     record = {
         "part_id": part_id,
         "attempt": attempt,
@@ -142,9 +138,7 @@ def _commit(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]]
     return CommitRecord(part_id, attempt, files, tables, SCHEMA_VERSION)
 
 
-def _commit_to_store(
-    run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], attempt: str, writer: dict[str, Any], lease: Lease
-) -> CommitRecord | None:
+def _commit_to_store(run: RunPaths, part_id: int, write: Callable[[Path], dict[str, int]], attempt: str, writer: dict[str, Any], lease: Lease) -> CommitRecord | None:
     """The object-store protocol: write locally, upload under the attempt's prefix, put the record conditionally."""
     target = run.staging_attempt(part_id, attempt)
     folder = f"{run.staging.name}/{target.name}"

@@ -62,10 +62,7 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
     finally:
         connection.close()
     tagged = {META_DEFINITIONS: definitions_version().encode()}  # readers tell current rollups from the footer alone
-    return (
-        summary.select(HEAD_SCORES.names).cast(HEAD_SCORES).replace_schema_metadata(tagged),
-        ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged),
-    )
+    return (summary.select(HEAD_SCORES.names).cast(HEAD_SCORES).replace_schema_metadata(tagged), ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged))
 
 
 def layer_stages(n_layers: int) -> list[str]:

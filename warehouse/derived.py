@@ -68,9 +68,7 @@ def derived_view_claims(manifests: list[dict[str, Any]], warnings: list[str]) ->
             warnings.append(f"run {manifest.get('run_id')}: derived table {name!r} has no view: {exc}")
             continue
         if name in names and names[name] != claim:
-            warnings.append(
-                f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view"
-            )
+            warnings.append(f"run {manifest.get('run_id')}: derived table {name} holds {claim['statistic']}, another run's {names[name]['statistic']}; only the first has a view")
             continue
         names[name] = claim
     return names

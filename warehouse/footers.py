@@ -44,12 +44,7 @@ def type_problem(path: str, found: pa.Schema, expected: pa.Schema) -> str | None
 
 ARROW_SCHEMA_KEY = "ARROW:schema"  # where pyarrow keeps a file's Arrow schema (base64 IPC) in the Parquet footer
 # what a session reads of every committed file's footer (``Catalog._table_file_problems``)
-FOOTER_KEYS = {
-    "table_key": META_TABLE.decode(),
-    "version_key": META_VERSION.decode(),
-    "definitions_key": META_DEFINITIONS.decode(),
-    "arrow_key": ARROW_SCHEMA_KEY,
-}
+FOOTER_KEYS = {"table_key": META_TABLE.decode(), "version_key": META_VERSION.decode(), "definitions_key": META_DEFINITIONS.decode(), "arrow_key": ARROW_SCHEMA_KEY}
 
 
 def arrow_schema(serialized: str) -> pa.Schema | None:
@@ -139,9 +134,7 @@ def file_problems(runs: list[dict[str, list[str]]], found: dict[str, dict[str, s
             wrong_types[(serialized, table)] = type_problem(path, schema, TABLES[table]) is not None
         return metadata_problem(path, table, metadata) or (type_problem(path, schema, TABLES[table]) if wrong_types[(serialized, table)] else None)
 
-    return [
-        next((problem for table, table_paths in run_files.items() for path in table_paths if (problem := problem_of(path, table))), None) for run_files in runs
-    ]
+    return [next((problem for table, table_paths in run_files.items() for path in table_paths if (problem := problem_of(path, table))), None) for run_files in runs]
 
 
 def files_of_definitions(connection: duckdb.DuckDBPyConnection, files: list[str], version: str) -> set[str]:

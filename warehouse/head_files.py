@@ -75,11 +75,7 @@ def parse_retrieval_json(text: str, where: str, shape: tuple[int, int, int], lab
         layer, _, head = key.partition("-")
         if not (layer.isdigit() and head.isdigit()):
             raise UsageError(f'{where}: key {key[:40]!r} is not "layer-head"')
-        if (
-            not isinstance(values, list)
-            or not values
-            or not all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values)
-        ):
+        if not isinstance(values, list) or not values or not all(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) for value in values):
             raise UsageError(f"{where}: head {key} needs a non-empty list of finite numbers")
         scores[(int(layer), int(head))] = sum(values) / len(values)
     layers, heads, _ = shape

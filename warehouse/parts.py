@@ -12,35 +12,10 @@ from typing import Any
 
 from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import storage
-from attnwh.warehouse.commit import (  # noqa: F401  (re-exported)
-    FAULT_ENV,
-    FAULT_ONCE_ENV,
-    FAULT_POINTS,
-    FENCE_POINT,
-    commit_part,
-    describe_files,
-    recover,
-)
+from attnwh.warehouse.commit import FAULT_ENV, FAULT_ONCE_ENV, FAULT_POINTS, FENCE_POINT, commit_part, describe_files, recover  # noqa: F401  (re-exported)
 from attnwh.warehouse.layout import RunPaths, part_name, record_name
-from attnwh.warehouse.leases import (  # noqa: F401  (re-exported)
-    DEFAULT_LEASE_SECONDS,
-    LEASE_ENV,
-    attempt_writer,
-    lease_age,
-    lease_timeout,
-    new_attempt_id,
-)
-from attnwh.warehouse.records import (  # noqa: F401  (re-exported)
-    CommitRecord,
-    commit_log_names,
-    commit_records,
-    committed_part_ids,
-    part_folder,
-    part_id_of,
-    record_part_id,
-    sha256,
-    table_files,
-)
+from attnwh.warehouse.leases import DEFAULT_LEASE_SECONDS, LEASE_ENV, attempt_writer, lease_age, lease_timeout, new_attempt_id  # noqa: F401  (re-exported)
+from attnwh.warehouse.records import CommitRecord, commit_log_names, commit_records, committed_part_ids, part_folder, part_id_of, record_part_id, sha256, table_files  # noqa: F401  (re-exported)
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.storage import Location
 
@@ -72,9 +47,7 @@ def readable_run(run: RunPaths) -> ReadableRun:
     listed = storage.objects_under(run.root)
     run = RunPaths(run.root, {name: tag for name, (_, tag) in listed.items() if "/" not in name})
     commits = f"{run.commits.name}/"
-    records = commit_records(
-        run, {name.removeprefix(commits): tag for name, (_, tag) in listed.items() if name.startswith(commits) and "/" not in name.removeprefix(commits)}
-    )
+    records = commit_records(run, {name.removeprefix(commits): tag for name, (_, tag) in listed.items() if name.startswith(commits) and "/" not in name.removeprefix(commits)})
     manifest = read_manifest(run)
     if (problem := size_problem(run, records, {name: size for name, (size, _) in listed.items()})) is not None:
         raise WarehouseError(problem)

@@ -52,9 +52,7 @@ def check_conditional_puts(where: Location) -> None:
     finally:
         storage.remove_file(probe)
     if not first:
-        raise WarehouseError(
-            f"warehouse {where}: the store {store} refused the exclusive create of a new object {probe.name}; attnwh cannot commit parts there"
-        )
+        raise WarehouseError(f"warehouse {where}: the store {store} refused the exclusive create of a new object {probe.name}; attnwh cannot commit parts there")
     if second:
         raise WarehouseError(
             f"warehouse {where}: the store {store} ignores conditional puts (If-None-Match: *): a second exclusive create "

@@ -259,14 +259,11 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
         run = load_run(paths)
     except WarehouseError as exc:
         raise WarehouseError(
-            f"cannot resume run {run_id}: {exc}. Committed parts are untouched; restore the file from a copy, "
-            f"or start a new run with --run NEW_ID (or move {paths.root} away)"
+            f"cannot resume run {run_id}: {exc}. Committed parts are untouched; restore the file from a copy, or start a new run with --run NEW_ID (or move {paths.root} away)"
         ) from exc
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
-        differing = {
-            key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))
-        }
+        differing = {key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))}
         raise FingerprintMismatch(run_id, differing)
     return run
 
@@ -275,9 +272,7 @@ def _wait_for(paths: RunPaths, run_id: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not paths.manifest.is_file():
         if time.monotonic() >= deadline:
-            raise WarehouseError(
-                f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 (or raise $ATTNWH_RANK_WAIT_SECONDS)"
-            )
+            raise WarehouseError(f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 (or raise $ATTNWH_RANK_WAIT_SECONDS)")
         time.sleep(0.2)
 
 

@@ -99,6 +99,19 @@ SWEEP_CONDITIONS = pa.schema(
     ]
 )
 
+# a sweep's answer to one sample under one condition: how it went, the text, the parsed answer and its scoring
+SWEEP_ANSWER: tuple[tuple[str, pa.DataType], ...] = (
+    ("status", pa.string()),  # 'ok' | 'error'
+    ("error", pa.string()),
+    ("gold", pa.string()),
+    ("output_text", pa.string()),
+    ("parser", pa.string()),
+    ("parser_version", pa.string()),
+    ("parsed", pa.string()),
+    ("correct", pa.bool_()),
+    ("option_logprobs", pa.list_(pa.float32())),
+)
+
 # one row per condition and sample: the answer, and the KV cache the condition's heads hold
 SWEEP_RESULTS = pa.schema(
     [
@@ -106,15 +119,7 @@ SWEEP_RESULTS = pa.schema(
         ("condition_id", pa.int32()),
         ("sample_idx", pa.int64()),
         ("sample_key", pa.string()),
-        ("status", pa.string()),  # 'ok' | 'error'
-        ("error", pa.string()),
-        ("gold", pa.string()),
-        ("output_text", pa.string()),
-        ("parser", pa.string()),
-        ("parser_version", pa.string()),
-        ("parsed", pa.string()),
-        ("correct", pa.bool_()),
-        ("option_logprobs", pa.list_(pa.float32())),
+        *SWEEP_ANSWER,
         ("n_prompt_keys", pa.int32()),  # keys of the prompt (padding excluded)
         ("n_image_keys", pa.int32()),
         ("kv_keys", pa.int64()),  # keys the condition's cache holds, summed over layers and KV heads
@@ -141,24 +146,7 @@ MASK_CONDITIONS = pa.schema(
     ]
 )
 
-MASK_RESULTS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("condition_id", pa.int32()),
-        ("sample_idx", pa.int64()),
-        ("sample_key", pa.string()),
-        ("mode", pa.string()),
-        ("status", pa.string()),  # 'ok' | 'error'
-        ("error", pa.string()),
-        ("gold", pa.string()),
-        ("output_text", pa.string()),
-        ("parser", pa.string()),
-        ("parser_version", pa.string()),
-        ("parsed", pa.string()),
-        ("correct", pa.bool_()),
-        ("option_logprobs", pa.list_(pa.float32())),
-    ]
-)
+MASK_RESULTS = pa.schema([("run_id", pa.string()), ("condition_id", pa.int32()), ("sample_idx", pa.int64()), ("sample_key", pa.string()), ("mode", pa.string()), *SWEEP_ANSWER])
 
 # one row per pruning condition of a prune run (``attnwh prune``): condition 0 keeps every key (the reference)
 PRUNE_CONDITIONS = pa.schema(
@@ -179,13 +167,7 @@ PRUNE_CONDITIONS = pa.schema(
 # one row per pruning condition and sample (legacy): the shape the sweep results took over
 PRUNE_RESULTS = SWEEP_RESULTS
 
-PLAN = pa.schema(
-    [
-        ("sample_idx", pa.int64()),
-        ("sample_key", pa.string()),
-        ("part_id", pa.int32()),
-    ]
-)
+PLAN = pa.schema([("sample_idx", pa.int64()), ("sample_key", pa.string()), ("part_id", pa.int32())])
 
 # per part, query, layer, head and summarised value (``summarised_names()``: the head scores, then the segments'
 # attention mass): the part's samples that have it, the sum and sum of squares of its values and the largest
@@ -306,14 +288,7 @@ DERIVED_SINKS = pa.schema(
 )
 
 # a head ranking imported from a file (``attnwh heads import``): one row per query head of the model
-IMPORTED_RANKINGS = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("layer", pa.int16()),
-        ("head", pa.int16()),
-        ("score", pa.float64()),
-    ]
-)
+IMPORTED_RANKINGS = pa.schema([("run_id", pa.string()), ("layer", pa.int16()), ("head", pa.int16()), ("score", pa.float64())])
 
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,

@@ -39,12 +39,7 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         "eta_seconds": remaining / per_second if per_second and remaining else (0.0 if not remaining else None),
         "writers": dict(sorted(writers.items())),
         "parts": [
-            {
-                "part_id": record.part_id,
-                "created": record.created,
-                "writer": _writer_label(record.writer, record.attempt),
-                **writer_fields(record.writer, record.attempt),
-            }
+            {"part_id": record.part_id, "created": record.created, "writer": _writer_label(record.writer, record.attempt), **writer_fields(record.writer, record.attempt)}
             for record in records
         ],
         "in_flight": in_flight(run, {record.part_id for record in records}),
@@ -70,13 +65,7 @@ def writer_fields(writer: dict[str, Any] | None, attempt: str) -> dict[str, Any]
     (None where not known: records written before the writer was recorded name host and pid by their attempt)."""
     writer = writer or {}
     host, pid = parts.attempt_writer(attempt) or (None, None)
-    return {
-        "host": writer.get("host", host),
-        "pid": writer.get("pid", pid),
-        "rank": writer.get("rank"),
-        "world_size": writer.get("world_size"),
-        "worker": writer.get("worker"),
-    }
+    return {"host": writer.get("host", host), "pid": writer.get("pid", pid), "rank": writer.get("rank"), "world_size": writer.get("world_size"), "worker": writer.get("worker")}
 
 
 def _writer_label(writer: dict[str, Any] | None, attempt: str) -> str:

@@ -306,11 +306,7 @@ def objects_under(folder: Location) -> dict[str, tuple[int, str | None]]:
     except FileNotFoundError:
         return {}
     prefix = folder.path.rstrip("/") + "/"
-    return {
-        name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag"))
-        for name, info in found.items()
-        if info.get("type") != "directory"
-    }
+    return {name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag")) for name, info in found.items() if info.get("type") != "directory"}
 
 
 def sizes_under(folder: Location) -> dict[str, int]:

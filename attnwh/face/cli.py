@@ -42,9 +42,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _options(
-    version: bool = typer.Option(False, "--version", help="Print attnwh's version and exit.", is_eager=True, callback=_version),
-) -> None:
+def _options(version: bool = typer.Option(False, "--version", help="Print attnwh's version and exit.", is_eager=True, callback=_version)) -> None:
     """A data warehouse of attention statistics for vision-language models."""
 
 

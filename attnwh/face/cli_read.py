@@ -99,10 +99,7 @@ def runs(fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None
 
 
 @handles_errors
-def verify(
-    run_id: Annotated[str | None, typer.Argument(help="Check only this run.")] = None,
-    warehouse: WarehouseOption = None,
-) -> None:
+def verify(run_id: Annotated[str | None, typer.Argument(help="Check only this run.")] = None, warehouse: WarehouseOption = None) -> None:
     """Check every committed file against its commit record (size and sha256); list anything unreferenced.
 
     Exits 1 if any problem is found.
@@ -134,9 +131,7 @@ def report(
     query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
     fmt: Annotated[str, typer.Option("--format", help="html, or png / svg / pdf to also write every chart as a file under charts/.")] = "html",
     top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
-    figure: Annotated[
-        int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")
-    ] = None,
+    figure: Annotated[int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")] = None,
 ) -> None:
     """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, pruning, samples.
 
@@ -160,11 +155,7 @@ def report(
 
 
 @handles_errors
-def status(
-    run_id: Annotated[str | None, typer.Argument(help="Only this run.")] = None,
-    fmt: FormatOption = "table",
-    warehouse: WarehouseOption = None,
-) -> None:
+def status(run_id: Annotated[str | None, typer.Argument(help="Only this run.")] = None, fmt: FormatOption = "table", warehouse: WarehouseOption = None) -> None:
     """Where each run stands: parts committed / planned, who committed them, rate and ETA, attempts in flight.
 
     Useful while ranks or cluster workers write into the warehouse. --format json gives every part's writer

@@ -25,9 +25,7 @@ RankOption = Annotated[int | None, typer.Option(help="This process's rank (defau
 WorldSizeOption = Annotated[int | None, typer.Option(help="How many ranks share the run: rank r takes the parts with part_id % world_size == r.")]
 SchedulerOption = Annotated[
     str | None,
-    typer.Option(
-        help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local)."
-    ),
+    typer.Option(help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local)."),
 ]
 ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
 
@@ -113,19 +111,13 @@ def prune(
         str, typer.Option(help="Budgets per KV head, comma-separated: score (floor + in proportion to the head score), uniform, random.")
     ] = "score,uniform,random",
     keep: Annotated[
-        str,
-        typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated."),
+        str, typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated.")
     ] = "attention",
     floor: Annotated[float, typer.Option(help="score / random: every KV head's floor budget, as a share of the kept share.")] = 0.1,
     seeds: Annotated[int, typer.Option(help="Seeds of the random allocation.")] = 3,
-    score: Annotated[
-        str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")
-    ] = "concentration_x_sum",
+    score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")] = "concentration_x_sum",
     ranking_run: Annotated[
-        str | None,
-        typer.Option(
-            help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark)."
-        ),
+        str | None, typer.Option(help="Extraction run (or imported ranking) whose head scores set the budgets (default: the latest extraction of this model and benchmark).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 8,
     dtype: DtypeOption = "auto",
@@ -193,11 +185,7 @@ def mask(
     score: Annotated[
         str,
         typer.Option(
-            "--score",
-            "--ranking",
-            parser=head_score,
-            metavar="SCORE",
-            help=f"Head score that ranks heads: {SCORE_HELP} (region_hit: boxed benchmarks; --ranking: its old name).",
+            "--score", "--ranking", parser=head_score, metavar="SCORE", help=f"Head score that ranks heads: {SCORE_HELP} (region_hit: boxed benchmarks; --ranking: its old name)."
         ),
     ] = "concentration_x_sum",
     ranking_run: Annotated[str | None, typer.Option(help="Extraction run to rank heads by (default: the latest of this model and benchmark).")] = None,
@@ -262,10 +250,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
     typer.echo(render(summary, "table"))
-    typer.echo(
-        f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); "
-        f"{result.conditions_skipped} of {result.conditions_total} were already committed"
-    )
+    typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")
 
 
@@ -296,9 +281,7 @@ def toy_train(
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} exists and is not empty; give another --out")
     metrics = train_toy(folder, steps=steps, seed=seed, size=size, log=lambda line: typer.echo(line, err=True))
-    typer.echo(
-        f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, colour multiple choice {metrics['accuracy_colour']:.3f}"
-    )
+    typer.echo(f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, colour multiple choice {metrics['accuracy_colour']:.3f}")
     typer.echo(f"model folder: {folder}")
 
 

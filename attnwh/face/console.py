@@ -13,10 +13,7 @@ import typer
 
 from attnwh.core.errors import AttnwhError, UsageError
 
-WarehouseOption = Annotated[
-    str | None,
-    typer.Option("--warehouse", "-w", help="Warehouse folder (default: $ATTNWH_WAREHOUSE, else ./attnwh-warehouse)."),
-]
+WarehouseOption = Annotated[str | None, typer.Option("--warehouse", "-w", help="Warehouse folder (default: $ATTNWH_WAREHOUSE, else ./attnwh-warehouse).")]
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 
 
@@ -106,12 +103,7 @@ class progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(
-                TextColumn(self.label),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]} " + self.unit + "/s"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
+                TextColumn(self.label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + self.unit + "/s"), TimeElapsedColumn(), console=Console(stderr=True)
             )
             self.started = time.perf_counter()
             self.task = self.progress.add_task(self.label, total=total, rate="-")

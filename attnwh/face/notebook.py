@@ -87,13 +87,7 @@ class Warehouse:
         spec = chart_spec(self._session, name, query)
         if spec is None:
             raise UsageError(f"chart {name} has no data in {self.path}")
-        kinds = (
-            ("layer", alt.LayerChart),
-            ("facet", alt.FacetChart),
-            ("hconcat", alt.HConcatChart),
-            ("vconcat", alt.VConcatChart),
-            ("concat", alt.ConcatChart),
-        )
+        kinds = (("layer", alt.LayerChart), ("facet", alt.FacetChart), ("hconcat", alt.HConcatChart), ("vconcat", alt.VConcatChart), ("concat", alt.ConcatChart))
         chart_class = next((kind for key, kind in kinds if key in spec), alt.Chart)
         return chart_class.from_dict(spec, validate=False)
 

@@ -53,9 +53,7 @@ def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Tab
         return run_mart(session, mart, {"run_id": run_id})
 
 
-def mask_sweep(
-    warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
-) -> tuple[SweepResult, pa.Table]:
+def mask_sweep(warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None) -> tuple[SweepResult, pa.Table]:
     """``attnwh mask``: heads ranked over an extraction run (or an imported ranking), the sweep run or
     resumed, and its table of accuracy per condition (the ``mask_sweep`` mart)."""
     setup = prepare_mask(options)
@@ -63,9 +61,7 @@ def mask_sweep(
     return result, _sweep_table(warehouse, "mask_sweep", result.run_id)
 
 
-def prune_sweep(
-    warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None
-) -> tuple[SweepResult, pa.Table]:
+def prune_sweep(warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None) -> tuple[SweepResult, pa.Table]:
     """``attnwh prune``: head scores from an extraction run (or an imported ranking), the pruning sweep
     run or resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
     setup = prepare_prune(options)
@@ -77,13 +73,7 @@ ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")
 
 
 def toy_zoo(
-    warehouse: Path | str | None,
-    limit: int,
-    k: tuple[str, ...],
-    seeds: int,
-    device: str = "auto",
-    on_step: Callable[[str], None] | None = None,
-    warn: Warn | None = None,
+    warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto", on_step: Callable[[str], None] | None = None, warn: Warn | None = None
 ) -> list[tuple[str, str, str, str]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
     choice, colour choice with the named shape's box as the region): an extraction, then a masking
@@ -99,16 +89,7 @@ def toy_zoo(
             extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, device=device, command=["attnwh", "toy", "zoo"]))
             mask, _ = mask_sweep(
                 warehouse,
-                MaskOptions(
-                    model=model,
-                    benchmark=benchmark,
-                    limit=limit,
-                    k=k,
-                    seeds=seeds,
-                    device=device,
-                    ranking_run=extraction.run_id,
-                    command=["attnwh", "toy", "zoo"],
-                ),
+                MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
                 warn=warn,
             )
             done.append((model, benchmark, extraction.run_id, mask.run_id))

@@ -42,8 +42,7 @@ COPY_OFFSET = 1_000_000  # MMBench numbers the circular copies of question i as 
 IMAGE_REFERENCE_LENGTH = 64  # a shorter image cell names another row's index (VLMEvalKit's convention)
 # the cells pandas reads as NaN by default: the reference evaluation code read the TSV with pandas
 NA_CELLS = frozenset(
-    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN")
-    + ("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
+    ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN") + ("<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 )
 EXPECTED = f"an MMBench TSV with columns {', '.join(REQUIRED_COLUMNS)} (and hint, C, D, answer, category)"
 DATA_HELP = (
@@ -186,15 +185,7 @@ def _sample(question: Question, key: str, choices: tuple[str, ...], gold: str | 
     if question.error is not None:
         return dataclasses.replace(formats.error_sample(key, question.error, PARSER, question.category), group=group)
     return Sample(
-        key=key,
-        question=question.question,
-        load_image=question.load_image,
-        choices=choices,
-        gold=gold,
-        category=question.category,
-        parser=PARSER,
-        hint=question.hint,
-        group=group,
+        key=key, question=question.question, load_image=question.load_image, choices=choices, gold=gold, category=question.category, parser=PARSER, hint=question.hint, group=group
     )
 
 

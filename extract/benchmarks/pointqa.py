@@ -261,15 +261,7 @@ def _parse(fields: dict, key: str, root: Path, variant: str, question_type: str)
     choices, gold = count_options(count, key)
     category = _field(fields, "category")
     return Sample(
-        key=key,
-        question=question,
-        load_image=image,
-        choices=choices,
-        gold=gold,
-        category=str(category) if category is not None else None,
-        parser=PARSER,
-        note=note,
-        boxes=boxes,
+        key=key, question=question, load_image=image, choices=choices, gold=gold, category=str(category) if category is not None else None, parser=PARSER, note=note, boxes=boxes
     )
 
 

@@ -54,13 +54,7 @@ def build_tokenizer(words: list[str]):
     backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", BOS_ID)])
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
-        padding_side="left",
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_special_tokens={"image_token": "<image>"}, padding_side="left"
     )
     return tokenizer
 
@@ -81,14 +75,7 @@ def build_processor(spec: TinyLlavaSpec, words: list[str]):
 
 
 def build_model(spec: TinyLlavaSpec, vocab_size: int):
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        VipLlavaConfig,
-        VipLlavaForConditionalGeneration,
-    )
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, VipLlavaConfig, VipLlavaForConditionalGeneration
 
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
@@ -119,13 +106,7 @@ def build_model(spec: TinyLlavaSpec, vocab_size: int):
         config = VipLlavaConfig(vision_config=vision, text_config=text, image_token_index=IMAGE_ID, vision_feature_layers=layers)
         model = VipLlavaForConditionalGeneration(config)
     elif spec.architecture == "llava":
-        config = LlavaConfig(
-            vision_config=vision,
-            text_config=text,
-            image_token_id=IMAGE_ID,
-            vision_feature_layer=-1,
-            vision_feature_select_strategy="default",
-        )
+        config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=IMAGE_ID, vision_feature_layer=-1, vision_feature_select_strategy="default")
         model = LlavaForConditionalGeneration(config)
     else:
         raise ValueError(f"unknown tiny architecture {spec.architecture!r}")

@@ -16,12 +16,7 @@ DEFAULT_BENCHMARK = "toy-shapes"
 CHECKPOINTS = Path(__file__).parent / "checkpoint"
 CHECKPOINT = CHECKPOINTS / DEFAULT_MODEL
 # the toy zoo (``attnwh toy train --size``): name -> shipped folder; toy-llava is the small one
-TOY_MODELS = {
-    DEFAULT_MODEL: CHECKPOINT,
-    "toy-llava-small": CHECKPOINT,
-    "toy-llava-medium": CHECKPOINTS / "toy-llava-medium",
-    "toy-llava-large": CHECKPOINTS / "toy-llava-large",
-}
+TOY_MODELS = {DEFAULT_MODEL: CHECKPOINT, "toy-llava-small": CHECKPOINT, "toy-llava-medium": CHECKPOINTS / "toy-llava-medium", "toy-llava-large": CHECKPOINTS / "toy-llava-large"}
 ZOO = ("toy-llava-small", "toy-llava-medium", "toy-llava-large")
 
 

@@ -234,11 +234,7 @@ def evaluate(model, processor, split: str = "validation", n_items: int = EVAL_IT
             parsed = parse("letter" if item.choices else "yes_no", text, item.choices)
             right[item.kind].append(parsed == item.gold)
             stopped.append(len(row) > 1 and row[1] == builder.EOS_ID)
-    return {
-        "accuracy_yes_no": float(np.mean(right["presence"])),
-        "accuracy_colour": float(np.mean(right["colour"])),
-        "eos_rate": float(np.mean(stopped)),
-    }
+    return {"accuracy_yes_no": float(np.mean(right["presence"])), "accuracy_colour": float(np.mean(right["colour"])), "eos_rate": float(np.mean(stopped))}
 
 
 def train_toy(

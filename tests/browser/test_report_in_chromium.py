@@ -39,12 +39,7 @@ def chromium() -> str:
 
 
 def render(page_path, tmp_path) -> tuple[str, str]:
-    result = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page_path.resolve().as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", page_path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout, result.stderr
 

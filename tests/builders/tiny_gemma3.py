@@ -18,35 +18,11 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy.builder import (
-    randomise_norm_weights,
-    save_tiny,
-    set_generation_tokens,
-)
+from attnwh.extract.toy.builder import randomise_norm_weights, save_tiny, set_generation_tokens
 
-SPECIAL_TOKENS = (
-    "<pad>",
-    "<eos>",
-    "<bos>",
-    "<unk>",
-    "<start_of_turn>",
-    "<end_of_turn>",
-    "<start_of_image>",
-    "<end_of_image>",
-    "<image_soft_token>",
-)
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>")
 # pad 0, eos 1, bos 2, unk 3: the same ids as the real Gemma 3 vocabulary
-(
-    PAD_ID,
-    EOS_ID,
-    BOS_ID,
-    UNK_ID,
-    START_OF_TURN_ID,
-    END_OF_TURN_ID,
-    BOI_ID,
-    EOI_ID,
-    IMAGE_ID,
-) = range(len(SPECIAL_TOKENS))
+(PAD_ID, EOS_ID, BOS_ID, UNK_ID, START_OF_TURN_ID, END_OF_TURN_ID, BOI_ID, EOI_ID, IMAGE_ID) = range(len(SPECIAL_TOKENS))
 TEMPLATE_WORDS = ("user", "model")
 
 # Gemma 3 style (without the leading ``{{ bos_token }}``: the tokenizer's post-processor adds ``<bos>``,
@@ -103,35 +79,14 @@ def build_tokenizer(words: list[str]):
 
 def build_processor(words: list[str]):
     from transformers import Gemma3Processor
-    from transformers.models.gemma3.image_processing_pil_gemma3 import (
-        Gemma3ImageProcessorPil,
-    )
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
     image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, do_pan_and_scan=False)
-    return Gemma3Processor(
-        image_processor=image_processor,
-        tokenizer=build_tokenizer(words),
-        chat_template=CHAT_TEMPLATE,
-        image_seq_length=MM_TOKENS_PER_IMAGE,
-    )
+    return Gemma3Processor(image_processor=image_processor, tokenizer=build_tokenizer(words), chat_template=CHAT_TEMPLATE, image_seq_length=MM_TOKENS_PER_IMAGE)
 
 
-def build_model(
-    vocab_size: int,
-    *,
-    n_layers: int,
-    n_heads: int,
-    n_kv_heads: int,
-    hidden_size: int,
-    seed: int,
-    randomise_norms: bool,
-):
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
+def build_model(vocab_size: int, *, n_layers: int, n_heads: int, n_kv_heads: int, hidden_size: int, seed: int, randomise_norms: bool):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
 
     if hidden_size % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"hidden_size {hidden_size} / n_heads {n_heads} / n_kv_heads {n_kv_heads} do not divide")
@@ -188,26 +143,9 @@ def build_model(
 
 
 def save_tiny_gemma3(
-    folder: Path,
-    *,
-    n_layers: int = 3,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    hidden_size: int = 64,
-    seed: int = 0,
-    randomise_norms: bool = False,
-    words: list[str] | None = None,
+    folder: Path, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, hidden_size: int = 64, seed: int = 0, randomise_norms: bool = False, words: list[str] | None = None
 ) -> Path:
     """Build a tiny Gemma 3 (``Gemma3ForConditionalGeneration``) and save model + processor into ``folder``."""
     return save_tiny(
-        folder,
-        build_processor,
-        build_model,
-        words,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv_heads,
-        hidden_size=hidden_size,
-        seed=seed,
-        randomise_norms=randomise_norms,
+        folder, build_processor, build_model, words, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms
     )

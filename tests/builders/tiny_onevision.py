@@ -29,18 +29,7 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy.builder import (
-    BOS_ID,
-    CHAT_TEMPLATE,
-    EOS_ID,
-    IMAGE_ID,
-    PAD_ID,
-    SPECIAL_TOKENS,
-    build_tokenizer,
-    randomise_norm_weights,
-    save_tiny,
-    set_generation_tokens,
-)
+from attnwh.extract.toy.builder import BOS_ID, CHAT_TEMPLATE, EOS_ID, IMAGE_ID, PAD_ID, SPECIAL_TOKENS, build_tokenizer, randomise_norm_weights, save_tiny, set_generation_tokens
 
 IMAGE_SIZE = 32  # one crop, and the base view
 PATCH_SIZE = 8
@@ -122,15 +111,9 @@ def _finish(model, seed: int, randomise_norms: bool):
 
 def build_llava_next_processor(words: list[str]):
     from transformers import LlavaNextProcessor
-    from transformers.models.llava_next.image_processing_pil_llava_next import (
-        LlavaNextImageProcessorPil,
-    )
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": IMAGE_SIZE},
-        crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_grid_pinpoints=NEXT_PINPOINTS,
-    )
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=NEXT_PINPOINTS)
     return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=build_tokenizer(words),
@@ -142,11 +125,7 @@ def build_llava_next_processor(words: list[str]):
 
 
 def build_llava_next_model(vocab_size: int, *, text_model: str = "llama", seed: int = 0, randomise_norms: bool = False, **sizes):
-    from transformers import (
-        CLIPVisionConfig,
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-    )
+    from transformers import CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration
 
     if text_model not in TEXT_MODELS:
         raise ValueError(f"unknown LLaVA-NeXT text model {text_model!r}; choose {', '.join(TEXT_MODELS)}")
@@ -184,9 +163,7 @@ def build_onevision_processor(words: list[str]):
     ``LlavaNextProcessor`` expands ``<image>`` exactly as the model packs the features.
     """
     from transformers import LlavaNextProcessor
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
-        LlavaOnevisionImageProcessorPil,
-    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_grid_pinpoints=ONEVISION_PINPOINTS)
     return LlavaNextProcessor(
@@ -200,11 +177,7 @@ def build_onevision_processor(words: list[str]):
 
 
 def build_onevision_model(vocab_size: int, *, seed: int = 0, randomise_norms: bool = False, **sizes):
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        SiglipVisionConfig,
-    )
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, SiglipVisionConfig
 
     vision = SiglipVisionConfig(
         hidden_size=VISION_HIDDEN,
@@ -259,15 +232,7 @@ def save_tiny_llava_next(
 
 
 def save_tiny_onevision(
-    folder: Path,
-    *,
-    n_layers: int = 3,
-    n_heads: int = 4,
-    n_kv_heads: int = 2,
-    hidden_size: int = 64,
-    seed: int = 0,
-    randomise_norms: bool = False,
-    words: list[str] | None = None,
+    folder: Path, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, hidden_size: int = 64, seed: int = 0, randomise_norms: bool = False, words: list[str] | None = None
 ) -> Path:
     """Build a tiny LLaVA-OneVision (SigLIP + Qwen2) and save model + processor into ``folder``."""
     return save_tiny(

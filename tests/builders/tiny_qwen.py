@@ -14,11 +14,7 @@ from pathlib import Path
 
 import torch
 
-from attnwh.extract.toy.builder import (
-    randomise_norm_weights,
-    save_tiny,
-    set_generation_tokens,
-)
+from attnwh.extract.toy.builder import randomise_norm_weights, save_tiny, set_generation_tokens
 
 SPECIAL_TOKENS = (
     "<|endoftext|>",  # pad (and the generation config's bos, as in the real checkpoints)
@@ -73,12 +69,7 @@ def build_tokenizer(words: list[str]):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         unk_token="<unk>",
-        extra_special_tokens={
-            "image_token": "<|image_pad|>",
-            "video_token": "<|video_pad|>",
-            "vision_start_token": "<|vision_start|>",
-            "vision_end_token": "<|vision_end|>",
-        },
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>"},
         padding_side="left",
     )
 
@@ -93,17 +84,9 @@ def build_processor(words: list[str]):
     ``PaddleOCRVLProcessor`` does exactly that with no video processor, so it stands in for them.
     """
     from transformers import PaddleOCRVLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-        Qwen2VLImageProcessorPil,
-    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=MIN_PIXELS,
-        max_pixels=MAX_PIXELS,
-        patch_size=PATCH_SIZE,
-        merge_size=MERGE_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-    )
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=PATCH_SIZE, merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
     return PaddleOCRVLProcessor(image_processor=image_processor, tokenizer=build_tokenizer(words), chat_template=CHAT_TEMPLATE)
 
 
@@ -115,23 +98,8 @@ def mrope_section(head_dim: int) -> list[int]:
     return [temporal, height, half - temporal - height]
 
 
-def build_model(
-    vocab_size: int,
-    *,
-    variant: str,
-    n_layers: int,
-    n_heads: int,
-    n_kv_heads: int,
-    hidden_size: int,
-    seed: int,
-    randomise_norms: bool,
-):
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2VLConfig,
-        Qwen2VLForConditionalGeneration,
-    )
+def build_model(vocab_size: int, *, variant: str, n_layers: int, n_heads: int, n_kv_heads: int, hidden_size: int, seed: int, randomise_norms: bool):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     if hidden_size % n_heads or n_heads % n_kv_heads:
         raise ValueError(f"hidden_size {hidden_size} / n_heads {n_heads} / n_kv_heads {n_kv_heads} do not divide")
@@ -148,14 +116,7 @@ def build_model(
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
     )
-    common = dict(
-        depth=VISION_LAYERS,
-        num_heads=2,
-        in_channels=3,
-        patch_size=PATCH_SIZE,
-        spatial_merge_size=MERGE_SIZE,
-        temporal_patch_size=TEMPORAL_PATCH_SIZE,
-    )
+    common = dict(depth=VISION_LAYERS, num_heads=2, in_channels=3, patch_size=PATCH_SIZE, spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
     ids = dict(image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, vision_start_token_id=VISION_START_ID, vision_end_token_id=VISION_END_ID)
     if variant == "qwen2_5_vl":
         vision = dict(

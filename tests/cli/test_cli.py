@@ -27,9 +27,7 @@ def warehouse(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "wh"
     result = invoke("extract", "--warehouse", str(path), "--limit", "20", "--batch-size", "4", "--part-size", "10")
     assert result.exit_code == 0, result.output
-    assert re.search(
-        r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output
-    )
+    assert re.search(r"run [0-9a-f]{12} \(complete\): wrote 2 part\(s\), 20 sample\(s\), 0 error row\(s\); 0 of 2 part\(s\) were already committed", result.output)
     return path
 
 
@@ -110,9 +108,7 @@ def test_user_errors_are_one_line(warehouse, args, message):
 def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "attnwh.face.cli", "runs", "--warehouse", str(tmp_path / "none")], capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stdout == ""
-    assert missing.stderr.strip().splitlines() == [
-        f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"
-    ]
+    assert missing.stderr.strip().splitlines() == [f"attnwh: error: no attnwh warehouse at {tmp_path / 'none'} (run `attnwh extract` first, or pass --warehouse)"]
     bogus = subprocess.run([sys.executable, "-m", "attnwh.face.cli", "extract", "--bogus"], capture_output=True, text=True)
     assert bogus.returncode == 2
     assert len(bogus.stderr.strip().splitlines()) == 1 and "No such option: --bogus" in bogus.stderr

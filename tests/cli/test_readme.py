@@ -187,9 +187,7 @@ def blocks() -> list[Block]:
             level, heading_text = len(match.group(1)), match.group(2)
             if level <= 3:
                 heading += 1
-                section = tuple(
-                    path for span in SPAN.findall(heading_text) for path in [command_at(span.removeprefix("attnwh "))[0]] if span.startswith("attnwh ") and path
-                )
+                section = tuple(path for span in SPAN.findall(heading_text) for path in [command_at(span.removeprefix("attnwh "))[0]] if span.startswith("attnwh ") and path)
             continue
         if not line.strip() or re.match(r"\s*([-*]|\d+\.)\s", line):
             flush()

@@ -51,9 +51,7 @@ def test_show_tables_lists_every_name_a_query_may_use(warehouse):
 
 
 def test_information_schema_and_duckdb_views_list_them_with_a_description(warehouse):
-    tables = {
-        row["table_name"]: row for row in sql_json(warehouse, "select table_name, table_type, table_comment as description from information_schema.tables")
-    }
+    tables = {row["table_name"]: row for row in sql_json(warehouse, "select table_name, table_type, table_comment as description from information_schema.tables")}
     views = {row["view_name"]: row["comment"] for row in sql_json(warehouse, "select view_name, comment from duckdb_views() where not internal")}
     assert set(queryable()) <= set(tables)
     assert set(queryable()) - {"definitions_info"} <= set(views)  # definitions_info is a table

@@ -123,8 +123,7 @@ def test_seed_bench_keeps_the_image_question_and_skips_video_ones():
     images = [q for q in document["questions"] if q["data_type"] == "image"]
     samples = get_benchmark("seed-bench").load(BENCHMARKS / "seed-bench", None)
     assert [(s.key, s.question, s.choices, s.gold, s.category, s.error) for s in samples] == [
-        (q["question_id"], q["question"], (q["choice_a"], q["choice_b"], q["choice_c"], q["choice_d"]), q["answer"], SEED_TYPES[q["question_type_id"]], None)
-        for q in images
+        (q["question_id"], q["question"], (q["choice_a"], q["choice_b"], q["choice_c"], q["choice_d"]), q["answer"], SEED_TYPES[q["question_type_id"]], None) for q in images
     ]
     assert len(document["questions"]) == 4 and len(samples) == 1
     with pytest.raises(BenchmarkError, match="has splits test"):
@@ -154,9 +153,7 @@ def test_prompt_styles_word_real_records_as_their_sources_do():
     seed = get_benchmark("seed-bench")
     sample = seed.load(BENCHMARKS / "seed-bench", None)[0]
     assert render_question(seed.template_for("study"), sample) == ("How many towels are in the image?\nA.One\nB.Two\nC.Three\nD.Four\n" + LETTER_INSTRUCTION)
-    assert render_question(seed.template_for("llava-eval"), sample) == (
-        "How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n" + LETTER_INSTRUCTION
-    )
+    assert render_question(seed.template_for("llava-eval"), sample) == ("How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n" + LETTER_INSTRUCTION)
     qbench = get_benchmark("qbench")
     sample = qbench.load(BENCHMARKS / "qbench", "dev")[0]
     assert render_question(qbench.template_for("study"), sample) == (
@@ -165,9 +162,7 @@ def test_prompt_styles_word_real_records_as_their_sources_do():
     pope = get_benchmark("pope")
     sample = pope.load(BENCHMARKS / "pope", None)[0]
     assert render_question(pope.template_for("study"), sample) == "Is there a snowboard in the image?"
-    assert render_question(pope.template_for("llava-eval"), sample) == (
-        "Is there a snowboard in the image?\nAnswer the question using a single word or phrase."
-    )
+    assert render_question(pope.template_for("llava-eval"), sample) == ("Is there a snowboard in the image?\nAnswer the question using a single word or phrase.")
     mmbench = get_benchmark("mmbench")
     with_hint = next(s for s in mmbench.load(BENCHMARKS / "mmbench", "dev") if s.hint)
     study = render_question(mmbench.template_for("study"), with_hint)
@@ -200,15 +195,8 @@ def real_llava(tmp_path_factory) -> Path:
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     config = LlavaConfig.from_pretrained(LLAVA)
-    assert (config.text_config.vocab_size, config.vision_config.image_size, config.vision_config.patch_size, config.vision_feature_layer) == (
-        32064,
-        336,
-        14,
-        -2,
-    )
-    config.text_config.update(
-        {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16}
-    )
+    assert (config.text_config.vocab_size, config.vision_config.image_size, config.vision_config.patch_size, config.vision_feature_layer) == (32064, 336, 14, -2)
+    config.text_config.update({"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 4, "head_dim": 16})
     config.vision_config.update({"num_hidden_layers": 2, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "projection_dim": 32})
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
@@ -269,9 +257,7 @@ def test_real_processor_extracts_576_image_tokens_about_640_in_all(real_llava, p
         rows = session.query("select sample_key, status, question, gold, category, prompt, n_image, n_tokens from samples order by sample_idx").to_pylist()
         split = session.query("select split from runs").column(0).to_pylist()
     raw = raw_records(BENCHMARKS / "pope" / "coco_pope_adversarial.json")[:12]
-    assert [(r["sample_key"], r["question"], r["gold"], r["category"]) for r in rows] == [
-        (str(x["question_id"]), x["text"], x["label"], "adversarial") for x in raw
-    ]
+    assert [(r["sample_key"], r["question"], r["gold"], r["category"]) for r in rows] == [(str(x["question_id"]), x["text"], x["label"], "adversarial") for x in raw]
     assert split == ["adversarial"]
     tokenizer = AutoTokenizer.from_pretrained(LLAVA)
     for row in rows:

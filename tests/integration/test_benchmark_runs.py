@@ -62,9 +62,7 @@ def test_prompt_style_is_a_fingerprinted_choice(tmp_path, tiny_mha):
         assert result.run_id == runs[style]  # the same style again resumes its run
     assert runs["llava-eval"] != runs["study"]
     with open_session(warehouse) as session:
-        rows = session.query(
-            "select r.prompt_style, s.sample_key, s.prompt from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx"
-        ).to_pylist()
+        rows = session.query("select r.prompt_style, s.sample_key, s.prompt from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx").to_pylist()
     first = {row["prompt_style"]: row["prompt"] for row in rows if row["sample_key"] == "00079.jpg"}
     assert first["study"].endswith("How is the lighting of this image?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n ASSISTANT:")
     assert first["llava-eval"].endswith(

@@ -48,10 +48,7 @@ def old_concentration(entropy: float, n_image: int) -> float | None:
 def by_python(root, run_id: str, concentration=new_concentration) -> dict:
     """Per head (gen1): mean concentration (the new formula unless given), mean concentration × sum, and the detection share for k = 3."""
     with open_session(root) as session:
-        rows = session.query(
-            "select sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where run_id = $r and query = 'gen1'",
-            {"r": run_id},
-        ).to_pylist()
+        rows = session.query("select sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where run_id = $r and query = 'gen1'", {"r": run_id}).to_pylist()
     per_head, per_sample = {}, {}
     for row in rows:
         value = concentration(row["image_entropy"], row["n_image"])
@@ -110,11 +107,7 @@ def test_stages_come_from_the_stage_macro():
 
 def flat(expected: dict, doubled: str | None = None) -> dict:
     """by_python's means keyed by (layer, head, name); ``doubled``: that name's means times two."""
-    return {
-        (*key, name): value[index] * (2 if name == doubled else 1)
-        for key, value in expected.items()
-        for index, name in enumerate(("concentration", "concentration_x_sum"))
-    }
+    return {(*key, name): value[index] * (2 if name == doubled else 1) for key, value in expected.items() for index, name in enumerate(("concentration", "concentration_x_sum"))}
 
 
 def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(warehouse, monkeypatch, tmp_path):
@@ -129,9 +122,7 @@ def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(war
         with open_session(root) as session:
             attention = run_mart(session, "head_attention").to_pylist()
             visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
-        means = {
-            (r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")
-        }
+        means = {(r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")}
         return means, {(r["layer"], r["head"]): (r["mean_score"], r["detection_score"]) for r in visual}
 
     for session in ("adds up the parts", "reads the cache"):

@@ -81,9 +81,7 @@ def test_rows_are_the_captured_rows_without_padding(tmp_path, tiny_mha):
     run_extract(tmp_path / "wh", options(tiny_mha, limit=3, part_size=3, batch_size=3))
     with open_session(tmp_path / "wh") as session:
         samples = session.query("select sample_idx, n_tokens, n_image, image_start, image_end from samples order by sample_idx").to_pylist()
-        metrics = session.query(
-            "select sample_idx, query, layer, head, image_sum, bos_sum from head_metrics order by sample_idx, query, layer, head"
-        ).to_pylist()
+        metrics = session.query("select sample_idx, query, layer, head, image_sum, bos_sum from head_metrics order by sample_idx, query, layer, head").to_pylist()
     run_paths = open_warehouse(tmp_path / "wh").run_folders()[0]
     rows, sample_idx, queries = arrays.open_rows(run_paths)
     rows = rows.compute().astype(np.float32)

@@ -74,12 +74,7 @@ FAMILIES = [
         False,
     ),
     Family("llava_next", lambda folder: save_tiny_llava_next(folder, seed=5, randomise_norms=True), anyres_count, True),
-    Family(
-        "llava_next_mistral",
-        lambda folder: save_tiny_llava_next(folder, seed=6, randomise_norms=True, text_model="mistral"),
-        anyres_count,
-        True,
-    ),
+    Family("llava_next_mistral", lambda folder: save_tiny_llava_next(folder, seed=6, randomise_norms=True, text_model="mistral"), anyres_count, True),
     Family("llava_onevision", lambda folder: save_tiny_onevision(folder, seed=7, randomise_norms=True), anyres_count, True),
     Family("qwen2_5_vl", lambda folder: save_tiny_qwen2_5_vl(folder, seed=8, randomise_norms=True), qwen_count, True),
     Family("qwen2_vl", lambda folder: save_tiny_qwen2_vl(folder, seed=9, randomise_norms=True), qwen_count, True),

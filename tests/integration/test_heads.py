@@ -87,13 +87,10 @@ def test_an_exported_ranking_imports_to_the_same_order_and_masks_its_top_head(gq
     assert [(row["layer"], row["head"]) for row in imported.to_pylist()] == [(row["layer"], row["head"]) for row in ranked]
     # masking by the imported ranking switches off its best head first
     mask, _ = mask_sweep(
-        warehouse,
-        MaskOptions(model=str(tiny_gqa), limit=3, k=("0", "1"), strategies=("top",), seeds=1, device="cpu", ranking_run=result.run_id, command=["test"]),
+        warehouse, MaskOptions(model=str(tiny_gqa), limit=3, k=("0", "1"), strategies=("top",), seeds=1, device="cpu", ranking_run=result.run_id, command=["test"])
     )
     with open_session(warehouse) as session:
-        conditions = session.query(
-            "select k, heads, ranking_metric, ranking_run_id from mask_conditions where run_id = $r order by k", {"r": mask.run_id}
-        ).to_pylist()
+        conditions = session.query("select k, heads, ranking_metric, ranking_run_id from mask_conditions where run_id = $r order by k", {"r": mask.run_id}).to_pylist()
     best = imported.to_pylist()[0]
     assert conditions[1]["heads"] == [{"layer": best["layer"], "head": best["head"]}]
     assert (conditions[1]["ranking_metric"], conditions[1]["ranking_run_id"]) == ("imported", result.run_id)
@@ -106,20 +103,7 @@ def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
     with open_session(tmp_path / "wh") as session:
         rows = run_mart(session, "imported_ranking", {"run_id": result.run_id}).to_pylist()
     scores = {(row["layer"], row["head"]): row["score"] for row in rows}
-    assert scores == {
-        (0, 0): 0.1,
-        (0, 1): 0.1,
-        (0, 2): 0.9,
-        (0, 3): 0.9,
-        (1, 0): 0.5,
-        (1, 1): 0.5,
-        (1, 2): 0.3,
-        (1, 3): 0.3,
-        (2, 0): 1.0,
-        (2, 1): 1.0,
-        (2, 2): 0.0,
-        (2, 3): 0.0,
-    }
+    assert scores == {(0, 0): 0.1, (0, 1): 0.1, (0, 2): 0.9, (0, 3): 0.9, (1, 0): 0.5, (1, 1): 0.5, (1, 2): 0.3, (1, 3): 0.3, (2, 0): 1.0, (2, 1): 1.0, (2, 2): 0.0, (2, 3): 0.0}
     assert [(row["layer"], row["head"]) for row in rows][:3] == [(2, 0), (2, 1), (0, 2)]  # ties to the lower layer, then head
 
 
@@ -174,11 +158,7 @@ def test_a_ranking_of_another_shape_cannot_drive_a_mask_sweep(gqa_run, tmp_path,
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    text=st.one_of(
-        st.text(max_size=60), st.lists(st.lists(st.floats(), max_size=3), max_size=4).map(lambda rows: "\n".join("\t".join(map(str, row)) for row in rows))
-    )
-)
+@given(text=st.one_of(st.text(max_size=60), st.lists(st.lists(st.floats(), max_size=3), max_size=4).map(lambda rows: "\n".join("\t".join(map(str, row)) for row in rows))))
 def test_generated_files_parse_or_give_one_line(text):
     for parse in (parse_duo_tsv, parse_retrieval_json):
         try:

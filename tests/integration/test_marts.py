@@ -105,16 +105,11 @@ def _hand_warehouse(root, kind="new"):
     warehouse = open_warehouse(root, create=True)
     plan = Plan(["s0", "s1"], 2)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
-    run, _ = open_or_create_run(
-        warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=plan, run_id=None, details=details
-    )
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=plan, run_id=None, details=details)
 
     def write(folder):
         samples = pa.Table.from_pylist(
-            [
-                {"run_id": run.run_id, "sample_idx": i, "sample_key": f"s{i}", "status": "ok", "n_image": 4, "gold": "yes", "parsed": "yes", "correct": i == 0}
-                for i in (0, 1)
-            ],
+            [{"run_id": run.run_id, "sample_idx": i, "sample_key": f"s{i}", "status": "ok", "n_image": 4, "gold": "yes", "parsed": "yes", "correct": i == 0} for i in (0, 1)],
             schema=SAMPLES,
         )
         metrics = pa.Table.from_pylist(
@@ -236,17 +231,11 @@ def test_head_ranks_by_hand():
 
 def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
     """The detection score and mean per head, from the raw head_metrics rows, in plain Python."""
-    raw = session.query(
-        "select run_id, sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where query = $q", {"q": query}
-    ).to_pylist()
+    raw = session.query("select run_id, sample_idx, layer, head, n_image, image_sum, image_entropy from head_metrics where query = $q", {"q": query}).to_pylist()
     per_sample, values = {}, {}
     for row in raw:
         concentration = 1 - row["image_entropy"] / math.log(row["n_image"]) if row["n_image"] > 1 else None
-        value = {
-            "image_sum": row["image_sum"],
-            "concentration": concentration,
-            "concentration_x_sum": None if concentration is None else concentration * row["image_sum"],
-        }[score]
+        value = {"image_sum": row["image_sum"], "concentration": concentration, "concentration_x_sum": None if concentration is None else concentration * row["image_sum"]}[score]
         per_sample.setdefault((row["run_id"], row["sample_idx"]), []).append((row["layer"], row["head"], value))
         values.setdefault((row["run_id"], row["layer"], row["head"]), []).append(value)
     detected = dict.fromkeys(values, 0)
@@ -254,9 +243,7 @@ def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
         ordered = sorted(heads, key=lambda item: (-(item[2] if item[2] is not None else -1e300), item[0], item[1]))
         for layer, head, _ in ordered[:k]:
             detected[run_id, layer, head] += 1
-    return {
-        key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found))) for key, found in values.items()
-    }
+    return {key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found))) for key, found in values.items()}
 
 
 @pytest.mark.parametrize("score", ["concentration_x_sum", "image_sum", "concentration"])
@@ -284,10 +271,7 @@ def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, sco
 def test_layer_profile_and_segment_shares_by_hand(hand):
     warehouse, _ = hand
     layers = _rows(warehouse, "layer_profile", order=("layer",))
-    assert [(r["layer"], r["depth"], r["stage"], r["n"]) for r in layers] == [
-        (0, 0.0, "early", 4),
-        (1, 1.0, "late", 4),
-    ]  # 2 layers: thirds round to early [0], mid [], late [1]
+    assert [(r["layer"], r["depth"], r["stage"], r["n"]) for r in layers] == [(0, 0.0, "early", 4), (1, 1.0, "late", 4)]  # 2 layers: thirds round to early [0], mid [], late [1]
     assert [r["mean_image_sum"] for r in layers] == pytest.approx([0.45, 0.35])
     shares = _rows(warehouse, "segment_shares", order=("layer",))
     assert [r["bos"] for r in shares] == pytest.approx([0.2, 0.325])
@@ -358,9 +342,7 @@ def test_answer_stability_by_hand(tmp_path):
     """A hand-made mask run of a multiple-choice benchmark: the baseline and one masked condition over five
     samples; the stability figures worked out by hand below."""
     warehouse = open_warehouse(tmp_path / "wh", create=True)
-    run, _ = open_or_create_run(
-        warehouse, kind="mask", model="hand", benchmark="mmbench", spec={"hand": True}, plan=Plan(["c0", "c1"], 1), run_id=None, details={}
-    )
+    run, _ = open_or_create_run(warehouse, kind="mask", model="hand", benchmark="mmbench", spec={"hand": True}, plan=Plan(["c0", "c1"], 1), run_id=None, details={})
     # sample: gold, (baseline parsed, log-probabilities of A, B, C), (masked parsed, log-probabilities)
     answers = [
         ("A", ("A", [-0.1, -2.0, -3.0]), ("A", [-0.3, -1.5, -3.0])),  # right -> right, same answer; gold shift -0.2
@@ -446,9 +428,7 @@ def _scored_runs(root, runs: dict[str, list[float]], n_layers: int = 2, n_heads:
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}}
     ids = {}
     for benchmark, values in runs.items():
-        run, _ = open_or_create_run(
-            warehouse, kind="extract", model="hand", benchmark=benchmark, spec={"values": values}, plan=Plan(["s0"], 1), run_id=None, details=details
-        )
+        run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark=benchmark, spec={"values": values}, plan=Plan(["s0"], 1), run_id=None, details=details)
 
         def write(folder, run=run, values=values):
             samples = pa.Table.from_pylist([{"run_id": run.run_id, "sample_idx": 0, "sample_key": "s0", "status": "ok", "n_image": 4}], schema=SAMPLES)
@@ -511,9 +491,7 @@ def test_ranking_agreement_by_hand(tmp_path):
     pope = [0.9, 0.5, 0.5, 0.3, 0.1, 0.0]  # heads (0,0) (0,1) (0,2) (1,0) (1,1) (1,2)
     mmb = [0.8, 0.6, 0.2, 0.2, 0.4, 0.1]
     ids = _scored_runs(tmp_path / "wh", {"pope": pope, "mmbench": mmb})
-    rows = _rows(
-        tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": ids["mmbench"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",)
-    )
+    rows = _rows(tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": ids["mmbench"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
     assert [row["k"] for row in rows] == [1, 5]  # the grid up to the six heads
     # worked by hand: of 15 pairs, 11 concordant, 2 discordant ((0,2)-(1,1), (1,0)-(1,1)), one tied in pope only
     # ((0,1)-(0,2)), one in mmbench only ((0,2)-(1,0)): tau-b = (11 - 2) / sqrt(14 * 14)
@@ -528,9 +506,7 @@ def test_ranking_agreement_by_hand(tmp_path):
     ids = _scored_runs(tmp_path / "wh2", {"up": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6], "down": [0.6, 0.5, 0.4, 0.3, 0.2, 0.1]})
     same = _rows(tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["up"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
     assert (same[0]["spearman"], same[0]["kendall_tau_b"]) == (pytest.approx(1.0), pytest.approx(1.0))
-    reverse = _rows(
-        tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["down"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",)
-    )
+    reverse = _rows(tmp_path / "wh2", "ranking_agreement", {"run_a": ids["up"], "run_b": ids["down"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
     assert (reverse[0]["spearman"], reverse[0]["kendall_tau_b"]) == (pytest.approx(-1.0), pytest.approx(-1.0))
     assert (reverse[0]["shared"], reverse[0]["jaccard"]) == (0, 0.0)
     assert (reverse[1]["shared"], reverse[1]["jaccard"]) == (4, pytest.approx(4 / 6))

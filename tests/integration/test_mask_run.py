@@ -36,8 +36,7 @@ def test_sweep_conditions_and_baseline(swept):
     with open_session(warehouse) as session:
         conditions = session.query("select condition_id, strategy, k, len(heads) as n_heads, mode from mask_conditions order by condition_id").to_pylist()
         baseline = session.query(
-            "select r.sample_idx, r.correct, s.correct as extracted from mask_results r join samples s using (sample_idx) "
-            "where r.condition_id = 0 order by r.sample_idx"
+            "select r.sample_idx, r.correct, s.correct as extracted from mask_results r join samples s using (sample_idx) where r.condition_id = 0 order by r.sample_idx"
         ).to_pylist()
         ranking = session.query(
             "select h.layer, h.head from stg_head_metrics h where query = 'gen1' group by all order by avg(concentration_x_sum) desc, layer, head limit 2"

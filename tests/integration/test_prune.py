@@ -242,12 +242,7 @@ def test_prune_sweep_on_the_toy_commits_conditions_and_equal_hand_counts(tmp_pat
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [
-        (("--kv-share", "1.5"), "outside (0, 1]"),
-        (("--allocation", "greedy"), "--allocation takes"),
-        (("--keep", "first"), "--keep takes"),
-        (("--floor", "2"), "--floor must"),
-    ],
+    [(("--kv-share", "1.5"), "outside (0, 1]"), (("--allocation", "greedy"), "--allocation takes"), (("--keep", "first"), "--keep takes"), (("--floor", "2"), "--floor must")],
 )
 def test_bad_prune_options_are_one_line(option, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", *option, "--warehouse", str(tmp_path / "wh"))
@@ -283,9 +278,7 @@ def test_score_budgets_follow_an_imported_duo_attention_file(tmp_path, tiny_gqa,
     warehouse = tmp_path / "wh"
     tsv = tmp_path / "duo.tsv"
     tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")  # [layer x KV head] of the tiny GQA model (3 layers, 2 KV heads)
-    code, out, err = run_cli(
-        capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse)
-    )
+    code, out, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
     assert code == 0, err
     with open_session(warehouse) as session:
         ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]

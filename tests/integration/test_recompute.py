@@ -85,9 +85,7 @@ def test_topk_mass_equals_numpy_and_joins_head_metrics(toy_run):
     assert min(value for value in got.values() if value is not None) < 0.9  # not trivially 1: the toy spreads attention over more than 3 of its 16 image tokens
     # joins head_metrics on the source run's keys; the top-3 mass is at least 3 / n_image and at most 1
     joined = view_rows(
-        warehouse,
-        "select count(*) as n, min(topk_mass * n_image) as low, max(topk_mass) as high from top3_mass "
-        "join head_metrics using (run_id, sample_idx, query, layer, head)",
+        warehouse, "select count(*) as n, min(topk_mass * n_image) as low, max(topk_mass) as high from top3_mass join head_metrics using (run_id, sample_idx, query, layer, head)"
     )[0]
     assert joined["n"] == len(got) and joined["low"] >= 3 - 1e-4 and joined["high"] <= 1 + 1e-6
     # k beyond the image: the whole image attention
@@ -166,9 +164,7 @@ def test_regions_equal_what_extraction_stored_for_the_same_boxes(tmp_path, tiny_
     ]
     (tmp_path / "data" / "pointQA_twice_test.json").write_text(json.dumps(entries), encoding="utf-8")
     warehouse = tmp_path / "wh"
-    options = ExtractOptions(
-        model=str(tiny_mha), benchmark="pointqa-visual-obj", data=tmp_path / "data", part_size=2, batch_size=2, device="cpu", command=["test"]
-    )
+    options = ExtractOptions(model=str(tiny_mha), benchmark="pointqa-visual-obj", data=tmp_path / "data", part_size=2, batch_size=2, device="cpu", command=["test"])
     run_id = run_extract(warehouse, options).run_id
     regions = tmp_path / "regions.jsonl"
     regions.write_text("".join(json.dumps({"sample_key": key, "boxes": value}) + "\n" for key, value in boxes.items()))
@@ -185,9 +181,7 @@ def test_regions_equal_what_extraction_stored_for_the_same_boxes(tmp_path, tiny_
     one = tmp_path / "one.jsonl"
     one.write_text(json.dumps({"sample_key": "q2", "boxes": boxes["q2"]}) + "\n")
     recompute(warehouse, RecomputeOptions(run_id, "region", "boxed_q2", regions=one, command=["test"]))
-    counts = view_rows(
-        warehouse, "select s.sample_key, count(b.region_sum) as n from boxed_q2 b join samples s using (run_id, sample_idx) group by all order by 1"
-    )
+    counts = view_rows(warehouse, "select s.sample_key, count(b.region_sum) as n from boxed_q2 b join samples s using (run_id, sample_idx) group by all order by 1")
     assert counts == [{"sample_key": "q1", "n": 0}, {"sample_key": "q2", "n": 24}]
 
 
@@ -235,12 +229,8 @@ def test_regions_file_naming_unknown_samples_is_refused(toy_run, tmp_path):
 BOX = st.lists(st.one_of(st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=3), st.none()), max_size=5)
 LINE = st.one_of(
     st.text(max_size=40),
-    st.builds(
-        lambda key, boxes: json.dumps({"sample_key": key, "boxes": boxes}), st.one_of(st.text(max_size=5), st.integers(), st.none()), st.lists(BOX, max_size=3)
-    ),
-    st.builds(
-        json.dumps, st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))
-    ),
+    st.builds(lambda key, boxes: json.dumps({"sample_key": key, "boxes": boxes}), st.one_of(st.text(max_size=5), st.integers(), st.none()), st.lists(BOX, max_size=3)),
+    st.builds(json.dumps, st.one_of(st.none(), st.integers(), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5), st.integers(), max_size=3))),
 )
 
 

@@ -180,9 +180,7 @@ def test_pointqa_extraction_stores_regions(tmp_path, tiny_mha):
         {"id": "q2", "image": "VG_100K/2.png", "bboxes": [[80, 48, 128, 64]], "obj_question": "How many squares are there?", "answer": "1"},
     ]
     (tmp_path / "data" / "pointQA_twice_test.json").write_text(json.dumps(entries), encoding="utf-8")
-    options = ExtractOptions(
-        model=str(tiny_mha), benchmark="pointqa-visual-obj", data=tmp_path / "data", part_size=2, batch_size=2, device="cpu", command=["test"]
-    )
+    options = ExtractOptions(model=str(tiny_mha), benchmark="pointqa-visual-obj", data=tmp_path / "data", part_size=2, batch_size=2, device="cpu", command=["test"])
     result = run_extract(tmp_path / "wh", options)
     assert (result.parts_written, result.errors) == (1, 0)
     loaded_choices = [list(sample.choices) for sample in get_benchmark("pointqa-visual-obj").load(tmp_path / "data", None)]

@@ -109,15 +109,9 @@ def test_the_zoo_extracts_every_toy_on_every_toy_benchmark_and_sweeps_each(tmp_p
             "where r.benchmark = 'toy-shapes-region' group by all order by all"
         ).to_pylist()
     pairs = {(run["model"], run["benchmark"]) for run in runs}
-    assert pairs == {
-        (m, b) for m in ("toy-llava-small", "toy-llava-medium", "toy-llava-large") for b in ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")
-    }
+    assert pairs == {(m, b) for m in ("toy-llava-small", "toy-llava-medium", "toy-llava-large") for b in ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")}
     assert sorted(run["kind"] for run in runs) == ["extract"] * 9 + ["mask"] * 9 and all(run["complete"] for run in runs)
-    assert {(run["model"], run["n_layers"], run["n_heads"]) for run in runs} == {
-        ("toy-llava-small", 4, 8),
-        ("toy-llava-medium", 6, 12),
-        ("toy-llava-large", 8, 16),
-    }
+    assert {(run["model"], run["n_layers"], run["n_heads"]) for run in runs} == {("toy-llava-small", 4, 8), ("toy-llava-medium", 6, 12), ("toy-llava-large", 8, 16)}
     assert [row["with_region"] == row["n"] > 0 for row in region] == [True] * 3  # the boxed benchmark carries region attention
     code, out, _ = run_cli(capsys, *args)
     assert code == 0 and len(out.strip().splitlines()) == 9  # resumed: the same runs, nothing recomputed

@@ -30,12 +30,7 @@ class S3Server:
         return f"s3://{BUCKET}/{name or 'wh'}-{uuid.uuid4().hex[:8]}"
 
     def environment(self) -> dict[str, str]:
-        return {
-            "AWS_ACCESS_KEY_ID": self.key_id,
-            "AWS_SECRET_ACCESS_KEY": self.secret,
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ENDPOINT_URL": self.endpoint,
-        }
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
 
     def client(self):
         import boto3

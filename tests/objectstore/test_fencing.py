@@ -148,9 +148,7 @@ def test_a_lost_reply_to_a_winning_record_put_is_a_success_not_a_lost_race(s3, m
     record = parts.commit_part(run, 0, write_part(1))
     assert record is not None, "the writer took its own record for another writer's"
     assert parts.verify(run) == []
-    assert [key for key in objects(s3, url) if "/_staging/" in key] == [
-        f"runs/model=m/benchmark=b/run=fence/_staging/part-000000.{record.attempt}/samples.parquet"
-    ]
+    assert [key for key in objects(s3, url) if "/_staging/" in key] == [f"runs/model=m/benchmark=b/run=fence/_staging/part-000000.{record.attempt}/samples.parquet"]
 
 
 # finding 4: stores that ignore If-None-Match

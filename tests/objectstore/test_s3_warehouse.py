@@ -225,9 +225,7 @@ def test_a_runs_footer_metadata_is_read_from_the_store_once_then_from_the_local_
         {
             "values": st.lists(st.sampled_from(kept["values"]) | any_json, max_size=6),
             "files": st.dictionaries(
-                st.sampled_from([*shas, "0" * 64]),
-                st.dictionaries(st.sampled_from([*kept["files"][shas[0]], "other"]), scalars, max_size=4),
-                max_size=len(shas) + 1,
+                st.sampled_from([*shas, "0" * 64]), st.dictionaries(st.sampled_from([*kept["files"][shas[0]], "other"]), scalars, max_size=4), max_size=len(shas) + 1
             ),
         }
     )
@@ -369,10 +367,7 @@ class socket_closed:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40),
-    st.sampled_from(["s3", "S3", "gs", "http", "file", "memory", "x+y", ""]),
-)
+@given(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40), st.sampled_from(["s3", "S3", "gs", "http", "file", "memory", "x+y", ""]))
 def test_any_warehouse_text_is_a_location_or_one_clear_error(tail, scheme):
     text = f"{scheme}://{tail}" if scheme else tail
     try:

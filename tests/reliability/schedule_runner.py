@@ -227,10 +227,7 @@ class Runner:
             storage.put(target, content)  # the store ignores If-None-Match: a plain put
             return True
 
-        with (
-            patched(storage, "put_exclusively", put_exclusively),
-            environment(ATTNWH_OBJECT_CACHE=str(scratch / "a-new-machine")),
-        ):
+        with patched(storage, "put_exclusively", put_exclusively), environment(ATTNWH_OBJECT_CACHE=str(scratch / "a-new-machine")):
             try:
                 parts.commit_part(run, step.part, write_part(step.part))
                 outcomes.problems.append(f"{step}: a writer committed on a store that ignores conditional puts")
@@ -294,9 +291,7 @@ def note(scratch: Path, part: int, attempt_id: str | None, told: str) -> None:
         out.write(json.dumps([part, attempt_id, told]) + "\n")
 
 
-def run_many(
-    runner: Runner, seeds: range | list[int], on_failure: Callable[[Schedule, list[str]], None] | None = None
-) -> tuple[int, list[tuple[Schedule, list[str]]]]:
+def run_many(runner: Runner, seeds: range | list[int], on_failure: Callable[[Schedule, list[str]], None] | None = None) -> tuple[int, list[tuple[Schedule, list[str]]]]:
     """Run the schedules of ``seeds``: (how many passed, the failures with their problems)."""
     passed, failures = 0, []
     for seed in seeds:

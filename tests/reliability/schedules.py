@@ -116,14 +116,7 @@ class Outcomes:
 
 def new_run(warehouse, n_parts: int, run_id: str) -> RunPaths:
     run, _ = open_or_create_run(
-        warehouse,
-        kind="extract",
-        model="m",
-        benchmark="b",
-        spec={},
-        plan=Plan([f"s{i}" for i in range(n_parts * PART_SIZE)], PART_SIZE),
-        run_id=run_id,
-        details={},
+        warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan([f"s{i}" for i in range(n_parts * PART_SIZE)], PART_SIZE), run_id=run_id, details={}
     )
     return run.paths
 

@@ -86,8 +86,7 @@ def test_malformed_rows_and_files(tmp_path):
     folder = tmp_path / "pope"
     folder.mkdir()
     (folder / "coco_pope_adversarial.json").write_text(
-        '{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "yes"}\n'
-        '{"question_id": 2, "image": "a.jpg", "label": "no"}\n'  # no question text: an error row
+        '{"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "yes"}\n{"question_id": 2, "image": "a.jpg", "label": "no"}\n'  # no question text: an error row
     )
     samples = get_benchmark("pope").load(folder, "adversarial")
     assert [sample.error is None for sample in samples] == [True, False]

@@ -47,10 +47,7 @@ def test_readers_under_fire(tmp_path):
     command = ["extract", "--limit", "60", "--part-size", "3", "--batch-size", "3", "--device", "cpu"]
     assert attnwh(["extract", "--limit", "3", "--part-size", "3", "--device", "cpu"], warehouse).wait(timeout=300) == 0  # something to read
     seconds = 40
-    readers = [
-        subprocess.Popen([sys.executable, "-m", "tests.reliability.reader_loop", str(warehouse), str(seconds), "3", str(tmp_path / f"reader-{i}.json")])
-        for i in range(4)
-    ]
+    readers = [subprocess.Popen([sys.executable, "-m", "tests.reliability.reader_loop", str(warehouse), str(seconds), "3", str(tmp_path / f"reader-{i}.json")]) for i in range(4)]
     steady = attnwh(command, warehouse)
     victim = attnwh(command, warehouse)
     rng, kills, deadline = random.Random(7), 0, time.monotonic() + seconds - 5
@@ -74,8 +71,5 @@ def test_readers_under_fire(tmp_path):
     assert attnwh(command, warehouse).wait(timeout=600) == 0  # resume: completes whatever is left
     check_complete(warehouse)
     with open_session(warehouse) as session:
-        assert session.query("select n_samples, complete from runs order by n_samples").to_pylist() == [
-            {"n_samples": 3, "complete": True},
-            {"n_samples": 60, "complete": True},
-        ]
+        assert session.query("select n_samples, complete from runs order by n_samples").to_pylist() == [{"n_samples": 3, "complete": True}, {"n_samples": 60, "complete": True}]
     print(f"readers under fire: {kills} kills, reader rounds {[report['rounds'] for report in reports]}")

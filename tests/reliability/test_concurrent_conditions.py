@@ -100,8 +100,7 @@ def test_a_prune_sweep_on_a_dask_worker_with_four_threads_equals_the_local_loop(
             assert code == 0, err
         with open_session(warehouse) as session:
             results[label] = session.query(
-                "select c.allocation, c.kv_share, r.sample_idx, r.parsed, r.correct "
-                "from prune_results r join prune_conditions c using (run_id, condition_id) order by all"
+                "select c.allocation, c.kv_share, r.sample_idx, r.parsed, r.correct from prune_results r join prune_conditions c using (run_id, condition_id) order by all"
             ).to_pylist()
     assert len(results["local"]) == 7 * 32
     assert results["four threads"] == results["local"]

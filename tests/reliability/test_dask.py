@@ -25,9 +25,7 @@ ARGS = ["--limit", "16", "--part-size", "4", "--batch-size", "4", "--device", "c
 
 def extract(warehouse: Path, *extra: str, **env: str) -> subprocess.Popen:
     environment = {**os.environ, "ATTNWH_WAREHOUSE": str(warehouse), **env}
-    return subprocess.Popen(
-        [sys.executable, "-m", "attnwh.face.cli", "extract", *ARGS, *extra], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    return subprocess.Popen([sys.executable, "-m", "attnwh.face.cli", "extract", *ARGS, *extra], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 @pytest.fixture(scope="module")

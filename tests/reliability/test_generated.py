@@ -31,14 +31,7 @@ from tests import fixtures_benchmarks as fx
 from tests.reliability.harness import digests, run_cli
 
 SCALE = int(os.environ.get("ATTNWH_HYPOTHESIS_SCALE", "1"))
-EXAMPLES = {
-    "options": 450 * SCALE,
-    "report": 15 * SCALE,
-    "benchmark files": 450 * SCALE,
-    "images": 450 * SCALE,
-    "sql reads": 400 * SCALE,
-    "sql writes": 400 * SCALE,
-}
+EXAMPLES = {"options": 450 * SCALE, "report": 15 * SCALE, "benchmark files": 450 * SCALE, "images": 450 * SCALE, "sql reads": 400 * SCALE, "sql writes": 400 * SCALE}
 REAL = Path(os.environ.get("ATTNWH_REAL_FILES") or Path(__file__).resolve().parents[2].parent / "shared" / "real") / "benchmarks"
 RAN: Counter = Counter()  # cases actually generated per test
 
@@ -64,9 +57,7 @@ def assert_unchanged(before: dict[str, str], root: Path) -> None:
 ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=24)
 NUMBERS = st.one_of(st.integers(-(10**15), 10**15), st.sampled_from(["0", "-1", "1e9", "nan", "inf", "0x10", "1.5", "", " 3"]))
 VALUE = st.one_of(
-    NUMBERS.map(str),
-    ODD_TEXT,
-    st.sampled_from(["toy-llava", "pope", "gen1", "prompt,gen1", "auto", "cpu", "cuda", "zero", "top,random", "all", "study", "json", "csv"]),
+    NUMBERS.map(str), ODD_TEXT, st.sampled_from(["toy-llava", "pope", "gen1", "prompt,gen1", "auto", "cpu", "cuda", "zero", "top,random", "all", "study", "json", "csv"])
 )
 
 OPTIONS = {

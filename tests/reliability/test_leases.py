@@ -25,9 +25,7 @@ from attnwh.warehouse.schema import SCHEMA_VERSION
 @pytest.fixture
 def run(tmp_path):
     warehouse = open_warehouse(tmp_path / "wh", create=True)
-    created, _ = open_or_create_run(
-        warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan(["a", "b", "c", "d"], 2), run_id="leases", details={}
-    )
+    created, _ = open_or_create_run(warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan(["a", "b", "c", "d"], 2), run_id="leases", details={})
     return created.paths
 
 

@@ -58,8 +58,6 @@ def test_the_checks_catch_a_protocol_without_its_fence(scratch, monkeypatch):
     from attnwh.warehouse import leases
 
     monkeypatch.setattr(leases.Lease, "confirm", lambda self: None)
-    seeds = [
-        seed for seed in range(SEEDS) if any(step.kind == "takeover" and step.point in schedules.BEFORE_RECORD for step in schedules.schedule(seed).steps)
-    ][:10]
+    seeds = [seed for seed in range(SEEDS) if any(step.kind == "takeover" and step.point in schedules.BEFORE_RECORD for step in schedules.schedule(seed).steps)][:10]
     passed, failures = schedule_runner.run_many(schedule_runner.local_runner(scratch), seeds)
     assert failures, "no schedule noticed writers committing without a lease"

@@ -134,9 +134,7 @@ def test_a_sweep_worker_with_other_samples_than_the_client_is_refused(started_ru
     setup = prepare_run(options)
     expected = executors.samples_digest(setup.samples)
     assert executors.worker_run_setup(_cache(), str(root), run_id, lambda: setup, samples=expected) is setup
-    other = dataclasses.replace(
-        setup, samples=[dataclasses.replace(setup.samples[0], gold="no" if setup.samples[0].gold == "yes" else "yes"), *setup.samples[1:]]
-    )
+    other = dataclasses.replace(setup, samples=[dataclasses.replace(setup.samples[0], gold="no" if setup.samples[0].gold == "yes" else "yes"), *setup.samples[1:]])
     with pytest.raises(WarehouseError, match=r"samples [0-9a-f]{12} != [0-9a-f]{12}"):
         executors.worker_run_setup(_cache(), str(root), run_id, lambda: other, samples=expected)
 
@@ -180,9 +178,7 @@ def _json_values():
     return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8)
 
 
-BAD_ADDRESSES = st.sampled_from(
-    ["", "nowhere", "://", "tcp://", "tcp://:", "tcp://[::", "tcp://host:notaport", "x://y", "tcp://127.0.0.1:0", " tcp://127.0.0.1:9"]
-)
+BAD_ADDRESSES = st.sampled_from(["", "nowhere", "://", "tcp://", "tcp://:", "tcp://[::", "tcp://host:notaport", "x://y", "tcp://127.0.0.1:0", " tcp://127.0.0.1:9"])
 SCHEDULER_FILES = st.one_of(
     st.binary(max_size=64),
     st.text(max_size=64).map(str.encode),

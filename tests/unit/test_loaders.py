@@ -151,8 +151,7 @@ def test_pope_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("name", "first", "size"),
-    [("pope-aokvqa", ("1", "Is there a building in the image?", "yes"), (12, 10)), ("pope-gqa", ("1", "Is there a bird in the image?", "yes"), (14, 9))],
+    ("name", "first", "size"), [("pope-aokvqa", ("1", "Is there a building in the image?", "yes"), (12, 10)), ("pope-gqa", ("1", "Is there a bird in the image?", "yes"), (14, 9))]
 )
 def test_pope_seem_arrays_each_source_its_own_files(tmp_path, name, first, size):
     root = fx.pope_seem_folder(tmp_path / "seem")
@@ -248,14 +247,7 @@ def test_mmbench(tmp_path):
 
 def test_mmbench_prompt(tmp_path):
     sample = get_benchmark("mmbench").load(mmbench_file(tmp_path), "dev")[1]
-    expected = (
-        "The picture was taken at noon.\n"
-        'It is "sunny".\n'
-        "Quel est l’objet au centre ?\n"
-        "A. a cat\n"
-        "B. a dog\n"
-        "Answer with the option's letter from the given choices directly."
-    )
+    expected = 'The picture was taken at noon.\nIt is "sunny".\nQuel est l’objet au centre ?\nA. a cat\nB. a dog\nAnswer with the option\'s letter from the given choices directly.'
     assert render_question("letter_choice", sample) == expected
 
 

@@ -19,9 +19,7 @@ from attnwh.warehouse.runs import Plan, open_or_create_run
 @pytest.fixture
 def run(tmp_path):
     warehouse = open_warehouse(tmp_path / "wh", create=True)
-    created, new = open_or_create_run(
-        warehouse, kind="extract", model="m", benchmark="b", spec={"x": 1}, plan=Plan(["a", "b", "c"], 2), run_id=None, details={}
-    )
+    created, new = open_or_create_run(warehouse, kind="extract", model="m", benchmark="b", spec={"x": 1}, plan=Plan(["a", "b", "c"], 2), run_id=None, details={})
     assert new
     return created.paths
 

@@ -84,12 +84,7 @@ def load(name: str, data: Path, split: str | None = None):
 def test_six_benchmarks_are_registered_as_letter_choice():
     for name in NAMES:
         benchmark = get_benchmark(name)
-        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == (
-            "letter_choice",
-            "study_letter_choice",
-            "2",
-            "test",
-        )
+        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == ("letter_choice", "study_letter_choice", "2", "test")
         assert benchmark.data_required and "bboxes" in benchmark.data_help
 
 
@@ -274,9 +269,7 @@ def test_generation_script_names_pt_question_is_the_general_question(tmp_path):
     general = load("pointqa-plain-general", tmp_path / "looktwice.json", "test")
     assert [(sample.key, sample.question, sample.category) for sample in general] == [("2414753-1", "How many of these are there?", "dogs")]
     assert load("pointqa-plain-obj", tmp_path / "looktwice.json")[0].question == "How many dogs are there?"
-    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].error.endswith(
-        "no super question (expected one of super_question, Super_question, supercategory_question)"
-    )
+    assert load("pointqa-plain-super", tmp_path / "looktwice.json")[0].error.endswith("no super question (expected one of super_question, Super_question, supercategory_question)")
 
 
 @pytest.mark.parametrize(
@@ -307,10 +300,7 @@ def test_repeated_ids_are_error_rows_and_ambiguous_folders_are_refused(tmp_path)
     write_images(tmp_path)
     write_json_array(tmp_path / "a.json", [VIP_ENTRIES[0], VIP_ENTRIES[0]])
     samples = load("pointqa-plain-obj", tmp_path / "a.json")
-    assert [(sample.key, sample.error) for sample in samples] == [
-        ("pointQA_twice-1", None),
-        ("pointQA_twice-1#2", "key pointQA_twice-1 repeats an earlier item's key"),
-    ]
+    assert [(sample.key, sample.error) for sample in samples] == [("pointQA_twice-1", None), ("pointQA_twice-1#2", "key pointQA_twice-1 repeats an earlier item's key")]
     write_json_array(tmp_path / "b.json", VIP_ENTRIES[:1])
     with pytest.raises(BenchmarkError, match=r"expected one PointQA .json / .jsonl file.*found a.json, b.json"):
         load("pointqa-plain-obj", tmp_path)

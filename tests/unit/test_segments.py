@@ -10,18 +10,10 @@ IMG = 9
 
 
 def test_left_padded_batch_segments():
-    input_ids = torch.tensor(
-        [
-            [0, 0, 1, 5, 6, IMG, IMG, IMG, 7, 8],
-            [1, 5, 6, IMG, IMG, IMG, 7, 8, 8, 8],
-        ]
-    )
+    input_ids = torch.tensor([[0, 0, 1, 5, 6, IMG, IMG, IMG, 7, 8], [1, 5, 6, IMG, IMG, IMG, 7, 8, 8, 8]])
     attention_mask = (torch.arange(10) >= torch.tensor([[2], [0]])).long()
     segments = prompt_segments(input_ids, attention_mask, (IMG,))
-    assert segments.tolist() == [
-        [PAD, PAD, BOS, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, PROMPT, PROMPT],
-        [BOS, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, PROMPT, PROMPT, PROMPT, PROMPT],
-    ]
+    assert segments.tolist() == [[PAD, PAD, BOS, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, PROMPT, PROMPT], [BOS, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, PROMPT, PROMPT, PROMPT, PROMPT]]
     spans = image_spans(segments)
     assert [(s.n_tokens, s.n_image, s.image_start, s.image_end) for s in spans] == [(8, 3, 3, 6), (10, 3, 3, 6)]
     extended = with_generated(segments, 1)

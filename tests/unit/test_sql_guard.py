@@ -75,14 +75,7 @@ def test_configuration_is_locked_even_through_functions(session):
 
 
 @pytest.mark.parametrize(
-    "statement",
-    [
-        "SELECT count(*) FROM head_metrics",
-        "  -- a comment\nWITH a AS (SELECT 1 AS x) SELECT * FROM a",
-        "EXPLAIN SELECT * FROM samples",
-        "FROM runs",
-        "SELECT 1;",
-    ],
+    "statement", ["SELECT count(*) FROM head_metrics", "  -- a comment\nWITH a AS (SELECT 1 AS x) SELECT * FROM a", "EXPLAIN SELECT * FROM samples", "FROM runs", "SELECT 1;"]
 )
 def test_reads_run(session, statement):
     opened, _ = session

@@ -68,10 +68,7 @@ def test_sample_without_image_tokens():
 
 def test_batch_and_heads_are_independent():
     rows = torch.tensor(
-        [
-            [[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0]],
-            [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0, 0]],
-        ]
+        [[[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0.5, 0.5, 0, 0, 0, 0, 0]], [[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0.25, 0.25, 0.25, 0.25, 0, 0, 0]]]
     )
     stats = row_statistics(rows, SEGMENTS.expand(2, -1))
     assert stats.shape == (2, 2, len(STAT_NAMES))
