@@ -230,8 +230,8 @@ def recover(run: RunPaths, lease_seconds: float | None = None) -> dict[str, int]
     files are removed (``_take_over``).
     """
     lease_seconds = lease_timeout() if lease_seconds is None else lease_seconds
-    attempts = _names(run.staging)
-    leases = _names(run.leases)
+    attempts = names_under(run.staging)
+    leases = names_under(run.leases)
     leftovers = [] if storage.is_object_store(run.root) or not run.commits.is_dir() else list(run.commits.glob(".part-*.json.*.tmp"))
     committed = {record.part_id: record for record in commit_records(run)}
     rolled = removed = 0
@@ -287,7 +287,7 @@ def _take_over(run: RunPaths, part_id: int, attempt: str) -> bool:
     return True
 
 
-def _names(folder: storage.Location) -> list[str]:
+def names_under(folder: storage.Location) -> list[str]:
     """The names directly under ``folder`` (attempts under ``_staging``, leases under ``_leases``). On a
     store, a prefix whose last object another process just removed is no folder any more: empty."""
     try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
+from attnwh.warehouse.commit import names_under
 from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.runs import read_manifest
 
@@ -49,8 +50,8 @@ def run_status(run: RunPaths) -> dict[str, Any]:
 def in_flight(run: RunPaths, committed: set[int]) -> list[dict[str, Any]]:
     """Attempts of parts not committed yet, with the host and process that work on them and their lease's age."""
     attempts = []
-    for folder in sorted(run.staging.iterdir()) if run.staging.is_dir() else []:
-        name, _, attempt = folder.name.partition(".")
+    for folder_name in names_under(run.staging):  # on a store, a prefix whose last attempt just went is empty, not an error
+        name, _, attempt = folder_name.partition(".")
         part_id = parts.part_id_of(name)
         if part_id is None or part_id in committed:
             continue

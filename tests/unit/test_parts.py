@@ -117,3 +117,18 @@ def test_warehouse_paths_are_checked(tmp_path):
     (newer / "WAREHOUSE.json").write_text(json.dumps({"format": "attnwh", "layout_version": 99}))
     with pytest.raises(WarehouseError, match="layout version 99"):
         open_warehouse(newer)
+
+
+def test_a_prefix_that_vanishes_between_check_and_listing_lists_nothing():
+    """On a store, ``_staging/`` or ``_leases/`` is a prefix: another process removing its last object
+    between ``is_dir`` and ``iterdir`` leaves no folder (recovery and ``attnwh status`` both list it)."""
+    from attnwh.warehouse.commit import names_under
+
+    class Vanishing:
+        def is_dir(self) -> bool:
+            return True
+
+        def iterdir(self):
+            raise NotADirectoryError("the prefix's last object was just removed")
+
+    assert names_under(Vanishing()) == []
