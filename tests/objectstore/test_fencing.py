@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import s3fs
 
@@ -17,6 +14,7 @@ from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
+from tests.reliability.harness import write_part
 
 ORIGINAL_PUT = s3fs.S3FileSystem._pipe_file
 
@@ -42,16 +40,6 @@ def new_run(url: str, name: str = "fence"):
     warehouse = open_warehouse(url, create=True)
     run, _ = open_or_create_run(warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan(["a", "b", "c", "d"], 2), run_id=name, details={})
     return run.paths
-
-
-def write_part(value: int, during=None):
-    def write(folder: Path) -> dict[str, int]:
-        pq.write_table(pa.table({"v": [value, value + 1]}), folder / "samples.parquet")
-        if during is not None:
-            during(folder)
-        return {"samples": 2}
-
-    return write
 
 
 # finding 2: leases die quietly

@@ -34,3 +34,18 @@ def run_folder(root: Path, kind: str) -> Path:
 def digests(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative path."""
     return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+def write_part(value: int, during=None):
+    """A part's ``write``: a two-row ``samples.parquet`` of ``value``; ``during(folder)`` runs after it is written."""
+
+    def write(folder: Path) -> dict[str, int]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"v": [value, value + 1]}), folder / "samples.parquet")
+        if during is not None:
+            during(folder)
+        return {"samples": 2}
+
+    return write

@@ -20,6 +20,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import SCHEMA_VERSION
+from tests.reliability.harness import write_part
 
 
 @pytest.fixture
@@ -27,16 +28,6 @@ def run(tmp_path):
     warehouse = open_warehouse(tmp_path / "wh", create=True)
     created, _ = open_or_create_run(warehouse, kind="extract", model="m", benchmark="b", spec={}, plan=Plan(["a", "b", "c", "d"], 2), run_id="leases", details={})
     return created.paths
-
-
-def write_part(value: int, during=None):
-    def write(folder: Path) -> dict[str, int]:
-        pq.write_table(pa.table({"v": [value, value + 1]}), folder / "samples.parquet")
-        if during is not None:
-            during(folder)
-        return {"samples": 2}
-
-    return write
 
 
 def lease_files(run) -> list[Path]:
