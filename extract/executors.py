@@ -29,7 +29,7 @@ from typing import Any
 import dask
 from distributed import WorkerPlugin
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import UsageError, first_line
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 # Dask's nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's dynamic mmap
@@ -110,7 +110,7 @@ def check_scheduler_file(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise refuse("not UTF-8 text") from exc
     except (ValueError, RecursionError) as exc:
-        raise refuse(f"not JSON: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise refuse(f"not JSON: {first_line(exc)}") from exc
     if not isinstance(found, dict):
         raise refuse(f"a JSON {type(found).__name__}, not an object")
     address = found.get("address")
@@ -289,7 +289,7 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
     except Exception as exc:  # noqa: BLE001  (distributed fails on bad addresses with AssertionError, TypeError, KeyError, ...)
         if cluster is not None:
             cluster.close()
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = first_line(exc) if str(exc).strip() else ""
         raise UsageError(f"cannot reach the Dask scheduler at {scheduler.address or 'a local cluster'}: {type(exc).__name__}{': ' + text if text else ''}") from exc
     try:
         client.register_plugin(ModelCache())

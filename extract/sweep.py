@@ -34,6 +34,7 @@ from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.executors import Scheduler, parse_scheduler
 from attnwh.extract.forward import Intervention
 from attnwh.extract.generation import forward_with, generate_with_capture, letter_token_ids
+from attnwh.extract.masking import Head
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
@@ -48,7 +49,6 @@ from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import SWEEP_CONDITIONS, SWEEP_RESULTS
 
 ProgressCallback = Callable[[int, int], None]
-Head = tuple[int, int]  # (layer, head)
 
 
 @dataclass

@@ -9,7 +9,7 @@ import uuid
 from dataclasses import dataclass, field
 from functools import partial
 
-from attnwh.core.errors import WarehouseError
+from attnwh.core.errors import WarehouseError, first_line
 from attnwh.warehouse import probe, storage
 from attnwh.warehouse.storage import Location
 
@@ -226,7 +226,7 @@ def _check_marker(marker: Location) -> None:
     except (OSError, ValueError) as exc:
         if isinstance(exc, OSError) and storage.is_object_store(marker):
             raise  # missing: no warehouse there yet; anything else: the store's own error, said in one line by open_warehouse
-        raise WarehouseError(f"{marker} is not readable JSON ({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__})") from exc
+        raise WarehouseError(f"{marker} is not readable JSON ({first_line(exc)})") from exc
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")
     version = content.get("layout_version")

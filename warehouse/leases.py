@@ -29,7 +29,7 @@ import threading
 import time
 import uuid
 
-from attnwh.core.errors import WarehouseError
+from attnwh.core.errors import WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.storage import Location
@@ -160,7 +160,7 @@ class Lease:
                 return
             except Exception as exc:  # noqa: BLE001  a store's client raises its own kinds: each is a failed renewal
                 if time.monotonic() - self.renewed > self.seconds:
-                    self.lost = f"its lease could not be renewed for {self.seconds:g} s ({_first_line(exc)})"
+                    self.lost = f"its lease could not be renewed for {self.seconds:g} s ({first_line(exc)})"
                     return
                 delay = min(self.interval, delay / 8 if delay == self.interval else delay * 2)
 
@@ -182,7 +182,7 @@ class Lease:
                 raise LeaseLost("its lease was removed: another process took its attempt over") from None
             except Exception as exc:  # noqa: BLE001
                 if time.monotonic() + retry > deadline:
-                    raise LeaseLost(f"its lease could not be renewed before the commit ({_first_line(exc)})") from None
+                    raise LeaseLost(f"its lease could not be renewed before the commit ({first_line(exc)})") from None
                 time.sleep(retry)
                 retry = min(self.interval, retry * 2)
 
@@ -196,8 +196,3 @@ class Lease:
         with _HELD_LOCK:
             _HELD.discard(self.attempt)
         storage.remove_file(self.path)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from attnwh.core.errors import IntegrityError
+from attnwh.core.errors import IntegrityError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import RunPaths, record_name, table_file, table_file_name
 from attnwh.warehouse.schema import SCHEMA_VERSION
@@ -82,11 +82,6 @@ def _file_entry(entry: Any) -> bool:
 def _relative(path: Any) -> bool:
     """A path inside its folder: relative, without '..'."""
     return isinstance(path, str) and bool(path) and not path.startswith("/") and ".." not in path.split("/")
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def part_id_of(name: str) -> int | None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, Union
 from fsspec import AbstractFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from attnwh.core.errors import WarehouseError
+from attnwh.core.errors import WarehouseError, first_line
 
 if TYPE_CHECKING:
     from upath import UPath
@@ -70,13 +70,13 @@ def location(text: str) -> Location:
     try:
         fsspec.get_filesystem_class(protocol)
     except (ImportError, ValueError) as exc:
-        raise WarehouseError(f"warehouse {shown}: {protocol}:// cannot be opened ({_first_line(exc)}); pip install 'attnwh[s3]'") from exc
+        raise WarehouseError(f"warehouse {shown}: {protocol}:// cannot be opened ({first_line(exc)}); pip install 'attnwh[s3]'") from exc
     if not text[match.end() :].strip("/"):
         raise WarehouseError(f"warehouse {shown}: name a bucket (and a prefix), like {protocol}://bucket/attnwh")
     try:
         return UPath(f"{protocol}://{text[match.end() :]}".rstrip("/"), use_listings_cache=False)
     except ValueError as exc:
-        raise WarehouseError(f"warehouse {shown}: not a usable {protocol}:// URL ({_first_line(exc)})") from exc
+        raise WarehouseError(f"warehouse {shown}: not a usable {protocol}:// URL ({first_line(exc)})") from exc
 
 
 def is_object_store(where: Location) -> bool:
@@ -331,7 +331,7 @@ def local_staging(prefix: str) -> Iterator[Path]:
 def describe_error(where: Location, exc: BaseException) -> str:
     """One line for a failure to reach or use a store (never its credentials)."""
     name = type(exc).__name__
-    text = _first_line(exc)
+    text = first_line(exc)
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text or "Forbidden" in text:
         return f"warehouse {where}: access denied ({text}); check the store's credentials (for S3: AWS_ACCESS_KEY_ID / AWS_PROFILE)"
     if "Could not connect" in text or "Connect" in name or "EndpointConnection" in name or "connect" in text.lower():
@@ -339,11 +339,6 @@ def describe_error(where: Location, exc: BaseException) -> str:
     if isinstance(exc, FileNotFoundError) and "bucket" in text.lower():
         return f"warehouse {where}: {text}"
     return f"warehouse {where}: {name}: {text}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 TAIL_BYTES = 128 * 1024  # read ahead at the end of each committed file: its footer, or all of a small file
