@@ -161,7 +161,7 @@ def routes(loaded, encoded, new_tokens: int, wanted) -> dict:
     from attnwh.extract.segments import prompt_segments, with_generated
     from attnwh.extract.stats import row_statistics
 
-    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.spec.image_token_ids)
     location = loaded.source.location
     n_layers = loaded.info["n_layers"]
     found = {}

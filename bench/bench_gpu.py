@@ -186,7 +186,7 @@ def paired(args, folder: Path, device, dtype) -> dict:
 
     loaded = load_model(resolve_source(str(folder)), dtype=dtype, device=device)
     _, encoded = inputs(loaded, "realistic", args.batch_size)
-    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.spec.image_token_ids)
     prompt_tokens = int(encoded["input_ids"].shape[1])
 
     def plain():

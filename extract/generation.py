@@ -29,13 +29,18 @@ class _StopAfterAnswers:
         return finished & (generated.shape[1] >= self.passes_needed)
 
 
+def processor_images(loaded: LoadedModel, images: list) -> list:
+    """The ``images`` argument of the processor for one image per prompt (nested per prompt where the family's processor wants it)."""
+    return [[image] for image in images] if loaded.spec.family.nested_images else list(images)
+
+
 def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
     """Processor output for one left-padded batch, on the model's device; float tensors in the model's dtype.
 
     Everything the processor returns goes to the model (``image_sizes``, ``image_grid_thw``,
     ``token_type_ids``, ``mm_token_type_ids``, ...): families need different extras.
     """
-    encoded = loaded.processor(images=loaded.adapter.processor_images(images), text=prompts, return_tensors="pt", padding=True)
+    encoded = loaded.processor(images=processor_images(loaded, images), text=prompts, return_tensors="pt", padding=True)
     return {key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None) for key, value in encoded.items() if isinstance(value, torch.Tensor)}
 
 
@@ -49,17 +54,17 @@ class Generation:
 def batch_view(loaded: LoadedModel, encoded: dict[str, torch.Tensor]) -> BatchView:
     """What interventions are told of the model and of one encoded batch."""
     info = loaded.info
-    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
+    segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.spec.image_token_ids)
     return BatchView(info["n_layers"], info["n_heads"], info["n_kv_heads"], segments, encoded["attention_mask"])
 
 
 def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()):
     """One plain forward pass (no generation) with ``interventions`` active; returns the model's output."""
-    adapter, model = loaded.adapter, loaded.model
+    parts = loaded.parts
     view = batch_view(loaded, encoded)
     bound = [intervention.bind(view) for intervention in interventions]
-    with torch.inference_mode(), forward_call(adapter.text_model(model), adapter.attention_modules(model), adapter.decoder_layers(model), bound):
-        return model(**encoded)
+    with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+        return loaded.model(**encoded)
 
 
 def generate_with_capture(
@@ -83,14 +88,14 @@ def generate_with_capture(
 
     tokenizer = loaded.processor.tokenizer
     eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
-    adapter, model = loaded.adapter, loaded.model
+    model, parts = loaded.model, loaded.parts
     view = batch_view(loaded, encoded)
     segments = view.segments
     prompt_length = encoded["input_ids"].shape[1]
     passes = capture.forward_passes_needed if capture is not None else 1
     stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
     bound = [intervention.bind(view) for intervention in interventions]
-    text_model, modules, layers = adapter.text_model(model), adapter.attention_modules(model), adapter.decoder_layers(model)
+    text_model, modules, layers = parts.text_model, parts.attention_modules, parts.decoder_layers
     if capture is not None:
         active = capture_session(text_model, modules, capture, segments, region, layers, bound)
     else:
@@ -119,7 +124,7 @@ def generate_with_capture(
     lens = {}
     if session is not None and capture.lens:
         softcap = getattr(loaded.config.get_text_config(), "final_logit_softcapping", None)
-        norm, lm_head = adapter.final_norm(model), adapter.lm_head(model)
+        norm, lm_head = parts.final_norm, parts.lm_head
         lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
     return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
 

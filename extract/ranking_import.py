@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.models import load_config, model_info, resolve_source, revision
+from attnwh.extract.models import load_config, resolve_source, revision
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.toy.default import DEFAULT_MODEL, model_location
 from attnwh.warehouse import parts
@@ -51,8 +51,8 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
         raise UsageError(f"cannot read {options.file}: {getattr(exc, 'strerror', None) or exc}") from exc
     label = options.model or DEFAULT_MODEL
     source = resolve_source(model_location(options.model))
-    config, adapter = load_config(source)
-    info = model_info(config, adapter)
+    config, model_spec = load_config(source)
+    info = model_spec.info
     shape = (int(info["n_layers"]), int(info["n_heads"]), int(info.get("n_kv_heads") or info["n_heads"]))
     scores = parse_heads(text, fmt, str(options.file), shape, label)
     warehouse = open_warehouse(warehouse_path, create=True)

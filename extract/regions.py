@@ -10,7 +10,8 @@ adds, whose darkest channel is 0.41). An image token is in the region when any p
 (or pooled block of patches, or merged patches) is inside. A box thinner than about half a
 processed pixel therefore marks no token.
 
-Patch grids map to image tokens per family (each adapter names its function, ``Adapter.region_tokens``):
+Patch grids map to image tokens per family (each family's data names its function, ``discovery.Family.region_tokens``;
+a family without one has no region mapping, and region questions are refused for it):
 
 * LLaVA-1.5 / ViP-LLaVA: one token per patch of the processed (resized, centre-cropped) image,
   row-major; a CLS feature kept by ``vision_feature_select_strategy="full"`` comes first and is
@@ -46,9 +47,9 @@ RegionFunction = Callable[["LoadedModel", Image.Image], torch.Tensor]  # (loaded
 
 def region_mask(loaded: LoadedModel, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
     """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box."""
-    region_tokens = loaded.adapter.region_tokens
+    region_tokens = loaded.spec.family.region_tokens
     if region_tokens is None:
-        raise ModelError(f"regions are not supported for {loaded.adapter.architecture}")
+        raise ModelError(f"regions are not supported for {loaded.spec.architecture}")
     return region_tokens(loaded, render_box_mask(image.size, boxes))
 
 
@@ -139,7 +140,7 @@ def qwen_vl_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
 def _view_flags(loaded: LoadedModel, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
     """Anyres: per-view patch flags [view, patch] as float features, and the processor's image_sizes."""
     if _extra_vision_tokens(loaded):
-        raise ModelError(f"regions are not supported for {loaded.adapter.architecture} with a CLS feature kept (strategy 'full')")
+        raise ModelError(f"regions are not supported for {loaded.spec.architecture} with a CLS feature kept (strategy 'full')")
     processed = _process_mask(loaded, mask)
     views = processed["pixel_values"][0]  # [view, channel, height, width]
     patch = int(loaded.config.vision_config.patch_size)

@@ -267,7 +267,7 @@ def _region(loaded: LoadedModel, encoded: dict[str, torch.Tensor], items: list[R
     """[batch, prompt_position] bool: the image positions inside each sample's boxes; None when no sample has boxes."""
     if not any(item.sample.boxes for item in items):
         return None
-    image_ids = torch.tensor(loaded.adapter.image_token_ids(loaded.config), device=encoded["input_ids"].device)
+    image_ids = torch.tensor(loaded.spec.image_token_ids, device=encoded["input_ids"].device)
     is_image = torch.isin(encoded["input_ids"], image_ids) & encoded["attention_mask"].bool()
     region = torch.zeros_like(is_image)
     for row, item in enumerate(items):

@@ -1,5 +1,5 @@
 """What extraction and masking runs resolve alike from their options, before any weight is read:
-benchmark and samples, model config and adapter, prompt format and style, device, dtype, and the
+benchmark and samples, model config and what discovery reads of it, prompt format and style, device, dtype, and the
 fingerprinted settings they share.
 """
 
@@ -16,7 +16,8 @@ from attnwh.extract.benchmarks import Benchmark, Sample, get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.benchmarks.registry import check_split
 from attnwh.extract.benchmarks.templates import check_style
-from attnwh.extract.models import Adapter, ModelSource, load_config, model_info, resolve_device, resolve_dtype, resolve_source, revision
+from attnwh.extract.discovery import ModelSpec
+from attnwh.extract.models import ModelSource, load_config, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
 from attnwh.warehouse.runs import environment_info
@@ -33,7 +34,7 @@ class RunSetup:
     model_label: str
     source: ModelSource
     config: Any
-    adapter: Adapter
+    model_spec: ModelSpec
     prompt_format: PromptFormat
     template: str  # the benchmark's question template in the chosen prompt style
     device: torch.device
@@ -56,10 +57,11 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         raise UsageError("the benchmark selection has no samples")
     model_label = options.model or DEFAULT_MODEL
     source = resolve_source(model_location(options.model))
-    config, adapter = load_config(source)
+    config, model_spec = load_config(source)
     prompt_format = get_format(options.prompt_format)
-    if prompt_format.name not in adapter.prompt_formats:
-        raise UsageError(f"prompt format {prompt_format.name} does not fit {adapter.architecture}; choose {', '.join(adapter.prompt_formats)}")
+    formats = model_spec.family.prompt_formats
+    if prompt_format.name not in formats:
+        raise UsageError(f"prompt format {prompt_format.name} does not fit {model_spec.architecture}; choose {', '.join(formats)}")
     device = resolve_device(options.device, local_rank)
     dtype = resolve_dtype(options.dtype, device, config)
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
@@ -77,6 +79,6 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
     }
-    details = {"model_location": source.location, "model_info": model_info(config, adapter), "device": str(device), "command": options.command, "environment": environment_info()}
+    details = {"model_location": source.location, "model_info": model_spec.info, "device": str(device), "command": options.command, "environment": environment_info()}
     template = benchmark.template_for(prompt_style)
-    return RunSetup(benchmark, split, data, samples, model_label, source, config, adapter, prompt_format, template, device, dtype, max_new_tokens, spec, details)
+    return RunSetup(benchmark, split, data, samples, model_label, source, config, model_spec, prompt_format, template, device, dtype, max_new_tokens, spec, details)

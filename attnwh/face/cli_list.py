@@ -16,13 +16,13 @@ def models(fmt: FormatOption = "table") -> None:
     import pyarrow as pa
 
     from attnwh.core.output import render
-    from attnwh.extract.models import ADAPTERS
+    from attnwh.extract.discovery import FAMILIES
     from attnwh.extract.study import BEYOND_LLAVA, STUDY_MODELS
     from attnwh.extract.toy.train import TRAINED_SPECS
 
     check_format(fmt)
     supported = pa.Table.from_pylist(
-        [{"architecture": a.architecture, "family": a.family, "prompt_formats": ", ".join(a.prompt_formats), "about": a.description} for a in ADAPTERS.values()]
+        [{"family": f.model_type, "prompt_formats": ", ".join(f.prompt_formats), "regions": "yes" if f.region_tokens else "no", "about": f.description} for f in FAMILIES.values()]
     )
     toys = [
         {

@@ -58,11 +58,9 @@ def test_logits_with_capture_equal_plain_sdpa(tiny_model):
     encoded = _encode(loaded, _samples(3))
     plain = reference_generate(tiny_model, encoded, 3, attn_implementation="sdpa", output_logits=True)
     with torch.inference_mode():
-        segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.adapter.image_token_ids(loaded.config))
-        adapter = loaded.adapter
-        with capture_session(
-            adapter.text_model(loaded.model), adapter.attention_modules(loaded.model), CaptureSpec(), segments, None, adapter.decoder_layers(loaded.model)
-        ) as session:
+        segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.spec.image_token_ids)
+        parts = loaded.parts
+        with capture_session(parts.text_model, parts.attention_modules, CaptureSpec(), segments, None, parts.decoder_layers) as session:
             captured = loaded.model.generate(**encoded, max_new_tokens=3, do_sample=False, eos_token_id=None, output_logits=True, return_dict_in_generate=True)
     assert session.complete()
     assert torch.equal(plain.sequences, captured.sequences)
@@ -87,8 +85,7 @@ def test_a_call_leaves_nothing_on_the_model(tiny_mha):
     from attnwh.extract.forward import ACTIVE_CALL
 
     loaded = load_model(resolve_source(str(tiny_mha)), dtype=torch.float32, device=torch.device("cpu"))
-    adapter, model = loaded.adapter, loaded.model
-    modules, layers, text_model = adapter.attention_modules(model), adapter.decoder_layers(model), adapter.text_model(model)
+    modules, layers, text_model = loaded.parts.attention_modules, loaded.parts.decoder_layers, loaded.parts.text_model
 
     def state():
         return [(sorted(vars(module)), len(module._forward_hooks), len(module._forward_pre_hooks)) for module in (*modules, *layers, text_model)]

@@ -18,7 +18,7 @@ from PIL import Image
 from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.generation import encode_batch, generate_with_capture
-from attnwh.extract.models import load_config, load_model, model_info, resolve_source
+from attnwh.extract.models import load_config, load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.segments import image_spans
@@ -104,7 +104,7 @@ def test_family_rows_equal_eager_attention(family_model):
 
     reference = reference_generate(folder, encoded, 2, output_attentions=True)
     rows = session.stacked_rows()
-    for layer in range(model_info(loaded.config, loaded.adapter)["n_layers"]):
+    for layer in range(loaded.info["n_layers"]):
         for step, query in enumerate(("prompt", "gen1")):
             expected = reference.attentions[step][layer][:, :, -1, :]
             captured = rows[query][layer]
@@ -118,7 +118,7 @@ def test_family_rows_equal_eager_attention(family_model):
     assert counts == family.expected_image_tokens(loaded.processor, encoded, loaded.config)
     if family.varies_with_size:
         assert len(set(counts)) > 1, "images of different sizes should give different token counts"
-    image_ids = torch.tensor(loaded.adapter.image_token_ids(loaded.config))
+    image_ids = torch.tensor(loaded.spec.image_token_ids)
     for span, ids, mask in zip(spans, encoded["input_ids"], encoded["attention_mask"]):
         real = ids[mask.bool()]
         image_positions = torch.isin(real, image_ids).nonzero().flatten()
@@ -130,7 +130,7 @@ def test_family_extracts_into_the_warehouse(family_model, tmp_path):
     options = ExtractOptions(model=str(folder), limit=4, batch_size=4, part_size=4, max_new_tokens=2, command=["test"])
     result = run_extract(tmp_path / "wh", options)
     assert (result.parts_written, result.errors) == (1, 0)
-    info = model_info(*load_config(resolve_source(str(folder))))
+    info = load_config(resolve_source(str(folder)))[1].info
     with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
         samples = catalog.query("SELECT status, n_image FROM samples ORDER BY sample_idx").to_pylist()
         assert [row["status"] for row in samples] == ["ok"] * 4

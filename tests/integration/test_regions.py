@@ -15,7 +15,8 @@ from PIL import Image
 
 from attnwh.core.errors import ModelError
 from attnwh.extract.benchmarks import get_benchmark
-from attnwh.extract.models import Adapter, load_model, resolve_source
+from attnwh.extract.discovery import family_of
+from attnwh.extract.models import load_model, resolve_source
 from attnwh.extract.regions import region_mask, render_box_mask
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
@@ -159,7 +160,7 @@ def test_llava_onevision_wide_image_unpadded(loaded_models):
 
 
 def test_unsupported_architecture_is_named():
-    loaded = SimpleNamespace(adapter=Adapter("FancyVLForConditionalGeneration", "fancy", "an adapter without a region function"))
+    loaded = SimpleNamespace(spec=SimpleNamespace(architecture="FancyVLForConditionalGeneration", family=family_of("fancy_vl")))
     with pytest.raises(ModelError, match="regions are not supported for FancyVLForConditionalGeneration"):
         region_mask(loaded, Image.new("RGB", (8, 8)), [(0, 0, 4, 4)])
 

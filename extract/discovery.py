@@ -1,0 +1,309 @@
+"""Discovery (DESIGN §17): what attnwh needs of a model, read from its config and its module tree.
+
+No adapter per architecture. From the **config** alone (before any weight is read, ``describe``):
+the architecture and ``model_type``, the text config (``config.get_text_config()``) and the key it
+sits under (``config.sub_configs``), its layers, heads, key-value heads and head size, which decoder
+layers are attention layers in a hybrid (``layer_types``), and the token ids that mark image and
+video positions (``image_token_id`` / ``image_token_index``, ``video_token_id`` / ...). A model
+attnwh cannot capture is refused here, in one line naming the reason (``OutOfScope``).
+
+From the **module tree** (``find_parts``): the decoder (``get_decoder()``, descended to the module
+that owns the list of decoder layers), its decoder layers (the one ``ModuleList`` of
+``num_hidden_layers`` modules), each attention layer's self-attention module (the first module of
+the layer whose class is an attention class; cross- and linear attention are not), the final norm
+(the decoder's own norm child) and the output embeddings (``get_output_embeddings()``).
+
+Family knowledge that discovery cannot read is data (``FAMILIES``: prompt formats, the region
+mapping, how the processor takes images) and the few named exceptions below, each with its test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attnwh.core.errors import ModelError
+from attnwh.extract import regions
+from attnwh.extract.regions import RegionFunction
+
+IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
+VIDEO_TOKEN_KEYS = ("video_token_id", "video_token_index")
+# layer kinds (config.layer_types) whose layers attend through the attention interface; anything else
+# ('linear_attention', 'conv', 'mamba', 'mlp', 'moe', ...) is not an attention layer
+ATTENTION_LAYER_KINDS = ("full_attention", "sliding_attention", "chunked_attention", "hybrid", "hybrid_sliding", "reference_sliding_attention")
+NORM_CLASS_SUFFIXES = ("Norm", "LayerNorm", "RMSNorm")
+
+
+class OutOfScope(ModelError):
+    """A model attnwh does not capture, with the reason (one line)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """What attnwh knows of a family beyond what discovery reads: data, keyed by ``config.model_type``."""
+
+    model_type: str
+    description: str
+    prompt_formats: tuple[str, ...] = ("chat_template",)  # the first is suggested
+    nested_images: bool = False  # the processor takes one list of images per prompt (Gemma 3)
+    region_tokens: RegionFunction | None = None  # which image tokens a box mask covers (attnwh.extract.regions)
+
+
+_LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")
+FAMILIES: dict[str, Family] = {
+    family.model_type: family
+    for family in (
+        Family("llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, region_tokens=regions.llava_region),
+        Family("llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS, region_tokens=regions.llava_next_region),
+        Family("vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"), region_tokens=regions.vip_llava_region),
+        Family("llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region),
+        Family("qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
+        Family("qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
+        Family("gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True, region_tokens=regions.gemma3_region),
+    )
+}
+
+# Models whose config cannot say why they are out of scope (the generic rules in ``describe`` say it for
+# the rest: encoder-decoder, images by cross-attention, no image token, no attention layer).
+OUT_OF_SCOPE: dict[str, str] = {
+    "diffusion_gemma": "a block-diffusion decoder: text is denoised in blocks, not generated token by token",
+    "pi0": "a vision-language-action model: it outputs robot actions, not text",
+    "evolla": "a protein-text model: no images",
+    "idefics": "images by cross-attention (gated cross-attention layers), not by image tokens in the decoder's sequence",
+    "mllama": "images by cross-attention (cross-attention layers), not by image tokens in the decoder's sequence",
+}
+
+
+def family_of(model_type: str) -> Family:
+    """The family's data, or the generic family (the model's chat template, no region mapping)."""
+    return FAMILIES.get(model_type) or Family(model_type, "discovered from the config")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What attnwh reads of a model from its config, before any weight is read."""
+
+    architecture: str
+    model_type: str
+    family: Family
+    text_key: str | None  # the sub-config key of the text config (None: the config is the text config)
+    n_decoder_layers: int
+    attention_layers: tuple[int, ...]  # decoder-layer indices of the attention layers (all of them unless hybrid)
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    vocab_size: int
+    image_token_ids: tuple[int, ...]
+    video_token_ids: tuple[int, ...] = ()
+
+    @property
+    def n_layers(self) -> int:
+        """Attention layers: what the warehouse's ``layer`` column counts (0 .. n_layers − 1)."""
+        return len(self.attention_layers)
+
+    @property
+    def hybrid(self) -> bool:
+        return self.n_layers != self.n_decoder_layers
+
+    @property
+    def info(self) -> dict[str, Any]:
+        info = {
+            "architecture": self.architecture,
+            "family": self.model_type,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_size": self.hidden_size,
+            "vocab_size": self.vocab_size,
+        }
+        if self.hybrid:
+            info["n_decoder_layers"] = self.n_decoder_layers
+            info["attention_layers"] = list(self.attention_layers)
+        return info
+
+    def attn_implementation(self, capture: str) -> str | dict[str, str]:
+        """The text model gets ``capture``; every other sub-model keeps its default (SDPA where it supports it)."""
+        return capture if self.text_key is None else {self.text_key: capture}
+
+
+def describe(config) -> ModelSpec:
+    """The model's spec from its config, or ``OutOfScope`` with the reason in one line."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    model_type = str(getattr(config, "model_type", "") or "")
+    architecture = architectures[0] if architectures else type(config).__name__.removesuffix("Config") + " (no architectures in config)"
+    if model_type in OUT_OF_SCOPE:
+        raise OutOfScope(f"{architecture} is out of scope: {OUT_OF_SCOPE[model_type]}")
+    if getattr(config, "is_encoder_decoder", False):
+        raise OutOfScope(f"{architecture} is out of scope: an encoder-decoder model (its decoder reads the image through cross-attention to the encoder)")
+    try:
+        text = config.get_text_config(decoder=True)
+    except (AttributeError, ValueError) as exc:
+        raise OutOfScope(f"{architecture} is out of scope: no text decoder config ({exc})") from exc
+    if getattr(text, "cross_attention_layers", None):
+        raise OutOfScope(f"{architecture} is out of scope: images by cross-attention layers, not by image tokens in the decoder's sequence")
+    image_ids = _token_ids(config, text, IMAGE_TOKEN_KEYS)
+    if not image_ids:
+        raise OutOfScope(f"{architecture} is out of scope: its config marks no image positions by a token id ({' / '.join(IMAGE_TOKEN_KEYS)})")
+    n_decoder_layers = _int(text, "num_hidden_layers", architecture)
+    layer_types = _attribute(text, "layer_types")
+    if isinstance(layer_types, (list, tuple)) and len(layer_types) == n_decoder_layers:
+        attention_layers = tuple(index for index, kind in enumerate(layer_types) if kind in ATTENTION_LAYER_KINDS)
+        if not attention_layers:
+            raise OutOfScope(f"{architecture} is out of scope: no attention layer among its layer types ({', '.join(sorted(set(map(str, layer_types))))})")
+    else:
+        attention_layers = tuple(range(n_decoder_layers))
+    n_heads = _int(text, "num_attention_heads", architecture)
+    n_kv_heads = int(_attribute(text, "num_key_value_heads") or n_heads)
+    hidden_size = _int(text, "hidden_size", architecture)
+    head_dim = int(_attribute(text, "head_dim") or hidden_size // n_heads)
+    if n_heads % n_kv_heads:
+        raise ModelError(f"{architecture}: {n_heads} attention heads do not group into {n_kv_heads} key-value heads")
+    return ModelSpec(
+        architecture=architecture,
+        model_type=model_type,
+        family=family_of(model_type),
+        text_key=_text_key(config, text),
+        n_decoder_layers=n_decoder_layers,
+        attention_layers=attention_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=head_dim,
+        hidden_size=hidden_size,
+        vocab_size=_int(text, "vocab_size", architecture),
+        image_token_ids=image_ids,
+        video_token_ids=_token_ids(config, text, VIDEO_TOKEN_KEYS),
+    )
+
+
+def _attribute(config, key: str):
+    """A config attribute, or None; heterogeneous (per-layer) configs refuse ambiguous global reads."""
+    try:
+        return getattr(config, key, None)
+    except Exception as exc:  # transformers' AmbiguousGlobalPerLayerAttributeError and kin
+        raise ModelError(f"{type(config).__name__}.{key} differs between layers; attnwh needs one value for every attention layer") from exc
+
+
+def _int(config, key: str, architecture: str) -> int:
+    value = _attribute(config, key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ModelError(f"{architecture}: its text config has no integer {key}")
+    return value
+
+
+def _token_ids(config, text, keys: tuple[str, ...]) -> tuple[int, ...]:
+    ids: list[int] = []
+    for source in (config, text):
+        for key in keys:
+            value = _attribute(source, key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value not in ids:
+                ids.append(value)
+    return tuple(ids)
+
+
+def _text_key(config, text) -> str | None:
+    if text is config:
+        return None
+    for key in getattr(config, "sub_configs", None) or {}:
+        if getattr(config, key, None) is text:
+            return key
+    raise ModelError(f"{type(config).__name__}: the text config is not one of its sub-configs ({', '.join(getattr(config, 'sub_configs', None) or {}) or 'none'})")
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The modules attnwh touches, found in the module tree."""
+
+    text_model: torch.nn.Module  # owns the decoder layers (and the final norm)
+    decoder_layers: list[torch.nn.Module]
+    attention_modules: list[torch.nn.Module]  # one per attention layer, in order (ModelSpec.attention_layers)
+    final_norm: torch.nn.Module
+    lm_head: torch.nn.Module
+    names: Mapping[str, str] = field(default_factory=dict)  # where each part sits (for messages and `attnwh models --all`)
+
+
+def find_parts(model: torch.nn.Module, spec: ModelSpec) -> ModelParts:
+    """The decoder, its layers, attention modules, final norm and output embeddings of ``model``."""
+    names = {id(module): name for name, module in model.named_modules()}
+    decoder = _decoder(model)
+    owner, layers = _layer_list(decoder, spec)
+    attention = []
+    for index in spec.attention_layers:
+        module = _attention_module(layers[index])
+        if module is None:
+            raise ModelError(f"{spec.architecture}: decoder layer {index} ({type(layers[index]).__name__}) has no self-attention module")
+        attention.append(module)
+    if not spec.hybrid:
+        missing = [index for index, layer in enumerate(layers) if _attention_module(layer) is None]
+        if missing:
+            raise ModelError(f"{spec.architecture}: decoder layers {missing} have no self-attention module, and its config names no layer types")
+    norm = _final_norm(owner, spec)
+    lm_head = model.get_output_embeddings()
+    if lm_head is None or not hasattr(lm_head, "weight"):
+        raise ModelError(f"{spec.architecture}: no output embeddings (get_output_embeddings())")
+    where = {
+        "text_model": names.get(id(owner), "?"),
+        "layers": names.get(id(layers[0]), "?").rsplit(".", 1)[0],
+        "attention": names.get(id(attention[0]), "?").split(".")[-1],
+        "norm": names.get(id(norm), "?").split(".")[-1],
+        "lm_head": names.get(id(lm_head), "?"),
+    }
+    return ModelParts(owner, list(layers), attention, norm, lm_head, where)
+
+
+def _decoder(model: torch.nn.Module) -> torch.nn.Module:
+    try:
+        decoder = model.get_decoder()
+    except (AttributeError, NotImplementedError, ValueError):
+        decoder = None
+    return decoder if isinstance(decoder, torch.nn.Module) else model
+
+
+def _layer_list(decoder: torch.nn.Module, spec: ModelSpec) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
+    """The module owning the decoder layers, and the layers: the shallowest ``ModuleList`` of the right length."""
+    candidates = []
+    for name, module in decoder.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == spec.n_decoder_layers and any(_attention_module(layer) is not None for layer in child):
+                candidates.append((name.count(".") + (1 if name else 0), child_name != "layers", module, child))
+    if not candidates:
+        raise ModelError(f"{spec.architecture}: no list of {spec.n_decoder_layers} decoder layers with attention under {type(decoder).__name__}")
+    _, _, owner, layers = min(candidates, key=lambda item: item[:2])
+    return owner, layers
+
+
+def _is_attention(module: torch.nn.Module) -> bool:
+    name = type(module).__name__
+    return name.endswith(("Attention", "SelfAttention")) and "Cross" not in name and "Linear" not in name
+
+
+def _attention_module(layer: torch.nn.Module) -> torch.nn.Module | None:
+    """The layer's self-attention module: the first attention-class module, searched breadth-first."""
+    frontier = [layer]
+    while frontier:
+        following = []
+        for module in frontier:
+            for child in module.children():
+                if _is_attention(child):
+                    return child
+                following.append(child)
+        frontier = following
+    return None
+
+
+def _final_norm(owner: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    norms = [(name, child) for name, child in owner.named_children() if type(child).__name__.endswith(NORM_CLASS_SUFFIXES) or isinstance(child, torch.nn.LayerNorm)]
+    named = [child for name, child in norms if name in ("norm", "final_layernorm", "final_norm", "ln_f", "norm_f")]
+    if len(named) == 1:
+        return named[0]
+    if len(norms) == 1:
+        return norms[0][1]
+    found = ", ".join(name for name, _ in norms) or "none"
+    raise ModelError(f"{spec.architecture}: cannot tell the final norm among the decoder's norms ({found})")
+
+
+__all__ = ["FAMILIES", "Family", "ModelParts", "ModelSpec", "OUT_OF_SCOPE", "OutOfScope", "describe", "family_of", "find_parts"]
