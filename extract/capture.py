@@ -71,7 +71,8 @@ class CaptureSession:
 
     spec: CaptureSpec
     segments: torch.Tensor  # [batch, prompt_position] segment codes
-    n_layers: int
+    n_layers: int  # attention layers
+    n_decoder_layers: int | None = None  # decoder layers (the logit lens's); more than n_layers in a hybrid model
     region: torch.Tensor | None = None  # [batch, prompt_position] bool: image positions in the question's boxes
     step: int = -1  # index of the current forward pass
     rows: dict[str, list[torch.Tensor | None]] = field(default_factory=dict)  # query -> layer -> [batch, head, key] fp32
@@ -83,7 +84,7 @@ class CaptureSession:
         self._region_at_step = {step: None if self.region is None else torch.nn.functional.pad(self.region, (0, step)) for step in self._segments_at_step}
         for name in self.spec.queries:
             self.rows[name] = [None] * self.n_layers
-            self.hidden[name] = [None] * (self.n_layers + 1)
+            self.hidden[name] = [None] * ((self.n_decoder_layers or self.n_layers) + 1)
 
     def begin_forward(self) -> None:
         self.step += 1
@@ -155,13 +156,13 @@ def capture_session(
 ) -> Iterator[CaptureSession]:
     """Record the captured queries of every forward pass of ``text_model`` this thread runs inside the block.
 
-    ``attention_modules[i]`` is layer i's attention module, ``decoder_layers[i]`` the decoder layer
-    around it (needed when ``spec.lens``); ``layer_edits`` are interventions bound to this batch
+    ``attention_modules[i]`` is attention layer i's module, ``decoder_layers`` every decoder layer (the
+    logit lens reads their outputs; a hybrid model has more decoder layers than attention layers); ``layer_edits`` are interventions bound to this batch
     (``extract.forward``), active in the same call.
     """
-    session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules), region=region)
-    if spec.lens and (decoder_layers is None or len(decoder_layers) != len(attention_modules)):
+    if spec.lens and (decoder_layers is None or len(decoder_layers) < len(attention_modules)):
         raise ValueError("the logit lens needs the decoder layers")
+    session = CaptureSession(spec=spec, segments=segments, n_layers=len(attention_modules), n_decoder_layers=len(decoder_layers or attention_modules), region=region)
     with forward_call(text_model, attention_modules, decoder_layers or [], layer_edits, session, spec.lens):
         yield session
 

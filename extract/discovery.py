@@ -99,6 +99,7 @@ class ModelSpec:
     vocab_size: int
     image_token_ids: tuple[int, ...]
     video_token_ids: tuple[int, ...] = ()
+    final_logit_softcapping: float | None = None  # Gemma: logits are tanh-capped (changes probabilities, not ranks)
 
     @property
     def n_layers(self) -> int:
@@ -177,6 +178,7 @@ def describe(config) -> ModelSpec:
         vocab_size=_int(text, "vocab_size", architecture),
         image_token_ids=image_ids,
         video_token_ids=_token_ids(config, text, VIDEO_TOKEN_KEYS),
+        final_logit_softcapping=_attribute(text, "final_logit_softcapping") or None,
     )
 
 

@@ -123,7 +123,7 @@ def generate_with_capture(
         answers.append(row[:cut])
     lens = {}
     if session is not None and capture.lens:
-        softcap = getattr(loaded.config.get_text_config(), "final_logit_softcapping", None)
+        softcap = loaded.spec.final_logit_softcapping
         norm, lm_head = parts.final_norm, parts.lm_head
         lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
     return Generation(answers, output.logits[0].float().cpu(), lens), session, segments

@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from attnwh.face.console import FormatOption, check_format, handles_errors
 
 
 @handles_errors
-def models(fmt: FormatOption = "table") -> None:
-    """List the supported architectures, and the study's models with the HF-native ids to use for them.
+def models(
+    fmt: FormatOption = "table",
+    all_architectures: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="The conformance matrix: every image-text-to-text architecture of the installed transformers, checked on a tiny random model "
+            "(captured / out of scope / not built here / failed, with a one-line reason). About 2-4 s per architecture the first time; cached per transformers version.",
+        ),
+    ] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="With --all: run the checks again instead of reading the cached verdicts.")] = False,
+    only: Annotated[list[str] | None, typer.Option("--only", help="With --all: check only these model types (repeatable), e.g. --only qwen3_vl.")] = None,
+) -> None:
+    """List the model families attnwh knows by name and the study's models; --all checks every architecture of transformers.
+
+    Any architecture the matrix lists as captured works with `attnwh extract --model DIR` without a flag.
 
     Example: attnwh models --format csv
+
+    Example: attnwh models --all --format json
     """
     import pyarrow as pa
+
+    if all_architectures:
+        _conformance_matrix(fmt, refresh, only or [])
+        return
 
     from attnwh.core.output import render
     from attnwh.extract.discovery import FAMILIES
@@ -79,3 +101,46 @@ def benchmarks(fmt: FormatOption = "table") -> None:
         ]
     )
     typer.echo(render(table, fmt))
+
+
+def _conformance_matrix(fmt: str, refresh: bool, only: list[str]) -> None:
+    """``attnwh models --all``: the verdicts of ``extract.conformance``, computed once per transformers version."""
+    import pyarrow as pa
+
+    from attnwh.core.errors import UsageError
+    from attnwh.core.home import attnwh_home
+    from attnwh.core.output import render
+    from attnwh.extract import conformance
+    from attnwh.face.console import progress
+
+    check_format(fmt)
+    architectures = conformance.image_text_to_text_architectures()
+    unknown = [name for name in only if name not in architectures]
+    if unknown:
+        raise UsageError(f"unknown model type {', '.join(unknown)}; `attnwh models --all` lists them")
+    wanted = only or list(architectures)
+    cache = conformance.matrix_cache(attnwh_home())
+    verdicts = {} if refresh else conformance.load_cached(cache)
+    missing = [name for name in wanted if name not in verdicts]
+    if missing:
+        with progress("conformance", "architectures") as update:
+            for done, name in enumerate(missing, start=1):
+                verdicts[name] = conformance.check_architecture(name)
+                update(done, len(missing))
+        conformance.save_cached(cache, verdicts.values())
+    rows = [verdicts[name].as_row() for name in wanted]
+    table = pa.Table.from_pylist(rows)
+    if fmt != "table":
+        typer.echo(render(table, fmt))
+        return
+    shown = table.select(["model_type", "architecture", "status", "layers", "heads", "kv_heads", "image_tokens", "reason"])
+    counts = {status: sum(row["status"] == status for row in rows) for status in conformance.STATUSES}
+    typer.echo(
+        render(shown, fmt) + "\n\n" + ", ".join(f"{count} {status}" for status, count in counts.items()) + f" of {len(rows)} architectures (transformers {_transformers_version()})"
+    )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__

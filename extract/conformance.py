@@ -1,0 +1,287 @@
+"""The conformance matrix: which image-text-to-text architectures of the installed transformers attnwh
+captures, each proven on a tiny random model (``extract.tiny_models``) against an independent reference.
+
+Per architecture (``check_architecture``):
+
+1. **Scope, from the config** (``discovery.describe``): out-of-scope models are named with the reason
+   before any model is built (encoder-decoder, images by cross-attention, no image token, ...).
+2. **Discovery, from the module tree** (``discovery.find_parts``) of the model built with attnwh's
+   attention on the text sub-config only.
+3. **Image positions**: the positions where the first decoder layer's input differs from the plain
+   token embeddings (where the model wrote its image features) are exactly the positions of the image
+   token ids, which attnwh's segments call image.
+4. **Rows equal eager attention**: the captured last-prompt-row probabilities of every attention layer
+   equal the attention weights of the same weights run with transformers' eager attention
+   (``output_attentions=True``), fp32, within ``TOLERANCE``.
+5. **Logit lens**: the lens of the last layer reproduces the model's own logits at the last position
+   (which proves the final norm and output embeddings were found), and ranks are computed for every layer.
+6. **Masking one head** changes only that head's attention output at its layer, and nothing before it.
+
+``attnwh models --all`` prints the verdicts (cached per transformers version in the attnwh home);
+the test suite runs the same checks over every architecture (``tests/conformance/test_matrix.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from attnwh.core.errors import ModelError, first_line
+from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.discovery import ModelSpec, OutOfScope, describe, find_parts
+from attnwh.extract.forward import CAPTURE_ATTENTION, BatchView, LayerIntervention, forward_call, install_dispatch
+from attnwh.extract.lens import logit_lens
+from attnwh.extract.masking import HeadMask
+from attnwh.extract.segments import IMAGE, prompt_segments
+
+TOLERANCE = 1e-5
+CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED = "captured", "out of scope", "not built here", "failed"
+STATUSES = (CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One architecture's row of the matrix."""
+
+    model_type: str
+    architecture: str
+    status: str  # one of STATUSES
+    reason: str  # one line: what was proven, or why not
+    layers: int | None = None  # attention layers
+    decoder_layers: int | None = None
+    heads: int | None = None
+    kv_heads: int | None = None
+    image_tokens: int | None = None  # per image, in the tiny model
+    max_error: float | None = None  # captured rows against eager attention
+    seconds: float | None = None
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+class ConformanceFailure(Exception):
+    """A check that did not hold (its message is the verdict's reason)."""
+
+
+def image_text_to_text_architectures() -> dict[str, str]:
+    """``model_type -> architecture class`` of every image-text-to-text model of the installed transformers."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return dict(sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.items()))
+
+
+def check_architecture(model_type: str) -> Verdict:
+    """Run every check on a tiny random model of ``model_type``; never raises for a model's failure."""
+    from attnwh.extract import tiny_models
+
+    architecture = image_text_to_text_architectures().get(model_type, model_type)
+    started = time.perf_counter()
+    try:
+        config = tiny_models.tiny_config(model_type)
+    except tiny_models.TinyModelError as exc:
+        return _scope_or(model_type, architecture, NOT_BUILT, first_line(exc))
+    except Exception as exc:  # a config transformers itself cannot make
+        return Verdict(model_type, architecture, NOT_BUILT, f"config: {type(exc).__name__}: {first_line(exc)}")
+    try:
+        spec = describe(config)
+    except OutOfScope as exc:
+        return Verdict(model_type, architecture, OUT_OF_SCOPE, str(exc).split(": ", 1)[-1])
+    except ModelError as exc:
+        return Verdict(model_type, architecture, FAILED, first_line(exc))
+    counts = dict(layers=spec.n_layers, decoder_layers=spec.n_decoder_layers, heads=spec.n_heads, kv_heads=spec.n_kv_heads)
+    try:
+        image_tokens, max_error = _run_checks(model_type, spec)
+    except tiny_models.TinyModelError as exc:
+        return Verdict(model_type, architecture, NOT_BUILT, first_line(exc), **counts)
+    except (ConformanceFailure, ModelError) as exc:
+        return Verdict(model_type, architecture, FAILED, first_line(exc), **counts, seconds=round(time.perf_counter() - started, 2))
+    except Exception as exc:  # a model's own error under attnwh's attention: a failure of the matrix, named
+        return Verdict(model_type, architecture, FAILED, f"{type(exc).__name__}: {first_line(exc)}", **counts, seconds=round(time.perf_counter() - started, 2))
+    hybrid = f", {spec.n_layers} of {spec.n_decoder_layers} layers attention" if spec.hybrid else ""
+    reason = f"rows = eager (max error {max_error:.1e}), image tokens where the model writes image features, lens, one-head masking{hybrid}"
+    return Verdict(model_type, architecture, CAPTURED, reason, **counts, image_tokens=image_tokens, max_error=max_error, seconds=round(time.perf_counter() - started, 2))
+
+
+def _scope_or(model_type: str, architecture: str, status: str, reason: str) -> Verdict:
+    """An architecture whose tiny model cannot be made here: out of scope if its default config says so."""
+    from transformers import AutoConfig
+
+    try:
+        describe(AutoConfig.for_model(model_type))
+    except OutOfScope as exc:
+        return Verdict(model_type, architecture, OUT_OF_SCOPE, str(exc).split(": ", 1)[-1])
+    except Exception:  # noqa: S110  (the tiny model's reason is the one to report)
+        pass
+    return Verdict(model_type, architecture, status, reason)
+
+
+def _run_checks(model_type: str, spec: ModelSpec) -> tuple[int, float]:
+    from attnwh.extract import tiny_models
+
+    model = tiny_models.build_tiny(model_type, attn_implementation=spec.attn_implementation(CAPTURE_ATTENTION))
+    reference = tiny_models.build_tiny(model_type, attn_implementation="eager")
+    reference.load_state_dict(model.state_dict())
+    parts = find_parts(model, spec)
+    install_dispatch(parts.text_model, parts.decoder_layers)
+    inputs = tiny_models.tiny_inputs(model_type, model)
+    segments = prompt_segments(inputs["input_ids"], inputs["attention_mask"], spec.image_token_ids)
+    image_tokens = _check_image_positions(model, parts, inputs, segments)
+    with torch.inference_mode():
+        expected = reference(**inputs, output_attentions=True)
+        with capture_session(parts.text_model, parts.attention_modules, CaptureSpec(("prompt",), rows=True, lens=True), segments, None, parts.decoder_layers) as session:
+            captured = model(**inputs)
+    if not session.complete():
+        missing = [layer for layer, row in enumerate(session.rows["prompt"]) if row is None]
+        raise ConformanceFailure(f"attention layers {missing} never called attnwh's attention function")
+    real = inputs["attention_mask"].bool()  # padding positions attend to nothing: implementations differ there by design
+    logit_error = (captured.logits[real] - expected.logits[real]).abs().max().item()
+    if logit_error > 1e-4:
+        raise ConformanceFailure(f"logits under capture differ from eager by {logit_error:.1e}")
+    max_error = _check_rows(spec, session.stacked_rows()["prompt"], expected.attentions)
+    _check_lens(parts, session, captured.logits, spec)
+    _check_one_head_mask(model, parts, spec, inputs, segments)
+    return image_tokens, max_error
+
+
+def _check_image_positions(model, parts, inputs, segments) -> int:
+    """Where the model writes image features (the first decoder layer's input differs from the token embeddings)
+    must be the positions attnwh calls image."""
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+
+    handle = parts.decoder_layers[0].register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model(**inputs)
+    finally:
+        handle.remove()
+    with torch.inference_mode():
+        embedded = model.get_input_embeddings()(inputs["input_ids"]).to(seen["hidden"].dtype)
+    real = inputs["attention_mask"].bool()
+    written = ((seen["hidden"] - embedded).abs().amax(dim=-1) > 1e-6) & real
+    image = segments == IMAGE
+    if not image.any():
+        raise ConformanceFailure("no image token in the tiny inputs")
+    if not torch.equal(written, image):
+        extra, missed = int((written & ~image).sum()), int((image & ~written).sum())
+        raise ConformanceFailure(f"image features land elsewhere than the image tokens ({extra} other positions changed, {missed} image positions unchanged)")
+    counts = image.sum(dim=1)
+    return int(counts[0])
+
+
+def _check_rows(spec: ModelSpec, rows: torch.Tensor, attentions) -> float:
+    """``rows`` [layer, batch, head, key] against eager's [batch, head, query, key] per layer."""
+    if attentions is None:
+        raise ConformanceFailure("eager attention returned no attention weights")
+    attentions = [weights for weights in attentions if weights is not None]
+    if len(attentions) == spec.n_decoder_layers and spec.hybrid:
+        attentions = [attentions[index] for index in spec.attention_layers]
+    if len(attentions) != spec.n_layers:
+        raise ConformanceFailure(f"eager attention gave {len(attentions)} layers of weights for {spec.n_layers} attention layers")
+    worst = 0.0
+    for layer, weights in enumerate(attentions):
+        expected = weights[:, :, -1, :].float()
+        captured = rows[layer]
+        if captured.shape != expected.shape:
+            raise ConformanceFailure(f"layer {layer}: captured rows {tuple(captured.shape)}, eager {tuple(expected.shape)}")
+        worst = max(worst, (captured - expected).abs().max().item())
+    if worst > TOLERANCE:
+        raise ConformanceFailure(f"captured rows differ from eager attention by {worst:.1e} (tolerance {TOLERANCE:.0e})")
+    return worst
+
+
+def _check_lens(parts, session, logits: torch.Tensor, spec: ModelSpec) -> None:
+    hidden = session.stacked_hidden()["prompt"]
+    if hidden.shape[0] != spec.n_decoder_layers + 1:
+        raise ConformanceFailure(f"the lens saw {hidden.shape[0]} hidden states for {spec.n_decoder_layers} decoder layers")
+    lens = logit_lens(hidden, parts.final_norm, parts.lm_head, spec.final_logit_softcapping)
+    final = logits[:, -1, :].float()
+    if not torch.equal(lens.target_token, final.argmax(dim=-1)) or not bool((lens.target_rank[-1] == 1).all()):
+        raise ConformanceFailure("the lens of the last layer does not reproduce the model's own top token (final norm or output embeddings not found)")
+    if lens.target_rank.shape[0] != spec.n_decoder_layers + 1:
+        raise ConformanceFailure("lens ranks missing for some layers")
+
+
+class _Recorder(LayerIntervention):
+    """Keeps the attention output of one layer (after the interventions bound before it)."""
+
+    def __init__(self, kept: dict, layer: int):
+        self.kept, self.layer = kept, layer
+
+    def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        self.kept[self.layer] = output.detach().clone()
+        return output
+
+
+@dataclass
+class _Recording:
+    kind = "record"
+    kept: dict
+
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        return {layer: _Recorder(self.kept, layer) for layer in range(view.n_layers)}
+
+
+def _check_one_head_mask(model, parts, spec: ModelSpec, inputs, segments) -> None:
+    layer, head = spec.n_layers - 1, spec.n_heads - 1
+    view = BatchView(spec.n_layers, spec.n_heads, spec.n_kv_heads, segments, inputs["attention_mask"])
+    outputs = []
+    for interventions in ((), (HeadMask([(layer, head)]),)):
+        kept: dict = {}
+        bound = [intervention.bind(view) for intervention in (*interventions, _Recording(kept))]
+        with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+            model(**inputs)
+        outputs.append(kept)
+    plain, masked = outputs
+    if sorted(plain) != list(range(spec.n_layers)):
+        raise ConformanceFailure("interventions did not reach every attention layer")
+    for index in range(layer):
+        if not torch.equal(plain[index], masked[index]):
+            raise ConformanceFailure(f"masking a head of layer {layer} changed layer {index}")
+    others = [h for h in range(spec.n_heads) if h != head]
+    if masked[layer][:, :, head].abs().max().item() != 0 or not torch.equal(plain[layer][:, :, others], masked[layer][:, :, others]):
+        raise ConformanceFailure(f"masking head {head} of layer {layer} did not change that head's output only")
+
+
+def run_matrix(model_types: Iterable[str], on_verdict: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+    verdicts = []
+    for model_type in model_types:
+        verdict = check_architecture(model_type)
+        verdicts.append(verdict)
+        if on_verdict is not None:
+            on_verdict(verdict)
+    return verdicts
+
+
+def matrix_cache(home: Path) -> Path:
+    """Where ``attnwh models --all`` keeps the verdicts of the installed transformers and attnwh."""
+    import transformers
+
+    from attnwh import __version__
+
+    return home / "conformance" / f"transformers-{transformers.__version__}-attnwh-{__version__}.json"
+
+
+def load_cached(path: Path) -> dict[str, Verdict]:
+    try:
+        rows = json.loads(path.read_text())
+        return {row["model_type"]: Verdict(**row) for row in rows}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+
+
+def save_cached(path: Path, verdicts: Iterable[Verdict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps([verdict.as_row() for verdict in verdicts], indent=1))
+    staging.replace(path)
+
+
+__all__ = ["CAPTURED", "FAILED", "NOT_BUILT", "OUT_OF_SCOPE", "STATUSES", "Verdict", "check_architecture", "image_text_to_text_architectures", "run_matrix"]

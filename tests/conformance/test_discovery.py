@@ -1,0 +1,115 @@
+"""Discovery from the config and the module tree: the real configs of ``../shared/real/models`` on the meta
+device, and refusals before any weight is read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attnwh.core.errors import ModelError
+from attnwh.extract.discovery import OutOfScope, describe, find_parts
+from attnwh.extract.models import load_config, resolve_source
+from tests.conformance.test_real_files import REAL
+
+MODELS = REAL / "models"
+real_files = pytest.mark.skipif(not MODELS.is_dir(), reason=f"the authors' files are not here ({MODELS}); set ATTNWH_REAL_FILES")
+
+
+def _meta_model(config):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForImageTextToText
+
+    with init_empty_weights():
+        return AutoModelForImageTextToText.from_config(config)
+
+
+@real_files
+@pytest.mark.parametrize(
+    "folder, architecture, layers, heads, kv_heads, head_dim, image_token",
+    [
+        # the numbers as the authors' config.json files state them (read raw below, not through transformers)
+        ("llava-hf__llava-1.5-7b-hf", "LlavaForConditionalGeneration", 32, 32, 32, 128, 32000),
+        ("Qwen__Qwen2.5-VL-3B-Instruct", "Qwen2_5_VLForConditionalGeneration", 36, 16, 2, 128, 151655),
+    ],
+)
+def test_real_configs_are_discovered_on_the_meta_device(folder, architecture, layers, heads, kv_heads, head_dim, image_token):
+    raw = json.loads((MODELS / folder / "config.json").read_text())
+    text = {**raw, **raw.get("text_config", {})}
+    # Qwen's file states its sizes; LLaVA-1.5's leaves Vicuna-7B's (Llama-2-7B's: 32 layers of 32 heads of 128) to the defaults
+    for key, value in (("num_hidden_layers", layers), ("num_attention_heads", heads), ("num_key_value_heads", kv_heads)):
+        assert text.get(key, value) == value
+    assert raw.get("image_token_index", raw.get("image_token_id")) == image_token
+    config, spec = load_config(resolve_source(str(MODELS / folder)))
+    assert (spec.architecture, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim) == (architecture, layers, heads, kv_heads, head_dim)
+    assert spec.image_token_ids[0] == image_token
+    assert spec.attn_implementation("attnwh_capture") == {"text_config": "attnwh_capture"}
+    model = _meta_model(config)
+    parts = find_parts(model, spec)
+    assert len(parts.attention_modules) == layers and len(parts.decoder_layers) == layers
+    assert all(module.weight.device.type == "meta" for module in (parts.lm_head,))
+    assert parts.lm_head.weight.shape[0] == spec.vocab_size
+    assert parts.names["norm"] == "norm" and parts.names["attention"] == "self_attn"
+    # the image tokens the processor places: LLaVA-1.5 expands <image> into (336 / 14)² = 576 tokens
+    if architecture == "LlavaForConditionalGeneration":
+        from attnwh.extract.models import load_processor
+
+        processor = load_processor(resolve_source(str(MODELS / folder)))
+        from PIL import Image
+
+        encoded = processor(images=[Image.new("RGB", (500, 375))], text=["USER: <image>\nWhat is this? ASSISTANT:"], return_tensors="pt")
+        assert int(torch.isin(encoded["input_ids"], torch.tensor(spec.image_token_ids)).sum()) == 576
+
+
+@pytest.mark.parametrize(
+    "model_type, reason",
+    [
+        ("florence2", "encoder-decoder"),
+        ("t5gemma2", "encoder-decoder"),
+        ("mllama", "cross-attention"),
+        ("idefics", "cross-attention"),
+        ("blip-2", "no image positions"),
+        ("diffusion_gemma", "block-diffusion"),
+        ("pi0", "vision-language-action"),
+    ],
+)
+def test_out_of_scope_models_are_refused_from_the_config(model_type, reason):
+    from transformers import AutoConfig
+
+    with pytest.raises(OutOfScope, match=reason):
+        describe(AutoConfig.for_model(model_type))
+
+
+def test_out_of_scope_model_is_refused_before_weights_are_read(tmp_path):
+    from transformers import AutoConfig
+
+    folder = tmp_path / "florence"
+    folder.mkdir()
+    config = AutoConfig.for_model("florence2")
+    config.architectures = ["Florence2ForConditionalGeneration"]
+    config.save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not weights")  # would fail loudly if it were read
+    with pytest.raises(OutOfScope, match=r"Florence2ForConditionalGeneration is out of scope: an encoder-decoder model"):
+        load_config(resolve_source(str(folder)))
+
+
+def test_hybrid_layers_are_read_from_layer_types():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("qwen3_5")
+    text = config.get_text_config()
+    text.num_hidden_layers = 8
+    text.layer_types = ["linear_attention", "linear_attention", "linear_attention", "full_attention"] * 2
+    spec = describe(config)
+    assert spec.attention_layers == (3, 7) and spec.n_layers == 2 and spec.hybrid
+    assert spec.info["attention_layers"] == [3, 7] and spec.info["n_decoder_layers"] == 8
+
+
+def test_heads_that_do_not_group_are_refused():
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model("llava")
+    config.text_config.num_key_value_heads = 3
+    with pytest.raises(ModelError, match="do not group"):
+        describe(config)
