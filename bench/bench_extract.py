@@ -29,6 +29,7 @@ above what the process held at that reset; for whole runs it is the process's pe
 
     python bench/bench_extract.py                      # realistic and toy, 5 rounds
     python bench/bench_extract.py --shape long --batch-size 2 --batches 1 --rounds 3
+    python bench/bench_extract.py --family qwen2_5_vl --shape realistic --variants plain capture --out bench/results-extract-qwen.json
 """
 
 from __future__ import annotations
@@ -50,12 +51,31 @@ VARIANTS = ("plain", "capture", "capture_rows", "eager", "nnsight", "extract", "
 IN_PROCESS = ("plain", "capture", "capture_rows", "eager", "nnsight")  # timed paired in one process
 
 
-def build_model(shape: str, folder: Path) -> Path:
+FAMILIES = ("llava", "qwen2_5_vl", "gemma3")  # the generic capture path on three families' module trees and masks
+
+
+def build_model(shape: str, folder: Path, family: str = "llava") -> Path:
+    """The shape's model: LLaVA-1.5-shaped by default; ``qwen2_5_vl`` / ``gemma3``: the same text size and
+    image-token count (576 for ``realistic``) through those families' own modules (M-RoPE and GQA;
+    sliding-window layers, bidirectional image attention and GQA), built by the tests' builders."""
     from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
     from attnwh.extract.toy.default import default_model_folder
 
     if shape == "toy":
         return default_model_folder()
+    side = {"realistic": 24, "long": 54}[shape]  # image tokens per side: 576 or 2,916
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' builders, from a checkout
+    if family == "qwen2_5_vl":
+        from tests.builders import tiny_qwen
+
+        tiny_qwen.MIN_PIXELS = tiny_qwen.MAX_PIXELS = (side * tiny_qwen.PATCH_SIZE * tiny_qwen.MERGE_SIZE) ** 2  # every image resized to side² tokens
+        return tiny_qwen.save_tiny_qwen2_5_vl(folder / f"{shape}-{family}", n_layers=8, n_heads=16, n_kv_heads=2, hidden_size=1024, seed=0)
+    if family == "gemma3":
+        from tests.builders import tiny_gemma3
+
+        tiny_gemma3.PATCH_SIZE, tiny_gemma3.IMAGE_SIZE, tiny_gemma3.MM_TOKENS_PER_IMAGE = 16, 16 * side, side * side
+        tiny_gemma3.SLIDING_WINDOW = 512  # the prompt (~650 tokens) is longer than the window, as real Gemma 3 prompts with several images are
+        return tiny_gemma3.save_tiny_gemma3(folder / f"{shape}-{family}", n_layers=8, n_heads=8, n_kv_heads=4, hidden_size=1024, seed=0)
     image_size = {"realistic": 336, "long": 756}[shape]
     spec = TinyLlavaSpec(n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=1, vision_hidden=64, image_size=image_size, patch_size=14, seed=0)
     return save_tiny_llava(folder / shape, spec)
@@ -304,7 +324,7 @@ def parent_main(args) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
         for shape in args.shape:
-            model = str(build_model(shape, Path(scratch)))
+            model = str(build_model(shape, Path(scratch), args.family))
             paired = _child(args, ["--paired", "--shape", shape, "--model", model, "--variants", *selected])
             print(f"[{shape}] paired timing done", file=sys.stderr)
             memory: dict[str, list[float]] = {variant: [] for variant in selected}
@@ -349,7 +369,7 @@ def parent_main(args) -> int:
             for top, bottom, measure, _, _ in RATIOS:
                 if measure == "time" and top in summary and bottom in summary:
                     ratios[f"{top} / {bottom} time (fastest rounds)"] = {"ratio": min(times[top]) / min(times[bottom]), "target": "", "met": None}
-            results["shapes"][shape] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
+            results["shapes"][shape if args.family == "llava" else f"{shape}-{args.family}"] = {"prompt_tokens": paired["prompt_tokens"], "variants": summary, "ratios": ratios}
             print(f"\n{shape}: {args.batches} batches of {args.batch_size}, {args.new_tokens} new tokens, prompt {paired['prompt_tokens']} tokens, {args.rounds} rounds")
             print(f"{'variant':<14}{'median s':>10}{'samples/s':>11}{'peak RSS MiB':>14}{'working MiB':>13}")
             for variant, row in summary.items():
@@ -368,6 +388,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs="+", default=["realistic", "toy"], choices=["realistic", "long", "toy"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--family", default="llava", choices=FAMILIES, help="the model family of the realistic / long shapes (default llava)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--batches", type=int, default=2)

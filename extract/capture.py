@@ -31,8 +31,10 @@ def last_query_rows(
     key: torch.Tensor,  # [batch, kv_head, key, head_dim]
     attention_mask: torch.Tensor | None,
     scaling: float | None,
+    sinks: torch.Tensor | None = None,  # [head] learned sink logits (extract.forward._sdpa)
 ) -> torch.Tensor:  # [batch, head, key] fp32
-    """Attention probabilities of the last query position, in fp32, without repeating KV heads."""
+    """Attention probabilities of the last query position, in fp32, without repeating KV heads (with
+    attention sinks, over the keys only: the sink's share is left out, as eager attention leaves it)."""
     batch, n_heads, _, head_dim = query.shape
     n_kv_heads = key.shape[1]
     scale = scaling if scaling is not None else head_dim**-0.5
@@ -44,6 +46,9 @@ def last_query_rows(
             scores = scores.masked_fill(~mask_row, float("-inf"))
         else:
             scores = scores + mask_row.float()
+    if sinks is not None:
+        sink = sinks.float().reshape(1, n_heads, 1).expand(batch, n_heads, 1)
+        return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return torch.softmax(scores, dim=-1)
 
 
@@ -89,11 +94,11 @@ class CaptureSession:
     def begin_forward(self) -> None:
         self.step += 1
 
-    def observe(self, layer: int, query, key, attention_mask, scaling) -> None:
+    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None) -> None:
         name = self._query_at_step.get(self.step)
         if name is None:
             return
-        rows = last_query_rows(query, key, attention_mask, scaling)
+        rows = last_query_rows(query, key, attention_mask, scaling, sinks)
         segments = self._segments_at_step[self.step]
         missing = segments.shape[1] - rows.shape[-1]
         if missing > 0:

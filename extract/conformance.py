@@ -7,7 +7,7 @@ Per architecture (``check_architecture``):
    before any model is built (encoder-decoder, images by cross-attention, no image token, ...).
 2. **Discovery, from the module tree** (``discovery.find_parts``) of the model built with attnwh's
    attention on the text sub-config only.
-3. **Image positions**: the positions where the first decoder layer's input differs from the plain
+3. **Image positions**: the positions where the language model's input embeddings differ from the plain
    token embeddings (where the model wrote its image features) are exactly the positions of the image
    token ids, which attnwh's segments call image.
 4. **Rows equal eager attention**: the captured last-prompt-row probabilities of every attention layer
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -68,6 +68,11 @@ class ConformanceFailure(Exception):
     """A check that did not hold (its message is the verdict's reason)."""
 
 
+def matrix_names() -> list[str]:
+    """What the matrix checks: every image-text-to-text model type, then the ``VARIANTS``."""
+    return [*image_text_to_text_architectures(), *VARIANTS]
+
+
 def image_text_to_text_architectures() -> dict[str, str]:
     """``model_type -> architecture class`` of every image-text-to-text model of the installed transformers."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
@@ -75,14 +80,35 @@ def image_text_to_text_architectures() -> dict[str, str]:
     return dict(sorted(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.items()))
 
 
+# Variants of an architecture whose config switches on a code path its default leaves off, checked as
+# architectures of their own: name -> (model type, settings by dotted path)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    # Gemma 4's small models share the key-value cache of their last layers with earlier layers, and the
+    # prefill then runs those layers over the last prompt position only (``logits_to_keep``, as ``generate``
+    # passes it): the captured row and the lens must still be the last position's
+    # (alternating layer kinds, so that each shared layer has an earlier layer of its kind; one head size)
+    "gemma4+kv_sharing": (
+        "gemma4",
+        {"text_config.num_kv_shared_layers": 2, "text_config.per_layer_config": {}, "text_config.layer_types": ["sliding_attention", "full_attention"] * 3},
+    )
+}
+
+
 def check_architecture(model_type: str) -> Verdict:
-    """Run every check on a tiny random model of ``model_type``; never raises for a model's failure."""
+    """Run every check on a tiny random model of ``model_type`` (or of a ``VARIANTS`` name); never raises for a model's failure."""
+    name = model_type
+    model_type, settings = VARIANTS.get(name, (name, {}))
+    architecture = image_text_to_text_architectures().get(model_type, model_type)
+    verdict = _check(model_type, settings, architecture)
+    return verdict if name == model_type else replace(verdict, model_type=name)
+
+
+def _check(model_type: str, settings: dict, architecture: str) -> Verdict:
     from attnwh.extract import tiny_models
 
-    architecture = image_text_to_text_architectures().get(model_type, model_type)
     started = time.perf_counter()
     try:
-        config = tiny_models.tiny_config(model_type)
+        config = tiny_models.tiny_config(model_type, settings)
     except tiny_models.TinyModelError as exc:
         return _scope_or(model_type, architecture, NOT_BUILT, first_line(exc))
     except Exception as exc:  # a config transformers itself cannot make
@@ -95,7 +121,7 @@ def check_architecture(model_type: str) -> Verdict:
         return Verdict(model_type, architecture, FAILED, first_line(exc))
     counts = dict(layers=spec.n_layers, decoder_layers=spec.n_decoder_layers, heads=spec.n_heads, kv_heads=spec.n_kv_heads)
     try:
-        image_tokens, max_error = _run_checks(model_type, spec)
+        image_tokens, max_error = _run_checks(model_type, spec, settings)
     except tiny_models.TinyModelError as exc:
         return Verdict(model_type, architecture, NOT_BUILT, first_line(exc), **counts)
     except (ConformanceFailure, ModelError) as exc:
@@ -120,11 +146,11 @@ def _scope_or(model_type: str, architecture: str, status: str, reason: str) -> V
     return Verdict(model_type, architecture, status, reason)
 
 
-def _run_checks(model_type: str, spec: ModelSpec) -> tuple[int, float]:
+def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, float]:
     from attnwh.extract import tiny_models
 
-    model = tiny_models.build_tiny(model_type, attn_implementation=spec.attn_implementation(CAPTURE_ATTENTION))
-    reference = tiny_models.build_tiny(model_type, attn_implementation="eager")
+    model = tiny_models.build_tiny(model_type, attn_implementation=spec.attn_implementation(CAPTURE_ATTENTION), settings=settings)
+    reference = tiny_models.build_tiny(model_type, attn_implementation="eager", settings=settings)
     reference.load_state_dict(model.state_dict())
     parts = find_parts(model, spec)
     install_dispatch(parts.text_model, parts.decoder_layers)
@@ -132,14 +158,13 @@ def _run_checks(model_type: str, spec: ModelSpec) -> tuple[int, float]:
     segments = prompt_segments(inputs["input_ids"], inputs["attention_mask"], spec.image_token_ids)
     image_tokens = _check_image_positions(model, parts, inputs, segments)
     with torch.inference_mode():
-        expected = reference(**inputs, output_attentions=True)
+        expected = reference(**inputs, output_attentions=True, **_last_logits(reference))
         with capture_session(parts.text_model, parts.attention_modules, CaptureSpec(("prompt",), rows=True, lens=True), segments, None, parts.decoder_layers) as session:
-            captured = model(**inputs)
+            captured = model(**inputs, **_last_logits(model))
     if not session.complete():
         missing = [layer for layer, row in enumerate(session.rows["prompt"]) if row is None]
         raise ConformanceFailure(f"attention layers {missing} never called attnwh's attention function")
-    real = inputs["attention_mask"].bool()  # padding positions attend to nothing: implementations differ there by design
-    logit_error = (captured.logits[real] - expected.logits[real]).abs().max().item()
+    logit_error = (captured.logits[:, -1] - expected.logits[:, -1]).abs().max().item()
     if logit_error > 1e-4:
         raise ConformanceFailure(f"logits under capture differ from eager by {logit_error:.1e}")
     max_error = _check_rows(spec, session.stacked_rows()["prompt"], expected.attentions)
@@ -149,19 +174,22 @@ def _run_checks(model_type: str, spec: ModelSpec) -> tuple[int, float]:
 
 
 def _check_image_positions(model, parts, inputs, segments) -> int:
-    """Where the model writes image features (the first decoder layer's input differs from the token embeddings)
-    must be the positions attnwh calls image."""
+    """Where the model writes image features (the language model's ``inputs_embeds`` differ from the token
+    embeddings) must be the positions attnwh calls image."""
     seen = {}
 
     def record(module, args, kwargs):
-        seen["hidden"] = (args[0] if args else kwargs["hidden_states"]).detach().clone()
+        if kwargs.get("inputs_embeds") is not None:
+            seen["hidden"] = kwargs["inputs_embeds"].detach().clone()
 
-    handle = parts.decoder_layers[0].register_forward_pre_hook(record, with_kwargs=True)
+    handle = parts.text_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         with torch.inference_mode():
-            model(**inputs)
+            model(**inputs, **_last_logits(model))
     finally:
         handle.remove()
+    if "hidden" not in seen:
+        raise ConformanceFailure(f"the language model ({type(parts.text_model).__name__}) was not given inputs_embeds: cannot see where image features go")
     with torch.inference_mode():
         embedded = model.get_input_embeddings()(inputs["input_ids"]).to(seen["hidden"].dtype)
     real = inputs["attention_mask"].bool()
@@ -174,6 +202,14 @@ def _check_image_positions(model, parts, inputs, segments) -> int:
         raise ConformanceFailure(f"image features land elsewhere than the image tokens ({extra} other positions changed, {missed} image positions unchanged)")
     counts = image.sum(dim=1)
     return int(counts[0])
+
+
+def _last_logits(model) -> dict:
+    """Logits of the last position only, where the model allows it: a 262k-token vocabulary over every
+    position costs more than the rest of a tiny model's forward pass."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _check_rows(spec: ModelSpec, rows: torch.Tensor, attentions) -> float:
@@ -237,7 +273,7 @@ def _check_one_head_mask(model, parts, spec: ModelSpec, inputs, segments) -> Non
         kept: dict = {}
         bound = [intervention.bind(view) for intervention in (*interventions, _Recording(kept))]
         with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
-            model(**inputs)
+            model(**inputs, **_last_logits(model))
         outputs.append(kept)
     plain, masked = outputs
     if sorted(plain) != list(range(spec.n_layers)):
@@ -250,13 +286,33 @@ def _check_one_head_mask(model, parts, spec: ModelSpec, inputs, segments) -> Non
         raise ConformanceFailure(f"masking head {head} of layer {layer} did not change that head's output only")
 
 
-def run_matrix(model_types: Iterable[str], on_verdict: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+def check_quietly(model_type: str) -> Verdict:
+    """``check_architecture`` in a worker process of ``run_matrix``: one thread, and transformers' warnings
+    about the random tiny models (unused weights, defaults filled in) silenced in that process only."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(1)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore")
+    return check_architecture(model_type)
+
+
+def run_matrix(model_types: Iterable[str], workers: int = 2, on_verdict: Callable[[Verdict], None] | None = None) -> list[Verdict]:
+    """The verdicts of ``model_types``, checked in ``workers`` fresh processes (spawned: each imports only the
+    model code its architectures need, and nothing one check leaves behind reaches another), in order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    names = list(model_types)
     verdicts = []
-    for model_type in model_types:
-        verdict = check_architecture(model_type)
-        verdicts.append(verdict)
-        if on_verdict is not None:
-            on_verdict(verdict)
+    with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for verdict in pool.map(check_quietly, names, chunksize=2):
+            verdicts.append(verdict)
+            if on_verdict is not None:
+                on_verdict(verdict)
     return verdicts
 
 
@@ -284,4 +340,16 @@ def save_cached(path: Path, verdicts: Iterable[Verdict]) -> None:
     staging.replace(path)
 
 
-__all__ = ["CAPTURED", "FAILED", "NOT_BUILT", "OUT_OF_SCOPE", "STATUSES", "Verdict", "check_architecture", "image_text_to_text_architectures", "run_matrix"]
+__all__ = [
+    "CAPTURED",
+    "FAILED",
+    "NOT_BUILT",
+    "OUT_OF_SCOPE",
+    "STATUSES",
+    "Verdict",
+    "check_architecture",
+    "check_quietly",
+    "image_text_to_text_architectures",
+    "matrix_names",
+    "run_matrix",
+]

@@ -33,7 +33,7 @@ IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
 VIDEO_TOKEN_KEYS = ("video_token_id", "video_token_index")
 # layer kinds (config.layer_types) whose layers attend through the attention interface; anything else
 # ('linear_attention', 'conv', 'mamba', 'mlp', 'moe', ...) is not an attention layer
-ATTENTION_LAYER_KINDS = ("full_attention", "sliding_attention", "chunked_attention", "hybrid", "hybrid_sliding", "reference_sliding_attention")
+ATTENTION_LAYER_KINDS = ("full_attention", "sliding_attention", "chunked_attention", "indexed_attention", "hybrid", "hybrid_sliding", "reference_sliding_attention")
 NORM_CLASS_SUFFIXES = ("Norm", "LayerNorm", "RMSNorm")
 
 
@@ -94,7 +94,7 @@ class ModelSpec:
     attention_layers: tuple[int, ...]  # decoder-layer indices of the attention layers (all of them unless hybrid)
     n_heads: int
     n_kv_heads: int
-    head_dim: int
+    head_dim: int | None  # None: it differs between attention layers
     hidden_size: int
     vocab_size: int
     image_token_ids: tuple[int, ...]
@@ -152,6 +152,8 @@ def describe(config) -> ModelSpec:
         raise OutOfScope(f"{architecture} is out of scope: its config marks no image positions by a token id ({' / '.join(IMAGE_TOKEN_KEYS)})")
     n_decoder_layers = _int(text, "num_hidden_layers", architecture)
     layer_types = _attribute(text, "layer_types")
+    if isinstance(layer_types, (list, tuple)) and layer_types and len(layer_types) != n_decoder_layers:
+        raise ModelError(f"{architecture}: its text config names {len(layer_types)} layer types for {n_decoder_layers} layers")
     if isinstance(layer_types, (list, tuple)) and len(layer_types) == n_decoder_layers:
         attention_layers = tuple(index for index, kind in enumerate(layer_types) if kind in ATTENTION_LAYER_KINDS)
         if not attention_layers:
@@ -159,9 +161,11 @@ def describe(config) -> ModelSpec:
     else:
         attention_layers = tuple(range(n_decoder_layers))
     n_heads = _int(text, "num_attention_heads", architecture)
-    n_kv_heads = int(_attribute(text, "num_key_value_heads") or n_heads)
+    n_kv_heads = _attribute(text, "num_key_value_heads") or n_heads
+    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1:
+        raise ModelError(f"{architecture}: its text config has no positive integer num_key_value_heads (found {n_kv_heads!r})")
     hidden_size = _int(text, "hidden_size", architecture)
-    head_dim = int(_attribute(text, "head_dim") or hidden_size // n_heads)
+    head_dim = _head_dim(text, attention_layers, hidden_size // n_heads)
     if n_heads % n_kv_heads:
         raise ModelError(f"{architecture}: {n_heads} attention heads do not group into {n_kv_heads} key-value heads")
     return ModelSpec(
@@ -190,10 +194,26 @@ def _attribute(config, key: str):
         raise ModelError(f"{type(config).__name__}.{key} differs between layers; attnwh needs one value for every attention layer") from exc
 
 
+def _head_dim(text, attention_layers: tuple[int, ...], default: int) -> int | None:
+    """The attention layers' head size; None when it differs between layers (Gemma 4's global layers
+    have twice its sliding layers' head size): figures that need one head size are then absent."""
+    try:
+        value = getattr(text, "head_dim", None)
+    except Exception:  # a heterogeneous config: read it per layer
+        per_layer = getattr(text, "per_layer_config", None)
+        sizes = {int(getattr(per_layer[index], "head_dim", None) or default) for index in attention_layers}
+        return sizes.pop() if len(sizes) == 1 else None
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{type(text).__name__}: head_dim must be a positive integer (found {value!r})")
+    return value
+
+
 def _int(config, key: str, architecture: str) -> int:
     value = _attribute(config, key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ModelError(f"{architecture}: its text config has no integer {key}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelError(f"{architecture}: its text config has no positive integer {key} (found {value!r})")
     return value
 
 
@@ -297,7 +317,25 @@ def _attention_module(layer: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+class StreamsThenNorm(torch.nn.Module):
+    """Named exception: hyper-connections (HY-V4-VL, GLM-5-Next). The residual is several streams, merged by the
+    decoder's ``hc_head`` before its final norm (``norm(hc_head(h))``); the logit lens does the same."""
+
+    def __init__(self, merge: torch.nn.Module, norm: torch.nn.Module):
+        super().__init__()
+        self.merge, self.norm = merge, norm
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [position, stream, hidden] -> [position, hidden]
+        return self.norm(self.merge(hidden.unsqueeze(1)).squeeze(1))  # the merge takes [batch, sequence, stream, hidden]
+
+
 def _final_norm(owner: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    norm = _plain_final_norm(owner, spec)
+    merge = getattr(owner, "hc_head", None)
+    return StreamsThenNorm(merge, norm) if isinstance(merge, torch.nn.Module) else norm
+
+
+def _plain_final_norm(owner: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
     norms = [(name, child) for name, child in owner.named_children() if type(child).__name__.endswith(NORM_CLASS_SUFFIXES) or isinstance(child, torch.nn.LayerNorm)]
     named = [child for name, child in norms if name in ("norm", "final_layernorm", "final_norm", "ln_f", "norm_f")]
     if len(named) == 1:

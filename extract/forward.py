@@ -89,7 +89,7 @@ class Observer(Protocol):
 
     def begin_forward(self) -> None: ...
 
-    def observe(self, layer: int, query, key, attention_mask, scaling) -> None: ...
+    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None) -> None: ...
 
     def observe_hidden(self, index: int, hidden: torch.Tensor) -> None: ...
 
@@ -121,16 +121,18 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """Stock SDPA attention, changed by the active call's interventions of this layer and observed by its
     observer (output ``[batch, query, head, head_dim]``)."""
+    indices = kwargs.pop("indices", None)
+    if indices is not None:
+        attention_mask = _with_sparse_indices(attention_mask, indices, key.shape[2])
     call = ACTIVE_CALL.get()
     layer = None if call is None else call.layer_of.get(id(module))
     if layer is None:  # no call in this context, or a call over another model
-        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-        return output, None
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs), None
     edits = call.edits.get(layer, ())
     attended_key, attended_value, attended_mask = key, value, attention_mask
     for edit in edits:
         attended_key, attended_value, attended_mask = edit.attend(query, attended_key, attended_value, attended_mask, scaling)
-    output, _ = sdpa_attention_forward(module, query, attended_key, attended_value, attended_mask, dropout=dropout, scaling=scaling, **kwargs)
+    output = _sdpa(module, query, attended_key, attended_value, attended_mask, dropout, scaling, **kwargs)
     if call.observer is not None:
         observed = attention_mask
         if edits:
@@ -138,10 +140,53 @@ def attention(
             observed = None if attention_mask is None else attention_mask[:, :, -1:, :]
             for edit in edits:
                 observed = edit.observed_mask(last_query, key, observed, scaling)
-        call.observer.observe(layer, query, key, observed, scaling)
+        call.observer.observe(layer, query, key, observed, scaling, getattr(module, "sinks", None))
     for edit in edits:
         output = edit.output(output, value)
     return output, None
+
+
+def _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs) -> torch.Tensor:
+    """transformers' SDPA attention, output ``[batch, query, head, head_dim]``.
+
+    Named exception: attention sinks (``module.sinks``, one learned logit per head: GPT-OSS, HY-V4-VL, ...).
+    Their eager attention puts the sink into each row's softmax and drops it after, so that a row's
+    probabilities over the keys sum to less than 1; transformers' SDPA function has no sinks. Here a sink
+    is an extra key whose score is the sink (a zero key, the sink as its additive mask) and whose value is
+    zero, which is the same softmax and output."""
+    sinks = getattr(module, "sinks", None)
+    if sinks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
+    batch, n_heads, n_query, _ = query.shape
+    n_keys = key.shape[2]
+    if attention_mask is None:
+        bias = torch.zeros((batch, 1, n_query, n_keys), dtype=query.dtype, device=query.device)
+        if n_query > 1:  # what SDPA's is_causal would have done: query i sees keys up to n_keys - n_query + i
+            hidden = torch.ones((n_query, n_keys), dtype=torch.bool, device=query.device).triu(n_keys - n_query + 1)
+            bias = bias.masked_fill(hidden, torch.finfo(query.dtype).min)
+    elif attention_mask.dtype == torch.bool:
+        bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+    else:
+        bias = attention_mask[..., :n_keys].to(query.dtype)
+    sink = sinks.reshape(1, -1, 1, 1).to(query.dtype).expand(batch, n_heads, n_query, 1)
+    bias = torch.cat([bias.expand(batch, n_heads, n_query, n_keys), sink], dim=-1)
+    zero = key.new_zeros((*key.shape[:2], 1, key.shape[-1]))
+    key, value = torch.cat([key, zero], dim=2), torch.cat([value, zero.to(value.dtype)], dim=2)
+    return sdpa_attention_forward(module, query, key, value, bias, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
+def _with_sparse_indices(attention_mask: torch.Tensor | None, indices: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Named exception: DeepSeek sparse attention ("indexed_attention" layers: Mistral Large 4, GLM-5, ...)
+    hands the keys its indexer chose (``indices`` [batch, query, top-k]) to attention functions other than
+    eager and SDPA, for kernels that read them (FlashMLA), and masks the other keys itself only for eager
+    and SDPA. attnwh's function is SDPA underneath, so it applies them as the model does for SDPA."""
+    chosen = torch.zeros((indices.shape[0], indices.shape[1], n_keys), dtype=torch.bool, device=indices.device)
+    chosen = chosen.scatter(-1, indices.long(), True).unsqueeze(1)  # [batch, 1, query, key]
+    if attention_mask is None:
+        return chosen
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & chosen
+    return attention_mask.masked_fill(~chosen, torch.finfo(attention_mask.dtype).min)
 
 
 AttentionInterface.register(CAPTURE_ATTENTION, attention)

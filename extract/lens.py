@@ -38,7 +38,7 @@ def logit_lens(
 ) -> LensResult:
     """All layers in as few lm_head calls as memory allows (one for small vocabularies)."""
     n_layers, batch = hidden.shape[:2]
-    flat = hidden.reshape(n_layers * batch, -1)
+    flat = hidden.reshape(n_layers * batch, *hidden.shape[2:])  # [..., hidden], or [..., stream, hidden] with hyper-connections
     vocab = lm_head.weight.shape[0]
     per_chunk = max(1, LOGIT_CHUNK // vocab)
     ranks, target_probs, top_tokens, top_probs = [], [], [], []

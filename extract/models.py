@@ -94,7 +94,7 @@ def load_config(source: ModelSource):
 
     try:
         config = AutoConfig.from_pretrained(source.location)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # any failure to parse a config.json (strict config fields raise their own errors) is a bad model folder
         raise ModelError(f"cannot load a model config from {source.label}: {_short(exc)}") from exc
     try:
         spec = describe(config)

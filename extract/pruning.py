@@ -103,10 +103,11 @@ def budgets(kept: np.ndarray, n_image: int) -> np.ndarray:
     return np.clip(counts, 0, n_image).reshape(kept.shape)
 
 
-def kv_bytes(keys: int, head_dim: int, bytes_per_value: int) -> int:
+def kv_bytes(keys: int, head_dim: int | None, bytes_per_value: int) -> int | None:
     """Bytes of a KV cache holding ``keys`` keys summed over layers and KV heads (kept keys × layers ×
-    KV heads when every head keeps as many): a key and a value of ``head_dim`` values each."""
-    return int(keys) * head_dim * 2 * bytes_per_value
+    KV heads when every head keeps as many): a key and a value of ``head_dim`` values each; absent
+    (None) for a model whose head size differs between layers."""
+    return None if head_dim is None else int(keys) * head_dim * 2 * bytes_per_value
 
 
 class MaskBuffer:

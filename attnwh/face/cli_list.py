@@ -22,6 +22,7 @@ def models(
     ] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="With --all: run the checks again instead of reading the cached verdicts.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="With --all: check only these model types (repeatable), e.g. --only qwen3_vl.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="With --all: processes that run the checks (each uses one thread).")] = 2,
 ) -> None:
     """List the model families attnwh knows by name and the study's models; --all checks every architecture of transformers.
 
@@ -34,7 +35,7 @@ def models(
     import pyarrow as pa
 
     if all_architectures:
-        _conformance_matrix(fmt, refresh, only or [])
+        _conformance_matrix(fmt, refresh, only or [], workers)
         return
 
     from attnwh.core.output import render
@@ -103,7 +104,7 @@ def benchmarks(fmt: FormatOption = "table") -> None:
     typer.echo(render(table, fmt))
 
 
-def _conformance_matrix(fmt: str, refresh: bool, only: list[str]) -> None:
+def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) -> None:
     """``attnwh models --all``: the verdicts of ``extract.conformance``, computed once per transformers version."""
     import pyarrow as pa
 
@@ -114,18 +115,18 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str]) -> None:
     from attnwh.face.console import progress
 
     check_format(fmt)
-    architectures = conformance.image_text_to_text_architectures()
-    unknown = [name for name in only if name not in architectures]
+    names = conformance.matrix_names()
+    unknown = [name for name in only if name not in names]
     if unknown:
         raise UsageError(f"unknown model type {', '.join(unknown)}; `attnwh models --all` lists them")
-    wanted = only or list(architectures)
+    wanted = only or names
     cache = conformance.matrix_cache(attnwh_home())
     verdicts = {} if refresh else conformance.load_cached(cache)
     missing = [name for name in wanted if name not in verdicts]
     if missing:
         with progress("conformance", "architectures") as update:
-            for done, name in enumerate(missing, start=1):
-                verdicts[name] = conformance.check_architecture(name)
+            for done, verdict in enumerate(conformance.run_matrix(missing, workers), start=1):
+                verdicts[verdict.model_type] = verdict
                 update(done, len(missing))
         conformance.save_cached(cache, verdicts.values())
     rows = [verdicts[name].as_row() for name in wanted]
@@ -134,10 +135,11 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str]) -> None:
         typer.echo(render(table, fmt))
         return
     shown = table.select(["model_type", "architecture", "status", "layers", "heads", "kv_heads", "image_tokens", "reason"])
-    counts = {status: sum(row["status"] == status for row in rows) for status in conformance.STATUSES}
-    typer.echo(
-        render(shown, fmt) + "\n\n" + ", ".join(f"{count} {status}" for status, count in counts.items()) + f" of {len(rows)} architectures (transformers {_transformers_version()})"
-    )
+    architectures = [row for row in rows if row["model_type"] not in conformance.VARIANTS]
+    counts = {status: sum(row["status"] == status for row in architectures) for status in conformance.STATUSES}
+    summary = ", ".join(f"{count} {status}" for status, count in counts.items()) + f" of {len(architectures)} architectures (transformers {_transformers_version()})"
+    variants = len(rows) - len(architectures)
+    typer.echo(render(shown, fmt) + "\n\n" + summary + (f"; and {variants} variants of them" if variants else ""))
 
 
 def _transformers_version() -> str:

@@ -113,3 +113,39 @@ def test_heads_that_do_not_group_are_refused():
     config.text_config.num_key_value_heads = 3
     with pytest.raises(ModelError, match="do not group"):
         describe(config)
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.text(max_size=4), st.lists(st.sampled_from(["full_attention", "linear_attention", "conv", 3]), max_size=6))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.dictionaries(
+        st.sampled_from(["num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size", "head_dim", "layer_types", "vocab_size", "cross_attention_layers"]),
+        _VALUES,
+        max_size=4,
+    ),
+    image_token=_VALUES,
+    encoder_decoder=st.booleans(),
+)
+def test_a_damaged_config_is_described_or_refused_in_one_line(tmp_path_factory, changes, image_token, encoder_decoder):
+    # the way a user meets a damaged config: a config.json on disk, read before any weight
+    from transformers import AutoConfig
+
+    raw = AutoConfig.for_model("llava").to_dict()
+    raw["architectures"] = ["LlavaForConditionalGeneration"]
+    raw["text_config"].update(changes)
+    raw["image_token_id"] = image_token
+    raw["is_encoder_decoder"] = encoder_decoder
+    folder = tmp_path_factory.mktemp("damaged")
+    (folder / "config.json").write_text(json.dumps(raw))
+    try:
+        _, spec = load_config(resolve_source(str(folder)))
+    except ModelError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return
+    assert spec.n_layers >= 1 and spec.n_heads % spec.n_kv_heads == 0 and spec.image_token_ids
+    assert all(0 <= index < spec.n_decoder_layers for index in spec.attention_layers)
