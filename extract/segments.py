@@ -27,11 +27,15 @@ def prompt_segments(
     attention_mask: torch.Tensor,  # [batch, position], 0 on padding
     image_token_ids: tuple[int, ...],
 ) -> torch.Tensor:  # [batch, position] int8 segment codes
-    """Segment codes of a left-padded prompt batch: pad, bos, system, image, prompt."""
+    """Segment codes of a left-padded prompt batch: pad, bos, system, image, prompt.
+
+    ``bos`` is the first real token that is not an image token (the model's BOS where it has one; Qwen's
+    first template token where it has none); ``system`` is what comes before the first image token."""
     real = attention_mask.bool()
     image = torch.isin(input_ids, torch.tensor(image_token_ids, device=input_ids.device)) & real
     position = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    first_real = torch.where(real, position, input_ids.shape[1]).min(dim=1, keepdim=True).values
+    # the first real token that is not an image token: PaliGemma puts the image before <bos>
+    first_real = torch.where(real & ~image, position, input_ids.shape[1]).min(dim=1, keepdim=True).values
     has_image = image.any(dim=1, keepdim=True)
     first_image = torch.where(image, position, input_ids.shape[1]).min(dim=1, keepdim=True).values
     segments = torch.full_like(input_ids, PROMPT, dtype=torch.int8)

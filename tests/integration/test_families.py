@@ -27,6 +27,7 @@ from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
 from tests.builders.tiny_gemma3 import save_tiny_gemma3
 from tests.builders.tiny_onevision import save_tiny_llava_next, save_tiny_onevision
+from tests.builders.tiny_paligemma import save_tiny_paligemma
 from tests.builders.tiny_qwen import save_tiny_qwen2_5_vl, save_tiny_qwen2_vl
 from tests.reference import reference_generate
 
@@ -79,6 +80,13 @@ FAMILIES = [
     Family("qwen2_5_vl", lambda folder: save_tiny_qwen2_5_vl(folder, seed=8, randomise_norms=True), qwen_count, True),
     Family("qwen2_vl", lambda folder: save_tiny_qwen2_vl(folder, seed=9, randomise_norms=True), qwen_count, True),
     Family("gemma3", lambda folder: save_tiny_gemma3(folder, seed=10, randomise_norms=True), fixed_count(lambda config: config.mm_tokens_per_image), False),
+    # no Family data in attnwh for PaliGemma: discovered from its config and module tree alone, with its real processor
+    Family(
+        "paligemma",
+        lambda folder: save_tiny_paligemma(folder, seed=11, randomise_norms=True),
+        fixed_count(lambda config: (config.vision_config.image_size // config.vision_config.patch_size) ** 2),
+        False,
+    ),
 ]
 
 

@@ -25,3 +25,12 @@ def test_text_only_prompt_has_no_system_or_image():
     segments = prompt_segments(input_ids, torch.ones_like(input_ids), (IMG,))
     assert segments.tolist() == [[BOS, PROMPT, PROMPT, PROMPT]]
     assert image_spans(segments)[0].image_start is None
+
+
+def test_image_before_bos_keeps_every_image_token():
+    # PaliGemma: the processor puts the image tokens first, then <bos>, then the prompt
+    input_ids = torch.tensor([[0, IMG, IMG, IMG, 1, 5, 6], [IMG, IMG, IMG, 1, 5, 6, 7]])
+    attention_mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    segments = prompt_segments(input_ids, attention_mask, (IMG,))
+    assert segments.tolist() == [[PAD, IMAGE, IMAGE, IMAGE, BOS, PROMPT, PROMPT], [IMAGE, IMAGE, IMAGE, BOS, PROMPT, PROMPT, PROMPT]]
+    assert [(s.n_image, s.image_start, s.image_end) for s in image_spans(segments)] == [(3, 0, 3), (3, 0, 3)]
