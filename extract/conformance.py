@@ -316,15 +316,6 @@ def run_matrix(model_types: Iterable[str], workers: int = 2, on_verdict: Callabl
     return verdicts
 
 
-def matrix_cache(home: Path) -> Path:
-    """Where ``attnwh models --all`` keeps the verdicts of the installed transformers and attnwh."""
-    import transformers
-
-    from attnwh import __version__
-
-    return home / "conformance" / f"transformers-{transformers.__version__}-attnwh-{__version__}.json"
-
-
 def load_cached(path: Path) -> dict[str, Verdict]:
     try:
         rows = json.loads(path.read_text())

@@ -31,7 +31,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from attnwh.core.errors import ModelError
+
 CAPTURE_ATTENTION = "attnwh_capture"
+# what some models hand their attention function that changes the attention weights, and that attnwh
+# does not apply yet (a per-key bias; per-token sinks): refused rather than captured wrongly
+UNREAD_ARGUMENTS = ("position_bias", "sinks")
 DISPATCH_MARKER = "attnwh_dispatch_hooks"  # set once on a text model whose dispatch hooks are installed (structural, not per call)
 
 
@@ -121,6 +126,9 @@ def attention(
 ) -> tuple[torch.Tensor, None]:
     """Stock SDPA attention, changed by the active call's interventions of this layer and observed by its
     observer (output ``[batch, query, head, head_dim]``)."""
+    for name in UNREAD_ARGUMENTS:
+        if kwargs.get(name) is not None:
+            raise ModelError(f"{type(module).__name__} passes {name} to its attention function, which attnwh's capture does not apply: its rows would be wrong")
     indices = kwargs.pop("indices", None)
     if indices is not None:
         attention_mask = _with_sparse_indices(attention_mask, indices, key.shape[2])

@@ -120,7 +120,7 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     if unknown:
         raise UsageError(f"unknown model type {', '.join(unknown)}; `attnwh models --all` lists them")
     wanted = only or names
-    cache = conformance.matrix_cache(attnwh_home())
+    cache = _matrix_cache(attnwh_home())
     verdicts = {} if refresh else conformance.load_cached(cache)
     missing = [name for name in wanted if name not in verdicts]
     if missing:
@@ -140,6 +140,13 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     summary = ", ".join(f"{count} {status}" for status, count in counts.items()) + f" of {len(architectures)} architectures (transformers {_transformers_version()})"
     variants = len(rows) - len(architectures)
     typer.echo(render(shown, fmt) + "\n\n" + summary + (f"; and {variants} variants of them" if variants else ""))
+
+
+def _matrix_cache(home):
+    """Where ``attnwh models --all`` keeps the verdicts of the installed transformers and attnwh."""
+    from attnwh import __version__
+
+    return home / "conformance" / f"transformers-{_transformers_version()}-attnwh-{__version__}.json"
 
 
 def _transformers_version() -> str:

@@ -149,3 +149,15 @@ def test_a_damaged_config_is_described_or_refused_in_one_line(tmp_path_factory, 
         return
     assert spec.n_layers >= 1 and spec.n_heads % spec.n_kv_heads == 0 and spec.image_token_ids
     assert all(0 <= index < spec.n_decoder_layers for index in spec.attention_layers)
+
+
+@pytest.mark.parametrize("argument", ["position_bias", "sinks"])
+def test_attention_arguments_capture_cannot_apply_are_refused(argument):
+    # a model that hands its attention function a bias or per-token sinks: refused, never captured wrongly
+    from attnwh.extract.forward import attention
+
+    query = key = value = torch.zeros((1, 2, 3, 4))
+    with pytest.raises(ModelError, match=f"passes {argument} to its attention function"):
+        attention(torch.nn.Linear(1, 1), query, key, value, None, **{argument: torch.zeros(1)})
+    output, _ = attention(torch.nn.Linear(1, 1), query, key, value, None, **{argument: None})
+    assert output.shape == (1, 3, 2, 4)
