@@ -34,7 +34,7 @@ import torch
 from attnwh.core.errors import ModelError, first_line
 from attnwh.extract.capture import CaptureSpec, capture_session
 from attnwh.extract.discovery import ModelSpec, OutOfScope, describe, find_parts
-from attnwh.extract.forward import CAPTURE_ATTENTION, BatchView, LayerIntervention, forward_call, install_dispatch
+from attnwh.extract.forward import CAPTURE_ATTENTION, BatchView, LayerIntervention, forward_call
 from attnwh.extract.lens import logit_lens
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.segments import IMAGE, prompt_segments
@@ -153,14 +153,23 @@ def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, 
     reference = tiny_models.build_tiny(model_type, attn_implementation="eager", settings=settings)
     reference.load_state_dict(model.state_dict())
     parts = find_parts(model, spec)
-    install_dispatch(parts.text_model, parts.decoder_layers)
     inputs = tiny_models.tiny_inputs(model_type, model)
     segments = prompt_segments(inputs["input_ids"], inputs["attention_mask"], spec.image_token_ids)
-    image_tokens = _check_image_positions(model, parts, inputs, segments)
-    with torch.inference_mode():
-        expected = reference(**inputs, output_attentions=True, **_last_logits(reference))
-        with capture_session(parts.text_model, parts.attention_modules, CaptureSpec(("prompt",), rows=True, lens=True), segments, None, parts.decoder_layers) as session:
-            captured = model(**inputs, **_last_logits(model))
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(module, args, kwargs):  # what the language model is given: where the model wrote its image features
+        if kwargs.get("inputs_embeds") is not None:
+            seen["inputs_embeds"] = kwargs["inputs_embeds"].detach().clone()
+
+    handle = parts.text_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            expected = reference(**inputs, output_attentions=True, **_last_logits(reference))
+            with capture_session(parts.text_model, parts.attention_modules, CaptureSpec(("prompt",), rows=True, lens=True), segments, None, parts.decoder_layers) as session:
+                captured = model(**inputs, **_last_logits(model))
+    finally:
+        handle.remove()
+    image_tokens = _check_image_positions(model, parts, inputs, segments, seen.get("inputs_embeds"))
     if not session.complete():
         missing = [layer for layer, row in enumerate(session.rows["prompt"]) if row is None]
         raise ConformanceFailure(f"attention layers {missing} never called attnwh's attention function")
@@ -173,27 +182,15 @@ def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, 
     return image_tokens, max_error
 
 
-def _check_image_positions(model, parts, inputs, segments) -> int:
+def _check_image_positions(model, parts, inputs, segments, inputs_embeds: torch.Tensor | None) -> int:
     """Where the model writes image features (the language model's ``inputs_embeds`` differ from the token
     embeddings) must be the positions attnwh calls image."""
-    seen = {}
-
-    def record(module, args, kwargs):
-        if kwargs.get("inputs_embeds") is not None:
-            seen["hidden"] = kwargs["inputs_embeds"].detach().clone()
-
-    handle = parts.text_model.register_forward_pre_hook(record, with_kwargs=True)
-    try:
-        with torch.inference_mode():
-            model(**inputs, **_last_logits(model))
-    finally:
-        handle.remove()
-    if "hidden" not in seen:
+    if inputs_embeds is None:
         raise ConformanceFailure(f"the language model ({type(parts.text_model).__name__}) was not given inputs_embeds: cannot see where image features go")
     with torch.inference_mode():
-        embedded = model.get_input_embeddings()(inputs["input_ids"]).to(seen["hidden"].dtype)
+        embedded = model.get_input_embeddings()(inputs["input_ids"]).to(inputs_embeds.dtype)
     real = inputs["attention_mask"].bool()
-    written = ((seen["hidden"] - embedded).abs().amax(dim=-1) > 1e-6) & real
+    written = ((inputs_embeds - embedded).abs().amax(dim=-1) > 1e-6) & real
     image = segments == IMAGE
     if not image.any():
         raise ConformanceFailure("no image token in the tiny inputs")

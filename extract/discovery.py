@@ -161,11 +161,9 @@ def describe(config) -> ModelSpec:
     else:
         attention_layers = tuple(range(n_decoder_layers))
     n_heads = _int(text, "num_attention_heads", architecture)
-    n_kv_heads = _attribute(text, "num_key_value_heads") or n_heads
-    if not isinstance(n_kv_heads, int) or isinstance(n_kv_heads, bool) or n_kv_heads < 1:
-        raise ModelError(f"{architecture}: its text config has no positive integer num_key_value_heads (found {n_kv_heads!r})")
+    n_kv_heads = _int(text, "num_key_value_heads", architecture, default=n_heads)
     hidden_size = _int(text, "hidden_size", architecture)
-    head_dim = _head_dim(text, attention_layers, hidden_size // n_heads)
+    head_dim = _head_dim(text, attention_layers, hidden_size // n_heads, architecture)
     if n_heads % n_kv_heads:
         raise ModelError(f"{architecture}: {n_heads} attention heads do not group into {n_kv_heads} key-value heads")
     return ModelSpec(
@@ -186,32 +184,34 @@ def describe(config) -> ModelSpec:
     )
 
 
+class _PerLayer(ModelError):
+    """A config value that differs between layers (a heterogeneous config)."""
+
+
 def _attribute(config, key: str):
     """A config attribute, or None; heterogeneous (per-layer) configs refuse ambiguous global reads."""
     try:
         return getattr(config, key, None)
     except Exception as exc:  # transformers' AmbiguousGlobalPerLayerAttributeError and kin
-        raise ModelError(f"{type(config).__name__}.{key} differs between layers; attnwh needs one value for every attention layer") from exc
+        raise _PerLayer(f"{type(config).__name__}.{key} differs between layers; attnwh needs one value for every attention layer") from exc
 
 
-def _head_dim(text, attention_layers: tuple[int, ...], default: int) -> int | None:
+def _head_dim(text, attention_layers: tuple[int, ...], default: int, architecture: str) -> int | None:
     """The attention layers' head size; None when it differs between layers (Gemma 4's global layers
     have twice its sliding layers' head size): figures that need one head size are then absent."""
     try:
-        value = getattr(text, "head_dim", None)
-    except Exception:  # a heterogeneous config: read it per layer
-        per_layer = getattr(text, "per_layer_config", None)
+        return _int(text, "head_dim", architecture, default)
+    except _PerLayer:  # a heterogeneous config: read it per layer
+        per_layer = text.per_layer_config
         sizes = {int(getattr(per_layer[index], "head_dim", None) or default) for index in attention_layers}
         return sizes.pop() if len(sizes) == 1 else None
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ModelError(f"{type(text).__name__}: head_dim must be a positive integer (found {value!r})")
-    return value
 
 
-def _int(config, key: str, architecture: str) -> int:
+def _int(config, key: str, architecture: str, default: int | None = None) -> int:
+    """A positive integer of the config (``default`` when the config leaves it unset)."""
     value = _attribute(config, key)
+    if value is None and default is not None:
+        return default
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ModelError(f"{architecture}: its text config has no positive integer {key} (found {value!r})")
     return value
@@ -253,16 +253,13 @@ def find_parts(model: torch.nn.Module, spec: ModelSpec) -> ModelParts:
     names = {id(module): name for name, module in model.named_modules()}
     decoder = _decoder(model)
     owner, layers = _layer_list(decoder, spec)
-    attention = []
-    for index in spec.attention_layers:
-        module = _attention_module(layers[index])
-        if module is None:
-            raise ModelError(f"{spec.architecture}: decoder layer {index} ({type(layers[index]).__name__}) has no self-attention module")
-        attention.append(module)
-    if not spec.hybrid:
-        missing = [index for index, layer in enumerate(layers) if _attention_module(layer) is None]
-        if missing:
-            raise ModelError(f"{spec.architecture}: decoder layers {missing} have no self-attention module, and its config names no layer types")
+    found = [_attention_module(layer) for layer in layers]
+    missing = [index for index in spec.attention_layers if found[index] is None]
+    if missing and spec.hybrid:
+        raise ModelError(f"{spec.architecture}: decoder layers {missing} ({type(layers[missing[0]]).__name__}) have no self-attention module")
+    if missing:
+        raise ModelError(f"{spec.architecture}: decoder layers {missing} have no self-attention module, and its config names no layer types")
+    attention = [found[index] for index in spec.attention_layers]
     norm = _final_norm(owner, spec)
     lm_head = model.get_output_embeddings()
     if lm_head is None or not hasattr(lm_head, "weight"):

@@ -132,15 +132,16 @@ def attention(
     indices = kwargs.pop("indices", None)
     if indices is not None:
         attention_mask = _with_sparse_indices(attention_mask, indices, key.shape[2])
+    head_sinks = getattr(module, "sinks", None)  # learned per-head sinks (a parameter), not the per-token ``sinks`` argument
     call = ACTIVE_CALL.get()
     layer = None if call is None else call.layer_of.get(id(module))
     if layer is None:  # no call in this context, or a call over another model
-        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs), None
+        return _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks, **kwargs), None
     edits = call.edits.get(layer, ())
     attended_key, attended_value, attended_mask = key, value, attention_mask
     for edit in edits:
         attended_key, attended_value, attended_mask = edit.attend(query, attended_key, attended_value, attended_mask, scaling)
-    output = _sdpa(module, query, attended_key, attended_value, attended_mask, dropout, scaling, **kwargs)
+    output = _sdpa(module, query, attended_key, attended_value, attended_mask, dropout, scaling, head_sinks, **kwargs)
     if call.observer is not None:
         observed = attention_mask
         if edits:
@@ -148,13 +149,13 @@ def attention(
             observed = None if attention_mask is None else attention_mask[:, :, -1:, :]
             for edit in edits:
                 observed = edit.observed_mask(last_query, key, observed, scaling)
-        call.observer.observe(layer, query, key, observed, scaling, getattr(module, "sinks", None))
+        call.observer.observe(layer, query, key, observed, scaling, head_sinks)
     for edit in edits:
         output = edit.output(output, value)
     return output, None
 
 
-def _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs) -> torch.Tensor:
+def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
     """transformers' SDPA attention, output ``[batch, query, head, head_dim]``.
 
     Named exception: attention sinks (``module.sinks``, one learned logit per head: GPT-OSS, HY-V4-VL, ...).
@@ -162,8 +163,7 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     probabilities over the keys sum to less than 1; transformers' SDPA function has no sinks. Here a sink
     is an extra key whose score is the sink (a zero key, the sink as its additive mask) and whose value is
     zero, which is the same softmax and output."""
-    sinks = getattr(module, "sinks", None)
-    if sinks is None:
+    if head_sinks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
     batch, n_heads, n_query, _ = query.shape
     n_keys = key.shape[2]
@@ -176,7 +176,7 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
         bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
     else:
         bias = attention_mask[..., :n_keys].to(query.dtype)
-    sink = sinks.reshape(1, -1, 1, 1).to(query.dtype).expand(batch, n_heads, n_query, 1)
+    sink = head_sinks.reshape(1, -1, 1, 1).to(query.dtype).expand(batch, n_heads, n_query, 1)
     bias = torch.cat([bias.expand(batch, n_heads, n_query, n_keys), sink], dim=-1)
     zero = key.new_zeros((*key.shape[:2], 1, key.shape[-1]))
     key, value = torch.cat([key, zero], dim=2), torch.cat([value, zero.to(value.dtype)], dim=2)
