@@ -334,21 +334,25 @@ def worker_address() -> str:
     return get_worker().address
 
 
-def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, task, task_args, on_progress=None) -> int:
-    """A sweep's conditions (each one part) as one Dask task each, ``task(*task_args(condition))``, which
-    commits its condition on the worker and returns 1 if it did; returns how many were committed. Attempts
-    of workers that died (their tasks ran again elsewhere) are removed afterwards."""
+def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, groups, task, task_args, on_progress=None) -> int:
+    """A sweep's conditions as Dask tasks, one per group (``groups(threads)``: the conditions in groups, given
+    how many threads the cluster has), ``task(*task_args(group))``, which commits its conditions on the worker
+    and returns how many it committed; returns how many were committed. Attempts of workers that died (their
+    tasks ran again elsewhere) are removed afterwards."""
     from distributed import as_completed
 
     from attnwh.warehouse import parts
 
     written = 0
     with dask_client(scheduler, threads_per_worker) as client:
-        futures = [client.submit(task, *task_args(condition), key=f"attnwh-{run.run_id}-{condition.condition_id}", pure=False) for condition in conditions]
+        threads = max(1, sum(client.nthreads().values()))
+        futures = {client.submit(task, *task_args(group), key=f"attnwh-{run.run_id}-{group[0].condition_id}", pure=False): len(group) for group in groups(threads)}
         if on_progress:
             on_progress(0, len(conditions))
-        for done, future in enumerate(as_completed(futures), start=1):
+        done = 0
+        for future in as_completed(list(futures)):
             written += future.result()
+            done += futures[future]
             if on_progress:
                 on_progress(done, len(conditions))
     parts.recover(run.paths)

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import AttentionInterface
@@ -109,6 +109,7 @@ class ForwardCall:
     edits: dict[int, list[LayerIntervention]] = field(default_factory=dict)  # layer -> interventions, in the order given
     observer: Observer | None = None
     lens: bool = False  # whether the observer wants each decoder layer's output
+    prefix: Any = None  # a recorded or replayed prefix of layers (extract.reuse), for a sweep's conditions
 
 
 ACTIVE_CALL: ContextVar[ForwardCall | None] = ContextVar("attnwh_forward_call", default=None)
@@ -222,9 +223,13 @@ def _observing(text_model: torch.nn.Module | None = None) -> ForwardCall | None:
 
 
 def _forward_start(module, args) -> None:
-    call = _observing(module)
-    if call is not None:
+    call = ACTIVE_CALL.get()
+    if call is None or call.text_model is not module:
+        return
+    if call.observer is not None:
         call.observer.begin_forward()
+    if call.prefix is not None:
+        call.prefix.begin_forward()
 
 
 def _embedding_input(module, args, kwargs) -> None:
@@ -253,6 +258,7 @@ def forward_call(
     layer_edits: Sequence[dict[int, LayerIntervention]] = (),
     observer: Observer | None = None,
     lens: bool = False,
+    prefix: Any = None,
 ) -> Iterator[ForwardCall]:
     """Make a call's interventions (each a ``{layer: LayerIntervention}`` from ``Intervention.bind``) and
     observer active for the forward passes this thread or task runs inside the block."""
@@ -263,7 +269,7 @@ def forward_call(
     for bound in layer_edits:
         for layer, edit in bound.items():
             edits.setdefault(layer, []).append(edit)
-    call = ForwardCall(text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens)
+    call = ForwardCall(text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens, prefix)
     token = ACTIVE_CALL.set(call)
     try:
         yield call

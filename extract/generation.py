@@ -17,18 +17,6 @@ from attnwh.extract.models import LoadedModel
 from attnwh.extract.segments import prompt_segments
 
 
-class _StopAfterAnswers:
-    """Stops a row once it produced EOS and the forward passes the capture needs have run."""
-
-    def __init__(self, prompt_length: int, eos_ids: torch.Tensor, passes_needed: int):
-        self.prompt_length, self.eos_ids, self.passes_needed = prompt_length, eos_ids, passes_needed
-
-    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_length :]
-        finished = torch.isin(generated, self.eos_ids).any(dim=1)
-        return finished & (generated.shape[1] >= self.passes_needed)
-
-
 def processor_images(loaded: LoadedModel, images: list) -> list:
     """The ``images`` argument of the processor for one image per prompt (nested per prompt where the family's processor wants it)."""
     return [[image] for image in images] if loaded.spec.family.nested_images else list(images)
@@ -84,49 +72,77 @@ def generate_with_capture(
     told the EOS tokens; a stopping criterion ends rows at EOS instead, and answers are cut at the
     first EOS and at ``max_new_tokens``.
     """
-    from transformers import StoppingCriteriaList
-
-    tokenizer = loaded.processor.tokenizer
-    eos_ids = torch.tensor(loaded.eos_token_ids, dtype=torch.long, device=loaded.device)
-    model, parts = loaded.model, loaded.parts
+    parts = loaded.parts
     view = batch_view(loaded, encoded)
     segments = view.segments
-    prompt_length = encoded["input_ids"].shape[1]
     passes = capture.forward_passes_needed if capture is not None else 1
-    stop = StoppingCriteriaList([_StopAfterAnswers(prompt_length, eos_ids, passes)])
     bound = [intervention.bind(view) for intervention in interventions]
     text_model, modules, layers = parts.text_model, parts.attention_modules, parts.decoder_layers
     if capture is not None:
         active = capture_session(text_model, modules, capture, segments, region, layers, bound)
     else:
         active = forward_call(text_model, modules, layers, bound)
+    stop = StopRows(encoded["input_ids"].shape[1], loaded.eos_token_ids, passes)
     with torch.inference_mode(), active as entered:
-        session = entered if capture is not None else None
-        output = model.generate(
-            **encoded,
-            max_new_tokens=max(max_new_tokens, passes),
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=None,
-            stopping_criteria=stop,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
+        generation = generate(loaded, encoded, max_new_tokens, stop)
+    session = entered if capture is not None else None
     if session is not None and not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
-    end = set(loaded.eos_token_ids)
-    answers = []
-    for row in output.sequences[:, prompt_length:].tolist():
-        row = row[:max_new_tokens]
-        cut = next((i for i, token in enumerate(row) if token in end), len(row))
-        answers.append(row[:cut])
-    lens = {}
     if session is not None and capture.lens:
         softcap = loaded.spec.final_logit_softcapping
         norm, lm_head = parts.final_norm, parts.lm_head
-        lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
-    return Generation(answers, output.logits[0].float().cpu(), lens), session, segments
+        generation.lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
+    return generation, session, segments
+
+
+class StopRows:
+    """Ends a row at EOS once the forward passes a capture needs have run, or once its answer is decided
+    (``deciders``: per row, whether the text so far fixes what the row's parser reads from the answer)."""
+
+    def __init__(self, prompt_length: int, eos_token_ids: Sequence[int], passes_needed: int = 1, tokenizer=None, deciders: Sequence | None = None):
+        self.prompt_length, self.eos_token_ids, self.passes_needed = prompt_length, tuple(eos_token_ids), passes_needed
+        self.tokenizer, self.deciders = tokenizer, deciders
+        self.decided_at: list[int | None] = [None] * len(deciders or ())
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_length :]
+        eos = torch.tensor(self.eos_token_ids, dtype=torch.long, device=input_ids.device)
+        finished = torch.isin(generated, eos).any(dim=1) & (generated.shape[1] >= self.passes_needed)
+        if self.deciders:
+            for row, decide in enumerate(self.deciders):
+                if self.decided_at[row] is None and not bool(finished[row]):
+                    if decide(self.tokenizer.decode(generated[row].tolist(), skip_special_tokens=True)):
+                        self.decided_at[row] = generated.shape[1]
+            finished = finished | torch.tensor([at is not None for at in self.decided_at], device=finished.device)
+        return finished
+
+
+def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopRows) -> Generation:
+    """Greedy ``generate`` over ``inputs`` (the processor's output, or with ``mm_encoder_outputs`` in place of
+    the pixels) in the calling context's forward call; answers cut at the first EOS, at ``max_new_tokens``
+    and where ``stop`` found them decided."""
+    from transformers import StoppingCriteriaList
+
+    with torch.inference_mode():
+        output = loaded.model.generate(
+            **inputs,
+            max_new_tokens=max(max_new_tokens, stop.passes_needed),
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=loaded.processor.tokenizer.pad_token_id,
+            eos_token_id=None,
+            stopping_criteria=StoppingCriteriaList([stop]),
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    end = set(loaded.eos_token_ids)
+    answers = []
+    for index, row in enumerate(output.sequences[:, stop.prompt_length :].tolist()):
+        decided = stop.decided_at[index] if index < len(stop.decided_at) else None
+        row = row[: min(max_new_tokens, decided or max_new_tokens)]
+        cut = next((i for i, token in enumerate(row) if token in end), len(row))
+        answers.append(row[:cut])
+    return Generation(answers, output.logits[0].float().cpu(), {})
 
 
 def letter_token_ids(tokenizer) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ import torch
 from attnwh.core.errors import ModelError, UsageError
 from attnwh.extract.discovery import ModelParts, ModelSpec, describe, find_parts
 from attnwh.extract.forward import CAPTURE_ATTENTION, install_dispatch
+from attnwh.extract.reuse import install_replay
 
 _REVISION_WINDOW = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -46,6 +47,7 @@ class LoadedModel:
         self.parts = find_parts(self.model, self.spec)
         # the hooks that report to the calling context's forward call, installed before the model is shared
         install_dispatch(self.parts.text_model, self.parts.decoder_layers)
+        install_replay(self.parts.decoder_layers)
 
     @property
     def config(self):

@@ -278,7 +278,8 @@ class KVPrune:
         image = view.segments == IMAGE
         per_sample = [torch.from_numpy(self.counts(int(n))) for n in image.sum(dim=1).tolist()]  # [layer, kv_head] each
         buffer = MaskBuffer()
-        return {
+        return {  # a layer whose every KV head keeps every image key is not touched (what LayerPrune would do there)
             layer: LayerPrune(torch.stack([counts[layer] for counts in per_sample]).to(image.device), image, self.keep, view.n_kv_groups, buffer=buffer)
             for layer in range(view.n_layers)
+            if (self.kept[layer] < 1.0).any()
         }

@@ -30,15 +30,17 @@ import torch
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
+from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.executors import Scheduler, parse_scheduler
-from attnwh.extract.forward import Intervention
-from attnwh.extract.generation import forward_with, generate_with_capture, letter_token_ids
+from attnwh.extract.forward import Intervention, forward_call
+from attnwh.extract.generation import Generation, StopRows, batch_view, forward_with, generate, letter_token_ids
 from attnwh.extract.masking import Head
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
+from attnwh.extract.reuse import PrefixRecording, PrefixReplay, encode_media, first_layer, plan_stacks, stack_interventions, tile
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.setup import RunSetup, prepare_run
@@ -75,6 +77,8 @@ class SweepOptions:
     world_size: int | None = None
     scheduler: str | None = None  # as for extraction: local | local:N | tcp://HOST:PORT | scheduler.json
     threads_per_worker: int = 1
+    reuse: bool = True  # share the conditions' common work (extract.reuse); False: each condition on its own, as before
+    stack: int = 1  # with reuse: conditions of one batch per forward pass (rows: stack × batch size)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -155,15 +159,20 @@ class SweepResult:
     conditions_total: int
     conditions_skipped: int
     conditions_written: int
+    reuse_off: str | None = None  # why this process evaluated its conditions one by one after all
 
 
 class SweepSamples:
     """The sweep's samples, encoded once per batch (the same batch path as extraction, so a sample the
     loader, the image decoder or the processor rejects is the same error row); evaluated under one
-    condition's interventions per call."""
+    condition's interventions per call (``evaluate``: the plain path), or under a group of conditions that
+    share the work they have in common (``evaluate_group``: extract.reuse)."""
 
-    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int):
-        self.loaded, self.max_new_tokens = loaded, setup.max_new_tokens
+    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int = 1, stop_when_decided: bool = False):
+        self.loaded, self.max_new_tokens, self.stack = loaded, setup.max_new_tokens, stack
+        self.stop_when_decided = stop_when_decided
+        self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
+        self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
         ready, failed = load_samples(setup.samples, list(range(len(setup.samples))))
         prompt_of = partial(prompt_text, loaded, setup.prompt_format, setup.template)
         self.batches: list[Batch] = []
@@ -184,42 +193,125 @@ class SweepSamples:
             used.append(batch_interventions)
         return used
 
+    def _stop(self, batch: Batch, times: int = 1) -> StopRows:
+        deciders = None
+        if self.stop_when_decided:
+            deciders = [partial(PARSERS[item.sample.parser].decided, choices=tuple(item.sample.choices)) for item in batch.items] * times
+        return StopRows(batch.encoded["input_ids"].shape[1], self.loaded.eos_token_ids, 1, self.loaded.processor.tokenizer, deciders)
+
+    def plain_generation(self, batch: Batch, interventions: Sequence[Intervention]) -> Generation:
+        """Today's path: the batch's own inputs (pixels included) through ``generate``, the interventions bound to it."""
+        parts = self.loaded.parts
+        bound = [intervention.bind(batch_view(self.loaded, batch.encoded)) for intervention in interventions]
+        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+            return generate(self.loaded, batch.encoded, self.max_new_tokens, self._stop(batch))
+
     def evaluate(self, interventions: Sequence[Intervention] = ()) -> list[dict[str, Any]]:
         """Every sample's answer under ``interventions`` (none: the baseline), with the prompt's keys, its
         image keys (padding excluded) and the KV cache the interventions leave (``kept_image_keys``).
         Safe to call from several threads at once: the interventions are bound per call."""
-        tokenizer, info = self.loaded.processor.tokenizer, self.loaded.info
-        n_layers, n_kv = info["n_layers"], info["n_kv_heads"]
         rows = [dict(row) for row in self.errors]
         for batch in self.batches:
-            generation, _, segments = generate_with_capture(self.loaded, batch.encoded, None, self.max_new_tokens, interventions=interventions)
-            log_probs = torch.log_softmax(generation.first_logits, dim=-1)
-            n_prompt = batch.encoded["attention_mask"].sum(dim=1).tolist()
-            n_image = (segments == IMAGE).sum(dim=1).tolist()
-            for position, (item, answer) in enumerate(zip(batch.items, generation.answers)):
-                score = score_answer(tokenizer, item.sample, answer, log_probs[position], self.letter_ids)
-                prompt_keys, image_keys = int(n_prompt[position]), int(n_image[position])
-                kept_image = image_keys * n_layers * n_kv
-                for intervention in interventions:
-                    kept = getattr(intervention, "kept_image_keys", None)
-                    kept_image = min(kept_image, kept(image_keys)) if kept is not None else kept_image
-                kv_keys, kv_keys_full = (prompt_keys - image_keys) * n_layers * n_kv + kept_image, prompt_keys * n_layers * n_kv
-                rows.append(
-                    {
-                        "sample_idx": item.sample_idx,
-                        "sample_key": item.sample.key,
-                        "status": "ok",
-                        "gold": item.sample.gold,
-                        **score,
-                        "n_prompt_keys": prompt_keys,
-                        "n_image_keys": image_keys,
-                        "kv_keys": kv_keys,
-                        "kv_keys_full": kv_keys_full,
-                        "kv_bytes": kv_bytes(kv_keys, info["head_dim"], self.loaded.dtype.itemsize),
-                        "kv_bytes_full": kv_bytes(kv_keys_full, info["head_dim"], self.loaded.dtype.itemsize),
-                    }
-                )
+            rows.extend(self._rows(batch, self.plain_generation(batch, interventions), interventions))
         return sorted(rows, key=lambda row: row["sample_idx"])
+
+    def evaluate_group(self, group: Sequence[Sequence[Intervention]]) -> list[list[dict[str, Any]]]:
+        """Every sample's answer under each condition of ``group`` (its interventions; none: the baseline),
+        equal to ``evaluate`` of each: per batch, the images encoded once, the baseline's prefix recorded
+        once, and the conditions stacked and started at their first intervened layer (extract.reuse)."""
+        rows: list[list[dict[str, Any]]] = [[dict(row) for row in self.errors] for _ in group]
+        for batch in self.batches:
+            if self.reuse_off is not None:
+                generations = [self.plain_generation(batch, interventions) for interventions in group]
+            else:
+                generations = self.reused_generations(batch, group)
+            for index, (interventions, generation) in enumerate(zip(group, generations)):
+                rows[index].extend(self._rows(batch, generation, interventions))
+        return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
+
+    def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[Generation]:
+        loaded, parts = self.loaded, self.loaded.parts
+        spec, size = loaded.spec, len(batch.items)
+        view = batch_view(loaded, batch.encoded)
+        bound = [[intervention.bind(view) for intervention in interventions] for interventions in group]
+        attention_starts = [first_layer(edits, spec.n_layers) for edits in bound]
+        starts = [spec.attention_layers[start] if start < spec.n_layers else spec.n_decoder_layers for start in attention_starts]
+        inputs = encode_media(loaded.model, batch.encoded)
+        generations: list[Generation | None] = [None] * len(group)
+        baseline = [index for index, interventions in enumerate(group) if not interventions]
+        others = [index for index in range(len(group)) if group[index]]
+        stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
+        stack_starts = [starts[stack[0]] for stack in stacks]
+        recording = None
+        if baseline or any(start > 0 for start in stack_starts):
+            deepest = max([start for start in stack_starts if start > 0], default=0)
+            recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest)
+            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):  # the prefill alone, unless the baseline's answers are wanted
+                generation = generate(loaded, inputs, self.max_new_tokens if baseline else 1, self._stop(batch))
+            for index in baseline:
+                generations[index] = generation
+        for stack, start in zip(stacks, stack_starts):
+            times = len(stack)
+            fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
+            edits = stack_interventions(fresh, size)
+            prefix = PrefixReplay(recording, start, times) if start > 0 else None
+            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, [edits], prefix=prefix):
+                stacked = generate(loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
+            for position, index in enumerate(stack):
+                rows = slice(position * size, (position + 1) * size)
+                generations[index] = Generation(stacked.answers[rows], stacked.first_logits[rows], {})
+        if not self.reuse_checked:
+            self.reuse_checked = True
+            self._check(batch, group, generations, stacks)
+            if self.reuse_off is not None:
+                return [self.plain_generation(batch, interventions) for interventions in group]
+        return generations
+
+    def _check(self, batch: Batch, group, generations: list[Generation], stacks: list[list[int]]) -> None:
+        """The first stack and the last (the earliest and the deepest start) against the plain path; a
+        difference turns reuse off for this model (``reuse_off`` says where it differed)."""
+        tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
+        for index in sorted({stacks[0][0], stacks[-1][0]} if stacks else set()):
+            plain = self.plain_generation(batch, group[index])
+            reused = generations[index]
+            gap = float((torch.log_softmax(plain.first_logits, -1) - torch.log_softmax(reused.first_logits, -1)).abs().max())
+            if plain.answers != reused.answers or not gap <= tolerance:
+                self.reuse_off = (
+                    f"reusing shared work changed condition {index} of the group (answers equal: {plain.answers == reused.answers}; log-probabilities up to {gap:.2g} apart)"
+                )
+                return
+
+    def _rows(self, batch: Batch, generation: Generation, interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
+        tokenizer, info = self.loaded.processor.tokenizer, self.loaded.info
+        n_layers, n_kv = info["n_layers"], info["n_kv_heads"]
+        log_probs = torch.log_softmax(generation.first_logits, dim=-1)
+        n_prompt = batch.encoded["attention_mask"].sum(dim=1).tolist()
+        n_image = (batch_view(self.loaded, batch.encoded).segments == IMAGE).sum(dim=1).tolist()
+        rows = []
+        for position, (item, answer) in enumerate(zip(batch.items, generation.answers)):
+            score = score_answer(tokenizer, item.sample, answer, log_probs[position], self.letter_ids)
+            prompt_keys, image_keys = int(n_prompt[position]), int(n_image[position])
+            kept_image = image_keys * n_layers * n_kv
+            for intervention in interventions:
+                kept = getattr(intervention, "kept_image_keys", None)
+                kept_image = min(kept_image, kept(image_keys)) if kept is not None else kept_image
+            kv_keys, kv_keys_full = (prompt_keys - image_keys) * n_layers * n_kv + kept_image, prompt_keys * n_layers * n_kv
+            rows.append(
+                {
+                    "sample_idx": item.sample_idx,
+                    "sample_key": item.sample.key,
+                    "status": "ok",
+                    "gold": item.sample.gold,
+                    **score,
+                    "n_prompt_keys": prompt_keys,
+                    "n_image_keys": image_keys,
+                    "kv_keys": kv_keys,
+                    "kv_keys_full": kv_keys_full,
+                    "kv_bytes": kv_bytes(kv_keys, info["head_dim"], self.loaded.dtype.itemsize),
+                    "kv_bytes_full": kv_bytes(kv_keys_full, info["head_dim"], self.loaded.dtype.itemsize),
+                }
+            )
+        return rows
 
 
 @dataclass
@@ -254,9 +346,35 @@ class SweepPart:
         return {"sweep_conditions": 1, "sweep_results": results.num_rows}
 
 
-def evaluate_condition(run_id: str, kind: SweepKind, condition: SweepCondition, ranking: HeadRanking | None, samples: SweepSamples, prepared: Any) -> SweepPart:
-    rows = samples.evaluate([] if condition.baseline else kind.interventions(condition, prepared))
-    return SweepPart(run_id, kind.kind, condition, ranking, rows)
+def evaluate_conditions(
+    run_id: str, kind: SweepKind, conditions: Sequence[SweepCondition], ranking: HeadRanking | None, samples: SweepSamples, prepared: Any, reuse: bool
+) -> list[SweepPart]:
+    """The parts of ``conditions``: evaluated together, sharing their common work (``reuse``), or one by one."""
+    interventions = [[] if condition.baseline else kind.interventions(condition, prepared) for condition in conditions]
+    if reuse:
+        rows = samples.evaluate_group(interventions)
+    else:
+        rows = [samples.evaluate(condition_interventions) for condition_interventions in interventions]
+    return [SweepPart(run_id, kind.kind, condition, ranking, condition_rows) for condition, condition_rows in zip(conditions, rows)]
+
+
+def group_conditions(conditions: Sequence[SweepCondition], groups: int) -> list[list[SweepCondition]]:
+    """``conditions`` in ``groups`` groups of near-equal size (each group shares its work: fewer, larger groups
+    reuse more; more groups run in parallel on Dask workers), in condition order."""
+    groups = max(1, min(groups, len(conditions)))
+    size, extra = divmod(len(conditions), groups)
+    result, start = [], 0
+    for index in range(groups):
+        end = start + size + (index < extra)
+        result.append(list(conditions[start:end]))
+        start = end
+    return [group for group in result if group]
+
+
+def sweep_samples(loaded: LoadedModel, setup: RunSetup, kind: SweepKind, options: SweepOptions, n_conditions: int) -> SweepSamples:
+    """The sweep's samples in its batches; with reuse, up to ``--stack`` conditions of a batch per pass."""
+    stack = options.stack if options.reuse else 1
+    return SweepSamples(loaded, setup, kind.batch_size(options), stack, stop_when_decided=options.max_new_tokens is None)
 
 
 def run_sweep(
@@ -269,12 +387,14 @@ def run_sweep(
     on_progress: ProgressCallback | None = None,
 ) -> SweepResult:
     """Create or resume the sweep's run (``spec``: what fingerprints it beyond the run set-up) and evaluate
-    and commit the conditions this process takes: in this process, or one Dask task per condition."""
+    and commit the conditions this process takes: in this process, or one Dask task per group of conditions."""
     setup, rank, scheduler, options = sweep.run, sweep.rank, sweep.scheduler, sweep.options
+    spec = {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"}  # what the stored answer text holds
     run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id)
     result = SweepResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     if not pending:
         return result
+    n_conditions = len(conditions)
     if not scheduler.in_process:
         from attnwh.extract.executors import samples_digest, sweep_on_dask
 
@@ -284,22 +404,26 @@ def run_sweep(
             options.threads_per_worker,
             run,
             pending,
-            sweep_condition_task,
-            lambda condition: (options, kind, str(run.paths.root), run.run_id, condition, ranking, digest),
+            lambda threads: group_conditions(pending, threads if options.reuse else len(pending)),
+            sweep_conditions_task,
+            lambda group: (options, kind, str(run.paths.root), run.run_id, group, ranking, digest, n_conditions),
             on_progress,
         )
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
-    samples = SweepSamples(loaded, setup, kind.batch_size(options))
+    samples = sweep_samples(loaded, setup, kind, options, n_conditions)
     prepared = kind.prepare(samples)
     writer = writer_of(rank)
     if on_progress:
         on_progress(0, len(pending))
-    for done, condition in enumerate(pending, start=1):
-        part = evaluate_condition(run.run_id, kind, condition, ranking, samples, prepared)
-        result.conditions_written += parts.commit_part(run.paths, condition.condition_id, part.write, writer) is not None
-        if on_progress:
-            on_progress(done, len(pending))
+    done = 0
+    for group in group_conditions(pending, 1 if options.reuse else len(pending)):
+        for part in evaluate_conditions(run.run_id, kind, group, ranking, samples, prepared, options.reuse):
+            result.conditions_written += parts.commit_part(run.paths, part.condition.condition_id, part.write, writer) is not None
+            done += 1
+            if on_progress:
+                on_progress(done, len(pending))
+    result.reuse_off = samples.reuse_off
     return result
 
 
@@ -325,24 +449,29 @@ def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Ran
     return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
 
 
-def sweep_condition_task(options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, condition: SweepCondition, ranking: HeadRanking | None, samples_digest: str) -> int:
-    """On a Dask worker: evaluate one condition and commit it (1 if this task committed it). The samples and
-    what the kind prepares from them are built once per worker and run, and shared by its threads; before
-    the first, the worker's settings and samples are checked against the run's (``samples_digest``: the client's)."""
+def sweep_conditions_task(
+    options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, group: list[SweepCondition], ranking: HeadRanking | None, samples_digest: str, n_conditions: int
+) -> int:
+    """On a Dask worker: evaluate a group of conditions together and commit each (returns how many this task
+    committed). The samples and what the kind prepares from them are built once per worker and run, and shared
+    by its threads; before the first, the worker's settings and samples are checked against the run's
+    (``samples_digest``: the client's)."""
     from attnwh.extract.executors import worker_address, worker_cache, worker_run_setup
 
     cache = worker_cache()
     setup = worker_run_setup(cache, run_root, run_id, lambda: prepare_run(options), samples=samples_digest)
     loaded = cache.model(setup)
-    samples = cache.run_setup(f"{run_id}/samples", lambda: SweepSamples(loaded, setup, kind.batch_size(options)))
+    samples = cache.run_setup(f"{run_id}/samples", lambda: sweep_samples(loaded, setup, kind, options, n_conditions))
     prepared = cache.run_setup(f"{run_id}/prepared", lambda: kind.prepare(samples))
-    part = evaluate_condition(run_id, kind, condition, ranking, samples, prepared)
-    return int(parts.commit_part(RunPaths(storage.location(run_root)), condition.condition_id, part.write, {"worker": worker_address()}) is not None)
+    paths, written = RunPaths(storage.location(run_root)), 0
+    for part in evaluate_conditions(run_id, kind, group, ranking, samples, prepared, options.reuse):
+        written += parts.commit_part(paths, part.condition.condition_id, part.write, {"worker": worker_address()}) is not None
+    return written
 
 
 def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]) -> None:
     """Counts at least 1, each list of ``choices`` (values, allowed, option name) non-empty and known, a known score and query."""
-    for name in ("batch_size", "limit", "max_new_tokens", "seeds", "threads_per_worker"):
+    for name in ("batch_size", "limit", "max_new_tokens", "seeds", "stack", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

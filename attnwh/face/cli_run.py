@@ -28,6 +28,26 @@ SchedulerOption = Annotated[
     typer.Option(help="local, local:N (N Dask workers here, at most one per CPU core), tcp://HOST:PORT or scheduler.json (default: $DASK_SCHEDULER_ADDRESS, else local)."),
 ]
 ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
+StackOption = Annotated[
+    int,
+    typer.Option(
+        help="With reuse: conditions of the same samples per forward pass, each on its own rows (rows: stack × batch size; memory grows with it; weights are read once per step for all)."
+    ),
+]
+ReuseOption = Annotated[
+    bool,
+    typer.Option(
+        "--reuse/--no-reuse",
+        help="Share what conditions have in common: each batch's images encoded once, the baseline's layers before a condition's first "
+        "masked or pruned layer run once and each condition started there (their output and KV cache are kept for the "
+        "batch at hand only, so memory stays one batch's and nothing spills); checked against the plain path on the "
+        "first batch, and turned off if they differ. --no-reuse: each condition from scratch.",
+    ),
+]
+SweepTokensOption = Annotated[
+    int | None,
+    typer.Option(help="Generated tokens per answer (default: stop each answer once its parser has decided it, within the benchmark's limit; the text up to there is stored)."),
+]
 
 
 @handles_errors
@@ -128,6 +148,9 @@ def prune(
     threads_per_worker: ThreadsOption = 1,
     rank: RankOption = None,
     world_size: WorldSizeOption = None,
+    reuse: ReuseOption = True,
+    stack: StackOption = 1,
+    max_new_tokens: SweepTokensOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the prune run with this id.")] = None,
 ) -> None:
     """Prune each head's image KV cache (budgets by head score, uniform or random) and store accuracy and KV bytes per condition.
@@ -163,6 +186,9 @@ def prune(
         world_size=world_size,
         scheduler=scheduler,
         threads_per_worker=threads_per_worker,
+        reuse=reuse,
+        stack=stack,
+        max_new_tokens=max_new_tokens,
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )
@@ -198,6 +224,9 @@ def mask(
     threads_per_worker: ThreadsOption = 1,
     rank: RankOption = None,
     world_size: WorldSizeOption = None,
+    reuse: ReuseOption = True,
+    stack: StackOption = 1,
+    max_new_tokens: SweepTokensOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
 ) -> None:
     """Switch heads off (top / random / bottom by stage, over a grid of k) and store accuracy per condition.
@@ -232,6 +261,9 @@ def mask(
         world_size=world_size,
         scheduler=scheduler,
         threads_per_worker=threads_per_worker,
+        reuse=reuse,
+        stack=stack,
+        max_new_tokens=max_new_tokens,
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )
@@ -249,6 +281,8 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
 
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
+    if result.reuse_off:
+        warn(f"{result.reuse_off}: evaluated each condition on its own (results are those of the plain path)")
     typer.echo(render(summary, "table"))
     typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")

@@ -25,6 +25,8 @@ class Parser:
     version: str
     parse: Callable[[str, tuple[str, ...]], str]  # (model output, option texts) -> parsed answer
     description: str
+    # (the start of an output, option texts) -> whether ``parse`` gives the same answer however the output goes on
+    decided: Callable[[str, tuple[str, ...]], bool] = lambda text, choices: False
 
 
 def parse_yes_no(text: str, choices: tuple[str, ...] = ()) -> str:
@@ -34,6 +36,13 @@ def parse_yes_no(text: str, choices: tuple[str, ...] = ()) -> str:
         return INVALID
     word = match.group(0).lower()
     return word if word in ("yes", "no") else INVALID
+
+
+def decided_yes_no(text: str, choices: tuple[str, ...] = ()) -> bool:
+    """Whether the first word is complete: a character that is not a letter follows it (not U+FFFD, which
+    stands for the unfinished bytes of a character that may be one)."""
+    match = _WORD.search(text)
+    return match is not None and match.end() < len(text) and text[match.end()] != "\ufffd"
 
 
 def parse_letter(text: str, choices: tuple[str, ...]) -> str:
@@ -56,11 +65,23 @@ def parse_letter(text: str, choices: tuple[str, ...]) -> str:
     return INVALID
 
 
+def decided_letter(text: str, choices: tuple[str, ...] = ()) -> bool:
+    """Whether a letter standing alone at the start is complete: followed by its punctuation, or by space and
+    then a character that is not a lowercase letter. A letter at the end, a stated letter or an option's text
+    are decided only by the whole answer."""
+    text = unicodedata.normalize("NFKC", text).strip()
+    match = _LEADING_LETTER.match(text)
+    if match is None:
+        return False
+    after = text[match.end(1) : match.end(1) + 1]
+    return (after != "" and after in ".):,\"'*") or match.end() < len(text)
+
+
 PARSERS: dict[str, Parser] = {
     parser.name: parser
     for parser in (
-        Parser("yes_no", "1", parse_yes_no, "first word, yes or no"),
-        Parser("letter", "2", parse_letter, "leading or stated option letter, or the exact text of one option"),
+        Parser("yes_no", "1", parse_yes_no, "first word, yes or no", decided_yes_no),
+        Parser("letter", "2", parse_letter, "leading or stated option letter, or the exact text of one option", decided_letter),
     )
 }
 

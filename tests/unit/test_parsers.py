@@ -65,3 +65,39 @@ def test_parsers_are_named_and_versioned():
     assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "letter": "2"}
     with pytest.raises(ValueError, match="unknown parser"):
         parse("fuzzy", "B")
+
+
+# -- a decided answer: what a sweep stops at (extract.reuse) -------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ANSWER_TEXT = st.text(alphabet=st.sampled_from(list("YyesNnoABCDabcd .,:()*'\"\n-1é\ufffd\u0301")) | st.characters(), max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(start=ANSWER_TEXT, rest=ANSWER_TEXT, parser=st.sampled_from(sorted(PARSERS)))
+def test_a_decided_answer_parses_the_same_however_it_goes_on(start, rest, parser):
+    """Once a parser calls the start of an output decided, no continuation changes what it parses."""
+    if PARSERS[parser].decided(start, COLOURS):
+        assert parse(parser, start + rest, COLOURS) == parse(parser, start, COLOURS)
+
+
+@pytest.mark.parametrize(
+    "parser, text, decided",
+    [
+        ("yes_no", "Yes", False),  # could still be "Yesterday"
+        ("yes_no", "Yes,", True),
+        ("yes_no", "No ", True),
+        ("yes_no", "Yes\ufffd", False),  # unfinished bytes of a character
+        ("yes_no", "", False),
+        ("letter", "B", False),  # could still be "Blue"
+        ("letter", "B.", True),
+        ("letter", "(C)", True),
+        ("letter", "B ", False),  # could still be "B red" (not a leading letter)
+        ("letter", "B R", True),
+        ("letter", "The answer is B.", False),  # stated letters wait for the whole answer
+    ],
+)
+def test_decided_by_hand(parser, text, decided):
+    assert PARSERS[parser].decided(text, COLOURS) is decided

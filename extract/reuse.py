@@ -1,0 +1,324 @@
+"""What the conditions of a sweep share, computed once (issue 29): image features, the baseline's prefix
+of layers, the weights' reads of one pass, and the tokens after the answer is decided.
+
+A sweep evaluates a grid of conditions over the same samples. Conditions differ only from the first layer
+their interventions touch; everything before it is the baseline's, and the image encoder's output is the
+same for all of them. Per batch of samples the sweep therefore:
+
+1. **encodes the images once** (``encode_media``): the vision tower and projector run through the model's
+   own ``get_image_features`` / ``get_video_features`` and their outputs go to ``generate`` as
+   ``mm_encoder_outputs`` in place of the pixels (grids and sizes stay: Qwen's M-RoPE places image tokens by
+   them), so every condition reads them instead of re-encoding the pixels;
+2. **runs the baseline once and keeps its prefix** (``PrefixRecording``): the output of the decoder layers
+   where some condition starts, and the KV cache of the layers before the deepest start;
+3. **starts each stack of conditions at its first intervened layer** (``PrefixReplay``): in the prefill, a
+   layer before the start is not run; its cache entry is the baseline's, and its output the baseline's
+   output at the start's boundary; decode steps run every layer (their inputs are new tokens);
+4. **stacks several conditions of the same samples in one pass** (``stack_interventions``): the samples'
+   rows repeated once per condition, each condition's interventions acting on its rows only, so that the
+   weights are read once per step for all of them; conditions are ordered by first intervened layer and
+   stacked only where sharing the earliest start costs no more than running them apart would
+   (``plan_stacks``).
+
+Prefill skipping relies on a decoder layer passing nothing to the next but its output and the cache. That
+holds for most architectures and not for a few (a layer handing an index to the next, a shared KV store
+outside the cache); ``ReuseCheck`` compares the first stack of a sweep with the same conditions run plainly
+(answers equal, first-token logits within tolerance) and turns reuse off for the run when they differ.
+
+The state of each call lives in the call (``ForwardCall.prefix``); the layer wrapper that consults it is
+installed once per model (``install_replay``), like the dispatch hooks of ``extract.forward``.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention
+
+REPLAY_MARKER = "attnwh_replay_wrapper"  # set once on each decoder layer whose forward is wrapped (structural, not per call)
+PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
+
+
+class ReuseError(RuntimeError):
+    """A model on which a prefix cannot be replayed (no cache handed to its layers, ...)."""
+
+
+# -- 1. image features once -------------------------------------------------------------------------------
+
+
+def supports_media_reuse(model: torch.nn.Module) -> bool:
+    """Whether the model's forward takes pre-computed encoder outputs (``mm_encoder_outputs``)."""
+    return "mm_encoder_outputs" in inspect.signature(model.forward).parameters
+
+
+def encode_media(model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The model's inputs with the pixels replaced by their encoder outputs: per modality (image, video),
+    the base model's ``get_<modality>_features`` called with the inputs its signature names, the pixels
+    removed, the outputs under ``mm_encoder_outputs`` (the forward's own argument for pre-encoded media).
+    Inputs unchanged for a model whose forward does not take encoder outputs."""
+    if not supports_media_reuse(model):
+        return dict(encoded)
+    inputs, outputs, consumed = dict(encoded), {}, set()
+    for modality in ("image", "video"):
+        encoder = getattr(model.base_model, f"get_{modality}_features", None)
+        if encoder is None:
+            continue
+        arguments = {key: encoded[key] for key in inspect.signature(encoder).parameters if key != "kwargs" and key in encoded}
+        if not any(key in arguments for key in PIXEL_KEYS):
+            continue
+        with torch.inference_mode():
+            outputs[modality] = encoder(**arguments, return_dict=True)
+        consumed.update(key for key in arguments if key in PIXEL_KEYS)
+    for key in consumed:  # only the pixels: a grid or size the encoder read may still place the tokens (Qwen's M-RoPE)
+        inputs.pop(key, None)
+    if outputs:
+        inputs["mm_encoder_outputs"] = outputs
+    return inputs
+
+
+def tile(value: Any, times: int) -> Any:
+    """``value`` for ``times`` copies of a batch, condition-major (rows ``[a, b] -> [a, b, a, b]``): tensors
+    repeated along their first axis (rows, images or patches, in batch order), encoder outputs field by field
+    (a per-image list of features repeated as a list, as ``generate`` expands them; lists of per-layer
+    tensors element-wise)."""
+    if times == 1 or value is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value.repeat((times,) + (1,) * (value.ndim - 1)) if value.ndim else value
+    if isinstance(value, dict) and not hasattr(value, "to_tuple"):
+        return {key: tile(item, times) for key, item in value.items()}
+    if hasattr(value, "to_tuple"):  # a ModelOutput
+        fields = {}
+        for key, item in value.items():
+            if key == "pooler_output" and isinstance(item, (list, tuple)):
+                fields[key] = list(item) * times
+            elif isinstance(item, (list, tuple)):
+                fields[key] = type(item)(tile(element, times) for element in item)
+            else:
+                fields[key] = tile(item, times)
+        return type(value)(**fields)
+    if isinstance(value, (list, tuple)):
+        return type(value)(tile(element, times) for element in value)
+    return value
+
+
+# -- 2 and 3. the baseline's prefix, recorded and replayed -------------------------------------------------
+
+
+def install_replay(decoder_layers: Sequence[torch.nn.Module]) -> None:
+    """Wrap, once per model, each decoder layer's ``forward`` so that the calling context's prefix (if any)
+    may record its output or stand in for it. Call it before the model is shared (``LoadedModel`` does)."""
+    for index, layer in enumerate(decoder_layers):
+        if not getattr(layer, REPLAY_MARKER, False):
+            layer.forward = _ReplayableForward(index, layer.forward)
+            setattr(layer, REPLAY_MARKER, True)
+
+
+class _ReplayableForward:
+    def __init__(self, index: int, forward):
+        self.index, self.forward = index, forward
+
+    def __call__(self, *args, **kwargs):
+        call = ACTIVE_CALL.get()
+        prefix = None if call is None else call.prefix
+        if prefix is None:
+            return self.forward(*args, **kwargs)
+        return prefix.layer(self.index, self.forward, args, kwargs)
+
+
+def _cache_of(kwargs: dict[str, Any]):
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if cache is None or not hasattr(cache, "layers"):
+        raise ReuseError("the decoder layers are not handed a cache with per-layer entries")
+    return cache
+
+
+def _copy_entry(entry: Any, times: int = 1, clone: bool = False) -> Any:
+    """A cache entry (one layer's keys, values, states) copied, its batch-first tensors tiled ``times``."""
+    copied = copy.copy(entry)
+    for name, item in vars(entry).items():
+        if isinstance(item, torch.Tensor) and item.ndim >= 2:
+            setattr(copied, name, tile(item.clone() if clone else item, times))
+    return copied
+
+
+@dataclass
+class PrefixRecording:
+    """The baseline's prefill, recorded: each ``boundaries`` layer's output, and the cache entries of the
+    layers before ``depth``. Active in the baseline's call; read by the replays after it."""
+
+    boundaries: frozenset[int]  # layer indices whose output a stack starts after (start - 1)
+    depth: int  # the deepest start: cache entries of layers 0 .. depth - 1 are kept
+    outputs: dict[int, Any] = field(default_factory=dict)
+    entries: dict[int, Any] = field(default_factory=dict)
+    passes: int = 0
+
+    def begin_forward(self) -> None:
+        self.passes += 1
+
+    def layer(self, index: int, forward, args, kwargs):
+        output = forward(*args, **kwargs)
+        if self.passes == 1:
+            if index in self.boundaries:
+                self.outputs[index] = output
+            if index < self.depth:
+                self.entries[index] = _copy_entry(_cache_of(kwargs).layers[index], clone=True)
+        return output
+
+
+@dataclass
+class PrefixReplay:
+    """A stack's prefill started at layer ``start`` from a recording, for ``times`` copies of its batch."""
+
+    recording: PrefixRecording
+    start: int
+    times: int
+    passes: int = 0
+    _output: Any = None
+
+    def begin_forward(self) -> None:
+        self.passes += 1
+
+    def layer(self, index: int, forward, args, kwargs):
+        if self.passes != 1 or index >= self.start:
+            return forward(*args, **kwargs)
+        cache = _cache_of(kwargs)
+        entry = _copy_entry(self.recording.entries[index], self.times)
+        if index < len(cache.layers):
+            cache.layers[index] = entry
+        elif index == len(cache.layers):  # a cache that grows its entries as layers first write to it
+            cache.layers.append(entry)
+        else:
+            raise ReuseError(f"the cache has {len(cache.layers)} entries when layer {index} runs")
+        if self._output is None:
+            self._output = tile(self.recording.outputs[self.start - 1], self.times)
+        return self._output  # every skipped layer returns the boundary's output: the next skipped layer ignores it
+
+
+# -- 4. conditions stacked in one pass ---------------------------------------------------------------------
+
+
+def first_layer(bound: Sequence[dict[int, LayerIntervention]], n_layers: int) -> int:
+    """The first layer a condition's bound interventions touch (``n_layers`` when none)."""
+    return min((min(edits) for edits in bound if edits), default=n_layers)
+
+
+def plan_stacks(starts: Sequence[int], n_layers: int, most: int, slack: float = 1.1) -> list[list[int]]:
+    """Conditions (by index into ``starts``, their first intervened layers) in stacks of at most ``most``,
+    ordered by start; a stack runs from its earliest start, so a condition joins it only while the stack's
+    layers computed stay within ``slack`` of running its conditions apart."""
+    order = sorted(range(len(starts)), key=lambda index: (starts[index], index))
+    stacks: list[list[int]] = []
+    for index in order:
+        if stacks and len(stacks[-1]) < most:
+            stack = stacks[-1] + [index]
+            together = len(stack) * (n_layers - starts[stack[0]])
+            apart = sum(n_layers - starts[member] for member in stack)
+            if together <= slack * apart:
+                stacks[-1] = stack
+                continue
+        stacks.append([index])
+    return stacks
+
+
+def stack_interventions(bound: Sequence[Sequence[dict[int, LayerIntervention]]], rows: int) -> dict[int, LayerIntervention]:
+    """Per layer, one intervention over a stacked batch whose ``rows``-row blocks are the conditions of
+    ``bound`` in order (each condition's interventions, bound to its block); each acts on its block only."""
+    layers: dict[int, list[tuple[slice, list[LayerIntervention]]]] = {}
+    for position, condition in enumerate(bound):
+        block = slice(position * rows, (position + 1) * rows)
+        for edits in condition:
+            for layer, edit in edits.items():
+                parts = layers.setdefault(layer, [])
+                if parts and parts[-1][0] == block:
+                    parts[-1][1].append(edit)
+                else:
+                    parts.append((block, [edit]))
+    return {layer: StackedLayer(parts) for layer, parts in layers.items()}
+
+
+def _rows(mask: torch.Tensor | None, block: slice) -> torch.Tensor | None:
+    return None if mask is None or mask.shape[0] == 1 else mask[block]
+
+
+def _bool_mask(mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
+    """``[batch, 1 or head, query, key]`` bool (True = attend) from a mask SDPA would take (None: causal)."""
+    if mask is None:
+        causal = torch.ones(n_query, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_query)
+        return causal[None, None].expand(batch, 1, n_query, n_keys)
+    mask = mask[..., :n_keys]
+    mask = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+    return mask.expand(batch, *mask.shape[1:])
+
+
+class StackedLayer(LayerIntervention):
+    """One layer's interventions of several conditions over their blocks of a stacked batch.
+
+    ``attend``: each block's keys, values and mask as its condition's intervention makes them; where the
+    blocks then differ in key count, every block's keys are padded to the widest with keys masked out (they
+    get exactly zero attention) and the masks merged into one additive mask. ``output``: each block's output as its condition's intervention makes it."""
+
+    def __init__(self, parts: list[tuple[slice, list[LayerIntervention]]]):
+        self.parts = parts
+
+    def attend(self, query, key, value, attention_mask, scaling):
+        changed = []
+        for block, edits in self.parts:
+            block_key, block_value, block_mask = key[block], value[block], _rows(attention_mask, block)
+            new_key, new_value, new_mask = block_key, block_value, block_mask
+            for edit in edits:
+                new_key, new_value, new_mask = edit.attend(query[block], new_key, new_value, new_mask, scaling)
+            if new_key is not block_key or new_value is not block_value or new_mask is not block_mask:
+                changed.append((block, new_key, new_value, new_mask))
+        if not changed:
+            return key, value, attention_mask
+        batch, n_heads, n_query, _ = query.shape
+        width = max([key.shape[2]] + [new_key.shape[2] for _, new_key, _, _ in changed])
+        keys = key.new_zeros((key.shape[0], key.shape[1], width, key.shape[3]))
+        values = value.new_zeros((value.shape[0], value.shape[1], width, value.shape[3]))
+        masks = torch.zeros((batch, n_heads, n_query, width), dtype=torch.bool, device=query.device)
+        keys[:, :, : key.shape[2]], values[:, :, : value.shape[2]] = key, value
+        masks[..., : key.shape[2]] = _bool_mask(attention_mask, batch, n_query, key.shape[2], query.device)
+        for block, new_key, new_value, new_mask in changed:
+            n = new_key.shape[2]
+            keys[block] = 0
+            values[block] = 0
+            masks[block] = False
+            keys[block, :, :n], values[block, :, :n] = new_key, new_value
+            masks[block, :, :, :n] = _bool_mask(new_mask, new_key.shape[0], n_query, n, query.device)
+        # additive, so that a row that sees no key (left padding) averages its values as under the model's own
+        # mask, rather than becoming NaN (which the padding's keys would hand on to every row through 0 · NaN)
+        return keys, values, torch.where(masks, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+
+    def observed_mask(self, query, key, attention_mask, scaling):
+        raise RuntimeError("stacked conditions are not observed: a capture session runs one condition per call")
+
+    def output(self, output, value):
+        for block, edits in self.parts:
+            block_output = output[block]
+            for edit in edits:
+                block_output = edit.output(block_output, value[block])
+            if block_output.data_ptr() != output[block].data_ptr():
+                output[block] = block_output
+        return output
+
+
+__all__ = [
+    "PrefixRecording",
+    "PrefixReplay",
+    "ReuseError",
+    "StackedLayer",
+    "encode_media",
+    "first_layer",
+    "install_replay",
+    "plan_stacks",
+    "stack_interventions",
+    "supports_media_reuse",
+    "tile",
+]

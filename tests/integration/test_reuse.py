@@ -1,0 +1,171 @@
+"""Sweeps that reuse what conditions share (extract.reuse) give today's results, family by family.
+
+Reference: each condition run on its own through today's path (the processor's pixels through
+``generate``, every layer run, one condition per call), on the same batches of the same tiny
+random-weight model. Reused: the images encoded once per batch, the baseline's prefix of layers recorded
+once, each condition started at its first intervened layer, conditions stacked per pass. Answers must be
+identical and first-token log-probabilities within 1e-5 (fp32); and the work must really be skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from attnwh.extract import reuse
+from attnwh.extract.masking import HeadMask
+from attnwh.extract.models import load_model
+from attnwh.extract.pruning import KVPrune, allocate
+from attnwh.extract.setup import prepare_run
+from attnwh.extract.sweep import SweepOptions, SweepSamples
+from tests.integration.test_families import FAMILIES
+
+TOLERANCE = 1e-5
+
+
+def _sweep_of(family, folder):
+    folder = family.build(folder / family.name)
+    setup = prepare_run(SweepOptions(model=str(folder), benchmark="toy-shapes", limit=5, dtype="float32", device="cpu"))
+    loaded = load_model(setup.source, dtype=torch.float32, device=torch.device("cpu"))
+    return family, loaded, setup
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=lambda family: family.name)
+def family_sweep(request, tmp_path_factory):
+    return _sweep_of(request.param, tmp_path_factory.mktemp("reuse"))
+
+
+@pytest.fixture(scope="module")
+def llava_sweep(tmp_path_factory):
+    return _sweep_of(FAMILIES[0], tmp_path_factory.mktemp("reuse-llava"))
+
+
+def _group(info) -> list[list]:
+    """The baseline, masks starting early, mid-way and at the last layer, and prunings (every layer; only the
+    last layers: a start after layer 0 whose attention keys are gathered)."""
+    n_layers, n_heads, n_kv = info["n_layers"], info["n_heads"], info["n_kv_heads"]
+    last, mid = n_layers - 1, n_layers // 2
+    late_only = np.ones((n_layers, n_kv))
+    late_only[mid:] = 0.25
+    return [
+        [],
+        [HeadMask(((0, 0), (last, n_heads - 1)), "zero")],
+        [HeadMask(((mid, 1), (last, 0)), "zero")],
+        [HeadMask(((last, 0), (last, 1)), "zero")],
+        [HeadMask(((mid, 0),), "paper")],
+        [KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention")],
+        [KVPrune(late_only, "stride")],
+        [HeadMask(((last, 1),), "zero"), KVPrune(late_only, "attention")],
+    ]
+
+
+@pytest.mark.parametrize("stack", [1, 3])
+def test_reused_sweep_equals_each_condition_on_its_own(family_sweep, stack):
+    family, loaded, setup = family_sweep
+    group = _group(loaded.info)
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    reused = SweepSamples(loaded, setup, 3, stack, stop_when_decided=True)
+    assert len(plain.batches) == 2
+    for batch in plain.batches:
+        generations = reused.reused_generations(batch, group)
+        for index, interventions in enumerate(group):
+            expected = plain.plain_generation(batch, interventions)
+            assert generations[index].answers == expected.answers, (family.name, index)
+            gap = (torch.log_softmax(generations[index].first_logits, -1) - torch.log_softmax(expected.first_logits, -1)).abs().max().item()
+            assert gap <= TOLERANCE, (family.name, index, gap)
+    assert reused.reuse_off is None
+    # the rows a sweep stores: the same parsed answers as full-length answers give
+    full = SweepSamples(loaded, setup, 3)
+    for interventions, rows in zip(group, reused.evaluate_group(group)):
+        assert [row["parsed"] for row in rows] == [row["parsed"] for row in full.evaluate(interventions)]
+
+
+def test_reuse_skips_the_image_encoder_and_the_prefix(family_sweep, monkeypatch):
+    """Per batch the images are encoded once for all conditions, and a condition that starts at the last layer
+    runs only that layer in its prefill (the attention modules before it are not called)."""
+    family, loaded, setup = family_sweep
+    n_layers = loaded.info["n_layers"]
+    last = n_layers - 1
+    group = [[], [HeadMask(((last, 0),), "zero")], [HeadMask(((last, 1),), "zero")]]
+    samples = SweepSamples(loaded, setup, 5)
+    samples.reuse_checked = True  # the check's plain passes would encode again
+    batch = samples.batches[0]
+    base = loaded.model.base_model
+    encoded_images = []
+    original = base.get_image_features
+
+    @functools.wraps(original)
+    def counted(*args, **kwargs):
+        encoded_images.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(base, "get_image_features", counted)
+    prefill_calls = [0] * n_layers
+    prompt_length = batch.encoded["input_ids"].shape[1]
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda module, args, kwargs, layer=layer: prefill_calls.__setitem__(
+                layer, prefill_calls[layer] + ((args[0] if args else kwargs["hidden_states"]).shape[1] == prompt_length)
+            ),
+            with_kwargs=True,
+        )
+        for layer, module in enumerate(loaded.parts.attention_modules)
+    ]
+    try:
+        samples.reused_generations(batch, group)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert len(encoded_images) == 1
+    assert prefill_calls == [1] * last + [3]  # the baseline's prefill everywhere, the two conditions' at the last layer only
+
+
+def test_a_replay_that_differs_turns_reuse_off_and_keeps_the_plain_results(llava_sweep, monkeypatch):
+    """The first batch compares reuse with the plain path: a replay that hands on a wrong boundary state is
+    caught, reuse is turned off, and the rows are the plain path's."""
+    family, loaded, setup = llava_sweep
+    n_layers = loaded.info["n_layers"]
+    group = [[], [HeadMask(((n_layers - 1, 0),), "zero")]]
+    original = reuse.PrefixReplay.layer
+
+    def wrong(self, index, forward, args, kwargs):
+        output = original(self, index, forward, args, kwargs)
+        return output * 1.5 if self.passes == 1 and index == self.start - 1 else output
+
+    monkeypatch.setattr(reuse.PrefixReplay, "layer", wrong)
+    samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    rows = samples.evaluate_group(group)
+    assert samples.reuse_off is not None and "condition 1" in samples.reuse_off
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    for interventions, condition_rows in zip(group, rows):
+        expected = plain.evaluate(interventions)
+        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in expected]
+        for got, want in zip(condition_rows, expected):
+            assert got["option_logprobs"] == want["option_logprobs"]
+
+
+def test_plan_stacks_groups_by_first_layer_and_never_costs_more_than_slack():
+    starts = [0, 30, 2, 31, 20, 21, 0]
+    stacks = reuse.plan_stacks(starts, 32, most=3)
+    assert sorted(index for stack in stacks for index in stack) == list(range(len(starts)))
+    for stack in stacks:
+        assert len(stack) <= 3
+        together = len(stack) * (32 - starts[stack[0]])
+        assert together <= 1.1 * sum(32 - starts[index] for index in stack)
+        assert starts[stack[0]] == min(starts[index] for index in stack)
+    assert reuse.plan_stacks(starts, 32, most=1) == [[0], [6], [2], [4], [5], [1], [3]]
+
+
+def test_tile_repeats_batches_condition_major():
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    rows = torch.arange(6).reshape(2, 3)
+    assert reuse.tile(rows, 2).tolist() == [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]]
+    features = BaseModelOutputWithPooling(last_hidden_state=torch.zeros(2, 4, 1), pooler_output=(torch.ones(3, 1), torch.zeros(5, 1)))
+    tiled = reuse.tile({"mm_encoder_outputs": {"image": features}, "input_ids": rows}, 3)
+    pooled = tiled["mm_encoder_outputs"]["image"].pooler_output
+    assert [part.shape[0] for part in pooled] == [3, 5, 3, 5, 3, 5]
+    assert tiled["mm_encoder_outputs"]["image"].last_hidden_state.shape == (6, 4, 1)
