@@ -17,12 +17,21 @@ Variants, alternating in one process for several rounds (paired ratios), each ti
 - ``extract`` (with ``--whole``): the whole ``run_extract`` over ``--samples`` samples (image
   decoding, processor, generation, statistics, Parquet writes and commits).
 
+With ``--sweep``: the 13-condition masking sweep (top / random / bottom × early / mid / late / all, 2
+heads per stage, one random seed, the baseline) over ``--sweep-samples`` samples, evaluated today's way
+(each condition from scratch, every token up to ``--sweep-new-tokens``) and with reuse (images once, the
+baseline's prefix once, answers stopped once decided), alternating in paired rounds on the same loaded
+model; printed: condition-samples/s of each, their ratio, peak memory, and what the study's grid (about 4
+million condition-samples: nine models × five benchmarks × 13 conditions, the figure issue 29 gives)
+costs in GPU-hours at each rate.
+
 Model FLOPs per sample count the vision tower, projector, the text model's linear layers for every
 prompt and generated token, causal attention (2·s²·d per layer for the prompt, 4·s·d per decode
 step) and the last position's lm_head per generated token; MFU = FLOPs × samples/s ÷ peak.
 
     python bench/bench_gpu.py                            # on a CUDA machine: 7B-shaped, batch 16
     python bench/bench_gpu.py --batch-size 32 --whole    # plus the whole run_extract
+    python bench/bench_gpu.py --sweep --variants plain            # plus the masking sweep, today's path against reuse
     python bench/bench_gpu.py --scale tiny --device cpu --rounds 1   # a smoke run of the script itself
 """
 
@@ -266,6 +275,67 @@ def whole(args, folder: Path, device_name: str) -> dict:
     return {"seconds": seconds, "samples": args.samples}
 
 
+GRID_CONDITION_SAMPLES = 4_000_000  # the study's grid as issue 29 sizes it (9 models × 5 benchmarks × 13 conditions)
+
+
+def sweep(args, folder: Path, device, dtype) -> dict:
+    """The 13-condition masking sweep, today's path against reuse, in paired rounds on one loaded model."""
+    import dataclasses
+    import random
+
+    import torch
+
+    from attnwh.extract.mask_run import MaskOptions, MaskSweep, mask_condition, prepare_mask
+    from attnwh.extract.masking import build_conditions, parse_k
+    from attnwh.extract.models import load_model
+    from attnwh.extract.sweep import SweepSamples
+
+    options = MaskOptions(model=str(folder), limit=args.sweep_samples, batch_size=args.batch_size, device=str(device), dtype=args.dtype, seeds=1)
+    options.strategies, options.stages, options.k = ("top", "random", "bottom"), ("early", "mid", "late", "all"), ("2",)
+    setup = prepare_mask(options)
+    run = dataclasses.replace(setup.run, max_new_tokens=args.sweep_new_tokens)
+    info = setup.info
+    rng = random.Random(0)
+    heads = sorted(((layer, head) for layer in range(info["n_layers"]) for head in range(info["n_heads"])), key=lambda _: rng.random())
+    conditions = build_conditions(heads, info["n_layers"], info["n_heads"], options.strategies, options.stages, parse_k(options.k, setup.n_heads), 1)
+    kind = MaskSweep("zero")
+    group = [[] if c.condition_id == 0 else kind.interventions(mask_condition(c, "zero"), {}) for c in conditions]
+    loaded = load_model(run.source, dtype=dtype, device=device)
+    today = SweepSamples(loaded, run, args.batch_size)
+    reused = SweepSamples(loaded, run, args.batch_size, stop_when_decided=True)
+    paths = {"today": lambda: [today.evaluate(interventions) for interventions in group], "reuse": lambda: reused.evaluate_group(group)}
+    paths["reuse"]()  # warm-up, and the first batch's check against the plain path
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    peaks: dict[str, float] = {}
+    answers = {}
+    for round_index in range(args.rounds):
+        for name in list(paths) if round_index % 2 == 0 else list(paths)[::-1]:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _synchronize(device)
+            started = time.perf_counter()
+            rows = paths[name]()
+            _synchronize(device)
+            times[name].append(time.perf_counter() - started)
+            answers[name] = [[row.get("parsed") for row in condition] for condition in rows]
+            if device.type == "cuda":
+                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+    condition_samples = len(group) * args.sweep_samples
+    rates = {name: condition_samples / statistics.median(seconds) for name, seconds in times.items()}
+    return {
+        "conditions": len(group),
+        "samples": args.sweep_samples,
+        "new_tokens": args.sweep_new_tokens,
+        "seconds": times,
+        "condition_samples_per_second": rates,
+        "speedup_paired_median": statistics.median(a / b for a, b in zip(times["today"], times["reuse"])),
+        "peak_memory_gib": peaks,
+        "answers_identical": answers["today"] == answers["reuse"],
+        "reuse_off": reused.reuse_off,
+        "grid_gpu_hours": {name: GRID_CONDITION_SAMPLES / rate / 3600 for name, rate in rates.items()},
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="7b")
@@ -278,6 +348,9 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=4)
     parser.add_argument("--whole", action="store_true", help="also time the whole run_extract over --samples samples")
     parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--sweep", action="store_true", help="also time the 13-condition masking sweep, today's path against reuse")
+    parser.add_argument("--sweep-samples", type=int, default=64)
+    parser.add_argument("--sweep-new-tokens", type=int, default=8, help="the answers' limit (POPE's and the study's other benchmarks' in attnwh)")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, when its name is not in the table")
     parser.add_argument("--out", type=Path, default=Path("bench/results-gpu.json"))
     args = parser.parse_args()
@@ -299,6 +372,7 @@ def main() -> int:
         print(f"built and saved the {args.scale} model in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         measured = paired(args, folder, device, dtype)
         whole_run = whole(args, folder, args.device) if args.whole else None
+        sweep_run = sweep(args, folder, device, dtype) if args.sweep else None
 
     flops = model_flops_per_sample(shape, measured["prompt_tokens"], args.new_tokens)
     rows = {}
@@ -340,6 +414,7 @@ def main() -> int:
         "variants": rows,
         "ratios": ratios,
         "failed": measured["failed"],
+        "sweep": sweep_run,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
     print(
@@ -355,6 +430,13 @@ def main() -> int:
         print(f"  {name:<32} {value:.3f}")
     for name, why in measured["failed"].items():
         print(f"  {name}: {why}")
+    if sweep_run:
+        rates, hours = sweep_run["condition_samples_per_second"], sweep_run["grid_gpu_hours"]
+        print(
+            f"\nmasking sweep, {sweep_run['conditions']} conditions × {sweep_run['samples']} samples: today {rates['today']:.1f} condition-samples/s, "
+            f"reuse {rates['reuse']:.1f} ({sweep_run['speedup_paired_median']:.2f}x paired); the study's grid: {hours['today']:.1f} GPU-hours today, "
+            f"{hours['reuse']:.1f} with reuse; answers identical: {sweep_run['answers_identical']}; peak GiB {sweep_run['peak_memory_gib']}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwritten {args.out}")

@@ -207,7 +207,7 @@ def install_dispatch(text_model: torch.nn.Module, decoder_layers: Sequence[torch
     active call's observer. Call it before the model is shared between threads (``LoadedModel`` does)."""
     if getattr(text_model, DISPATCH_MARKER, False):
         return
-    text_model.register_forward_pre_hook(_forward_start)
+    text_model.register_forward_pre_hook(_forward_start, with_kwargs=True)
     if decoder_layers:
         decoder_layers[0].register_forward_pre_hook(_embedding_input, with_kwargs=True)
         for index, layer in enumerate(decoder_layers):
@@ -222,14 +222,14 @@ def _observing(text_model: torch.nn.Module | None = None) -> ForwardCall | None:
     return call
 
 
-def _forward_start(module, args) -> None:
+def _forward_start(module, args, kwargs) -> None:
     call = ACTIVE_CALL.get()
     if call is None or call.text_model is not module:
         return
     if call.observer is not None:
         call.observer.begin_forward()
     if call.prefix is not None:
-        call.prefix.begin_forward()
+        call.prefix.begin_forward(kwargs)
 
 
 def _embedding_input(module, args, kwargs) -> None:

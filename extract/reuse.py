@@ -20,10 +20,14 @@ same for all of them. Per batch of samples the sweep therefore:
    stacked only where sharing the earliest start costs no more than running them apart would
    (``plan_stacks``).
 
-Prefill skipping relies on a decoder layer passing nothing to the next but its output and the cache. That
-holds for most architectures and not for a few (a layer handing an index to the next, a shared KV store
-outside the cache); ``ReuseCheck`` compares the first stack of a sweep with the same conditions run plainly
-(answers equal, first-token logits within tolerance) and turns reuse off for the run when they differ.
+Reuse relies on what a model does with the pieces: its forward must place pre-encoded images as it places
+pixels, and a decoder layer must pass nothing to the next but its output and the cache. That holds for the
+families tested and may not for every architecture (a layer handing an index to the next, a shared KV store
+outside the cache, a grid the forward needs beside the features). So the first batch of every sweep checks
+it (``extract.sweep.SweepSamples``): what the text model is handed with the images encoded once (and tiled
+for a stack) equals what it is handed from the pixels (``text_model_inputs``, ``compare_inputs``: the pass
+stops at the text model), and the baseline started at the deepest recorded layer answers as the recorded
+baseline did; otherwise reuse is turned off for the run and every condition runs the plain way.
 
 The state of each call lives in the call (``ForwardCall.prefix``); the layer wrapper that consults it is
 installed once per model (``install_replay``), like the dispatch hooks of ``extract.forward``.
@@ -39,7 +43,7 @@ from typing import Any
 
 import torch
 
-from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention
+from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call
 
 REPLAY_MARKER = "attnwh_replay_wrapper"  # set once on each decoder layer whose forward is wrapped (structural, not per call)
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
@@ -139,12 +143,15 @@ def _cache_of(kwargs: dict[str, Any]):
     return cache
 
 
-def _copy_entry(entry: Any, times: int = 1, clone: bool = False) -> Any:
-    """A cache entry (one layer's keys, values, states) copied, its batch-first tensors tiled ``times``."""
+def _copy_entry(entry: Any, times: int = 1) -> Any:
+    """A cache entry (one layer's keys, values, states) as a new object over the same tensors, its batch-first
+    tensors tiled ``times``. Not cloned: a dynamic cache appends by concatenating into new tensors, so the
+    recorded ones stay as the prefill left them (a cache that wrote into them in place would change the
+    replayed prefix, which the first batch's check would see)."""
     copied = copy.copy(entry)
     for name, item in vars(entry).items():
         if isinstance(item, torch.Tensor) and item.ndim >= 2:
-            setattr(copied, name, tile(item.clone() if clone else item, times))
+            setattr(copied, name, tile(item, times))
     return copied
 
 
@@ -159,7 +166,7 @@ class PrefixRecording:
     entries: dict[int, Any] = field(default_factory=dict)
     passes: int = 0
 
-    def begin_forward(self) -> None:
+    def begin_forward(self, kwargs: dict[str, Any]) -> None:
         self.passes += 1
 
     def layer(self, index: int, forward, args, kwargs):
@@ -168,7 +175,7 @@ class PrefixRecording:
             if index in self.boundaries:
                 self.outputs[index] = output
             if index < self.depth:
-                self.entries[index] = _copy_entry(_cache_of(kwargs).layers[index], clone=True)
+                self.entries[index] = _copy_entry(_cache_of(kwargs).layers[index])
         return output
 
 
@@ -182,7 +189,7 @@ class PrefixReplay:
     passes: int = 0
     _output: Any = None
 
-    def begin_forward(self) -> None:
+    def begin_forward(self, kwargs: dict[str, Any]) -> None:
         self.passes += 1
 
     def layer(self, index: int, forward, args, kwargs):
@@ -199,6 +206,72 @@ class PrefixReplay:
         if self._output is None:
             self._output = tile(self.recording.outputs[self.start - 1], self.times)
         return self._output  # every skipped layer returns the boundary's output: the next skipped layer ignores it
+
+
+# -- the check: what the text model is handed ----------------------------------------------------------
+
+
+class _Probed(Exception):
+    """Ends a forward pass once the text model has been handed its inputs (``InputProbe``)."""
+
+
+@dataclass
+class InputProbe:
+    """Keeps what the text model is handed in a forward pass and stops the pass there."""
+
+    kwargs: dict[str, Any] | None = None
+
+    def begin_forward(self, kwargs: dict[str, Any]) -> None:
+        self.kwargs = dict(kwargs)
+        raise _Probed
+
+    def layer(self, index: int, forward, args, kwargs):  # pragma: no cover  (the pass stops before any layer)
+        return forward(*args, **kwargs)
+
+
+def text_model_inputs(loaded, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments the text model receives when the whole model is run on ``inputs`` (its vision
+    tower, projector and merge run; its layers do not)."""
+    parts = loaded.parts
+    probe = InputProbe()
+    with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=probe):
+        try:
+            loaded.model(**inputs)
+        except _Probed:
+            pass
+    if probe.kwargs is None:
+        raise ReuseError("the model's forward did not reach its text model")
+    return probe.kwargs
+
+
+def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 1) -> str | None:
+    """None when every tensor ``reused`` hands the text model equals ``plain``'s (for ``blocks`` stacked copies,
+    each block along the axis that grew); else the name of the first that differs."""
+    for name in sorted(set(plain) | set(reused)):
+        expected, got = plain.get(name), reused.get(name)
+        if not isinstance(expected, torch.Tensor) and not isinstance(got, torch.Tensor):
+            continue
+        if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):
+            return name
+        if blocks > 1:
+            axis = next((axis for axis in range(expected.ndim) if got.shape[axis] == blocks * expected.shape[axis] and got.ndim == expected.ndim), None)
+            if axis is None:
+                if got.shape != expected.shape:
+                    return name
+                pieces = [got]
+            else:
+                pieces = list(got.chunk(blocks, dim=axis))
+        else:
+            pieces = [got]
+        for piece in pieces:
+            if piece.shape != expected.shape or piece.dtype != expected.dtype:
+                return name
+            if piece.is_floating_point():
+                if not torch.allclose(piece, expected, rtol=1e-5, atol=1e-6):
+                    return name
+            elif not torch.equal(piece, expected):
+                return name
+    return None
 
 
 # -- 4. conditions stacked in one pass ---------------------------------------------------------------------

@@ -40,7 +40,7 @@ from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
-from attnwh.extract.reuse import PrefixRecording, PrefixReplay, encode_media, first_layer, plan_stacks, stack_interventions, tile
+from attnwh.extract.reuse import PrefixRecording, PrefixReplay, compare_inputs, encode_media, first_layer, plan_stacks, stack_interventions, text_model_inputs, tile
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.setup import RunSetup, prepare_run
@@ -242,14 +242,20 @@ class SweepSamples:
         others = [index for index in range(len(group)) if group[index]]
         stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
         stack_starts = [starts[stack[0]] for stack in stacks]
-        recording = None
+        recording, recorded = None, None
         if baseline or any(start > 0 for start in stack_starts):
             deepest = max([start for start in stack_starts if start > 0], default=0)
             recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest)
-            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):  # the prefill alone, unless the baseline's answers are wanted
-                generation = generate(loaded, inputs, self.max_new_tokens if baseline else 1, self._stop(batch))
+            limit = self.max_new_tokens if baseline else 1  # the prefill alone, unless the baseline's answers are wanted
+            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
+                recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
-                generations[index] = generation
+                generations[index] = recorded
+        if not self.reuse_checked:
+            self.reuse_checked = True
+            self.reuse_off = self._check(batch, inputs, max((len(stack) for stack in stacks), default=1), recording, recorded, limit if recording else 1)
+            if self.reuse_off is not None:
+                return [self.plain_generation(batch, interventions) for interventions in group]
         for stack, start in zip(stacks, stack_starts):
             times = len(stack)
             fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
@@ -260,26 +266,28 @@ class SweepSamples:
             for position, index in enumerate(stack):
                 rows = slice(position * size, (position + 1) * size)
                 generations[index] = Generation(stacked.answers[rows], stacked.first_logits[rows], {})
-        if not self.reuse_checked:
-            self.reuse_checked = True
-            self._check(batch, group, generations, stacks)
-            if self.reuse_off is not None:
-                return [self.plain_generation(batch, interventions) for interventions in group]
         return generations
 
-    def _check(self, batch: Batch, group, generations: list[Generation], stacks: list[list[int]]) -> None:
-        """The first stack and the last (the earliest and the deepest start) against the plain path; a
-        difference turns reuse off for this model (``reuse_off`` says where it differed)."""
-        tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
-        for index in sorted({stacks[0][0], stacks[-1][0]} if stacks else set()):
-            plain = self.plain_generation(batch, group[index])
-            reused = generations[index]
-            gap = float((torch.log_softmax(plain.first_logits, -1) - torch.log_softmax(reused.first_logits, -1)).abs().max())
-            if plain.answers != reused.answers or not gap <= tolerance:
-                self.reuse_off = (
-                    f"reusing shared work changed condition {index} of the group (answers equal: {plain.answers == reused.answers}; log-probabilities up to {gap:.2g} apart)"
-                )
-                return
+    def _check(self, batch: Batch, inputs: dict[str, Any], times: int, recording: PrefixRecording | None, recorded: Generation | None, limit: int) -> str | None:
+        """Whether reuse gives this model's plain results, on the first batch (None) or where it does not (a
+        sentence): what the text model is handed with the encoded images, and with them tiled for a stack,
+        equals what it is handed from the pixels (each block alike); and the baseline started at the
+        deepest recorded layer answers as the recorded baseline did (log-probabilities within 1e-4 in fp32,
+        5e-2 in half precision). A few partial passes, not whole conditions."""
+        plain = text_model_inputs(self.loaded, batch.encoded)
+        for label, candidate, blocks in (("encoded once", inputs, 1), (f"stacked {times} times", tile(inputs, times), times))[: 1 + (times > 1)]:
+            differs = compare_inputs(plain, text_model_inputs(self.loaded, candidate), blocks)
+            if differs:
+                return f"with the images {label}, the text model is handed a different {differs}"
+        if recording is not None and recording.depth > 0:
+            parts = self.loaded.parts
+            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, recording.depth, 1)):
+                replayed = generate(self.loaded, inputs, limit, self._stop(batch))
+            tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
+            gap = float((torch.log_softmax(replayed.first_logits, -1) - torch.log_softmax(recorded.first_logits, -1)).abs().max())
+            if replayed.answers != recorded.answers or not gap <= tolerance:
+                return f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently (answers equal: {replayed.answers == recorded.answers}; log-probabilities up to {gap:.2g} apart)"
+        return None
 
     def _rows(self, batch: Batch, generation: Generation, interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
         tokenizer, info = self.loaded.processor.tokenizer, self.loaded.info

@@ -138,7 +138,7 @@ def test_a_replay_that_differs_turns_reuse_off_and_keeps_the_plain_results(llava
     monkeypatch.setattr(reuse.PrefixReplay, "layer", wrong)
     samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     rows = samples.evaluate_group(group)
-    assert samples.reuse_off is not None and "condition 1" in samples.reuse_off
+    assert samples.reuse_off is not None and "started at layer" in samples.reuse_off
     plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     for interventions, condition_rows in zip(group, rows):
         expected = plain.evaluate(interventions)
@@ -169,3 +169,32 @@ def test_tile_repeats_batches_condition_major():
     pooled = tiled["mm_encoder_outputs"]["image"].pooler_output
     assert [part.shape[0] for part in pooled] == [3, 5, 3, 5, 3, 5]
     assert tiled["mm_encoder_outputs"]["image"].last_hidden_state.shape == (6, 4, 1)
+
+
+@pytest.fixture(scope="module")
+def qwen_sweep(tmp_path_factory):
+    family = next(family for family in FAMILIES if family.name == "qwen2_5_vl")
+    return _sweep_of(family, tmp_path_factory.mktemp("reuse-qwen"))
+
+
+def test_images_encoded_once_but_placed_wrongly_turn_reuse_off(qwen_sweep, monkeypatch):
+    """Qwen2.5-VL places image tokens by their grid (M-RoPE): encoder outputs handed on without the grid give the
+    text model other position ids. The check compares what the text model is handed and turns reuse off."""
+    from attnwh.extract import sweep
+
+    family, loaded, setup = qwen_sweep
+    original = sweep.encode_media
+
+    def without_grid(model, encoded):
+        inputs = original(model, encoded)
+        inputs.pop("image_grid_thw")
+        return inputs
+
+    monkeypatch.setattr(sweep, "encode_media", without_grid)
+    group = [[], [HeadMask(((loaded.info["n_layers"] - 1, 0),), "zero")]]
+    samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    rows = samples.evaluate_group(group)
+    assert samples.reuse_off is not None and "text model is handed a different position_ids" in samples.reuse_off
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    for interventions, condition_rows in zip(group, rows):
+        assert [row["option_logprobs"] for row in condition_rows] == [row["option_logprobs"] for row in plain.evaluate(interventions)]

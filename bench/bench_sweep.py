@@ -1,0 +1,196 @@
+"""Sweeps end to end: today's path against reuse (issue 29), side by side in one run.
+
+Each sweep runs as ``attnwh mask`` / ``attnwh prune`` run it (``run_mask`` / ``run_prune``: load the model,
+encode the samples, evaluate every condition, commit every part to a fresh warehouse), in a fresh process
+per run so that its time and its peak memory are its own; the two paths alternate in paired rounds (this
+machine drifts by tens of percent within minutes), and the medians of the paired ratios are printed.
+
+- ``today``: ``--no-reuse`` with the answer length given (every condition from scratch, every token up to
+  the limit: what ``attnwh mask`` did before reuse);
+- ``reuse``: the default: images once per batch, the baseline's prefix once, each condition started at its
+  first intervened layer, answers stopped once decided (within the same limit).
+
+Sweeps: ``mask`` = top / random / bottom × early / mid / late / all at one k (2 heads per stage) with one
+random seed: 13 conditions (the baseline included); ``prune`` = the default grid (full; score / uniform /
+random at 50%, 25%, 10%, 5%: 13 conditions). The ranking is a seeded random score per head (a random
+model has no visual heads; where a trained model's top heads sit changes where masking starts).
+
+Shapes: ``realistic`` = a LLaVA-1.5-shaped prompt (336-px image → 576 image tokens, ~610 tokens with the
+toy-shapes question) through a random text model of 8 layers × 16 heads (hidden 1024) whose vision tower
+(24 layers, hidden 128) costs the share of a pass that CLIP-L/336 costs in LLaVA-1.5-7B (~4%); ``toy`` =
+the toy zoo (small, medium, large), on toy-shapes.
+
+    python bench/bench_sweep.py                                   # realistic and toy, mask and prune
+    python bench/bench_sweep.py --shape realistic --kind mask --new-tokens 8 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+PATHS = ("today", "reuse")
+
+
+def build_realistic(folder: Path) -> Path:
+    from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+
+    spec = TinyLlavaSpec(n_layers=8, n_heads=16, n_kv_heads=16, hidden_size=1024, vision_layers=24, vision_hidden=128, image_size=336, patch_size=14, seed=0)
+    return save_tiny_llava(folder / "realistic", spec)
+
+
+def models(shape: str, folder: Path) -> list[str]:
+    if shape == "realistic":
+        return [str(build_realistic(folder))]
+    from attnwh.extract.toy.default import ZOO
+
+    return list(ZOO)
+
+
+def child_main(args) -> int:
+    """One sweep, end to end, in this process; prints its seconds, peak RSS and answers as JSON."""
+    import random
+
+    import duckdb
+    import torch
+
+    from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
+    from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune
+    from attnwh.extract.sweep import HeadRanking
+
+    torch.set_num_threads(args.threads)
+    reuse = args.path == "reuse"
+    common = dict(model=args.model, benchmark="toy-shapes", limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse)
+    common["max_new_tokens"] = None if reuse else args.new_tokens  # reuse: stopped once decided, within the same limit
+    start = time.perf_counter()
+    if args.kind == "mask":
+        options = MaskOptions(**common, strategies=("top", "random", "bottom"), stages=("early", "mid", "late", "all"), k=("2",))
+        setup = prepare_mask(options)
+        run = run_mask
+    else:
+        options = PruneOptions(**common)
+        setup = prepare_prune(options)
+        run = run_prune
+    info = setup.info
+    rng = random.Random(0)
+    heads = [(layer, head) for layer in range(info["n_layers"]) for head in range(info["n_heads"])]
+    scores = {head: rng.random() for head in heads}
+    ranking = HeadRanking("bench", "concentration_x_sum", "gen1", dict(sorted(scores.items(), key=lambda item: -item[1])))
+    # both paths under the same limit (toy-shapes' own is 2; POPE's and the study's other benchmarks' is 8)
+    setup = dataclasses.replace(setup, run=dataclasses.replace(setup.run, max_new_tokens=args.new_tokens))
+    result = run(args.warehouse, setup, ranking)
+    seconds = time.perf_counter() - start
+    rows = duckdb.sql(
+        f"select condition_id, sample_idx, parsed, option_logprobs from read_parquet('{result.run_path}/**/sweep_results*.parquet') order by all"  # noqa: S608 (a bench's own temp path)
+    ).fetchall()
+    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows, "reuse_off": result.reuse_off}))
+    return 0
+
+
+def run_child(args, model: str, kind: str, path: str, warehouse: Path) -> dict:
+    command = [sys.executable, __file__, "--child", "--model", model, "--kind-one", kind, "--path", path, "--warehouse", str(warehouse)]
+    command += ["--limit", str(args.limit), "--batch-size", str(args.batch_size), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise SystemExit(f"{path} {kind} on {model} failed:\n{completed.stderr[-3000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = wall
+    return result
+
+
+def compare(today: list, reuse: list) -> dict:
+    """Answers (parsed) identical per condition and sample; option log-probabilities' largest difference."""
+    assert [row[:2] for row in today] == [row[:2] for row in reuse], "the two paths evaluated different conditions or samples"
+    parsed_equal = all(a[2] == b[2] for a, b in zip(today, reuse))
+    gaps = [abs(x - y) for a, b in zip(today, reuse) if a[3] and b[3] for x, y in zip(a[3], b[3])]
+    return {"answers_identical": parsed_equal, "max_option_logprob_gap": max(gaps, default=0.0)}
+
+
+def parent_main(args) -> int:
+    results = {"machine": {"python": platform.python_version(), "platform": platform.platform(), "cpus": args.threads}, "when": datetime.now(timezone.utc).isoformat(), "runs": []}
+    with tempfile.TemporaryDirectory() as temp:
+        temp = Path(temp)
+        for shape in args.shape:
+            for model in models(shape, temp):
+                for kind in args.kind:
+                    times = {path: [] for path in PATHS}
+                    walls = {path: [] for path in PATHS}
+                    peaks = {path: [] for path in PATHS}
+                    check = None
+                    for round_index in range(args.rounds):
+                        order = PATHS if round_index % 2 == 0 else PATHS[::-1]
+                        outputs = {}
+                        for path in order:
+                            outputs[path] = run_child(args, model, kind, path, temp / f"wh-{shape}-{kind}-{path}-{round_index}")
+                            times[path].append(outputs[path]["seconds"])
+                            walls[path].append(outputs[path]["wall_seconds"])
+                            peaks[path].append(outputs[path]["peak_rss_mib"])
+                        check = compare(outputs["today"]["rows"], outputs["reuse"]["rows"])
+                        if outputs["reuse"]["reuse_off"]:
+                            check["reuse_off"] = outputs["reuse"]["reuse_off"]
+                    ratios = [a / b for a, b in zip(times["today"], times["reuse"])]
+                    wall_ratios = [a / b for a, b in zip(walls["today"], walls["reuse"])]
+                    peak_ratios = [b / a for a, b in zip(peaks["today"], peaks["reuse"])]
+                    entry = {
+                        "shape": shape,
+                        "model": Path(model).name,
+                        "kind": kind,
+                        "conditions": len({row[0] for row in outputs["today"]["rows"]}),
+                        "samples": args.limit,
+                        "batch_size": args.batch_size,
+                        "new_tokens": args.new_tokens,
+                        "seconds": times,
+                        "speedup_median": statistics.median(ratios),
+                        "speedup_wall_median": statistics.median(wall_ratios),
+                        "peak_rss_mib": peaks,
+                        "peak_ratio_median": statistics.median(peak_ratios),
+                        **check,
+                    }
+                    results["runs"].append(entry)
+                    print(
+                        f"{shape:9} {entry['model']:18} {kind:5} {entry['conditions']:2} conditions: reuse {entry['speedup_median']:.2f}x faster "
+                        f"(process wall {entry['speedup_wall_median']:.2f}x), peak memory {entry['peak_ratio_median']:.2f}x, "
+                        f"answers identical: {check['answers_identical']}, option log-prob gap {check['max_option_logprob_gap']:.1e}",
+                        flush=True,
+                    )
+    args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", nargs="+", default=["realistic", "toy"], choices=["realistic", "toy"])
+    parser.add_argument("--kind", nargs="+", default=["mask", "prune"], choices=["mask", "prune"])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=8, help="the answer's limit (today: every token up to it; reuse: up to where the answer is decided)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results-sweep.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--kind-one", dest="kind_one", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--warehouse", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.kind = args.kind_one
+        return child_main(args)
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
