@@ -242,8 +242,12 @@ class SweepSamples:
         others = [index for index in range(len(group)) if group[index]]
         stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
         stack_starts = [starts[stack[0]] for stack in stacks]
+        checking = not self.reuse_checked
+        self.reuse_checked = True
+        if checking:  # before the recording is held, so that the check's passes do not add to the peak
+            self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
         recording, recorded = None, None
-        if baseline or any(start > 0 for start in stack_starts):
+        if self.reuse_off is None and (baseline or any(start > 0 for start in stack_starts)):
             deepest = max([start for start in stack_starts if start > 0], default=0)
             recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest)
             limit = self.max_new_tokens if baseline else 1  # the prefill alone, unless the baseline's answers are wanted
@@ -251,42 +255,45 @@ class SweepSamples:
                 recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
                 generations[index] = recorded
-        if not self.reuse_checked:
-            self.reuse_checked = True
-            self.reuse_off = self._check(batch, inputs, max((len(stack) for stack in stacks), default=1), recording, recorded, limit if recording else 1)
-            if self.reuse_off is not None:
-                return [self.plain_generation(batch, interventions) for interventions in group]
+            if checking:
+                self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit)
+        if self.reuse_off is not None:
+            return [self.plain_generation(batch, interventions) for interventions in group]
         for stack, start in zip(stacks, stack_starts):
             times = len(stack)
             fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
-            edits = stack_interventions(fresh, size)
+            edits = fresh[0] if times == 1 else [stack_interventions(fresh, size)]  # one condition: its own interventions, as the plain path binds them
             prefix = PrefixReplay(recording, start, times) if start > 0 else None
-            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, [edits], prefix=prefix):
+            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
                 stacked = generate(loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
             for position, index in enumerate(stack):
                 rows = slice(position * size, (position + 1) * size)
                 generations[index] = Generation(stacked.answers[rows], stacked.first_logits[rows], {})
         return generations
 
-    def _check(self, batch: Batch, inputs: dict[str, Any], times: int, recording: PrefixRecording | None, recorded: Generation | None, limit: int) -> str | None:
-        """Whether reuse gives this model's plain results, on the first batch (None) or where it does not (a
-        sentence): what the text model is handed with the encoded images, and with them tiled for a stack,
-        equals what it is handed from the pixels (each block alike); and the baseline started at the
-        deepest recorded layer answers as the recorded baseline did (log-probabilities within 1e-4 in fp32,
-        5e-2 in half precision). A few partial passes, not whole conditions."""
+    def _check_inputs(self, batch: Batch, inputs: dict[str, Any], times: int) -> str | None:
+        """Part of the first batch's check that reuse gives this model's plain results: what the text model is
+        handed with the images encoded once, and tiled for a stack of ``times``, equals what it is handed from
+        the pixels (each block alike; the pass stops at the text model). None, or what differed."""
         plain = text_model_inputs(self.loaded, batch.encoded)
         for label, candidate, blocks in (("encoded once", inputs, 1), (f"stacked {times} times", tile(inputs, times), times))[: 1 + (times > 1)]:
             differs = compare_inputs(plain, text_model_inputs(self.loaded, candidate), blocks)
             if differs:
                 return f"with the images {label}, the text model is handed a different {differs}"
-        if recording is not None and recording.depth > 0:
-            parts = self.loaded.parts
-            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, recording.depth, 1)):
-                replayed = generate(self.loaded, inputs, limit, self._stop(batch))
-            tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
-            gap = float((torch.log_softmax(replayed.first_logits, -1) - torch.log_softmax(recorded.first_logits, -1)).abs().max())
-            if replayed.answers != recorded.answers or not gap <= tolerance:
-                return f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently (answers equal: {replayed.answers == recorded.answers}; log-probabilities up to {gap:.2g} apart)"
+        return None
+
+    def _check_replay(self, batch: Batch, inputs: dict[str, Any], recording: PrefixRecording, recorded: Generation, limit: int) -> str | None:
+        """The rest of the check: the baseline started at the deepest recorded layer answers as the recorded
+        baseline did (first-token log-probabilities within 1e-4 in fp32, 5e-2 in half precision)."""
+        if recording.depth == 0:
+            return None
+        parts = self.loaded.parts
+        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, recording.depth, 1)):
+            replayed = generate(self.loaded, inputs, limit, self._stop(batch))
+        tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
+        gap = float((torch.log_softmax(replayed.first_logits, -1) - torch.log_softmax(recorded.first_logits, -1)).abs().max())
+        if replayed.answers != recorded.answers or not gap <= tolerance:
+            return f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently (answers equal: {replayed.answers == recorded.answers}; log-probabilities up to {gap:.2g} apart)"
         return None
 
     def _rows(self, batch: Batch, generation: Generation, interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
