@@ -77,7 +77,11 @@ def encode_media(model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> di
         if not any(key in arguments for key in PIXEL_KEYS):
             continue
         with torch.inference_mode():
-            outputs[modality] = encoder(**arguments, return_dict=True)
+            output = encoder(**arguments, return_dict=True)
+        for field_name in ("hidden_states", "attentions"):  # every vision layer's states: read by no forward, kept for no condition
+            if getattr(output, field_name, None) is not None:
+                output[field_name] = None
+        outputs[modality] = output
         consumed.update(key for key in arguments if key in PIXEL_KEYS)
     for key in consumed:  # only the pixels: a grid or size the encoder read may still place the tokens (Qwen's M-RoPE)
         inputs.pop(key, None)
