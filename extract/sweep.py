@@ -50,7 +50,7 @@ from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import SWEEP_CONDITIONS, SWEEP_RESULTS
 
-ProgressCallback = Callable[[int, int], None]
+ProgressCallback = Callable[[float, int], None]  # (conditions done, a fraction while a group runs; conditions in all)
 
 
 @dataclass
@@ -215,18 +215,20 @@ class SweepSamples:
             rows.extend(self._rows(batch, self.plain_generation(batch, interventions), interventions))
         return sorted(rows, key=lambda row: row["sample_idx"])
 
-    def evaluate_group(self, group: Sequence[Sequence[Intervention]]) -> list[list[dict[str, Any]]]:
+    def evaluate_group(self, group: Sequence[Sequence[Intervention]], on_batch: Callable[[int, int], None] | None = None) -> list[list[dict[str, Any]]]:
         """Every sample's answer under each condition of ``group`` (its interventions; none: the baseline),
         equal to ``evaluate`` of each: per batch, the images encoded once, the baseline's prefix recorded
         once, and the conditions stacked and started at their first intervened layer (extract.reuse)."""
         rows: list[list[dict[str, Any]]] = [[dict(row) for row in self.errors] for _ in group]
-        for batch in self.batches:
+        for done, batch in enumerate(self.batches, start=1):
             if self.reuse_off is not None:
                 generations = [self.plain_generation(batch, interventions) for interventions in group]
             else:
                 generations = self.reused_generations(batch, group)
             for index, (interventions, generation) in enumerate(zip(group, generations)):
                 rows[index].extend(self._rows(batch, generation, interventions))
+            if on_batch is not None:
+                on_batch(done, len(self.batches))
         return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
 
     def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[Generation]:
@@ -362,12 +364,13 @@ class SweepPart:
 
 
 def evaluate_conditions(
-    run_id: str, kind: SweepKind, conditions: Sequence[SweepCondition], ranking: HeadRanking | None, samples: SweepSamples, prepared: Any, reuse: bool
+    run_id: str, kind: SweepKind, conditions: Sequence[SweepCondition], ranking: HeadRanking | None, samples: SweepSamples, prepared: Any, reuse: bool, on_batch=None
 ) -> list[SweepPart]:
-    """The parts of ``conditions``: evaluated together, sharing their common work (``reuse``), or one by one."""
+    """The parts of ``conditions``: evaluated together, sharing their common work (``reuse``; ``on_batch(done,
+    batches)`` after each batch), or one by one."""
     interventions = [[] if condition.baseline else kind.interventions(condition, prepared) for condition in conditions]
     if reuse:
-        rows = samples.evaluate_group(interventions)
+        rows = samples.evaluate_group(interventions, on_batch)
     else:
         rows = [samples.evaluate(condition_interventions) for condition_interventions in interventions]
     return [SweepPart(run_id, kind.kind, condition, ranking, condition_rows) for condition, condition_rows in zip(conditions, rows)]
@@ -433,7 +436,9 @@ def run_sweep(
         on_progress(0, len(pending))
     done = 0
     for group in group_conditions(pending, 1 if options.reuse else len(pending)):
-        for part in evaluate_conditions(run.run_id, kind, group, ranking, samples, prepared, options.reuse):
+        # a group's conditions are committed when its last batch is done: until then, progress counts batches
+        on_batch = (lambda batches, of, before=done, size=len(group): on_progress(before + size * batches / of, len(pending))) if on_progress else None
+        for part in evaluate_conditions(run.run_id, kind, group, ranking, samples, prepared, options.reuse, on_batch):
             result.conditions_written += parts.commit_part(run.paths, part.condition.condition_id, part.write, writer) is not None
             done += 1
             if on_progress:
