@@ -37,6 +37,7 @@ class ImportResult:
     new_run: bool
     n_heads: int
     shape: tuple[int, int, int]  # layers, query heads, key-value heads
+    clipped: int = 0  # values of the file outside [0, 1], clipped as the tool that wrote it clips them (DuoAttention)
 
 
 def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> ImportResult:
@@ -54,7 +55,7 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
     config, model_spec = load_config(source)
     info = model_spec.info
     shape = (int(info["n_layers"]), int(info["n_heads"]), int(info.get("n_kv_heads") or info["n_heads"]))
-    scores = parse_heads(text, fmt, str(options.file), shape, label)
+    scores, clipped = parse_heads(text, fmt, str(options.file), shape, label)
     warehouse = open_warehouse(warehouse_path, create=True)
     spec = {"format": fmt, "file_sha256": hashlib.sha256(data).hexdigest(), "name": options.name, "model": label, "model_revision": revision(source, config)}
     run, new_run = open_or_create_run(
@@ -77,4 +78,4 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
 
     if 0 not in parts.committed_part_ids(run.paths):
         parts.commit_part(run.paths, 0, write)
-    return ImportResult(run.run_id, new_run, len(scores), shape)
+    return ImportResult(run.run_id, new_run, len(scores), shape, clipped)

@@ -19,7 +19,7 @@ def export(
     fmt: HeadsFormatOption = "retrieval-json",
     score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score: {SCORE_HELP}.")] = "concentration_x_sum",
     query: Annotated[str, typer.Option(help="Captured query: gen1 or prompt.")] = "gen1",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: standard output).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: standard output); duo-tsv: also a config.json beside it, as DuoAttention reads it.")] = None,
     warehouse: WarehouseOption = None,
 ) -> None:
     """Write a run's head scores as a Retrieval_Head / SparseMM JSON or a DuoAttention TSV.
@@ -34,11 +34,21 @@ def export(
     if out is None:
         typer.echo(text, nl=False)
         return
-    try:
-        out.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from exc
-    typer.echo(f"wrote {out}")
+    from attnwh.warehouse.head_files import duo_config
+
+    written = [(out, text)]
+    config = out.parent / "config.json"
+    if fmt == "duo-tsv":
+        if config.exists():
+            typer.echo(f"left {config} as it is (DuoAttention reads its sink_size and recent_size)", err=True)
+        else:
+            written.append((config, duo_config(f"attnwh heads export {run_id} --score {score} --query {query}")))
+    for path, content in written:
+        try:
+            path.write_text(content, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        typer.echo(f"wrote {path}")
 
 
 @handles_errors
@@ -58,5 +68,7 @@ def import_(
     result = import_heads(warehouse, ImportOptions(file, fmt, model, name, command=["attnwh", *sys.argv[1:]]))
     layers, heads, kv_heads = result.shape
     state = "stored" if result.new_run else "already stored"
+    if result.clipped:
+        typer.echo(f"clipped {result.clipped} value(s) outside [0, 1] to it, as DuoAttention's loader does")
     typer.echo(f"ranking run {result.run_id} ({state}): {result.n_heads} heads of a {layers} × {heads} model ({kv_heads} key-value heads)")
     typer.echo(f"mask by it: attnwh mask --ranking-run {result.run_id} ...")

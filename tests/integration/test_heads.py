@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
@@ -112,7 +113,7 @@ def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
     [
         ("duo-tsv", "0.1\t0.9\n0.5\t0.3\n", "holds 2 layers × 2 key-value heads, but"),
         ("duo-tsv", "0.1\t0.9\t0.2\n0.5\t0.3\t0.1\n1\t0\t0\n", "holds 3 layers × 3 key-value heads, but"),
-        ("duo-tsv", "0.1\t1.5\n0.5\t0.3\n1\t0\n", ":1: scores must be in [0, 1]"),
+        ("duo-tsv", "0.1\tnan\n0.5\t0.3\n1\t0\n", ":1: scores must be finite numbers"),
         ("duo-tsv", "a\tb\n", ":1: not tab-separated numbers"),
         ("retrieval-json", json.dumps({"0-0": [0.1]}), "holds 1 heads (layers 0..0, heads 0..0), but"),
         ("retrieval-json", "[1, 2]", 'expected an object of "layer-head"'),
@@ -163,7 +164,54 @@ def test_generated_files_parse_or_give_one_line(text):
     for parse in (parse_duo_tsv, parse_retrieval_json):
         try:
             scores = parse(text, "ranking.txt", (3, 4, 2), "tiny")
+            scores = scores[0] if isinstance(scores, tuple) else scores  # duo-tsv: (scores, values clipped)
         except UsageError as exc:
             assert "\n" not in str(exc) and "ranking.txt" in str(exc)
         else:
             assert set(scores) == {(layer, head) for layer in range(3) for head in range(4)}
+
+
+def test_a_duo_tsv_is_clipped_as_duoattention_clips_it_and_says_how_much(tmp_path, tiny_gqa, capsys):
+    tsv = tmp_path / "full_attention_heads.tsv"
+    tsv.write_text("-0.0014\t0.9\n0.5\t1.5\n1\t0\n")
+    code, out, _ = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "clipped", "--warehouse", str(tmp_path / "wh"))
+    assert code == 0 and "clipped 2 value(s) outside [0, 1]" in out
+    with open_session(tmp_path / "wh") as session:
+        rows = run_mart(session, "imported_ranking", {"run_id": out.split("ranking run ")[1].split()[0]}).to_pylist()
+    scores = {(row["layer"], row["head"]): row["score"] for row in rows}
+    assert scores[(0, 0)] == 0.0 and scores[(1, 2)] == 1.0 and scores[(0, 2)] == 0.9
+
+
+def test_exports_are_read_by_each_tools_own_loader(gqa_run, tmp_path, capsys):
+    """The few lines each tool reads its file with, reimplemented: DuoAttention (numpy loadtxt, clip, config.json
+    beside it), SparseMM (each list's mean, in key order, reshaped to layers × heads), Retrieval_Head (each list's mean)."""
+    warehouse, run_id = gqa_run
+    sums = image_sums(warehouse, run_id)
+    expected = np.array([[np.mean(sums[(layer, head)]) for head in range(4)] for layer in range(3)])
+    folder = tmp_path / "duo"
+    folder.mkdir()
+    code, out, _ = run_cli(
+        capsys, "heads", "export", run_id, "--format", "duo-tsv", "--score", "image_sum", "--out", str(folder / "full_attention_heads.tsv"), "--warehouse", str(warehouse)
+    )
+    assert code == 0 and "config.json" in out
+    full = np.clip(np.loadtxt(folder / "full_attention_heads.tsv", dtype=float, delimiter="\t"), 0, 1)  # DuoAttention's load_attn_pattern
+    config = json.loads((folder / "config.json").read_text())
+    assert full.shape == (3, 2) and isinstance(config["sink_size"], int) and isinstance(config["recent_size"], int)
+    kv = expected.reshape(3, 2, 2).mean(axis=2)
+    assert np.argsort(full, axis=None).tolist() == np.argsort(kv, axis=None).tolist()
+    code, out, _ = run_cli(capsys, "heads", "export", run_id, "--format", "retrieval-json", "--score", "image_sum", "--warehouse", str(warehouse))
+    content = json.loads(out)
+    sparsemm = np.array([np.mean(values) for values in content.values()]).reshape(3, 4)  # key order, as SparseMM reshapes it
+    assert np.allclose(sparsemm, expected, atol=1e-6)
+    assert {key: float(np.mean(values)) for key, values in content.items()} == pytest.approx({f"{layer}-{head}": expected[layer, head] for layer in range(3) for head in range(4)})
+
+
+def test_an_export_with_a_head_without_scores_is_refused_in_one_line():
+    from attnwh.warehouse.head_files import write_heads
+
+    rows = [{"layer": layer, "head": head, "scores": [0.5], "mean_score": 0.5, "n_layers": 2, "n_heads": 2, "n_kv_heads": 2} for layer in range(2) for head in range(2)]
+    rows[3] = {**rows[3], "scores": [], "mean_score": None}
+    for fmt in ("retrieval-json", "duo-tsv"):
+        with pytest.raises(UsageError, match=r"^1 of 4 heads have no score to export \(1-1\): the other tools would average them to NaN$"):
+            write_heads(rows, fmt)
+    assert list(json.loads(write_heads(list(reversed(rows[:3])) + [{**rows[0], "layer": 1, "head": 1}], "retrieval-json"))) == ["0-0", "0-1", "1-0", "1-1"]
