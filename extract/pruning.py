@@ -181,7 +181,7 @@ class LayerPrune(LayerIntervention):
         value = value.gather(2, at.expand(-1, -1, -1, value.shape[-1]))
         # additive, as ``mask`` builds it (SDPA given a bool mask of this size would convert it itself, into fresh memory)
         lowest = torch.finfo(query.dtype).min
-        additive = torch.where(_as_bool_mask(attention_mask, batch, n_query, n_keys, query.device), 0.0, lowest).to(query.dtype)
+        additive = torch.where(as_bool_mask(attention_mask, batch, n_query, n_keys, query.device), 0.0, lowest).to(query.dtype)
         # a first key column masked in every row, for the extra slots (-1 + 1); key k is column k + 1
         additive = torch.cat([additive.new_full((*additive.shape[:-1], 1), lowest), additive], dim=-1)
         index = (slots + 1).repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :].expand(batch, n_heads, n_query, -1)
@@ -200,7 +200,7 @@ class LayerPrune(LayerIntervention):
         n_prompt, n_keys = self.image.shape[1], key.shape[2]
         kept = self.kept if n_keys <= n_prompt else torch.nn.functional.pad(self.kept, (0, n_keys - n_prompt), value=True)  # generated keys: kept
         kept = kept[:, :, :n_keys].repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
-        base = _as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
+        base = as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
         return torch.where(base & kept, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
 
     def _keeps_all(self, query, key, attention_mask, scaling) -> bool:
@@ -241,7 +241,7 @@ def _slots(kept: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.arange(width, device=kept.device) < counts, order, -1)
 
 
-def _as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
+def as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
     """``[batch, 1 or head, query, key]`` bool (True = attend) from the mask SDPA was given (None: causal)."""
     if attention_mask is None:
         causal = torch.ones(n_query, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_query)

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call
+from attnwh.extract.pruning import as_bool_mask
 
 REPLAY_MARKER = "attnwh_replay_wrapper"  # set once on each decoder layer whose forward is wrapped (structural, not per call)
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
@@ -324,16 +325,6 @@ def _rows(mask: torch.Tensor | None, block: slice) -> torch.Tensor | None:
     return None if mask is None or mask.shape[0] == 1 else mask[block]
 
 
-def _bool_mask(mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:
-    """``[batch, 1 or head, query, key]`` bool (True = attend) from a mask SDPA would take (None: causal)."""
-    if mask is None:
-        causal = torch.ones(n_query, n_keys, dtype=torch.bool, device=device).tril(diagonal=n_keys - n_query)
-        return causal[None, None].expand(batch, 1, n_query, n_keys)
-    mask = mask[..., :n_keys]
-    mask = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-    return mask.expand(batch, *mask.shape[1:])
-
-
 class StackedLayer(LayerIntervention):
     """One layer's interventions of several conditions over their blocks of a stacked batch.
 
@@ -361,14 +352,14 @@ class StackedLayer(LayerIntervention):
         values = value.new_zeros((value.shape[0], value.shape[1], width, value.shape[3]))
         masks = torch.zeros((batch, n_heads, n_query, width), dtype=torch.bool, device=query.device)
         keys[:, :, : key.shape[2]], values[:, :, : value.shape[2]] = key, value
-        masks[..., : key.shape[2]] = _bool_mask(attention_mask, batch, n_query, key.shape[2], query.device)
+        masks[..., : key.shape[2]] = as_bool_mask(attention_mask, batch, n_query, key.shape[2], query.device)
         for block, new_key, new_value, new_mask in changed:
             n = new_key.shape[2]
             keys[block] = 0
             values[block] = 0
             masks[block] = False
             keys[block, :, :n], values[block, :, :n] = new_key, new_value
-            masks[block, :, :, :n] = _bool_mask(new_mask, new_key.shape[0], n_query, n, query.device)
+            masks[block, :, :, :n] = as_bool_mask(new_mask, new_key.shape[0], n_query, n, query.device)
         # additive, so that a row that sees no key (left padding) averages its values as under the model's own
         # mask, rather than becoming NaN (which the padding's keys would hand on to every row through 0 · NaN)
         return keys, values, torch.where(masks, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
