@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -172,6 +173,7 @@ class SweepSamples:
         self.loaded, self.max_new_tokens, self.stack = loaded, setup.max_new_tokens, stack
         self.stop_when_decided = stop_when_decided
         self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
+        self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
         self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
         ready, failed = load_samples(setup.samples, list(range(len(setup.samples))))
         prompt_of = partial(prompt_text, loaded, setup.prompt_format, setup.template)
@@ -232,6 +234,19 @@ class SweepSamples:
         return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
 
     def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[Generation]:
+        """The group's generations on ``batch`` with reuse; the first call checks reuse first, and calls from
+        other threads (a Dask worker's, sharing these samples) wait for that check rather than run unchecked."""
+        if not self.reuse_checked:
+            with self._check_lock:
+                if not self.reuse_checked:
+                    generations = self._reused(batch, group, checking=True)
+                    self.reuse_checked = True
+                    return generations
+        if self.reuse_off is not None:
+            return [self.plain_generation(batch, interventions) for interventions in group]
+        return self._reused(batch, group, checking=False)
+
+    def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool) -> list[Generation]:
         loaded, parts = self.loaded, self.loaded.parts
         spec, size = loaded.spec, len(batch.items)
         view = batch_view(loaded, batch.encoded)
@@ -244,8 +259,6 @@ class SweepSamples:
         others = [index for index in range(len(group)) if group[index]]
         stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
         stack_starts = [starts[stack[0]] for stack in stacks]
-        checking = not self.reuse_checked
-        self.reuse_checked = True
         if checking:  # before the recording is held, so that the check's passes do not add to the peak
             self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
         recording, recorded = None, None

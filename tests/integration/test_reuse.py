@@ -198,3 +198,42 @@ def test_images_encoded_once_but_placed_wrongly_turn_reuse_off(qwen_sweep, monke
     plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     for interventions, condition_rows in zip(group, rows):
         assert [row["option_logprobs"] for row in condition_rows] == [row["option_logprobs"] for row in plain.evaluate(interventions)]
+
+
+def test_threads_sharing_the_samples_wait_for_the_check(llava_sweep, monkeypatch):
+    """A Dask worker's threads share one SweepSamples: a thread that arrives while the first batch's check runs
+    waits for its verdict, so with a replay that differs no thread's results come from unchecked reuse."""
+    import threading
+    import time
+
+    family, loaded, setup = llava_sweep
+    group = [[], [HeadMask(((loaded.info["n_layers"] - 1, 0),), "zero")]]
+    original_layer, original_check = reuse.PrefixReplay.layer, SweepSamples._check_inputs
+
+    def wrong(self, index, forward, args, kwargs):
+        output = original_layer(self, index, forward, args, kwargs)
+        return output * 1.5 if self.passes == 1 and index == self.start - 1 else output
+
+    def slow_check(self, *args):
+        time.sleep(0.5)  # the other thread arrives meanwhile
+        return original_check(self, *args)
+
+    monkeypatch.setattr(reuse.PrefixReplay, "layer", wrong)
+    monkeypatch.setattr(SweepSamples, "_check_inputs", slow_check)
+    samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    results: list = [None, None]
+
+    def evaluate(slot: int) -> None:
+        results[slot] = samples.evaluate_group(group)
+
+    threads = [threading.Thread(target=evaluate, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.1)
+    for thread in threads:
+        thread.join()
+    assert samples.reuse_off is not None
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    expected = [[row["option_logprobs"] for row in plain.evaluate(interventions)] for interventions in group]
+    for rows in results:
+        assert [[row["option_logprobs"] for row in condition] for condition in rows] == expected
