@@ -46,7 +46,6 @@ import torch
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call
 from attnwh.extract.pruning import as_bool_mask
 
-REPLAY_MARKER = "attnwh_replay_wrapper"  # set once on each decoder layer whose forward is wrapped (structural, not per call)
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
 
 
@@ -124,9 +123,8 @@ def install_replay(decoder_layers: Sequence[torch.nn.Module]) -> None:
     """Wrap, once per model, each decoder layer's ``forward`` so that the calling context's prefix (if any)
     may record its output or stand in for it. Call it before the model is shared (``LoadedModel`` does)."""
     for index, layer in enumerate(decoder_layers):
-        if not getattr(layer, REPLAY_MARKER, False):
+        if not isinstance(vars(layer).get("forward"), _ReplayableForward):  # installed already: the wrapper says so itself
             layer.forward = _ReplayableForward(index, layer.forward)
-            setattr(layer, REPLAY_MARKER, True)
 
 
 class _ReplayableForward:
