@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -35,6 +36,7 @@ def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[
 @dataclass
 class Generation:
     answers: list[list[int]]  # generated token ids per row, cut at the first EOS and at max_new_tokens
+    steps: list[list[int]]  # per row, the token each forward pass produced: the answer and the EOS that ended it (if any)
     first_logits: torch.Tensor  # [batch, vocab] fp32 on CPU: the logits at the answer position
     lens: dict[str, LensResult]  # per captured query, when the capture keeps hidden states
 
@@ -79,7 +81,8 @@ def generate_with_capture(
     bound = [intervention.bind(view) for intervention in interventions]
     text_model, modules, layers = parts.text_model, parts.attention_modules, parts.decoder_layers
     if capture is not None:
-        active = capture_session(text_model, modules, capture, segments, region, layers, bound)
+        lens_of = partial(logit_lens, norm=parts.final_norm, lm_head=parts.lm_head, softcap=loaded.spec.final_logit_softcapping) if capture.lens else None
+        active = capture_session(text_model, modules, capture, segments, region, layers, bound, lens_of)
     else:
         active = forward_call(text_model, modules, layers, bound)
     stop = StopRows(encoded["input_ids"].shape[1], loaded.eos_token_ids, passes)
@@ -136,13 +139,14 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
             return_dict_in_generate=True,
         )
     end = set(loaded.eos_token_ids)
-    answers = []
+    answers, steps = [], []
     for index, row in enumerate(output.sequences[:, stop.prompt_length :].tolist()):
         decided = stop.decided_at[index] if index < len(stop.decided_at) else None
         row = row[: min(max_new_tokens, decided or max_new_tokens)]
         cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
-    return Generation(answers, output.logits[0].float().cpu(), {})
+        steps.append(row[: cut + 1])
+    return Generation(answers, steps, output.logits[0].float().cpu(), {})
 
 
 def letter_token_ids(tokenizer) -> list[torch.Tensor]:

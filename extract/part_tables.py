@@ -5,6 +5,7 @@ how a part writes them (Parquet with the schema version in its metadata, Zarr fo
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,21 @@ from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.lens import LensResult
 from attnwh.extract.stats import STAT_NAMES
 from attnwh.warehouse import arrays
-from attnwh.warehouse.definitions import rollups
+from attnwh.warehouse.definitions import gen_rollup, rollups
 from attnwh.warehouse.layout import table_file
-from attnwh.warehouse.schema import HEAD_METRICS, HEAD_METRICS_SORT, LOGIT_LENS, LOGIT_LENS_SORT, SAMPLES, with_metadata
+from attnwh.warehouse.schema import (
+    GEN_LENS,
+    GEN_LENS_SORT,
+    GEN_METRICS,
+    GEN_METRICS_SORT,
+    GEN_TOKENS,
+    HEAD_METRICS,
+    HEAD_METRICS_SORT,
+    LOGIT_LENS,
+    LOGIT_LENS_SORT,
+    SAMPLES,
+    with_metadata,
+)
 
 
 @dataclass
@@ -33,6 +46,10 @@ class PartData:
     metrics: list[pa.Table] = field(default_factory=list)
     lens: list[pa.Table] = field(default_factory=list)
     rows: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (sample_idx, per query [layer, head, key])
+    gen_metrics: list[pa.Table] = field(default_factory=list)  # ``gen``: every generated step's statistics
+    gen_tokens: list[pa.Table] = field(default_factory=list)
+    gen_lens: list[pa.Table] = field(default_factory=list)
+    every_step: bool = False  # whether the run captures ``gen`` (its tables are written, empty when every sample failed)
     errors: int = 0
 
     def write(self, folder: Path) -> dict[str, int]:
@@ -57,13 +74,136 @@ class PartData:
         counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_scores": scores.num_rows, "head_ranks": ranks.num_rows}
         if self.lens:
             counts["logit_lens"] = sum(table.num_rows for table in self.lens)
+        if self.every_step:
+            gen_metrics = (pa.concat_tables(self.gen_metrics) if self.gen_metrics else GEN_METRICS.empty_table()).sort_by(GEN_METRICS_SORT)
+            gen_tokens = (pa.concat_tables(self.gen_tokens) if self.gen_tokens else GEN_TOKENS.empty_table()).sort_by([("sample_idx", "ascending"), ("step", "ascending")])
+            write_parquet(gen_metrics, "gen_metrics", folder)
+            write_parquet(gen_tokens, "gen_tokens", folder)
+            gen_scores = gen_rollup(gen_metrics, gen_tokens)
+            write_parquet(gen_scores, "gen_scores", folder)
+            counts.update(gen_metrics=gen_metrics.num_rows, gen_tokens=gen_tokens.num_rows, gen_scores=gen_scores.num_rows)
+            if self.gen_lens:
+                gen_lens = pa.concat_tables(self.gen_lens).sort_by(GEN_LENS_SORT)
+                write_parquet(gen_lens, "gen_lens", folder)
+                counts["gen_lens"] = gen_lens.num_rows
         return counts
+
+
+# the generated-step tables: dictionary pages for the repeating integer columns, and row groups large enough
+# that a part's steps compress together (measured bytes per sample: bench/bench_gen.py)
+GEN_TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores")
 
 
 def write_parquet(table: pa.Table, name: str, folder: Path) -> None:
     """A part's table ``name``, with the schema version in its metadata."""
     table = table.replace_schema_metadata(with_metadata(name, table.schema).metadata)
-    pq.write_table(table, table_file(folder, name), compression="zstd")
+    if name in GEN_TABLES:
+        pq.write_table(table, table_file(folder, name), compression="zstd", compression_level=6, use_dictionary=True, row_group_size=1 << 20)
+    else:
+        pq.write_table(table, table_file(folder, name), compression="zstd")
+
+
+def gen_metrics_table(run_id: str, sample_idx: int, n_image: int, statistics: np.ndarray) -> pa.Table:
+    """``gen_metrics`` of one sample from its [step, layer, head, stat] array (the steps its answer took)."""
+    n_steps, n_layers, n_heads, _ = statistics.shape
+    step, layer, head = (axis.ravel() for axis in np.meshgrid(np.arange(n_steps), np.arange(n_layers), np.arange(n_heads), indexing="ij"))
+    flat = statistics.reshape(-1, statistics.shape[-1])
+    n = len(step)
+    argmax = flat[:, STAT_NAMES.index("image_argmax")].astype(np.int32)
+    table = {
+        "run_id": pa.array([run_id] * n, pa.string()),
+        "sample_idx": pa.array(np.full(n, sample_idx, dtype=np.int64)),
+        "step": pa.array(step.astype(np.int16)),
+        "layer": pa.array(layer.astype(np.int16)),
+        "head": pa.array(head.astype(np.int16)),
+        "n_image": pa.array(np.full(n, n_image, dtype=np.int32)),
+        "image_argmax": pa.array(argmax, mask=argmax < 0),
+    }
+    for index, stat in enumerate(STAT_NAMES):
+        if stat != "image_argmax":
+            table[stat] = pa.array(flat[:, index].astype(np.float32), from_pandas=True)  # NaN (no region) -> null
+    return pa.table(table).select(GEN_METRICS.names).cast(GEN_METRICS)
+
+
+def gen_lens_table(run_id: str, sample_idx: int, steps: list[int], lens: list[LensResult], position: int) -> pa.Table:
+    """``gen_lens`` of one sample: per step and layer, the rank and probability of the token the step produced.
+    A step whose lens target (the final layer's top-1) is not the token generation chose (a logits processor of the
+    model's generation config changed the choice) gets no rows: a rank of another token would be mislabelled."""
+    columns: dict[str, list] = {name: [] for name in GEN_LENS.names}
+    for step, token in enumerate(steps):
+        result = lens[step]
+        if int(result.target_token[position]) != token:
+            continue
+        n = result.target_rank.shape[0]
+        columns["run_id"] += [run_id] * n
+        columns["sample_idx"] += [sample_idx] * n
+        columns["step"] += [step] * n
+        columns["layer"] += list(range(n))
+        columns["token_rank"] += result.target_rank[:, position].tolist()
+        columns["token_prob"] += result.target_prob[:, position].tolist()
+    return pa.table(columns, schema=GEN_LENS)
+
+
+def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, tokenizer, sample: Sample) -> pa.Table:
+    """``gen_tokens`` of one sample: each step's token, the word of the answer it belongs to and what the word names.
+
+    Each token's characters are found by decoding the answer's prefixes (the text a tokenizer gives for tokens
+    1..i, less that of 1..i-1); a token belongs to the first word its characters overlap. Words and the objects
+    they name come from the benchmark's object vocabulary when its samples are annotated, else every run of
+    letters and digits is a word with no object."""
+    eos_ids = set(eos_ids)
+    answer = [token for token in steps if token not in eos_ids]
+    text, ends = "", []
+    for count in range(1, len(answer) + 1):
+        text = tokenizer.decode(answer[:count], skip_special_tokens=True)
+        ends.append(len(text))
+    words = _answer_words(text, sample)
+    columns: dict[str, list] = {name: [] for name in GEN_TOKENS.names}
+    start, seen_words, answer_index = 0, set(), 0
+    for step, token in enumerate(steps):
+        eos = token in eos_ids
+        word = None
+        if not eos:
+            end = ends[answer_index]
+            answer_index += 1
+            word = next((w for w in words if w.start < end and w.end > start and text[max(start, w.start) : min(end, w.end)].strip()), None)
+            start = end
+        columns["run_id"].append(run_id)
+        columns["sample_idx"].append(sample_idx)
+        columns["step"].append(step)
+        columns["token_id"].append(token)
+        columns["token_text"].append(tokenizer.convert_ids_to_tokens(token))
+        columns["eos"].append(eos)
+        columns["word_index"].append(None if word is None else word.index)
+        columns["word"].append(None if word is None else word.text)
+        columns["word_start"].append(None if word is None else word.index not in seen_words)
+        columns["object"].append(None if word is None else word.object)
+        status = None
+        if word is not None and word.object is not None and getattr(sample, "objects", None) is not None:
+            status = getattr(sample, "objects", None).vocabulary.status(word, getattr(sample, "objects", None))
+        columns["object_status"].append(status)
+        if word is not None:
+            seen_words.add(word.index)
+    return pa.table(columns, schema=GEN_TOKENS)
+
+
+_PLAIN_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
+
+
+@dataclass(frozen=True)
+class _PlainWord:
+    index: int
+    start: int
+    end: int
+    text: str
+    object: str | None = None
+
+
+def _answer_words(text: str, sample: Sample) -> list:
+    """The words of an answer: the benchmark's object vocabulary's (``WordSpan``s) when the sample is annotated."""
+    if getattr(sample, "objects", None) is not None:
+        return getattr(sample, "objects", None).vocabulary.words(text)
+    return [_PlainWord(index, match.start(), match.end(), match.group(0)) for index, match in enumerate(_PLAIN_WORD.finditer(text))]
 
 
 def metrics_table(run_id: str, sample_idx: int, n_image: int, statistics: dict[str, np.ndarray]) -> pa.Table:

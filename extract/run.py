@@ -26,13 +26,13 @@ from attnwh.extract.capture import QUERY_STEPS, CaptureSpec
 from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.generation import generate_with_capture, letter_token_ids
 from attnwh.extract.models import LoadedModel, load_model
-from attnwh.extract.part_tables import PartData, error_row, lens_table, metrics_table, sample_fields
+from attnwh.extract.part_tables import PartData, error_row, gen_lens_table, gen_metrics_table, gen_tokens_table, lens_table, metrics_table, sample_fields
 from attnwh.extract.prompts import PromptFormat
 from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.regions import region_mask
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import image_spans
-from attnwh.extract.setup import prepare_run
+from attnwh.extract.setup import check_max_new_tokens, prepare_run
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, Run, open_or_create_run
@@ -192,7 +192,8 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
 
 
 def _check_options(options: ExtractOptions) -> None:
-    for name in ("batch_size", "part_size", "limit", "max_new_tokens", "max_parts", "threads_per_worker"):
+    check_max_new_tokens(options.max_new_tokens)
+    for name in ("batch_size", "part_size", "limit", "max_parts", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -215,7 +216,7 @@ class BatchSettings:
 
 
 def extract_part(settings: BatchSettings, samples: list[Sample], indices: list[int], run_id: str, batch_size: int) -> PartData:
-    part = PartData(run_id, settings.capture.queries)
+    part = PartData(run_id, settings.capture.fixed_queries, every_step=settings.capture.every_step)
     ready, failed = load_samples(samples, indices)
     prompt_of = partial(prompt_text, settings.loaded, settings.prompt_format, settings.template)
     for batch in itertools.chain(failed, encode_batches(settings.loaded, ready, prompt_of, batch_size, prepare=_region)):  # lazily: one encoded batch at a time
@@ -233,6 +234,8 @@ def _extract_batch(settings: BatchSettings, batch: Batch, part: PartData) -> Non
     encoded, region = batch.encoded, batch.prepared
     generation, session, segments = generate_with_capture(loaded, encoded, capture, settings.max_new_tokens, region)
     statistics = {name: tensor.numpy() for name, tensor in session.stacked_statistics().items()}  # [layer, batch, head, stat]
+    gen_statistics = session.stacked_gen_statistics()  # [step, layer, batch, head, stat] or None
+    gen_statistics = gen_statistics.numpy() if gen_statistics is not None else None
     rows = {name: tensor.numpy() for name, tensor in session.stacked_rows(torch.float16).items()}  # [layer, batch, head, key]
     spans = image_spans(segments)
     tokenizer = loaded.processor.tokenizer
@@ -255,12 +258,19 @@ def _extract_batch(settings: BatchSettings, batch: Batch, part: PartData) -> Non
                 "n_region": int(region[position].sum()) if region is not None and sample.boxes else None,
             }
         )
-        part.metrics.append(metrics_table(part.run_id, sample_idx, span.n_image, {name: stats[:, position] for name, stats in statistics.items()}))
+        if statistics:
+            part.metrics.append(metrics_table(part.run_id, sample_idx, span.n_image, {name: stats[:, position] for name, stats in statistics.items()}))
+        if gen_statistics is not None:
+            steps = generation.steps[position]
+            part.gen_metrics.append(gen_metrics_table(part.run_id, sample_idx, span.n_image, gen_statistics[: len(steps), :, position]))
+            part.gen_tokens.append(gen_tokens_table(part.run_id, sample_idx, steps, loaded.eos_token_ids, tokenizer, sample))
+            if session.gen_lens:
+                part.gen_lens.append(gen_lens_table(part.run_id, sample_idx, steps, session.gen_lens, position))
         if generation.lens:
             part.lens.append(lens_table(part.run_id, sample_idx, position, generation.lens, tokenizer))
         if rows:
             pad = prompt_length - span.n_tokens
-            part.rows.append((sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.queries]))
+            part.rows.append((sample_idx, [rows[name][:, position, :, pad : prompt_length + QUERY_STEPS[name]] for name in capture.fixed_queries]))
 
 
 def _region(loaded: LoadedModel, encoded: dict[str, torch.Tensor], items: list[Ready]) -> torch.Tensor | None:

@@ -25,6 +25,23 @@ def score_answer(tokenizer, sample: Sample, answer: list[int], log_probs: torch.
         "parsed": parsed,
         "correct": (parsed == sample.gold) if sample.gold is not None else None,
         "option_logprobs": option_log_probs(log_probs, letter_ids, len(sample.choices)),
+        **object_counts(sample, text),
+    }
+
+
+def object_counts(sample: Sample, text: str) -> dict[str, int]:
+    """The answer's object words counted against the sample's annotation (the ``OBJECT_COUNTS`` columns), as
+    AMBER's script counts them; nothing for a benchmark without object annotations (the columns stay null)."""
+    if getattr(sample, "objects", None) is None:
+        return {}
+    score = getattr(sample, "objects", None).vocabulary.score(text, getattr(sample, "objects", None))
+    return {
+        "object_mentions": score.mentions,
+        "hallucinated": score.hallucinated,
+        "truth_objects": score.truth,
+        "truth_mentioned": score.truth_mentioned,
+        "hallu_objects": score.hallu,
+        "hallu_mentioned": score.hallu_mentioned,
     }
 
 

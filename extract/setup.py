@@ -22,6 +22,14 @@ from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
 from attnwh.warehouse.runs import environment_info
 
+MAX_NEW_TOKENS = 4096  # the most tokens attnwh generates per answer: LLaVA-1.5's whole context, 8× AMBER's 512
+
+
+def check_max_new_tokens(value: int | None) -> None:
+    """``--max-new-tokens`` between 1 and ``MAX_NEW_TOKENS`` (None: the benchmark's)."""
+    if value is not None and not 1 <= value <= MAX_NEW_TOKENS:
+        raise UsageError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS} (a whole LLaVA-1.5 context), got {value}")
+
 
 @dataclass(frozen=True)
 class RunSetup:

@@ -44,7 +44,7 @@ from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.reuse import PrefixRecording, PrefixReplay, compare_inputs, encode_media, first_layer, plan_stacks, stack_interventions, text_model_inputs, tile
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import IMAGE
-from attnwh.extract.setup import RunSetup, prepare_run
+from attnwh.extract.setup import RunSetup, check_max_new_tokens, prepare_run
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
@@ -283,7 +283,7 @@ class SweepSamples:
                 stacked = generate(loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
             for position, index in enumerate(stack):
                 rows = slice(position * size, (position + 1) * size)
-                generations[index] = Generation(stacked.answers[rows], stacked.first_logits[rows], {})
+                generations[index] = Generation(stacked.answers[rows], stacked.steps[rows], stacked.first_logits[rows], {})
         return generations
 
     def _check_inputs(self, batch: Batch, inputs: dict[str, Any], times: int) -> str | None:
@@ -504,7 +504,8 @@ def sweep_conditions_task(
 
 def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]) -> None:
     """Counts at least 1, each list of ``choices`` (values, allowed, option name) non-empty and known, a known score and query."""
-    for name in ("batch_size", "limit", "max_new_tokens", "seeds", "stack", "threads_per_worker"):
+    check_max_new_tokens(options.max_new_tokens)
+    for name in ("batch_size", "limit", "seeds", "stack", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

@@ -13,6 +13,18 @@ META_TABLE = b"attnwh.table"
 META_VERSION = b"attnwh.schema_version"
 META_DEFINITIONS = b"attnwh.definitions"  # rollup files: the definitions' version they were built from (also a column)
 
+# an answer's object words, counted as AMBER's scoring script counts them (null: the benchmark has no object
+# annotations). CHAIR = Σ hallucinated / Σ object_mentions, Cover = Σ truth_mentioned / Σ truth_objects, Hal = the
+# share of answers with a hallucinated object, Cog = Σ hallu_mentioned / Σ hallu_objects (queries: stg_object_scores)
+OBJECT_COUNTS: tuple[tuple[str, pa.DataType], ...] = (
+    ("object_mentions", pa.int32()),  # object words of the benchmark's vocabulary in the answer (every occurrence)
+    ("hallucinated", pa.int32()),  # of those, naming an object not in the image
+    ("truth_objects", pa.int32()),  # objects annotated as in the image
+    ("truth_mentioned", pa.int32()),  # of those, named by the answer
+    ("hallu_objects", pa.int32()),  # objects annotated as plausible but absent (AMBER's hallu list)
+    ("hallu_mentioned", pa.int32()),  # of those, named by the answer
+)
+
 SAMPLES = pa.schema(
     [
         ("run_id", pa.string()),
@@ -39,6 +51,7 @@ SAMPLES = pa.schema(
         ("image_end", pa.int32()),  # one past the last image position
         ("image_sha256", pa.string()),
         ("n_region", pa.int32()),  # image positions inside the question's boxes; null without boxes
+        *OBJECT_COUNTS,
     ]
 )
 
@@ -84,6 +97,70 @@ LOGIT_LENS = pa.schema(
 
 LOGIT_LENS_SORT = [("query", "ascending"), ("layer", "ascending"), ("sample_idx", "ascending")]
 
+# Every generated position (``--queries gen``): step t is the row of forward pass t, the one that produced generated
+# token t (0-based; step 0 is the ``prompt`` row, step 1 the ``gen1`` row). Sorted by sample, step, layer, head:
+# the integer columns run in long repeating stretches that Parquet's dictionary and run-length encodings store
+# in a few bytes per row.
+GEN_METRICS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("step", pa.int16()),
+        *((name, HEAD_METRICS.field(name).type) for name in HEAD_METRICS.names if name not in ("run_id", "sample_idx", "query")),
+    ]
+)
+
+GEN_METRICS_SORT = [("sample_idx", "ascending"), ("step", "ascending"), ("layer", "ascending"), ("head", "ascending")]
+
+# one row per generated token: what each step produced, the word it belongs to and what that word names
+GEN_TOKENS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("step", pa.int16()),
+        ("token_id", pa.int32()),
+        ("token_text", pa.string()),  # the tokenizer's own spelling of the token
+        ("eos", pa.bool_()),  # the token that ended the answer
+        ("word_index", pa.int16()),  # the word of the answer the token belongs to (0-based); null: no word (space, punctuation)
+        ("word", pa.string()),  # that word as written (a multi-word object: the whole phrase)
+        ("word_start", pa.bool_()),  # the word's first token: the step at which the model chose the word
+        ("object", pa.string()),  # the object the word names (the benchmark's vocabulary); null: none
+        ("object_status", pa.string()),  # 'grounded' | 'hallucinated' | 'safe' (named, never counted as a hallucination); null
+    ]
+)
+
+# the logit lens of every generated token: its rank and probability at every layer of the step that produced it
+GEN_LENS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("sample_idx", pa.int64()),
+        ("step", pa.int16()),
+        ("layer", pa.int16()),  # 0 = embeddings, ℓ = output of decoder layer ℓ - 1; n_layers = the model's own logits
+        ("token_rank", pa.int32()),  # 1 = top: the token this step generated, ranked by this layer's lens
+        ("token_prob", pa.float32()),
+    ]
+)
+
+GEN_LENS_SORT = [("sample_idx", "ascending"), ("step", "ascending"), ("layer", "ascending")]
+
+# per part, step bucket (``step_bucket`` in definitions.sql), kind of token, layer, head and summarised value: the
+# rollup of ``gen_metrics`` that long-answer marts read (``summarise_gen_metrics`` in rollups.sql)
+GEN_SCORES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step_bucket", pa.int16()),  # the first step of the bucket: 0, 1, 2, 4, 8, 16, ...
+        ("token_kind", pa.string()),  # 'grounded' | 'hallucinated' (the first token of an object word) | 'other'
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("score", pa.string()),
+        ("n", pa.int64()),
+        ("total", pa.float64()),
+        ("total_sq", pa.float64()),
+        ("max_value", pa.float64()),
+        ("definitions", pa.string()),
+    ]
+)
+
 # Sweeps (``attnwh mask``, ``attnwh prune``, any intervention): one condition table and one result table for
 # every kind. A condition's own settings are the intervention's (JSON, typed by the kind's staging view);
 # condition 0 of a run is its baseline, and every condition is compared with it on the same samples.
@@ -110,6 +187,7 @@ SWEEP_ANSWER: tuple[tuple[str, pa.DataType], ...] = (
     ("parsed", pa.string()),
     ("correct", pa.bool_()),
     ("option_logprobs", pa.list_(pa.float32())),
+    *OBJECT_COUNTS,
 )
 
 # one row per condition and sample: the answer, and the KV cache the condition's heads hold
@@ -297,6 +375,10 @@ TABLES: dict[str, pa.Schema] = {
     "head_summary": HEAD_SUMMARY,
     "head_ranks": HEAD_RANKS,
     "logit_lens": LOGIT_LENS,
+    "gen_metrics": GEN_METRICS,
+    "gen_tokens": GEN_TOKENS,
+    "gen_lens": GEN_LENS,
+    "gen_scores": GEN_SCORES,
     "sweep_conditions": SWEEP_CONDITIONS,
     "sweep_results": SWEEP_RESULTS,
     "mask_conditions": MASK_CONDITIONS,

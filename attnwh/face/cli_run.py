@@ -58,14 +58,22 @@ def extract(
     split: SplitOption = None,
     limit: LimitOption = None,
     warehouse: WarehouseOption = None,
-    queries: Annotated[str, typer.Option(help="Captured queries, comma-separated: prompt, gen1.")] = "prompt,gen1",
+    queries: Annotated[
+        str,
+        typer.Option(
+            help="Captured queries, comma-separated: prompt (the last prompt position), gen1 (the first generated token), gen "
+            "(every generated position up to --max-new-tokens: statistics per step, layer and head, the generated tokens "
+            "and their words, and the lens rank of each generated token; no raw rows, which would take steps × layers × "
+            "heads × keys × 2 bytes: 84 MB per sample for 64 tokens of a 32-layer, 32-head model at 640 keys)."
+        ),
+    ] = "prompt,gen1",
     rows: Annotated[bool, typer.Option("--rows/--no-rows", help="Store raw attention rows (Zarr).")] = True,
     lens: Annotated[bool, typer.Option("--lens/--no-lens", help="Store the logit lens per layer.")] = True,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
     part_size: Annotated[int | None, typer.Option(help="Samples per committed part (default: the benchmark's, 32 for the toy, else 256).")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer (default: the benchmark's).")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Generated tokens per answer, 1 to 4096 (default: the benchmark's).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the run with this id.")] = None,
     max_parts: Annotated[int | None, typer.Option(help="Stop after writing this many parts; rerun to resume.")] = None,
     prompt_format: PromptFormatOption = "chat_template",

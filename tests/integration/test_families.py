@@ -22,6 +22,7 @@ from attnwh.extract.models import load_config, load_model, resolve_source
 from attnwh.extract.prompts import FORMATS
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.extract.segments import image_spans
+from attnwh.extract.stats import STAT_NAMES
 from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import open_warehouse
@@ -131,6 +132,48 @@ def test_family_rows_equal_eager_attention(family_model):
         real = ids[mask.bool()]
         image_positions = torch.isin(real, image_ids).nonzero().flatten()
         assert (span.image_start, span.image_end) == (int(image_positions[0]), int(image_positions[-1]) + 1)
+
+
+GEN_STEPS = 5
+
+
+def test_family_every_generated_step_equals_eager_attention(family_model):
+    """``gen``: the statistics of every step, reduced here by hand from eager attention's rows of the same steps,
+    and the lens of each generated token: rank 1 at the last layer, with the probability eager generation gave it."""
+    family, folder = family_model
+    loaded = load_model(resolve_source(str(folder)), dtype=torch.float32, device=torch.device("cpu"))
+    samples = get_benchmark("toy-shapes").load(None, "test")[: len(IMAGE_SIZES)]
+    prompts = [FORMATS["chat_template"].render(loaded.processor, sample.question) for sample in samples]
+    encoded = encode_batch(loaded, sized_images(samples), prompts)
+    loaded.eos_token_ids = ()  # every row runs all steps (the reference ignores EOS too): tiny LLaVA's first token is EOS
+    generation, session, _ = generate_with_capture(loaded, encoded, CaptureSpec(("gen",)), max_new_tokens=GEN_STEPS)
+    assert [len(steps) for steps in generation.steps] == [GEN_STEPS] * len(samples)
+    statistics = session.stacked_gen_statistics()  # [step, layer, batch, head, stat]
+    reference = reference_generate(folder, encoded, GEN_STEPS, output_attentions=True, output_scores=True)
+    prompt_length = encoded["input_ids"].shape[1]
+    image = torch.isin(encoded["input_ids"], torch.tensor(loaded.spec.image_token_ids)) & encoded["attention_mask"].bool()
+    stat = {name: index for index, name in enumerate(STAT_NAMES)}
+    compared = 0
+    for row, steps in enumerate(generation.steps):
+        assert steps == reference.sequences[row, prompt_length : prompt_length + len(steps)].tolist()
+        for step in range(len(steps)):
+            for layer in range(loaded.info["n_layers"]):
+                expected = reference.attentions[step][layer][row, :, -1, :]  # [head, key]
+                window = expected.shape[-1]
+                keys = torch.zeros(expected.shape[0], prompt_length + step)
+                keys[:, -window:] = expected
+                image_keys = torch.nn.functional.pad(image[row], (0, step))
+                got = statistics[step, layer, row]
+                assert (got[:, stat["image_sum"]] - keys[:, image_keys].sum(-1)).abs().max() <= 1e-5, (step, layer)
+                assert (got[:, stat["image_max"]] - keys[:, image_keys].max(-1).values).abs().max() <= 1e-5, (step, layer)
+                assert (got[:, stat["generated_sum"]] - keys[:, prompt_length:].sum(-1)).abs().max() <= 1e-5, (step, layer)
+                compared += 1
+            lens = session.gen_lens[step]
+            assert int(lens.target_token[row]) == steps[step]
+            assert int(lens.target_rank[-1, row]) == 1
+            expected_prob = torch.softmax(reference.scores[step][row].float(), -1)[steps[step]]
+            assert abs(float(lens.target_prob[-1, row]) - float(expected_prob)) <= 1e-5
+    assert compared == len(samples) * GEN_STEPS * loaded.info["n_layers"]
 
 
 def test_family_extracts_into_the_warehouse(family_model, tmp_path):

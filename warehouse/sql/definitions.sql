@@ -55,3 +55,14 @@ create or replace macro stage(layer, n_layers) as
 -- depth = layer / (n_layers - 1): 0 at the first layer, 1 at the last, for comparing models of different depth
 create or replace macro depth(layer, n_layers) as
     case when n_layers > 1 then layer / (n_layers - 1) else 0 end;
+
+-- the bucket of a generated step (``gen`` queries): steps 0 and 1 alone, then doubling buckets named by their
+-- first step (2-3, 4-7, 8-15, ...), so that a long answer's fading attention has as many points per bucket
+-- as early steps have, and the per-part rollups stay small however long the answers are
+create or replace macro step_bucket(step) as
+    case when step < 2 then step::smallint else (1 << floor(log2(step))::integer)::smallint end;
+
+-- the kind of a generated token that rollups and marts compare: the first token of a word naming an object
+-- in the image ('grounded') or not in it ('hallucinated'), or anything else ('other')
+create or replace macro token_kind(word_start, object_status) as
+    case when word_start and object_status in ('grounded', 'hallucinated') then object_status else 'other' end;
