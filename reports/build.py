@@ -3,7 +3,8 @@
 Pages: ``index.html`` (links, run overview), ``attention.html`` (heatmaps of sum, concentration and
 their product; sum against concentration; top heads), ``layers.html`` (cross-model layer profiles,
 segment shares), ``lens.html`` (logit-lens rank heatmap and median-rank curves), ``masking.html``
-(masking curves and conditions), ``samples.html`` (answers). Charts get data aggregated in SQL.
+(masking curves and conditions), ``pruning.html``, ``long-answers.html`` (every generated token: attention by
+step, grounded against hallucinated object words, lens settling, AMBER's metrics), ``samples.html`` (answers). Charts get data aggregated in SQL.
 With ``formats`` png / svg, every chart is also written as a file under ``charts/`` for papers.
 """
 
@@ -19,6 +20,7 @@ from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
 from attnwh.reports import charts
 from attnwh.reports.page import Page, Section
 
+HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
 TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
 
 
@@ -173,6 +175,45 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                     "Conditions",
                     "Every condition, with the paired difference to the full cache, answer stability, the exact McNemar p-value and the KV bytes saved.",
                     "report_prune_conditions",
+                    None,
+                    {},
+                ),
+            ],
+        ),
+        "long-answers.html": (
+            "Long answers",
+            [
+                ChartSection(
+                    "Image attention as the answer grows",
+                    "Every generated token's attention to the image (runs captured with --queries gen), by generated step: one line per layer, "
+                    "coloured by stage; the mean over the layer's heads and the tokens of each step bucket (0, 1, 2–3, 4–7, ...).",
+                    "gen_attention_by_step",
+                    charts.gen_attention_by_step,
+                    {"score": "image_sum"},
+                    name="gen_attention_by_step",
+                ),
+                ChartSection(
+                    f"Heads that tell grounded from hallucinated object words (top {HALLUCINATION_HEADS})",
+                    "Per head, its image attention at the first token of object words that name an object in the image, less at those naming "
+                    "one that is not (by the benchmark's annotation), with 95% Welch intervals; the heads that separate the two best (|t|).",
+                    "hallucination_heads",
+                    charts.hallucination_heads,
+                    {"score": "image_sum"},
+                    keep=lambda row: row["separation_rank"] <= HALLUCINATION_HEADS,
+                    name="hallucination_heads",
+                ),
+                ChartSection(
+                    "When generated words settle",
+                    "From which layer the logit lens keeps each word's first token top-1, per kind of word (grounded and hallucinated object words, other words).",
+                    "gen_lens_settling",
+                    None,
+                    {},
+                ),
+                ChartSection(
+                    "Object hallucination (AMBER's metrics)",
+                    "CHAIR (hallucinated object mentions / object mentions), Cover (annotated objects named), Hal (answers naming a hallucinated "
+                    "object, with a 95% Wilson interval) and Cog, per extraction run and per sweep condition, with the change against the sweep's baseline.",
+                    "object_hallucination",
                     None,
                     {},
                 ),

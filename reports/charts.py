@@ -219,3 +219,62 @@ def pruning_curves(rows: list[dict]) -> dict:
     )
     chart = alt.layer(band, line).properties(width=320, height=240).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
     return _spec(chart, data)
+
+
+def gen_attention_by_step(rows: list[dict]) -> dict:
+    """Attention of every generated token by step bucket: one thin line per layer, coloured by stage, one panel per
+    model × benchmark (``gen_attention_by_step``: the mean over the layer's heads and the bucket's tokens)."""
+    data = [{"panel": _panel(row), **{key: row[key] for key in ("layer", "stage", "step_bucket", "mean_value", "sd_value", "n_tokens")}} for row in rows]
+    buckets = sorted({row["step_bucket"] for row in data})
+    chart = (
+        alt.Chart(ROWS)
+        .mark_line(point=True, strokeWidth=1.5)
+        .encode(
+            x=alt.X("step_bucket:O", title="generated step (bucket: first step of 0, 1, 2–3, 4–7, ...)", sort=buckets, axis=alt.Axis(labelAngle=0)),
+            y=alt.Y("mean_value:Q", title="mean image attention (heads × tokens)"),
+            color=alt.Color("stage:N", title="stage", sort=["early", "mid", "late"], legend=SOLID_LEGEND),
+            detail="layer:O",
+            tooltip=["panel:N", "layer:O", "stage:N", "step_bucket:O", alt.Tooltip("mean_value:Q", format=".4f"), alt.Tooltip("sd_value:Q", format=".4f"), "n_tokens:Q"],
+        )
+        .properties(width=340, height=220)
+        .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
+        .resolve_scale(y="independent")
+    )
+    return _spec(chart, data)
+
+
+def hallucination_heads(rows: list[dict]) -> dict:
+    """The heads that separate grounded from hallucinated object words best: per head, the difference of its image
+    attention (grounded − hallucinated) with its 95% Welch interval, best first, one panel per model × benchmark."""
+    data = [
+        {
+            "panel": _panel(row),
+            "head_label": f"L{row['layer']} H{row['head']}",
+            **{key: row[key] for key in ("layer", "head", "stage", "difference", "ci_low", "ci_high", "n_grounded", "n_hallucinated", "separation_rank")},
+        }
+        for row in rows
+    ]
+    base = alt.Chart(ROWS).encode(y=alt.Y("head_label:N", title="head (layer, head)", sort=alt.EncodingSortField("separation_rank", order="ascending")))
+    bars = base.mark_rule(strokeWidth=2).encode(
+        x=alt.X("ci_low:Q", title="image attention: grounded − hallucinated (95% interval)"), x2="ci_high:Q", color=alt.Color("stage:N", sort=["early", "mid", "late"])
+    )
+    points = base.mark_point(filled=True, size=50).encode(
+        x="difference:Q",
+        color=alt.Color("stage:N", sort=["early", "mid", "late"], legend=SOLID_LEGEND),
+        tooltip=[
+            "panel:N",
+            "layer:O",
+            "head:O",
+            "stage:N",
+            alt.Tooltip("difference:Q", format=".4f"),
+            alt.Tooltip("ci_low:Q", format=".4f"),
+            alt.Tooltip("ci_high:Q", format=".4f"),
+            "n_grounded:Q",
+            "n_hallucinated:Q",
+        ],
+    )
+    zero = alt.Chart(ROWS).mark_rule(color="#999", strokeDash=[3, 3]).encode(x=alt.datum(0))
+    chart = (
+        alt.layer(zero, bars, points).properties(width=340, height=alt.Step(18)).facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS).resolve_scale(y="independent")
+    )
+    return _spec(chart, data)

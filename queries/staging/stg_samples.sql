@@ -24,6 +24,12 @@ select
     s.n_image,
     s.image_start,
     s.image_end,
-    s.n_region
+    s.n_region,
+    s.object_mentions,
+    s.hallucinated,
+    s.truth_objects,
+    s.truth_mentioned,
+    s.hallu_objects,
+    s.hallu_mentioned
 from samples as s
 join stg_runs as r using (run_id)

@@ -4,17 +4,19 @@
 with results as (
     select
         run_id, condition_id, sample_idx, sample_key, status, error, gold, output_text, parser, parser_version, parsed, correct,
-        option_logprobs, n_prompt_keys, n_image_keys, kv_keys, kv_keys_full, kv_bytes, kv_bytes_full
+        option_logprobs, n_prompt_keys, n_image_keys, kv_keys, kv_keys_full, kv_bytes, kv_bytes_full,
+        object_mentions, hallucinated, truth_objects, truth_mentioned, hallu_objects, hallu_mentioned
     from sweep_results
     union all
     select
         run_id, condition_id, sample_idx, sample_key, status, error, gold, output_text, parser, parser_version, parsed, correct,
-        option_logprobs, null, null, null, null, null, null
+        option_logprobs, null, null, null, null, null, null, null, null, null, null, null, null
     from legacy_mask_results
     union all
     select
         run_id, condition_id, sample_idx, sample_key, status, error, gold, output_text, parser, parser_version, parsed, correct,
-        option_logprobs, n_prompt_keys, n_image_keys, kv_keys, kv_keys_full, kv_bytes, kv_bytes_full
+        option_logprobs, n_prompt_keys, n_image_keys, kv_keys, kv_keys_full, kv_bytes, kv_bytes_full,
+        null, null, null, null, null, null
     from legacy_prune_results
 )
 select

@@ -1,0 +1,178 @@
+"""Long answers (``--queries gen``) in SQL: the marts of every generated token on a hand-made warehouse, each
+expected value computed here in plain Python from the same hand-written rows."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from attnwh.queries.library import open_session, run_mart
+from attnwh.warehouse import parts
+from attnwh.warehouse.definitions import gen_rollup
+from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.runs import Plan, open_or_create_run
+from attnwh.warehouse.schema import GEN_LENS, GEN_METRICS, GEN_SCORES, GEN_TOKENS, SAMPLES, with_metadata
+
+N_LAYERS, N_HEADS = 2, 2
+# per sample, the generated words (None: the EOS step) and what each names: (word, object_status)
+ANSWERS = {
+    0: [("the", None), ("dog", "grounded"), ("cat", "hallucinated"), ("sofa", "hallucinated"), ("bowl", "grounded"), None],
+    1: [("cat", "grounded"), ("bird", "hallucinated"), ("dog", "grounded"), ("and", None), ("tree", "hallucinated"), ("hat", "safe"), None],
+}
+# per sample, the answer's object counts (AMBER's): mentions, hallucinated, truth, truth named, hallu, hallu named
+OBJECTS = {0: (4, 2, 3, 2, 4, 1), 1: (5, 0, 4, 3, 2, 0)}
+# the lens of each word's first token, ranks at layers 0, 1, 2 (sample, step) -> ranks
+LENS = {
+    (0, 0): [3, 1, 1],
+    (0, 1): [9, 4, 1],
+    (0, 2): [2, 2, 1],
+    (0, 3): [1, 5, 1],
+    (0, 4): [1, 1, 1],
+    (1, 0): [6, 1, 1],
+    (1, 1): [8, 7, 1],
+    (1, 2): [1, 1, 1],
+    (1, 3): [4, 1, 1],
+    (1, 4): [2, 3, 1],
+    (1, 5): [1, 1, 1],
+}
+
+
+def image_sum(sample: int, step: int, layer: int, head: int) -> float:
+    """A value for every (sample, step, layer, head), different enough that every mean and variance is checked."""
+    return round(0.05 + 0.11 * step + 0.07 * layer + 0.13 * head + 0.031 * sample + 0.017 * ((step * 7 + head * 3 + sample) % 5) + 0.023 * layer * (step % 3), 6)
+
+
+def _write(root, stale: bool):
+    warehouse = open_warehouse(root, create=True)
+    details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": N_LAYERS, "n_heads": N_HEADS, "n_kv_heads": N_HEADS}}
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=Plan(["s0", "s1"], 2), run_id=None, details=details)
+    names = ("object_mentions", "hallucinated", "truth_objects", "truth_mentioned", "hallu_objects", "hallu_mentioned")
+
+    def write(folder):
+        samples = pa.Table.from_pylist(
+            [{"run_id": run.run_id, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "n_image": 4, **dict(zip(names, counts))} for s, counts in OBJECTS.items()],
+            schema=SAMPLES,
+        )
+        metrics, tokens, lens = [], [], []
+        for s, words in ANSWERS.items():
+            for step, word in enumerate(words):
+                tokens.append(
+                    {
+                        "run_id": run.run_id,
+                        "sample_idx": s,
+                        "step": step,
+                        "token_id": 2 if word is None else 10 + step,
+                        "eos": word is None,
+                        "word_index": None if word is None else step,
+                        "word": None if word is None else word[0],
+                        "word_start": None if word is None else True,
+                        "object": None if word is None or word[1] is None else word[0],
+                        "object_status": None if word is None else word[1],
+                    }
+                )
+                for layer in range(N_LAYERS):
+                    for head in range(N_HEADS):
+                        metrics.append(
+                            {"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "head": head, "n_image": 4, "image_sum": image_sum(s, step, layer, head)}
+                        )
+                for layer, rank in enumerate(LENS.get((s, step), [])):
+                    lens.append({"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "token_rank": rank, "token_prob": 1 / rank})
+        tables = {"samples": samples, "gen_metrics": pa.Table.from_pylist(metrics, schema=GEN_METRICS), "gen_tokens": pa.Table.from_pylist(tokens, schema=GEN_TOKENS)}
+        tables["gen_lens"] = pa.Table.from_pylist(lens, schema=GEN_LENS)
+        scores = gen_rollup(tables["gen_metrics"], tables["gen_tokens"])
+        if stale:  # rollups of other definitions, with values no mart may show: recomputed from the rows
+            scores = pa.Table.from_pylist([{**row, "total": 1e6, "definitions": "older"} for row in scores.to_pylist()], schema=GEN_SCORES)
+        tables["gen_scores"] = scores
+        for name, table in tables.items():
+            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+        return {name: table.num_rows for name, table in tables.items()}
+
+    parts.commit_part(run.paths, 0, write)
+    return root
+
+
+@pytest.fixture(params=["current", "stale"])
+def long_answers(request, tmp_path):
+    return _write(tmp_path / "wh", stale=request.param == "stale")
+
+
+def _rows(warehouse, name, order, given=None):
+    with open_session(warehouse) as session:
+        rows = run_mart(session, name, given or {}).to_pylist()
+    return sorted(rows, key=lambda row: tuple(row[key] for key in order))
+
+
+def _bucket(step: int) -> int:
+    return step if step < 2 else 2 ** int(math.log2(step))
+
+
+def test_attention_by_step_by_hand(long_answers):
+    rows = _rows(long_answers, "gen_attention_by_step", ("step_bucket", "layer"))
+    expected = {}
+    for s, words in ANSWERS.items():
+        for step in range(len(words)):
+            for layer in range(N_LAYERS):
+                for head in range(N_HEADS):
+                    expected.setdefault((_bucket(step), layer), []).append(image_sum(s, step, layer, head))
+    assert [(row["step_bucket"], row["layer"]) for row in rows] == sorted(expected)
+    assert sorted({row["step_bucket"] for row in rows}) == [0, 1, 2, 4]
+    for row in rows:
+        values = expected[(row["step_bucket"], row["layer"])]
+        assert row["n_values"] == len(values) and row["n_tokens"] == len(values) // N_HEADS
+        assert row["mean_value"] == pytest.approx(statistics.fmean(values), abs=1e-6)
+        assert row["sd_value"] == pytest.approx(statistics.stdev(values), abs=1e-6)
+        assert row["stage"] == ("early" if row["layer"] == 0 else "late")
+
+
+def test_hallucination_heads_by_hand(long_answers):
+    rows = _rows(long_answers, "hallucination_heads", ("layer", "head"))
+    assert [(row["layer"], row["head"]) for row in rows] == [(layer, head) for layer in range(N_LAYERS) for head in range(N_HEADS)]
+    separations = {}
+    for row in rows:
+        kinds = {"grounded": [], "hallucinated": []}
+        for s, words in ANSWERS.items():
+            for step, word in enumerate(words):
+                if word is not None and word[1] in kinds:
+                    kinds[word[1]].append(image_sum(s, step, row["layer"], row["head"]))
+        grounded, hallucinated = kinds["grounded"], kinds["hallucinated"]
+        difference = statistics.fmean(grounded) - statistics.fmean(hallucinated)
+        se = math.sqrt(statistics.variance(grounded) / len(grounded) + statistics.variance(hallucinated) / len(hallucinated))
+        assert (row["n_grounded"], row["n_hallucinated"]) == (4, 4)  # 'safe' and plain words are neither
+        assert row["difference"] == pytest.approx(difference, abs=1e-6)
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((difference - 1.96 * se, difference + 1.96 * se), abs=1e-6)
+        assert row["welch_t"] == pytest.approx(difference / se, rel=1e-6)
+        separations[(row["layer"], row["head"])] = abs(difference / se)
+    best_first = sorted(separations, key=lambda key: (-round(separations[key], 9), key))
+    assert [next(row["separation_rank"] for row in rows if (row["layer"], row["head"]) == key) for key in best_first] == [1, 2, 3, 4]
+
+
+def test_lens_settling_per_kind_of_word_by_hand(long_answers):
+    rows = {row["token_kind"]: row for row in _rows(long_answers, "gen_lens_settling", ("token_kind",))}
+
+    def settle(ranks):  # the first layer after the last one where the token was not top-1
+        return max((layer + 1 for layer, rank in enumerate(ranks) if rank != 1), default=0)
+
+    kinds = {"grounded": [], "hallucinated": [], "other": []}
+    for (s, step), ranks in LENS.items():
+        status = ANSWERS[s][step][1]
+        kinds[status if status in ("grounded", "hallucinated") else "other"].append(settle(ranks))
+    assert set(rows) == set(kinds)
+    for kind, settled in kinds.items():
+        assert rows[kind]["n_words"] == len(settled)
+        assert rows[kind]["median_settle_layer"] == pytest.approx(statistics.median(settled))
+        assert rows[kind]["mean_settle_depth"] == pytest.approx(statistics.fmean(value / N_LAYERS for value in settled))
+
+
+def test_amber_metrics_by_hand(long_answers):
+    (row,) = _rows(long_answers, "object_hallucination", ("run_id",))
+    mentions, hallucinated, truth, truth_named, hallu, hallu_named = (sum(column) for column in zip(*OBJECTS.values()))
+    assert row["kind"] == "extract" and row["condition_id"] is None and row["n_answers"] == 2
+    assert row["chair"] == pytest.approx(hallucinated / mentions)
+    assert row["cover"] == pytest.approx(truth_named / truth)
+    assert row["hal"] == pytest.approx(0.5)  # one of the two answers names a hallucinated object
+    assert row["cog"] == pytest.approx(hallu_named / hallu)
+    assert row["hal_ci_low"] < 0.5 < row["hal_ci_high"]
