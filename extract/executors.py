@@ -176,7 +176,7 @@ LOCATION_KEYS = frozenset({"data"})
 
 
 def samples_digest(samples: list) -> str:
-    """What a run's samples are (keys, questions, choices, gold answers, regions): equal on a worker
+    """What a run's samples are (keys, questions, choices, gold answers, regions, annotated objects): equal on a worker
     and the client exactly when they read the same benchmark data (images are not read for it)."""
     digest = hashlib.sha256()
     for sample in samples:
@@ -192,6 +192,7 @@ def samples_digest(samples: list) -> str:
             [list(box) for box in sample.boxes],
             sample.group,
             sample.error,
+            None if sample.objects is None else [list(sample.objects.truth), list(sample.objects.hallu), sample.objects.vocabulary.name, sample.objects.vocabulary.version],
         ]
         digest.update(json.dumps(fields, default=repr, ensure_ascii=False).encode())
         digest.update(b"\n")

@@ -179,8 +179,8 @@ def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, to
         columns["word_start"].append(None if word is None else word.index not in seen_words)
         columns["object"].append(None if word is None else word.object)
         status = None
-        if word is not None and word.object is not None and getattr(sample, "objects", None) is not None:
-            status = getattr(sample, "objects", None).vocabulary.status(word, getattr(sample, "objects", None))
+        if word is not None and word.object is not None and sample.objects is not None:
+            status = sample.objects.vocabulary.status(word, sample.objects)
         columns["object_status"].append(status)
         if word is not None:
             seen_words.add(word.index)
@@ -201,8 +201,8 @@ class _PlainWord:
 
 def _answer_words(text: str, sample: Sample) -> list:
     """The words of an answer: the benchmark's object vocabulary's (``WordSpan``s) when the sample is annotated."""
-    if getattr(sample, "objects", None) is not None:
-        return getattr(sample, "objects", None).vocabulary.words(text)
+    if sample.objects is not None:
+        return sample.objects.vocabulary.words(text)
     return [_PlainWord(index, match.start(), match.end(), match.group(0)) for index, match in enumerate(_PLAIN_WORD.finditer(text))]
 
 

@@ -32,9 +32,9 @@ def score_answer(tokenizer, sample: Sample, answer: list[int], log_probs: torch.
 def object_counts(sample: Sample, text: str) -> dict[str, int]:
     """The answer's object words counted against the sample's annotation (the ``OBJECT_COUNTS`` columns), as
     AMBER's script counts them; nothing for a benchmark without object annotations (the columns stay null)."""
-    if getattr(sample, "objects", None) is None:
+    if sample.objects is None:
         return {}
-    score = getattr(sample, "objects", None).vocabulary.score(text, getattr(sample, "objects", None))
+    score = sample.objects.vocabulary.score(text, sample.objects)
     return {
         "object_mentions": score.mentions,
         "hallucinated": score.hallucinated,

@@ -331,3 +331,76 @@ def qbench_folder(root: Path) -> Path:
     write_lines(root / "llvisionqa_dev.json", ["[", ",\n".join(dev), "]"])
     write_lines(root / "llvisionqa_test.json", ["[", *test, "]"])
     return root
+
+
+# ---------------------------------------------------------------- AMBER
+
+# a few of relation.json's entries as the authors wrote them (4-space indent, one word a line)
+AMBER_RELATION = {
+    "sky": [],
+    "grass": ["ground"],
+    "road": ["path", "street", "ground"],
+    "person": ["people", "individual", "man", "woman", "boy", "girl"],
+    "cloud": [],
+    "forest": ["tree", "leave", "bush"],
+    "lake": ["water", "sea", "river"],
+    "mountain": ["hill", "rock", "stone", "reef"],
+    "sun": [],
+    "bird": ["bill"],
+    "dog": [],
+    "flower": [],
+    "ship": ["boat", "vessel", "sailing", "vehicle"],
+    "bin": ["can", "bucket"],
+    "dustbin": ["bin"],
+}
+AMBER_SAFE_WORDS = ["orange", "snack", "line", "camera", "light", "shoe", "sign", "range", "individual"]
+AMBER_ID1_TRUTH = ["sky", "forest", "grass", "person", "lake", "mountain", "road"]  # the real annotation of id 1
+AMBER_ID1_HALLU = ["cloud", "sun", "bird", "dog", "flower"]
+
+
+def amber_folder(root: Path) -> Path:
+    """AMBER's ``data/`` layout (annotations.json, relation.json, safe_words.txt, query/*.json as pretty-printed
+    JSON, safe_words.txt without a final newline) with the images in ``image/``.
+
+    Generative queries, by item: 1 (RGB 30×20), 2 (grayscale 16×12; truth repeats ship), 3 missing image,
+    4 annotated as discriminative, 5 no annotation, 6 truth a string, a query without text (id 13), a bare
+    string, id 1 again. Annotations are joined by id (there is no id 5, so from id 6 on an annotation's place
+    is not its id - 1); id 7 has no query. Existence queries: 8 no (AMBER_1), 9 yes (AMBER_2), 10 truth
+    "maybe", 11 annotated as generative, 12 annotated twice.
+    """
+    write_images(root / "image", {"AMBER_1.jpg": jpeg((30, 20)), "AMBER_2.jpg": jpeg((16, 12), "L"), "AMBER_4.jpg": jpeg((8, 8))})
+    data = root / "data"
+    generative = [
+        {"id": 1, "type": "generative", "truth": AMBER_ID1_TRUTH, "hallu": AMBER_ID1_HALLU},
+        {"id": 2, "type": "generative", "truth": ["ship", "ship", "lake"], "hallu": ["bird"]},
+        {"id": 3, "type": "generative", "truth": ["person"], "hallu": ["dog"]},
+        {"id": 4, "type": "discriminative-hallucination", "truth": "no"},
+        {"id": 6, "type": "generative", "truth": "sky", "hallu": []},
+        {"id": 7, "type": "generative", "truth": ["bin"], "hallu": ["dustbin"]},
+        {"id": 8, "type": "discriminative-hallucination", "truth": "no"},
+        {"id": 9, "type": "discriminative-hallucination", "truth": "yes"},
+        {"id": 10, "type": "discriminative-hallucination", "truth": "maybe"},
+        {"id": 11, "type": "generative", "truth": ["sky"], "hallu": ["sun"]},
+        {"id": 12, "type": "discriminative-hallucination", "truth": "no"},
+        {"id": 12, "type": "discriminative-hallucination", "truth": "yes"},
+    ]
+    write_json(data / "annotations.json", generative)
+    write_json(data / "relation.json", AMBER_RELATION)
+    data.joinpath("safe_words.txt").write_text("\n".join(AMBER_SAFE_WORDS), encoding="utf-8")
+
+    def query(number: int, text: str = "Describe this image.", image: int | None = None) -> dict[str, Any]:
+        return {"id": number, "image": f"AMBER_{image or number}.jpg", "query": text}
+
+    queries = [query(number) for number in range(1, 7)]
+    queries += [{"id": 13, "image": "AMBER_1.jpg", "query": ""}, "Describe this image.", query(1, image=2)]
+    write_json(data / "query" / "query_generative.json", queries)
+    existence = [query(8, "Is there a cloud in this image?", 1), query(9, "Is there an apple in this image?", 2)]
+    existence += [query(10, "Is there a sun in this image?", 1), query(11, "Is there a dog in this image?", 1), query(12, "Are there fish?", 2)]
+    write_json(data / "query" / "query_discriminative-existence.json", existence)
+    return root
+
+
+def write_json(path: Path, document: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=4, ensure_ascii=False), encoding="utf-8")
+    return path

@@ -53,12 +53,18 @@ def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Tab
         return run_mart(session, mart, {"run_id": run_id})
 
 
+def _summary_mart(setup: RunSetup, scored: str) -> str:
+    """The table a sweep prints: ``scored`` (accuracy per condition), or AMBER's metrics per condition when the
+    benchmark's answers are descriptions scored by their object words (``sweep_hallucination``)."""
+    return "sweep_hallucination" if any(sample.objects is not None for sample in setup.samples) else scored
+
+
 def mask_sweep(warehouse: Path | str | None, options: MaskOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None) -> tuple[SweepResult, pa.Table]:
     """``attnwh mask``: heads ranked over an extraction run (or an imported ranking), the sweep run or
     resumed, and its table of accuracy per condition (the ``mask_sweep`` mart)."""
     setup = prepare_mask(options)
     result = run_mask(warehouse, setup, _ranking(warehouse, setup.run, options, warn), on_progress)
-    return result, _sweep_table(warehouse, "mask_sweep", result.run_id)
+    return result, _sweep_table(warehouse, _summary_mart(setup.run, "mask_sweep"), result.run_id)
 
 
 def prune_sweep(warehouse: Path | str | None, options: PruneOptions, on_progress: ProgressCallback | None = None, warn: Warn | None = None) -> tuple[SweepResult, pa.Table]:
@@ -66,7 +72,7 @@ def prune_sweep(warehouse: Path | str | None, options: PruneOptions, on_progress
     run or resumed, and its table of accuracy and KV cache per condition (the ``prune_sweep`` mart)."""
     setup = prepare_prune(options)
     result = run_prune(warehouse, setup, _ranking(warehouse, setup.run, options, warn), on_progress)
-    return result, _sweep_table(warehouse, "prune_sweep", result.run_id)
+    return result, _sweep_table(warehouse, _summary_mart(setup.run, "prune_sweep"), result.run_id)
 
 
 ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")

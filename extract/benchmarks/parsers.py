@@ -77,11 +77,20 @@ def decided_letter(text: str, choices: tuple[str, ...] = ()) -> bool:
     return (after != "" and after in ".):,\"'*") or match.end() < len(text)
 
 
+def parse_free_text(text: str, choices: tuple[str, ...] = ()) -> str:
+    """An open answer (a description) as a whole, normalised so that answers differing only in form compare
+    equal: NFKC, lower case, every run of white space one space, stripped. A blank answer is invalid. Nothing
+    is decided before the answer ends (``decided`` stays False): a description has no early answer."""
+    normalised = " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    return normalised or INVALID
+
+
 PARSERS: dict[str, Parser] = {
     parser.name: parser
     for parser in (
         Parser("yes_no", "1", parse_yes_no, "first word, yes or no", decided_yes_no),
         Parser("letter", "2", parse_letter, "leading or stated option letter, or the exact text of one option", decided_letter),
+        Parser("free_text", "1", parse_free_text, "the whole open answer, NFKC, lower case, white space collapsed"),
     )
 }
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from attnwh.core.errors import BenchmarkError
 from attnwh.core.registry import register
+from attnwh.extract.benchmarks.objects import ObjectAnnotation
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
 
@@ -39,6 +40,7 @@ class Sample:
     boxes: tuple[Box, ...] = ()  # regions the question points at (PointQA)
     group: str | None = None  # samples scored together (MMBench circular: the question's index)
     error: str | None = None  # set by the loader for a malformed row: the sample becomes an error row
+    objects: ObjectAnnotation | None = None  # objects in the image and would-be hallucinations (AMBER, the toy captions)
 
 
 @dataclass(frozen=True)
@@ -95,4 +97,4 @@ def check_split(benchmark: Benchmark, split: str | None) -> str | None:
 
 def _load_builtin() -> None:
     # each module registers its benchmarks on import
-    from attnwh.extract.benchmarks import mmbench, pointqa, pope, qbench, seed_bench, toy_shapes  # noqa: F401  # noqa: F401
+    from attnwh.extract.benchmarks import amber, mmbench, pointqa, pope, qbench, seed_bench, toy_shapes  # noqa: F401

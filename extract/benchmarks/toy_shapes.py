@@ -6,6 +6,12 @@ indices ask whether a coloured shape is present, odd ones ask a shape's colour w
 compare them like two benchmarks. ``toy-shapes-region`` asks the colour questions with the box of the
 shape each one names as its region (as PointQA's plain variant does: the image is not marked), so
 that region attention (``region_sum``, ``region_hit``) appears on the toy.
+
+``toy-shapes-caption`` asks for a description of the same kind of scenes (``shapes.make_caption_item``,
+its own items) and parses it as free text; each sample carries the objects of its scene, so its answers
+are counted as AMBER counts descriptions: truth = the shapes present, hallu = the shapes absent, in a
+vocabulary of the three shape names (plurals read too). A colour is an attribute, not an object: "a red
+square" for a blue one names the square, grounded (as AMBER's generative metrics ignore attributes).
 """
 
 from __future__ import annotations
@@ -13,11 +19,14 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from attnwh.extract.benchmarks.objects import ObjectAnnotation, ObjectVocabulary
 from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_benchmark
 from attnwh.extract.toy import shapes
 
 SAMPLES_PER_SPLIT = 256
 KINDS = {"toy-shapes": (0, 1), "toy-shapes-yesno": (0,), "toy-shapes-choice": (1,), "toy-shapes-region": (1,)}  # item index parities
+CAPTION = "toy-shapes-caption"
+CAPTION_VOCABULARY = ObjectVocabulary("toy-shapes", {shape: () for shape in shapes.SHAPES})
 
 
 def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
@@ -38,6 +47,24 @@ def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
                 category=item.kind,
                 parser="letter" if item.choices else "yes_no",
                 boxes=(shapes.box(item.target),) if name == "toy-shapes-region" and item.target is not None else (),
+            )
+        )
+    return samples
+
+
+def load_caption(data: Path | None, split: str | None) -> list[Sample]:
+    split = split or "test"
+    samples = []
+    for index in range(SAMPLES_PER_SPLIT):
+        item = shapes.make_caption_item(shapes.SPLIT_SEEDS[split], index)
+        samples.append(
+            Sample(
+                key=f"{split}-{index:05d}",
+                question=item.question,
+                load_image=partial(shapes.render, item.scene),
+                category="caption",
+                parser="free_text",
+                objects=ObjectAnnotation(item.present, item.absent, CAPTION_VOCABULARY),
             )
         )
     return samples
@@ -66,3 +93,19 @@ for _name, _description in _DESCRIPTIONS.items():
             data_help="nothing: generated deterministically",
         )
     )
+
+register_benchmark(
+    Benchmark(
+        name=CAPTION,
+        version="1",
+        description="synthetic shapes: describe the shapes; object words counted against the scene (shapes present / absent) as AMBER counts them",
+        load=load_caption,
+        template="as_is",
+        max_new_tokens=64,  # the reference caption is at most 12 words; a pretrained model's few sentences fit too
+        part_size=16,
+        splits=tuple(shapes.SPLIT_SEEDS),
+        default_split="test",
+        data_required=False,
+        data_help="nothing: generated deterministically",
+    )
+)

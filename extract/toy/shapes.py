@@ -1,4 +1,8 @@
-"""Deterministic synthetic scenes: a few coloured shapes on a 2×2 grid, and questions about them."""
+"""Deterministic synthetic scenes: a few coloured shapes on a 2×2 grid, and questions about them.
+
+``make_item`` makes the question items (presence and colour); ``make_caption_item`` the caption items, from
+a random stream of their own so the question items stay exactly as they were.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ LETTERS = "ABCD"
 
 YES_NO_SUFFIX = "Answer yes or no ."
 LETTER_SUFFIX = "Answer with the letter ."
+CAPTION_QUESTION = "Describe the shapes in the image ."
+CAPTION_WORDS = ("Describe", "shapes", "and")  # the words caption items use beyond ``vocabulary()``
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,15 @@ class Item:
     choices: tuple[str, ...]
     gold: str
     target: Placed | None = None  # the shape a colour question names
+
+
+@dataclass(frozen=True)
+class CaptionItem:
+    scene: tuple[Placed, ...]
+    question: str
+    caption: str  # the reference caption: each shape in cell order, "a red circle and a blue square ."
+    present: tuple[str, ...]  # the shapes in the scene, in cell order
+    absent: tuple[str, ...]  # the other shapes, in ``SHAPES`` order
 
 
 def make_scene(rng: random.Random) -> tuple[Placed, ...]:
@@ -72,6 +87,17 @@ def make_item(seed: int, index: int) -> Item:
     lines = " ".join(f"{letter} . {colour}" for letter, colour in zip(LETTERS, options))
     question = f"What colour is the {target.shape} ? {lines} {LETTER_SUFFIX}"
     return Item(scene, "colour", question, tuple(options), LETTERS[options.index(target.colour)], target)
+
+
+def make_caption_item(seed: int, index: int) -> CaptionItem:
+    """Caption item ``index`` of the split seeded by ``seed``: a scene, the caption question and the reference caption."""
+    rng = random.Random(f"caption/{seed}/{index}")  # a stream apart from ``make_item``'s (a str seed is hashed with SHA-512)
+    scene = make_scene(rng)
+    ordered = sorted(scene, key=lambda placed: placed.cell)
+    caption = " and ".join(f"a {placed.colour} {placed.shape}" for placed in ordered) + " ."
+    present = tuple(placed.shape for placed in ordered)
+    absent = tuple(shape for shape in SHAPES if shape not in present)
+    return CaptionItem(scene, CAPTION_QUESTION, caption, present, absent)
 
 
 def centre(placed: Placed) -> tuple[int, int]:
@@ -132,3 +158,8 @@ def vocabulary() -> list[str]:
     ]
     words += list(SHAPES) + list(COLOURS) + list(LETTERS)
     return list(dict.fromkeys(words))
+
+
+def caption_vocabulary() -> list[str]:
+    """``vocabulary()`` and the caption items' words after it (kept apart: the shipped toys' tokenizers stay as trained)."""
+    return list(dict.fromkeys([*vocabulary(), *CAPTION_WORDS]))

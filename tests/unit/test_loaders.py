@@ -5,6 +5,7 @@ Every expected value is written by hand from the fixture files (``tests/fixtures
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.images import ImageLoadError
 from attnwh.extract.benchmarks.registry import Sample
 from attnwh.extract.benchmarks.templates import render_question
+from attnwh.extract.toy import shapes
 from tests import fixtures_benchmarks as fx
 
 
@@ -70,6 +72,8 @@ def load_error(name: str, data: Path, split: str | None = None) -> str:
         ("mmbench-circular", ("letter_choice", "study_letter_choice"), ("dev", "test"), "dev", "1"),
         ("seed-bench", ("letter_choice", "study_seed"), ("test",), "test", "1"),
         ("qbench", ("letter_choice", "study_qbench"), ("dev", "test"), "dev", "2"),
+        ("amber-generative", ("as_is", "as_is"), ("test",), "test", "1"),
+        ("amber-existence", ("short_answer", "as_is"), ("test",), "test", "1"),
     ],
 )
 def test_registration(name, templates, splits, default, version):
@@ -402,3 +406,150 @@ def test_qbench_bad_files(tmp_path):
     other_keys.write_text('[\n{"image": "1.jpg", "question": "Why?"}\n]', encoding="utf-8")
     message = load_error("qbench", other_keys.parent)
     assert "llvisionqa_dev.json: line 2" in message and "img_path, candidates" in message
+
+
+# ---------------------------------------------------------------- AMBER
+
+
+def annotation_line(root: Path, number: int) -> int:
+    """The line an annotation of the fixture starts on, read from the file (its ``{`` is the line above its id)."""
+    lines = (root / "data" / "annotations.json").read_text(encoding="utf-8").split("\n")
+    return next(place for place, line in enumerate(lines, start=1) if line.strip() == f'"id": {number},') - 1
+
+
+def test_amber_generative(tmp_path):
+    root = fx.amber_folder(tmp_path / "amber")
+    samples = get_benchmark("amber-generative").load(root, None)
+    assert [sample.key for sample in samples] == ["1", "2", "3", "4", "5", "6", "13", "line-37", "1#2"]
+    good = samples[:3]
+    assert [fields(sample) for sample in good] == [(key, "Describe this image.", (), None, "generative", None, None) for key in ("1", "2", "3")]
+    assert {sample.parser for sample in samples} == {"free_text"}
+    assert [(sample.objects.truth, sample.objects.hallu) for sample in good] == [
+        (tuple(fx.AMBER_ID1_TRUTH), tuple(fx.AMBER_ID1_HALLU)),
+        (("ship", "ship", "lake"), ("bird",)),
+        (("person",), ("dog",)),
+    ]
+    vocabulary = good[0].objects.vocabulary
+    assert all(sample.objects.vocabulary is vocabulary for sample in good)  # built once per load
+    assert (vocabulary.name, vocabulary.version) == ("amber", "1")
+    assert set(vocabulary.entries) == {*fx.AMBER_RELATION, *(w for words in fx.AMBER_RELATION.values() for w in words), *fx.AMBER_SAFE_WORDS}
+    assert vocabulary.score("A dustbin and two men near leaves.", good[0].objects).hallucinated == 1  # the dustbin
+    assert_image(samples[0], (30, 20))
+    assert_image(samples[1], (16, 12))
+    assert_broken_image(samples[2], "AMBER_3.jpg", "not found")
+    assert_error(samples[3], f"annotations.json line {annotation_line(root, 4)}", "discriminative-hallucination", "expected generative")
+    assert_error(samples[4], "query_generative.json line 22", "no annotation with id 5")
+    assert_error(samples[5], f"annotations.json line {annotation_line(root, 6)}", "lists of object names")
+    assert_error(samples[6], "line 32", "query text")
+    assert_error(samples[7], "line 37", "not a JSON object")
+    assert_error(samples[8], "key 1 repeats")
+
+
+def test_amber_existence(tmp_path):
+    root = fx.amber_folder(tmp_path / "amber")
+    samples = get_benchmark("amber-existence").load(root, "test")
+    assert [sample.key for sample in samples] == ["8", "9", "10", "11", "12"]
+    assert [fields(sample) for sample in samples[:2]] == [
+        ("8", "Is there a cloud in this image?", (), "no", "cloud", None, None),
+        ("9", "Is there an apple in this image?", (), "yes", "apple", None, None),
+    ]
+    assert {sample.parser for sample in samples} == {"yes_no"} and all(sample.objects is None for sample in samples)
+    assert_image(samples[0], (30, 20))
+    assert_image(samples[1], (16, 12))
+    assert_error(samples[2], f"annotations.json line {annotation_line(root, 10)}", "'maybe'")
+    assert_error(samples[3], f"annotations.json line {annotation_line(root, 11)}", "'generative'")
+    assert_error(samples[4], "annotations.json lines", "share id 12")
+    prompt = render_question(get_benchmark("amber-existence").template_for("llava-eval"), samples[0])
+    assert prompt == "Is there a cloud in this image?\nAnswer the question using a single word or phrase."
+
+
+def test_amber_query_file_itself_and_the_repository_root(tmp_path):
+    root = fx.amber_folder(tmp_path / "amber")
+    by_file = get_benchmark("amber-generative").load(root / "data" / "query" / "query_generative.json", None)
+    assert [sample.key for sample in by_file][:3] == ["1", "2", "3"]
+    assert_image(by_file[0], (30, 20))
+    existence = get_benchmark("amber-existence").load(root / "data", None)  # the images in image/ beside data/
+    assert existence[0].gold == "no"
+    assert_image(existence[1], (16, 12))
+
+
+def test_amber_bad_files(tmp_path):
+    root = fx.amber_folder(tmp_path / "amber")
+    data = root / "data"
+    relation = dict(fx.AMBER_RELATION, grass="ground")
+    fx.write_json(data / "relation.json", relation)
+    message = load_error("amber-generative", root)
+    assert "relation.json: line 3: 'grass' maps to \"ground\"" in message
+    (data / "relation.json").write_text("[]", encoding="utf-8")
+    assert "relation.json: line 1: the document is not a JSON object" in load_error("amber-generative", root)
+    (data / "relation.json").unlink()
+    assert "no relation.json found" in load_error("amber-generative", root)
+    assert get_benchmark("amber-existence").load(root, None)[0].gold == "no"  # existence needs no relation.json
+    (data / "annotations.json").write_text('[\n{"id": 1,\n"type": }\n]', encoding="utf-8")
+    message = load_error("amber-existence", root)
+    assert "annotations.json: line 3, column 9: not valid JSON" in message
+    (data / "annotations.json").write_text('{"id": 1}', encoding="utf-8")
+    assert "annotations.json: line 1: the document is a JSON object; expected a JSON list of AMBER annotations" in load_error("amber-existence", root)
+    fx.write_json(data / "query" / "query_discriminative-existence.json", [{"question": "Is there a dog?"}])
+    assert "query_discriminative-existence.json: line 2: no item has the keys id, image, query" in load_error("amber-existence", root)
+    (data / "query" / "query_discriminative-existence.json").unlink()
+    assert "no query_discriminative-existence.json found" in load_error("amber-existence", root)
+    copy = fx.amber_folder(tmp_path / "copy")
+    (copy / "data" / "safe_words.txt").write_bytes(b"orange\n\xff")
+    assert "safe_words.txt: line 2, column 1: byte 0xff is not UTF-8" in load_error("amber-generative", copy)
+
+
+# ---------------------------------------------------------------- the toy
+
+
+def test_toy_caption_samples():
+    samples = get_benchmark("toy-shapes-caption").load(None, None)
+    assert len(samples) == 256 and samples[0].key == "test-00000"
+    assert {(sample.question, sample.parser, sample.category, sample.gold) for sample in samples} == {("Describe the shapes in the image .", "free_text", "caption", None)}
+    first = shapes.make_caption_item(shapes.SPLIT_SEEDS["test"], 0)
+    assert (samples[0].objects.truth, samples[0].objects.hallu) == (first.present, first.absent)
+    assert samples[0].load_image().tobytes() == shapes.render(first.scene).tobytes()
+    for sample, index in zip(samples, range(256)):
+        item = shapes.make_caption_item(shapes.SPLIT_SEEDS["test"], index)
+        shown = {placed.shape for placed in item.scene}
+        assert set(sample.objects.truth) == shown and set(sample.objects.hallu) == set(shapes.SHAPES) - shown
+        assert item.caption == " and ".join(f"a {p.colour} {p.shape}" for p in sorted(item.scene, key=lambda p: p.cell)) + " ."
+        score = sample.objects.vocabulary.score(item.caption, sample.objects)
+        assert (score.mentions, score.hallucinated, score.truth_mentioned) == (len(shown), 0, len(shown))
+    vocabulary = samples[0].objects.vocabulary
+    absent = samples[[len(sample.objects.hallu) > 0 for sample in samples].index(True)].objects
+    assert vocabulary.score(f"Two {absent.hallu[0]}s.", absent).hallucinated == 1
+    assert get_benchmark("toy-shapes-caption").load(None, "train")[0].key == "train-00000"
+
+
+# sha256 (first 16 hex) of each existing toy benchmark's samples before the caption items were added: they must not change
+TOY_DIGESTS = {
+    "toy-shapes/test": "fdb58c694febcdd5",
+    "toy-shapes/train": "c33b7e3fadaf58c3",
+    "toy-shapes/validation": "2e8981322fdd1532",
+    "toy-shapes-yesno/test": "97b6299d918a775e",
+    "toy-shapes-yesno/train": "13f867ca6bf72784",
+    "toy-shapes-yesno/validation": "7d33ba3a68b94a20",
+    "toy-shapes-choice/test": "145812df99e6dc7d",
+    "toy-shapes-choice/train": "74774b8a5b975011",
+    "toy-shapes-choice/validation": "f2a433ac4a5bcdda",
+    "toy-shapes-region/test": "e2d9cb79db5e677c",
+    "toy-shapes-region/train": "23776e082a8ac3c7",
+    "toy-shapes-region/validation": "deab553aa3345d9a",
+}
+
+
+def test_existing_toy_benchmarks_are_unchanged():
+    for name_split, expected in TOY_DIGESTS.items():
+        name, split = name_split.split("/")
+        digest = hashlib.sha256()
+        for s in get_benchmark(name).load(None, split):
+            digest.update(json.dumps([s.key, s.question, list(s.choices), s.gold, s.category, s.parser, [list(b) for b in s.boxes]]).encode())
+            assert s.objects is None
+        assert digest.hexdigest()[:16] == expected, name_split
+    images = hashlib.sha256()
+    for index in range(8):
+        images.update(shapes.render(shapes.make_item(1001, index).scene).tobytes())
+    assert images.hexdigest()[:16] == "4f8954f9304a82ff"
+    assert shapes.caption_vocabulary()[: len(shapes.vocabulary())] == shapes.vocabulary()
+    assert "Describe" not in shapes.vocabulary()  # the shipped toys' tokenizers are built from it

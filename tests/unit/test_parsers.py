@@ -56,13 +56,33 @@ def test_letter(output, expected):
     assert parse("letter", output, COLOURS) == expected
 
 
+# (a description, its parsed form: the whole text, NFKC, lower case, white space collapsed)
+FREE_TEXT = [
+    ("The image shows a dog.", "the image shows a dog."),
+    ("  Two  cats\n\non a\tsofa.  ", "two cats on a sofa."),
+    ("A ﬁsh in a ＬＡＫＥ", "a fish in a lake"),  # NFKC: the ligature and full-width letters
+    ("Yes", "yes"),  # not read as yes / no: an open answer is kept whole
+    ("", "invalid"),
+    (" \n\t", "invalid"),
+]
+
+
+@pytest.mark.parametrize(("output", "expected"), FREE_TEXT)
+def test_free_text(output, expected):
+    assert parse("free_text", output) == expected
+
+
+def test_a_description_is_never_decided_early():
+    assert not any(PARSERS["free_text"].decided(text, ()) for text in ("", "A dog.", "Yes,", "B."))
+
+
 def test_letter_respects_the_number_of_options():
     assert parse("letter", "C", ("x", "y")) == "invalid"
     assert parse("letter", "B", ("x", "y")) == "B"
 
 
 def test_parsers_are_named_and_versioned():
-    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "letter": "2"}
+    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "letter": "2", "free_text": "1"}
     with pytest.raises(ValueError, match="unknown parser"):
         parse("fuzzy", "B")
 
