@@ -176,3 +176,74 @@ def test_amber_metrics_by_hand(long_answers):
     assert row["hal"] == pytest.approx(0.5)  # one of the two answers names a hallucinated object
     assert row["cog"] == pytest.approx(hallu_named / hallu)
     assert row["hal_ci_low"] < 0.5 < row["hal_ci_high"]
+
+
+# ------------------------------------------------------------------ the toy's captions, end to end
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory):
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.extract.run import ExtractOptions, run_extract
+    from attnwh.face.workflows import mask_sweep
+
+    warehouse = tmp_path_factory.mktemp("captions") / "wh"
+    common = {"benchmark": "toy-shapes-caption", "limit": 12, "device": "cpu", "batch_size": 6, "command": ["test"]}
+    extraction = run_extract(warehouse, ExtractOptions(**common, queries=("prompt", "gen1", "gen"), rows=False, part_size=12))
+    sweep, table = mask_sweep(warehouse, MaskOptions(**common, k=("0", "8"), seeds=1, strategies=("top", "random"), ranking_run=extraction.run_id))
+    return warehouse, extraction.run_id, sweep.run_id, table
+
+
+def _query(warehouse, sql, parameters=None):
+    with open_session(warehouse) as session:
+        return session.query(sql, parameters or {}).to_pylist()
+
+
+def test_generated_tokens_spell_the_answer_and_name_its_objects(captions):
+    from transformers import AutoTokenizer
+
+    from attnwh.extract.benchmarks.toy_shapes import CAPTION_VOCABULARY
+    from attnwh.extract.toy.default import default_model_folder
+
+    warehouse, run_id, _, _ = captions
+    tokenizer = AutoTokenizer.from_pretrained(default_model_folder())
+    samples = _query(warehouse, "select sample_idx, output_text, object_mentions, hallucinated from samples where run_id = $r and status = 'ok'", {"r": run_id})
+    tokens = _query(warehouse, "select * from gen_tokens where run_id = $r order by sample_idx, step", {"r": run_id})
+    info = _query(warehouse, "select n_layers, n_heads from runs where run_id = $r", {"r": run_id})[0]
+    per_step = _query(warehouse, "select sample_idx, count(*) as n from gen_metrics where run_id = $r group by sample_idx", {"r": run_id})
+    assert len(samples) == 12 and sum(sample["object_mentions"] for sample in samples) > 0, "the trained toy names shapes"
+    for sample in samples:
+        rows = [row for row in tokens if row["sample_idx"] == sample["sample_idx"]]
+        answer = [row["token_id"] for row in rows if not row["eos"]]
+        assert tokenizer.decode(answer, skip_special_tokens=True).strip() == sample["output_text"]
+        assert [row["step"] for row in rows] == list(range(len(rows)))
+        assert next(row["n"] for row in per_step if row["sample_idx"] == sample["sample_idx"]) == len(rows) * info["n_layers"] * info["n_heads"]
+        # every object word of the answer appears once as a word start, with its object
+        text = tokenizer.decode(answer, skip_special_tokens=True)
+        named = [(word.index, word.object) for word in CAPTION_VOCABULARY.words(text) if word.object is not None]
+        assert [(row["word_index"], row["object"]) for row in rows if row["word_start"] and row["object"] is not None] == named
+        assert sum(row["object_status"] == "hallucinated" for row in rows if row["word_start"]) == sample["hallucinated"]
+
+
+def test_a_masking_sweep_on_captions_reports_amber_metrics_per_condition(captions):
+    warehouse, _, sweep_id, table = captions
+    results = _query(warehouse, "select condition_id, object_mentions, hallucinated, truth_objects, truth_mentioned from sweep_results where run_id = $r", {"r": sweep_id})
+    expected = {}
+    for row in results:
+        sums = expected.setdefault(row["condition_id"], [0, 0, 0, 0, 0, 0])
+        sums[0] += row["object_mentions"]
+        sums[1] += row["hallucinated"]
+        sums[2] += row["truth_objects"]
+        sums[3] += row["truth_mentioned"]
+        sums[4] += 1
+        sums[5] += row["hallucinated"] > 0
+    rows = {row["condition_id"]: row for row in _query(warehouse, "select * from object_hallucination where run_id = $r", {"r": sweep_id})}
+    assert set(rows) == set(expected) and len(rows) >= 3
+    for condition, (mentions, hallucinated, truth, named, answers, hallucinating) in expected.items():
+        row = rows[condition]
+        assert row["n_answers"] == answers == 12
+        assert row["chair"] == (pytest.approx(hallucinated / mentions) if mentions else None)
+        assert row["cover"] == pytest.approx(named / truth)
+        assert row["hal"] == pytest.approx(hallucinating / answers)
+        assert row["chair_delta"] == (pytest.approx(row["chair"] - rows[0]["chair"]) if row["chair"] is not None and rows[0]["chair"] is not None else None)
+    assert table.column_names[:3] == ["condition_id", "settings", "n_answers"] and table.num_rows == len(rows)  # what `attnwh mask` prints

@@ -57,7 +57,31 @@ def assert_unchanged(before: dict[str, str], root: Path) -> None:
 ODD_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=24)
 NUMBERS = st.one_of(st.integers(-(10**15), 10**15), st.sampled_from(["0", "-1", "1e9", "nan", "inf", "0x10", "1.5", "", " 3"]))
 VALUE = st.one_of(
-    NUMBERS.map(str), ODD_TEXT, st.sampled_from(["toy-llava", "pope", "gen1", "prompt,gen1", "auto", "cpu", "cuda", "zero", "top,random", "all", "study", "json", "csv"])
+    NUMBERS.map(str),
+    ODD_TEXT,
+    st.sampled_from(
+        [
+            "toy-llava",
+            "pope",
+            "amber-generative",
+            "toy-shapes-caption",
+            "gen1",
+            "prompt,gen1",
+            "gen",
+            "prompt,gen1,gen",
+            "gen,gen",
+            "10000",
+            "auto",
+            "cpu",
+            "cuda",
+            "zero",
+            "top,random",
+            "all",
+            "study",
+            "json",
+            "csv",
+        ]
+    ),
 )
 
 OPTIONS = {
@@ -87,6 +111,7 @@ OPTIONS = {
         "--ranking",
         "--ranking-run",
         "--batch-size",
+        "--max-new-tokens",
         "--limit",
         "--split",
         "--prompt-style",
