@@ -176,6 +176,31 @@ def test_family_every_generated_step_equals_eager_attention(family_model):
     assert compared == len(samples) * GEN_STEPS * loaded.info["n_layers"]
 
 
+def test_family_extracts_every_generated_token_on_amber(family_model, tmp_path):
+    """``attnwh extract --queries gen --benchmark amber-generative --data DIR`` on the family's tiny model: the authors'
+    layout with drawn images; a query whose image is missing (and the fixture's other bad rows) becomes an error row."""
+    from tests.fixtures_benchmarks import amber_folder
+
+    _, folder = family_model
+    data = amber_folder(tmp_path / "amber")
+    options = ExtractOptions(model=str(folder), benchmark="amber-generative", data=data, queries=("gen",), rows=False, batch_size=4, max_new_tokens=3, command=["test"])
+    result = run_extract(tmp_path / "wh", options)
+    info = load_config(resolve_source(str(folder)))[1].info
+    with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
+        samples = catalog.query("SELECT sample_idx, sample_key, status, error, truth_objects, object_mentions FROM samples ORDER BY sample_idx").to_pylist()
+        steps = dict(tuple(row.values()) for row in catalog.query("SELECT sample_idx, count(*) AS n FROM gen_tokens GROUP BY sample_idx").to_pylist())
+        metrics = dict(tuple(row.values()) for row in catalog.query("SELECT sample_idx, count(*) AS n FROM gen_metrics GROUP BY sample_idx").to_pylist())
+        assert catalog.query("SELECT count(*) AS n FROM head_metrics").to_pylist() == [{"n": 0}]  # gen alone: no prompt / gen1 rows
+    ok = [row for row in samples if row["status"] == "ok"]
+    assert result.errors == len(samples) - len(ok) > 0 and len(ok) >= 2
+    assert any("AMBER_3.jpg" in (row["error"] or "") for row in samples)  # the missing image: an error row, the run went on
+    for row in ok:
+        assert row["truth_objects"] > 0 and row["object_mentions"] is not None
+        assert 1 <= steps[row["sample_idx"]] <= 3
+        assert metrics[row["sample_idx"]] == steps[row["sample_idx"]] * info["n_layers"] * info["n_heads"]
+    assert set(steps) == {row["sample_idx"] for row in ok}
+
+
 def test_family_extracts_into_the_warehouse(family_model, tmp_path):
     family, folder = family_model
     options = ExtractOptions(model=str(folder), limit=4, batch_size=4, part_size=4, max_new_tokens=2, command=["test"])
