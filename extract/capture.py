@@ -66,6 +66,7 @@ class CaptureSpec:
     queries: tuple[str, ...] = ("prompt", "gen1")
     rows: bool = True
     lens: bool = True  # keep each layer's hidden state at the captured positions (logit lens)
+    gen_rows: bool = False  # keep the raw rows of every generated step too (``gen``; float16 on the CPU, step by step)
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.queries if name not in CAPTURE_QUERIES]
@@ -73,6 +74,8 @@ class CaptureSpec:
             raise ValueError(f"unknown capture queries {unknown}; choose from {', '.join(CAPTURE_QUERIES)}")
         if len(set(self.queries)) != len(self.queries):
             raise ValueError(f"capture queries repeat: {', '.join(self.queries)}")
+        if self.gen_rows and GEN not in self.queries:
+            raise ValueError("--gen-rows keeps the rows of every generated step: it needs gen among the queries")
 
     @property
     def fixed_queries(self) -> tuple[str, ...]:
@@ -105,6 +108,7 @@ class CaptureSession:
     gen_statistics: list[torch.Tensor] = field(default_factory=list)  # per step [layer, batch, head, stat] on the device
     gen_lens: list[LensResult] = field(default_factory=list)  # per step: the lens of the token that step produced
     gen_incomplete: list[int] = field(default_factory=list)  # steps that did not see every layer
+    gen_rows: list[torch.Tensor] = field(default_factory=list)  # per step [layer, batch, head, key] float16 on the CPU (``gen_rows``)
 
     def __post_init__(self) -> None:
         self._query_at_step = {QUERY_STEPS[name]: name for name in self.spec.fixed_queries}
@@ -138,7 +142,10 @@ class CaptureSession:
         if any(row is None for row in step_rows) or any(h is None for h in step_hidden):
             self.gen_incomplete.append(self.step)
             return
-        self.gen_statistics.append(self._reduce(torch.stack(step_rows), with_generated(self.segments, self.step), self._region(self.step)))
+        stacked = torch.stack(step_rows)
+        self.gen_statistics.append(self._reduce(stacked, with_generated(self.segments, self.step), self._region(self.step)))
+        if self.spec.gen_rows:
+            self.gen_rows.append(stacked.to(torch.float16).cpu())
         if step_hidden:
             self.gen_lens.append(self.lens_of(torch.stack(step_hidden)))
 

@@ -50,6 +50,7 @@ class PartData:
     gen_tokens: list[pa.Table] = field(default_factory=list)
     gen_lens: list[pa.Table] = field(default_factory=list)
     every_step: bool = False  # whether the run captures ``gen`` (its tables are written, empty when every sample failed)
+    gen_rows: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (sample_idx, per step [layer, head, key]), with --gen-rows
     errors: int = 0
 
     def write(self, folder: Path) -> dict[str, int]:
@@ -71,6 +72,8 @@ class PartData:
                 for query_index, row in enumerate(per_query):
                     attention[position, query_index, :, :, : row.shape[-1]] = row
             arrays.write_rows(folder, attention, np.array([idx for idx, _ in self.rows], dtype=np.int64), list(self.queries))
+        if self.gen_rows:
+            arrays.write_gen_rows(folder, self.gen_rows)
         counts = {"samples": samples.num_rows, "head_metrics": metrics.num_rows, "head_scores": scores.num_rows, "head_ranks": ranks.num_rows}
         if self.lens:
             counts["logit_lens"] = sum(table.num_rows for table in self.lens)
@@ -102,15 +105,7 @@ def write_parquet(table: pa.Table, name: str, folder: Path) -> None:
     if name in GEN_TABLES:
         floats = [field.name for field in table.schema if pa.types.is_floating(field.type)]
         others = [field.name for field in table.schema if field.name not in floats]
-        pq.write_table(
-            table,
-            table_file(folder, name),
-            compression="zstd",
-            compression_level=6,
-            use_dictionary=others,
-            use_byte_stream_split=floats,
-            row_group_size=1 << 20,
-        )
+        pq.write_table(table, table_file(folder, name), compression="zstd", compression_level=6, use_dictionary=others, use_byte_stream_split=floats, row_group_size=1 << 20)
     else:
         pq.write_table(table, table_file(folder, name), compression="zstd")
 

@@ -51,6 +51,7 @@ class ExtractOptions:
     queries: tuple[str, ...] = ("prompt", "gen1")
     rows: bool = True
     lens: bool = True
+    gen_rows: bool = False  # with gen: the raw rows of every generated step too
     batch_size: int = 8
     dtype: str = "auto"
     device: str = "auto"
@@ -86,9 +87,11 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     scheduler = parse_scheduler(options.scheduler)
     rank = detect_rank(options.rank, options.world_size)
     setup = prepare_run(options, rank.local_rank)
-    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
+    capture = capture_spec(options)
     part_size = options.part_size or setup.benchmark.part_size or DEFAULT_PART_SIZE
     spec = {**setup.spec, "queries": list(capture.queries), "rows": capture.rows, "lens": capture.lens}
+    if capture.gen_rows:
+        spec["gen_rows"] = True  # only when asked: the fingerprints of runs without it stay as they were
     warehouse = open_warehouse(warehouse_path, create=True)
     samples = setup.samples
     plan = Plan([sample.key for sample in samples], part_size)
@@ -182,7 +185,7 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
     # built once per worker, and checked against the run's settings and plan before this worker commits anything
     setup = worker_run_setup(cache, run_root, run_id, lambda: prepare_run(options))
     loaded = cache.model(setup)
-    capture = CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens)
+    capture = capture_spec(options)
     settings = BatchSettings(loaded, setup.prompt_format, setup.template, capture, setup.max_new_tokens, letter_token_ids(loaded.processor.tokenizer))
     indices = list(Plan([sample.key for sample in setup.samples], part_size).part_range(part_id))
     part = extract_part(settings, [setup.samples[i] for i in indices], indices, run_id, options.batch_size)
@@ -198,9 +201,13 @@ def _check_options(options: ExtractOptions) -> None:
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     try:
-        CaptureSpec(queries=tuple(options.queries))
+        capture_spec(options)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def capture_spec(options: ExtractOptions) -> CaptureSpec:
+    return CaptureSpec(queries=tuple(options.queries), rows=options.rows, lens=options.lens, gen_rows=options.gen_rows)
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,9 @@ def _extract_batch(settings: BatchSettings, batch: Batch, part: PartData) -> Non
             part.gen_tokens.append(gen_tokens_table(part.run_id, sample_idx, steps, loaded.eos_token_ids, tokenizer, sample))
             if session.gen_lens:
                 part.gen_lens.append(gen_lens_table(part.run_id, sample_idx, steps, session.gen_lens, position))
+            if session.gen_rows:
+                pad = prompt_length - span.n_tokens
+                part.gen_rows.append((sample_idx, [session.gen_rows[step][:, position, :, pad : prompt_length + step].numpy() for step in range(len(steps))]))
         if generation.lens:
             part.lens.append(lens_table(part.run_id, sample_idx, position, generation.lens, tokenizer))
         if rows:

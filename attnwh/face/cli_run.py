@@ -63,12 +63,19 @@ def extract(
         typer.Option(
             help="Captured queries, comma-separated: prompt (the last prompt position), gen1 (the first generated token), gen "
             "(every generated position up to --max-new-tokens: statistics per step, layer and head, the generated tokens "
-            "and their words, and the lens rank of each generated token; no raw rows, which would take steps × layers × "
-            "heads × keys × 2 bytes: 84 MB per sample for 64 tokens of a 32-layer, 32-head model at 640 keys)."
+            "and their words, and the lens rank of each generated token; raw rows only with --gen-rows)."
         ),
     ] = "prompt,gen1",
     rows: Annotated[bool, typer.Option("--rows/--no-rows", help="Store raw attention rows (Zarr).")] = True,
     lens: Annotated[bool, typer.Option("--lens/--no-lens", help="Store the logit lens per layer.")] = True,
+    gen_rows: Annotated[
+        bool,
+        typer.Option(
+            "--gen-rows/--no-gen-rows",
+            help="With gen: store the raw rows of every generated step too (Zarr, float16): steps × layers × heads × keys × 2 bytes "
+            "a sample, 84 MB for 64 tokens of a 32-layer, 32-head model at 640 keys; a part's rows are held in memory until it is written.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (left-padded).")] = 8,
     dtype: DtypeOption = "auto",
     device: DeviceOption = "auto",
@@ -100,6 +107,7 @@ def extract(
         queries=tuple(name.strip() for name in queries.split(",") if name.strip()),
         rows=rows,
         lens=lens,
+        gen_rows=gen_rows,
         batch_size=batch_size,
         dtype=dtype,
         device=device,

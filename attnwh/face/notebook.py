@@ -38,6 +38,27 @@ class Warehouse:
         """One read-only statement (SELECT or EXPLAIN) with ``$name`` parameters bound from keywords."""
         return self._session.user_relation(statement, parameters or None)
 
+    def gen_rows(self, run_id: str):
+        """The raw rows of every generated step (runs extracted with ``--queries gen --gen-rows``) as an
+        ``xarray.DataArray`` backed by Dask: dimensions ``sample, step, layer, head, key`` (step ``t`` sees the
+        sample's keys and ``t`` generated ones; NaN past a row's end and for steps the answer did not take)."""
+        try:
+            import xarray
+        except ImportError as exc:  # an optional dependency
+            raise UsageError("gen_rows() needs xarray: pip install 'attnwh[notebook]'") from exc
+        from attnwh.warehouse.arrays import GEN_DIMENSIONS, open_gen_rows
+
+        paths = self._warehouse.find_run(run_id)
+        if paths is None:
+            raise UsageError(f"no run {run_id} in {self.path}")
+        array, sample_idx = open_gen_rows(paths)
+        samples = self._session.query("select sample_idx, sample_key from samples where run_id = $run", {"run": run_id}).to_pylist()
+        keys = {row["sample_idx"]: row["sample_key"] for row in samples}
+        _, n_steps, n_layers, n_heads, n_keys = array.shape
+        coords = {"sample": sample_idx, "sample_key": ("sample", [keys.get(int(index)) for index in sample_idx])}
+        coords |= {"step": range(n_steps), "layer": range(n_layers), "head": range(n_heads), "key": range(n_keys)}
+        return xarray.DataArray(array, dims=GEN_DIMENSIONS, coords=coords, name="gen_attention", attrs={"run_id": run_id})
+
     def query(self, name: str, **parameters: Any) -> duckdb.DuckDBPyRelation:
         """A named query of the library (``attnwh query --list``), its parameters typed and checked."""
         mart = get_mart(name)

@@ -75,24 +75,33 @@ def prune_sweep(warehouse: Path | str | None, options: PruneOptions, on_progress
     return result, _sweep_table(warehouse, _summary_mart(setup.run, "prune_sweep"), result.run_id)
 
 
-ZOO_BENCHMARKS = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")
+# every toy benchmark the zoo runs, and the positions its extraction captures: the caption benchmark's long answers
+# every generated token (``gen``), so that the report's Long answers page and the hallucination marts have data
+ZOO_BENCHMARKS = {
+    "toy-shapes-yesno": ("prompt", "gen1"),
+    "toy-shapes-choice": ("prompt", "gen1"),
+    "toy-shapes-region": ("prompt", "gen1"),
+    "toy-shapes-caption": ("prompt", "gen1", "gen"),
+}
 
 
 def toy_zoo(
     warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto", on_step: Callable[[str], None] | None = None, warn: Warn | None = None
 ) -> list[tuple[str, str, str, str]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
-    choice, colour choice with the named shape's box as the region): an extraction, then a masking
-    sweep ranked by it. Returns (model, benchmark, extraction run, mask run) per pair; resumes."""
+    choice, colour choice with the named shape's box as the region, and descriptions of the shapes, whose
+    object words are counted against the scene): an extraction (the descriptions' at every generated token),
+    then a masking sweep ranked by it (on the descriptions: CHAIR, Cover and Hal per condition). Returns
+    (model, benchmark, extraction run, mask run) per pair; resumes."""
     from attnwh.extract.run import ExtractOptions, run_extract
     from attnwh.extract.toy.default import ZOO
 
     done = []
     for model in ZOO:
-        for benchmark in ZOO_BENCHMARKS:
+        for benchmark, queries in ZOO_BENCHMARKS.items():
             if on_step is not None:
                 on_step(f"{model} on {benchmark}: extract, then mask")
-            extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, device=device, command=["attnwh", "toy", "zoo"]))
+            extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, queries=queries, device=device, command=["attnwh", "toy", "zoo"]))
             mask, _ = mask_sweep(
                 warehouse,
                 MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),

@@ -5,8 +5,10 @@ Two stages, both on the ``train`` split (fresh items every step; indices are unb
 1. the vision tower learns, through auxiliary linear heads on its patch features, which shape and
    which colour covers each patch (or background); then it is frozen;
 2. the projector and the language model, re-initialised at a scale that suits their width, learn to
-   answer: the loss is on the answer token (``yes`` / ``no``, or a letter ``A``..``D``) and on the
-   ``</s>`` after it, so that generation stops.
+   answer and to describe: every step's batch holds ``BATCH_SIZE`` questions (the loss on the answer
+   token, ``yes`` / ``no`` or a letter ``A``..``D``, and on the ``</s>`` after it, so that generation
+   stops) and ``CAPTION_BATCH`` caption items of ``toy-shapes-caption`` (the loss on every token of the
+   reference caption, "a red circle and a blue square .", and on the ``</s>`` after it).
 
 Prompts are built exactly as attnwh builds them at inference (chat template, ``processor(...)``
 with left padding), so batched inference sees what training saw.
@@ -41,7 +43,10 @@ TRAINED_SPECS = {
 
 VISION_STEPS = 2000
 LANGUAGE_STEPS = 3000  # 100% held-out accuracy on both question kinds; 6000 gives no more
-BATCH_SIZE = 32
+BATCH_SIZE = 32  # question items per step (vision steps: scenes per step)
+CAPTION_BATCH = 16  # caption items per language step, in the same batch as the questions
+CAPTION_TOKENS_PER_TERM = 4  # the caption loss: summed over a caption's tokens, divided by this (see ``train_language``)
+CAPTION_NEW_TOKENS = 32  # evaluation: a reference caption is at most 12 tokens, then ``</s>``
 LEARNING_RATE = 2e-3
 WARMUP_STEPS = 100
 MIN_PATCH_PIXELS = 8  # a patch shows a shape when at least this many of its pixels are the shape's
@@ -54,7 +59,7 @@ def prompt_text(processor, question: str) -> str:
     return processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
 
 
-def encode(processor, items: list[shapes.Item], images: list | None = None) -> dict[str, torch.Tensor]:
+def encode(processor, items: list[shapes.Item] | list[shapes.CaptionItem], images: list | None = None) -> dict[str, torch.Tensor]:
     """Left-padded model inputs for ``items``, built as attnwh builds them at inference."""
     images = images if images is not None else [shapes.render(item.scene) for item in items]
     texts = [prompt_text(processor, item.question) for item in items]
@@ -92,13 +97,18 @@ class CachedEncoder:
             return self._normalise(images)
         return self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
 
-    def __call__(self, items: list[shapes.Item], images: list | None = None) -> dict[str, torch.Tensor]:
+    def prompt(self, item: shapes.Item | shapes.CaptionItem, image) -> list[int]:
+        """The expanded prompt ids of ``item``'s question (from the processor, once per question)."""
+        if item.question not in self.prompt_ids:
+            self.prompt_ids[item.question] = encode(self.processor, [item], [image])["input_ids"][0].tolist()
+        return self.prompt_ids[item.question]
+
+    def __call__(self, items: list, images: list | None = None, targets: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded inputs; with ``targets``, each row is its prompt and then its target ids (the whole row left-padded)."""
         images = images if images is not None else [shapes.render(item.scene) for item in items]
-        rows = []
-        for item, image in zip(items, images):
-            if item.question not in self.prompt_ids:
-                self.prompt_ids[item.question] = encode(self.processor, [item], [image])["input_ids"][0].tolist()
-            rows.append(self.prompt_ids[item.question])
+        rows = [self.prompt(item, image) for item, image in zip(items, images)]
+        if targets is not None:
+            rows = [prompt + target for prompt, target in zip(rows, targets)]
         width = max(map(len, rows))
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -146,6 +156,15 @@ def _train_items(start: int, count: int) -> list[shapes.Item]:
     return [shapes.make_item(shapes.SPLIT_SEEDS["train"], index) for index in range(start, start + count)]
 
 
+def _caption_items(split: str, start: int, count: int) -> list[shapes.CaptionItem]:
+    return [shapes.make_caption_item(shapes.SPLIT_SEEDS[split], index) for index in range(start, start + count)]
+
+
+def caption_target(tokenizer, item: shapes.CaptionItem) -> list[int]:
+    """The ids the model learns to generate for a caption item: its reference caption, then ``</s>``."""
+    return [*tokenizer(" " + item.caption, add_special_tokens=False)["input_ids"], builder.EOS_ID]
+
+
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up, then cosine decay to a tenth of the peak rate."""
 
@@ -189,8 +208,18 @@ def pretrain_vision(model, encoder: CachedEncoder, spec: TinyLlavaSpec, steps: i
     return accuracy
 
 
-def train_language(model, encoder: CachedEncoder, steps: int, first_index: int, log: Callable[[str], None]) -> float:
-    """Train projector + language model on the answer token and the ``</s>`` after it; returns the final loss."""
+def train_language(model, encoder: CachedEncoder, steps: int, first_index: int, log: Callable[[str], None], caption_batch: int = CAPTION_BATCH) -> float:
+    """Train projector + language model on answers and captions, each followed by ``</s>``; returns the final loss.
+
+    A step's batch is ``BATCH_SIZE`` question items (the next ones from ``first_index``) and ``caption_batch``
+    caption items (the next ones of their own stream), one forward pass. Each row is its prompt, as attnwh
+    encodes it, then its target (answer or caption, then ``</s>``), the whole row left-padded: every target
+    ends at the right edge, so the last ``longest target + 1`` logits cover them all (padding, and the
+    positions of shorter rows' prompts, are left out of the loss). The loss is the questions' (answer
+    cross-entropy + ``</s>`` cross-entropy, each the mean over the question items, as before captions were
+    added) plus the captions' (cross-entropy summed over each caption's tokens and its ``</s>``, averaged over
+    the caption items, divided by ``CAPTION_TOKENS_PER_TERM``: about two terms for a two-shape caption).
+    """
     tokenizer = encoder.processor.tokenizer
     answer_ids = {word: tokenizer.convert_tokens_to_ids(word) for word in ("yes", "no", *shapes.LETTERS)}
     parameters = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower.")]
@@ -198,14 +227,21 @@ def train_language(model, encoder: CachedEncoder, steps: int, first_index: int, 
     scheduler = _schedule(optimizer, steps)
     recent: list[float] = []
     for step in range(steps):
-        items = _train_items(first_index + step * BATCH_SIZE, BATCH_SIZE)
-        inputs = encoder(items)
-        answers = torch.tensor([answer_ids[item.gold] for item in items])
-        # left padding puts every prompt's end at the right edge: append the answer there
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], answers[:, None]], dim=1)
-        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(answers)[:, None]], dim=1)
-        logits = model(**inputs, logits_to_keep=2).logits  # positions: last prompt token, answer token
-        loss = F.cross_entropy(logits[:, 0], answers) + F.cross_entropy(logits[:, 1], torch.full_like(answers, builder.EOS_ID))
+        questions = _train_items(first_index + step * BATCH_SIZE, BATCH_SIZE)
+        captions = _caption_items("train", step * caption_batch, caption_batch)
+        targets = [[answer_ids[item.gold], builder.EOS_ID] for item in questions] + [caption_target(tokenizer, item) for item in captions]
+        inputs = encoder([*questions, *captions], targets=targets)
+        longest = max(map(len, targets))
+        labels = torch.full((len(targets), longest), -100, dtype=torch.long)
+        for row, target in enumerate(targets):
+            labels[row, longest - len(target) :] = torch.tensor(target)
+        # logits at positions -(longest + 1) .. -2 predict the tokens at -longest .. -1
+        logits = model(**inputs, logits_to_keep=longest + 1).logits[:, :-1]
+        per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="none").view(labels.shape)
+        n_questions = len(questions)
+        loss = per_token[:n_questions].sum() / n_questions  # answer + </s>, each a mean over the question items
+        if captions:
+            loss = loss + per_token[n_questions:].sum() / (len(captions) * CAPTION_TOKENS_PER_TERM)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -219,8 +255,12 @@ def train_language(model, encoder: CachedEncoder, steps: int, first_index: int, 
 
 @torch.inference_mode()
 def evaluate(model, processor, split: str = "validation", n_items: int = EVAL_ITEMS, batch_size: int = 32) -> dict[str, float]:
-    """Greedy answers (``max_new_tokens=2``) on the first ``n_items`` of ``split``: accuracy per kind and EOS rate."""
+    """Greedy answers on the first ``n_items`` of ``split``: the questions (``max_new_tokens=2``): accuracy per
+    kind and EOS rate; the caption items (``CAPTION_NEW_TOKENS``): the share of exact reference captions, the share
+    that end with ``</s>``, and AMBER's CHAIR, Cover, Hal and Cog in percent from the benchmark's object matcher."""
+    from attnwh.extract.benchmarks.objects import ObjectAnnotation, amber_metrics
     from attnwh.extract.benchmarks.parsers import parse
+    from attnwh.extract.benchmarks.toy_shapes import CAPTION_VOCABULARY
 
     tokenizer = processor.tokenizer
     right: dict[str, list[bool]] = {"presence": [], "colour": []}
@@ -234,7 +274,26 @@ def evaluate(model, processor, split: str = "validation", n_items: int = EVAL_IT
             parsed = parse("letter" if item.choices else "yes_no", text, item.choices)
             right[item.kind].append(parsed == item.gold)
             stopped.append(len(row) > 1 and row[1] == builder.EOS_ID)
-    return {"accuracy_yes_no": float(np.mean(right["presence"])), "accuracy_colour": float(np.mean(right["colour"])), "eos_rate": float(np.mean(stopped))}
+    exact, caption_stopped, scores = [], [], []
+    for start in range(0, n_items, batch_size):
+        captions = _caption_items(split, start, min(n_items, start + batch_size) - start)
+        inputs = encode(processor, captions)
+        output = model.generate(**inputs, max_new_tokens=CAPTION_NEW_TOKENS, do_sample=False)[:, inputs["input_ids"].shape[1] :]
+        for item, row in zip(captions, output.tolist()):
+            end = row.index(builder.EOS_ID) if builder.EOS_ID in row else len(row)
+            text = tokenizer.decode(row[:end], skip_special_tokens=True).strip()
+            exact.append(text == item.caption)
+            caption_stopped.append(end < len(row))
+            scores.append(CAPTION_VOCABULARY.score(text, ObjectAnnotation(item.present, item.absent, CAPTION_VOCABULARY)))
+    amber = amber_metrics(scores)
+    return {
+        "accuracy_yes_no": float(np.mean(right["presence"])),
+        "accuracy_colour": float(np.mean(right["colour"])),
+        "eos_rate": float(np.mean(stopped)),
+        "caption_exact": float(np.mean(exact)),
+        "caption_eos_rate": float(np.mean(caption_stopped)),
+        **{f"caption_{name.lower()}": value for name, value in amber.items()},
+    }
 
 
 def train_toy(
@@ -247,14 +306,16 @@ def train_toy(
     vision_steps: int = VISION_STEPS,
     eval_items: int = EVAL_ITEMS,
     size: str = "small",
+    caption_batch: int = CAPTION_BATCH,
 ) -> dict:
     """Train a tiny LLaVA on toy-shapes and save model + processor into ``folder`` (atomically).
 
     ``steps`` counts language-model steps (after ``VISION_STEPS`` vision-tower steps). Deterministic
     from ``seed`` (the vision tower's initial weights from ``spec.seed``, which is ``seed``
-    unless ``spec`` is given; ``size`` picks one of ``TRAINED_SPECS``). Returns metrics:
-    held-out accuracies on the ``validation`` split, steps, seconds (training, without the
-    evaluation and the save), final loss (answer + ``</s>`` cross-entropy, mean of the last 50 steps).
+    unless ``spec`` is given; ``size`` picks one of ``TRAINED_SPECS``; ``caption_batch`` caption items join
+    each language step's questions, 0 for none). Returns metrics: held-out accuracies and caption metrics on
+    the ``validation`` split (:func:`evaluate`), steps, seconds (training, without the evaluation and the
+    save), final loss (the training loss of :func:`train_language`, mean of the last 50 steps).
     """
     log = log or (lambda message: None)
     spec = spec if spec is not None else replace(TRAINED_SPECS[size], seed=seed)
@@ -266,7 +327,7 @@ def train_toy(
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         started = time.perf_counter()
-        processor = builder.build_processor(spec, shapes.vocabulary())
+        processor = builder.build_processor(spec, shapes.caption_vocabulary())
         processor.tokenizer.padding_side = "left"
         model = builder.build_model(spec, vocab_size=len(processor.tokenizer))  # seeds torch with spec.seed
         torch.manual_seed(seed)
@@ -275,7 +336,7 @@ def train_toy(
         encoder = CachedEncoder(processor)
         patch_accuracy = pretrain_vision(model, encoder, spec, vision_steps, log)
         model.model.vision_tower.requires_grad_(False)
-        final_loss = train_language(model, encoder, steps, vision_steps * BATCH_SIZE, log)
+        final_loss = train_language(model, encoder, steps, vision_steps * BATCH_SIZE, log, caption_batch)
         model.eval()
         seconds = time.perf_counter() - started
         metrics = evaluate(model, processor, n_items=eval_items)
@@ -289,6 +350,7 @@ def train_toy(
         "vision_patch_accuracy": patch_accuracy,
         "vision_steps": vision_steps,
         "steps": steps,
+        "caption_batch": caption_batch,
         "seconds": round(seconds, 1),
         "final_loss": final_loss,
         "seed": seed,

@@ -247,3 +247,32 @@ def test_a_masking_sweep_on_captions_reports_amber_metrics_per_condition(caption
         assert row["hal"] == pytest.approx(hallucinating / answers)
         assert row["chair_delta"] == (pytest.approx(row["chair"] - rows[0]["chair"]) if row["chair"] is not None and rows[0]["chair"] is not None else None)
     assert table.column_names[:3] == ["condition_id", "settings", "n_answers"] and table.num_rows == len(rows)  # what `attnwh mask` prints
+
+
+def test_raw_rows_of_every_generated_step(tmp_path):
+    """``--gen-rows``: step 0's row is the ``prompt`` row and step 1's the ``gen1`` row (both stored from the same
+    fp32 rows), each step's image mass is its gen_metrics ``image_sum``, and a step sees the prompt and t keys more."""
+    import numpy as np
+
+    import attnwh
+    from attnwh.extract.run import ExtractOptions, run_extract
+
+    options = ExtractOptions(limit=6, queries=("prompt", "gen1", "gen"), gen_rows=True, max_new_tokens=3, batch_size=3, device="cpu", command=["test"])
+    result = run_extract(tmp_path / "wh", options)
+    with attnwh.open(tmp_path / "wh") as handle:
+        fixed = handle.rows(result.run_id).compute()
+        steps = handle.gen_rows(result.run_id).compute()
+        metrics = handle.query("gen_attention_by_step").df()
+        per_row = {
+            (row["sample_idx"], row["step"], row["layer"], row["head"]): row["image_sum"]
+            for row in handle.sql("select sample_idx, step, layer, head, image_sum from gen_metrics").df().to_dict("records")
+        }
+        spans = {row["sample_idx"]: row for row in handle.sql("select sample_idx, n_tokens, image_start, image_end from samples").df().to_dict("records")}
+    assert len(metrics) > 0 and list(steps.sample.values) == list(fixed.sample.values)
+    np.testing.assert_array_equal(steps.isel(step=0).values, fixed.sel(query="prompt").values)
+    np.testing.assert_array_equal(steps.isel(step=1).values[..., : fixed.sizes["key"]], fixed.sel(query="gen1").values)
+    for (sample, step, layer, head), image_sum in per_row.items():
+        span = spans[sample]
+        row = steps.sel(sample=sample).isel(step=step, layer=layer, head=head).values
+        assert np.isfinite(row[: span["n_tokens"] + step]).all() and np.isnan(row[span["n_tokens"] + step :]).all()
+        assert abs(float(np.sum(row[span["image_start"] : span["image_end"]], dtype=np.float64)) - image_sum) <= 2e-3
