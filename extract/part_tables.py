@@ -94,8 +94,8 @@ class PartData:
 
 # the generated-step tables, the largest a run writes (65,536 gen_metrics rows per sample for 64 tokens of a 32 × 32-head
 # model): dictionary pages for the integer and text columns, byte-stream-split floats (zstd then finds the exponent
-# bytes alike: 24.5 bytes per gen_metrics row against 39.9 with plain zstd, on statistics of Dirichlet rows), and
-# row groups large enough that a part's steps compress together (bench/bench_gen_warehouse.py measures bytes per sample)
+# bytes alike), row groups large enough that a part's steps compress together: 24.4 bytes per gen_metrics row against
+# 30.1 with pyarrow's zstd defaults and 28.0 unsorted (bench/bench_gen.py, 16-sample parts of structured statistics)
 GEN_TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores")
 
 
