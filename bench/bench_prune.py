@@ -60,9 +60,9 @@ def main() -> int:
         scores = np.random.default_rng(0).random(shape)
         conditions = {
             "plain": None,
-            "uniform_attention": KVPrune(allocate("uniform", args.share, scores), "attention"),
-            "score_attention": KVPrune(allocate("score", args.share, scores), "attention"),
-            "uniform_stride": KVPrune(allocate("uniform", args.share, scores), "stride"),
+            "uniform_attention": KVPrune(allocate("uniform", args.share, scores), "attention", phase="prefill"),
+            "score_attention": KVPrune(allocate("score", args.share, scores), "attention", phase="prefill"),
+            "uniform_stride": KVPrune(allocate("uniform", args.share, scores), "stride", phase="prefill"),
         }
 
         def run(prune) -> None:

@@ -1,8 +1,8 @@
 """``attnwh prune``: a sweep of head-wise image-KV pruning conditions over one model and benchmark.
 
 A sweep (``extract.sweep``) whose intervention is a ``KVPrune``: each condition (``full`` once: every key
-kept, the reference; then allocation × kept share × keep rule, × seed for ``random``) is one part of a
-``prune`` run. ``score`` budgets come from the head scores of a ranking the caller brings
+kept, the reference; then phase × keep rule × kept share × allocation, × seed for ``random``) is one part
+of a ``prune`` run. ``score`` budgets come from the head scores of a ranking the caller brings
 (``attnwh.face.workflows`` asks them of an extraction run or an imported ranking).
 
 A kept share of 1 keeps every key whatever the allocation: it is the ``full`` condition, not repeated.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.pruning import ALLOCATIONS, KEEP, KVPrune, allocate
+from attnwh.extract.pruning import ALLOCATIONS, KEEP, PHASES, SNAPKV_KERNEL, SNAPKV_WINDOW, KVPrune, allocate
 from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, SweepSetup, check_sweep_options, prepare_sweep, run_sweep
 
 DEFAULT_SHARES = ("1", "0.5", "0.25", "0.1", "0.05")
@@ -26,6 +26,7 @@ class PruneOptions(SweepOptions):
     kv_shares: tuple[str, ...] = DEFAULT_SHARES
     allocations: tuple[str, ...] = ("score", "uniform", "random")
     keep: tuple[str, ...] = ("attention",)
+    phase: tuple[str, ...] = ("cache",)
     floor: float = 0.1
 
 
@@ -38,6 +39,7 @@ class PruneCondition:
     floor: float | None
     seed: int | None
     kept: np.ndarray  # [layer, kv_head] shares kept
+    phase: str = "cache"
 
     def as_sweep(self) -> SweepCondition:
         """As the sweep stores it (its settings, typed again by ``stg_prune_conditions``); only ``score``
@@ -46,12 +48,19 @@ class PruneCondition:
             "allocation": self.allocation,
             "kv_share": self.kv_share,
             "keep": self.keep,
+            "phase": self.phase,
             "floor": self.floor,
             "seed": self.seed,
             "kept_shares": self.kept.ravel().tolist(),
             "kv_heads": int(self.kept.shape[1]),
         }
         return SweepCondition(self.condition_id, settings, ranked=self.allocation == "score")
+
+    def fingerprint(self) -> list:
+        """What the run's fingerprint lists of the condition; its phase only where it is not ``prefill``, so that a
+        run written before phases existed (all ``prefill``) keeps its fingerprint and resumes."""
+        entry = [self.allocation, self.kv_share, self.keep, self.floor, self.seed, np.round(self.kept, 9).ravel().tolist()]
+        return entry if self.phase == "prefill" else [*entry, self.phase]
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class PruneSweep:
     def interventions(self, condition: SweepCondition, prepared: None) -> list[KVPrune]:
         settings = condition.settings
         kept = np.asarray(settings["kept_shares"], dtype=np.float64).reshape(-1, settings["kv_heads"])
-        return [KVPrune(kept, settings["keep"])]
+        return [KVPrune(kept, settings["keep"], settings.get("phase", "prefill"))]  # settings written before phases: prefill
 
 
 def parse_shares(values: tuple[str, ...]) -> list[float]:
@@ -99,19 +108,24 @@ def kv_head_scores(scores: dict[tuple[int, int], float], n_layers: int, n_heads:
     return table
 
 
-def build_prune_conditions(shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray) -> list[PruneCondition]:
-    """``full`` (condition 0), then keep × share × allocation (× seed for random), shares below 1 only."""
-    conditions = [PruneCondition(0, "full", 1.0, keeps[0], None, None, np.ones(kv_scores.shape))]
-    for keep in keeps:
-        for share in shares:
-            if share >= 1.0:
-                continue
-            for allocation in allocations:
-                if allocation == "full":
+def build_prune_conditions(
+    shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray, phases: tuple[str, ...] = ("cache",)
+) -> list[PruneCondition]:
+    """``full`` (condition 0: every key kept, the same under either phase), then phase × keep × share ×
+    allocation (× seed for random), shares below 1 only."""
+    conditions = [PruneCondition(0, "full", 1.0, keeps[0], None, None, np.ones(kv_scores.shape), phases[0])]
+    for phase in phases:
+        for keep in keeps:
+            for share in shares:
+                if share >= 1.0:
                     continue
-                for seed in range(seeds) if allocation == "random" else [None]:
-                    kept = allocate(allocation, share, kv_scores, floor, seed or 0)
-                    conditions.append(PruneCondition(len(conditions), allocation, share, keep, floor if allocation in ("score", "random") else None, seed, kept))
+                for allocation in allocations:
+                    if allocation == "full":
+                        continue
+                    for seed in range(seeds) if allocation == "random" else [None]:
+                        kept = allocate(allocation, share, kv_scores, floor, seed or 0)
+                        floor_of = floor if allocation in ("score", "random") else None
+                        conditions.append(PruneCondition(len(conditions), allocation, share, keep, floor_of, seed, kept, phase))
     return conditions
 
 
@@ -124,20 +138,22 @@ def run_prune(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progre
     """Run (or resume) the pruning sweep of ``setup``; ``score`` budgets follow ``ranking``."""
     options, info = setup.options, setup.info
     kv_scores = kv_head_scores(ranking.scores, info["n_layers"], info["n_heads"], info["n_kv_heads"])
-    conditions = build_prune_conditions(parse_shares(options.kv_shares), options.allocations, options.keep, options.seeds, options.floor, kv_scores)
+    conditions = build_prune_conditions(parse_shares(options.kv_shares), options.allocations, options.keep, options.seeds, options.floor, kv_scores, options.phase)
     spec = {
         **setup.run.spec,
         "ranking_run": ranking.run_id,
         "ranking_score": ranking.score,
         "ranking_query": options.ranking_query,
-        "conditions": [[c.allocation, c.kv_share, c.keep, c.floor, c.seed, np.round(c.kept, 9).ravel().tolist()] for c in conditions],
+        "conditions": [c.fingerprint() for c in conditions],
     }
+    if any(c.phase == "cache" and c.keep == "attention" and c.allocation != "full" for c in conditions):
+        spec["observation_window"] = {"window": SNAPKV_WINDOW, "kernel": SNAPKV_KERNEL, "pooling": "avgpool"}  # SnapKV's choice of the kept keys
     sweep_conditions = [condition.as_sweep() for condition in conditions]
     return run_sweep(warehouse_path, setup, PruneSweep(), spec, sweep_conditions, ranking, on_progress)
 
 
 def _check_options(options: PruneOptions) -> None:
-    check_sweep_options(options, ((options.allocations, ALLOCATIONS, "allocation"), (options.keep, KEEP, "keep")))
+    check_sweep_options(options, ((options.allocations, ALLOCATIONS, "allocation"), (options.keep, KEEP, "keep"), (options.phase, PHASES, "phase")))
     if not 0.0 <= options.floor <= 1.0:
         raise UsageError(f"--floor must lie in [0, 1], got {options.floor}")
     parse_shares(options.kv_shares)

@@ -3,8 +3,17 @@
 The study's supplement proposes pruning "the KV cache corresponding to non-essential heads"; SparseMM
 (ICCV 2025) gives each head a budget of image keys from visual-head scores. attnwh evaluates that
 for any ranking: per layer and **KV head**, a budget of image keys the head keeps; its other image
-keys are removed from the head's softmax in the prefill and in every decode step (what evicting them
-from that head's cache does). Text keys (system, question, generated) are always kept.
+keys are removed from the head's softmax (what evicting them from that head's cache does). Text keys
+(system, question, generated) are always kept.
+
+When keys are dropped (the phase):
+
+- ``cache`` (the default; what SnapKV and SparseMM do): the prefill attends over every key, exactly as
+  the plain model does (so the first answer token and its log-probabilities are the full cache's);
+  after it, each KV head keeps its budget of image keys and every decode step attends only to those
+  (and to every text and generated key);
+- ``prefill``: the removed keys leave the head's softmax in the prefill too, for every query including
+  the one that produces the first answer token (attnwh's first simulation).
 
 GQA: the query heads of one KV head share its cache, so budgets are per KV head, and a score per KV
 head is the sum of its query heads' scores (as SparseMM sums them).
@@ -18,10 +27,12 @@ Allocations of a total share ``s`` of all image KV (every budget a share of the 
   others in proportion again (water-filling), so the mean stays ``s``;
 - ``random``: ``score`` with scores drawn uniformly at random (seeded).
 
-Which image keys a head keeps within its budget: ``attention`` (those its own last-prompt-row
-attention ranks highest, summed over the KV head's query heads, as SnapKV-style eviction chooses) or
-``stride`` (evenly spaced). Budgets in keys are rounded so that their sum over heads is the rounded
-total (largest remainders).
+Which image keys a head keeps within its budget: ``attention`` or ``stride`` (evenly spaced). With
+``attention`` the ``cache`` phase chooses as SnapKV does (``window_scores``: the attention of an
+observation window of the prompt's last positions, summed over the window and pooled along the keys);
+the ``prefill`` phase keeps attnwh's first rule, the last prompt row's attention. Either sums over the
+KV head's query heads (GQA). Budgets in keys are rounded
+so that their sum over heads is the rounded total (largest remainders).
 """
 
 from __future__ import annotations
@@ -39,6 +50,12 @@ from attnwh.extract.segments import IMAGE
 
 ALLOCATIONS = ("full", "uniform", "score", "random")
 KEEP = ("attention", "stride")
+PHASES = ("cache", "prefill")  # when removed keys leave a head's softmax: after the prefill (as SnapKV / SparseMM), or in it too
+
+# SnapKV's defaults (Li et al., NeurIPS 2024; FasterDecoding/SnapKV, snapkv/monkeypatch/snapkv_utils.py,
+# ``init_snapkv``: window_size 32, kernel_size 5, pooling 'avgpool'; its LongBench example runs w32 k7 maxpool)
+SNAPKV_WINDOW = 32  # observation window: the prompt's last positions whose attention chooses the kept keys
+SNAPKV_KERNEL = 5  # average pooling along the keys (stride 1, zero-padded by kernel // 2 each side, divided by the kernel)
 
 
 def allocate(allocation: str, share: float, scores: np.ndarray | None, floor: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -132,13 +149,18 @@ class MaskBuffer:
 
 @dataclass
 class LayerPrune(LayerIntervention):
-    """One layer's pruning for one call: which image keys each KV head keeps (chosen by the layer's first call)."""
+    """One layer's pruning for one call: which image keys each KV head keeps (chosen by the layer's first call,
+    the prefill) and from when they are dropped (``phase``: ``cache``, from the first decode step; ``prefill``,
+    in the prefill too)."""
 
     budgets: torch.Tensor  # long [batch, kv_head]
     image: torch.Tensor  # bool [batch, prompt_position]: image keys
     keep: str  # attention | stride
     n_kv_groups: int  # query heads per KV head
+    phase: str = "cache"  # cache | prefill
+    prompt_tokens: torch.Tensor | None = None  # long [batch]: real (not padding) prompt tokens, for the observation window; None: every position
     kept: torch.Tensor | None = None  # bool [batch, kv_head, prompt_position], chosen in the prefill
+    decoding: bool = False  # whether the layer's current call comes after its prefill
     keeps_all: bool = False
     slots: torch.Tensor | None = None  # long [batch, kv_head, width]: each KV head's kept prompt positions, ascending; then -1
     buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one call
@@ -164,8 +186,12 @@ class LayerPrune(LayerIntervention):
         key (75 ms, against 55 ms with the shared mask): the pruned pass cost 1.10-1.13x a plain one. Gathered,
         SDPA runs over the kept keys only; that layer's prefill takes ~45 ms with a quarter of the image KV kept
         (uniform budgets; score budgets, whose widest head keeps more, ~46 ms), choosing the keys included, and a
-        pruned pass costs 0.92-1.01x a plain one (bench/bench_prune.py, medians of paired rounds, quiet machine)."""
-        if self._keeps_all(query, key, attention_mask, scaling):
+        pruned pass costs 0.92-1.01x a plain one (bench/bench_prune.py, medians of paired rounds, quiet machine).
+
+        ``cache`` phase: the layer's first call (the prefill) only chooses the kept keys and returns its inputs
+        unchanged (bit-identical to plain SDPA); the decode steps after it gather as above."""
+        self.decoding = self.kept is not None  # the layer's first call is the prefill
+        if self._keeps_all(query, key, attention_mask, scaling) or self._attends_all():
             return key, value, attention_mask
         if self.slots is None:
             self.slots = _slots(self.kept)
@@ -192,9 +218,9 @@ class LayerPrune(LayerIntervention):
     def observed_mask(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> torch.Tensor | None:
         """The attention mask over all keys with each head's removed image keys masked out (additive,
         ``[batch, head, query, key]``: 0 = attend, the dtype's lowest value = not), or the mask unchanged where
-        every head keeps every image key: what :meth:`attend` evicts, as a mask (the capture session
-        observes the last query row through it)."""
-        if self._keeps_all(query, key, attention_mask, scaling):
+        every head keeps every image key or (``cache`` phase) in the prefill: what :meth:`attend` evicts, as a
+        mask (the capture session observes the last query row through it)."""
+        if self._attends_all() or self._keeps_all(query, key, attention_mask, scaling):
             return attention_mask
         batch, _, n_query, _ = query.shape
         n_prompt, n_keys = self.image.shape[1], key.shape[2]
@@ -202,6 +228,10 @@ class LayerPrune(LayerIntervention):
         kept = kept[:, :, :n_keys].repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
         base = as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
         return torch.where(base & kept, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+
+    def _attends_all(self) -> bool:
+        """Whether this call attends over every key whatever the budgets: a ``cache``-phase prefill."""
+        return self.phase == "cache" and not self.decoding
 
     def _keeps_all(self, query, key, attention_mask, scaling) -> bool:
         """Whether every head keeps every image key; the keys are chosen by the layer's first call (the prefill)."""
@@ -217,8 +247,11 @@ class LayerPrune(LayerIntervention):
         image = self.image[:, None, :].expand(batch, n_kv, n_prompt)
         budgets = self.budgets[:, :, None]  # [batch, kv_head, 1]
         if self.keep == "attention":
-            rows = last_query_rows(query, key, attention_mask, scaling)[..., :n_prompt]  # [batch, head, key]
-            rows = rows.reshape(batch, n_kv, self.n_kv_groups, n_prompt).sum(dim=2).masked_fill(~image, float("-inf"))
+            if self.phase == "cache":
+                rows = window_scores(query, key, attention_mask, scaling, self.prompt_tokens)[..., :n_prompt]  # [batch, kv_head, key]
+            else:
+                rows = last_query_rows(query, key, attention_mask, scaling)[..., :n_prompt].reshape(batch, n_kv, self.n_kv_groups, n_prompt).sum(dim=2)
+            rows = rows.masked_fill(~image, float("-inf"))
             rank = rows.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)  # 0 = the image key attended most
             chosen = image & (rank < budgets)
         else:  # evenly spaced: of n image keys keep those at (2k + 1) n // 2b, k < b (the centres of b equal spans)
@@ -230,6 +263,38 @@ class LayerPrune(LayerIntervention):
             hit.scatter_(2, picked.clamp(min=-1) + 1, True)  # slot 0 collects the unused k
             chosen = image & hit[:, :, 1:].gather(2, (index.clamp(min=0))[:, None, :].expand(batch, n_kv, n_prompt))
         return ~image | chosen
+
+
+def window_scores(
+    query: torch.Tensor,  # [batch, head, query, head_dim]: the prefill's
+    key: torch.Tensor,  # [batch, kv_head, key, head_dim]
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    prompt_tokens: torch.Tensor | None = None,  # long [batch]: real prompt tokens (left padding before them); None: every position
+    window: int = SNAPKV_WINDOW,
+    kernel: int = SNAPKV_KERNEL,
+) -> torch.Tensor:  # [batch, kv_head, key] fp32
+    """SnapKV's vote of each key, per KV head: the attention probabilities (fp32, under the model's mask) of the
+    observation window, a sample's last ``min(window, its prompt tokens)`` positions, summed over the window's
+    rows and the KV head's query heads, then average-pooled along the keys (kernel ``kernel``, stride 1, zero
+    padding, divided by ``kernel``: ``avg_pool1d``'s defaults, as SnapKV calls it). SnapKV pools the keys before
+    the window and keeps the window's keys whole; here every key is pooled, since a budget counts image keys
+    only and an image key inside the window competes for it like the others (the window's text keys are kept
+    anyway). The window shrinks with a prompt shorter than it, so a sample's choice does not depend on its batch."""
+    batch, n_heads, n_query, head_dim = query.shape
+    n_kv, n_keys = key.shape[1], key.shape[2]
+    groups, rows = n_heads // n_kv, min(window, n_query)
+    scale = scaling if scaling is not None else head_dim**-0.5
+    q = query[:, :, -rows:, :].float().reshape(batch, n_kv, groups, rows, head_dim)
+    logits = torch.matmul(q, key.float()[:, :, None].transpose(-1, -2)) * scale  # [batch, kv_head, group, row, key]
+    allowed = as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)[:, :, -rows:, :n_keys]  # [batch, 1 or head, row, key]
+    allowed = allowed.expand(batch, n_heads, rows, n_keys).reshape(batch, n_kv, groups, rows, n_keys)
+    probabilities = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1)
+    lengths = torch.full((batch,), rows, device=query.device) if prompt_tokens is None else prompt_tokens.to(query.device).clamp(max=rows)
+    in_window = torch.arange(rows, device=query.device)[None, :] >= rows - lengths[:, None]  # [batch, row]: left padding's rows are not
+    probabilities = torch.where(in_window[:, None, None, :, None], probabilities, 0.0)  # (a padding row that sees no key is NaN)
+    votes = probabilities.sum(dim=(2, 3))  # [batch, kv_head, key]
+    return torch.nn.functional.avg_pool1d(votes, kernel, stride=1, padding=kernel // 2)
 
 
 def _slots(kept: torch.Tensor) -> torch.Tensor:
@@ -254,15 +319,19 @@ def as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, 
 
 @dataclass
 class KVPrune:
-    """An intervention: the kept share of image keys per (layer, KV head), and how keys are chosen."""
+    """An intervention: the kept share of image keys per (layer, KV head), how keys are chosen, and when they
+    are dropped (``phase``: ``cache``, after the prefill; ``prefill``, in it too)."""
 
     kind = "prune"
     kept: np.ndarray  # [layer, kv_head] in [0, 1]
     keep: str = "attention"
+    phase: str = "cache"
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP:
             raise UsageError(f"--keep takes {', '.join(KEEP)}; got {self.keep!r}")
+        if self.phase not in PHASES:
+            raise UsageError(f"--phase takes {', '.join(PHASES)}; got {self.phase!r}")
 
     def counts(self, n_image: int) -> np.ndarray:
         return budgets(self.kept, n_image)
@@ -277,9 +346,10 @@ class KVPrune:
             raise UsageError(f"a pruning condition for {self.kept.shape[0]} layers × {self.kept.shape[1]} KV heads does not fit a model of {view.n_layers} × {view.n_kv_heads}")
         image = view.segments == IMAGE
         per_sample = [torch.from_numpy(self.counts(int(n))) for n in image.sum(dim=1).tolist()]  # [layer, kv_head] each
+        prompt_tokens = view.attention_mask.sum(dim=1).to(image.device)
         buffer = MaskBuffer()
-        return {  # a layer whose every KV head keeps every image key is not touched (what LayerPrune would do there)
-            layer: LayerPrune(torch.stack([counts[layer] for counts in per_sample]).to(image.device), image, self.keep, view.n_kv_groups, buffer=buffer)
-            for layer in range(view.n_layers)
-            if (self.kept[layer] < 1.0).any()
+        layers = [layer for layer in range(view.n_layers) if (self.kept[layer] < 1.0).any()]  # a layer whose every KV head keeps every image key is not touched
+        return {
+            layer: LayerPrune(torch.stack([counts[layer] for counts in per_sample]).to(image.device), image, self.keep, view.n_kv_groups, self.phase, prompt_tokens, buffer=buffer)
+            for layer in layers
         }

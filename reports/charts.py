@@ -206,8 +206,9 @@ def masking_curves(rows: list[dict]) -> dict:
 
 
 def pruning_curves(rows: list[dict]) -> dict:
-    """Accuracy against the share of image KV kept: one line per allocation, interval bands, one panel per model, benchmark and keep rule."""
-    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · keep {row['keep']}"} for row in rows]
+    """Accuracy against the share of image KV kept: one line per allocation, interval bands, one panel per model,
+    benchmark, phase (keys dropped after the prefill, or in it too) and keep rule."""
+    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · {row.get('phase') or 'prefill'} · keep {row['keep']}"} for row in rows]
     base = alt.Chart(ROWS).encode(
         x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
         color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"]), legend=SOLID_LEGEND),

@@ -147,8 +147,20 @@ def prune(
         str, typer.Option(help="Budgets per KV head, comma-separated: score (floor + in proportion to the head score), uniform, random.")
     ] = "score,uniform,random",
     keep: Annotated[
-        str, typer.Option(help="Image keys a head keeps within its budget: attention (its last prompt row's top keys) or stride (evenly spaced); comma-separated.")
+        str,
+        typer.Option(
+            help="Image keys a head keeps within its budget: attention (the keys its attention ranks highest: with --phase cache SnapKV's "
+            "observation window of the last 32 prompt positions, pooled; with prefill its last prompt row) or stride (evenly spaced); comma-separated."
+        ),
     ] = "attention",
+    phase: Annotated[
+        str,
+        typer.Option(
+            help="When removed keys leave a head's softmax: cache (the prefill attends over every key, so the first answer token is the full "
+            "cache's; after it each head keeps its budget and decoding reads only those, as SnapKV and SparseMM) or prefill (in the prefill "
+            "too, for every query); comma-separated."
+        ),
+    ] = "cache",
     floor: Annotated[float, typer.Option(help="score / random: every KV head's floor budget, as a share of the kept share.")] = 0.1,
     seeds: Annotated[int, typer.Option(help="Seeds of the random allocation.")] = 3,
     score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score the score allocation follows: {SCORE_HELP}.")] = "concentration_x_sum",
@@ -171,9 +183,11 @@ def prune(
 ) -> None:
     """Prune each head's image KV cache (budgets by head score, uniform or random) and store accuracy and KV bytes per condition.
 
-    Removed image keys leave that head's softmax in the prefill and every decode step, exactly what
-    evicting them from its cache does; text keys are always kept. Budgets follow the head scores of an
-    extraction run (or a ranking imported with attnwh heads import), so run attnwh extract first.
+    By default (--phase cache) the prefill runs over every key and, after it, each head keeps its budget of
+    image keys: every decode step leaves the others out of that head's softmax, exactly what evicting them
+    from its cache does (--phase prefill: they leave it in the prefill too); text keys are always kept.
+    Budgets follow the head scores of an extraction run (or a ranking imported with attnwh heads import),
+    so run attnwh extract first.
 
     Example: attnwh extract && attnwh prune --kv-share 1,0.25,0.1 --allocation score,uniform --seeds 2
     """
@@ -189,6 +203,7 @@ def prune(
         kv_shares=_names(kv_share),
         allocations=_names(allocation),
         keep=_names(keep),
+        phase=_names(phase),
         floor=floor,
         seeds=seeds,
         score=score,
@@ -332,6 +347,10 @@ def toy_train(
         raise UsageError(f"{folder} exists and is not empty; give another --out")
     metrics = train_toy(folder, steps=steps, seed=seed, size=size, log=lambda line: typer.echo(line, err=True))
     typer.echo(f"trained in {metrics['seconds']} s: held-out yes/no accuracy {metrics['accuracy_yes_no']:.3f}, colour multiple choice {metrics['accuracy_colour']:.3f}")
+    typer.echo(
+        f"held-out captions: exact {metrics['caption_exact']:.3f}, ending with </s> {metrics['caption_eos_rate']:.3f}, "
+        f"CHAIR {metrics['caption_chair']:.1f}%, Cover {metrics['caption_cover']:.1f}%, Hal {metrics['caption_hal']:.1f}%"
+    )
     typer.echo(f"model folder: {folder}")
 
 
@@ -346,8 +365,10 @@ def toy_zoo(
     """Extract every shipped toy (small, medium, large) on every toy benchmark and sweep masking on each.
 
     Three toys of three scales, as the study compares 3.8B, 7B and 13B models, on yes / no,
-    colour-choice and boxed-region questions: then attnwh report shows the study's comparisons
-    across models and benchmarks. The same command again resumes.
+    colour-choice and boxed-region questions and on descriptions of the shapes (toy-shapes-caption,
+    captured at every generated token, its object words counted against the scene): then attnwh
+    report shows the study's comparisons across models and benchmarks, and its Long answers page.
+    The same command again resumes.
 
     Example: attnwh toy zoo && attnwh report
     """

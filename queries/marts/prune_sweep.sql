@@ -4,6 +4,7 @@ select
     allocation,
     kv_share,
     keep,
+    phase,
     seed,
     n,
     round(columns(['accuracy', 'ci_low', 'ci_high', 'delta', 'changed']), 3),

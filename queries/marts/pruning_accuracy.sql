@@ -9,6 +9,7 @@ select
     p.allocation,
     p.kv_share,
     p.keep,
+    p.phase,
     p.floor,
     p.seed,
     p.ranking_run_id,

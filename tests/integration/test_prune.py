@@ -107,7 +107,7 @@ def _layer_inputs(seed: int = 0, batch: int = 2, n_heads: int = 4, n_kv: int = 2
 @pytest.mark.parametrize("keep", ["attention", "stride"])
 def test_removed_keys_get_exactly_zero_attention_and_kept_ones_sum_to_one(keep):
     query, key, _, image = _layer_inputs()
-    layer = LayerPrune(torch.tensor([[2, 0], [6, 1]]), image, keep, n_kv_groups=2)
+    layer = LayerPrune(torch.tensor([[2, 0], [6, 1]]), image, keep, n_kv_groups=2, phase="prefill")
     mask = layer.observed_mask(query, key, None, 8**-0.5)  # additive [batch, head, query, key], as SDPA is given it
     scores = torch.matmul(query, key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5
     weights = torch.softmax(scores + mask, dim=-1)  # by hand, from the mask
@@ -128,6 +128,7 @@ def test_removed_keys_get_exactly_zero_attention_and_kept_ones_sum_to_one(keep):
 
 
 def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_image_keys(tiny_gqa):
+    """--phase prefill: the removed keys leave the heads' softmax in the prefill too (the cache phase: test_prune_cache.py)."""
     loaded = _loaded(tiny_gqa)
     encoded = _encoded(loaded, 3)  # a padded batch of three
     n_layers, n_kv = 3, 2
@@ -135,7 +136,7 @@ def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_ima
     pruned = {(0, 1), (2, 0)}  # (layer, KV head) with budget 0
     for layer, kv_head in pruned:
         kept[layer, kv_head] = 0.0
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 4, interventions=[KVPrune(kept, "attention")])
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 4, interventions=[KVPrune(kept, "attention", "prefill")])
 
     image_ids = loaded.config.image_token_id
     image = encoded["input_ids"] == image_ids  # [batch, prompt]: the image keys, from the token ids
@@ -173,12 +174,13 @@ def test_a_kv_head_with_budget_zero_equals_an_eager_reference_that_masks_its_ima
     assert not torch.allclose(plain.first_logits, output.logits[0], atol=1e-4), "the pruned keys must matter"
 
 
-def test_keeping_every_key_leaves_logits_bit_identical_to_plain_sdpa(tiny_model):
+@pytest.mark.parametrize("phase", ["cache", "prefill"])
+def test_keeping_every_key_leaves_logits_bit_identical_to_plain_sdpa(tiny_model, phase):
     loaded = _loaded(tiny_model)
     encoded = _encoded(loaded, 3)
     info = loaded.info
     kept = allocate("uniform", 1.0, np.zeros((info["n_layers"], info["n_kv_heads"])))
-    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, interventions=[KVPrune(kept, "attention")])
+    generation, _, _ = generate_with_capture(loaded, encoded, None, 3, interventions=[KVPrune(kept, "attention", phase)])
     plain = reference_generate(tiny_model, encoded, 3, attn_implementation="sdpa", output_logits=True)
     assert torch.equal(generation.first_logits, plain.logits[0])
 
@@ -242,7 +244,13 @@ def test_prune_sweep_on_the_toy_commits_conditions_and_equal_hand_counts(tmp_pat
 
 @pytest.mark.parametrize(
     ("option", "message"),
-    [(("--kv-share", "1.5"), "outside (0, 1]"), (("--allocation", "greedy"), "--allocation takes"), (("--keep", "first"), "--keep takes"), (("--floor", "2"), "--floor must")],
+    [
+        (("--kv-share", "1.5"), "outside (0, 1]"),
+        (("--allocation", "greedy"), "--allocation takes"),
+        (("--keep", "first"), "--keep takes"),
+        (("--floor", "2"), "--floor must"),
+        (("--phase", "decode"), "--phase takes cache, prefill; got decode"),
+    ],
 )
 def test_bad_prune_options_are_one_line(option, message, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prune", *option, "--warehouse", str(tmp_path / "wh"))
@@ -257,7 +265,7 @@ def test_the_kept_keys_equal_a_loop_over_heads_written_here(seed, keep, batch, n
     image = torch.rand(batch, n_keys, generator=generator) < 0.6
     n_image = image.sum(dim=1)
     budgets_ = torch.stack([torch.randint(0, int(n) + 1, (2,), generator=generator) for n in n_image])
-    kept = LayerPrune(budgets_, image, keep, n_kv_groups=2)._choose(query, key, None, 8**-0.5)
+    kept = LayerPrune(budgets_, image, keep, n_kv_groups=2, phase="prefill")._choose(query, key, None, 8**-0.5)
     causal = torch.ones(n_keys, n_keys, dtype=torch.bool).tril()
     scores = torch.matmul(query[:, :, -1:], key.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5
     last = torch.softmax(scores.masked_fill(~causal[-1:], float("-inf")), dim=-1)[:, :, 0]  # [batch, head, key]

@@ -44,8 +44,9 @@ def llava_sweep(tmp_path_factory):
 
 
 def _group(info) -> list[list]:
-    """The baseline, masks starting early, mid-way and at the last layer, and prunings (every layer; only the
-    last layers: a start after layer 0 whose attention keys are gathered)."""
+    """The baseline, masks starting early, mid-way and at the last layer, and prunings (every layer, dropping keys in
+    the prefill too; only the last layers, after the prefill (the default cache phase): a start after layer 0 whose
+    attention keys are gathered in the decode steps)."""
     n_layers, n_heads, n_kv = info["n_layers"], info["n_heads"], info["n_kv_heads"]
     last, mid = n_layers - 1, n_layers // 2
     late_only = np.ones((n_layers, n_kv))
@@ -56,7 +57,7 @@ def _group(info) -> list[list]:
         [HeadMask(((mid, 1), (last, 0)), "zero")],
         [HeadMask(((last, 0), (last, 1)), "zero")],
         [HeadMask(((mid, 0),), "paper")],
-        [KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention")],
+        [KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention", "prefill")],
         [KVPrune(late_only, "stride")],
         [HeadMask(((last, 1),), "zero"), KVPrune(late_only, "attention")],
     ]
