@@ -37,7 +37,7 @@ from attnwh.warehouse.schema import GEN_LENS, GEN_METRICS, GEN_TOKENS, SAMPLES
 
 MARTS = ("gen_attention_by_step", "hallucination_heads", "gen_lens_settling", "object_hallucination")
 MART_TARGET_S, MART_TARGET_LARGE_S = 0.5, 1.0
-TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores", "samples")
+TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores", "gen_head_scores", "samples")
 
 
 def build(root: Path, n_samples: int, steps: int, n_layers: int, n_heads: int, part_size: int, seed: int = 0) -> tuple[str, int]:
@@ -124,10 +124,11 @@ def build(root: Path, n_samples: int, steps: int, n_layers: int, n_heads: int, p
                     "token_prob": rng.random(lens_rows).astype(np.float32),
                 }
             ).cast(GEN_LENS)
-            scores = gen_rollup(metrics, tokens)
-            for name, table in (("samples", samples), ("gen_metrics", metrics), ("gen_tokens", tokens), ("gen_lens", lens), ("gen_scores", scores)):
+            scores, heads = gen_rollup(metrics, tokens)
+            tables = {"samples": samples, "gen_metrics": metrics, "gen_tokens": tokens, "gen_lens": lens, "gen_scores": scores, "gen_head_scores": heads}
+            for name, table in tables.items():
                 write_parquet(table, name, folder)
-            return {"samples": n, "gen_metrics": rows, "gen_tokens": n_tokens, "gen_lens": lens_rows, "gen_scores": scores.num_rows}
+            return {name: table.num_rows for name, table in tables.items()}
 
         parts.commit_part(run.paths, part_id, write)
         if part_id % 10 == 0:

@@ -82,9 +82,10 @@ class PartData:
             gen_tokens = (pa.concat_tables(self.gen_tokens) if self.gen_tokens else GEN_TOKENS.empty_table()).sort_by([("sample_idx", "ascending"), ("step", "ascending")])
             write_parquet(gen_metrics, "gen_metrics", folder)
             write_parquet(gen_tokens, "gen_tokens", folder)
-            gen_scores = gen_rollup(gen_metrics, gen_tokens)
+            gen_scores, gen_head_scores = gen_rollup(gen_metrics, gen_tokens)
             write_parquet(gen_scores, "gen_scores", folder)
-            counts.update(gen_metrics=gen_metrics.num_rows, gen_tokens=gen_tokens.num_rows, gen_scores=gen_scores.num_rows)
+            write_parquet(gen_head_scores, "gen_head_scores", folder)
+            counts.update(gen_metrics=gen_metrics.num_rows, gen_tokens=gen_tokens.num_rows, gen_scores=gen_scores.num_rows, gen_head_scores=gen_head_scores.num_rows)
             if self.gen_lens:
                 gen_lens = pa.concat_tables(self.gen_lens).sort_by(GEN_LENS_SORT)
                 write_parquet(gen_lens, "gen_lens", folder)
@@ -96,7 +97,7 @@ class PartData:
 # model): dictionary pages for the integer and text columns, byte-stream-split floats (zstd then finds the exponent
 # bytes alike), row groups large enough that a part's steps compress together: 24.4 bytes per gen_metrics row against
 # 30.1 with pyarrow's zstd defaults and 28.0 unsorted (bench/bench_gen.py, 16-sample parts of structured statistics)
-GEN_TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores")
+GEN_TABLES = ("gen_metrics", "gen_tokens", "gen_lens", "gen_scores", "gen_head_scores")
 
 
 def write_parquet(table: pa.Table, name: str, folder: Path) -> None:

@@ -19,7 +19,7 @@ from importlib import resources
 import duckdb
 import pyarrow as pa
 
-from attnwh.warehouse.schema import GEN_SCORES, HEAD_RANKS, HEAD_SCORES, META_DEFINITIONS
+from attnwh.warehouse.schema import GEN_HEAD_SCORES, GEN_SCORES, HEAD_RANKS, HEAD_SCORES, META_DEFINITIONS
 
 _FILES = ("definitions.sql", "rollups.sql")  # versioned: the rollups are built from them
 STATISTICS_FILE = "statistics.sql"  # Wilson intervals, McNemar tests: macros of the accuracy tables, not of the rollups
@@ -65,20 +65,26 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
     return (summary.select(HEAD_SCORES.names).cast(HEAD_SCORES).replace_schema_metadata(tagged), ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged))
 
 
-def gen_rollup(metrics: pa.Table, tokens: pa.Table) -> pa.Table:
-    """``gen_scores`` of one part's ``gen_metrics`` and ``gen_tokens`` (by step bucket and token kind), built as
-    ``rollups`` builds ``head_scores``."""
+def gen_rollup(metrics: pa.Table, tokens: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``gen_scores`` (by step bucket, token kind and layer) and ``gen_head_scores`` (by object-word kind, layer and
+    head) of one part's ``gen_metrics`` and ``gen_tokens``, built as ``rollups`` builds ``head_scores``."""
     connection = duckdb.connect(":memory:", config={"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         define_macros(connection)
         connection.register("part_gen_metrics", metrics)
         connection.register("part_gen_tokens", tokens)
-        summary = connection.sql(
-            "select *, definitions_version() as definitions from summarise_gen_metrics('part_gen_metrics', 'part_gen_tokens') order by step_bucket, token_kind, score, layer, head"
+        steps = connection.sql(
+            "select *, definitions_version() as definitions from summarise_gen_metrics('part_gen_metrics', 'part_gen_tokens') order by step_bucket, token_kind, score, layer"
+        ).to_arrow_table()
+        heads = connection.sql(
+            "select *, definitions_version() as definitions from summarise_gen_heads('part_gen_metrics', 'part_gen_tokens') order by token_kind, score, layer, head"
         ).to_arrow_table()
     finally:
         connection.close()
-    return summary.select(GEN_SCORES.names).cast(GEN_SCORES).replace_schema_metadata({META_DEFINITIONS: definitions_version().encode()})
+    tagged = {META_DEFINITIONS: definitions_version().encode()}
+    return steps.select(GEN_SCORES.names).cast(GEN_SCORES).replace_schema_metadata(tagged), heads.select(GEN_HEAD_SCORES.names).cast(GEN_HEAD_SCORES).replace_schema_metadata(
+        tagged
+    )
 
 
 def layer_stages(n_layers: int) -> list[str]:

@@ -143,17 +143,33 @@ GEN_LENS = pa.schema(
 
 GEN_LENS_SORT = [("sample_idx", "ascending"), ("step", "ascending"), ("layer", "ascending")]
 
-# per part, step bucket (``step_bucket`` in definitions.sql), kind of token, layer, head and summarised value: the
-# rollup of ``gen_metrics`` that long-answer marts read (``summarise_gen_metrics`` in rollups.sql)
+# per part, step bucket (``step_bucket`` in definitions.sql), kind of token, layer and summarised value: the rollup of
+# ``gen_metrics`` that attention-by-step marts read (``summarise_gen_metrics`` in rollups.sql; all the layer's heads)
 GEN_SCORES = pa.schema(
     [
         ("run_id", pa.string()),
         ("step_bucket", pa.int16()),  # the first step of the bucket: 0, 1, 2, 4, 8, 16, ...
         ("token_kind", pa.string()),  # 'grounded' | 'hallucinated' (the first token of an object word) | 'other'
         ("layer", pa.int16()),
+        ("score", pa.string()),
+        ("n", pa.int64()),  # head × token values
+        ("total", pa.float64()),
+        ("total_sq", pa.float64()),
+        ("max_value", pa.float64()),
+        ("definitions", pa.string()),
+    ]
+)
+
+# per part, kind of object word, layer, head and summarised value: the rollup of ``gen_metrics`` at the first token of
+# grounded and hallucinated object words that per-head marts read (``summarise_gen_heads`` in rollups.sql)
+GEN_HEAD_SCORES = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("token_kind", pa.string()),  # 'grounded' | 'hallucinated'
+        ("layer", pa.int16()),
         ("head", pa.int16()),
         ("score", pa.string()),
-        ("n", pa.int64()),
+        ("n", pa.int64()),  # tokens
         ("total", pa.float64()),
         ("total_sq", pa.float64()),
         ("max_value", pa.float64()),
@@ -379,6 +395,7 @@ TABLES: dict[str, pa.Schema] = {
     "gen_tokens": GEN_TOKENS,
     "gen_lens": GEN_LENS,
     "gen_scores": GEN_SCORES,
+    "gen_head_scores": GEN_HEAD_SCORES,
     "sweep_conditions": SWEEP_CONDITIONS,
     "sweep_results": SWEEP_RESULTS,
     "mask_conditions": MASK_CONDITIONS,

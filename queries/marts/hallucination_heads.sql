@@ -5,8 +5,8 @@
 -- heads by how well it separates the two (|t|). Heads with fewer than two tokens of either kind are left out.
 with kinds as (
     select run_id, layer, head, token_kind, cast(sum(n) as bigint) as n, sum(total) as total, sum(total_sq) as total_sq
-    from stg_gen_scores
-    where score = $score and token_kind in ('grounded', 'hallucinated')
+    from stg_gen_head_scores
+    where score = $score
     group by run_id, layer, head, token_kind
 ),
 paired as (

@@ -15,7 +15,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.definitions import gen_rollup
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.schema import GEN_LENS, GEN_METRICS, GEN_SCORES, GEN_TOKENS, SAMPLES, with_metadata
+from attnwh.warehouse.schema import GEN_HEAD_SCORES, GEN_LENS, GEN_METRICS, GEN_SCORES, GEN_TOKENS, SAMPLES, with_metadata
 
 N_LAYERS, N_HEADS = 2, 2
 # per sample, the generated words (None: the EOS step) and what each names: (word, object_status)
@@ -83,10 +83,11 @@ def _write(root, stale: bool):
                     lens.append({"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "token_rank": rank, "token_prob": 1 / rank})
         tables = {"samples": samples, "gen_metrics": pa.Table.from_pylist(metrics, schema=GEN_METRICS), "gen_tokens": pa.Table.from_pylist(tokens, schema=GEN_TOKENS)}
         tables["gen_lens"] = pa.Table.from_pylist(lens, schema=GEN_LENS)
-        scores = gen_rollup(tables["gen_metrics"], tables["gen_tokens"])
+        scores, heads = gen_rollup(tables["gen_metrics"], tables["gen_tokens"])
         if stale:  # rollups of other definitions, with values no mart may show: recomputed from the rows
             scores = pa.Table.from_pylist([{**row, "total": 1e6, "definitions": "older"} for row in scores.to_pylist()], schema=GEN_SCORES)
-        tables["gen_scores"] = scores
+            heads = pa.Table.from_pylist([{**row, "total": 1e6, "definitions": "older"} for row in heads.to_pylist()], schema=GEN_HEAD_SCORES)
+        tables["gen_scores"], tables["gen_head_scores"] = scores, heads
         for name, table in tables.items():
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
         return {name: table.num_rows for name, table in tables.items()}

@@ -67,21 +67,37 @@ create or replace macro add_up_head_ranks(parts) as table
     from query_table(parts)
     group by run_id, query, score, rank, layer, head;
 
--- per (run, step bucket, token kind, layer, head, score) of a part's gen_metrics rows (``tokens``: the part's
--- gen_tokens, which say what each step produced): the same sums as summarise_head_metrics
-create or replace macro summarise_gen_metrics(rows, tokens) as table
+-- the values of a part's gen_metrics rows (``tokens``: the part's gen_tokens, which say what each step produced), by
+-- step bucket and token kind, for every summarised value
+create or replace macro gen_metric_values(rows, tokens) as table
     with kinded as (
         select m.*, step_bucket(m.step) as step_bucket, token_kind(t.word_start, t.object_status) as token_kind
         from query_table(rows) as m
         left join query_table(tokens) as t on t.run_id = m.run_id and t.sample_idx = m.sample_idx and t.step = m.step
-    ),
-    valued as (
-        select k.run_id, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
-        from kinded as k, (select unnest(summarised_names()) as score) as s
     )
+    select k.run_id, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
+    from kinded as k, (select unnest(summarised_names()) as score) as s;
+
+-- per (run, step bucket, token kind, layer, score): the sums of summarise_head_metrics over the layer's heads and
+-- the bucket's tokens (what attention-by-step marts read: a few thousand rows a part however many samples it holds)
+create or replace macro summarise_gen_metrics(rows, tokens) as table
     select
         run_id,
         step_bucket,
+        token_kind,
+        layer,
+        score,
+        count(value) as n,
+        coalesce(sum(value), 0) as total,
+        coalesce(sum(value * value), 0) as total_sq,
+        max(value) as max_value
+    from gen_metric_values(rows, tokens)
+    group by run_id, step_bucket, token_kind, layer, score;
+
+-- per (run, object-word kind, layer, head, score) at the first token of grounded and hallucinated object words
+create or replace macro summarise_gen_heads(rows, tokens) as table
+    select
+        run_id,
         token_kind,
         layer,
         head,
@@ -90,5 +106,6 @@ create or replace macro summarise_gen_metrics(rows, tokens) as table
         coalesce(sum(value), 0) as total,
         coalesce(sum(value * value), 0) as total_sq,
         max(value) as max_value
-    from valued
-    group by run_id, step_bucket, token_kind, layer, head, score;
+    from gen_metric_values(rows, tokens)
+    where token_kind in ('grounded', 'hallucinated')
+    group by run_id, token_kind, layer, head, score;
