@@ -46,45 +46,52 @@ def define_macros(connection: duckdb.DuckDBPyConnection, sql: str | None = None)
     connection.execute("create or replace macro definitions_version() as (select version from definitions_info)")
 
 
-def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """``head_scores`` and ``head_ranks`` of one part's ``head_metrics``, computed by DuckDB from the
-    definitions (one thread: sums in a fixed order, so the same part always gives the same bytes)."""
+def _build_rollups(inputs: dict[str, pa.Table], queries: list[tuple[str, pa.Schema]]) -> list[pa.Table]:
+    """Each ``(sql, schema)`` of ``queries`` (each selecting ``definitions_version()`` as ``definitions``) over the
+    registered ``inputs``, computed by DuckDB from the definitions
+    (one thread: sums in a fixed order, so the same part always gives the same bytes), tagged with the
+    definitions' version in the footer (readers tell current rollups from it alone) and a column."""
     connection = duckdb.connect(":memory:", config={"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         define_macros(connection)
-        connection.register("part_head_metrics", metrics)
-        summary = connection.sql(
-            "select *, definitions_version() as definitions from summarise_head_metrics('part_head_metrics') order by query, score, layer, head"
-        ).to_arrow_table()
-        ranks = connection.sql(
-            "select *, definitions_version() as definitions from rank_head_metrics('part_head_metrics') order by query, score, rank, layer, head"
-        ).to_arrow_table()
+        for name, table in inputs.items():
+            connection.register(name, table)
+        built = [(connection.sql(sql).to_arrow_table(), schema) for sql, schema in queries]
     finally:
         connection.close()
-    tagged = {META_DEFINITIONS: definitions_version().encode()}  # readers tell current rollups from the footer alone
-    return (summary.select(HEAD_SCORES.names).cast(HEAD_SCORES).replace_schema_metadata(tagged), ranks.select(HEAD_RANKS.names).cast(HEAD_RANKS).replace_schema_metadata(tagged))
+    tagged = {META_DEFINITIONS: definitions_version().encode()}
+    return [table.select(schema.names).cast(schema).replace_schema_metadata(tagged) for table, schema in built]
+
+
+def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``head_scores`` and ``head_ranks`` of one part's ``head_metrics``."""
+    summary, ranks = _build_rollups(
+        {"part_head_metrics": metrics},
+        [
+            ("select *, definitions_version() as definitions from summarise_head_metrics('part_head_metrics') order by query, score, layer, head", HEAD_SCORES),
+            ("select *, definitions_version() as definitions from rank_head_metrics('part_head_metrics') order by query, score, rank, layer, head", HEAD_RANKS),
+        ],
+    )
+    return summary, ranks
 
 
 def gen_rollup(metrics: pa.Table, tokens: pa.Table) -> tuple[pa.Table, pa.Table]:
     """``gen_scores`` (by step bucket, token kind and layer) and ``gen_head_scores`` (by object-word kind, layer and
-    head) of one part's ``gen_metrics`` and ``gen_tokens``, built as ``rollups`` builds ``head_scores``."""
-    connection = duckdb.connect(":memory:", config={"threads": 1, "autoinstall_known_extensions": False, "autoload_known_extensions": False})
-    try:
-        define_macros(connection)
-        connection.register("part_gen_metrics", metrics)
-        connection.register("part_gen_tokens", tokens)
-        steps = connection.sql(
-            "select *, definitions_version() as definitions from summarise_gen_metrics('part_gen_metrics', 'part_gen_tokens') order by step_bucket, token_kind, score, layer"
-        ).to_arrow_table()
-        heads = connection.sql(
-            "select *, definitions_version() as definitions from summarise_gen_heads('part_gen_metrics', 'part_gen_tokens') order by token_kind, score, layer, head"
-        ).to_arrow_table()
-    finally:
-        connection.close()
-    tagged = {META_DEFINITIONS: definitions_version().encode()}
-    return steps.select(GEN_SCORES.names).cast(GEN_SCORES).replace_schema_metadata(tagged), heads.select(GEN_HEAD_SCORES.names).cast(GEN_HEAD_SCORES).replace_schema_metadata(
-        tagged
+    head) of one part's ``gen_metrics`` and ``gen_tokens``."""
+    steps, heads = _build_rollups(
+        {"part_gen_metrics": metrics, "part_gen_tokens": tokens},
+        [
+            (
+                "select *, definitions_version() as definitions from summarise_gen_metrics('part_gen_metrics', 'part_gen_tokens') order by step_bucket, token_kind, score, layer",
+                GEN_SCORES,
+            ),
+            (
+                "select *, definitions_version() as definitions from summarise_gen_heads('part_gen_metrics', 'part_gen_tokens') order by token_kind, score, layer, head",
+                GEN_HEAD_SCORES,
+            ),
+        ],
     )
+    return steps, heads
 
 
 def layer_stages(n_layers: int) -> list[str]:

@@ -42,21 +42,12 @@ class Warehouse:
         """The raw rows of every generated step (runs extracted with ``--queries gen --gen-rows``) as an
         ``xarray.DataArray`` backed by Dask: dimensions ``sample, step, layer, head, key`` (step ``t`` sees the
         sample's keys and ``t`` generated ones; NaN past a row's end and for steps the answer did not take)."""
-        try:
-            import xarray
-        except ImportError as exc:  # an optional dependency
-            raise UsageError("gen_rows() needs xarray: pip install 'attnwh[notebook]'") from exc
         from attnwh.warehouse.arrays import GEN_DIMENSIONS, open_gen_rows
 
-        paths = self._warehouse.find_run(run_id)
-        if paths is None:
-            raise UsageError(f"no run {run_id} in {self.path}")
+        xarray, paths = self._xarray("gen_rows"), self._run_paths(run_id)
         array, sample_idx = open_gen_rows(paths)
-        samples = self._session.query("select sample_idx, sample_key from samples where run_id = $run", {"run": run_id}).to_pylist()
-        keys = {row["sample_idx"]: row["sample_key"] for row in samples}
         _, n_steps, n_layers, n_heads, n_keys = array.shape
-        coords = {"sample": sample_idx, "sample_key": ("sample", [keys.get(int(index)) for index in sample_idx])}
-        coords |= {"step": range(n_steps), "layer": range(n_layers), "head": range(n_heads), "key": range(n_keys)}
+        coords = {**self._sample_coords(run_id, sample_idx), "step": range(n_steps), "layer": range(n_layers), "head": range(n_heads), "key": range(n_keys)}
         return xarray.DataArray(array, dims=GEN_DIMENSIONS, coords=coords, name="gen_attention", attrs={"run_id": run_id})
 
     def query(self, name: str, **parameters: Any) -> duckdb.DuckDBPyRelation:
@@ -71,33 +62,33 @@ class Warehouse:
         past a row's end); coordinates ``sample`` (the plan's sample index) with ``sample_key``,
         ``query`` names, ``layer`` and ``head`` numbers.
         """
+        from attnwh.warehouse.arrays import DIMENSIONS, open_rows
+
+        xarray, paths = self._xarray("rows"), self._run_paths(run_id)
+        array, sample_idx, queries = open_rows(paths)
+        _, _, n_layers, n_heads, n_keys = array.shape
+        coords = {**self._sample_coords(run_id, sample_idx), "query": queries, "layer": range(n_layers), "head": range(n_heads), "key": range(n_keys)}
+        return xarray.DataArray(array, dims=DIMENSIONS, coords=coords, name="attention", attrs={"run_id": run_id})
+
+    @staticmethod
+    def _xarray(method: str):
         try:
             import xarray
         except ImportError as exc:  # an optional dependency
-            raise UsageError("rows() needs xarray: pip install 'attnwh[notebook]'") from exc
-        from attnwh.warehouse.arrays import DIMENSIONS, open_rows
+            raise UsageError(f"{method}() needs xarray: pip install 'attnwh[notebook]'") from exc
+        return xarray
 
+    def _run_paths(self, run_id: str):
         paths = self._warehouse.find_run(run_id)
         if paths is None:
             raise UsageError(f"no run {run_id} in {self.path}")
-        array, sample_idx, queries = open_rows(paths)
+        return paths
+
+    def _sample_coords(self, run_id: str, sample_idx) -> dict[str, Any]:
+        """The ``sample`` coordinate (the plan's sample index) with each sample's ``sample_key``."""
         samples = self._session.query("select sample_idx, sample_key from samples where run_id = $run", {"run": run_id}).to_pylist()
         keys = {row["sample_idx"]: row["sample_key"] for row in samples}
-        _, _, n_layers, n_heads, n_keys = array.shape
-        return xarray.DataArray(
-            array,
-            dims=DIMENSIONS,
-            coords={
-                "sample": sample_idx,
-                "sample_key": ("sample", [keys.get(int(index)) for index in sample_idx]),
-                "query": queries,
-                "layer": range(n_layers),
-                "head": range(n_heads),
-                "key": range(n_keys),
-            },
-            name="attention",
-            attrs={"run_id": run_id},
-        )
+        return {"sample": sample_idx, "sample_key": ("sample", [keys.get(int(index)) for index in sample_idx])}
 
     def chart(self, name: str, query: str = "gen1"):
         """A chart of the report (``head_image_sum``, ``masking_curves``, ...) as an Altair chart."""
