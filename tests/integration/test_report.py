@@ -18,7 +18,7 @@ def script_blocks(page: str) -> list[str]:
 def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_warehouse):
     index = build_report(hostile_warehouse, tmp_path / "report")
     pages = {path.name: path.read_text() for path in index.parent.glob("*.html")}
-    assert set(pages) == {"index.html", "attention.html", "layers.html", "lens.html", "masking.html", "pruning.html", "samples.html"}
+    assert set(pages) == {"index.html", "attention.html", "layers.html", "lens.html", "masking.html", "pruning.html", "long-answers.html", "samples.html"}
     for name, page in pages.items():
         # the inlined library bundle, the JSON specs, one loader; nothing loaded from anywhere
         blocks = script_blocks(page)
