@@ -108,10 +108,20 @@ def test_the_zoo_extracts_every_toy_on_every_toy_benchmark_and_sweeps_each(tmp_p
             "select r.model, count(h.region_sum) as with_region, count(*) as n from head_metrics h join runs r using (run_id) "
             "where r.benchmark = 'toy-shapes-region' group by all order by all"
         ).to_pylist()
+        steps = session.query(
+            "select r.benchmark, count(distinct r.model) as models, count(*) as n from gen_tokens t join runs r using (run_id) group by all order by all"
+        ).to_pylist()
+        hallucination = session.query("select kind, count(*) as n from object_hallucination group by all order by all").to_pylist()
+    toys = ("toy-llava-small", "toy-llava-medium", "toy-llava-large")
+    benchmarks = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region", "toy-shapes-caption")
     pairs = {(run["model"], run["benchmark"]) for run in runs}
-    assert pairs == {(m, b) for m in ("toy-llava-small", "toy-llava-medium", "toy-llava-large") for b in ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region")}
-    assert sorted(run["kind"] for run in runs) == ["extract"] * 9 + ["mask"] * 9 and all(run["complete"] for run in runs)
+    assert pairs == {(m, b) for m in toys for b in benchmarks}
+    assert sorted(run["kind"] for run in runs) == ["extract"] * 12 + ["mask"] * 12 and all(run["complete"] for run in runs)
     assert {(run["model"], run["n_layers"], run["n_heads"]) for run in runs} == {("toy-llava-small", 4, 8), ("toy-llava-medium", 6, 12), ("toy-llava-large", 8, 16)}
     assert [row["with_region"] == row["n"] > 0 for row in region] == [True] * 3  # the boxed benchmark carries region attention
+    # the descriptions are captured at every generated token (only they: the questions' extractions capture prompt and gen1)
+    assert [(row["benchmark"], row["models"]) for row in steps] == [("toy-shapes-caption", 3)] and steps[0]["n"] >= 3 * 4 * 4
+    # AMBER's metrics per caption extraction, and per condition of each caption sweep (baseline, top, random)
+    assert hallucination == [{"kind": "extract", "n": 3}, {"kind": "mask", "n": 3 * 3}]
     code, out, _ = run_cli(capsys, *args)
-    assert code == 0 and len(out.strip().splitlines()) == 9  # resumed: the same runs, nothing recomputed
+    assert code == 0 and len(out.strip().splitlines()) == 12  # resumed: the same runs, nothing recomputed
