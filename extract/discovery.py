@@ -27,7 +27,7 @@ import torch
 
 from attnwh.core.errors import ModelError
 from attnwh.extract import regions
-from attnwh.extract.regions import RegionFunction
+from attnwh.extract.regions import TokenFunction
 
 IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
 VIDEO_TOKEN_KEYS = ("video_token_id", "video_token_index")
@@ -49,20 +49,20 @@ class Family:
     description: str
     prompt_formats: tuple[str, ...] = ("chat_template",)  # the first is suggested
     nested_images: bool = False  # the processor takes one list of images per prompt (Gemma 3)
-    region_tokens: RegionFunction | None = None  # which image tokens a box mask covers (attnwh.extract.regions)
+    image_tokens: TokenFunction | None = None  # which processed pixels each image token reads: regions and overlays (attnwh.extract.regions)
 
 
 _LLAVA_FORMATS = ("llava_v1", "chat_template", "llama3", "phi3", "mistral_instruct")
 FAMILIES: dict[str, Family] = {
     family.model_type: family
     for family in (
-        Family("llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, region_tokens=regions.llava_region),
-        Family("llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS, region_tokens=regions.llava_next_region),
-        Family("vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"), region_tokens=regions.vip_llava_region),
-        Family("llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", region_tokens=regions.llava_onevision_region),
-        Family("qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
-        Family("qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", region_tokens=regions.qwen_vl_region),
-        Family("gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True, region_tokens=regions.gemma3_region),
+        Family("llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, image_tokens=regions.llava_tokens),
+        Family("llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS, image_tokens=regions.llava_next_tokens),
+        Family("vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"), image_tokens=regions.vip_llava_tokens),
+        Family("llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", image_tokens=regions.llava_onevision_tokens),
+        Family("qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", image_tokens=regions.qwen_vl_tokens),
+        Family("qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", image_tokens=regions.qwen_vl_tokens),
+        Family("gemma3", "Gemma 3 (SigLIP, bidirectional image attention, sliding window)", nested_images=True, image_tokens=regions.gemma3_tokens),
     )
 }
 

@@ -10,8 +10,10 @@ adds, whose darkest channel is 0.41). An image token is in the region when any p
 (or pooled block of patches, or merged patches) is inside. A box thinner than about half a
 processed pixel therefore marks no token.
 
-Patch grids map to image tokens per family (each family's data names its function, ``discovery.Family.region_tokens``;
-a family without one has no region mapping, and region questions are refused for it):
+Patch grids map to image tokens per family (each family's data names its function, ``discovery.Family.image_tokens``,
+which reduces each token's block of processed pixels; a family without one has no region mapping and no overlays, and
+region questions are refused for it). The same function places each token on the original image for overlays
+(``token_layout``): the processed image is then one whose pixels hold their own coordinates.
 
 * LLaVA-1.5 / ViP-LLaVA: one token per patch of the processed (resized, centre-cropped) image,
   row-major; a CLS feature kept by ``vision_feature_select_strategy="full"`` comes first and is
@@ -30,8 +32,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -42,15 +46,85 @@ if TYPE_CHECKING:
     from attnwh.extract.models import LoadedModel
 
 THRESHOLD = 0.5
-RegionFunction = Callable[["LoadedModel", Image.Image], torch.Tensor]  # (loaded, box mask image) -> [n_image] bool
+Reduce = Callable[[torch.Tensor], torch.Tensor]  # [block, channel, height, width] processed pixels -> [block, feature]
+# (loaded, image, reduce) -> [n_image, feature + 1] float in the order of the image tokens: each token's block of the
+# processed image reduced, then its view (0: the one view, or anyres' base view; 1: anyres' tiles); NaN rows for the
+# tokens that read no block (a kept CLS feature, anyres' row newlines)
+TokenFunction = Callable[["LoadedModel", Image.Image, Reduce], torch.Tensor]
 
 
 def region_mask(loaded: LoadedModel, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
     """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box."""
-    region_tokens = loaded.spec.family.region_tokens
-    if region_tokens is None:
-        raise ModelError(f"regions are not supported for {loaded.spec.architecture}")
-    return region_tokens(loaded, render_box_mask(image.size, boxes))
+    return _image_tokens(loaded, "regions")(loaded, render_box_mask(image.size, boxes), _any_inside)[:, 0] > 0
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each image token of a sample reads the original image (issue 33's overlays).
+
+    ``boxes`` [n_image, 4] are (x0, y0, x1, y1) in pixels of the original image, the part of the image the token's
+    block of processed pixels covers (padding left out); NaN for tokens that read no pixel (a CLS feature, anyres'
+    row newlines, a block of padding only). ``views`` [n_image]: 0 for the one view (anyres: the base view),
+    1 for anyres' tiles, -1 where ``boxes`` is NaN."""
+
+    size: tuple[int, int]  # (width, height) of the original image
+    boxes: np.ndarray
+    views: np.ndarray
+
+
+def token_layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
+    """The layout of an image of ``size`` (width, height), from the family's own mapping of processed pixels to
+    tokens: an image whose red and green channels are the pixel's x and y (8 bits: a 640-pixel side to ±1.3 px)
+    and whose blue channel is full goes through the processor; padding the processor adds has a darker blue."""
+    width, height = size
+    xs = np.rint(255 * (np.arange(width) + 0.5) / width).astype(np.uint8)
+    ys = np.rint(255 * (np.arange(height) + 0.5) / height).astype(np.uint8)
+    pixels = np.stack([np.broadcast_to(xs[None, :], (height, width)), np.broadcast_to(ys[:, None], (height, width)), np.full((height, width), 255, np.uint8)], axis=-1)
+    features = _image_tokens(loaded, "overlays")(loaded, Image.fromarray(pixels, "RGB"), _extent).numpy().astype(np.float64)
+    spatial = features[:, 0] > 0
+    boxes = np.full((len(features), 4), np.nan)
+    # extents of pixel centres (in units of the image's side) widened by half a processed pixel each side
+    boxes[spatial] = features[spatial][:, [1, 3, 2, 4]] * np.array([width, height, width, height])
+    return TokenLayout(size, _snap_to_edges(boxes, width, height), np.where(spatial, np.nan_to_num(features[:, -1]).round(), -1).astype(np.int8))
+
+
+def _snap_to_edges(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Box edges near the image's edges on it: down-sampling filters read the ramp of coordinates clamped at the
+    edges, which moves the outermost pixel centres inwards (half a pixel when Gemma 3 squashes 128 px into 32)."""
+    snapped = boxes.copy()
+    for low, high, side in ((0, 2, width), (1, 3, height)):
+        near = np.minimum(0.1 * (boxes[:, high] - boxes[:, low]), 0.01 * side)
+        snapped[:, low] = np.where(boxes[:, low] < near, 0.0, boxes[:, low])
+        snapped[:, high] = np.where(boxes[:, high] > side - near, float(side), boxes[:, high])
+    return snapped
+
+
+def _image_tokens(loaded: LoadedModel, what: str) -> TokenFunction:
+    image_tokens = loaded.spec.family.image_tokens
+    if image_tokens is None:
+        raise ModelError(f"{what} are not supported for {loaded.spec.architecture}")
+    return image_tokens
+
+
+def _any_inside(blocks: torch.Tensor) -> torch.Tensor:
+    """[block, 1]: 1 where a pixel of the block is inside a box (every channel above the threshold)."""
+    return _inside(blocks, channel_dim=1).flatten(1).any(dim=1).float()[:, None]
+
+
+def _extent(blocks: torch.Tensor) -> torch.Tensor:
+    """[block, 5]: the share of the block's pixels from the image (not padding), then x0, x1, y0, y1 of those
+    pixels in units of the image's side (red: x, green: y), widened by half a pixel each side; 0 without any."""
+    valid = blocks[:, 2] > THRESHOLD  # [block, height, width]
+    has = valid.flatten(1).any(dim=1)
+    features = [valid.flatten(1).float().mean(dim=1)]
+    lines = {0: valid.any(dim=1).sum(dim=1), 1: valid.any(dim=2).sum(dim=1)}  # x: valid columns, y: valid rows
+    for channel in (0, 1):
+        coordinate = blocks[:, channel]  # [block, height, width]: pixel centres in units of the image's side
+        low = torch.where(valid, coordinate, torch.inf).flatten(1).min(dim=1).values
+        high = torch.where(valid, coordinate, -torch.inf).flatten(1).max(dim=1).values
+        half = torch.where(lines[channel] > 1, (high - low) / (2 * (lines[channel] - 1).clamp(min=1)), torch.zeros_like(low))
+        features += [torch.where(has, low - half, 0.0), torch.where(has, high + half, 0.0)]
+    return torch.stack(features, dim=1)
 
 
 def render_box_mask(size: tuple[int, int], boxes: Sequence[Box]) -> Image.Image:
@@ -71,9 +145,9 @@ def render_box_mask(size: tuple[int, int], boxes: Sequence[Box]) -> Image.Image:
     return mask
 
 
-def _process_mask(loaded: LoadedModel, mask: Image.Image) -> Mapping[str, torch.Tensor]:
-    """The image processor's output for the mask: the real image's geometry, pixel values in [0, 1]."""
-    return loaded.processor.image_processor(images=[mask], do_normalize=False, do_rescale=True, rescale_factor=1 / 255, return_tensors="pt")
+def _process(loaded: LoadedModel, image: Image.Image) -> Mapping[str, torch.Tensor]:
+    """The image processor's output for a mask or coordinate image: the real image's geometry, pixel values in [0, 1]."""
+    return loaded.processor.image_processor(images=[image], do_normalize=False, do_rescale=True, rescale_factor=1 / 255, return_tensors="pt")
 
 
 def _inside(pixels: torch.Tensor, channel_dim: int) -> torch.Tensor:
@@ -81,13 +155,22 @@ def _inside(pixels: torch.Tensor, channel_dim: int) -> torch.Tensor:
     return (pixels > THRESHOLD).all(dim=channel_dim)
 
 
-def _blocks_touched(inside: torch.Tensor, block_height: int, block_width: int) -> torch.Tensor:
-    """[rows * cols] bool, row-major: blocks of an [H, W] pixel map that contain an inside pixel."""
-    height, width = inside.shape
+def _blocks(pixels: torch.Tensor, block_height: int, block_width: int) -> torch.Tensor:
+    """[rows * cols, channel, block_height, block_width], row-major: the blocks of a [channel, H, W] image."""
+    channels, height, width = pixels.shape
     if height % block_height or width % block_width:
         raise ModelError(f"a processed image of {width}×{height} pixels does not divide into {block_width}×{block_height} blocks")
-    blocks = inside.reshape(height // block_height, block_height, width // block_width, block_width)
-    return blocks.any(dim=3).any(dim=1).flatten()
+    blocks = pixels.reshape(channels, height // block_height, block_height, width // block_width, block_width)
+    return blocks.permute(1, 3, 0, 2, 4).reshape(-1, channels, block_height, block_width)
+
+
+def _view(features: torch.Tensor, view: int) -> torch.Tensor:
+    """``features`` [token, feature] with the view as a last column."""
+    return torch.cat([features, torch.full((len(features), 1), float(view))], dim=1)
+
+
+def _no_pixels(n_tokens: int, n_features: int) -> torch.Tensor:
+    return torch.full((n_tokens, n_features), float("nan"))
 
 
 def _extra_vision_tokens(loaded: LoadedModel) -> int:
@@ -97,72 +180,75 @@ def _extra_vision_tokens(loaded: LoadedModel) -> int:
     return max(additional - dropped, 0)
 
 
-def _patch_grid(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
-    """Per-patch flags of a single processed view, row-major."""
-    pixels = _process_mask(loaded, mask)["pixel_values"]  # [1, channel, height, width]
+def _patch_grid(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
+    """Per-patch features of a single processed view, row-major, with the view."""
+    pixels = _process(loaded, image)["pixel_values"]  # [1, channel, height, width]
     patch = int(loaded.config.vision_config.patch_size)
-    return _blocks_touched(_inside(pixels[0], channel_dim=0), patch, patch)
+    return _view(reduce(_blocks(pixels[0], patch, patch)), 0)
 
 
-def llava_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
+def llava_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """LLaVA-1.5: one token per patch of the resized, centre-cropped image (after a CLS with ``full``)."""
-    patches = _patch_grid(loaded, mask)
-    return torch.cat([torch.zeros(_extra_vision_tokens(loaded), dtype=torch.bool), patches])
+    patches = _patch_grid(loaded, image, reduce)
+    return torch.cat([_no_pixels(_extra_vision_tokens(loaded), patches.shape[1]), patches])
 
 
-def vip_llava_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
+def vip_llava_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """ViP-LLaVA: always drops CLS from every feature layer, so one token per patch."""
-    return _patch_grid(loaded, mask)
+    return _patch_grid(loaded, image, reduce)
 
 
-def gemma3_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
+def gemma3_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """Gemma 3: soft tokens are average-pooled blocks of patches of the resized (uncropped) image."""
-    processed = _process_mask(loaded, mask)
+    processed = _process(loaded, image)
     if int(processed.get("num_crops", torch.zeros(1)).sum()) > 0:
-        raise ModelError("regions are not supported for Gemma 3 with pan-and-scan crops")
+        raise ModelError("regions and overlays are not supported for Gemma 3 with pan-and-scan crops")
     pixels = processed["pixel_values"][0]  # [channel, height, width]
     tokens_per_side = math.isqrt(int(loaded.config.mm_tokens_per_image))
     _, height, width = pixels.shape
-    return _blocks_touched(_inside(pixels, channel_dim=0), height // tokens_per_side, width // tokens_per_side)
+    return _view(reduce(_blocks(pixels, height // tokens_per_side, width // tokens_per_side)), 0)
 
 
-def qwen_vl_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
-    """Qwen2-VL / 2.5-VL: each run of merge² flattened patches is one token, tokens row-major."""
+def qwen_vl_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
+    """Qwen2-VL / 2.5-VL: each run of merge² flattened patches is one token, tokens row-major over the merged grid;
+    within a run the patches are row-major over the merge × merge block (the processor's transpose)."""
     processor = loaded.processor.image_processor
-    processed = _process_mask(loaded, mask)
+    processed = _process(loaded, image)
     patches = processed["pixel_values"]  # [grid_t * grid_h * grid_w, channel * temporal * patch * patch]
     merge, patch, temporal = int(processor.merge_size), int(processor.patch_size), int(processor.temporal_patch_size)
     n_tokens = int(processed["image_grid_thw"].prod()) // merge**2
-    pixels = patches.reshape(n_tokens, merge**2, -1, temporal, patch, patch)  # [token, merged patch, channel, temporal, row, col]
-    return _inside(pixels, channel_dim=2).flatten(1).any(dim=1)
+    pixels = patches.reshape(n_tokens, merge, merge, -1, temporal, patch, patch)  # [token, merge row, merge col, channel, temporal, row, col]
+    blocks = pixels[:, :, :, :, 0].permute(0, 3, 1, 4, 2, 5).reshape(n_tokens, -1, merge * patch, merge * patch)
+    return _view(reduce(blocks), 0)
 
 
-def _view_flags(loaded: LoadedModel, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anyres: per-view patch flags [view, patch] as float features, and the processor's image_sizes."""
+def _view_features(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anyres: per-view patch features [view, patch, feature + 1] (the last: 0 base view, 1 tiles), and the
+    processor's image_sizes."""
     if _extra_vision_tokens(loaded):
-        raise ModelError(f"regions are not supported for {loaded.spec.architecture} with a CLS feature kept (strategy 'full')")
-    processed = _process_mask(loaded, mask)
+        raise ModelError(f"regions and overlays are not supported for {loaded.spec.architecture} with a CLS feature kept (strategy 'full')")
+    processed = _process(loaded, image)
     views = processed["pixel_values"][0]  # [view, channel, height, width]
     patch = int(loaded.config.vision_config.patch_size)
-    flags = torch.stack([_blocks_touched(_inside(view, channel_dim=0), patch, patch) for view in views])
-    return flags.float(), processed["image_sizes"]
+    features = torch.stack([_view(reduce(_blocks(view, patch, patch)), min(index, 1)) for index, view in enumerate(views)])
+    return features, processed["image_sizes"]
 
 
-def _newline() -> torch.Tensor:
-    """The row-newline "feature" packed after each tile row: below zero, so never in the region."""
-    return torch.tensor([-1.0])
+def _newline(features: torch.Tensor) -> torch.Tensor:
+    """The row-newline "feature" packed after each tile row: NaN, it reads no pixel."""
+    return torch.full((features.shape[-1],), float("nan"))
 
 
-def llava_next_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
+def llava_next_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """LLaVA-NeXT: the model's ``pack_image_features`` orders base view, unpadded tiles and newlines."""
-    flags, image_sizes = _view_flags(loaded, mask)
+    features, image_sizes = _view_features(loaded, image, reduce)
     strategy = loaded.config.vision_feature_select_strategy
-    packed, _ = loaded.model.model.pack_image_features([flags[..., None]], image_sizes, strategy, image_newline=_newline())
-    return packed[0][:, 0] > 0
+    packed, _ = loaded.model.model.pack_image_features([features], image_sizes, strategy, image_newline=_newline(features))
+    return packed[0]
 
 
-def llava_onevision_region(loaded: LoadedModel, mask: Image.Image) -> torch.Tensor:
+def llava_onevision_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """LLaVA-OneVision: as LLaVA-NeXT, plus ``anyres_max`` bilinear down-sampling (any overlap counts)."""
-    flags, image_sizes = _view_flags(loaded, mask)
-    packed, _ = loaded.model.model.pack_image_features([flags[..., None]], image_sizes, image_newline=_newline(), vision_aspect_ratio=loaded.config.vision_aspect_ratio)
-    return packed[0][:, 0] > 0
+    features, image_sizes = _view_features(loaded, image, reduce)
+    packed, _ = loaded.model.model.pack_image_features([features], image_sizes, image_newline=_newline(features), vision_aspect_ratio=loaded.config.vision_aspect_ratio)
+    return packed[0]

@@ -1,0 +1,167 @@
+"""Where a head looks (issue 33): attention rows drawn over the image they read.
+
+The maps are computed from stored rows and the family's layout of image tokens (``extract.regions.token_layout``:
+each token's box on the original image, and its view), never by running the model again (DESIGN §17).
+
+Each view (the one view of a fixed-resolution model, Qwen-VL's merged patches, Gemma 3's pooled blocks; anyres' base
+view and its tiles) is a regular grid of cells. A view's map is its tokens' attention bilinearly upsampled over the
+cells' centres: tent weights of one cell's width around each centre, normalised by their sum, so that a regular grid
+gets exactly bilinear interpolation, clamped at its edges (``F.interpolate(mode="bilinear", align_corners=False)``).
+A pixel no token of a view reads (a centre crop's margins) has no value in that view. Views are added up in units of
+the finest view's cell: anyres' base view spreads a token's attention over the tile cells it covers, so the map reads
+"attention per tile token" wherever it is, and a tile token's attention is shown as it is. Row newlines and a kept
+CLS feature read no pixel: their attention is not drawn (the figure says how much that is).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+COLOUR_MAP = "magma"  # perceptually uniform, and dark where nothing is attended
+OVERLAY_ALPHA = 0.6
+
+
+def overlay_maps(
+    weights: np.ndarray,  # [..., n_image] attention on the image tokens
+    boxes: np.ndarray,  # [n_image, 4] x0, y0, x1, y1 in pixels of the original image; NaN: reads no pixel
+    views: np.ndarray,  # [n_image] view of each token, -1 where it reads no pixel
+    image_size: tuple[int, int],  # (width, height) of the original image
+    out_size: tuple[int, int],  # (width, height) of the map
+) -> np.ndarray:  # [..., height, width] float32, NaN where no token reads the pixel
+    """The attention of ``weights`` on the image, bilinearly upsampled per view and added up over views."""
+    weights = np.asarray(weights, dtype=np.float64)
+    width, height = image_size
+    xs = (np.arange(out_size[0]) + 0.5) * width / out_size[0]
+    ys = (np.arange(out_size[1]) + 0.5) * height / out_size[1]
+    spatial = views >= 0
+    cells = {int(view): _cell(boxes[views == view]) for view in np.unique(views[spatial])}
+    finest = min(cell_width * cell_height for cell_width, cell_height in cells.values()) if cells else 1.0
+    total = np.full((*weights.shape[:-1], len(ys), len(xs)), np.nan)
+    for view, (cell_width, cell_height) in cells.items():
+        tokens = np.flatnonzero(views == view)
+        view_boxes = boxes[tokens]
+        centre_x, centre_y = _centres(view_boxes[:, 0], view_boxes[:, 2], cell_width, width), _centres(view_boxes[:, 1], view_boxes[:, 3], cell_height, height)
+        tent_x = np.clip(1 - np.abs(xs[None, :] - centre_x[:, None]) / cell_width, 0, None)  # [token, x]
+        tent_y = np.clip(1 - np.abs(ys[None, :] - centre_y[:, None]) / cell_height, 0, None)  # [token, y]
+        inside_x = (xs[None, :] >= view_boxes[:, [0]]) & (xs[None, :] < view_boxes[:, [2]])
+        inside_y = (ys[None, :] >= view_boxes[:, [1]]) & (ys[None, :] < view_boxes[:, [3]])
+        read = np.einsum("ty,tx->yx", inside_y.astype(float), inside_x.astype(float)) > 0
+        norm = np.einsum("ty,tx->yx", tent_y, tent_x)
+        value = np.einsum("...t,ty,tx->...yx", weights[..., tokens], tent_y, tent_x) / np.where(norm > 0, norm, 1)
+        value = np.where(read & (norm > 0), value * finest / (cell_width * cell_height), np.nan)
+        total = np.where(np.isnan(total), value, total + np.nan_to_num(value))
+    return total.astype(np.float32)
+
+
+def _cell(boxes: np.ndarray) -> tuple[float, float]:
+    """A view's cell size: the median box (a few boxes are cut by the image's edge or padding)."""
+    return float(np.median(boxes[:, 2] - boxes[:, 0])), float(np.median(boxes[:, 3] - boxes[:, 1]))
+
+
+def _centres(low: np.ndarray, high: np.ndarray, cell: float, side: float) -> np.ndarray:
+    """Cell centres along one axis: a box cut by the image's edge (the cell reads padding beyond it) is a whole
+    cell that ends (or starts) where the box does."""
+    cut = (high - low) < 0.9 * cell
+    at_start, at_end = cut & (low <= 0.5), cut & (high >= side - 0.5)
+    return np.where(at_start, high - cell / 2, np.where(at_end, low + cell / 2, (low + high) / 2))
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One map drawn over the image, with its title (which head, which score)."""
+
+    title: str
+    values: np.ndarray  # [height, width], NaN where no token reads the pixel
+
+
+@dataclass(frozen=True)
+class SampleFigure:
+    """A sample's image with one or more attention maps, and what the question was and how it was answered.
+
+    ``png()``, ``svg()`` and ``html()`` render it; in Jupyter it shows itself (``_repr_png_``)."""
+
+    image: Image.Image
+    panels: Sequence[Panel]
+    heading: str  # run, sample
+    question: str
+    answer: str
+    gold: str
+    correct: bool | None
+    boxes: Sequence[tuple[float, float, float, float]] = ()  # the benchmark's regions, in pixels of the image
+    notes: Sequence[str] = ()  # what the maps leave out (attention on row newlines, ...)
+    columns: int = 4
+    dpi: int = 100
+    panel_inches: float = 3.0
+
+    def verdict(self) -> str:
+        return {True: "right", False: "wrong", None: "not scored"}[self.correct]
+
+    def caption_lines(self) -> list[str]:
+        return [self.heading, f"Q: {self.question}", f"A: {self.answer}   (gold: {self.gold}; {self.verdict()})", *self.notes]
+
+    def figure(self):
+        """A matplotlib figure (Agg: no display needed)."""
+        from matplotlib.figure import Figure
+        from matplotlib.patches import Rectangle
+
+        columns = max(1, min(self.columns, len(self.panels)))
+        rows = -(-len(self.panels) // columns)
+        width, height = self.image.size
+        aspect = height / width
+        caption = [textwrap.fill(line, width=int(28 * columns)) for line in self.caption_lines()]
+        caption_inches = 0.22 * sum(line.count("\n") + 1 for line in caption) + 0.2
+        figure = Figure(figsize=(self.panel_inches * columns * 1.18, self.panel_inches * aspect * rows * 1.15 + caption_inches), dpi=self.dpi)
+        top = 1 - caption_inches / figure.get_figheight()
+        figure.text(0.01, 0.995, "\n".join(caption), va="top", ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
+        grid = figure.add_gridspec(rows, columns, top=top - 0.02, bottom=0.02, left=0.02, right=0.95, wspace=0.35, hspace=0.3)
+        for index, panel in enumerate(self.panels):
+            axes = figure.add_subplot(grid[index // columns, index % columns])
+            axes.imshow(self.image, extent=(0, width, height, 0), interpolation="bilinear")
+            values = np.ma.masked_invalid(panel.values)
+            shown = axes.imshow(values, extent=(0, width, height, 0), cmap=COLOUR_MAP, alpha=OVERLAY_ALPHA, interpolation="nearest", vmin=0)
+            for x0, y0, x1, y1 in self.boxes:
+                axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#00e5ff", linewidth=1.5))
+            axes.set_title(panel.title, fontsize=8, parse_math=False)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            bar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.03)
+            bar.ax.tick_params(labelsize=6)
+            bar.set_label("attention per token", fontsize=6)
+        return figure
+
+    def _verdict_colour(self) -> str:
+        return {True: "#1a7f37", False: "#b3261e", None: "#222222"}[self.correct]
+
+    def png(self) -> bytes:
+        return self._save("png")
+
+    def svg(self) -> bytes:
+        return self._save("svg")
+
+    def _save(self, fmt: str) -> bytes:
+        buffer = io.BytesIO()
+        self.figure().savefig(buffer, format=fmt, metadata={"Software": None} if fmt == "png" else {"Date": None})
+        return buffer.getvalue()
+
+    def html(self) -> str:
+        """A self-contained page: the PNG inlined, the text escaped."""
+        caption = "".join(f"<p>{html.escape(line)}</p>" for line in self.caption_lines())
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.heading)}</title></head>"
+            f"<body>{caption}<img alt='{html.escape(self.heading, quote=True)}' src='{png_data_uri(self.png())}'></body></html>"
+        )
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+
+def png_data_uri(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
