@@ -115,13 +115,13 @@ class SampleFigure:
         columns = max(1, min(self.columns, len(self.panels)))
         rows = -(-len(self.panels) // columns)
         width, height = self.image.size
-        aspect = height / width
-        caption = [textwrap.fill(line, width=int(28 * columns)) for line in self.caption_lines()]
-        caption_inches = 0.22 * sum(line.count("\n") + 1 for line in caption) + 0.2
-        figure = Figure(figsize=(self.panel_inches * columns * 1.18, self.panel_inches * aspect * rows * 1.15 + caption_inches), dpi=self.dpi)
-        top = 1 - caption_inches / figure.get_figheight()
-        figure.text(0.01, 0.995, "\n".join(caption), va="top", ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
-        grid = figure.add_gridspec(rows, columns, top=top - 0.02, bottom=0.02, left=0.02, right=0.95, wspace=0.35, hspace=0.3)
+        caption = [textwrap.fill(line, width=max(40, int(30 * columns))) for line in self.caption_lines()]
+        caption_inches = 0.2 * sum(line.count("\n") + 1 for line in caption) + 0.15
+        row_inches = self.panel_inches * height / width + 0.45  # the panel and its two-line title
+        figure = Figure(figsize=(self.panel_inches * columns * 1.3, caption_inches + rows * row_inches), dpi=self.dpi)
+        figure.text(0.01, 1 - 0.05 / figure.get_figheight(), "\n".join(caption), va="top", ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
+        top = 1 - (caption_inches + 0.4) / figure.get_figheight()
+        grid = figure.add_gridspec(rows, columns, top=top, bottom=0.02, left=0.02, right=0.93, wspace=0.3, hspace=0.45 * 1 / self.panel_inches * 2)
         for index, panel in enumerate(self.panels):
             axes = figure.add_subplot(grid[index // columns, index % columns])
             axes.imshow(self.image, extent=(0, width, height, 0), interpolation="bilinear")
@@ -158,6 +158,19 @@ class SampleFigure:
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.heading)}</title></head>"
             f"<body>{caption}<img alt='{html.escape(self.heading, quote=True)}' src='{png_data_uri(self.png())}'></body></html>"
         )
+
+    def save(self, path) -> None:
+        """Write ``path`` as PNG, SVG or a self-contained HTML page, by its suffix."""
+        from pathlib import Path
+
+        path = Path(path)
+        writers = {".png": self.png, ".svg": self.svg}
+        if path.suffix.lower() == ".html":
+            path.write_text(self.html(), encoding="utf-8")
+        elif path.suffix.lower() in writers:
+            path.write_bytes(writers[path.suffix.lower()]())
+        else:
+            raise ValueError(f"a picture is written as .png, .svg or .html, not {path.name!r}")
 
     def _repr_png_(self) -> bytes:
         return self.png()

@@ -70,6 +70,35 @@ class Warehouse:
         coords = {**self._sample_coords(run_id, sample_idx), "query": queries, "layer": range(n_layers), "head": range(n_heads), "key": range(n_keys)}
         return xarray.DataArray(array, dims=DIMENSIONS, coords=coords, name="attention", attrs={"run_id": run_id})
 
+    def show(
+        self,
+        run_id: str,
+        sample: str | int,
+        layer: int | None = None,
+        head: int | None = None,
+        top: int | None = None,
+        score: str = "concentration_x_sum",
+        query: str = "gen1",
+        data: Path | str | None = None,
+        model: str | None = None,
+    ):
+        """Where heads look (``attnwh show``): the sample's image (a benchmark key, or its index in the plan) with one
+        head's attention (``layer``, ``head``), a layer's head-mean (``layer``), or the run's ``top`` heads by ``score``,
+        drawn from the stored rows. A figure that shows itself in Jupyter; ``.png()``, ``.svg()``, ``.html()``."""
+        from attnwh.face.pictures import DEFAULT_TOP, HeadChoice, show
+
+        top = DEFAULT_TOP if top is None and layer is None else top
+        return show(self._session, run_id, str(sample), HeadChoice(layer=layer, head=head, top=top, score=score), query, Path(data) if data else None, model)
+
+    def overlays(self, run_id: str, samples: list[str | int], query: str = "gen1", side: int = 64, data: Path | str | None = None, model: str | None = None):
+        """Every head's attention over each sample's image as an ``xarray.DataArray`` (sample, layer, head, y, x): a
+        ``side`` × ``side`` grid over each image, ``y`` and ``x`` in units of its height and width, values in attention
+        per image token (bilinear between the tokens' centres; NaN where no token reads the image)."""
+        from attnwh.face.pictures import overlay_array
+
+        self._xarray("overlays")
+        return overlay_array(self._session, run_id, [str(sample) for sample in samples], query, side, Path(data) if data else None, model)
+
     @staticmethod
     def _xarray(method: str):
         try:

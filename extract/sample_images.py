@@ -1,0 +1,67 @@
+"""A run's sample images and where their image tokens read them (issue 33's overlays), without running the model.
+
+The image comes from the benchmark the run names (its data folder, or ``data`` where the files moved), checked
+against the hash the run stored of the pixels it read; the layout of its image tokens comes from the model's
+processor and the family's mapping (``regions.token_layout``, on a model built without weights,
+``models.load_geometry``), checked against the number of image tokens the run stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from attnwh.core.errors import UsageError
+from attnwh.extract.benchmarks.registry import Box
+
+
+@dataclass(frozen=True)
+class StoredSample:
+    """What the run stored of a sample that its image must match."""
+
+    key: str
+    image_sha256: str | None
+    n_image: int | None
+
+
+@dataclass(frozen=True)
+class SampleImage:
+    key: str
+    image: Image.Image  # RGB, as the run read it
+    boxes: tuple[Box, ...]  # the benchmark's regions (PointQA), in pixels of the image
+    layout: Any  # regions.TokenLayout
+
+
+def sample_images(spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None) -> dict[str, SampleImage]:
+    """Each stored sample's image and token layout (``spec``: the run's RUN.json spec; ``data`` / ``model``: where
+    the benchmark's files or the model moved since the run)."""
+    from attnwh.extract.benchmarks import get_benchmark
+    from attnwh.extract.benchmarks.data import resolve_data
+    from attnwh.extract.models import load_geometry, resolve_source
+    from attnwh.extract.part_tables import image_sha256
+    from attnwh.extract.regions import token_layout
+    from attnwh.extract.toy.default import model_location
+
+    benchmark = get_benchmark(spec["benchmark"])
+    samples = {sample.key: sample for sample in benchmark.load(resolve_data(benchmark, data or spec.get("data")), spec.get("split"))}
+    loaded = load_geometry(resolve_source(model_location(model or spec["model"])))
+    found = {}
+    for entry in stored:
+        sample = samples.get(entry.key)
+        if sample is None:
+            raise UsageError(f"sample {entry.key} is not in the benchmark's data any more; give --data")
+        try:
+            image = sample.load_image().convert("RGB")
+        except Exception as exc:  # noqa: BLE001  an unreadable image: the benchmark's loaders raise many kinds
+            raise UsageError(f"sample {entry.key}: cannot read its image ({type(exc).__name__}: {exc})") from exc
+        if entry.image_sha256 is not None and image_sha256(image) != entry.image_sha256:
+            raise UsageError(f"sample {entry.key}: the benchmark's image is not the one the run read (its pixels differ); give --data with the run's files")
+        layout = token_layout(loaded, image.size)
+        if entry.n_image is not None and len(layout.views) != entry.n_image:
+            raise UsageError(f"sample {entry.key}: the processor gives {len(layout.views)} image tokens, the run stored {entry.n_image}; give --model with the run's model")
+        found[entry.key] = SampleImage(entry.key, image, tuple(sample.boxes), layout)
+    return found
