@@ -218,3 +218,25 @@ def test_family_extracts_into_the_warehouse(family_model, tmp_path):
     n, low, high = totals["n"], totals["low"], totals["high"]
     assert n == 4 * 2 * info["n_layers"] * info["n_heads"]
     assert abs(low - 1) < 1e-4 and abs(high - 1) < 1e-4  # each row's segments share all of its attention
+    show_where_heads_look(family, tmp_path, result.run_id)
+
+
+def show_where_heads_look(family, tmp_path, run_id) -> None:
+    """``attnwh show`` on the family's run: the picture is drawn (the geometry is tested per family in
+    test_overlays.py), or refused in one line for a family without a mapping of image tokens (PaliGemma)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from PIL import Image
+
+    from attnwh.face.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+        main(["show", run_id, "0", "--top", "2", "--out", str(tmp_path / "show.png"), "--warehouse", str(tmp_path / "wh")])
+    if family.name == "paligemma":
+        assert exit_.value.code != 0 and err.getvalue().splitlines() == ["attnwh: error: overlays are not supported for PaliGemmaForConditionalGeneration"]
+        return
+    assert exit_.value.code == 0, err.getvalue()
+    with Image.open(tmp_path / "show.png") as picture:
+        assert picture.format == "PNG" and picture.width > 500
