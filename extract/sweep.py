@@ -42,14 +42,14 @@ from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
 from attnwh.extract.reuse import PrefixRecording, PrefixReplay, compare_inputs, encode_media, first_layer, plan_stacks, stack_interventions, text_model_inputs, tile
-from attnwh.extract.scoring import score_answer
+from attnwh.extract.scoring import answer_target, option_ids, score_answer
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.setup import RunSetup, check_max_new_tokens, prepare_run
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, open_or_create_run
-from attnwh.warehouse.schema import SWEEP_CONDITIONS, SWEEP_RESULTS
+from attnwh.warehouse.schema import SWEEP_CONDITIONS, SWEEP_RESULTS, SWEEP_TARGETS
 
 ProgressCallback = Callable[[float, int], None]  # (conditions done, a fraction while a group runs; conditions in all)
 
@@ -169,8 +169,9 @@ class SweepSamples:
     condition's interventions per call (``evaluate``: the plain path), or under a group of conditions that
     share the work they have in common (``evaluate_group``: extract.reuse)."""
 
-    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int = 1, stop_when_decided: bool = False):
+    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int = 1, stop_when_decided: bool = False, targets: bool = False):
         self.loaded, self.max_new_tokens, self.stack = loaded, setup.max_new_tokens, stack
+        self.targets = targets  # each row also carries the gold option's log-probability and margin (sweep_targets)
         self.stop_when_decided = stop_when_decided
         self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
         self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
@@ -320,6 +321,8 @@ class SweepSamples:
         rows = []
         for position, (item, answer) in enumerate(zip(batch.items, generation.answers)):
             score = score_answer(tokenizer, item.sample, answer, log_probs[position], self.letter_ids)
+            if self.targets and (options := option_ids(tokenizer, item.sample, self.letter_ids)) is not None:
+                score.update(answer_target(options, log_probs[position]))
             prompt_keys, image_keys = int(n_prompt[position]), int(n_image[position])
             kept_image = image_keys * n_layers * n_kv
             for intervention in interventions:
@@ -373,7 +376,12 @@ class SweepPart:
         results = pa.Table.from_pylist([{"run_id": self.run_id, "condition_id": c.condition_id, **row} for row in self.rows], schema=SWEEP_RESULTS)
         write_parquet(conditions, "sweep_conditions", folder)
         write_parquet(results, "sweep_results", folder)
-        return {"sweep_conditions": 1, "sweep_results": results.num_rows}
+        written = {"sweep_conditions": 1, "sweep_results": results.num_rows}
+        targets = [{"run_id": self.run_id, "condition_id": c.condition_id, **row} for row in self.rows if "gold_logprob" in row]
+        if targets:  # a sweep whose samples were asked for targets (attnwh attribute)
+            write_parquet(pa.Table.from_pylist(targets, schema=SWEEP_TARGETS), "sweep_targets", folder)
+            written["sweep_targets"] = len(targets)
+        return written
 
 
 def evaluate_conditions(
@@ -405,7 +413,7 @@ def group_conditions(conditions: Sequence[SweepCondition], groups: int) -> list[
 def sweep_samples(loaded: LoadedModel, setup: RunSetup, kind: SweepKind, options: SweepOptions, n_conditions: int) -> SweepSamples:
     """The sweep's samples in its batches; with reuse, up to ``--stack`` conditions of a batch per pass."""
     stack = options.stack if options.reuse else 1
-    return SweepSamples(loaded, setup, kind.batch_size(options), stack, stop_when_decided=options.max_new_tokens is None)
+    return SweepSamples(loaded, setup, kind.batch_size(options), stack, stop_when_decided=options.max_new_tokens is None, targets=getattr(kind, "targets", False))
 
 
 def run_sweep(
@@ -416,12 +424,13 @@ def run_sweep(
     conditions: list[SweepCondition],
     ranking: HeadRanking | None,
     on_progress: ProgressCallback | None = None,
+    plan_extra: tuple[str, ...] = (),
 ) -> SweepResult:
     """Create or resume the sweep's run (``spec``: what fingerprints it beyond the run set-up) and evaluate
     and commit the conditions this process takes: in this process, or one Dask task per group of conditions."""
     setup, rank, scheduler, options = sweep.run, sweep.rank, sweep.scheduler, sweep.options
     spec = {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"}  # what the stored answer text holds
-    run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id)
+    run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id, plan_extra)
     result = SweepResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     if not pending:
         return result
@@ -460,11 +469,14 @@ def run_sweep(
     return result
 
 
-def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Rank, kind: str, spec: dict[str, Any], conditions: list, run_id: str | None):
-    """Create or resume a sweep's run (one part per condition: the plan's "samples" are the conditions),
-    recover it, and return it with the count of committed conditions and those this process still runs."""
+def open_sweep_run(
+    warehouse_path: Path | str | None, setup: RunSetup, rank: Rank, kind: str, spec: dict[str, Any], conditions: list, run_id: str | None, plan_extra: tuple[str, ...] = ()
+):
+    """Create or resume a sweep's run (one part per condition: the plan's "samples" are the conditions, then
+    ``plan_extra``: parts the caller commits after them, as attribution's fit), recover it, and return it with the
+    count of committed conditions and those this process still runs."""
     warehouse = open_warehouse(warehouse_path, create=True)
-    plan = Plan([f"condition-{c.condition_id}" for c in conditions], 1)
+    plan = Plan([f"condition-{c.condition_id}" for c in conditions] + list(plan_extra), 1)
     run, _ = open_or_create_run(
         warehouse,
         kind=kind,
@@ -478,7 +490,7 @@ def open_sweep_run(warehouse_path: Path | str | None, setup: RunSetup, rank: Ran
         wait_seconds=wait_seconds(),
     )
     parts.recover(run.paths)
-    committed = parts.committed_part_ids(run.paths)
+    committed = parts.committed_part_ids(run.paths) & {c.condition_id for c in conditions}
     return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
 
 

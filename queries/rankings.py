@@ -35,15 +35,21 @@ def run_kind(session: Catalog, run_id: str) -> str | None:
 
 
 IMPORTED_SCORE = "imported"  # the score recorded for a ranking imported from a file (``attnwh heads import``)
+ATTRIBUTION_SCORE = "attribution"  # the score recorded for an attribution run's causal importance (``attnwh attribute``)
 
 
 def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tuple[dict[Head, float], str]:
     """Every head's score, best first, and the name the score is recorded under: an extraction run's
-    mean ``score`` on ``query`` (the ``head_ranking`` mart), or an imported ranking's scores (the
-    ``imported_ranking`` mart, recorded as ``imported``; ``score`` and ``query`` do not apply there)."""
-    if run_kind(session, run_id) == "ranking":
+    mean ``score`` on ``query`` (the ``head_ranking`` mart), an imported ranking's scores (the
+    ``imported_ranking`` mart, recorded as ``imported``) or an attribution run's causal importance (the
+    ``attribution_ranking`` mart, recorded as ``attribution``); ``score`` and ``query`` do not apply to the last two."""
+    kind = run_kind(session, run_id)
+    if kind == "ranking":
         rows, recorded = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist(), IMPORTED_SCORE
         missing = f"ranking run {run_id} has no committed heads"
+    elif kind == "attribution":
+        rows, recorded = run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist(), ATTRIBUTION_SCORE
+        missing = f"attribution run {run_id} has no fitted heads yet (its conditions are not all committed: run the same attnwh attribute again)"
     else:
         rows, recorded = run_mart(session, "head_ranking", {"run_id": run_id, "score": score, "query": query}).to_pylist(), score
         missing = f"extraction run {run_id} has no head metrics for query {query}"
@@ -53,8 +59,14 @@ def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tupl
 
 
 def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentration_x_sum", query: str = "gen1") -> str:
-    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``)."""
+    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``); an
+    attribution run's causal importance as one value per head (``score`` and ``query`` do not apply)."""
     check_format(fmt)
+    if run_kind(session, run_id) == "attribution":  # one causal importance per head: a one-value list each
+        rows = [{**row, "scores": [row["score"]], "mean_score": row["score"]} for row in run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist()]
+        if not rows:
+            raise UsageError(f"attribution run {run_id} has no fitted heads yet (its conditions are not all committed: run the same attnwh attribute again)")
+        return write_heads(rows, fmt)
     rows = run_mart(session, "head_sample_scores", {"run_id": run_id, "score": score, "query": query}).to_pylist()
     if not rows:
         raise UsageError(f"run {run_id} has no head metrics for query {query} (is it an extraction run?)")

@@ -384,6 +384,48 @@ DERIVED_SINKS = pa.schema(
 # a head ranking imported from a file (``attnwh heads import``): one row per query head of the model
 IMPORTED_RANKINGS = pa.schema([("run_id", pa.string()), ("layer", pa.int16()), ("head", pa.int16()), ("score", pa.float64())])
 
+# what head attribution predicts, per sweep condition and sample (written by sweeps asked for targets: attnwh attribute)
+SWEEP_TARGETS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("condition_id", pa.int32()),
+        ("sample_idx", pa.int64()),
+        ("gold_logprob", pa.float64()),  # log-probability of the gold option at the answer position (any single token starting it)
+        ("gold_margin", pa.float64()),  # that, less the best wrong option's (null with one option)
+    ]
+)
+
+# a head attribution (attnwh attribute): one row per query head, its causal importance (the drop of the target
+# when the head is ablated: positive = the head helps the gold answer) and the uncertainty of that estimate
+HEAD_ATTRIBUTIONS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("layer", pa.int16()),
+        ("head", pa.int16()),
+        ("score", pa.float64()),
+        ("std_error", pa.float64()),  # patterns: bootstrap standard deviation; single, gradient: standard error over samples
+        ("ci_low", pa.float64()),  # 95% interval (patterns: bootstrap percentiles; single, gradient: ± 1.96 standard errors)
+        ("ci_high", pa.float64()),
+    ]
+)
+
+# one row per attribution run: the method's settings and how well its fit predicts (patterns only)
+ATTRIBUTION_FITS = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("method", pa.string()),  # patterns | single | gradient
+        ("ablation", pa.string()),  # zero | mean
+        ("target", pa.string()),  # logprob | margin
+        ("fit", pa.string()),  # ridge | lasso | ols (patterns), null otherwise
+        ("alpha", pa.float64()),  # the regularisation strength used (chosen by cross-validation unless given)
+        ("n_conditions", pa.int32()),  # patterns or single-head ablations (0: gradient)
+        ("n_samples", pa.int32()),  # samples with a target
+        ("r2_heldout", pa.float64()),  # R² of the fit on held-out patterns
+        ("spearman_heldout", pa.float64()),  # rank correlation of predicted and observed change on held-out patterns
+        ("r2_train", pa.float64()),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "head_metrics": HEAD_METRICS,
@@ -405,6 +447,9 @@ TABLES: dict[str, pa.Schema] = {
     "derived_metrics": DERIVED_METRICS,
     "derived_sinks": DERIVED_SINKS,
     "imported_rankings": IMPORTED_RANKINGS,
+    "sweep_targets": SWEEP_TARGETS,
+    "head_attributions": HEAD_ATTRIBUTIONS,
+    "attribution_fits": ATTRIBUTION_FITS,
 }
 
 

@@ -15,7 +15,7 @@ import traceback
 
 import typer
 
-from attnwh.face import cli_heads, cli_list, cli_read, cli_run, cli_show
+from attnwh.face import cli_attribute, cli_heads, cli_list, cli_read, cli_run, cli_show
 from attnwh.face.console import one_line
 
 INTERNAL_ERROR_EXIT = 70  # EX_SOFTWARE in sysexits.h: a bug, not the user's mistake
@@ -59,6 +59,7 @@ toy_app.command("zoo")(cli_run.toy_zoo)
 for command in (cli_read.sql, cli_read.query, cli_read.runs, cli_read.status, cli_read.verify, cli_read.report):
     app.command()(command)
 app.command()(cli_show.show)
+app.command()(cli_attribute.attribute)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,18 +1,27 @@
 -- one row per k of a grid: how far two head rankings agree. A ranking is a run's heads ordered by the
 -- mean of a head score over the run's samples (as head_ranking orders them: missing scores last, ties
--- to the lower layer, then head); the two may differ in run (benchmark, model of the same shape), query
--- and score. Heads are matched by (layer, head). Over the heads both score: Spearman's rho (Pearson's
+-- to the lower layer, then head), or a ranking run's heads by their score (an attribution run of attnwh
+-- attribute: causal importance; an imported ranking: the file's score; query and score do not apply); the two
+-- may differ in run (benchmark, model of the same shape, kind), query and score. Heads are matched by (layer, head). Over the heads both score: Spearman's rho (Pearson's
 -- correlation of average ranks, ties sharing their mean rank) and Kendall's tau-b (ties corrected);
 -- and for each k: the top-k heads both rankings share, and their Jaccard index.
 with a as (
     select layer, head, case when n > 0 then total / n end as score
     from stg_head_scores
     where run_id = $run_a and query = $query_a and score = $score_a
+    union all
+    select layer, head, score from stg_head_attributions where run_id = $run_a
+    union all
+    select layer, head, score from imported_rankings where run_id = $run_a
 ),
 b as (
     select layer, head, case when n > 0 then total / n end as score
     from stg_head_scores
     where run_id = $run_b and query = $query_b and score = $score_b
+    union all
+    select layer, head, score from stg_head_attributions where run_id = $run_b
+    union all
+    select layer, head, score from imported_rankings where run_id = $run_b
 ),
 heads as (
     select layer, head, a.score as score_a, b.score as score_b,

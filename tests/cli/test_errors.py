@@ -10,6 +10,7 @@ from attnwh.face.cli import INTERNAL_ERROR_EXIT, main
 COMMANDS = {
     "extract": ("attnwh.extract.run.run_extract", ["extract"]),
     "mask": ("attnwh.face.workflows.mask_sweep", ["mask"]),
+    "attribute": ("attnwh.extract.attribution.run_attribute", ["attribute"]),
     "models": ("attnwh.core.output.render", ["models"]),
     "benchmarks": ("attnwh.extract.benchmarks.registry.all_benchmarks", ["benchmarks"]),
     "sql": ("attnwh.queries.library.open_session", ["sql", "select 1"]),

@@ -1,0 +1,476 @@
+"""``attnwh attribute``: which heads matter causally, as a ranking run beside the attention-based ones.
+
+Three methods, each a run of kind ``attribution`` whose ``head_attributions`` rows give every query head a score
+(the drop of the target when the head is ablated: positive = the head helps the gold answer), its standard error
+and a 95% interval, and whose ``attribution_fits`` row records the method's settings and fit:
+
+- ``patterns`` (the default; Kim et al. 2025 on COAR, Shah, Ilyas & Madry 2024): N random ablation patterns, each
+  head ablated in a pattern with probability p (a fraction p on average, so that pattern sizes vary and the fit's
+  intercept is identified), every pattern applied to every sample. A pattern is one condition of a sweep
+  (``extract.sweep``: resumable, on Dask workers and ranks, sharing the batch's encoded images with the other
+  patterns), the baseline is condition 0. Per pattern the target's change from the baseline, averaged over
+  the samples, is regressed on the pattern's 0/1 ablation indicators with scikit-learn (``ridge``: ``RidgeCV``,
+  ``lasso``: ``LassoCV``, ``ols``: ``LinearRegression``); a head's score is minus its coefficient. Intervals:
+  percentiles over bootstrap resamples of the patterns (the fit's alpha kept); held-out R² and the Spearman
+  correlation of predicted and observed change on a held-out fifth of the patterns. A head whose effect needs
+  a partner ablated with it (a redundant pair) gets p × the pair's joint effect: single-head ablation sees 0.
+- ``single``: one head ablated at a time (H conditions of a sweep): the score is the mean drop over samples,
+  the standard error over samples. Misses heads whose work another head also does.
+- ``gradient``: attribution patching, a first-order estimate: each head's output is multiplied by a gate g = 1
+  (mean ablation: g·output + (1 - g)·mean); one forward and one backward pass per batch give dT/dg, the estimated
+  drop when g goes to 0. Exact for a target linear in the head's output; wrong where ablating a head moves the
+  model far (saturated softmaxes, a head whose removal flips the answer, LayerNorm's rescaling of a large
+  output, and heads that compensate for each other: the same redundancy ``single`` misses).
+
+The target is the gold option's log-probability at the answer position (``logprob``) or its margin over the best
+wrong option (``margin``); a benchmark without gold options (open answers) is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from attnwh.core.errors import ModelError, UsageError
+from attnwh.extract.batches import Batch
+from attnwh.extract.forward import BatchView, LayerIntervention, forward_call
+from attnwh.extract.generation import batch_view
+from attnwh.extract.mask_run import head_means
+from attnwh.extract.masking import Head, HeadMask
+from attnwh.extract.models import load_model
+from attnwh.extract.part_tables import write_parquet
+from attnwh.extract.ranks import writer_of
+from attnwh.extract.scoring import gold_option, option_ids
+from attnwh.extract.sweep import ProgressCallback, SweepCondition, SweepOptions, SweepSamples, SweepSetup, check_sweep_options, open_sweep_run, prepare_sweep, run_sweep
+from attnwh.warehouse import parts
+from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
+
+METHODS = ("patterns", "single", "gradient")
+ABLATIONS = ("zero", "mean")
+TARGETS = ("logprob", "margin")
+FITS = ("ridge", "lasso", "ols")
+TARGET_COLUMN = {"logprob": "gold_logprob", "margin": "gold_margin"}
+ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 15))  # the grid cross-validation chooses ridge's / lasso's alpha from
+FIT_PART = "fit"  # the part after a sweep's conditions that holds its heads' scores
+
+
+@dataclass
+class AttributeOptions(SweepOptions):
+    method: str = "patterns"
+    ablation: str = "zero"
+    target: str = "logprob"
+    patterns: int | None = None  # N (default: 4 × the model's heads, at least 64)
+    p: float = 0.2  # the chance that a pattern ablates a head
+    fit: str = "ridge"
+    alpha: float | None = None  # None: chosen by cross-validation
+    bootstrap: int = 200
+    seed: int = 0
+
+
+def default_patterns(n_heads: int) -> int:
+    return max(64, 4 * n_heads)
+
+
+def check_attribute_options(options: AttributeOptions) -> None:
+    """The options alone (the model's shape is checked once its config is read)."""
+    choices = ((options.method,), METHODS, "method"), ((options.ablation,), ABLATIONS, "ablation"), ((options.target,), TARGETS, "target"), ((options.fit,), FITS, "fit")
+    check_sweep_options(options, choices)
+    if not (isinstance(options.p, float | int) and 0 < options.p < 1):
+        raise UsageError(
+            f"--fraction (p) is the chance a pattern ablates a head, strictly between 0 and 1; got {options.p} (0 ablates nothing, 1 every head: no pattern tells heads apart)"
+        )
+    if options.patterns is not None and options.patterns < 2:
+        raise UsageError(f"--patterns must be at least 2, got {options.patterns}")
+    if options.bootstrap < 0:
+        raise UsageError(f"--bootstrap must be 0 or more, got {options.bootstrap}")
+    if options.alpha is not None and not (options.alpha > 0 and math.isfinite(options.alpha)):
+        raise UsageError(f"--alpha must be a positive number, got {options.alpha}")
+    if options.alpha is not None and options.fit == "ols":
+        raise UsageError("--alpha sets ridge's or lasso's regularisation; --fit ols has none")
+
+
+def check_against_model(options: AttributeOptions, n_heads: int) -> int:
+    """The number of patterns, checked against the model's H heads: a plain least-squares fit needs more
+    patterns than heads (H coefficients and an intercept); ridge and lasso do not, they shrink."""
+    n = options.patterns or default_patterns(n_heads)
+    if options.method == "patterns" and options.fit == "ols" and n < n_heads + 2:
+        raise UsageError(
+            f"--fit ols needs more patterns than heads: {n} patterns for {n_heads} heads and an intercept leave the least-squares fit "
+            f"undetermined; ask for at least {n_heads + 2} (--patterns), or use --fit ridge (the default), which shrinks the effects toward 0 and still ranks the heads"
+        )
+    return n
+
+
+def check_targets(setup: SweepSetup, options: AttributeOptions) -> None:
+    """Every sample needs gold options to take a target from (an open answer, or no gold, is refused)."""
+    missing = [sample.key for sample in setup.run.samples if sample.error is None and gold_option(sample) is None]
+    if missing:
+        raise UsageError(
+            f"{setup.run.benchmark.name} has {len(missing)} sample(s) without a gold option (e.g. {missing[0]}): attribution needs the gold answer's "
+            "log-probability; choose a multiple-choice or yes / no benchmark"
+        )
+    if options.target == "margin" and any(gold_option(sample) is not None and sample.parser == "letter" and len(sample.choices) < 2 for sample in setup.run.samples):
+        raise UsageError("--target margin needs at least two options per sample")
+
+
+def draw_patterns(n_heads: int, n: int, p: float, seed: int) -> np.ndarray:
+    """N ablation patterns [n, n_heads] (bool): each head ablated with probability p, deterministic from ``seed``;
+    a pattern that ablates nothing is drawn again (it would be the baseline)."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.random((n, n_heads)) < p
+    while (empty := ~patterns.any(axis=1)).any():
+        patterns[empty] = rng.random((int(empty.sum()), n_heads)) < p
+    return patterns
+
+
+@dataclass
+class HeadFit:
+    """What a fit gives per head (scores: minus the coefficients) and how well it predicts."""
+
+    scores: np.ndarray
+    std_error: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    alpha: float | None = None
+    r2_heldout: float | None = None
+    spearman_heldout: float | None = None
+    r2_train: float | None = None
+    intercept: float = 0.0
+
+
+def _estimator(fit: str, alpha: float | None, seed: int):
+    from sklearn.linear_model import Lasso, LassoCV, LinearRegression, Ridge, RidgeCV
+
+    if fit == "ols":
+        return LinearRegression()
+    if fit == "ridge":
+        return Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=ALPHAS)
+    return Lasso(alpha=alpha, max_iter=20_000) if alpha is not None else LassoCV(alphas=ALPHAS, cv=5, max_iter=20_000, random_state=seed)
+
+
+def _fixed(fit: str, alpha: float | None):
+    from sklearn.linear_model import Lasso, LinearRegression, Ridge
+
+    return LinearRegression() if fit == "ols" else Ridge(alpha=alpha) if fit == "ridge" else Lasso(alpha=alpha, max_iter=20_000)
+
+
+def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", alpha: float | None = None, bootstrap: int = 200, seed: int = 0) -> HeadFit:
+    """Per-head coefficients of ``change`` [n] (the target's change from the baseline under each pattern) on
+    ``patterns`` [n, heads] (1 = ablated), with scikit-learn; scores are minus the coefficients (the drop a
+    head's ablation causes). Held out: a fifth of the patterns (at least 2) are left out of one extra fit,
+    whose R² and Spearman correlation on them are reported."""
+    from scipy.stats import spearmanr
+    from sklearn.metrics import r2_score
+
+    x, y = np.asarray(patterns, dtype=np.float64), np.asarray(change, dtype=np.float64)
+    n = len(y)
+    model = _estimator(fit, alpha, seed).fit(x, y)
+    chosen = None if fit == "ols" else float(getattr(model, "alpha_", alpha))
+    scores = -np.asarray(model.coef_, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    r2_heldout = spearman_heldout = None
+    n_out = max(2, n // 5)
+    if n - n_out >= 2:
+        order = rng.permutation(n)
+        held, kept = order[:n_out], order[n_out:]
+        predicted = _fixed(fit, chosen).fit(x[kept], y[kept]).predict(x[held])
+        r2_heldout = float(r2_score(y[held], predicted))
+        rho = spearmanr(predicted, y[held]).statistic
+        spearman_heldout = float(rho) if np.isfinite(rho) else None
+    samples = []
+    for _ in range(bootstrap):
+        pick = rng.integers(0, n, n)
+        samples.append(-_fixed(fit, chosen).fit(x[pick], y[pick]).coef_)
+    if samples:
+        draws = np.asarray(samples)
+        std_error, low, high = draws.std(axis=0, ddof=1), np.percentile(draws, 2.5, axis=0), np.percentile(draws, 97.5, axis=0)
+    else:
+        std_error = low = high = np.full(x.shape[1], np.nan)
+    r2_train = float(r2_score(y, model.predict(x))) if n > 1 else None
+    return HeadFit(scores, std_error, low, high, chosen, r2_heldout, spearman_heldout, r2_train, float(model.intercept_))
+
+
+def mean_effects(drops: np.ndarray) -> HeadFit:
+    """Scores from per-sample drops [samples, heads] (single, gradient): their mean, its standard error over
+    samples and ± 1.96 standard errors."""
+    drops = np.asarray(drops, dtype=np.float64)
+    mean = drops.mean(axis=0)
+    se = drops.std(axis=0, ddof=1) / math.sqrt(len(drops)) if len(drops) > 1 else np.full(drops.shape[1], np.nan)
+    return HeadFit(mean, se, mean - 1.96 * se, mean + 1.96 * se)
+
+
+@dataclass(frozen=True)
+class AttributionSweep:
+    """The sweep of attribution's ablations: heads switched off (``zero``) or set to their mean output over the
+    sweep's samples (``mean``), each row carrying the targets (``sweep_targets``)."""
+
+    ablation: str
+    kind = "attribution"
+    targets = True
+
+    def batch_size(self, options: SweepOptions) -> int:
+        return options.batch_size
+
+    def prepare(self, samples: SweepSamples) -> dict[Head, torch.Tensor]:
+        return head_means(samples) if self.ablation == "mean" else {}
+
+    def interventions(self, condition: SweepCondition, prepared: dict[Head, torch.Tensor]) -> list[HeadMask]:
+        heads = condition.heads
+        return [HeadMask(heads, self.ablation, {head: prepared[head] for head in heads} if prepared else {})] if heads else []
+
+
+@dataclass
+class AttributionResult:
+    run_id: str
+    run_path: Path
+    method: str
+    conditions_total: int = 0
+    conditions_written: int = 0
+    fitted: bool = False  # the heads' scores are committed (by this process or an earlier one)
+    fit: dict[str, Any] = field(default_factory=dict)  # the attribution_fits row
+    reuse_off: str | None = None
+
+
+def prepare_attribute(options: AttributeOptions) -> SweepSetup:
+    """Options checked; benchmark, samples, model config and prompt resolved; every sample has gold options."""
+    check_attribute_options(options)
+    setup = prepare_sweep(options)
+    check_against_model(options, setup.n_heads)
+    check_targets(setup, options)
+    return setup
+
+
+def heads_of(info: dict[str, Any]) -> list[Head]:
+    return [(layer, head) for layer in range(info["n_layers"]) for head in range(info["n_heads"])]
+
+
+def attribution_conditions(options: AttributeOptions, heads: list[Head]) -> list[SweepCondition]:
+    """The baseline (condition 0), then one condition per pattern (``patterns``) or per head (``single``)."""
+    conditions = [SweepCondition(0, {"method": options.method, "pattern": None, "ablation": options.ablation}, (), ranked=False)]
+    if options.method == "single":
+        for index, head in enumerate(heads, start=1):
+            conditions.append(SweepCondition(index, {"method": "single", "pattern": index - 1, "ablation": options.ablation}, (head,), ranked=False))
+        return conditions
+    patterns = draw_patterns(len(heads), check_against_model(options, len(heads)), options.p, options.seed)
+    for index, row in enumerate(patterns, start=1):
+        chosen = tuple(head for head, on in zip(heads, row) if on)
+        conditions.append(SweepCondition(index, {"method": "patterns", "pattern": index - 1, "ablation": options.ablation}, chosen, ranked=False))
+    return conditions
+
+
+def settings_of(options: AttributeOptions, n_heads: int) -> dict[str, Any]:
+    """The method's settings as the run's fingerprint holds them (a setting a method does not use is left out)."""
+    settings: dict[str, Any] = {"method": options.method, "ablation": options.ablation, "target": options.target}
+    if options.method == "patterns":
+        settings.update(patterns=options.patterns or default_patterns(n_heads), p=options.p, seed=options.seed, fit=options.fit, alpha=options.alpha, bootstrap=options.bootstrap)
+    return settings
+
+
+def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallback | None = None) -> AttributionResult:
+    """Run (or resume) the attribution of ``setup``: the sweep of its ablations and then the fit, or the gradient pass."""
+    options: AttributeOptions = setup.options  # type: ignore[assignment]
+    heads = heads_of(setup.info)
+    spec = {**setup.run.spec, "attribution": settings_of(options, len(heads))}
+    if options.method == "gradient":
+        return _run_gradient(warehouse_path, setup, spec, heads)
+    conditions = attribution_conditions(options, heads)
+    kind = AttributionSweep(options.ablation)
+    swept = run_sweep(warehouse_path, setup, kind, spec, conditions, None, on_progress, plan_extra=(FIT_PART,))
+    result = AttributionResult(swept.run_id, swept.run_path, options.method, swept.conditions_total, swept.conditions_written, reuse_off=swept.reuse_off)
+    run, _, _ = open_sweep_run(
+        warehouse_path,
+        setup.run,
+        setup.rank,
+        kind.kind,
+        {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"},
+        conditions,
+        options.run_id or swept.run_id,
+        (FIT_PART,),
+    )
+    fit_id = len(conditions)
+    committed = parts.committed_part_ids(run.paths)
+    if fit_id in committed:
+        result.fitted, result.fit = True, _stored_fit(run.paths)
+        return result
+    if not setup.rank.creates_runs or not all(c.condition_id in committed for c in conditions):
+        return result  # another rank commits the fit once every condition is in
+    changes, n_samples = read_changes(run.paths, len(conditions), TARGET_COLUMN[options.target])
+    if options.method == "single":
+        head_fit = mean_effects(-changes[1:].T)  # per sample: baseline minus ablated
+    else:
+        matrix = np.array([[head in set(c.heads) for head in heads] for c in conditions[1:]], dtype=bool)
+        head_fit = fit_patterns(matrix, changes[1:].mean(axis=1), options.fit, options.alpha, options.bootstrap, options.seed)
+    fit_row = _fit_row(run.run_id, options, head_fit, len(conditions) - 1, n_samples)
+    parts.commit_part(run.paths, fit_id, _writer(run.run_id, heads, head_fit, fit_row), writer_of(setup.rank))
+    result.fitted, result.fit = True, fit_row
+    return result
+
+
+def read_changes(paths, n_conditions: int, column: str) -> tuple[np.ndarray, int]:
+    """[conditions, samples]: each condition's target less the baseline's, over the samples every condition scored."""
+    files = parts.table_files(paths, "sweep_targets")
+    table = pa.concat_tables([pq.read_table(str(path)) for path in files]) if files else None
+    values: dict[tuple[int, int], float] = {}
+    if table is not None:
+        for row in table.select(["condition_id", "sample_idx", column]).to_pylist():
+            if row[column] is not None:
+                values[(row["condition_id"], row["sample_idx"])] = row[column]
+    samples = sorted({sample for _, sample in values})
+    samples = [s for s in samples if all((c, s) in values for c in range(n_conditions))]
+    if not samples:
+        raise UsageError("no sample has a target under every condition (all answers were errors?): nothing to attribute")
+    grid = np.array([[values[(c, s)] for s in samples] for c in range(n_conditions)])
+    return grid - grid[0:1], len(samples)
+
+
+def _fit_row(run_id: str, options: AttributeOptions, head_fit: HeadFit, n_conditions: int, n_samples: int) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "method": options.method,
+        "ablation": options.ablation,
+        "target": options.target,
+        "fit": options.fit if options.method == "patterns" else None,
+        "alpha": head_fit.alpha,
+        "n_conditions": n_conditions,
+        "n_samples": n_samples,
+        "r2_heldout": head_fit.r2_heldout,
+        "spearman_heldout": head_fit.spearman_heldout,
+        "r2_train": head_fit.r2_train,
+    }
+
+
+def _writer(run_id: str, heads: list[Head], head_fit: HeadFit, fit_row: dict[str, Any]):
+    def clean(value: float) -> float | None:
+        return float(value) if np.isfinite(value) else None
+
+    rows = [
+        {
+            "run_id": run_id,
+            "layer": layer,
+            "head": head,
+            "score": clean(head_fit.scores[i]),
+            "std_error": clean(head_fit.std_error[i]),
+            "ci_low": clean(head_fit.ci_low[i]),
+            "ci_high": clean(head_fit.ci_high[i]),
+        }
+        for i, (layer, head) in enumerate(heads)
+    ]
+
+    def write(folder: Path) -> dict[str, int]:
+        write_parquet(pa.Table.from_pylist(rows, schema=HEAD_ATTRIBUTIONS), "head_attributions", folder)
+        write_parquet(pa.Table.from_pylist([fit_row], schema=ATTRIBUTION_FITS), "attribution_fits", folder)
+        return {"head_attributions": len(rows), "attribution_fits": 1}
+
+    return write
+
+
+def _stored_fit(paths) -> dict[str, Any]:
+    files = parts.table_files(paths, "attribution_fits")
+    return pq.read_table(str(files[0])).to_pylist()[0] if files else {}
+
+
+class HeadGate(LayerIntervention):
+    """Multiplies each head's output by a gate (1: unchanged) whose gradient is the first-order effect of
+    ablating the head; for ``mean`` ablation the head moves toward its mean output instead of toward 0."""
+
+    def __init__(self, gate: torch.Tensor, mean: torch.Tensor | None):
+        self.gate, self.mean, self.reached = gate, mean, False  # gate [batch, head]; mean [head, head_dim]
+
+    def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        self.reached = True
+        gate = self.gate.to(output.device, output.dtype)[:, None, :, None]
+        if self.mean is None:
+            return output * gate
+        mean = self.mean.to(output.device, output.dtype)[None, None]
+        return mean + gate * (output - mean)
+
+
+@dataclass
+class HeadGates:
+    """An intervention: a gate per sample and head of every layer (attribution patching)."""
+
+    batch: int
+    n_heads: int
+    means: dict[Head, torch.Tensor] = field(default_factory=dict)
+    kind = "gradient"
+    gates: dict[int, HeadGate] = field(default_factory=dict)
+
+    def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
+        self.gates = {}
+        for layer in range(view.n_layers):
+            mean = torch.stack([self.means[(layer, head)] for head in range(view.n_heads)]) if self.means else None
+            self.gates[layer] = HeadGate(torch.ones(self.batch, view.n_heads, requires_grad=True), mean)
+        return dict(self.gates)
+
+
+def gradient_drops(loaded, batch: Batch, options: AttributeOptions, letter_ids, means: dict[Head, torch.Tensor]) -> list[np.ndarray | None]:
+    """Per sample of ``batch``: [layers × heads] first-order drops of the target (dT/dg at g = 1), or None
+    for a sample without a target. One forward and one backward pass for the whole batch."""
+    parts_, tokenizer = loaded.parts, loaded.processor.tokenizer
+    gates = HeadGates(len(batch.items), loaded.info["n_heads"], means)
+    bound = [gates.bind(batch_view(loaded, batch.encoded))]
+    column = TARGET_COLUMN[options.target]
+    with torch.enable_grad(), forward_call(parts_.text_model, parts_.attention_modules, parts_.decoder_layers, bound):
+        logits = loaded.model(**batch.encoded).logits[:, -1].float()
+        log_probs = torch.log_softmax(logits, dim=-1)
+        targets, kept = [], []
+        for position, item in enumerate(batch.items):
+            options_ = option_ids(tokenizer, item.sample, letter_ids)
+            if options_ is None:
+                continue
+            value = _target_tensor(options_, log_probs[position], column)
+            targets.append(value)
+            kept.append(position)
+        unreached = [layer for layer, gate in gates.gates.items() if not gate.reached]
+        if unreached:
+            raise ModelError(f"the heads of layers {unreached} cannot be ablated: their attention does not go through attnwh's attention function")
+        if not targets:
+            return [None] * len(batch.items)
+        layers = sorted(gates.gates)
+        grads = torch.autograd.grad(torch.stack(targets).sum(), [gates.gates[layer].gate for layer in layers])
+    per_sample = torch.stack(grads, dim=1).detach().cpu().double().numpy()  # [batch, layer, head]: dT/dg = drop when g: 1 -> 0
+    result: list[np.ndarray | None] = [None] * len(batch.items)
+    for position in kept:
+        result[position] = per_sample[position].reshape(-1)
+    return result
+
+
+def _target_tensor(options_, log_probs: torch.Tensor, column: str) -> torch.Tensor:
+    """``answer_target`` with autograd (the same formula: logsumexp over each option's tokens)."""
+    ids, gold = options_
+    values = [torch.logsumexp(log_probs[option], dim=0) for option in ids]
+    if column == "gold_logprob":
+        return values[gold]
+    return values[gold] - torch.stack([v for i, v in enumerate(values) if i != gold]).max()
+
+
+def _run_gradient(warehouse_path, setup: SweepSetup, spec: dict[str, Any], heads: list[Head]) -> AttributionResult:
+    """Attribution patching: one part, the heads' scores and the fit row."""
+    options: AttributeOptions = setup.options  # type: ignore[assignment]
+    run, committed, _ = open_sweep_run(warehouse_path, setup.run, setup.rank, "attribution", spec, [], options.run_id, (FIT_PART,))
+    result = AttributionResult(run.run_id, run.paths.root, "gradient")
+    if 0 in parts.committed_part_ids(run.paths):
+        result.fitted, result.fit = True, _stored_fit(run.paths)
+        return result
+    if not setup.rank.creates_runs:
+        return result
+    loaded = load_model(setup.run.source, dtype=setup.run.dtype, device=setup.run.device)
+    samples = SweepSamples(loaded, setup.run, options.batch_size)
+    means = head_means(samples) if options.ablation == "mean" else {}
+    drops = []
+    for batch in samples.batches:
+        drops.extend(d for d in gradient_drops(loaded, batch, options, samples.letter_ids, means) if d is not None)
+    if not drops:
+        raise UsageError("no sample has a target (all answers were errors?): nothing to attribute")
+    head_fit = mean_effects(np.asarray(drops))
+    fit_row = _fit_row(run.run_id, options, head_fit, 0, len(drops))
+    parts.commit_part(run.paths, 0, _writer(run.run_id, heads, head_fit, fit_row), writer_of(setup.rank))
+    result.fitted, result.fit = True, fit_row
+    return result

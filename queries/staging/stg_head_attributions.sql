@@ -1,0 +1,29 @@
+-- one row per attribution run (attnwh attribute) and head: its causal importance (the drop of the target when
+-- the head is ablated), the estimate's uncertainty, the head's stage, and the method's settings and fit
+select
+    a.run_id,
+    r.model,
+    r.benchmark,
+    a.layer,
+    a.head,
+    stage(a.layer, r.n_layers) as stage,
+    r.n_layers,
+    r.n_heads,
+    r.n_kv_heads,
+    a.score,
+    a.std_error,
+    a.ci_low,
+    a.ci_high,
+    f.method,
+    f.ablation,
+    f.target,
+    f.fit,
+    f.alpha,
+    f.n_conditions,
+    f.n_samples,
+    f.r2_heldout,
+    f.spearman_heldout,
+    f.r2_train
+from head_attributions as a
+join attribution_fits as f using (run_id)
+join stg_runs as r using (run_id)

@@ -1,0 +1,182 @@
+"""``attnwh attribute`` end to end on a tiny LLaVA, against transformers' own attention with each head's output
+changed by a forward pre-hook on ``o_proj`` (never through attnwh's interventions): single-head ablation effects,
+attribution patching against finite differences, a patterns run refitted with a closed-form ridge, and the run
+taken by everything downstream (mask, heads export, ranking_agreement)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+from typer.testing import CliRunner
+
+from attnwh.extract.attribution import AttributeOptions, prepare_attribute, run_attribute
+from attnwh.extract.mask_run import MaskOptions
+from attnwh.extract.models import load_model
+from attnwh.extract.run import ExtractOptions, run_extract
+from attnwh.extract.sweep import SweepSamples
+from attnwh.face.cli import app
+from attnwh.face.workflows import mask_sweep
+from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
+from attnwh.queries.rankings import export_heads, ranked_scores
+from attnwh.warehouse import parts
+from attnwh.warehouse.layout import open_warehouse
+
+BENCHMARK, LIMIT = "toy-shapes-choice", 3
+
+
+def _options(model, **settings) -> AttributeOptions:
+    return AttributeOptions(model=str(model), benchmark=BENCHMARK, limit=LIMIT, device="cpu", dtype="float32", command=["test"], **settings)
+
+
+@pytest.fixture(scope="module")
+def attributed(tmp_path_factory, tiny_mha):
+    warehouse = tmp_path_factory.mktemp("attribute") / "wh"
+    runs = {}
+    for method, settings in (("single", {}), ("gradient", {}), ("patterns", {"patterns": 24, "bootstrap": 10, "p": 0.25})):
+        runs[method] = run_attribute(warehouse, prepare_attribute(_options(tiny_mha, method=method, **settings)))
+    return warehouse, runs
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_mha):
+    """The sweep's encoded batch (attnwh's data path), stock SDPA attention in float64, and the gold option's log-probability
+    with the heads' ``o_proj`` inputs scaled by a hook: ``target(scale)``, scale[layer, head] (1 = unchanged)."""
+    setup = prepare_attribute(_options(tiny_mha, method="single"))
+    loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
+    (batch,) = SweepSamples(loaded, setup.run, LIMIT).batches
+    model = AutoModelForImageTextToText.from_pretrained(tiny_mha, dtype=torch.float64, attn_implementation="sdpa").eval()
+    text = model.config.text_config
+    head_dim = text.hidden_size // text.num_attention_heads
+    tokenizer = loaded.processor.tokenizer
+    letters = []
+    for letter in "ABCD":
+        ids = {tokenizer.convert_tokens_to_ids(letter)} | {ids[0] for text_ in (letter, " " + letter) if len(ids := tokenizer.encode(text_, add_special_tokens=False)) == 1}
+        letters.append(sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id))
+    gold = [ord(item.sample.gold) - ord("A") for item in batch.items]
+    scale = torch.ones(text.num_hidden_layers, text.num_attention_heads, dtype=torch.float64)
+
+    def hook(layer):
+        def pre(module, args):
+            (hidden,) = args
+            factors = scale[layer].to(hidden.dtype).repeat_interleave(head_dim)
+            return (hidden * factors,)
+
+        return pre
+
+    for index, layer in enumerate(model.model.language_model.layers):
+        layer.self_attn.o_proj.register_forward_pre_hook(hook(index))
+
+    def target(new_scale: torch.Tensor) -> np.ndarray:
+        scale.copy_(new_scale)
+        with torch.inference_mode():
+            inputs = {key: value.double() if value.is_floating_point() else value for key, value in batch.encoded.items()}
+            log_probs = torch.log_softmax(model(**inputs).logits[:, -1], dim=-1)
+        return np.array([float(torch.logsumexp(log_probs[row, letters[g]], dim=0)) for row, g in enumerate(gold)])
+
+    return target, (text.num_hidden_layers, text.num_attention_heads)
+
+
+def _scores(warehouse, run_id: str) -> dict[tuple[int, int], dict]:
+    with open_session(warehouse) as session:
+        return {(row["layer"], row["head"]): row for row in run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist()}
+
+
+def test_single_equals_ablation_by_an_o_proj_hook(attributed, reference):
+    warehouse, runs = attributed
+    target, (n_layers, n_heads) = reference
+    base = target(torch.ones(n_layers, n_heads))
+    scores = _scores(warehouse, runs["single"].run_id)
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            scale = torch.ones(n_layers, n_heads)
+            scale[layer, head] = 0
+            drops = base - target(scale)
+            row = scores[(layer, head)]
+            assert row["score"] == pytest.approx(drops.mean(), abs=2e-5)
+            assert row["std_error"] == pytest.approx(drops.std(ddof=1) / np.sqrt(LIMIT), abs=2e-5)
+    assert max(abs(row["score"]) for row in scores.values()) > 1e-3, "some head must matter"
+    assert runs["single"].fit["n_conditions"] == n_layers * n_heads and runs["single"].fit["n_samples"] == LIMIT
+
+
+def test_gradient_equals_finite_differences_of_the_hook(attributed, reference):
+    """Attribution patching is the derivative at no ablation: a small step ε of each head's scale, through the
+    hook, changes the target by ε × its score (the first-order estimate is exact in the limit)."""
+    warehouse, runs = attributed
+    target, (n_layers, n_heads) = reference
+    scores, eps = _scores(warehouse, runs["gradient"].run_id), 1e-3
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            up, down = torch.ones(n_layers, n_heads), torch.ones(n_layers, n_heads)
+            up[layer, head], down[layer, head] = 1 + eps, 1 - eps
+            derivative = (target(up) - target(down)) / (2 * eps)
+            assert scores[(layer, head)]["score"] == pytest.approx(derivative.mean(), abs=1e-4, rel=1e-3)
+
+
+def test_patterns_fit_equals_a_closed_form_ridge_on_the_stored_targets(attributed, reference, tiny_mha):
+    warehouse, runs = attributed
+    target, (n_layers, n_heads) = reference
+    result = runs["patterns"]
+    run = open_warehouse(warehouse).find_run(result.run_id)
+    targets = pq.read_table([str(path) for path in parts.table_files(run, "sweep_targets")]).to_pylist()
+    conditions = pq.read_table([str(path) for path in parts.table_files(run, "sweep_conditions")]).to_pylist()
+    by = {(row["condition_id"], row["sample_idx"]): row["gold_logprob"] for row in targets}
+    heads = [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    base = target(torch.ones(n_layers, n_heads))
+    assert [by[(0, s)] for s in range(LIMIT)] == pytest.approx(base.tolist(), abs=2e-5)
+    ablated = {c["condition_id"]: {(h["layer"], h["head"]) for h in c["heads"]} for c in conditions}
+    for condition_id in (1, 2):  # two patterns through the hook
+        scale = torch.tensor([[0.0 if (layer, head) in ablated[condition_id] else 1.0 for head in range(n_heads)] for layer in range(n_layers)])
+        assert [by[(condition_id, s)] for s in range(LIMIT)] == pytest.approx(target(scale).tolist(), abs=2e-5)
+    ids = sorted(ablated)[1:]
+    x = np.array([[head in ablated[c] for head in heads] for c in ids], dtype=float)
+    y = np.array([np.mean([by[(c, s)] - by[(0, s)] for s in range(LIMIT)]) for c in ids])
+    xc, yc = x - x.mean(axis=0), y - y.mean()
+    closed = np.linalg.solve(xc.T @ xc + result.fit["alpha"] * np.eye(len(heads)), xc.T @ yc)
+    scores = _scores(warehouse, result.run_id)
+    assert [scores[head]["score"] for head in heads] == pytest.approx((-closed).tolist(), abs=1e-8)
+    assert all(row["ci_low"] <= row["ci_high"] for row in scores.values()) and result.fit["r2_heldout"] is not None
+    again = run_attribute(warehouse, prepare_attribute(_options(tiny_mha, method="patterns", patterns=24, bootstrap=10, p=0.25)))
+    assert again.run_id == result.run_id and again.conditions_written == 0 and again.fitted
+
+
+def test_downstream_commands_take_an_attribution_run(attributed, tiny_mha):
+    warehouse, runs = attributed
+    single = runs["single"].run_id
+    with open_session(warehouse) as session:
+        scores, recorded = ranked_scores(session, single, "concentration_x_sum", "gen1")
+        exported = export_heads(session, single, "retrieval-json")
+    assert recorded == "attribution" and list(scores.values()) == sorted(scores.values(), reverse=True)
+    assert '"0-0": [' in exported
+    best = next(iter(scores))
+    run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, rows=False, device="cpu", command=["test"]))
+    masked, _ = mask_sweep(
+        warehouse, MaskOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, k=("1",), strategies=("top",), device="cpu", ranking_run=single, command=["test"])
+    )
+    with open_session(warehouse) as session:
+        top = session.query("select heads, ranking_score from sweep_conditions where run_id = $run and condition_id = 1", {"run": masked.run_id}).to_pylist()[0]
+        extraction = session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]
+        agreement = run_mart(session, "ranking_agreement", {"run_a": extraction, "run_b": single}).to_pylist()
+        between = run_mart(session, "ranking_agreement", {"run_a": runs["patterns"].run_id, "run_b": single}).to_pylist()
+        for run in runs.values():  # the mart's sidecar data tests on every method's run
+            assert data_test_failures(get_mart("attribution_ranking"), run_mart(session, "attribution_ranking", {"run_id": run.run_id})) == []
+    assert [(h["layer"], h["head"]) for h in top["heads"]] == [best] and top["ranking_score"] == "attribution"
+    assert agreement and agreement[0]["n_heads"] == 12 and -1 <= agreement[0]["spearman"] <= 1
+    assert between[0]["n_heads"] == 12
+
+
+def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
+    runner = CliRunner()
+    for args, expected in (
+        (["--fraction", "0"], "strictly between 0 and 1"),
+        (["--method", "shapley"], "--method takes patterns, single, gradient"),
+        (["--benchmark", "toy-shapes-caption"], "without a gold option"),
+        (["--fit", "ols", "--patterns", "5"], "--fit ols needs more patterns than heads"),
+        (["--ablation", "paper"], "--ablation takes zero, mean"),
+    ):
+        result = runner.invoke(app, ["attribute", "--model", str(tiny_mha), "--warehouse", str(tmp_path / "wh"), "--limit", "2", *args])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("attnwh: error:") and expected in lines[0], result.output

@@ -1,0 +1,138 @@
+"""Head attribution's fit (extract.attribution) on synthetic targets: exact on a linear target, equal to reference
+solvers, and a planted ranking with redundant pairs that random patterns recover and single-head ablation misses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import spearmanr
+
+from attnwh.core.errors import UsageError
+from attnwh.extract.attribution import AttributeOptions, check_against_model, check_attribute_options, draw_patterns, fit_patterns, mean_effects
+
+H = 24
+
+
+def test_fit_is_exact_on_a_linear_target():
+    """A target linear in the ablation indicators: least squares gives the coefficients back exactly (numpy's
+    lstsq agrees), ridge with a tiny alpha within its shrinkage."""
+    rng = np.random.default_rng(1)
+    effects = rng.normal(0, 1, H)
+    patterns = draw_patterns(H, 4 * H, 0.2, seed=3)
+    change = 0.7 - patterns @ effects  # an ablated head lowers the target by its effect
+    fitted = fit_patterns(patterns, change, "ols", bootstrap=5)
+    assert np.allclose(fitted.scores, effects, atol=1e-9) and fitted.intercept == pytest.approx(0.7)
+    design = np.hstack([np.ones((len(change), 1)), patterns.astype(float)])
+    reference = np.linalg.lstsq(design, change, rcond=None)[0]
+    assert np.allclose(-reference[1:], fitted.scores, atol=1e-9)
+    assert fitted.r2_train == pytest.approx(1.0) and fitted.r2_heldout == pytest.approx(1.0)
+    assert np.allclose(fitted.ci_low, effects, atol=1e-8) and np.allclose(fitted.ci_high, effects, atol=1e-8)  # every resample fits exactly
+    assert np.allclose(fit_patterns(patterns, change, "ridge", alpha=1e-8, bootstrap=0).scores, effects, atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.5])
+def test_ridge_equals_the_closed_form(alpha):
+    """Ridge (cross-validated alpha, or a given one) equals (XcᵀXc + αI)⁻¹ Xcᵀ yc on centred data, solved by numpy."""
+    rng = np.random.default_rng(2)
+    patterns = draw_patterns(H, 60, 0.25, seed=4)
+    change = -(patterns @ rng.normal(0, 1, H)) + rng.normal(0, 0.3, 60)
+    fitted = fit_patterns(patterns, change, "ridge", alpha=alpha, bootstrap=0)
+    x = patterns.astype(float)
+    xc, yc = x - x.mean(axis=0), change - change.mean()
+    reference = np.linalg.solve(xc.T @ xc + fitted.alpha * np.eye(H), xc.T @ yc)
+    assert np.allclose(-fitted.scores, reference, atol=1e-8)
+    if alpha is None:  # RidgeCV's choice is a value of the grid, and the fit at it is the plain Ridge fit
+        from attnwh.extract.attribution import ALPHAS
+
+        assert fitted.alpha in ALPHAS
+
+
+def test_lasso_meets_its_optimality_conditions():
+    """Lasso's solution checked by its KKT conditions (computed with numpy): for every coefficient,
+    |xⱼᵀ r| / n ≤ α, with equality and the coefficient's sign where it is not zero."""
+    rng = np.random.default_rng(5)
+    patterns = draw_patterns(H, 120, 0.2, seed=6)
+    truth = np.where(rng.random(H) < 0.3, rng.normal(0, 1, H), 0.0)
+    change = -(patterns @ truth) + rng.normal(0, 0.05, 120)
+    fitted = fit_patterns(patterns, change, "lasso", alpha=0.01, bootstrap=0)
+    x, coef = patterns.astype(float), -fitted.scores
+    residual = change - fitted.intercept - x @ coef
+    gradient = x.T @ residual / len(change)
+    assert np.all(np.abs(gradient) <= 0.01 + 1e-5)
+    active = np.abs(coef) > 1e-10
+    assert np.allclose(gradient[active], 0.01 * np.sign(coef[active]), atol=1e-5)
+    assert abs(residual.mean()) < 1e-8  # the intercept is the mean residual's zero
+
+
+def planted_target(pattern: np.ndarray, singles: dict[int, float], pairs: dict[tuple[int, int], float]) -> float:
+    """A model's target change under a pattern: each single head lowers it by its effect; a redundant pair only
+    when both of its heads are ablated (either suffices)."""
+    drop = sum(effect for head, effect in singles.items() if pattern[head])
+    drop += sum(effect for (a, b), effect in pairs.items() if pattern[a] and pattern[b])
+    return -drop
+
+
+def test_patterns_recover_a_planted_ranking_that_single_ablation_misses():
+    pairs = {(2, 11): 4.0, (7, 19): 2.6}  # redundant: only both together change the target
+    nulls = [4, 10, 15, 22]  # no effect at all
+    graded = [head for head in range(H) if head not in nulls and all(head not in pair for pair in pairs)]
+    singles = dict(zip(graded, np.linspace(3.0, 0.25, len(graded)).round(3).tolist()))  # known, distinct amounts
+    p, n = 0.25, 16 * H
+    rng = np.random.default_rng(7)
+    patterns = draw_patterns(H, n, p, seed=8)
+    change = np.array([planted_target(row, singles, pairs) for row in patterns]) + rng.normal(0, 0.05, n)
+    fitted = fit_patterns(patterns, change, "ridge", bootstrap=100, seed=1)
+    # the planted importance under the patterns' design: a single head's effect; a pair's head, the pair's effect
+    # times the chance its partner is ablated with it (p)
+    planted = np.zeros(H)
+    for head, effect in singles.items():
+        planted[head] = effect
+    for pair, effect in pairs.items():
+        planted[list(pair)] = p * effect
+    assert spearmanr(fitted.scores, planted).statistic >= 0.9
+    paired = [head for pair in pairs for head in pair]
+    assert all(fitted.ci_low[head] > 0 for head in paired)  # the pairs are found: intervals above 0
+    assert min(fitted.scores[paired]) > max(fitted.scores[nulls])
+    assert fitted.r2_heldout > 0.8
+
+    one_at_a_time = np.eye(H, dtype=bool)
+    single = mean_effects(-np.array([[planted_target(row, singles, pairs) for row in one_at_a_time]]).repeat(2, axis=0))
+    assert np.allclose(single.scores[paired], 0.0)  # single-head ablation misses every redundant head
+    assert all(single.scores[head] == effect for head, effect in singles.items())
+    assert spearmanr(single.scores, planted).statistic < spearmanr(fitted.scores, planted).statistic
+
+
+def test_patterns_are_deterministic_and_never_empty():
+    first, again = draw_patterns(H, 50, 0.05, seed=9), draw_patterns(H, 50, 0.05, seed=9)
+    assert np.array_equal(first, again) and first.any(axis=1).all()
+    assert not np.array_equal(first, draw_patterns(H, 50, 0.05, seed=10))
+    assert 0.02 < draw_patterns(H, 400, 0.2, seed=0).mean() < 0.25
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(st.floats(max_value=0.0, allow_nan=False), st.floats(min_value=1.0, allow_nan=False), st.just(float("nan"))))
+def test_a_fraction_outside_zero_one_is_refused(p):
+    with pytest.raises(UsageError, match="strictly between 0 and 1"):
+        check_attribute_options(AttributeOptions(p=p))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(min_value=2, max_value=H + 1))
+def test_too_few_patterns_for_least_squares_are_refused_and_ridge_takes_them(n):
+    with pytest.raises(UsageError, match="--fit ols needs more patterns than heads.*ridge"):
+        check_against_model(AttributeOptions(fit="ols", patterns=n), H)
+    assert check_against_model(AttributeOptions(fit="ridge", patterns=n), H) == n
+
+
+def test_ridge_ranks_with_fewer_patterns_than_heads():
+    """N < H: least squares is undetermined; ridge shrinks the coefficients toward 0 (effects are underestimated)
+    and still puts the heads that matter on top."""
+    effects = np.zeros(H)
+    effects[[1, 4]] = [3.0, 2.0]
+    for seed in (11, 12):
+        few = draw_patterns(H, 2 * H // 3, 0.3, seed=seed)
+        fitted = fit_patterns(few, -(few @ effects), "ridge", bootstrap=0)
+        assert set(np.argsort(-fitted.scores)[:2]) == {1, 4}
+        assert np.all(fitted.scores[[1, 4]] < effects[[1, 4]])
