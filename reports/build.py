@@ -241,10 +241,13 @@ def build_report(
     top: int = 20,
     max_samples: int = 50,
     warn: Callable[[list[str]], None] | None = None,
+    pictures: Callable[[Catalog], list[Section]] | None = None,
 ) -> Path:
     """Write the report set into ``out``; returns the path of ``index.html``.
 
     Damaged runs (left out of the session, or not resumable) are passed to ``warn`` and listed first on the first page.
+    ``pictures`` adds sections of images to the Samples page (the face's ``pictures.report_sections``: where heads
+    look, drawn from stored rows over the benchmark's images, which this layer cannot read).
     """
     unknown = [fmt for fmt in formats if fmt not in ("html", *CHART_FORMATS)]
     if unknown:
@@ -268,6 +271,8 @@ def build_report(
                 page.sections.append(built)
                 if built.spec is not None:
                     exports.append((f"{name.removesuffix('.html')}-{number + 1}", built.spec))
+            if name == "samples.html" and pictures is not None:
+                page.sections.extend(pictures(session))
             rendered[name] = page.render()
     try:
         out.mkdir(parents=True, exist_ok=True)

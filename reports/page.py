@@ -26,6 +26,11 @@ table.data { border-collapse: collapse; font-size: .85rem; }
 table.data td { white-space: nowrap; }
 table.data td, table.data th { border: 1px solid #ddd; padding: .25rem .5rem; text-align: left; vertical-align: top; }
 p.empty { color: #777; font-style: italic; }
+.pictures figure { margin: 0 0 1.5rem; padding: .5rem; border-left: .4rem solid #999; }
+.pictures figure.right { border-color: #1a7f37; }
+.pictures figure.wrong { border-color: #b3261e; }
+.pictures img { max-width: 100%; height: auto; display: block; }
+.pictures figcaption { font-size: .85rem; margin-top: .25rem; }
 """
 
 
@@ -49,6 +54,16 @@ def vega_bundle() -> str:
     return vl_convert.javascript_bundle().replace("</script", "<\\/script")
 
 
+@dataclass(frozen=True)
+class Picture:
+    """An image of the page, inlined as a data URI (no file beside the page, no network), with its caption."""
+
+    data_uri: str
+    alt: str
+    caption: str
+    verdict: str = ""  # "right" / "wrong": the frame's colour
+
+
 @dataclass
 class Section:
     title: str
@@ -57,6 +72,7 @@ class Section:
     spec: dict | None = None  # a Vega-Lite spec, or None when there is no data
     table: list[dict] | None = None  # rows shown as an HTML table
     empty_message: str = "No data for this section yet."
+    pictures: list[Picture] | None = None  # images shown in a gallery (self-contained data URIs)
 
 
 @dataclass
@@ -91,6 +107,7 @@ class Page:
                 "    .catch(function (error) { console.error(error); });",
                 "});",
                 "</script>",
+                f"<script>{IMAGE_CHECK}</script>" if any(section.pictures for section in self.sections) else "",
                 "</body></html>",
             ]
         )
@@ -102,13 +119,37 @@ def _section_html(index: int, section: Section) -> str:
         parts.append(f"<p>{html.escape(section.description)}</p>")
     if section.spec is not None:
         parts.append(f'<div class="chart" id="chart-{index}"></div>')
-    elif section.table:
-        parts.append(_table_html(section.table))
+    elif section.pictures or section.table:
+        if section.pictures:
+            parts.append(_pictures_html(section.pictures))
+        if section.table:
+            parts.append(_table_html(section.table))
     else:
         parts.append(f'<p class="empty">{html.escape(section.empty_message)}</p>')
     parts.append(f"<details><summary>SQL</summary><pre>{html.escape(section.sql.strip())}</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _pictures_html(pictures: list[Picture]) -> str:
+    figures = "".join(
+        f'<figure class="{html.escape(picture.verdict, quote=True)}"><img src="{html.escape(picture.data_uri, quote=True)}" alt="{html.escape(picture.alt, quote=True)}">'
+        f"<figcaption>{html.escape(picture.caption)}</figcaption></figure>"
+        for picture in pictures
+    )
+    return f'<div class="pictures">{figures}</div>'
+
+
+# a broken image says so on the console (the browser test fails on any console line), and every image records the
+# width it decoded to
+IMAGE_CHECK = """
+window.addEventListener('load', function () {
+  document.querySelectorAll('img').forEach(function (img) {
+    img.setAttribute('data-decoded-width', String(img.naturalWidth));
+    if (!img.complete || img.naturalWidth === 0) { console.error('broken image: ' + img.alt); }
+  });
+});
+"""
 
 
 def _table_html(rows: list[dict]) -> str:

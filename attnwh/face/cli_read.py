@@ -132,6 +132,7 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="html, or png / svg / pdf to also write every chart as a file under charts/.")] = "html",
     top: Annotated[int, typer.Option(help="Heads in the top-heads table.")] = 20,
     figure: Annotated[int | None, typer.Option(help="Write only the charts of this figure of the study (1, 9-15) as files (--format svg unless png or pdf).")] = None,
+    pictures: Annotated[int, typer.Option(help="Samples per extraction run drawn on the Samples page with where its top heads look (0: none; at most 50).")] = 4,
 ) -> None:
     """Render the warehouse as self-contained HTML pages (work offline): heads, layers, logit lens, masking, pruning, samples.
 
@@ -143,6 +144,8 @@ def report(
         raise UsageError(f"unknown query {query!r}; choose gen1 or prompt")
     if top < 1:
         raise UsageError(f"--top must be at least 1, got {top}")
+    if not 0 <= pictures <= 50:
+        raise UsageError(f"--pictures must be between 0 and 50, got {pictures}")
     if figure is not None:
         from attnwh.reports.build import write_figure
 
@@ -150,7 +153,9 @@ def report(
             typer.echo(f"wrote {path}")
         return
     formats = ("html",) if fmt == "html" else ("html", fmt)
-    target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=warn)
+    from attnwh.face.pictures import report_sections
+
+    target = build_report(warehouse, out, query=query, formats=formats, top=top, warn=warn, pictures=report_sections(pictures, query=query))
     typer.echo(f"report written to {target}")
 
 

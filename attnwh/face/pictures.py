@@ -142,21 +142,25 @@ def chosen_maps(session, rows: SampleRows, choice: HeadChoice, query: str) -> li
         weights = rows.attention[choice.layer].mean(axis=0)
         return [(f"layer {choice.layer}, mean of {n_heads} heads\nimage {weights.sum():.0%}", weights)]
     scores, recorded = ranked_scores(session, rows.run_id, choice.score, query)
-    if choice.layer is not None:
-        heads = [(choice.layer, choice.head)]
-    else:
-        heads = list(scores)[: choice.top or DEFAULT_TOP]
+    heads = [(choice.layer, choice.head)] if choice.layer is not None else list(scores)[: choice.top or DEFAULT_TOP]
+    return head_maps(rows, heads, scores, recorded)
+
+
+def head_maps(rows: SampleRows, heads: Sequence[tuple[int, int]], scores: dict[tuple[int, int], float], recorded: str, label: str = "") -> list[tuple[str, np.ndarray]]:
+    """A map per head, titled with its rank and score in the run's ranking and its share of attention on the image."""
+    order = {head: rank for rank, head in enumerate(scores, start=1)}
     maps = []
-    for rank, (layer, head) in enumerate(heads, start=1):
+    for layer, head in heads:
         weights = rows.attention[layer, head]
-        score = scores.get((layer, head))
-        ranked = f"#{list(scores).index((layer, head)) + 1} " if (layer, head) in scores else ""
-        value = f" {recorded} {score:.3g}" if score is not None else ""
-        maps.append((f"{ranked}layer {layer} head {head}\n{value.strip()} · image {weights.sum():.0%}".replace("\n · ", "\n"), weights))
+        ranked = f"#{order[(layer, head)]} " if (layer, head) in order else ""
+        score = f"{recorded} {scores[(layer, head)]:.3g} · " if (layer, head) in scores else ""
+        maps.append((f"{label}{ranked}layer {layer} head {head}\n{score}image {weights.sum():.0%}", weights))
     return maps
 
 
-def sample_figure(session, rows: SampleRows, picture, maps: list[tuple[str, np.ndarray]], query: str, side: int = DISPLAY_SIDE, columns: int = 4):
+def sample_figure(
+    session, rows: SampleRows, picture, maps: list[tuple[str, np.ndarray]], query: str, side: int = DISPLAY_SIDE, columns: int = 4, panel_inches: float = 3.0, dpi: int = 100
+):
     """A ``reports.overlays.SampleFigure`` of ``maps`` over the sample's image."""
     from attnwh.reports.overlays import Panel, SampleFigure, overlay_maps
 
@@ -181,6 +185,8 @@ def sample_figure(session, rows: SampleRows, picture, maps: list[tuple[str, np.n
         boxes=[tuple(value * size[0] / image.size[0] if index % 2 == 0 else value * size[1] / image.size[1] for index, value in enumerate(box)) for box in picture.boxes],
         notes=notes,
         columns=columns,
+        panel_inches=panel_inches,
+        dpi=dpi,
     )
 
 
@@ -230,3 +236,67 @@ def overlay_array(session, run_id: str, samples: Sequence[str], query: str = "ge
         name="overlay",
         attrs={"run_id": run_id, "query": query, "units": "attention per token of the finest view"},
     )
+
+
+REPORT_SAMPLES = 4  # samples per extraction run on the report's Samples page: a zoo's page stays a few MB
+REPORT_TOP = 3
+REPORT_DESCRIPTION = (
+    "The first samples of each extraction run that kept its raw rows, drawn as `attnwh show` draws them: the run's top {top} heads by "
+    "concentration × sum, then one random other head for contrast, over the image; the frame is green for a right answer, red for a "
+    "wrong one. Runs without pictures are listed with the reason."
+)
+REPORT_SQL = "select sample_key from samples where run_id = $run and status = 'ok' order by sample_idx limit $n"
+
+
+def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, query: str = "gen1"):
+    """The Samples page's pictures (``reports.build.build_report(pictures=...)``): a function of the report's session."""
+
+    def sections(session) -> list:
+        from attnwh.core.errors import AttnwhError
+        from attnwh.reports.page import Section
+
+        runs = session.query("select run_id, model, benchmark from runs where kind = 'extract' order by model, benchmark, created, run_id").to_pylist()
+        if n_samples < 1 or not runs:
+            return []
+        pictures, skipped = [], []
+        for run in runs:
+            try:
+                pictures += run_pictures(session, run, n_samples, top, query)
+            except AttnwhError as exc:
+                skipped.append({"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "no pictures because": str(exc)})
+        title = f"Where heads look (first {n_samples} samples per run, query {query})"
+        return [Section(title, REPORT_DESCRIPTION.format(top=top), REPORT_SQL, table=skipped or None, pictures=pictures, empty_message="No extraction run in the warehouse.")]
+
+    return sections
+
+
+def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: str) -> list:
+    """Thumbnails of a run's first samples: its top heads and a random other head (seeded by the run's id)."""
+    import random
+
+    from attnwh.queries.rankings import ranked_scores
+    from attnwh.reports.overlays import thumbnail_data_uri
+    from attnwh.reports.page import Picture
+
+    run_id = run["run_id"]
+    run_spec(session, run_id)
+    keys = [row["sample_key"] for row in session.query(REPORT_SQL, {"run": run_id, "n": n_samples}).to_pylist()]
+    if not keys:
+        return []
+    rows = sample_rows(session, run_id, keys, query)
+    images = images_of(rows)
+    scores, recorded = ranked_scores(session, run_id, DEFAULT_SCORE, query)
+    ranked = list(scores)
+    contrast = random.Random(run_id).choice(ranked[top:]) if len(ranked) > top else None
+    pictures = []
+    for row in rows:
+        maps = head_maps(row, ranked[:top], scores, recorded)
+        if contrast is not None:
+            maps += head_maps(row, [contrast], scores, recorded, label="random: ")
+        figure = sample_figure(session, row, images[row.sample["sample_key"]], maps, query, side=192, columns=len(maps), panel_inches=2.0, dpi=72)
+        verdict = {True: "right", False: "wrong"}.get(row.sample["correct"], "")
+        caption = (
+            f"{run['model']} · {run['benchmark']} · run {run_id} · sample {row.sample['sample_key']}: {figure.question} → {figure.answer} (gold {figure.gold}; {figure.verdict()})"
+        )
+        pictures.append(Picture(thumbnail_data_uri(figure), figure.heading, caption, verdict))
+    return pictures

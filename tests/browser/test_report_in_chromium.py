@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from attnwh.face.pictures import report_sections
 from attnwh.reports.build import build_report
 
 CHROMIUM_FLAGS = [
@@ -63,6 +64,11 @@ def test_every_report_page_renders_offline_and_runs_no_injected_script(tmp_path_
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
     if page_name == "samples.html":
         assert "&lt;/script&gt;&lt;script&gt;document.documentElement.setAttribute(" in dom  # shown as text
+        # where heads look: every sample of the extraction (3) drawn, each image decoded by the browser (a broken
+        # one logs to the console, caught above); the pictures are inline, the hostile question in captions as text
+        widths = re.findall(r'<img [^>]*data-decoded-width="(\d+)"', dom)
+        assert len(widths) == len(re.findall(r"<figure[^>]*><img ", page.read_text())) == 3 and all(int(width) > 300 for width in widths), widths
+        assert 'src="data:image/jpeg;base64,' in dom and "<figcaption>" in dom
     screenshot(page, tmp_path_factory.mktemp("shot"))
 
 
@@ -85,4 +91,4 @@ def screenshot(page, profile) -> None:
 @pytest.fixture(scope="module")
 def hostile_report(tmp_path_factory, request):
     warehouse = request.getfixturevalue("hostile_warehouse_module")
-    return build_report(warehouse, tmp_path_factory.mktemp("report") / "out").parent
+    return build_report(warehouse, tmp_path_factory.mktemp("report") / "out", pictures=report_sections()).parent
