@@ -32,6 +32,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnwh.core.errors import ModelError
+from attnwh.extract.packed_cache import PackedLayer, pack_layer, packed_attention
 
 CAPTURE_ATTENTION = "attnwh_capture"
 # what some models hand their attention function that changes the attention weights, and that attnwh
@@ -62,6 +63,12 @@ class LayerIntervention:
     def output(self, output: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """The layer's attention output ``[batch, query, head, head_dim]`` after the intervention."""
         return output
+
+    def cache_keeps(self, key: torch.Tensor) -> torch.Tensor | None:
+        """For an intervention that prunes the KV cache: after this call (the prefill, ``key`` its keys
+        ``[batch, kv_head, key, head_dim]``), bool ``[batch, kv_head, key]``, the keys each KV head's cache keeps
+        from now on. None: not a cache-pruning intervention (then the layer's cache is left whole)."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,7 @@ class ForwardCall:
     observer: Observer | None = None
     lens: bool = False  # whether the observer wants each decoder layer's output
     prefix: Any = None  # a recorded or replayed prefix of layers (extract.reuse), for a sweep's conditions
+    cache: Any = None  # the KV cache the current forward pass is handed (set as each pass starts), packed where pruned
 
 
 ACTIVE_CALL: ContextVar[ForwardCall | None] = ContextVar("attnwh_forward_call", default=None)
@@ -139,6 +147,15 @@ def attention(
     if layer is None:  # no call in this context, or a call over another model
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks, **kwargs), None
     edits = call.edits.get(layer, ())
+    cache_index = getattr(module, "layer_idx", layer)
+    packed = _packed_layer(call.cache, cache_index) if edits else None
+    if packed is not None:  # a pruned layer's decode step: over the keys its cache really holds
+        if call.observer is not None:
+            raise RuntimeError("a packed (pruned) cache is not observed: a capture session keeps the gathered path")
+        output = packed_attention(query, packed, attention_mask, scaling)
+        for edit in edits:
+            output = edit.output(output, value)
+        return output, None
     attended_key, attended_value, attended_mask = key, value, attention_mask
     for edit in edits:
         attended_key, attended_value, attended_mask = edit.attend(query, attended_key, attended_value, attended_mask, scaling)
@@ -153,7 +170,34 @@ def attention(
         call.observer.observe(layer, query, key, observed, scaling, head_sinks)
     for edit in edits:
         output = edit.output(output, value)
+    if edits and call.cache is not None and call.observer is None:
+        _compress(call.cache, cache_index, edits, key, attention_mask)
     return output, None
+
+
+def _packed_layer(cache: Any, index: int) -> PackedLayer | None:
+    layers = getattr(cache, "layers", None)
+    entry = layers[index] if layers is not None and index < len(layers) else None
+    return entry if isinstance(entry, PackedLayer) else None
+
+
+def _compress(cache: Any, index: int, edits: Sequence[LayerIntervention], key: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """After a layer's prefill: where every intervention of the layer prunes the cache and some key goes, the
+    layer's cache entry is replaced by its packed form (``extract.packed_cache``): the kept keys of each KV
+    head, without the left padding no real row reads."""
+    keeps = None
+    for edit in edits:
+        kept = edit.cache_keeps(key)
+        if kept is None:
+            return
+        keeps = kept if keeps is None else keeps & kept
+    batch, n_kv, n_keys = key.shape[:3]
+    if attention_mask is not None:  # what the prompt's last row sees: every real key
+        last = attention_mask[:, :, -1, :n_keys]
+        visible = last if last.dtype == torch.bool else last > torch.finfo(last.dtype).min / 2
+        keeps = keeps & visible.any(dim=1, keepdim=True).expand(batch, 1, n_keys)
+    if not bool(keeps.all()):
+        pack_layer(cache, index, keeps)
 
 
 def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -230,6 +274,7 @@ def _forward_start(module, args, kwargs) -> None:
         call.observer.begin_forward()
     if call.prefix is not None:
         call.prefix.begin_forward(kwargs)
+    call.cache = kwargs.get("cache", kwargs.get("past_key_values"))
 
 
 def _embedding_input(module, args, kwargs) -> None:

@@ -164,6 +164,14 @@ class LayerPrune(LayerIntervention):
     keeps_all: bool = False
     slots: torch.Tensor | None = None  # long [batch, kv_head, width]: each KV head's kept prompt positions, ascending; then -1
     buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one call
+    packs: bool = True  # whether the layer's cache is packed after the prefill (extract.packed_cache); False: gathered at every step
+
+    def cache_keeps(self, key: torch.Tensor) -> torch.Tensor | None:
+        """After the layer's prefill, the prompt keys each KV head's cache keeps (``extract.forward`` packs the
+        cache to them, and the decode steps attend over the packed cache instead of gathering); None otherwise."""
+        if not self.packs or self.decoding or self.kept is None or self.kept.shape[-1] != key.shape[2]:
+            return None
+        return self.kept
 
     def attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None
@@ -326,6 +334,7 @@ class KVPrune:
     kept: np.ndarray  # [layer, kv_head] in [0, 1]
     keep: str = "attention"
     phase: str = "cache"
+    packed: bool = True  # the cache holds only the kept keys after the prefill; False: every key stays and each step gathers the kept
 
     def __post_init__(self) -> None:
         if self.keep not in KEEP:
@@ -350,6 +359,15 @@ class KVPrune:
         buffer = MaskBuffer()
         layers = [layer for layer in range(view.n_layers) if (self.kept[layer] < 1.0).any()]  # a layer whose every KV head keeps every image key is not touched
         return {
-            layer: LayerPrune(torch.stack([counts[layer] for counts in per_sample]).to(image.device), image, self.keep, view.n_kv_groups, self.phase, prompt_tokens, buffer=buffer)
+            layer: LayerPrune(
+                torch.stack([counts[layer] for counts in per_sample]).to(image.device),
+                image,
+                self.keep,
+                view.n_kv_groups,
+                self.phase,
+                prompt_tokens,
+                buffer=buffer,
+                packs=self.packed,
+            )
             for layer in layers
         }

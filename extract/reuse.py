@@ -365,6 +365,18 @@ class StackedLayer(LayerIntervention):
     def observed_mask(self, query, key, attention_mask, scaling):
         raise RuntimeError("stacked conditions are not observed: a capture session runs one condition per call")
 
+    def cache_keeps(self, key):
+        """Each block's keys as its condition's cache keeps them (a block without a cache-pruning intervention
+        here keeps every key); None where some intervention of a block does not prune the cache."""
+        keeps = torch.ones(key.shape[:3], dtype=torch.bool, device=key.device)
+        for block, edits in self.parts:
+            for edit in edits:
+                kept = edit.cache_keeps(key[block])
+                if kept is None:
+                    return None
+                keeps[block] &= kept
+        return keeps
+
     def output(self, output, value):
         for block, edits in self.parts:
             block_output = output[block]

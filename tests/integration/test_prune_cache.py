@@ -22,6 +22,7 @@ from attnwh.extract import prune_run
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.forward import forward_call
 from attnwh.extract.generation import batch_view, generate_with_capture
+from attnwh.extract.packed_cache import PackedLayer
 from attnwh.extract.pruning import KVPrune, LayerPrune, allocate
 from attnwh.queries.library import open_session
 from tests.integration.test_masking import _encoded, _loaded
@@ -116,8 +117,9 @@ def _reference_decode(folder, encoded, keep: str, steps: int, image_token_id: in
     return torch.stack(logits), torch.stack(tokens, dim=1).tolist()
 
 
-def _attnwh_decode(loaded, encoded, interventions, steps: int) -> tuple[torch.Tensor, list[list[int]]]:
-    """Every step's logits ``[step, batch, vocab]`` and the tokens of attnwh's generation under ``interventions``."""
+def _attnwh_decode(loaded, encoded, interventions, steps: int, with_cache: bool = False):
+    """Every step's logits ``[step, batch, vocab]`` and the tokens of attnwh's generation under ``interventions``
+    (and the cache it left, ``with_cache``)."""
     parts = loaded.parts
     bound = [intervention.bind(batch_view(loaded, encoded)) for intervention in interventions]
     with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
@@ -130,7 +132,8 @@ def _attnwh_decode(loaded, encoded, interventions, steps: int) -> tuple[torch.Te
             output_logits=True,
             return_dict_in_generate=True,
         )
-    return torch.stack([step.float() for step in output.logits]), output.sequences[:, encoded["input_ids"].shape[1] :].tolist()
+    result = torch.stack([step.float() for step in output.logits]), output.sequences[:, encoded["input_ids"].shape[1] :].tolist()
+    return (*result, output.cache) if with_cache else result
 
 
 @pytest.mark.parametrize("keep", ["attention", "stride"])
@@ -147,6 +150,39 @@ def test_cache_phase_equals_a_full_prefill_then_keys_dropped_from_the_cache_by_h
     assert gap.max().item() <= 1e-5, gap
     assert torch.equal(pruned[0], full[0])  # the first token: the full cache's
     assert (pruned[1:] - full[1:]).abs().max().item() > 1e-3, "the dropped keys must matter in the decode steps"
+
+
+def test_the_packed_cache_holds_only_the_kept_keys_and_decodes_as_the_gathered_path(tiny_gqa):
+    """After the prefill each pruned layer's cache holds each KV head's kept keys only (text keys and its budget of
+    image keys; no padding), packed: its storages' bytes are those keys' bytes plus a 4-byte index per key; every
+    decode step's logits equal those of the gathered path, which keeps every key and gathers the kept ones."""
+    loaded = _loaded(tiny_gqa)
+    encoded = _encoded(loaded, 3)  # padded: 35, 44 and 35 prompt tokens, 16 of them image
+    steps = 5
+    packed, tokens, cache = _attnwh_decode(loaded, encoded, [KVPrune(SHARES, "attention", "cache")], steps, with_cache=True)
+    gathered, gathered_tokens, whole = _attnwh_decode(loaded, encoded, [KVPrune(SHARES, "attention", "cache", packed=False)], steps, with_cache=True)
+    assert tokens == gathered_tokens
+    assert (packed - gathered).abs().max().item() <= 1e-6  # every step
+    real = encoded["attention_mask"].sum(dim=1).tolist()  # [44, 35, 44]-style real prompt tokens per row
+    prompt = encoded["input_ids"].shape[1]
+    for layer, per_kv in enumerate(BUDGETS):
+        entry, full = cache.layers[layer], whole.layers[layer]
+        assert type(full).__name__ == "DynamicLayer" and full.keys.shape[2] == prompt + steps - 1
+        assert isinstance(entry, PackedLayer), layer  # every layer drops some key (layer 2's KV head 1 keeps 6 of 16)
+        head_dim = full.keys.shape[-1]
+        expected = [n - 16 + budget for n in real for budget in per_kv]  # per (row, KV head): real text keys + its budget
+        assert entry.counts.tolist() == expected
+        assert entry.packed_keys.shape == (sum(expected), head_dim)
+        assert entry.packed_keys.untyped_storage().nbytes() == sum(expected) * head_dim * 4  # fp32: its own storage, not a view
+        assert entry.nbytes() == sum(expected) * (2 * head_dim * 4 + 4) + 6 * 8 + 2 * 3 * 2 * (steps - 1) * head_dim * 4
+        assert entry.nbytes() < full.keys.untyped_storage().nbytes() + full.values.untyped_storage().nbytes()
+        for segment, count in enumerate(expected):  # each packed key is one of the full cache's keys of its (row, KV head)
+            row, kv_head = divmod(segment, 2)
+            keys = entry.packed_keys[entry.segment == segment]
+            assert keys.shape[0] == count
+            matches = (keys[:, None, :] == full.keys[row, kv_head, None, :prompt, :]).all(dim=-1)  # [packed, position]
+            assert matches.any(dim=1).all()
+            assert torch.allclose(entry.keys[row, kv_head], full.keys[row, kv_head, prompt:], atol=1e-5)  # the generated tail (float rounding apart)
 
 
 def test_snapkvs_window_chooses_other_keys_than_the_last_row(tiny_gqa):
