@@ -258,14 +258,20 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
         runs = session.query("select run_id, model, benchmark from runs where kind = 'extract' order by model, benchmark, created, run_id").to_pylist()
         if n_samples < 1 or not runs:
             return []
-        pictures, skipped = [], []
+        built, skipped = [], []
         for run in runs:
             try:
-                pictures += run_pictures(session, run, n_samples, top, query)
+                pictures = run_pictures(session, run, n_samples, top, query)
             except AttnwhError as exc:
                 skipped.append({"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "no pictures because": str(exc)})
-        title = f"Where heads look (first {n_samples} samples per run, query {query})"
-        return [Section(title, REPORT_DESCRIPTION.format(top=top), REPORT_SQL, table=skipped or None, pictures=pictures, empty_message="No extraction run in the warehouse.")]
+                continue
+            title = f"Where heads look: {run['model']} on {run['benchmark']} (run {run['run_id']}, first {n_samples} samples, query {query})"
+            built.append(
+                Section(title, REPORT_DESCRIPTION.format(top=top) if not built else "", REPORT_SQL, pictures=pictures, empty_message="No sample of this run was answered.")
+            )
+        if skipped:
+            built.append(Section("Where heads look: runs without pictures", "Extraction runs whose samples cannot be drawn, and why.", REPORT_SQL, table=skipped))
+        return built
 
     return sections
 

@@ -83,6 +83,16 @@ def test_a_run_without_rows_is_refused_naming_the_flag(tmp_path, tiny_mha, capsy
     code, out, err = run_main(capsys, ["show", run_id, "0", "--out", str(tmp_path / "x.png"), "--warehouse", str(tmp_path / "wh")])
     assert code != 0 and out == "" and len(err.splitlines()) == 1
     assert err.startswith("attnwh: error: ") and "--no-rows" in err and not (tmp_path / "x.png").exists()
+    # the report's Samples page lists the run with the reason instead of pictures
+    code, _, err = run_main(capsys, ["report", "--out", str(tmp_path / "report"), "--warehouse", str(tmp_path / "wh")])
+    page = (tmp_path / "report" / "samples.html").read_text(encoding="utf-8")
+    assert code == 0 and "runs without pictures" in page and "extracted with --no-rows" in page and "<figure" not in page
+
+
+@pytest.mark.parametrize("value", ["-1", "51", "many"])
+def test_report_pictures_out_of_range_is_one_line(value, capsys, tmp_path):
+    code, _, err = run_main(capsys, ["report", "--pictures", value, "--out", str(tmp_path / "r"), "--warehouse", str(tmp_path / "wh")])
+    assert code != 0 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: ") and "--pictures" in err, err
 
 
 BAD = [
