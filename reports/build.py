@@ -4,7 +4,8 @@ Pages: ``index.html`` (links, run overview), ``attention.html`` (heatmaps of sum
 their product; sum against concentration; top heads), ``layers.html`` (cross-model layer profiles,
 segment shares), ``lens.html`` (logit-lens rank heatmap and median-rank curves), ``masking.html``
 (masking curves and conditions), ``pruning.html``, ``long-answers.html`` (every generated token: attention by
-step, grounded against hallucinated object words, lens settling, AMBER's metrics), ``samples.html`` (answers). Charts get data aggregated in SQL.
+step, grounded against hallucinated object words, lens settling, AMBER's metrics), ``causal.html`` (attention against
+causal importance: ``reports.causal``), ``samples.html`` (answers). Charts get data aggregated in SQL.
 With ``formats`` png / svg, every chart is also written as a file under ``charts/`` for papers.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 from attnwh.core.errors import AttnwhError, UsageError
 from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
-from attnwh.reports import charts
+from attnwh.reports import causal, charts
 from attnwh.reports.page import Page, Section
 
 HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
@@ -219,6 +220,7 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ),
             ],
         ),
+        causal.PAGE: (causal.TITLE, []),  # its sections: reports/causal.py
         "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
     }
 
@@ -271,6 +273,10 @@ def build_report(
                 page.sections.append(built)
                 if built.spec is not None:
                     exports.append((f"{name.removesuffix('.html')}-{number + 1}", built.spec))
+            if name == causal.PAGE:  # sections built from several marts (reports/causal.py)
+                for built in causal.sections(session, query):
+                    page.sections.append(built)
+                    exports.extend([(f"causal-{len(page.sections)}", built.spec)] if built.spec is not None else [])
             if name == "samples.html" and pictures is not None:
                 page.sections.extend(pictures(session))
             rendered[name] = page.render()

@@ -5,6 +5,8 @@ taken by everything downstream (mask, heads export, ranking_agreement)."""
 
 from __future__ import annotations
 
+import html
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -21,6 +23,7 @@ from attnwh.face.cli import app
 from attnwh.face.workflows import mask_sweep
 from attnwh.queries.library import data_test_failures, get_mart, open_session, run_mart
 from attnwh.queries.rankings import export_heads, ranked_scores
+from attnwh.reports.causal import strength
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 
@@ -142,6 +145,13 @@ def test_patterns_fit_equals_a_closed_form_ridge_on_the_stored_targets(attribute
     assert again.run_id == result.run_id and again.conditions_written == 0 and again.fitted
 
 
+def _mask_by(warehouse, model, ranking_run: str):
+    """A mask sweep (k = 1, top) ranked by ``ranking_run``, after an extraction of the same samples (both resume)."""
+    run_extract(warehouse, ExtractOptions(model=str(model), benchmark=BENCHMARK, limit=LIMIT, rows=False, device="cpu", command=["test"]))
+    options = MaskOptions(model=str(model), benchmark=BENCHMARK, limit=LIMIT, k=("1",), strategies=("top",), device="cpu", ranking_run=ranking_run, command=["test"])
+    return mask_sweep(warehouse, options)[0]
+
+
 def test_downstream_commands_take_an_attribution_run(attributed, tiny_mha):
     warehouse, runs = attributed
     single = runs["single"].run_id
@@ -151,10 +161,7 @@ def test_downstream_commands_take_an_attribution_run(attributed, tiny_mha):
     assert recorded == "attribution" and list(scores.values()) == sorted(scores.values(), reverse=True)
     assert '"0-0": [' in exported
     best = next(iter(scores))
-    run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, rows=False, device="cpu", command=["test"]))
-    masked, _ = mask_sweep(
-        warehouse, MaskOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, k=("1",), strategies=("top",), device="cpu", ranking_run=single, command=["test"])
-    )
+    masked = _mask_by(warehouse, tiny_mha, single)
     with open_session(warehouse) as session:
         top = session.query("select heads, ranking_score from sweep_conditions where run_id = $run and condition_id = 1", {"run": masked.run_id}).to_pylist()[0]
         extraction = session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]
@@ -180,3 +187,32 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("attnwh: error:") and expected in lines[0], result.output
+
+
+def test_report_page_sets_attention_beside_attribution(attributed, tiny_mha, tmp_path):
+    """The page's headline and table, against Spearman's rho computed with scipy from the stored attribution
+    scores and the extraction run's head ranking (the head_ranking mart, not ranking_agreement)."""
+    from scipy.stats import spearmanr
+
+    from attnwh.reports.build import build_report
+
+    warehouse, runs = attributed
+    extraction = run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, rows=False, device="cpu", command=["test"])).run_id
+    rhos = []
+    with open_session(warehouse) as session:
+        attention = {(row["layer"], row["head"]): row["score"] for row in run_mart(session, "head_ranking", {"run_id": extraction}).to_pylist()}
+        for run in runs.values():
+            causal = _scores(warehouse, run.run_id)
+            heads = sorted(attention)
+            rhos.append(spearmanr([attention[head] for head in heads], [causal[head]["score"] for head in heads]).statistic)
+    _mask_by(warehouse, tiny_mha, runs["single"].run_id)
+    with open_session(warehouse) as session:
+        for name in ("report_attribution_heads", "report_causal_masking"):  # the page's marts: their sidecar data tests
+            assert data_test_failures(get_mart(name), run_mart(session, name, {})) == []
+        masking = run_mart(session, "report_causal_masking", {}).to_pylist()
+    assert {row["ranking"] for row in masking} == {"top by attribution"} and {row["k"] for row in masking} == {0, 1}  # the sweep ranked by single
+    build_report(warehouse, tmp_path / "report")
+    page = html.unescape((tmp_path / "report" / "causal.html").read_text())
+    assert f"Over 3 attribution run(s) of 1 model(s), where heads look (concentration_x_sum on gen1) and what ablating them does agree {strength(float(np.median(rhos)))}" in page
+    assert f"Spearman's rho {np.median(rhos):.2f} (median) (from {min(rhos):.2f} to {max(rhos):.2f})" in page
+    assert "Attention score against attribution, per head" in page and page.count('class="chart"') >= 1

@@ -18,7 +18,7 @@ def script_blocks(page: str) -> list[str]:
 def test_report_is_self_contained_and_escapes_questions(tmp_path, hostile_warehouse):
     index = build_report(hostile_warehouse, tmp_path / "report")
     pages = {path.name: path.read_text() for path in index.parent.glob("*.html")}
-    assert set(pages) == {"index.html", "attention.html", "layers.html", "lens.html", "masking.html", "pruning.html", "long-answers.html", "samples.html"}
+    assert set(pages) == {"index.html", "attention.html", "layers.html", "lens.html", "masking.html", "pruning.html", "long-answers.html", "causal.html", "samples.html"}
     for name, page in pages.items():
         # the inlined library bundle, the JSON specs, one loader; nothing loaded from anywhere
         blocks = script_blocks(page)
@@ -77,6 +77,7 @@ def test_empty_warehouse_report_says_so(tmp_path):
     open_warehouse(tmp_path / "wh", create=True)
     page = build_report(tmp_path / "wh", tmp_path / "out").read_text()
     assert "No data for this section yet." in page
+    assert "No attribution runs in this warehouse: `attnwh attribute --benchmark BENCHMARK` ranks heads" in (tmp_path / "out" / "causal.html").read_text()
 
 
 def test_figures_of_the_study_are_indexed_and_written_one_by_one(tmp_path, hostile_warehouse, capsys):
