@@ -18,7 +18,7 @@ from typing import Any
 
 from attnwh.core.errors import AttnwhError, UsageError
 from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
-from attnwh.reports import causal, charts
+from attnwh.reports import causal, charts, flips
 from attnwh.reports.page import Page, Section
 
 HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
@@ -248,8 +248,9 @@ def build_report(
     """Write the report set into ``out``; returns the path of ``index.html``.
 
     Damaged runs (left out of the session, or not resumable) are passed to ``warn`` and listed first on the first page.
-    ``pictures`` adds sections of images to the Samples page (the face's ``pictures.report_sections``: where heads
-    look, drawn from stored rows over the benchmark's images, which this layer cannot read).
+    ``pictures`` gives the Samples page's sections after its table (the face's ``pictures.report_sections``: where heads
+    look, drawn from stored rows over the benchmark's images, which this layer cannot read; it includes
+    ``flips.sample_sections``, which the page has without it too: the masking page links there).
     """
     unknown = [fmt for fmt in formats if fmt not in ("html", *CHART_FORMATS)]
     if unknown:
@@ -277,8 +278,10 @@ def build_report(
                 for built in causal.sections(session, query):
                     page.sections.append(built)
                     exports.extend([(f"causal-{len(page.sections)}", built.spec)] if built.spec is not None else [])
-            if name == "samples.html" and pictures is not None:
-                page.sections.extend(pictures(session))
+            if name == "masking.html":
+                page.sections.append(flips.masking_section(session))
+            if name == "samples.html":
+                page.sections.extend(pictures(session) if pictures is not None else flips.sample_sections(session))
             rendered[name] = page.render()
     try:
         out.mkdir(parents=True, exist_ok=True)

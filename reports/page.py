@@ -64,6 +64,14 @@ class Picture:
     verdict: str = ""  # "right" / "wrong": the frame's colour
 
 
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links to another page (or a place on one)."""
+
+    text: str
+    href: str
+
+
 @dataclass
 class Section:
     title: str
@@ -73,6 +81,7 @@ class Section:
     table: list[dict] | None = None  # rows shown as an HTML table
     empty_message: str = "No data for this section yet."
     pictures: list[Picture] | None = None  # images shown in a gallery (self-contained data URIs)
+    anchor: str | None = None  # the section's id, for links from other pages (default: its place on the page)
 
 
 @dataclass
@@ -114,7 +123,7 @@ class Page:
 
 
 def _section_html(index: int, section: Section) -> str:
-    parts = [f'<section id="section-{index}">', f"<h2>{html.escape(section.title)}</h2>"]
+    parts = [f'<section id="{html.escape(section.anchor or f"section-{index}", quote=True)}">', f"<h2>{html.escape(section.title)}</h2>"]
     if section.description:
         parts.append(f"<p>{html.escape(section.description)}</p>")
     if section.spec is not None:
@@ -155,5 +164,11 @@ window.addEventListener('load', function () {
 def _table_html(rows: list[dict]) -> str:
     columns = list(rows[0])
     head = "".join(f"<th>{html.escape(str(column))}</th>" for column in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(readable(row[c], c))}</td>" for c in columns) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell_html(row[c], c)}</td>" for c in columns) + "</tr>" for row in rows)
     return f'<div class="table"><table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _cell_html(value, column: str) -> str:
+    if isinstance(value, Link):
+        return f'<a href="{html.escape(value.href, quote=True)}">{html.escape(value.text)}</a>'
+    return html.escape(readable(value, column))

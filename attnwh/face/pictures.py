@@ -159,7 +159,16 @@ def head_maps(rows: SampleRows, heads: Sequence[tuple[int, int]], scores: dict[t
 
 
 def sample_figure(
-    session, rows: SampleRows, picture, maps: list[tuple[str, np.ndarray]], query: str, side: int = DISPLAY_SIDE, columns: int = 4, panel_inches: float = 3.0, dpi: int = 100
+    session,
+    rows: SampleRows,
+    picture,
+    maps: list[tuple[str, np.ndarray]],
+    query: str,
+    side: int = DISPLAY_SIDE,
+    columns: int = 4,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+    notes: Sequence[str] = (),
 ):
     """A ``reports.overlays.SampleFigure`` of ``maps`` over the sample's image."""
     from attnwh.reports.overlays import Panel, SampleFigure, overlay_maps
@@ -168,7 +177,7 @@ def sample_figure(
     size = display_size(image.size, side)
     panels = [Panel(title, overlay_maps(weights, layout.boxes, layout.views, image.size, size)) for title, weights in maps]
     unread = layout.views < 0
-    notes = []
+    notes = list(notes)
     if unread.any():
         shares = [float(weights[unread].sum()) for _, weights in maps]
         notes.append(f"not drawn: attention on {int(unread.sum())} image tokens that read no pixel (row newlines, CLS): {', '.join(f'{share:.1%}' for share in shares)}")
@@ -253,11 +262,12 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
 
     def sections(session) -> list:
         from attnwh.core.errors import AttnwhError
+        from attnwh.reports import flips
         from attnwh.reports.page import Section
 
+        if n_samples < 1:
+            return flips.sample_sections(session)
         runs = session.query("select run_id, model, benchmark from runs where kind = 'extract' order by model, benchmark, created, run_id").to_pylist()
-        if n_samples < 1 or not runs:
-            return []
         built, skipped = [], []
         for run in runs:
             try:
@@ -271,7 +281,7 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
             )
         if skipped:
             built.append(Section("Where heads look: runs without pictures", "Extraction runs whose samples cannot be drawn, and why.", REPORT_SQL, table=skipped))
-        return built
+        return built + flips.sample_sections(session, flip_drawer(session, query))
 
     return sections
 
@@ -306,3 +316,44 @@ def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: 
         )
         pictures.append(Picture(thumbnail_data_uri(figure), figure.heading, caption, verdict))
     return pictures
+
+
+FLIP_PICTURE_HEADS = 4  # masked heads drawn over a flipped sample (the condition's best-ranked first)
+
+
+def flip_drawer(session, query: str):
+    """``reports.flips.DrawFlip``: the masked heads over a flipped sample, from the ranking run's rows; None where
+    that run kept no rows or has not the sample (the Samples page's table says enough); each sample drawn once."""
+    from attnwh.core.errors import AttnwhError
+
+    drawn: dict[tuple[str, str, str], Any] = {}
+
+    def draw(flip: dict[str, Any], what: str):
+        key = (flip["ranking_run_id"], flip["sample_key"], what)
+        if key not in drawn:
+            try:
+                drawn[key] = _flip_picture(session, flip, what, query)
+            except AttnwhError:
+                drawn[key] = None
+        return drawn[key]
+
+    return draw
+
+
+def _flip_picture(session, flip: dict[str, Any], what: str, query: str):
+    """The masked heads over the flipped sample's image, from the ranking run's rows."""
+    from attnwh.queries.rankings import ranked_scores
+    from attnwh.reports.overlays import thumbnail_data_uri
+    from attnwh.reports.page import Picture
+
+    ranking_run = flip["ranking_run_id"]
+    rows = sample_rows(session, ranking_run, [flip["sample_key"]], query)[0]
+    picture = images_of([rows])[rows.sample["sample_key"]]
+    scores, recorded = ranked_scores(session, ranking_run, DEFAULT_SCORE, query)
+    order = {head: rank for rank, head in enumerate(scores)}
+    heads = sorted(((head["layer"], head["head"]) for head in flip["heads"]), key=lambda head: order.get(head, len(order)))[:FLIP_PICTURE_HEADS]
+    note = f"masking {what} turned the answer {flip['baseline_parsed']} into {flip['parsed']} (gold {flip['gold']})"
+    maps = head_maps(rows, heads, scores, recorded, label="masked: ")
+    figure = sample_figure(session, rows, picture, maps, query, side=192, columns=len(maps), panel_inches=2.0, dpi=72, notes=[note])
+    verdict = "wrong" if flip["direction"] == "correct_to_wrong" else "right"
+    return Picture(thumbnail_data_uri(figure), figure.heading, f"{note}; drawn from the ranking run {ranking_run}", verdict)

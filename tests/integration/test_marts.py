@@ -424,6 +424,23 @@ def test_answer_stability_by_hand(tmp_path):
     assert masked["changed"] == pytest.approx(3 / 4)
     assert (masked["correct_to_wrong"], masked["wrong_to_right"]) == (1, 1)
     assert masked["gold_logprob_shift"] == pytest.approx((-0.2 - 1.0 + 1.0 - 0.4) / 4, abs=1e-6)
+    # the flipped samples behind those counts (s1 right -> wrong, s2 wrong -> right; s3 changed but stayed wrong)
+    flips = [
+        (row["condition_id"], row["sample_key"], row["baseline_parsed"], row["parsed"], row["direction"]) for row in _rows(tmp_path / "wh", "answer_flips", order=("sample_idx",))
+    ]
+    assert flips == [(1, "s1", "B", "A", "correct_to_wrong"), (1, "s2", "A", "C", "wrong_to_right")]
+    (condition,) = _rows(tmp_path / "wh", "report_flips", order=("condition_id",))
+    assert (condition["strategy"], condition["k"], condition["correct_to_wrong"], condition["wrong_to_right"], list(condition["sample_keys"])) == ("top", 2, 1, 1, ["s1", "s2"])
+    # the report's masking page links the condition to those samples on the Samples page
+    from attnwh.face.pictures import report_sections
+    from attnwh.reports.build import build_report
+
+    build_report(tmp_path / "wh", tmp_path / "report", pictures=report_sections())
+    anchor = f"flips-{run.run_id}-1"
+    assert f'href="samples.html#{anchor}"' in (tmp_path / "report" / "masking.html").read_text(encoding="utf-8")
+    samples_page = (tmp_path / "report" / "samples.html").read_text(encoding="utf-8")
+    flipped = samples_page[samples_page.index(f'<section id="{anchor}">') :].split("</section>", 1)[0]
+    assert "<td>s1</td>" in flipped and "<td>s2</td>" in flipped and "<td>s3</td>" not in flipped
     assert masked["delta"] == 0 and masked["mcnemar_p"] == 1.0
     assert (masked["n"], masked["accuracy"]) == (4, pytest.approx(2 / 4))
     (sweep,) = [row for row in _rows(tmp_path / "wh", "mask_sweep", {"run_id": run.run_id}, order=("k",)) if row["k"] == 2]

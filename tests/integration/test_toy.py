@@ -116,7 +116,8 @@ def test_the_zoo_extracts_every_toy_on_every_toy_benchmark_and_sweeps_each(tmp_p
     benchmarks = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region", "toy-shapes-caption")
     pairs = {(run["model"], run["benchmark"]) for run in runs}
     assert pairs == {(m, b) for m in toys for b in benchmarks}
-    assert sorted(run["kind"] for run in runs) == ["extract"] * 12 + ["mask"] * 12 and all(run["complete"] for run in runs)
+    # the small toy's head attribution on the colour choices, and a mask sweep ranked by it
+    assert sorted(run["kind"] for run in runs) == ["attribution"] + ["extract"] * 12 + ["mask"] * 13 and all(run["complete"] for run in runs)
     assert {(run["model"], run["n_layers"], run["n_heads"]) for run in runs} == {("toy-llava-small", 4, 8), ("toy-llava-medium", 6, 12), ("toy-llava-large", 8, 16)}
     assert [row["with_region"] == row["n"] > 0 for row in region] == [True] * 3  # the boxed benchmark carries region attention
     # the descriptions are captured at every generated token (only they: the questions' extractions capture prompt and gen1)
