@@ -17,6 +17,10 @@ Variants, alternating in one process for several rounds (paired ratios), each ti
 - ``extract`` (with ``--whole``): the whole ``run_extract`` over ``--samples`` samples (image
   decoding, processor, generation, statistics, Parquet writes and commits).
 
+With ``--prune-cache``: image-KV pruning's packed cache (bench_prune_cache.py's variants: full, 50% and 25%
+uniform, 25% by score, 25% gathered) over ``--prune-new-tokens`` decode steps: time per step against the full
+cache, the cache's bytes from its tensors and from ``torch.cuda.memory_allocated``, against the counted.
+
 With ``--sweep``: the 13-condition masking sweep (top / random / bottom × early / mid / late / all, 2
 heads per stage, one random seed, the baseline) over ``--sweep-samples`` samples, evaluated today's way
 (each condition from scratch, every token up to ``--sweep-new-tokens``) and with reuse (images once, the
@@ -32,6 +36,7 @@ step) and the last position's lm_head per generated token; MFU = FLOPs × sample
     python bench/bench_gpu.py                            # on a CUDA machine: 7B-shaped, batch 16
     python bench/bench_gpu.py --batch-size 32 --whole    # plus the whole run_extract
     python bench/bench_gpu.py --sweep --variants plain            # plus the masking sweep, today's path against reuse
+    python bench/bench_gpu.py --prune-cache --variants plain      # plus the packed pruned cache's decode steps and memory
     python bench/bench_gpu.py --scale tiny --device cpu --rounds 1   # a smoke run of the script itself
 """
 
@@ -278,6 +283,27 @@ def whole(args, folder: Path, device_name: str) -> dict:
 GRID_CONDITION_SAMPLES = 4_000_000  # the study's grid as issue 29 sizes it (9 models × 5 benchmarks × 13 conditions)
 
 
+def prune_cache(args, folder: Path, device, dtype) -> dict:
+    """Image-KV pruning's packed cache on the 7B-shaped model (bench_prune_cache.py's variants and figures:
+    decode time per step against the full cache, the cache's bytes from its tensors and from the allocator,
+    against the counted); the long-image shape on the GPU: ``python bench/bench_prune_cache.py --device cuda
+    --dtype bfloat16 --shape long``."""
+    import torch
+
+    from attnwh.extract.models import load_model, resolve_source
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_extract import inputs
+    from bench_prune_cache import measure
+
+    loaded = load_model(resolve_source(str(folder)), dtype=dtype, device=device)
+    _, encoded = inputs(loaded, "realistic", args.batch_size)
+    rows = measure(loaded, encoded, args.rounds, args.prune_new_tokens, lambda: _synchronize(device))
+    del loaded
+    torch.cuda.empty_cache() if device.type == "cuda" else None
+    return {"new_tokens": args.prune_new_tokens, "prompt_tokens": int(encoded["input_ids"].shape[1]), "variants": rows}
+
+
 def sweep(args, folder: Path, device, dtype) -> dict:
     """The 13-condition masking sweep, today's path against reuse, in paired rounds on one loaded model."""
     import dataclasses
@@ -351,6 +377,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also time the 13-condition masking sweep, today's path against reuse")
     parser.add_argument("--sweep-samples", type=int, default=64)
     parser.add_argument("--sweep-new-tokens", type=int, default=8, help="the answers' limit (POPE's and the study's other benchmarks' in attnwh)")
+    parser.add_argument("--prune-cache", action="store_true", help="also time decode steps over the packed pruned cache against the full cache (bench_prune_cache.py's variants)")
+    parser.add_argument("--prune-new-tokens", type=int, default=32)
     parser.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, when its name is not in the table")
     parser.add_argument("--out", type=Path, default=Path("bench/results-gpu.json"))
     args = parser.parse_args()
@@ -373,6 +401,7 @@ def main() -> int:
         measured = paired(args, folder, device, dtype)
         whole_run = whole(args, folder, args.device) if args.whole else None
         sweep_run = sweep(args, folder, device, dtype) if args.sweep else None
+        prune_run = prune_cache(args, folder, device, dtype) if args.prune_cache else None
 
     flops = model_flops_per_sample(shape, measured["prompt_tokens"], args.new_tokens)
     rows = {}
@@ -415,6 +444,7 @@ def main() -> int:
         "ratios": ratios,
         "failed": measured["failed"],
         "sweep": sweep_run,
+        "prune_cache": prune_run,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__},
     }
     print(
@@ -437,6 +467,13 @@ def main() -> int:
             f"reuse {rates['reuse']:.1f} ({sweep_run['speedup_paired_median']:.2f}x paired); the study's grid: {hours['today']:.1f} GPU-hours today, "
             f"{hours['reuse']:.1f} with reuse; answers identical: {sweep_run['answers_identical']}; peak GiB {sweep_run['peak_memory_gib']}"
         )
+    if prune_run:
+        print(f"\npacked pruned cache, {prune_run['new_tokens']} new tokens, prompt {prune_run['prompt_tokens']} tokens:")
+        for name, row in prune_run["variants"].items():
+            held = f"{row['allocator_bytes'] / 2**20:.1f} MiB allocated" if row["allocator_bytes"] is not None else ""
+            print(
+                f"  {name:16s} step ratio {row['step_ratio']:.3f}  cache {row['cache_bytes'] / 2**20:.1f} MiB ({row['cache_over_full']:.3f} of full, {row['measured_over_counted']:.4f} of counted) {held}"
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"\nwritten {args.out}")

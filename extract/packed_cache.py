@@ -2,26 +2,37 @@
 
 After the prefill, a pruned layer's entry in the call's cache (transformers' ``DynamicLayer``: every key of
 every KV head, ``[batch, kv_head, key, head_dim]``) is replaced by a ``PackedLayer``: each (row, KV head)'s
-kept prompt keys and values, packed one after the other into ``[kept, head_dim]`` tensors (variable length
-per head; left padding is not kept either: no real row attends to it), and the keys generated after the
-prefill in an ordinary tail ``[batch, kv_head, step, head_dim]`` that grows as ``DynamicLayer`` grows (every
-head keeps every generated key). Its memory is the kept keys' bytes plus one index entry per kept key,
-what ``nbytes`` reports from the tensors' storages.
+kept prompt keys and values, packed (variable length per head; left padding is not kept either: no real row
+attends to it) into a few buckets of heads with about as many kept keys (``Bucket``: at most 1% padding
+slots), and the keys generated after the prefill in an ordinary tail ``[batch, kv_head, step, head_dim]`` that
+grows as ``DynamicLayer`` grows (every head keeps every generated key). Its memory is the kept keys' bytes
+(and under 1% of padding and index), what ``nbytes`` reports from the tensors' storages.
 
-Decoding attends over the packed keys and the tail (``packed_attention``): one softmax over both, computed
-with the packed keys' segment (row × KV head) as the index of a scatter, so that only the kept keys are read.
-The layer keeps its logical length (the prompt plus the tail), so that positions and masks are made as for
-the full cache.
+Decoding attends over the packed keys and the tail (``packed_attention``): per bucket, one softmax over both,
+so that only the kept keys are read. The layer keeps its logical length (the prompt plus the tail), so that
+positions and masks are made as for the full cache.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from transformers.cache_utils import DynamicLayer
 
+PADDING = 0.01  # the most padding a packed layer may hold, as a share of its kept keys ...
+MAX_RUNS = 64  # ... unless it would take more buckets than this (then the least padding in this many)
+EXACT_RUNS = 8  # with fewer distinct widths than this, a bucket per width (no padding)
+
 
 class PackedLayer(DynamicLayer):
-    """One decoder layer's cache after pruning: packed prompt keys per (row, KV head), then the generated tail."""
+    """One decoder layer's cache after pruning: each (row, KV head)'s kept prompt keys, then the generated tail.
+
+    Packed in buckets: the (row, KV head) segments sorted by their number of kept keys and cut into as few runs
+    as keep the padding (a shorter segment's empty slots, masked out) within ``PADDING`` of the kept keys; each
+    bucket is one ``[segment, width, head_dim]`` tensor, so that a decode step is a batched matrix product per
+    bucket, and the memory is the kept keys' within 1%."""
 
     is_croppable = False
 
@@ -30,12 +41,21 @@ class PackedLayer(DynamicLayer):
         after it) and ``kept`` bool ``[batch, kv_head, prompt_key]``: the prompt keys each row's KV head keeps."""
         super().__init__()
         batch, n_kv, n_prompt = kept.shape
-        row, head, position = kept.nonzero(as_tuple=True)  # row-major: each (row, head)'s keys together, in position order
         self.batch, self.n_kv, self.prompt = batch, n_kv, n_prompt
-        self.packed_keys = keys[row, head, position]  # [kept, head_dim]: advanced indexing copies into new storage
-        self.packed_values = values[row, head, position]
-        self.segment = (row * n_kv + head).to(torch.int32 if n_kv * batch < 2**31 else torch.int64)  # [kept]
-        self.counts = kept.sum(dim=-1).reshape(-1)  # [batch · kv_head]
+        flat = kept.reshape(batch * n_kv, n_prompt)
+        self.counts = flat.sum(dim=-1)  # [segment]: kept keys per (row, KV head)
+        order = torch.argsort(self.counts, descending=True, stable=True)
+        widths = self.counts[order].tolist()
+        key_rows, value_rows = keys[:, :, :n_prompt].reshape(batch * n_kv, n_prompt, -1), values[:, :, :n_prompt].reshape(batch * n_kv, n_prompt, -1)
+        self.buckets: list[Bucket] = []
+        for first, last in bucket_runs(widths, PADDING):
+            segments = order[first:last]
+            width = widths[first]
+            chosen = flat[segments]  # [segment, prompt_key]
+            slots = torch.argsort(chosen.to(torch.uint8), dim=-1, descending=True, stable=True)[:, :width]  # kept first, in position order
+            valid = torch.arange(width, device=kept.device)[None, :] < self.counts[segments][:, None]
+            at = slots[:, :, None].expand(-1, -1, key_rows.shape[-1])
+            self.buckets.append(Bucket(segments, key_rows[segments].gather(1, at), value_rows[segments].gather(1, at), None if bool(valid.all()) else valid))
         self.keys = keys[:, :, n_prompt:].clone()  # the generated tail (empty right after the prefill)
         self.values = values[:, :, n_prompt:].clone()
         self.device, self.dtype, self.is_initialized = keys.device, keys.dtype, True
@@ -50,13 +70,23 @@ class PackedLayer(DynamicLayer):
         return self.prompt + self.keys.shape[-2]
 
     def nbytes(self) -> int:
-        """Bytes of the storages this layer holds: packed keys and values, their segment index, counts and tail."""
-        tensors = (self.packed_keys, self.packed_values, self.segment, self.counts, self.keys, self.values)
+        """Bytes of the storages this layer holds: the buckets (keys, values, segment index, padding mask), counts and tail."""
+        tensors = [self.counts, self.keys, self.values]
+        for bucket in self.buckets:
+            tensors += [bucket.segments, bucket.keys, bucket.values] + ([] if bucket.valid is None else [bucket.valid])
         return sum(tensor.untyped_storage().nbytes() for tensor in tensors)
 
-    def kept_keys(self) -> int:
-        """Keys held, summed over rows and KV heads: packed prompt keys plus the tail's."""
-        return int(self.packed_keys.shape[0]) + self.batch * self.n_kv * int(self.keys.shape[-2])
+    def slots(self) -> int:
+        """Key slots held for the prompt, padding included, summed over rows and KV heads."""
+        return sum(int(bucket.keys.shape[0] * bucket.keys.shape[1]) for bucket in self.buckets)
+
+    def kept_keys(self, segment: int) -> torch.Tensor:
+        """``[kept, head_dim]``: the prompt keys segment ``segment`` (row · KV heads + KV head) keeps, in position order."""
+        for bucket in self.buckets:
+            hit = (bucket.segments == segment).nonzero()
+            if hit.numel():
+                return bucket.keys[int(hit[0, 0]), : int(self.counts[segment])]
+        raise IndexError(segment)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         raise NotImplementedError("a packed (pruned) cache cannot be expanded for beam search")
@@ -68,6 +98,51 @@ class PackedLayer(DynamicLayer):
         raise NotImplementedError("a packed (pruned) cache cannot be cropped")
 
 
+@dataclass
+class Bucket:
+    """Segments (row · KV heads + KV head) of about equal kept keys, packed to the widest of them."""
+
+    segments: torch.Tensor  # long [segment]
+    keys: torch.Tensor  # [segment, width, head_dim]
+    values: torch.Tensor
+    valid: torch.Tensor | None  # bool [segment, width]: False on a shorter segment's padding slots; None: no padding
+
+
+def bucket_runs(widths: list[int], padding: float) -> list[tuple[int, int]]:
+    """Cut ``widths`` (descending) into the fewest contiguous runs whose padding (each run padded to its first
+    width) is at most ``padding`` of their sum; among those, the least padding. A dynamic programme over the
+    number of runs, vectorised over the cut points."""
+    n = len(widths)
+    if n == 0:
+        return []
+    exact = [index for index in range(1, n) if widths[index] != widths[index - 1]]
+    if len(exact) < EXACT_RUNS:  # few distinct widths: a run each, no padding
+        return list(zip([0, *exact], [*exact, n]))
+    w = np.asarray(widths, dtype=np.float64)
+    total = np.concatenate([[0.0], np.cumsum(w)])
+    allowed = padding * total[-1]
+    # cost[j]: least padding of widths[:j] in k runs; a run i..j-1 costs w[i] * (j - i) - (total[j] - total[i])
+    cost = np.full(n + 1, np.inf)
+    cost[0] = 0.0
+    cuts = []
+    starts = np.arange(n)
+    for _ in range(min(n, MAX_RUNS)):
+        new, cut = np.full(n + 1, np.inf), np.zeros(n + 1, dtype=np.int64)
+        for j in range(1, n + 1):
+            options = cost[:j] + w[:j] * (j - starts[:j]) - (total[j] - total[:j])
+            best = int(np.argmin(options))
+            new[j], cut[j] = options[best], best
+        cost = new
+        cuts.append(cut)
+        if cost[n] <= allowed + 1e-9:
+            break
+    runs, end = [], n
+    for cut in reversed(cuts):
+        runs.append((int(cut[end]), end))
+        end = int(cut[end])
+    return runs[::-1]
+
+
 def packed_attention(
     query: torch.Tensor,  # [batch, head, 1, head_dim]: one decode step
     layer: PackedLayer,
@@ -76,36 +151,38 @@ def packed_attention(
 ) -> torch.Tensor:  # [batch, 1, head, head_dim], as transformers' attention functions return it
     """Softmax attention of one decode step over a packed layer: each head's kept prompt keys and the tail.
 
-    Query head ``i`` reads KV head ``i // groups`` (as ``repeat_kv`` pairs them). Logits and the softmax are
-    computed in fp32 (as SDPA accumulates), the output cast back to the query's dtype."""
+    Query head ``i`` reads KV head ``i // groups`` (as ``repeat_kv`` pairs them). Per bucket: the logits of its
+    segments' query heads against its keys and against their tail keys, one softmax over both, the weighted sum
+    of both values; logits and softmax in fp32 (as SDPA accumulates), the output cast back to the query's dtype."""
     batch, n_heads, n_query, head_dim = query.shape
     if n_query != 1:
         raise RuntimeError(f"a packed cache serves one decode step at a time, got {n_query} queries")
     groups, n_segments = n_heads // layer.n_kv, batch * layer.n_kv
     scale = scaling if scaling is not None else head_dim**-0.5
-    q = query[:, :, 0, :].float().reshape(n_segments, groups, head_dim) * scale  # [segment, group, head_dim]
-    segment = layer.segment.long()
-    packed = torch.einsum("nd,ngd->ng", layer.packed_keys.float(), q.index_select(0, segment))  # [kept, group]
-    tail_keys = layer.keys.float().reshape(n_segments, -1, head_dim)  # [segment, step, head_dim]
-    tail = torch.matmul(q, tail_keys.transpose(1, 2))  # [segment, group, step]
-    n_tail = tail.shape[-1]
+    q = query[:, :, 0, :].reshape(n_segments, groups, head_dim)  # [segment, group, head_dim]
+    tail_keys = layer.keys.reshape(n_segments, -1, head_dim)  # [segment, step, head_dim]
+    tail_values = layer.values.reshape(n_segments, -1, head_dim)
+    n_tail = tail_keys.shape[1]
+    tail_visible = None
     if attention_mask is not None and n_tail:
         visible = attention_mask[..., -1, -n_tail:]  # [batch, 1 or head, step]
         visible = visible if visible.dtype == torch.bool else visible > torch.finfo(visible.dtype).min / 2
-        visible = visible.expand(batch, n_heads, n_tail).reshape(n_segments, groups, n_tail)
-        tail = tail.masked_fill(~visible, float("-inf"))
-    top = torch.full((n_segments, groups), float("-inf"), device=query.device)
-    top = top.scatter_reduce(0, segment[:, None].expand(-1, groups), packed, reduce="amax")
-    if n_tail:
-        top = torch.maximum(top, tail.amax(dim=-1))
-    top = torch.where(torch.isfinite(top), top, 0.0)  # a head that sees no key (not in greedy decoding): zero output
-    weights = torch.exp(packed - top.index_select(0, segment))  # [kept, group]
-    tail_weights = torch.exp(tail - top[..., None])  # [segment, group, step]
-    total = torch.zeros_like(top).index_add_(0, segment, weights) + tail_weights.sum(dim=-1)
-    output = torch.zeros((n_segments, groups, head_dim), device=query.device).index_add_(0, segment, weights[:, :, None] * layer.packed_values.float()[:, None, :])
-    output = output + torch.matmul(tail_weights, layer.values.float().reshape(n_segments, -1, head_dim))
-    output = output / total.clamp(min=torch.finfo(torch.float32).tiny)[..., None]
-    return output.reshape(batch, n_heads, head_dim)[:, None].to(query.dtype)
+        tail_visible = visible.expand(batch, n_heads, n_tail).reshape(n_segments, groups, n_tail)
+    output = query.new_empty((n_segments, groups, head_dim))
+    for bucket in layer.buckets:
+        segments = bucket.segments
+        q_b = q.index_select(0, segments).float() * scale  # [bucket, group, head_dim]
+        logits = torch.matmul(q_b, bucket.keys.float().transpose(1, 2))  # [bucket, group, width]
+        if bucket.valid is not None:
+            logits = logits.masked_fill(~bucket.valid[:, None, :], float("-inf"))
+        tail = torch.matmul(q_b, tail_keys.index_select(0, segments).float().transpose(1, 2))  # [bucket, group, step]
+        if tail_visible is not None:
+            tail = tail.masked_fill(~tail_visible.index_select(0, segments), float("-inf"))
+        weights = torch.softmax(torch.cat([logits, tail], dim=-1), dim=-1)
+        width = logits.shape[-1]
+        mixed = torch.matmul(weights[..., :width], bucket.values.float()) + torch.matmul(weights[..., width:], tail_values.index_select(0, segments).float())
+        output.index_copy_(0, segments, mixed.to(output.dtype))
+    return output.reshape(batch, n_heads, head_dim)[:, None]
 
 
 def pack_layer(cache, layer: int, kept: torch.Tensor) -> PackedLayer | None:

@@ -22,7 +22,7 @@ from attnwh.extract import prune_run
 from attnwh.extract.capture import CaptureSpec
 from attnwh.extract.forward import forward_call
 from attnwh.extract.generation import batch_view, generate_with_capture
-from attnwh.extract.packed_cache import PackedLayer
+from attnwh.extract.packed_cache import PackedLayer, bucket_runs
 from attnwh.extract.pruning import KVPrune, LayerPrune, allocate
 from attnwh.queries.library import open_session
 from tests.integration.test_masking import _encoded, _loaded
@@ -172,17 +172,35 @@ def test_the_packed_cache_holds_only_the_kept_keys_and_decodes_as_the_gathered_p
         head_dim = full.keys.shape[-1]
         expected = [n - 16 + budget for n in real for budget in per_kv]  # per (row, KV head): real text keys + its budget
         assert entry.counts.tolist() == expected
-        assert entry.packed_keys.shape == (sum(expected), head_dim)
-        assert entry.packed_keys.untyped_storage().nbytes() == sum(expected) * head_dim * 4  # fp32: its own storage, not a view
-        assert entry.nbytes() == sum(expected) * (2 * head_dim * 4 + 4) + 6 * 8 + 2 * 3 * 2 * (steps - 1) * head_dim * 4
+        assert sum(expected) <= entry.slots() <= 1.01 * sum(expected)  # padding within 1% of the kept keys
+        tail = 2 * 3 * 2 * (steps - 1) * head_dim * 4  # keys and values of 3 rows × 2 KV heads × the generated steps
+        assert sum(expected) * 2 * head_dim * 4 + tail <= entry.nbytes() <= 1.02 * (sum(expected) * 2 * head_dim * 4) + tail
         assert entry.nbytes() < full.keys.untyped_storage().nbytes() + full.values.untyped_storage().nbytes()
         for segment, count in enumerate(expected):  # each packed key is one of the full cache's keys of its (row, KV head)
             row, kv_head = divmod(segment, 2)
-            keys = entry.packed_keys[entry.segment == segment]
+            keys = entry.kept_keys(segment)
             assert keys.shape[0] == count
             matches = (keys[:, None, :] == full.keys[row, kv_head, None, :prompt, :]).all(dim=-1)  # [packed, position]
             assert matches.any(dim=1).all()
+            positions = matches.float().argmax(dim=1)
+            assert torch.equal(positions, positions.sort().values)  # in position order
             assert torch.allclose(entry.keys[row, kv_head], full.keys[row, kv_head, prompt:], atol=1e-5)  # the generated tail (float rounding apart)
+
+
+@given(st.lists(st.integers(0, 300), min_size=1, max_size=80))
+@settings(max_examples=60, deadline=None)
+def test_buckets_cut_the_widths_with_at_most_one_percent_of_padding(widths):
+    """The buckets cover every segment once, in order; padding within 1% of the kept keys where 64 buckets
+    allow it, and never more than cutting at the 64 largest gaps would leave (a hand partition)."""
+    widths = sorted(widths, reverse=True)
+    runs = bucket_runs(widths, 0.01)
+    assert runs[0][0] == 0 and runs[-1][1] == len(widths) and all(a[1] == b[0] for a, b in zip(runs, runs[1:]))
+    padding = sum(widths[first] * (last - first) - sum(widths[first:last]) for first, last in runs)
+    distinct = len(set(widths))
+    if distinct <= 64:
+        assert padding <= 0.01 * sum(widths) + 1e-9
+    else:
+        assert len(runs) == 64
 
 
 def test_snapkvs_window_chooses_other_keys_than_the_last_row(tiny_gqa):
