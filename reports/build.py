@@ -18,7 +18,7 @@ from typing import Any
 
 from attnwh.core.errors import AttnwhError, UsageError
 from attnwh.queries.library import Catalog, get_mart, open_session, run_mart
-from attnwh.reports import causal, charts, flips
+from attnwh.reports import causal, charts, flips, story
 from attnwh.reports.page import Page, Section
 
 HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
@@ -268,6 +268,7 @@ def build_report(
             if index == 0 and session.warnings:
                 page.sections.append(Section(WARNINGS_TITLE, WARNINGS_TEXT, "", table=[{"warning": line} for line in session.warnings]))
             if index == 0:
+                page.sections.append(story.section(session, story.figure_hrefs(pages), query))
                 page.sections.append(Section(FIGURES_TITLE, FIGURES_TEXT, "", table=figure_index(pages)))
             for number, section in enumerate(sections):
                 built = _section(session, section)

@@ -31,6 +31,7 @@ p.empty { color: #777; font-style: italic; }
 .pictures figure.wrong { border-color: #b3261e; }
 .pictures img { max-width: 100%; height: auto; display: block; }
 .pictures figcaption { font-size: .85rem; margin-top: .25rem; }
+ul.story li { margin-bottom: .4rem; line-height: 1.4; }
 """
 
 
@@ -72,6 +73,15 @@ class Link:
     href: str
 
 
+@dataclass(frozen=True)
+class Sentence:
+    """A sentence of the report's text, computed from a mart, with a link to the figure it describes."""
+
+    text: str
+    href: str
+    label: str = "figure"
+
+
 @dataclass
 class Section:
     title: str
@@ -82,6 +92,7 @@ class Section:
     empty_message: str = "No data for this section yet."
     pictures: list[Picture] | None = None  # images shown in a gallery (self-contained data URIs)
     anchor: str | None = None  # the section's id, for links from other pages (default: its place on the page)
+    sentences: list[Sentence] | None = None  # a list of sentences, each linking to its figure
 
 
 @dataclass
@@ -128,6 +139,9 @@ def _section_html(index: int, section: Section) -> str:
         parts.append(f"<p>{html.escape(section.description)}</p>")
     if section.spec is not None:
         parts.append(f'<div class="chart" id="chart-{index}"></div>')
+    elif section.sentences:
+        items = "".join(f'<li>{html.escape(item.text)} <a href="{html.escape(item.href, quote=True)}">({html.escape(item.label)})</a></li>' for item in section.sentences)
+        parts.append(f'<ul class="story">{items}</ul>')
     elif section.pictures or section.table:
         if section.pictures:
             parts.append(_pictures_html(section.pictures))

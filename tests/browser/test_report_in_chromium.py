@@ -62,6 +62,8 @@ def test_every_report_page_renders_offline_and_runs_no_injected_script(tmp_path_
     assert "No data for this section yet." not in dom, f"{page_name} has an empty section"
     assert "data-pwned" not in dom.split("<body", 1)[0] and 'data-pwned="' not in dom
     assert "CONSOLE" not in log, [line for line in log.splitlines() if "CONSOLE" in line]
+    if page_name == "index.html":  # the story in sentences, each linking to its figure on another page
+        assert re.search(r'<ul class="story"><li>[^<]+ <a href="attention\.html#section-\d+">', dom)
     if page_name == "samples.html":
         assert "&lt;/script&gt;&lt;script&gt;document.documentElement.setAttribute(" in dom  # shown as text
         # where heads look: every sample of the extraction (3) drawn, each image decoded by the browser (a broken

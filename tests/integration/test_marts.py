@@ -196,6 +196,18 @@ def test_head_attention_by_hand(hand):
     assert rows[0]["n_samples"] == 2 and rows[0]["sd_image_sum"] == pytest.approx(math.sqrt(0.02))
 
 
+def test_report_story_heads_by_hand(hand):
+    """The front page's numbers: the hand run's means (test_head_attention_by_hand) ranked by concentration × sum are
+    (0,0) 0.4, (0,1) 0.3, (1,1) 0.2, (1,0) 0.1; of 2 layers, layer 0 is early (depth 0) and layer 1 late (depth 1)."""
+    warehouse, _ = hand
+    (row,) = _rows(warehouse, "report_story_heads", {"k": "3"}, order=("run_id",))
+    assert (row["n_layers"], row["n_heads_all"], row["n_top"]) == (2, 4, 3)
+    assert (row["early_share"], row["mid_share"], row["late_share"]) == pytest.approx((2 / 3, 0, 1 / 3))
+    assert row["top_depth"] == pytest.approx(1 / 3)
+    assert (row["top_concentration"], row["all_concentration"]) == pytest.approx(((0.75 + 0.5 + 0.25) / 3, (0.75 + 0.5 + 1.0 + 0.25) / 4))
+    assert (row["top_image_sum"], row["all_image_sum"]) == pytest.approx(((0.5 + 0.4 + 0.6) / 3, (0.5 + 0.4 + 0.1 + 0.6) / 4))
+
+
 def test_visual_heads_ranking_and_detection_by_hand(hand_either):
     # the same numbers from the rollups (new parts) and from every head_metrics row (old parts)
     warehouse, _ = hand_either
@@ -431,6 +443,21 @@ def test_answer_stability_by_hand(tmp_path):
     assert flips == [(1, "s1", "B", "A", "correct_to_wrong"), (1, "s2", "A", "C", "wrong_to_right")]
     (condition,) = _rows(tmp_path / "wh", "report_flips", order=("condition_id",))
     assert (condition["strategy"], condition["k"], condition["correct_to_wrong"], condition["wrong_to_right"], list(condition["sample_keys"])) == ("top", 2, 1, 1, ["s1", "s2"])
+    # the front page's masking sentence: baseline 3 of 5 right, the top 2 heads masked 2 of 4 (Wilson by hand below)
+    (story,) = _rows(tmp_path / "wh", "report_story_masking", order=("run_id",))
+    assert (story["k"], story["baseline_accuracy"], story["top_accuracy"], story["random_accuracy"], story["bottom_accuracy"]) == (2, 0.6, 0.5, None, None)
+
+    def wilson(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+        centre, spread = (successes / n + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(successes / n * (1 - successes / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return centre - spread, centre + spread
+
+    from attnwh.reports.story import masking_sentence
+
+    (base_low, base_high), (top_low, top_high) = wilson(3, 5), wilson(2, 4)
+    assert (story["baseline_ci_low"], story["baseline_ci_high"], story["top_ci_low"], story["top_ci_high"]) == pytest.approx((base_low, base_high, top_low, top_high))
+    sentence = masking_sentence(story)
+    assert f"from 60% [{100 * base_low:.0f}%, {100 * base_high:.0f}%] to 50% [{100 * top_low:.0f}%, {100 * top_high:.0f}%]" in sentence
+    assert "random" not in sentence and "bottom" not in sentence and "overlaps the baseline's" in sentence
     # the report's masking page links the condition to those samples on the Samples page
     from attnwh.face.pictures import report_sections
     from attnwh.reports.build import build_report

@@ -1,0 +1,114 @@
+"""The report's front page in sentences (issue 33): where the visual heads sit, how concentrated they are, what
+masking them costs against random and bottom heads, and how the models compare, each sentence computed from a mart
+(``report_story_heads``, ``report_story_masking``) with its numbers, and linked to the figure it describes. Nothing
+is written by hand but the wording."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from attnwh.queries.library import Catalog, get_mart, run_mart
+from attnwh.reports.page import Section, Sentence
+
+TITLE = "In sentences"
+DESCRIPTION = "What the warehouse shows, computed from its marts each time the report is built (the SQL is below); each sentence links to its figure."
+TOP_HEADS = 10  # the visual heads the sentences describe: each run's best by mean concentration × sum
+STAGES = ("early", "mid", "late")
+
+
+def section(session: Catalog, figure_href: Mapping[str, str], query: str = "gen1") -> Section:
+    """The front page's sentences; ``figure_href``: a chart's name -> its page and anchor."""
+    heads = run_mart(session, "report_story_heads", {"query": query, "k": str(TOP_HEADS)}).to_pylist()
+    masking = run_mart(session, "report_story_masking").to_pylist()
+    sentences = []
+    for row in heads:
+        sentences += head_sentences(row, query, figure_href)
+    for row in masking:
+        sentences.append(Sentence(masking_sentence(row), figure_href.get("masking_curves", "masking.html"), "masking curves"))
+    sentences += comparison_sentences(heads, masking, figure_href)
+    sql = f"{get_mart('report_story_heads').sql}\n\n{get_mart('report_story_masking').sql}"
+    return Section(TITLE, DESCRIPTION, sql, sentences=sentences or None, empty_message="No extraction run in the warehouse yet.")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{_percent(low)}, {_percent(high)}]"
+
+
+def head_sentences(row: dict, query: str, figure_href: Mapping[str, str]) -> list[Sentence]:
+    shares = {stage: row[f"{stage}_share"] for stage in STAGES}
+    most = max(STAGES, key=lambda stage: shares[stage])
+    where = (
+        f"{row['model']} on {row['benchmark']} (run {row['run_id']}): its {row['n_top']} most visual heads of {row['n_heads_all']} "
+        f"(mean concentration × sum, {query}) sit {'mostly' if shares[most] > 0.5 else 'most often'} in the {most} layers "
+        f"({', '.join(f'{_percent(shares[stage])} {stage}' for stage in STAGES)} "
+        f"of {row['n_layers']} layers), at mean depth {row['top_depth']:.2f} (0: the first layer, 1: the last)."
+    )
+    sentences = [Sentence(where, figure_href.get("head_concentration_x_sum", "attention.html"), "heads by layer")]
+    if row["top_concentration"] is not None and row["all_concentration"]:
+        ratio = row["top_concentration"] / row["all_concentration"]
+        focus = (
+            f"They are {ratio:.1f} times as concentrated as the average head (concentration {row['top_concentration']:.2f} against "
+            f"{row['all_concentration']:.2f}) and give the image {_percent(row['top_image_sum'])} of their attention against "
+            f"{_percent(row['all_image_sum'])} for the average head."
+        )
+        sentences.append(Sentence(focus, figure_href.get("sum_vs_concentration", "attention.html"), "sum against concentration"))
+    return sentences
+
+
+def masking_sentence(row: dict) -> str:
+    text = (
+        f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}): masking its top {row['k']} heads ({_percent(row['fraction'])} of all, "
+        f"{row['stage']} layers, {row['mode']} mode) moves accuracy from {_percent(row['baseline_accuracy'])} "
+        f"{_interval(row['baseline_ci_low'], row['baseline_ci_high'])} to {_percent(row['top_accuracy'])} {_interval(row['top_ci_low'], row['top_ci_high'])}"
+    )
+    if row["random_accuracy"] is not None:
+        text += (
+            f"; {row['k']} random heads give {_percent(row['random_accuracy'])} (mean of {row['random_seeds']} seed(s), "
+            f"{_percent(row['random_accuracy_min'])} to {_percent(row['random_accuracy_max'])})"
+        )
+    if row["bottom_accuracy"] is not None:
+        text += f"; the bottom {row['k']}, {_percent(row['bottom_accuracy'])} {_interval(row['bottom_ci_low'], row['bottom_ci_high'])}"
+    if row["top_ci_high"] < row["baseline_ci_low"]:
+        text += "; the top heads' interval lies below the baseline's"
+    elif row["top_ci_low"] <= row["baseline_ci_high"]:
+        text += "; the top heads' interval overlaps the baseline's"
+    return text + "."
+
+
+def comparison_sentences(heads: list[dict], masking: list[dict], figure_href: Mapping[str, str]) -> list[Sentence]:
+    """Per benchmark with two models or more: where their visual heads sit, and what masking them costs each."""
+    sentences = []
+    by_benchmark = defaultdict(list)
+    for row in heads:
+        by_benchmark[row["benchmark"]].append(row)
+    for benchmark, rows in by_benchmark.items():
+        if len({row["model"] for row in rows}) < 2:
+            continue
+        ordered = sorted(rows, key=lambda row: row["top_depth"])
+        text = (
+            f"Across models on {benchmark}, the visual heads sit deepest in {ordered[-1]['model']} (mean depth {ordered[-1]['top_depth']:.2f}) "
+            f"and shallowest in {ordered[0]['model']} ({ordered[0]['top_depth']:.2f})"
+        )
+        costs = sorted(
+            (row["top_accuracy"] - row["baseline_accuracy"], row["model"]) for row in masking if row["benchmark"] == benchmark and row["stage"] == "all" and row["mode"] == "zero"
+        )
+        if len({model for _, model in costs}) >= 2:
+            text += f"; masking the top heads costs {costs[0][1]} the most ({100 * costs[0][0]:+.0f} points) and {costs[-1][1]} the least ({100 * costs[-1][0]:+.0f} points)"
+        sentences.append(Sentence(text + ".", figure_href.get("layer_concentration_x_sum", "layers.html"), "profiles by depth"))
+    return sentences
+
+
+def figure_hrefs(pages: Mapping[str, tuple[str, list]]) -> dict[str, str]:
+    """Each named chart's page and anchor (``page.Section`` ids are their place on the page), the front page's aside."""
+    return {
+        section.name: f"{name}#section-{index}"
+        for name, (_, sections) in pages.items()
+        if name != "index.html"
+        for index, section in enumerate(sections)
+        if getattr(section, "name", None)
+    }
