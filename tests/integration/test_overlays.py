@@ -108,3 +108,16 @@ def test_pixels_no_token_reads_have_no_value(geometry_models):
     assert picture.shape == (2, 3, 64, 128)
     assert np.isnan(picture[..., :31]).all() and np.isnan(picture[..., 97:]).all()
     np.testing.assert_allclose(picture[..., 33:95], 1.0, atol=1e-6)
+
+
+def test_text_in_pictures_is_drawn_as_written():
+    """Benchmark text is never parsed as mathtext ($...$ would be typeset, an unbalanced one raises) nor as markup."""
+    from PIL import Image
+
+    from attnwh.reports.overlays import Panel, SampleFigure
+
+    question = r"Is $\frac{1 the <b>price</b> $5 & </script>?"
+    figure = SampleFigure(Image.new("RGB", (32, 32), (40, 80, 120)), [Panel("L0 H0 $x_1", np.full((32, 32), 0.5))], "run · sample", question, "$", "A", False)
+    assert figure.png()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in figure.svg()
+    page = figure.html()
+    assert "&lt;b&gt;price&lt;/b&gt;" in page and "&lt;/script&gt;" in page and "<b>" not in page
