@@ -421,28 +421,16 @@ def read_regions(path: Path) -> dict[str, list[tuple[float, float, float, float]
 
 def region_masks(source: Run, boxes: dict[str, list], options: RecomputeOptions) -> dict[str, np.ndarray]:
     """[n_image] bool per sample with boxes, from the benchmark's own images and the model's processor."""
-    from attnwh.extract.benchmarks import get_benchmark
-    from attnwh.extract.benchmarks.data import resolve_data
-    from attnwh.extract.models import load_geometry, resolve_source
     from attnwh.extract.regions import region_mask
-    from attnwh.extract.toy.default import model_location
+    from attnwh.extract.sample_images import read_image, run_geometry, run_samples
 
     unknown = sorted(set(boxes) - set(source.plan.sample_keys))
     if unknown:
         raise UsageError(f"--regions names {len(unknown)} sample(s) not in run {source.run_id}: {', '.join(unknown[:3])}")
     spec = source.manifest["spec"]
-    benchmark = get_benchmark(spec["benchmark"])
-    samples = benchmark.load(resolve_data(benchmark, options.data or spec.get("data")), spec.get("split"))
-    by_key = {sample.key: sample for sample in samples}
+    by_key = run_samples(spec, options.data)
     missing = sorted(key for key in boxes if key not in by_key)
     if missing:
         raise UsageError(f"samples {', '.join(missing[:3])} are not in the benchmark's data any more; give --data")
-    loaded = load_geometry(resolve_source(model_location(options.model or spec["model"])))
-    masks = {}
-    for key, sample_boxes in boxes.items():
-        try:
-            image = by_key[key].load_image()
-        except Exception as exc:  # an unreadable image: the benchmark's loaders raise many kinds
-            raise UsageError(f"sample {key}: cannot read its image ({type(exc).__name__}: {exc})") from exc
-        masks[key] = region_mask(loaded, image, sample_boxes).numpy()
-    return masks
+    loaded = run_geometry(spec, options.model)
+    return {key: region_mask(loaded, read_image(by_key[key]), sample_boxes).numpy() for key, sample_boxes in boxes.items()}

@@ -1,4 +1,5 @@
-"""A run's sample images and where their image tokens read them (issue 33's overlays), without running the model.
+"""A run's sample images and where their image tokens read them (issue 33's overlays; ``recompute --regions``'s
+boxes), without running the model.
 
 The image comes from the benchmark the run names (its data folder, or ``data`` where the files moved), checked
 against the hash the run stored of the pixels it read; the layout of its image tokens comes from the model's
@@ -36,28 +37,46 @@ class SampleImage:
     layout: Any  # regions.TokenLayout
 
 
+def run_samples(spec: Mapping[str, Any], data: Path | str | None = None) -> dict[str, Any]:
+    """The benchmark samples of a run by key (``spec``: its RUN.json spec; ``data``: where the files moved since)."""
+    from attnwh.extract.benchmarks import get_benchmark
+    from attnwh.extract.benchmarks.data import resolve_data
+
+    benchmark = get_benchmark(spec["benchmark"])
+    return {sample.key: sample for sample in benchmark.load(resolve_data(benchmark, data or spec.get("data")), spec.get("split"))}
+
+
+def run_geometry(spec: Mapping[str, Any], model: str | None = None):
+    """The run's model without weights (``models.load_geometry``): its processor and module tree, what mapping image
+    tokens to the image needs (``model``: where it moved since the run)."""
+    from attnwh.extract.models import load_geometry, resolve_source
+    from attnwh.extract.toy.default import model_location
+
+    return load_geometry(resolve_source(model_location(model or spec["model"])))
+
+
+def read_image(sample) -> Image.Image:
+    """A sample's image in RGB, or one line saying why it cannot be read."""
+    try:
+        return sample.load_image().convert("RGB")
+    except Exception as exc:  # noqa: BLE001  an unreadable image: the benchmark's loaders raise many kinds
+        raise UsageError(f"sample {sample.key}: cannot read its image ({type(exc).__name__}: {exc})") from exc
+
+
 def sample_images(spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None) -> dict[str, SampleImage]:
     """Each stored sample's image and token layout (``spec``: the run's RUN.json spec; ``data`` / ``model``: where
     the benchmark's files or the model moved since the run)."""
-    from attnwh.extract.benchmarks import get_benchmark
-    from attnwh.extract.benchmarks.data import resolve_data
-    from attnwh.extract.models import load_geometry, resolve_source
     from attnwh.extract.part_tables import image_sha256
     from attnwh.extract.regions import token_layout
-    from attnwh.extract.toy.default import model_location
 
-    benchmark = get_benchmark(spec["benchmark"])
-    samples = {sample.key: sample for sample in benchmark.load(resolve_data(benchmark, data or spec.get("data")), spec.get("split"))}
-    loaded = load_geometry(resolve_source(model_location(model or spec["model"])))
+    samples = run_samples(spec, data)
+    loaded = run_geometry(spec, model)
     found = {}
     for entry in stored:
         sample = samples.get(entry.key)
         if sample is None:
             raise UsageError(f"sample {entry.key} is not in the benchmark's data any more; give --data")
-        try:
-            image = sample.load_image().convert("RGB")
-        except Exception as exc:  # noqa: BLE001  an unreadable image: the benchmark's loaders raise many kinds
-            raise UsageError(f"sample {entry.key}: cannot read its image ({type(exc).__name__}: {exc})") from exc
+        image = read_image(sample)
         if entry.image_sha256 is not None and image_sha256(image) != entry.image_sha256:
             raise UsageError(f"sample {entry.key}: the benchmark's image is not the one the run read (its pixels differ); give --data with the run's files")
         layout = token_layout(loaded, image.size)
