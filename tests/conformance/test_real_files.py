@@ -287,3 +287,18 @@ def test_real_processor_rows_equal_eager_attention_in_a_left_padded_batch(real_l
             assert (captured[query][layer] - expected).abs().max().item() <= 1e-6
     image_id = loaded.config.image_token_id
     assert ((encoded["input_ids"] == image_id).sum(1) == LLAVA_IMAGE_TOKENS).all()
+
+
+def test_real_processor_token_layout_for_overlays(real_llava):
+    """The overlays' token layout (issue 33) through the real llava-1.5 processor, worked out by hand: a 640×480 image
+    is resized to 448×336 (shortest edge 336) and centre-cropped to x 56..392, i.e. original x 80..560; 24×24 patches
+    of 14 processed pixels are 20 original pixels each."""
+    import numpy as np
+
+    from attnwh.extract.models import load_geometry, resolve_source
+    from attnwh.extract.regions import token_layout
+
+    layout = token_layout(load_geometry(resolve_source(str(real_llava))), (640, 480))
+    assert len(layout.views) == 576 and (layout.views == 0).all()
+    for token, box in ((0, (80, 0, 100, 20)), (300, (320, 240, 340, 260)), (575, (540, 460, 560, 480))):
+        np.testing.assert_allclose(layout.boxes[token], box, atol=1.5, err_msg=f"token {token}")  # 8-bit coordinates over 640 px
