@@ -1,4 +1,5 @@
-"""Head-wise pruning of the image KV cache, simulated exactly inside the capture attention function.
+"""Head-wise pruning of the image KV cache: chosen in the prefill inside the capture attention function, held
+for real after it (each pruned layer's cache packed to the kept keys: ``extract.packed_cache``).
 
 The study's supplement proposes pruning "the KV cache corresponding to non-essential heads"; SparseMM
 (ICCV 2025) gives each head a budget of image keys from visual-head scores. attnwh evaluates that
@@ -350,7 +351,9 @@ class KVPrune:
         return int(self.counts(n_image).sum())
 
     def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
-        """Each layer's budgets for this batch's samples, and one mask buffer for all layers (they run one after the other)."""
+        """Each layer's budgets for this batch's samples, and one mask buffer for all layers (they run one after the other).
+        With ``packed`` the layers' caches are packed after the prefill (``extract.forward`` does it when every
+        intervention of a layer prunes the cache); otherwise every key stays and each decode step gathers."""
         if self.kept.shape != (view.n_layers, view.n_kv_heads):
             raise UsageError(f"a pruning condition for {self.kept.shape[0]} layers × {self.kept.shape[1]} KV heads does not fit a model of {view.n_layers} × {view.n_kv_heads}")
         image = view.segments == IMAGE

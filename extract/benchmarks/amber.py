@@ -1,4 +1,5 @@
-"""``amber-generative``, ``amber-existence``: AMBER (Wang et al., 2023), object hallucination without an LLM judge.
+"""``amber-generative``, ``amber-existence``, ``amber-attribute``, ``amber-relation``: AMBER (Wang et al., 2023),
+object hallucination without an LLM judge.
 
 The authors' repository (junyangwang0410/AMBER) holds under ``data/``:
 
@@ -26,6 +27,10 @@ object-hallucination decoding studies (OPERA, VCD) give CHAIR descriptions, so a
 Parts of 16 samples, as a description takes a few hundred decoding steps.
 
 ``amber-existence``: yes / no, gold from the annotation, the object the question names as the category.
+``amber-attribute`` (``query/query_discriminative-attribute.json``, ids 1005-8632: annotations typed
+``discriminative-attribute-state|number|action``) and ``amber-relation`` (``query_discriminative-relation.json``,
+ids 13557-15220: typed ``discriminative-relation`` or ``relation``): yes / no alike, the category the attribute's
+dimension (``state``, ``number``, ``action``, as inference.py splits its scores) or ``relation``.
 The authors count a response right only when it is exactly ``Yes`` or ``No``; attnwh's ``yes_no`` parser
 reads the first word whatever its case or what follows (``No, there is no dog.`` is ``no`` here and wrong
 for the authors), as for POPE.
@@ -51,10 +56,23 @@ from attnwh.extract.benchmarks import formats
 from attnwh.extract.benchmarks.objects import ObjectAnnotation, ObjectVocabulary
 from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_benchmark
 
-GENERATIVE, EXISTENCE = "amber-generative", "amber-existence"
-QUERY_FILES = {GENERATIVE: "query_generative.json", EXISTENCE: "query_discriminative-existence.json"}
-ANNOTATION_TYPES = {GENERATIVE: "generative", EXISTENCE: "discriminative-hallucination"}
-PARSERS = {GENERATIVE: "free_text", EXISTENCE: "yes_no"}
+GENERATIVE, EXISTENCE, ATTRIBUTE, RELATION_TASK = "amber-generative", "amber-existence", "amber-attribute", "amber-relation"
+DISCRIMINATIVE = (EXISTENCE, ATTRIBUTE, RELATION_TASK)
+QUERY_FILES = {
+    GENERATIVE: "query_generative.json",
+    EXISTENCE: "query_discriminative-existence.json",
+    ATTRIBUTE: "query_discriminative-attribute.json",
+    RELATION_TASK: "query_discriminative-relation.json",
+}
+# the annotation types a query file's ids carry (annotations.json); the relation file's entries are typed both
+# ways, and AMBER's inference.py scores every non-generative entry as a yes / no answer
+ANNOTATION_TYPES = {
+    GENERATIVE: ("generative",),
+    EXISTENCE: ("discriminative-hallucination",),
+    ATTRIBUTE: ("discriminative-attribute-state", "discriminative-attribute-number", "discriminative-attribute-action"),
+    RELATION_TASK: ("discriminative-relation", "relation"),
+}
+PARSERS = {GENERATIVE: "free_text", EXISTENCE: "yes_no", ATTRIBUTE: "yes_no", RELATION_TASK: "yes_no"}
 ANNOTATIONS, RELATION, SAFE_WORDS = "annotations.json", "relation.json", "safe_words.txt"
 SPLITS = ("test",)
 QUERY_KEYS = ("id", "image", "query")
@@ -110,7 +128,7 @@ def load(name: str, data: Path | None, split: str | None) -> list[Sample]:
         vocabulary = amber_vocabulary(relation, safe_words, _annotated_objects(annotations))
         make = partial(_generative_sample, vocabulary=vocabulary)
     else:
-        make = _existence_sample
+        make = partial(_yes_no_sample, name=name)
     samples = []
     for line, item in queries:
         checked = _join(f"{files.query.name} line {line}", line, item, annotations, name)
@@ -171,7 +189,7 @@ def _annotated_objects(annotations: dict[str, list[tuple[int, dict[str, Any]]]])
     names = []
     for entries in annotations.values():
         for _, item in entries:
-            if item.get("type") == ANNOTATION_TYPES[GENERATIVE]:
+            if item.get("type") in ANNOTATION_TYPES[GENERATIVE]:
                 names += [name for field in ("truth", "hallu") if _names(item.get(field)) for name in item[field]]
     return names
 
@@ -233,8 +251,8 @@ def _join(where: str, line: int, item: Any, annotations: dict, name: str) -> Sam
         lines = ", ".join(str(entry_line) for entry_line, _ in entries)
         return formats.error_sample(key, f"{ANNOTATIONS} lines {lines} share id {key}", parser)
     annotation_line, annotation = entries[0]
-    if annotation.get("type") != kind:
-        message = f"{ANNOTATIONS} line {annotation_line}: id {key} has type {annotation.get('type')!r}; expected {kind}"
+    if annotation.get("type") not in kind:
+        message = f"{ANNOTATIONS} line {annotation_line}: id {key} has type {annotation.get('type')!r}; expected {' or '.join(kind)}"
         return formats.error_sample(key, message, parser)
     return Joined(key, item, annotation, annotation_line)
 
@@ -249,15 +267,22 @@ def _generative_sample(joined: Joined, images: formats.ImageIndex, vocabulary: O
     return Sample(key=joined.key, question=joined.item["query"], load_image=load_image, category="generative", parser=PARSERS[GENERATIVE], objects=objects)
 
 
-def _existence_sample(joined: Joined, images: formats.ImageIndex) -> Sample:
+def _yes_no_sample(joined: Joined, images: formats.ImageIndex, name: str) -> Sample:
+    """A discriminative query: gold yes / no from the annotation; the category is, for existence, the object the
+    question names, for attribute, the dimension (state, number, action), for relation, ``relation``."""
     truth = joined.annotation["truth"]
     if not isinstance(truth, str) or truth.strip().lower() not in ("yes", "no"):
         message = f"{ANNOTATIONS} line {joined.line}: id {joined.key} has truth {truth!r}; expected yes or no"
-        return formats.error_sample(joined.key, message, PARSERS[EXISTENCE])
-    named = EXISTENCE_QUESTION.match(joined.item["query"].strip())
-    category = named.group(1).lower() if named else None  # the object the question names
+        return formats.error_sample(joined.key, message, PARSERS[name])
+    if name == EXISTENCE:
+        named = EXISTENCE_QUESTION.match(joined.item["query"].strip())
+        category = named.group(1).lower() if named else None  # the object the question names
+    elif name == ATTRIBUTE:
+        category = joined.annotation["type"].rsplit("-", 1)[-1]  # state | number | action
+    else:
+        category = "relation"
     load_image = images.loader(joined.item["image"])
-    return Sample(key=joined.key, question=joined.item["query"], load_image=load_image, gold=truth.strip().lower(), category=category, parser=PARSERS[EXISTENCE])
+    return Sample(key=joined.key, question=joined.item["query"], load_image=load_image, gold=truth.strip().lower(), category=category, parser=PARSERS[name])
 
 
 register_benchmark(
@@ -274,16 +299,28 @@ register_benchmark(
         part_size=16,
     )
 )
-register_benchmark(
-    Benchmark(
-        name=EXISTENCE,
-        version="1",
-        description="AMBER discriminative existence: yes/no 'Is there a {object} in this image?' (object hallucination)",
-        load=partial(load, EXISTENCE),
-        template="short_answer",  # as POPE, the same kind of question
-        study_template="as_is",
-        splits=SPLITS,
-        default_split="test",
-        data_help=_data_help(EXISTENCE),
+DESCRIPTIONS = {
+    EXISTENCE: "AMBER discriminative existence: yes/no 'Is there a {object} in this image?' (object hallucination)",
+    ATTRIBUTE: "AMBER discriminative attribute: yes/no questions on an object's state, number or action (the category)",
+    RELATION_TASK: "AMBER discriminative relation: yes/no questions on whether two objects are in contact",
+}
+
+
+def _register_discriminative(name: str) -> None:
+    register_benchmark(
+        Benchmark(
+            name=name,
+            version="1",
+            description=DESCRIPTIONS[name],
+            load=partial(load, name),
+            template="short_answer",  # as POPE, the same kind of question
+            study_template="as_is",
+            splits=SPLITS,
+            default_split="test",
+            data_help=_data_help(name),
+        )
     )
-)
+
+
+for task in DISCRIMINATIVE:
+    _register_discriminative(task)

@@ -72,6 +72,34 @@ def test_existence_queries_load_whole_and_equal_the_raw_records():
     assert samples[0].category == "cloud" and {s.parser for s in samples} == {"yes_no"}
 
 
+@pytest.mark.parametrize(("name", "kinds"), [("amber-attribute", ("attribute",)), ("amber-relation", ("relation",))])
+def test_attribute_and_relation_queries_join_the_real_annotations(tmp_path, name, kinds):
+    """The attribute and relation query files are not among the files here: a query file in the authors' layout
+    asks one made-up question per annotation of the task's types (and one of another task's id, refused), read
+    against the real annotations.json; gold and category from its raw records."""
+    annotations = raw("annotations.json")
+    entries = [entry for entry in annotations if any(kind in entry["type"] for kind in kinds) and entry["type"] != "discriminative-hallucination"]
+    assert entries and all(entry["type"] != "generative" for entry in entries)
+    data = tmp_path / "data"
+    (data / "query").mkdir(parents=True)
+    shutil.copy(AMBER / "annotations.json", data / "annotations.json")
+    queries = [{"id": entry["id"], "image": f"AMBER_{index % 50 + 1}.jpg", "query": f"Question {entry['id']}?"} for index, entry in enumerate(entries)]
+    queries.append({"id": 8633, "image": "AMBER_1.jpg", "query": "Is there a cloud in this image?"})  # an existence id
+    (data / "query" / f"query_discriminative-{name.removeprefix('amber-')}.json").write_text(json.dumps(queries), encoding="utf-8")
+    samples = {sample.key: sample for sample in get_benchmark(name).load(data, None)}
+    assert len(samples) == len(entries) + 1
+    for entry in entries:
+        sample = samples[str(entry["id"])]
+        expected = entry["type"].rsplit("-", 1)[-1] if name == "amber-attribute" else "relation"
+        assert (sample.error, sample.gold, sample.category, sample.parser) == (None, entry["truth"], expected, "yes_no")
+    assert "has type 'discriminative-hallucination'" in samples["8633"].error
+    if name == "amber-attribute":
+        assert {s.category for s in samples.values() if s.error is None} == {"state", "number", "action"}
+        assert sum(s.error is None for s in samples.values()) == 4764 + 2072 + 792
+    else:
+        assert sum(s.error is None for s in samples.values()) == 975 + 689
+
+
 def test_drawn_images_under_the_authors_names(tmp_path):
     copy = shutil.copytree(AMBER, tmp_path / "AMBER" / "data", ignore=shutil.ignore_patterns("LICENSE", "inference.py"))
     images = tmp_path / "AMBER" / "image"

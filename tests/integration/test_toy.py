@@ -68,16 +68,23 @@ def test_training_is_deterministic(tmp_path):
 
 @pytest.mark.slow
 def test_toy_training_reaches_the_accuracy_threshold(tmp_path):
-    """``attnwh toy train`` from scratch, with its default settings (about 3 minutes on 2 cores)."""
+    """``attnwh toy train`` from scratch, with its default settings (about 5 minutes on 2 cores): it answers and describes."""
     metrics = train_toy(tmp_path / "toy")
     assert metrics["accuracy_yes_no"] >= 0.9
     assert metrics["accuracy_colour"] >= 0.6
+    assert metrics["caption_exact"] >= 0.9 and metrics["caption_eos_rate"] >= 0.95  # the reference caption, then </s>
+    assert metrics["caption_chair"] <= 5 and metrics["caption_cover"] >= 95  # AMBER's metrics, in percent
     assert (tmp_path / "toy" / "config.json").is_file()
 
 
-# the held-out accuracies each shipped toy is stated to reach (README, "The toy zoo"): the validation split, 256 items,
-# as `attnwh toy train --size SIZE` printed them when the shipped checkpoint was trained
-STATED = {"toy-llava-small": (1.0, 1.0), "toy-llava-medium": (1.0, 1.0), "toy-llava-large": (109 / 128, 104 / 128)}
+# what each shipped toy is stated to reach (README, "The toy zoo"): the validation split, 128 + 128 questions and 256
+# caption items, as `attnwh toy train --size SIZE` printed them when the shipped checkpoint was trained (at least these;
+# CHAIR at most this)
+STATED = {
+    "toy-llava-small": {"accuracy_yes_no": 1.0, "accuracy_colour": 1.0, "caption_exact": 255 / 256, "caption_eos_rate": 1.0, "caption_cover": 100.0, "caption_chair": 0.0},
+    "toy-llava-medium": {"accuracy_yes_no": 1.0, "accuracy_colour": 1.0, "caption_exact": 1.0, "caption_eos_rate": 1.0, "caption_cover": 100.0, "caption_chair": 0.0},
+    "toy-llava-large": {"accuracy_yes_no": 109 / 128, "accuracy_colour": 104 / 128},  # trained before captions (issue 30: to retrain)
+}
 
 
 @pytest.mark.parametrize("name", sorted(STATED))
@@ -93,7 +100,9 @@ def test_each_shipped_toy_reaches_its_stated_held_out_accuracy(name):
     spec = TRAINED_SPECS[name.removeprefix("toy-llava-")]
     assert (loaded.info["n_layers"], loaded.info["n_heads"]) == (spec.n_layers, spec.n_heads)  # the zoo's three scales
     metrics = evaluate(loaded.model, loaded.processor)
-    assert metrics["accuracy_yes_no"] >= STATED[name][0] and metrics["accuracy_colour"] >= STATED[name][1], metrics
+    stated = STATED[name]
+    assert all(metrics[key] >= value for key, value in stated.items() if key != "caption_chair"), metrics
+    assert "caption_chair" not in stated or metrics["caption_chair"] <= stated["caption_chair"], metrics
 
 
 def test_the_zoo_extracts_every_toy_on_every_toy_benchmark_and_sweeps_each(tmp_path, capsys):

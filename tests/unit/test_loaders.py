@@ -74,6 +74,8 @@ def load_error(name: str, data: Path, split: str | None = None) -> str:
         ("qbench", ("letter_choice", "study_qbench"), ("dev", "test"), "dev", "2"),
         ("amber-generative", ("as_is", "as_is"), ("test",), "test", "1"),
         ("amber-existence", ("short_answer", "as_is"), ("test",), "test", "1"),
+        ("amber-attribute", ("short_answer", "as_is"), ("test",), "test", "1"),
+        ("amber-relation", ("short_answer", "as_is"), ("test",), "test", "1"),
     ],
 )
 def test_registration(name, templates, splits, default, version):
