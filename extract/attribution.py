@@ -49,7 +49,8 @@ from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.ranks import writer_of
 from attnwh.extract.scoring import gold_option, option_ids
 from attnwh.extract.sweep import ProgressCallback, SweepCondition, SweepOptions, SweepSamples, SweepSetup, check_sweep_options, open_sweep_run, prepare_sweep, run_sweep
-from attnwh.warehouse import parts
+from attnwh.warehouse import parts, storage
+from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
 
 METHODS = ("patterns", "single", "gradient")
@@ -284,31 +285,22 @@ def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallba
     kind = AttributionSweep(options.ablation)
     swept = run_sweep(warehouse_path, setup, kind, spec, conditions, None, on_progress, plan_extra=(FIT_PART,))
     result = AttributionResult(swept.run_id, swept.run_path, options.method, swept.conditions_total, swept.conditions_written, reuse_off=swept.reuse_off)
-    run, _, _ = open_sweep_run(
-        warehouse_path,
-        setup.run,
-        setup.rank,
-        kind.kind,
-        {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"},
-        conditions,
-        options.run_id or swept.run_id,
-        (FIT_PART,),
-    )
+    run = RunPaths(storage.location(str(swept.run_path)))  # the sweep's run, resumed or created
     fit_id = len(conditions)
-    committed = parts.committed_part_ids(run.paths)
+    committed = parts.committed_part_ids(run)
     if fit_id in committed:
-        result.fitted, result.fit = True, _stored_fit(run.paths)
+        result.fitted, result.fit = True, _stored_fit(run)
         return result
     if not setup.rank.creates_runs or not all(c.condition_id in committed for c in conditions):
         return result  # another rank commits the fit once every condition is in
-    changes, n_samples = read_changes(run.paths, len(conditions), TARGET_COLUMN[options.target])
+    changes, n_samples = read_changes(run, len(conditions), TARGET_COLUMN[options.target])
     if options.method == "single":
         head_fit = mean_effects(-changes[1:].T)  # per sample: baseline minus ablated
     else:
         matrix = np.array([[head in set(c.heads) for head in heads] for c in conditions[1:]], dtype=bool)
         head_fit = fit_patterns(matrix, changes[1:].mean(axis=1), options.fit, options.alpha, options.bootstrap, options.seed)
-    fit_row = _fit_row(run.run_id, options, head_fit, len(conditions) - 1, n_samples)
-    parts.commit_part(run.paths, fit_id, _writer(run.run_id, heads, head_fit, fit_row), writer_of(setup.rank))
+    fit_row = _fit_row(swept.run_id, options, head_fit, len(conditions) - 1, n_samples)
+    parts.commit_part(run, fit_id, _writer(swept.run_id, heads, head_fit, fit_row), writer_of(setup.rank))
     result.fitted, result.fit = True, fit_row
     return result
 
@@ -316,7 +308,7 @@ def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallba
 def read_changes(paths, n_conditions: int, column: str) -> tuple[np.ndarray, int]:
     """[conditions, samples]: each condition's target less the baseline's, over the samples every condition scored."""
     files = parts.table_files(paths, "sweep_targets")
-    table = pa.concat_tables([pq.read_table(str(path)) for path in files]) if files else None
+    table = pa.concat_tables([_read(path) for path in files]) if files else None
     values: dict[tuple[int, int], float] = {}
     if table is not None:
         for row in table.select(["condition_id", "sample_idx", column]).to_pylist():
@@ -373,7 +365,13 @@ def _writer(run_id: str, heads: list[Head], head_fit: HeadFit, fit_row: dict[str
 
 def _stored_fit(paths) -> dict[str, Any]:
     files = parts.table_files(paths, "attribution_fits")
-    return pq.read_table(str(files[0])).to_pylist()[0] if files else {}
+    return _read(files[0]).to_pylist()[0] if files else {}
+
+
+def _read(path) -> pa.Table:
+    """A committed Parquet file, from a folder or an object store."""
+    with path.open("rb") as handle:
+        return pq.read_table(handle)
 
 
 class HeadGate(LayerIntervention):
