@@ -45,7 +45,7 @@ def models(
 
     check_format(fmt)
     supported = pa.Table.from_pylist(
-        [{"family": f.model_type, "prompt_formats": ", ".join(f.prompt_formats), "regions": "yes" if f.region_tokens else "no", "about": f.description} for f in FAMILIES.values()]
+        [{"family": f.model_type, "prompt_formats": ", ".join(f.prompt_formats), "regions": "yes" if f.image_tokens else "no", "about": f.description} for f in FAMILIES.values()]
     )
     toys = [
         {
