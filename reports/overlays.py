@@ -20,7 +20,7 @@ import html
 import io
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -88,8 +88,8 @@ class SampleFigure:
 
     ``png()``, ``svg()`` and ``html()`` render it; in Jupyter it shows itself (``_repr_png_``)."""
 
-    image: Image.Image
-    panels: Sequence[Panel]
+    image: Image.Image = field(repr=False)
+    panels: Sequence[Panel] = field(repr=False)
     heading: str  # run, sample
     question: str
     answer: str
