@@ -83,32 +83,66 @@ ZOO_BENCHMARKS = {
     "toy-shapes-region": ("prompt", "gen1"),
     "toy-shapes-caption": ("prompt", "gen1", "gen"),
 }
+# benchmarks that ask another's questions (toy-shapes-region: toy-shapes-choice's, with the named shape's box): the zoo
+# extracts them (their region attention is their own) but does not sweep them, since the sweep would repeat the other's
+# answers; the report's masking page says so, from the questions each extraction asked (the repeated_questions mart)
+ZOO_SAME_QUESTIONS = {"toy-shapes-region": "toy-shapes-choice"}
 
 
 def toy_zoo(
     warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto", on_step: Callable[[str], None] | None = None, warn: Warn | None = None
-) -> list[tuple[str, str, str, str]]:
+) -> list[tuple[str, str, str, str | None]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
     choice, colour choice with the named shape's box as the region, and descriptions of the shapes, whose
     object words are counted against the scene): an extraction (the descriptions' at every generated token),
-    then a masking sweep ranked by it (on the descriptions: CHAIR, Cover and Hal per condition). Returns
-    (model, benchmark, extraction run, mask run) per pair; resumes."""
+    then a masking sweep ranked by it (on the descriptions: CHAIR, Cover and Hal per condition); and the small toy's
+    head attribution on the colour choices with a masking sweep ranked by it (``zoo_attribution``, its runs named
+    through ``on_step``). Returns (model, benchmark, extraction run, mask run) per pair; resumes."""
     from attnwh.extract.run import ExtractOptions, run_extract
     from attnwh.extract.toy.default import ZOO
 
     done = []
     for model in ZOO:
         for benchmark, queries in ZOO_BENCHMARKS.items():
+            swept = benchmark not in ZOO_SAME_QUESTIONS
             if on_step is not None:
-                on_step(f"{model} on {benchmark}: extract, then mask")
+                on_step(f"{model} on {benchmark}: extract" + (", then mask" if swept else f" (no sweep: {ZOO_SAME_QUESTIONS.get(benchmark)}'s questions)"))
             extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, queries=queries, device=device, command=["attnwh", "toy", "zoo"]))
+            if not swept:
+                done.append((model, benchmark, extraction.run_id, None))
+                continue
             mask, _ = mask_sweep(
                 warehouse,
                 MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
                 warn=warn,
             )
             done.append((model, benchmark, extraction.run_id, mask.run_id))
+    zoo_attribution(warehouse, ZOO[0], limit, k, seeds, device, on_step, warn)
     return done
+
+
+# the zoo's attribution (attnwh attribute): the small toy on the colour choices, patterns with their defaults on at most
+# this many samples, then a mask sweep ranked by it on the same samples as the one ranked by attention (the report's causal page)
+ZOO_ATTRIBUTION_BENCHMARK, ZOO_ATTRIBUTION_SAMPLES = "toy-shapes-choice", 64
+
+
+def zoo_attribution(
+    warehouse: Path | str | None, model: str, limit: int, k: tuple[str, ...], seeds: int, device: str, on_step: Callable[[str], None] | None, warn: Warn | None
+) -> tuple[str, str]:
+    """Head attribution (patterns) of ``model`` on the zoo's attribution benchmark (its first samples, at most
+    ``ZOO_ATTRIBUTION_SAMPLES``), and a mask sweep ranked by it over ``limit`` samples: (attribution run, mask run)."""
+    from attnwh.extract.attribution import AttributeOptions, prepare_attribute, run_attribute
+
+    benchmark, command = ZOO_ATTRIBUTION_BENCHMARK, ["attnwh", "toy", "zoo"]
+    samples = min(limit, ZOO_ATTRIBUTION_SAMPLES)
+    if on_step is not None:
+        on_step(f"{model} on {benchmark}: attribute (random ablation patterns, {samples} samples), then mask by it")
+    attribution = run_attribute(warehouse, prepare_attribute(AttributeOptions(model=model, benchmark=benchmark, limit=samples, device=device, command=command)))
+    options = MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=attribution.run_id, command=command)
+    mask, _ = mask_sweep(warehouse, options, warn=warn)
+    if on_step is not None:
+        on_step(f"{model} on {benchmark}: attribution run {attribution.run_id}, mask run ranked by it {mask.run_id}")
+    return attribution.run_id, mask.run_id
 
 
 def recompute(warehouse: Path | str | None, options: RecomputeOptions, on_progress: Callable[[int, int], None] | None = None) -> RecomputeResult:
