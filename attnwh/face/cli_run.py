@@ -368,6 +368,8 @@ def toy_zoo(
     colour-choice and boxed-region questions and on descriptions of the shapes (toy-shapes-caption,
     captured at every generated token, its object words counted against the scene): then attnwh
     report shows the study's comparisons across models and benchmarks, and its Long answers page.
+    The small toy is also attributed on the colour choices (attnwh attribute: random ablation patterns on the
+    first 64 samples) and masked by that ranking: the report's page Attention against causal importance.
     The same command again resumes.
 
     Example: attnwh toy zoo && attnwh report
