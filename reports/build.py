@@ -281,6 +281,7 @@ def build_report(
                     exports.extend([(f"causal-{len(page.sections)}", built.spec)] if built.spec is not None else [])
             if name == "masking.html":
                 page.sections.append(flips.masking_section(session))
+                page.sections.extend(story.repeated_sections(session))
             if name == "samples.html":
                 page.sections.extend(pictures(session) if pictures is not None else flips.sample_sections(session))
             rendered[name] = page.render()

@@ -112,3 +112,25 @@ def figure_hrefs(pages: Mapping[str, tuple[str, list]]) -> dict[str, str]:
         for index, section in enumerate(sections)
         if getattr(section, "name", None)
     }
+
+
+REPEATED_TITLE = "Benchmarks that ask the same questions"
+
+
+def repeated_sections(session: Catalog) -> list[Section]:
+    """The masking page's note on benchmarks whose extractions asked a model the same questions (``repeated_questions``):
+    one sweep answers for both, and the page says which one was swept (none when no pair)."""
+    sentences = []
+    for row in run_mart(session, "repeated_questions").to_pylist():
+        if row["benchmark"] > row["same_as"] or not (row["benchmark_swept"] or row["same_as_swept"]):
+            continue  # each pair once; a pair neither of which was swept needs no word here
+        first, second = (row["benchmark"], row["same_as"]) if row["benchmark_swept"] else (row["same_as"], row["benchmark"])
+        text = f"{row['model']}: {second} asks the same {row['n_samples']} questions as {first} (sample keys, questions, options and gold answers); "
+        if row["benchmark_swept"] and row["same_as_swept"]:
+            text += "both were swept, so their masking results repeat one another."
+        else:
+            text += f"only {first} was swept: its masking results stand for {second} too."
+        sentences.append(Sentence(text, "#section-0", "masking curves"))
+    if not sentences:
+        return []
+    return [Section(REPEATED_TITLE, "Computed from the questions each extraction asked.", get_mart("repeated_questions").sql, sentences=sentences)]

@@ -362,7 +362,8 @@ def toy_zoo(
     seeds: Annotated[int, typer.Option(help="Seeds of the random heads.")] = 3,
     device: DeviceOption = "auto",
 ) -> None:
-    """Extract every shipped toy (small, medium, large) on every toy benchmark and sweep masking on each.
+    """Extract every shipped toy (small, medium, large) on every toy benchmark and sweep masking on each
+    (but toy-shapes-region, whose questions are toy-shapes-choice's: its sweep would repeat that one).
 
     Three toys of three scales, as the study compares 3.8B, 7B and 13B models, on yes / no,
     colour-choice and boxed-region questions and on descriptions of the shapes (toy-shapes-caption,
@@ -374,13 +375,14 @@ def toy_zoo(
 
     Example: attnwh toy zoo && attnwh report
     """
+    from attnwh.face.workflows import ZOO_SAME_QUESTIONS
     from attnwh.face.workflows import toy_zoo as run_zoo
 
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
     done = run_zoo(warehouse, limit, _names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn)
     for model, benchmark, extraction, mask in done:
-        typer.echo(f"{model:<18} {benchmark:<19} extraction {extraction}  mask {mask}")
+        typer.echo(f"{model:<18} {benchmark:<19} extraction {extraction}  mask {mask or f'none ({ZOO_SAME_QUESTIONS[benchmark]} asks the same questions)'}")
 
 
 @handles_errors

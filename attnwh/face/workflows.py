@@ -83,11 +83,15 @@ ZOO_BENCHMARKS = {
     "toy-shapes-region": ("prompt", "gen1"),
     "toy-shapes-caption": ("prompt", "gen1", "gen"),
 }
+# benchmarks that ask another's questions (toy-shapes-region: toy-shapes-choice's, with the named shape's box): the zoo
+# extracts them (their region attention is their own) but does not sweep them, since the sweep would repeat the other's
+# answers; the report's masking page says so, from the questions each extraction asked (the repeated_questions mart)
+ZOO_SAME_QUESTIONS = {"toy-shapes-region": "toy-shapes-choice"}
 
 
 def toy_zoo(
     warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto", on_step: Callable[[str], None] | None = None, warn: Warn | None = None
-) -> list[tuple[str, str, str, str]]:
+) -> list[tuple[str, str, str, str | None]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
     choice, colour choice with the named shape's box as the region, and descriptions of the shapes, whose
     object words are counted against the scene): an extraction (the descriptions' at every generated token),
@@ -100,9 +104,13 @@ def toy_zoo(
     done = []
     for model in ZOO:
         for benchmark, queries in ZOO_BENCHMARKS.items():
+            swept = benchmark not in ZOO_SAME_QUESTIONS
             if on_step is not None:
-                on_step(f"{model} on {benchmark}: extract, then mask")
+                on_step(f"{model} on {benchmark}: extract" + (", then mask" if swept else f" (no sweep: {ZOO_SAME_QUESTIONS.get(benchmark)}'s questions)"))
             extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, queries=queries, device=device, command=["attnwh", "toy", "zoo"]))
+            if not swept:
+                done.append((model, benchmark, extraction.run_id, None))
+                continue
             mask, _ = mask_sweep(
                 warehouse,
                 MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),

@@ -33,12 +33,22 @@ def toy_warehouse(tmp_path_factory):
 
 
 # imported rankings: tests/integration/test_heads.py; attribution runs: tests/integration/test_attribution.py; object words (hallucination_heads, object_hallucination, sweep_hallucination) need a
-# benchmark with object annotations: tests/integration/test_long_answers.py
+# benchmark with object annotations: tests/integration/test_long_answers.py; two benchmarks asking the same questions
+# (repeated_questions): the zoo's test in tests/integration/test_toy.py
 @pytest.mark.parametrize(
     "name",
     sorted(
         set(marts())
-        - {"imported_ranking", "attribution_ranking", "report_attribution_heads", "report_causal_masking", "hallucination_heads", "object_hallucination", "sweep_hallucination"}
+        - {
+            "imported_ranking",
+            "attribution_ranking",
+            "report_attribution_heads",
+            "report_causal_masking",
+            "hallucination_heads",
+            "object_hallucination",
+            "sweep_hallucination",
+            "repeated_questions",
+        }
     ),
 )
 def test_mart_sidecar_tests_pass_on_a_real_warehouse(toy_warehouse, name):

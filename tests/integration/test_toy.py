@@ -121,12 +121,22 @@ def test_the_zoo_extracts_every_toy_on_every_toy_benchmark_and_sweeps_each(tmp_p
             "select r.benchmark, count(distinct r.model) as models, count(*) as n from gen_tokens t join runs r using (run_id) group by all order by all"
         ).to_pylist()
         hallucination = session.query("select kind, count(*) as n from object_hallucination group by all order by all").to_pylist()
+        repeated = session.query("select model, same_as, benchmark_swept, same_as_swept from repeated_questions where benchmark = 'toy-shapes-region' order by model").to_pylist()
+        from attnwh.reports.story import repeated_sections
+
+        (note,) = repeated_sections(session)
     toys = ("toy-llava-small", "toy-llava-medium", "toy-llava-large")
     benchmarks = ("toy-shapes-yesno", "toy-shapes-choice", "toy-shapes-region", "toy-shapes-caption")
     pairs = {(run["model"], run["benchmark"]) for run in runs}
     assert pairs == {(m, b) for m in toys for b in benchmarks}
     # the small toy's head attribution on the colour choices, and a mask sweep ranked by it
-    assert sorted(run["kind"] for run in runs) == ["attribution"] + ["extract"] * 12 + ["mask"] * 13 and all(run["complete"] for run in runs)
+    # toy-shapes-region asks toy-shapes-choice's questions: extracted (its region attention), not swept; the masking page says so
+    assert sorted(run["kind"] for run in runs) == ["attribution"] + ["extract"] * 12 + ["mask"] * 10 and all(run["complete"] for run in runs)
+    assert not any(run["kind"] == "mask" and run["benchmark"] == "toy-shapes-region" for run in runs)
+    assert repeated == [{"model": model, "same_as": "toy-shapes-choice", "benchmark_swept": False, "same_as_swept": True} for model in sorted(toys)]
+    assert [sentence.text.split(": ", 1)[1] for sentence in note.sentences] == [
+        "toy-shapes-region asks the same 4 questions as toy-shapes-choice (sample keys, questions, options and gold answers); only toy-shapes-choice was swept: its masking results stand for toy-shapes-region too."
+    ] * 3
     assert {(run["model"], run["n_layers"], run["n_heads"]) for run in runs} == {("toy-llava-small", 4, 8), ("toy-llava-medium", 6, 12), ("toy-llava-large", 8, 16)}
     assert [row["with_region"] == row["n"] > 0 for row in region] == [True] * 3  # the boxed benchmark carries region attention
     # the descriptions are captured at every generated token (only they: the questions' extractions capture prompt and gen1)
