@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
@@ -26,6 +28,7 @@ from attnwh.queries.rankings import export_heads, ranked_scores
 from attnwh.reports.causal import strength
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
+from tests.reliability.harness import run_cli
 
 BENCHMARK, LIMIT = "toy-shapes-choice", 3
 
@@ -38,8 +41,8 @@ def _options(model, **settings) -> AttributeOptions:
 def attributed(tmp_path_factory, tiny_mha):
     warehouse = tmp_path_factory.mktemp("attribute") / "wh"
     runs = {}
-    for method, settings in (("single", {}), ("gradient", {}), ("patterns", {"patterns": 24, "bootstrap": 10, "p": 0.25})):
-        runs[method] = run_attribute(warehouse, prepare_attribute(_options(tiny_mha, method=method, **settings)))
+    for method, extra in (("single", {}), ("gradient", {}), ("patterns", {"patterns": 24, "bootstrap": 10, "p": 0.25})):
+        runs[method] = run_attribute(warehouse, prepare_attribute(_options(tiny_mha, method=method, **extra)))
     return warehouse, runs
 
 
@@ -216,3 +219,27 @@ def test_report_page_sets_attention_beside_attribution(attributed, tiny_mha, tmp
     assert f"Over 3 attribution run(s) of 1 model(s), where heads look (concentration_x_sum on gen1) and what ablating them does agree {strength(float(np.median(rhos)))}" in page
     assert f"Spearman's rho {np.median(rhos):.2f} (median) (from {min(rhos):.2f} to {max(rhos):.2f})" in page
     assert "Attention score against attribution, per head" in page and page.count('class="chart"') >= 1
+
+
+WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10)
+BAD_OPTIONS = st.one_of(
+    st.tuples(st.just("--fraction"), st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))).map(repr)),
+    st.tuples(st.just("--fraction"), WORDS),
+    st.tuples(st.just("--patterns"), st.integers(min_value=-(10**6), max_value=1).map(str)),
+    st.tuples(st.just("--bootstrap"), st.integers(min_value=-(10**6), max_value=-1).map(str)),
+    st.tuples(st.just("--alpha"), st.one_of(st.floats(max_value=0.0), st.just(float("inf")), st.just(float("nan"))).map(repr)),
+    st.tuples(
+        st.sampled_from(["--method", "--target", "--ablation", "--fit"]),
+        WORDS.filter(lambda word: word not in ("patterns", "single", "gradient", "logprob", "margin", "zero", "mean", "ridge", "lasso", "ols")),
+    ),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(BAD_OPTIONS)
+def test_generated_bad_options_give_one_line(capsys, tmp_path, bad):
+    """Generated bad values through the console entry point: one line and a non-zero exit, never a traceback."""
+    option, text = bad
+    code, out, err = run_cli(capsys, "attribute", "--warehouse", str(tmp_path / "wh"), "--limit", "1", f"{option}={text}")
+    lines = err.strip().splitlines()
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("attnwh: error:"), (option, text, err)
