@@ -136,3 +136,32 @@ def test_ridge_ranks_with_fewer_patterns_than_heads():
         fitted = fit_patterns(few, -(few @ effects), "ridge", bootstrap=0)
         assert set(np.argsort(-fitted.scores)[:2]) == {1, 4}
         assert np.all(fitted.scores[[1, 4]] < effects[[1, 4]])
+
+
+@pytest.mark.parametrize("mean", [False, True])
+def test_a_gate_at_one_changes_nothing_and_at_zero_ablates(mean):
+    """Attribution patching's gate: g = 1 leaves the head's output as it is, g = 0 ablates it (zero, or its mean
+    output), and the derivative in g is the first-order drop: (output − reference) · ∂T/∂output, by hand."""
+    import torch
+
+    from attnwh.extract.attribution import HeadGate
+
+    generator = torch.Generator().manual_seed(0)
+    output = torch.randn(2, 5, 3, 4, generator=generator, dtype=torch.float64)  # [batch, query, head, head_dim]
+    means = torch.randn(3, 4, generator=generator, dtype=torch.float64) if mean else None
+    weights = torch.randn_like(output)  # a target linear in the output: T = Σ weights · output
+    reference = means[None, None] if mean else torch.zeros_like(output)
+    for value, expected in ((1.0, output), (0.0, reference.expand_as(output))):
+        gate = HeadGate(torch.full((2, 3), value, dtype=torch.float64), means)
+        assert torch.allclose(gate.output(output.clone(), None), expected)
+    gate = HeadGate(torch.ones(2, 3, dtype=torch.float64, requires_grad=True), means)
+    (grad,) = torch.autograd.grad((weights * gate.output(output.clone(), None)).sum(), gate.gate)
+    by_hand = ((output - reference) * weights).sum(dim=(1, 3))  # per sample and head
+    assert torch.allclose(grad, by_hand) and gate.reached
+    # where the target is linear in the head's output, the first-order estimate is the ablation's true drop
+    ablated = HeadGate(torch.zeros(2, 3, dtype=torch.float64), means).output(output.clone(), None)
+    for sample in range(2):
+        for head in range(3):
+            one = output.clone()
+            one[sample, :, head] = ablated[sample, :, head]
+            assert float((weights * output).sum() - (weights * one).sum()) == pytest.approx(float(grad[sample, head]))
