@@ -29,10 +29,35 @@ def _sql(name: str, parameters: dict[str, str]) -> str:
 
 
 def strength(rho: float) -> str:
-    """A word for a rank correlation's size (|rho| < 0.3 weak, < 0.6 moderate, else strong), and its sign."""
+    """Words for a rank correlation's size (|rho| < 0.1 hardly at all, < 0.3 weakly, < 0.6 moderately, else
+    strongly), and its sign."""
     size = abs(rho)
+    if size < 0.1:
+        return "hardly at all"
     word = "weakly" if size < 0.3 else "moderately" if size < 0.6 else "strongly"
-    return word if rho >= 0 else f"{word} in opposite directions"
+    return word if rho > 0 else f"{word}, in opposite directions"
+
+
+def masking_contrast(rows: list[dict]) -> str:
+    """A sentence per model, benchmark, stage and mode: accuracy with the most heads masked that both top
+    rankings were masked at, by attribution and by attention, with their intervals ("" without such rows)."""
+    found = []
+    keys = sorted({(row["model"], row["benchmark"], row["stage"], row["mode"]) for row in rows})
+    for model, benchmark, stage, mode in keys:
+        lines = {row["ranking"]: {} for row in rows}
+        for row in rows:
+            if (row["model"], row["benchmark"], row["stage"], row["mode"]) == (model, benchmark, stage, mode):
+                lines[row["ranking"]][row["k"]] = row
+        both = set(lines.get("top by attribution", {})) & set(lines.get("top by attention", {}))
+        k = max(both, default=0)
+        if k == 0:
+            continue
+        a, b = lines["top by attribution"][k], lines["top by attention"][k]
+        found.append(
+            f"masking the top {k} heads ({a['fraction']:.0%}, stage {stage}, {mode}) of {model} on {benchmark} by attribution leaves accuracy "
+            f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}], by attention {b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+        )
+    return ("; ".join(found)[:1].upper() + "; ".join(found)[1:] + ".") if found else ""
 
 
 def agreement_rows(session: Catalog, heads: list[dict], query: str, score: str) -> list[dict]:
@@ -156,7 +181,14 @@ def sections(session: Catalog, query: str = "gen1", score: str = "concentration_
         ),
         Section(
             "Masking the top heads by attention, by attribution and at random",
-            "Accuracy as more heads are masked, each line from its run's unmasked baseline, with 95% Wilson intervals (random: the widest over seeds).",
+            " ".join(
+                part
+                for part in (
+                    masking_contrast(masking),
+                    "Accuracy as more heads are masked, each line from its run's unmasked baseline, with 95% Wilson intervals (random: the widest over seeds).",
+                )
+                if part
+            ),
             _sql("report_causal_masking", {}),
             spec=causal_masking_curves(masking) if masking else None,
             empty_message="No mask run ranked by an attribution run yet: attnwh mask --ranking-run ATTRIBUTION_RUN, beside one ranked by attention.",

@@ -1,0 +1,39 @@
+"""The causal page's computed sentences (reports/causal.py) on hand-made rows."""
+
+from __future__ import annotations
+
+from attnwh.reports.causal import headline, masking_contrast, strength
+
+
+def _row(ranking: str, k: int, accuracy: float) -> dict:
+    return {
+        "model": "m",
+        "benchmark": "b",
+        "stage": "all",
+        "mode": "zero",
+        "ranking": ranking,
+        "k": k,
+        "fraction": k / 32,
+        "accuracy": accuracy,
+        "ci_low": accuracy - 0.05,
+        "ci_high": accuracy + 0.05,
+    }
+
+
+def test_masking_contrast_takes_the_largest_k_both_top_rankings_share():
+    rows = [_row("top by attribution", 0, 1.0), _row("top by attribution", 3, 0.75), _row("top by attribution", 6, 0.43)]
+    rows += [_row("top by attention", 0, 1.0), _row("top by attention", 3, 0.9), _row("random (outside attention's top k)", 6, 0.8)]
+    assert (
+        masking_contrast(rows) == "Masking the top 3 heads (9%, stage all, zero) of m on b by attribution leaves accuracy 0.750 [0.700, 0.800], by attention 0.900 [0.850, 0.950]."
+    )
+    assert masking_contrast([row for row in rows if row["ranking"] != "top by attention"]) == ""
+
+
+def test_headline_words_follow_the_numbers():
+    assert [strength(rho) for rho in (0.05, -0.05, 0.2, -0.45, 0.8)] == ["hardly at all", "hardly at all", "weakly", "moderately, in opposite directions", "strongly"]
+    rows = [{"model": "m", "spearman": rho, "jaccard_top5": jaccard} for rho, jaccard in ((0.1, 0.0), (0.5, 0.25), (0.7, 1.0))]
+    assert headline(rows, "gen1", "image_sum") == (
+        "Over 3 attribution run(s) of 1 model(s), where heads look (image_sum on gen1) and what ablating them does agree moderately: "
+        "Spearman's rho 0.50 (median) (from 0.10 to 0.70); the top 5 heads of the two rankings overlap with a Jaccard index of 0.25 (median)."
+    )
+    assert headline([], "gen1", "image_sum").startswith("Attribution runs are stored, but no complete extraction run")
