@@ -313,7 +313,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
     if result.reuse_off:
-        warn(f"{result.reuse_off}: evaluated each condition on its own (results are those of the plain path)")
+        warn([f"{result.reuse_off}: evaluated each condition on its own (results are those of the plain path)"])
     typer.echo(render(summary, "table"))
     typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")

@@ -24,6 +24,7 @@ from attnwh.extract.forward import forward_call
 from attnwh.extract.generation import batch_view, generate_with_capture
 from attnwh.extract.packed_cache import PackedLayer, bucket_runs
 from attnwh.extract.pruning import KVPrune, LayerPrune, allocate
+from attnwh.extract.sweep import SweepSamples
 from attnwh.queries.library import open_session
 from tests.integration.test_masking import _encoded, _loaded
 from tests.reference import reference_generate
@@ -343,3 +344,21 @@ def test_phases_are_stored_typed_fingerprinted_and_one_token_answers_equal_the_f
         reused, plain = rows_of("reused", phase, allocation), rows_of("plain", phase, allocation)
         assert [row["output_text"] for row in reused] == [row["output_text"] for row in plain]
         assert logprob_gap(reused, plain) <= 1e-5
+
+
+def test_a_sweep_whose_reuse_check_fails_says_so_in_one_line(tmp_path, tiny_gqa, capsys, monkeypatch):
+    """When the first batch's check turns reuse off, the sweep says why on one warning line and still answers."""
+    warehouse = tmp_path / "wh"
+    tsv = tmp_path / "duo.tsv"
+    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")
+    code, _, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
+    assert code == 0, err
+    with open_session(warehouse) as session:
+        ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
+    monkeypatch.setattr(SweepSamples, "_check_inputs", lambda self, batch, inputs, times: "a planted difference")
+    args = ("prune", "--model", str(tiny_gqa), "--benchmark", "toy-shapes-choice", "--limit", "3", "--batch-size", "3", "--kv-share", "1,0.25", "--allocation", "uniform")
+    code, out, err = run_cli(capsys, *args, "--ranking-run", ranking, "--max-new-tokens", "1", "--warehouse", str(warehouse), "--device", "cpu")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("attnwh: warning:")]
+    assert warned == ["attnwh: warning: a planted difference: evaluated each condition on its own (results are those of the plain path)"]
+    assert "wrote 2 condition(s)" in out
