@@ -20,7 +20,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from attnwh.core.errors import WarehouseError
+from attnwh.core.errors import IntegrityError, WarehouseError, first_line
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.layout import ROWS_FOLDER, RunPaths, rows_folder
 
@@ -81,6 +81,10 @@ def has_rows(record: parts.CommitRecord, name: str = "attention") -> bool:
     return any(entry["path"].startswith(f"{ROWS_FOLDER}/{name}/") for entry in record.files)
 
 
+def _damaged(run: RunPaths, location, exc: BaseException) -> IntegrityError:
+    return IntegrityError(f"run {run.root.name}: the raw rows in {location} are unreadable (a damaged zarr.json: {first_line(exc, 200)})")
+
+
 def open_gen_rows(run: RunPaths) -> tuple[da.Array, np.ndarray]:
     """All committed rows of every generated step of a run as one lazy Dask array [sample, step, layer, head, key],
     with its sample_idx; parts with fewer steps or keys are NaN-padded to the longest."""
@@ -88,9 +92,13 @@ def open_gen_rows(run: RunPaths) -> tuple[da.Array, np.ndarray]:
     for record in parts.commit_records(run):
         if not has_rows(record, "gen_attention"):
             continue
-        group = zarr.open_group(storage.zarr_store(rows_folder(parts.part_folder(run, record))), mode="r")
-        arrays.append(da.from_zarr(group["gen_attention"]))
-        indices.append(np.asarray(group["gen_sample_idx"][...]))
+        location = rows_folder(parts.part_folder(run, record))
+        try:
+            group = zarr.open_group(storage.zarr_store(location), mode="r")
+            arrays.append(da.from_zarr(group["gen_attention"]))
+            indices.append(np.asarray(group["gen_sample_idx"][...]))
+        except Exception as exc:  # a damaged zarr.json fails in many ways (JSON, encoding, validation, missing keys)
+            raise _damaged(run, location, exc) from exc
     if not arrays:
         raise WarehouseError(f"run {run.root.name} has no committed rows of generated steps (extract with --queries gen --gen-rows)")
     steps, width = max(array.shape[1] for array in arrays), max(array.shape[-1] for array in arrays)
@@ -105,13 +113,16 @@ def open_rows(run: RunPaths) -> tuple[da.Array, np.ndarray, list[str]]:
     """
     arrays, indices, queries = [], [], None
     for record in parts.commit_records(run):
-        location = rows_folder(parts.part_folder(run, record))
         if not has_rows(record):
             continue
-        group = zarr.open_group(storage.zarr_store(location), mode="r")
-        arrays.append(da.from_zarr(group["attention"]))
-        indices.append(np.asarray(group["sample_idx"][...]))
-        queries = queries or list(group.attrs["queries"])
+        location = rows_folder(parts.part_folder(run, record))
+        try:
+            group = zarr.open_group(storage.zarr_store(location), mode="r")
+            arrays.append(da.from_zarr(group["attention"]))
+            indices.append(np.asarray(group["sample_idx"][...]))
+            queries = queries or list(group.attrs["queries"])
+        except Exception as exc:  # a damaged zarr.json fails in many ways (JSON, encoding, validation, missing keys)
+            raise _damaged(run, location, exc) from exc
     if not arrays:
         raise WarehouseError(f"run {run.root.name} has no committed raw rows")
     width = max(array.shape[-1] for array in arrays)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from attnwh.core.errors import UsageError, WarehouseError
+from attnwh.core.errors import IntegrityError, UsageError, WarehouseError
 
 SHOW_QUERIES = ("gen1", "prompt")
 DEFAULT_SCORE = "concentration_x_sum"
@@ -103,6 +103,8 @@ def sample_rows(session, run_id: str, samples: Sequence[str], query: str) -> lis
     found = [find_sample(session, run_id, sample) for sample in samples]
     try:
         array, indices, queries = open_rows(paths)
+    except IntegrityError:
+        raise  # damaged rows: said as they are
     except WarehouseError as exc:
         raise UsageError(f"{exc} (extracted with --no-rows, or no part committed yet); extract again without --no-rows to draw where heads look") from exc
     if query not in queries:
