@@ -368,13 +368,16 @@ class StackedLayer(LayerIntervention):
     def cache_keeps(self, key):
         """Each block's keys as its condition's cache keeps them (a block without a cache-pruning intervention
         here keeps every key); None where some intervention of a block does not prune the cache."""
-        keeps = torch.ones(key.shape[:3], dtype=torch.bool, device=key.device)
+        kept = []
         for block, edits in self.parts:
             for edit in edits:
-                kept = edit.cache_keeps(key[block])
-                if kept is None:
+                block_keeps = edit.cache_keeps(key[block])
+                if block_keeps is None:  # (every decode step, and every masking layer, ends here: nothing allocated)
                     return None
-                keeps[block] &= kept
+                kept.append((block, block_keeps))
+        keeps = torch.ones(key.shape[:3], dtype=torch.bool, device=key.device)
+        for block, block_keeps in kept:
+            keeps[block] &= block_keeps
         return keeps
 
     def output(self, output, value):

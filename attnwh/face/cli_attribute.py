@@ -25,7 +25,7 @@ from attnwh.face.cli_run import (
     ThreadsOption,
     WorldSizeOption,
 )
-from attnwh.face.console import WarehouseOption, handles_errors, progress, warn
+from attnwh.face.console import WarehouseOption, handles_errors, progress, warn_reuse_off
 
 TOP_SHOWN = 10  # heads printed after a run
 
@@ -111,8 +111,7 @@ def attribute(
     setup = prepare_attribute(options)
     with progress("attribute", "conditions") as on_progress:
         result = run_attribute(warehouse, setup, on_progress=on_progress)
-    if result.reuse_off:
-        warn([f"{result.reuse_off}: evaluated each condition on its own (results are those of the plain path)"])
+    warn_reuse_off(result.reuse_off)
     if not result.fitted:
         typer.echo(
             f"attribution run {result.run_id}: wrote {result.conditions_written} of {result.conditions_total} condition(s); the fit follows once every condition is committed"

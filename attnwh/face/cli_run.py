@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, warn
+from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, warn, warn_reuse_off
 
 # the options extract and mask share
 ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
@@ -312,8 +312,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
 
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
-    if result.reuse_off:
-        warn([f"{result.reuse_off}: evaluated each condition on its own (results are those of the plain path)"])
+    warn_reuse_off(result.reuse_off)
     typer.echo(render(summary, "table"))
     typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")

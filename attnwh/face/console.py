@@ -62,6 +62,12 @@ def warn(lines: list[str]) -> None:
         typer.echo(f"attnwh: warning: {one_line(line)}", err=True)
 
 
+def warn_reuse_off(reuse_off: str | None) -> None:
+    """Say (on one line) that a sweep's first-batch check turned reuse off, and why."""
+    if reuse_off:
+        warn([f"{reuse_off}: evaluated each condition on its own (results are those of the plain path)"])
+
+
 class read_session:
     """The query session of a read command; runs left out of it are named on stderr, never dropped silently."""
 

@@ -281,6 +281,16 @@ def _prune(capsys, warehouse, model, ranking, *extra):
     return out
 
 
+def _imported_ranking(tmp_path, capsys, warehouse, model) -> str:
+    """A DuoAttention TSV of the tiny GQA model's 3 × 2 KV heads imported as a ranking run; its id."""
+    tsv = tmp_path / "duo.tsv"
+    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")
+    code, _, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(model), "--name", "duo", "--warehouse", str(warehouse))
+    assert code == 0, err
+    with open_session(warehouse) as session:
+        return session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
+
+
 def _stored_without_phase(as_sweep):
     """``PruneCondition.as_sweep`` storing the settings as attnwh wrote them before phases existed."""
 
@@ -293,12 +303,7 @@ def _stored_without_phase(as_sweep):
 
 def test_phases_are_stored_typed_fingerprinted_and_one_token_answers_equal_the_full_cache(tmp_path, tiny_gqa, capsys, monkeypatch):
     warehouse = tmp_path / "wh"
-    tsv = tmp_path / "duo.tsv"
-    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")
-    code, _, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
-    assert code == 0, err
-    with open_session(warehouse) as session:
-        ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
+    ranking = _imported_ranking(tmp_path, capsys, warehouse, tiny_gqa)
     out = _prune(capsys, warehouse, tiny_gqa, ranking, "--phase", "cache,prefill", "--stack", "2", "--run", "reused")
     assert "wrote 5 condition(s)" in out and " phase " in out.splitlines()[0]  # full + 2 phases x (score, uniform); the table names the phase
     _prune(capsys, warehouse, tiny_gqa, ranking, "--phase", "cache,prefill", "--no-reuse", "--run", "plain")
@@ -349,12 +354,7 @@ def test_phases_are_stored_typed_fingerprinted_and_one_token_answers_equal_the_f
 def test_a_sweep_whose_reuse_check_fails_says_so_in_one_line(tmp_path, tiny_gqa, capsys, monkeypatch):
     """When the first batch's check turns reuse off, the sweep says why on one warning line and still answers."""
     warehouse = tmp_path / "wh"
-    tsv = tmp_path / "duo.tsv"
-    tsv.write_text("0.1\t0.9\n0.5\t0.3\n1\t0\n")
-    code, _, err = run_cli(capsys, "heads", "import", str(tsv), "--format", "duo-tsv", "--model", str(tiny_gqa), "--name", "duo", "--warehouse", str(warehouse))
-    assert code == 0, err
-    with open_session(warehouse) as session:
-        ranking = session.query("select run_id from runs where kind = 'ranking'").to_pylist()[0]["run_id"]
+    ranking = _imported_ranking(tmp_path, capsys, warehouse, tiny_gqa)
     monkeypatch.setattr(SweepSamples, "_check_inputs", lambda self, batch, inputs, times: "a planted difference")
     args = ("prune", "--model", str(tiny_gqa), "--benchmark", "toy-shapes-choice", "--limit", "3", "--batch-size", "3", "--kv-share", "1,0.25", "--allocation", "uniform")
     code, out, err = run_cli(capsys, *args, "--ranking-run", ranking, "--max-new-tokens", "1", "--warehouse", str(warehouse), "--device", "cpu")
