@@ -42,6 +42,7 @@ from attnwh.core.errors import ModelError, UsageError
 from attnwh.extract.batches import Batch
 from attnwh.extract.forward import BatchView, LayerIntervention, forward_call
 from attnwh.extract.generation import batch_view
+from attnwh.extract.image_swap import BASELINE_IMAGES, BaselineKV, ImageSwap, mean_image
 from attnwh.extract.mask_run import head_means
 from attnwh.extract.masking import Head, HeadMask
 from attnwh.extract.models import load_model
@@ -54,7 +55,7 @@ from attnwh.warehouse.layout import RunPaths
 from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
 
 METHODS = ("patterns", "single", "gradient")
-ABLATIONS = ("zero", "mean")
+ABLATIONS = ("zero", "mean", *BASELINE_IMAGES)
 TARGETS = ("logprob", "margin")
 FITS = ("ridge", "lasso", "ols")
 TARGET_COLUMN = {"logprob": "gold_logprob", "margin": "gold_margin"}
@@ -95,6 +96,11 @@ def check_attribute_options(options: AttributeOptions) -> None:
         raise UsageError(f"--alpha must be a positive number, got {options.alpha}")
     if options.alpha is not None and options.fit == "ols":
         raise UsageError("--alpha sets ridge's or lasso's regularisation; --fit ols has none")
+    if options.method == "gradient" and options.ablation in BASELINE_IMAGES:
+        raise UsageError(
+            f"--method gradient takes --ablation zero or mean; by a baseline image ({options.ablation}) a head's output under the swapped keys would need a second attention "
+            "in every layer, which attribution patching here does not run: use --method patterns or single"
+        )
 
 
 def check_against_model(options: AttributeOptions, n_heads: int) -> int:
@@ -209,8 +215,9 @@ def mean_effects(drops: np.ndarray) -> HeadFit:
 
 @dataclass(frozen=True)
 class AttributionSweep:
-    """The sweep of attribution's ablations: heads switched off (``zero``) or set to their mean output over the
-    sweep's samples (``mean``), each row carrying the targets (``sweep_targets``)."""
+    """The sweep of attribution's ablations: heads switched off (``zero``), set to their mean output over the
+    sweep's samples (``mean``), or reading a baseline image's keys and values in place of the image's
+    (``blank-image``, ``mean-image``: extract.image_swap), each row carrying the targets (``sweep_targets``)."""
 
     ablation: str
     kind = "attribution"
@@ -219,12 +226,18 @@ class AttributionSweep:
     def batch_size(self, options: SweepOptions) -> int:
         return options.batch_size
 
-    def prepare(self, samples: SweepSamples) -> dict[Head, torch.Tensor]:
+    def prepare(self, samples: SweepSamples) -> dict[Head, torch.Tensor] | BaselineKV:
+        if self.ablation in BASELINE_IMAGES:
+            return BaselineKV(samples.loaded, self.ablation, mean_image(samples.batches) if self.ablation == "mean-image" else None)
         return head_means(samples) if self.ablation == "mean" else {}
 
-    def interventions(self, condition: SweepCondition, prepared: dict[Head, torch.Tensor]) -> list[HeadMask]:
+    def interventions(self, condition: SweepCondition, prepared: dict[Head, torch.Tensor] | BaselineKV) -> list[HeadMask | ImageSwap]:
         heads = condition.heads
-        return [HeadMask(heads, self.ablation, {head: prepared[head] for head in heads} if prepared else {})] if heads else []
+        if not heads:
+            return []
+        if isinstance(prepared, BaselineKV):
+            return [ImageSwap(heads, prepared)]
+        return [HeadMask(heads, self.ablation, {head: prepared[head] for head in heads} if prepared else {})]
 
 
 @dataclass

@@ -80,6 +80,8 @@ class BatchView:
     n_kv_heads: int
     segments: torch.Tensor  # [batch, prompt_position] segment codes (extract.segments)
     attention_mask: torch.Tensor  # [batch, prompt_position] 1 = real token, 0 = left padding
+    # the batch's encoded inputs, for an intervention that runs the same prompt once more (ablation by a baseline image)
+    inputs: Any = field(default=None, compare=False, repr=False)
 
     @property
     def n_kv_groups(self) -> int:

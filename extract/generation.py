@@ -45,7 +45,7 @@ def batch_view(loaded: LoadedModel, encoded: dict[str, torch.Tensor]) -> BatchVi
     """What interventions are told of the model and of one encoded batch."""
     info = loaded.info
     segments = prompt_segments(encoded["input_ids"], encoded["attention_mask"], loaded.spec.image_token_ids)
-    return BatchView(info["n_layers"], info["n_heads"], info["n_kv_heads"], segments, encoded["attention_mask"])
+    return BatchView(info["n_layers"], info["n_heads"], info["n_kv_heads"], segments, encoded["attention_mask"], encoded)
 
 
 def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()):
