@@ -38,6 +38,7 @@ STAGING_ORDER = (
     "stg_prune_conditions",
     "stg_prune_results",
     "stg_head_attributions",
+    "stg_attribution_pairs",
     # the former stored tables, in their shape over old and new parts (sweeps now share sweep_conditions / sweep_results)
     "mask_conditions",
     "mask_results",

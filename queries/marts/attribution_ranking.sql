@@ -1,6 +1,5 @@
 -- one row per head of an attribution run (attnwh attribute), best first: its causal importance (the drop of
--- the target when the head is ablated), the uncertainty, the stage, and its rank (ties to the lower layer, then
--- head, as head_ranking orders an extraction run's heads)
+-- the target when the head is ablated), the uncertainty, the stage, and its rank (stg_head_attributions')
 select
     run_id,
     layer,
@@ -14,7 +13,7 @@ select
     n_layers,
     n_heads,
     n_kv_heads,
-    row_number() over (order by score desc nulls last, layer, head) as rank
+    rank
 from stg_head_attributions
 where run_id = $run_id
 order by rank

@@ -1,20 +1,9 @@
 -- one row per head of every attribution run (attnwh attribute): its causal importance beside its attention score
 -- (the mean of $score on $query) over the newest complete extraction run of the same model, revision and
 -- benchmark (null where there is none), and the head's stage: the report's scatter of attention against attribution
-with attribution_runs as (
-    select distinct a.run_id, a.model, a.benchmark, a.method, a.target, a.ablation, json_extract_string(r.spec, '$.model_revision') as revision
-    from stg_head_attributions as a
-    join stg_runs as r using (run_id)
-),
-extractions as (
-    select run_id, model, benchmark, json_extract_string(spec, '$.model_revision') as revision, created
-    from stg_runs
-    where kind = 'extract' and complete
-),
-paired as (
-    select a.run_id as attribution_run, a.model, a.benchmark, a.method, a.target, a.ablation, arg_max(e.run_id, (e.created, e.run_id)) as extraction_run
-    from attribution_runs as a
-    left join extractions as e on e.model = a.model and e.benchmark = a.benchmark and e.revision = a.revision
+with paired as (
+    select attribution_run, model, benchmark, method, target, ablation, arg_max(extraction_run, (extraction_created, extraction_run)) as extraction_run
+    from stg_attribution_pairs
     group by all
 )
 select

@@ -2,7 +2,9 @@
 -- (the share of samples in which the head is among that sample's top-$k heads by the same score;
 -- the order of a sample's heads is head_order_key's: missing scores last, ties to the lower layer,
 -- then head). For $k up to ranks_kept() the places come from stg_head_ranks (per-part rollups);
--- for a larger $k from every head_metrics row, with a per-sample top-k.
+-- for a larger $k from every head_metrics row, with a per-sample top-k. Beside each head, causally: its score
+-- in the newest attribution run (attnwh attribute) of the same model, revision and benchmark
+-- (stg_attribution_pairs), null where there is none.
 with means as (
     select
         run_id,
@@ -52,6 +54,12 @@ detected as (
     select * from detected_from_ranks
     union all
     select * from detected_from_rows
+),
+attributed as (
+    select extraction_run as run_id, arg_max(attribution_run, (attribution_created, attribution_run)) as attribution_run
+    from stg_attribution_pairs
+    where extraction_run is not null
+    group by extraction_run
 )
 select
     m.run_id,
@@ -64,8 +72,17 @@ select
     m.mean_score,
     m.sd_score,
     coalesce(d.n_detected, 0) / s.n as detection_score,
-    row_number() over (partition by m.run_id, m.query order by m.mean_score desc nulls last, m.layer, m.head) as rank
+    row_number() over (partition by m.run_id, m.query order by m.mean_score desc nulls last, m.layer, m.head) as rank,
+    a.run_id as attribution_run,
+    a.method as attribution_method,
+    a.ablation as attribution_ablation,
+    a.score as attribution,
+    a.ci_low as attribution_ci_low,
+    a.ci_high as attribution_ci_high,
+    a.rank as attribution_rank
 from means as m
 join samples_per_run as s using (run_id)
 left join detected as d using (run_id, layer, head)
 join stg_runs as r using (run_id)
+left join attributed as p using (run_id)
+left join stg_head_attributions as a on a.run_id = p.attribution_run and a.layer = m.layer and a.head = m.head

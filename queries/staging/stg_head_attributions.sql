@@ -1,5 +1,7 @@
 -- one row per attribution run (attnwh attribute) and head: its causal importance (the drop of the target when
--- the head is ablated), the estimate's uncertainty, the head's stage, and the method's settings and fit
+-- the head is ablated), the estimate's uncertainty, the head's stage, its rank in the run (1 = the largest
+-- drop; ties to the lower layer, then head, as head_ranking orders an extraction run's heads), and the method's
+-- settings and fit
 select
     a.run_id,
     r.model,
@@ -14,6 +16,7 @@ select
     a.std_error,
     a.ci_low,
     a.ci_high,
+    row_number() over (partition by a.run_id order by a.score desc nulls last, a.layer, a.head) as rank,
     f.method,
     f.ablation,
     f.target,

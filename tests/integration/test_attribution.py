@@ -173,8 +173,27 @@ def test_downstream_commands_take_an_attribution_run(attributed, tiny_mha):
         for run in runs.values():  # the mart's sidecar data tests on every method's run
             assert data_test_failures(get_mart("attribution_ranking"), run_mart(session, "attribution_ranking", {"run_id": run.run_id})) == []
     assert [(h["layer"], h["head"]) for h in top["heads"]] == [best] and top["ranking_score"] == "attribution"
+    _visual_heads_carry_the_newest_attribution(warehouse, extraction, runs)
     assert agreement and agreement[0]["n_heads"] == 12 and -1 <= agreement[0]["spearman"] <= 1
     assert between[0]["n_heads"] == 12
+
+
+def _visual_heads_carry_the_newest_attribution(warehouse, extraction: str, runs) -> None:
+    """visual_heads sets beside each head of the extraction its score in the newest attribution run of the same
+    model and benchmark (patterns, made last), and its rank there, both from the stored head_attributions rows."""
+    newest = runs["patterns"].run_id
+    with open_session(warehouse) as session:
+        visual = run_mart(session, "visual_heads", {}).to_pylist()
+        stored = session.query("select layer, head, score, ci_low, ci_high from head_attributions where run_id = $run", {"run": newest}).to_pylist()
+    by_head = {(row["layer"], row["head"]): row["score"] for row in stored}
+    interval = {(row["layer"], row["head"]): (row["ci_low"], row["ci_high"]) for row in stored}
+    order = sorted(by_head, key=lambda head: (-by_head[head], head))
+    assert len(visual) == len(by_head) == 12
+    for row in visual:
+        head = (row["layer"], row["head"])
+        assert row["run_id"] == extraction and row["attribution_run"] == newest and row["attribution_method"] == "patterns"
+        assert row["attribution"] == pytest.approx(by_head[head]) and row["attribution_rank"] == order.index(head) + 1
+        assert (row["attribution_ci_low"], row["attribution_ci_high"]) == pytest.approx(interval[head])
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
