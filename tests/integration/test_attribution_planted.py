@@ -8,7 +8,9 @@ construction's closed form, never against attnwh's own output:
   every null head's);
 - ``single`` gives every graded head its planted amount and the pairs' heads 0: it misses them;
 - ``gradient`` agrees with the planted amounts on the graded heads, where the model is linear, and gives the
-  pairs' heads 0 (the derivative at no ablation, where their OR is saturated).
+  pairs' heads 0 (the derivative at no ablation, where their OR is saturated);
+- with ``--target logprob`` (the gold log-probability, a saturating function of the margin) both follow that
+  function's closed form, and ``gradient`` underestimates every drop (the failure case the README names).
 
 The benchmark is a POPE question file written here, every gold answer "yes", so that the margin's mean change
 over the samples is the planted amount. The builder itself is checked first against stock transformers (eager
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import numpy as np
 import pytest
@@ -59,7 +62,12 @@ def questions(tmp_path_factory):
 
 
 def _options(model, data, **settings) -> AttributeOptions:
-    return AttributeOptions(model=str(model), benchmark="pope", data=data, device="cpu", dtype="float32", target="margin", ablation="zero", command=["test"], **settings)
+    return AttributeOptions(**{"target": "margin", **settings}, model=str(model), benchmark="pope", data=data, device="cpu", dtype="float32", ablation="zero", command=["test"])
+
+
+def _scores(warehouse, run_id: str) -> dict:
+    with open_session(warehouse) as session:
+        return {(row["layer"], row["head"]): row for row in run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist()}
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +77,10 @@ def attributed(tmp_path_factory, planted_model, questions):
     runs = {}
     for method, extra in (("single", {}), ("gradient", {}), ("patterns", {"patterns": N_PATTERNS, "p": P, "bootstrap": BOOTSTRAP})):
         result = run_attribute(warehouse, prepare_attribute(_options(planted_model, questions, method=method, **extra)))
-        with open_session(warehouse) as session:
-            rows = run_mart(session, "attribution_ranking", {"run_id": result.run_id}).to_pylist()
-        runs[method] = result, {(row["layer"], row["head"]): row for row in rows}
+        runs[method] = result, _scores(warehouse, result.run_id)
+    for method in ("single", "gradient"):
+        result = run_attribute(warehouse, prepare_attribute(_options(planted_model, questions, method=method, target="logprob")))
+        runs[f"{method}-logprob"] = result, _scores(warehouse, result.run_id)
     return warehouse, runs
 
 
@@ -143,3 +152,23 @@ def test_patterns_recover_the_planted_ranking_and_find_the_pairs(attributed):
     single = np.array([runs["single"][1][head]["score"] for head in heads])
     assert spearmanr(single, planted).statistic < rho  # single's zeros for the pairs cost it the ranking
     assert result.fit["n_conditions"] == N_PATTERNS and result.fit["r2_heldout"] > 0.5
+
+
+def test_logprob_follows_its_closed_form_and_gradient_underestimates(attributed, planted_model):
+    """The gold log-probability is f(u) = u/2 − log(e^{u/2} + e^{−u/2} + V − 2) (yes +u/2, no −u/2, the V − 2 other
+    tokens 0), saturated at the model's margin u₀ = 14: ``single`` gives f(u₀) − f(u₀ − drop), ``gradient`` c_h f'(u₀),
+    smaller than the true drop for every graded head (and 0 for the pairs)."""
+    _, runs = attributed
+    vocab = json.loads((planted_model / "config.json").read_text())["text_config"]["vocab_size"]
+    u0 = PLANTED.drop(PLANTED.heads)
+
+    def f(u: float) -> float:
+        return u / 2 - math.log(math.exp(u / 2) + math.exp(-u / 2) + vocab - 2)
+
+    slope = 0.5 - (math.exp(u0 / 2) - math.exp(-u0 / 2)) / (2 * (math.exp(u0 / 2) + math.exp(-u0 / 2) + vocab - 2))
+    single, gradient = runs["single-logprob"][1], runs["gradient-logprob"][1]
+    for head, drop in PLANTED.single_effects().items():
+        assert single[head]["score"] == pytest.approx(f(u0) - f(u0 - drop), abs=1e-5), head
+    for head in PLANTED.heads:
+        assert gradient[head]["score"] == pytest.approx(PLANTED.graded.get(head, 0.0) * slope, abs=1e-5), head
+    assert all(gradient[head]["score"] < single[head]["score"] for head in PLANTED.graded)
