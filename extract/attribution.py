@@ -304,8 +304,8 @@ def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallba
     if fit_id in committed:
         result.fitted, result.fit = True, _stored_fit(run)
         return result
-    if not setup.rank.creates_runs or not all(c.condition_id in committed for c in conditions):
-        return result  # another rank commits the fit once every condition is in
+    if not all(c.condition_id in committed for c in conditions):
+        return result  # the rank whose conditions are committed last fits (it sees every other rank's after its own)
     changes, n_samples = read_changes(run, len(conditions), TARGET_COLUMN[options.target])
     if options.method == "single":
         head_fit = mean_effects(-changes[1:].T)  # per sample: baseline minus ablated

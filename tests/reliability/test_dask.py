@@ -154,3 +154,27 @@ def test_a_prune_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
         with open_session(warehouse) as session:
             results.append(session.query("select * exclude (run_id) from prune_results order by condition_id, sample_idx").to_pylist())
     assert results[0] == results[1] and len(results[0]) == 3 * 16
+
+
+def test_attribution_on_two_workers_equals_the_single_process_run(tmp_path):
+    """attnwh attribute's patterns as conditions of a sweep on a LocalCluster of two workers: the client fits
+    once every pattern is in, and the heads' scores equal one process's."""
+    from attnwh.queries.library import open_session
+
+    scores = []
+    for name, scheduler in (("single", "local"), ("cluster", "local:2")):
+        args = ["attribute", "--limit", "4", "--patterns", "4", "--bootstrap", "5", "--batch-size", "4", "--device", "cpu", "--scheduler", scheduler]
+        done = subprocess.run(
+            [sys.executable, "-m", "attnwh.face.cli", *args, "--warehouse", str(tmp_path / name)],
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        (run,) = open_warehouse(tmp_path / name).run_folders()
+        assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(6))  # baseline, 4 patterns, fit
+        with open_session(tmp_path / name) as session:
+            scores.append(session.query("select layer, head, score, ci_low, ci_high from head_attributions order by layer, head").to_pylist())
+    assert len(scores[0]) == 32
+    for alone, clustered in zip(*scores):
+        assert clustered == pytest.approx(alone, abs=1e-6)

@@ -144,3 +144,27 @@ def test_status_names_the_writers_rate_and_eta(pristine, capsys):
     assert all(part["writer"].endswith("rank 0/1") for part in extract["parts"])
     code, out, _ = run_cli(capsys, "status", "--warehouse", str(pristine))
     assert code == 0 and "2/2" in out and "rank 0/1 (2)" in out
+
+
+ATTRIBUTE = ["attribute", "--limit", "6", "--patterns", "6", "--bootstrap", "5", "--device", "cpu", "--batch-size", "6"]
+
+
+def _attributions(warehouse: Path) -> list[dict]:
+    from attnwh.queries.library import open_session
+
+    with open_session(warehouse) as session:
+        return session.query("select * exclude (run_id) from head_attributions order by layer, head").to_pylist()
+
+
+def test_attribution_across_ranks_is_fitted_by_the_last_rank_and_equals_one_process(tmp_path):
+    """Two ranks split the patterns (a condition each in turn); whichever commits its last condition after the
+    other's fits, once; the scores equal one process's."""
+    ranked, alone = tmp_path / "ranks", tmp_path / "alone"
+    finish(launch(ATTRIBUTE, ranked, RANK="0", WORLD_SIZE="2"), launch(ATTRIBUTE, ranked, RANK="1", WORLD_SIZE="2"))
+    finish(launch(ATTRIBUTE, alone))
+    (run,) = open_warehouse(ranked).run_folders()
+    assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(8))
+    written = writers(ranked, "attribution")
+    assert sorted(written) == list(range(8))  # the baseline, 6 patterns and the fit
+    assert all(writer["rank"] == condition % 2 and writer["world_size"] == 2 for condition, writer in written.items() if condition < 7)
+    assert _attributions(ranked) == _attributions(alone) and len(_attributions(alone)) == 32
