@@ -64,6 +64,18 @@ class LayerIntervention:
         """The layer's attention output ``[batch, query, head, head_dim]`` after the intervention."""
         return output
 
+    def prefill_unchanged(self) -> bool:
+        """Whether the layer's prefill is exactly the plain model's under this intervention (it only prunes the
+        cache after it): a sweep may then replay the baseline's prefill of the layer (``extract.reuse``) and
+        hand the intervention what that prefill showed it (:meth:`replay_prefill`) instead of running it."""
+        return False
+
+    def replay_prefill(self, query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float | None) -> None:
+        """The layer's prefill replayed from the baseline's: ``query`` the prompt's last rows (up to SnapKV's
+        observation window, ``extract.pruning.SNAPKV_WINDOW``), ``key`` every prompt key, ``attention_mask``
+        those rows' mask (None: causal). Only for an intervention whose :meth:`prefill_unchanged` is True."""
+        raise NotImplementedError(f"{type(self).__name__} changes the prefill; its layer is not replayed")
+
     def cache_keeps(self, key: torch.Tensor) -> torch.Tensor | None:
         """For an intervention that prunes the KV cache: after this call (the prefill, ``key`` its keys
         ``[batch, kv_head, key, head_dim]``), bool ``[batch, kv_head, key]``, the keys each KV head's cache keeps
@@ -148,6 +160,8 @@ def attention(
     layer = None if call is None else call.layer_of.get(id(module))
     if layer is None:  # no call in this context, or a call over another model
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks, **kwargs), None
+    if call.prefix is not None:
+        call.prefix.attention(layer, query, key, attention_mask, scaling)
     edits = call.edits.get(layer, ())
     cache_index = getattr(module, "layer_idx", layer)
     packed = _packed_layer(call.cache, cache_index) if edits else None
@@ -173,7 +187,7 @@ def attention(
     for edit in edits:
         output = edit.output(output, value)
     if edits and call.cache is not None and call.observer is None:
-        _compress(call.cache, cache_index, edits, key, attention_mask)
+        pack_pruned(call.cache, cache_index, edits, key, attention_mask)
     return output, None
 
 
@@ -183,7 +197,7 @@ def _packed_layer(cache: Any, index: int) -> PackedLayer | None:
     return entry if isinstance(entry, PackedLayer) else None
 
 
-def _compress(cache: Any, index: int, edits: Sequence[LayerIntervention], key: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+def pack_pruned(cache: Any, index: int, edits: Sequence[LayerIntervention], key: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
     """After a layer's prefill: where every intervention of the layer prunes the cache and some key goes, the
     layer's cache entry is replaced by its packed form (``extract.packed_cache``): the kept keys of each KV
     head, without the left padding no real row reads."""
@@ -324,4 +338,16 @@ def forward_call(
         ACTIVE_CALL.reset(token)
 
 
-__all__ = ["ACTIVE_CALL", "BatchView", "CAPTURE_ATTENTION", "ForwardCall", "Intervention", "LayerIntervention", "Observer", "attention", "forward_call", "install_dispatch"]
+__all__ = [
+    "ACTIVE_CALL",
+    "BatchView",
+    "CAPTURE_ATTENTION",
+    "ForwardCall",
+    "Intervention",
+    "LayerIntervention",
+    "Observer",
+    "attention",
+    "forward_call",
+    "install_dispatch",
+    "pack_pruned",
+]

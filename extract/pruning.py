@@ -167,6 +167,15 @@ class LayerPrune(LayerIntervention):
     buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one call
     packs: bool = True  # whether the layer's cache is packed after the prefill (extract.packed_cache); False: gathered at every step
 
+    def prefill_unchanged(self) -> bool:
+        """``cache`` phase: the prefill attends over every key, as the plain model's does."""
+        return self.phase == "cache"
+
+    def replay_prefill(self, query, key, attention_mask, scaling) -> None:
+        """The kept keys chosen from the baseline's prefill (the observation window's rows), as the prefill's own call would."""
+        self.kept = self._choose(query, key, attention_mask, scaling)
+        self.keeps_all = bool(self.kept.all())
+
     def cache_keeps(self, key: torch.Tensor) -> torch.Tensor | None:
         """After the layer's prefill, the prompt keys each KV head's cache keeps (``extract.forward`` packs the
         cache to them, and the decode steps attend over the packed cache instead of gathering); None otherwise."""

@@ -13,7 +13,12 @@ same for all of them. Per batch of samples the sweep therefore:
    where some condition starts, and the KV cache of the layers before the deepest start;
 3. **starts each stack of conditions at its first intervened layer** (``PrefixReplay``): in the prefill, a
    layer before the start is not run; its cache entry is the baseline's, and its output the baseline's
-   output at the start's boundary; decode steps run every layer (their inputs are new tokens);
+   output at the start's boundary; decode steps run every layer (their inputs are new tokens). An
+   intervention that leaves the prefill as the plain model computes it (pruning in the ``cache`` phase, as
+   SnapKV and SparseMM prune: after the prefill) does not count as a start: its layers are replayed too, and
+   it chooses what its cache keeps from the baseline's prefill (the observation window's query rows and the
+   keys, recorded), after which the layer's cache is packed as its own prefill would have left it. A
+   condition of such pruning alone replays the whole prefill: only its decode steps run;
 4. **stacks several conditions of the same samples in one pass** (``stack_interventions``): the samples'
    rows repeated once per condition, each condition's interventions acting on its rows only, so that the
    weights are read once per step for all of them; conditions are ordered by first intervened layer and
@@ -43,8 +48,8 @@ from typing import Any
 
 import torch
 
-from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call
-from attnwh.extract.pruning import as_bool_mask
+from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
+from attnwh.extract.pruning import SNAPKV_WINDOW, as_bool_mask
 
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
 
@@ -160,17 +165,29 @@ def _copy_entry(entry: Any, times: int = 1) -> Any:
 
 @dataclass
 class PrefixRecording:
-    """The baseline's prefill, recorded: each ``boundaries`` layer's output, and the cache entries of the
-    layers before ``depth``. Active in the baseline's call; read by the replays after it."""
+    """The baseline's prefill, recorded: each ``boundaries`` layer's output, the cache entries of the layers
+    before ``depth``, and (``windows``) each attention layer's last query rows, keys and mask, from which a
+    replayed layer's cache-pruning intervention chooses its keys. Active in the baseline's call; read by the
+    replays after it."""
 
     boundaries: frozenset[int]  # layer indices whose output a stack starts after (start - 1)
     depth: int  # the deepest start: cache entries of layers 0 .. depth - 1 are kept
+    windows: bool = False  # whether some condition replays a layer it prunes (``LayerIntervention.prefill_unchanged``)
     outputs: dict[int, Any] = field(default_factory=dict)
     entries: dict[int, Any] = field(default_factory=dict)
+    attended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None]] = field(
+        default_factory=dict
+    )  # attention layer -> (query rows, keys, mask rows, scaling)
     passes: int = 0
 
     def begin_forward(self, kwargs: dict[str, Any]) -> None:
         self.passes += 1
+
+    def attention(self, layer: int, query, key, attention_mask, scaling) -> None:
+        if self.windows and self.passes == 1:
+            rows = min(SNAPKV_WINDOW, query.shape[2])
+            mask = None if attention_mask is None else attention_mask[:, :, -rows:, :].clone() if attention_mask.shape[2] > 1 else attention_mask
+            self.attended[layer] = (query[:, :, -rows:, :].clone(), key, mask, scaling)
 
     def layer(self, index: int, forward, args, kwargs):
         output = forward(*args, **kwargs)
@@ -195,6 +212,9 @@ class PrefixReplay:
     def begin_forward(self, kwargs: dict[str, Any]) -> None:
         self.passes += 1
 
+    def attention(self, layer: int, query, key, attention_mask, scaling) -> None:
+        pass
+
     def layer(self, index: int, forward, args, kwargs):
         if self.passes != 1 or index >= self.start:
             return forward(*args, **kwargs)
@@ -206,9 +226,28 @@ class PrefixReplay:
             cache.layers.append(entry)
         else:
             raise ReuseError(f"the cache has {len(cache.layers)} entries when layer {index} runs")
+        self._replay_interventions(index, cache)
         if self._output is None:
             self._output = tile(self.recording.outputs[self.start - 1], self.times)
         return self._output  # every skipped layer returns the boundary's output: the next skipped layer ignores it
+
+    def _replay_interventions(self, index: int, cache) -> None:
+        """The interventions of the attention layers inside replayed decoder layer ``index`` (each leaves the
+        prefill unchanged) are handed the baseline's prefill of their layer, and the layer's cache is packed as
+        their own prefill would have left it."""
+        call = ACTIVE_CALL.get()
+        for module in call.decoder_layers[index].modules():
+            layer = call.layer_of.get(id(module))
+            edits = call.edits.get(layer) if layer is not None else None
+            if not edits:
+                continue
+            if layer not in self.recording.attended:
+                raise ReuseError(f"attention layer {layer} is replayed with an intervention but its prefill was not recorded")
+            query, key, mask, scaling = (tile(item, self.times) for item in self.recording.attended[layer])
+            for edit in edits:
+                edit.replay_prefill(query, key, mask, scaling)
+            if call.observer is None:
+                pack_pruned(cache, getattr(module, "layer_idx", layer), edits, key, mask)
 
 
 # -- the check: what the text model is handed ----------------------------------------------------------
@@ -227,6 +266,9 @@ class InputProbe:
     def begin_forward(self, kwargs: dict[str, Any]) -> None:
         self.kwargs = dict(kwargs)
         raise _Probed
+
+    def attention(self, layer: int, query, key, attention_mask, scaling) -> None:  # pragma: no cover  (the pass stops before any layer)
+        pass
 
     def layer(self, index: int, forward, args, kwargs):  # pragma: no cover  (the pass stops before any layer)
         return forward(*args, **kwargs)
@@ -281,8 +323,15 @@ def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 
 
 
 def first_layer(bound: Sequence[dict[int, LayerIntervention]], n_layers: int) -> int:
-    """The first layer a condition's bound interventions touch (``n_layers`` when none)."""
-    return min((min(edits) for edits in bound if edits), default=n_layers)
+    """The first layer whose prefill a condition's bound interventions change (``n_layers`` when none): a layer
+    whose interventions all leave the prefill unchanged (cache pruning) is replayed from the baseline."""
+    return min((layer for edits in bound for layer, edit in edits.items() if not edit.prefill_unchanged()), default=n_layers)
+
+
+def replays_interventions(bound: Sequence[Sequence[dict[int, LayerIntervention]]]) -> bool:
+    """Whether some condition of a group has an intervention in a layer it replays (then the baseline's
+    recording keeps each layer's prefill for it to choose from)."""
+    return any(edit.prefill_unchanged() for condition in bound for edits in condition for edit in edits.values())
 
 
 def plan_stacks(starts: Sequence[int], n_layers: int, most: int, slack: float = 1.1) -> list[list[int]]:
@@ -332,6 +381,14 @@ class StackedLayer(LayerIntervention):
 
     def __init__(self, parts: list[tuple[slice, list[LayerIntervention]]]):
         self.parts = parts
+
+    def prefill_unchanged(self) -> bool:
+        return all(edit.prefill_unchanged() for _, edits in self.parts for edit in edits)
+
+    def replay_prefill(self, query, key, attention_mask, scaling) -> None:
+        for block, edits in self.parts:
+            for edit in edits:
+                edit.replay_prefill(query[block], key[block], _rows(attention_mask, block), scaling)
 
     def attend(self, query, key, value, attention_mask, scaling):
         changed = []
@@ -399,6 +456,7 @@ __all__ = [
     "first_layer",
     "install_replay",
     "plan_stacks",
+    "replays_interventions",
     "stack_interventions",
     "supports_media_reuse",
     "tile",

@@ -41,7 +41,18 @@ from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
 from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
-from attnwh.extract.reuse import PrefixRecording, PrefixReplay, compare_inputs, encode_media, first_layer, plan_stacks, stack_interventions, text_model_inputs, tile
+from attnwh.extract.reuse import (
+    PrefixRecording,
+    PrefixReplay,
+    compare_inputs,
+    encode_media,
+    first_layer,
+    plan_stacks,
+    replays_interventions,
+    stack_interventions,
+    text_model_inputs,
+    tile,
+)
 from attnwh.extract.scoring import answer_target, option_ids, score_answer
 from attnwh.extract.segments import IMAGE
 from attnwh.extract.setup import RunSetup, check_max_new_tokens, prepare_run
@@ -265,7 +276,7 @@ class SweepSamples:
         recording, recorded = None, None
         if self.reuse_off is None and (baseline or any(start > 0 for start in stack_starts)):
             deepest = max([start for start in stack_starts if start > 0], default=0)
-            recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest)
+            recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest, replays_interventions(bound))
             limit = self.max_new_tokens if baseline else 1  # the prefill alone, unless the baseline's answers are wanted
             with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
                 recorded = generate(loaded, inputs, limit, self._stop(batch))

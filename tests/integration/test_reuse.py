@@ -60,6 +60,7 @@ def _group(info) -> list[list]:
         [KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention", "prefill")],
         [KVPrune(late_only, "stride")],
         [HeadMask(((last, 1),), "zero"), KVPrune(late_only, "attention")],
+        [KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention")],  # attnwh prune's default: the whole prefill replayed
     ]
 
 
@@ -85,12 +86,14 @@ def test_reused_sweep_equals_each_condition_on_its_own(family_sweep, stack):
 
 
 def test_reuse_skips_the_image_encoder_and_the_prefix(family_sweep, monkeypatch):
-    """Per batch the images are encoded once for all conditions, and a condition that starts at the last layer
-    runs only that layer in its prefill (the attention modules before it are not called)."""
+    """Per batch the images are encoded once for all conditions, a condition that starts at the last layer
+    runs only that layer in its prefill (the attention modules before it are not called), and one that prunes
+    every layer's cache after the prefill (the cache phase) runs no layer in it: its prefill is the baseline's."""
     family, loaded, setup = family_sweep
-    n_layers = loaded.info["n_layers"]
+    n_layers, n_kv = loaded.info["n_layers"], loaded.info["n_kv_heads"]
     last = n_layers - 1
-    group = [[], [HeadMask(((last, 0),), "zero")], [HeadMask(((last, 1),), "zero")]]
+    pruned = KVPrune(allocate("uniform", 0.25, np.zeros((n_layers, n_kv))), "attention")
+    group = [[], [HeadMask(((last, 0),), "zero")], [HeadMask(((last, 1),), "zero")], [pruned]]
     samples = SweepSamples(loaded, setup, 5)
     samples.reuse_checked = True  # the check's plain passes would encode again
     batch = samples.batches[0]
