@@ -12,7 +12,8 @@ machine drifts by tens of percent within minutes), and the medians of the paired
 
 Sweeps: ``mask`` = top / random / bottom × early / mid / late / all at one k (2 heads per stage) with one
 random seed: 13 conditions (the baseline included); ``prune`` = the default grid (full; score / uniform /
-random at 50%, 25%, 10%, 5%: 13 conditions). The ranking is a seeded random score per head (a random
+random at 50%, 25%, 10%, 5%: 13 conditions; the default cache phase); ``attribute`` = ``attnwh attribute``'s
+patterns (16 random ablation patterns, p = 0.2, and the baseline: 17 conditions, then the fit). The ranking is a seeded random score per head (a random
 model has no visual heads; where a trained model's top heads sit changes where masking starts).
 
 Shapes: ``realistic`` = a LLaVA-1.5-shaped prompt (336-px image → 576 image tokens, ~610 tokens with the
@@ -64,6 +65,7 @@ def child_main(args) -> int:
     import duckdb
     import torch
 
+    from attnwh.extract.attribution import AttributeOptions, prepare_attribute, run_attribute
     from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
     from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune
     from attnwh.extract.sweep import HeadRanking
@@ -77,6 +79,10 @@ def child_main(args) -> int:
         options = MaskOptions(**common, strategies=("top", "random", "bottom"), stages=("early", "mid", "late", "all"), k=("2",))
         setup = prepare_mask(options)
         run = run_mask
+    elif args.kind == "attribute":
+        options = AttributeOptions(**common, patterns=16, bootstrap=20)
+        setup = prepare_attribute(options)
+        run = None
     else:
         options = PruneOptions(**common)
         setup = prepare_prune(options)
@@ -88,7 +94,7 @@ def child_main(args) -> int:
     ranking = HeadRanking("bench", "concentration_x_sum", "gen1", dict(sorted(scores.items(), key=lambda item: -item[1])))
     # both paths under the same limit (toy-shapes' own is 2; POPE's and the study's other benchmarks' is 8)
     setup = dataclasses.replace(setup, run=dataclasses.replace(setup.run, max_new_tokens=args.new_tokens))
-    result = run(args.warehouse, setup, ranking)
+    result = run_attribute(args.warehouse, setup) if run is None else run(args.warehouse, setup, ranking)
     seconds = time.perf_counter() - start
     rows = duckdb.sql(
         f"select condition_id, sample_idx, parsed, option_logprobs from read_parquet('{result.run_path}/**/sweep_results*.parquet') order by all"  # noqa: S608 (a bench's own temp path)
@@ -173,7 +179,7 @@ def parent_main(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", nargs="+", default=["realistic", "toy"], choices=["realistic", "toy"])
-    parser.add_argument("--kind", nargs="+", default=["mask", "prune"], choices=["mask", "prune"])
+    parser.add_argument("--kind", nargs="+", default=["mask", "prune"], choices=["mask", "prune", "attribute"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
