@@ -54,7 +54,12 @@ def attribute(
     ] = "zero",
     target: Annotated[str, typer.Option(help="What an ablation changes: logprob (the gold option's log-probability) or margin (over the best wrong option).")] = "logprob",
     patterns: Annotated[int | None, typer.Option(help="patterns: N ablation patterns, each applied to every sample (default: 4 × heads, at least 64).")] = None,
-    fraction: Annotated[float, typer.Option(help="patterns: p, the chance a pattern ablates each head (a fraction p of heads on average), strictly between 0 and 1.")] = 0.2,
+    fraction: Annotated[
+        float,
+        typer.Option(
+            help="patterns: p, the chance a pattern ablates each head (a fraction p of heads on average), strictly between 0 and 1; a head redundant with a partner scores about p × their joint effect, so a larger p (0.5) finds such pairs more surely."
+        ),
+    ] = 0.2,
     fit: Annotated[str, typer.Option(help="patterns: ridge (scikit-learn's RidgeCV), lasso (LassoCV) or ols (plain least squares: needs more patterns than heads).")] = "ridge",
     alpha: Annotated[float | None, typer.Option(help="patterns: the ridge / lasso regularisation (default: chosen by cross-validation).")] = None,
     bootstrap: Annotated[int, typer.Option(help="patterns: bootstrap resamples of the patterns for each head's interval (0: none).")] = 200,
