@@ -23,6 +23,15 @@ HOSTILE_QUESTION = (
 )
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (the README's ``-n 2``) the worker processes share the cores: one math thread each,
+    for this process and the commands it starts (OpenMP threads of two processes oversubscribing two cores
+    spin while waiting for each other: several times slower than one thread each)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def attnwh_home(tmp_path_factory) -> Path:
     """Build the embedded default model into a temp folder, never into the user's cache."""
