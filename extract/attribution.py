@@ -51,7 +51,8 @@ from attnwh.extract.ranks import writer_of
 from attnwh.extract.scoring import gold_option, option_ids
 from attnwh.extract.sweep import ProgressCallback, SweepCondition, SweepOptions, SweepSamples, SweepSetup, check_sweep_options, open_sweep_run, prepare_sweep, run_sweep
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.layout import RunPaths, open_warehouse
+from attnwh.warehouse.runs import MANIFEST_FIELDS, Plan, load_run, open_or_create_run
 from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
 
 METHODS = ("patterns", "single", "gradient")
@@ -485,3 +486,63 @@ def _run_gradient(warehouse_path, setup: SweepSetup, spec: dict[str, Any], heads
     parts.commit_part(run.paths, 0, _writer(run.run_id, heads, head_fit, fit_row), writer_of(setup.rank))
     result.fitted, result.fit = True, fit_row
     return result
+
+
+def refit_attribution(warehouse_path, source_id: str, options: AttributeOptions) -> AttributionResult:
+    """A new attribution run fitted again on the stored targets (``sweep_targets``) of a complete ``patterns`` or
+    ``single`` run, without running the model: another ``fit`` / ``alpha`` / ``bootstrap`` / held-out and bootstrap
+    ``seed``, or the other ``target``. Model, samples and ablations are the source run's (its manifest; the
+    ablated heads of each condition read from its ``sweep_conditions`` rows); the new run's fingerprint holds
+    its settings and ``targets_from``, and its one part is the fit."""
+    check_attribute_options(options)
+    warehouse = open_warehouse(warehouse_path)
+    paths = warehouse.find_run(source_id)
+    if paths is None:
+        raise UsageError(f"--refit: no run {source_id!r} in {warehouse.root}")
+    source = load_run(paths)
+    manifest, kind = source.manifest, source.manifest["kind"]
+    settings = dict(manifest["spec"].get("attribution") or {})
+    if kind != "attribution":
+        raise UsageError(f"--refit takes an attribution run (patterns or single); {source_id} is a {kind} run")
+    if settings.get("method") not in ("patterns", "single"):
+        raise UsageError(f"--refit fits again from a run's stored targets; {source_id} is a {settings.get('method')} run, which stores none (use patterns or single)")
+    n_conditions = len(source.plan.sample_keys) - 1  # the plan: the conditions, then the fit
+    committed = parts.committed_part_ids(paths)
+    missing = [c for c in range(n_conditions) if c not in committed]
+    if missing:
+        raise UsageError(f"--refit: run {source_id} has {len(missing)} of {n_conditions} condition(s) still to commit; finish it first (the command that made it resumes it)")
+    info = manifest["model_info"]
+    heads = heads_of(info)
+    ablated = {row["condition_id"]: {(h["layer"], h["head"]) for h in row["heads"]} for row in _table(paths, "sweep_conditions").to_pylist()}
+    changes, n_samples = read_changes(paths, n_conditions, TARGET_COLUMN[options.target])
+    method = settings["method"]
+    fitted = AttributeOptions(**{**vars(options), "method": method, "ablation": settings["ablation"]})
+    if method == "single":
+        head_fit = mean_effects(-changes[1:].T)
+    else:
+        matrix = np.array([[head in ablated[c] for head in heads] for c in range(1, n_conditions)], dtype=bool)
+        if options.fit == "ols" and len(matrix) < len(heads) + 2:
+            raise UsageError(f"--fit ols needs more patterns than heads: {source_id} holds {len(matrix)} patterns for {len(heads)} heads; refit with --fit ridge or lasso")
+        head_fit = fit_patterns(matrix, changes[1:].mean(axis=1), options.fit, options.alpha, options.bootstrap, options.seed)
+    spec = {key: value for key, value in manifest["spec"].items() if key not in ("kind", "plan_hash", "layout_version")}
+    refitted = {"target": options.target}
+    if method == "patterns":
+        refitted.update(fit=options.fit, alpha=options.alpha, bootstrap=options.bootstrap, fit_seed=options.seed)
+    spec.update(attribution={**settings, **refitted}, targets_from=source_id)
+    details = {key: value for key, value in manifest.items() if key not in MANIFEST_FIELDS and key != "created"} | {"command": options.command}
+    run, _ = open_or_create_run(
+        warehouse, kind="attribution", model=manifest["model"], benchmark=manifest["benchmark"], spec=spec, plan=Plan([FIT_PART], 1), run_id=options.run_id, details=details
+    )
+    result = AttributionResult(run.run_id, run.paths.root, method)
+    if 0 in parts.committed_part_ids(run.paths):
+        result.fitted, result.fit = True, _stored_fit(run.paths)
+        return result
+    fit_row = _fit_row(run.run_id, fitted, head_fit, n_conditions - 1, n_samples)
+    parts.commit_part(run.paths, 0, _writer(run.run_id, heads, head_fit, fit_row))
+    result.fitted, result.fit = True, fit_row
+    return result
+
+
+def _table(paths, name: str) -> pa.Table:
+    files = parts.table_files(paths, name)
+    return pa.concat_tables([_read(path) for path in files]) if files else pa.table({})

@@ -76,6 +76,14 @@ def attribute(
     reuse: ReuseOption = True,
     stack: StackOption = 1,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the attribution run with this id.")] = None,
+    refit: Annotated[
+        str | None,
+        typer.Option(
+            "--refit",
+            help="Fit again from this complete patterns or single run's stored targets, without running the model: a new run with this command's --fit, --alpha, "
+            "--bootstrap, --seed (held-out split and bootstrap) and --target; the model, samples and patterns are the run's (the sweep's other options are not read).",
+        ),
+    ] = None,
 ) -> None:
     """Rank heads by what ablating them does to the gold answer, as a ranking run (kind attribution).
 
@@ -86,9 +94,10 @@ def attribute(
     exported (attnwh heads export RUN) and compared with attention (attnwh query ranking_agreement).
 
     Example: attnwh attribute --benchmark toy-shapes-choice --limit 16 --patterns 128 --fraction 0.2
+    Refit: attnwh attribute --refit RUN --fit lasso
     """
     from attnwh.core.output import render
-    from attnwh.extract.attribution import AttributeOptions, prepare_attribute, run_attribute
+    from attnwh.extract.attribution import AttributeOptions, prepare_attribute, refit_attribution, run_attribute
     from attnwh.queries.library import open_session, run_mart
 
     options = AttributeOptions(
@@ -120,10 +129,13 @@ def attribute(
         run_id=run,
         command=["attnwh", *sys.argv[1:]],
     )
-    setup = prepare_attribute(options)
-    with progress("attribute", "conditions") as on_progress:
-        result = run_attribute(warehouse, setup, on_progress=on_progress)
-    warn_reuse_off(result.reuse_off)
+    if refit is not None:
+        result = refit_attribution(warehouse, refit, options)
+    else:
+        setup = prepare_attribute(options)
+        with progress("attribute", "conditions") as on_progress:
+            result = run_attribute(warehouse, setup, on_progress=on_progress)
+        warn_reuse_off(result.reuse_off)
     if not result.fitted:
         typer.echo(
             f"attribution run {result.run_id}: wrote {result.conditions_written} of {result.conditions_total} condition(s); the fit follows once every condition is committed"

@@ -6,6 +6,7 @@ taken by everything downstream (mask, heads export, ranking_agreement)."""
 from __future__ import annotations
 
 import html
+import shutil
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -146,6 +147,56 @@ def test_patterns_fit_equals_a_closed_form_ridge_on_the_stored_targets(attribute
     assert all(row["ci_low"] <= row["ci_high"] for row in scores.values()) and result.fit["r2_heldout"] is not None
     again = run_attribute(warehouse, prepare_attribute(_options(tiny_mha, method="patterns", patterns=24, bootstrap=10, p=0.25)))
     assert again.run_id == result.run_id and again.conditions_written == 0 and again.fitted
+
+
+def _stored(warehouse, run_id: str, column: str) -> tuple[dict, dict]:
+    """The run's stored ``column`` per (condition, sample) and the heads each condition ablated, from its Parquet files."""
+    run = open_warehouse(warehouse).find_run(run_id)
+    targets = pq.read_table([str(path) for path in parts.table_files(run, "sweep_targets")]).to_pylist()
+    conditions = pq.read_table([str(path) for path in parts.table_files(run, "sweep_conditions")]).to_pylist()
+    return {(row["condition_id"], row["sample_idx"]): row[column] for row in targets}, {c["condition_id"]: {(h["layer"], h["head"]) for h in c["heads"]} for c in conditions}
+
+
+def test_refit_fits_the_stored_targets_again_without_the_model(attributed, monkeypatch, tmp_path):
+    """--refit: a patterns run refitted by plain least squares equals numpy's lstsq (with an intercept) on its stored
+    targets; a single run refitted on the margin gives each head the mean drop of the stored margins; neither
+    runs a sweep or loads a model; the same refit resumes; runs without targets are refused in one line."""
+    from attnwh.core.errors import UsageError
+    from attnwh.extract import attribution
+
+    def never(*args, **kwargs):
+        raise AssertionError("a refit runs no model")
+
+    monkeypatch.setattr(attribution, "run_sweep", never)
+    monkeypatch.setattr(attribution, "load_model", never)
+    original, runs = attributed
+    warehouse = shutil.copytree(original, tmp_path / "wh")  # the module's warehouse keeps its runs for the other tests
+    heads = [(layer, head) for layer in range(3) for head in range(4)]
+    by, ablated = _stored(warehouse, runs["patterns"].run_id, "gold_logprob")
+    ids = sorted(ablated)[1:]
+    x = np.column_stack([np.ones(len(ids)), np.array([[head in ablated[c] for head in heads] for c in ids], dtype=float)])
+    y = np.array([np.mean([by[(c, s)] - by[(0, s)] for s in range(LIMIT)]) for c in ids])
+    coefficients = np.linalg.lstsq(x, y, rcond=None)[0]
+    options = AttributeOptions(fit="ols", bootstrap=0, command=["test"])
+    refit = attribution.refit_attribution(warehouse, runs["patterns"].run_id, options)
+    assert refit.run_id != runs["patterns"].run_id and refit.fitted and refit.fit["fit"] == "ols"
+    scores = _scores(warehouse, refit.run_id)
+    assert [scores[head]["score"] for head in heads] == pytest.approx((-coefficients[1:]).tolist(), abs=1e-8)
+    margins, single_heads = _stored(warehouse, runs["single"].run_id, "gold_margin")
+    by_margin = attribution.refit_attribution(warehouse, runs["single"].run_id, AttributeOptions(target="margin", command=["test"]))
+    scores = _scores(warehouse, by_margin.run_id)
+    for condition, ablated_heads in single_heads.items():
+        if condition:
+            (head,) = ablated_heads
+            assert scores[head]["score"] == pytest.approx(np.mean([margins[(0, s)] - margins[(condition, s)] for s in range(LIMIT)]), abs=1e-9)
+    again = attribution.refit_attribution(warehouse, runs["patterns"].run_id, options)
+    assert again.run_id == refit.run_id and again.fitted
+    with open_session(warehouse) as session:
+        spec = session.query("select spec from runs where run_id = $run", {"run": refit.run_id}).to_pylist()[0]["spec"]
+    assert runs["patterns"].run_id in str(spec)
+    for source, message in ((runs["gradient"].run_id, "stores none"), ("nosuchrun", "no run 'nosuchrun'")):
+        with pytest.raises(UsageError, match=message):
+            attribution.refit_attribution(warehouse, source, AttributeOptions(command=["test"]))
 
 
 def _mask_by(warehouse, model, ranking_run: str):
