@@ -23,6 +23,7 @@ on their own batch), older ones are recomputed if asked again.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -34,10 +35,11 @@ import torch
 from attnwh.core.errors import ModelError, UsageError
 from attnwh.extract.forward import BatchView, LayerIntervention
 from attnwh.extract.pruning import as_bool_mask
+from attnwh.extract.reuse import PIXEL_KEYS
 from attnwh.extract.segments import IMAGE
 
 BASELINE_IMAGES = ("blank-image", "mean-image")
-PIXEL_KEY = "pixel_values"
+IMAGE_PIXEL_KEYS = tuple(key for key in PIXEL_KEYS if "video" not in key)  # the inputs that carry a batch's images
 KEPT_BATCHES = 4  # recent batches whose baseline keys and values a sweep keeps
 
 
@@ -66,17 +68,19 @@ class KVRecording:
         return dict(self.recorders)
 
 
+def _pixel_key(encoded: dict[str, Any]) -> str | None:
+    return next((key for key in IMAGE_PIXEL_KEYS if isinstance(encoded.get(key), torch.Tensor)), None)
+
+
 def baseline_pixels(encoded: dict[str, Any], baseline: str, mean_pixels: torch.Tensor | None) -> dict[str, Any]:
     """``encoded`` with its pixels replaced by the baseline image's (every other input, sizes and grids
     included, kept: the prompt's tokens and positions are the same)."""
-    pixels = encoded.get(PIXEL_KEY)
-    if not isinstance(pixels, torch.Tensor):
-        raise ModelError(f"--ablation {baseline}: this model's processor gives no {PIXEL_KEY} to replace")
-    if baseline == "blank-image":
-        replaced = torch.zeros_like(pixels)
-    else:
-        replaced = mean_pixels.to(pixels.device, pixels.dtype).expand_as(pixels).clone()
-    return {**encoded, PIXEL_KEY: replaced}
+    key = _pixel_key(encoded)
+    if key is None:
+        raise ModelError(f"--ablation {baseline}: the batch's inputs hold no image pixels ({', '.join(IMAGE_PIXEL_KEYS)}) to replace")
+    pixels = encoded[key]
+    replaced = torch.zeros_like(pixels) if baseline == "blank-image" else mean_pixels.to(pixels.device, pixels.dtype).expand_as(pixels).clone()
+    return {**encoded, key: replaced}
 
 
 def mean_image(batches: Sequence[Any]) -> torch.Tensor:
@@ -84,10 +88,11 @@ def mean_image(batches: Sequence[Any]) -> torch.Tensor:
     where the images do not share one pixel shape per sample (tiles of varying count, flattened patches)."""
     total, count, shapes = None, 0, set()
     for batch in batches:
-        pixels = batch.encoded.get(PIXEL_KEY)
+        key = _pixel_key(batch.encoded)
+        pixels = batch.encoded.get(key) if key is not None else None
         rows = len(batch.items)
-        if not isinstance(pixels, torch.Tensor) or pixels.shape[0] != rows:
-            shape = None if not isinstance(pixels, torch.Tensor) else tuple(pixels.shape)
+        if pixels is None or pixels.shape[0] != rows:
+            shape = None if pixels is None else tuple(pixels.shape)
             raise UsageError(
                 f"--ablation mean-image averages images of one pixel shape, one per sample; this model's processor gives pixels of shape {shape} for {rows} sample(s) "
                 "(tiles or flattened patches): use --ablation blank-image"
@@ -125,7 +130,15 @@ class BaselineKV:
                 self._kept.move_to_end(id(encoded))
                 return found[1]
             recording = KVRecording()
-            forward_with(self.loaded, baseline_pixels(encoded, self.baseline, self.mean_pixels), [recording])
+            inputs = baseline_pixels(encoded, self.baseline, self.mean_pixels)
+            if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters:
+                inputs["logits_to_keep"] = 1  # the prefill is run for its keys and values: no logits over every position
+            try:
+                forward_with(self.loaded, inputs, [recording])
+            except (RuntimeError, ValueError, IndexError) as exc:  # a model that reads a uniform image otherwise (tiles of zeros taken for padding, ...)
+                raise ModelError(
+                    f"--ablation {self.baseline}: the model does not take the baseline image in place of the batch's ({type(exc).__name__}: {str(exc)[:200]})"
+                ) from None
             missing = [layer for layer, recorder in recording.recorders.items() if recorder.key is None]
             if missing:
                 raise ModelError(f"--ablation {self.baseline}: the attention of layers {missing} does not go through attnwh's attention function; its keys cannot be replaced")
@@ -143,26 +156,28 @@ class LayerImageSwap(LayerIntervention):
         self.heads = heads  # long [n] query heads of this layer
         self.image = image  # bool [batch, prompt]: image positions
         self.key, self.value = key, value  # [batch, kv_head, prompt, head_dim]: the baseline's
+        self.calls, self.generated = 0, 0  # calls so far (the first is the prefill) and tokens generated since
 
     def attend(self, query, key, value, attention_mask, scaling):
         batch, n_heads, n_query, _ = query.shape
         n_keys, n_prompt = key.shape[2], self.image.shape[1]
-        if n_keys < n_prompt:
-            raise ModelError(
-                f"a cache of {n_keys} keys is shorter than the prompt ({n_prompt}: a sliding-window layer): its image keys cannot be told apart for --ablation by a baseline image"
-            )
+        if self.calls:
+            self.generated += n_query
+        self.calls += 1
+        # the keys handed are the last n_keys positions so far (all of them, except in a sliding-window layer's decode steps)
+        start = n_prompt + self.generated - n_keys
         device = query.device
         ablated = torch.zeros(n_heads, dtype=torch.bool, device=device)
         ablated[self.heads.to(device)] = True
-        image = self.image.to(device)
+        window = self.image[:, start:].to(device)  # [batch, prompt - start]: image positions among the keys handed
         allowed = as_bool_mask(attention_mask, batch, n_query, n_keys, device).expand(batch, n_heads, n_query, n_keys)
-        swapped = ablated[None, :, None, None] & image[:, None, None, :]  # [batch, head, 1, prompt]
+        swapped = ablated[None, :, None, None] & window[:, None, None, :]  # [batch, head, 1, prompt - start]
         own = allowed.clone()
-        own[..., :n_prompt] &= ~swapped
-        appended = allowed[..., :n_prompt] & swapped
+        own[..., : window.shape[1]] &= ~swapped
+        appended = allowed[..., : window.shape[1]] & swapped
         mask = torch.cat([own, appended], dim=-1)
-        key = torch.cat([key, self.key.to(device, key.dtype)], dim=2)
-        value = torch.cat([value, self.value.to(device, value.dtype)], dim=2)
+        key = torch.cat([key, self.key[:, :, start:].to(device, key.dtype)], dim=2)
+        value = torch.cat([value, self.value[:, :, start:].to(device, value.dtype)], dim=2)
         # additive (as pruning's), so that a row that sees no key (left padding) averages as under the model's mask rather than become NaN
         return key, value, torch.where(mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
 

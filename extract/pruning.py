@@ -162,6 +162,7 @@ class LayerPrune(LayerIntervention):
     prompt_tokens: torch.Tensor | None = None  # long [batch]: real (not padding) prompt tokens, for the observation window; None: every position
     kept: torch.Tensor | None = None  # bool [batch, kv_head, prompt_position], chosen in the prefill
     decoding: bool = False  # whether the layer's current call comes after its prefill
+    generated: int = 0  # tokens generated so far (query rows of the calls after the prefill): where a sliding window's keys start
     keeps_all: bool = False
     slots: torch.Tensor | None = None  # long [batch, kv_head, width]: each KV head's kept prompt positions, ascending; then -1
     buffer: MaskBuffer = field(default_factory=MaskBuffer)  # shared by the layers of one call
@@ -209,17 +210,19 @@ class LayerPrune(LayerIntervention):
         ``cache`` phase: the layer's first call (the prefill) only chooses the kept keys and returns its inputs
         unchanged (bit-identical to plain SDPA); the decode steps after it gather as above."""
         self.decoding = self.kept is not None  # the layer's first call is the prefill
+        if self.decoding:
+            self.generated += query.shape[2]
         if self._keeps_all(query, key, attention_mask, scaling) or self._attends_all():
             return key, value, attention_mask
         if self.slots is None:
             self.slots = _slots(self.kept)
         batch, n_heads, n_query, _ = query.shape
         n_keys, n_prompt = key.shape[2], self.image.shape[1]
-        if n_keys >= n_prompt:  # the prompt's slots, then the generated keys (kept by every head)
+        if n_keys == n_prompt + self.generated:  # the prompt's slots, then the generated keys (kept by every head)
             generated = torch.arange(n_prompt, n_keys, device=key.device).expand(*self.slots.shape[:2], -1)
             slots = torch.cat([self.slots, generated], dim=-1)
-        else:  # a cache shorter than the prompt (a sliding-window layer's): its first keys, as ``mask`` takes them
-            slots = _slots(self.kept[:, :, :n_keys])
+        else:  # a sliding-window layer's cache: only the last keys
+            slots = _slots(self._kept_over(n_keys))
         at = slots.clamp(min=0)[..., None]  # extra slots: any key, masked out below
         key = key.gather(2, at.expand(-1, -1, -1, key.shape[-1]))
         value = value.gather(2, at.expand(-1, -1, -1, value.shape[-1]))
@@ -241,11 +244,21 @@ class LayerPrune(LayerIntervention):
         if self._attends_all() or self._keeps_all(query, key, attention_mask, scaling):
             return attention_mask
         batch, _, n_query, _ = query.shape
-        n_prompt, n_keys = self.image.shape[1], key.shape[2]
-        kept = self.kept if n_keys <= n_prompt else torch.nn.functional.pad(self.kept, (0, n_keys - n_prompt), value=True)  # generated keys: kept
-        kept = kept[:, :, :n_keys].repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
+        n_keys = key.shape[2]
+        kept = self._kept_over(n_keys).repeat_interleave(self.n_kv_groups, dim=1)[:, :, None, :]  # [batch, head, 1, key]
         base = as_bool_mask(attention_mask, batch, n_query, n_keys, query.device)
         return torch.where(base & kept, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+
+    def _kept_over(self, n_keys: int) -> torch.Tensor:
+        """bool ``[batch, kv_head, n_keys]``: whether each key this call is handed is kept. The keys are the last
+        ``n_keys`` of the positions so far (the prompt's, then the generated: all of them, except in a
+        sliding-window layer, whose cache holds only the last ones); generated keys are always kept."""
+        n_prompt = self.image.shape[1]
+        offset = n_prompt + self.generated - n_keys  # the position of the first key handed
+        kept = torch.ones((*self.kept.shape[:2], n_keys), dtype=torch.bool, device=self.kept.device)
+        prompt = self.kept[:, :, max(offset, 0) : n_prompt]
+        kept[:, :, : min(prompt.shape[-1], n_keys)] = prompt[:, :, :n_keys]
+        return kept
 
     def _attends_all(self) -> bool:
         """Whether this call attends over every key whatever the budgets: a ``cache``-phase prefill."""

@@ -243,7 +243,9 @@ class PrefixReplay:
                 continue
             if layer not in self.recording.attended:
                 raise ReuseError(f"attention layer {layer} is replayed with an intervention but its prefill was not recorded")
-            query, key, mask, scaling = (tile(item, self.times) for item in self.recording.attended[layer])
+            query, key, mask, scaling = self.recording.attended[layer]
+            query, key = tile(query, self.times), tile(key, self.times)
+            mask = mask if mask is None or mask.shape[0] == 1 else tile(mask, self.times)  # a mask shared by every row stays shared, as the live pass hands it
             for edit in edits:
                 edit.replay_prefill(query, key, mask, scaling)
             if call.observer is None:

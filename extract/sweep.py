@@ -277,7 +277,8 @@ class SweepSamples:
         if self.reuse_off is None and (baseline or any(start > 0 for start in stack_starts)):
             deepest = max([start for start in stack_starts if start > 0], default=0)
             recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest, replays_interventions(bound))
-            limit = self.max_new_tokens if baseline else 1  # the prefill alone, unless the baseline's answers are wanted
+            # the prefill alone, unless the baseline's answers are wanted or this batch checks the replay (whose decode steps read the replayed cache)
+            limit = self.max_new_tokens if baseline or checking else 1
             with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
                 recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
@@ -296,7 +297,24 @@ class SweepSamples:
             for position, index in enumerate(stack):
                 rows = slice(position * size, (position + 1) * size)
                 generations[index] = Generation(stacked.answers[rows], stacked.steps[rows], stacked.first_logits[rows], {})
+        if checking:
+            self.reuse_off = self._check_replayed_interventions(batch, group, bound, generations)
+            if self.reuse_off is not None:
+                return [self.plain_generation(batch, interventions) for interventions in group]
         return generations
+
+    def _check_replayed_interventions(self, batch: Batch, group, bound, generations: list[Generation]) -> str | None:
+        """The last part of the check: the first condition whose interventions were handed a replayed prefill
+        (cache-phase pruning) answers as it does on the plain path (its kept keys chosen in its own prefill)."""
+        index = next((i for i, edits in enumerate(bound) if any(edit.prefill_unchanged() for layer_edits in edits for edit in layer_edits.values())), None)
+        if index is None:
+            return None
+        plain = self.plain_generation(batch, group[index])
+        tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
+        gap = float((torch.log_softmax(plain.first_logits, -1) - torch.log_softmax(generations[index].first_logits, -1)).abs().max())
+        if plain.steps != generations[index].steps or not gap <= tolerance:
+            return f"with its prefill replayed, a pruning condition answers differently (answers equal: {plain.steps == generations[index].steps}; log-probabilities up to {gap:.2g} apart)"
+        return None
 
     def _check_inputs(self, batch: Batch, inputs: dict[str, Any], times: int) -> str | None:
         """Part of the first batch's check that reuse gives this model's plain results: what the text model is

@@ -241,3 +241,38 @@ def test_threads_sharing_the_samples_wait_for_the_check(llava_sweep, monkeypatch
     expected = [[row["option_logprobs"] for row in plain.evaluate(interventions)] for interventions in group]
     for rows in results:
         assert [[row["option_logprobs"] for row in condition] for condition in rows] == expected
+
+
+def test_a_replayed_prefill_chooses_the_keys_its_own_prefill_chooses(family_sweep):
+    """Cache-phase pruning with its prefill replayed from the baseline's recording keeps, in every layer, exactly the
+    keys it keeps when its own prefill runs (score budgets, SnapKV's window; left padding in the batch), and its
+    decode steps then produce the same tokens (up to 8, not stopped once decided)."""
+    from attnwh.extract.forward import forward_call
+    from attnwh.extract.generation import StopRows, batch_view, generate
+
+    family, loaded, setup = family_sweep
+    info, parts = loaded.info, loaded.parts
+    depth = loaded.spec.n_decoder_layers
+    prune = KVPrune(allocate("score", 0.25, np.random.default_rng(0).random((info["n_layers"], info["n_kv_heads"]))), "attention")
+    batch = SweepSamples(loaded, setup, 3).batches[0]
+    view = batch_view(loaded, batch.encoded)
+
+    def stop():
+        return StopRows(batch.encoded["input_ids"].shape[1], (), 1, loaded.processor.tokenizer, None)
+
+    own = prune.bind(view)
+    with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, [own]):
+        plain = generate(loaded, batch.encoded, 8, stop())
+    inputs = reuse.encode_media(loaded.model, batch.encoded)
+    recording = reuse.PrefixRecording(frozenset({depth - 1}), depth, True)
+    with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
+        generate(loaded, inputs, 1, stop())
+    replayed_edits = prune.bind(view)
+    with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, [replayed_edits], prefix=reuse.PrefixReplay(recording, depth, 1)):
+        replayed = generate(loaded, inputs, 8, stop())
+    assert own and sorted(own) == sorted(replayed_edits)
+    for layer in own:
+        assert torch.equal(own[layer].kept, replayed_edits[layer].kept), (family.name, layer)
+        assert not bool(own[layer].kept.all()), "some key must go"
+    assert replayed.steps == plain.steps  # (the decode steps over the pruned caches, where the tiny model does not end at once)
+    assert torch.allclose(replayed.first_logits, plain.first_logits, atol=1e-5)
