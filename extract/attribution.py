@@ -321,10 +321,9 @@ def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallba
 
 def read_changes(paths, n_conditions: int, column: str) -> tuple[np.ndarray, int]:
     """[conditions, samples]: each condition's target less the baseline's, over the samples every condition scored."""
-    files = parts.table_files(paths, "sweep_targets")
-    table = pa.concat_tables([_read(path) for path in files]) if files else None
+    table = _table(paths, "sweep_targets")
     values: dict[tuple[int, int], float] = {}
-    if table is not None:
+    if table.num_rows:
         for row in table.select(["condition_id", "sample_idx", column]).to_pylist():
             if row[column] is not None:
                 values[(row["condition_id"], row["sample_idx"])] = row[column]
@@ -544,5 +543,6 @@ def refit_attribution(warehouse_path, source_id: str, options: AttributeOptions)
 
 
 def _table(paths, name: str) -> pa.Table:
+    """Every committed file of table ``name`` of a run, as one table (empty where none is committed)."""
     files = parts.table_files(paths, name)
     return pa.concat_tables([_read(path) for path in files]) if files else pa.table({})

@@ -34,7 +34,8 @@ import torch
 
 from attnwh.core.errors import ModelError, UsageError
 from attnwh.extract.forward import BatchView, LayerIntervention
-from attnwh.extract.pruning import as_bool_mask
+from attnwh.extract.masking import heads_by_layer
+from attnwh.extract.pruning import as_bool_mask, window_start
 from attnwh.extract.reuse import PIXEL_KEYS
 from attnwh.extract.segments import IMAGE
 
@@ -164,8 +165,7 @@ class LayerImageSwap(LayerIntervention):
         if self.calls:
             self.generated += n_query
         self.calls += 1
-        # the keys handed are the last n_keys positions so far (all of them, except in a sliding-window layer's decode steps)
-        start = n_prompt + self.generated - n_keys
+        start = window_start(n_prompt, self.generated, n_keys)
         device = query.device
         ablated = torch.zeros(n_heads, dtype=torch.bool, device=device)
         ablated[self.heads.to(device)] = True
@@ -196,14 +196,12 @@ class ImageSwap:
     def bind(self, view: BatchView) -> dict[int, LayerIntervention]:
         if view.inputs is None:
             raise RuntimeError("ablation by a baseline image is bound to a view that carries its batch's inputs")
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in self.heads:
-            by_layer.setdefault(layer, []).append(head)
+        by_layer = heads_by_layer(self.heads, view.n_layers, view.n_heads)
         if not by_layer:
             return {}
         kv = self.source.of(view.inputs)
         image = view.segments == IMAGE
-        return {layer: LayerImageSwap(torch.tensor(sorted(heads), dtype=torch.long), image, *kv[layer]) for layer, heads in by_layer.items()}
+        return {layer: LayerImageSwap(torch.tensor(heads, dtype=torch.long), image, *kv[layer]) for layer, heads in by_layer.items()}
 
 
 __all__ = ["BASELINE_IMAGES", "BaselineKV", "ImageSwap", "KVRecording", "LayerImageSwap", "baseline_pixels", "mean_image"]

@@ -70,6 +70,16 @@ class LayerMask(LayerIntervention):
         return output
 
 
+def heads_by_layer(heads: Sequence[Head], n_layers: int, n_heads: int) -> dict[int, list[int]]:
+    """``{layer: its heads, ascending}`` of ``heads``; a head the model does not have is refused in one line."""
+    by_layer: dict[int, set[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise UsageError(f"head ({layer}, {head}) does not exist in a model of {n_layers} layers × {n_heads} heads")
+        by_layer.setdefault(layer, set()).add(head)
+    return {layer: sorted(layer_heads) for layer, layer_heads in by_layer.items()}
+
+
 @dataclass
 class HeadMask:
     """An intervention: heads to switch off per layer, for every forward pass (prefill and decode) of a call."""
@@ -86,14 +96,8 @@ class HeadMask:
             raise ValueError("mode 'mean' needs the mean output of every masked head")
 
     def layer_masks(self, n_layers: int, n_heads: int, n_kv_heads: int) -> dict[int, LayerMask]:
-        by_layer: dict[int, list[int]] = {}
-        for layer, head in self.heads:
-            if not (0 <= layer < n_layers and 0 <= head < n_heads):
-                raise UsageError(f"head ({layer}, {head}) does not exist in a model of {n_layers} layers × {n_heads} heads")
-            by_layer.setdefault(layer, []).append(head)
         masks = {}
-        for layer, heads in by_layer.items():
-            heads = sorted(set(heads))
+        for layer, heads in heads_by_layer(self.heads, n_layers, n_heads).items():
             means = torch.stack([self.means[(layer, head)] for head in heads]) if self.mode == "mean" else None
             masks[layer] = LayerMask(torch.tensor(heads, dtype=torch.long), self.mode, n_heads // n_kv_heads, means)
         return masks

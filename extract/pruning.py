@@ -218,7 +218,7 @@ class LayerPrune(LayerIntervention):
             self.slots = _slots(self.kept)
         batch, n_heads, n_query, _ = query.shape
         n_keys, n_prompt = key.shape[2], self.image.shape[1]
-        if n_keys == n_prompt + self.generated:  # the prompt's slots, then the generated keys (kept by every head)
+        if window_start(n_prompt, self.generated, n_keys) == 0:  # the prompt's slots, then the generated keys (kept by every head)
             generated = torch.arange(n_prompt, n_keys, device=key.device).expand(*self.slots.shape[:2], -1)
             slots = torch.cat([self.slots, generated], dim=-1)
         else:  # a sliding-window layer's cache: only the last keys
@@ -254,7 +254,7 @@ class LayerPrune(LayerIntervention):
         ``n_keys`` of the positions so far (the prompt's, then the generated: all of them, except in a
         sliding-window layer, whose cache holds only the last ones); generated keys are always kept."""
         n_prompt = self.image.shape[1]
-        offset = n_prompt + self.generated - n_keys  # the position of the first key handed
+        offset = window_start(n_prompt, self.generated, n_keys)
         kept = torch.ones((*self.kept.shape[:2], n_keys), dtype=torch.bool, device=self.kept.device)
         prompt = self.kept[:, :, max(offset, 0) : n_prompt]
         kept[:, :, : min(prompt.shape[-1], n_keys)] = prompt[:, :, :n_keys]
@@ -335,6 +335,12 @@ def _slots(kept: torch.Tensor) -> torch.Tensor:
     width = int(counts.max())
     order = kept.to(torch.uint8).argsort(dim=-1, descending=True, stable=True)[:, :, :width]  # kept first, in position order
     return torch.where(torch.arange(width, device=kept.device) < counts, order, -1)
+
+
+def window_start(n_prompt: int, generated: int, n_keys: int) -> int:
+    """The position of the first of the ``n_keys`` keys a call is handed after ``generated`` tokens: 0 where the
+    cache holds every key, later in a sliding-window layer's decode steps (its cache holds only the last keys)."""
+    return n_prompt + generated - n_keys
 
 
 def as_bool_mask(attention_mask: torch.Tensor | None, batch: int, n_query: int, n_keys: int, device) -> torch.Tensor:

@@ -306,15 +306,11 @@ class SweepSamples:
     def _check_replayed_interventions(self, batch: Batch, group, bound, generations: list[Generation]) -> str | None:
         """The last part of the check: the first condition whose interventions were handed a replayed prefill
         (cache-phase pruning) answers as it does on the plain path (its kept keys chosen in its own prefill)."""
-        index = next((i for i, edits in enumerate(bound) if any(edit.prefill_unchanged() for layer_edits in edits for edit in layer_edits.values())), None)
+        index = next((i for i, edits in enumerate(bound) if replays_interventions([edits])), None)
         if index is None:
             return None
-        plain = self.plain_generation(batch, group[index])
-        tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
-        gap = float((torch.log_softmax(plain.first_logits, -1) - torch.log_softmax(generations[index].first_logits, -1)).abs().max())
-        if plain.steps != generations[index].steps or not gap <= tolerance:
-            return f"with its prefill replayed, a pruning condition answers differently (answers equal: {plain.steps == generations[index].steps}; log-probabilities up to {gap:.2g} apart)"
-        return None
+        differs = self._differs(self.plain_generation(batch, group[index]), generations[index], "steps")
+        return None if differs is None else f"with its prefill replayed, a pruning condition answers differently ({differs})"
 
     def _check_inputs(self, batch: Batch, inputs: dict[str, Any], times: int) -> str | None:
         """Part of the first batch's check that reuse gives this model's plain results: what the text model is
@@ -335,11 +331,16 @@ class SweepSamples:
         parts = self.loaded.parts
         with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, recording.depth, 1)):
             replayed = generate(self.loaded, inputs, limit, self._stop(batch))
+        differs = self._differs(recorded, replayed, "answers")
+        return None if differs is None else f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently ({differs})"
+
+    def _differs(self, expected: Generation, got: Generation, tokens: str) -> str | None:
+        """None where ``got`` generated ``expected``'s tokens (its ``answers`` or its ``steps``) and its first-token
+        log-probabilities lie within 1e-4 of them in fp32 (5e-2 in half precision); else how they differ."""
         tolerance = 1e-4 if self.loaded.dtype == torch.float32 else 5e-2
-        gap = float((torch.log_softmax(replayed.first_logits, -1) - torch.log_softmax(recorded.first_logits, -1)).abs().max())
-        if replayed.answers != recorded.answers or not gap <= tolerance:
-            return f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently (answers equal: {replayed.answers == recorded.answers}; log-probabilities up to {gap:.2g} apart)"
-        return None
+        gap = float((torch.log_softmax(got.first_logits, -1) - torch.log_softmax(expected.first_logits, -1)).abs().max())
+        equal = getattr(got, tokens) == getattr(expected, tokens)
+        return None if equal and gap <= tolerance else f"answers equal: {equal}; log-probabilities up to {gap:.2g} apart"
 
     def _rows(self, batch: Batch, generation: Generation, interventions: Sequence[Intervention]) -> list[dict[str, Any]]:
         tokenizer, info = self.loaded.processor.tokenizer, self.loaded.info

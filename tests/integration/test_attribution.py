@@ -48,16 +48,23 @@ def attributed(tmp_path_factory, tiny_mha):
     return warehouse, runs
 
 
+def _stock(model_path):
+    """The sweep's setup, attnwh's loaded model and its one encoded batch (attnwh's data path), and the same weights
+    in stock transformers (SDPA, float64) with their head size: what the references below run."""
+    setup = prepare_attribute(_options(model_path, method="single"))
+    loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
+    (batch,) = SweepSamples(loaded, setup.run, LIMIT).batches
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float64, attn_implementation="sdpa").eval()
+    text = model.config.text_config
+    return setup, loaded, batch, model, text.hidden_size // text.num_attention_heads
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_mha):
     """The sweep's encoded batch (attnwh's data path), stock SDPA attention in float64, and the gold option's log-probability
     with the heads' ``o_proj`` inputs scaled by a hook: ``target(scale)``, scale[layer, head] (1 = unchanged)."""
-    setup = prepare_attribute(_options(tiny_mha, method="single"))
-    loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
-    (batch,) = SweepSamples(loaded, setup.run, LIMIT).batches
-    model = AutoModelForImageTextToText.from_pretrained(tiny_mha, dtype=torch.float64, attn_implementation="sdpa").eval()
+    setup, loaded, batch, model, head_dim = _stock(tiny_mha)
     text = model.config.text_config
-    head_dim = text.hidden_size // text.num_attention_heads
     tokenizer = loaded.processor.tokenizer
     letters = []
     for letter in "ABCD":
@@ -323,12 +330,8 @@ def _kv_swap_target(model_path, pixels_of):
     """The sweep's batch through stock SDPA in float64, and the gold option's log-probability with chosen heads'
     ``k_proj`` / ``v_proj`` outputs at the image's positions replaced by those of the same prompt with the
     baseline pixels ``pixels_of(pixel_values)``: ``target(swapped)``, swapped a set of (layer, kv_head)."""
-    setup = prepare_attribute(_options(model_path, method="single"))
-    loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
-    (batch,) = SweepSamples(loaded, setup.run, LIMIT).batches
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float64, attn_implementation="sdpa").eval()
+    setup, loaded, batch, model, head_dim = _stock(model_path)
     text = model.config.text_config
-    head_dim = text.hidden_size // text.num_attention_heads
     inputs = {key: value.double() if value.is_floating_point() else value for key, value in batch.encoded.items()}
     image = inputs["input_ids"] == model.config.image_token_id
     layers = model.model.language_model.layers
