@@ -185,12 +185,64 @@ def packed_attention(
     return output.reshape(batch, n_heads, head_dim)[:, None]
 
 
+class SharedPrefixLayer(DynamicLayer):
+    """A full-attention cache layer whose prompt keys and values are shared with other calls (a sweep's
+    baseline prefill, recorded and replayed: extract.reuse) and never written: each decode step's keys go to a
+    tail of the layer's own, and the step reads the prompt and the tail joined, a tensor made for the step and
+    freed after it, as ``DynamicLayer`` makes a new one per step. A ``DynamicLayer`` sharing the prompt would
+    instead hold a copy of it from the first step on, for as long as the call runs: one copy per call beside the
+    shared one, what a sweep's peak memory would pay per layer replayed.
+
+    ``keys`` / ``values`` read the whole (prompt and tail) and setting them replaces the whole, so that the
+    inherited ``crop``, ``batch_select_indices``, ``reorder_cache`` and offloading see one layer as before."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.device, self.is_initialized = keys.device, True
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return _joined(self._prompt_keys, self._tail_keys)
+
+    @keys.setter
+    def keys(self, whole: torch.Tensor | None) -> None:
+        self._prompt_keys, self._tail_keys = whole, None
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return _joined(self._prompt_values, self._tail_values)
+
+    @values.setter
+    def values(self, whole: torch.Tensor | None) -> None:
+        self._prompt_values, self._tail_values = whole, None
+
+    def shared(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompt's keys and values, as shared (no tail)."""
+        return self._prompt_keys, self._prompt_values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append a step's keys and values to the tail; returns the whole layer's, joined for this step."""
+        self._tail_keys = key_states.clone() if self._tail_keys is None else torch.cat([self._tail_keys, key_states], dim=-2)
+        self._tail_values = value_states.clone() if self._tail_values is None else torch.cat([self._tail_values, value_states], dim=-2)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        if self._prompt_keys is None:
+            return 0
+        return self._prompt_keys.shape[-2] + (0 if self._tail_keys is None else self._tail_keys.shape[-2])
+
+
+def _joined(prompt: torch.Tensor | None, tail: torch.Tensor | None) -> torch.Tensor | None:
+    return prompt if tail is None or prompt is None else torch.cat([prompt, tail], dim=-2)
+
+
 def pack_layer(cache, layer: int, kept: torch.Tensor) -> PackedLayer | None:
     """Replace ``cache``'s entry of ``layer`` by its packed form keeping ``kept`` (bool ``[batch, kv_head,
     prompt_key]``); None (left as it is) where the entry is not a full-attention dynamic layer holding exactly
     the prompt (a sliding window, a static or quantised cache, ...): the gathered path serves those."""
     layers = getattr(cache, "layers", None)
-    if layers is None or layer >= len(layers) or type(layers[layer]) is not DynamicLayer:
+    if layers is None or layer >= len(layers) or type(layers[layer]) not in (DynamicLayer, SharedPrefixLayer):
         return None
     entry = layers[layer]
     if not entry.is_initialized or entry.keys.shape[-2] != kept.shape[-1] or entry.keys.shape[:2] != kept.shape[:2]:
@@ -200,4 +252,4 @@ def pack_layer(cache, layer: int, kept: torch.Tensor) -> PackedLayer | None:
     return packed
 
 
-__all__ = ["PackedLayer", "pack_layer", "packed_attention"]
+__all__ = ["PackedLayer", "SharedPrefixLayer", "pack_layer", "packed_attention"]

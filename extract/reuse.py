@@ -23,7 +23,17 @@ same for all of them. Per batch of samples the sweep therefore:
    rows repeated once per condition, each condition's interventions acting on its rows only, so that the
    weights are read once per step for all of them; conditions are ordered by first intervened layer and
    stacked only where sharing the earliest start costs no more than running them apart would
-   (``plan_stacks``).
+   (``plan_stacks``);
+5. **computes a condition once** however often the grid names it (``same_conditions``): conditions whose
+   interventions are equal field by field share one generation, and a condition whose interventions touch no
+   layer is the baseline.
+
+Memory stays near the plain path's (issue 29 asks for 1.2× at the same batch size): the recorded prefix is
+the only thing held beside what a condition holds on its own, and it is held once. The baseline's and every
+replayed condition's cache layers over the recorded prompt are ``SharedPrefixLayer`` objects (decode steps append
+to a tail of their own, where a ``DynamicLayer`` would copy the prompt at its first step and hold the copy);
+stacks that start at layer 0 run before the recording exists; the others run deepest first, and after each
+the recording drops the boundaries and cache entries no stack left to run reads (``PrefixRecording.keep_for``).
 
 Reuse relies on what a model does with the pieces: its forward must place pre-encoded images as it places
 pixels, and a decoder layer must pass nothing to the next but its output and the cache. That holds for the
@@ -43,12 +53,15 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
+from attnwh.extract.packed_cache import SharedPrefixLayer
 from attnwh.extract.pruning import SNAPKV_WINDOW, as_bool_mask
 
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
@@ -155,7 +168,11 @@ def _copy_entry(entry: Any, times: int = 1) -> Any:
     """A cache entry (one layer's keys, values, states) as a new object over the same tensors, its batch-first
     tensors tiled ``times``. Not cloned: a dynamic cache appends by concatenating into new tensors, so the
     recorded ones stay as the prefill left them (a cache that wrote into them in place would change the
-    replayed prefix, which the first batch's check would see)."""
+    replayed prefix, which the first batch's check would see). A full-attention dynamic layer becomes a
+    ``SharedPrefixLayer`` over them, so that decode steps do not copy the shared prompt for the call's length."""
+    if type(entry) in (DynamicLayer, SharedPrefixLayer) and entry.is_initialized:
+        keys, values = entry.shared() if isinstance(entry, SharedPrefixLayer) else (entry.keys, entry.values)
+        return SharedPrefixLayer(tile(keys, times), tile(values, times))
     copied = copy.copy(entry)
     for name, item in vars(entry).items():
         if isinstance(item, torch.Tensor) and item.ndim >= 2:
@@ -195,8 +212,20 @@ class PrefixRecording:
             if index in self.boundaries:
                 self.outputs[index] = output
             if index < self.depth:
-                self.entries[index] = _copy_entry(_cache_of(kwargs).layers[index])
+                cache = _cache_of(kwargs)
+                self.entries[index] = _copy_entry(cache.layers[index])
+                if isinstance(self.entries[index], SharedPrefixLayer):  # the baseline's own decode steps share the recorded prompt too
+                    cache.layers[index] = _copy_entry(self.entries[index])
         return output
+
+    def keep_for(self, starts: Sequence[int]) -> None:
+        """Drop what no stack still to run from ``starts`` reads: the other boundaries' outputs, and the cache
+        entries from the deepest of them on (a sweep's peak memory falls as its deepest stacks finish)."""
+        depth = max(starts, default=0)
+        for index in [index for index in self.outputs if index + 1 not in starts]:
+            del self.outputs[index]
+        for index in [index for index in self.entries if index >= depth]:
+            del self.entries[index]
 
 
 @dataclass
@@ -322,6 +351,52 @@ def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 
 
 
 # -- 4. conditions stacked in one pass ---------------------------------------------------------------------
+
+
+BASELINE_KEY = ("baseline",)
+
+
+def same_conditions(group: Sequence[Sequence[Any]], bound: Sequence[Sequence[dict[int, LayerIntervention]]]) -> list[int]:
+    """Per condition of a group, the first condition that computes exactly what it computes (itself if none
+    before it does): conditions whose bound interventions touch no layer compute the baseline's; otherwise
+    conditions whose interventions are equal field by field (``intervention_key``). A grid repeats conditions
+    more often than it seems: the ``all`` stage's k worst heads are often one stage's k worst, a pruning grid's
+    full cache is the baseline."""
+    first: dict[Any, int] = {}
+    same = []
+    for index, (interventions, edits) in enumerate(zip(group, bound)):
+        key = BASELINE_KEY if not any(edits) else tuple(intervention_key(intervention) for intervention in interventions)
+        same.append(first.setdefault(key, index) if _hashable(key) else index)
+    return same
+
+
+def intervention_key(value: Any) -> Any:
+    """A value that two interventions share exactly when they are equal field by field (dataclasses' fields,
+    tensors and arrays by dtype, shape and bytes, containers item by item); any other object stands for itself
+    (its identity), so that interventions over a shared state (a baseline image's keys) are equal only when they
+    share it."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__, tuple((item.name, intervention_key(getattr(value, item.name))) for item in fields(value)))
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return ("tensor", str(value.dtype), tuple(value.shape), value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, np.ascontiguousarray(value).tobytes())
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((intervention_key(key), intervention_key(item)) for key, item in value.items()), key=repr)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(intervention_key(item) for item in value))
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return ("object", id(value))
+
+
+def _hashable(key: Any) -> bool:
+    try:
+        hash(key)
+    except TypeError:
+        return False
+    return True
 
 
 def first_layer(bound: Sequence[dict[int, LayerIntervention]], n_layers: int) -> int:

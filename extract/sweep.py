@@ -49,6 +49,7 @@ from attnwh.extract.reuse import (
     first_layer,
     plan_stacks,
     replays_interventions,
+    same_conditions,
     stack_interventions,
     text_model_inputs,
     tile,
@@ -260,23 +261,30 @@ class SweepSamples:
 
     def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool) -> list[Generation]:
         loaded, parts = self.loaded, self.loaded.parts
-        spec, size = loaded.spec, len(batch.items)
+        spec = loaded.spec
         view = batch_view(loaded, batch.encoded)
         bound = [[intervention.bind(view) for intervention in interventions] for interventions in group]
+        same = same_conditions(group, bound)  # a condition computed by an earlier one is not computed again
+        computed = [index for index in range(len(group)) if same[index] == index]
         attention_starts = [first_layer(edits, spec.n_layers) for edits in bound]
         starts = [spec.attention_layers[start] if start < spec.n_layers else spec.n_decoder_layers for start in attention_starts]
         inputs = encode_media(loaded.model, batch.encoded)
         generations: list[Generation | None] = [None] * len(group)
-        baseline = [index for index, interventions in enumerate(group) if not interventions]
-        others = [index for index in range(len(group)) if group[index]]
+        baseline = [index for index in computed if not any(bound[index])]
+        others = [index for index in computed if any(bound[index])]
         stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
         stack_starts = [starts[stack[0]] for stack in stacks]
         if checking:  # before the recording is held, so that the check's passes do not add to the peak
             self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
-        recording, recorded = None, None
-        if self.reuse_off is None and (baseline or any(start > 0 for start in stack_starts)):
-            deepest = max([start for start in stack_starts if start > 0], default=0)
-            recording = PrefixRecording(frozenset(start - 1 for start in stack_starts if start > 0), deepest, replays_interventions(bound))
+        if self.reuse_off is not None:
+            return [self.plain_generation(batch, interventions) for interventions in group]
+        # stacks that start at the first layer read no prefix: they run before the recording is held; the others
+        # run deepest first, and the recording drops what no stack left reads after each (``keep_for``)
+        for stack in [stack for stack, start in zip(stacks, stack_starts) if start == 0]:
+            self._run_stack(batch, group, view, inputs, stack, 0, None, generations)
+        later = sorted([(start, stack) for stack, start in zip(stacks, stack_starts) if start > 0], key=lambda pair: -pair[0])
+        if baseline or later:
+            recording = PrefixRecording(frozenset(start - 1 for start, _ in later), max((start for start, _ in later), default=0), replays_interventions(bound))
             # the prefill alone, unless the baseline's answers are wanted or this batch checks the replay (whose decode steps read the replayed cache)
             limit = self.max_new_tokens if baseline or checking else 1
             with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
@@ -285,23 +293,30 @@ class SweepSamples:
                 generations[index] = recorded
             if checking:
                 self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit)
-        if self.reuse_off is not None:
-            return [self.plain_generation(batch, interventions) for interventions in group]
-        for stack, start in zip(stacks, stack_starts):
-            times = len(stack)
-            fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
-            edits = fresh[0] if times == 1 else [stack_interventions(fresh, size)]  # one condition: its own interventions, as the plain path binds them
-            prefix = PrefixReplay(recording, start, times) if start > 0 else None
-            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
-                stacked = generate(loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
-            for position, index in enumerate(stack):
-                rows = slice(position * size, (position + 1) * size)
-                generations[index] = Generation(stacked.answers[rows], stacked.steps[rows], stacked.first_logits[rows], {})
+                if self.reuse_off is not None:
+                    return [self.plain_generation(batch, interventions) for interventions in group]
+            for position, (start, stack) in enumerate(later):
+                self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
+                recording.keep_for([start for start, _ in later[position + 1 :]])
+        for index in range(len(group)):
+            generations[index] = generations[same[index]]
         if checking:
             self.reuse_off = self._check_replayed_interventions(batch, group, bound, generations)
             if self.reuse_off is not None:
                 return [self.plain_generation(batch, interventions) for interventions in group]
         return generations
+
+    def _run_stack(self, batch: Batch, group, view, inputs: dict[str, Any], stack: list[int], start: int, recording: PrefixRecording | None, generations: list) -> None:
+        """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix)."""
+        parts, size, times = self.loaded.parts, len(batch.items), len(stack)
+        fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
+        edits = fresh[0] if times == 1 else [stack_interventions(fresh, size)]  # one condition: its own interventions, as the plain path binds them
+        prefix = PrefixReplay(recording, start, times) if start > 0 else None
+        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
+            stacked = generate(self.loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
+        for position, index in enumerate(stack):
+            rows = slice(position * size, (position + 1) * size)
+            generations[index] = Generation(stacked.answers[rows], stacked.steps[rows], stacked.first_logits[rows], {})
 
     def _check_replayed_interventions(self, batch: Batch, group, bound, generations: list[Generation]) -> str | None:
         """The last part of the check: the first condition whose interventions were handed a replayed prefill

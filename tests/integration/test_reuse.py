@@ -276,3 +276,106 @@ def test_a_replayed_prefill_chooses_the_keys_its_own_prefill_chooses(family_swee
         assert not bool(own[layer].kept.all()), "some key must go"
     assert replayed.steps == plain.steps  # (the decode steps over the pruned caches, where the tiny model does not end at once)
     assert torch.allclose(replayed.first_logits, plain.first_logits, atol=1e-5)
+
+
+def test_conditions_that_compute_the_same_are_computed_once(llava_sweep, monkeypatch):
+    """A condition equal field by field to an earlier one (a new object), and one whose interventions touch no
+    layer (a pruning condition that keeps every key), are not computed again: the prefill runs the baseline and
+    the two distinct masks only, and each condition's answers equal its own plain run."""
+    family, loaded, setup = llava_sweep
+    n_layers, n_kv = loaded.info["n_layers"], loaded.info["n_kv_heads"]
+    last = n_layers - 1
+    group = [
+        [],
+        [HeadMask(((last, 0),), "zero")],
+        [HeadMask(((last, 1),), "zero")],
+        [HeadMask(((last, 0),), "zero")],  # equal to condition 1
+        [KVPrune(np.ones((n_layers, n_kv)), "attention")],  # keeps every key: the baseline
+        [HeadMask(((last, 0),), "paper")],  # the same heads, another mode: computed
+    ]
+    assert reuse.same_conditions(group, [[i.bind(_view(loaded, setup)) for i in c] for c in group]) == [0, 1, 2, 1, 0, 5]
+    samples = SweepSamples(loaded, setup, 5, stop_when_decided=True)
+    samples.reuse_checked = True
+    batch = samples.batches[0]
+    prompt_length = batch.encoded["input_ids"].shape[1]
+    calls = [0]
+    hook = loaded.parts.attention_modules[last].register_forward_pre_hook(
+        lambda module, args, kwargs: calls.__setitem__(0, calls[0] + ((args[0] if args else kwargs["hidden_states"]).shape[1] == prompt_length)), with_kwargs=True
+    )
+    try:
+        generations = samples.reused_generations(batch, group)
+    finally:
+        hook.remove()
+    assert calls[0] == 4  # the baseline and conditions 1, 2 and 5
+    for index, interventions in enumerate(group):
+        expected = samples.plain_generation(batch, interventions)
+        assert generations[index].answers == expected.answers, index
+        assert torch.allclose(generations[index].first_logits, expected.first_logits, atol=TOLERANCE), index
+
+
+def _view(loaded, setup):
+    from attnwh.extract.generation import batch_view
+
+    return batch_view(loaded, SweepSamples(loaded, setup, 5).batches[0].encoded)
+
+
+def test_intervention_keys_are_equal_exactly_when_the_fields_are():
+    from attnwh.extract.image_swap import ImageSwap
+
+    assert reuse.intervention_key(HeadMask(((1, 2),), "zero")) == reuse.intervention_key(HeadMask(((1, 2),), "zero"))
+    assert reuse.intervention_key(HeadMask(((1, 2),), "zero")) != reuse.intervention_key(HeadMask(((1, 3),), "zero"))
+    means = {(1, 2): torch.tensor([0.5, 1.0])}
+    assert reuse.intervention_key(HeadMask(((1, 2),), "mean", means)) == reuse.intervention_key(HeadMask(((1, 2),), "mean", {(1, 2): torch.tensor([0.5, 1.0])}))
+    assert reuse.intervention_key(HeadMask(((1, 2),), "mean", means)) != reuse.intervention_key(HeadMask(((1, 2),), "mean", {(1, 2): torch.tensor([0.5, 1.5])}))
+    kept = np.full((2, 2), 0.5)
+    assert reuse.intervention_key(KVPrune(kept, "attention")) == reuse.intervention_key(KVPrune(kept.copy(), "attention"))
+    assert reuse.intervention_key(KVPrune(kept, "attention")) != reuse.intervention_key(KVPrune(kept, "stride"))
+    other = kept.copy()
+    other[1, 1] = 0.25
+    assert reuse.intervention_key(KVPrune(kept, "attention")) != reuse.intervention_key(KVPrune(other, "attention"))
+    first, second = object(), object()  # a shared state (a baseline image's keys) is equal only to itself
+    assert reuse.intervention_key(ImageSwap(((0, 1),), first)) == reuse.intervention_key(ImageSwap(((0, 1),), first))
+    assert reuse.intervention_key(ImageSwap(((0, 1),), first)) != reuse.intervention_key(ImageSwap(((0, 1),), second))
+
+
+def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, monkeypatch):
+    """The baseline's and each replayed condition's decode steps append to a tail of their own: the prompt's keys
+    they read are the recording's tensors (one copy in memory for the whole batch), not copies made at the first
+    step. Stacks run deepest first and the recording drops what no stack left to run reads: the stack that starts
+    at layer 1 finds only layer 0's entry and boundary."""
+    from attnwh.extract.packed_cache import SharedPrefixLayer
+
+    family, loaded, setup = llava_sweep
+    n_layers = loaded.info["n_layers"]
+    assert n_layers > 2
+    group = [[], [HeadMask(((1, 0),), "zero")], [HeadMask(((n_layers - 1, 0),), "zero")]]
+    recorded, read, held = set(), [], []
+    original_layer, original_replay, original_update = reuse.PrefixRecording.layer, reuse.PrefixReplay.layer, SharedPrefixLayer.update
+
+    def layer(self, index, forward, args, kwargs):
+        output = original_layer(self, index, forward, args, kwargs)
+        if index in self.entries:
+            recorded.add(self.entries[index].shared()[0].data_ptr())
+        return output
+
+    def replay(self, index, forward, args, kwargs):
+        if self.passes == 1 and index == 0:
+            held.append((self.start, sorted(self.recording.entries), sorted(self.recording.outputs)))
+        return original_replay(self, index, forward, args, kwargs)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        read.append(self.shared()[0].data_ptr())
+        return original_update(self, key_states, value_states, *args, **kwargs)
+
+    monkeypatch.setattr(reuse.PrefixRecording, "layer", layer)
+    monkeypatch.setattr(reuse.PrefixReplay, "layer", replay)
+    monkeypatch.setattr(SharedPrefixLayer, "update", update)
+    monkeypatch.setattr(loaded, "eos_token_ids", ())  # every answer to the limit: decode steps in every call
+    samples = SweepSamples(loaded, setup, 3)
+    samples.reuse_checked, samples.max_new_tokens = True, 4
+    generations = samples.reused_generations(samples.batches[0], group)
+    assert len(recorded) == n_layers - 1 and set(read) <= recorded
+    assert len(read) == 3 * ((n_layers - 1) + (n_layers - 1) + 1)  # 3 decode steps × the shared layers of the baseline and of each stack
+    assert held == [(n_layers - 1, list(range(n_layers - 1)), [0, n_layers - 2]), (1, [0], [0])]
+    for index, interventions in enumerate(group):
+        assert generations[index].steps == samples.plain_generation(samples.batches[0], interventions).steps
