@@ -22,6 +22,7 @@ toy-shapes question) through a random text model of 8 layers × 16 heads (hidden
 the toy zoo (small, medium, large), on toy-shapes.
 
     python bench/bench_sweep.py                                   # realistic and toy, mask and prune
+    python bench/bench_sweep.py --shape realistic --kind mask --benchmark toy-shapes-yesno   # yes / no only, as POPE
     python bench/bench_sweep.py --shape realistic --kind mask --new-tokens 8 --rounds 3
 """
 
@@ -72,7 +73,7 @@ def child_main(args) -> int:
 
     torch.set_num_threads(args.threads)
     reuse = args.path == "reuse"
-    common = dict(model=args.model, benchmark="toy-shapes", limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse)
+    common = dict(model=args.model, benchmark=args.benchmark, limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse)
     common["max_new_tokens"] = None if reuse else args.new_tokens  # reuse: stopped once decided, within the same limit
     start = time.perf_counter()
     if args.kind == "mask":
@@ -105,7 +106,18 @@ def child_main(args) -> int:
 
 def run_child(args, model: str, kind: str, path: str, warehouse: Path) -> dict:
     command = [sys.executable, __file__, "--child", "--model", model, "--kind-one", kind, "--path", path, "--warehouse", str(warehouse)]
-    command += ["--limit", str(args.limit), "--batch-size", str(args.batch_size), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
+    command += [
+        "--limit",
+        str(args.limit),
+        "--batch-size",
+        str(args.batch_size),
+        "--new-tokens",
+        str(args.new_tokens),
+        "--threads",
+        str(args.threads),
+        "--benchmark",
+        args.benchmark,
+    ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -153,6 +165,7 @@ def parent_main(args) -> int:
                         "shape": shape,
                         "model": Path(model).name,
                         "kind": kind,
+                        "benchmark": args.benchmark,
                         "conditions": len({row[0] for row in outputs["today"]["rows"]}),
                         "samples": args.limit,
                         "batch_size": args.batch_size,
@@ -166,7 +179,7 @@ def parent_main(args) -> int:
                     }
                     results["runs"].append(entry)
                     print(
-                        f"{shape:9} {entry['model']:18} {kind:5} {entry['conditions']:2} conditions: reuse {entry['speedup_median']:.2f}x faster "
+                        f"{shape:9} {entry['model']:18} {args.benchmark:16} {kind:5} {entry['conditions']:2} conditions: reuse {entry['speedup_median']:.2f}x faster "
                         f"(process wall {entry['speedup_wall_median']:.2f}x), peak memory {entry['peak_ratio_median']:.2f}x, "
                         f"answers identical: {check['answers_identical']}, option log-prob gap {check['max_option_logprob_gap']:.1e}",
                         flush=True,
@@ -185,6 +198,11 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=8, help="the answer's limit (today: every token up to it; reuse: up to where the answer is decided)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--benchmark",
+        default="toy-shapes",
+        help="toy-shapes mixes yes / no with colour choices a random model never answers with a letter (decoded to the limit); toy-shapes-yesno is yes / no only, as POPE",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results-sweep.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)

@@ -366,7 +366,7 @@ def same_conditions(group: Sequence[Sequence[Any]], bound: Sequence[Sequence[dic
     same = []
     for index, (interventions, edits) in enumerate(zip(group, bound)):
         key = BASELINE_KEY if not any(edits) else tuple(intervention_key(intervention) for intervention in interventions)
-        same.append(first.setdefault(key, index) if _hashable(key) else index)
+        same.append(first.setdefault(key, index))
     return same
 
 
@@ -379,7 +379,7 @@ def intervention_key(value: Any) -> Any:
         return (type(value).__qualname__, tuple((item.name, intervention_key(getattr(value, item.name))) for item in fields(value)))
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
-        return ("tensor", str(value.dtype), tuple(value.shape), value.contiguous().view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        return ("tensor", str(value.dtype), tuple(value.shape), value.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     if isinstance(value, np.ndarray):
         return ("array", value.dtype.str, value.shape, np.ascontiguousarray(value).tobytes())
     if isinstance(value, dict):
@@ -389,14 +389,6 @@ def intervention_key(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return ("object", id(value))
-
-
-def _hashable(key: Any) -> bool:
-    try:
-        hash(key)
-    except TypeError:
-        return False
-    return True
 
 
 def first_layer(bound: Sequence[dict[int, LayerIntervention]], n_layers: int) -> int:
