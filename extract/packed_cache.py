@@ -223,6 +223,10 @@ class SharedPrefixLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """Append a step's keys and values to the tail; returns the whole layer's, joined for this step."""
+        if self._prompt_keys is None:  # after ``reset``: these keys begin the layer again, as they begin a ``DynamicLayer``
+            self.keys, self.values = key_states.clone(), value_states.clone()
+            self.device, self.is_initialized = key_states.device, True
+            return self.keys, self.values
         self._tail_keys = key_states.clone() if self._tail_keys is None else torch.cat([self._tail_keys, key_states], dim=-2)
         self._tail_values = value_states.clone() if self._tail_values is None else torch.cat([self._tail_values, value_states], dim=-2)
         return self.keys, self.values

@@ -181,6 +181,16 @@ def _copy_entry(entry: Any, times: int = 1) -> Any:
 
 
 @dataclass
+class _Live:
+    """A recorded cache entry that is still the baseline's own layer: its decode steps run as transformers runs
+    them (so the first batch's check compares replays with transformers' own cache), and its prompt is taken
+    once the baseline is done (``PrefixRecording.entry``) without a copy of it held meanwhile."""
+
+    layer: DynamicLayer
+    prompt: int  # the prompt's keys: the prefill's length
+
+
+@dataclass
 class PrefixRecording:
     """The baseline's prefill, recorded: each ``boundaries`` layer's output, the cache entries of the layers
     before ``depth``, and (``windows``) each attention layer's last query rows, keys and mask, from which a
@@ -192,9 +202,9 @@ class PrefixRecording:
     windows: bool = False  # whether some condition replays a layer it prunes (``LayerIntervention.prefill_unchanged``)
     outputs: dict[int, Any] = field(default_factory=dict)
     entries: dict[int, Any] = field(default_factory=dict)
-    attended: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None]] = field(
+    attended: dict[int, tuple[torch.Tensor, torch.Tensor | int, torch.Tensor | None, float | None]] = field(
         default_factory=dict
-    )  # attention layer -> (query rows, keys, mask rows, scaling)
+    )  # attention layer -> (query rows, keys or the decoder layer whose entry holds them, mask rows, scaling)
     passes: int = 0
 
     def begin_forward(self, kwargs: dict[str, Any]) -> None:
@@ -212,11 +222,29 @@ class PrefixRecording:
             if index in self.boundaries:
                 self.outputs[index] = output
             if index < self.depth:
-                cache = _cache_of(kwargs)
-                self.entries[index] = _copy_entry(cache.layers[index])
-                if isinstance(self.entries[index], SharedPrefixLayer):  # the baseline's own decode steps share the recorded prompt too
-                    cache.layers[index] = _copy_entry(self.entries[index])
+                entry = _cache_of(kwargs).layers[index]
+                if type(entry) is DynamicLayer and entry.is_initialized:
+                    self.entries[index] = _Live(entry, entry.keys.shape[-2])
+                    for layer, (rows, key, mask, scaling) in self.attended.items():
+                        if key is entry.keys:  # read from the entry when replayed: not held a second time
+                            self.attended[layer] = (rows, index, mask, scaling)
+                else:
+                    self.entries[index] = _copy_entry(entry)
         return output
+
+    def entry(self, index: int) -> Any:
+        """Decoder layer ``index``'s recorded cache entry; the baseline's own layers become a ``SharedPrefixLayer``
+        over their prompt's keys and values when first read (by then the baseline is done)."""
+        entry = self.entries[index]
+        if isinstance(entry, _Live):
+            keys, values = entry.layer.keys, entry.layer.values
+            entry = self.entries[index] = SharedPrefixLayer(keys[:, :, : entry.prompt], values[:, :, : entry.prompt])
+        return entry
+
+    def window(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, float | None]:
+        """Attention layer ``layer``'s recorded query rows, keys, mask rows and scaling."""
+        rows, key, mask, scaling = self.attended[layer]
+        return rows, self.entry(key).shared()[0] if isinstance(key, int) else key, mask, scaling
 
     def keep_for(self, starts: Sequence[int]) -> None:
         """Drop what no stack still to run from ``starts`` reads: the other boundaries' outputs, and the cache
@@ -248,7 +276,7 @@ class PrefixReplay:
         if self.passes != 1 or index >= self.start:
             return forward(*args, **kwargs)
         cache = _cache_of(kwargs)
-        entry = _copy_entry(self.recording.entries[index], self.times)
+        entry = _copy_entry(self.recording.entry(index), self.times)
         if index < len(cache.layers):
             cache.layers[index] = entry
         elif index == len(cache.layers):  # a cache that grows its entries as layers first write to it
@@ -272,7 +300,7 @@ class PrefixReplay:
                 continue
             if layer not in self.recording.attended:
                 raise ReuseError(f"attention layer {layer} is replayed with an intervention but its prefill was not recorded")
-            query, key, mask, scaling = self.recording.attended[layer]
+            query, key, mask, scaling = self.recording.window(layer)
             query, key = tile(query, self.times), tile(key, self.times)
             mask = mask if mask is None or mask.shape[0] == 1 else tile(mask, self.times)  # a mask shared by every row stays shared, as the live pass hands it
             for edit in edits:

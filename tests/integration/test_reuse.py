@@ -311,6 +311,13 @@ def test_conditions_that_compute_the_same_are_computed_once(llava_sweep, monkeyp
         expected = samples.plain_generation(batch, interventions)
         assert generations[index].answers == expected.answers, index
         assert torch.allclose(generations[index].first_logits, expected.first_logits, atol=TOLERANCE), index
+    # a group without the baseline (a Dask task's or a rank's after the first): the condition that touches no layer stands in for it
+    group = [[KVPrune(np.ones((n_layers, n_kv)), "attention")], [HeadMask(((last, 1),), "zero")]]
+    generations = samples.reused_generations(batch, group)
+    for index, interventions in enumerate(group):
+        expected = samples.plain_generation(batch, interventions)
+        assert generations[index].answers == expected.answers, index
+        assert torch.allclose(generations[index].first_logits, expected.first_logits, atol=TOLERANCE), index
 
 
 def _view(loaded, setup):
@@ -339,24 +346,32 @@ def test_intervention_keys_are_equal_exactly_when_the_fields_are():
 
 
 def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, monkeypatch):
-    """The baseline's and each replayed condition's decode steps append to a tail of their own: the prompt's keys
-    they read are the recording's tensors (one copy in memory for the whole batch), not copies made at the first
+    """The baseline decodes through transformers' own cache layers, the recording holding those layers rather
+    than a copy of their prompt; each replayed condition's decode steps append to a tail of their own and read
+    the prompt's keys the baseline left (one copy in memory for the whole batch), not copies made at their first
     step. Stacks run deepest first and the recording drops what no stack left to run reads: the stack that starts
     at layer 1 finds only layer 0's entry and boundary."""
+    from transformers.cache_utils import DynamicLayer
+
     from attnwh.extract.packed_cache import SharedPrefixLayer
 
     family, loaded, setup = llava_sweep
     n_layers = loaded.info["n_layers"]
     assert n_layers > 2
     group = [[], [HeadMask(((1, 0),), "zero")], [HeadMask(((n_layers - 1, 0),), "zero")]]
-    recorded, read, held = set(), [], []
-    original_layer, original_replay, original_update = reuse.PrefixRecording.layer, reuse.PrefixReplay.layer, SharedPrefixLayer.update
+    baseline_layers, sealed, read, held = [], set(), [], []
+    original_layer, original_entry, original_replay, original_update = reuse.PrefixRecording.layer, reuse.PrefixRecording.entry, reuse.PrefixReplay.layer, SharedPrefixLayer.update
 
     def layer(self, index, forward, args, kwargs):
         output = original_layer(self, index, forward, args, kwargs)
-        if index in self.entries:
-            recorded.add(self.entries[index].shared()[0].data_ptr())
+        if self.passes == 1 and index in self.entries:
+            baseline_layers.append(self.entries[index].layer is reuse._cache_of(kwargs).layers[index] and type(self.entries[index].layer) is DynamicLayer)
         return output
+
+    def entry(self, index):
+        shared = original_entry(self, index)
+        sealed.add(shared.shared()[0].data_ptr())
+        return shared
 
     def replay(self, index, forward, args, kwargs):
         if self.passes == 1 and index == 0:
@@ -368,14 +383,42 @@ def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, m
         return original_update(self, key_states, value_states, *args, **kwargs)
 
     monkeypatch.setattr(reuse.PrefixRecording, "layer", layer)
+    monkeypatch.setattr(reuse.PrefixRecording, "entry", entry)
     monkeypatch.setattr(reuse.PrefixReplay, "layer", replay)
     monkeypatch.setattr(SharedPrefixLayer, "update", update)
     monkeypatch.setattr(loaded, "eos_token_ids", ())  # every answer to the limit: decode steps in every call
     samples = SweepSamples(loaded, setup, 3)
     samples.reuse_checked, samples.max_new_tokens = True, 4
     generations = samples.reused_generations(samples.batches[0], group)
-    assert len(recorded) == n_layers - 1 and set(read) <= recorded
-    assert len(read) == 3 * ((n_layers - 1) + (n_layers - 1) + 1)  # 3 decode steps × the shared layers of the baseline and of each stack
+    assert baseline_layers == [True] * (n_layers - 1)  # the baseline's own layers, recorded as they are
+    assert len(sealed) == n_layers - 1 and set(read) <= sealed
+    assert len(read) == 3 * ((n_layers - 1) + 1)  # 3 decode steps × the shared layers of each stack
     assert held == [(n_layers - 1, list(range(n_layers - 1)), [0, n_layers - 2]), (1, [0], [0])]
     for index, interventions in enumerate(group):
         assert generations[index].steps == samples.plain_generation(samples.batches[0], interventions).steps
+
+
+def test_a_shared_prompt_layer_that_decodes_wrongly_turns_reuse_off(llava_sweep, monkeypatch):
+    """The first batch's check replays the baseline from the deepest start, its shared layers decoding through
+    ``SharedPrefixLayer``, against the baseline decoded through transformers' own cache: a shared layer that
+    returns wrong values is caught, and the rows are the plain path's."""
+    from attnwh.extract.packed_cache import SharedPrefixLayer
+
+    family, loaded, setup = llava_sweep
+    original = SharedPrefixLayer.update
+
+    def wrong(self, key_states, value_states, *args, **kwargs):
+        keys, values = original(self, key_states, value_states, *args, **kwargs)
+        return keys, values * 3
+
+    monkeypatch.setattr(SharedPrefixLayer, "update", wrong)
+    monkeypatch.setattr(loaded, "eos_token_ids", ())
+    group = [[], [HeadMask(((loaded.info["n_layers"] - 1, 0),), "zero")]]
+    samples = SweepSamples(loaded, setup, 3)
+    samples.max_new_tokens = 6
+    rows = samples.evaluate_group(group)
+    assert samples.reuse_off is not None and "started at layer" in samples.reuse_off
+    plain = SweepSamples(loaded, setup, 3)
+    plain.max_new_tokens = 6
+    for interventions, condition_rows in zip(group, rows):
+        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in plain.evaluate(interventions)]

@@ -22,7 +22,7 @@ def _layers(prompt_keys, prompt_values):
     batch=st.integers(1, 3),
     prompt=st.integers(1, 6),
     steps=st.lists(st.integers(1, 3), max_size=4),
-    operation=st.sampled_from(["none", "crop", "select", "repeat"]),
+    operation=st.sampled_from(["none", "crop", "select", "repeat", "reset"]),
     seed=st.integers(0, 2**16),
 )
 def test_shared_prefix_layer_equals_a_dynamic_layer(batch, prompt, steps, operation, seed):
@@ -48,6 +48,13 @@ def test_shared_prefix_layer_equals_a_dynamic_layer(batch, prompt, steps, operat
     elif operation == "repeat":
         reference.batch_repeat_interleave(2)
         shared.batch_repeat_interleave(2)
+    elif operation == "reset":  # emptied: the next keys begin the layer again
+        reference.reset()
+        shared.reset()
+        assert shared.get_seq_length() == reference.get_seq_length() == 0
+        fresh_keys, fresh_values = torch.randn(batch, 2, 2, 4, generator=generator), torch.randn(batch, 2, 2, 4, generator=generator)
+        reference.update(fresh_keys, fresh_values)
+        shared.update(fresh_keys, fresh_values)
     assert torch.equal(shared.keys, reference.keys) and torch.equal(shared.values, reference.values)
     assert shared.get_seq_length() == reference.get_seq_length()
     new_keys, new_values = torch.randn(shared.keys.shape[0], 2, 1, 4, generator=generator), torch.randn(shared.keys.shape[0], 2, 1, 4, generator=generator)
