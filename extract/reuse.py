@@ -29,9 +29,11 @@ same for all of them. Per batch of samples the sweep therefore:
    layer is the baseline.
 
 Memory stays near the plain path's (issue 29 asks for 1.2× at the same batch size): the recorded prefix is
-the only thing held beside what a condition holds on its own, and it is held once. The baseline's and every
-replayed condition's cache layers over the recorded prompt are ``SharedPrefixLayer`` objects (decode steps append
-to a tail of their own, where a ``DynamicLayer`` would copy the prompt at its first step and hold the copy);
+the only thing held beside what a condition holds on its own, and it is held once. The baseline decodes
+through transformers' own cache layers, and the recording holds those layers (not a copy of their prompt),
+taking their prompt once the baseline is done; every replayed condition's cache layers over it are
+``SharedPrefixLayer`` objects (decode steps append to a tail of their own, where a ``DynamicLayer`` would copy
+the prompt at its first step and hold the copy), so the first batch's check compares the two kinds of layer;
 stacks that start at layer 0 run before the recording exists; the others run deepest first, and after each
 the recording drops the boundaries and cache entries no stack left to run reads (``PrefixRecording.keep_for``).
 
