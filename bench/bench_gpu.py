@@ -316,7 +316,7 @@ def sweep(args, folder: Path, device, dtype) -> dict:
     from attnwh.extract.models import load_model
     from attnwh.extract.sweep import SweepSamples
 
-    options = MaskOptions(model=str(folder), limit=args.sweep_samples, batch_size=args.batch_size, device=str(device), dtype=args.dtype, seeds=1)
+    options = MaskOptions(model=str(folder), benchmark=args.sweep_benchmark, limit=args.sweep_samples, batch_size=args.batch_size, device=str(device), dtype=args.dtype, seeds=1)
     options.strategies, options.stages, options.k = ("top", "random", "bottom"), ("early", "mid", "late", "all"), ("2",)
     setup = prepare_mask(options)
     run = dataclasses.replace(setup.run, max_new_tokens=args.sweep_new_tokens)
@@ -328,7 +328,7 @@ def sweep(args, folder: Path, device, dtype) -> dict:
     group = [[] if c.condition_id == 0 else kind.interventions(mask_condition(c, "zero"), {}) for c in conditions]
     loaded = load_model(run.source, dtype=dtype, device=device)
     today = SweepSamples(loaded, run, args.batch_size)
-    reused = SweepSamples(loaded, run, args.batch_size, stop_when_decided=True)
+    reused = SweepSamples(loaded, run, args.batch_size, args.sweep_stack, stop_when_decided=True)
     paths = {"today": lambda: [today.evaluate(interventions) for interventions in group], "reuse": lambda: reused.evaluate_group(group)}
     paths["reuse"]()  # warm-up, and the first batch's check against the plain path
     times: dict[str, list[float]] = {name: [] for name in paths}
@@ -350,6 +350,8 @@ def sweep(args, folder: Path, device, dtype) -> dict:
     rates = {name: condition_samples / statistics.median(seconds) for name, seconds in times.items()}
     return {
         "conditions": len(group),
+        "benchmark": args.sweep_benchmark,
+        "stack": args.sweep_stack,
         "samples": args.sweep_samples,
         "new_tokens": args.sweep_new_tokens,
         "seconds": times,
@@ -377,6 +379,14 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also time the 13-condition masking sweep, today's path against reuse")
     parser.add_argument("--sweep-samples", type=int, default=64)
     parser.add_argument("--sweep-new-tokens", type=int, default=8, help="the answers' limit (POPE's and the study's other benchmarks' in attnwh)")
+    parser.add_argument(
+        "--sweep-benchmark",
+        default="toy-shapes",
+        help="toy-shapes mixes yes / no with colour choices a random model decodes to the limit; toy-shapes-yesno is yes / no only, as POPE",
+    )
+    parser.add_argument(
+        "--sweep-stack", type=int, default=1, help="reuse's conditions per pass (attnwh mask --stack): on a GPU, decode steps read the weights once for all of them"
+    )
     parser.add_argument("--prune-cache", action="store_true", help="also time decode steps over the packed pruned cache against the full cache (bench_prune_cache.py's variants)")
     parser.add_argument("--prune-new-tokens", type=int, default=32)
     parser.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, when its name is not in the table")
