@@ -170,10 +170,10 @@ def _copy_entry(entry: Any, times: int = 1) -> Any:
     """A cache entry (one layer's keys, values, states) as a new object over the same tensors, its batch-first
     tensors tiled ``times``. Not cloned: a dynamic cache appends by concatenating into new tensors, so the
     recorded ones stay as the prefill left them (a cache that wrote into them in place would change the
-    replayed prefix, which the first batch's check would see). A full-attention dynamic layer becomes a
-    ``SharedPrefixLayer`` over them, so that decode steps do not copy the shared prompt for the call's length."""
-    if type(entry) in (DynamicLayer, SharedPrefixLayer) and entry.is_initialized:
-        keys, values = entry.shared() if isinstance(entry, SharedPrefixLayer) else (entry.keys, entry.values)
+    replayed prefix, which the first batch's check would see). A shared prompt (``PrefixRecording.entry``'s
+    full-attention layers) stays shared: a new ``SharedPrefixLayer`` over it, whose decode steps do not copy it."""
+    if isinstance(entry, SharedPrefixLayer):
+        keys, values = entry.shared()
         return SharedPrefixLayer(tile(keys, times), tile(values, times))
     copied = copy.copy(entry)
     for name, item in vars(entry).items():
@@ -383,44 +383,6 @@ def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 
 # -- 4. conditions stacked in one pass ---------------------------------------------------------------------
 
 
-BASELINE_KEY = ("baseline",)
-
-
-def same_conditions(group: Sequence[Sequence[Any]], bound: Sequence[Sequence[dict[int, LayerIntervention]]]) -> list[int]:
-    """Per condition of a group, the first condition that computes exactly what it computes (itself if none
-    before it does): conditions whose bound interventions touch no layer compute the baseline's; otherwise
-    conditions whose interventions are equal field by field (``intervention_key``). A grid repeats conditions
-    more often than it seems: the ``all`` stage's k worst heads are often one stage's k worst, a pruning grid's
-    full cache is the baseline."""
-    first: dict[Any, int] = {}
-    same = []
-    for index, (interventions, edits) in enumerate(zip(group, bound)):
-        key = BASELINE_KEY if not any(edits) else tuple(intervention_key(intervention) for intervention in interventions)
-        same.append(first.setdefault(key, index))
-    return same
-
-
-def intervention_key(value: Any) -> Any:
-    """A value that two interventions share exactly when they are equal field by field (dataclasses' fields,
-    tensors and arrays by dtype, shape and bytes, containers item by item); any other object stands for itself
-    (its identity), so that interventions over a shared state (a baseline image's keys) are equal only when they
-    share it."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return (type(value).__qualname__, tuple((item.name, intervention_key(getattr(value, item.name))) for item in fields(value)))
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return ("tensor", str(value.dtype), tuple(value.shape), value.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    if isinstance(value, np.ndarray):
-        return ("array", value.dtype.str, value.shape, np.ascontiguousarray(value).tobytes())
-    if isinstance(value, dict):
-        return ("dict", tuple(sorted(((intervention_key(key), intervention_key(item)) for key, item in value.items()), key=repr)))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, tuple(intervention_key(item) for item in value))
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return ("object", id(value))
-
-
 def first_layer(bound: Sequence[dict[int, LayerIntervention]], n_layers: int) -> int:
     """The first layer whose prefill a condition's bound interventions change (``n_layers`` when none): a layer
     whose interventions all leave the prefill unchanged (cache pruning) is replayed from the baseline."""
@@ -546,6 +508,47 @@ class StackedLayer(LayerIntervention):
         return output
 
 
+# -- 5. a condition once ------------------------------------------------------------------------------------
+
+
+BASELINE_KEY = ("baseline",)
+
+
+def same_conditions(group: Sequence[Sequence[Any]], bound: Sequence[Sequence[dict[int, LayerIntervention]]]) -> list[int]:
+    """Per condition of a group, the first condition that computes exactly what it computes (itself if none
+    before it does): conditions whose bound interventions touch no layer compute the baseline's; otherwise
+    conditions whose interventions are equal field by field (``intervention_key``). A grid repeats conditions
+    more often than it seems: the ``all`` stage's k worst heads are often one stage's k worst, a pruning grid's
+    full cache is the baseline."""
+    first: dict[Any, int] = {}
+    same = []
+    for index, (interventions, edits) in enumerate(zip(group, bound)):
+        key = BASELINE_KEY if not any(edits) else tuple(intervention_key(intervention) for intervention in interventions)
+        same.append(first.setdefault(key, index))
+    return same
+
+
+def intervention_key(value: Any) -> Any:
+    """A value that two interventions share exactly when they are equal field by field (dataclasses' fields,
+    tensors and arrays by dtype, shape and bytes, containers item by item); any other object stands for itself
+    (its identity), so that interventions over a shared state (a baseline image's keys) are equal only when they
+    share it."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return (type(value).__qualname__, tuple((item.name, intervention_key(getattr(value, item.name))) for item in fields(value)))
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return ("tensor", str(value.dtype), tuple(value.shape), value.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    if isinstance(value, np.ndarray):
+        return ("array", value.dtype.str, value.shape, np.ascontiguousarray(value).tobytes())
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted(((intervention_key(key), intervention_key(item)) for key, item in value.items()), key=repr)))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(intervention_key(item) for item in value))
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return ("object", id(value))
+
+
 __all__ = [
     "PrefixRecording",
     "PrefixReplay",
@@ -554,8 +557,10 @@ __all__ = [
     "encode_media",
     "first_layer",
     "install_replay",
+    "intervention_key",
     "plan_stacks",
     "replays_interventions",
+    "same_conditions",
     "stack_interventions",
     "supports_media_reuse",
     "tile",
