@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 
 from attnwh.core.errors import UsageError
+from attnwh.extract.batch_journal import BatchJournal, GroupJournal
 from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
@@ -230,18 +231,28 @@ class SweepSamples:
             rows.extend(self._rows(batch, self.plain_generation(batch, interventions), interventions))
         return sorted(rows, key=lambda row: row["sample_idx"])
 
-    def evaluate_group(self, group: Sequence[Sequence[Intervention]], on_batch: Callable[[int, int], None] | None = None) -> list[list[dict[str, Any]]]:
+    def evaluate_group(
+        self, group: Sequence[Sequence[Intervention]], on_batch: Callable[[int, int], None] | None = None, journal: GroupJournal | None = None
+    ) -> list[list[dict[str, Any]]]:
         """Every sample's answer under each condition of ``group`` (its interventions; none: the baseline),
         equal to ``evaluate`` of each: per batch, the images encoded once, the baseline's prefix recorded
-        once, and the conditions stacked and started at their first intervened layer (extract.reuse)."""
+        once, and the conditions stacked and started at their first intervened layer (extract.reuse). With a
+        ``journal`` (extract.batch_journal), a batch whose rows it holds is taken from it, and each batch
+        evaluated is written to it."""
         rows: list[list[dict[str, Any]]] = [[dict(row) for row in self.errors] for _ in group]
         for done, batch in enumerate(self.batches, start=1):
-            if self.reuse_off is not None:
-                generations = [self.plain_generation(batch, interventions) for interventions in group]
-            else:
-                generations = self.reused_generations(batch, group)
-            for index, (interventions, generation) in enumerate(zip(group, generations)):
-                rows[index].extend(self._rows(batch, generation, interventions))
+            samples = [(item.sample_idx, item.sample.key) for item in batch.items]
+            batch_rows = journal.rows(samples) if journal is not None else None
+            if batch_rows is None:
+                if self.reuse_off is not None:
+                    generations = [self.plain_generation(batch, interventions) for interventions in group]
+                else:
+                    generations = self.reused_generations(batch, group)
+                batch_rows = [self._rows(batch, generation, interventions) for interventions, generation in zip(group, generations)]
+                if journal is not None:
+                    journal.record(samples, batch_rows)
+            for index, condition_rows in enumerate(batch_rows):
+                rows[index].extend(condition_rows)
             if on_batch is not None:
                 on_batch(done, len(self.batches))
         return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
@@ -430,13 +441,22 @@ class SweepPart:
 
 
 def evaluate_conditions(
-    run_id: str, kind: SweepKind, conditions: Sequence[SweepCondition], ranking: HeadRanking | None, samples: SweepSamples, prepared: Any, reuse: bool, on_batch=None
+    run_id: str,
+    kind: SweepKind,
+    conditions: Sequence[SweepCondition],
+    ranking: HeadRanking | None,
+    samples: SweepSamples,
+    prepared: Any,
+    reuse: bool,
+    on_batch=None,
+    journal: BatchJournal | None = None,
 ) -> list[SweepPart]:
     """The parts of ``conditions``: evaluated together, sharing their common work (``reuse``; ``on_batch(done,
-    batches)`` after each batch), or one by one."""
+    batches)`` after each batch; finished batches kept in ``journal`` until the parts are committed), or one by one."""
     interventions = [[] if condition.baseline else kind.interventions(condition, prepared) for condition in conditions]
     if reuse:
-        rows = samples.evaluate_group(interventions, on_batch)
+        group = journal.group([condition.condition_id for condition in conditions]) if journal is not None else None
+        rows = samples.evaluate_group(interventions, on_batch, group)
     else:
         rows = [samples.evaluate(condition_interventions) for condition_interventions in interventions]
     return [SweepPart(run_id, kind.kind, condition, ranking, condition_rows) for condition, condition_rows in zip(conditions, rows)]
@@ -502,14 +522,18 @@ def run_sweep(
     if on_progress:
         on_progress(0, len(pending))
     done = 0
+    journal = BatchJournal.open(run.paths) if options.reuse else None
     for group in group_conditions(pending, 1 if options.reuse else len(pending)):
         # a group's conditions are committed when its last batch is done: until then, progress counts batches
+        # (and the journal keeps them, so that a resumed sweep does not evaluate them again)
         on_batch = (lambda batches, of, before=done, size=len(group): on_progress(before + size * batches / of, len(pending))) if on_progress else None
-        for part in evaluate_conditions(run.run_id, kind, group, ranking, samples, prepared, options.reuse, on_batch):
+        for part in evaluate_conditions(run.run_id, kind, group, ranking, samples, prepared, options.reuse, on_batch, journal):
             result.conditions_written += parts.commit_part(run.paths, part.condition.condition_id, part.write, writer) is not None
             done += 1
             if on_progress:
                 on_progress(done, len(pending))
+        if journal is not None:
+            journal.group([condition.condition_id for condition in group]).clear()
     result.reuse_off = samples.reuse_off
     return result
 
@@ -554,8 +578,11 @@ def sweep_conditions_task(
     samples = cache.run_setup(f"{run_id}/samples", lambda: sweep_samples(loaded, setup, kind, options, n_conditions))
     prepared = cache.run_setup(f"{run_id}/prepared", lambda: kind.prepare(samples))
     paths, written = RunPaths(storage.location(run_root)), 0
-    for part in evaluate_conditions(run_id, kind, group, ranking, samples, prepared, options.reuse):
+    journal = BatchJournal.open(paths) if options.reuse else None  # a task retried on another worker takes the batches its first try finished
+    for part in evaluate_conditions(run_id, kind, group, ranking, samples, prepared, options.reuse, journal=journal):
         written += parts.commit_part(paths, part.condition.condition_id, part.write, {"worker": worker_address()}) is not None
+    if journal is not None:
+        journal.group([condition.condition_id for condition in group]).clear()
     return written
 
 

@@ -105,6 +105,11 @@ class RunPaths:
     def leases(self) -> Location:
         return self.root / "_leases"
 
+    @property
+    def progress(self) -> Location:
+        """A sweep's finished batches not yet in a committed part (extract.batch_journal)."""
+        return self.root / "_progress"
+
     def lease(self, part_id: int, attempt: str) -> Location:
         """The lease of an attempt: renewed (its mtime) while the attempt's writer lives."""
         return self.leases / f"{part_name(part_id)}.{attempt}"

@@ -376,3 +376,28 @@ def test_any_warehouse_text_is_a_location_or_one_clear_error(tail, scheme):
         assert "\n" not in str(exc) and str(exc).startswith(f"warehouse {text if text.isprintable() else repr(text)}")
         return
     assert storage.is_object_store(where) == (scheme.lower() in storage.CONDITIONAL_PUT_PROTOCOLS)
+
+
+def test_a_sweep_interrupted_on_s3_resumes_from_its_journal(s3, capsys, tmp_path):
+    """The batch journal (extract.batch_journal) on an object store: kept as objects under the run's ``_progress/``
+    while the group runs, read back by the resumed sweep, gone when its conditions are committed."""
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.face.workflows import mask_sweep
+
+    url, local = s3.url("journal"), str(tmp_path / "local")
+    options = MaskOptions(limit=8, k=("0", "1"), seeds=1, batch_size=4, device="cpu", command=["test"])
+    for warehouse in (url, local):
+        assert run_cli(capsys, *EXTRACT, "--warehouse", warehouse)[0] == 0
+
+    def interrupt(done: float, total: int) -> None:
+        if done != int(done):  # the group's first batch is done
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        mask_sweep(url, options, on_progress=interrupt)
+    kept = [key for key in objects(s3, url) if "/_progress/" in key]
+    assert len(kept) == 1 and kept[0].endswith("/samples-0-3-4.json")
+    mask_sweep(url, options)
+    mask_sweep(local, options)
+    assert not any("/_progress/" in key for key in objects(s3, url))
+    assert tables(url)["mask"] == tables(local)["mask"]
