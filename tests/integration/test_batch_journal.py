@@ -161,3 +161,34 @@ def test_any_file_decodes_to_whole_rows_or_none(content):
         decoded = decode_batch_rows(candidate)
         if decoded is not None:
             assert all(isinstance(row["sample_idx"], int) and isinstance(row["sample_key"], str) for rows in decoded.values() for row in rows)
+
+
+def test_a_dask_task_run_again_takes_the_batches_its_first_try_finished(extracted, tmp_path, monkeypatch):
+    """On a Dask worker (a thread of this process, so that its batches can be counted): the group's task fails after
+    its first batch; the same sweep again sends the group again, whose task evaluates only the other batches."""
+    from distributed import LocalCluster
+
+    warehouse = fresh(extracted, tmp_path)
+    original = sweep_module.SweepSamples.reused_generations
+    evaluated: list[int] = []
+
+    def failing_after_one(self, batch, group):
+        if evaluated:
+            raise RuntimeError("the worker went away")
+        evaluated.append(len(batch.items))
+        return original(self, batch, group)
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
+        options = MaskOptions(**OPTIONS, scheduler=cluster.scheduler_address)
+        monkeypatch.setattr(sweep_module.SweepSamples, "reused_generations", failing_after_one)
+        with pytest.raises(RuntimeError, match="the worker went away"):
+            mask_sweep(warehouse, options)
+        run = mask_run_paths(warehouse)
+        assert parts.committed_part_ids(run) == set() and len(list(run.progress.rglob("*.json"))) == 1
+        monkeypatch.setattr(sweep_module.SweepSamples, "reused_generations", original)
+        again = count_batches(monkeypatch)
+        result, _ = mask_sweep(warehouse, options)
+    assert again == [BATCH, BATCH]  # the second and third batches
+    assert result.conditions_written == result.conditions_total
+    assert_same(results(warehouse), extracted[1])
+    assert not run.progress.exists()
