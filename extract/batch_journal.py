@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.layout import RunPaths, progress_files
 from attnwh.warehouse.storage import Location
 
 FORMAT = 1  # the files' layout: {"format", "conditions": [id, ...], "rows": [[row, ...] per condition]}
@@ -81,7 +81,7 @@ class BatchJournal:
     def open(cls, run: RunPaths) -> BatchJournal:
         journal = cls(run)
         committed = parts.committed_part_ids(run)
-        for folder, files in _files_by_group(run.progress).items():
+        for folder, files in progress_files(run).items():
             seen: set[int] = set()
             for path in files:
                 try:
@@ -140,16 +140,3 @@ class GroupJournal:
                 progress.rmdir()
             except OSError:  # another group's files are there, or it is gone already
                 pass
-
-
-def _files_by_group(progress: Location) -> dict[Location, list[Location]]:
-    try:
-        names = storage.sizes_under(progress)
-    except FileNotFoundError:
-        return {}
-    grouped: dict[Location, list[Location]] = {}
-    for name in sorted(names):
-        folder, _, file = name.partition("/")
-        if file.endswith(".json") and "/" not in file and not file.startswith("."):
-            grouped.setdefault(progress / folder, []).append(progress / folder / file)
-    return grouped

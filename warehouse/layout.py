@@ -115,6 +115,17 @@ class RunPaths:
         return self.leases / f"{part_name(part_id)}.{attempt}"
 
 
+def progress_files(run: RunPaths) -> dict[Location, list[Location]]:
+    """The batch files a sweep keeps under the run's ``_progress/`` (extract.batch_journal), by group folder;
+    a write's temporary file (a dot name) is left out."""
+    grouped: dict[Location, list[Location]] = {}
+    for name in sorted(storage.sizes_under(run.progress)):
+        folder, _, file = name.partition("/")
+        if file.endswith(".json") and "/" not in file and not file.startswith("."):
+            grouped.setdefault(run.progress / folder, []).append(run.progress / folder / file)
+    return grouped
+
+
 @dataclass(frozen=True)
 class Warehouse:
     """A warehouse folder: ``WAREHOUSE.json`` plus ``runs/model=.../benchmark=.../run=...``."""

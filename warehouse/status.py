@@ -1,7 +1,8 @@
 """Where a run stands while processes (ranks, cluster workers) write into it: parts committed and
 planned, who committed each (host, pid, rank and world size, Dask worker: fields in JSON, one label
-in the table), the rate and an ETA from the commit times, and attempts in flight with the age of
-their lease. Read from the commit log and the staging folder only: it never blocks a writer.
+in the table), the rate and an ETA from the commit times, attempts in flight with the age of
+their lease, and a sweep's batches kept for parts not committed yet. Read from the commit log, the staging and
+progress folders only: it never blocks a writer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
-from attnwh.warehouse.layout import RunPaths
+from attnwh.warehouse.layout import RunPaths, progress_files
 from attnwh.warehouse.runs import read_manifest
 
 
@@ -44,6 +45,8 @@ def run_status(run: RunPaths) -> dict[str, Any]:
             for record in records
         ],
         "in_flight": in_flight(run, {record.part_id for record in records}),
+        # a sweep's batches finished by a group whose parts are not committed yet (extract.batch_journal)
+        "batches_kept": sum(len(files) for files in progress_files(run).values()),
     }
 
 

@@ -193,6 +193,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Only this run.")] 
                 f"part {a['part_id']} on {a['host']}:{a['pid']}" + (f" (lease {a['lease_age_seconds']} s)" if a["lease_age_seconds"] is not None else "")
                 for a in s.get("in_flight", [])
             ),
+            "batches_kept": s.get("batches_kept"),
             "problem": s.get("problem"),
         }
         for s in statuses

@@ -20,6 +20,7 @@ from attnwh.face.workflows import mask_sweep
 from attnwh.queries.library import open_session
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.status import run_status
 
 LIMIT, BATCH = 12, 4  # 3 batches
 OPTIONS = dict(limit=LIMIT, k=("0", "2"), seeds=1, strategies=("top", "random"), stages=("all", "late"), device="cpu", batch_size=BATCH, command=["test"])
@@ -94,13 +95,14 @@ def test_an_interrupted_sweep_resumes_from_its_finished_batches(extracted, tmp_p
     assert parts.committed_part_ids(run) == set()  # nothing committed: the group had a batch left
     kept = sorted(path.name for path in run.progress.rglob("*.json"))
     assert kept == ["samples-0-3-4.json", "samples-4-7-4.json"]
+    assert run_status(run)["batches_kept"] == 2 and run_status(run)["parts_committed"] == 0  # what attnwh status shows
 
     evaluated = count_batches(monkeypatch)
     resumed, _ = mask_sweep(warehouse, MaskOptions(**OPTIONS))
     assert evaluated == [BATCH]  # only the third batch
     assert resumed.conditions_written == resumed.conditions_total
     assert_same(results(warehouse), extracted[1])
-    assert not run.progress.exists() and parts.verify(run) == []
+    assert not run.progress.exists() and parts.verify(run) == [] and run_status(run)["batches_kept"] == 0
 
 
 def test_a_damaged_journal_file_is_evaluated_again(extracted, tmp_path, monkeypatch):
