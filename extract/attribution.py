@@ -229,7 +229,7 @@ class AttributionSweep:
 
     def prepare(self, samples: SweepSamples) -> dict[Head, torch.Tensor] | BaselineKV:
         if self.ablation in BASELINE_IMAGES:
-            return BaselineKV(samples.loaded, self.ablation, mean_image(samples.batches) if self.ablation == "mean-image" else None)
+            return BaselineKV(samples.loaded, self.ablation, mean_image(samples.each_batch()) if self.ablation == "mean-image" else None)
         return head_means(samples) if self.ablation == "mean" else {}
 
     def interventions(self, condition: SweepCondition, prepared: dict[Head, torch.Tensor] | BaselineKV) -> list[HeadMask | ImageSwap]:
@@ -476,7 +476,7 @@ def _run_gradient(warehouse_path, setup: SweepSetup, spec: dict[str, Any], heads
     samples = SweepSamples(loaded, setup.run, options.batch_size)
     means = head_means(samples) if options.ablation == "mean" else {}
     drops = []
-    for batch in samples.batches:
+    for batch in samples.each_batch():
         drops.extend(d for d in gradient_drops(loaded, batch, options, samples.letter_ids, means) if d is not None)
     if not drops:
         raise UsageError("no sample has a target (all answers were errors?): nothing to attribute")

@@ -26,7 +26,7 @@ class Ready:
 
     sample_idx: int
     sample: Sample
-    image: Image.Image
+    image: Image.Image | None  # None in a sweep's batches once encoded (they keep the encoding, not the picture)
     image_sha256: str
 
 
@@ -73,24 +73,27 @@ def prompt_text(loaded: LoadedModel, prompt_format: PromptFormat, template: str,
     return prompt_format.render(loaded.processor, render_question(template, sample))
 
 
-def encode_batches(loaded: LoadedModel, items: list[Ready], prompt_of: Callable[[Sample], str], batch_size: int, prepare: Prepare | None = None) -> Iterator[Batch | Failed]:
-    """Batches of ``batch_size`` encoded by the processor (and ``prepare``d), lazily; a batch the
-    processor rejects is split until the sample it rejects is alone, and that one is yielded as ``Failed``."""
+def encode_batches(
+    loaded: LoadedModel, items: list[Ready], prompt_of: Callable[[Sample], str], batch_size: int, prepare: Prepare | None = None, device: torch.device | None = None
+) -> Iterator[Batch | Failed]:
+    """Batches of ``batch_size`` encoded by the processor (and ``prepare``d), lazily, on the model's device (or
+    ``device``); a batch the processor rejects is split until the sample it rejects is alone, and that one is
+    yielded as ``Failed``."""
     for start in range(0, len(items), batch_size):
-        yield from _encode(loaded, items[start : start + batch_size], prompt_of, prepare)
+        yield from _encode(loaded, items[start : start + batch_size], prompt_of, prepare, device)
 
 
-def _encode(loaded: LoadedModel, items: list[Ready], prompt_of: Callable[[Sample], str], prepare: Prepare | None) -> Iterator[Batch | Failed]:
+def _encode(loaded: LoadedModel, items: list[Ready], prompt_of: Callable[[Sample], str], prepare: Prepare | None, device: torch.device | None) -> Iterator[Batch | Failed]:
     prompts = [prompt_of(item.sample) for item in items]
     try:
-        encoded = encode_batch(loaded, [item.image for item in items], prompts)
+        encoded = encode_batch(loaded, [item.image for item in items], prompts, device)
         prepared = prepare(loaded, encoded, items) if prepare is not None else None
     except Exception as exc:  # noqa: BLE001  isolate the sample the processor rejects
         if len(items) == 1:
             yield Failed(items[0].sample_idx, items[0].sample, f"processor: {type(exc).__name__}: {exc}")
             return
         for item in items:
-            yield from _encode(loaded, [item], prompt_of, prepare)
+            yield from _encode(loaded, [item], prompt_of, prepare, device)
         return
     yield Batch(items, prompts, encoded, prepared)
 

@@ -23,14 +23,15 @@ def processor_images(loaded: LoadedModel, images: list) -> list:
     return [[image] for image in images] if loaded.spec.family.nested_images else list(images)
 
 
-def encode_batch(loaded: LoadedModel, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Processor output for one left-padded batch, on the model's device; float tensors in the model's dtype.
+def encode_batch(loaded: LoadedModel, images: list, prompts: list[str], device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Processor output for one left-padded batch, on the model's device (or ``device``); float tensors in the model's dtype.
 
     Everything the processor returns goes to the model (``image_sizes``, ``image_grid_thw``,
     ``token_type_ids``, ``mm_token_type_ids``, ...): families need different extras.
     """
     encoded = loaded.processor(images=processor_images(loaded, images), text=prompts, return_tensors="pt", padding=True)
-    return {key: value.to(loaded.device, dtype=loaded.dtype if value.is_floating_point() else None) for key, value in encoded.items() if isinstance(value, torch.Tensor)}
+    target = loaded.device if device is None else device
+    return {key: value.to(target, dtype=loaded.dtype if value.is_floating_point() else None) for key, value in encoded.items() if isinstance(value, torch.Tensor)}
 
 
 @dataclass

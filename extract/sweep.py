@@ -18,10 +18,11 @@ worker may evaluate several at once on one model.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ import torch
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.batch_journal import BatchJournal, GroupJournal
-from attnwh.extract.batches import Batch, Failed, encode_batches, load_samples, prompt_text
+from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
 from attnwh.extract.executors import Scheduler, parse_scheduler
@@ -176,6 +177,27 @@ class SweepResult:
     reuse_off: str | None = None  # why this process evaluated its conditions one by one after all
 
 
+HOST_SHARE = 0.25  # of this machine's (or its container's) memory that a sweep's encoded batches may hold
+
+
+def host_budget() -> int:
+    """Bytes of encoded batches a sweep holds on the host: ``HOST_SHARE`` of the memory this process may use (the
+    machine's, or its cgroup's limit where lower: a SLURM job's or a container's); past it, batches are encoded again
+    each time they are evaluated."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: a modest default
+        total = 16 << 30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return int(total * HOST_SHARE)
+
+
 class SweepSamples:
     """The sweep's samples, encoded once per batch (the same batch path as extraction, so a sample the
     loader, the image decoder or the processor rejects is the same error row); evaluated under one
@@ -189,21 +211,56 @@ class SweepSamples:
         self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
         self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
         self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
-        ready, failed = load_samples(setup.samples, list(range(len(setup.samples))))
-        prompt_of = partial(prompt_text, loaded, setup.prompt_format, setup.template)
-        self.batches: list[Batch] = []
-        for batch in encode_batches(loaded, ready, prompt_of, batch_size):
+        self._samples, self._prompt_of = setup.samples, partial(prompt_text, loaded, setup.prompt_format, setup.template)
+        # each batch encoded on the host (the device holds only the batch at hand: ``each_batch``), up to
+        # ``host_budget()`` bytes; a batch past it is held as its samples' indices and encoded again when visited
+        self._held: list[Batch | list[int]] = []
+        failed, held_bytes, budget = [], 0, host_budget()
+        for batch in self._encoded(range(len(setup.samples)), batch_size):
             if isinstance(batch, Failed):
                 failed.append(batch)
-            else:
-                self.batches.append(batch)
+                continue
+            size = sum(tensor.numel() * tensor.element_size() for tensor in batch.encoded.values())
+            held_bytes += size
+            self._held.append(batch if held_bytes <= budget else [item.sample_idx for item in batch.items])
         self.errors = [{"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed]
         self.letter_ids = letter_token_ids(loaded.processor.tokenizer)
+
+    def _encoded(self, indices: Iterable[int], batch_size: int) -> Iterator[Batch | Failed]:
+        """Batches of ``batch_size`` samples whose images decoded (in order; one image decoded at a time, so
+        that no more than a batch of pictures is held), encoded on the host and without their pictures."""
+        ready: list[Ready] = []
+        for index in [*indices, None]:
+            if index is not None:
+                loaded, failed = load_samples([self._samples[index]], [index])
+                yield from failed
+                ready.extend(loaded)
+            if ready and (len(ready) == batch_size or index is None):
+                for batch in encode_batches(self.loaded, ready, self._prompt_of, batch_size, device=torch.device("cpu")):
+                    yield batch if isinstance(batch, Failed) else replace(batch, items=[replace(item, image=None) for item in batch.items])
+                ready = []
+
+    @property
+    def n_batches(self) -> int:
+        return len(self._held)
+
+    def each_batch(self) -> Iterator[Batch]:
+        """The batches in order, each on the model's device while it is evaluated (a batch past the host budget
+        encoded again from its images: the same samples the processor took together before)."""
+        for held in self._held:
+            if isinstance(held, Batch):
+                yield replace(held, encoded={key: value.to(self.loaded.device) for key, value in held.encoded.items()})
+                continue
+            again = list(self._encoded(held, len(held)))
+            if len(again) != 1 or not isinstance(again[0], Batch):
+                keys = ", ".join(self._samples[index].key for index in held)
+                raise UsageError(f"the images of samples {keys} could not be read and encoded again as when the sweep began: were the benchmark's files changed during the sweep?")
+            yield replace(again[0], encoded={key: value.to(self.loaded.device) for key, value in again[0].encoded.items()})
 
     def forward_each(self, interventions: Callable[[], Sequence[Intervention]]) -> list[Sequence[Intervention]]:
         """One plain forward pass per batch with fresh ``interventions()`` (recorders); returns them, per batch."""
         used = []
-        for batch in self.batches:
+        for batch in self.each_batch():
             batch_interventions = interventions()
             forward_with(self.loaded, batch.encoded, batch_interventions)
             used.append(batch_interventions)
@@ -227,7 +284,7 @@ class SweepSamples:
         image keys (padding excluded) and the KV cache the interventions leave (``kept_image_keys``).
         Safe to call from several threads at once: the interventions are bound per call."""
         rows = [dict(row) for row in self.errors]
-        for batch in self.batches:
+        for batch in self.each_batch():
             rows.extend(self._rows(batch, self.plain_generation(batch, interventions), interventions))
         return sorted(rows, key=lambda row: row["sample_idx"])
 
@@ -240,7 +297,7 @@ class SweepSamples:
         ``journal`` (extract.batch_journal), a batch whose rows it holds is taken from it, and each batch
         evaluated is written to it."""
         rows: list[list[dict[str, Any]]] = [[dict(row) for row in self.errors] for _ in group]
-        for done, batch in enumerate(self.batches, start=1):
+        for done, batch in enumerate(self.each_batch(), start=1):
             samples = [(item.sample_idx, item.sample.key) for item in batch.items]
             batch_rows = journal.rows(samples) if journal is not None else None
             if batch_rows is None:
@@ -254,7 +311,7 @@ class SweepSamples:
             for index, condition_rows in enumerate(batch_rows):
                 rows[index].extend(condition_rows)
             if on_batch is not None:
-                on_batch(done, len(self.batches))
+                on_batch(done, self.n_batches)
         return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
 
     def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[Generation]:

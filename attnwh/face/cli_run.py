@@ -40,8 +40,10 @@ ReuseOption = Annotated[
         "--reuse/--no-reuse",
         help="Share what conditions have in common: each batch's images encoded once, the baseline's layers before a condition's first "
         "masked or pruned layer run once and each condition started there (their output and KV cache are kept for the "
-        "batch at hand only, so memory stays one batch's and nothing spills); checked against the plain path on the "
-        "first batch, and turned off if they differ. --no-reuse: each condition from scratch.",
+        "batch at hand only: the device holds one batch's); checked against the plain path on the first batch, and "
+        "turned off if they differ. --no-reuse: each condition from scratch. Either way the processor's output for "
+        "every batch is held on the host, without the pictures, up to a quarter of the memory this process may use "
+        "(the machine's, or its cgroup's limit); batches past it are encoded again each time they are evaluated.",
     ),
 ]
 SweepTokensOption = Annotated[

@@ -53,7 +53,7 @@ def _stock(model_path):
     in stock transformers (SDPA, float64) with their head size: what the references below run."""
     setup = prepare_attribute(_options(model_path, method="single"))
     loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
-    (batch,) = SweepSamples(loaded, setup.run, LIMIT).batches
+    (batch,) = SweepSamples(loaded, setup.run, LIMIT).each_batch()
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float64, attn_implementation="sdpa").eval()
     text = model.config.text_config
     return setup, loaded, batch, model, text.hidden_size // text.num_attention_heads

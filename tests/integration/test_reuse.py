@@ -70,8 +70,8 @@ def test_reused_sweep_equals_each_condition_on_its_own(family_sweep, stack):
     group = _group(loaded.info)
     plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     reused = SweepSamples(loaded, setup, 3, stack, stop_when_decided=True)
-    assert len(plain.batches) == 2
-    for batch in plain.batches:
+    assert plain.n_batches == 2
+    for batch in plain.each_batch():
         generations = reused.reused_generations(batch, group)
         for index, interventions in enumerate(group):
             expected = plain.plain_generation(batch, interventions)
@@ -96,7 +96,7 @@ def test_reuse_skips_the_image_encoder_and_the_prefix(family_sweep, monkeypatch)
     group = [[], [HeadMask(((last, 0),), "zero")], [HeadMask(((last, 1),), "zero")], [pruned]]
     samples = SweepSamples(loaded, setup, 5)
     samples.reuse_checked = True  # the check's plain passes would encode again
-    batch = samples.batches[0]
+    batch = next(samples.each_batch())
     base = loaded.model.base_model
     encoded_images = []
     original = base.get_image_features
@@ -254,7 +254,7 @@ def test_a_replayed_prefill_chooses_the_keys_its_own_prefill_chooses(family_swee
     info, parts = loaded.info, loaded.parts
     depth = loaded.spec.n_decoder_layers
     prune = KVPrune(allocate("score", 0.25, np.random.default_rng(0).random((info["n_layers"], info["n_kv_heads"]))), "attention")
-    batch = SweepSamples(loaded, setup, 3).batches[0]
+    batch = next(SweepSamples(loaded, setup, 3).each_batch())
     view = batch_view(loaded, batch.encoded)
 
     def stop():
@@ -296,7 +296,7 @@ def test_conditions_that_compute_the_same_are_computed_once(llava_sweep, monkeyp
     assert reuse.same_conditions(group, [[i.bind(_view(loaded, setup)) for i in c] for c in group]) == [0, 1, 2, 1, 0, 5]
     samples = SweepSamples(loaded, setup, 5, stop_when_decided=True)
     samples.reuse_checked = True
-    batch = samples.batches[0]
+    batch = next(samples.each_batch())
     prompt_length = batch.encoded["input_ids"].shape[1]
     calls = [0]
     hook = loaded.parts.attention_modules[last].register_forward_pre_hook(
@@ -323,7 +323,7 @@ def test_conditions_that_compute_the_same_are_computed_once(llava_sweep, monkeyp
 def _view(loaded, setup):
     from attnwh.extract.generation import batch_view
 
-    return batch_view(loaded, SweepSamples(loaded, setup, 5).batches[0].encoded)
+    return batch_view(loaded, next(SweepSamples(loaded, setup, 5).each_batch()).encoded)
 
 
 def test_intervention_keys_are_equal_exactly_when_the_fields_are():
@@ -389,13 +389,13 @@ def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, m
     monkeypatch.setattr(loaded, "eos_token_ids", ())  # every answer to the limit: decode steps in every call
     samples = SweepSamples(loaded, setup, 3)
     samples.reuse_checked, samples.max_new_tokens = True, 4
-    generations = samples.reused_generations(samples.batches[0], group)
+    generations = samples.reused_generations(next(samples.each_batch()), group)
     assert baseline_layers == [True] * (n_layers - 1)  # the baseline's own layers, recorded as they are
     assert len(sealed) == n_layers - 1 and set(read) <= sealed
     assert len(read) == 3 * ((n_layers - 1) + 1)  # 3 decode steps × the shared layers of each stack
     assert held == [(n_layers - 1, list(range(n_layers - 1)), [0, n_layers - 2]), (1, [0], [0])]
     for index, interventions in enumerate(group):
-        assert generations[index].steps == samples.plain_generation(samples.batches[0], interventions).steps
+        assert generations[index].steps == samples.plain_generation(next(samples.each_batch()), interventions).steps
 
 
 def test_a_shared_prompt_layer_that_decodes_wrongly_turns_reuse_off(llava_sweep, monkeypatch):

@@ -1,0 +1,88 @@
+"""What a sweep holds while it runs: its batches encoded on the host without their pictures, the device holding
+only the batch at hand, and batches past the host budget encoded again when visited, with the same results.
+
+Reference: the same sweep with every batch held (the default budget on these few samples), and the processor's
+own encoding of the same samples."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnwh.core.errors import UsageError
+from attnwh.extract import sweep as sweep_module
+from attnwh.extract.batches import Failed
+from attnwh.extract.masking import HeadMask
+from attnwh.extract.models import load_model
+from attnwh.extract.setup import prepare_run
+from attnwh.extract.sweep import SweepOptions, SweepSamples
+from attnwh.extract.toy.default import default_model_folder
+
+LIMIT, BATCH = 7, 3  # batches of 3, 3 and 1
+
+
+@pytest.fixture(scope="module")
+def toy():
+    setup = prepare_run(SweepOptions(model=str(default_model_folder()), benchmark="toy-shapes", limit=LIMIT, dtype="float32", device="cpu"))
+    return load_model(setup.source, dtype=torch.float32, device=torch.device("cpu")), setup
+
+
+GROUP = [[], [HeadMask(((0, 0), (1, 1)), "zero")], [HeadMask(((1, 2),), "zero")]]
+
+
+def counted_encodes(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = sweep_module.encode_batches
+
+    def counting(loaded, items, *args, **kwargs):
+        calls.append(len(items))
+        return original(loaded, items, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "encode_batches", counting)
+    return calls
+
+
+def test_batches_are_held_on_the_host_without_pictures_and_equal_the_processors_encoding(toy, monkeypatch):
+    loaded, setup = toy
+    samples = SweepSamples(loaded, setup, BATCH)
+    assert samples.n_batches == 3
+    held = samples._held
+    assert all(item.image is None for batch in held for item in batch.items)  # the pictures are not kept
+    assert all(tensor.device.type == "cpu" for batch in held for tensor in batch.encoded.values())
+    for batch in samples.each_batch():  # the processor's output for the same samples and prompts, made here
+        images = [setup.samples[item.sample_idx].load_image().convert("RGB") for item in batch.items]
+        expected = loaded.processor(images=images, text=batch.prompts, return_tensors="pt", padding=True)
+        for key, value in batch.encoded.items():
+            assert torch.equal(value, expected[key].to(value.dtype)), key
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_past_the_host_budget_batches_are_encoded_again_with_the_same_results(toy, monkeypatch, reuse):
+    loaded, setup = toy
+    held = SweepSamples(loaded, setup, BATCH)
+    expected = held.evaluate_group(GROUP) if reuse else [held.evaluate(interventions) for interventions in GROUP]
+    one_batch = sum(t.numel() * t.element_size() for t in held._held[0].encoded.values())
+    monkeypatch.setattr(sweep_module, "host_budget", lambda: one_batch)  # room for the first batch only
+    calls = counted_encodes(monkeypatch)
+    budgeted = SweepSamples(loaded, setup, BATCH)
+    assert calls == [3, 3, 1] and [type(batch).__name__ for batch in budgeted._held] == ["Batch", "list", "list"]
+    got = budgeted.evaluate_group(GROUP) if reuse else [budgeted.evaluate(interventions) for interventions in GROUP]
+    # evaluated: with reuse each batch once, one by one each condition visits every batch; the held one is never encoded again
+    assert calls[3:] == ([3, 1] if reuse else [3, 1] * len(GROUP))
+    assert got == expected
+
+
+def test_a_batch_that_no_longer_encodes_is_one_clear_error(toy, monkeypatch):
+    loaded, setup = toy
+    monkeypatch.setattr(sweep_module, "host_budget", lambda: 0)
+    samples = SweepSamples(loaded, setup, BATCH)
+    original = sweep_module.load_samples
+
+    def broken(chosen, indices):
+        return [], [Failed(index, sample, "image: cannot identify image file") for index, sample in zip(indices, chosen)]
+
+    monkeypatch.setattr(sweep_module, "load_samples", broken)
+    with pytest.raises(UsageError, match=r"^the images of samples test-00000, test-00001, test-00002 could not be read and encoded again"):
+        samples.evaluate()
+    monkeypatch.setattr(sweep_module, "load_samples", original)
+    assert len(samples.evaluate()) == LIMIT
