@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -177,13 +177,31 @@ class SweepResult:
     reuse_off: str | None = None  # why this process evaluated its conditions one by one after all
 
 
-HOST_SHARE = 0.25  # of this machine's (or its container's) memory that a sweep's encoded batches may hold
+HOST_SHARE = 0.25  # of the memory this process may use that a sweep's encoded batches may hold
 
 
 def host_budget() -> int:
-    """Bytes of encoded batches a sweep holds on the host: ``HOST_SHARE`` of the memory this process may use (the
-    machine's, or its cgroup's limit where lower: a SLURM job's or a container's); past it, batches are encoded again
-    each time they are evaluated."""
+    """Bytes of encoded batches a sweep holds on the host: ``HOST_SHARE`` of the memory this process may use; past it,
+    batches are encoded again each time they are evaluated. That memory is the machine's, or its cgroup's limit
+    where lower (a SLURM job's, a container's), shared by the sweep's processes on the machine (torchrun's
+    ``LOCAL_WORLD_SIZE``, SLURM's tasks per node); on a Dask worker, the worker's memory limit."""
+    memory = _machine_memory()
+    worker_limit = _dask_worker_memory_limit()
+    if worker_limit:
+        return int(min(memory, worker_limit) * HOST_SHARE)
+    return int(memory / processes_on_this_machine(os.environ) * HOST_SHARE)
+
+
+def processes_on_this_machine(env: Mapping[str, str]) -> int:
+    """How many processes of a launch share this machine (1 when no launcher says)."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
+        leading = env.get(name, "").split("(")[0].split(",")[0].strip()  # SLURM writes "4" or "4(x2),2"
+        if leading.isdigit() and int(leading) > 0:
+            return int(leading)
+    return 1
+
+
+def _machine_memory() -> int:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # not a POSIX system: a modest default
@@ -195,7 +213,18 @@ def host_budget() -> int:
             continue
         if text.isdigit():
             total = min(total, int(text))
-    return int(total * HOST_SHARE)
+    return total
+
+
+def _dask_worker_memory_limit() -> int | None:
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker's task
+        return None
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)  # None or 0: the worker has no limit
+    return int(limit) if limit else None
 
 
 class SweepSamples:

@@ -43,7 +43,8 @@ ReuseOption = Annotated[
         "batch at hand only: the device holds one batch's); checked against the plain path on the first batch, and "
         "turned off if they differ. --no-reuse: each condition from scratch. Either way the processor's output for "
         "every batch is held on the host, without the pictures, up to a quarter of the memory this process may use "
-        "(the machine's, or its cgroup's limit); batches past it are encoded again each time they are evaluated.",
+        "(the machine's or its cgroup's, divided among the launch's processes on the machine; a Dask worker's memory "
+        "limit); batches past it are encoded again each time they are evaluated.",
     ),
 ]
 SweepTokensOption = Annotated[

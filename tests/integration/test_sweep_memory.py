@@ -86,3 +86,24 @@ def test_a_batch_that_no_longer_encodes_is_one_clear_error(toy, monkeypatch):
         samples.evaluate()
     monkeypatch.setattr(sweep_module, "load_samples", original)
     assert len(samples.evaluate()) == LIMIT
+
+
+def test_the_host_budget_is_shared_by_the_processes_of_a_machine(monkeypatch):
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(name, raising=False)
+    alone = sweep_module.host_budget()
+    assert 0 < alone <= sweep_module._machine_memory() // 4 + 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 ranks on this machine
+    assert sweep_module.host_budget() == pytest.approx(alone / 4, abs=1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2(x3),1")  # SLURM's form: 2 tasks on each of 3 nodes, 1 on another
+    assert sweep_module.host_budget() == pytest.approx(alone / 2, abs=1)
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "garbage")
+    assert sweep_module.host_budget() == alone
+
+
+def test_on_a_dask_worker_the_budget_is_a_share_of_its_memory_limit():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GiB", dashboard_address=":0") as cluster, Client(cluster) as client:
+        assert client.submit(sweep_module.host_budget, pure=False).result() == (1 << 30) // 4
