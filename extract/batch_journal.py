@@ -3,65 +3,99 @@
 With reuse (``extract.reuse``) a sweep evaluates a group of conditions batch by batch, and each condition's part
 is committed only when the group has done every batch: a crash, a Ctrl-C or a preempted job would lose every
 batch done so far (on the local loop the group is the whole sweep). So each finished batch's rows, for every
-condition of its group, are written to the run's ``_progress/`` folder (``RunPaths.progress``): one file per
-group and batch, written whole (a local file through a rename, an object in one put). A resumed sweep (the
-same command again, a Dask task retried on another worker, a rank restarted) takes a batch's rows from there
-when every condition it evaluates has them for every sample of the batch, under the same sample keys, and
-evaluates only the other batches. The rows are the run's own (``_progress`` lives in the run's folder, whose
-fingerprint fixes the model, benchmark and settings); they are not read by queries, which read committed parts.
+condition of its group, are written to the run's ``_progress/`` folder (``RunPaths.progress``): a folder per group
+holding its condition ids (``conditions.json``) and one file per batch, each written whole (a local file through a
+rename, an object in one put). A resumed sweep (the same command again, a Dask task retried on another worker, a
+rank restarted) takes a batch's rows from there when a file holds the same batch (the same samples, under the same
+keys, batched together: the padding, and so the numbers, depend on the batch) with rows for every condition it
+evaluates, and evaluates only the other batches. The rows are the run's own (``_progress`` lives in the run's
+folder, whose fingerprint fixes the model, benchmark and settings) and are read by no query; a file holds the
+rows' schema, and rows that do not fit the sweep tables' schema of this attnwh are not taken.
 
-A file that cannot be read (cut short, damaged, another format) is ignored: its batch is evaluated again and
-the file written anew. A group's files are removed once its conditions are committed; files whose conditions
-are all committed (left by an earlier process that grouped the conditions otherwise) are removed when a sweep
-opens the journal.
+A file that cannot be read (cut short, damaged, another format or schema) is ignored: its batch is evaluated
+again and the file written anew. A group's folder goes once its conditions are committed; ``tidy`` removes every
+folder whose conditions are all committed (left by a process that grouped them otherwise, or stopped between its
+last commit and the removal), and the whole ``_progress/`` once the sweep is complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.layout import RunPaths, progress_files
+from attnwh.warehouse.layout import PROGRESS_MANIFEST, RunPaths, is_progress_batch, progress_listing
+from attnwh.warehouse.schema import OBJECT_COUNTS, SWEEP_RESULTS, SWEEP_TARGETS
 from attnwh.warehouse.storage import Location
 
-FORMAT = 1  # the files' layout: {"format", "conditions": [id, ...], "rows": [[row, ...] per condition]}
+FORMAT = 2  # {"format", "schema", "conditions": [id, ...], "samples": [[sample_idx, sample_key], ...], "rows": [[row per sample] per condition]}
+SCHEMA = hashlib.sha256(f"{SWEEP_RESULTS}\n{SWEEP_TARGETS}".encode()).hexdigest()[:16]  # the rows' tables as this attnwh writes them
 
 Rows = list[dict[str, Any]]
+Samples = tuple[tuple[int, str], ...]  # a batch: (sample_idx, sample_key) of each row, in order
 
 
-def group_folder_name(condition_ids: Sequence[int]) -> str:
+def group_folder_name(condition_ids: Iterable[int]) -> str:
     """The folder of a group's files: named by its conditions, so that a process evaluating the same group finds them."""
     return "group-" + hashlib.sha256(",".join(str(i) for i in sorted(condition_ids)).encode()).hexdigest()[:16]
 
 
-def batch_file_name(sample_idx: Sequence[int]) -> str:
-    return f"samples-{min(sample_idx)}-{max(sample_idx)}-{len(sample_idx)}.json"
+def batch_file_name(samples: Samples) -> str:
+    digest = hashlib.sha256(json.dumps(samples).encode()).hexdigest()[:12]  # the batch's samples (two batchings differ)
+    return f"samples-{samples[0][0]}-{samples[-1][0]}-{len(samples)}-{digest}.json"
 
 
-def encode_batch_rows(condition_ids: Sequence[int], rows: Sequence[Rows]) -> bytes:
-    return json.dumps({"format": FORMAT, "conditions": list(condition_ids), "rows": [list(r) for r in rows]}, default=_plain).encode()
+def encode_batch_rows(condition_ids: Sequence[int], samples: Samples, rows: Sequence[Rows]) -> bytes:
+    record = {"format": FORMAT, "schema": SCHEMA, "conditions": list(condition_ids), "samples": [list(sample) for sample in samples], "rows": [list(r) for r in rows]}
+    return json.dumps(record, default=_plain).encode()
 
 
-def decode_batch_rows(content: bytes) -> dict[int, Rows] | None:
-    """Rows by condition id, or None where ``content`` is not a whole batch file of this format."""
+def decode_batch_rows(content: bytes) -> tuple[Samples, dict[int, Rows]] | None:
+    """The batch's samples and its rows by condition id, or None where ``content`` is not a whole batch file of this
+    format whose rows fit the sweep tables (``SWEEP_RESULTS``, and ``SWEEP_TARGETS`` for rows with targets)."""
     try:
         loaded = json.loads(content)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:
+    if not isinstance(loaded, dict) or loaded.get("format") != FORMAT or loaded.get("schema") != SCHEMA:
         return None
-    conditions, rows = loaded.get("conditions"), loaded.get("rows")
-    if not (isinstance(conditions, list) and isinstance(rows, list) and len(conditions) == len(rows)):
+    conditions, samples, rows = loaded.get("conditions"), loaded.get("samples"), loaded.get("rows")
+    if not (isinstance(conditions, list) and isinstance(samples, list) and isinstance(rows, list) and len(conditions) == len(rows) and samples):
         return None
     if not all(type(c) is int for c in conditions) or len(set(conditions)) != len(conditions):
         return None
-    if not all(isinstance(r, list) and all(isinstance(row, dict) and type(row.get("sample_idx")) is int and isinstance(row.get("sample_key"), str) for row in r) for r in rows):
+    if not all(isinstance(s, list) and len(s) == 2 and type(s[0]) is int and isinstance(s[1], str) for s in samples):
         return None
-    return dict(zip(conditions, rows))
+    batch = tuple((idx, key) for idx, key in samples)
+    for condition_id, condition_rows in zip(conditions, rows):
+        if not (isinstance(condition_rows, list) and len(condition_rows) == len(batch) and all(isinstance(row, dict) for row in condition_rows)):
+            return None
+        if [(row.get("sample_idx"), row.get("sample_key")) for row in condition_rows] != list(batch) or not _fits(condition_id, condition_rows):
+            return None
+    return batch, dict(zip(conditions, rows))
+
+
+def _fits(condition_id: int, rows: Rows) -> bool:
+    """Whether ``rows`` make the tables a part writes (every field of the rows' kind present, every type right)."""
+    optional = {"run_id", "condition_id", "error", *(name for name, _ in OBJECT_COUNTS)}  # an ok row has no error; object counts: object benchmarks only
+    results = [name for name in SWEEP_RESULTS.names if name not in optional]
+    targets = [name for name in SWEEP_TARGETS.names if name not in ("run_id", "condition_id", "sample_idx")]
+    try:
+        for row in rows:
+            if any(name not in row for name in results) or (any(name in row for name in targets) and any(name not in row for name in targets)):
+                return False
+        pa.Table.from_pylist([{"run_id": "", "condition_id": condition_id, **row} for row in rows], schema=SWEEP_RESULTS)
+        with_targets = [{"run_id": "", "condition_id": condition_id, **row} for row in rows if "gold_logprob" in row]
+        if with_targets:
+            pa.Table.from_pylist(with_targets, schema=SWEEP_TARGETS)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _plain(value: Any) -> Any:
@@ -72,31 +106,20 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class BatchJournal:
-    """The run's journal as this process found it: every readable batch file's rows, by condition and sample."""
+    """The run's journal as this process found it: every readable batch file's rows, by batch and condition."""
 
     run: RunPaths
-    done: dict[tuple[int, int], dict[str, Any]] = field(default_factory=dict)  # (condition_id, sample_idx) -> row
+    done: dict[Samples, dict[int, Rows]] = field(default_factory=dict)
 
     @classmethod
     def open(cls, run: RunPaths) -> BatchJournal:
         journal = cls(run)
-        committed = parts.committed_part_ids(run)
-        for folder, files in progress_files(run).items():
-            seen: set[int] = set()
-            for path in files:
-                try:
-                    content = storage.read_tagged(path, None)
-                except FileNotFoundError:  # removed by another process since the listing
-                    continue
-                batch = decode_batch_rows(content)
-                if batch is None:
-                    continue
-                seen.update(batch)
-                for condition_id, rows in batch.items():
-                    for row in rows:
-                        journal.done[(condition_id, row["sample_idx"])] = row
-            if seen and seen <= committed:
-                storage.remove_tree(folder)
+        paths = [folder / name for folder, names in progress_listing(run).items() for name in names if is_progress_batch(name)]
+        for content in _read(paths):
+            decoded = decode_batch_rows(content) if isinstance(content, bytes) else None  # a file removed since the listing: not there
+            if decoded is not None:
+                samples, rows = decoded
+                journal.done.setdefault(samples, {}).update(rows)
         return journal
 
     def group(self, condition_ids: Sequence[int]) -> GroupJournal:
@@ -109,34 +132,72 @@ class GroupJournal:
 
     journal: BatchJournal
     condition_ids: tuple[int, ...]
+    _started: bool = False  # this process wrote the group's manifest
 
     @property
     def folder(self) -> Location:
         return self.journal.run.progress / group_folder_name(self.condition_ids)
 
-    def rows(self, samples: Sequence[tuple[int, str]]) -> list[Rows] | None:
-        """Each condition's rows for the batch of ``samples`` (sample_idx, sample_key), in that order, or None
-        unless the journal holds every one of them under the same key."""
-        found = []
-        for condition_id in self.condition_ids:
-            rows = [self.journal.done.get((condition_id, idx)) for idx, _ in samples]
-            if any(row is None or row["sample_key"] != key for row, (_, key) in zip(rows, samples)):
-                return None
-            found.append([dict(row) for row in rows])
-        return found
+    def rows(self, samples: Samples) -> list[Rows] | None:
+        """Each condition's rows for the batch of ``samples`` (sample_idx, sample_key), in the group's order, or None
+        unless the journal holds this very batch for every condition of the group."""
+        found = self.journal.done.get(tuple(samples), {})
+        if not all(condition_id in found for condition_id in self.condition_ids):
+            return None
+        return [[dict(row) for row in found[condition_id]] for condition_id in self.condition_ids]
 
-    def record(self, samples: Sequence[tuple[int, str]], rows: Sequence[Rows]) -> None:
+    def record(self, samples: Samples, rows: Sequence[Rows]) -> None:
         """Keep a finished batch's rows (one list per condition, in the group's order)."""
         folder = self.folder
-        storage.make_folders(folder)
-        storage.put(folder / batch_file_name([idx for idx, _ in samples]), encode_batch_rows(self.condition_ids, rows))
+        if not self._started:  # first the manifest, so that ``tidy`` knows the folder's conditions whatever its batch files hold
+            storage.make_folders(folder)
+            storage.put(folder / PROGRESS_MANIFEST, json.dumps(sorted(self.condition_ids)).encode())
+            self._started = True
+        storage.put(folder / batch_file_name(tuple(samples)), encode_batch_rows(self.condition_ids, tuple(samples), rows))
 
     def clear(self) -> None:
         """The group's conditions are committed: its files go (and the journal's folder, where nothing else is left)."""
         storage.remove_tree(self.folder)
-        progress = self.journal.run.progress
-        if not storage.is_object_store(progress):  # on an object store a prefix is gone with its last object
-            try:
-                progress.rmdir()
-            except OSError:  # another group's files are there, or it is gone already
-                pass
+        _remove_if_empty(self.journal.run.progress)
+
+
+def tidy(run: RunPaths, condition_ids: Iterable[int]) -> None:
+    """Remove what no sweep will read again: the whole ``_progress/`` once every one of ``condition_ids`` (the
+    sweep's) is committed, else every group folder whose conditions are all committed (by its manifest; a folder
+    without a readable one is left: another process may be about to write it)."""
+    committed = parts.committed_part_ids(run)
+    if set(condition_ids) <= committed:
+        storage.remove_tree(run.progress)
+        return
+    for folder, names in progress_listing(run).items():
+        if PROGRESS_MANIFEST not in names:
+            continue
+        (content,) = _read([folder / PROGRESS_MANIFEST])
+        try:
+            conditions = json.loads(content) if isinstance(content, bytes) else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            conditions = None
+        if isinstance(conditions, list) and conditions and all(type(c) is int for c in conditions) and set(conditions) <= committed:
+            storage.remove_tree(folder)
+    _remove_if_empty(run.progress)
+
+
+def _read(paths: list[Location]) -> list[bytes | BaseException]:
+    """Every file's content (an exception in place of one that is gone): on an object store concurrently."""
+    if paths and storage.is_object_store(paths[0]):
+        return storage.read_all(paths)
+    found: list[bytes | BaseException] = []
+    for path in paths:
+        try:
+            found.append(path.read_bytes())
+        except OSError as exc:
+            found.append(exc)
+    return found
+
+
+def _remove_if_empty(folder: Location) -> None:
+    if not storage.is_object_store(folder):  # on an object store a prefix is gone with its last object
+        try:
+            folder.rmdir()
+        except OSError:  # another group's files are there, or it is gone already
+            pass

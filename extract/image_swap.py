@@ -23,6 +23,7 @@ on their own batch), older ones are recomputed if asked again.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import threading
 from collections import OrderedDict
@@ -109,6 +110,23 @@ def mean_image(batches: Sequence[Any]) -> torch.Tensor:
     return (total / count).float()
 
 
+def batch_key(encoded: dict[str, Any]) -> tuple:
+    """What the baseline image's prefill of a batch depends on: every input but the pixels by its content, and the
+    pixels' shape (they are replaced): equal for the same batch however often it is encoded or moved to the device."""
+    pixel_key = _pixel_key(encoded)
+    key = []
+    for name in sorted(encoded):
+        value = encoded[name]
+        if not isinstance(value, torch.Tensor):
+            key.append((name, repr(value)))
+        elif name == pixel_key:
+            key.append((name, tuple(value.shape), str(value.dtype)))
+        else:
+            content = value.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            key.append((name, tuple(value.shape), str(value.dtype), hashlib.sha256(content).hexdigest()))
+    return tuple(key)
+
+
 class BaselineKV:
     """Per sweep: the baseline image's keys and values of each batch, computed once per batch (one prefill
     with the baseline pixels, no intervention) and kept for the few most recent batches. Safe to share
@@ -118,18 +136,19 @@ class BaselineKV:
         if baseline not in BASELINE_IMAGES:
             raise UsageError(f"unknown baseline image {baseline!r}; choose {', '.join(BASELINE_IMAGES)}")
         self.loaded, self.baseline, self.mean_pixels = loaded, baseline, mean_pixels
-        self._kept: OrderedDict[int, tuple[dict[str, Any], dict[int, tuple[torch.Tensor, torch.Tensor]]]] = OrderedDict()
+        self._kept: OrderedDict[tuple, dict[int, tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()  # by batch_key
         self._lock = threading.Lock()
 
     def of(self, encoded: dict[str, Any]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """``{layer: (key, value)}`` of the prompt with the baseline image, each ``[batch, kv_head, prompt, head_dim]``."""
         from attnwh.extract.generation import forward_with
 
+        batch = batch_key(encoded)
         with self._lock:
-            found = self._kept.get(id(encoded))
-            if found is not None and found[0] is encoded:
-                self._kept.move_to_end(id(encoded))
-                return found[1]
+            found = self._kept.get(batch)
+            if found is not None:
+                self._kept.move_to_end(batch)
+                return found
             recording = KVRecording()
             inputs = baseline_pixels(encoded, self.baseline, self.mean_pixels)
             if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters:
@@ -144,7 +163,7 @@ class BaselineKV:
             if missing:
                 raise ModelError(f"--ablation {self.baseline}: the attention of layers {missing} does not go through attnwh's attention function; its keys cannot be replaced")
             kv = {layer: (recorder.key, recorder.value) for layer, recorder in recording.recorders.items()}
-            self._kept[id(encoded)] = (encoded, kv)  # the batch held with its keys, so that its id is not reused meanwhile
+            self._kept[batch] = kv
             while len(self._kept) > KEPT_BATCHES:
                 self._kept.popitem(last=False)
             return kv

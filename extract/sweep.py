@@ -31,7 +31,7 @@ import pyarrow as pa
 import torch
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.batch_journal import BatchJournal, GroupJournal
+from attnwh.extract.batch_journal import BatchJournal, GroupJournal, tidy
 from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
@@ -227,6 +227,14 @@ def _dask_worker_memory_limit() -> int | None:
     return int(limit) if limit else None
 
 
+@dataclass
+class HeldBatch:
+    """A batch as a sweep holds it: its samples, and its encoding on the host (None past the host budget: encoded again when visited)."""
+
+    samples: tuple[tuple[int, str], ...]  # (sample_idx, sample_key) of each row
+    batch: Batch | None
+
+
 class SweepSamples:
     """The sweep's samples, encoded once per batch (the same batch path as extraction, so a sample the
     loader, the image decoder or the processor rejects is the same error row); evaluated under one
@@ -243,7 +251,7 @@ class SweepSamples:
         self._samples, self._prompt_of = setup.samples, partial(prompt_text, loaded, setup.prompt_format, setup.template)
         # each batch encoded on the host (the device holds only the batch at hand: ``each_batch``), up to
         # ``host_budget()`` bytes; a batch past it is held as its samples' indices and encoded again when visited
-        self._held: list[Batch | list[int]] = []
+        self._held: list[HeldBatch] = []
         failed, held_bytes, budget = [], 0, host_budget()
         for batch in self._encoded(range(len(setup.samples)), batch_size):
             if isinstance(batch, Failed):
@@ -251,7 +259,8 @@ class SweepSamples:
                 continue
             size = sum(tensor.numel() * tensor.element_size() for tensor in batch.encoded.values())
             held_bytes += size
-            self._held.append(batch if held_bytes <= budget else [item.sample_idx for item in batch.items])
+            samples = tuple((item.sample_idx, item.sample.key) for item in batch.items)
+            self._held.append(HeldBatch(samples, batch if held_bytes <= budget else None))
         self.errors = [{"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed]
         self.letter_ids = letter_token_ids(loaded.processor.tokenizer)
 
@@ -274,17 +283,21 @@ class SweepSamples:
         return len(self._held)
 
     def each_batch(self) -> Iterator[Batch]:
-        """The batches in order, each on the model's device while it is evaluated (a batch past the host budget
-        encoded again from its images: the same samples the processor took together before)."""
+        """The batches in order, each on the model's device while it is evaluated."""
         for held in self._held:
-            if isinstance(held, Batch):
-                yield replace(held, encoded={key: value.to(self.loaded.device) for key, value in held.encoded.items()})
-                continue
-            again = list(self._encoded(held, len(held)))
+            yield self._on_device(held)
+
+    def _on_device(self, held: HeldBatch) -> Batch:
+        """A held batch on the model's device (one past the host budget encoded again from its images: the same
+        samples the processor took together before)."""
+        batch = held.batch
+        if batch is None:
+            again = list(self._encoded([idx for idx, _ in held.samples], len(held.samples)))
             if len(again) != 1 or not isinstance(again[0], Batch):
-                keys = ", ".join(self._samples[index].key for index in held)
+                keys = ", ".join(key for _, key in held.samples)
                 raise UsageError(f"the images of samples {keys} could not be read and encoded again as when the sweep began: were the benchmark's files changed during the sweep?")
-            yield replace(again[0], encoded={key: value.to(self.loaded.device) for key, value in again[0].encoded.items()})
+            batch = again[0]
+        return replace(batch, encoded={key: value.to(self.loaded.device) for key, value in batch.encoded.items()})
 
     def forward_each(self, interventions: Callable[[], Sequence[Intervention]]) -> list[Sequence[Intervention]]:
         """One plain forward pass per batch with fresh ``interventions()`` (recorders); returns them, per batch."""
@@ -326,17 +339,17 @@ class SweepSamples:
         ``journal`` (extract.batch_journal), a batch whose rows it holds is taken from it, and each batch
         evaluated is written to it."""
         rows: list[list[dict[str, Any]]] = [[dict(row) for row in self.errors] for _ in group]
-        for done, batch in enumerate(self.each_batch(), start=1):
-            samples = [(item.sample_idx, item.sample.key) for item in batch.items]
-            batch_rows = journal.rows(samples) if journal is not None else None
-            if batch_rows is None:
+        for done, held in enumerate(self._held, start=1):
+            batch_rows = journal.rows(held.samples) if journal is not None else None
+            if batch_rows is None:  # not kept by an earlier try: evaluated (and only then encoded again or moved to the device)
+                batch = self._on_device(held)
                 if self.reuse_off is not None:
                     generations = [self.plain_generation(batch, interventions) for interventions in group]
                 else:
                     generations = self.reused_generations(batch, group)
                 batch_rows = [self._rows(batch, generation, interventions) for interventions, generation in zip(group, generations)]
                 if journal is not None:
-                    journal.record(samples, batch_rows)
+                    journal.record(held.samples, batch_rows)
             for index, condition_rows in enumerate(batch_rows):
                 rows[index].extend(condition_rows)
             if on_batch is not None:
@@ -583,7 +596,9 @@ def run_sweep(
     spec = {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"}  # what the stored answer text holds
     run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id, plan_extra)
     result = SweepResult(run.run_id, run.paths.root, len(conditions), committed, 0)
+    every_condition = [c.condition_id for c in conditions]
     if not pending:
+        tidy(run.paths, every_condition)  # what an earlier process left in _progress/, if it stopped after its last commit
         return result
     n_conditions = len(conditions)
     if not scheduler.in_process:
@@ -600,6 +615,7 @@ def run_sweep(
             lambda group: (options, kind, str(run.paths.root), run.run_id, group, ranking, digest, n_conditions),
             on_progress,
         )
+        tidy(run.paths, every_condition)
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
     samples = sweep_samples(loaded, setup, kind, options, n_conditions)
@@ -620,6 +636,7 @@ def run_sweep(
                 on_progress(done, len(pending))
         if journal is not None:
             journal.group([condition.condition_id for condition in group]).clear()
+    tidy(run.paths, every_condition)  # and any folder of conditions committed by another grouping, or by --no-reuse
     result.reuse_off = samples.reuse_off
     return result
 

@@ -115,14 +115,22 @@ class RunPaths:
         return self.leases / f"{part_name(part_id)}.{attempt}"
 
 
-def progress_files(run: RunPaths) -> dict[Location, list[Location]]:
-    """The batch files a sweep keeps under the run's ``_progress/`` (extract.batch_journal), by group folder;
-    a write's temporary file (a dot name) is left out."""
-    grouped: dict[Location, list[Location]] = {}
-    for name in sorted(storage.sizes_under(run.progress)):
+PROGRESS_MANIFEST = "conditions.json"  # in each group folder under ``_progress/``: the group's condition ids
+
+
+def is_progress_batch(name: str) -> bool:
+    """Whether a file's name under a group folder of ``_progress/`` is a batch's (not the manifest, not a write's temporary)."""
+    return name.startswith("samples-") and name.endswith(".json")
+
+
+def progress_listing(run: RunPaths) -> dict[Location, list[str]]:
+    """The group folders under a run's ``_progress/`` (extract.batch_journal), each with the names of its files;
+    entries another process removes meanwhile are left out."""
+    grouped: dict[Location, list[str]] = {}
+    for name in storage.names_under_tree(run.progress):
         folder, _, file = name.partition("/")
-        if file.endswith(".json") and "/" not in file and not file.startswith("."):
-            grouped.setdefault(run.progress / folder, []).append(run.progress / folder / file)
+        if file and "/" not in file:
+            grouped.setdefault(run.progress / folder, []).append(file)
     return grouped
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
-from attnwh.warehouse.layout import RunPaths, progress_files
+from attnwh.warehouse.layout import RunPaths, is_progress_batch, progress_listing
 from attnwh.warehouse.runs import read_manifest
 
 
@@ -46,7 +46,7 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         ],
         "in_flight": in_flight(run, {record.part_id for record in records}),
         # a sweep's batches finished by a group whose parts are not committed yet (extract.batch_journal)
-        "batches_kept": sum(len(files) for files in progress_files(run).values()),
+        "batches_kept": sum(is_progress_batch(name) for names in progress_listing(run).values() for name in names),
     }
 
 

@@ -309,6 +309,29 @@ def objects_under(folder: Location) -> dict[str, tuple[int, str | None]]:
     return {name.removeprefix(prefix): (int(info.get("size") or 0), info.get("ETag") or info.get("etag")) for name, info in found.items() if info.get("type") != "directory"}
 
 
+def names_under_tree(folder: Location) -> list[str]:
+    """Every file under ``folder`` (at any depth), by path relative to it; one listing on an object store. Files and
+    folders that another process removes while the tree is walked are left out, not an error."""
+    if is_object_store(folder):
+        return sorted(objects_under(folder))
+    found, pending = [], [(folder, "")]
+    while pending:
+        where, prefix = pending.pop()
+        try:
+            entries = list(os.scandir(where))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{prefix}{entry.name}/"))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(prefix + entry.name)
+            except FileNotFoundError:
+                continue
+    return sorted(found)
+
+
 def sizes_under(folder: Location) -> dict[str, int]:
     """Size of every file under ``folder``, by path relative to it (one listing on an object store)."""
     if not is_object_store(folder):

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnwh.extract import sweep as sweep_module
-from attnwh.extract.batch_journal import BatchJournal, decode_batch_rows, encode_batch_rows
+from attnwh.extract.batch_journal import decode_batch_rows
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.face.workflows import mask_sweep
 from attnwh.queries.library import open_session
 from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
+from attnwh.warehouse.schema import SWEEP_RESULTS
 from attnwh.warehouse.status import run_status
 
 LIMIT, BATCH = 12, 4  # 3 batches
@@ -83,6 +85,12 @@ def fresh(extracted, tmp_path):
     return tmp_path / "wh"
 
 
+def planned_conditions(warehouse) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(mask_run_paths(warehouse).plan).num_rows
+
+
 def mask_run_paths(warehouse):
     return next(run for run in open_warehouse(warehouse).run_folders() if json.loads(run.manifest.read_text())["kind"] == "mask")
 
@@ -93,8 +101,10 @@ def test_an_interrupted_sweep_resumes_from_its_finished_batches(extracted, tmp_p
         mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
     run = mask_run_paths(warehouse)
     assert parts.committed_part_ids(run) == set()  # nothing committed: the group had a batch left
-    kept = sorted(path.name for path in run.progress.rglob("*.json"))
-    assert kept == ["samples-0-3-4.json", "samples-4-7-4.json"]
+    kept = sorted(path.name for path in run.progress.rglob("samples-*.json"))
+    assert [name.rsplit("-", 1)[0] for name in kept] == ["samples-0-3-4", "samples-4-7-4"]
+    (manifest,) = run.progress.rglob("conditions.json")
+    assert json.loads(manifest.read_text()) == list(range(planned_conditions(warehouse)))
     assert run_status(run)["batches_kept"] == 2 and run_status(run)["parts_committed"] == 0  # what attnwh status shows
 
     evaluated = count_batches(monkeypatch)
@@ -110,7 +120,7 @@ def test_a_damaged_journal_file_is_evaluated_again(extracted, tmp_path, monkeypa
     with pytest.raises(Interrupted):
         mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
     run = mask_run_paths(warehouse)
-    first, second = sorted(run.progress.rglob("*.json"))
+    first, second = sorted(run.progress.rglob("samples-*.json"))
     first.write_bytes(first.read_bytes()[:-20])  # cut short
     record = json.loads(second.read_text())
     record["rows"][0][1]["sample_key"] = "another sample"  # rows of another sample: not this batch's
@@ -123,17 +133,47 @@ def test_a_damaged_journal_file_is_evaluated_again(extracted, tmp_path, monkeypa
     assert not run.progress.exists()
 
 
-def test_a_journal_of_committed_conditions_is_removed_and_reuse_off_keeps_none(extracted, tmp_path):
+def test_a_resume_with_no_reuse_leaves_no_journal_behind(extracted, tmp_path):
     warehouse = fresh(extracted, tmp_path)
     with pytest.raises(Interrupted):
         mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(1))
     run = mask_run_paths(warehouse)
-    (stale,) = [path.parent for path in run.progress.rglob("*.json")]
-    mask_sweep(warehouse, MaskOptions(**OPTIONS, reuse=False))  # each condition committed on its own, no journal
-    assert stale.exists()  # the plain path neither reads nor writes the journal
-    BatchJournal.open(run)  # every condition it names is committed now
-    assert not stale.exists()
+    assert len(list(run.progress.rglob("samples-*.json"))) == 1
+    mask_sweep(warehouse, MaskOptions(**OPTIONS, reuse=False))  # each condition committed on its own
+    assert not run.progress.exists() and run_status(run)["batches_kept"] == 0
     assert_same(results(warehouse), extracted[1])
+
+
+def test_stopped_between_commits_then_resumed_in_another_grouping_leaves_nothing(extracted, tmp_path):
+    """A Ctrl-C after the group's first commit: the resumed sweep's group is the conditions left (another folder);
+    once they are committed the first group's folder goes too, and a complete run's leftovers go on the next call."""
+    warehouse = fresh(extracted, tmp_path)
+
+    def after_first_commit(done: float, total: int) -> None:
+        if done == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=after_first_commit)
+    run = mask_run_paths(warehouse)
+    assert parts.committed_part_ids(run) == {0} and len(list(run.progress.rglob("samples-*.json"))) == 3
+    mask_sweep(warehouse, MaskOptions(**OPTIONS))
+    assert not run.progress.exists()
+    assert_same(results(warehouse), extracted[1])
+    (run.progress / "group-left-behind").mkdir(parents=True)  # as a process that stopped after its last commit leaves it
+    (run.progress / "group-left-behind" / "conditions.json").write_text("[0, 1]")
+    again, _ = mask_sweep(warehouse, MaskOptions(**OPTIONS))
+    assert again.conditions_written == 0 and not run.progress.exists()
+
+
+def test_a_resume_with_another_batch_size_takes_no_batch_from_the_journal(extracted, tmp_path, monkeypatch):
+    """Rows depend on their batch (its padding): a batch of other samples is evaluated, not pieced together."""
+    warehouse = fresh(extracted, tmp_path)
+    with pytest.raises(Interrupted):
+        mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
+    evaluated = count_batches(monkeypatch)
+    result, _ = mask_sweep(warehouse, MaskOptions(**{**OPTIONS, "batch_size": 3}))
+    assert evaluated == [3, 3, 3, 3] and result.conditions_written == result.conditions_total
 
 
 def assert_same(got: list[dict], expected: list[dict]) -> None:
@@ -144,25 +184,55 @@ def assert_same(got: list[dict], expected: list[dict]) -> None:
         assert (mine["option_logprobs"] or []) == pytest.approx(theirs["option_logprobs"] or [], abs=1e-5)
 
 
-rows_strategy = st.lists(
-    st.fixed_dictionaries({"sample_idx": st.integers(0, 50), "sample_key": st.text(max_size=5)}, optional={"answer": st.text(max_size=5), "lp": st.floats(allow_nan=True)}),
-    max_size=4,
-)
+@pytest.fixture(scope="module")
+def real_file(extracted, tmp_path_factory) -> bytes:
+    """A batch file an interrupted sweep wrote."""
+    warehouse = tmp_path_factory.mktemp("file") / "wh"
+    import shutil
+
+    shutil.copytree(extracted[0], warehouse)
+    with pytest.raises(Interrupted):
+        mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(1))
+    (path,) = mask_run_paths(warehouse).progress.rglob("samples-*.json")
+    return path.read_bytes()
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
-@given(
-    st.one_of(
-        st.binary(max_size=200),
-        st.builds(lambda ids, rows: encode_batch_rows(ids, rows), st.lists(st.integers(0, 9), max_size=4, unique=True), st.lists(rows_strategy, max_size=4)),
-    )
-)
-def test_any_file_decodes_to_whole_rows_or_none(content):
-    """Random bytes, cut or altered batch files: each decodes to rows with a sample index and key, or to None; never raises."""
-    for candidate in (content, content[: len(content) // 2], content.replace(b'"format": 1', b'"format": 2')):
-        decoded = decode_batch_rows(candidate)
-        if decoded is not None:
-            assert all(isinstance(row["sample_idx"], int) and isinstance(row["sample_key"], str) for rows in decoded.values() for row in rows)
+def test_the_real_file_decodes_to_rows_that_commit(real_file):
+    samples, rows = decode_batch_rows(real_file)
+    assert [idx for idx, _ in samples] == [0, 1, 2, 3] and len(rows) > 2
+    table = pa.Table.from_pylist([{"run_id": "r", "condition_id": c, **row} for c, condition_rows in rows.items() for row in condition_rows], schema=SWEEP_RESULTS)
+    assert table.num_rows == 4 * len(rows) and table.column("parsed").null_count == 0
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], deadline=None)
+@given(data=st.data())
+def test_any_damage_to_a_file_decodes_to_committable_rows_or_none(real_file, data):
+    """Random bytes; the real file cut, a byte changed, a field of a row removed or given another value: each decodes
+    to rows the sweep tables take, or to None; never raises."""
+    record = json.loads(real_file)
+    kind = data.draw(st.sampled_from(["bytes", "cut", "flip", "drop", "retype"]))
+    if kind == "bytes":
+        content = data.draw(st.binary(max_size=300))
+    elif kind == "cut":
+        content = real_file[: data.draw(st.integers(0, len(real_file)))]
+    elif kind == "flip":
+        at = data.draw(st.integers(0, len(real_file) - 1))
+        content = real_file[:at] + bytes([data.draw(st.integers(0, 255))]) + real_file[at + 1 :]
+    else:
+        condition = data.draw(st.integers(0, len(record["rows"]) - 1))
+        row = record["rows"][condition][data.draw(st.integers(0, len(record["rows"][condition]) - 1))]
+        field_name = data.draw(st.sampled_from(sorted(row)))
+        if kind == "drop":
+            del row[field_name]
+        else:
+            row[field_name] = data.draw(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=3), st.lists(st.integers(), max_size=2)))
+        content = json.dumps(record).encode()
+    decoded = decode_batch_rows(content)
+    if decoded is not None:
+        samples, rows = decoded
+        for condition_id, condition_rows in rows.items():
+            assert [(row["sample_idx"], row["sample_key"]) for row in condition_rows] == list(samples)
+            pa.Table.from_pylist([{"run_id": "r", "condition_id": condition_id, **row} for row in condition_rows], schema=SWEEP_RESULTS)
 
 
 def test_a_dask_task_run_again_takes_the_batches_its_first_try_finished(extracted, tmp_path, monkeypatch):
@@ -186,7 +256,7 @@ def test_a_dask_task_run_again_takes_the_batches_its_first_try_finished(extracte
         with pytest.raises(RuntimeError, match="the worker went away"):
             mask_sweep(warehouse, options)
         run = mask_run_paths(warehouse)
-        assert parts.committed_part_ids(run) == set() and len(list(run.progress.rglob("*.json"))) == 1
+        assert parts.committed_part_ids(run) == set() and len(list(run.progress.rglob("samples-*.json"))) == 1
         monkeypatch.setattr(sweep_module.SweepSamples, "reused_generations", original)
         again = count_batches(monkeypatch)
         result, _ = mask_sweep(warehouse, options)
@@ -194,3 +264,23 @@ def test_a_dask_task_run_again_takes_the_batches_its_first_try_finished(extracte
     assert result.conditions_written == result.conditions_total
     assert_same(results(warehouse), extracted[1])
     assert not run.progress.exists()
+
+
+def test_a_batch_taken_from_the_journal_is_not_encoded_again(extracted, tmp_path, monkeypatch):
+    """Past the host budget a batch is encoded again when evaluated; one whose rows the journal holds is not evaluated,
+    so its images are not read again either."""
+    warehouse = fresh(extracted, tmp_path)
+    monkeypatch.setattr(sweep_module, "host_budget", lambda: 0)
+    with pytest.raises(Interrupted):
+        mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
+    encoded: list[int] = []
+    original = sweep_module.encode_batches
+
+    def counting(loaded, items, *args, **kwargs):
+        encoded.append(len(items))
+        return original(loaded, items, *args, **kwargs)
+
+    monkeypatch.setattr(sweep_module, "encode_batches", counting)
+    mask_sweep(warehouse, MaskOptions(**OPTIONS))
+    assert encoded == [BATCH] * 4  # the three batches once to build the sweep's batches, then the third again to evaluate it
+    assert_same(results(warehouse), extracted[1])

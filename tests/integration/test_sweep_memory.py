@@ -46,7 +46,7 @@ def test_batches_are_held_on_the_host_without_pictures_and_equal_the_processors_
     loaded, setup = toy
     samples = SweepSamples(loaded, setup, BATCH)
     assert samples.n_batches == 3
-    held = samples._held
+    held = [entry.batch for entry in samples._held]
     assert all(item.image is None for batch in held for item in batch.items)  # the pictures are not kept
     assert all(tensor.device.type == "cpu" for batch in held for tensor in batch.encoded.values())
     for batch in samples.each_batch():  # the processor's output for the same samples and prompts, made here
@@ -61,11 +61,11 @@ def test_past_the_host_budget_batches_are_encoded_again_with_the_same_results(to
     loaded, setup = toy
     held = SweepSamples(loaded, setup, BATCH)
     expected = held.evaluate_group(GROUP) if reuse else [held.evaluate(interventions) for interventions in GROUP]
-    one_batch = sum(t.numel() * t.element_size() for t in held._held[0].encoded.values())
+    one_batch = sum(t.numel() * t.element_size() for t in held._held[0].batch.encoded.values())
     monkeypatch.setattr(sweep_module, "host_budget", lambda: one_batch)  # room for the first batch only
     calls = counted_encodes(monkeypatch)
     budgeted = SweepSamples(loaded, setup, BATCH)
-    assert calls == [3, 3, 1] and [type(batch).__name__ for batch in budgeted._held] == ["Batch", "list", "list"]
+    assert calls == [3, 3, 1] and [entry.batch is not None for entry in budgeted._held] == [True, False, False]
     got = budgeted.evaluate_group(GROUP) if reuse else [budgeted.evaluate(interventions) for interventions in GROUP]
     # evaluated: with reuse each batch once, one by one each condition visits every batch; the held one is never encoded again
     assert calls[3:] == ([3, 1] if reuse else [3, 1] * len(GROUP))
@@ -107,3 +107,54 @@ def test_on_a_dask_worker_the_budget_is_a_share_of_its_memory_limit():
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, memory_limit="1GiB", dashboard_address=":0") as cluster, Client(cluster) as client:
         assert client.submit(sweep_module.host_budget, pure=False).result() == (1 << 30) // 4
+
+
+def test_a_tree_listing_leaves_out_what_another_process_removes_meanwhile(tmp_path, monkeypatch):
+    """attnwh status lists _progress/ while sweeps write and remove their files: a folder gone between its parent's
+    listing and its own is left out, not an error."""
+    import os
+
+    from attnwh.warehouse import storage
+
+    for name in ("group-a", "group-b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "samples-0-1-2-x.json").write_text("{}")
+    real_scandir = os.scandir
+
+    def racing(path):
+        if str(path).endswith("group-b"):
+            for file in (tmp_path / "group-b").iterdir():
+                file.unlink()
+            (tmp_path / "group-b").rmdir()  # removed by another process just now
+        return real_scandir(path)
+
+    monkeypatch.setattr(storage.os, "scandir", racing)
+    assert storage.names_under_tree(tmp_path) == ["group-a/samples-0-1-2-x.json"]
+    assert storage.names_under_tree(tmp_path / "missing") == []
+
+
+def test_the_baseline_images_prefill_is_computed_once_per_batch_however_often_it_is_visited(toy, monkeypatch):
+    """An image-swap ablation's baseline keys and values are kept per batch: each visit of a batch (one per condition
+    with --no-reuse) moves a new copy to the device, and must still find them."""
+    from attnwh.extract import generation
+    from attnwh.extract.image_swap import BaselineKV
+
+    loaded, setup = toy
+    samples = SweepSamples(loaded, setup, BATCH)
+    prefills: list[int] = []
+    original = generation.forward_with
+
+    def counting(loaded_, inputs, interventions=()):
+        prefills.append(inputs["input_ids"].shape[0])
+        return original(loaded_, inputs, interventions)
+
+    monkeypatch.setattr(generation, "forward_with", counting)
+    source = BaselineKV(loaded, "blank-image")
+    first = [source.of(batch.encoded) for batch in samples.each_batch()]
+    second = [source.of(batch.encoded) for batch in samples.each_batch()]
+    assert prefills == [3, 3, 1]  # once per batch, not once per visit
+    assert all(a is b for a, b in zip(first, second))
+    other = next(samples.each_batch()).encoded
+    other = {**other, "input_ids": other["input_ids"].flip(0)}  # other prompts: other keys and values
+    source.of(other)
+    assert prefills == [3, 3, 1, 3]
