@@ -227,6 +227,9 @@ def _dask_worker_memory_limit() -> int | None:
     return int(limit) if limit else None
 
 
+Settle = Callable[[int, Generation], None]  # a condition's generation on a batch, handed on as soon as it is final
+
+
 @dataclass
 class HeldBatch:
     """A batch as a sweep holds it: its samples, and its encoding on the host (None past the host budget: encoded again when visited)."""
@@ -342,12 +345,7 @@ class SweepSamples:
         for done, held in enumerate(self._held, start=1):
             batch_rows = journal.rows(held.samples) if journal is not None else None
             if batch_rows is None:  # not kept by an earlier try: evaluated (and only then encoded again or moved to the device)
-                batch = self._on_device(held)
-                if self.reuse_off is not None:
-                    generations = [self.plain_generation(batch, interventions) for interventions in group]
-                else:
-                    generations = self.reused_generations(batch, group)
-                batch_rows = [self._rows(batch, generation, interventions) for interventions, generation in zip(group, generations)]
+                batch_rows = self._batch_rows(self._on_device(held), group)
                 if journal is not None:
                     journal.record(held.samples, batch_rows)
             for index, condition_rows in enumerate(batch_rows):
@@ -356,20 +354,42 @@ class SweepSamples:
                 on_batch(done, self.n_batches)
         return [sorted(condition_rows, key=lambda row: row["sample_idx"]) for condition_rows in rows]
 
-    def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[Generation]:
+    def _batch_rows(self, batch: Batch, group: Sequence[Sequence[Intervention]]) -> list[list[dict[str, Any]]]:
+        """Each condition's rows on ``batch``, made from its generation as soon as that is final (not every condition's
+        logits held at once)."""
+        found: list[list[dict[str, Any]]] = [[] for _ in group]
+
+        def settle(index: int, generation: Generation) -> None:
+            found[index] = self._rows(batch, generation, group[index])
+
+        if self.reuse_off is not None:
+            for index, interventions in enumerate(group):
+                settle(index, self.plain_generation(batch, interventions))
+            return found
+        for index, generation in enumerate(self.reused_generations(batch, group, settle)):
+            if generation is not None:
+                settle(index, generation)
+        return found
+
+    def reused_generations(self, batch: Batch, group: Sequence[Sequence[Intervention]], settle: Settle | None = None) -> list[Generation | None]:
         """The group's generations on ``batch`` with reuse; the first call checks reuse first, and calls from
-        other threads (a Dask worker's, sharing these samples) wait for that check rather than run unchecked."""
+        other threads (a Dask worker's, sharing these samples) wait for that check rather than run unchecked.
+
+        With ``settle``, each condition's generation is handed to ``settle(index, generation)`` as soon as it is final
+        and is not kept (its entry is None), so that a batch never holds every condition's logits at once (attribution's
+        thousands of patterns, each ``[batch, vocab]``); the caller hands on the entries returned that are not None,
+        which replace what it was handed (the plain path's generations, where a check turned reuse off)."""
         if not self.reuse_checked:
             with self._check_lock:
                 if not self.reuse_checked:
-                    generations = self._reused(batch, group, checking=True)
+                    generations = self._reused(batch, group, True, settle)
                     self.reuse_checked = True
                     return generations
         if self.reuse_off is not None:
             return [self.plain_generation(batch, interventions) for interventions in group]
-        return self._reused(batch, group, checking=False)
+        return self._reused(batch, group, False, settle)
 
-    def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool) -> list[Generation]:
+    def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool, settle: Settle | None = None) -> list[Generation | None]:
         loaded, parts = self.loaded, self.loaded.parts
         spec = loaded.spec
         view = batch_view(loaded, batch.encoded)
@@ -384,6 +404,19 @@ class SweepSamples:
         others = [index for index in computed if any(bound[index])]
         stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
         stack_starts = [starts[stack[0]] for stack in stacks]
+        sharing: dict[int, list[int]] = {}  # each computed condition: the conditions that take its generation
+        for index, computed_by in enumerate(same):
+            sharing.setdefault(computed_by, []).append(index)
+        checked = next((i for i, edits in enumerate(bound) if replays_interventions([edits])), None) if checking else None
+        kept = same[checked] if checked is not None else None  # the generation the last check reads
+
+        def settled(indices: list[int]) -> None:
+            for index in indices if settle is not None else ():
+                for member in sharing[index]:
+                    settle(member, generations[index])
+                if index != kept:
+                    generations[index] = None
+
         if checking:  # before the recording is held, so that the check's passes do not add to the peak
             self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
         if self.reuse_off is not None:
@@ -392,6 +425,7 @@ class SweepSamples:
         # run deepest first, and the recording drops what no stack left reads after each (``keep_for``)
         for stack in [stack for stack, start in zip(stacks, stack_starts) if start == 0]:
             self._run_stack(batch, group, view, inputs, stack, 0, None, generations)
+            settled(stack)
         later = sorted([(start, stack) for stack, start in zip(stacks, stack_starts) if start > 0], key=lambda pair: -pair[0])
         if baseline or later:
             recording = PrefixRecording(frozenset(start - 1 for start, _ in later), max((start for start, _ in later), default=0), replays_interventions(bound))
@@ -401,12 +435,14 @@ class SweepSamples:
                 recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
                 generations[index] = recorded
+            settled(baseline)
             if checking:
                 self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit)
                 if self.reuse_off is not None:
                     return [self.plain_generation(batch, interventions) for interventions in group]
             for position, (start, stack) in enumerate(later):
                 self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
+                settled(stack)
                 recording.keep_for([start for start, _ in later[position + 1 :]])
         for index in range(len(group)):
             generations[index] = generations[same[index]]

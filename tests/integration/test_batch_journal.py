@@ -56,9 +56,9 @@ def count_batches(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = sweep_module.SweepSamples.reused_generations
 
-    def counted(self, batch, group):
+    def counted(self, batch, group, settle=None):
         calls.append(len(batch.items))
-        return original(self, batch, group)
+        return original(self, batch, group, settle)
 
     monkeypatch.setattr(sweep_module.SweepSamples, "reused_generations", counted)
     return calls
@@ -244,11 +244,11 @@ def test_a_dask_task_run_again_takes_the_batches_its_first_try_finished(extracte
     original = sweep_module.SweepSamples.reused_generations
     evaluated: list[int] = []
 
-    def failing_after_one(self, batch, group):
+    def failing_after_one(self, batch, group, settle=None):
         if evaluated:
             raise RuntimeError("the worker went away")
         evaluated.append(len(batch.items))
-        return original(self, batch, group)
+        return original(self, batch, group, settle)
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
         options = MaskOptions(**OPTIONS, scheduler=cluster.scheduler_address)

@@ -158,3 +158,33 @@ def test_the_baseline_images_prefill_is_computed_once_per_batch_however_often_it
     other = {**other, "input_ids": other["input_ids"].flip(0)}  # other prompts: other keys and values
     source.of(other)
     assert prefills == [3, 3, 1, 3]
+
+
+def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch):
+    """Attribution's thousands of patterns each give [batch, vocab] logits: each condition's rows are made as soon as
+    its generation is final and the generation is let go, so that the batch never holds every condition's logits.
+    Counted with weak references: when a condition is handed on, how many earlier conditions' logits are alive."""
+    import gc
+    import weakref
+
+    loaded, setup = toy
+    samples = SweepSamples(loaded, setup, BATCH)
+    group = [[]] + [[HeadMask(((layer, head),), "zero")] for layer in range(loaded.info["n_layers"]) for head in range(2)]
+    expected = [samples.evaluate(interventions) for interventions in group]  # the plain path, condition by condition
+    samples = SweepSamples(loaded, setup, BATCH)
+    samples.evaluate_group(group[:2])  # the first batch's check done
+    alive_at_settle: list[int] = []
+    refs: list[weakref.ref] = []
+    original = SweepSamples._rows
+
+    def watched(self, batch, generation, interventions):
+        gc.collect()
+        alive_at_settle.append(sum(ref() is not None for ref in refs))
+        refs.append(weakref.ref(generation.first_logits))
+        return original(self, batch, generation, interventions)
+
+    monkeypatch.setattr(SweepSamples, "_rows", watched)
+    got = samples.evaluate_group(group)
+    assert got == expected
+    assert len(alive_at_settle) == len(group) * samples.n_batches
+    assert max(alive_at_settle) <= 1  # the baseline's, held while the conditions that start after layer 0 replay its prefix
