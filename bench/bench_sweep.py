@@ -13,7 +13,8 @@ machine drifts by tens of percent within minutes), and the medians of the paired
 Sweeps: ``mask`` = top / random / bottom × early / mid / late / all at one k (2 heads per stage) with one
 random seed: 13 conditions (the baseline included); ``prune`` = the default grid (full; score / uniform /
 random at 50%, 25%, 10%, 5%: 13 conditions; the default cache phase); ``attribute`` = ``attnwh attribute``'s
-patterns (16 random ablation patterns, p = 0.2, and the baseline: 17 conditions, then the fit). The ranking is a seeded random score per head (a random
+patterns (16 random ablation patterns, p = 0.2, and the baseline: 17 conditions, then the fit; ``--attribute-method single``:
+one condition per head of the model, each ablating that head alone, and the baseline). The ranking is a seeded random score per head (a random
 model has no visual heads; where a trained model's top heads sit changes where masking starts).
 
 Shapes: ``realistic`` = a LLaVA-1.5-shaped prompt (336-px image → 576 image tokens, ~610 tokens with the
@@ -81,7 +82,8 @@ def child_main(args) -> int:
         setup = prepare_mask(options)
         run = run_mask
     elif args.kind == "attribute":
-        options = AttributeOptions(**common, patterns=16, bootstrap=20)
+        method = {"patterns": dict(patterns=16, bootstrap=20), "single": {}}[args.attribute_method]
+        options = AttributeOptions(**common, method=args.attribute_method, **method)
         setup = prepare_attribute(options)
         run = None
     else:
@@ -117,6 +119,8 @@ def run_child(args, model: str, kind: str, path: str, warehouse: Path) -> dict:
         str(args.threads),
         "--benchmark",
         args.benchmark,
+        "--attribute-method",
+        args.attribute_method,
     ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -165,6 +169,7 @@ def parent_main(args) -> int:
                         "shape": shape,
                         "model": Path(model).name,
                         "kind": kind,
+                        **({"attribute_method": args.attribute_method} if kind == "attribute" else {}),
                         "benchmark": args.benchmark,
                         "conditions": len({row[0] for row in outputs["today"]["rows"]}),
                         "samples": args.limit,
@@ -202,6 +207,12 @@ def main() -> int:
         "--benchmark",
         default="toy-shapes",
         help="toy-shapes mixes yes / no with colour choices a random model never answers with a letter (decoded to the limit); toy-shapes-yesno is yes / no only, as POPE",
+    )
+    parser.add_argument(
+        "--attribute-method",
+        default="patterns",
+        choices=["patterns", "single"],
+        help="--kind attribute: 16 random ablation patterns (p = 0.2), or single: one head at a time (every head of the model: a condition each)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results-sweep.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
