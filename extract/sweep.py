@@ -362,11 +362,8 @@ class SweepSamples:
         def settle(index: int, generation: Generation) -> None:
             found[index] = self._rows(batch, generation, group[index])
 
-        if self.reuse_off is not None:
-            for index, interventions in enumerate(group):
-                settle(index, self.plain_generation(batch, interventions))
-            return found
-        for index, generation in enumerate(self.reused_generations(batch, group, settle)):
+        generations = self._plain_each(batch, group, settle) if self.reuse_off is not None else self.reused_generations(batch, group, settle)
+        for index, generation in enumerate(generations):
             if generation is not None:
                 settle(index, generation)
         return found
@@ -386,7 +383,7 @@ class SweepSamples:
                     self.reuse_checked = True
                     return generations
         if self.reuse_off is not None:
-            return [self.plain_generation(batch, interventions) for interventions in group]
+            return self._plain_each(batch, group, settle)
         return self._reused(batch, group, False, settle)
 
     def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool, settle: Settle | None = None) -> list[Generation | None]:
@@ -420,7 +417,7 @@ class SweepSamples:
         if checking:  # before the recording is held, so that the check's passes do not add to the peak
             self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
         if self.reuse_off is not None:
-            return [self.plain_generation(batch, interventions) for interventions in group]
+            return self._plain_each(batch, group, settle)
         # stacks that start at the first layer read no prefix: they run before the recording is held; the others
         # run deepest first, and the recording drops what no stack left reads after each (``keep_for``)
         for stack in [stack for stack, start in zip(stacks, stack_starts) if start == 0]:
@@ -439,7 +436,7 @@ class SweepSamples:
             if checking:
                 self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit)
                 if self.reuse_off is not None:
-                    return [self.plain_generation(batch, interventions) for interventions in group]
+                    return self._plain_each(batch, group, settle)
             for position, (start, stack) in enumerate(later):
                 self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
                 settled(stack)
@@ -449,8 +446,17 @@ class SweepSamples:
         if checking:
             self.reuse_off = self._check_replayed_interventions(batch, group, bound, generations)
             if self.reuse_off is not None:
-                return [self.plain_generation(batch, interventions) for interventions in group]
+                return self._plain_each(batch, group, settle)
         return generations
+
+    def _plain_each(self, batch: Batch, group: Sequence[Sequence[Intervention]], settle: Settle | None) -> list[Generation | None]:
+        """Every condition of ``group`` the plain way (reuse off, or a check that failed), each handed to ``settle`` as
+        soon as it is done (replacing what it was handed before) instead of all held."""
+        if settle is None:
+            return [self.plain_generation(batch, interventions) for interventions in group]
+        for index, interventions in enumerate(group):
+            settle(index, self.plain_generation(batch, interventions))
+        return [None] * len(group)
 
     def _run_stack(self, batch: Batch, group, view, inputs: dict[str, Any], stack: list[int], start: int, recording: PrefixRecording | None, generations: list) -> None:
         """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix)."""

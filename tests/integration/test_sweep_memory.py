@@ -160,7 +160,8 @@ def test_the_baseline_images_prefill_is_computed_once_per_batch_however_often_it
     assert prefills == [3, 3, 1, 3]
 
 
-def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch):
+@pytest.mark.parametrize("reuse_off", [False, True])
+def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch, reuse_off):
     """Attribution's thousands of patterns each give [batch, vocab] logits: each condition's rows are made as soon as
     its generation is final and the generation is let go, so that the batch never holds every condition's logits.
     Counted with weak references: when a condition is handed on, how many earlier conditions' logits are alive."""
@@ -173,6 +174,8 @@ def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch):
     expected = [samples.evaluate(interventions) for interventions in group]  # the plain path, condition by condition
     samples = SweepSamples(loaded, setup, BATCH)
     samples.evaluate_group(group[:2])  # the first batch's check done
+    if reuse_off:  # as after a failed check: every condition the plain way
+        samples.reuse_off = "turned off by the test"
     alive_at_settle: list[int] = []
     refs: list[weakref.ref] = []
     original = SweepSamples._rows
@@ -187,4 +190,4 @@ def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch):
     got = samples.evaluate_group(group)
     assert got == expected
     assert len(alive_at_settle) == len(group) * samples.n_batches
-    assert max(alive_at_settle) <= 1  # the baseline's, held while the conditions that start after layer 0 replay its prefix
+    assert max(alive_at_settle) <= (0 if reuse_off else 1)  # with reuse the baseline's, held while the conditions that start after layer 0 replay its prefix
