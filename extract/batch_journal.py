@@ -115,7 +115,7 @@ class BatchJournal:
     def open(cls, run: RunPaths) -> BatchJournal:
         journal = cls(run)
         paths = [folder / name for folder, names in progress_listing(run).items() for name in names if is_progress_batch(name)]
-        for content in _read(paths):
+        for content in storage.read_all(paths):
             decoded = decode_batch_rows(content) if isinstance(content, bytes) else None  # a file removed since the listing: not there
             if decoded is not None:
                 samples, rows = decoded
@@ -172,7 +172,7 @@ def tidy(run: RunPaths, condition_ids: Iterable[int]) -> None:
     for folder, names in progress_listing(run).items():
         if PROGRESS_MANIFEST not in names:
             continue
-        (content,) = _read([folder / PROGRESS_MANIFEST])
+        (content,) = storage.read_all([folder / PROGRESS_MANIFEST])
         try:
             conditions = json.loads(content) if isinstance(content, bytes) else None
         except (ValueError, UnicodeDecodeError, RecursionError):
@@ -180,19 +180,6 @@ def tidy(run: RunPaths, condition_ids: Iterable[int]) -> None:
         if isinstance(conditions, list) and conditions and all(type(c) is int for c in conditions) and set(conditions) <= committed:
             storage.remove_tree(folder)
     _remove_if_empty(run.progress)
-
-
-def _read(paths: list[Location]) -> list[bytes | BaseException]:
-    """Every file's content (an exception in place of one that is gone): on an object store concurrently."""
-    if paths and storage.is_object_store(paths[0]):
-        return storage.read_all(paths)
-    found: list[bytes | BaseException] = []
-    for path in paths:
-        try:
-            found.append(path.read_bytes())
-        except OSError as exc:
-            found.append(exc)
-    return found
 
 
 def _remove_if_empty(folder: Location) -> None:

@@ -335,6 +335,18 @@ def worker_address() -> str:
     return get_worker().address
 
 
+def worker_memory_limit() -> int | None:
+    """The memory limit of the Dask worker this task runs on; None outside a worker's task, or for a worker without one."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not in a Dask worker's task
+        return None
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)  # None or 0: no limit
+    return int(limit) if limit else None
+
+
 def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, groups, task, task_args, on_progress=None) -> int:
     """A sweep's conditions as Dask tasks, one per group (``groups(threads)``: the conditions in groups, given
     how many threads the cluster has), ``task(*task_args(group))``, which commits its conditions on the worker

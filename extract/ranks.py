@@ -111,3 +111,13 @@ def _int(env: Mapping[str, str], name: str) -> int:
 
 def _optional_int(env: Mapping[str, str], name: str) -> int | None:
     return _int(env, name) if env.get(name, "") != "" else None
+
+
+def processes_on_this_machine(env: Mapping[str, str]) -> int:
+    """How many processes of a launch share this machine (1 when no launcher says): torchrun's ``LOCAL_WORLD_SIZE``,
+    SLURM's tasks per node."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
+        leading = env.get(name, "").split("(")[0].split(",")[0].strip()  # SLURM writes "4" or "4(x2),2"
+        if leading.isdigit() and int(leading) > 0:
+            return int(leading)
+    return 1

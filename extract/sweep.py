@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -35,14 +35,14 @@ from attnwh.extract.batch_journal import BatchJournal, GroupJournal, tidy
 from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.benchmarks.templates import DEFAULT_PROMPT_STYLE
-from attnwh.extract.executors import Scheduler, parse_scheduler
+from attnwh.extract.executors import Scheduler, parse_scheduler, worker_memory_limit
 from attnwh.extract.forward import Intervention, forward_call
 from attnwh.extract.generation import Generation, StopRows, batch_view, forward_with, generate, letter_token_ids
 from attnwh.extract.masking import Head
 from attnwh.extract.models import LoadedModel, load_model
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.pruning import kv_bytes
-from attnwh.extract.ranks import Rank, detect_rank, wait_seconds, writer_of
+from attnwh.extract.ranks import Rank, detect_rank, processes_on_this_machine, wait_seconds, writer_of
 from attnwh.extract.reuse import (
     PrefixRecording,
     PrefixReplay,
@@ -186,19 +186,10 @@ def host_budget() -> int:
     where lower (a SLURM job's, a container's), shared by the sweep's processes on the machine (torchrun's
     ``LOCAL_WORLD_SIZE``, SLURM's tasks per node); on a Dask worker, the worker's memory limit."""
     memory = _machine_memory()
-    worker_limit = _dask_worker_memory_limit()
+    worker_limit = worker_memory_limit()
     if worker_limit:
         return int(min(memory, worker_limit) * HOST_SHARE)
     return int(memory / processes_on_this_machine(os.environ) * HOST_SHARE)
-
-
-def processes_on_this_machine(env: Mapping[str, str]) -> int:
-    """How many processes of a launch share this machine (1 when no launcher says)."""
-    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"):
-        leading = env.get(name, "").split("(")[0].split(",")[0].strip()  # SLURM writes "4" or "4(x2),2"
-        if leading.isdigit() and int(leading) > 0:
-            return int(leading)
-    return 1
 
 
 def _machine_memory() -> int:
@@ -214,17 +205,6 @@ def _machine_memory() -> int:
         if text.isdigit():
             total = min(total, int(text))
     return total
-
-
-def _dask_worker_memory_limit() -> int | None:
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):  # not in a Dask worker's task
-        return None
-    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)  # None or 0: the worker has no limit
-    return int(limit) if limit else None
 
 
 Settle = Callable[[int, Generation], None]  # a condition's generation on a batch, handed on as soon as it is final

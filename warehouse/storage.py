@@ -209,9 +209,18 @@ def keep_content(cache: Path | None, name: str, content: bytes) -> None:
 
 def read_all(paths: list[Location], tags: list[str | None] | None = None) -> list[bytes | BaseException]:
     """The content of every object in ``paths`` (on one store), read concurrently; an exception in place
-    of one that failed. An object with a tag (its ETag) is taken from the local cache when it is there."""
+    of one that failed. An object with a tag (its ETag) is taken from the local cache when it is there.
+    Local files are read in turn, an ``OSError`` in place of one that cannot be read."""
     if not paths:
         return []
+    if not is_object_store(paths[0]):
+        found: list[bytes | BaseException] = []
+        for path in paths:
+            try:
+                found.append(path.read_bytes())
+            except OSError as exc:
+                found.append(exc)
+        return found
     import hashlib
 
     cache = object_cache() if tags is not None else None

@@ -23,6 +23,7 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.layout import open_warehouse
 from attnwh.warehouse.schema import SWEEP_RESULTS
 from attnwh.warehouse.status import run_status
+from tests.integration.test_sweep_memory import counted_encodes
 
 LIMIT, BATCH = 12, 4  # 3 batches
 OPTIONS = dict(limit=LIMIT, k=("0", "2"), seeds=1, strategies=("top", "random"), stages=("all", "late"), device="cpu", batch_size=BATCH, command=["test"])
@@ -273,14 +274,7 @@ def test_a_batch_taken_from_the_journal_is_not_encoded_again(extracted, tmp_path
     monkeypatch.setattr(sweep_module, "host_budget", lambda: 0)
     with pytest.raises(Interrupted):
         mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
-    encoded: list[int] = []
-    original = sweep_module.encode_batches
-
-    def counting(loaded, items, *args, **kwargs):
-        encoded.append(len(items))
-        return original(loaded, items, *args, **kwargs)
-
-    monkeypatch.setattr(sweep_module, "encode_batches", counting)
+    encoded = counted_encodes(monkeypatch)
     mask_sweep(warehouse, MaskOptions(**OPTIONS))
     assert encoded == [BATCH] * 4  # the three batches once to build the sweep's batches, then the third again to evaluate it
     assert_same(results(warehouse), extracted[1])
