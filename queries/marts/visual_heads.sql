@@ -3,8 +3,8 @@
 -- the order of a sample's heads is head_order_key's: missing scores last, ties to the lower layer,
 -- then head). For $k up to ranks_kept() the places come from stg_head_ranks (per-part rollups);
 -- for a larger $k from every head_metrics row, with a per-sample top-k. Beside each head, causally: its score
--- in the newest attribution run (attnwh attribute) of the same model, revision and benchmark
--- (stg_attribution_pairs), null where there is none.
+-- in the newest attribution run (attnwh attribute) of the same model, revision and benchmark, of the method
+-- $attribution_method ('any': whichever is newest; stg_attribution_pairs), null where there is none.
 with means as (
     select
         run_id,
@@ -58,7 +58,7 @@ detected as (
 attributed as (
     select extraction_run as run_id, arg_max(attribution_run, (attribution_created, attribution_run)) as attribution_run
     from stg_attribution_pairs
-    where extraction_run is not null
+    where extraction_run is not null and ($attribution_method = 'any' or method = $attribution_method)
     group by extraction_run
 )
 select

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForImageTextToText
 from typer.testing import CliRunner
 
-from attnwh.extract.attribution import AttributeOptions, prepare_attribute, run_attribute
+from attnwh.extract.attribution import METHODS, AttributeOptions, prepare_attribute, run_attribute
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.models import load_model
 from attnwh.extract.run import ExtractOptions, run_extract
@@ -256,6 +256,17 @@ def _visual_heads_carry_the_newest_attribution(warehouse, extraction: str, runs)
         assert row["run_id"] == extraction and row["attribution_run"] == newest and row["attribution_method"] == method
         assert row["attribution"] == pytest.approx(by_head[head]) and row["attribution_rank"] == order.index(head) + 1
         assert (row["attribution_ci_low"], row["attribution_ci_high"]) == pytest.approx(interval[head])
+    # one method's newest run: each of this module's runs is its method's only one
+    mart = get_mart("visual_heads")
+    assert mart.parameters["attribution_method"]["choices"] == ["any", *METHODS]
+    with open_session(warehouse) as session:
+        for name, run in runs.items():
+            chosen = run_mart(session, "visual_heads", {"attribution_method": name}).to_pylist()
+            stored = session.query("select layer, head, score from head_attributions where run_id = $run", {"run": run.run_id}).to_pylist()
+            scores = {(row["layer"], row["head"]): row["score"] for row in stored}
+            assert len(chosen) == 12 and {row["attribution_run"] for row in chosen} == {run.run_id}, name
+            assert {row["attribution_method"] for row in chosen} == {name}
+            assert all(row["attribution"] == pytest.approx(scores[(row["layer"], row["head"])]) for row in chosen)
 
 
 def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):

@@ -328,7 +328,7 @@ def test_run_overview_by_hand(hand):
 def test_parameters_are_typed_checked_and_bound(hand):
     warehouse, run_id = hand
     mart = get_mart("visual_heads")
-    assert bind_parameters(mart, {"k": "3"}) == {"score": "concentration_x_sum", "k": 3, "query": "gen1"}
+    assert bind_parameters(mart, {"k": "3"}) == {"score": "concentration_x_sum", "k": 3, "query": "gen1", "attribution_method": "any"}
     with pytest.raises(UsageError, match="must be int"):
         bind_parameters(mart, {"k": "3; drop table runs"})
     with pytest.raises(UsageError, match="takes image_sum, concentration, concentration_x_sum, region_hit"):
