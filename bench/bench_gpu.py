@@ -330,7 +330,8 @@ def sweep(args, folder: Path, device, dtype) -> dict:
     today = SweepSamples(loaded, run, args.batch_size)
     reused = SweepSamples(loaded, run, args.batch_size, args.sweep_stack, stop_when_decided=True)
     paths = {"today": lambda: [today.evaluate(interventions) for interventions in group], "reuse": lambda: reused.evaluate_group(group)}
-    paths["reuse"]()  # warm-up, and the first batch's check against the plain path
+    for warm_up in paths.values():  # both paths: a shape's first kernels (oneDNN primitives, cuBLAS plans) cost seconds, and reuse's first batch checks against the plain path
+        warm_up()
     times: dict[str, list[float]] = {name: [] for name in paths}
     peaks: dict[str, float] = {}
     answers = {}
