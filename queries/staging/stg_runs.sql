@@ -1,4 +1,6 @@
--- one row per run (the sound ones: damaged runs are left out of every view, with a warning)
+-- one row per run (the sound ones: damaged runs are left out of every view, with a warning); shown_order ranks
+-- the runs of one kind, model and benchmark for the report, whose per-model panels show one run each (the
+-- first that has rows for the panel): complete before incomplete, then the newest (then the larger run id)
 select
     run_id,
     kind,
@@ -20,5 +22,6 @@ select
     prompt_style,
     device,
     spec,
-    path
+    path,
+    row_number() over (partition by kind, model, benchmark order by complete desc, created desc, run_id desc) as shown_order
 from runs

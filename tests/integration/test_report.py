@@ -101,3 +101,41 @@ def test_figures_of_the_study_are_indexed_and_written_one_by_one(tmp_path, hosti
     assert code == 0 and sorted(path.name for path in (tmp_path / "fig10").iterdir()) == ["fig-10-head_image_sum.svg", "fig-10-layer_image_sum.svg"]
     code, out, err = run_cli(capsys, "report", "--figure", "7", "--warehouse", str(hostile_warehouse))
     assert code == 2 and err.strip() == "attnwh: error: no chart reproduces Fig. 7; figures: 1, 9, 10, 11, 12, 13, 14, 15"
+
+
+def test_report_panels_show_one_run_per_model_and_benchmark(tmp_path, tiny_mha):
+    """Two extraction runs and two mask runs of one model and benchmark: each per-model panel holds the rows of the
+    newest complete run only (before, every run's rows were drawn into the same cells and lines), equal to that
+    run's rows in the per-run marts, and every report mart's sidecar tests (the grain's uniqueness) pass."""
+    from attnwh.extract.mask_run import MaskOptions
+    from attnwh.extract.run import ExtractOptions, run_extract
+    from attnwh.face.workflows import mask_sweep
+    from attnwh.queries.library import data_test_failures, get_mart, marts, open_session, run_mart
+    from attnwh.warehouse.layout import open_warehouse
+
+    warehouse = tmp_path / "wh"
+    for limit in (2, 3):
+        run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark="toy-shapes", limit=limit, device="cpu", command=["test"]))
+    for k in ("1", "2"):
+        mask_sweep(warehouse, MaskOptions(model=str(tiny_mha), benchmark="toy-shapes", limit=2, k=(k,), strategies=("top",), device="cpu", command=["test"]))
+    manifests = [json.loads(run.manifest.read_text()) for run in open_warehouse(warehouse).run_folders()]
+    newest = {kind: max((m["created"], m["run_id"]) for m in manifests if m["kind"] == kind)[1] for kind in ("extract", "mask")}
+    with open_session(warehouse) as session:
+        heads = run_mart(session, "report_heads", {}).to_pylist()
+        per_run = run_mart(session, "head_attention", {}).to_pylist()
+        layers = run_mart(session, "report_layers", {}).to_pylist()
+        masking = run_mart(session, "report_masking", {}).to_pylist()
+        curves = run_mart(session, "masking_curves", {}).to_pylist()
+        for name in [name for name in marts() if name.startswith("report_")]:
+            mart = get_mart(name)
+            parameters = {key: str(spec["default"]) for key, spec in mart.parameters.items() if "default" in spec}
+            assert data_test_failures(mart, run_mart(session, name, parameters)) == [], name
+    expected = {(row["layer"], row["head"]): (row["n_samples"], row["mean_image_sum"]) for row in per_run if row["run_id"] == newest["extract"] and row["query"] == "gen1"}
+    assert len({row["run_id"] for row in per_run}) == 2 and len(heads) == len(expected) == 12
+    assert {row["run_id"] for row in heads} == {newest["extract"]}
+    assert all((row["n_samples"], row["mean_image_sum"]) == expected[(row["layer"], row["head"])] for row in heads)
+    assert {row["run_id"] for row in layers} == {newest["extract"]} and len(layers) == 3
+    assert len({row["run_id"] for row in curves}) == 2 and {row["run_id"] for row in masking} == {newest["mask"]}
+    shown = [row for row in curves if row["run_id"] == newest["mask"]]
+    lines = {(row["strategy"], row["stage"]) for row in shown if row["strategy"] != "none"}
+    assert len(masking) == len(shown) - 1 + len(lines)  # each line starts at the run's one baseline
