@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from attnwh.core.errors import ModelError, UsageError
+from attnwh.core.output import kind_phrase
 from attnwh.extract.batches import Batch
 from attnwh.extract.forward import BatchView, LayerIntervention, forward_call
 from attnwh.extract.generation import batch_view
@@ -502,7 +503,7 @@ def refit_attribution(warehouse_path, source_id: str, options: AttributeOptions)
     manifest, kind = source.manifest, source.manifest["kind"]
     settings = dict(manifest["spec"].get("attribution") or {})
     if kind != "attribution":
-        raise UsageError(f"--refit takes an attribution run (patterns or single); {source_id} is a {kind} run")
+        raise UsageError(f"--refit takes an attribution run (patterns or single); {source_id} is {kind_phrase(kind)} run")
     if settings.get("method") not in ("patterns", "single"):
         raise UsageError(f"--refit fits again from a run's stored targets; {source_id} is a {settings.get('method')} run, which stores none (use patterns or single)")
     n_conditions = len(source.plan.sample_keys) - 1  # the plan: the conditions, then the fit

@@ -9,7 +9,7 @@ session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -75,7 +75,8 @@ def run_mask(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progres
     if len(ranking.heads) != setup.n_heads:
         raise UsageError(f"extraction run {ranking.run_id} ranks {len(ranking.heads)} heads; {setup.run.model_label} has {setup.n_heads}")
     ks = parse_k(options.k, setup.n_heads)
-    conditions = build_conditions(ranking.heads, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds)
+    left_out: list[str] = []
+    conditions = build_conditions(ranking.heads, info["n_layers"], info["n_heads"], options.strategies, options.stages, ks, options.seeds, left_out)
     spec: dict[str, Any] = {
         **setup.run.spec,
         "mode": options.mode,
@@ -86,9 +87,12 @@ def run_mask(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progres
         "conditions": [[c.strategy, c.stage, c.k, c.seed, [list(h) for h in c.heads]] for c in conditions],
     }
     sweep_conditions = [mask_condition(condition, options.mode) for condition in conditions]
-    return run_sweep(warehouse_path, setup, MaskSweep(options.mode), spec, sweep_conditions, ranking, on_progress)
+    result = run_sweep(warehouse_path, setup, MaskSweep(options.mode), spec, sweep_conditions, ranking, on_progress)
+    return replace(result, left_out=tuple(left_out))
 
 
 def _check_options(options: MaskOptions) -> None:
     check_sweep_options(options, ((options.strategies, STRATEGIES, "strategy"), (options.stages, STAGES, "stage")))
+    if not options.k:
+        raise UsageError("--k takes at least one count or fraction of heads (5, 0.1, 10%); got nothing")
     HeadMask((), options.mode)  # checks the mode

@@ -176,11 +176,16 @@ def build_conditions(
     stages: Sequence[str],
     ks: Sequence[int],
     seeds: int,
+    left_out: list[str] | None = None,
 ) -> list[Condition]:
     """The sweep: the unmasked baseline once (condition 0), then stage × strategy × k (× seed for random).
 
     ``top`` takes the stage's k best-ranked heads, ``bottom`` its k worst; ``random`` draws k of the
-    stage's heads outside its top k (as the reference did), seeded per (stage, k, seed).
+    stage's heads outside its top k (as the reference did), seeded per (stage, k, seed). A k larger than a
+    stage's heads is left out for that stage (its top and bottom would both be every head of the stage, under
+    another k), and so is ``random`` where the stage has no more than k heads outside its top k (every draw
+    would be its k worst heads, the ``bottom`` condition, or fewer than k): a control that is not one is absent
+    rather than plotted. Each leaves a line in ``left_out``.
     """
     for strategy in strategies:
         if strategy not in STRATEGIES:
@@ -193,10 +198,20 @@ def build_conditions(
         for k in ks:
             if k == 0:
                 continue
-            k_stage = min(k, len(ranked))
+            if k > len(ranked):
+                if left_out is not None:
+                    left_out.append(f"k = {k} is more than the {len(ranked)} heads of stage {stage}: its conditions there are left out")
+                continue
+            k_stage = k
             for strategy in strategies:
                 if strategy == "random":
                     pool = ranked[k_stage:]
+                    if len(pool) <= k_stage:
+                        if left_out is not None:
+                            left_out.append(
+                                f"random k = {k} in stage {stage} is left out: the stage has {len(pool)} {'head' if len(pool) == 1 else 'heads'} outside its top {k}, so no draw would be random"
+                            )
+                        continue
                     for seed in range(seeds):
                         rng = random.Random(f"{stage}:{k}:{seed}")
                         heads = tuple(sorted(rng.sample(pool, min(k_stage, len(pool)))))

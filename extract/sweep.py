@@ -175,7 +175,10 @@ class SweepResult:
     conditions_skipped: int
     conditions_written: int
     reuse_off: str | None = None  # why this process evaluated its conditions one by one after all
+    left_out: tuple[str, ...] = ()  # conditions of the grid asked for that the sweep leaves out, one line each
 
+
+MAX_SEEDS = 1000  # random draws per stage and k (and pruning seeds): 1,000 conditions each already
 
 HOST_SHARE = 0.25  # of the memory this process may use that a sweep's encoded batches may hold
 
@@ -718,6 +721,8 @@ def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, .
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.seeds > MAX_SEEDS:  # each seed is a condition per stage and k: more is a typo, not a sweep
+        raise UsageError(f"--seeds takes at most {MAX_SEEDS}, got {options.seeds}")
     for values, allowed, option in choices:
         unknown = [value for value in values if value not in allowed]
         if unknown or not values:

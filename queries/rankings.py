@@ -5,6 +5,7 @@ order of its heads. Both are marts (``ranking_runs``, ``head_ranking``); these a
 from __future__ import annotations
 
 from attnwh.core.errors import UsageError
+from attnwh.core.output import kind_phrase
 from attnwh.queries.library import run_mart
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.head_files import check_format, write_heads
@@ -12,12 +13,12 @@ from attnwh.warehouse.head_files import check_format, write_heads
 Head = tuple[int, int]  # (layer, head)
 
 
-def latest_ranking_run(session: Catalog, model: str, model_revision: str, benchmark: str) -> str:
-    """The newest complete extraction run of this model revision on this benchmark."""
-    rows = run_mart(session, "ranking_runs", {"model": model, "model_revision": model_revision, "benchmark": benchmark}).to_pylist()
+def latest_ranking_run(session: Catalog, model: str, model_revision: str, benchmark: str, query: str = "gen1") -> str:
+    """The newest complete extraction run of this model revision on this benchmark with head scores for ``query``."""
+    rows = run_mart(session, "ranking_runs", {"model": model, "model_revision": model_revision, "benchmark": benchmark, "query": query}).to_pylist()
     if not rows:
         raise UsageError(
-            f"no complete extraction run of {model} (this revision) on {benchmark} in the warehouse to rank heads by; "
+            f"no complete extraction run of {model} (this revision) on {benchmark} with query {query} in the warehouse to rank heads by; "
             f"run `attnwh extract --model {model} --benchmark {benchmark}` first, or pass --ranking-run"
         )
     return rows[0]["run_id"]
@@ -34,6 +35,9 @@ def run_kind(session: Catalog, run_id: str) -> str | None:
     return kinds[0] if kinds else None
 
 
+RANKING_KINDS = ("extract", "derived", "ranking", "attribution")  # the kinds of run whose head scores rank heads
+
+
 IMPORTED_SCORE = "imported"  # the score recorded for a ranking imported from a file (``attnwh heads import``)
 ATTRIBUTION_SCORE = "attribution"  # the score recorded for an attribution run's causal importance (``attnwh attribute``)
 
@@ -44,6 +48,10 @@ def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tupl
     ``imported_ranking`` mart, recorded as ``imported``) or an attribution run's causal importance (the
     ``attribution_ranking`` mart, recorded as ``attribution``); ``score`` and ``query`` do not apply to the last two."""
     kind = run_kind(session, run_id)
+    if kind is None:
+        raise UsageError(f"no run {run_id!r} in the warehouse to rank heads by (`attnwh runs` lists them)")
+    if kind not in RANKING_KINDS:
+        raise UsageError(f"run {run_id} is {kind_phrase(kind)} run: heads are ranked by an extraction, attribution or imported ranking run")
     if kind == "ranking":
         rows, recorded = run_mart(session, "imported_ranking", {"run_id": run_id}).to_pylist(), IMPORTED_SCORE
         missing = f"ranking run {run_id} has no committed heads"
@@ -55,6 +63,11 @@ def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tupl
         missing = f"extraction run {run_id} has no head metrics for query {query}"
     if not rows:
         raise UsageError(missing)
+    if all(row["score"] is None for row in rows):  # else every head ties and the order is the heads' numbering
+        raise UsageError(
+            f"run {run_id} has no {recorded} value for any head on query {query}: nothing to rank heads by"
+            + (" (region_hit needs a benchmark with object boxes)" if recorded == "region_hit" else "")
+        )
     return {(row["layer"], row["head"]): row["score"] for row in rows}, recorded
 
 
@@ -62,7 +75,12 @@ def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentr
     """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``); an
     attribution run's causal importance as one value per head (``score`` and ``query`` do not apply)."""
     check_format(fmt)
-    if run_kind(session, run_id) == "attribution":  # one causal importance per head: a one-value list each
+    kind = run_kind(session, run_id)
+    if kind is None:
+        raise UsageError(f"no run {run_id!r} in the warehouse to export heads from (`attnwh runs` lists them)")
+    if kind not in RANKING_KINDS:
+        raise UsageError(f"run {run_id} is {kind_phrase(kind)} run: heads are exported from an extraction, attribution or imported ranking run")
+    if kind == "attribution":  # one causal importance per head: a one-value list each
         rows = [{**row, "scores": [row["score"]], "mean_score": row["score"]} for row in run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist()]
         if not rows:
             raise UsageError(f"attribution run {run_id} has no fitted heads yet (its conditions are not all committed: run the same attnwh attribute again)")

@@ -63,3 +63,9 @@ def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
     footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
     footer += f", {len(shown)} shown)" if len(shown) < len(rows) else ")"
     return "\n".join(lines + [footer])
+
+
+def kind_phrase(kind: object) -> str:
+    """A run's kind with its article, for messages: 'a mask', 'an extract', 'an unknown' (no kind recorded)."""
+    name = str(kind) if kind else "unknown"
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"

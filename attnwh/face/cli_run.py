@@ -316,6 +316,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
     warn_reuse_off(result.reuse_off)
+    warn(list(result.left_out))
     typer.echo(render(summary, "table"))
     typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")

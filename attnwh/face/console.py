@@ -17,7 +17,7 @@ WarehouseOption = Annotated[str | None, typer.Option("--warehouse", "-w", help="
 FormatOption = Annotated[str, typer.Option("--format", help="Output format: table, csv or json.")]
 
 
-SCORE_HELP = "a head score of the definitions (head_score_names(); `attnwh query --list` shows them as head_ranking's score choices)"
+SCORE_HELP = "a head score of the warehouse's definitions (`attnwh query --list` shows them as head_ranking's score choices)"
 
 
 def head_score(value: str) -> str:

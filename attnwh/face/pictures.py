@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from attnwh.core.errors import IntegrityError, UsageError, WarehouseError
+from attnwh.core.output import kind_phrase
 
 SHOW_QUERIES = ("gen1", "prompt")
 DEFAULT_SCORE = "concentration_x_sum"
@@ -72,7 +73,7 @@ def run_spec(session, run_id: str) -> tuple[Any, dict[str, Any]]:
         raise UsageError(f"no run {run_id} in {session.warehouse.root}")
     manifest = read_manifest(paths)
     if manifest.get("kind") != "extract":
-        raise UsageError(f"run {run_id} is a {manifest.get('kind')} run; overlays are drawn from an extraction run's raw rows")
+        raise UsageError(f"run {run_id} is {kind_phrase(manifest.get('kind'))} run; overlays are drawn from an extraction run's raw rows")
     spec = manifest["spec"]
     if spec.get("rows") is False:
         raise UsageError(f"run {run_id} has no raw rows: it was extracted with --no-rows; extract again without --no-rows to draw where heads look")
@@ -155,7 +156,8 @@ def head_maps(rows: SampleRows, heads: Sequence[tuple[int, int]], scores: dict[t
     for layer, head in heads:
         weights = rows.attention[layer, head]
         ranked = f"#{order[(layer, head)]} " if (layer, head) in order else ""
-        score = f"{recorded} {scores[(layer, head)]:.3g} · " if (layer, head) in scores else ""
+        value = scores.get((layer, head))
+        score = "" if (layer, head) not in scores else f"no {recorded} · " if value is None else f"{recorded} {value:.3g} · "
         maps.append((f"{label}{ranked}layer {layer} head {head}\n{score}image {weights.sum():.0%}", weights))
     return maps
 

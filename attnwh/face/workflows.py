@@ -42,7 +42,7 @@ def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOption
     with open_session(warehouse) as session:
         if warn is not None:
             warn(session.warnings)
-        run_id = options.ranking_run or latest_ranking_run(session, setup.model_label, setup.spec["model_revision"], setup.benchmark.name)
+        run_id = options.ranking_run or latest_ranking_run(session, setup.model_label, setup.spec["model_revision"], setup.benchmark.name, options.ranking_query)
         scores, score = ranked_scores(session, run_id, options.score, options.ranking_query)
     _check_heads_fit(list(scores), setup.details["model_info"], run_id, setup.model_label)
     return HeadRanking(run_id, score, options.ranking_query, scores)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from attnwh.face.cli import app
+from attnwh.queries.library import open_session
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 runner = CliRunner()
@@ -101,6 +103,10 @@ def test_report(warehouse, tmp_path):
         (["sql", "select 1", "--format", "xml"], "unknown format 'xml'"),
         (["sql"], "give either a SQL statement or --file"),
         (["verify", "nope"], "no run 'nope'"),
+        (["mask", "--seeds", "100000000000"], "--seeds takes at most 1000, got 100000000000"),
+        (["mask", "--k", ""], "--k takes at least one count or fraction of heads"),
+        (["mask", "--ranking-run", "nosuchrun"], "no run 'nosuchrun' in the warehouse to rank heads by"),
+        (["heads", "export", "nosuchrun"], "no run 'nosuchrun' in the warehouse to export heads from"),
     ],
 )
 def test_user_errors_are_one_line(warehouse, args, message):
@@ -108,6 +114,20 @@ def test_user_errors_are_one_line(warehouse, args, message):
     assert result.exit_code != 0
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("attnwh: error: ") and message in lines[0], result.output
+
+
+def test_mask_warns_of_each_control_it_leaves_out(warehouse, tmp_path):
+    """The toy's early stage is its first layer (8 heads): random k = 6 there could draw only the 2 heads outside the top
+    6, so it is left out, with a warning line; the sweep runs the rest."""
+    copy = tmp_path / "wh"
+    shutil.copytree(warehouse, copy)
+    result = invoke("mask", "--limit", "2", "--stage", "early", "--k", "0,2,6", "--seeds", "1", "--warehouse", str(copy))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("attnwh: warning:")]
+    assert warnings == ["attnwh: warning: random k = 6 in stage early is left out: the stage has 2 heads outside its top 6, so no draw would be random"]
+    with open_session(copy) as session:
+        made = session.query("select strategy, k from mask_conditions where strategy <> 'none' order by k, strategy").to_pylist()
+    assert [(row["strategy"], row["k"]) for row in made] == [("random", 2), ("top", 2), ("top", 6)]
 
 
 def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):

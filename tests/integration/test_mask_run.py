@@ -60,6 +60,47 @@ def test_mask_without_an_extraction_run_fails_clearly(tmp_path):
         mask_sweep(tmp_path / "empty", MaskOptions(limit=4, device="cpu", command=["test"]))
 
 
+def test_ranking_runs_that_cannot_rank_are_refused_in_one_line(swept, tmp_path):
+    """A ranking run that is missing, of a kind that has no head scores, or whose score is null for every head (region_hit
+    on a benchmark without boxes, where every head would tie and the heads' numbering would pose as the ranking) is
+    refused naming it; the default ranking run is the newest complete extraction with head scores for the query."""
+    import shutil
+
+    from attnwh.queries.rankings import export_heads, ranked_scores
+
+    warehouse = tmp_path / "wh"
+    shutil.copytree(swept[0], warehouse)
+    mask_run = swept[2].run_id
+    with open_session(warehouse) as session:
+        extraction = session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]
+        for run_id, score, message in (
+            ("nosuchrun", "concentration_x_sum", "no run 'nosuchrun' in the warehouse"),
+            (mask_run, "concentration_x_sum", f"run {mask_run} is a mask run: heads are ranked by an extraction"),
+            (
+                extraction,
+                "region_hit",
+                f"run {extraction} has no region_hit value for any head on query gen1: nothing to rank heads by (region_hit needs a benchmark with object boxes)",
+            ),
+        ):
+            with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+                ranked_scores(session, run_id, score, "gen1")
+        for run_id, message in (("nosuchrun", "no run 'nosuchrun'"), (mask_run, "is a mask run")):
+            with pytest.raises(UsageError, match=message):
+                export_heads(session, run_id, "retrieval-json")
+    with pytest.raises(UsageError, match="nothing to rank heads by"):
+        mask_sweep(warehouse, MaskOptions(limit=4, k=("1",), device="cpu", score="region_hit", command=["test"]))
+    # a newer extraction of the prompt query alone is passed over for gen1's ranking, and taken for the prompt's
+    newer = run_extract(warehouse, ExtractOptions(limit=2, rows=False, queries=("prompt",), device="cpu", command=["test"])).run_id
+    by_gen1 = mask_sweep(warehouse, MaskOptions(limit=4, k=("1",), strategies=("top",), device="cpu", command=["test"]))[0]
+    by_prompt = mask_sweep(warehouse, MaskOptions(limit=4, k=("1",), strategies=("top",), device="cpu", ranking_query="prompt", command=["test"]))[0]
+    with open_session(warehouse) as session:
+        ranked_by = {
+            row["run_id"]: row["ranking_run"]
+            for row in session.query("select distinct run_id, ranking_run_id as ranking_run from mask_conditions where strategy = 'top'").to_pylist()
+        }
+    assert ranked_by[by_gen1.run_id] == extraction and ranked_by[by_prompt.run_id] == newer
+
+
 def test_masking_every_head_makes_answers_independent_of_the_image():
     """Attention is the only path from the image tokens to the answer: with every head off, two images give the same logits."""
     loaded = load_model(resolve_source(str(default_model_folder())), dtype=torch.float32, device=torch.device("cpu"))

@@ -120,8 +120,31 @@ def test_conditions_top_random_bottom():
     assert by[("top", 2, None)] == ((0, 1), (1, 0))
     assert by[("bottom", 2, None)] == ((0, 0), (1, 1))
     for seed in (0, 1):  # random heads never include the top k
-        assert len(by[("random", 2, seed)]) == 2 and not set(by[("random", 2, seed)]) & {(1, 0), (0, 1)}
+        assert len(by[("random", 1, seed)]) == 1 and not set(by[("random", 1, seed)]) & {(1, 0)}
     assert build_conditions(ranking, 2, 2, ["random"], ["all"], [1], seeds=1) == build_conditions(ranking, 2, 2, ["random"], ["all"], [1], seeds=1)
+
+
+def test_controls_that_are_not_ones_are_left_out_with_a_line_each():
+    """random k = 2 of 4 heads could only draw the 2 heads outside the top 2 (the bottom condition, for every seed),
+    and a k above a stage's heads would mask the whole stage under another k: both are absent, each with a line."""
+    ranking = [(1, 0), (0, 1), (1, 1), (0, 0), (2, 0), (2, 1)]  # 3 layers × 2 heads; early = layer 0, late = layer 2
+    left_out: list[str] = []
+    conditions = build_conditions(ranking, 3, 2, ["top", "random", "bottom"], ["early", "all"], [1, 2, 3], seeds=3, left_out=left_out)
+    made = {(c.strategy, c.stage, c.k) for c in conditions[1:]}
+    assert made == {
+        ("top", "early", 1), ("bottom", "early", 1), ("top", "early", 2), ("bottom", "early", 2),
+        ("top", "all", 1), ("random", "all", 1), ("bottom", "all", 1),
+        ("top", "all", 2), ("random", "all", 2), ("bottom", "all", 2),
+        ("top", "all", 3), ("bottom", "all", 3),
+    }  # fmt: skip
+    assert left_out == [
+        "random k = 1 in stage early is left out: the stage has 1 head outside its top 1, so no draw would be random",
+        "random k = 2 in stage early is left out: the stage has 0 heads outside its top 2, so no draw would be random",
+        "k = 3 is more than the 2 heads of stage early: its conditions there are left out",
+        "random k = 3 in stage all is left out: the stage has 3 heads outside its top 3, so no draw would be random",
+    ]
+    draws = {c.heads for c in conditions if c.strategy == "random" and c.k == 2}
+    assert len(draws) > 1 and all(len(heads) == 2 and not set(heads) & {(1, 0), (0, 1)} for heads in draws)
 
 
 def test_mean_mode_equals_an_o_proj_hook_with_independently_recorded_means(tiny_model):
