@@ -58,6 +58,17 @@ correlations as (
         end as kendall_tau_b
     from pairs
 ),
+-- two models of different shapes have no common heads to match by (layer, head): refused rather than compared
+shape_check as (
+    select (
+        select format(
+            'run_a {} has {} layers × {} heads and run_b {} has {} × {}: ranking_agreement compares heads of models of one shape',
+            x.run_id, x.n_layers, x.n_heads, y.run_id, y.n_layers, y.n_heads
+        )
+        from stg_runs as x, stg_runs as y
+        where x.run_id = $run_a and y.run_id = $run_b and (x.n_layers <> y.n_layers or x.n_heads <> y.n_heads)
+    ) as refused
+),
 grid as (
     select unnest([1, 5, 10, 20, 50, 100, 200]) as k
 )
@@ -74,6 +85,6 @@ select
     g.k,
     (select count(*) from heads where place_a <= g.k and place_b <= g.k) as shared,
     (select count(*) from heads where place_a <= g.k and place_b <= g.k) / (2 * g.k - (select count(*) from heads where place_a <= g.k and place_b <= g.k)) as jaccard
-from grid as g, correlations as c
-where g.k <= (select count(*) from heads)
+from grid as g, correlations as c, shape_check as s
+where g.k <= (select count(*) from heads) and (s.refused is null or error(s.refused) is null)
 order by g.k

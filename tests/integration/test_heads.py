@@ -215,3 +215,22 @@ def test_an_export_with_a_head_without_scores_is_refused_in_one_line():
         with pytest.raises(UsageError, match=r"^1 of 4 heads have no score to export \(1-1\): the other tools would average them to NaN$"):
             write_heads(rows, fmt)
     assert list(json.loads(write_heads(list(reversed(rows[:3])) + [{**rows[0], "layer": 1, "head": 1}], "retrieval-json"))) == ["0-0", "0-1", "1-0", "1-1"]
+
+
+def test_ranking_agreement_refuses_models_of_different_shapes(tmp_path, tiny_mha, tiny_gqa):
+    """Heads are matched by (layer, head): a 3 × 4 model against a 2 × 4 one would correlate heads that are not the
+    same heads, so the mart refuses in one line; two models of one shape (MHA and GQA, 3 × 4 each) are compared."""
+    from attnwh.core.errors import SqlError
+    from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
+
+    shallow = save_tiny_llava(tmp_path / "shallow", TinyLlavaSpec(n_layers=2, n_heads=4, n_kv_heads=4, seed=3))
+    warehouse = tmp_path / "wh"
+    runs = {
+        name: run_extract(warehouse, ExtractOptions(model=str(model), benchmark="toy-shapes", limit=2, rows=False, device="cpu", command=["test"])).run_id
+        for name, model in (("mha", tiny_mha), ("gqa", tiny_gqa), ("shallow", shallow))
+    }
+    with open_session(warehouse) as session:
+        same = run_mart(session, "ranking_agreement", {"run_a": runs["mha"], "run_b": runs["gqa"]}).to_pylist()
+        with pytest.raises(SqlError, match=f"run_a {runs['mha']} has 3 layers × 4 heads and run_b {runs['shallow']} has 2 × 4: ranking_agreement compares heads of models of one shape"):
+            run_mart(session, "ranking_agreement", {"run_a": runs["mha"], "run_b": runs["shallow"]})
+    assert same and same[0]["n_heads"] == 12
