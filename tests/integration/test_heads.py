@@ -231,6 +231,8 @@ def test_ranking_agreement_refuses_models_of_different_shapes(tmp_path, tiny_mha
     }
     with open_session(warehouse) as session:
         same = run_mart(session, "ranking_agreement", {"run_a": runs["mha"], "run_b": runs["gqa"]}).to_pylist()
-        with pytest.raises(SqlError, match=f"run_a {runs['mha']} has 3 layers × 4 heads and run_b {runs['shallow']} has 2 × 4: ranking_agreement compares heads of models of one shape"):
+        with pytest.raises(
+            SqlError, match=f"run_a {runs['mha']} has 3 layers × 4 heads and run_b {runs['shallow']} has 2 × 4: ranking_agreement compares heads of models of one shape"
+        ):
             run_mart(session, "ranking_agreement", {"run_a": runs["mha"], "run_b": runs["shallow"]})
     assert same and same[0]["n_heads"] == 12
