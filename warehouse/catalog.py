@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
 
@@ -394,6 +394,23 @@ class Catalog:
     def user_query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         """Run a user's statement after checking that it only reads."""
         return self.query(self._user_statement(sql), parameters)
+
+    def user_batches(self, sql: str, rows: int = 65_536) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """A user's statement, checked to only read, as its result's schema and its rows in batches of up to ``rows``,
+        fetched as they are read (a result larger than memory streams through)."""
+        relation = self.user_relation(sql)
+        try:
+            reader = self._when_defined(lambda: relation.fetch_record_batch(rows))
+        except duckdb.Error as exc:
+            raise SqlError(first_line(exc)) from exc
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from reader
+            except duckdb.Error as exc:
+                raise SqlError(first_line(exc)) from exc
+
+        return reader.schema, batches()
 
     def _user_statement(self, sql: str) -> str:
         """The user's statement checked to only read; one that reads the catalog first gets every name listed."""

@@ -6,10 +6,12 @@ import csv
 import io
 import json
 import math
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 
 FORMATS = ("table", "csv", "json")
+TABLE_ROWS = 10_000  # rows a streamed terminal table shows (csv and json write every row)
 
 
 def _cell(value) -> str:
@@ -44,7 +46,40 @@ def readable(value, column: str = "") -> str:
     return f"{value:.3g}"
 
 
-def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
+def render_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str) -> Iterator[str]:
+    """``render``'s text, piece by piece, of a result read batch by batch: CSV and JSON hold one batch at a time,
+    so a result larger than memory streams through; a table shows its first ``TABLE_ROWS`` rows and counts the rest."""
+    names = schema.names
+    if fmt == "csv":
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow(names)
+        yield buffer.getvalue()
+        for batch in batches:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="\n").writerows([[_cell(row[c]) for c in names] for row in batch.to_pylist()])
+            yield buffer.getvalue()
+        return
+    if fmt == "json":
+        separator = "["
+        for batch in batches:
+            for row in batch.to_pylist():
+                yield f"{separator}\n {json.dumps(row, default=str)}"
+                separator = ","
+        yield "[]\n" if separator == "[" else "\n]\n"
+        return
+    shown: list[pa.RecordBatch] = []
+    held = total = 0
+    for batch in batches:
+        total += batch.num_rows
+        if held < TABLE_ROWS:
+            shown.append(batch.slice(0, TABLE_ROWS - held))
+            held += shown[-1].num_rows
+    yield render(pa.Table.from_batches(shown, schema=schema), "table", total=total) + "\n"
+
+
+def render(table: pa.Table, fmt: str, max_rows: int | None = None, total: int | None = None) -> str:
+    """``table`` as an aligned table (its first ``max_rows`` rows; the footer counts ``total`` rows, the table's own
+    by default), CSV or JSON."""
     rows = table.to_pylist()
     if fmt == "json":
         return json.dumps(rows, default=str, indent=1)
@@ -60,8 +95,9 @@ def render(table: pa.Table, fmt: str, max_rows: int | None = None) -> str:
     lines = ["  ".join(name.ljust(w) for name, w in zip(table.column_names, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(value.ljust(w) for value, w in zip(r, widths)).rstrip() for r in cells]
-    footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
-    footer += f", {len(shown)} shown)" if len(shown) < len(rows) else ")"
+    count = len(rows) if total is None else total
+    footer = f"({count} row{'s' if count != 1 else ''}"
+    footer += f", {len(shown)} shown)" if len(shown) < count else ")"
     return "\n".join(lines + [footer])
 
 

@@ -24,7 +24,7 @@ def sql(
 
     Example: attnwh sql "select layer, avg(image_sum) from head_metrics where query = 'gen1' group by layer order by layer"
     """
-    from attnwh.core.output import render
+    from attnwh.core.output import render_stream
 
     check_format(fmt)
     if (statement is None) == (file is None):
@@ -35,8 +35,9 @@ def sql(
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from exc
     with read_session(warehouse) as session:
-        table = session.user_query(statement)
-    typer.echo(render(table, fmt))
+        schema, batches = session.user_batches(statement)
+        for piece in render_stream(schema, batches, fmt):
+            typer.echo(piece, nl=False)
 
 
 @handles_errors

@@ -118,3 +118,30 @@ def test_a_dask_workers_fields():
         "worker": "tcp://10.0.0.3:40123",
     }
     assert writer_fields(None, "node-4-77-abcdef12") == {"host": "node-4", "pid": 77, "rank": None, "world_size": None, "worker": None}
+
+
+def test_sql_streams_its_rows_batch_by_batch(warehouse):
+    """`attnwh sql` writes CSV and JSON batch by batch (a result larger than memory streams through) and a terminal
+    table shows its first rows with the total counted; every row and value as the statement gives them, checked
+    against Python's own numbers."""
+    from attnwh.core.output import TABLE_ROWS
+    from attnwh.queries.library import open_session
+
+    n = 3 * 65_536 + 17  # more than two of the catalog's batches
+    statement = f"select range as i, range * 0.5 as half, 'r' || range as name from range({n})"
+    result = invoke("sql", statement, "--warehouse", str(warehouse), "--format", "csv")
+    assert result.exit_code == 0
+    lines = result.output.split("\n")
+    assert lines[0] == "i,half,name" and lines[-1] == "" and len(lines) == n + 2
+    assert all(line == f"{i},{i * 0.5!r},r{i}" for i, line in enumerate(lines[1:-1]))
+    assert [row["i"] for row in json.loads(invoke("sql", statement, "--warehouse", str(warehouse), "--format", "json").output)] == list(range(n))
+    table = invoke("sql", statement, "--warehouse", str(warehouse)).output.rstrip("\n").split("\n")
+    assert table[-1] == f"({n} rows, {TABLE_ROWS} shown)" and len(table) == TABLE_ROWS + 3
+    with open_session(warehouse) as session:
+        schema, batches = session.user_batches(statement, rows=1000)
+        sizes = [batch.num_rows for batch in batches]
+    assert schema.names == ["i", "half", "name"] and sum(sizes) == n and max(sizes) <= 1000 and len(sizes) > 1
+    empty = invoke("sql", "select 1 as a where false", "--warehouse", str(warehouse), "--format", "json")
+    assert json.loads(empty.output) == []
+    failed = invoke("sql", "select error('boom')", "--warehouse", str(warehouse), "--format", "csv")
+    assert failed.exit_code != 0 and "attnwh: error:" in failed.output and "boom" in failed.output
