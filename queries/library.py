@@ -146,6 +146,8 @@ def bind_parameters(mart: Mart, given: dict[str, str]) -> dict[str, Any]:
             value = declared["default"]
         else:
             raise UsageError(f"query {mart.name} needs --param {name}=...")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:  # DuckDB would bind it as a HUGEINT no function takes
+            raise UsageError(f"parameter {name} of {mart.name} is out of range: {value}")
         if "min" in declared and value < declared["min"]:
             raise UsageError(f"parameter {name} of {mart.name} must be at least {declared['min']}, got {value!r}")
         choices = declared.get("choices")
@@ -158,6 +160,21 @@ def bind_parameters(mart: Mart, given: dict[str, str]) -> dict[str, Any]:
 def run_mart(session: Catalog, name: str, given: dict[str, str] | None = None) -> pa.Table:
     mart = get_mart(name)
     return session.query(mart.sql, bind_parameters(mart, given or {}))
+
+
+RUN_PARAMETERS = ("run_id", "run_a", "run_b")  # the marts' parameters that name a run
+
+
+def check_runs_named(session: Catalog, name: str, given: dict[str, str]) -> None:
+    """A user's parameters that name a run (``RUN_PARAMETERS``) name a run of the warehouse: else one line, where the
+    query would answer with no rows as if the run had none."""
+    named = {key: value for key, value in given.items() if key in RUN_PARAMETERS and key in get_mart(name).parameters}
+    if not named:
+        return
+    known = set(session.query("select run_id from stg_runs where run_id in (select unnest($ids))", {"ids": list(named.values())}).column("run_id").to_pylist())
+    for key, value in named.items():
+        if value not in known:
+            raise UsageError(f"--param {key}={value}: no run {value!r} in the warehouse (`attnwh runs` lists them)")
 
 
 def data_test_failures(mart: Mart, table: pa.Table) -> list[str]:

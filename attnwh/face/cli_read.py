@@ -55,7 +55,7 @@ def query(
     import pyarrow as pa
 
     from attnwh.core.output import render
-    from attnwh.queries.library import marts, run_mart
+    from attnwh.queries.library import check_runs_named, marts, run_mart
 
     check_format(fmt)
     if list_:
@@ -79,6 +79,7 @@ def query(
             raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
         given[key.strip()] = value
     with read_session(warehouse) as session:
+        check_runs_named(session, name, given)
         table = run_mart(session, name, given)
     typer.echo(render(table, fmt))
 

@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 
 from attnwh.core.errors import UsageError
-from attnwh.queries.library import bind_parameters, get_mart, open_session
+from attnwh.queries.library import bind_parameters, check_runs_named, get_mart, open_session
 
 
 class Warehouse:
@@ -52,8 +52,10 @@ class Warehouse:
 
     def query(self, name: str, **parameters: Any) -> duckdb.DuckDBPyRelation:
         """A named query of the library (``attnwh query --list``), its parameters typed and checked."""
-        mart = get_mart(name)
-        return self._session.relation(mart.sql, bind_parameters(mart, {key: str(value) for key, value in parameters.items()}))
+        mart, given = get_mart(name), {key: str(value) for key, value in parameters.items()}
+        bound = bind_parameters(mart, given)
+        check_runs_named(self._session, name, given)
+        return self._session.relation(mart.sql, bound)
 
     def rows(self, run_id: str):
         """The run's raw attention rows as an ``xarray.DataArray`` backed by Dask (nothing is read until computed).

@@ -107,6 +107,8 @@ def test_report(warehouse, tmp_path):
         (["mask", "--k", ""], "--k takes at least one count or fraction of heads"),
         (["mask", "--ranking-run", "nosuchrun"], "no run 'nosuchrun' in the warehouse to rank heads by"),
         (["heads", "export", "nosuchrun"], "no run 'nosuchrun' in the warehouse to export heads from"),
+        (["query", "head_ranking", "--param", "run_id=nosuchrun"], "--param run_id=nosuchrun: no run 'nosuchrun' in the warehouse"),
+        (["query", "visual_heads", "--param", "k=99999999999999999999"], "parameter k of visual_heads is out of range: 99999999999999999999"),
     ],
 )
 def test_user_errors_are_one_line(warehouse, args, message):
