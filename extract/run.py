@@ -34,6 +34,7 @@ from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import image_spans
 from attnwh.extract.setup import check_max_new_tokens, prepare_run
 from attnwh.warehouse import parts, storage
+from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import Plan, Run, open_or_create_run
 
@@ -80,6 +81,7 @@ class ExtractResult:
     errors: int
     dashboard: str | None = None  # the Dask dashboard, when a cluster computed the parts
     model_loads: dict[str, int] | None = None  # models loaded per Dask worker
+    damaged: str | None = None  # why readers leave the run out (the catalog's warning: a committed table damaged since), else None
 
 
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
@@ -113,6 +115,9 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     if options.max_parts is not None:
         pending = pending[: options.max_parts]
     result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)
+    if committed:  # a committed part is not computed again, even one damaged since: say so rather than report it sound
+        with Catalog(warehouse) as catalog:  # the readers' own checks: sizes against the commit records, each table's footer
+            result.damaged = next((line for line in catalog.warnings if line.startswith(f"run {run.run_id} left out: ")), None)
     if not pending:
         return result
     if not scheduler.in_process:

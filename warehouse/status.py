@@ -15,17 +15,17 @@ from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
 from attnwh.warehouse.layout import RunPaths, is_progress_batch, progress_listing
-from attnwh.warehouse.runs import read_manifest
 
 
 def run_status(run: RunPaths) -> dict[str, Any]:
-    """One run's progress; a damaged run says what is wrong instead."""
+    """One run's progress; a damaged run says what is wrong instead (as readers see it: its manifest, its commit log
+    and the sizes of its committed tables against their records, ``parts.readable_run``)."""
     name = run.root.name.removeprefix("run=")
     try:
-        manifest = read_manifest(run)
-        records = parts.commit_records(run)
+        readable = parts.readable_run(run)
     except WarehouseError as exc:
         return {"run_id": name, "problem": str(exc)}
+    manifest, records = readable.manifest, readable.records
     times = sorted(_time(record.created) for record in records if _time(record.created) is not None)
     per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
     remaining = manifest["n_parts"] - len(records)

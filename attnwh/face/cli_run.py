@@ -128,6 +128,8 @@ def extract(
     )
     with progress() as on_progress:
         result = run_extract(warehouse, options, on_progress=on_progress)
+    if result.damaged:
+        warn([f"{result.damaged}; its committed parts are not computed again (--run NAME extracts into a new run)"])
     state = _state(result)
     typer.echo(
         f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "

@@ -66,12 +66,15 @@ def check_query(query: str) -> str:
 
 def run_spec(session, run_id: str) -> tuple[Any, dict[str, Any]]:
     """The run's folder and spec; refused in one line unless it is an extraction run that kept its raw rows."""
-    from attnwh.warehouse.runs import read_manifest
+    from attnwh.warehouse.parts import readable_run
 
     paths = session.warehouse.find_run(run_id)
     if paths is None:
         raise UsageError(f"no run {run_id} in {session.warehouse.root}")
-    manifest = read_manifest(paths)
+    try:
+        manifest = readable_run(paths).manifest
+    except WarehouseError as exc:  # left out of every view: its samples would read as missing
+        raise IntegrityError(f"run {run_id} is damaged: {exc}; see `attnwh verify {run_id}`") from exc
     if manifest.get("kind") != "extract":
         raise UsageError(f"run {run_id} is {kind_phrase(manifest.get('kind'))} run; overlays are drawn from an extraction run's raw rows")
     spec = manifest["spec"]

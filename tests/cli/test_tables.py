@@ -107,6 +107,27 @@ def test_status_json_gives_the_writer_as_fields(warehouse):
     assert re.search(r"rank 0/1 \(2\)", table)  # the table stays readable
 
 
+def test_status_names_a_truncated_table(warehouse, tmp_path):
+    """A committed table cut short (its size no longer its commit record's): `attnwh status` shows the run's problem
+    as readers see it, where it showed the run as sound."""
+    import shutil
+
+    copy = tmp_path / "wh"
+    shutil.copytree(warehouse, copy)
+    [table] = sorted(copy.glob("runs/*/*/run=*/parts/part-000000/head_metrics.parquet"))
+    size = table.stat().st_size
+    table.write_bytes(table.read_bytes()[:500])
+    result = invoke("status", "--format", "json", "--warehouse", str(copy))
+    assert result.exit_code == 0, result.output
+    [status] = json.loads(result.output)
+    assert status["problem"].endswith(f"part-000000/head_metrics.parquet has 500 bytes, its commit record says {size}") and "kind" not in status
+    shown = invoke("show", status["run_id"], "0", "--out", str(tmp_path / "x.png"), "--warehouse", str(copy))
+    assert shown.exit_code != 0 and shown.output.strip().splitlines()[-1].startswith(f"attnwh: error: run {status['run_id']} is damaged: ")
+    again = invoke("extract", "--warehouse", str(copy), "--limit", "8", "--batch-size", "4", "--part-size", "4", "--no-rows")
+    assert again.exit_code == 0 and "2 of 2 part(s) were already committed" in again.output
+    assert f"attnwh: warning: run {status['run_id']} left out: " in again.output and "has 500 bytes" in again.output
+
+
 def test_a_dask_workers_fields():
     from attnwh.warehouse.status import writer_fields
 
