@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     args = [arg for arg in args if arg != "--debug"]
+    if not debug:  # the hub's retries of a model id it cannot reach (offline: 5 retries, 11 lines) end in one line of ours
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is first imported, after this
     try:
         code = app(args=args, prog_name="attnwh", standalone_mode=False)
     except typer.Exit as exc:

@@ -7,6 +7,7 @@ It loads through ``from_pretrained`` like any hub model.
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from pathlib import Path
 
 from attnwh.core.errors import ModelError
@@ -29,7 +30,14 @@ def default_model_folder(name: str = DEFAULT_MODEL) -> Path:
 
 
 def model_location(model: str | None) -> str:
-    """What ``--model`` names: a shipped toy for None or a toy's name, else the id or folder as given."""
+    """What ``--model`` names: a shipped toy for None or a toy's name, else the id or folder as given. A name that is
+    neither a folder nor an owner/name hub id but nearly a toy's (``toy-lava``) is refused with the toy's name, rather
+    than looked up on the hub (offline, tens of seconds of retries)."""
     if model is None:
         return str(default_model_folder())
-    return str(default_model_folder(model)) if model in TOY_MODELS else model
+    if model in TOY_MODELS:
+        return str(default_model_folder(model))
+    close = get_close_matches(model, TOY_MODELS, n=1, cutoff=0.8) if "/" not in model and not Path(model).expanduser().exists() else []
+    if close:
+        raise ModelError(f"unknown model {model!r}; did you mean {close[0]!r}? (`attnwh models` lists the shipped toys)")
+    return model

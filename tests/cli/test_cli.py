@@ -99,6 +99,7 @@ def test_report(warehouse, tmp_path):
         (["mask", "--max-new-tokens", "10000"], "--max-new-tokens must be between 1 and 4096"),
         (["prune", "--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 4096"),
         (["extract", "--model", "./no-such-model"], "model folder ./no-such-model does not exist"),
+        (["extract", "--model", "toy-lava"], "unknown model 'toy-lava'; did you mean 'toy-llava'?"),
         (["extract", "--dtype", "float8"], "unknown dtype 'float8'"),
         (["sql", "select 1", "--format", "xml"], "unknown format 'xml'"),
         (["sql"], "give either a SQL statement or --file"),
