@@ -3,11 +3,13 @@ ranking run beside the attention-based rankings (``extract.attribution``)."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Annotated
 
 import typer
 
+from attnwh.core.errors import UsageError
 from attnwh.face.cli_run import (
     BenchmarkOption,
     DataOption,
@@ -28,6 +30,11 @@ from attnwh.face.cli_run import (
 from attnwh.face.console import WarehouseOption, handles_errors, progress, warn_reuse_off
 
 TOP_SHOWN = 10  # heads printed after a run
+# the options a refit does not read (the run's model, samples, patterns and ablation are refitted as they were)
+REFIT_IGNORES = (
+    "model", "benchmark", "data", "split", "limit", "method", "ablation", "patterns", "fraction", "batch_size", "dtype", "device",
+    "prompt_format", "prompt_style", "scheduler", "threads_per_worker", "rank", "world_size", "reuse", "stack",
+)  # fmt: skip
 
 
 @handles_errors
@@ -130,6 +137,10 @@ def attribute(
         command=["attnwh", *sys.argv[1:]],
     )
     if refit is not None:
+        arguments, defaults = locals(), inspect.signature(attribute).parameters
+        ignored = [f"--{name.replace('_', '-')}" for name in REFIT_IGNORES if arguments[name] != defaults[name].default]
+        if ignored:  # the run's own model, samples and patterns are refitted: these would be silently not read
+            raise UsageError(f"--refit fits the run's stored targets again: {', '.join(ignored)} do not apply (it reads --fit, --alpha, --bootstrap, --seed, --target)")
         result = refit_attribution(warehouse, refit, options)
     else:
         setup = prepare_attribute(options)

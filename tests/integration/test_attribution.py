@@ -282,6 +282,11 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
         assert result.exit_code == 2, result.output
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("attnwh: error:") and expected in lines[0], result.output
+    # a refit reads the run's model, samples and patterns: options of a sweep given beside it would be silently not read
+    result = runner.invoke(app, ["attribute", "--refit", "somerun", "--method", "single", "--limit", "3", "--fit", "lasso", "--warehouse", str(tmp_path / "wh")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        "attnwh: error: --refit fits the run's stored targets again: --limit, --method do not apply (it reads --fit, --alpha, --bootstrap, --seed, --target)"
+    ], result.output
 
 
 def test_report_page_sets_attention_beside_attribution(attributed, tiny_mha, tmp_path):
