@@ -70,7 +70,9 @@ class CaptureSpec:
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.queries if name not in CAPTURE_QUERIES]
-        if unknown or not self.queries:
+        if not self.queries:
+            raise ValueError(f"--queries needs at least one of {', '.join(CAPTURE_QUERIES)}")
+        if unknown:
             raise ValueError(f"unknown capture queries {unknown}; choose from {', '.join(CAPTURE_QUERIES)}")
         if len(set(self.queries)) != len(self.queries):
             raise ValueError(f"capture queries repeat: {', '.join(self.queries)}")

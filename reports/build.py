@@ -285,6 +285,8 @@ def build_report(
             if name == "samples.html":
                 page.sections.extend(pictures(session) if pictures is not None else flips.sample_sections(session))
             rendered[name] = page.render()
+    if out.exists() and not out.is_dir():
+        raise AttnwhError(f"cannot write the report into {out}: it is a file; --out takes a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         for name, text in rendered.items():

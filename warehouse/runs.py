@@ -281,8 +281,12 @@ def _has_commits(paths: RunPaths) -> bool:
 
 
 def _check_run_id(run_id: str) -> None:
-    if not run_id or not all(c.isalnum() or c in "-_." for c in run_id) or run_id.startswith("."):
+    if not run_id:
+        raise WarehouseError("a run id may not be empty")
+    if not all(c.isalnum() or c in "-_." for c in run_id):
         raise WarehouseError(f"run id {run_id!r} may only contain letters, digits, '-', '_' and '.'")
+    if run_id.startswith("."):
+        raise WarehouseError(f"run id {run_id!r} may not start with '.' (a hidden folder, or '.' and '..')")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

@@ -21,6 +21,8 @@ def resolve_data(benchmark: Benchmark, data: Path | str | None) -> Path | None:
         if benchmark.data_required:
             raise UsageError(f"benchmark {benchmark.name} needs --data: {benchmark.data_help}")
         return None
+    if not benchmark.data_required:  # built in: the files would be silently not read
+        raise UsageError(f"benchmark {benchmark.name} is built in and reads no files: --data does not apply")
     path = Path(data).expanduser()
     if path.exists():
         return path.resolve()

@@ -100,6 +100,10 @@ def test_report(warehouse, tmp_path):
         (["prune", "--max-new-tokens", "0"], "--max-new-tokens must be between 1 and 4096"),
         (["extract", "--model", "./no-such-model"], "model folder ./no-such-model does not exist"),
         (["extract", "--model", "toy-lava"], "unknown model 'toy-lava'; did you mean 'toy-llava'?"),
+        (["extract", "--queries", ""], "--queries needs at least one of prompt"),
+        (["extract", "--data", "/etc/passwd"], "benchmark toy-shapes is built in and reads no files: --data does not apply"),
+        (["extract", "--run", ".."], "run id '..' may not start with '.'"),
+        (["report", "--out", "/etc/passwd"], "cannot write the report into /etc/passwd: it is a file; --out takes a folder"),
         (["extract", "--dtype", "float8"], "unknown dtype 'float8'"),
         (["sql", "select 1", "--format", "xml"], "unknown format 'xml'"),
         (["sql"], "give either a SQL statement or --file"),
@@ -131,6 +135,17 @@ def test_mask_warns_of_each_control_it_leaves_out(warehouse, tmp_path):
     with open_session(copy) as session:
         made = session.query("select strategy, k from mask_conditions where strategy <> 'none' order by k, strategy").to_pylist()
     assert [(row["strategy"], row["k"]) for row in made] == [("random", 2), ("top", 2), ("top", 6)]
+
+
+def test_mask_warns_when_its_ranking_run_is_incomplete(tmp_path):
+    """A run named by --ranking-run with parts still to commit ranks by the samples it has: said on one line."""
+    warehouse = str(tmp_path / "wh")
+    first = invoke("extract", "--warehouse", warehouse, "--limit", "8", "--part-size", "4", "--max-parts", "1", "--no-rows")
+    run_id = re.search(r"run ([0-9a-f]{12}) \(incomplete", first.output).group(1)
+    result = invoke("mask", "--limit", "2", "--k", "1", "--strategy", "top", "--ranking-run", run_id, "--warehouse", warehouse)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("attnwh: warning:")]
+    assert warnings == [f"attnwh: warning: ranking run {run_id} is incomplete (1 of 2 parts committed): its head scores are those of its committed samples"]
 
 
 def test_missing_warehouse_and_parser_errors_through_the_console_entry(tmp_path):
