@@ -105,9 +105,10 @@ def parse_retrieval_json(text: str, where: str, shape: tuple[int, int, int], lab
     layers, heads, _ = shape
     expected = {(layer, head) for layer in range(layers) for head in range(heads)}
     if set(scores) != expected:
-        n_layers = max((layer for layer, _ in scores), default=-1) + 1
-        n_heads = max((head for _, head in scores), default=-1) + 1
-        raise _shape_error(where, f"{len(scores)} heads (layers 0..{n_layers - 1}, heads 0..{n_heads - 1})", shape, label)
+        found = f"{len(scores)} {'head' if len(scores) == 1 else 'heads'}"
+        if scores:
+            found += f" (layers 0..{max(layer for layer, _ in scores)}, heads 0..{max(head for _, head in scores)})"
+        raise _shape_error(where, found, shape, label)
     return scores
 
 

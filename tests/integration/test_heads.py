@@ -115,7 +115,7 @@ def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
         ("duo-tsv", "0.1\t0.9\t0.2\n0.5\t0.3\t0.1\n1\t0\t0\n", "holds 3 layers × 3 key-value heads, but"),
         ("duo-tsv", "0.1\tnan\n0.5\t0.3\n1\t0\n", ":1: scores must be finite numbers"),
         ("duo-tsv", "a\tb\n", ":1: not tab-separated numbers"),
-        ("retrieval-json", json.dumps({"0-0": [0.1]}), "holds 1 heads (layers 0..0, heads 0..0), but"),
+        ("retrieval-json", json.dumps({"0-0": [0.1]}), "holds 1 head (layers 0..0, heads 0..0), but"),
         ("retrieval-json", "[1, 2]", 'expected an object of "layer-head"'),
         ("retrieval-json", json.dumps({"zero": [0.1]}), "key 'zero' is not \"layer-head\""),
         ("retrieval-json", "{", "not JSON"),
