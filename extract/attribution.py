@@ -208,11 +208,18 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
 
 def mean_effects(drops: np.ndarray) -> HeadFit:
     """Scores from per-sample drops [samples, heads] (single, gradient): their mean, its standard error over
-    samples and ± 1.96 standard errors."""
+    samples and a 95% interval of Student's t with n - 1 degrees of freedom (± 2.13 standard errors for 16
+    samples, where ± 1.96 would be 8% narrower than it should)."""
+    from scipy.stats import t as student_t  # scikit-learn's own dependency
+
     drops = np.asarray(drops, dtype=np.float64)
     mean = drops.mean(axis=0)
-    se = drops.std(axis=0, ddof=1) / math.sqrt(len(drops)) if len(drops) > 1 else np.full(drops.shape[1], np.nan)
-    return HeadFit(mean, se, mean - 1.96 * se, mean + 1.96 * se)
+    if len(drops) < 2:
+        nothing = np.full(drops.shape[1], np.nan)
+        return HeadFit(mean, nothing, nothing, nothing)
+    se = drops.std(axis=0, ddof=1) / math.sqrt(len(drops))
+    quantile = float(student_t.ppf(0.975, len(drops) - 1))
+    return HeadFit(mean, se, mean - quantile * se, mean + quantile * se)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from attnwh.reports.page import Page, Section
 
 HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
 TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
+LENS_ANSWER_QUERY = "prompt"  # the lens heatmap (Fig. 9): the position whose next token is the answer's first
 
 
 @dataclass(frozen=True)
@@ -126,24 +127,31 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
             "Logit lens",
             [
                 ChartSection(
-                    f"Rank of the final answer per layer ({query}, first {max_samples} samples per run)",
-                    "Blue: the final answer is already top-1; orange: its rank (log scale).",
+                    f"Rank of the answer per layer (prompt, first {max_samples} samples per run)",
+                    "At the prompt's last position, which predicts the answer's first token: blue where that token is already top-1; orange: its rank (log scale). "
+                    "(At gen1 the target is the token after the first, the end of a one-word answer.)",
                     "report_lens_samples",
                     charts.lens_rank_heatmap,
-                    {**q, "max_samples": max_samples},
+                    {"query": LENS_ANSWER_QUERY, "max_samples": max_samples},
                     name="lens_ranks",
                     figures=(9,),
                 ),
                 ChartSection(
                     "Median rank per layer",
-                    "Median rank of the final answer across samples, per benchmark and query.",
+                    "Median rank of the token each query's position predicts (prompt: the answer's first token; gen1: the next one) across samples, per benchmark and query.",
                     "report_lens_curves",
                     charts.lens_median_rank,
                     {},
                     name="lens_median_rank",
                     figures=(9,),
                 ),
-                ChartSection("When the answer settles", "First layer from which the final answer stays top-1, summarised over samples.", "report_lens_settling", None, {}),
+                ChartSection(
+                    "When the answer settles",
+                    "First layer from which the predicted token stays top-1, summarised over samples (prompt: the answer's first token).",
+                    "report_lens_settling",
+                    None,
+                    {},
+                ),
             ],
         ),
         "masking.html": (
@@ -151,6 +159,7 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
             [
                 ChartSection(
                     "Accuracy as heads are masked",
+                    "Heads ranked by an attention score (runs ranked by attribution or an imported ranking: Attention against causal importance). "
                     "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.",
                     "report_masking",
                     charts.masking_curves,

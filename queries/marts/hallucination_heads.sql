@@ -1,7 +1,8 @@
 -- one row per run, layer and head of the every-step capture: the head's attention ($score, image attention by
 -- default) at the first token of object words that name an object in the image (grounded) against object
 -- words that name one not in it (hallucinated, by the benchmark's annotation): both means, their difference
--- with a 95% Welch interval, the Welch t and a standardised effect size, and the head's place among the run's
+-- with a 95% Welch interval (Student's t at the Welch-Satterthwaite degrees of freedom, rounded down: with few
+-- hallucinated tokens, several times wider than ± 1.96 standard errors), the Welch t and a standardised effect size, and the head's place among the run's
 -- heads by how well it separates the two (|t|). Heads with fewer than two tokens of either kind are left out.
 with kinds as (
     select run_id, layer, head, token_kind, cast(sum(n) as bigint) as n, sum(total) as total, sum(total_sq) as total_sq
@@ -28,7 +29,11 @@ compared as (
     select
         *,
         mean_grounded - mean_hallucinated as difference,
-        sqrt(var_grounded / n_grounded + var_hallucinated / n_hallucinated) as se
+        sqrt(var_grounded / n_grounded + var_hallucinated / n_hallucinated) as se,
+        case when var_grounded / n_grounded + var_hallucinated / n_hallucinated > 0 then
+            (var_grounded / n_grounded + var_hallucinated / n_hallucinated) ^ 2
+            / ((var_grounded / n_grounded) ^ 2 / (n_grounded - 1) + (var_hallucinated / n_hallucinated) ^ 2 / (n_hallucinated - 1))
+        end as welch_df
     from paired
 )
 select
@@ -43,8 +48,9 @@ select
     c.mean_grounded,
     c.mean_hallucinated,
     c.difference,
-    c.difference - 1.96 * c.se as ci_low,
-    c.difference + 1.96 * c.se as ci_high,
+    c.welch_df,
+    c.difference - t_975(c.welch_df) * c.se as ci_low,
+    c.difference + t_975(c.welch_df) * c.se as ci_high,
     case when c.se > 0 then c.difference / c.se end as welch_t,
     case when c.var_grounded + c.var_hallucinated > 0 then c.difference / sqrt((c.var_grounded + c.var_hallucinated) / 2) end as effect_size,
     row_number() over (partition by c.run_id order by abs(coalesce(c.difference / nullif(c.se, 0), 0)) desc, c.layer, c.head) as separation_rank

@@ -56,3 +56,4 @@ from per_condition as p
 join stg_runs as r using (run_id)
 left join stg_sweep_conditions as c on c.run_id = p.run_id and c.condition_id = p.condition_id
 left join per_condition as b on b.run_id = p.run_id and b.kind = p.kind and b.condition_id = 0 and p.condition_id is not null
+order by r.model, r.benchmark, p.run_id, p.condition_id nulls first

@@ -1,5 +1,7 @@
--- Every masking condition with its interval, paired difference and McNemar p-value, for the report's table.
-select model, benchmark, mode, strategy, stage, k, seed, n, round(accuracy, 3) as accuracy,
-       round(ci_low, 3) as ci_low, round(ci_high, 3) as ci_high, round(delta, 3) as delta, mcnemar_p
-from masking_accuracy
-order by model, benchmark, condition_id
+-- Every masking condition with its interval, paired difference and McNemar p-value, for the report's table; the mask
+-- run and the score that ranked its heads name the rows of runs ranked otherwise.
+select a.run_id, a.model, a.benchmark, r.ranking_score, a.mode, a.strategy, a.stage, a.k, a.seed, a.n, round(a.accuracy, 3) as accuracy,
+       round(a.ci_low, 3) as ci_low, round(a.ci_high, 3) as ci_high, round(a.delta, 3) as delta, a.mcnemar_p
+from masking_accuracy as a
+left join (select distinct run_id, ranking_score from stg_mask_conditions where ranking_score is not null) as r using (run_id)
+order by a.model, a.benchmark, a.run_id, a.condition_id

@@ -9,6 +9,7 @@ import statistics
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import t as student_t
 
 from attnwh.queries.library import open_session, run_mart
 from attnwh.warehouse import parts
@@ -141,10 +142,14 @@ def test_hallucination_heads_by_hand(long_answers):
                     kinds[word[1]].append(image_sum(s, step, row["layer"], row["head"]))
         grounded, hallucinated = kinds["grounded"], kinds["hallucinated"]
         difference = statistics.fmean(grounded) - statistics.fmean(hallucinated)
-        se = math.sqrt(statistics.variance(grounded) / len(grounded) + statistics.variance(hallucinated) / len(hallucinated))
+        a, b = statistics.variance(grounded) / len(grounded), statistics.variance(hallucinated) / len(hallucinated)
+        se = math.sqrt(a + b)
+        df = (a + b) ** 2 / (a**2 / (len(grounded) - 1) + b**2 / (len(hallucinated) - 1))  # Welch-Satterthwaite
+        quantile = student_t.ppf(0.975, math.floor(df))  # scipy's t, at the degrees of freedom rounded down
         assert (row["n_grounded"], row["n_hallucinated"]) == (4, 4)  # 'safe' and plain words are neither
         assert row["difference"] == pytest.approx(difference, abs=1e-6)
-        assert (row["ci_low"], row["ci_high"]) == pytest.approx((difference - 1.96 * se, difference + 1.96 * se), abs=1e-6)
+        assert row["welch_df"] == pytest.approx(df, rel=1e-6) and 3 <= df <= 6
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((difference - quantile * se, difference + quantile * se), abs=1e-6)
         assert row["welch_t"] == pytest.approx(difference / se, rel=1e-6)
         separations[(row["layer"], row["head"])] = abs(difference / se)
     best_first = sorted(separations, key=lambda key: (-round(separations[key], 9), key))

@@ -108,6 +108,7 @@ def test_report_panels_show_one_run_per_model_and_benchmark(tmp_path, tiny_mha):
     newest complete run only (before, every run's rows were drawn into the same cells and lines), equal to that
     run's rows in the per-run marts, and every report mart's sidecar tests (the grain's uniqueness) pass."""
     from attnwh.extract.mask_run import MaskOptions
+    from attnwh.extract.ranking_import import ImportOptions, import_heads
     from attnwh.extract.run import ExtractOptions, run_extract
     from attnwh.face.workflows import mask_sweep
     from attnwh.queries.library import data_test_failures, get_mart, marts, open_session, run_mart
@@ -120,6 +121,13 @@ def test_report_panels_show_one_run_per_model_and_benchmark(tmp_path, tiny_mha):
         mask_sweep(warehouse, MaskOptions(model=str(tiny_mha), benchmark="toy-shapes", limit=2, k=(k,), strategies=("top",), device="cpu", command=["test"]))
     manifests = [json.loads(run.manifest.read_text()) for run in open_warehouse(warehouse).run_folders()]
     newest = {kind: max((m["created"], m["run_id"]) for m in manifests if m["kind"] == kind)[1] for kind in ("extract", "mask")}
+    # newer still: a mask run ranked by an imported ranking, which Figs. 12-13 (heads ranked by attention) leave out
+    ranking_file = tmp_path / "ranking.json"
+    ranking_file.write_text(json.dumps({f"{layer}-{head}": [float(layer * 4 + head)] for layer in range(3) for head in range(4)}))
+    imported = import_heads(warehouse, ImportOptions(ranking_file, "retrieval-json", str(tiny_mha), "outside", command=["test"])).run_id
+    by_import = mask_sweep(
+        warehouse, MaskOptions(model=str(tiny_mha), benchmark="toy-shapes", limit=2, k=("1",), strategies=("top",), device="cpu", ranking_run=imported, command=["test"])
+    )[0].run_id
     with open_session(warehouse) as session:
         heads = run_mart(session, "report_heads", {}).to_pylist()
         per_run = run_mart(session, "head_attention", {}).to_pylist()
@@ -135,7 +143,11 @@ def test_report_panels_show_one_run_per_model_and_benchmark(tmp_path, tiny_mha):
     assert {row["run_id"] for row in heads} == {newest["extract"]}
     assert all((row["n_samples"], row["mean_image_sum"]) == expected[(row["layer"], row["head"])] for row in heads)
     assert {row["run_id"] for row in layers} == {newest["extract"]} and len(layers) == 3
-    assert len({row["run_id"] for row in curves}) == 2 and {row["run_id"] for row in masking} == {newest["mask"]}
+    assert len({row["run_id"] for row in curves}) == 3 and {row["run_id"] for row in masking} == {newest["mask"]} != {by_import}
+    assert {row["ranking_score"] for row in masking} == {"concentration_x_sum"}
+    with open_session(warehouse) as session:
+        conditions = run_mart(session, "report_conditions", {}).to_pylist()
+    assert {(row["run_id"], row["ranking_score"]) for row in conditions} >= {(by_import, "imported"), (newest["mask"], "concentration_x_sum")}
     shown = [row for row in curves if row["run_id"] == newest["mask"]]
     lines = {(row["strategy"], row["stage"]) for row in shown if row["strategy"] != "none"}
     assert len(masking) == len(shown) - 1 + len(lines)  # each line starts at the run's one baseline

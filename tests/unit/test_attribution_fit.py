@@ -165,3 +165,18 @@ def test_a_gate_at_one_changes_nothing_and_at_zero_ablates(mean):
             one = output.clone()
             one[sample, :, head] = ablated[sample, :, head]
             assert float((weights * output).sum() - (weights * one).sum()) == pytest.approx(float(grad[sample, head]))
+
+
+def test_mean_effects_interval_is_student_t():
+    """Per head: the mean drop, its standard error, and mean ± t(0.975, n - 1) × se, each computed here by hand
+    (the t quantile of 15 degrees of freedom from its table value, 2.131449545559323)."""
+    rng = np.random.default_rng(5)
+    drops = rng.normal(0.3, 1.0, (16, 3))
+    fitted = mean_effects(drops)
+    for head in range(3):
+        column = [float(value) for value in drops[:, head]]
+        mean = sum(column) / 16
+        se = (sum((value - mean) ** 2 for value in column) / 15) ** 0.5 / 4
+        assert (fitted.scores[head], fitted.std_error[head]) == pytest.approx((mean, se), rel=1e-12)
+        assert (fitted.ci_low[head], fitted.ci_high[head]) == pytest.approx((mean - 2.131449545559323 * se, mean + 2.131449545559323 * se), rel=1e-12)
+    assert np.isnan(mean_effects(drops[:1]).ci_low).all()

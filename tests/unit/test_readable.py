@@ -35,3 +35,26 @@ def test_tables_round_and_csv_keeps_the_exact_values():
     assert render(table, "table").splitlines()[2].split() == ["0.233", "7.63e-06", "256"]
     assert render(table, "csv").splitlines()[1] == "0.23349565120308852,7.629394531250002e-06,256"
     assert [float(cell) for cell in render(table, "csv").splitlines()[1].split(",")[:2]] == [0.23349565120308852, 7.629394531250002e-06]
+
+
+def test_statistics_macros_against_scipy():
+    """t_975 against scipy's Student t at the degrees of freedom rounded down (tabulated to 30, Cornish-Fisher past);
+    the Wilson bounds against the score interval written out, and within [0, 1] at k = 0 and k = n."""
+    import math
+
+    import duckdb
+    from scipy.stats import t as student_t
+
+    from attnwh.warehouse.definitions import define_macros
+
+    connection = duckdb.connect()
+    define_macros(connection)
+    for df in [*range(1, 200), 1.5, 29.9, 30.5, 250.0, 1e5]:
+        assert connection.execute("select t_975($df::double)", {"df": df}).fetchone()[0] == pytest.approx(student_t.ppf(0.975, math.floor(df)), abs=1e-5), df
+    assert connection.execute("select t_975(0.5), t_975(null)").fetchone() == (None, None)
+    for k, n in [(0, 7), (7, 7), (3, 10), (0, 1), (1, 1), (999, 1000)]:
+        low, high = connection.execute("select wilson_low($k::double, $n::double), wilson_high($k::double, $n::double)", {"k": k, "n": n}).fetchone()
+        z, p = 1.959963984540054, k / n
+        centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        assert (low, high) == pytest.approx((max(0.0, centre - half), min(1.0, centre + half)), abs=1e-12)
+        assert 0.0 <= low <= p <= high <= 1.0 and (low == 0.0) == (k == 0) and (high == 1.0) == (k == n)
