@@ -39,12 +39,21 @@ def _interval(low: float, high: float) -> str:
     return f"[{_percent(low)}, {_percent(high)}]"
 
 
+def _where(shares: Mapping[str, float]) -> str:
+    """'mostly in the late layers', 'most often in the mid layers', or a tie said as one: 'as often in the mid as in
+    the late layers'."""
+    top = max(shares.values())
+    first = [stage for stage in STAGES if shares[stage] == top]
+    if len(first) > 1:
+        return f"as often in the {' as in the '.join(first)} layers"
+    return f"{'mostly' if top > 0.5 else 'most often'} in the {first[0]} layers"
+
+
 def head_sentences(row: dict, query: str, figure_href: Mapping[str, str]) -> list[Sentence]:
     shares = {stage: row[f"{stage}_share"] for stage in STAGES}
-    most = max(STAGES, key=lambda stage: shares[stage])
     where = (
         f"{row['model']} on {row['benchmark']} (run {row['run_id']}): its {row['n_top']} most visual heads of {row['n_heads_all']} "
-        f"(mean concentration × sum, {query}) sit {'mostly' if shares[most] > 0.5 else 'most often'} in the {most} layers "
+        f"(mean concentration × sum, {query}) sit {_where(shares)} "
         f"({', '.join(f'{_percent(shares[stage])} {stage}' for stage in STAGES)} "
         f"of {row['n_layers']} layers), at mean depth {row['top_depth']:.2f} (0: the first layer, 1: the last)."
     )
@@ -60,9 +69,17 @@ def head_sentences(row: dict, query: str, figure_href: Mapping[str, str]) -> lis
     return sentences
 
 
+def _ranking(score: str | None) -> str:
+    """What ranked a mask run's heads, in words (nothing where the run recorded no ranking)."""
+    if not score:
+        return ""
+    return ", heads ranked by " + {"attribution": "causal attribution", "imported": "an imported ranking"}.get(score, f"attention ({score})")
+
+
 def masking_sentence(row: dict) -> str:
     text = (
-        f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}): masking its top {row['k']} heads ({_percent(row['fraction'])} of all, "
+        f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}{_ranking(row.get('ranking_score'))}): "
+        f"masking its top {row['k']} heads ({_percent(row['fraction'])} of all, "
         f"{row['stage']} layers, {row['mode']} mode) moves accuracy from {_percent(row['baseline_accuracy'])} "
         f"{_interval(row['baseline_ci_low'], row['baseline_ci_high'])} to {_percent(row['top_accuracy'])} {_interval(row['top_ci_low'], row['top_ci_high'])}"
     )

@@ -67,7 +67,9 @@ shape_check as (
         )
         from stg_runs as x, stg_runs as y
         where x.run_id = $run_a and y.run_id = $run_b and (x.n_layers <> y.n_layers or x.n_heads <> y.n_heads)
-    ) as refused
+    ) as refused,
+    coalesce((select kind not in ('attribution', 'ranking') from stg_runs where run_id = $run_a), true) as scored_a,
+    coalesce((select kind not in ('attribution', 'ranking') from stg_runs where run_id = $run_b), true) as scored_b
 ),
 grid as (
     select unnest([1, 5, 10, 20, 50, 100, 200]) as k
@@ -75,10 +77,11 @@ grid as (
 select
     $run_a as run_a,
     $run_b as run_b,
-    $query_a as query_a,
-    $query_b as query_b,
-    $score_a as score_a,
-    $score_b as score_b,
+    -- an attribution run or an imported ranking has no query or attention score: null there
+    case when s.scored_a then $query_a end as query_a,
+    case when s.scored_b then $query_b end as query_b,
+    case when s.scored_a then $score_a end as score_a,
+    case when s.scored_b then $score_b end as score_b,
     c.n_heads,
     c.spearman,
     c.kendall_tau_b,

@@ -46,5 +46,7 @@ final as (
     join baseline as b using (run_id, mode)
     group by a.model, a.benchmark, a.run_id, a.mode, a.stage, a.k
 )
-select * from final
-order by benchmark, model, run_id, mode, stage
+select f.*, r.ranking_score
+from final as f
+left join (select distinct run_id, ranking_score from stg_mask_conditions where ranking_score is not null) as r using (run_id)
+order by f.benchmark, f.model, f.run_id, f.mode, f.stage

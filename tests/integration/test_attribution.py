@@ -234,6 +234,7 @@ def test_downstream_commands_take_an_attribution_run(attributed, tiny_mha):
     assert [(h["layer"], h["head"]) for h in top["heads"]] == [best] and top["ranking_score"] == "attribution"
     _visual_heads_carry_the_newest_attribution(warehouse, extraction, runs)
     assert agreement and agreement[0]["n_heads"] == 12 and -1 <= agreement[0]["spearman"] <= 1
+    assert (agreement[0]["query_a"], agreement[0]["score_a"], agreement[0]["query_b"], agreement[0]["score_b"]) == ("gen1", "concentration_x_sum", None, None)
     assert between[0]["n_heads"] == 12
 
 

@@ -468,6 +468,14 @@ def test_answer_stability_by_hand(tmp_path):
     sentence = masking_sentence(story)
     assert f"from 60% [{100 * base_low:.0f}%, {100 * base_high:.0f}%] to 50% [{100 * top_low:.0f}%, {100 * top_high:.0f}%]" in sentence
     assert "random" not in sentence and "bottom" not in sentence and "overlaps the baseline's" in sentence
+    assert story["ranking_score"] is None and "ranked by" not in sentence  # this hand-made run recorded no ranking
+    assert f"(mask run {story['run_id']}, heads ranked by causal attribution): " in masking_sentence({**story, "ranking_score": "attribution"})
+    assert f"(mask run {story['run_id']}, heads ranked by attention (image_sum)): " in masking_sentence({**story, "ranking_score": "image_sum"})
+    from attnwh.reports.story import _where
+
+    assert _where({"early": 0.0, "mid": 0.5, "late": 0.5}) == "as often in the mid as in the late layers"  # a tie is no majority
+    assert _where({"early": 0.2, "mid": 0.2, "late": 0.6}) == "mostly in the late layers"
+    assert _where({"early": 0.3, "mid": 0.3, "late": 0.4}) == "most often in the late layers"
     # the report's masking page links the condition to those samples on the Samples page
     from attnwh.face.pictures import report_sections
     from attnwh.reports.build import build_report
