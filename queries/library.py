@@ -34,6 +34,7 @@ STAGING_ORDER = (
     "stg_sweep_conditions",
     "stg_sweep_results",
     "stg_mask_conditions",
+    "stg_mask_rankings",
     "stg_mask_results",
     "stg_prune_conditions",
     "stg_prune_results",

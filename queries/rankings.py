@@ -29,10 +29,16 @@ def head_order(session: Catalog, run_id: str, score: str, query: str) -> list[He
     return list(ranked_scores(session, run_id, score, query)[0])
 
 
+def run_row(session: Catalog, run_id: str) -> dict | None:
+    """The run's row of ``run_list`` (kind, parts committed and planned, complete, ...), or None when the warehouse
+    has no such run."""
+    return next((row for row in run_mart(session, "run_list").to_pylist() if row["run_id"] == run_id), None)
+
+
 def run_kind(session: Catalog, run_id: str) -> str | None:
     """The kind of a run (extract, mask, derived, ranking), or None when the warehouse has no such run."""
-    kinds = [row["kind"] for row in run_mart(session, "run_list").to_pylist() if row["run_id"] == run_id]
-    return kinds[0] if kinds else None
+    row = run_row(session, run_id)
+    return None if row is None else row["kind"]
 
 
 RANKING_KINDS = ("extract", "derived", "ranking", "attribution")  # the kinds of run whose head scores rank heads

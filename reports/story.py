@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 
 from attnwh.queries.library import Catalog, get_mart, run_mart
+from attnwh.queries.rankings import ATTRIBUTION_SCORE, IMPORTED_SCORE
 from attnwh.reports.page import Section, Sentence
 
 TITLE = "In sentences"
@@ -73,7 +74,7 @@ def _ranking(score: str | None) -> str:
     """What ranked a mask run's heads, in words (nothing where the run recorded no ranking)."""
     if not score:
         return ""
-    return ", heads ranked by " + {"attribution": "causal attribution", "imported": "an imported ranking"}.get(score, f"attention ({score})")
+    return ", heads ranked by " + {ATTRIBUTION_SCORE: "causal attribution", IMPORTED_SCORE: "an imported ranking"}.get(score, f"attention ({score})")
 
 
 def masking_sentence(row: dict) -> str:

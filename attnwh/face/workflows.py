@@ -20,7 +20,7 @@ from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_reco
 from attnwh.extract.setup import RunSetup
 from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepOptions, SweepResult
 from attnwh.queries.library import STAGING_ORDER, marts, open_session, run_mart
-from attnwh.queries.rankings import latest_ranking_run, ranked_scores
+from attnwh.queries.rankings import latest_ranking_run, ranked_scores, run_row
 from attnwh.warehouse.layout import open_warehouse
 
 Warn = Callable[[list[str]], None]
@@ -44,9 +44,8 @@ def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOption
             warn(session.warnings)
         run_id = options.ranking_run or latest_ranking_run(session, setup.model_label, setup.spec["model_revision"], setup.benchmark.name, options.ranking_query)
         scores, score = ranked_scores(session, run_id, options.score, options.ranking_query)
-        named = [row for row in run_mart(session, "run_list").to_pylist() if row["run_id"] == run_id]
-        if warn is not None and named and not named[0]["complete"]:  # only a run named by --ranking-run can be incomplete
-            row = named[0]
+        row = run_row(session, run_id)
+        if warn is not None and row is not None and not row["complete"]:  # only a run named by --ranking-run can be incomplete
             warn([f"ranking run {run_id} is incomplete ({row['parts_committed']} of {row['n_parts']} parts committed): its head scores are those of its committed samples"])
     _check_heads_fit(list(scores), setup.details["model_info"], run_id, setup.model_label)
     return HeadRanking(run_id, score, options.ranking_query, scores)

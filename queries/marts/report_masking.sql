@@ -3,9 +3,9 @@
 -- (not by an attribution run or an imported ranking: report_causal_masking sets those beside it), the first by
 -- shown_order (stg_runs) with that mode.
 with by_attention as (
-    select distinct run_id, ranking_score
-    from stg_mask_conditions
-    where ranking_score is not null and ranking_score not in ('attribution', 'imported')
+    select run_id, ranking_score
+    from stg_mask_rankings
+    where ranking_score not in ('attribution', 'imported')
 ),
 curves as (
     select c.*, a.ranking_score

@@ -48,5 +48,5 @@ final as (
 )
 select f.*, r.ranking_score
 from final as f
-left join (select distinct run_id, ranking_score from stg_mask_conditions where ranking_score is not null) as r using (run_id)
+left join stg_mask_rankings as r using (run_id)
 order by f.benchmark, f.model, f.run_id, f.mode, f.stage
