@@ -352,7 +352,9 @@ def sweep(args, folder: Path, device, dtype) -> dict:
     return {
         "conditions": len(group),
         "benchmark": args.sweep_benchmark,
-        "stack": args.sweep_stack,
+        "stack": "auto" if args.sweep_stack is None else args.sweep_stack,
+        "largest_stack_run": reused.stack.largest,
+        "stack_lowered": reused.stack.lowered,
         "samples": args.sweep_samples,
         "new_tokens": args.sweep_new_tokens,
         "seconds": times,
@@ -386,7 +388,10 @@ def main() -> int:
         help="toy-shapes mixes yes / no with colour choices a random model decodes to the limit; toy-shapes-yesno is yes / no only, as POPE",
     )
     parser.add_argument(
-        "--sweep-stack", type=int, default=1, help="reuse's conditions per pass (attnwh mask --stack): on a GPU, decode steps read the weights once for all of them"
+        "--sweep-stack",
+        type=lambda value: None if value == "auto" else int(value),
+        default=None,
+        help="reuse's conditions per pass (attnwh mask --stack; default auto, as attnwh's: as many as the card's free memory holds): decode steps read the weights once for all of them",
     )
     parser.add_argument("--prune-cache", action="store_true", help="also time decode steps over the packed pruned cache against the full cache (bench_prune_cache.py's variants)")
     parser.add_argument("--prune-new-tokens", type=int, default=32)
@@ -476,7 +481,8 @@ def main() -> int:
         print(
             f"\nmasking sweep, {sweep_run['conditions']} conditions × {sweep_run['samples']} samples: today {rates['today']:.1f} condition-samples/s, "
             f"reuse {rates['reuse']:.1f} ({sweep_run['speedup_paired_median']:.2f}x paired); the study's grid: {hours['today']:.1f} GPU-hours today, "
-            f"{hours['reuse']:.1f} with reuse; answers identical: {sweep_run['answers_identical']}; peak GiB {sweep_run['peak_memory_gib']}"
+            f"{hours['reuse']:.1f} with reuse; answers identical: {sweep_run['answers_identical']}; peak GiB {sweep_run['peak_memory_gib']}; "
+            f"--stack {sweep_run['stack']}: largest stack run {sweep_run['largest_stack_run']}{'; ' + sweep_run['stack_lowered'] if sweep_run['stack_lowered'] else ''}"
         )
     if prune_run:
         print(f"\npacked pruned cache, {prune_run['new_tokens']} new tokens, prompt {prune_run['prompt_tokens']} tokens:")

@@ -8,7 +8,8 @@ machine drifts by tens of percent within minutes), and the medians of the paired
 - ``today``: ``--no-reuse`` with the answer length given (every condition from scratch, every token up to
   the limit: what ``attnwh mask`` did before reuse);
 - ``reuse``: the default: images once per batch, the baseline's prefix once, each condition started at its
-  first intervened layer, answers stopped once decided (within the same limit).
+  first intervened layer, answers stopped once decided (within the same limit); ``--stack N`` conditions per pass;
+- ``unstacked`` (``--against unstacked``): reuse with one condition per pass, to measure ``--stack N`` against.
 
 Sweeps: ``mask`` = top / random / bottom × early / mid / late / all at one k (2 heads per stage) with one
 random seed: 13 conditions (the baseline included); ``prune`` = the default grid (full; score / uniform /
@@ -42,8 +43,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-PATHS = ("today", "reuse")
-
 
 def build_realistic(folder: Path) -> Path:
     from attnwh.extract.toy.builder import TinyLlavaSpec, save_tiny_llava
@@ -73,8 +72,9 @@ def child_main(args) -> int:
     from attnwh.extract.sweep import HeadRanking
 
     torch.set_num_threads(args.threads)
-    reuse = args.path == "reuse"
-    common = dict(model=args.model, benchmark=args.benchmark, limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse)
+    stack = args.stack if args.path == "reuse" else 1  # "unstacked": reuse with one condition per pass
+    reuse = args.path != "today"
+    common = dict(model=args.model, benchmark=args.benchmark, limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse, stack=stack)
     common["max_new_tokens"] = None if reuse else args.new_tokens  # reuse: stopped once decided, within the same limit
     start = time.perf_counter()
     if args.kind == "mask":
@@ -121,6 +121,8 @@ def run_child(args, model: str, kind: str, path: str, warehouse: Path) -> dict:
         args.benchmark,
         "--attribute-method",
         args.attribute_method,
+        "--stack",
+        str(args.stack),
     ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -147,31 +149,34 @@ def parent_main(args) -> int:
         for shape in args.shape:
             for model in models(shape, temp):
                 for kind in args.kind:
-                    times = {path: [] for path in PATHS}
-                    walls = {path: [] for path in PATHS}
-                    peaks = {path: [] for path in PATHS}
+                    paths = (args.against, "reuse")
+                    times = {path: [] for path in paths}
+                    walls = {path: [] for path in paths}
+                    peaks = {path: [] for path in paths}
                     check = None
                     for round_index in range(args.rounds):
-                        order = PATHS if round_index % 2 == 0 else PATHS[::-1]
+                        order = paths if round_index % 2 == 0 else paths[::-1]
                         outputs = {}
                         for path in order:
                             outputs[path] = run_child(args, model, kind, path, temp / f"wh-{shape}-{kind}-{path}-{round_index}")
                             times[path].append(outputs[path]["seconds"])
                             walls[path].append(outputs[path]["wall_seconds"])
                             peaks[path].append(outputs[path]["peak_rss_mib"])
-                        check = compare(outputs["today"]["rows"], outputs["reuse"]["rows"])
+                        check = compare(outputs[args.against]["rows"], outputs["reuse"]["rows"])
                         if outputs["reuse"]["reuse_off"]:
                             check["reuse_off"] = outputs["reuse"]["reuse_off"]
-                    ratios = [a / b for a, b in zip(times["today"], times["reuse"])]
-                    wall_ratios = [a / b for a, b in zip(walls["today"], walls["reuse"])]
-                    peak_ratios = [b / a for a, b in zip(peaks["today"], peaks["reuse"])]
+                    ratios = [a / b for a, b in zip(times[args.against], times["reuse"])]
+                    wall_ratios = [a / b for a, b in zip(walls[args.against], walls["reuse"])]
+                    peak_ratios = [b / a for a, b in zip(peaks[args.against], peaks["reuse"])]
                     entry = {
                         "shape": shape,
                         "model": Path(model).name,
                         "kind": kind,
                         **({"attribute_method": args.attribute_method} if kind == "attribute" else {}),
                         "benchmark": args.benchmark,
-                        "conditions": len({row[0] for row in outputs["today"]["rows"]}),
+                        "conditions": len({row[0] for row in outputs["reuse"]["rows"]}),
+                        "stack": args.stack,
+                        "against": args.against,
                         "samples": args.limit,
                         "batch_size": args.batch_size,
                         "new_tokens": args.new_tokens,
@@ -184,7 +189,7 @@ def parent_main(args) -> int:
                     }
                     results["runs"].append(entry)
                     print(
-                        f"{shape:9} {entry['model']:18} {args.benchmark:16} {kind:5} {entry['conditions']:2} conditions: reuse {entry['speedup_median']:.2f}x faster "
+                        f"{shape:9} {entry['model']:18} {args.benchmark:16} {kind:5} {entry['conditions']:2} conditions: reuse (stack {args.stack}) {entry['speedup_median']:.2f}x faster than {args.against} "
                         f"(process wall {entry['speedup_wall_median']:.2f}x), peak memory {entry['peak_ratio_median']:.2f}x, "
                         f"answers identical: {check['answers_identical']}, option log-prob gap {check['max_option_logprob_gap']:.1e}",
                         flush=True,
@@ -213,6 +218,13 @@ def main() -> int:
         default="patterns",
         choices=["patterns", "single"],
         help="--kind attribute: 16 random ablation patterns (p = 0.2), or single: one head at a time (every head of the model: a condition each)",
+    )
+    parser.add_argument("--stack", type=int, default=1, help="the reuse path's conditions per pass (attnwh's --stack)")
+    parser.add_argument(
+        "--against",
+        default="today",
+        choices=["today", "unstacked"],
+        help="what the reuse path is measured against: today's path (--no-reuse), or reuse with one condition per pass (to measure --stack)",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results-sweep.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -54,7 +54,9 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -411,6 +413,89 @@ def plan_stacks(starts: Sequence[int], n_layers: int, most: int, slack: float = 
                 continue
         stacks.append([index])
     return stacks
+
+
+AUTO_STACK_MOST = (
+    16  # --stack auto's ceiling: 16 conditions × a batch of 16 = 256 rows a step, past which a decode step on an H100 / H200 is no longer bound by reading the weights
+)
+STACK_MEMORY_SHARE = 0.8  # the share of the device's free memory stacked passes may fill (the rest: fragmentation, a batch of longer prompts)
+
+
+def stack_fitting(free_bytes: int, per_condition_bytes: int, most: int = AUTO_STACK_MOST) -> int:
+    """Conditions per pass (1..``most``) whose passes fit in ``STACK_MEMORY_SHARE`` of ``free_bytes`` when one
+    condition's pass takes ``per_condition_bytes`` beyond what is held before it, one condition's worth kept
+    for the baseline's recording of the batch (a full prefill: no more than a pass holds)."""
+    if per_condition_bytes <= 0:
+        return most
+    return max(1, min(most, int(STACK_MEMORY_SHARE * free_bytes) // per_condition_bytes - 1))
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a pass that did not fit: the GPU allocator's, the CPU allocator's (a process under a
+    memory limit, ``ulimit -v``) or Python's own."""
+    return isinstance(error, torch.OutOfMemoryError | MemoryError) or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+
+
+class StackSize:
+    """How many conditions of a batch go through one pass (``--stack``): a fixed number, or (``auto``: ``fixed``
+    None) on a GPU as many as its free memory holds by what one condition's pass was measured to take
+    (``stack_fitting``; the first batch runs them one at a time and is measured), and one on a CPU, where a
+    stacked pass costs more than its conditions apart (bench/RESULTS.md). A stack that runs out of memory is
+    run in halves (``did_not_fit``), and no later stack is larger than a half; ``lowered`` says so.
+
+    One per sweep's samples, shared by the threads that evaluate them (a Dask worker's): what one pass measures
+    or runs out of sizes the next passes."""
+
+    def __init__(self, fixed: int | None, device: torch.device):
+        self.fixed, self.device = fixed, device
+        self.measures = fixed is None and device.type == "cuda"
+        self.per_condition = 0  # the most bytes a measured pass took per condition beyond what was held before it
+        self.ceiling: int | None = None  # lowered when a stack did not fit
+        self.largest = 0  # the largest stack run
+        self.lowered: str | None = None  # a warning line, once a stack did not fit
+        self._lock = threading.Lock()
+
+    @property
+    def may_stack(self) -> bool:
+        """Whether some pass of the sweep may take more than one condition."""
+        return (self.fixed or 0) > 1 or self.measures
+
+    def most(self) -> int:
+        """The largest stack for the batch about to be evaluated."""
+        if self.fixed is not None:
+            size = self.fixed
+        elif not self.measures or not self.per_condition:
+            size = 1
+        else:
+            free, _ = torch.cuda.mem_get_info(self.device)
+            cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)  # freed, kept by the allocator
+            size = stack_fitting(free + cached, self.per_condition)
+        return size if self.ceiling is None else min(size, self.ceiling)
+
+    @contextmanager
+    def measured(self, times: int) -> Iterator[None]:
+        """Around a pass of ``times`` conditions: what it took beyond what was held before it, per condition (auto, on a GPU)."""
+        with self._lock:
+            self.largest = max(self.largest, times)
+        if not self.measures:
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        yield
+        took = (torch.cuda.max_memory_allocated(self.device) - before) // times
+        with self._lock:
+            self.per_condition = max(self.per_condition, took)
+
+    def did_not_fit(self, times: int) -> int:
+        """A stack of ``times`` conditions ran out of memory: the size its parts run at, and every later stack's ceiling."""
+        with self._lock:
+            self.ceiling = min(self.ceiling or times, (times + 1) // 2)
+            self.lowered = f"a stack of {times} conditions per pass ran out of memory: stacks of at most {self.ceiling} from there on (--stack)"
+            ceiling = self.ceiling
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return ceiling
 
 
 def stack_interventions(bound: Sequence[Sequence[dict[int, LayerIntervention]]], rows: int) -> dict[int, LayerIntervention]:

@@ -46,9 +46,11 @@ from attnwh.extract.ranks import Rank, detect_rank, processes_on_this_machine, w
 from attnwh.extract.reuse import (
     PrefixRecording,
     PrefixReplay,
+    StackSize,
     compare_inputs,
     encode_media,
     first_layer,
+    out_of_memory,
     plan_stacks,
     replays_interventions,
     same_conditions,
@@ -93,7 +95,7 @@ class SweepOptions:
     scheduler: str | None = None  # as for extraction: local | local:N | tcp://HOST:PORT | scheduler.json
     threads_per_worker: int = 1
     reuse: bool = True  # share the conditions' common work (extract.reuse); False: each condition on its own, as before
-    stack: int = 1  # with reuse: conditions of one batch per forward pass (rows: stack × batch size)
+    stack: int | None = None  # with reuse: conditions of one batch per forward pass (rows: stack × batch size); None: auto (extract.reuse.StackSize)
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
 
@@ -176,6 +178,7 @@ class SweepResult:
     conditions_written: int
     reuse_off: str | None = None  # why this process evaluated its conditions one by one after all
     left_out: tuple[str, ...] = ()  # conditions of the grid asked for that the sweep leaves out, one line each
+    stack_lowered: str | None = None  # a stack ran out of memory and later stacks were smaller (extract.reuse.StackSize)
 
 
 MAX_SEEDS = 1000  # random draws per stage and k (and pruning seeds): 1,000 conditions each already
@@ -227,8 +230,9 @@ class SweepSamples:
     condition's interventions per call (``evaluate``: the plain path), or under a group of conditions that
     share the work they have in common (``evaluate_group``: extract.reuse)."""
 
-    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int = 1, stop_when_decided: bool = False, targets: bool = False):
-        self.loaded, self.max_new_tokens, self.stack = loaded, setup.max_new_tokens, stack
+    def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int | None = 1, stop_when_decided: bool = False, targets: bool = False):
+        self.loaded, self.max_new_tokens = loaded, setup.max_new_tokens
+        self.stack = StackSize(stack, loaded.device)  # conditions per pass with reuse (None: auto)
         self.targets = targets  # each row also carries the gold option's log-probability and margin (sweep_targets)
         self.stop_when_decided = stop_when_decided
         self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
@@ -382,7 +386,8 @@ class SweepSamples:
         generations: list[Generation | None] = [None] * len(group)
         baseline = [index for index in computed if not any(bound[index])]
         others = [index for index in computed if any(bound[index])]
-        stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, self.stack)]
+        most = self.stack.most()
+        stacks = [[others[member] for member in stack] for stack in plan_stacks([starts[index] for index in others], spec.n_decoder_layers, most)]
         stack_starts = [starts[stack[0]] for stack in stacks]
         sharing: dict[int, list[int]] = {}  # each computed condition: the conditions that take its generation
         for index, computed_by in enumerate(same):
@@ -398,7 +403,8 @@ class SweepSamples:
                     generations[index] = None
 
         if checking:  # before the recording is held, so that the check's passes do not add to the peak
-            self.reuse_off = self._check_inputs(batch, inputs, max((len(stack) for stack in stacks), default=1))
+            # a stack's inputs are checked tiled as often as the largest stack (twice where later batches may stack)
+            self.reuse_off = self._check_inputs(batch, inputs, max([len(stack) for stack in stacks] + [2 if self.stack.may_stack else 1]))
         if self.reuse_off is not None:
             return self._plain_each(batch, group, settle)
         # stacks that start at the first layer read no prefix: they run before the recording is held; the others
@@ -411,7 +417,7 @@ class SweepSamples:
             recording = PrefixRecording(frozenset(start - 1 for start, _ in later), max((start for start, _ in later), default=0), replays_interventions(bound))
             # the prefill alone, unless the baseline's answers are wanted or this batch checks the replay (whose decode steps read the replayed cache)
             limit = self.max_new_tokens if baseline or checking else 1
-            with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
+            with self.stack.measured(1), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
                 recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
                 generations[index] = recorded
@@ -442,13 +448,25 @@ class SweepSamples:
         return [None] * len(group)
 
     def _run_stack(self, batch: Batch, group, view, inputs: dict[str, Any], stack: list[int], start: int, recording: PrefixRecording | None, generations: list) -> None:
-        """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix)."""
+        """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix); a
+        stack that runs out of memory runs again in parts (``StackSize.did_not_fit``)."""
         parts, size, times = self.loaded.parts, len(batch.items), len(stack)
         fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
         edits = fresh[0] if times == 1 else [stack_interventions(fresh, size)]  # one condition: its own interventions, as the plain path binds them
         prefix = PrefixReplay(recording, start, times) if start > 0 else None
-        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
-            stacked = generate(self.loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
+        stacked = None
+        try:
+            with self.stack.measured(times), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
+                stacked = generate(self.loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
+        except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError; anything else is raised again
+            if times == 1 or not out_of_memory(error):
+                raise
+        if stacked is None:  # the failed pass's tensors are let go (the exception is gone): its conditions run in smaller stacks
+            del fresh, edits, prefix
+            every = self.stack.did_not_fit(times)
+            for first in range(0, times, every):
+                self._run_stack(batch, group, view, inputs, stack[first : first + every], start, recording, generations)
+            return
         for position, index in enumerate(stack):
             rows = slice(position * size, (position + 1) * size)
             generations[index] = Generation(stacked.answers[rows], stacked.steps[rows], stacked.first_logits[rows], {})
@@ -663,6 +681,7 @@ def run_sweep(
             journal.group([condition.condition_id for condition in group]).clear()
     tidy(run.paths, every_condition)  # and any folder of conditions committed by another grouping, or by --no-reuse
     result.reuse_off = samples.reuse_off
+    result.stack_lowered = samples.stack.lowered
     return result
 
 

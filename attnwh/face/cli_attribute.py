@@ -81,7 +81,7 @@ def attribute(
     rank: RankOption = None,
     world_size: WorldSizeOption = None,
     reuse: ReuseOption = True,
-    stack: StackOption = 1,
+    stack: StackOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the attribution run with this id.")] = None,
     refit: Annotated[
         str | None,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, warn, warn_reuse_off
+from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, stack_size, warn, warn_reuse_off
 
 # the options extract and mask share
 ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
@@ -29,9 +29,15 @@ SchedulerOption = Annotated[
 ]
 ThreadsOption = Annotated[int, typer.Option(help="Threads per Dask worker with local:N.")]
 StackOption = Annotated[
-    int,
+    int | None,
     typer.Option(
-        help="With reuse: conditions of the same samples per forward pass, each on its own rows (rows: stack × batch size; memory grows with it; weights are read once per step for all)."
+        parser=stack_size,
+        metavar="auto|N",
+        show_default="auto",
+        help="With reuse: conditions of the same samples per forward pass, each on its own rows (rows: N × batch size; memory grows "
+        "with them; weights are read once per step for all). auto: on a GPU as many as 80% of its free memory holds by what the "
+        "first batch's passes took (at most 16), on a CPU 1 (a stacked pass is slower there). A stack that runs out of memory is "
+        "run in halves, and later stacks are no larger.",
     ),
 ]
 ReuseOption = Annotated[
@@ -182,7 +188,7 @@ def prune(
     rank: RankOption = None,
     world_size: WorldSizeOption = None,
     reuse: ReuseOption = True,
-    stack: StackOption = 1,
+    stack: StackOption = None,
     max_new_tokens: SweepTokensOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the prune run with this id.")] = None,
 ) -> None:
@@ -261,7 +267,7 @@ def mask(
     rank: RankOption = None,
     world_size: WorldSizeOption = None,
     reuse: ReuseOption = True,
-    stack: StackOption = 1,
+    stack: StackOption = None,
     max_new_tokens: SweepTokensOption = None,
     run: Annotated[str | None, typer.Option("--run", help="Resume (or create) the mask run with this id.")] = None,
 ) -> None:
@@ -318,7 +324,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
     with progress(kind, "conditions") as on_progress:
         result, summary = sweep(warehouse, options, on_progress=on_progress, warn=warn)
     warn_reuse_off(result.reuse_off)
-    warn(list(result.left_out))
+    warn([*result.left_out, *([result.stack_lowered] if result.stack_lowered else [])])
     typer.echo(render(summary, "table"))
     typer.echo(f"{kind} run {result.run_id}: wrote {result.conditions_written} condition(s); {result.conditions_skipped} of {result.conditions_total} were already committed")
     typer.echo(f"run folder: {result.run_path}")

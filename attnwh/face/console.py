@@ -31,6 +31,18 @@ def head_score(value: str) -> str:
     return value
 
 
+def stack_size(value: str | int | None) -> int | None:
+    """A ``--stack`` value: ``auto`` (None: extract.reuse.StackSize chooses) or a number of conditions per pass."""
+    if value is None or isinstance(value, int):
+        return value
+    if value.strip() == "auto":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is neither auto nor a number of conditions per pass") from None
+
+
 def one_line(text: str) -> str:
     """``text`` with every line break and control character escaped (``\\x1e``): a message is one line
     on any terminal and for ``str.splitlines``, whatever user input it quotes."""
