@@ -4,7 +4,7 @@
 with curves as (
     select c.*, r.ranking_score
     from masking_curves as c
-    join (select distinct run_id, ranking_score from stg_mask_conditions where strategy = 'top') as r using (run_id)
+    join stg_mask_rankings as r using (run_id)
 ),
 compared as (
     select distinct model, benchmark from curves where ranking_score = 'attribution'
