@@ -11,7 +11,7 @@ Formats:
   each head's list.
 - ``duo-tsv``: DuoAttention's ``full_attention_heads.tsv``, which kvpress's ``DuoAttentionPress``
   reads: one line per layer, one tab-separated score per key-value head; DuoAttention loads it with
-  numpy's ``loadtxt`` and clips it to [0, 1] (its own files hold small negatives, down to about -0.0014),
+  numpy's ``loadtxt`` and clips it to [0, 1] (its own files hold small negatives: the released Mistral-7B file five, down to -1.2e-4),
   and reads ``config.json`` (``sink_size``, ``recent_size``) from the same folder. Exported: each
   key-value head's score is the mean over its query heads (a KV head's cache is shared by its group)
   of their mean scores, min-max scaled over the model to [0, 1] (the order is what matters), with a

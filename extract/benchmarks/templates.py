@@ -60,7 +60,8 @@ def study_seed(sample: Sample) -> str:
 
 
 def study_qbench(sample: Sample) -> str:
-    """The study's ``att_qbench.py``: the options after "Choose between ...", each line ending in a newline, no instruction."""
+    """Q-Bench as LLaVA-1.5's ``model_vqa_qbench.py`` and the study's ``att_qbench.py`` word it: the options after
+    "Choose between ...", each line ending in a newline, no instruction."""
     return f"{sample.question}\n{QBENCH_OPTIONS}\n" + "".join(f"{line}\n" for line in _options(sample, ". "))
 
 

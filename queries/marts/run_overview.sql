@@ -9,7 +9,8 @@ with extract_samples as (
     from stg_samples
     group by run_id
 ),
--- MMBench's circular evaluation: a question (group_key) counts as right only when every rotation is
+-- MMBench's circular evaluation: a question (group_key) counts as right only when every rotation is; only questions
+-- with every rotation in the run count (one per option: a --limit or an unfinished run may hold some of them)
 circular as (
     select run_id, avg(case when all_right then 1.0 else 0.0 end) as circular_accuracy, count(*) as n_groups
     from (
@@ -17,6 +18,7 @@ circular as (
         from stg_samples
         where group_key is not null
         group by run_id, group_key
+        having count(*) = max(len(choices))
     )
     group by run_id
 ),

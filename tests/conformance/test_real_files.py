@@ -156,9 +156,10 @@ def test_prompt_styles_word_real_records_as_their_sources_do():
     assert render_question(seed.template_for("llava-eval"), sample) == ("How many towels are in the image?\nA. One\nB. Two\nC. Three\nD. Four\n" + LETTER_INSTRUCTION)
     qbench = get_benchmark("qbench")
     sample = qbench.load(BENCHMARKS / "qbench", "dev")[0]
-    assert render_question(qbench.template_for("study"), sample) == (
-        "How is the lighting of this building?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n"
-    )
+    for style in ("study", "llava-eval"):  # att_qbench.py; LLaVA-1.5's model_vqa_qbench.py (scripts/v1_5/eval/qbench.sh)
+        assert render_question(qbench.template_for(style), sample) == (
+            "How is the lighting of this building?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n"
+        )
     pope = get_benchmark("pope")
     sample = pope.load(BENCHMARKS / "pope", None)[0]
     assert render_question(pope.template_for("study"), sample) == "Is there a snowboard in the image?"

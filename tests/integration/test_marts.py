@@ -345,16 +345,25 @@ def test_parameters_are_typed_checked_and_bound(hand):
 
 
 def test_circular_accuracy_by_hand(tmp_path):
-    """MMBench circular: question A right in both rotations, B wrong in one, C's second rotation an error row."""
+    """MMBench circular: question A right in both rotations, B wrong in one, C's second rotation an error row; D, of
+    three options, has two of its three rotations in the run (as a --limit leaves it), both right: it does not count."""
     warehouse = open_warehouse(tmp_path / "wh", create=True)
-    keys = ["A-c0", "A-c1", "B-c0", "B-c1", "C-c0", "C-c1"]
-    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="mmbench-circular", spec={}, plan=Plan(keys, 6), run_id=None, details={})
-    outcomes = [("ok", True), ("ok", True), ("ok", True), ("ok", False), ("ok", True), ("error", None)]
+    keys = ["A-c0", "A-c1", "B-c0", "B-c1", "C-c0", "C-c1", "D-c0", "D-c1"]
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="mmbench-circular", spec={}, plan=Plan(keys, 8), run_id=None, details={})
+    outcomes = [("ok", True), ("ok", True), ("ok", True), ("ok", False), ("ok", True), ("error", None), ("ok", True), ("ok", True)]
 
     def write(folder):
         samples = pa.Table.from_pylist(
             [
-                {"run_id": run.run_id, "sample_idx": i, "sample_key": key, "status": status, "correct": correct, "group_key": key[0]}
+                {
+                    "run_id": run.run_id,
+                    "sample_idx": i,
+                    "sample_key": key,
+                    "status": status,
+                    "correct": correct,
+                    "group_key": key[0],
+                    "choices": ["x", "y", "z"][: 3 if key[0] == "D" else 2],
+                }
                 for i, (key, (status, correct)) in enumerate(zip(keys, outcomes))
             ],
             schema=SAMPLES,
@@ -365,7 +374,7 @@ def test_circular_accuracy_by_hand(tmp_path):
     parts.commit_part(run.paths, 0, write)
     (row,) = _rows(tmp_path / "wh", "run_overview", order=("run_id",))
     assert (row["n_groups"], row["circular_accuracy"]) == (3, pytest.approx(1 / 3))
-    assert row["accuracy"] == pytest.approx(4 / 5)  # the plain accuracy counts rotations (error rows are not scored)
+    assert row["accuracy"] == pytest.approx(6 / 7)  # the plain accuracy counts rotations (error rows are not scored)
 
 
 def test_answer_stability_by_hand(tmp_path):

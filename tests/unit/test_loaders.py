@@ -71,7 +71,7 @@ def load_error(name: str, data: Path, split: str | None = None) -> str:
         ("mmbench", ("letter_choice", "study_letter_choice"), ("dev", "test"), "dev", "1"),
         ("mmbench-circular", ("letter_choice", "study_letter_choice"), ("dev", "test"), "dev", "1"),
         ("seed-bench", ("letter_choice", "study_seed"), ("test",), "test", "1"),
-        ("qbench", ("letter_choice", "study_qbench"), ("dev", "test"), "dev", "2"),
+        ("qbench", ("study_qbench", "study_qbench"), ("dev", "test"), "dev", "3"),
         ("amber-generative", ("as_is", "as_is"), ("test",), "test", "1"),
         ("amber-existence", ("short_answer", "as_is"), ("test",), "test", "1"),
         ("amber-attribute", ("short_answer", "as_is"), ("test",), "test", "1"),
