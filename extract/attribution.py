@@ -41,6 +41,7 @@ import torch
 from attnwh.core.errors import ModelError, UsageError
 from attnwh.core.output import kind_phrase
 from attnwh.extract.batches import Batch
+from attnwh.extract.benchmarks.parsers import PARSERS
 from attnwh.extract.forward import BatchView, LayerIntervention, forward_call
 from attnwh.extract.generation import batch_view
 from attnwh.extract.image_swap import BASELINE_IMAGES, BaselineKV, ImageSwap, mean_image
@@ -125,7 +126,9 @@ def check_targets(setup: SweepSetup, options: AttributeOptions) -> None:
             f"{setup.run.benchmark.name} has {len(missing)} sample(s) without a gold option (e.g. {missing[0]}): attribution needs the gold answer's "
             "log-probability; choose a multiple-choice or yes / no benchmark"
         )
-    if options.target == "margin" and any(gold_option(sample) is not None and sample.parser == "letter" and len(sample.choices) < 2 for sample in setup.run.samples):
+    if options.target == "margin" and any(
+        gold_option(sample) is not None and PARSERS[sample.parser].answers == "letter" and len(sample.choices) < 2 for sample in setup.run.samples
+    ):
         raise UsageError("--target margin needs at least two options per sample")
 
 

@@ -73,7 +73,7 @@ def option_ids(tokenizer, sample: Sample, letter_ids: list[torch.Tensor]) -> tup
     index = gold_option(sample)
     if index is None:
         return None
-    if sample.parser == "letter":
+    if PARSERS[sample.parser].answers == "letter":
         return letter_ids[: len(sample.choices)], index
     return [word_token_ids(tokenizer, word) for word in YES_NO], index
 
@@ -83,10 +83,11 @@ def gold_option(sample: Sample) -> int | None:
     answer, or no gold."""
     if sample.gold is None:
         return None
-    if sample.parser == "letter" and sample.choices:
+    answers = PARSERS[sample.parser].answers
+    if answers == "letter" and sample.choices:
         index = ord(sample.gold) - ord("A") if len(sample.gold) == 1 else -1
         return index if 0 <= index < len(sample.choices) else None
-    if sample.parser == "yes_no" and sample.gold in YES_NO:
+    if answers == "yes_no" and sample.gold in YES_NO:
         return YES_NO.index(sample.gold)
     return None
 

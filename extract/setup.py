@@ -5,7 +5,7 @@ fingerprinted settings they share.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         samples = samples[: options.limit]
     if not samples:
         raise UsageError("the benchmark selection has no samples")
+    samples = [replace(sample, parser=benchmark.parser_for(prompt_style, sample.parser)) for sample in samples]  # the style's parser (POPE: the study reads the first word)
     model_label = options.model or DEFAULT_MODEL
     source = resolve_source(model_location(options.model))
     config, model_spec = load_config(source)

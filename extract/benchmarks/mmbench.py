@@ -193,7 +193,7 @@ def _register(name: str, circular: bool, description: str) -> None:
     register_benchmark(
         Benchmark(
             name=name,
-            version="1",
+            version="2",  # 2: the letter parser v3 (a stated "is:", a lone lower-case letter)
             description=description,
             load=partial(load, circular),
             template="letter_choice",

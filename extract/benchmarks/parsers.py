@@ -15,8 +15,10 @@ _WORD = re.compile(r"[^\W\d_]+")
 # a letter standing alone at the start: "B", "B.", "B)", "(B)", "B: text", "B, ..."; not the article
 # of a sentence ("A red circle"): a letter followed by a space and a lowercase word does not count
 _LEADING_LETTER = re.compile(r"^[\s\"'*]*\(?([A-Z])(?:[.):,\"'*]|\s+(?![a-z])|$)")
-# "the answer is B", "Answer: (B)", "option B", "correct option is B." (the letter itself upper case)
-_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is|:)?\s*\(?([A-Z])(?:[.):,\s]|$)")
+# "the answer is B", "Answer: (B)", "The answer is: B", "option B", "correct option is B." (the letter itself upper case)
+_STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is\s*:?|:)?\s*\(?([A-Z])(?:[.):,\s]|$)")
+# the whole answer one letter in either case: "b", "(b)", "b." (the study's att_mmbench.py compares case-insensitively)
+_LONE_LETTER = re.compile(r"^\(?([A-Za-z])[.)]?$")
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,31 @@ class Parser:
     description: str
     # (the start of an output, option texts) -> whether ``parse`` gives the same answer however the output goes on
     decided: Callable[[str, tuple[str, ...]], bool] = lambda text, choices: False
+    answers: str = "open"  # what it reads: "yes_no" (yes or no), "letter" (an option letter) or "open" (a free answer)
 
 
 def parse_yes_no(text: str, choices: tuple[str, ...] = ()) -> str:
-    """POPE's rule: the first word decides (case-insensitive); anything but yes / no is invalid."""
+    """The first word decides (case-insensitive), as the study's ``att_pope.py`` reads it; anything but yes / no
+    is invalid."""
     match = _WORD.search(text)
     if match is None:
         return INVALID
     word = match.group(0).lower()
     return word if word in ("yes", "no") else INVALID
+
+
+def parse_pope(text: str, choices: tuple[str, ...] = ()) -> str:
+    """POPE's own rule (its ``evaluate.py``; LLaVA-1.5's ``eval_pope.py``): the first sentence (up to the first
+    ".") of the stripped answer, commas removed, split at spaces: "no" if a word is ``No``, ``no`` or ``not``,
+    else "yes". Never invalid: an answer without those words is a yes (``NO`` too, as there)."""
+    sentence = text.strip().split(".")[0]
+    words = sentence.replace(",", "").split(" ")
+    return "no" if "No" in words or "not" in words or "no" in words else "yes"
+
+
+def decided_pope(text: str, choices: tuple[str, ...] = ()) -> bool:
+    """Whether the first sentence is complete (a "." ends it): what follows it is not read."""
+    return "." in text
 
 
 def decided_yes_no(text: str, choices: tuple[str, ...] = ()) -> bool:
@@ -48,16 +66,17 @@ def decided_yes_no(text: str, choices: tuple[str, ...] = ()) -> bool:
 def parse_letter(text: str, choices: tuple[str, ...]) -> str:
     """An option letter within the offered choices.
 
-    In order: a letter standing alone at the start (``B``, ``B.``, ``(B)``, ``B) red``); a stated
-    letter (``The answer is B``, ``Answer: B``, ``Option B``); the whole answer equal to exactly one
-    option's text (``red`` for ``B. red``). Anything else, or a letter past the last option, is invalid.
+    In order, the first within the offered choices: a letter standing alone at the start (``B``, ``B.``,
+    ``(B)``, ``B) red``); a stated letter (``The answer is B``, ``Answer: B``, ``The answer is: B``,
+    ``Option B``); the whole answer one letter in either case (``b``); the whole answer equal to exactly one
+    option's text (``red`` for ``B. red``). Anything else is invalid (a letter past the last option too: "I
+    think B" is not read as I, nor as B).
     """
     text = unicodedata.normalize("NFKC", text).strip()
-    for pattern, source in ((_LEADING_LETTER, text), (_STATED_LETTER, text)):
+    for pattern, source in ((_LEADING_LETTER, text), (_STATED_LETTER, text), (_LONE_LETTER, text)):
         match = pattern.search(source) if pattern is _STATED_LETTER else pattern.match(source)
-        if match is not None:
-            letter = match.group(1).upper()
-            return letter if 0 <= ord(letter) - ord("A") < len(choices) else INVALID
+        if match is not None and _offered(match.group(1), choices):
+            return match.group(1).upper()
     cleaned = text.rstrip(".").strip().casefold()
     matches = [index for index, choice in enumerate(choices) if choice.strip().rstrip(".").casefold() == cleaned]
     if cleaned and len(matches) == 1:
@@ -65,13 +84,17 @@ def parse_letter(text: str, choices: tuple[str, ...]) -> str:
     return INVALID
 
 
+def _offered(letter: str, choices: tuple[str, ...]) -> bool:
+    return 0 <= ord(letter.upper()) - ord("A") < len(choices)
+
+
 def decided_letter(text: str, choices: tuple[str, ...] = ()) -> bool:
-    """Whether a letter standing alone at the start is complete: followed by its punctuation, or by space and
-    then a character that is not a lowercase letter. A letter at the end, a stated letter or an option's text
-    are decided only by the whole answer."""
+    """Whether a letter of the offered choices standing alone at the start is complete: followed by its
+    punctuation, or by space and then a character that is not a lowercase letter. A letter at the end, a letter
+    past the choices, a stated letter or an option's text are decided only by the whole answer."""
     text = unicodedata.normalize("NFKC", text).strip()
     match = _LEADING_LETTER.match(text)
-    if match is None:
+    if match is None or not _offered(match.group(1), choices):
         return False
     after = text[match.end(1) : match.end(1) + 1]
     return (after != "" and after in ".):,\"'*") or match.end() < len(text)
@@ -88,8 +111,9 @@ def parse_free_text(text: str, choices: tuple[str, ...] = ()) -> str:
 PARSERS: dict[str, Parser] = {
     parser.name: parser
     for parser in (
-        Parser("yes_no", "1", parse_yes_no, "first word, yes or no", decided_yes_no),
-        Parser("letter", "2", parse_letter, "leading or stated option letter, or the exact text of one option", decided_letter),
+        Parser("yes_no", "1", parse_yes_no, "first word, yes or no", decided_yes_no, "yes_no"),
+        Parser("pope", "1", parse_pope, "POPE's evaluate.py: no if the first sentence has the word No, no or not, else yes", decided_pope, "yes_no"),
+        Parser("letter", "3", parse_letter, "leading or stated option letter, or the exact text of one option", decided_letter, "letter"),
         Parser("free_text", "1", parse_free_text, "the whole open answer, NFKC, lower case, white space collapsed"),
     )
 }

@@ -386,7 +386,7 @@ for _variant in VARIANTS:
         register_benchmark(
             Benchmark(
                 name=f"pointqa-{_variant}-{_question_type}",
-                version="2",
+                version="3",  # 3: the letter parser v3 (a stated "is:", a lone lower-case letter)
                 description=(f"LookTwice-QA counting, {_QUESTION_TEXT[_question_type]}, {_VARIANT_TEXT[_variant]}; 4 count options; region = the box"),
                 load=partial(load, variant=_variant, question_type=_question_type),
                 template="letter_choice",

@@ -36,7 +36,7 @@ from attnwh.extract.benchmarks.registry import Benchmark, Sample, register_bench
 SETTINGS = ("adversarial", "popular", "random")
 SPLITS = (*SETTINGS, "all")
 DEFAULT_SPLIT = "adversarial"
-PARSER = "yes_no"
+PARSER = "pope"  # POPE's own rule (its evaluate.py, LLaVA-1.5's eval_pope.py); the study style reads the first word (study_parser)
 LINE_KEYS = ("question_id", "image", "text", "label")
 PARQUET_COLUMNS = ("question_id", "question", "answer", "image", "category")
 LINES_EXPECTED = 'POPE questions (JSON lines or a JSON array) like {"question_id": 1, "image": "COCO_val2014_....jpg", "text": "Is there ...?", "label": "yes"}'
@@ -196,11 +196,12 @@ for _prefix, _source in SOURCES.items():
     register_benchmark(
         Benchmark(
             name=_source.benchmark,
-            version="1",
+            version="2",  # 2: answers parsed by POPE's own rule under llava-eval (1: the first word)
             description=_DESCRIPTIONS[_prefix],
             load=partial(load, _source),
             template="short_answer",
             study_template="as_is",
+            study_parser="yes_no",  # att_pope.py: the first word against the label
             splits=SPLITS,
             default_split=DEFAULT_SPLIT,
             data_help=_source.data_help(),

@@ -125,7 +125,7 @@ def _code_name(value: Any, names: dict[int, str], what: str) -> str:
 register_benchmark(
     Benchmark(
         name=NAME,
-        version="3",  # 3: llava-eval words questions as LLaVA-1.5's model_vqa_qbench.py (2: as its letter-choice scripts)
+        version="3",  # 3: llava-eval words questions as LLaVA-1.5's model_vqa_qbench.py (2: as its letter-choice scripts); the letter parser v3
         description="Q-Bench LLVisionQA: multiple choice on low-level image quality (distortions, lighting, clarity)",
         load=load,
         template="study_qbench",  # LLaVA-1.5's model_vqa_qbench.py and the study's att_qbench.py word it alike

@@ -51,12 +51,17 @@ class Benchmark:
     load: Callable[[Path | None, str | None], list[Sample]]  # (data, split) -> samples
     template: str = "as_is"  # a name in ``templates.TEMPLATES``: the llava-eval prompt style
     study_template: str | None = None  # the study prompt style's template (None: the same as ``template``)
+    study_parser: str | None = None  # the study prompt style's answer parser (None: the loader's, each sample's ``parser``)
     max_new_tokens: int = 8
     splits: tuple[str, ...] = field(default=())
     default_split: str | None = None
     data_required: bool = True  # False: built in (the toy)
     data_help: str = ""  # the files ``--data`` accepts
     part_size: int | None = None  # samples per committed part when --part-size is not given (None: the run loop's default, 256)
+
+    def parser_for(self, style: str, parser: str) -> str:
+        """The answer parser of a prompt style for a sample the loader gave ``parser``."""
+        return self.study_parser if style == "study" and self.study_parser is not None else parser
 
     def template_for(self, style: str) -> str:
         """The template name of a prompt style (``templates.PROMPT_STYLES``)."""

@@ -144,7 +144,7 @@ def _refuse_empty(path: Path, samples: list[Sample]) -> list[Sample]:
 register_benchmark(
     Benchmark(
         name=NAME,
-        version="1",
+        version="2",  # 2: the letter parser v3 (a stated "is:", a lone lower-case letter)
         description="SEED-Bench: four-option multiple choice over nine image dimensions (video questions skipped)",
         load=load,
         template="letter_choice",

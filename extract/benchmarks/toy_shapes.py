@@ -81,7 +81,7 @@ for _name, _description in _DESCRIPTIONS.items():
     register_benchmark(
         Benchmark(
             name=_name,
-            version="2",
+            version="3",  # 3: the letter parser v3 (a stated "is:", a lone lower-case letter)
             description=_description,
             load=partial(load, _name),
             template="as_is",  # the toy's questions carry their own options and answer instruction

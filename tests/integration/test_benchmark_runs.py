@@ -9,7 +9,7 @@ from attnwh.extract.benchmarks import get_benchmark
 from attnwh.extract.benchmarks.data import resolve_data
 from attnwh.extract.run import ExtractOptions, run_extract
 from attnwh.queries.library import open_session
-from tests.fixtures_benchmarks import pope_folder, qbench_folder
+from tests.fixtures_benchmarks import pope_folder
 
 
 def test_pope_with_broken_rows_and_images(tmp_path, tiny_mha):
@@ -26,7 +26,7 @@ def test_pope_with_broken_rows_and_images(tmp_path, tiny_mha):
     assert by_key["4"]["status"] == "error" and "decode" in by_key["4"]["error"]
     assert by_key["5"]["status"] == "error"  # label 'maybe'
     assert result.errors == sum(row["status"] == "error" for row in rows) and result.errors >= 3
-    assert '"benchmark_version": "1"' in spec and '"split": "adversarial"' in spec
+    assert '"benchmark_version": "2"' in spec and '"split": "adversarial"' in spec
 
 
 def test_a_file_in_the_wrong_format_fails_with_one_line(tmp_path):
@@ -52,21 +52,24 @@ def test_a_hub_dataset_id_without_a_hub_fails_clearly(monkeypatch, tmp_path):
 
 
 def test_prompt_style_is_a_fingerprinted_choice(tmp_path, tiny_mha):
-    data = qbench_folder(tmp_path / "qbench")
+    """POPE's styles word and read answers differently: llava-eval adds LLaVA-1.5's instruction and reads POPE's own rule,
+    study gives the question as the file states it and reads the first word (att_pope.py)."""
+    data = pope_folder(tmp_path / "pope")
     warehouse = tmp_path / "wh"
     runs = {}
     for style in ("llava-eval", "study", "study"):
-        options = ExtractOptions(model=str(tiny_mha), benchmark="qbench", data=data, limit=3, prompt_style=style, device="cpu", command=["test"])
+        options = ExtractOptions(model=str(tiny_mha), benchmark="pope", data=data, limit=2, prompt_style=style, device="cpu", command=["test"])
         result = run_extract(warehouse, options)
         runs.setdefault(style, result.run_id)
         assert result.run_id == runs[style]  # the same style again resumes its run
     assert runs["llava-eval"] != runs["study"]
     with open_session(warehouse) as session:
-        rows = session.query("select r.prompt_style, s.sample_key, s.prompt from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx").to_pylist()
-    first = {row["prompt_style"]: row["prompt"] for row in rows if row["sample_key"] == "00079.jpg"}
-    assert first["study"].endswith("How is the lighting of this image?\nChoose between one of the options as follows:\nA. High\nB. Low\nC. Medium\n ASSISTANT:")
-    assert first["llava-eval"].endswith(
-        "How is the lighting of this image?\nA. High\nB. Low\nC. Medium\nAnswer with the option's letter from the given choices directly. ASSISTANT:"
-    )
+        rows = session.query(
+            "select r.prompt_style, s.sample_key, s.prompt, s.parser from samples s join runs r using (run_id) where s.status = 'ok' order by 1, s.sample_idx"
+        ).to_pylist()
+    first = {row["prompt_style"]: row["prompt"] for row in rows if row["sample_key"] == "1"}
+    assert first["study"].endswith("USER: <image>\nIs there a snowboard in the image? ASSISTANT:")
+    assert first["llava-eval"].endswith("Is there a snowboard in the image?\nAnswer the question using a single word or phrase. ASSISTANT:")
+    assert {(row["prompt_style"], row["parser"]) for row in rows} == {("llava-eval", "pope"), ("study", "yes_no")}
     with pytest.raises(UsageError, match="unknown prompt style 'paper'; choose llava-eval, study"):
-        run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark="qbench", data=data, prompt_style="paper", device="cpu"))
+        run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark="pope", data=data, prompt_style="paper", device="cpu"))

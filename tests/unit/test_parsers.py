@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from attnwh.extract.benchmarks.parsers import PARSERS, parse
 
@@ -16,7 +18,7 @@ YES_NO = [
     ("  no", "no"),
     ("No, there is not.", "no"),
     ("NO", "no"),
-    ("There is no dog.", "invalid"),  # the first word decides, as in POPE's evaluation
+    ("There is no dog.", "invalid"),  # the first word decides, as in the study's att_pope.py
     ("Nope", "invalid"),
     ("yesterday", "invalid"),
     ("", "invalid"),
@@ -41,6 +43,13 @@ LETTER = [
     ("E", "invalid"),  # past the last option
     ("answer is a red", "invalid"),
     ("I think so", "invalid"),
+    ("The answer is: B", "B"),
+    ("Answer is: (C)", "C"),
+    ("b", "B"),  # the whole answer one letter, in either case
+    ("(c).", "invalid"),
+    ("a dog", "invalid"),
+    ("I. The answer is B", "B"),  # I is past the options: the stated letter reads
+    ("I'd say B", "invalid"),  # no leading letter of the options, nothing stated
     ("purple", "invalid"),
     ("", "invalid"),
 ]
@@ -81,8 +90,54 @@ def test_letter_respects_the_number_of_options():
     assert parse("letter", "B", ("x", "y")) == "B"
 
 
+def official_pope(text: str) -> str:
+    """POPE's evaluate.py / LLaVA-1.5's eval_pope.py, line for line (the answer stripped first, as LLaVA's
+    model_vqa_loader.py stores it)."""
+    text = text.strip()
+    if text.find(".") != -1:
+        text = text.split(".")[0]
+    text = text.replace(",", "")
+    words = text.split(" ")
+    if "No" in words or "not" in words or "no" in words:
+        return "no"
+    return "yes"
+
+
+POPE = [
+    ("Yes", "yes"),
+    ("No", "no"),
+    ("No.", "no"),
+    ("There is no dog in the image.", "no"),
+    ("I do not see a dog.", "no"),
+    ("Yes, there is a dog. There is no cat.", "yes"),  # only the first sentence is read
+    ("Yes, there is no dog", "no"),
+    ("NO", "yes"),  # not one of its words: a yes there
+    ("Not really.", "yes"),
+    ("", "yes"),
+    ("no,", "no"),
+]
+
+
+@pytest.mark.parametrize(("output", "expected"), POPE)
+def test_pope_reads_answers_as_its_own_script_does(output, expected):
+    assert parse("pope", output) == official_pope(output) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("NnoOtYyesa .,!\n")), max_size=24))
+def test_pope_equals_its_script_on_generated_answers(text):
+    assert parse("pope", text) == official_pope(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("NnoOtYyesa .,")), max_size=16), st.text(alphabet=st.sampled_from(list("NnoOtYyesa .,")), max_size=16))
+def test_a_decided_pope_answer_reads_the_same_however_it_goes_on(start, rest):
+    if PARSERS["pope"].decided(start, ()):
+        assert parse("pope", start + rest) == parse("pope", start)
+
+
 def test_parsers_are_named_and_versioned():
-    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "letter": "2", "free_text": "1"}
+    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "pope": "1", "letter": "3", "free_text": "1"}
     with pytest.raises(ValueError, match="unknown parser"):
         parse("fuzzy", "B")
 
@@ -117,6 +172,8 @@ def test_a_decided_answer_parses_the_same_however_it_goes_on(start, rest, parser
         ("letter", "B ", False),  # could still be "B red" (not a leading letter)
         ("letter", "B R", True),
         ("letter", "The answer is B.", False),  # stated letters wait for the whole answer
+        ("letter", "I.", False),  # past the four options: what follows may state one
+        ("letter", "b.", False),  # a lone letter in lower case: only the whole answer decides
     ],
 )
 def test_decided_by_hand(parser, text, decided):

@@ -84,7 +84,7 @@ def load(name: str, data: Path, split: str | None = None):
 def test_six_benchmarks_are_registered_as_letter_choice():
     for name in NAMES:
         benchmark = get_benchmark(name)
-        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == ("letter_choice", "study_letter_choice", "2", "test")
+        assert (benchmark.template, benchmark.study_template, benchmark.version, benchmark.default_split) == ("letter_choice", "study_letter_choice", "3", "test")
         assert benchmark.data_required and "bboxes" in benchmark.data_help
 
 
