@@ -53,6 +53,10 @@ class PartData:
     gen_rows: list[tuple[int, list[np.ndarray]]] = field(default_factory=list)  # (sample_idx, per step [layer, head, key]), with --gen-rows
     errors: int = 0
 
+    def first_error(self) -> str | None:
+        """The first error row's reason (by sample), or None."""
+        return next((row["error"] for row in self.samples if row["status"] == "error"), None)
+
     def write(self, folder: Path) -> dict[str, int]:
         samples = pa.Table.from_pylist(self.samples, schema=SAMPLES)
         metrics = pa.concat_tables(self.metrics) if self.metrics else HEAD_METRICS.empty_table()

@@ -82,6 +82,11 @@ class ExtractResult:
     dashboard: str | None = None  # the Dask dashboard, when a cluster computed the parts
     model_loads: dict[str, int] | None = None  # models loaded per Dask worker
     damaged: str | None = None  # why readers leave the run out (the catalog's warning: a committed table damaged since), else None
+    first_error: str | None = None  # the first error row's reason among the parts this process wrote (an image not found, ...)
+
+    def note_errors(self, error: str | None) -> None:
+        if self.first_error is None and error is not None:
+            self.first_error = error
 
 
 def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_progress: ProgressCallback | None = None) -> ExtractResult:
@@ -134,6 +139,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
             result.parts_written += 1
             result.samples_written += count
             result.errors += part.errors
+            result.note_errors(part.first_error())
         progress["done"] += count
         if on_progress:
             on_progress(progress["done"], total)
@@ -170,10 +176,11 @@ def _extract_on_dask(scheduler, options: ExtractOptions, run: Run, plan: Plan, p
         if on_progress:
             on_progress(0, total)
         for future in as_completed(futures):
-            written, samples, errors = future.result()
+            written, samples, errors, first_error = future.result()
             result.parts_written += written
             result.samples_written += samples
             result.errors += errors
+            result.note_errors(first_error)
             done += len(plan.part_range(futures[future]))
             if on_progress:
                 on_progress(done, total)
@@ -196,7 +203,7 @@ def extract_part_task(options: ExtractOptions, run_root: str, run_id: str, part_
     part = extract_part(settings, [setup.samples[i] for i in indices], indices, run_id, options.batch_size)
     with commit_beside_next_task(cache):
         record = parts.commit_part(RunPaths(storage.location(run_root)), part_id, part.write, {"worker": worker_address()})
-    return (1, len(indices), part.errors) if record is not None else (0, 0, 0)
+    return (1, len(indices), part.errors, part.first_error()) if record is not None else (0, 0, 0, None)
 
 
 def _check_options(options: ExtractOptions) -> None:

@@ -136,6 +136,8 @@ def extract(
         result = run_extract(warehouse, options, on_progress=on_progress)
     if result.damaged:
         warn([f"{result.damaged}; its committed parts are not computed again (--run NAME extracts into a new run)"])
+    if result.errors:
+        warn([error_rows_warning(result)])
     state = _state(result)
     typer.echo(
         f"run {result.run_id} ({state}): wrote {result.parts_written} part(s), {result.samples_written} sample(s), "
@@ -143,6 +145,19 @@ def extract(
     )
     _echo_dashboard(result)
     typer.echo(f"run folder: {result.run_path}")
+    if result.errors and result.errors == result.samples_written:
+        raise typer.Exit(1)  # nothing was extracted: a script should not go on to mask or report it
+
+
+def error_rows_warning(result) -> str:
+    """One line on the error rows this extraction wrote: how many, the first reason, and where they are listed; when
+    every sample was one, that the run is committed with them (a resume does not read them again)."""
+    every = result.errors == result.samples_written
+    share = f"all {result.errors}" if every else f"{result.errors} of {result.samples_written}"
+    line = f"{share} sample(s) written are error rows (first: {result.first_error}); attnwh sql \"select sample_key, error from samples where status = 'error'\" lists them"
+    if every:
+        line += "; the run is committed with them and resuming it reads none again: check --data, then extract into a new run (--run NAME)"
+    return line
 
 
 @handles_errors

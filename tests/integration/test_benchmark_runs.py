@@ -73,3 +73,32 @@ def test_prompt_style_is_a_fingerprinted_choice(tmp_path, tiny_mha):
     assert {(row["prompt_style"], row["parser"]) for row in rows} == {("llava-eval", "pope"), ("study", "yes_no")}
     with pytest.raises(UsageError, match="unknown prompt style 'paper'; choose llava-eval, study"):
         run_extract(warehouse, ExtractOptions(model=str(tiny_mha), benchmark="pope", data=data, prompt_style="paper", device="cpu"))
+
+
+def test_error_rows_are_said_and_a_run_of_nothing_but_errors_exits_non_zero(tmp_path, tiny_mha, capsys, monkeypatch):
+    """POPE's files without their images: every sample an error row. The run is committed with them (nothing is lost),
+    one warning line says how many, the first reason and that a resume reads none again, and the exit code is 1; with
+    some images present the warning counts the error rows and the exit code is 0."""
+    import shutil
+
+    from attnwh.face.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    data = pope_folder(tmp_path / "pope")
+    images = data / "val2014"
+    shutil.move(images, tmp_path / "images-elsewhere")
+    args = ["extract", "--model", str(tiny_mha), "--benchmark", "pope", "--data", str(data), "--limit", "2", "--no-rows", "--device", "cpu", "--warehouse", str(tmp_path / "wh")]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("attnwh: warning:")]
+    assert exit_.value.code == 1 and len(warnings) == 1, captured.err
+    assert warnings[0].startswith("attnwh: warning: all 2 sample(s) written are error rows (first: ") and "image file not found" in warnings[0]
+    assert "resuming it reads none again: check --data, then extract into a new run (--run NAME)" in warnings[0]
+    assert "(complete): wrote 1 part(s), 2 sample(s), 2 error row(s)" in captured.out
+    shutil.move(tmp_path / "images-elsewhere", images)
+    with pytest.raises(SystemExit) as exit_:
+        main([*args[:-1], str(tmp_path / "wh2"), "--limit", "3"])  # samples 1 and 2 good, 3 a missing image
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("attnwh: warning:")]
+    assert exit_.value.code == 0 and len(warnings) == 1 and warnings[0].startswith("attnwh: warning: 1 of 3 sample(s) written are error rows (first: "), captured.err
