@@ -589,3 +589,50 @@ def test_ranking_agreement_by_hand(tmp_path):
     assert (reverse[0]["spearman"], reverse[0]["kendall_tau_b"]) == (pytest.approx(-1.0), pytest.approx(-1.0))
     assert (reverse[0]["shared"], reverse[0]["jaccard"]) == (0, 0.0)
     assert (reverse[1]["shared"], reverse[1]["jaccard"]) == (4, pytest.approx(4 / 6))
+
+
+def test_yes_no_metrics_equal_popes_script(tmp_path):
+    """Ten POPE answers in two settings, scored by POPE's evaluate.py (its counts and formulas, written out here) and by
+    the mart; an invalid answer (the study's first-word parser) is counted apart; a letter question is left out."""
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    gold = ["yes", "yes", "yes", "no", "no", "no", "yes", "no", "yes", "no", "A"]
+    parsed = ["yes", "no", "yes", "yes", "no", "no", "yes", "no", "invalid", "yes", "A"]
+    category = ["adversarial"] * 6 + ["random"] * 5
+    keys = [f"s{i}" for i in range(len(gold))]
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="pope", spec={}, plan=Plan(keys, len(keys)), run_id=None, details={})
+
+    def write(folder):
+        samples = pa.Table.from_pylist(
+            [
+                {"run_id": run.run_id, "sample_idx": i, "sample_key": key, "status": "ok", "gold": g, "parsed": p, "correct": g == p, "category": c}
+                for i, (key, g, p, c) in enumerate(zip(keys, gold, parsed, category))
+            ],
+            schema=SAMPLES,
+        )
+        pq.write_table(samples.replace_schema_metadata(with_metadata("samples", samples.schema).metadata), folder / "samples.parquet")
+        return {"samples": samples.num_rows}
+
+    parts.commit_part(run.paths, 0, write)
+    rows = {row["category"]: row for row in _rows(tmp_path / "wh", "yes_no_metrics", order=("run_id",))}
+
+    def pope(indices):  # evaluate.py: TP, FP, TN, FN over the predictions; an invalid answer predicts neither class here
+        tp = sum(parsed[i] == "yes" and gold[i] == "yes" for i in indices)
+        fp = sum(parsed[i] == "yes" and gold[i] == "no" for i in indices)
+        tn = sum(parsed[i] == "no" and gold[i] == "no" for i in indices)
+        fn = sum(parsed[i] == "no" and gold[i] == "yes" for i in indices)
+        precision, recall = tp / (tp + fp), tp / (tp + fn)
+        return {
+            "n": len(indices),
+            "accuracy": (tp + tn) / len(indices),
+            "precision": precision,
+            "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall),
+            "yes_ratio": (tp + fp) / len(indices),
+        }
+
+    yes_no = [i for i in range(len(gold)) if gold[i] in ("yes", "no")]
+    for name, indices in ((None, yes_no), ("adversarial", [i for i in yes_no if category[i] == "adversarial"]), ("random", [i for i in yes_no if category[i] == "random"])):
+        expected = pope(indices)
+        assert {key: rows[name][key] for key in expected} == {key: pytest.approx(value) for key, value in expected.items()}, name
+    assert (rows[None]["n_invalid"], rows["random"]["n_invalid"], rows["adversarial"]["n_invalid"]) == (1, 1, 0)
+    assert set(rows) == {None, "adversarial", "random"}
