@@ -262,6 +262,7 @@ class AttributionResult:
     fitted: bool = False  # the heads' scores are committed (by this process or an earlier one)
     fit: dict[str, Any] = field(default_factory=dict)  # the attribution_fits row
     reuse_off: str | None = None
+    stack_lowered: str | None = None  # a stack ran out of memory and later stacks were smaller (extract.reuse.StackSize)
 
 
 def prepare_attribute(options: AttributeOptions) -> SweepSetup:
@@ -309,7 +310,9 @@ def run_attribute(warehouse_path, setup: SweepSetup, on_progress: ProgressCallba
     conditions = attribution_conditions(options, heads)
     kind = AttributionSweep(options.ablation)
     swept = run_sweep(warehouse_path, setup, kind, spec, conditions, None, on_progress, plan_extra=(FIT_PART,))
-    result = AttributionResult(swept.run_id, swept.run_path, options.method, swept.conditions_total, swept.conditions_written, reuse_off=swept.reuse_off)
+    result = AttributionResult(
+        swept.run_id, swept.run_path, options.method, swept.conditions_total, swept.conditions_written, reuse_off=swept.reuse_off, stack_lowered=swept.stack_lowered
+    )
     run = RunPaths(storage.location(str(swept.run_path)))  # the sweep's run, resumed or created
     fit_id = len(conditions)
     committed = parts.committed_part_ids(run)

@@ -270,6 +270,14 @@ def _this_worker() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def check_reachable(scheduler: Scheduler) -> None:
+    """Connect to a running scheduler (an address or a scheduler file) and let go, so that one that cannot be reached is
+    refused in one line before a run is created; a local cluster is started where it is used."""
+    if scheduler.kind in ("address", "file"):
+        with dask_client(scheduler):
+            pass
+
+
 @contextmanager
 def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[Any]:
     """A client of the scheduler (a LocalCluster for ``local:N``), with the model cache on every worker."""
@@ -347,16 +355,16 @@ def worker_memory_limit() -> int | None:
     return int(limit) if limit else None
 
 
-def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, groups, task, task_args, on_progress=None) -> int:
+def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions: list, groups, task, task_args, on_progress=None) -> tuple[int, list]:
     """A sweep's conditions as Dask tasks, one per group (``groups(threads)``: the conditions in groups, given
     how many threads the cluster has), ``task(*task_args(group))``, which commits its conditions on the worker
-    and returns how many it committed; returns how many were committed. Attempts of workers that died (their
-    tasks ran again elsewhere) are removed afterwards."""
+    and returns a report with how many it committed (``written``); returns how many were committed and the
+    reports. Attempts of workers that died (their tasks ran again elsewhere) are removed afterwards."""
     from distributed import as_completed
 
     from attnwh.warehouse import parts
 
-    written = 0
+    written, reports = 0, []
     with dask_client(scheduler, threads_per_worker) as client:
         threads = max(1, sum(client.nthreads().values()))
         futures = {client.submit(task, *task_args(group), key=f"attnwh-{run.run_id}-{group[0].condition_id}", pure=False): len(group) for group in groups(threads)}
@@ -364,9 +372,11 @@ def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions
             on_progress(0, len(conditions))
         done = 0
         for future in as_completed(list(futures)):
-            written += future.result()
+            report = future.result()
+            written += report.written
+            reports.append(report)
             done += futures[future]
             if on_progress:
                 on_progress(done, len(conditions))
     parts.recover(run.paths)
-    return written
+    return written, reports

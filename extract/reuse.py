@@ -451,6 +451,7 @@ class StackSize:
         self.measures = fixed is None and device.type == "cuda"
         self.per_condition = 0  # the most bytes a measured pass took per condition beyond what was held before it
         self.ceiling: int | None = None  # lowered when a stack did not fit
+        self.failed: list[int] = []  # the sizes of the stacks that did not fit, in order
         self.largest = 0  # the largest stack run
         self.lowered: str | None = None  # a warning line, once a stack did not fit
         self._lock = threading.Lock()
@@ -491,7 +492,8 @@ class StackSize:
         """A stack of ``times`` conditions ran out of memory: the size its parts run at, and every later stack's ceiling."""
         with self._lock:
             self.ceiling = min(self.ceiling or times, (times + 1) // 2)
-            self.lowered = f"a stack of {times} conditions per pass ran out of memory: stacks of at most {self.ceiling} from there on (--stack)"
+            self.failed.append(times)
+            self.lowered = f"a stack of {self.failed[0]} conditions per pass ran out of memory: stacks of at most {self.ceiling} from there on (--stack)"
             ceiling = self.ceiling
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

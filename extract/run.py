@@ -99,6 +99,10 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     spec = {**setup.spec, "queries": list(capture.queries), "rows": capture.rows, "lens": capture.lens}
     if capture.gen_rows:
         spec["gen_rows"] = True  # only when asked: the fingerprints of runs without it stay as they were
+    if not scheduler.in_process:
+        from attnwh.extract.executors import check_reachable
+
+        check_reachable(scheduler)  # before the run is created
     warehouse = open_warehouse(warehouse_path, create=True)
     samples = setup.samples
     plan = Plan([sample.key for sample in samples], part_size)

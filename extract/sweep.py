@@ -451,6 +451,11 @@ class SweepSamples:
         """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix); a
         stack that runs out of memory runs again in parts (``StackSize.did_not_fit``)."""
         parts, size, times = self.loaded.parts, len(batch.items), len(stack)
+        ceiling = self.stack.ceiling
+        if ceiling is not None and times > ceiling:  # planned before a stack ran out of memory (this batch's, or another thread's)
+            for first in range(0, times, ceiling):
+                self._run_stack(batch, group, view, inputs, stack[first : first + ceiling], start, recording, generations)
+            return
         fresh = [[intervention.bind(view) for intervention in group[index]] for index in stack]  # per-call state: bound again for this pass
         edits = fresh[0] if times == 1 else [stack_interventions(fresh, size)]  # one condition: its own interventions, as the plain path binds them
         prefix = PrefixReplay(recording, start, times) if start > 0 else None
@@ -637,6 +642,10 @@ def run_sweep(
     and commit the conditions this process takes: in this process, or one Dask task per group of conditions."""
     setup, rank, scheduler, options = sweep.run, sweep.rank, sweep.scheduler, sweep.options
     spec = {**spec, "answers": "until decided" if options.max_new_tokens is None else "max_new_tokens"}  # what the stored answer text holds
+    if not scheduler.in_process:
+        from attnwh.extract.executors import check_reachable
+
+        check_reachable(scheduler)  # before the run is created
     run, committed, pending = open_sweep_run(warehouse_path, setup, rank, kind.kind, spec, conditions, options.run_id, plan_extra)
     result = SweepResult(run.run_id, run.paths.root, len(conditions), committed, 0)
     every_condition = [c.condition_id for c in conditions]
@@ -648,7 +657,7 @@ def run_sweep(
         from attnwh.extract.executors import samples_digest, sweep_on_dask
 
         digest = samples_digest(setup.samples)  # a sweep's plan lists conditions: workers check their samples against this
-        result.conditions_written += sweep_on_dask(
+        written, notes = sweep_on_dask(
             scheduler,
             options.threads_per_worker,
             run,
@@ -658,6 +667,9 @@ def run_sweep(
             lambda group: (options, kind, str(run.paths.root), run.run_id, group, ranking, digest, n_conditions),
             on_progress,
         )
+        result.conditions_written += written
+        result.reuse_off = next((note.reuse_off for note in notes if note.reuse_off), None)  # the workers' own, said once
+        result.stack_lowered = next((note.stack_lowered for note in notes if note.stack_lowered), None)
         tidy(run.paths, every_condition)
         return result
     loaded = load_model(setup.source, dtype=setup.dtype, device=setup.device)
@@ -710,11 +722,21 @@ def open_sweep_run(
     return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
 
 
+@dataclass(frozen=True)
+class TaskReport:
+    """What a Dask task of a sweep hands back: how many conditions it committed, and what its worker's samples would
+    have the user warned of (the client says it)."""
+
+    written: int
+    reuse_off: str | None = None
+    stack_lowered: str | None = None
+
+
 def sweep_conditions_task(
     options: SweepOptions, kind: SweepKind, run_root: str, run_id: str, group: list[SweepCondition], ranking: HeadRanking | None, samples_digest: str, n_conditions: int
-) -> int:
+) -> TaskReport:
     """On a Dask worker: evaluate a group of conditions together and commit each (returns how many this task
-    committed). The samples and what the kind prepares from them are built once per worker and run, and shared
+    committed, with the worker's warnings). The samples and what the kind prepares from them are built once per worker and run, and shared
     by its threads; before the first, the worker's settings and samples are checked against the run's
     (``samples_digest``: the client's)."""
     from attnwh.extract.executors import worker_address, worker_cache, worker_run_setup
@@ -730,7 +752,7 @@ def sweep_conditions_task(
         written += parts.commit_part(paths, part.condition.condition_id, part.write, {"worker": worker_address()}) is not None
     if journal is not None:
         journal.group([condition.condition_id for condition in group]).clear()
-    return written
+    return TaskReport(written, samples.reuse_off, samples.stack.lowered)
 
 
 def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]) -> None:

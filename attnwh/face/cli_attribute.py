@@ -27,7 +27,7 @@ from attnwh.face.cli_run import (
     ThreadsOption,
     WorldSizeOption,
 )
-from attnwh.face.console import WarehouseOption, handles_errors, progress, warn_reuse_off
+from attnwh.face.console import WarehouseOption, handles_errors, progress, warn, warn_reuse_off
 
 TOP_SHOWN = 10  # heads printed after a run
 # the options a refit does not read (the run's model, samples, patterns and ablation are refitted as they were)
@@ -147,6 +147,7 @@ def attribute(
         with progress("attribute", "conditions") as on_progress:
             result = run_attribute(warehouse, setup, on_progress=on_progress)
         warn_reuse_off(result.reuse_off)
+        warn([result.stack_lowered] if result.stack_lowered else [])
     if not result.fitted:
         typer.echo(
             f"attribution run {result.run_id}: wrote {result.conditions_written} of {result.conditions_total} condition(s); the fit follows once every condition is committed"

@@ -82,7 +82,7 @@ def test_a_fixed_stack_is_its_number_and_auto_is_one_on_a_cpu():
     lowered = StackSize(5, cpu)
     assert lowered.did_not_fit(5) == 3 and lowered.most() == 3  # halves of 3 and 2
     assert lowered.did_not_fit(3) == 2 and lowered.most() == 2
-    assert "a stack of 3 conditions per pass ran out of memory: stacks of at most 2" in lowered.lowered
+    assert "a stack of 5 conditions per pass ran out of memory: stacks of at most 2" in lowered.lowered and lowered.failed == [5, 3]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ CHILD = textwrap.dedent(
     torch.set_num_threads(1)
     setup = prepare_run(SweepOptions(model=sys.argv[1], benchmark="toy-shapes", limit=4, dtype="float32", device="cpu"))
     loaded = load_model(setup.source, dtype=torch.float32, device=torch.device("cpu"))
-    group = [[], *[[HeadMask(((0, head),), "zero")] for head in range(4)]]  # four masks of layer 0: one stack of four
+    group = [[], *[[HeadMask(((0, head),), "zero")] for head in range(8)]]  # eight masks of layer 0: two stacks of four
 
     def address_space():
         with open("/proc/self/statm") as statm:
@@ -142,16 +142,19 @@ CHILD = textwrap.dedent(
     limit = address_space() + int(1.3 * (peak[0] - before))
     resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
     got = answers(stacked)
-    print(json.dumps({"expected": expected, "got": got, "lowered": stacked.stack.lowered, "ceiling": stacked.stack.ceiling, "largest": stacked.stack.largest}))
+    stack = stacked.stack
+    print(json.dumps({"expected": expected, "got": got, "lowered": stack.lowered, "ceiling": stack.ceiling, "largest": stack.largest, "failed": stack.failed}))
     """
 )
 
 
 def test_a_stack_that_runs_out_of_memory_runs_in_parts_with_the_same_answers(tmp_path):
     """A child process measures what one condition's pass takes, then limits its address space to 1.3 times that
-    beyond what it holds: the stack of four conditions cannot be allocated, is run in parts, and every answer and
-    option log-probability equals one condition at a time; later stacks are no larger than the parts."""
-    model = save_tiny_llava(tmp_path / "long", TinyLlavaSpec(n_layers=2, hidden_size=256, vision_layers=1, image_size=336, patch_size=14))  # 576 image tokens
+    beyond what it holds: the first stack of four conditions cannot be allocated and is run in parts; the second, planned
+    for the same batch, runs in parts without being tried whole (no size fails after a smaller one); every answer and
+    option log-probability equals one condition at a time."""
+    spec = TinyLlavaSpec(n_layers=2, n_heads=8, n_kv_heads=8, hidden_size=256, vision_layers=1, image_size=336, patch_size=14)  # 576 image tokens
+    model = save_tiny_llava(tmp_path / "long", spec)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # large blocks mapped and unmapped: the address space follows what is alive
     done = subprocess.run([sys.executable, "-c", CHILD, str(model)], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -159,6 +162,7 @@ def test_a_stack_that_runs_out_of_memory_runs_in_parts_with_the_same_answers(tmp
     assert result["largest"] == 4  # the stack of four was tried
     assert result["lowered"] and result["lowered"].startswith("a stack of 4 conditions per pass ran out of memory")
     assert result["ceiling"] in (1, 2)
+    assert result["failed"][0] == 4 and result["failed"] == sorted(set(result["failed"]), reverse=True), result["failed"]
     assert result["got"] == result["expected"]
 
 

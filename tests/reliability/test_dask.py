@@ -81,6 +81,12 @@ def test_bad_schedulers_are_one_clear_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNWH_DASK_CONNECT_TIMEOUT", "1s")
     code, _, err = run_cli(capsys, "extract", *ARGS, "--scheduler", "tcp://127.0.0.1:9", "--warehouse", str(tmp_path / "wh"))
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert not list((tmp_path / "wh").glob("runs/**/RUN.json"))  # refused before any run was created
+    assert run_cli(capsys, "extract", "--limit", "4", "--no-rows", "--warehouse", str(tmp_path / "wh"))[0] == 0  # what mask ranks heads by
+    before = sorted(path.parent.name for path in (tmp_path / "wh").glob("runs/**/RUN.json"))
+    code, _, err = run_cli(capsys, "mask", "--limit", "2", "--scheduler", "tcp://127.0.0.1:9", "--warehouse", str(tmp_path / "wh"))
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    assert sorted(path.parent.name for path in (tmp_path / "wh").glob("runs/**/RUN.json")) == before  # no mask run left behind
 
 
 def test_a_mask_sweep_on_two_workers_equals_the_single_process_sweep(tmp_path):
