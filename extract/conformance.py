@@ -40,6 +40,7 @@ from attnwh.extract.masking import HeadMask
 from attnwh.extract.segments import IMAGE, prompt_segments
 
 TOLERANCE = 1e-5
+CHECKS_VERSION = 2  # bumped when the checks change (2: reuse), so that verdicts cached by `attnwh models --all` are made again
 CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED = "captured", "out of scope", "not built here", "failed"
 STATUSES = (CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED)
 
@@ -59,6 +60,7 @@ class Verdict:
     image_tokens: int | None = None  # per image, in the tiny model
     max_error: float | None = None  # captured rows against eager attention
     seconds: float | None = None
+    reuse: str | None = None  # sweeps' reuse against the plain path: "exact", or what differed or failed (captured ones)
 
     def as_row(self) -> dict:
         return asdict(self)
@@ -121,7 +123,7 @@ def _check(model_type: str, settings: dict, architecture: str) -> Verdict:
         return Verdict(model_type, architecture, FAILED, first_line(exc))
     counts = dict(layers=spec.n_layers, decoder_layers=spec.n_decoder_layers, heads=spec.n_heads, kv_heads=spec.n_kv_heads)
     try:
-        image_tokens, max_error = _run_checks(model_type, spec, settings)
+        image_tokens, max_error, reuse = _run_checks(model_type, spec, settings)
     except tiny_models.TinyModelError as exc:
         return Verdict(model_type, architecture, NOT_BUILT, first_line(exc), **counts)
     except (ConformanceFailure, ModelError) as exc:
@@ -130,7 +132,8 @@ def _check(model_type: str, settings: dict, architecture: str) -> Verdict:
         return Verdict(model_type, architecture, FAILED, f"{type(exc).__name__}: {first_line(exc)}", **counts, seconds=round(time.perf_counter() - started, 2))
     hybrid = f", {spec.n_layers} of {spec.n_decoder_layers} layers attention" if spec.hybrid else ""
     reason = f"rows = eager (max error {max_error:.1e}), image tokens where the model writes image features, lens, one-head masking{hybrid}"
-    return Verdict(model_type, architecture, CAPTURED, reason, **counts, image_tokens=image_tokens, max_error=max_error, seconds=round(time.perf_counter() - started, 2))
+    seconds = round(time.perf_counter() - started, 2)
+    return Verdict(model_type, architecture, CAPTURED, reason, **counts, image_tokens=image_tokens, max_error=max_error, seconds=seconds, reuse=reuse)
 
 
 def _scope_or(model_type: str, architecture: str, status: str, reason: str) -> Verdict:
@@ -146,7 +149,7 @@ def _scope_or(model_type: str, architecture: str, status: str, reason: str) -> V
     return Verdict(model_type, architecture, status, reason)
 
 
-def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, float]:
+def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, float, str]:
     from attnwh.extract import tiny_models
 
     model = tiny_models.build_tiny(model_type, attn_implementation=spec.attn_implementation(CAPTURE_ATTENTION), settings=settings)
@@ -179,7 +182,49 @@ def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, 
     max_error = _check_rows(spec, session.stacked_rows()["prompt"], expected.attentions)
     _check_lens(parts, session, captured.logits, spec)
     _check_one_head_mask(model, parts, spec, inputs, segments)
-    return image_tokens, max_error
+    return image_tokens, max_error, _check_reuse(model_type, model, spec, inputs)
+
+
+REUSE_NEW_TOKENS = 3  # decode steps after the prefill: a replayed cache (or state) must serve them too
+
+
+def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torch.Tensor]) -> str:
+    """A sweep's reuse (extract.reuse: images encoded once, the baseline's prefix replayed, conditions stacked three to a
+    pass) against each condition on its own the plain way, on the tiny model: the baseline, one-head masks of the first,
+    a middle and the last attention layer, and a cache pruning whose prefill is replayed whole; ``REUSE_NEW_TOKENS``
+    greedy tokens each. "exact" when the first batch's check keeps reuse on, the answers are identical and the first
+    tokens' log-probabilities within ``TOLERANCE``; else what differed (a sweep on this architecture then runs the plain
+    way after its first batch's check, or, for a difference that check does not see, must not reuse)."""
+    import numpy as np
+
+    from attnwh.extract.models import LoadedModel, ModelSource
+    from attnwh.extract.pruning import KVPrune, allocate
+    from attnwh.extract.sweep import SweepSamples
+
+    n, heads = spec.n_layers, spec.n_heads
+    group = [
+        [],
+        [HeadMask(((0, 0),), "zero")],
+        [HeadMask(((n // 2, 1 % heads),), "zero")],
+        [HeadMask(((n - 1, heads - 1),), "zero")],
+        [KVPrune(allocate("uniform", 0.5, np.zeros((n, spec.n_kv_heads))), "attention")],
+    ]
+    try:
+        loaded = LoadedModel(ModelSource(model_type, "tiny", "tiny"), spec, model, None, torch.device("cpu"), next(model.parameters()).dtype)
+        samples, batch = SweepSamples.of_inputs(loaded, inputs, REUSE_NEW_TOKENS, stack=3)
+        reused = samples.reused_generations(batch, group)
+        if samples.reuse_off is not None:
+            return f"turned off by the first batch's check: {samples.reuse_off}"
+        for index, interventions in enumerate(group):
+            plain = samples.plain_generation(batch, interventions)
+            if reused[index].answers != plain.answers:
+                return f"condition {index} answers differently with reuse"
+            gap = (torch.log_softmax(reused[index].first_logits.float(), -1) - torch.log_softmax(plain.first_logits.float(), -1)).abs().max().item()
+            if gap > TOLERANCE:
+                return f"condition {index}'s first-token log-probabilities differ by {gap:.1e} with reuse"
+    except Exception as exc:  # noqa: BLE001  (a model's own error under reuse: reported, not raised)
+        return f"error: {type(exc).__name__}: {first_line(exc)}"
+    return "exact"
 
 
 def _check_image_positions(model, parts, inputs, segments, inputs_embeds: torch.Tensor | None) -> int:

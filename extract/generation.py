@@ -133,7 +133,7 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
             max_new_tokens=max(max_new_tokens, stop.passes_needed),
             do_sample=False,
             num_beams=1,
-            pad_token_id=loaded.processor.tokenizer.pad_token_id,
+            pad_token_id=loaded.pad_token_id,
             eos_token_id=None,
             stopping_criteria=StoppingCriteriaList([stop]),
             output_logits=True,

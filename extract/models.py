@@ -54,6 +54,15 @@ class LoadedModel:
         return self.model.config
 
     @property
+    def pad_token_id(self) -> int | None:
+        """What ``generate`` pads finished rows with: the tokenizer's pad token (a model loaded without a processor,
+        as the conformance matrix's tiny models are: its text config's)."""
+        tokenizer = getattr(self.processor, "tokenizer", None)
+        if tokenizer is not None:
+            return tokenizer.pad_token_id
+        return getattr(self.config.get_text_config(), "pad_token_id", None)
+
+    @property
     def info(self) -> dict[str, Any]:
         return self.spec.info
 

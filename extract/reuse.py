@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
 from attnwh.extract.packed_cache import SharedPrefixLayer
@@ -114,9 +114,10 @@ def encode_media(model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> di
 
 def tile(value: Any, times: int) -> Any:
     """``value`` for ``times`` copies of a batch, condition-major (rows ``[a, b] -> [a, b, a, b]``): tensors
-    repeated along their first axis (rows, images or patches, in batch order), encoder outputs field by field
-    (a per-image list of features repeated as a list, as ``generate`` expands them; lists of per-layer
-    tensors element-wise)."""
+    repeated along their first axis (rows, images or patches, in batch order), encoder outputs field by field:
+    a per-image list of features (``pooler_output``'s, and any list of tensors of the same lengths nested in
+    another field: Qwen3-Omni's deepstack features per layer and image) repeated as a list, as ``generate``
+    expands them; other lists (per-layer tensors, each over every image's tokens) element-wise."""
     if times == 1 or value is None:
         return value
     if isinstance(value, torch.Tensor):
@@ -124,18 +125,30 @@ def tile(value: Any, times: int) -> Any:
     if isinstance(value, dict) and not hasattr(value, "to_tuple"):
         return {key: tile(item, times) for key, item in value.items()}
     if hasattr(value, "to_tuple"):  # a ModelOutput
+        pooled = value.get("pooler_output")
+        per_image = [item.shape[0] for item in pooled] if isinstance(pooled, (list, tuple)) and all(isinstance(item, torch.Tensor) for item in pooled) else None
         fields = {}
         for key, item in value.items():
             if key == "pooler_output" and isinstance(item, (list, tuple)):
                 fields[key] = list(item) * times
             elif isinstance(item, (list, tuple)):
-                fields[key] = type(item)(tile(element, times) for element in item)
+                fields[key] = type(item)(_tile_nested(element, times, per_image) for element in item)
             else:
                 fields[key] = tile(item, times)
         return type(value)(**fields)
     if isinstance(value, (list, tuple)):
         return type(value)(tile(element, times) for element in value)
     return value
+
+
+def _tile_nested(value: Any, times: int, per_image: list[int] | None) -> Any:
+    """An element of an encoder output's list field: a list of one tensor per image (as long as ``pooler_output``'s
+    per-image features) repeated as a list, anything else tiled."""
+    if isinstance(value, (list, tuple)):
+        if per_image is not None and [item.shape[0] if isinstance(item, torch.Tensor) else None for item in value] == per_image:
+            return list(value) * times
+        return type(value)(_tile_nested(item, times, per_image) for item in value)
+    return tile(value, times)
 
 
 # -- 2 and 3. the baseline's prefix, recorded and replayed -------------------------------------------------
@@ -168,20 +181,37 @@ def _cache_of(kwargs: dict[str, Any]):
     return cache
 
 
+# cache layers whose decode steps concatenate into new tensors: the recorded prefill's tensors can be shared
+_CONCATENATING = (DynamicLayer, DynamicSlidingWindowLayer)
+
+
 def _copy_entry(entry: Any, times: int = 1) -> Any:
-    """A cache entry (one layer's keys, values, states) as a new object over the same tensors, its batch-first
-    tensors tiled ``times``. Not cloned: a dynamic cache appends by concatenating into new tensors, so the
-    recorded ones stay as the prefill left them (a cache that wrote into them in place would change the
-    replayed prefix, which the first batch's check would see). A shared prompt (``PrefixRecording.entry``'s
+    """A cache entry (one layer's keys, values, states) as a new object, its batch-first tensors tiled ``times``. A
+    dynamic layer's tensors are shared (its decode steps concatenate into new ones, so the recorded ones stay as the
+    prefill left them); any other layer's are cloned, with its dicts and lists: a linear-attention layer's
+    convolution and recurrent states, or a static layer's keys, are written in place by its decode steps, which must
+    not reach the recording (nor one condition's steps another's). A shared prompt (``PrefixRecording.entry``'s
     full-attention layers) stays shared: a new ``SharedPrefixLayer`` over it, whose decode steps do not copy it."""
     if isinstance(entry, SharedPrefixLayer):
         keys, values = entry.shared()
         return SharedPrefixLayer(tile(keys, times), tile(values, times))
+    clone = type(entry) not in _CONCATENATING
     copied = copy.copy(entry)
     for name, item in vars(entry).items():
-        if isinstance(item, torch.Tensor) and item.ndim >= 2:
-            setattr(copied, name, tile(item, times))
+        setattr(copied, name, _copied(item, times, clone))
     return copied
+
+
+def _copied(value: Any, times: int, clone: bool) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.ndim >= 2 and times > 1:
+            return tile(value, times)  # a new tensor
+        return value.clone() if clone else value
+    if clone and isinstance(value, dict):
+        return {key: _copied(item, times, clone) for key, item in value.items()}
+    if clone and isinstance(value, list):
+        return [_copied(item, times, clone) for item in value]
+    return value
 
 
 @dataclass
@@ -353,10 +383,18 @@ def text_model_inputs(loaded, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 1) -> str | None:
-    """None when every tensor ``reused`` hands the text model equals ``plain``'s (for ``blocks`` stacked copies,
-    each block along the axis that grew); else the name of the first that differs."""
+    """None when every tensor ``reused`` hands the text model equals ``plain``'s, in lists too (Qwen3-VL's deepstack
+    features per layer), for ``blocks`` stacked copies each block along the axis that grew; else the name of the
+    first that differs."""
     for name in sorted(set(plain) | set(reused)):
         expected, got = plain.get(name), reused.get(name)
+        if isinstance(expected, (list, tuple)) or isinstance(got, (list, tuple)):
+            if not isinstance(expected, (list, tuple)) or not isinstance(got, (list, tuple)) or len(expected) != len(got):
+                return name
+            differs = compare_inputs({str(index): item for index, item in enumerate(expected)}, {str(index): item for index, item in enumerate(got)}, blocks)
+            if differs is not None:
+                return f"{name}[{differs}]"
+            continue
         if not isinstance(expected, torch.Tensor) and not isinstance(got, torch.Tensor):
             continue
         if not isinstance(expected, torch.Tensor) or not isinstance(got, torch.Tensor):

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import torch
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import UsageError, first_line
 from attnwh.extract.batch_journal import BatchJournal, GroupJournal, tidy
 from attnwh.extract.batches import Batch, Failed, Ready, encode_batches, load_samples, prompt_text
 from attnwh.extract.benchmarks.parsers import PARSERS
@@ -231,13 +231,7 @@ class SweepSamples:
     share the work they have in common (``evaluate_group``: extract.reuse)."""
 
     def __init__(self, loaded: LoadedModel, setup: RunSetup, batch_size: int, stack: int | None = 1, stop_when_decided: bool = False, targets: bool = False):
-        self.loaded, self.max_new_tokens = loaded, setup.max_new_tokens
-        self.stack = StackSize(stack, loaded.device)  # conditions per pass with reuse (None: auto)
-        self.targets = targets  # each row also carries the gold option's log-probability and margin (sweep_targets)
-        self.stop_when_decided = stop_when_decided
-        self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
-        self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
-        self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
+        self._start(loaded, setup.max_new_tokens, stack, stop_when_decided, targets)
         self._samples, self._prompt_of = setup.samples, partial(prompt_text, loaded, setup.prompt_format, setup.template)
         # each batch encoded on the host (the device holds only the batch at hand: ``each_batch``), up to
         # ``host_budget()`` bytes; a batch past it is held as its samples' indices and encoded again when visited
@@ -253,6 +247,25 @@ class SweepSamples:
             self._held.append(HeldBatch(samples, batch if held_bytes <= budget else None))
         self.errors = [{"sample_idx": f.sample_idx, "sample_key": f.sample.key, "status": "error", "error": f.error[:1000], "gold": f.sample.gold} for f in failed]
         self.letter_ids = letter_token_ids(loaded.processor.tokenizer)
+
+    def _start(self, loaded: LoadedModel, max_new_tokens: int, stack: int | None, stop_when_decided: bool, targets: bool) -> None:
+        self.loaded, self.max_new_tokens = loaded, max_new_tokens
+        self.stack = StackSize(stack, loaded.device)  # conditions per pass with reuse (None: auto)
+        self.targets = targets  # each row also carries the gold option's log-probability and margin (sweep_targets)
+        self.stop_when_decided = stop_when_decided
+        self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
+        self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
+        self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
+
+    @classmethod
+    def of_inputs(cls, loaded: LoadedModel, inputs: dict[str, torch.Tensor], max_new_tokens: int, stack: int | None = 1) -> tuple[SweepSamples, Batch]:
+        """Samples already encoded as one batch (``inputs``: what a processor returns), without their benchmark: for
+        ``plain_generation`` and ``reused_generations`` only (the conformance matrix's tiny models, which have no processor)."""
+        samples = cls.__new__(cls)
+        samples._start(loaded, max_new_tokens, stack, stop_when_decided=False, targets=False)
+        batch = Batch(items=[], prompts=[], encoded=inputs)
+        samples._held, samples.errors, samples._samples = [HeldBatch((), batch)], [], []
+        return samples, batch
 
     def _encoded(self, indices: Iterable[int], batch_size: int) -> Iterator[Batch | Failed]:
         """Batches of ``batch_size`` samples whose images decoded (in order; one image decoded at a time, so
@@ -302,7 +315,7 @@ class SweepSamples:
         deciders = None
         if self.stop_when_decided:
             deciders = [partial(PARSERS[item.sample.parser].decided, choices=tuple(item.sample.choices)) for item in batch.items] * times
-        return StopRows(batch.encoded["input_ids"].shape[1], self.loaded.eos_token_ids, 1, self.loaded.processor.tokenizer, deciders)
+        return StopRows(batch.encoded["input_ids"].shape[1], self.loaded.eos_token_ids, 1, getattr(self.loaded.processor, "tokenizer", None), deciders)
 
     def plain_generation(self, batch: Batch, interventions: Sequence[Intervention]) -> Generation:
         """Today's path: the batch's own inputs (pixels included) through ``generate``, the interventions bound to it."""
@@ -366,7 +379,13 @@ class SweepSamples:
         if not self.reuse_checked:
             with self._check_lock:
                 if not self.reuse_checked:
-                    generations = self._reused(batch, group, True, settle)
+                    try:
+                        generations = self._reused(batch, group, True, settle)
+                    except Exception as error:  # noqa: BLE001  a model whose layers fail when a prefix is replayed (one reads a KV store its skipped layers fill): plain
+                        if out_of_memory(error):
+                            raise
+                        self.reuse_off = f"a replayed prefix failed ({type(error).__name__}: {first_line(error)})"
+                        generations = self._plain_each(batch, group, settle)
                     self.reuse_checked = True
                     return generations
         if self.reuse_off is not None:
@@ -450,7 +469,7 @@ class SweepSamples:
     def _run_stack(self, batch: Batch, group, view, inputs: dict[str, Any], stack: list[int], start: int, recording: PrefixRecording | None, generations: list) -> None:
         """One stack of conditions in one pass, started at layer ``start`` from ``recording`` (0: no prefix); a
         stack that runs out of memory runs again in parts (``StackSize.did_not_fit``)."""
-        parts, size, times = self.loaded.parts, len(batch.items), len(stack)
+        parts, size, times = self.loaded.parts, batch.encoded["input_ids"].shape[0], len(stack)
         ceiling = self.stack.ceiling
         if ceiling is not None and times > ceiling:  # planned before a stack ran out of memory (this batch's, or another thread's)
             for first in range(0, times, ceiling):

@@ -134,7 +134,7 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     if fmt != "table":
         typer.echo(render(table, fmt))
         return
-    shown = table.select(["model_type", "architecture", "status", "layers", "heads", "kv_heads", "image_tokens", "reason"])
+    shown = table.select(["model_type", "architecture", "status", "layers", "heads", "kv_heads", "image_tokens", "reuse", "reason"])
     architectures = [row for row in rows if row["model_type"] not in conformance.VARIANTS]
     counts = {status: sum(row["status"] == status for row in architectures) for status in conformance.STATUSES}
     summary = ", ".join(f"{count} {status}" for status, count in counts.items()) + f" of {len(architectures)} architectures (transformers {_transformers_version()})"
@@ -145,8 +145,9 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
 def _matrix_cache(home):
     """Where ``attnwh models --all`` keeps the verdicts of the installed transformers and attnwh."""
     from attnwh import __version__
+    from attnwh.extract.conformance import CHECKS_VERSION
 
-    return home / "conformance" / f"transformers-{_transformers_version()}-attnwh-{__version__}.json"
+    return home / "conformance" / f"transformers-{_transformers_version()}-attnwh-{__version__}-checks-{CHECKS_VERSION}.json"
 
 
 def _transformers_version() -> str:
