@@ -345,8 +345,8 @@ def sweep(args, folder: Path, device, dtype) -> dict:
             _synchronize(device)
             times[name].append(time.perf_counter() - started)
             answers[name] = [[row.get("parsed") for row in condition] for condition in rows]
-            if device.type == "cuda":
-                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
+            if device.type == "cuda":  # reuse's passes reset the counter to measure themselves (--stack auto): the highest they saw counts too
+                peaks[name] = max(torch.cuda.max_memory_allocated(device), reused.stack.peak_bytes if name == "reuse" else 0) / 2**30
     condition_samples = len(group) * args.sweep_samples
     rates = {name: condition_samples / statistics.median(seconds) for name, seconds in times.items()}
     return {

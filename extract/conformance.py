@@ -190,9 +190,9 @@ REUSE_NEW_TOKENS = 3  # decode steps after the prefill: a replayed cache (or sta
 
 def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torch.Tensor]) -> str:
     """A sweep's reuse (extract.reuse: images encoded once, the baseline's prefix replayed, conditions stacked three to a
-    pass) against each condition on its own the plain way, on the tiny model: the baseline, one-head masks of the first,
-    a middle and the last attention layer, and a cache pruning whose prefill is replayed whole; ``REUSE_NEW_TOKENS``
-    greedy tokens each. "exact" when the first batch's check keeps reuse on, the answers are identical and the first
+    pass) against each condition on its own the plain way, on the tiny model: the baseline, one-head masks of the first
+    and a middle attention layer, three masks of the last (one stack of three, started there), and a cache pruning
+    whose prefill is replayed whole; ``REUSE_NEW_TOKENS`` greedy tokens each. "exact" when the first batch's check keeps reuse on, the answers are identical and the first
     tokens' log-probabilities within ``TOLERANCE``; else what differed (a sweep on this architecture then runs the plain
     way after its first batch's check, or, for a difference that check does not see, must not reuse)."""
     import numpy as np
@@ -201,12 +201,14 @@ def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torc
     from attnwh.extract.pruning import KVPrune, allocate
     from attnwh.extract.sweep import SweepSamples
 
-    n, heads = spec.n_layers, spec.n_heads
+    n, heads, last = spec.n_layers, spec.n_heads, spec.n_layers - 1
     group = [
         [],
         [HeadMask(((0, 0),), "zero")],
         [HeadMask(((n // 2, 1 % heads),), "zero")],
-        [HeadMask(((n - 1, heads - 1),), "zero")],
+        [HeadMask(((last, 0),), "zero")],
+        [HeadMask(((last, heads - 1),), "zero")],
+        [HeadMask(((last, 0), (last, heads - 1)), "zero")],
         [KVPrune(allocate("uniform", 0.5, np.zeros((n, spec.n_kv_heads))), "attention")],
     ]
     try:
@@ -215,6 +217,8 @@ def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torc
         reused = samples.reused_generations(batch, group)
         if samples.reuse_off is not None:
             return f"turned off by the first batch's check: {samples.reuse_off}"
+        if samples.stack.largest != 3:
+            return f"not checked: its largest stack held {samples.stack.largest} conditions, not 3"
         for index, interventions in enumerate(group):
             plain = samples.plain_generation(batch, interventions)
             if reused[index].answers != plain.answers:

@@ -383,15 +383,20 @@ def text_model_inputs(loaded, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_inputs(plain: dict[str, Any], reused: dict[str, Any], blocks: int = 1) -> str | None:
-    """None when every tensor ``reused`` hands the text model equals ``plain``'s, in lists too (Qwen3-VL's deepstack
-    features per layer), for ``blocks`` stacked copies each block along the axis that grew; else the name of the
-    first that differs."""
+    """None when every tensor ``reused`` hands the text model equals ``plain``'s, in lists and dicts too (Qwen3-VL's
+    deepstack features per layer), for ``blocks`` stacked copies each block along the axis that grew; else the name
+    of the first that differs."""
     for name in sorted(set(plain) | set(reused)):
         expected, got = plain.get(name), reused.get(name)
-        if isinstance(expected, (list, tuple)) or isinstance(got, (list, tuple)):
-            if not isinstance(expected, (list, tuple)) or not isinstance(got, (list, tuple)) or len(expected) != len(got):
+        if isinstance(expected, (list, tuple, dict)) or isinstance(got, (list, tuple, dict)):
+            if type(expected) is not type(got) or len(expected) != len(got):
                 return name
-            differs = compare_inputs({str(index): item for index, item in enumerate(expected)}, {str(index): item for index, item in enumerate(got)}, blocks)
+            if isinstance(expected, dict):
+                if set(expected) != set(got):
+                    return name
+                differs = compare_inputs({str(key): item for key, item in expected.items()}, {str(key): item for key, item in got.items()}, blocks)
+            else:
+                differs = compare_inputs({str(index): item for index, item in enumerate(expected)}, {str(index): item for index, item in enumerate(got)}, blocks)
             if differs is not None:
                 return f"{name}[{differs}]"
             continue
@@ -469,9 +474,12 @@ def stack_fitting(free_bytes: int, per_condition_bytes: int, most: int = AUTO_ST
 
 
 def out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a pass that did not fit: the GPU allocator's, the CPU allocator's (a process under a
-    memory limit, ``ulimit -v``) or Python's own."""
-    return isinstance(error, torch.OutOfMemoryError | MemoryError) or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
+    """Whether ``error`` is a pass that did not fit: the GPU allocator's, cuBLAS's or cuDNN's workspace, the CPU
+    allocator's (a process under a memory limit, ``ulimit -v``) or Python's own."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(sign in text for sign in ("can't allocate memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"))
 
 
 class StackSize:
@@ -490,7 +498,8 @@ class StackSize:
         self.per_condition = 0  # the most bytes a measured pass took per condition beyond what was held before it
         self.ceiling: int | None = None  # lowered when a stack did not fit
         self.failed: list[int] = []  # the sizes of the stacks that did not fit, in order
-        self.largest = 0  # the largest stack run
+        self.largest = 0  # the largest stack run (to its end)
+        self.peak_bytes = 0  # the device's highest allocation seen in a measured pass (its counter is reset for each)
         self.lowered: str | None = None  # a warning line, once a stack did not fit
         self._lock = threading.Lock()
 
@@ -514,17 +523,19 @@ class StackSize:
     @contextmanager
     def measured(self, times: int) -> Iterator[None]:
         """Around a pass of ``times`` conditions: what it took beyond what was held before it, per condition (auto, on a GPU)."""
-        with self._lock:
-            self.largest = max(self.largest, times)
         if not self.measures:
             yield
+            with self._lock:
+                self.largest = max(self.largest, times)
             return
         torch.cuda.reset_peak_memory_stats(self.device)
         before = torch.cuda.memory_allocated(self.device)
         yield
-        took = (torch.cuda.max_memory_allocated(self.device) - before) // times
+        peak = torch.cuda.max_memory_allocated(self.device)
         with self._lock:
-            self.per_condition = max(self.per_condition, took)
+            self.largest = max(self.largest, times)
+            self.per_condition = max(self.per_condition, (peak - before) // times)
+            self.peak_bytes = max(self.peak_bytes, peak)
 
     def did_not_fit(self, times: int) -> int:
         """A stack of ``times`` conditions ran out of memory: the size its parts run at, and every later stack's ceiling."""

@@ -379,18 +379,24 @@ class SweepSamples:
         if not self.reuse_checked:
             with self._check_lock:
                 if not self.reuse_checked:
-                    try:
-                        generations = self._reused(batch, group, True, settle)
-                    except Exception as error:  # noqa: BLE001  a model whose layers fail when a prefix is replayed (one reads a KV store its skipped layers fill): plain
-                        if out_of_memory(error):
-                            raise
-                        self.reuse_off = f"a replayed prefix failed ({type(error).__name__}: {first_line(error)})"
-                        generations = self._plain_each(batch, group, settle)
+                    generations = self._reused_or_plain(batch, group, True, settle)
                     self.reuse_checked = True
                     return generations
         if self.reuse_off is not None:
             return self._plain_each(batch, group, settle)
-        return self._reused(batch, group, False, settle)
+        return self._reused_or_plain(batch, group, False, settle)
+
+    def _reused_or_plain(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool, settle: Settle | None) -> list[Generation | None]:
+        """``_reused``; a replay that raises (a model whose later layers read a KV store the skipped layers fill: on the
+        first batch, or on a later group's, as a Dask worker's first group may replay nothing) turns reuse off, and the
+        group runs the plain way. Running out of memory is raised (``_run_stack`` splits what it can)."""
+        try:
+            return self._reused(batch, group, checking, settle)
+        except Exception as error:  # noqa: BLE001  any error of a replayed pass: the plain path is the reference
+            if out_of_memory(error):
+                raise
+            self.reuse_off = f"a replayed prefix failed ({type(error).__name__}: {first_line(error)})"
+            return self._plain_each(batch, group, settle)
 
     def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool, settle: Settle | None = None) -> list[Generation | None]:
         loaded, parts = self.loaded, self.loaded.parts

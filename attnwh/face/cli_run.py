@@ -154,7 +154,7 @@ def error_rows_warning(result) -> str:
     every sample was one, that the run is committed with them (a resume does not read them again)."""
     every = result.errors == result.samples_written
     share = f"all {result.errors}" if every else f"{result.errors} of {result.samples_written}"
-    line = f"{share} sample(s) written are error rows (first: {result.first_error}); attnwh sql \"select sample_key, error from samples where status = 'error'\" lists them"
+    line = f"{share} sample(s) written are error rows (first: {result.first_error}); attnwh sql \"select sample_key, error from samples where run_id = '{result.run_id}' and status = 'error'\" lists them"
     if every:
         line += "; the run is committed with them and resuming it reads none again: check --data, then extract into a new run (--run NAME)"
     return line

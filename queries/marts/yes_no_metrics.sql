@@ -49,6 +49,7 @@ select
     c.fn
 from counted as c
 join stg_runs as r using (run_id)
--- a sweep's per-category rows would repeat its condition rows (sweep results carry no category)
-where c.every_category or c.kind = 'extract'
+-- a sweep's per-category rows would repeat its condition rows (sweep results carry no category); samples without a
+-- category are in their run's row only
+where c.every_category or (c.kind = 'extract' and c.category is not null)
 order by c.run_id, c.condition_id nulls first, c.category nulls first

@@ -3,8 +3,8 @@
 Every image-text-to-text architecture is checked on a tiny random model: captured rows against
 transformers' eager attention on the same weights, image positions against where the model writes its
 image features, the logit lens against the model's own logits, one-head masking, and a sweep's reuse
-(its conditions, with images encoded once, the baseline's prefix replayed and three conditions a pass,
-against each on its own the plain way). The verdicts are
+(its conditions, with images encoded once, the baseline's prefix replayed and three masks of the last layer in
+one pass, against each on its own the plain way). The verdicts are
 computed once per session, in two worker processes (``MATRIX_WORKERS``), and each architecture is its own
 test case, so a regression names the architecture. ``EXPECTED`` (beside this file) is the matrix the
 README reports: an architecture that stops being captured, or starts, fails here until both are updated.
@@ -25,7 +25,7 @@ EXPECTED = json.loads((Path(__file__).with_name("expected_matrix.json")).read_te
 # captured architectures on which a sweep's reuse is turned off by its first batch's check (the rest: exact)
 REUSE_OFF = {
     "gemma4+kv_sharing": "a replayed prefix failed (KeyError",  # its later layers read keys its skipped layers share
-    "hunyuan_vl": "stacked 2 times, the text model is handed a different position_ids",  # its pixels pack every image in one row
+    "hunyuan_vl": "the text model is handed a different position_ids",  # its pixels pack every image in one row
 }
 MATRIX_WORKERS = int(os.environ.get("ATTNWH_MATRIX_WORKERS", "2"))
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -50,7 +50,7 @@ def test_architecture_verdict(matrix, model_type):
         assert verdict.image_tokens and verdict.image_tokens > 0
         if model_type in REUSE_OFF:  # the plain path then, said in a warning: never a crash, never a wrong answer
             assert verdict.reuse.startswith("turned off by the first batch's check") and REUSE_OFF[model_type] in verdict.reuse, verdict.reuse
-        else:  # images once, prefix replayed, three conditions a pass: each condition answers as on its own
+        else:  # images once, prefix replayed, three last-layer masks in one pass: each condition answers as on its own
             assert verdict.reuse == "exact", f"{model_type}: {verdict.reuse}"
 
 

@@ -595,9 +595,9 @@ def test_yes_no_metrics_equal_popes_script(tmp_path):
     """Ten POPE answers in two settings, scored by POPE's evaluate.py (its counts and formulas, written out here) and by
     the mart; an invalid answer (the study's first-word parser) is counted apart; a letter question is left out."""
     warehouse = open_warehouse(tmp_path / "wh", create=True)
-    gold = ["yes", "yes", "yes", "no", "no", "no", "yes", "no", "yes", "no", "A"]
-    parsed = ["yes", "no", "yes", "yes", "no", "no", "yes", "no", "invalid", "yes", "A"]
-    category = ["adversarial"] * 6 + ["random"] * 5
+    gold = ["yes", "yes", "yes", "no", "no", "no", "yes", "no", "yes", "no", "A", "yes"]
+    parsed = ["yes", "no", "yes", "yes", "no", "no", "yes", "no", "invalid", "yes", "A", "no"]
+    category = ["adversarial"] * 6 + ["random"] * 5 + [None]  # the last without a category: in the run's row only
     keys = [f"s{i}" for i in range(len(gold))]
     run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="pope", spec={}, plan=Plan(keys, len(keys)), run_id=None, details={})
 
@@ -613,7 +613,9 @@ def test_yes_no_metrics_equal_popes_script(tmp_path):
         return {"samples": samples.num_rows}
 
     parts.commit_part(run.paths, 0, write)
-    rows = {row["category"]: row for row in _rows(tmp_path / "wh", "yes_no_metrics", order=("run_id",))}
+    listed = _rows(tmp_path / "wh", "yes_no_metrics", order=("run_id",))
+    rows = {row["category"]: row for row in listed}
+    assert len(listed) == 3  # the run's row, then one per category: the sample without one is in the run's row only
 
     def pope(indices):  # evaluate.py: TP, FP, TN, FN over the predictions; an invalid answer predicts neither class here
         tp = sum(parsed[i] == "yes" and gold[i] == "yes" for i in indices)

@@ -46,6 +46,7 @@ def test_out_of_memory_is_the_allocators_error_and_nothing_else():
     assert out_of_memory(refused.value)
     assert out_of_memory(MemoryError())
     assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert out_of_memory(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert not out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x3 and 5x6)"))
     assert not out_of_memory(ValueError("can't allocate memory"))
 
