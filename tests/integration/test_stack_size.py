@@ -160,7 +160,7 @@ def test_a_stack_that_runs_out_of_memory_runs_in_parts_with_the_same_answers(tmp
     done = subprocess.run([sys.executable, "-c", CHILD, str(model)], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["largest"] == 4  # the stack of four was tried
+    assert result["largest"] in (1, 2)  # the stacks that ran to their end: the parts (the four were tried: "failed")
     assert result["lowered"] and result["lowered"].startswith("a stack of 4 conditions per pass ran out of memory")
     assert result["ceiling"] in (1, 2)
     assert result["failed"][0] == 4 and result["failed"] == sorted(set(result["failed"]), reverse=True), result["failed"]
