@@ -32,15 +32,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(1)
 
 
-# the longest files (the toy's training alone takes minutes), started first: under -n 2 --dist loadfile each file runs
-# whole on one worker, and one of these started last leaves that worker running alone while the other is done
-LONGEST_FIRST = ("tests/integration/test_toy.py", "tests/conformance/test_matrix.py", "tests/reliability/")
-
-
-def pytest_collection_modifyitems(config, items) -> None:
-    items.sort(key=lambda item: 0 if item.nodeid.split("::")[0].startswith(LONGEST_FIRST) else 1)  # stable: files stay whole and in order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def attnwh_home(tmp_path_factory) -> Path:
     """Build the embedded default model into a temp folder, never into the user's cache."""
