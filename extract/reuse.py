@@ -523,19 +523,16 @@ class StackSize:
     @contextmanager
     def measured(self, times: int) -> Iterator[None]:
         """Around a pass of ``times`` conditions: what it took beyond what was held before it, per condition (auto, on a GPU)."""
-        if not self.measures:
-            yield
-            with self._lock:
-                self.largest = max(self.largest, times)
-            return
-        torch.cuda.reset_peak_memory_stats(self.device)
-        before = torch.cuda.memory_allocated(self.device)
+        if self.measures:
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
         yield
-        peak = torch.cuda.max_memory_allocated(self.device)
         with self._lock:
             self.largest = max(self.largest, times)
-            self.per_condition = max(self.per_condition, (peak - before) // times)
-            self.peak_bytes = max(self.peak_bytes, peak)
+            if self.measures:
+                peak = torch.cuda.max_memory_allocated(self.device)
+                self.per_condition = max(self.per_condition, (peak - before) // times)
+                self.peak_bytes = max(self.peak_bytes, peak)
 
     def did_not_fit(self, times: int) -> int:
         """A stack of ``times`` conditions ran out of memory: the size its parts run at, and every later stack's ceiling."""

@@ -491,11 +491,10 @@ class SweepSamples:
         except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError; anything else is raised again
             if times == 1 or not out_of_memory(error):
                 raise
-        if stacked is None:  # the failed pass's tensors are let go (the exception is gone): its conditions run in smaller stacks
+        if stacked is None:  # the failed pass's tensors are let go (the exception is gone): the lowered ceiling splits it
             del fresh, edits, prefix
-            every = self.stack.did_not_fit(times)
-            for first in range(0, times, every):
-                self._run_stack(batch, group, view, inputs, stack[first : first + every], start, recording, generations)
+            self.stack.did_not_fit(times)
+            self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
             return
         for position, index in enumerate(stack):
             rows = slice(position * size, (position + 1) * size)
