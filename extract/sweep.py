@@ -780,12 +780,14 @@ def sweep_conditions_task(
 
 
 def check_sweep_options(options: SweepOptions, choices: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...]) -> None:
-    """Counts at least 1, each list of ``choices`` (values, allowed, option name) non-empty and known, a known score and query."""
+    """Counts at least 1, ``--stack`` above 1 only with reuse, each list of ``choices`` (values, allowed, option name) non-empty and known, a known score and query."""
     check_max_new_tokens(options.max_new_tokens)
     for name in ("batch_size", "limit", "seeds", "stack", "threads_per_worker"):
         value = getattr(options, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if options.stack not in (None, 1) and not options.reuse:  # stacking is a way of reusing: without it, one condition per pass
+        raise UsageError(f"--stack {options.stack} needs reuse: --no-reuse runs one condition per pass")
     if options.seeds > MAX_SEEDS:  # each seed is a condition per stage and k: more is a typo, not a sweep
         raise UsageError(f"--seeds takes at most {MAX_SEEDS}, got {options.seeds}")
     for values, allowed, option in choices:

@@ -37,10 +37,10 @@ def stack_size(value: str | int | None) -> int | None:
         return value
     if value.strip() == "auto":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is neither auto nor a number of conditions per pass") from None
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit()):  # int() would take other scripts' digits and "+4" too
+        raise typer.BadParameter(f"{value!r} is neither auto nor a number of conditions per pass")
+    return int(digits)
 
 
 def one_line(text: str) -> str:

@@ -111,6 +111,7 @@ def test_report(warehouse, tmp_path):
         (["mask", "--seeds", "100000000000"], "--seeds takes at most 1000, got 100000000000"),
         (["mask", "--k", ""], "--k takes at least one count or fraction of heads"),
         (["prune", "--stack", "0"], "--stack must be at least 1, got 0"),
+        (["mask", "--stack", "4", "--no-reuse"], "--stack 4 needs reuse: --no-reuse runs one condition per pass"),
         (["mask", "--ranking-run", "nosuchrun"], "no run 'nosuchrun' in the warehouse to rank heads by"),
         (["heads", "export", "nosuchrun"], "no run 'nosuchrun' in the warehouse to export heads from"),
         (["query", "head_ranking", "--param", "run_id=nosuchrun"], "--param run_id=nosuchrun: no run 'nosuchrun' in the warehouse"),

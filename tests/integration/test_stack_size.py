@@ -55,7 +55,7 @@ def test_the_option_reads_auto_or_a_number(capsys, tmp_path, monkeypatch):
     assert stack_size("auto") is None and stack_size(None) is None
     assert stack_size("3") == 3
     monkeypatch.chdir(tmp_path)
-    for command, value in (("mask", "x"), ("prune", "2.5"), ("attribute", "")):
+    for command, value in (("mask", "x"), ("prune", "2.5"), ("attribute", ""), ("mask", "\u0664"), ("prune", "+4")):  # an Arabic-Indic 4: int() reads it
         with pytest.raises(SystemExit) as exit_:
             main([command, "--stack", value])
         err = capsys.readouterr().err
@@ -71,7 +71,7 @@ def test_any_text_is_auto_a_number_or_one_clear_refusal(text):
     except typer.BadParameter as refused:
         assert "neither auto nor a number of conditions per pass" in str(refused) and "\n" not in str(refused).replace(repr(text), "")
         return
-    assert value is None if text.strip() == "auto" else value == int(text)
+    assert value is None if text.strip() == "auto" else (value == int(text) and text.strip().isascii() and text.strip().isdigit())
 
 
 def test_a_fixed_stack_is_its_number_and_auto_is_one_on_a_cpu():
