@@ -1,7 +1,7 @@
 -- one row per run, query, layer and head: mean score, rank by mean score, and detection score
--- (the share of samples in which the head is among that sample's top-$k heads by the same score;
--- the order of a sample's heads is head_order_key's: missing scores last, ties to the lower layer,
--- then head). For $k up to ranks_kept() the places come from stg_head_ranks (per-part rollups);
+-- (of the samples in which the head has the score, the share in which it is among that sample's top-$k
+-- heads by it; the order of a sample's heads is head_order_key's: heads with a value, ties to the lower
+-- layer, then head; null for a score that does not order heads, score_orders_heads). For $k up to ranks_kept() the places come from stg_head_ranks (per-part rollups);
 -- for a larger $k from every head_metrics row, with a per-sample top-k. Beside each head, causally: its score
 -- in the newest attribution run (attnwh attribute) of the same model, revision and benchmark, of the method
 -- $attribution_method ('any': whichever is newest; stg_attribution_pairs), null where there is none.
@@ -16,9 +16,6 @@ with means as (
         case when n > 1 then sqrt(greatest(0, (total_sq - total * total / n) / (n - 1))) end as sd_score
     from stg_head_scores
     where query = $query and score = $score
-),
-samples_per_run as (
-    select run_id, max(n) as n from stg_head_summary where query = $query group by run_id
 ),
 -- the places of the first ranks_kept() heads of every sample
 detected_from_ranks as (
@@ -36,7 +33,7 @@ keyed as (
         head,
         head_order_key(head_score($score, m), layer, head) as sort_key
     from stg_head_metrics as m
-    where query = $query and $k > ranks_kept()
+    where query = $query and $k > ranks_kept() and head_score($score, m) is not null
 ),
 thresholds as (
     -- each sample's k-th best key (the top-k heap of an aggregate, no sort of every sample's heads)
@@ -71,7 +68,7 @@ select
     m.n_samples,
     m.mean_score,
     m.sd_score,
-    coalesce(d.n_detected, 0) / s.n as detection_score,
+    case when score_orders_heads($score) and m.n_samples > 0 then coalesce(d.n_detected, 0) / m.n_samples end as detection_score,
     row_number() over (partition by m.run_id, m.query order by m.mean_score desc nulls last, m.layer, m.head) as rank,
     a.run_id as attribution_run,
     a.method as attribution_method,
@@ -81,7 +78,6 @@ select
     a.ci_high as attribution_ci_high,
     a.rank as attribution_rank
 from means as m
-join samples_per_run as s using (run_id)
 left join detected as d using (run_id, layer, head)
 join stg_runs as r using (run_id)
 left join attributed as p using (run_id)

@@ -56,13 +56,13 @@ def by_python(root, run_id: str, concentration=new_concentration) -> dict:
         per_head.setdefault((row["layer"], row["head"]), []).append((value, product))
         per_sample.setdefault(row["sample_idx"], []).append((row["layer"], row["head"], product))
     detected = dict.fromkeys(per_head, 0)
-    for heads in per_sample.values():
-        for layer, head, _ in sorted(heads, key=lambda h: (-(h[2] if h[2] is not None else -1e300), h[0], h[1]))[:3]:
+    for heads in per_sample.values():  # the heads that have the score, higher first, ties to the lower layer
+        for layer, head, _ in sorted([h for h in heads if h[2] is not None], key=lambda h: (-h[2], h[0], h[1]))[:3]:
             detected[layer, head] += 1
     means = {}
     for key, values in per_head.items():
         present = [value for value in values if value[0] is not None]
-        means[key] = (sum(c for c, _ in present) / len(present), sum(p for _, p in present) / len(present), detected[key] / len(per_sample))
+        means[key] = (sum(c for c, _ in present) / len(present), sum(p for _, p in present) / len(present), detected[key] / len(present))
     return means
 
 

@@ -116,10 +116,12 @@ HAND_METRICS = [
 HAND_LENS = {0: [5, 1, 1], 1: [3, 2, 1]}
 
 
-def _hand_warehouse(root, kind="new"):
+def _hand_warehouse(root, kind="new", one_image_token: int | None = None):
     """``kind``: "new" writes head_scores and head_ranks as extraction does now; "old" writes a part
     as attnwh wrote it before head_ranks, sumsq_concentration_x_sum and the definitions' version existed: a
-    wide head_summary, here with values no mart may show (it is recomputed from head_metrics)."""
+    wide head_summary, here with values no mart may show (it is recomputed from head_metrics).
+    ``one_image_token``: that sample's rows have one image token (no concentration) and every row a
+    region_hit (1 where the image sum is above 0.3)."""
     warehouse = open_warehouse(root, create=True)
     plan = Plan(["s0", "s1"], 2)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 2, "n_heads": 2, "n_kv_heads": 2}}
@@ -138,8 +140,9 @@ def _hand_warehouse(root, kind="new"):
                     "query": "gen1",
                     "layer": layer,
                     "head": head,
-                    "n_image": 4,
+                    "n_image": 1 if s == one_image_token else 4,
                     "image_sum": image,
+                    "region_hit": None if one_image_token is None else image > 0.3,
                     "image_entropy": entropy,
                     "image_max": image,
                     "image_argmax": 0,
@@ -240,6 +243,23 @@ def test_visual_heads_ranking_and_detection_by_hand(hand_either):
     assert _rows(warehouse, "visual_heads", {"query": "prompt"}) == []
 
 
+def test_detection_counts_only_samples_where_the_head_has_the_score(tmp_path):
+    """A sample without the score (one image token: no concentration) places no head: with sample 0's gone, the
+    top head by concentration of sample 1 alone ((0,1) and (1,0) tie at 1: the lower layer) is detected in 1 of
+    1; nothing else is (as places by the tie-break, (0,0) would have been sample 0's). region_hit (0 / 1) ties
+    most heads of a sample: its detection is absent, its mean the share hit."""
+    warehouse, _ = _hand_warehouse(tmp_path / "hand", one_image_token=0)
+    for k in ("1", "65"):  # from the rollups, and from every head_metrics row
+        rows = _rows(warehouse, "visual_heads", {"k": k, "score": "concentration"})
+        assert [r["n_samples"] for r in rows] == [1, 1, 1, 1]
+        detection = {(r["layer"], r["head"]): r["detection_score"] for r in rows}
+        assert detection == ({(0, 0): 0.0, (0, 1): 1.0, (1, 0): 0.0, (1, 1): 0.0} if k == "1" else dict.fromkeys(detection, 1.0))
+    hits = _rows(warehouse, "visual_heads", {"k": "1", "score": "region_hit"})
+    # image sums per (layer, head) over samples 0, 1: (0,0) 0.6, 0.4; (0,1) 0.2, 0.6; (1,0) 0.0, 0.2; (1,1) 0.8, 0.4 -> hits above 0.3
+    assert {(r["layer"], r["head"]): r["mean_score"] for r in hits} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 1.0}
+    assert [r["detection_score"] for r in hits] == [None] * 4
+
+
 def test_head_ranks_by_hand():
     # 1 sample × 2 layers × 2 heads, query gen1; head (1,0) has one image token, so no concentration
     rows = [(0, 0, 4, 0.3, LN2), (0, 1, 4, 0.5, 0.0), (1, 0, 1, 0.5, 0.0), (1, 1, 4, 0.3, LN4)]
@@ -254,9 +274,11 @@ def test_head_ranks_by_hand():
     placed = {(r["score"], r["rank"]): (r["layer"], r["head"], r["n"]) for r in ranks.to_pylist()}
     # image_sum: 0.5 ties between (0,1) and (1,0) -> lower layer first; 0.3 ties (0,0) and (1,1)
     assert [placed["image_sum", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (1, 0, 1), (0, 0, 1), (1, 1, 1)]
-    # concentration: (0,1) 1, (0,0) 0.5, (1,1) 0, (1,0) none -> last
-    assert [placed["concentration", rank] for rank in (1, 2, 3, 4)] == [(0, 1, 1), (0, 0, 1), (1, 1, 1), (1, 0, 1)]
-    assert [placed["concentration_x_sum", rank][:2] for rank in (1, 2, 3, 4)] == [(0, 1), (0, 0), (1, 1), (1, 0)]
+    # concentration: (0,1) 1, (0,0) 0.5, (1,1) 0; (1,0) has none, so no place
+    assert [placed["concentration", rank] for rank in (1, 2, 3)] == [(0, 1, 1), (0, 0, 1), (1, 1, 1)]
+    assert [placed["concentration_x_sum", rank][:2] for rank in (1, 2, 3)] == [(0, 1), (0, 0), (1, 1)]
+    assert ("concentration", 4) not in placed and ("concentration_x_sum", 4) not in placed
+    assert not any(score == "region_hit" for score, _ in placed)  # 0 / 1: it does not order heads
 
 
 def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
@@ -269,11 +291,12 @@ def _visual_heads_by_python(session, score: str, k: int, query: str) -> dict:
         per_sample.setdefault((row["run_id"], row["sample_idx"]), []).append((row["layer"], row["head"], value))
         values.setdefault((row["run_id"], row["layer"], row["head"]), []).append(value)
     detected = dict.fromkeys(values, 0)
-    for (run_id, _), heads in per_sample.items():
-        ordered = sorted(heads, key=lambda item: (-(item[2] if item[2] is not None else -1e300), item[0], item[1]))
+    for (run_id, _), heads in per_sample.items():  # a sample's heads that have the score, higher first, ties to the lower layer
+        ordered = sorted([item for item in heads if item[2] is not None], key=lambda item: (-item[2], item[0], item[1]))
         for layer, head, _ in ordered[:k]:
             detected[run_id, layer, head] += 1
-    return {key: (detected[key] / len(found), sum(v for v in found if v is not None) / max(1, sum(v is not None for v in found))) for key, found in values.items()}
+    present = {key: [v for v in found if v is not None] for key, found in values.items()}
+    return {key: (detected[key] / len(found) if found else None, sum(found) / len(found) if found else None) for key, found in present.items()}
 
 
 @pytest.mark.parametrize("score", ["concentration_x_sum", "image_sum", "concentration"])
@@ -295,7 +318,7 @@ def test_visual_heads_equals_python_over_rows_by_either_route(toy_warehouse, sco
             if k <= 64:
                 assert detection == {key: value[0] for key, value in want.items()}
             else:  # beyond the places kept only head_metrics can answer: gone here, so nothing is detected
-                assert set(detection.values()) == {0}
+                assert set(detection.values()) <= {0, None}
 
 
 def test_layer_profile_and_segment_shares_by_hand(hand):

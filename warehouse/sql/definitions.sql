@@ -35,10 +35,16 @@ create or replace macro head_score(score, m) as
         when 'generated_sum' then m.generated_sum::double
     end;
 
--- the order of a sample's heads by a score: higher first, a missing score last, ties to the lower
--- layer, then the lower head (a struct that sorts in that order, descending)
+-- the order of a sample's heads by a score: higher first, ties to the lower layer, then the lower head (a
+-- struct that sorts in that order, descending). Only heads with a value are ordered: a head without one in a
+-- sample (no image tokens, no boxes) holds no place there
 create or replace macro head_order_key(score_value, layer, head) as
-    {'score': coalesce(score_value, -1e300), 'layer': -layer, 'head': -head};
+    {'score': score_value, 'layer': -layer, 'head': -head};
+
+-- whether a score orders a sample's heads: region_hit is 0 or 1, so most of a sample's heads tie and their
+-- places (the detection score) would be set by the tie-break (layer order), not by the heads; its mean (the
+-- share of samples hit) is what ranks heads by it
+create or replace macro score_orders_heads(score) as score <> 'region_hit';
 
 -- places per sample that the head_ranks rollup keeps (visual_heads with a larger k reads head_metrics)
 create or replace macro ranks_kept() as 64;

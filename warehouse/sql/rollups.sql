@@ -25,8 +25,8 @@ create or replace macro summarise_head_metrics(rows) as table
     group by run_id, query, layer, head, score;
 
 -- per (run, query, score, place 1..ranks_kept(), layer, head): in how many of the samples the head held that
--- place among the sample's heads by that score (head_order_key: missing scores last, ties to the
--- lower layer, then head)
+-- place among the sample's heads that have a value of that score (head_order_key: ties to the lower layer,
+-- then head)
 create or replace macro rank_head_metrics(rows) as table
     with scored as (
         select
@@ -48,6 +48,7 @@ create or replace macro rank_head_metrics(rows) as table
             head,
             row_number() over (partition by run_id, sample_idx, query, score order by head_order_key(value, layer, head) desc) as rank
         from scored
+        where value is not null and score_orders_heads(score)
     )
     select run_id, query, score, rank, layer, head, count(*) as n
     from placed
