@@ -13,6 +13,6 @@ select
     case when h.n_concentration > 0 then h.sum_concentration / h.n_concentration end as mean_concentration,
     case when h.n_concentration > 1 then sqrt(greatest(0,
         (h.sumsq_concentration - h.sum_concentration * h.sum_concentration / h.n_concentration) / (h.n_concentration - 1))) end as sd_concentration,
-    case when h.n_concentration > 0 then h.sum_concentration_x_sum / h.n_concentration end as mean_concentration_x_sum
+    case when h.n_concentration_x_sum > 0 then h.sum_concentration_x_sum / h.n_concentration_x_sum end as mean_concentration_x_sum
 from stg_head_summary as h
 join stg_runs as r using (run_id)

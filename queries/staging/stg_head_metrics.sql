@@ -1,7 +1,8 @@
 -- one row per run, sample, query, layer and head, with the derived head scores of
 -- warehouse/sql/definitions.sql (concentration, concentration × sum)
 -- (n_image is stored on every row and this view joins nothing: marts aggregate first, then join
--- the small runs and stg_layers views for model, benchmark, depth and stage)
+-- the small runs and stg_layers views for model, benchmark, depth and stage). Where the image gets no
+-- attention its entropy, most-attended token and region hit are null (parts written before stored 0s)
 select
     run_id,
     sample_idx,
@@ -10,16 +11,16 @@ select
     head,
     n_image,
     image_sum,
-    image_entropy,
+    case when image_sum > 0 then image_entropy end as image_entropy,
     image_max,
-    image_argmax,
+    case when image_sum > 0 then image_argmax end as image_argmax,
     bos_sum,
     system_sum,
     prompt_sum,
     generated_sum,
     region_sum,
-    region_entropy,
-    region_hit,
-    concentration(image_entropy, n_image) as concentration,
+    case when region_sum > 0 then region_entropy end as region_entropy,
+    head_score('region_hit', m)::float as region_hit,
+    concentration(image_entropy, n_image, image_sum) as concentration,
     head_score('concentration_x_sum', m) as concentration_x_sum
 from head_metrics as m

@@ -1,6 +1,7 @@
 -- one row per run, query, layer and head: the head's summarised values side by side (stg_head_scores, one
 -- column group per value the marts of head attention, layer profiles and segment shares read by name).
--- n is the head's sample rows (every sample has an image sum); a score missing in some samples has its own count.
+-- n is the head's sample rows (every sample has an image sum); a score missing in some samples has its own count
+-- (concentration: none where the image gets no attention, where concentration × sum is 0).
 with scores as materialized (
     select * from stg_head_scores
 )
@@ -11,6 +12,7 @@ select
     head,
     max(n) filter (where score = 'image_sum') as n,
     max(n) filter (where score = 'concentration') as n_concentration,
+    max(n) filter (where score = 'concentration_x_sum') as n_concentration_x_sum,
     max(total) filter (where score = 'image_sum') as sum_image,
     max(total_sq) filter (where score = 'image_sum') as sumsq_image,
     max(max_value) filter (where score = 'image_sum') as max_image,

@@ -7,6 +7,7 @@ with layers as (
         layer,
         cast(sum(n) as bigint) as n,
         cast(sum(n_concentration) as bigint) as n_concentration,
+        cast(sum(n_concentration_x_sum) as bigint) as n_concentration_x_sum,
         sum(sum_image) as sum_image,
         sum(sumsq_image) as sumsq_image,
         max(max_image) as max_image,

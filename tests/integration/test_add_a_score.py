@@ -21,7 +21,7 @@ def text_sum_score(monkeypatch):
     """The definitions with one score more: text_sum, the attention on the system prompt and the question."""
     original = definitions.definitions_sql()
     names = "create or replace macro head_score_names() as ['image_sum', 'concentration', 'concentration_x_sum', 'region_hit'];"
-    case = "        when 'region_hit' then m.region_hit::double\n"
+    case = "        when 'region_hit' then case when m.image_sum > 0 then m.region_hit::double end\n"
     assert names in original and case in original, "the definitions changed shape: update this copy's edit"
     edited = original.replace(names, names.replace("'region_hit']", "'region_hit', 'text_sum']")).replace(
         case, case + "        when 'text_sum' then m.system_sum::double + m.prompt_sum::double\n"

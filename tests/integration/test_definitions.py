@@ -18,8 +18,8 @@ from attnwh.queries.library import open_session, run_mart
 from attnwh.queries.rankings import head_order
 from attnwh.warehouse import definitions, storage
 
-OLD = "case when n_image > 1 then 1 - image_entropy / ln(n_image) end"
-NEW = "case when n_image > 1 then sqrt(greatest(0, 1 - image_entropy / ln(n_image))) end"  # another form, other ranks
+OLD = "case when n_image > 1 and image_sum > 0 then 1 - image_entropy / ln(n_image) end"
+NEW = "case when n_image > 1 and image_sum > 0 then sqrt(greatest(0, 1 - image_entropy / ln(n_image))) end"  # another form, other ranks
 
 
 def new_concentration(entropy: float, n_image: int) -> float | None:

@@ -201,7 +201,7 @@ def test_head_attention_by_hand(hand):
     expected = [  # (layer, head, mean image sum, mean concentration, mean concentration × sum)
         (0, 0, 0.5, 0.75, (0.6 * 1 + 0.4 * 0.5) / 2),
         (0, 1, 0.4, 0.5, (0.2 * 0 + 0.6 * 1) / 2),
-        (1, 0, 0.1, 1.0, (0.0 * 1 + 0.2 * 1) / 2),
+        (1, 0, 0.1, 1.0, (0.0 + 0.2 * 1) / 2),  # sample 0 gives the image 0: no concentration, a product of 0
         (1, 1, 0.6, 0.25, (0.8 * 0.5 + 0.4 * 0) / 2),
     ]
     got = [(r["layer"], r["head"], r["mean_image_sum"], r["mean_concentration"], r["mean_concentration_x_sum"]) for r in rows]
@@ -237,9 +237,11 @@ def test_visual_heads_ranking_and_detection_by_hand(hand_either):
     # sample 1 ties (0,0) and (1,1) at 0.4 for second place: the lower layer wins
     assert {(r["layer"], r["head"]): r["detection_score"] for r in by_sum} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.5}
     by_concentration = _rows(warehouse, "visual_heads", {"k": "3", "score": "concentration", "query": "gen1"})
-    # concentration: sample 0 -> 1, 0, 1, 0.5 (top 3: (0,0), (1,0), (1,1)); sample 1 -> 0.5, 1, 1, 0 ((0,0), (0,1), (1,0))
-    assert {(r["layer"], r["head"]): r["detection_score"] for r in by_concentration} == {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 1.0, (1, 1): 0.5}
-    assert [r["n_samples"] for r in by_concentration] == [2, 2, 2, 2]
+    # concentration: sample 0 -> 1, 0, none, 0.5 ((1,0) gives the image 0: no concentration; top 3: (0,0), (1,1),
+    # (0,1)); sample 1 -> 0.5, 1, 1, 0 ((0,1), (1,0), (0,0)); (1,0) has the score in sample 1 only
+    assert {(r["layer"], r["head"]): r["detection_score"] for r in by_concentration} == {(0, 0): 1.0, (0, 1): 1.0, (1, 0): 1.0, (1, 1): 0.5}
+    assert [r["n_samples"] for r in by_concentration] == [2, 2, 1, 2]
+    assert [r["mean_score"] for r in by_concentration] == pytest.approx([0.75, 0.5, 1.0, 0.25])  # (1,0): not (1 + 1) / 2 from a 0 entropy
     assert _rows(warehouse, "visual_heads", {"query": "prompt"}) == []
 
 

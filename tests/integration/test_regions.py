@@ -210,3 +210,29 @@ def test_pointqa_extraction_stores_regions(tmp_path, tiny_mha):
         per_head = catalog.query("SELECT layer, head, avg(region_hit) AS share FROM head_metrics WHERE query = 'gen1' GROUP BY ALL").to_pylist()
     hits = {(row["layer"], row["head"]): row["share"] for row in per_head}
     assert {(row["layer"], row["head"]): row["score"] for row in ranked} == pytest.approx(hits)
+
+
+def test_a_window_that_does_not_reach_the_image_stores_no_entropy_no_argmax_and_no_region_hit(tmp_path):
+    """Tiny Gemma 3 (window of 8 keys on layers 0 and 2; 4 image tokens near the prompt's start, a prompt of ~30
+    tokens): its sliding-window layers give the image 0 in the prompt query. Nothing there can be concentrated or hit a
+    box: entropy, most-attended token and region hit are null (were 0, the first token and a hit), concentration null
+    and concentration × sum 0 in the marts; the global layer keeps every value."""
+    from attnwh.queries.library import open_session, run_mart
+
+    folder = save_tiny_gemma3(tmp_path / "gemma3", seed=10, randomise_norms=True)
+    result = run_extract(tmp_path / "wh", ExtractOptions(model=str(folder), benchmark="toy-shapes-region", limit=4, batch_size=4, device="cpu", rows=False, command=["test"]))
+    assert result.errors == 0
+    with Catalog(open_warehouse(tmp_path / "wh")) as catalog:
+        rows = catalog.query("SELECT layer, image_sum, image_entropy, image_argmax, region_hit, region_entropy FROM head_metrics WHERE query = 'prompt'").to_pylist()
+    blind = [row for row in rows if row["image_sum"] == 0]
+    seeing = [row for row in rows if row["image_sum"] > 0]
+    assert {row["layer"] for row in blind} == {0, 2} and {row["layer"] for row in seeing} == {1}  # the window, not chance
+    assert all(row["image_entropy"] is None and row["image_argmax"] is None and row["region_hit"] is None and row["region_entropy"] is None for row in blind)
+    assert all(row["image_entropy"] is not None and row["image_argmax"] is not None and row["region_hit"] in (0.0, 1.0) for row in seeing)
+    with open_session(tmp_path / "wh") as session:
+        heads = run_mart(session, "head_attention").to_pylist()
+        ranked = run_mart(session, "head_ranking", {"run_id": result.run_id, "score": "concentration", "query": "prompt"}).to_pylist()
+    prompt = [row for row in heads if row["query"] == "prompt"]
+    assert all(row["mean_concentration"] is None and row["mean_concentration_x_sum"] == 0 for row in prompt if row["layer"] != 1)
+    assert all(row["mean_concentration"] is not None for row in prompt if row["layer"] == 1)
+    assert {row["layer"] for row in ranked if row["score"] is not None} == {1}  # blind heads do not top the concentration ranking

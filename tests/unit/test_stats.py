@@ -52,11 +52,18 @@ def test_skewed_image_attention_matches_hand_entropy():
     assert stats["image_max"] == pytest.approx(0.2)
 
 
-def test_no_image_attention_gives_zero_entropy():
-    stats = stats_of([0, 0.5, 0.25, 0.25, 0, 0, 0, 0, 0, 0, 0])
-    assert stats["image_sum"] == 0
-    assert stats["image_entropy"] == 0
-    assert not math.isnan(stats["image_entropy"])
+def test_no_image_attention_has_no_entropy_no_argmax_and_no_region_hit():
+    """A head whose keys exclude the image (outside its sliding window) gives it 0: there is no distribution over
+    the image, so no entropy (0 would read as "all on one token", concentration 1), no most-attended image token
+    and no region hit (stored as nulls)."""
+    row = [0, 0.5, 0.25, 0.25, 0, 0, 0, 0, 0, 0, 0]
+    stats = stats_of(row)
+    assert stats["image_sum"] == 0 and stats["image_max"] == 0
+    assert math.isnan(stats["image_entropy"]) and stats["image_argmax"] == -1
+    boxed = torch.zeros(1, 11, dtype=torch.bool)
+    boxed[0, 4] = True  # the first image token: what an argmax of 0 would hit
+    with_region = dict(zip(STAT_NAMES, row_statistics(torch.tensor([[row]]), SEGMENTS, boxed)[0, 0].tolist()))
+    assert with_region["region_sum"] == 0 and math.isnan(with_region["region_entropy"]) and math.isnan(with_region["region_hit"])
 
 
 def test_sample_without_image_tokens():

@@ -6,10 +6,11 @@
 -- are then bypassed, and marts recompute from head_metrics with the new formula.
 
 -- concentration = 1 - image_entropy / ln(n_image): 1 = all image attention on one token, 0 = uniform
--- (undefined with fewer than two image tokens). The study's exact form could not be confirmed; this
--- normalised-entropy form is attnwh's default.
-create or replace macro concentration(image_entropy, n_image) as
-    case when n_image > 1 then 1 - image_entropy / ln(n_image) end;
+-- (undefined with fewer than two image tokens, and where the image gets no attention: a head whose window
+-- does not reach the image is not "all on one token"; parts written before that stored entropy 0 there).
+-- The study's exact form could not be confirmed; this normalised-entropy form is attnwh's default.
+create or replace macro concentration(image_entropy, n_image, image_sum) as
+    case when n_image > 1 and image_sum > 0 then 1 - image_entropy / ln(n_image) end;
 
 -- the per-sample head scores that rank heads (visual heads, masking's top heads, pruning budgets): the
 -- choices of every --score option and mart parameter
@@ -22,13 +23,15 @@ create or replace macro summarised_names() as list_concat(head_score_names(), ['
 -- the value of a head score or a summarised statistic (by name) for one head_metrics row m (pass the row:
 -- `head_score('concentration', m)` with m a table alias), as a double; DuckDB reads only the columns used.
 -- region_hit (SparseMM's criterion): 1 when the head's most-attended image token lies in the question's
--- boxes, 0 when it does not, null for samples without boxes; its mean is the share of samples hit
+-- boxes, 0 when it does not, null for samples without boxes and where the image gets no attention (no
+-- most-attended image token); its mean is the share of samples hit
 create or replace macro head_score(score, m) as
     case score
         when 'image_sum' then m.image_sum::double
-        when 'concentration' then concentration(m.image_entropy, m.n_image)
-        when 'concentration_x_sum' then concentration(m.image_entropy, m.n_image) * m.image_sum
-        when 'region_hit' then m.region_hit::double
+        when 'concentration' then concentration(m.image_entropy, m.n_image, m.image_sum)
+        -- no attention on the image: no concentration, and a product of 0 (the limit as the sum goes to 0)
+        when 'concentration_x_sum' then case when m.n_image > 1 and m.image_sum = 0 then 0.0 else concentration(m.image_entropy, m.n_image, m.image_sum) * m.image_sum end
+        when 'region_hit' then case when m.image_sum > 0 then m.region_hit::double end
         when 'bos_sum' then m.bos_sum::double
         when 'system_sum' then m.system_sum::double
         when 'prompt_sum' then m.prompt_sum::double
