@@ -39,6 +39,7 @@ def last_query_rows(
     attention_mask: torch.Tensor | None,
     scaling: float | None,
     sinks: torch.Tensor | None = None,  # [head] learned sink logits (extract.forward._sdpa)
+    softcap: float | None = None,  # attention-logit soft-capping (Gemma 2: extract.forward._softcapped)
 ) -> torch.Tensor:  # [batch, head, key] fp32
     """Attention probabilities of the last query position, in fp32, without repeating KV heads (with
     attention sinks, over the keys only: the sink's share is left out, as eager attention leaves it)."""
@@ -47,6 +48,8 @@ def last_query_rows(
     scale = scaling if scaling is not None else head_dim**-0.5
     q = query[:, :, -1, :].float().reshape(batch, n_kv_heads, n_heads // n_kv_heads, head_dim)
     scores = torch.matmul(q, key.float().transpose(-1, -2)).reshape(batch, n_heads, -1) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if attention_mask is not None:
         mask_row = attention_mask[:, :, -1, : scores.shape[-1]]  # [batch, 1 or head, key]
         if mask_row.dtype == torch.bool:
@@ -151,11 +154,11 @@ class CaptureSession:
         if step_hidden:
             self.gen_lens.append(self.lens_of(torch.stack(step_hidden)))
 
-    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None) -> None:
+    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None, softcap=None) -> None:
         name = self._query_at_step.get(self.step)
         if name is None and not self.spec.every_step:
             return
-        rows = last_query_rows(query, key, attention_mask, scaling, sinks)
+        rows = last_query_rows(query, key, attention_mask, scaling, sinks, softcap)
         n_positions = self.segments.shape[1] + self.step
         missing = n_positions - rows.shape[-1]
         if missing > 0:

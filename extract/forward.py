@@ -115,7 +115,7 @@ class Observer(Protocol):
 
     def begin_forward(self) -> None: ...
 
-    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None) -> None: ...
+    def observe(self, layer: int, query, key, attention_mask, scaling, sinks=None, softcap=None) -> None: ...
 
     def observe_hidden(self, index: int, hidden: torch.Tensor) -> None: ...
 
@@ -156,13 +156,21 @@ def attention(
     if indices is not None:
         attention_mask = _with_sparse_indices(attention_mask, indices, key.shape[2])
     head_sinks = getattr(module, "sinks", None)  # learned per-head sinks (a parameter), not the per-token ``sinks`` argument
+    softcap = kwargs.pop("softcap", None)  # attention-logit soft-capping (Gemma 2: PaliGemma 2)
+    if softcap is not None and head_sinks is not None:
+        raise ModelError(f"{type(module).__name__} caps its attention logits and has attention sinks; attnwh's capture applies one or the other")
+    if softcap is not None:
+        kwargs["softcap"] = softcap
     call = ACTIVE_CALL.get()
     layer = None if call is None else call.layer_of.get(id(module))
     if layer is None:  # no call in this context, or a call over another model
         return _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sinks, **kwargs), None
+    edits = call.edits.get(layer, ())
+    if softcap is not None and any(type(edit).attend is not LayerIntervention.attend for edit in edits):
+        # pruning chooses keys by attention scores (its own, its replayed prefill's, a packed cache's), all without the cap
+        raise ModelError(f"{type(module).__name__} caps its attention logits (softcap {softcap}): attnwh captures and masks it, but does not prune its cache")
     if call.prefix is not None:
         call.prefix.attention(layer, query, key, attention_mask, scaling)
-    edits = call.edits.get(layer, ())
     cache_index = getattr(module, "layer_idx", layer)
     packed = _packed_layer(call.cache, cache_index) if edits else None
     if packed is not None:  # a pruned layer's decode step: over the keys its cache really holds
@@ -183,7 +191,7 @@ def attention(
             observed = None if attention_mask is None else attention_mask[:, :, -1:, :]
             for edit in edits:
                 observed = edit.observed_mask(last_query, key, observed, scaling)
-        call.observer.observe(layer, query, key, observed, scaling, head_sinks)
+        call.observer.observe(layer, query, key, observed, scaling, head_sinks, softcap)
     for edit in edits:
         output = edit.output(output, value)
     if edits and call.cache is not None and call.observer is None:
@@ -224,6 +232,9 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sink
     probabilities over the keys sum to less than 1; transformers' SDPA function has no sinks. Here a sink
     is an extra key whose score is the sink (a zero key, the sink as its additive mask) and whose value is
     zero, which is the same softmax and output."""
+    softcap = kwargs.pop("softcap", None)
+    if softcap is not None:
+        return _softcapped(query, key, value, attention_mask, scaling, softcap)
     if head_sinks is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
     batch, n_heads, n_query, _ = query.shape
@@ -242,6 +253,29 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sink
     zero = key.new_zeros((*key.shape[:2], 1, key.shape[-1]))
     key, value = torch.cat([key, zero], dim=2), torch.cat([value, zero.to(value.dtype)], dim=2)
     return sdpa_attention_forward(module, query, key, value, bias, dropout=dropout, scaling=scaling, **kwargs)[0]
+
+
+def _softcapped(query, key, value, attention_mask, scaling: float | None, softcap: float) -> torch.Tensor:
+    """Named exception: attention-logit soft-capping (Gemma 2), which transformers' SDPA function refuses. The
+    model's eager attention, written out: scores ``tanh(q·kᵀ·scale / cap) · cap``, then the mask (None: causal, as
+    SDPA's is_causal), softmax in fp32; output ``[batch, query, head, head_dim]``."""
+    n_heads, n_kv_heads = query.shape[1], key.shape[1]
+    key = key.repeat_interleave(n_heads // n_kv_heads, dim=1)
+    value = value.repeat_interleave(n_heads // n_kv_heads, dim=1)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    n_query, n_keys = scores.shape[-2:]
+    if attention_mask is None:
+        if n_query > 1:
+            hidden = torch.ones((n_query, n_keys), dtype=torch.bool, device=query.device).triu(n_keys - n_query + 1)
+            scores = scores.masked_fill(hidden, float("-inf"))
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask[..., :n_keys], float("-inf"))
+    else:
+        scores = scores + attention_mask[..., :n_keys]
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous()
 
 
 def _with_sparse_indices(attention_mask: torch.Tensor | None, indices: torch.Tensor, n_keys: int) -> torch.Tensor:

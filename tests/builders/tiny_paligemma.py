@@ -49,11 +49,15 @@ def build_processor(words: list[str]):
     return PaliGemmaProcessor(image_processor=image_processor, tokenizer=build_tokenizer(words), chat_template=CHAT_TEMPLATE)
 
 
-def build_model(vocab_size: int, *, n_layers: int, n_heads: int, n_kv_heads: int, hidden_size: int, seed: int, randomise_norms: bool):
-    from transformers import GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
+def build_model(vocab_size: int, *, n_layers: int, n_heads: int, n_kv_heads: int, hidden_size: int, seed: int, randomise_norms: bool, text_model: str = "gemma"):
+    from transformers import Gemma2Config, GemmaConfig, PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
     head_dim = hidden_size // n_heads
-    text = GemmaConfig(
+    # PaliGemma 2's Gemma 2 caps attention and final logits (50 and 30 there); small caps here, so that a tiny
+    # random model's scores are really bent (tanh(x / cap) · cap ≈ x for |x| ≪ cap)
+    capped = {"attn_logit_softcapping": 0.1, "final_logit_softcapping": 0.5, "sliding_window": 8} if text_model == "gemma2" else {}
+    text = (Gemma2Config if text_model == "gemma2" else GemmaConfig)(
+        **capped,
         vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -77,8 +81,20 @@ def build_model(vocab_size: int, *, n_layers: int, n_heads: int, n_kv_heads: int
     return set_generation_tokens(model, PAD_ID, BOS_ID, EOS_ID).eval()
 
 
-def save_tiny_paligemma(folder: Path, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, hidden_size: int = 64, seed: int = 0, randomise_norms: bool = False) -> Path:
-    """Build a tiny PaliGemma and save model + processor into ``folder``."""
+def save_tiny_paligemma(
+    folder: Path, *, n_layers: int = 3, n_heads: int = 4, n_kv_heads: int = 2, hidden_size: int = 64, seed: int = 0, randomise_norms: bool = False, text_model: str = "gemma"
+) -> Path:
+    """Build a tiny PaliGemma (``text_model`` "gemma2": PaliGemma 2's text model) and save model + processor into ``folder``."""
     return save_tiny(
-        folder, build_processor, build_model, None, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads, hidden_size=hidden_size, seed=seed, randomise_norms=randomise_norms
+        folder,
+        build_processor,
+        build_model,
+        None,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        hidden_size=hidden_size,
+        seed=seed,
+        randomise_norms=randomise_norms,
+        text_model=text_model,
     )

@@ -88,6 +88,13 @@ FAMILIES = [
         fixed_count(lambda config: (config.vision_config.image_size // config.vision_config.patch_size) ** 2),
         False,
     ),
+    # PaliGemma 2: Gemma 2 caps its attention logits (transformers' SDPA refuses them) and its final logits
+    Family(
+        "paligemma2",
+        lambda folder: save_tiny_paligemma(folder, seed=12, randomise_norms=True, text_model="gemma2"),
+        fixed_count(lambda config: (config.vision_config.image_size // config.vision_config.patch_size) ** 2),
+        False,
+    ),
 ]
 
 
@@ -234,9 +241,27 @@ def show_where_heads_look(family, tmp_path, run_id) -> None:
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
         main(["show", run_id, "0", "--top", "2", "--out", str(tmp_path / "show.png"), "--warehouse", str(tmp_path / "wh")])
-    if family.name == "paligemma":
+    if family.name in ("paligemma", "paligemma2"):
         assert exit_.value.code != 0 and err.getvalue().splitlines() == ["attnwh: error: overlays are not supported for PaliGemmaForConditionalGeneration"]
         return
     assert exit_.value.code == 0, err.getvalue()
     with Image.open(tmp_path / "show.png") as picture:
         assert picture.format == "PNG" and picture.width > 500
+
+
+def test_a_capped_model_is_masked_but_its_cache_is_not_pruned(tmp_path):
+    """PaliGemma 2's attention-logit cap: pruning chooses keys by uncapped scores, so ``attnwh prune`` refuses in one
+    line (the captured rows and masking are checked against eager attention above)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from attnwh.face.cli import main
+
+    folder = save_tiny_paligemma(tmp_path / "paligemma2", seed=12, text_model="gemma2")
+    common = ["--model", str(folder), "--limit", "2", "--warehouse", str(tmp_path / "wh")]
+    for command in (["extract"], ["prune"]):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exit_:
+            main([*command, *common])
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("attnwh")]
+    assert exit_.value.code != 0 and lines == ["attnwh: error: Gemma2Attention caps its attention logits (softcap 0.1): attnwh captures and masks it, but does not prune its cache"]
