@@ -22,7 +22,7 @@ from attnwh.reports import causal, charts, flips, story
 from attnwh.reports.page import Page, Section
 
 HALLUCINATION_HEADS = 10  # heads shown per run on the long-answer page
-TOP_HEADS_COLUMNS = ("model", "benchmark", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
+TOP_HEADS_COLUMNS = ("model", "benchmark", "run_id", "rank", "layer", "head", "mean_score", "detection_score", "n_samples")
 LENS_ANSWER_QUERY = "prompt"  # the lens heatmap (Fig. 9): the position whose next token is the answer's first
 
 
@@ -34,6 +34,7 @@ class ChartSection:
     chart: Callable[[list[dict]], dict] | None  # None: shown as a table
     parameters: dict[str, Any]
     keep: Callable[[dict], bool] | None = None  # rows of the mart to show (then sorted by model, benchmark, rank)
+    one_run: bool = False  # a mart of every run: per model and benchmark, the rows of the run the report shows (shown_runs)
     columns: tuple[str, ...] | None = None
     name: str | None = None  # a chart's name for ``attnwh.open(...).chart(NAME)``
     figures: tuple[int, ...] = ()  # the figures of the study (CVPR 2025 and its supplement) the chart reproduces
@@ -92,12 +93,14 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ),
                 ChartSection(
                     f"Top {top} heads ({query})",
-                    "Ranked by mean concentration × sum; detection score = share of samples in which the head is among that sample's top 10.",
+                    "Ranked by mean concentration × sum, in the run the heatmaps above show for each model and benchmark (run_id); "
+                    "detection score = share of samples in which the head is among that sample's top 10.",
                     "visual_heads",
                     None,
                     {"query": query},
                     keep=lambda row: row["rank"] <= top,
                     columns=TOP_HEADS_COLUMNS,
+                    one_run=True,
                 ),
             ],
         ),
@@ -196,21 +199,23 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ChartSection(
                     "Image attention as the answer grows",
                     "Every generated token's attention to the image (runs captured with --queries gen), by generated step: one line per layer, "
-                    "coloured by stage; the mean over the layer's heads and the tokens of each step bucket (0, 1, 2–3, 4–7, ...).",
+                    "coloured by stage; the mean over the layer's heads and the tokens of each step bucket (0, 1, 2–3, 4–7, ...); one run per panel.",
                     "gen_attention_by_step",
                     charts.gen_attention_by_step,
                     {"score": "image_sum"},
                     name="gen_attention_by_step",
+                    one_run=True,
                 ),
                 ChartSection(
                     f"Heads that tell grounded from hallucinated object words (top {HALLUCINATION_HEADS})",
                     "Per head, its image attention at the first token of object words that name an object in the image, less at those naming "
-                    "one that is not (by the benchmark's annotation), with 95% Welch intervals; the heads that separate the two best (|t|).",
+                    "one that is not (by the benchmark's annotation), with 95% Welch intervals; the heads that separate the two best (|t|); one run per panel.",
                     "hallucination_heads",
                     charts.hallucination_heads,
                     {"score": "image_sum"},
                     keep=lambda row: row["separation_rank"] <= HALLUCINATION_HEADS,
                     name="hallucination_heads",
+                    one_run=True,
                 ),
                 ChartSection(
                     "When generated words settle",
@@ -230,7 +235,18 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
             ],
         ),
         causal.PAGE: (causal.TITLE, []),  # its sections: reports/causal.py
-        "samples.html": ("Samples", [ChartSection(f"Samples (first {max_samples})", "Questions, answers and parsing.", "report_samples", None, {"max_samples": max_samples})]),
+        "samples.html": (
+            "Samples",
+            [
+                ChartSection(
+                    f"Samples (first {max_samples} per run)",
+                    "Questions, answers and parsing; one extraction run per model and benchmark (run_id).",
+                    "report_samples",
+                    None,
+                    {"max_samples": max_samples},
+                )
+            ],
+        ),
     }
 
 
@@ -321,15 +337,36 @@ def chart_spec(session: Catalog, name: str, query: str = "gen1", max_samples: in
     return _section(session, found[name]).spec
 
 
+# the report's panels show one run per model and benchmark: of the runs with rows for the panel, the first by
+# stg_runs.shown_order (complete before incomplete, then the newest), as the report's own marts choose in SQL
+SHOWN_RUNS_SQL = "select run_id, model, benchmark, shown_order from stg_runs where run_id in (select unnest($runs))"
+
+
+def shown_runs(session: Catalog, rows: list[dict]) -> list[dict]:
+    """Of a mart's rows of every run, those of the one run per model and benchmark the report shows (``SHOWN_RUNS_SQL``)."""
+    runs = session.query(SHOWN_RUNS_SQL, {"runs": sorted({row["run_id"] for row in rows})}).to_pylist()
+    first: dict[tuple[str, str], dict] = {}
+    for run in runs:
+        panel = (run["model"], run["benchmark"])
+        if panel not in first or run["shown_order"] < first[panel]["shown_order"]:
+            first[panel] = run
+    shown = {run["run_id"] for run in first.values()}
+    return [row for row in rows if row["run_id"] in shown]
+
+
 def _section(session: Catalog, section: ChartSection) -> Section:
     mart = get_mart(section.mart)
     rows = run_mart(session, section.mart, {key: str(value) for key, value in section.parameters.items()}).to_pylist()
+    if section.one_run:
+        rows = shown_runs(session, rows)
     if section.keep is not None:
         rows = [{column: row[column] for column in section.columns or row} for row in rows if section.keep(row)]
         rows.sort(key=lambda row: (row.get("model"), row.get("benchmark"), row.get("rank")))
     shown_sql = f"-- the {mart.name} query (attnwh query {mart.name})\n{mart.sql.strip()}"
     if section.parameters:
         shown_sql += "\n-- parameters: " + ", ".join(f"{key} = {value!r}" for key, value in section.parameters.items())
+    if section.one_run:
+        shown_sql += f"\n-- shown: per model and benchmark the rows of one run, the first by shown_order of those with rows\n{SHOWN_RUNS_SQL}"
     description = f"{figure_label(section.figures)} of the study. {section.description}" if section.figures else section.description
     if section.chart is None:
         return Section(section.title, description, shown_sql, table=rows or None)

@@ -1,7 +1,7 @@
 """The report's page "Attention against causal importance": per model and benchmark, each head's attention score
 against its attribution (``attnwh attribute``), the agreement of the two rankings (the ``ranking_agreement`` mart:
 Spearman, Kendall's tau-b, top-k Jaccard) with a headline computed from it, and masking curves for the top heads
-by attention, by attribution and random where such mask runs exist."""
+by attention, by attribution, by an imported ranking and random where such mask runs exist, one line per mask run."""
 
 from __future__ import annotations
 
@@ -39,23 +39,26 @@ def strength(rho: float) -> str:
 
 
 def masking_contrast(rows: list[dict]) -> str:
-    """A sentence per model, benchmark, stage and mode: accuracy with the most heads masked that both top
-    rankings were masked at, by attribution and by attention, with their intervals ("" without such rows)."""
+    """A sentence per model, benchmark, stage, mode and mask run ranked by attribution: accuracy with the most heads
+    masked that its top line and the top line by attention were both masked at, with their intervals and runs ("" without
+    such rows). report_causal_masking gives one run ranked by attention per model, benchmark and mode."""
+    lines: dict[tuple[str, ...], dict[int, dict]] = {}  # (model, benchmark, stage, mode, ranking, run) -> k -> row
+    for row in rows:
+        lines.setdefault((row["model"], row["benchmark"], row["stage"], row["mode"], row["ranking"], row["run_id"]), {})[row["k"]] = row
+    by_attention = {key[:4]: (key[5], line) for key, line in lines.items() if key[4] == "top by attention"}
     found = []
-    keys = sorted({(row["model"], row["benchmark"], row["stage"], row["mode"]) for row in rows})
-    for model, benchmark, stage, mode in keys:
-        lines = {row["ranking"]: {} for row in rows}
-        for row in rows:
-            if (row["model"], row["benchmark"], row["stage"], row["mode"]) == (model, benchmark, stage, mode):
-                lines[row["ranking"]][row["k"]] = row
-        both = set(lines.get("top by attribution", {})) & set(lines.get("top by attention", {}))
-        k = max(both, default=0)
+    for (model, benchmark, stage, mode, ranking, attribution_run), by_attribution in sorted(lines.items()):
+        if ranking != "top by attribution" or (model, benchmark, stage, mode) not in by_attention:
+            continue
+        attention_run, attention = by_attention[(model, benchmark, stage, mode)]
+        k = max(set(by_attribution) & set(attention), default=0)
         if k == 0:
             continue
-        a, b = lines["top by attribution"][k], lines["top by attention"][k]
+        a, b = by_attribution[k], attention[k]
         found.append(
             f"masking the top {k} heads ({a['fraction']:.0%}, stage {stage}, {mode}) of {model} on {benchmark} by attribution leaves accuracy "
-            f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}], by attention {b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}]"
+            f"{a['accuracy']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (mask run {attribution_run}), "
+            f"by attention {b['accuracy']:.3f} [{b['ci_low']:.3f}, {b['ci_high']:.3f}] (mask run {attention_run})"
         )
     return ("; ".join(found)[:1].upper() + "; ".join(found)[1:] + ".") if found else ""
 
@@ -132,9 +135,10 @@ def attention_vs_attribution(rows: list[dict]) -> dict:
 
 
 def causal_masking_curves(rows: list[dict]) -> dict:
-    """Accuracy against the share of heads masked: top by attribution, top by attention and random, with intervals."""
-    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · {row['stage']} · {row['mode']}"} for row in rows]
-    base = alt.Chart(ROWS).encode(x=alt.X("fraction:Q", title="share of heads masked"), color=alt.Color("ranking:N", title="heads masked", legend=SOLID_LEGEND))
+    """Accuracy against the share of heads masked: top by attribution, by an imported ranking, by attention and random,
+    with intervals; one line per mask run and ranking (``series``), so that two runs never join one line."""
+    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · {row['stage']} · {row['mode']}", "series": f"{row['ranking']} · {row['run_id']}"} for row in rows]
+    base = alt.Chart(ROWS).encode(x=alt.X("fraction:Q", title="share of heads masked"), color=alt.Color("ranking:N", title="heads masked", legend=SOLID_LEGEND), detail="series:N")
     band = base.mark_area(opacity=0.12).encode(y=alt.Y("ci_low:Q", title="accuracy"), y2="ci_high:Q")
     line = base.mark_line(point=True).encode(
         y=alt.Y("accuracy:Q", title="accuracy", scale=alt.Scale(domain=[0, 1])),
@@ -142,6 +146,8 @@ def causal_masking_curves(rows: list[dict]) -> dict:
             "model:N",
             "benchmark:N",
             "ranking:N",
+            "run_id:N",
+            "ranking_score:N",
             "k:Q",
             alt.Tooltip("accuracy:Q", format=".3f"),
             alt.Tooltip("ci_low:Q", format=".3f"),

@@ -224,8 +224,8 @@ def pruning_curves(rows: list[dict]) -> dict:
 
 def gen_attention_by_step(rows: list[dict]) -> dict:
     """Attention of every generated token by step bucket: one thin line per layer, coloured by stage, one panel per
-    model × benchmark (``gen_attention_by_step``: the mean over the layer's heads and the bucket's tokens)."""
-    data = [{"panel": _panel(row), **{key: row[key] for key in ("layer", "stage", "step_bucket", "mean_value", "sd_value", "n_tokens")}} for row in rows]
+    model × benchmark, of one run (``gen_attention_by_step``: the mean over the layer's heads and the bucket's tokens)."""
+    data = [{"panel": _panel(row), **{key: row[key] for key in ("run_id", "layer", "stage", "step_bucket", "mean_value", "sd_value", "n_tokens")}} for row in rows]
     buckets = sorted({row["step_bucket"] for row in data})
     chart = (
         alt.Chart(ROWS)
@@ -235,7 +235,16 @@ def gen_attention_by_step(rows: list[dict]) -> dict:
             y=alt.Y("mean_value:Q", title="mean image attention (heads × tokens)"),
             color=alt.Color("stage:N", title="stage", sort=["early", "mid", "late"], legend=SOLID_LEGEND),
             detail="layer:O",
-            tooltip=["panel:N", "layer:O", "stage:N", "step_bucket:O", alt.Tooltip("mean_value:Q", format=".4f"), alt.Tooltip("sd_value:Q", format=".4f"), "n_tokens:Q"],
+            tooltip=[
+                "panel:N",
+                "run_id:N",
+                "layer:O",
+                "stage:N",
+                "step_bucket:O",
+                alt.Tooltip("mean_value:Q", format=".4f"),
+                alt.Tooltip("sd_value:Q", format=".4f"),
+                "n_tokens:Q",
+            ],
         )
         .properties(width=340, height=220)
         .facet(facet=alt.Facet("panel:N", title=None), columns=PANEL_COLUMNS)
@@ -246,12 +255,12 @@ def gen_attention_by_step(rows: list[dict]) -> dict:
 
 def hallucination_heads(rows: list[dict]) -> dict:
     """The heads that separate grounded from hallucinated object words best: per head, the difference of its image
-    attention (grounded − hallucinated) with its 95% Welch interval, best first, one panel per model × benchmark."""
+    attention (grounded − hallucinated) with its 95% Welch interval, best first, one panel per model × benchmark, of one run."""
     data = [
         {
             "panel": _panel(row),
             "head_label": f"L{row['layer']} H{row['head']}",
-            **{key: row[key] for key in ("layer", "head", "stage", "difference", "ci_low", "ci_high", "n_grounded", "n_hallucinated", "separation_rank")},
+            **{key: row[key] for key in ("run_id", "layer", "head", "stage", "difference", "ci_low", "ci_high", "n_grounded", "n_hallucinated", "separation_rank")},
         }
         for row in rows
     ]
@@ -264,6 +273,7 @@ def hallucination_heads(rows: list[dict]) -> dict:
         color=alt.Color("stage:N", sort=["early", "mid", "late"], legend=SOLID_LEGEND),
         tooltip=[
             "panel:N",
+            "run_id:N",
             "layer:O",
             "head:O",
             "stage:N",

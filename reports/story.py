@@ -1,7 +1,7 @@
 """The report's front page in sentences (issue 33): where the visual heads sit, how concentrated they are, what
 masking them costs against random and bottom heads, and how the models compare, each sentence computed from a mart
-(``report_story_heads``, ``report_story_masking``) with its numbers, and linked to the figure it describes. Nothing
-is written by hand but the wording."""
+(``report_story_heads``, ``report_story_masking``; the models compared at a share of heads on the masking page's
+``report_masking``) with its numbers, and linked to the figure it describes. Nothing is written by hand but the wording."""
 
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ def section(session: Catalog, figure_href: Mapping[str, str], query: str = "gen1
     """The front page's sentences; ``figure_href``: a chart's name -> its page and anchor."""
     heads = run_mart(session, "report_story_heads", {"query": query, "k": str(TOP_HEADS)}).to_pylist()
     masking = run_mart(session, "report_story_masking").to_pylist()
+    curves = run_mart(session, "report_masking").to_pylist()
     sentences = []
     for row in heads:
         sentences += head_sentences(row, query, figure_href)
     for row in masking:
         sentences.append(Sentence(masking_sentence(row), figure_href.get("masking_curves", "masking.html"), "masking curves"))
-    sentences += comparison_sentences(heads, masking, figure_href)
-    sql = f"{get_mart('report_story_heads').sql}\n\n{get_mart('report_story_masking').sql}"
+    sentences += comparison_sentences(heads, curves, figure_href)
+    sql = "\n\n".join(get_mart(name).sql for name in ("report_story_heads", "report_story_masking", "report_masking"))
     return Section(TITLE, DESCRIPTION, sql, sentences=sentences or None, empty_message="No extraction run in the warehouse yet.")
 
 
@@ -98,8 +99,42 @@ def masking_sentence(row: dict) -> str:
     return text + "."
 
 
-def comparison_sentences(heads: list[dict], masking: list[dict], figure_href: Mapping[str, str]) -> list[Sentence]:
-    """Per benchmark with two models or more: where their visual heads sit, and what masking them costs each."""
+COMPARED_MODE = "zero"  # the masking mode the models are compared in (masking every layer's top heads)
+
+
+def masking_costs(curves: list[dict], benchmark: str) -> dict[str, dict[float, tuple[int, float]]]:
+    """Per model, from the masking page's curves (``report_masking``: one mask run ranked by attention per model, benchmark
+    and mode): at each share of heads its top heads were masked at (every stage, ``COMPARED_MODE``), k and the
+    accuracy less the run's unmasked baseline's."""
+    top = [row for row in curves if row["benchmark"] == benchmark and row["strategy"] == "top" and row["stage"] == "all" and row["mode"] == COMPARED_MODE]
+    baseline = {row["model"]: row["accuracy"] for row in top if row["k"] == 0}
+    costs: dict[str, dict[float, tuple[int, float]]] = {}
+    for row in top:
+        if row["k"] > 0 and row["model"] in baseline:
+            costs.setdefault(row["model"], {})[round(row["fraction"], 6)] = (row["k"], row["accuracy"] - baseline[row["model"]])
+    return costs
+
+
+def cost_comparison(costs: dict[str, dict[float, tuple[int, float]]]) -> str:
+    """What masking the top heads costs each model at the largest share of heads all of them were masked at, k named
+    per model; where they share none, says so with each model's shares rather than set unlike shares side by side."""
+    shared = set.intersection(*(set(by_share) for by_share in costs.values()))
+    if not shared:
+        shares = "; ".join(f"{model}: {', '.join(_percent(share) for share in sorted(by_share))}" for model, by_share in sorted(costs.items()))
+        return f"; what masking the top heads costs each is not compared: their mask runs masked them at no common share of all heads ({shares})"
+    share = max(shared)
+    ordered = sorted((costs[model][share][1], model) for model in costs)
+    ks = ", ".join(f"{costs[model][share][0]} in {model}" for model in sorted(costs))
+    return (
+        f"; masking the top {_percent(share)} of heads ({ks}; {COMPARED_MODE} mode) costs {ordered[0][1]} the most ({100 * ordered[0][0]:+.0f} points) "
+        f"and {ordered[-1][1]} the least ({100 * ordered[-1][0]:+.0f} points)"
+    )
+
+
+def comparison_sentences(heads: list[dict], curves: list[dict], figure_href: Mapping[str, str]) -> list[Sentence]:
+    """Per benchmark with two models or more: where their visual heads sit (the run each model's panels show:
+    ``report_story_heads``), and what masking them costs each at a share of heads they were all masked at (the
+    masking page's runs, ranked by attention: ``report_masking``)."""
     sentences = []
     by_benchmark = defaultdict(list)
     for row in heads:
@@ -112,11 +147,9 @@ def comparison_sentences(heads: list[dict], masking: list[dict], figure_href: Ma
             f"Across models on {benchmark}, the visual heads sit deepest in {ordered[-1]['model']} (mean depth {ordered[-1]['top_depth']:.2f}) "
             f"and shallowest in {ordered[0]['model']} ({ordered[0]['top_depth']:.2f})"
         )
-        costs = sorted(
-            (row["top_accuracy"] - row["baseline_accuracy"], row["model"]) for row in masking if row["benchmark"] == benchmark and row["stage"] == "all" and row["mode"] == "zero"
-        )
-        if len({model for _, model in costs}) >= 2:
-            text += f"; masking the top heads costs {costs[0][1]} the most ({100 * costs[0][0]:+.0f} points) and {costs[-1][1]} the least ({100 * costs[-1][0]:+.0f} points)"
+        costs = masking_costs(curves, benchmark)
+        if len(costs) >= 2:
+            text += cost_comparison(costs)
         sentences.append(Sentence(text + ".", figure_href.get("layer_concentration_x_sum", "layers.html"), "profiles by depth"))
     return sentences
 

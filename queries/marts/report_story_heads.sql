@@ -1,5 +1,6 @@
--- Where the visual heads of each extraction run sit and how concentrated they are, for the report's front-page
--- sentences: the run's top $k heads by mean $score (ranked as visual_heads ranks: mean score, then layer, head)
+-- Where the visual heads sit and how concentrated they are, for the report's front-page sentences: per model and
+-- benchmark one extraction run (the first by shown_order in stg_runs with scores for $query, the run the report's
+-- panels show), its top $k heads by mean $score (ranked as visual_heads ranks: mean score, then layer, head)
 -- against all its heads: their shares in the early, mid and late stages, their mean depth, and the mean
 -- concentration and image-attention sum of the top heads and of every head.
 with per_head as (
@@ -14,6 +15,12 @@ with per_head as (
     where query = $query
     group by run_id, layer, head
 ),
+shown as (
+    select run_id
+    from stg_runs
+    where kind = 'extract' and run_id in (select run_id from per_head)
+    qualify shown_order = min(shown_order) over (partition by model, benchmark)
+),
 ranked as (
     select
         run_id,
@@ -21,6 +28,7 @@ ranked as (
         head,
         row_number() over (partition by run_id order by mean_score desc nulls last, layer, head) as rank
     from per_head
+    where run_id in (select run_id from shown)
 ),
 heads as (
     select
@@ -37,7 +45,6 @@ heads as (
     from ranked as r
     join per_head as h using (run_id, layer, head)
     join stg_runs as u using (run_id)
-    where u.kind = 'extract'
 ),
 final as (
     select

@@ -5,8 +5,9 @@ from __future__ import annotations
 from attnwh.reports.causal import headline, masking_contrast, strength
 
 
-def _row(ranking: str, k: int, accuracy: float) -> dict:
+def _row(ranking: str, k: int, accuracy: float, run_id: str = "") -> dict:
     return {
+        "run_id": run_id or ("run-attention" if "attention" in ranking else "run-attribution"),
         "model": "m",
         "benchmark": "b",
         "stage": "all",
@@ -23,10 +24,25 @@ def _row(ranking: str, k: int, accuracy: float) -> dict:
 def test_masking_contrast_takes_the_largest_k_both_top_rankings_share():
     rows = [_row("top by attribution", 0, 1.0), _row("top by attribution", 3, 0.75), _row("top by attribution", 6, 0.43)]
     rows += [_row("top by attention", 0, 1.0), _row("top by attention", 3, 0.9), _row("random (outside attention's top k)", 6, 0.8)]
-    assert (
-        masking_contrast(rows) == "Masking the top 3 heads (9%, stage all, zero) of m on b by attribution leaves accuracy 0.750 [0.700, 0.800], by attention 0.900 [0.850, 0.950]."
+    assert masking_contrast(rows) == (
+        "Masking the top 3 heads (9%, stage all, zero) of m on b by attribution leaves accuracy 0.750 [0.700, 0.800] (mask run run-attribution), "
+        "by attention 0.900 [0.850, 0.950] (mask run run-attention)."
     )
     assert masking_contrast([row for row in rows if row["ranking"] != "top by attention"]) == ""
+
+
+def test_masking_contrast_sets_each_attribution_run_against_attention():
+    """Two mask runs ranked by attribution (two attribution runs): a clause each, never one run's accuracy under the
+    other's k (keyed by ranking and k alone, the later run's rows overwrote the earlier's)."""
+    rows = [_row("top by attribution", k, accuracy, "run-a") for k, accuracy in ((0, 1.0), (3, 0.5))]
+    rows += [_row("top by attribution", k, accuracy, "run-b") for k, accuracy in ((0, 1.0), (3, 0.25), (6, 0.0))]
+    rows += [_row("top by attention", k, accuracy) for k, accuracy in ((0, 1.0), (3, 0.9), (6, 0.8))]
+    assert masking_contrast(rows) == (
+        "Masking the top 3 heads (9%, stage all, zero) of m on b by attribution leaves accuracy 0.500 [0.450, 0.550] (mask run run-a), "
+        "by attention 0.900 [0.850, 0.950] (mask run run-attention); "
+        "masking the top 6 heads (19%, stage all, zero) of m on b by attribution leaves accuracy 0.000 [-0.050, 0.050] (mask run run-b), "
+        "by attention 0.800 [0.750, 0.850] (mask run run-attention)."
+    )
 
 
 def test_headline_words_follow_the_numbers():
