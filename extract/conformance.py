@@ -35,12 +35,12 @@ from attnwh.core.errors import ModelError, first_line
 from attnwh.extract.capture import CaptureSpec, capture_session
 from attnwh.extract.discovery import ModelSpec, OutOfScope, describe, find_parts
 from attnwh.extract.forward import CAPTURE_ATTENTION, BatchView, LayerIntervention, forward_call
-from attnwh.extract.lens import logit_lens
+from attnwh.extract.lens import head_logits, head_transforms, logit_lens, matching_transform
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.segments import IMAGE, prompt_segments
 
 TOLERANCE = 1e-5
-CHECKS_VERSION = 2  # bumped when the checks change (2: reuse), so that verdicts cached by `attnwh models --all` are made again
+CHECKS_VERSION = 3  # bumped when the checks change (2: reuse; 3: the lens's probabilities), so that verdicts cached by `attnwh models --all` are made again
 CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED = "captured", "out of scope", "not built here", "failed"
 STATUSES = (CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED)
 
@@ -283,8 +283,12 @@ def _check_lens(parts, session, logits: torch.Tensor, spec: ModelSpec) -> None:
     hidden = session.stacked_hidden()["prompt"]
     if hidden.shape[0] != spec.n_decoder_layers + 1:
         raise ConformanceFailure(f"the lens saw {hidden.shape[0]} hidden states for {spec.n_decoder_layers} decoder layers")
-    lens = logit_lens(hidden, parts.final_norm, parts.lm_head, spec.final_logit_softcapping)
     final = logits[:, -1, :].float()
+    # the probabilities too: what the model does to lm_head's logits (a cap, a scale) is matched, not assumed
+    transform = matching_transform(head_logits(hidden[-1], parts.final_norm, parts.lm_head), final, head_transforms(spec.final_logit_softcapping, spec.logit_scales), 1e-4)
+    if transform is None:
+        raise ConformanceFailure("the lens of the last layer does not give the model's own probabilities under any known transform of its logits (cap, scale)")
+    lens = logit_lens(hidden, parts.final_norm, parts.lm_head, transform)
     if not torch.equal(lens.target_token, final.argmax(dim=-1)) or not bool((lens.target_rank[-1] == 1).all()):
         raise ConformanceFailure("the lens of the last layer does not reproduce the model's own top token (final norm or output embeddings not found)")
     if lens.target_rank.shape[0] != spec.n_decoder_layers + 1:

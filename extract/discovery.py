@@ -100,6 +100,7 @@ class ModelSpec:
     image_token_ids: tuple[int, ...]
     video_token_ids: tuple[int, ...] = ()
     final_logit_softcapping: float | None = None  # Gemma: logits are tanh-capped (changes probabilities, not ranks)
+    logit_scales: tuple[float, ...] = ()  # factors the text config names for the logits (logits_scaling, logit_scale): extract.lens.head_transforms
 
     @property
     def n_layers(self) -> int:
@@ -181,6 +182,9 @@ def describe(config) -> ModelSpec:
         image_token_ids=image_ids,
         video_token_ids=_token_ids(config, text, VIDEO_TOKEN_KEYS),
         final_logit_softcapping=_attribute(text, "final_logit_softcapping") or None,
+        logit_scales=tuple(
+            float(value) for value in (_attribute(text, key) for key in ("logits_scaling", "logit_scale")) if isinstance(value, int | float) and not isinstance(value, bool)
+        ),
     )
 
 

@@ -11,9 +11,9 @@ from functools import partial
 import torch
 
 from attnwh.extract.benchmarks.templates import LETTERS
-from attnwh.extract.capture import CaptureSpec, capture_session
+from attnwh.extract.capture import QUERY_STEPS, CaptureSession, CaptureSpec, capture_session
 from attnwh.extract.forward import BatchView, Intervention, forward_call
-from attnwh.extract.lens import LensResult, logit_lens
+from attnwh.extract.lens import HeadTransform, LensResult, head_logits, head_transforms, logit_lens, matching_transform, without_probabilities
 from attnwh.extract.models import LoadedModel
 from attnwh.extract.segments import prompt_segments
 
@@ -40,6 +40,13 @@ class Generation:
     steps: list[list[int]]  # per row, the token each forward pass produced: the answer and the EOS that ended it (if any)
     first_logits: torch.Tensor  # [batch, vocab] fp32 on CPU: the logits at the answer position
     lens: dict[str, LensResult]  # per captured query, when the capture keeps hidden states
+    second_logits: torch.Tensor | None = None  # [batch, vocab] fp32 on CPU: the next pass's (gen1's position), when it ran
+
+
+# how far the lens's last-layer probabilities may be from the model's own under the transform that matches them
+# (fp32: the same operations; half precision: the model rounds its logits before it transforms them)
+LENS_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+LENS_TOLERANCE_HALF = 0.1
 
 
 def batch_view(loaded: LoadedModel, encoded: dict[str, torch.Tensor]) -> BatchView:
@@ -81,8 +88,9 @@ def generate_with_capture(
     passes = capture.forward_passes_needed if capture is not None else 1
     bound = [intervention.bind(view) for intervention in interventions]
     text_model, modules, layers = parts.text_model, parts.attention_modules, parts.decoder_layers
+    transforms = head_transforms(loaded.spec.final_logit_softcapping, loaded.spec.logit_scales)
     if capture is not None:
-        lens_of = partial(logit_lens, norm=parts.final_norm, lm_head=parts.lm_head, softcap=loaded.spec.final_logit_softcapping) if capture.lens else None
+        lens_of = partial(logit_lens, norm=parts.final_norm, lm_head=parts.lm_head, transform=transforms[0]) if capture.lens else None
         active = capture_session(text_model, modules, capture, segments, region, layers, bound, lens_of)
     else:
         active = forward_call(text_model, modules, layers, bound)
@@ -93,10 +101,33 @@ def generate_with_capture(
     if session is not None and not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
     if session is not None and capture.lens:
-        softcap = loaded.spec.final_logit_softcapping
         norm, lm_head = parts.final_norm, parts.lm_head
-        generation.lens = {name: logit_lens(hidden, norm, lm_head, softcap) for name, hidden in session.stacked_hidden().items()}
+        hidden = session.stacked_hidden()
+        transform = lens_transform(loaded, hidden, session, generation, transforms)
+        generation.lens = {name: logit_lens(states, norm, lm_head, transform or transforms[0]) for name, states in hidden.items()}
+        if transform is None:
+            generation.lens = {name: without_probabilities(result) for name, result in generation.lens.items()}
+        if transform != transforms[0]:  # every step's lens ran during generation, under the configured transform
+            session.gen_lens[:] = [without_probabilities(result) for result in session.gen_lens]
     return generation, session, segments
+
+
+def lens_transform(loaded: LoadedModel, hidden: dict[str, torch.Tensor], session: CaptureSession, generation: Generation, transforms: list[HeadTransform]) -> HeadTransform | None:
+    """What the model does to ``lm_head``'s logits, as this batch shows it (``extract.lens.matching_transform``): the
+    last layer's lens at the prompt's or gen1's position against the model's own logits there; with only every
+    step's lens captured, whether its first step's last layer gives the model's probabilities under the configured
+    transform. None: no known transform does (the lens keeps its ranks, not its probabilities)."""
+    tolerance = LENS_TOLERANCE.get(loaded.dtype, LENS_TOLERANCE_HALF)
+    model_logits = {0: generation.first_logits, 1: generation.second_logits}
+    for name, step in QUERY_STEPS.items():
+        if name in hidden and model_logits.get(step) is not None:
+            raw = head_logits(hidden[name][-1], loaded.parts.final_norm, loaded.parts.lm_head)
+            return matching_transform(raw, model_logits[step], transforms, tolerance)
+    if session.gen_lens:
+        first = session.gen_lens[0]  # the first step's lens: the prompt's last position, whose logits are first_logits
+        expected = torch.softmax(generation.first_logits, dim=-1).gather(-1, first.target_token.cpu()[:, None]).squeeze(-1)
+        return transforms[0] if (first.target_prob[-1].cpu() - expected).abs().max().item() <= tolerance else None
+    return transforms[0]
 
 
 class StopRows:
@@ -147,7 +178,8 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
         cut = next((i for i, token in enumerate(row) if token in end), len(row))
         answers.append(row[:cut])
         steps.append(row[: cut + 1])
-    return Generation(answers, steps, output.logits[0].float().cpu(), {})
+    second = output.logits[1].float().cpu() if len(output.logits) > 1 else None
+    return Generation(answers, steps, output.logits[0].float().cpu(), {}, second)
 
 
 def letter_token_ids(tokenizer) -> list[torch.Tensor]:

@@ -137,6 +137,11 @@ def gen_metrics_table(run_id: str, sample_idx: int, n_image: int, statistics: np
     return pa.table(table).select(GEN_METRICS.names).cast(GEN_METRICS)
 
 
+def probabilities(values) -> list[float | None]:
+    """A lens's probabilities as column values: NaN (left out: ``extract.lens.without_probabilities``) as null."""
+    return [None if value != value else value for value in values.tolist()]
+
+
 def gen_lens_table(run_id: str, sample_idx: int, steps: list[int], lens: list[LensResult], position: int) -> pa.Table:
     """``gen_lens`` of one sample: per step and layer, the rank and probability of the token the step produced.
     A step whose lens target (the final layer's top-1) is not the token generation chose (a logits processor of the
@@ -152,7 +157,7 @@ def gen_lens_table(run_id: str, sample_idx: int, steps: list[int], lens: list[Le
         columns["step"] += [step] * n
         columns["layer"] += list(range(n))
         columns["token_rank"] += result.target_rank[:, position].tolist()
-        columns["token_prob"] += result.target_prob[:, position].tolist()
+        columns["token_prob"] += probabilities(result.target_prob[:, position])
     return pa.table(columns, schema=GEN_LENS)
 
 
@@ -261,10 +266,10 @@ def lens_table(run_id: str, sample_idx: int, position: int, lens: dict[str, Lens
         columns["target_token"] += [target] * n
         columns["target_text"] += [tokenizer.convert_ids_to_tokens(target)] * n
         columns["target_rank"] += result.target_rank[:, position].tolist()
-        columns["target_prob"] += result.target_prob[:, position].tolist()
+        columns["target_prob"] += probabilities(result.target_prob[:, position])
         columns["top_token"] += top
         columns["top_text"] += tokenizer.convert_ids_to_tokens(top)
-        columns["top_prob"] += result.top_prob[:, position].tolist()
+        columns["top_prob"] += probabilities(result.top_prob[:, position])
     return pa.table(columns, schema=LOGIT_LENS)
 
 

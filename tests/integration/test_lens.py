@@ -63,3 +63,67 @@ def test_logit_lens_equals_direct_computation(fixture, request, tmp_path):
         assert [r["target_prob"] for r in stored["gen1"]] == pytest.approx([float(p[0]) for p in probs], abs=1e-5)
         assert stored["gen1"][-1]["target_rank"] == 1
     assert any(r["target_rank"] > 1 for r in lens), "random weights: some early layer should disagree with the last"
+
+
+def _capped_config(folder, cap: float):
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    config["text_config"]["final_logit_softcapping"] = cap
+    path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gemma3_naming_a_cap_it_does_not_apply",  # Gemma3ForConditionalGeneration leaves its logits as lm_head gives them
+        "paligemma2_applying_its_cap",  # PaliGemma (Gemma 2) caps them
+    ],
+)
+def test_the_lens_gives_the_models_own_probabilities_whatever_its_config_names(name, tmp_path):
+    """The lens's last layer against the model's own softmax at the same position (its own forward, separately),
+    for ``prompt`` and ``gen1`` and for every generated step (``gen``): a config's final-logit cap is applied only
+    where the model applies it (it was applied wherever the config named it: Gemma 3's probabilities were off)."""
+    from tests.builders.tiny_gemma3 import save_tiny_gemma3
+    from tests.builders.tiny_paligemma import save_tiny_paligemma
+
+    if name.startswith("gemma3"):
+        folder = _capped_config(save_tiny_gemma3(tmp_path / "model", seed=3, randomise_norms=True), 0.5)
+    else:
+        folder = save_tiny_paligemma(tmp_path / "model", seed=12, randomise_norms=True, text_model="gemma2")
+    options = ExtractOptions(model=str(folder), limit=2, batch_size=1, device="cpu", queries=("prompt", "gen1", "gen"), max_new_tokens=3, command=["test"])
+    run_extract(tmp_path / "wh", options)
+    with open_session(tmp_path / "wh") as session:
+        samples = session.query("select sample_idx, prompt from samples order by sample_idx").to_pylist()
+        lens = session.query("select * from logit_lens order by query, sample_idx, layer").to_pylist()
+        steps = session.query("select * from gen_lens order by sample_idx, step, layer").to_pylist()
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    assert model.config.get_text_config().final_logit_softcapping  # the config names a cap either way
+    processor = AutoProcessor.from_pretrained(folder, backend="pil")
+    benchmark = get_benchmark("toy-shapes").load(None, "test")
+    for row in samples:
+        index = row["sample_idx"]
+        encoded = dict(processor(images=[benchmark[index].load_image()], text=[row["prompt"]], return_tensors="pt"))
+        encoded.pop("labels", None)  # PaliGemma's processor adds them: no loss here
+        with torch.no_grad():
+            probs = torch.softmax(model(**encoded).logits[0, -1].float(), -1)
+        prompt = [r for r in lens if r["sample_idx"] == index and r["query"] == "prompt"][-1]
+        assert prompt["target_prob"] == pytest.approx(float(probs[prompt["target_token"]]), abs=1e-5)
+        assert prompt["top_prob"] == pytest.approx(float(probs.max()), abs=1e-5)
+        first_step = [r for r in steps if r["sample_idx"] == index and r["step"] == 0][-1]
+        assert first_step["token_rank"] == 1
+        if name.startswith("paligemma2"):  # every step's lens runs during generation, under the configured cap: right here
+            assert first_step["token_prob"] == pytest.approx(float(probs[prompt["target_token"]]), abs=1e-5)
+        else:  # ... and left out where the batch shows that the model does not apply it
+            assert all(r["token_prob"] is None for r in steps if r["sample_idx"] == index)
+        encoded["input_ids"] = torch.cat([encoded["input_ids"], torch.tensor([[prompt["target_token"]]])], dim=1)
+        encoded["attention_mask"] = torch.ones_like(encoded["input_ids"])
+        if "token_type_ids" in encoded:
+            generated_type = 1 if name.startswith("paligemma2") else 0  # PaliGemma: 1 = the causal suffix (the prefix attends both ways)
+            encoded["token_type_ids"] = torch.cat([encoded["token_type_ids"], torch.full((1, 1), generated_type, dtype=encoded["token_type_ids"].dtype)], dim=1)
+        with torch.no_grad():
+            probs = torch.softmax(model(**encoded).logits[0, -1].float(), -1)
+        gen1 = [r for r in lens if r["sample_idx"] == index and r["query"] == "gen1"][-1]
+        assert gen1["target_prob"] == pytest.approx(float(probs[gen1["target_token"]]), abs=1e-5)
