@@ -184,6 +184,11 @@ class CaptureSession:
         if self.spec.every_step and self.spec.lens:
             self._step_hidden[index] = last
 
+    def step_final_hidden(self) -> torch.Tensor | None:
+        """The open ``gen`` step's last decoder-layer output at its position ([batch, hidden], before the final
+        norm), once the step's forward pass has run; None without every step's lens."""
+        return self._step_hidden[-1] if self._step_hidden else None
+
     def complete(self) -> bool:
         self.end_step()
         rows = all(r is not None for layers in self.rows.values() for r in layers)

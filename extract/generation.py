@@ -96,7 +96,8 @@ def generate_with_capture(
         active = forward_call(text_model, modules, layers, bound)
     stop = StopRows(encoded["input_ids"].shape[1], loaded.eos_token_ids, passes)
     with torch.inference_mode(), active as entered:
-        generation = generate(loaded, encoded, max_new_tokens, stop)
+        calibration = LensCalibration(loaded, entered, transforms) if capture is not None and capture.lens and capture.every_step else None
+        generation = generate(loaded, encoded, max_new_tokens, stop, calibration)
     session = entered if capture is not None else None
     if session is not None and not session.complete():
         raise RuntimeError("capture did not see every layer of every captured query")
@@ -107,9 +108,30 @@ def generate_with_capture(
         generation.lens = {name: logit_lens(states, norm, lm_head, transform or transforms[0]) for name, states in hidden.items()}
         if transform is None:
             generation.lens = {name: without_probabilities(result) for name, result in generation.lens.items()}
-        if transform != transforms[0]:  # every step's lens ran during generation, under the configured transform
-            session.gen_lens[:] = [without_probabilities(result) for result in session.gen_lens]
+        if calibration is None or not calibration.ran:  # no step's lens was matched before it ran
+            if transform != transforms[0]:
+                session.gen_lens[:] = [without_probabilities(result) for result in session.gen_lens]
     return generation, session, segments
+
+
+class LensCalibration:
+    """Matches the lens of every generated step to the model before the first step's lens runs: as the logits
+    processor of the call, it sees the first step's scores (the model's logits, after the processors of its
+    generation config, if any) while that step's last hidden state is open in the capture session, and sets the
+    session's lens to the transform that reproduces them (``extract.lens.matching_transform``), or to ranks only."""
+
+    def __init__(self, loaded: LoadedModel, session: CaptureSession, transforms: list[HeadTransform]):
+        self.loaded, self.session, self.transforms, self.ran = loaded, session, transforms, False
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        hidden = self.session.step_final_hidden()
+        if not self.ran and hidden is not None:
+            self.ran = True
+            parts, tolerance = self.loaded.parts, LENS_TOLERANCE.get(self.loaded.dtype, LENS_TOLERANCE_HALF)
+            transform = matching_transform(head_logits(hidden, parts.final_norm, parts.lm_head), scores, self.transforms, tolerance)
+            lens = partial(logit_lens, norm=parts.final_norm, lm_head=parts.lm_head, transform=transform or self.transforms[0])
+            self.session.lens_of = lens if transform is not None else (lambda states: without_probabilities(lens(states)))
+        return scores
 
 
 def lens_transform(loaded: LoadedModel, hidden: dict[str, torch.Tensor], session: CaptureSession, generation: Generation, transforms: list[HeadTransform]) -> HeadTransform | None:
@@ -152,11 +174,11 @@ class StopRows:
         return finished
 
 
-def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopRows) -> Generation:
+def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopRows, calibration: LensCalibration | None = None) -> Generation:
     """Greedy ``generate`` over ``inputs`` (the processor's output, or with ``mm_encoder_outputs`` in place of
     the pixels) in the calling context's forward call; answers cut at the first EOS, at ``max_new_tokens``
-    and where ``stop`` found them decided."""
-    from transformers import StoppingCriteriaList
+    and where ``stop`` found them decided (``calibration``: matches every step's lens to the model's logits)."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList
 
     with torch.inference_mode():
         output = loaded.model.generate(
@@ -167,6 +189,7 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
             pad_token_id=loaded.pad_token_id,
             eos_token_id=None,
             stopping_criteria=StoppingCriteriaList([stop]),
+            logits_processor=LogitsProcessorList([calibration] if calibration is not None else []),
             output_logits=True,
             return_dict_in_generate=True,
         )
