@@ -133,6 +133,7 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     if source.manifest["kind"] != "extract" or not source.manifest["spec"].get("rows"):
         raise UsageError(f"run {options.source_run} is not an extraction with raw rows (extract it with --rows)")
     _check_name(warehouse, options.name, statistic, parameters, options.reserved_names)
+    _check_contiguous_images(source)
     boxes = read_regions(options.regions) if options.regions is not None else None
     spec = {
         "source_run_id": source.run_id,
@@ -175,6 +176,21 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
                 on_progress(count, len(pending))
         return result
     return _recompute_on_dask(scheduler, options, run, tasks, result, on_progress)
+
+
+def _check_contiguous_images(source: Run) -> None:
+    """The statistics read a sample's image tokens as its span ``image_start:image_end`` of the stored rows: refused
+    for a run whose images are split by text tokens (Idefics3's tile markers, Pixtral's row breaks), where the span
+    holds more than the image tokens (the rows keep no token types to tell them apart)."""
+    for record in parts.commit_records(source.paths):
+        source_file, filesystem = storage.arrow_source(table_file(parts.part_folder(source.paths, record), "samples"))
+        samples = pq.read_table(source_file, filesystem=filesystem, columns=["sample_key", "status", "n_image", "image_start", "image_end"])
+        for row in samples.to_pylist():
+            if row["status"] == "ok" and row["image_start"] is not None and row["image_end"] - row["image_start"] != row["n_image"]:
+                raise UsageError(
+                    f"run {source.run_id}: sample {row['sample_key']}'s {row['n_image']} image tokens lie split over a span of "
+                    f"{row['image_end'] - row['image_start']} (text tokens between tiles or rows); recompute reads the span and would count them"
+                )
 
 
 def _recompute_on_dask(scheduler, options: RecomputeOptions, run: Run, tasks: dict[int, Task], result: RecomputeResult, on_progress) -> RecomputeResult:

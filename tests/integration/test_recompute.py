@@ -260,3 +260,28 @@ def test_a_derived_view_is_read_only_and_survives_a_mask_run(toy_run, capsys):
     code, _, err = run_cli(capsys, "sql", "drop view top1", "--warehouse", str(warehouse))
     assert code != 0 and "only SELECT" in err
     assert open_warehouse(warehouse).find_run(run_id) is not None
+
+
+def test_a_run_whose_images_are_split_by_text_tokens_is_refused(tmp_path, capsys):
+    """Idefics3 splits an image into tiles with marker tokens between them (the span of a sample's 20 image tokens
+    holds 30 positions): the statistics read the span, so recompute refuses such a run in one line, before it
+    creates anything (by hand: 2×2 tiles + a global view of 4 tokens, each after two marker tokens)."""
+    from tests.builders.tiny_idefics3 import save_tiny_idefics3
+
+    folder = save_tiny_idefics3(tmp_path / "idefics3")
+    result = run_extract(tmp_path / "wh", ExtractOptions(model=str(folder), limit=2, batch_size=2, device="cpu", command=["test"]))
+    with open_session(tmp_path / "wh") as session:
+        spans = session.query("select n_image, image_end - image_start as span from samples").to_pylist()
+    assert spans == [{"n_image": 20, "span": 28}] * 2  # the first tile's markers come before the span: 4 × 2 within it
+    runs_before = sorted(path.name for path in (tmp_path / "wh" / "runs").rglob("run=*"))
+    code, out, err = run_cli(capsys, "recompute", result.run_id, "--statistic", "topk_mass", "--k", "1", "--name", "top1", "--warehouse", str(tmp_path / "wh"))
+    assert code != 0 and err.splitlines() == [
+        f"attnwh: error: run {result.run_id}: sample {_first_key(tmp_path / 'wh')}'s 20 image tokens lie split over a span of 28 (text tokens "
+        "between tiles or rows); recompute reads the span and would count them"
+    ]
+    assert sorted(path.name for path in (tmp_path / "wh" / "runs").rglob("run=*")) == runs_before
+
+
+def _first_key(warehouse) -> str:
+    with open_session(warehouse) as session:
+        return session.query("select sample_key from samples order by sample_idx limit 1").to_pylist()[0]["sample_key"]
