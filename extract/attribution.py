@@ -79,6 +79,10 @@ class AttributeOptions(SweepOptions):
     seed: int = 0
 
 
+MAX_PATTERNS = 65536  # each pattern is a condition run over every sample: more is a typo, not a sweep
+MAX_BOOTSTRAP = 100_000
+
+
 def default_patterns(n_heads: int) -> int:
     return max(64, 4 * n_heads)
 
@@ -91,10 +95,12 @@ def check_attribute_options(options: AttributeOptions) -> None:
         raise UsageError(
             f"--fraction (p) is the chance a pattern ablates a head, strictly between 0 and 1; got {options.p} (0 ablates nothing, 1 every head: no pattern tells heads apart)"
         )
-    if options.patterns is not None and options.patterns < 2:
-        raise UsageError(f"--patterns must be at least 2, got {options.patterns}")
-    if options.bootstrap < 0:
-        raise UsageError(f"--bootstrap must be 0 or more, got {options.bootstrap}")
+    if options.patterns is not None and not 2 <= options.patterns <= MAX_PATTERNS:
+        raise UsageError(f"--patterns takes 2 to {MAX_PATTERNS} (each pattern is a condition of the sweep), got {options.patterns}")
+    if not 0 <= options.bootstrap <= MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap takes 0 to {MAX_BOOTSTRAP} resamples, got {options.bootstrap}")
+    if not 0 <= options.seed < 2**32:
+        raise UsageError(f"--seed takes 0 to {2**32 - 1} (a NumPy seed), got {options.seed}")
     if options.alpha is not None and not (options.alpha > 0 and math.isfinite(options.alpha)):
         raise UsageError(f"--alpha must be a positive number, got {options.alpha}")
     if options.alpha is not None and options.fit == "ols":

@@ -83,6 +83,7 @@ class ExtractResult:
     model_loads: dict[str, int] | None = None  # models loaded per Dask worker
     damaged: str | None = None  # why readers leave the run out (the catalog's warning: a committed table damaged since), else None
     first_error: str | None = None  # the first error row's reason among the parts this process wrote (an image not found, ...)
+    parts_committed: int | None = None  # the run's committed parts at the end, by any process (another writer's too)
 
     def note_errors(self, error: str | None) -> None:
         if self.first_error is None and error is not None:
@@ -160,6 +161,7 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
             in_flight = (writer.submit(parts.commit_part, run.paths, part_id, part.write, writer_of(rank)), part, len(indices))
         if in_flight is not None:
             finish(*in_flight)
+    result.parts_committed = len(parts.committed_part_ids(run.paths))
     return result
 
 
@@ -190,6 +192,7 @@ def _extract_on_dask(scheduler, options: ExtractOptions, run: Run, plan: Plan, p
                 on_progress(done, total)
         result.model_loads = model_loads(client)
     parts.recover(run.paths)  # attempts of workers that died (their tasks ran again elsewhere)
+    result.parts_committed = len(parts.committed_part_ids(run.paths))
     return result
 
 

@@ -63,7 +63,7 @@ def render_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str
         separator = "["
         for batch in batches:
             for row in batch.to_pylist():
-                yield f"{separator}\n {json.dumps(row, default=str)}"
+                yield f"{separator}\n {json_text(row)}"
                 separator = ","
         yield "[]\n" if separator == "[" else "\n]\n"
         return
@@ -77,12 +77,28 @@ def render_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str
     yield render(pa.Table.from_batches(shown, schema=schema), "table", total=total) + "\n"
 
 
+def json_text(value, indent: int | None = None) -> str:
+    """``value`` as standard JSON: a NaN or an infinity (which ``json.dumps`` writes as ``NaN`` / ``Infinity``, and
+    JSON parsers refuse) is null; other values JSON has no type for as their text."""
+
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(entry) for key, entry in item.items()}
+        if isinstance(item, list | tuple):
+            return [finite(entry) for entry in item]
+        return item
+
+    return json.dumps(finite(value), default=str, indent=indent, allow_nan=False)
+
+
 def render(table: pa.Table, fmt: str, max_rows: int | None = None, total: int | None = None) -> str:
     """``table`` as an aligned table (its first ``max_rows`` rows; the footer counts ``total`` rows, the table's own
     by default), CSV or JSON."""
     rows = table.to_pylist()
     if fmt == "json":
-        return json.dumps(rows, default=str, indent=1)
+        return json_text(rows, indent=1)
     if fmt == "csv":
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")

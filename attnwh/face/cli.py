@@ -10,7 +10,9 @@ or ``ATTNWH_DEBUG=1``. Only typer's public API is used (``typer.Exit``, ``typer.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import typer
@@ -62,6 +64,13 @@ app.command()(cli_show.show)
 app.command()(cli_attribute.attribute)
 
 
+def _interrupt_once(signum, frame) -> None:
+    """The first Ctrl-C interrupts (committed parts are kept, the command resumes); later ones are ignored while the
+    process unwinds: a second one inside that cleanup (a library's native code) aborted the process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: parser errors become one line, like library errors; a bug one line too."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     args = [arg for arg in args if arg != "--debug"]
     if not debug:  # the hub's retries of a model id it cannot reach (offline: 5 retries, 11 lines) end in one line of ours
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")  # read when huggingface_hub is first imported, after this
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_once)
     try:
         code = app(args=args, prog_name="attnwh", standalone_mode=False)
     except typer.Exit as exc:

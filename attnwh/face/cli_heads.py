@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, read_session
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session
 
 HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json (Retrieval_Head, SparseMM) or duo-tsv (DuoAttention, kvpress).")]
 
@@ -36,6 +36,7 @@ def export(
         return
     from attnwh.warehouse.head_files import duo_config
 
+    check_outside_warehouse(out, warehouse, "--out")
     written = [(out, text)]
     config = out.parent / "config.json"
     if fmt == "duo-tsv":

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import FormatOption, WarehouseOption, check_format, fail, handles_errors, read_session, warn
+from attnwh.face.console import FormatOption, WarehouseOption, check_format, check_outside_warehouse, fail, handles_errors, read_session, warn
 
 
 @handles_errors
@@ -148,6 +148,7 @@ def report(
         raise UsageError(f"--top must be at least 1, got {top}")
     if not 0 <= pictures <= 50:
         raise UsageError(f"--pictures must be between 0 and 50, got {pictures}")
+    check_outside_warehouse(out, warehouse, "--out")
     if figure is not None:
         from attnwh.reports.build import write_figure
 

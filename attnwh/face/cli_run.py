@@ -464,8 +464,10 @@ def recompute(
 
 
 def _state(result) -> str:
-    """An extraction's or recomputation's result: complete when every part is committed."""
-    return "complete" if result.parts_skipped + result.parts_written >= result.parts_total else "incomplete"
+    """An extraction's or recomputation's result: complete when every part is committed (by this process or, where
+    the result counted them at its end, by any: another writer's parts too)."""
+    committed = getattr(result, "parts_committed", None)
+    return "complete" if (committed if committed is not None else result.parts_skipped + result.parts_written) >= result.parts_total else "incomplete"
 
 
 def _echo_dashboard(result) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, read_session
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session
 
 SHOW_FORMATS = (".png", ".svg", ".html")
 
@@ -42,6 +42,7 @@ def show(
     if suffix not in SHOW_FORMATS:
         raise UsageError(f"--out must end in {', '.join(SHOW_FORMATS)}, got {out.name!r}")
     check_query(query)
+    check_outside_warehouse(out, warehouse, "--out")
     with read_session(warehouse) as session:
         figure = draw(session, run_id, sample, HeadChoice(layer=layer, head=head, top=top, score=score), query, data, model)
     try:

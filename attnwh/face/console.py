@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -41,6 +42,20 @@ def stack_size(value: str | int | None) -> int | None:
     if not (digits.isascii() and digits.isdigit()):  # int() would take other scripts' digits and "+4" too
         raise typer.BadParameter(f"{value!r} is neither auto nor a number of conditions per pass")
     return int(digits)
+
+
+def check_outside_warehouse(path: Path, warehouse: str | None, option: str = "--out") -> None:
+    """Refuse an output path inside the warehouse (a local one): a file written there replaces or adds to what its
+    commits recorded, and the readers then leave the run out."""
+    from attnwh.warehouse.layout import warehouse_location
+    from attnwh.warehouse.storage import is_object_store
+
+    root = warehouse_location(warehouse)
+    if is_object_store(root):
+        return
+    inside, target = Path(root).resolve(), Path(path).resolve()
+    if target == inside or inside in target.parents:
+        raise UsageError(f"{option} {path} is inside the warehouse {root}: attnwh writes there only through its commits; choose a path outside it")
 
 
 def one_line(text: str) -> str:

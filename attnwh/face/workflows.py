@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import IntegrityError, UsageError
 from attnwh.extract.mask_run import MaskOptions, prepare_mask, run_mask
 from attnwh.extract.prune_run import PruneOptions, prepare_prune, run_prune
 from attnwh.extract.recompute import RecomputeOptions, RecomputeResult, run_recompute
@@ -52,7 +52,11 @@ def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOption
 
 
 def _sweep_table(warehouse: Path | str | None, mart: str, run_id: str) -> pa.Table:
+    """The sweep's table; a run the readers leave out (a committed file damaged since) is an error, not an empty table."""
     with open_session(warehouse) as session:
+        damaged = next((line for line in session.warnings if line.startswith(f"run {run_id} left out: ")), None)
+        if damaged is not None:
+            raise IntegrityError(f"{damaged}; its committed conditions are not run again (see `attnwh verify {run_id}`)")
         return run_mart(session, mart, {"run_id": run_id})
 
 

@@ -46,6 +46,16 @@ def test_sql_formats(warehouse):
     assert invoke("sql", statement, "--warehouse", str(warehouse)).output == "status  n\n------  --\nok      20\n(1 row)\n"
 
 
+def test_json_output_is_standard_json_with_nulls_for_nan_and_infinity(warehouse):
+    """JSON has no NaN or Infinity (Python's json writes them, JavaScript's JSON.parse refuses them): they are null."""
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    statement = "select 'nan'::double as a, 'inf'::double as b, '-inf'::double as c, [1.5, 'nan'::double] as d, 2.5::double as e"
+    assert strict(invoke("sql", statement, "--warehouse", str(warehouse), "--format", "json").output) == [{"a": None, "b": None, "c": None, "d": [1.5, None], "e": 2.5}]
+
+
 def test_sql_from_file_and_marts_are_views(warehouse, tmp_path):
     query = tmp_path / "q.sql"
     query.write_text("select count(*) as heads from head_attention where query = 'gen1'")
@@ -209,3 +219,24 @@ def test_version_is_the_packages(capsys):
     expected = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]["version"]
     code, out, err = run_cli(capsys, "--version")
     assert (code, out.strip(), err) == (0, f"attnwh {expected}", "")
+
+
+def test_outputs_inside_the_warehouse_are_refused(warehouse, tmp_path):
+    """A file written into the warehouse replaces or adds to what its commits recorded (a heads export over a
+    committed part's table left the run out of every read): refused in one line, nothing written."""
+    import hashlib
+
+    def digests() -> dict[str, str]:
+        return {str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(warehouse.rglob("*")) if path.is_file()}
+
+    run_id = json.loads(invoke("runs", "--warehouse", str(warehouse), "--format", "json").output)[0]["run_id"]
+    part_table = next(warehouse.rglob("samples.parquet"))
+    before = digests()
+    for args, out in ((["heads", "export", run_id, "--out"], part_table), (["report", "--out"], part_table.parent), (["show", run_id, "0", "--out"], warehouse / "picture.png")):
+        result = invoke(*args, str(out), "--warehouse", str(warehouse))
+        lines = result.output.strip().splitlines()
+        assert result.exit_code != 0 and lines == [
+            f"attnwh: error: --out {out} is inside the warehouse {warehouse}: attnwh writes there only through its commits; choose a path outside it"
+        ], result.output
+    assert digests() == before
+    assert invoke("heads", "export", run_id, "--out", str(tmp_path / "heads.json"), "--warehouse", str(warehouse)).exit_code == 0  # outside: written

@@ -278,6 +278,9 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
         (["--benchmark", "toy-shapes-caption"], "without a gold option"),
         (["--fit", "ols", "--patterns", "5"], "--fit ols needs more patterns than heads"),
         (["--ablation", "paper"], "--ablation takes zero, mean"),
+        (["--seed", "-1"], "--seed takes 0 to 4294967295 (a NumPy seed), got -1"),  # was NumPy's ValueError: an internal error
+        (["--patterns", "99999999999"], "--patterns takes 2 to 65536 (each pattern is a condition of the sweep), got 99999999999"),  # was a 23 TiB MemoryError
+        (["--bootstrap", "10000000000"], "--bootstrap takes 0 to 100000 resamples, got 10000000000"),
     ):
         result = runner.invoke(app, ["attribute", "--model", str(tiny_mha), "--warehouse", str(tmp_path / "wh"), "--limit", "2", *args])
         assert result.exit_code == 2, result.output

@@ -6,11 +6,15 @@ from attnwh.queries.library import open_session
 from tests.reliability.test_crash import attnwh, check_complete
 
 
-def _both(first: list[str], second: list[str], warehouse) -> None:
+def _both(first: list[str], second: list[str], warehouse) -> list[str]:
+    """Both commands at once; what each printed."""
     processes = [attnwh(first, warehouse), attnwh(second, warehouse)]
+    printed = []
     for process in processes:
-        _, err = process.communicate(timeout=300)
+        out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err.decode()[-2000:]
+        printed.append(out.decode())
+    return printed
 
 
 def test_two_different_runs_at_once(tmp_path):
@@ -26,8 +30,10 @@ def test_two_different_runs_at_once(tmp_path):
 def test_the_same_run_from_two_processes(tmp_path):
     warehouse = tmp_path / "wh"
     command = ["extract", "--limit", "12", "--part-size", "3", "--batch-size", "3", "--device", "cpu"]
-    _both(command, command, warehouse)
+    printed = _both(command, command, warehouse)
     check_complete(warehouse)  # one run, each part committed once, verify clean, no staging left
+    # each process says the run is complete, whichever of them committed its parts (each counted only its own before)
+    assert all("(complete): wrote" in out for out in printed), printed
     with open_session(warehouse) as session:
         assert session.query("select count(*) as n from runs").to_pylist() == [{"n": 1}]
 

@@ -137,3 +137,26 @@ def test_readers_never_see_a_partial_part(tmp_path):
             process.send_signal(signal.SIGKILL)
     process.communicate()
     assert seen
+
+
+def test_two_quick_interrupts_end_in_one_line_and_a_resumable_run(tmp_path):
+    """Ctrl-C twice, 10 ms apart, once a part is committed: the second came while the first unwound (native code of
+    a library underneath) and aborted the process (SIGABRT, "terminate called ..."); it is ignored now. Exit 130,
+    one line, and the same command completes the run with every sample once."""
+    warehouse = tmp_path / "wh"
+    args = ["extract", "--limit", "24", "--part-size", "3", "--batch-size", "3", "--device", "cpu"]
+    process = attnwh(args, warehouse, text=True)
+    deadline = time.monotonic() + 240
+    while process.poll() is None and not list(warehouse.glob("runs/*/*/*/_commits/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith(("attnwh", "terminate", "FATAL"))]
+    assert process.returncode == 130 and lines == ["attnwh: error: interrupted; committed parts are kept, run the same command again to resume"], err[-2000:]
+    assert run(args, warehouse) == 0
+    with open_session(warehouse) as session:
+        assert session.query("select count(*) as n, count(distinct sample_idx) as distinct_n from samples").to_pylist() == [{"n": 24, "distinct_n": 24}]

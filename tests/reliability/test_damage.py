@@ -143,6 +143,9 @@ def test_damage_gets_a_clear_outcome_from_every_command(pristine, tmp_path, caps
         if target == "mask RUN.json":
             code, text = outcomes["mask (resume)"]
             assert code != 0 and path.name in text and "cannot resume" in text, text
+        if target == "sweep_results.parquet":  # resumed, the sweep's own run is left out: an error, not an empty table (exit 0)
+            code, text = outcomes["mask (resume)"]
+            assert code != 0 and path.name in text and f"run {damaged_run} left out" in text, text
         assert outcomes["new run"][0] == 0, outcomes["new run"]
     after = digests(root)
     changed = [name for name, digest in before.items() if after.get(name) != digest and "_staging" not in name]
