@@ -33,7 +33,11 @@ def _sweep_of(family, folder):
     return family, loaded, setup
 
 
-@pytest.fixture(scope="module", params=FAMILIES, ids=lambda family: family.name)
+# the sweeps here mask and prune; PaliGemma 2's capped attention is refused for pruning (test_families.py)
+SWEPT = [family for family in FAMILIES if family.name != "paligemma2"]
+
+
+@pytest.fixture(scope="module", params=SWEPT, ids=lambda family: family.name)
 def family_sweep(request, tmp_path_factory):
     return _sweep_of(request.param, tmp_path_factory.mktemp("reuse"))
 
