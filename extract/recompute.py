@@ -39,16 +39,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-import zarr
 
 from attnwh.core.errors import UsageError, WarehouseError
 from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.arrays import has_rows
+from attnwh.warehouse.arrays import has_rows, part_rows_at
 from attnwh.warehouse.derived import SINKS_SUFFIX, check_view_name
-from attnwh.warehouse.layout import RunPaths, open_warehouse, rows_folder, table_file
+from attnwh.warehouse.layout import RunPaths, open_warehouse, table_file
 from attnwh.warehouse.runs import Run, environment_info, load_run, open_or_create_run, read_manifest
 from attnwh.warehouse.schema import DERIVED_METRICS, DERIVED_SINKS, DERIVED_VALUE_COLUMNS
 
@@ -276,10 +275,9 @@ def compute_part(task: Task, source_part: Path) -> dict[str, pa.Table]:
     source, filesystem = storage.arrow_source(table_file(source_part, "samples"))
     samples = pq.read_table(source, filesystem=filesystem, columns=["sample_idx", "sample_key", "status", "image_start", "image_end"])
     where = {row["sample_idx"]: row for row in samples.to_pylist()}
-    group = zarr.open_group(storage.zarr_store(rows_folder(source_part)), mode="r")
-    attention = group["attention"]
-    sample_idx = np.asarray(group["sample_idx"][...])
-    queries = list(group.attrs["queries"])
+    # checked against the part's commit record: a missing chunk would read as NaN and commit a part of NULLs
+    attention, sample_idx, attributes = part_rows_at(RunPaths(storage.location(task.source_root)), source_part)
+    queries = list(attributes["queries"])
     n_layers, n_heads = attention.shape[2], attention.shape[3]
     columns: dict[str, list[np.ndarray]] = {name: [] for name in (*KEY_COLUMNS, *DERIVED_VALUE_COLUMNS)}
     sinks_rows: list[dict[str, Any]] = []

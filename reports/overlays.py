@@ -39,6 +39,7 @@ def overlay_maps(
     """The attention of ``weights`` on the image, bilinearly upsampled per view and added up over views."""
     weights = np.asarray(weights, dtype=np.float64)
     width, height = image_size
+    boxes = _whole_pixels(np.asarray(boxes, dtype=np.float64), width, height)
     xs = (np.arange(out_size[0]) + 0.5) * width / out_size[0]
     ys = (np.arange(out_size[1]) + 0.5) * height / out_size[1]
     spatial = views >= 0
@@ -59,6 +60,19 @@ def overlay_maps(
         value = np.where(read & (norm > 0), value * finest / (cell_width * cell_height), np.nan)
         total = np.where(np.isnan(total), value, total + np.nan_to_num(value))
     return total.astype(np.float32)
+
+
+def _whole_pixels(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes of no extent along an axis widened to the pixel that holds them. Along a side of one pixel every processed
+    pixel has the same coordinate, so the layout cannot tell where in it a token reads: its boxes there have no width,
+    and a cell of no width would divide by zero and draw nothing."""
+    widened = boxes.copy()
+    for low, high, side in ((0, 2, width), (1, 3, height)):
+        flat = ~np.isnan(boxes[:, low]) & ~(boxes[:, high] > boxes[:, low])
+        start = np.clip(np.floor(np.nan_to_num(boxes[:, low])), 0, max(side - 1, 0))
+        widened[:, low] = np.where(flat, start, boxes[:, low])
+        widened[:, high] = np.where(flat, np.minimum(start + 1, side), boxes[:, high])
+    return widened
 
 
 def _cell(boxes: np.ndarray) -> tuple[float, float]:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -32,6 +33,41 @@ from attnwh.warehouse.schema import META_DEFINITIONS, SCHEMA_VERSION, TABLES, vi
 from attnwh.warehouse.sql_guard import check_read_only
 
 _MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
+# DuckDB's errors that come from reading a file, not from the statement: its unclassified errors (a Parquet page's or
+# footer's thrift that does not decode), I/O errors, and internal or deserialisation errors; by their type, or by the
+# prefix of their message where Arrow's stream of a result carries one as an OSError
+_FILE_FAILURES = (duckdb.IOException, duckdb.InternalException, duckdb.SerializationException)
+_FILE_FAILURE_PREFIX = re.compile(r"(Invalid|IO|Internal|Serialization) Error: ")
+# an "Invalid Input Error" is mostly the statement's (error(), strptime, a bad regex), except when a file's bytes are
+_DAMAGED_INPUT = re.compile(r"failed to read file|magic bytes|invalid string encoding|corrupt", re.IGNORECASE)
+DAMAGE_HINT = "a committed file may be damaged; run `attnwh verify`"
+
+
+@contextmanager
+def sql_errors(streamed: bool = False) -> Iterator[None]:
+    """DuckDB's failure to run a statement as ``SqlError`` (``sql_error``): its own errors; its binding's failure to
+    turn an error's text into a string (a ``RuntimeError`` of nanobind: the undecodable bytes a damaged file puts
+    there); with ``streamed``, the ``OSError`` that Arrow's stream of a result raises for DuckDB's error met after the
+    first batch (its message is DuckDB's)."""
+    try:
+        yield
+    except (duckdb.Error, RuntimeError, OSError) as exc:
+        if isinstance(exc, duckdb.Error) or (isinstance(exc, RuntimeError) and "nanobind" in str(exc)) or (isinstance(exc, OSError) and streamed):
+            raise sql_error(exc) from exc
+        raise
+
+
+def sql_error(exc: BaseException) -> SqlError:
+    """One line for a statement DuckDB could not run; a failure that is not the statement's (reading a file's
+    bytes) says that a committed file may be damaged, since DuckDB names no file and ``verify`` finds it."""
+    message = first_line(exc)
+    if isinstance(exc, duckdb.Error):
+        from_a_file = type(exc) is duckdb.Error or isinstance(exc, _FILE_FAILURES) or (isinstance(exc, duckdb.InvalidInputException) and _DAMAGED_INPUT.search(message) is not None)
+    elif isinstance(exc, OSError):
+        from_a_file = _FILE_FAILURE_PREFIX.match(message) is not None or (message.startswith("Invalid Input Error: ") and _DAMAGED_INPUT.search(message) is not None)
+    else:
+        from_a_file = True  # the binding could not decode the message: bytes of a file
+    return SqlError(f"{message.rstrip('.')}; {DAMAGE_HINT}" if from_a_file else message)
 
 
 ROLLUP_TABLES = ("head_scores", "head_ranks")
@@ -111,7 +147,12 @@ class Catalog:
             if problem is not None:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {problem}; see `attnwh verify`")
                 continue
-            for name in [] if storage.is_object_store(run.root) else parts.unrecorded_parts(run):  # object stores publish nothing (verify lists them)
+            try:
+                unrecorded = [] if storage.is_object_store(run.root) else parts.unrecorded_parts(run)  # object stores publish nothing (verify lists them)
+            except WarehouseError as exc:  # its committed parts were found by their names: only the unrecorded ones are unknown
+                self.warnings.append(f"run {run.root.name.removeprefix('run=')}: {exc}; see `attnwh verify`")
+                unrecorded = []
+            for name in unrecorded:
                 self.warnings.append(f"run {run.root.name.removeprefix('run=')}: {name} left out: it has no commit record; see `attnwh verify`")
             try:
                 check_plan_footer(run, readable.manifest)
@@ -375,17 +416,13 @@ class Catalog:
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None) -> pa.Table:
         """Run trusted SQL (attnwh's own queries) with bound parameters."""
-        try:
+        with sql_errors():
             return self._when_defined(lambda: self.connection.sql(sql, params=parameters or None).to_arrow_table())
-        except duckdb.Error as exc:
-            raise SqlError(first_line(exc)) from exc
 
     def relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """Trusted SQL (attnwh's own queries) as a lazy DuckDB relation, parameters bound."""
-        try:
+        with sql_errors():
             return self._when_defined(lambda: self.connection.sql(sql, params=parameters or None))
-        except duckdb.Error as exc:
-            raise SqlError(first_line(exc)) from exc
 
     def user_relation(self, sql: str, parameters: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """A user's statement, checked to only read, as a lazy DuckDB relation (the notebook API)."""
@@ -399,16 +436,12 @@ class Catalog:
         """A user's statement, checked to only read, as its result's schema and its rows in batches of up to ``rows``,
         fetched as they are read (a result larger than memory streams through)."""
         relation = self.user_relation(sql)
-        try:
+        with sql_errors():
             reader = self._when_defined(lambda: relation.fetch_record_batch(rows))
-        except duckdb.Error as exc:
-            raise SqlError(first_line(exc)) from exc
 
         def batches() -> Iterator[pa.RecordBatch]:
-            try:
+            with sql_errors(streamed=True):
                 yield from reader
-            except duckdb.Error as exc:
-                raise SqlError(first_line(exc)) from exc
 
         return reader.schema, batches()
 
@@ -416,10 +449,8 @@ class Catalog:
         """The user's statement checked to only read; one that reads the catalog first gets every name listed."""
         statement = check_read_only(sql)
         if LISTING.search(statement):
-            try:
+            with sql_errors():
                 self.list_everything()
-            except duckdb.Error as exc:
-                raise SqlError(first_line(exc)) from exc
         return statement
 
     def close(self) -> None:

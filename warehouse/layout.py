@@ -19,6 +19,7 @@ DEFAULT_WAREHOUSE = "attnwh-warehouse"
 ENV_WAREHOUSE = "ATTNWH_WAREHOUSE"
 
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_GLOB = re.compile(r"[*?\[]")  # what DuckDB's readers take a file path with for a pattern (it has no escape)
 
 
 def slug(text: str) -> str:
@@ -59,8 +60,16 @@ def warehouse_location(path: Location | str | None) -> Location:
     """The folder or object-store prefix a ``--warehouse`` value (or ``$ATTNWH_WAREHOUSE``, else the
     default) names: a local path, or a URL like ``s3://bucket/prefix`` (``storage.location``)."""
     if path is not None and not isinstance(path, str) and storage.is_object_store(path):
-        return path
-    return storage.location(str(path) if path is not None else os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE)
+        root = path
+    else:
+        root = storage.location(str(path) if path is not None else os.environ.get(ENV_WAREHOUSE) or DEFAULT_WAREHOUSE)
+    if (pattern := _GLOB.search(str(root))) is not None:
+        shown = str(root) if str(root).isprintable() else repr(str(root))
+        raise WarehouseError(
+            f"warehouse path {shown} contains {pattern.group()!r}: DuckDB reads a file path with * ? [ as a pattern, which "
+            "can match another folder's files; rename the folder, or reach it through a link whose path has none of them"
+        )
+    return root
 
 
 @dataclass(frozen=True)
@@ -156,17 +165,21 @@ class Warehouse:
         False (``parts.readable_run`` lists everything under the run in one listing)."""
         if storage.is_object_store(self.root):
             return self._stored_runs(tagged=tagged)
-        if not self.runs_root.is_dir():
-            return []
-        return [RunPaths(p) for p in sorted(self.runs_root.glob("model=*/benchmark=*/run=*")) if p.is_dir()]
+        return [RunPaths(folder) for folder in self._local_runs()]
 
     def find_run(self, run_id: str) -> RunPaths | None:
         if storage.is_object_store(self.root):
             return next((run for run in self._stored_runs(run_id) if run.root.name == f"run={run_id}"), None)
-        if not self.runs_root.is_dir():
-            return None
-        matches = [p for p in self.runs_root.glob(f"model=*/benchmark=*/run={run_id}") if p.is_dir()]
-        return RunPaths(matches[0]) if matches else None
+        # by name, never a glob: a run id is the user's text ("*" would match any run)
+        return next((RunPaths(folder) for folder in self._local_runs() if folder.name == f"run={run_id}"), None)
+
+    def _local_runs(self) -> list[Location]:
+        """Every run folder of a local warehouse, level by level; a folder that cannot be listed raises
+        ``WarehouseError`` naming it (``Path.glob`` skipped it: the warehouse, or a model's runs, looked empty)."""
+        found = [self.runs_root]
+        for prefix in ("model=", "benchmark=", "run="):
+            found = [parent / name for parent in found for name in storage.names_in(parent, prefix) if storage.is_dir(parent / name)]
+        return found
 
     def _stored_runs(self, run_id: str | None = None, tagged: bool = True) -> list[RunPaths]:
         """Runs on an object store, found level by level with delimited listings (never a listing of every
@@ -183,8 +196,10 @@ class Warehouse:
 def open_warehouse(path: Location | str | None, create: bool = False) -> Warehouse:
     """Open (or, with ``create``, initialise) the warehouse at ``path`` (a folder or an object-store URL).
 
-    Refuses a path that is a file, a non-empty folder that is not a warehouse, and a warehouse of a
-    newer layout than this version of attnwh understands. A store that cannot be reached, or that
+    Refuses a path that is a file, a non-empty folder that is not a warehouse, a path with ``*``, ``?`` or ``[``
+    (``warehouse_location``), and a warehouse of a newer layout than this version of attnwh understands (or of a
+    layout version that is no whole number from 1). A folder that cannot be read, or a path too long for the file
+    system, is one line naming it. A store that cannot be reached, or that
     refuses the credentials, is one line naming it; so is, with ``create`` (a writer), a store that
     ignores conditional puts (``probe``: asked once per machine and store).
     """
@@ -193,6 +208,12 @@ def open_warehouse(path: Location | str | None, create: bool = False) -> Warehou
         return _open(Warehouse(root), create)
     except WarehouseError:
         raise
+    except OSError as exc:
+        if storage.is_object_store(root):
+            raise WarehouseError(storage.describe_error(root, exc)) from exc
+        # an unreadable folder, a name too long: the file system's reason, and the path it refused when not the root
+        refused = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(root) else ""
+        raise WarehouseError(f"cannot open warehouse {root}: {exc.strerror or first_line(exc)}{refused}") from exc
     except Exception as exc:  # noqa: BLE001  the store's client raises its own kinds (botocore, aiohttp)
         if not storage.is_object_store(root):
             raise
@@ -253,6 +274,16 @@ def _check_marker(marker: Location) -> None:
         raise WarehouseError(f"{marker} is not readable JSON ({first_line(exc)})") from exc
     if not isinstance(content, dict) or content.get("format") != FORMAT_NAME:
         raise WarehouseError(f"{marker} does not describe an attnwh warehouse")
-    version = content.get("layout_version")
-    if not isinstance(version, int) or version > LAYOUT_VERSION:
-        raise WarehouseError(f"{marker} has layout version {version}; this attnwh reads up to {LAYOUT_VERSION} (upgrade attnwh)")
+    if (problem := layout_version_problem(content.get("layout_version"))) is not None:
+        raise WarehouseError(f"{marker} {problem}")
+
+
+def layout_version_problem(version: object) -> str | None:
+    """Why this attnwh cannot read a file of layout ``version`` (``WAREHOUSE.json``, a run's spec), or None."""
+    if not isinstance(version, int) or isinstance(version, bool):
+        return f"has layout version {version!r}, which is not a whole number (this attnwh writes {LAYOUT_VERSION}); the file is damaged"
+    if version < 1:
+        return f"has layout version {version!r}; layout versions start at 1, so the file is damaged"
+    if version > LAYOUT_VERSION:
+        return f"has layout version {version!r}; this attnwh reads up to {LAYOUT_VERSION} (upgrade attnwh)"
+    return None

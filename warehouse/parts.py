@@ -7,10 +7,11 @@ The commit protocol and recovery are in ``commit``, attempt leases in ``leases``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from attnwh.core.errors import WarehouseError
+from attnwh.core.errors import WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.commit import FAULT_ENV, FAULT_ONCE_ENV, FAULT_POINTS, FENCE_POINT, commit_part, describe_files, recover  # noqa: F401  (re-exported)
 from attnwh.warehouse.layout import RunPaths, part_name, record_name
@@ -18,6 +19,10 @@ from attnwh.warehouse.leases import DEFAULT_LEASE_SECONDS, LEASE_ENV, attempt_wr
 from attnwh.warehouse.records import CommitRecord, commit_log_names, commit_records, committed_part_ids, part_folder, part_id_of, record_part_id, sha256, table_files  # noqa: F401  (re-exported)
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.storage import Location
+
+
+def _is_table(path: str) -> bool:
+    return path.endswith(".parquet")
 
 
 @dataclass(frozen=True)
@@ -54,15 +59,16 @@ def readable_run(run: RunPaths) -> ReadableRun:
     return ReadableRun(manifest, records, run)
 
 
-def size_problem(run: RunPaths, records: list[CommitRecord], listed: dict[str, int] | None) -> str | None:
-    """The first committed Parquet table whose size differs from its record (or that is missing), or None.
+def size_problem(run: RunPaths, records: list[CommitRecord], listed: dict[str, int] | None, checked: Callable[[str], bool] = _is_table) -> str | None:
+    """The first committed file whose size differs from its record (or that is missing), or None: of the files whose
+    path in the part ``checked`` takes (the Parquet tables; ``arrays`` checks a part's Zarr rows so).
     ``listed``: an object store's sizes under the run, by path relative to it (``storage.sizes_under``); None: stat each file."""
     for record in records:
         # an object store's part folder by its name in the record (joining a store's paths costs 0.1 ms each)
         folder = part_folder(run, record) if listed is None or record.folder is None else None
         relative = record.folder if folder is None else str(folder).removeprefix(f"{run.root}/")
         for entry in record.files:
-            if not entry["path"].endswith(".parquet"):
+            if not checked(entry["path"]):
                 continue
             size = _size(folder / entry["path"]) if listed is None else listed.get(f"{relative}/{entry['path']}")
             if size is None:
@@ -73,18 +79,33 @@ def size_problem(run: RunPaths, records: list[CommitRecord], listed: dict[str, i
 
 
 def _size(path: Location) -> int | None:
+    """The file's size; None where it is missing. A path that cannot be looked at raises ``WarehouseError`` naming it."""
     try:
         return path.stat().st_size
-    except OSError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise storage.unreadable(path, exc) from exc
 
 
 def unrecorded_parts(run: RunPaths) -> list[str]:
     """Published part folders with no commit record: readers cannot trust them, so they are not read."""
-    if not run.parts.is_dir():
-        return []
     recorded = {part_name(part_id) for part_id in committed_part_ids(run)}
-    return sorted(folder.name for folder in run.parts.iterdir() if folder.is_dir() and folder.name not in recorded)
+    return [name for name in storage.names_in(run.parts) if name not in recorded and storage.is_dir(run.parts / name)]
+
+
+def _file_problem(folder: Location, entry: dict[str, Any], found: dict[str, int]) -> str | None:
+    """What is wrong with one file of a part against its record's ``entry`` (``found``: the sizes of the part's files), or None."""
+    size = found.get(entry["path"])
+    if size is None:
+        return f"missing file {entry['path']}"
+    if size != entry["size"]:
+        return f"{entry['path']} has {size} bytes, commit says {entry['size']}"
+    try:
+        digest = sha256(folder / entry["path"])
+    except OSError as exc:  # unreadable (permissions, an I/O error): a problem of this file, not the end of the check
+        return f"{entry['path']} is unreadable ({exc.strerror or first_line(exc)})"
+    return None if digest == entry["sha256"] else f"{entry['path']} content differs from its sha256"
 
 
 def verify(run: RunPaths) -> list[str]:
@@ -95,7 +116,10 @@ def verify(run: RunPaths) -> list[str]:
     except WarehouseError as exc:
         problems.append(str(exc))
     records = []
-    names = sorted(commit_log_names(run))
+    try:
+        names = sorted(commit_log_names(run))
+    except WarehouseError as exc:  # an unreadable commit log: nothing more can be checked against it
+        return [*problems, str(exc)]
     # a record is read by its part's name: another name (part-1.json) is never read, and said so
     problems += [
         f"{run.commits / name}: not a commit record's name ({record_name(part_id)}); readers ignore it"
@@ -109,23 +133,26 @@ def verify(run: RunPaths) -> list[str]:
             problems.append(str(exc))
     referenced_parts = set()
     for record in records:
-        folder = part_folder(run, record)
+        try:
+            folder = part_folder(run, record)
+            found = storage.sizes_under(folder)
+            missing = not found and not storage.is_dir(folder)
+        except WarehouseError as exc:  # the parts folder (or the staging folder) cannot be looked into
+            problems.append(f"{part_name(record.part_id)}: {exc}")
+            continue
         referenced_parts.add(folder.name)
-        found = storage.sizes_under(folder)
-        if not found and not folder.is_dir():
+        if missing:
             problems.append(f"{part_name(record.part_id)}: folder missing ({folder if record.folder else run.published_part(record.part_id)})")
             continue
-        for entry in record.files:
-            size = found.get(entry["path"])
-            if size is None:
-                problems.append(f"{part_name(record.part_id)}: missing file {entry['path']}")
-            elif size != entry["size"]:
-                problems.append(f"{part_name(record.part_id)}: {entry['path']} has {size} bytes, commit says {entry['size']}")
-            elif sha256(folder / entry["path"]) != entry["sha256"]:
-                problems.append(f"{part_name(record.part_id)}: {entry['path']} content differs from its sha256")
+        problems += [f"{part_name(record.part_id)}: {problem}" for entry in record.files if (problem := _file_problem(folder, entry, found)) is not None]
         listed = {entry["path"] for entry in record.files}
         problems += [f"{part_name(record.part_id)}: unreferenced file {path}" for path in sorted(found) if path not in listed]
-    for name in unrecorded_parts(run):
+    try:
+        unrecorded = unrecorded_parts(run)
+    except WarehouseError as exc:
+        problems.append(str(exc))
+        unrecorded = []
+    for name in unrecorded:
         if name not in referenced_parts:
             problems.append(f"{name}: published without a commit record ({run.commits / (name + '.json')} is missing)")
     return problems

@@ -104,10 +104,9 @@ def committed_part_ids(run: RunPaths) -> set[int]:
 
 
 def commit_log_names(run: RunPaths) -> list[str]:
-    """The names of the commit log's objects named like a record (``part-*.json``)."""
-    if not run.commits.is_dir():
-        return []
-    return [record.name for record in run.commits.glob("part-*.json")]
+    """The names of the commit log's objects named like a record (``part-*.json``); a commit log that cannot be
+    listed raises ``WarehouseError`` naming it (the run's parts would look uncommitted)."""
+    return [name for name in storage.names_in(run.commits, "part-") if name.endswith(".json")]
 
 
 def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -> list[CommitRecord]:
@@ -145,7 +144,7 @@ def part_folder(run: RunPaths, record: CommitRecord) -> Location:
     if record.folder is not None:
         return run.root / record.folder
     published = run.published_part(record.part_id)
-    if published.is_dir():
+    if storage.is_dir(published):
         return published
     return run.staging_attempt(record.part_id, record.attempt)
 

@@ -22,10 +22,12 @@ import pyarrow.parquet as pq
 
 from attnwh.core.errors import FingerprintMismatch, WarehouseError, first_line
 from attnwh.warehouse import storage
-from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse
+from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse, layout_version_problem
 from attnwh.warehouse.schema import META_VERSION, PLAN, RUNS, SCHEMA_VERSION, unreadable_version
 
 RUN_ID_LENGTH = 12
+MAX_RUN_ID_LENGTH = 128  # a run id named with --run: its folder's name, in every path and line that names the run
+MAX_NAME_BYTES = 255  # the longest name of a folder on common file systems (ext4, XFS, APFS, NTFS)
 
 
 def canonical_json(value: Any) -> str:
@@ -148,7 +150,7 @@ def open_or_create_run(
     paths = warehouse.run_paths(model, benchmark, run_id)
     if not create:
         _wait_for(paths, run_id, wait_seconds)
-    if paths.manifest.is_file() or _has_commits(paths):  # a run with committed parts is resumed, never made anew
+    if storage.is_file(paths.manifest) or _has_commits(paths):  # a run with committed parts is resumed, never made anew
         return _resume(paths, spec, digest, run_id), False
     manifest = {
         "run_id": run_id,
@@ -205,9 +207,8 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
     wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(content.get(name), kind) or isinstance(content.get(name), bool)]
     if wrong:
         raise WarehouseError(f"{paths.manifest} lacks or mistypes {', '.join(wrong)}; not a run manifest")
-    version = content["spec"].get("layout_version")
-    if not isinstance(version, int) or version > LAYOUT_VERSION:
-        raise WarehouseError(f"{paths.manifest} has layout version {version}; this attnwh reads up to {LAYOUT_VERSION} (upgrade attnwh)")
+    if (problem := layout_version_problem(content["spec"].get("layout_version"))) is not None:
+        raise WarehouseError(f"{paths.manifest} {problem}")
     if content["part_size"] < 1 or content["n_parts"] != -(-content["n_samples"] // content["part_size"]):
         raise WarehouseError(f"{paths.manifest}: n_parts {content['n_parts']} does not fit {content['n_samples']} samples in parts of {content['part_size']}")
     if fingerprint(content["spec"]) != content["fingerprint"]:
@@ -270,23 +271,30 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
 
 def _wait_for(paths: RunPaths, run_id: str, seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while not paths.manifest.is_file():
+    while not storage.is_file(paths.manifest):
         if time.monotonic() >= deadline:
             raise WarehouseError(f"run {run_id} does not exist after waiting {seconds:g} s for rank 0 to create it; start rank 0 (or raise $ATTNWH_RANK_WAIT_SECONDS)")
         time.sleep(0.2)
 
 
 def _has_commits(paths: RunPaths) -> bool:
-    return paths.commits.is_dir() and any(paths.commits.glob("part-*.json"))
+    return any(name.endswith(".json") for name in storage.names_in(paths.commits, "part-"))
 
 
 def _check_run_id(run_id: str) -> None:
+    """A run id the user named (``--run``) becomes a folder's name: refused in one line unless it makes one."""
     if not run_id:
         raise WarehouseError("a run id may not be empty")
+    if len(run_id) > MAX_RUN_ID_LENGTH:
+        raise WarehouseError(f"run id {run_id[:24]!r}... has {len(run_id)} characters; a run id has at most {MAX_RUN_ID_LENGTH}")
     if not all(c.isalnum() or c in "-_." for c in run_id):
         raise WarehouseError(f"run id {run_id!r} may only contain letters, digits, '-', '_' and '.'")
     if run_id.startswith("."):
         raise WarehouseError(f"run id {run_id!r} may not start with '.' (a hidden folder, or '.' and '..')")
+    if run_id.startswith("-"):
+        raise WarehouseError(f"run id {run_id!r} may not start with '-' (a command would read it as an option)")
+    if len(f"run={run_id}".encode()) > MAX_NAME_BYTES:  # letters outside ASCII take up to 4 bytes of a folder's name
+        raise WarehouseError(f"run id {run_id!r} is too long for a folder's name ({MAX_NAME_BYTES} bytes with its 'run=')")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:

@@ -85,6 +85,43 @@ def is_object_store(where: Location) -> bool:
     return not isinstance(where, Path)
 
 
+def unreadable(path: Location, exc: OSError) -> WarehouseError:
+    """The one line for a path the file system refuses to show (permissions, a name too long, an I/O error)."""
+    return WarehouseError(f"cannot read {path}: {exc.strerror or first_line(exc)}")
+
+
+def is_dir(path: Location) -> bool:
+    """``path.is_dir()``, but a path that cannot be looked at (a folder above it unreadable, a name too long)
+    raises ``WarehouseError`` naming it, where ``Path.is_dir`` raises the bare ``OSError``."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
+
+
+def is_file(path: Location) -> bool:
+    """``path.is_file()``, with ``is_dir``'s ``WarehouseError`` for a path that cannot be looked at."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
+
+
+def names_in(folder: Location, prefix: str = "") -> list[str]:
+    """The names in ``folder`` that start with ``prefix``, sorted; [] where there is no such folder. A local
+    folder that cannot be listed raises ``WarehouseError`` naming it: ``Path.glob`` skips it silently, and
+    what it holds (runs, commit records) would look absent."""
+    if is_object_store(folder):
+        return sorted(path.name for path in folder.glob(f"{prefix}*")) if folder.is_dir() else []
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entry.name for entry in entries if entry.name.startswith(prefix))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise unreadable(folder, exc) from exc
+
+
 def arrow_source(where: Location) -> tuple[str, Any]:
     """``(path, filesystem)`` for pyarrow's readers (``pq.read_table(path, filesystem=...)``)."""
     if not is_object_store(where):
@@ -342,10 +379,28 @@ def names_under_tree(folder: Location) -> list[str]:
 
 
 def sizes_under(folder: Location) -> dict[str, int]:
-    """Size of every file under ``folder``, by path relative to it (one listing on an object store)."""
-    if not is_object_store(folder):
-        return {path.relative_to(folder).as_posix(): path.stat().st_size for path in folder.rglob("*") if path.is_file()}
-    return {name: size for name, (size, _) in objects_under(folder).items()}
+    """Size of every file under ``folder``, by path relative to it (one listing on an object store). A local folder
+    under it that cannot be listed raises ``WarehouseError`` naming it (``Path.rglob`` skipped it: its files looked
+    missing to ``verify``, and a part's folder looked empty); one that is not there (any more) is empty."""
+    if is_object_store(folder):
+        return {name: size for name, (size, _) in objects_under(folder).items()}
+
+    def refuse(exc: OSError) -> None:
+        if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+            raise unreadable(Path(exc.filename or folder), exc) from exc
+
+    found = {}
+    for where, _, names in os.walk(folder, onerror=refuse):
+        for name in names:
+            path = Path(where) / name
+            try:
+                if path.is_file():
+                    found[path.relative_to(folder).as_posix()] = path.stat().st_size
+            except FileNotFoundError:
+                continue  # removed while the tree is walked
+            except OSError as exc:
+                raise unreadable(path, exc) from exc
+    return found
 
 
 @contextmanager

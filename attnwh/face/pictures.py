@@ -101,16 +101,14 @@ def find_sample(session, run_id: str, sample: str) -> dict[str, Any]:
 
 def sample_rows(session, run_id: str, samples: Sequence[str], query: str) -> list[SampleRows]:
     """The stored rows of ``samples`` (keys or indices) for ``query``, cut to each sample's image tokens."""
-    from attnwh.warehouse.arrays import open_rows
+    from attnwh.warehouse.arrays import has_rows, open_rows
+    from attnwh.warehouse.parts import commit_records
 
     paths, spec = run_spec(session, run_id)
     found = [find_sample(session, run_id, sample) for sample in samples]
-    try:
-        array, indices, queries = open_rows(paths)
-    except IntegrityError:
-        raise  # damaged rows: said as they are
-    except WarehouseError as exc:
-        raise UsageError(f"{exc} (extracted with --no-rows, or no part committed yet); extract again without --no-rows to draw where heads look") from exc
+    if not any(has_rows(record) for record in commit_records(paths)):
+        raise UsageError(f"run {run_id} has no committed raw rows (extracted with --no-rows, or no part committed yet); extract again without --no-rows to draw where heads look")
+    array, indices, queries = open_rows(paths)  # damaged or unreadable rows: said as they are, naming the file
     if query not in queries:
         raise UsageError(f"run {run_id} stored rows for {', '.join(queries)}, not {query}")
     position = {int(index): place for place, index in enumerate(indices)}

@@ -150,3 +150,59 @@ def test_damage_gets_a_clear_outcome_from_every_command(pristine, tmp_path, caps
     after = digests(root)
     changed = [name for name, digest in before.items() if after.get(name) != digest and "_staging" not in name]
     assert changed == [], changed
+
+
+def _flip_in_place(path: Path) -> None:
+    """Bytes of the first sample's chunk inverted, the file's size kept: only a checksum can tell (a shard holds its
+    chunks in order from its start, its index at its end)."""
+    content = bytearray(path.read_bytes())
+    for at in range(16, 80):
+        content[at] ^= 0xFF
+    path.write_bytes(bytes(content))
+
+
+ROWS_DAMAGES: dict[str, Callable[[Path], None]] = {"deleted": DAMAGES["deleted"], "truncated": DAMAGES["truncated"], "flipped in place": _flip_in_place}
+
+
+@pytest.mark.parametrize("damage", ROWS_DAMAGES)
+def test_damaged_rows_are_said_by_every_reader_of_rows(pristine, tmp_path, capsys, damage):
+    """The readers of raw rows on a run whose first part's attention chunks are damaged: ``show`` and ``recompute``
+    refuse in one line naming the part's rows and pointing to ``verify`` (before: deleted drew "image nan%" panels and
+    recompute committed a derived run of NULLs; truncated and flipped were internal errors or silently other numbers),
+    recompute commits no derived part, ``report`` lists the run among those without pictures, and the notebook's
+    lazy rows raise ``IntegrityError`` when computed. The chunk of part 0 is the one the report draws."""
+    from attnwh.core.errors import IntegrityError
+    from attnwh.face.notebook import open as open_notebook
+
+    root = tmp_path / "wh"
+    shutil.copytree(pristine, root)
+    run = run_folder(root, "extract")
+    run_id = run.name.removeprefix("run=")
+    chunks = run / "parts" / "part-000000" / "rows.zarr" / "attention" / "c"
+    chunk = next(path for path in sorted(chunks.rglob("*")) if path.is_file())
+    ROWS_DAMAGES[damage](chunk)
+    before = digests(root)
+    warehouse = ["--warehouse", str(root)]
+    for name, args in {
+        "show": ["show", run_id, "0", "--out", str(tmp_path / "show.png")],
+        "recompute": ["recompute", run_id, "--statistic", "topk_mass", "--k", "3", "--name", "top3"],
+    }.items():
+        code, out, err = run_cli(capsys, *args, *warehouse)
+        lines = [line for line in err.splitlines() if line.startswith("attnwh: ")]
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("attnwh: error: "), (name, damage, err)
+        assert "part-000000/rows.zarr" in lines[0] and run_id in lines[0] and "attnwh verify" in lines[0], (name, lines[0])
+        if damage != "flipped in place":  # the file itself is named
+            assert str(chunk.relative_to(run)) in lines[0], lines[0]
+    derived_commits = [path for path in root.glob("runs/*/*/run=*/_commits/part-*.json") if json.loads((path.parents[1] / "RUN.json").read_text())["kind"] == "derived"]
+    assert derived_commits == [], "recompute committed a derived part from damaged rows"
+    assert not (tmp_path / "show.png").exists()
+
+    code, out, err = run_cli(capsys, "report", "--out", str(tmp_path / "report"), *warehouse)
+    assert code == 0 and "Traceback" not in err and INTERNAL_ERROR_EXIT != code, err
+    samples_page = "".join(path.read_text() for path in (tmp_path / "report").rglob("*.html") if "runs without pictures" in path.read_text())
+    assert run_id in samples_page and "rows.zarr" in samples_page, "the report does not say why the run has no pictures"
+
+    with open_notebook(root) as notebook, pytest.raises(IntegrityError, match="part-000000/rows.zarr"):
+        notebook.rows(run_id).compute()
+    after = digests(root)
+    assert [name for name, digest in before.items() if after.get(name) != digest and "_staging" not in name] == []
