@@ -40,12 +40,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from attnwh.core.errors import UsageError, WarehouseError
+from attnwh.core.errors import IntegrityError, UsageError, WarehouseError
 from attnwh.extract.executors import parse_scheduler
 from attnwh.extract.part_tables import write_parquet
 from attnwh.extract.stats import mass_and_entropy
 from attnwh.warehouse import parts, storage
-from attnwh.warehouse.arrays import has_rows, part_rows_at
+from attnwh.warehouse.arrays import has_rows, part_rows_at, rows_file_problem
 from attnwh.warehouse.derived import SINKS_SUFFIX, check_view_name
 from attnwh.warehouse.layout import RunPaths, open_warehouse, table_file
 from attnwh.warehouse.runs import Run, environment_info, load_run, open_or_create_run, read_manifest
@@ -132,7 +132,7 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     if source.manifest["kind"] != "extract" or not source.manifest["spec"].get("rows"):
         raise UsageError(f"run {options.source_run} is not an extraction with raw rows (extract it with --rows)")
     _check_name(warehouse, options.name, statistic, parameters, options.reserved_names)
-    _check_contiguous_images(source)
+    _check_source(source)
     boxes = read_regions(options.regions) if options.regions is not None else None
     spec = {
         "source_run_id": source.run_id,
@@ -177,11 +177,15 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     return _recompute_on_dask(scheduler, options, run, tasks, result, on_progress)
 
 
-def _check_contiguous_images(source: Run) -> None:
-    """The statistics read a sample's image tokens as its span ``image_start:image_end`` of the stored rows: refused
-    for a run whose images are split by text tokens (Idefics3's tile markers, Pixtral's row breaks), where the span
-    holds more than the image tokens (the rows keep no token types to tell them apart)."""
+def _check_source(source: Run) -> None:
+    """Before the derived run is created: every committed part's raw rows are the files its commit record lists
+    (``rows_file_problem``: a chunk missing or cut is said now, not after an empty derived run exists); and the
+    statistics read a sample's image tokens as its span ``image_start:image_end`` of the stored rows, so a run whose
+    images are split by text tokens (Idefics3's tile markers, Pixtral's row breaks), where the span holds more than
+    the image tokens (the rows keep no token types to tell them apart), is refused."""
     for record in parts.commit_records(source.paths):
+        if has_rows(record) and (problem := rows_file_problem(source.paths, record, ("attention", "sample_idx"))) is not None:
+            raise IntegrityError(f"run {source.run_id}: {problem}; run `attnwh verify`")
         source_file, filesystem = storage.arrow_source(table_file(parts.part_folder(source.paths, record), "samples"))
         samples = pq.read_table(source_file, filesystem=filesystem, columns=["sample_key", "status", "n_image", "image_start", "image_end"])
         for row in samples.to_pylist():

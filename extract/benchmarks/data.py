@@ -24,7 +24,12 @@ def resolve_data(benchmark: Benchmark, data: Path | str | None) -> Path | None:
     if not benchmark.data_required:  # built in: the files would be silently not read
         raise UsageError(f"benchmark {benchmark.name} is built in and reads no files: --data does not apply")
     path = Path(data).expanduser()
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        text = str(data)
+        raise BenchmarkError(f"cannot read --data {text[:80]}{'...' if len(text) > 80 else ''}: {exc.strerror or exc}") from exc
+    if exists:
         return path.resolve()
     text = str(data)
     if text.startswith((".", "/", "~")) or not _DATASET_ID.match(text):

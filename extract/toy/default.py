@@ -37,7 +37,11 @@ def model_location(model: str | None) -> str:
         return str(default_model_folder())
     if model in TOY_MODELS:
         return str(default_model_folder(model))
-    close = get_close_matches(model, TOY_MODELS, n=1, cutoff=0.8) if "/" not in model and not Path(model).expanduser().exists() else []
+    try:
+        exists = Path(model).expanduser().exists()
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        raise ModelError(f"cannot read --model {model[:80]}{'...' if len(model) > 80 else ''}: {exc.strerror or exc}") from exc
+    close = get_close_matches(model, TOY_MODELS, n=1, cutoff=0.8) if "/" not in model and not exists else []
     if close:
         raise ModelError(f"unknown model {model!r}; did you mean {close[0]!r}? (`attnwh models` lists the shipped toys)")
     return model

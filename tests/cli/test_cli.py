@@ -122,6 +122,8 @@ def test_report(warehouse, tmp_path):
         (["mask", "--k", ""], "--k takes at least one count or fraction of heads"),
         (["prune", "--stack", "0"], "--stack must be at least 1, got 0"),
         (["mask", "--stack", "4", "--no-reuse"], "--stack 4 needs reuse: --no-reuse runs one condition per pass"),
+        (["extract", "--model", "m" * 300], f"cannot read --model {'m' * 80}...: File name too long"),  # was an internal error
+        (["extract", "--benchmark", "pope", "--data", "d" * 300], f"cannot read --data {'d' * 80}...: File name too long"),
         (["mask", "--ranking-run", "nosuchrun"], "no run 'nosuchrun' in the warehouse to rank heads by"),
         (["heads", "export", "nosuchrun"], "no run 'nosuchrun' in the warehouse to export heads from"),
         (["query", "head_ranking", "--param", "run_id=nosuchrun"], "--param run_id=nosuchrun: no run 'nosuchrun' in the warehouse"),
