@@ -156,11 +156,9 @@ def attention(
     if indices is not None:
         attention_mask = _with_sparse_indices(attention_mask, indices, key.shape[2])
     head_sinks = getattr(module, "sinks", None)  # learned per-head sinks (a parameter), not the per-token ``sinks`` argument
-    softcap = kwargs.pop("softcap", None)  # attention-logit soft-capping (Gemma 2: PaliGemma 2)
+    softcap = kwargs.get("softcap")  # attention-logit soft-capping (Gemma 2: PaliGemma 2); _sdpa applies it
     if softcap is not None and head_sinks is not None:
         raise ModelError(f"{type(module).__name__} caps its attention logits and has attention sinks; attnwh's capture applies one or the other")
-    if softcap is not None:
-        kwargs["softcap"] = softcap
     call = ACTIVE_CALL.get()
     layer = None if call is None else call.layer_of.get(id(module))
     if layer is None:  # no call in this context, or a call over another model
@@ -239,15 +237,7 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sink
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)[0]
     batch, n_heads, n_query, _ = query.shape
     n_keys = key.shape[2]
-    if attention_mask is None:
-        bias = torch.zeros((batch, 1, n_query, n_keys), dtype=query.dtype, device=query.device)
-        if n_query > 1:  # what SDPA's is_causal would have done: query i sees keys up to n_keys - n_query + i
-            hidden = torch.ones((n_query, n_keys), dtype=torch.bool, device=query.device).triu(n_keys - n_query + 1)
-            bias = bias.masked_fill(hidden, torch.finfo(query.dtype).min)
-    elif attention_mask.dtype == torch.bool:
-        bias = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
-    else:
-        bias = attention_mask[..., :n_keys].to(query.dtype)
+    bias = _additive_mask(attention_mask, query, n_keys)
     sink = head_sinks.reshape(1, -1, 1, 1).to(query.dtype).expand(batch, n_heads, n_query, 1)
     bias = torch.cat([bias.expand(batch, n_heads, n_query, n_keys), sink], dim=-1)
     zero = key.new_zeros((*key.shape[:2], 1, key.shape[-1]))
@@ -255,25 +245,32 @@ def _sdpa(module, query, key, value, attention_mask, dropout, scaling, head_sink
     return sdpa_attention_forward(module, query, key, value, bias, dropout=dropout, scaling=scaling, **kwargs)[0]
 
 
+def _additive_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """The mask as scores to add (``[batch, 1 or head, query, key]``, 0 or the dtype's lowest), for the paths that
+    compute attention themselves: None is causal, as SDPA's is_causal (query i sees keys up to n_keys - n_query + i)."""
+    batch, _, n_query, _ = query.shape
+    lowest = torch.finfo(query.dtype).min
+    if attention_mask is None:
+        bias = torch.zeros((batch, 1, n_query, n_keys), dtype=query.dtype, device=query.device)
+        if n_query > 1:
+            hidden = torch.ones((n_query, n_keys), dtype=torch.bool, device=query.device).triu(n_keys - n_query + 1)
+            bias = bias.masked_fill(hidden, lowest)
+        return bias
+    if attention_mask.dtype == torch.bool:
+        return torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(~attention_mask, lowest)[..., :n_keys]
+    return attention_mask[..., :n_keys].to(query.dtype)
+
+
 def _softcapped(query, key, value, attention_mask, scaling: float | None, softcap: float) -> torch.Tensor:
     """Named exception: attention-logit soft-capping (Gemma 2), which transformers' SDPA function refuses. The
-    model's eager attention, written out: scores ``tanh(q·kᵀ·scale / cap) · cap``, then the mask (None: causal, as
-    SDPA's is_causal), softmax in fp32; output ``[batch, query, head, head_dim]``."""
+    model's eager attention, written out: scores ``tanh(q·kᵀ·scale / cap) · cap``, then the mask
+    (``_additive_mask``), softmax in fp32; output ``[batch, query, head, head_dim]``."""
     n_heads, n_kv_heads = query.shape[1], key.shape[1]
     key = key.repeat_interleave(n_heads // n_kv_heads, dim=1)
     value = value.repeat_interleave(n_heads // n_kv_heads, dim=1)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
-    n_query, n_keys = scores.shape[-2:]
-    if attention_mask is None:
-        if n_query > 1:
-            hidden = torch.ones((n_query, n_keys), dtype=torch.bool, device=query.device).triu(n_keys - n_query + 1)
-            scores = scores.masked_fill(hidden, float("-inf"))
-    elif attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask[..., :n_keys], float("-inf"))
-    else:
-        scores = scores + attention_mask[..., :n_keys]
+    scores = torch.tanh(scores / softcap) * softcap + _additive_mask(attention_mask, query, key.shape[2])
     weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights, value).transpose(1, 2).contiguous()
 

@@ -104,13 +104,13 @@ def generate_with_capture(
     if session is not None and capture.lens:
         norm, lm_head = parts.final_norm, parts.lm_head
         hidden = session.stacked_hidden()
-        transform = lens_transform(loaded, hidden, session, generation, transforms)
+        matched = calibration is not None and calibration.ran  # every step's lens: matched at its first step already
+        transform = calibration.transform if matched else lens_transform(loaded, hidden, generation, transforms)
         generation.lens = {name: logit_lens(states, norm, lm_head, transform or transforms[0]) for name, states in hidden.items()}
         if transform is None:
             generation.lens = {name: without_probabilities(result) for name, result in generation.lens.items()}
-        if calibration is None or not calibration.ran:  # no step's lens was matched before it ran
-            if transform != transforms[0]:
-                session.gen_lens[:] = [without_probabilities(result) for result in session.gen_lens]
+        if not matched and transform != transforms[0]:  # every step's lens (if any) ran under the configured transform
+            session.gen_lens[:] = [without_probabilities(result) for result in session.gen_lens]
     return generation, session, segments
 
 
@@ -122,33 +122,30 @@ class LensCalibration:
 
     def __init__(self, loaded: LoadedModel, session: CaptureSession, transforms: list[HeadTransform]):
         self.loaded, self.session, self.transforms, self.ran = loaded, session, transforms, False
+        self.transform: HeadTransform | None = None  # what the first step matched (None: none did)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         hidden = self.session.step_final_hidden()
         if not self.ran and hidden is not None:
             self.ran = True
             parts, tolerance = self.loaded.parts, LENS_TOLERANCE.get(self.loaded.dtype, LENS_TOLERANCE_HALF)
-            transform = matching_transform(head_logits(hidden, parts.final_norm, parts.lm_head), scores, self.transforms, tolerance)
+            self.transform = transform = matching_transform(head_logits(hidden, parts.final_norm, parts.lm_head), scores, self.transforms, tolerance)
             lens = partial(logit_lens, norm=parts.final_norm, lm_head=parts.lm_head, transform=transform or self.transforms[0])
             self.session.lens_of = lens if transform is not None else (lambda states: without_probabilities(lens(states)))
         return scores
 
 
-def lens_transform(loaded: LoadedModel, hidden: dict[str, torch.Tensor], session: CaptureSession, generation: Generation, transforms: list[HeadTransform]) -> HeadTransform | None:
+def lens_transform(loaded: LoadedModel, hidden: dict[str, torch.Tensor], generation: Generation, transforms: list[HeadTransform]) -> HeadTransform | None:
     """What the model does to ``lm_head``'s logits, as this batch shows it (``extract.lens.matching_transform``): the
-    last layer's lens at the prompt's or gen1's position against the model's own logits there; with only every
-    step's lens captured, whether its first step's last layer gives the model's probabilities under the configured
-    transform. None: no known transform does (the lens keeps its ranks, not its probabilities)."""
+    last layer's lens at the prompt's or gen1's position against the model's own logits there (the configured
+    transform where neither is captured). None: no known transform does (the lens keeps its ranks, not its
+    probabilities)."""
     tolerance = LENS_TOLERANCE.get(loaded.dtype, LENS_TOLERANCE_HALF)
     model_logits = {0: generation.first_logits, 1: generation.second_logits}
     for name, step in QUERY_STEPS.items():
         if name in hidden and model_logits.get(step) is not None:
             raw = head_logits(hidden[name][-1], loaded.parts.final_norm, loaded.parts.lm_head)
             return matching_transform(raw, model_logits[step], transforms, tolerance)
-    if session.gen_lens:
-        first = session.gen_lens[0]  # the first step's lens: the prompt's last position, whose logits are first_logits
-        expected = torch.softmax(generation.first_logits, dim=-1).gather(-1, first.target_token.cpu()[:, None]).squeeze(-1)
-        return transforms[0] if (first.target_prob[-1].cpu() - expected).abs().max().item() <= tolerance else None
     return transforms[0]
 
 

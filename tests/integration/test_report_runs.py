@@ -23,6 +23,16 @@ from attnwh.warehouse.runs import Plan, open_or_create_run
 from attnwh.warehouse.schema import ATTRIBUTION_FITS, GEN_METRICS, GEN_TOKENS, HEAD_ATTRIBUTIONS, HEAD_METRICS, SAMPLES, SWEEP_CONDITIONS, SWEEP_RESULTS, with_metadata
 
 
+def _sweep_tables(run_id: str, conditions: list[dict], correct: list[int]) -> dict[str, pa.Table]:
+    """A sweep part's tables: the condition rows, and 10 samples per condition of which the first ``correct[i]`` are right."""
+    results = [
+        {"run_id": run_id, "condition_id": index, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "gold": "A", "parsed": "A" if s < n else "B", "correct": s < n}
+        for index, n in enumerate(correct)
+        for s in range(10)
+    ]
+    return {"sweep_conditions": pa.Table.from_pylist(conditions, schema=SWEEP_CONDITIONS), "sweep_results": pa.Table.from_pylist(results, schema=SWEEP_RESULTS)}
+
+
 def _run(root, kind: str, model: str, benchmark: str, minute: int, tables, keys: list[str], shape: tuple[int, int] = (2, 2), complete: bool = True) -> str:
     """A run created at 00:``minute`` whose one committed part holds ``tables(run_id)``; an incomplete run plans a
     second part that is never committed."""
@@ -91,12 +101,7 @@ def _mask(root, model: str, benchmark: str, minute: int, ranking: tuple[str, str
             }
             for index, (strategy, k, _) in enumerate(conditions)
         ]
-        results = [
-            {"run_id": run_id, "condition_id": index, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "gold": "A", "parsed": "A" if s < n else "B", "correct": s < n}
-            for index, (_, _, n) in enumerate(conditions)
-            for s in range(10)
-        ]
-        return {"sweep_conditions": pa.Table.from_pylist(rows, schema=SWEEP_CONDITIONS), "sweep_results": pa.Table.from_pylist(results, schema=SWEEP_RESULTS)}
+        return _sweep_tables(run_id, rows, [n for _, _, n in conditions])
 
     return _run(root, "mask", model, benchmark, minute, tables, [f"c{index}" for index in range(len(conditions))], complete=complete)
 
@@ -188,12 +193,7 @@ def test_prune_conditions_name_their_run(tmp_path):
                 }
                 for index, (allocation, share, _) in enumerate(conditions)
             ]
-            results = [
-                {"run_id": run_id, "condition_id": index, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "gold": "A", "parsed": "A" if s < n else "B", "correct": s < n}
-                for index, (_, _, n) in enumerate(conditions)
-                for s in range(10)
-            ]
-            return {"sweep_conditions": pa.Table.from_pylist(rows, schema=SWEEP_CONDITIONS), "sweep_results": pa.Table.from_pylist(results, schema=SWEEP_RESULTS)}
+            return _sweep_tables(run_id, rows, [n for _, _, n in conditions])
 
         return _run(root, "prune", "hand", "handmade", minute, tables, ["c0", "c1"])
 
