@@ -178,7 +178,9 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
             [
                 ChartSection(
                     "Accuracy as each head's image KV is pruned",
-                    "Share of all image KV kept (budgets per KV head: by head score with a floor, uniform, or random scores; mean over seeds) against accuracy; bands: 95% Wilson intervals (random: their envelope over seeds). The study's supplement proposed this; it never tested it.",
+                    "Share of all image KV kept (budgets per KV head: by head score with a floor, uniform, or random scores; mean over seeds) against accuracy; bands: 95% Wilson intervals (random: their envelope over seeds). The study's supplement proposed this; it never tested it. "
+                    "In the cache phase (SnapKV's: --phase cache) keys leave after the prefill, so an answer decided at its first token (yes / no, a letter) is the full cache's by construction: "
+                    "a panel none of whose conditions changed an answer says so in its title; --phase prefill drops the keys in the prefill too.",
                     "report_pruning",
                     charts.pruning_curves,
                     {},

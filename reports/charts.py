@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import altair as alt
 
 PANEL_COLUMNS = 3
@@ -205,10 +207,23 @@ def masking_curves(rows: list[dict]) -> dict:
     return _spec(chart, data)
 
 
+PRUNING_UNCHANGED = "no answer changed"  # a pruning panel none of whose conditions changed an answer against the full cache
+
+
 def pruning_curves(rows: list[dict]) -> dict:
     """Accuracy against the share of image KV kept: one line per allocation, interval bands, one panel per model,
-    benchmark, phase (keys dropped after the prefill, or in it too) and keep rule."""
-    data = [{**row, "panel": f"{row['model']} · {row['benchmark']} · {row.get('phase') or 'prefill'} · keep {row['keep']}"} for row in rows]
+    benchmark, phase (keys dropped after the prefill, or in it too) and keep rule; a panel none of whose conditions
+    changed an answer says so in its title (a ``cache``-phase panel of answers decided at their first token is flat
+    by construction: the first token is computed before any key leaves)."""
+
+    def panel(row: dict) -> str:
+        return f"{row['model']} · {row['benchmark']} · {row.get('phase') or 'prefill'} · keep {row['keep']}"
+
+    changed = defaultdict(list)
+    for row in rows:
+        changed[panel(row)].append(row.get("changed_most"))
+    unchanged = {name for name, values in changed.items() if all(value == 0 for value in values)}
+    data = [{**row, "panel": panel(row) + (f" · {PRUNING_UNCHANGED}" if panel(row) in unchanged else "")} for row in rows]
     base = alt.Chart(ROWS).encode(
         x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
         color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"]), legend=SOLID_LEGEND),

@@ -33,8 +33,18 @@ def section(session: Catalog, figure_href: Mapping[str, str], query: str = "gen1
     return Section(TITLE, DESCRIPTION, sql, sentences=sentences or None, empty_message="No extraction run in the warehouse yet.")
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.0f}%"
+def _percent(value: float, digits: int = 0) -> str:
+    return f"{100 * value:.{digits}f}%"
+
+
+def _percents(*values: float) -> list[str]:
+    """The values as percentages with the fewest decimals (up to two) that keep unequal values apart, so that two
+    accuracies that differ never read "from 100% to 100%"."""
+    for digits in range(3):
+        texts = [_percent(value, digits) for value in values]
+        if all(texts[i] != texts[j] for i in range(len(values)) for j in range(i) if values[i] != values[j]):
+            return texts
+    return texts
 
 
 def _interval(low: float, high: float) -> str:
@@ -57,7 +67,8 @@ def head_sentences(row: dict, query: str, figure_href: Mapping[str, str]) -> lis
         f"{row['model']} on {row['benchmark']} (run {row['run_id']}): its {row['n_top']} most visual heads of {row['n_heads_all']} "
         f"(mean concentration × sum, {query}) sit {_where(shares)} "
         f"({', '.join(f'{_percent(shares[stage])} {stage}' for stage in STAGES)} "
-        f"of {row['n_layers']} layers), at mean depth {row['top_depth']:.2f} (0: the first layer, 1: the last)."
+        f"of {row['n_layers']} layers, whose stages hold {', '.join(_percent(row[f'{stage}_share_all']) for stage in STAGES)} of all heads), "
+        f"at mean depth {row['top_depth']:.2f} (0: the first layer, 1: the last)."
     )
     sentences = [Sentence(where, figure_href.get("head_concentration_x_sum", "attention.html"), "heads by layer")]
     if row["top_concentration"] is not None and row["all_concentration"]:
@@ -79,19 +90,24 @@ def _ranking(score: str | None) -> str:
 
 
 def masking_sentence(row: dict) -> str:
+    names = [name for name in ("baseline_accuracy", "top_accuracy", "random_accuracy", "bottom_accuracy") if row[name] is not None]
+    shown = dict(zip(names, _percents(*(row[name] for name in names))))
+    baseline, top = shown["baseline_accuracy"], shown["top_accuracy"]
     text = (
         f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}{_ranking(row.get('ranking_score'))}): "
         f"masking its top {row['k']} heads ({_percent(row['fraction'])} of all, "
-        f"{row['stage']} layers, {row['mode']} mode) moves accuracy from {_percent(row['baseline_accuracy'])} "
-        f"{_interval(row['baseline_ci_low'], row['baseline_ci_high'])} to {_percent(row['top_accuracy'])} {_interval(row['top_ci_low'], row['top_ci_high'])}"
+        f"{row['stage']} layers, {row['mode']} mode) "
+        + ("leaves accuracy at " if row["baseline_accuracy"] == row["top_accuracy"] else "moves accuracy from ")
+        + f"{baseline} {_interval(row['baseline_ci_low'], row['baseline_ci_high'])}"
+        + ("" if row["baseline_accuracy"] == row["top_accuracy"] else f" to {top} {_interval(row['top_ci_low'], row['top_ci_high'])}")
     )
     if row["random_accuracy"] is not None:
         text += (
-            f"; {row['k']} random heads give {_percent(row['random_accuracy'])} (mean of {row['random_seeds']} seed(s), "
+            f"; {row['k']} random heads give {shown['random_accuracy']} (mean of {row['random_seeds']} seed(s), "
             f"{_percent(row['random_accuracy_min'])} to {_percent(row['random_accuracy_max'])})"
         )
     if row["bottom_accuracy"] is not None:
-        text += f"; the bottom {row['k']}, {_percent(row['bottom_accuracy'])} {_interval(row['bottom_ci_low'], row['bottom_ci_high'])}"
+        text += f"; the bottom {row['k']}, {shown['bottom_accuracy']} {_interval(row['bottom_ci_low'], row['bottom_ci_high'])}"
     if row["top_ci_high"] < row["baseline_ci_low"]:
         text += "; the top heads' interval lies below the baseline's"
     elif row["top_ci_low"] <= row["baseline_ci_high"]:

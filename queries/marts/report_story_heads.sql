@@ -1,8 +1,9 @@
 -- Where the visual heads sit and how concentrated they are, for the report's front-page sentences: per model and
 -- benchmark one extraction run (the first by shown_order in stg_runs with scores for $query, the run the report's
 -- panels show), its top $k heads by mean $score (ranked as visual_heads ranks: mean score, then layer, head)
--- against all its heads: their shares in the early, mid and late stages, their mean depth, and the mean
--- concentration and image-attention sum of the top heads and of every head.
+-- against all its heads: their shares in the early, mid and late stages (and each stage's share of all heads: the
+-- shares a ranking by chance would give), their mean depth, and the mean concentration and image-attention sum of
+-- the top heads and of every head.
 with per_head as (
     select
         run_id,
@@ -57,6 +58,9 @@ final as (
         avg(case when stage = 'early' then 1.0 else 0.0 end) filter (where top) as early_share,
         avg(case when stage = 'mid' then 1.0 else 0.0 end) filter (where top) as mid_share,
         avg(case when stage = 'late' then 1.0 else 0.0 end) filter (where top) as late_share,
+        avg(case when stage = 'early' then 1.0 else 0.0 end) as early_share_all,
+        avg(case when stage = 'mid' then 1.0 else 0.0 end) as mid_share_all,
+        avg(case when stage = 'late' then 1.0 else 0.0 end) as late_share_all,
         avg(depth) filter (where top) as top_depth,
         avg(concentration) filter (where top) as top_concentration,
         avg(concentration) as all_concentration,

@@ -216,6 +216,11 @@ def test_report_story_heads_by_hand(hand):
     (row,) = _rows(warehouse, "report_story_heads", {"k": "3"}, order=("run_id",))
     assert (row["n_layers"], row["n_heads_all"], row["n_top"]) == (2, 4, 3)
     assert (row["early_share"], row["mid_share"], row["late_share"]) == pytest.approx((2 / 3, 0, 1 / 3))
+    assert (row["early_share_all"], row["mid_share_all"], row["late_share_all"]) == pytest.approx((1 / 2, 0, 1 / 2))  # 2 of 4 heads per layer
+    from attnwh.reports.story import head_sentences
+
+    where = head_sentences(row, "gen1", {})[0].text
+    assert "(67% early, 0% mid, 33% late of 2 layers, whose stages hold 50%, 0%, 50% of all heads)" in where
     assert row["top_depth"] == pytest.approx(1 / 3)
     assert (row["top_concentration"], row["all_concentration"]) == pytest.approx(((0.75 + 0.5 + 0.25) / 3, (0.75 + 0.5 + 1.0 + 0.25) / 4))
     assert (row["top_image_sum"], row["all_image_sum"]) == pytest.approx(((0.5 + 0.4 + 0.6) / 3, (0.5 + 0.4 + 0.1 + 0.6) / 4))
@@ -510,6 +515,11 @@ def test_answer_stability_by_hand(tmp_path):
     assert _where({"early": 0.0, "mid": 0.5, "late": 0.5}) == "as often in the mid as in the late layers"  # a tie is no majority
     assert _where({"early": 0.2, "mid": 0.2, "late": 0.6}) == "mostly in the late layers"
     assert _where({"early": 0.3, "mid": 0.3, "late": 0.4}) == "most often in the late layers"
+    # accuracies that differ by less than half a point are told apart; equal ones are said once
+    near = {**story, "baseline_accuracy": 0.998, "top_accuracy": 0.996, "random_accuracy": 0.998, "random_seeds": 2, "random_accuracy_min": 0.997, "random_accuracy_max": 0.999}
+    assert "from 99.8% [" in masking_sentence(near) and "to 99.6% [" in masking_sentence(near) and "random heads give 99.8% (" in masking_sentence(near)
+    same = {**story, "top_accuracy": story["baseline_accuracy"]}
+    assert "leaves accuracy at 60% [" in masking_sentence(same) and " to " not in masking_sentence(same).split("mode)")[1].split(";")[0]
     # the report's masking page links the condition to those samples on the Samples page
     from attnwh.face.pictures import report_sections
     from attnwh.reports.build import build_report

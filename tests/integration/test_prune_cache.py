@@ -26,6 +26,7 @@ from attnwh.extract.packed_cache import PackedLayer, bucket_runs
 from attnwh.extract.pruning import KVPrune, LayerPrune, allocate
 from attnwh.extract.sweep import SweepSamples
 from attnwh.queries.library import open_session
+from attnwh.reports.charts import PRUNING_UNCHANGED, ROWS, pruning_curves
 from tests.integration.test_masking import _encoded, _loaded
 from tests.reference import reference_generate
 from tests.reliability.harness import run_cli
@@ -319,7 +320,8 @@ def test_phases_are_stored_typed_fingerprinted_and_one_token_answers_equal_the_f
             "from prune_results as r join stg_prune_conditions as c using (run_id, condition_id) order by r.run_id, r.condition_id, r.sample_idx"
         ).to_pylist()
         mart = session.query("select run_id, phase, allocation, changed from pruning_accuracy order by run_id, condition_id").to_pylist()
-        report = {row["phase"] for row in session.query("select phase from report_pruning").to_pylist()}
+        report_rows = session.query("select * from report_pruning").to_pylist()
+        report = {row["phase"] for row in report_rows}
         specs = {row["run_id"]: json.loads(row["spec"]) for row in session.query("select run_id, spec from runs where kind = 'prune'").to_pylist()}
     by_run = {run: [(row["phase"], row["allocation"]) for row in phases if row["run_id"] == run] for run in ("reused", "plain", "legacy")}
     order = [("cache", "full"), ("cache", "score"), ("cache", "uniform"), ("prefill", "score"), ("prefill", "uniform")]
@@ -345,6 +347,14 @@ def test_phases_are_stored_typed_fingerprinted_and_one_token_answers_equal_the_f
             assert logprob_gap(cache, full) <= 1e-6
         assert max(logprob_gap(rows_of(run, "prefill", allocation), full) for allocation in ("score", "uniform")) > 1e-3
     assert all(row["changed"] == 0 for row in mart if row["phase"] == "cache" and row["run_id"] != "legacy")
+    # the report's panels: a cache-phase panel of one-token answers changed none and says so; a panel says so only
+    # where no condition of its run and phase changed an answer (pruning_accuracy's own counts)
+    titles = {row["panel"] for row in pruning_curves(report_rows)["datasets"][ROWS.name]}
+    shown = {(row["run_id"], row["phase"]) for row in report_rows}
+    for phase in ("cache", "prefill"):
+        none_changed = all(row["changed"] == 0 for row in mart if (row["run_id"], row["phase"]) in shown and row["phase"] == phase)
+        assert all(title.endswith(PRUNING_UNCHANGED) == none_changed for title in titles if f" · {phase} · " in title)
+    assert any(f" · cache · keep attention · {PRUNING_UNCHANGED}" in title for title in titles)
     for phase, allocation in order:  # --reuse (stacked) and --no-reuse answer alike
         reused, plain = rows_of("reused", phase, allocation), rows_of("plain", phase, allocation)
         assert [row["output_text"] for row in reused] == [row["output_text"] for row in plain]
