@@ -5,6 +5,7 @@ masking them costs against random and bottom heads, and how the models compare, 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -131,18 +132,61 @@ def masking_costs(curves: list[dict], benchmark: str) -> dict[str, dict[float, t
     return costs
 
 
+def _rounded_to(k: int, fraction: float) -> tuple[float, float]:
+    """The shares of all heads whose whole-head rounding is ``k`` heads of this model (``fraction`` = k / its heads):
+    the shares ``--k`` could have asked for to mask them (``masking.parse_k`` rounds to the nearest head)."""
+    heads = k / fraction
+    return (k - 0.5) / heads, (k + 0.5) / heads
+
+
+def _named_share(low: float, high: float, fractions: list[float]) -> float:
+    """The share to name for the range of shares [low, high] that the models' masked ``fractions`` round from: the
+    fractions' own where they are one, else the one with the fewest decimals (as a percentage) nearest their mean."""
+    if len(set(fractions)) == 1:
+        return fractions[0]
+    centre = sum(fractions) / len(fractions)
+    for digits in range(3):
+        step = 10 ** -(digits + 2)
+        candidates = [round(step * count, digits + 2) for count in range(math.ceil(round(low / step, 9)), math.floor(round(high / step, 9)) + 1)]
+        if candidates:
+            return min(candidates, key=lambda candidate: abs(candidate - centre))
+    return centre
+
+
+def shared_shares(costs: dict[str, dict[float, tuple[int, float]]]) -> list[tuple[float, dict[str, float]]]:
+    """The shares of all heads every model was masked at, to the nearest whole head: (the share named, model -> the
+    fraction of its heads masked there), largest first. 26 of 128, 14 of 72 and 6 of 32 heads are each the nearest
+    whole heads to 20% (as ``--k 0.2`` masks them), so three models are compared there; 2 of 64 and 8 of 32 are not."""
+    models = sorted(costs)
+    found: list[tuple[float, dict[str, float]]] = []
+
+    def extend(index: int, low: float, high: float, chosen: dict[str, float]) -> None:
+        if index == len(models):
+            found.append((_named_share(low, high, list(chosen.values())), chosen))
+            return
+        for fraction, (k, _) in costs[models[index]].items():
+            start, stop = _rounded_to(k, fraction)
+            if max(low, start) <= min(high, stop):
+                extend(index + 1, max(low, start), min(high, stop), {**chosen, models[index]: fraction})
+
+    extend(0, 0.0, 1.0, {})
+    return sorted(found, key=lambda item: item[0], reverse=True)
+
+
 def cost_comparison(costs: dict[str, dict[float, tuple[int, float]]]) -> str:
-    """What masking the top heads costs each model at the largest share of heads all of them were masked at, k named
-    per model; where they share none, says so with each model's shares rather than set unlike shares side by side."""
-    shared = set.intersection(*(set(by_share) for by_share in costs.values()))
+    """What masking the top heads costs each model at the largest share of heads all of them were masked at (to the
+    nearest whole head, as ``--k`` rounds a fraction), k named per model; where they share none, says so with each
+    model's shares rather than set unlike shares side by side."""
+    shared = shared_shares(costs)
     if not shared:
         shares = "; ".join(f"{model}: {', '.join(_percent(share) for share in sorted(by_share))}" for model, by_share in sorted(costs.items()))
         return f"; what masking the top heads costs each is not compared: their mask runs masked them at no common share of all heads ({shares})"
-    share = max(shared)
-    ordered = sorted((costs[model][share][1], model) for model in costs)
-    ks = ", ".join(f"{costs[model][share][0]} in {model}" for model in sorted(costs))
+    share, fractions = shared[0]
+    ordered = sorted((costs[model][fractions[model]][1], model) for model in costs)
+    ks = ", ".join(f"{costs[model][fractions[model]][0]} in {model}" for model in sorted(costs))
+    rounded = "" if len(set(fractions.values())) == 1 else ", the nearest whole heads"
     return (
-        f"; masking the top {_percent(share)} of heads ({ks}; {COMPARED_MODE} mode) costs {ordered[0][1]} the most ({100 * ordered[0][0]:+.0f} points) "
+        f"; masking the top {_percent(share)} of heads ({ks}{rounded}; {COMPARED_MODE} mode) costs {ordered[0][1]} the most ({100 * ordered[0][0]:+.0f} points) "
         f"and {ordered[-1][1]} the least ({100 * ordered[-1][0]:+.0f} points)"
     )
 

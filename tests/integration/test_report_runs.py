@@ -404,3 +404,21 @@ def test_models_masked_at_no_common_share_are_not_compared():
     assert story.cost_comparison({"small": {0.25: (8, -0.12), 0.5: (16, -0.5)}, "medium": {0.25: (16, -0.02)}}) == (
         "; masking the top 25% of heads (16 in medium, 8 in small; zero mode) costs small the most (-12 points) and medium the least (-2 points)"
     )
+
+
+def test_models_masked_at_the_nearest_whole_heads_to_one_share_are_compared():
+    """The toy zoo's --k 0.1,0.2 masks 13 and 26 of the large toy's 128 heads, 7 and 14 of the medium's 72, 3 and 6 of the
+    small's 32: no two fractions equal, each the nearest whole heads to 10% and 20% (round(0.2 × 72) = 14). Compared
+    at 20%, the largest; 2 of 64 heads (3.1%) and 3 of 32 (9.4%) are the nearest whole heads to no common share."""
+    zoo = {"large": {13 / 128: (13, 0.0), 26 / 128: (26, -0.09)}, "medium": {7 / 72: (7, -0.2), 14 / 72: (14, -0.21)}, "small": {3 / 32: (3, 0.0), 6 / 32: (6, -0.23)}}
+    assert [(round(share, 6), fractions) for share, fractions in story.shared_shares(zoo)] == [
+        (0.2, {"large": 26 / 128, "medium": 14 / 72, "small": 6 / 32}),
+        (0.1, {"large": 13 / 128, "medium": 7 / 72, "small": 3 / 32}),
+    ]
+    assert story.cost_comparison(zoo) == (
+        "; masking the top 20% of heads (26 in large, 14 in medium, 6 in small, the nearest whole heads; zero mode) "
+        "costs small the most (-23 points) and large the least (-9 points)"
+    )
+    assert story.shared_shares({"a": {2 / 64: (2, 0.0)}, "b": {3 / 32: (3, 0.0)}}) == []
+    # whole heads nearest a share, worked by hand: 102 of LLaVA-1.5-7B's 1,024 heads and 160 of 13B's 1,600 are 10%
+    assert [round(share, 6) for share, _ in story.shared_shares({"7b": {102 / 1024: (102, 0.0)}, "13b": {0.1: (160, 0.0)}})] == [0.1]
