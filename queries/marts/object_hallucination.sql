@@ -3,7 +3,8 @@
 -- sums them. CHAIR = hallucinated object mentions / object mentions; Cover = annotated objects named / annotated
 -- objects; Hal = share of answers naming at least one hallucinated object (with a 95% Wilson interval); Cog =
 -- objects of the annotation's hallu list named / hallu-list objects. A sweep condition is compared with its run's
--- baseline (condition 0) on the same samples: does masking these heads make the model hallucinate more?
+-- baseline (condition 0) on the samples both answered (n_paired; a sample that failed in one is left out of both
+-- sides of the deltas, as sweep_accuracy pairs them): does masking these heads make the model hallucinate more?
 with answers as (
     select run_id, 'extract' as kind, cast(null as integer) as condition_id, sample_idx,
         object_mentions, hallucinated, truth_objects, truth_mentioned, hallu_objects, hallu_mentioned
@@ -31,6 +32,19 @@ per_condition as (
         avg(object_mentions) as mentions_per_answer
     from answers
     group by run_id, kind, condition_id
+),
+paired as (
+    select
+        c.run_id,
+        c.kind,
+        c.condition_id,
+        count(*) as n_paired,
+        sum(c.hallucinated) / nullif(sum(c.object_mentions), 0) - sum(b.hallucinated) / nullif(sum(b.object_mentions), 0) as chair_delta,
+        sum(c.truth_mentioned) / nullif(sum(c.truth_objects), 0) - sum(b.truth_mentioned) / nullif(sum(b.truth_objects), 0) as cover_delta,
+        (count(*) filter (where c.hallucinated > 0) - count(*) filter (where b.hallucinated > 0)) / count(*) as hal_delta
+    from answers as c
+    join answers as b on b.run_id = c.run_id and b.kind = c.kind and b.condition_id = 0 and b.sample_idx = c.sample_idx
+    group by c.run_id, c.kind, c.condition_id
 )
 select
     p.run_id,
@@ -49,11 +63,12 @@ select
     wilson_high(p.answers_hallucinating, p.n_answers) as hal_ci_high,
     p.cog,
     p.mentions_per_answer,
-    p.chair - b.chair as chair_delta,
-    p.cover - b.cover as cover_delta,
-    p.hal - b.hal as hal_delta
+    b.n_paired,
+    b.chair_delta,
+    b.cover_delta,
+    b.hal_delta
 from per_condition as p
 join stg_runs as r using (run_id)
 left join stg_sweep_conditions as c on c.run_id = p.run_id and c.condition_id = p.condition_id
-left join per_condition as b on b.run_id = p.run_id and b.kind = p.kind and b.condition_id = 0 and p.condition_id is not null
+left join paired as b on b.run_id = p.run_id and b.kind = p.kind and b.condition_id = p.condition_id
 order by r.model, r.benchmark, p.run_id, p.condition_id nulls first

@@ -673,3 +673,79 @@ def test_yes_no_metrics_equal_popes_script(tmp_path):
         assert {key: rows[name][key] for key in expected} == {key: pytest.approx(value) for key, value in expected.items()}, name
     assert (rows[None]["n_invalid"], rows["random"]["n_invalid"], rows["adversarial"]["n_invalid"]) == (1, 1, 0)
     assert set(rows) == {None, "adversarial", "random"}
+    assert {row["positive"] for row in listed} == {"yes"}
+
+
+@pytest.mark.parametrize(
+    ("benchmark", "gold", "parsed"),
+    [
+        ("amber-existence", ["no"] * 10, ["no"] * 7 + ["yes"] * 3),  # every existence gold is no: yes-positive had no recall at all
+        ("amber-attribute", ["yes"] * 5 + ["no"] * 5, ["yes", "yes", "yes", "yes", "no", "no", "no", "no", "yes", "yes"]),
+    ],
+)
+def test_yes_no_metrics_of_amber_equal_its_script(tmp_path, benchmark, gold, parsed):
+    """AMBER's inference.py counts no as the positive class: precision = (answered no to a no question) / (answered
+    no), recall = the same / (no questions); its arithmetic written out here (without its 0.001 in F1's denominator)."""
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    keys = [f"s{i}" for i in range(len(gold))]
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark=benchmark, spec={}, plan=Plan(keys, len(keys)), run_id=None, details={})
+
+    def write(folder):
+        rows = [
+            {"run_id": run.run_id, "sample_idx": i, "sample_key": key, "status": "ok", "gold": g, "parsed": p, "correct": g == p}
+            for i, (key, g, p) in enumerate(zip(keys, gold, parsed))
+        ]
+        samples = pa.Table.from_pylist(rows, schema=SAMPLES)
+        pq.write_table(samples.replace_schema_metadata(with_metadata("samples", samples.schema).metadata), folder / "samples.parquet")
+        return {"samples": samples.num_rows}
+
+    parts.commit_part(run.paths, 0, write)
+    (row,) = _rows(tmp_path / "wh", "yes_no_metrics", order=("run_id",))
+    qa_ans_no_num = sum(p == "no" for p in parsed)
+    qa_ans_no_score = sum(p == "no" and g == "no" for g, p in zip(gold, parsed))
+    qa_no_num = sum(g == "no" for g in gold)
+    qa_no_score = qa_ans_no_score
+    precision, recall = qa_ans_no_score / qa_ans_no_num, qa_no_score / qa_no_num
+    expected = {
+        "accuracy": sum(g == p for g, p in zip(gold, parsed)) / len(gold),
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall),
+        "yes_ratio": sum(p == "yes" for p in parsed) / len(parsed),
+    }
+    assert row["positive"] == "no"
+    assert {key: row[key] for key in expected} == {key: pytest.approx(value) for key, value in expected.items()}
+
+
+def test_object_hallucination_deltas_pair_the_samples_both_answered():
+    """A condition whose first sample failed (an error row) is compared with the baseline on its other sample only:
+    the baseline's hallucinating sample 0 must not make the condition look cleaner. Staging tables written by hand, the
+    mart's own SQL over them; deltas by hand over sample 1."""
+    import duckdb
+
+    from attnwh.warehouse.definitions import define_macros
+
+    connection = duckdb.connect()
+    define_macros(connection)
+    connection.execute(
+        "create table stg_sweep_results (run_id varchar, kind varchar, condition_id int, status varchar, sample_idx int, object_mentions int, "
+        "hallucinated int, truth_objects int, truth_mentioned int, hallu_objects int, hallu_mentioned int)"
+    )
+    connection.execute("create table stg_samples as select * exclude (kind, condition_id) from stg_sweep_results")
+    rows = [
+        ("m", "mask", 0, "ok", 0, 10, 8, 5, 2, 3, 1),  # the baseline hallucinates on sample 0
+        ("m", "mask", 0, "ok", 1, 10, 0, 5, 5, 3, 0),
+        ("m", "mask", 1, "error", 0, None, None, None, None, None, None),  # sample 0 failed under the condition
+        ("m", "mask", 1, "ok", 1, 10, 2, 5, 4, 3, 1),
+    ]
+    connection.executemany("insert into stg_sweep_results values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    connection.execute("create table stg_runs as select 'm' as run_id, 'hand' as model, 'amber-generative' as benchmark")
+    connection.execute("create table stg_sweep_conditions as select * from (values ('m', 0, '{}'), ('m', 1, '{}')) as t(run_id, condition_id, settings)")
+    found = connection.execute(get_mart("object_hallucination").sql)
+    names = [column[0] for column in found.description]
+    by_condition = {row["condition_id"]: row for row in (dict(zip(names, values)) for values in found.fetchall())}
+    masked = by_condition[1]
+    assert (masked["n_answers"], masked["n_paired"]) == (1, 1)
+    # sample 1: chair 2/10 against 0/10, cover 4/5 against 5/5, hal 1 against 0 (unpaired: 2/10 - 8/20, 4/5 - 7/10, 1 - 1/2)
+    assert (masked["chair_delta"], masked["cover_delta"], masked["hal_delta"]) == (pytest.approx(0.2), pytest.approx(-0.2), pytest.approx(1.0))
+    assert (by_condition[0]["chair_delta"], by_condition[0]["n_paired"]) == (pytest.approx(0.0), 2)

@@ -49,6 +49,12 @@ create or replace macro head_order_key(score_value, layer, head) as
 -- share of samples hit) is what ranks heads by it
 create or replace macro score_orders_heads(score) as score <> 'region_hit';
 
+-- the positive class of a benchmark's yes / no questions (precision, recall and F1 in yes_no_metrics): yes for POPE
+-- (its evaluate.py) and the rest; no for AMBER's discriminative tasks, whose inference.py takes precision as (answered
+-- no to a no question) / (answered no) and recall as (answered no to a no question) / (no questions)
+create or replace macro yes_no_positive(benchmark) as
+    case when benchmark like 'amber-%' then 'no' else 'yes' end;
+
 -- places per sample that the head_ranks rollup keeps (visual_heads with a larger k reads head_metrics)
 create or replace macro ranks_kept() as 64;
 
