@@ -51,7 +51,8 @@ pairs as (
 correlations as (
     select
         (select count(*) from scored) as n_heads,
-        (select corr(rank_a, rank_b) from ranked) as spearman,
+        -- null, as tau-b is, where a ranking is one tie (DuckDB's corr gives NaN there)
+        (select case when var_pop(rank_a) > 0 and var_pop(rank_b) > 0 then corr(rank_a, rank_b) end from ranked) as spearman,
         case
             when (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
             then (concordant - discordant) / sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))

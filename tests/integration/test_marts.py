@@ -624,6 +624,10 @@ def test_ranking_agreement_by_hand(tmp_path):
     assert (reverse[0]["spearman"], reverse[0]["kendall_tau_b"]) == (pytest.approx(-1.0), pytest.approx(-1.0))
     assert (reverse[0]["shared"], reverse[0]["jaccard"]) == (0, 0.0)
     assert (reverse[1]["shared"], reverse[1]["jaccard"]) == (4, pytest.approx(4 / 6))
+    # a ranking that is one tie has no rank correlation: both null (Spearman was NaN)
+    ids = _scored_runs(tmp_path / "wh3", {"flat": [0.5] * 6, "up": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    flat = _rows(tmp_path / "wh3", "ranking_agreement", {"run_a": ids["flat"], "run_b": ids["up"], "score_a": "image_sum", "score_b": "image_sum"}, order=("k",))
+    assert (flat[0]["spearman"], flat[0]["kendall_tau_b"]) == (None, None)
 
 
 def test_yes_no_metrics_equal_popes_script(tmp_path):
