@@ -65,6 +65,19 @@ def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interven
         return loaded.model(**encoded)
 
 
+def prefill_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()) -> None:
+    """The prompt's prefill as ``generate`` runs it, with ``interventions`` bound to this batch: for keys and values
+    that another generation's pass reads (``image_swap.BaselineKV``). A plain forward (``forward_with``) numbers a
+    left-padded row's positions from its first pad, ``generate`` from its first real token (and a model may number
+    them its own way: Qwen2-VL's 3-D positions), so keys of the two are rotated at positions that differ by the row's
+    padding; one step of ``generate`` is its prefill."""
+    parts = loaded.parts
+    view = batch_view(loaded, encoded)
+    bound = [intervention.bind(view) for intervention in interventions]
+    with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+        loaded.model.generate(**encoded, max_new_tokens=1, do_sample=False, num_beams=1, pad_token_id=loaded.pad_token_id, eos_token_id=None)
+
+
 def generate_with_capture(
     loaded: LoadedModel,
     encoded: dict[str, torch.Tensor],

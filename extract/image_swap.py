@@ -24,7 +24,6 @@ on their own batch), older ones are recomputed if asked again.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -141,7 +140,7 @@ class BaselineKV:
 
     def of(self, encoded: dict[str, Any]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """``{layer: (key, value)}`` of the prompt with the baseline image, each ``[batch, kv_head, prompt, head_dim]``."""
-        from attnwh.extract.generation import forward_with
+        from attnwh.extract.generation import prefill_with
 
         batch = batch_key(encoded)
         with self._lock:
@@ -151,10 +150,8 @@ class BaselineKV:
                 return found
             recording = KVRecording()
             inputs = baseline_pixels(encoded, self.baseline, self.mean_pixels)
-            if "logits_to_keep" in inspect.signature(self.loaded.model.forward).parameters:
-                inputs["logits_to_keep"] = 1  # the prefill is run for its keys and values: no logits over every position
             try:
-                forward_with(self.loaded, inputs, [recording])
+                prefill_with(self.loaded, inputs, [recording])  # at the positions the sweep's own generation gives each row
             except (RuntimeError, ValueError, IndexError) as exc:  # a model that reads a uniform image otherwise (tiles of zeros taken for padding, ...)
                 raise ModelError(
                     f"--ablation {self.baseline}: the model does not take the baseline image in place of the batch's ({type(exc).__name__}: {str(exc)[:200]})"

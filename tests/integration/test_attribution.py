@@ -413,6 +413,55 @@ def test_single_by_a_baseline_image_equals_swapping_the_heads_k_v_projections(tm
     assert max(abs(row["score"]) for row in scores.values()) > 1e-3, "some head must read the image"
 
 
+def _varied_pope(root) -> str:
+    """A POPE file of six questions of different lengths (a batch of them is left-padded) and their images."""
+    from tests.fixtures_benchmarks import jpeg, json_line, write_images, write_lines
+
+    questions = [
+        "Is there a red circle in the image?",
+        "Is there a ball?",
+        "Is there a big blue round object in the middle of this picture on the left side?",
+        "Is there a cat?",
+        "Is there a small red circle somewhere near the top?",
+        "Is there a dog here?",
+    ]
+    write_images(root / "val2014", {f"COCO_val2014_{i:012d}.jpg": jpeg((64 - 4 * i, 48)) for i in range(1, 7)})
+    lines = [json_line({"question_id": i, "image": f"COCO_val2014_{i:012d}.jpg", "text": text, "label": ("yes", "no")[i % 2]}) for i, text in enumerate(questions, 1)]
+    write_lines(root / "coco_pope_adversarial.json", lines)
+    return str(root)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_mha", "tiny_gqa"])
+def test_the_baseline_images_keys_of_a_left_padded_row_are_those_of_the_row_alone(tmp_path, model_name, request):
+    """The baseline image's keys and values, recorded in one left-padded batch, equal what transformers' own cache
+    holds for each row alone with the blank image (no padding: the positions generate gives the row's tokens).
+    Recorded by a plain forward they were rotated at positions shifted by the row's padding, so an ablated head saw
+    the baseline image at the wrong distance (every padded sample's target off by ~1e-3 on these toys)."""
+    from attnwh.extract.image_swap import BaselineKV
+
+    model_path = request.getfixturevalue(model_name)
+    options = AttributeOptions(
+        model=str(model_path), benchmark="pope", data=_varied_pope(tmp_path / "pope"), device="cpu", dtype="float32", command=["test"], method="single", ablation="blank-image"
+    )
+    setup = prepare_attribute(options)
+    loaded = load_model(setup.run.source, dtype=torch.float32, device=torch.device("cpu"))
+    (batch,) = SweepSamples(loaded, setup.run, 6).each_batch()
+    mask = batch.encoded["attention_mask"]
+    padding = (mask == 0).sum(dim=1)
+    assert len(set(padding.tolist())) > 2  # the rows are padded by different amounts
+    recorded = BaselineKV(loaded, "blank-image").of(batch.encoded)
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    for row in range(mask.shape[0]):
+        start = int(padding[row])
+        alone = {"input_ids": batch.encoded["input_ids"][row : row + 1, start:], "attention_mask": mask[row : row + 1, start:]}
+        alone["pixel_values"] = torch.zeros_like(batch.encoded["pixel_values"][row : row + 1])
+        with torch.inference_mode():
+            cache = model(**alone, use_cache=True).past_key_values
+        for layer, (key, value) in recorded.items():
+            assert torch.allclose(key[row, :, start:], cache.layers[layer].keys[0], atol=1e-5), (row, layer)
+            assert torch.allclose(value[row, :, start:], cache.layers[layer].values[0], atol=1e-5), (row, layer)
+
+
 def test_a_grouped_query_head_reads_the_baseline_image_alone_and_stacked_or_not(tiny_gqa):
     """Grouped-query attention: both query heads of a KV group swapped equal the group's ``k_proj`` / ``v_proj``
     swapped in stock transformers; one query head of the group alone is a different condition (the mask is per

@@ -142,13 +142,13 @@ def test_the_baseline_images_prefill_is_computed_once_per_batch_however_often_it
     loaded, setup = toy
     samples = SweepSamples(loaded, setup, BATCH)
     prefills: list[int] = []
-    original = generation.forward_with
+    original = generation.prefill_with
 
     def counting(loaded_, inputs, interventions=()):
         prefills.append(inputs["input_ids"].shape[0])
         return original(loaded_, inputs, interventions)
 
-    monkeypatch.setattr(generation, "forward_with", counting)
+    monkeypatch.setattr(generation, "prefill_with", counting)
     source = BaselineKV(loaded, "blank-image")
     first = [source.of(batch.encoded) for batch in samples.each_batch()]
     second = [source.of(batch.encoded) for batch in samples.each_batch()]
