@@ -126,6 +126,54 @@ def test_too_few_patterns_for_least_squares_are_refused_and_ridge_takes_them(n):
     assert check_against_model(AttributeOptions(fit="ridge", patterns=n), H) == n
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(min_value=H + 2, max_value=2 * H - 1))
+def test_least_squares_intervals_need_twice_as_many_patterns_as_heads(n):
+    """A resample of n patterns holds ~63% of them: at n < 2H least squares is undetermined in most resamples and
+    would narrow the intervals silently; refused unless no interval is asked for."""
+    with pytest.raises(UsageError, match="at least twice as many patterns as heads"):
+        check_against_model(AttributeOptions(fit="ols", patterns=n, bootstrap=10), H)
+    assert check_against_model(AttributeOptions(fit="ols", patterns=n, bootstrap=0), H) == n
+    assert check_against_model(AttributeOptions(fit="ols", patterns=2 * H, bootstrap=10), H) == 2 * H
+
+
+def test_intervals_resample_the_samples_too():
+    """Each sample has its own effects (the planted mean plus a per-sample deviation) and the target is exactly
+    linear in the patterns: resampling the patterns alone gives intervals of width 0. Resampling samples as well,
+    each head's interval has about the half-width a t interval over the samples' own effects has (computed here from
+    the planted per-sample effects), and it covers the samples' mean effect."""
+    from scipy.stats import t as student_t
+
+    rng = np.random.default_rng(21)
+    n_samples = 12
+    per_sample = rng.normal(0, 1, H) + rng.normal(0, 0.8, (n_samples, H))  # [samples, heads]
+    patterns = draw_patterns(H, 6 * H, 0.2, seed=22)
+    change = -(patterns.astype(float) @ per_sample.T)  # [patterns, samples]
+    fitted = fit_patterns(patterns, change, "ols", bootstrap=400, seed=3)
+    mean_effect = per_sample.mean(axis=0)
+    assert np.allclose(fitted.scores, mean_effect, atol=1e-9)
+    half = (fitted.ci_high - fitted.ci_low) / 2
+    expected = student_t.ppf(0.975, n_samples - 1) * per_sample.std(axis=0, ddof=1) / np.sqrt(n_samples)
+    assert np.all(half > 0.5 * expected) and np.all(half < 1.5 * expected)
+    assert np.mean((fitted.ci_low <= mean_effect) & (mean_effect <= fitted.ci_high)) == 1.0
+    one_sample = fit_patterns(patterns, change[:, :1], "ols", bootstrap=50, seed=3)  # one sample: nothing to resample
+    assert np.allclose(one_sample.ci_low, one_sample.ci_high, atol=1e-8)
+
+
+def test_a_head_the_patterns_never_or_always_ablate_has_no_score():
+    """Its column is constant: the fit cannot tell its effect (least squares' minimum norm and ridge both say 0), so
+    its score and interval are NaN (stored null), not a certain 0; the other heads keep theirs."""
+    effects = np.linspace(1, 2, H)
+    patterns = draw_patterns(H, 4 * H, 0.3, seed=5)
+    patterns[:, 0] = False  # never ablated
+    patterns[:, 1] = True  # always ablated
+    for fit in ("ols", "ridge"):
+        fitted = fit_patterns(patterns, -(patterns @ effects), fit, bootstrap=20)
+        for values in (fitted.scores, fitted.std_error, fitted.ci_low, fitted.ci_high):
+            assert np.isnan(values[[0, 1]]).all() and np.isfinite(values[2:]).all()
+    assert np.allclose(fit_patterns(patterns, -(patterns @ effects), "ols", bootstrap=0).scores[2:], effects[2:], atol=1e-8)
+
+
 def test_ridge_ranks_with_fewer_patterns_than_heads():
     """N < H: least squares is undetermined; ridge shrinks the coefficients toward 0 (effects are underestimated)
     and still puts the heads that matter on top."""
