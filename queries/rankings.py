@@ -4,6 +4,8 @@ order of its heads. Both are marts (``ranking_runs``, ``head_ranking``); these a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attnwh.core.errors import UsageError
 from attnwh.core.output import kind_phrase
 from attnwh.queries.library import run_mart
@@ -77,21 +79,25 @@ def ranked_scores(session: Catalog, run_id: str, score: str, query: str) -> tupl
     return {(row["layer"], row["head"]): row["score"] for row in rows}, recorded
 
 
-def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentration_x_sum", query: str = "gen1") -> str:
-    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``); an
-    attribution run's causal importance as one value per head (``score`` and ``query`` do not apply)."""
+def export_heads(session: Catalog, run_id: str, fmt: str, score: str = "concentration_x_sum", query: str = "gen1", warn: Callable[[list[str]], None] | None = None) -> str:
+    """The run's head scores as the text of a ``retrieval-json`` or ``duo-tsv`` file (``warehouse.head_files``; ``warn``
+    is told of negative values written as 0): an extraction run's ``score`` on ``query`` in each sample; an attribution
+    run's causal importance or an imported ranking's score as one value per head (``score`` and ``query`` do not apply)."""
     check_format(fmt)
     kind = run_kind(session, run_id)
     if kind is None:
         raise UsageError(f"no run {run_id!r} in the warehouse to export heads from (`attnwh runs` lists them)")
     if kind not in RANKING_KINDS:
         raise UsageError(f"run {run_id} is {kind_phrase(kind)} run: heads are exported from an extraction, attribution or imported ranking run")
-    if kind == "attribution":  # one causal importance per head: a one-value list each
-        rows = [{**row, "scores": [row["score"]], "mean_score": row["score"]} for row in run_mart(session, "attribution_ranking", {"run_id": run_id}).to_pylist()]
-        if not rows:
-            raise UsageError(f"attribution run {run_id} has no fitted heads yet (its conditions are not all committed: run the same attnwh attribute again)")
-        return write_heads(rows, fmt)
+    if kind in ("attribution", "ranking"):  # one score per head: a one-value list each
+        scores, _ = ranked_scores(session, run_id, score, query)
+        shape = next(row for row in run_mart(session, "run_overview").to_pylist() if row["run_id"] == run_id)
+        rows = [
+            {"layer": layer, "head": head, "scores": [] if value is None else [value], "mean_score": value, **{key: shape[key] for key in ("n_layers", "n_heads", "n_kv_heads")}}
+            for (layer, head), value in scores.items()
+        ]
+        return write_heads(rows, fmt, warn)
     rows = run_mart(session, "head_sample_scores", {"run_id": run_id, "score": score, "query": query}).to_pylist()
     if not rows:
-        raise UsageError(f"run {run_id} has no head metrics for query {query} (is it an extraction run?)")
-    return write_heads(rows, fmt)
+        raise UsageError(f"run {run_id} has no head metrics for query {query}")
+    return write_heads(rows, fmt, warn)

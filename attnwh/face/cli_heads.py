@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session, warn
 
 HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json (Retrieval_Head, SparseMM) or duo-tsv (DuoAttention, kvpress).")]
 
 
 @handles_errors
 def export(
-    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="An extraction run.")],
+    run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="An extraction, attribution or imported ranking run.")],
     fmt: HeadsFormatOption = "retrieval-json",
     score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score: {SCORE_HELP}.")] = "concentration_x_sum",
     query: Annotated[str, typer.Option(help="Captured query: gen1 or prompt.")] = "gen1",
@@ -30,18 +30,22 @@ def export(
     from attnwh.queries.rankings import export_heads
 
     with read_session(warehouse) as session:
-        text = export_heads(session, run_id, fmt, score, query)
+        text = export_heads(session, run_id, fmt, score, query, warn)
     if out is None:
         typer.echo(text, nl=False)
         return
-    from attnwh.warehouse.head_files import duo_config
+    from attnwh.warehouse.head_files import duo_config, is_duo_config
 
     check_outside_warehouse(out, warehouse, "--out")
     written = [(out, text)]
     config = out.parent / "config.json"
     if fmt == "duo-tsv":
-        if config.exists():
+        if config.is_file() and is_duo_config(_read_text(config)):
             typer.echo(f"left {config} as it is (DuoAttention reads its sink_size and recent_size)", err=True)
+        elif config.exists():
+            raise UsageError(
+                f"{config} is not a DuoAttention config.json (whole-number sink_size and recent_size), and DuoAttention reads the one beside the TSV: move it, or --out into another folder"
+            )
         else:
             written.append((config, duo_config(f"attnwh heads export {run_id} --score {score} --query {query}")))
     for path, content in written:
@@ -50,6 +54,15 @@ def export(
         except OSError as exc:
             raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
         typer.echo(f"wrote {path}")
+
+
+def _read_text(path: Path) -> str:
+    from attnwh.core.errors import UsageError
+
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 @handles_errors

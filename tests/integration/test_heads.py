@@ -69,7 +69,7 @@ def test_duo_tsv_scores_key_value_heads_by_their_groups(gqa_run, tmp_path, capsy
     kv = {(layer, group): (means[(layer, 2 * group)] + means[(layer, 2 * group + 1)]) / 2 for layer in range(3) for group in range(2)}
     low, high = min(kv.values()), max(kv.values())
     for (layer, group), value in kv.items():
-        assert got[layer][group] == pytest.approx((value - low) / (high - low), abs=2e-6)
+        assert got[layer][group] == pytest.approx((value - low) / (high - low), abs=1e-9)  # written in full, not rounded
     assert min(min(row) for row in got) == 0 and max(max(row) for row in got) == 1
 
 
@@ -108,9 +108,23 @@ def test_a_duo_tsv_gives_each_query_head_its_kv_heads_score(tmp_path, tiny_gqa):
     assert [(row["layer"], row["head"]) for row in rows][:3] == [(2, 0), (2, 1), (0, 2)]  # ties to the lower layer, then head
 
 
+def every_head_json(**replace: str) -> str:
+    """A JSON of every head of the 3 × 4 model, one value each, written pair by pair: ``replace`` maps a key ("2_3"
+    for "2-3") to the "key": value text written in its place (a dict cannot hold a key twice)."""
+    pairs = {f"{layer}_{head}": f'"{layer}-{head}": [{layer + head / 10}]' for layer in range(3) for head in range(4)}
+    return "{" + ", ".join({**pairs, **replace}.values()) + "}"
+
+
 @pytest.mark.parametrize(
     "fmt, content, message",
     [
+        pytest.param("retrieval-json", every_head_json(extra='"0-0": [9]'), "head 0-0 is given twice (keys '0-0' and '0-0'): json keeps only the later", id="key-twice"),
+        pytest.param("retrieval-json", every_head_json(extra='"00-0": [9]'), "head 0-0 is given twice (keys '0-0' and '00-0')", id="key-aliased"),
+        pytest.param("retrieval-json", every_head_json(**{"2_3": '"2-³": [0.5]'}), "key '2-³' is not \"layer-head\"", id="superscript-digit"),
+        pytest.param("retrieval-json", every_head_json(**{"2_3": '"2-3": [' + "7" * 400 + "]"}), "head 2-3 needs a non-empty list of finite numbers", id="400-digits"),
+        pytest.param("retrieval-json", every_head_json(**{"2_3": '"2-3": [1e308, 1e308]'}), "head 2-3: the mean of its scores is not a finite number", id="mean-overflows"),
+        pytest.param("retrieval-json", "[" * 100_000, "not JSON that can be read (nested too deeply)", id="nested-deep"),
+        ("duo-tsv", "0.1\t0.9\n0.5\t0.3\n1\t0_5\n", ":3: not tab-separated numbers as numpy's loadtxt reads them ('1\\t0_5')"),
         ("duo-tsv", "0.1\t0.9\n0.5\t0.3\n", "holds 2 layers × 2 key-value heads, but"),
         ("duo-tsv", "0.1\t0.9\t0.2\n0.5\t0.3\t0.1\n1\t0\t0\n", "holds 3 layers × 3 key-value heads, but"),
         ("duo-tsv", "0.1\tnan\n0.5\t0.3\n1\t0\n", ":1: scores must be finite numbers"),
@@ -125,9 +139,57 @@ def test_files_that_do_not_fit_give_one_line_naming_both_shapes(tmp_path, tiny_g
     path = tmp_path / "ranking.txt"
     path.write_text(content)
     code, _, err = run_cli(capsys, "heads", "import", str(path), "--format", fmt, "--model", str(tiny_gqa), "--name", "x", "--warehouse", str(tmp_path / "wh"))
-    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"attnwh: error: {path}") and message in err, err
     if "but" in message:
         assert "has 3 layers × 4 heads (2 key-value heads)" in err
+
+
+def test_an_imported_ranking_exports_one_value_per_head_and_negative_scores_as_0(tmp_path, tiny_gqa, capsys):
+    """An imported ranking (kind ranking) exports like an attribution run, one value per head; a negative score (the
+    file's mean here, an attribution run's causal importance elsewhere) is written as 0 in a retrieval-json, with a
+    warning line: SparseMM gives each head ``head_score / sum`` of the cache."""
+    lists = {(layer, head): [0.3 * layer - 0.1 * head - 0.2, 0.1 * head + 0.05 * layer] for layer in range(3) for head in range(4)}
+    source = tmp_path / "source.json"
+    source.write_text(json.dumps({f"{layer}-{head}": values for (layer, head), values in lists.items()}))
+    means = {head: float(np.mean(values)) for head, values in lists.items()}  # Retrieval_Head's reading of each list
+    negative = sum(mean < 0 for mean in means.values())
+    assert 0 < negative < 12
+    warehouse = tmp_path / "wh"
+    code, out, err = run_cli(capsys, "heads", "import", str(source), "--model", str(tiny_gqa), "--name", "signed", "--warehouse", str(warehouse))
+    assert code == 0, err
+    run_id = out.split("ranking run ")[1].split()[0]
+    code, out, err = run_cli(capsys, "heads", "export", run_id, "--warehouse", str(warehouse))
+    assert code == 0 and err.splitlines() == [
+        f"attnwh: warning: wrote {negative} negative score(s) as 0: SparseMM gives each head its score's share of the sum (a negative one would be a negative cache budget)"
+    ], err
+    assert json.loads(out) == {f"{layer}-{head}": [max(mean, 0.0)] for (layer, head), mean in means.items()}
+    folder = tmp_path / "duo"
+    folder.mkdir()
+    code, out, err = run_cli(capsys, "heads", "export", run_id, "--format", "duo-tsv", "--out", str(folder / "full_attention_heads.tsv"), "--warehouse", str(warehouse))
+    assert code == 0 and err == "", err
+    full = np.loadtxt(folder / "full_attention_heads.tsv", dtype=float, delimiter="\t")  # DuoAttention's reader
+    kv = np.array([[np.mean([means[(layer, 2 * group)], means[(layer, 2 * group + 1)]]) for group in range(2)] for layer in range(3)])
+    assert np.allclose(full, (kv - kv.min()) / (kv.max() - kv.min()), rtol=0, atol=1e-12)
+
+
+def test_a_config_json_beside_a_duo_tsv_is_kept_only_when_it_is_duoattentions(gqa_run, tmp_path, capsys):
+    """DuoAttention's loader reads sink_size and recent_size from the config.json beside the TSV: one of its own is
+    left as it is; any other (a model's config.json) is refused in one line, with nothing written."""
+    warehouse, run_id = gqa_run
+    theirs = json.dumps({"model_name": "Mistral-7B-Instruct-v0.2", "sink_size": 64, "recent_size": 512})
+    unrelated = json.dumps({"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava"})
+    for name, config in (("duo", theirs), ("model", unrelated), ("not-json", "{")):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(config)
+        out = folder / "full_attention_heads.tsv"
+        code, _, err = run_cli(capsys, "heads", "export", run_id, "--format", "duo-tsv", "--score", "image_sum", "--out", str(out), "--warehouse", str(warehouse))
+        assert (folder / "config.json").read_text() == config
+        if name == "duo":
+            assert code == 0 and out.is_file() and err == f"left {folder / 'config.json'} as it is (DuoAttention reads its sink_size and recent_size)\n", err
+        else:
+            assert code == 2 and not out.exists() and len(err.splitlines()) == 1, err
+            assert err.startswith(f"attnwh: error: {folder / 'config.json'} is not a DuoAttention config.json (whole-number sink_size and recent_size)"), err
 
 
 def test_a_ranking_of_another_shape_cannot_drive_a_mask_sweep(gqa_run, tmp_path, capsys):
