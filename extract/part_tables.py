@@ -165,15 +165,19 @@ def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, to
     """``gen_tokens`` of one sample: each step's token, the word of the answer it belongs to and what the word names.
 
     Each token's characters are found by decoding the answer's prefixes (the text a tokenizer gives for tokens
-    1..i, less that of 1..i-1); a token belongs to the first word its characters overlap. Words and the objects
+    1..i, less that of 1..i-1, each cut where it stops agreeing with the whole answer's text: a byte token of an
+    unfinished character has none); a token belongs to the first word its characters overlap. Words and the objects
     they name come from the benchmark's object vocabulary when its samples are annotated, else every run of
     letters and digits is a word with no object."""
     eos_ids = set(eos_ids)
     answer = [token for token in steps if token not in eos_ids]
-    text, ends = "", []
+    text = tokenizer.decode(answer, skip_special_tokens=True)
+    ends, end = [], 0
     for count in range(1, len(answer) + 1):
-        text = tokenizer.decode(answer[:count], skip_special_tokens=True)
-        ends.append(len(text))
+        # where the prefix's text stops agreeing with the answer's: a byte-fallback tokenizer decodes a character cut
+        # between its byte tokens as one U+FFFD per byte, a prefix longer than the answer's text at that point
+        end = max(end, _agreeing_length(tokenizer.decode(answer[:count], skip_special_tokens=True), text))
+        ends.append(end)
     words = _answer_words(text, sample)
     columns: dict[str, list] = {name: [] for name in GEN_TOKENS.names}
     start, seen_words, answer_index = 0, set(), 0
@@ -202,6 +206,11 @@ def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, to
         if word is not None:
             seen_words.add(word.index)
     return pa.table(columns, schema=GEN_TOKENS)
+
+
+def _agreeing_length(prefix: str, text: str) -> int:
+    """How many first characters ``prefix`` and ``text`` share."""
+    return next((index for index, (a, b) in enumerate(zip(prefix, text)) if a != b), min(len(prefix), len(text)))
 
 
 _PLAIN_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")

@@ -329,6 +329,7 @@ def runs_table(runs: list[tuple[RunPaths, Any]]) -> pa.Table:
                 "n_layers": model_info.get("n_layers"),
                 "n_heads": model_info.get("n_heads"),
                 "n_kv_heads": model_info.get("n_kv_heads"),
+                "n_decoder_layers": model_info.get("n_decoder_layers") or model_info.get("n_layers"),
                 "dtype": spec.get("dtype"),
                 "prompt_format": spec.get("prompt_format"),
                 "prompt_style": spec.get("prompt_style"),

@@ -342,6 +342,7 @@ RUNS = pa.schema(
         ("n_layers", pa.int32()),
         ("n_heads", pa.int32()),
         ("n_kv_heads", pa.int32()),
+        ("n_decoder_layers", pa.int32()),  # the logit lens's layers (n_layers but in a hybrid model, whose other layers are not attention)
         ("dtype", pa.string()),
         ("prompt_format", pa.string()),
         ("prompt_style", pa.string()),

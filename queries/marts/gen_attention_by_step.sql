@@ -6,11 +6,14 @@ with added as (
         run_id,
         step_bucket,
         layer,
-        cast(sum(n) as bigint) as n_values,
-        sum(total) as total,
-        sum(total_sq) as total_sq
+        cast(sum(n) filter (where score = $score) as bigint) as n_values,
+        -- every head of every token has an image_sum (0 where the head sees no image key): the tokens' count when
+        -- $score is null for some (concentration where a sliding window left the image out)
+        cast(sum(n) filter (where score = 'image_sum') as bigint) as n_image_sums,
+        sum(total) filter (where score = $score) as total,
+        sum(total_sq) filter (where score = $score) as total_sq
     from stg_gen_scores
-    where score = $score
+    where score in ($score, 'image_sum')
     group by run_id, step_bucket, layer
 )
 select
@@ -23,7 +26,7 @@ select
     l.stage,
     l.depth,
     a.n_values,
-    a.n_values // r.n_heads as n_tokens,
+    a.n_image_sums // r.n_heads as n_tokens,
     a.total / a.n_values as mean_value,
     case when a.n_values > 1 then sqrt(greatest(a.total_sq - a.total * a.total / a.n_values, 0) / (a.n_values - 1)) end as sd_value
 from added as a

@@ -5,8 +5,8 @@ select
     l.sample_idx,
     l.step,
     l.layer,
-    r.n_layers,
-    l.layer / r.n_layers as depth,
+    r.n_decoder_layers as n_layers,  -- the lens's: decoder layers (a hybrid model's attention layers are fewer)
+    l.layer / r.n_decoder_layers as depth,
     l.token_rank,
     l.token_prob,
     l.token_rank = 1 as at_top

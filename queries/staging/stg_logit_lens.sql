@@ -6,8 +6,8 @@ select
     l.sample_idx,
     l.query,
     l.layer,
-    r.n_layers,
-    l.layer / r.n_layers as depth,  -- 0 = embeddings, 1 = the model's own logits
+    r.n_decoder_layers as n_layers,  -- the lens's: decoder layers (a hybrid model's attention layers are fewer)
+    l.layer / r.n_decoder_layers as depth,  -- 0 = embeddings, 1 = the model's own logits
     l.target_token,
     l.target_text,
     l.target_rank,

@@ -17,6 +17,7 @@ select
     n_layers,
     n_heads,
     n_kv_heads,
+    n_decoder_layers,  -- the lens's layers: more than n_layers (attention layers) in a hybrid model
     dtype,
     prompt_format,
     prompt_style,

@@ -130,6 +130,37 @@ def test_attention_by_step_by_hand(long_answers):
         assert row["stage"] == ("early" if row["layer"] == 0 else "late")
 
 
+def test_attention_by_step_counts_tokens_where_the_score_has_no_value(tmp_path):
+    """Concentration is null where a head gives the image no attention (a sliding window short of it): the bucket's
+    tokens are still counted (n_tokens), its values are not (n_values). One sample of 2 steps, 1 layer × 2 heads; at
+    step 1 head 0 sees no image key."""
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": 1, "n_heads": 2, "n_kv_heads": 2}}
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="handmade", spec={}, plan=Plan(["s0"], 1), run_id=None, details=details)
+    rows = [(0, 0, 0.5, 1.0), (0, 1, 0.4, 0.5), (1, 0, 0.0, None), (1, 1, 0.6, 0.25)]  # step, head, image_sum, image_entropy
+
+    def write(folder):
+        tables = {
+            "samples": pa.Table.from_pylist([{"run_id": run.run_id, "sample_idx": 0, "sample_key": "s0", "status": "ok", "n_image": 4}], schema=SAMPLES),
+            "gen_metrics": pa.Table.from_pylist(
+                [
+                    {"run_id": run.run_id, "sample_idx": 0, "step": step, "layer": 0, "head": head, "n_image": 4, "image_sum": total, "image_entropy": entropy}
+                    for step, head, total, entropy in rows
+                ],
+                schema=GEN_METRICS,
+            ),
+            "gen_tokens": pa.Table.from_pylist([{"run_id": run.run_id, "sample_idx": 0, "step": step, "token_id": 10 + step, "eos": False} for step in (0, 1)], schema=GEN_TOKENS),
+        }
+        tables["gen_scores"], tables["gen_head_scores"] = gen_rollup(tables["gen_metrics"], tables["gen_tokens"])
+        for name, table in tables.items():
+            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+        return {name: table.num_rows for name, table in tables.items()}
+
+    parts.commit_part(run.paths, 0, write)
+    by_bucket = {row["step_bucket"]: row for row in _rows(tmp_path / "wh", "gen_attention_by_step", ("step_bucket",), {"score": "concentration"})}
+    assert {bucket: (row["n_values"], row["n_tokens"]) for bucket, row in by_bucket.items()} == {0: (2, 1), 1: (1, 1)}  # was n_tokens 0 at step 1
+
+
 def test_hallucination_heads_by_hand(long_answers):
     rows = _rows(long_answers, "hallucination_heads", ("layer", "head"))
     assert [(row["layer"], row["head"]) for row in rows] == [(layer, head) for layer in range(N_LAYERS) for head in range(N_HEADS)]

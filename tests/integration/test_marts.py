@@ -753,3 +753,51 @@ def test_object_hallucination_deltas_pair_the_samples_both_answered():
     # sample 1: chair 2/10 against 0/10, cover 4/5 against 5/5, hal 1 against 0 (unpaired: 2/10 - 8/20, 4/5 - 7/10, 1 - 1/2)
     assert (masked["chair_delta"], masked["cover_delta"], masked["hal_delta"]) == (pytest.approx(0.2), pytest.approx(-0.2), pytest.approx(1.0))
     assert (by_condition[0]["chair_delta"], by_condition[0]["n_paired"]) == (pytest.approx(0.0), 2)
+
+
+def test_the_lens_marts_measure_depth_over_a_hybrid_models_decoder_layers(tmp_path):
+    """A run shaped like Qwen3.5's tiny model: 8 decoder layers, 2 of them attention (runs.n_layers counts those).
+    The lens has 9 layers (0 = embeddings .. 8 = the model's logits); the answer is top-1 from lens layer 4 on, both
+    at the prompt's last position and at a generated word: settled at depth 4 / 8, early (was 4 / 2: depth 2.0,
+    never early)."""
+    from attnwh.warehouse.definitions import gen_rollup
+    from attnwh.warehouse.schema import GEN_LENS, GEN_METRICS, GEN_TOKENS
+
+    warehouse = open_warehouse(tmp_path / "wh", create=True)
+    info = {"architecture": "Qwen3_5ForConditionalGeneration", "n_layers": 2, "n_decoder_layers": 8, "attention_layers": [3, 7], "n_heads": 1, "n_kv_heads": 1}
+    run, _ = open_or_create_run(warehouse, kind="extract", model="hybrid", benchmark="handmade", spec={}, plan=Plan(["s0"], 1), run_id=None, details={"model_info": info})
+    ranks = [5, 4, 3, 2, 1, 1, 1, 1, 1]
+
+    def write(folder):
+        lens = [
+            {"run_id": run.run_id, "sample_idx": 0, "query": "prompt", "layer": layer, "target_token": 5, "target_rank": rank, "target_prob": 1 / rank}
+            for layer, rank in enumerate(ranks)
+        ]
+        tables = {
+            "samples": pa.Table.from_pylist([{"run_id": run.run_id, "sample_idx": 0, "sample_key": "s0", "status": "ok", "n_image": 4}], schema=SAMPLES),
+            "logit_lens": pa.Table.from_pylist(lens, schema=LOGIT_LENS),
+            "gen_metrics": pa.Table.from_pylist(
+                [{"run_id": run.run_id, "sample_idx": 0, "step": 0, "layer": layer, "head": 0, "n_image": 4, "image_sum": 0.5} for layer in range(2)], schema=GEN_METRICS
+            ),
+            "gen_tokens": pa.Table.from_pylist(
+                [{"run_id": run.run_id, "sample_idx": 0, "step": 0, "token_id": 5, "eos": False, "word_index": 0, "word": "cat", "word_start": True}], schema=GEN_TOKENS
+            ),
+            "gen_lens": pa.Table.from_pylist(
+                [{"run_id": run.run_id, "sample_idx": 0, "step": 0, "layer": layer, "token_rank": rank, "token_prob": 1 / rank} for layer, rank in enumerate(ranks)],
+                schema=GEN_LENS,
+            ),
+        }
+        tables["gen_scores"], tables["gen_head_scores"] = gen_rollup(tables["gen_metrics"], tables["gen_tokens"])
+        for name, table in tables.items():
+            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+        return {name: table.num_rows for name, table in tables.items()}
+
+    parts.commit_part(run.paths, 0, write)
+    (generated,) = _rows(tmp_path / "wh", "gen_lens_settling", order=("run_id",))
+    assert (generated["n_layers"], generated["median_settle_layer"], generated["mean_settle_depth"], generated["share_settled_early"]) == (8, 4, 0.5, 1.0)
+    (prompt,) = _rows(tmp_path / "wh", "lens_settling", order=("run_id",))
+    assert (prompt["n_layers"], prompt["median_settle_layer"], prompt["median_settle_depth"], prompt["share_settled_early"]) == (8, 4, 0.5, 1.0)
+    depths = [row["depth"] for row in _rows(tmp_path / "wh", "lens_convergence", order=("layer",))]
+    assert depths == pytest.approx([layer / 8 for layer in range(9)])
+    with open_session(tmp_path / "wh") as session:
+        assert session.query("select n_layers, n_decoder_layers from runs").to_pylist() == [{"n_layers": 2, "n_decoder_layers": 8}]
