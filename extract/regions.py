@@ -85,15 +85,41 @@ def token_layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
     boxes = np.full((len(features), 4), np.nan)
     # extents of pixel centres (in units of the image's side) widened by half a processed pixel each side
     boxes[spatial] = features[spatial][:, [1, 3, 2, 4]] * np.array([width, height, width, height])
-    return TokenLayout(size, _snap_to_edges(boxes, width, height), np.where(spatial, np.nan_to_num(features[:, -1]).round(), -1).astype(np.int8))
+    views = np.where(spatial, np.nan_to_num(features[:, -1]).round(), -1).astype(np.int8)
+    return TokenLayout(size, _close_gaps(_snap_to_edges(boxes, width, height), views, width, height), views)
+
+
+def _close_gaps(boxes: np.ndarray, views: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Neighbouring tokens of a view meet: where a box ends and, at most one step of the coordinates' 8 bits (and a
+    pixel) away, another of the view starts, both edges move to their midpoint. The extents are of rounded
+    coordinates (a 640-pixel side in steps of 2.5 px), so neighbours' boxes left gaps of up to a step between them,
+    which a drawing showed as stripes no token reads; tokens of one column (row) share their edges exactly (a pixel's
+    x does not depend on its y), so each edge value is moved once for all of them."""
+    closed = boxes.copy()
+    for view in np.unique(views[views >= 0]):
+        chosen = views == view
+        for low, high, side in ((0, 2, width), (1, 3, height)):
+            tolerance = side / 255 + 1
+            starts, ends = np.unique(boxes[chosen, low]), np.unique(boxes[chosen, high])
+            for end in ends:
+                near = starts[np.abs(starts - end) <= tolerance]
+                if not len(near):
+                    continue
+                start = near[np.argmin(np.abs(near - end))]
+                middle = (start + end) / 2
+                closed[chosen & (boxes[:, high] == end), high] = middle
+                closed[chosen & (boxes[:, low] == start), low] = middle
+    return closed
 
 
 def _snap_to_edges(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     """Box edges near the image's edges on it: down-sampling filters read the ramp of coordinates clamped at the
-    edges, which moves the outermost pixel centres inwards (half a pixel when Gemma 3 squashes 128 px into 32)."""
+    edges, which moves the outermost pixel centres inwards (half a pixel when Gemma 3 squashes 128 px into 32), and
+    the coordinates are rounded to steps of 1/255 of the side (anyres' first tile row of a 500×375 image began 1.1 px
+    below the top, a step of 1.5 px: the top row of the drawing had no tile)."""
     snapped = boxes.copy()
     for low, high, side in ((0, 2, width), (1, 3, height)):
-        near = np.minimum(0.1 * (boxes[:, high] - boxes[:, low]), 0.01 * side)
+        near = np.minimum(np.maximum(0.1 * (boxes[:, high] - boxes[:, low]), side / 255), 0.01 * side)
         snapped[:, low] = np.where(boxes[:, low] < near, 0.0, boxes[:, low])
         snapped[:, high] = np.where(boxes[:, high] > side - near, float(side), boxes[:, high])
     return snapped
@@ -156,11 +182,16 @@ def _inside(pixels: torch.Tensor, channel_dim: int) -> torch.Tensor:
 
 
 def _blocks(pixels: torch.Tensor, block_height: int, block_width: int) -> torch.Tensor:
-    """[rows * cols, channel, block_height, block_width], row-major: the blocks of a [channel, H, W] image."""
+    """[rows * cols, channel, block_height, block_width], row-major: the blocks of a [channel, H, W] image. Pixels
+    past the last whole block are read by no token, as a patch embedding (a convolution of stride = kernel, no
+    padding) or a pooling never reads them: SigLIP's 384-pixel tiles in patches of 14 give 27 × 27 patches, pixels
+    378-383 unread (LLaVA-OneVision)."""
     channels, height, width = pixels.shape
-    if height % block_height or width % block_width:
-        raise ModelError(f"a processed image of {width}×{height} pixels does not divide into {block_width}×{block_height} blocks")
-    blocks = pixels.reshape(channels, height // block_height, block_height, width // block_width, block_width)
+    rows, cols = height // block_height, width // block_width
+    if not rows or not cols:
+        raise ModelError(f"a processed image of {width}×{height} pixels is smaller than one {block_width}×{block_height} block")
+    pixels = pixels[:, : rows * block_height, : cols * block_width]
+    blocks = pixels.reshape(channels, rows, block_height, cols, block_width)
     return blocks.permute(1, 3, 0, 2, 4).reshape(-1, channels, block_height, block_width)
 
 
@@ -250,5 +281,17 @@ def llava_next_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -
 def llava_onevision_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> torch.Tensor:
     """LLaVA-OneVision: as LLaVA-NeXT, plus ``anyres_max`` bilinear down-sampling (any overlap counts)."""
     features, image_sizes = _view_features(loaded, image, reduce)
-    packed, _ = loaded.model.model.pack_image_features([features], image_sizes, image_newline=_newline(features), vision_aspect_ratio=loaded.config.vision_aspect_ratio)
+    pack = loaded.model.model.pack_image_features
+    packed, _ = pack([features], image_sizes, image_newline=_newline(features), vision_aspect_ratio=loaded.config.vision_aspect_ratio)
+    if reduce is _extent:
+        whole, _ = pack([features], image_sizes, image_newline=_newline(features), vision_aspect_ratio=f"anyres_max_{NO_DOWNSAMPLING}")
+        if len(whole[0]) != len(packed[0]):
+            # bilinear down-sampling averages the tokens' extents: boxes narrower than the cells they stand for
+            raise ModelError(
+                f"overlays are not supported for {loaded.spec.architecture} on an image of {image.width}×{image.height} pixels: its tiles are down-sampled "
+                f"({loaded.config.vision_aspect_ratio}), and where a down-sampled token reads is not mapped (its region statistics are)"
+            )
     return packed[0]
+
+
+NO_DOWNSAMPLING = 10_000  # an anyres_max tile count that no image reaches: the tiles' tokens as the tower gives them
