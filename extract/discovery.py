@@ -58,7 +58,7 @@ FAMILIES: dict[str, Family] = {
     for family in (
         Family("llava", "LLaVA-1.5 (CLIP + Vicuna / Llama-3 / Phi-3)", _LLAVA_FORMATS, image_tokens=regions.llava_tokens),
         Family("llava_next", "LLaVA-1.6 / NeXT (anyres tiles + row newlines)", _LLAVA_FORMATS, image_tokens=regions.llava_next_tokens),
-        Family("vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "chat_template"), image_tokens=regions.vip_llava_tokens),
+        Family("vipllava", "ViP-LLaVA (multi-layer CLIP features)", ("vip_llava", "llava_v1", "chat_template"), image_tokens=regions.vip_llava_tokens),
         Family("llava_onevision", "LLaVA-OneVision (SigLIP + Qwen2, anyres)", image_tokens=regions.llava_onevision_tokens),
         Family("qwen2_vl", "Qwen2-VL (dynamic resolution, M-RoPE)", image_tokens=regions.qwen_vl_tokens),
         Family("qwen2_5_vl", "Qwen2.5-VL (dynamic resolution, M-RoPE)", image_tokens=regions.qwen_vl_tokens),

@@ -14,14 +14,17 @@ class StudyModel:
     note: str = ""
 
 
+# the study's scripts/pointQA-att.sh runs model_vqa_loader_vip_att.py without --conv-mode: LLaVA's default llava_v1
+VIP_LLAVA_NOTE = "the study's PointQA script ran ViP-LLaVA in LLaVA's default llava_v1 conversation; vip_llava (###Human) is the model card's"
+
 STUDY_MODELS: tuple[StudyModel, ...] = (
     StudyModel("LLaVA-1.5 7B (Vicuna)", "llava-hf/llava-1.5-7b-hf", "LlavaForConditionalGeneration", "llava_v1"),
     StudyModel("LLaVA-1.5 13B (Vicuna)", "llava-hf/llava-1.5-13b-hf", "LlavaForConditionalGeneration", "llava_v1"),
     StudyModel("LLaVA-1.6 Vicuna 7B", "llava-hf/llava-v1.6-vicuna-7b-hf", "LlavaNextForConditionalGeneration", "llava_v1"),
     StudyModel("LLaVA-1.6 Vicuna 13B", "llava-hf/llava-v1.6-vicuna-13b-hf", "LlavaNextForConditionalGeneration", "llava_v1"),
     StudyModel("LLaVA-1.6 Mistral 7B", "llava-hf/llava-v1.6-mistral-7b-hf", "LlavaNextForConditionalGeneration", "mistral_instruct"),
-    StudyModel("ViP-LLaVA 7B", "llava-hf/vip-llava-7b-hf", "VipLlavaForConditionalGeneration", "vip_llava"),
-    StudyModel("ViP-LLaVA 13B", "llava-hf/vip-llava-13b-hf", "VipLlavaForConditionalGeneration", "vip_llava"),
+    StudyModel("ViP-LLaVA 7B", "llava-hf/vip-llava-7b-hf", "VipLlavaForConditionalGeneration", "llava_v1", VIP_LLAVA_NOTE),
+    StudyModel("ViP-LLaVA 13B", "llava-hf/vip-llava-13b-hf", "VipLlavaForConditionalGeneration", "llava_v1", VIP_LLAVA_NOTE),
     StudyModel(
         "LLaVA-1.5 Llama-3 8B",
         "xtuner/llava-llama-3-8b-v1_1-transformers",

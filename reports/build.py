@@ -163,7 +163,8 @@ def page_sections(query: str, top: int, max_samples: int) -> dict[str, tuple[str
                 ChartSection(
                     "Accuracy as heads are masked",
                     "Heads ranked by an attention score (runs ranked by attribution or an imported ranking: Attention against causal importance). "
-                    "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark.",
+                    "Top heads solid, random dashed (mean over seeds), bottom dotted; bands: 95% Wilson intervals (random: their envelope over seeds); one colour per benchmark. "
+                    "Each masking mode is drawn apart: the study's Figs. 12–13 masked in its code's way, attnwh mask --mode paper; zero (the default) switches a head's output off.",
                     "report_masking",
                     charts.masking_curves,
                     {},
