@@ -99,12 +99,14 @@ def parse_shares(values: tuple[str, ...]) -> list[float]:
 
 
 def kv_head_scores(scores: dict[tuple[int, int], float], n_layers: int, n_heads: int, n_kv_heads: int) -> np.ndarray:
-    """[layer, kv_head]: the sum of the scores of each KV head's query heads (GQA; as SparseMM sums them)."""
+    """[layer, kv_head]: the sum of the scores of each KV head's query heads (GQA; as SparseMM sums them), a negative
+    score (an attribution run's) counted as 0 first, as ``attnwh heads export`` writes it for SparseMM: a query head
+    that hurts the answer does not take budget from its group's other heads."""
     table = np.zeros((n_layers, n_kv_heads))
     group = n_heads // n_kv_heads
     for (layer, head), value in scores.items():
         if 0 <= layer < n_layers and 0 <= head < n_heads and value is not None and np.isfinite(value):
-            table[layer, head // group] += value
+            table[layer, head // group] += max(value, 0.0)
     return table
 
 

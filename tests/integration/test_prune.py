@@ -72,6 +72,9 @@ def test_gqa_scores_sum_over_each_kv_heads_query_heads():
     scores = {(0, 0): 1.0, (0, 1): 2.0, (0, 2): 4.0, (0, 3): 8.0, (1, 0): 0.5, (1, 1): 0.25, (1, 2): 0.0, (1, 3): 1.0}
     assert kv_head_scores(scores, 2, 4, 2).tolist() == [[3.0, 12.0], [0.75, 1.0]]
     assert kv_head_scores(scores, 2, 4, 4).tolist() == [[1.0, 2.0, 4.0, 8.0], [0.5, 0.25, 0.0, 1.0]]
+    # negative scores (attribution) count as 0 per query head, before the sum: as exported for SparseMM, whose GQA
+    # view sums the exported (clipped) query heads; summed first, 5 and -3 gave 2, as much as 1 and 1
+    assert kv_head_scores({(0, 0): 5.0, (0, 1): -3.0, (0, 2): 1.0, (0, 3): 1.0}, 1, 4, 2).tolist() == [[5.0, 2.0]]
 
 
 def test_conditions_keep_full_once_and_skip_share_one():
