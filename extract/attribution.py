@@ -387,6 +387,7 @@ def _fit_row(run_id: str, options: AttributeOptions, head_fit: HeadFit, n_condit
         "r2_heldout": head_fit.r2_heldout,
         "spearman_heldout": head_fit.spearman_heldout,
         "r2_train": head_fit.r2_train,
+        "interval": "patterns and samples" if options.method == "patterns" else "t over samples",
     }
 
 

@@ -424,6 +424,10 @@ ATTRIBUTION_FITS = pa.schema(
         ("r2_heldout", pa.float64()),  # R² of the fit on held-out patterns
         ("spearman_heldout", pa.float64()),  # rank correlation of predicted and observed change on held-out patterns
         ("r2_train", pa.float64()),
+        # how std_error, ci_low and ci_high were drawn: 'patterns and samples' (patterns' bootstrap), 't over samples'
+        # (single, gradient); null in fits written before it was recorded, whose patterns bootstrap resampled the
+        # patterns only (too narrow: stg_head_attributions leaves those intervals out)
+        ("interval", pa.string()),
     ]
 )
 

@@ -13,9 +13,11 @@ select
     r.n_heads,
     r.n_kv_heads,
     a.score,
-    a.std_error,
-    a.ci_low,
-    a.ci_high,
+    -- a patterns fit written before its bootstrap resampled the samples too (interval null) has intervals
+    -- conditional on its samples, about half as wide as they should be: left out rather than shown
+    case when f.method = 'patterns' and f.interval is null then null else a.std_error end as std_error,
+    case when f.method = 'patterns' and f.interval is null then null else a.ci_low end as ci_low,
+    case when f.method = 'patterns' and f.interval is null then null else a.ci_high end as ci_high,
     row_number() over (partition by a.run_id order by a.score desc nulls last, a.layer, a.head) as rank,
     f.method,
     f.ablation,
@@ -26,7 +28,8 @@ select
     f.n_samples,
     f.r2_heldout,
     f.spearman_heldout,
-    f.r2_train
+    f.r2_train,
+    f.interval
 from head_attributions as a
 join attribution_fits as f using (run_id)
 join stg_runs as r using (run_id)

@@ -488,3 +488,27 @@ def test_baseline_image_ablation_refusals(tmp_path, tiny_mha):
 
     with pytest.raises(UsageError, match="gradient takes --ablation zero or mean"):
         prepare_attribute(_options(tiny_mha, method="gradient", ablation="blank-image"))
+
+
+def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, tiny_mha, attributed, monkeypatch):
+    """Fits written before the patterns bootstrap resampled samples too record no ``interval``: their intervals were
+    conditional on the samples (about half as wide), so the views leave them out and keep the scores; a fit of today
+    records how its interval was drawn."""
+    from attnwh.extract import attribution
+
+    warehouse, runs = attributed
+    with open_session(warehouse) as session:
+        kinds = {row["method"]: row["interval"] for row in session.query("select method, interval from attribution_fits").to_pylist()}
+    assert kinds == {"patterns": "patterns and samples", "single": "t over samples", "gradient": "t over samples"}
+    written = attribution._fit_row
+
+    def as_before(*args, **kwargs):
+        return {key: value for key, value in written(*args, **kwargs).items() if key != "interval"}
+
+    monkeypatch.setattr(attribution, "_fit_row", as_before)
+    old = run_attribute(tmp_path / "wh", prepare_attribute(_options(tiny_mha, method="patterns", patterns=16, bootstrap=10, p=0.25)))
+    rows = _scores(tmp_path / "wh", old.run_id).values()
+    assert all(row["score"] is not None for row in rows)
+    assert all((row["std_error"], row["ci_low"], row["ci_high"]) == (None, None, None) for row in rows)
+    new = _scores(warehouse, runs["patterns"].run_id).values()
+    assert all(row["ci_low"] is not None and row["ci_low"] <= row["score"] <= row["ci_high"] for row in new)
