@@ -562,6 +562,11 @@ def refit_attribution(warehouse_path, source_id: str, options: AttributeOptions)
         matrix = np.array([[head in ablated[c] for head in heads] for c in range(1, n_conditions)], dtype=bool)
         if options.fit == "ols" and len(matrix) < len(heads) + 2:
             raise UsageError(f"--fit ols needs more patterns than heads: {source_id} holds {len(matrix)} patterns for {len(heads)} heads; refit with --fit ridge or lasso")
+        if options.fit == "ols" and options.bootstrap > 0 and len(matrix) < 2 * len(heads):
+            raise UsageError(
+                f"--fit ols with --bootstrap needs at least twice as many patterns as heads: {source_id} holds {len(matrix)} for {len(heads)} heads "
+                "(a resample holds about 63% of them, and least squares would narrow the intervals without saying so); refit with --bootstrap 0, or --fit ridge or lasso"
+            )
         head_fit = fit_patterns(matrix, changes[1:], options.fit, options.alpha, options.bootstrap, options.seed)
     spec = {key: value for key, value in manifest["spec"].items() if key not in ("kind", "plan_hash", "layout_version")}
     refitted = {"target": options.target}

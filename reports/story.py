@@ -133,14 +133,15 @@ def masking_costs(curves: list[dict], benchmark: str) -> dict[str, dict[float, t
 
 
 def _rounded_to(k: int, fraction: float) -> tuple[float, float]:
-    """The shares of all heads whose whole-head rounding is ``k`` heads of this model (``fraction`` = k / its heads):
-    the shares ``--k`` could have asked for to mask them (``masking.parse_k`` rounds to the nearest head)."""
-    heads = k / fraction
+    """The shares of all heads whose nearest whole head count is ``k`` heads of this model (``fraction`` = k / its
+    heads, rounded to 6 places by ``masking_costs``: the head count is the whole number nearest k / fraction): the
+    half-open [(k − ½) / H, (k + ½) / H), so that neighbouring counts of one model never share a share."""
+    heads = round(k / fraction)
     return (k - 0.5) / heads, (k + 0.5) / heads
 
 
 def _named_share(low: float, high: float, fractions: list[float]) -> float:
-    """The share to name for the range of shares [low, high] that the models' masked ``fractions`` round from: the
+    """The share to name for the range of shares [low, high) that the models' masked ``fractions`` round from: the
     fractions' own where they are one, else the one with the fewest decimals (as a percentage) nearest their mean."""
     if len(set(fractions)) == 1:
         return fractions[0]
@@ -148,6 +149,7 @@ def _named_share(low: float, high: float, fractions: list[float]) -> float:
     for digits in range(3):
         step = 10 ** -(digits + 2)
         candidates = [round(step * count, digits + 2) for count in range(math.ceil(round(low / step, 9)), math.floor(round(high / step, 9)) + 1)]
+        candidates = [candidate for candidate in candidates if low <= candidate < high]
         if candidates:
             return min(candidates, key=lambda candidate: abs(candidate - centre))
     return centre
@@ -156,20 +158,16 @@ def _named_share(low: float, high: float, fractions: list[float]) -> float:
 def shared_shares(costs: dict[str, dict[float, tuple[int, float]]]) -> list[tuple[float, dict[str, float]]]:
     """The shares of all heads every model was masked at, to the nearest whole head: (the share named, model -> the
     fraction of its heads masked there), largest first. 26 of 128, 14 of 72 and 6 of 32 heads are each the nearest
-    whole heads to 20% (as ``--k 0.2`` masks them), so three models are compared there; 2 of 64 and 8 of 32 are not."""
-    models = sorted(costs)
-    found: list[tuple[float, dict[str, float]]] = []
-
-    def extend(index: int, low: float, high: float, chosen: dict[str, float]) -> None:
-        if index == len(models):
-            found.append((_named_share(low, high, list(chosen.values())), chosen))
-            return
-        for fraction, (k, _) in costs[models[index]].items():
-            start, stop = _rounded_to(k, fraction)
-            if max(low, start) <= min(high, stop):
-                extend(index + 1, max(low, start), min(high, stop), {**chosen, models[index]: fraction})
-
-    extend(0, 0.0, 1.0, {})
+    whole heads to 20% (as ``--k 0.2`` masks them), so three models are compared there; 2 of 64 and 8 of 32 are not,
+    nor 10 and 11 of 1,024. Each model's ranges are disjoint, so the ranges all models share are intersected model
+    by model in one pass over sorted lists (no search over combinations)."""
+    ranges: list[tuple[float, float, dict[str, float]]] = [(0.0, 1.0, {})]
+    for model in sorted(costs):
+        own = sorted((*_rounded_to(k, fraction), fraction) for fraction, (k, _) in costs[model].items())
+        ranges = [
+            (max(low, start), min(high, stop), {**chosen, model: fraction}) for low, high, chosen in ranges for start, stop, fraction in own if max(low, start) < min(high, stop)
+        ]
+    found = [(_named_share(low, high, list(chosen.values())), chosen) for low, high, chosen in ranges]
     return sorted(found, key=lambda item: item[0], reverse=True)
 
 

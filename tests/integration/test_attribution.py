@@ -494,6 +494,7 @@ def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, ti
     """Fits written before the patterns bootstrap resampled samples too record no ``interval``: their intervals were
     conditional on the samples (about half as wide), so the views leave them out and keep the scores; a fit of today
     records how its interval was drawn."""
+    from attnwh.core.errors import UsageError
     from attnwh.extract import attribution
 
     warehouse, runs = attributed
@@ -512,3 +513,7 @@ def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, ti
     assert all((row["std_error"], row["ci_low"], row["ci_high"]) == (None, None, None) for row in rows)
     new = _scores(warehouse, runs["patterns"].run_id).values()
     assert all(row["ci_low"] is not None and row["ci_low"] <= row["score"] <= row["ci_high"] for row in new)
+    # its 16 patterns for 12 heads: least squares with a bootstrap is refused on a refit as on a sweep (2H needed)
+    with pytest.raises(UsageError, match="twice as many patterns as heads"):
+        attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=10, command=["test"]))
+    assert attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=0, command=["test"])).fitted

@@ -420,5 +420,11 @@ def test_models_masked_at_the_nearest_whole_heads_to_one_share_are_compared():
         "costs small the most (-23 points) and large the least (-9 points)"
     )
     assert story.shared_shares({"a": {2 / 64: (2, 0.0)}, "b": {3 / 32: (3, 0.0)}}) == []
+    # neighbouring counts of one size are never one share (no --k rounds to both), however the fractions were rounded
+    assert story.shared_shares({"a": {round(11 / 1024, 6): (11, 0.0)}, "b": {round(10 / 1024, 6): (10, 0.0)}}) == []
+    assert story.shared_shares({"a": {round(26 / 128, 6): (26, 0.0)}, "b": {round(25 / 128, 6): (25, 0.0)}}) == []
+    # twelve models masked at every count of 128 heads: one pass, every share once (a search over combinations took minutes)
+    dense = {f"m{index}": {round(k / 128, 6): (k, 0.0) for k in range(1, 129)} for index in range(12)}
+    assert [len(fractions) for _, fractions in story.shared_shares(dense)] == [12] * 128
     # whole heads nearest a share, worked by hand: 102 of LLaVA-1.5-7B's 1,024 heads and 160 of 13B's 1,600 are 10%
     assert [round(share, 6) for share, _ in story.shared_shares({"7b": {102 / 1024: (102, 0.0)}, "13b": {0.1: (160, 0.0)}})] == [0.1]
