@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 THRESHOLD = 0.5
 Reduce = Callable[[torch.Tensor], torch.Tensor]  # [block, channel, height, width] processed pixels -> [block, feature]
 # (loaded, image, reduce) -> [n_image, feature + 1] float in the order of the image tokens: each token's block of the
-# processed image reduced, then its view (0: the one view, or anyres' base view; 1: anyres' tiles); NaN rows for the
+# processed image reduced, then its piece (0: the one view, or anyres' base view; 1, 2, ...: anyres' tiles, in the processor's order); NaN rows for the
 # tokens that read no block (a kept CLS feature, anyres' row newlines)
 TokenFunction = Callable[["LoadedModel", Image.Image, Reduce], torch.Tensor]
 
@@ -85,16 +85,28 @@ def token_layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
     boxes = np.full((len(features), 4), np.nan)
     # extents of pixel centres (in units of the image's side) widened by half a processed pixel each side
     boxes[spatial] = features[spatial][:, [1, 3, 2, 4]] * np.array([width, height, width, height])
-    views = np.where(spatial, np.nan_to_num(features[:, -1]).round(), -1).astype(np.int8)
-    return TokenLayout(size, _close_gaps(_snap_to_edges(boxes, width, height), views, width, height), views)
+    pieces = np.where(spatial, np.nan_to_num(features[:, -1]).round(), -1).astype(np.int16)  # 0: the one view or anyres' base; 1...: its tiles
+    views = np.minimum(pieces, 1).astype(np.int8)
+    boxes = _close_gaps(_snap_to_edges(boxes, width, height), views, pieces, width, height, _reads_whole_views(loaded))
+    return TokenLayout(size, boxes, views)
 
 
-def _close_gaps(boxes: np.ndarray, views: np.ndarray, width: int, height: int) -> np.ndarray:
+def _reads_whole_views(loaded: LoadedModel) -> bool:
+    """Whether the tower's patches cover each processed view whole (its size a multiple of the patch): SigLIP's 384
+    in patches of 14 leaves 6 pixels of every tile unread, a real stripe at each seam between tiles."""
+    vision = getattr(loaded.config, "vision_config", None)
+    size, patch = getattr(vision, "image_size", None), getattr(vision, "patch_size", None)
+    return not (isinstance(size, int) and isinstance(patch, int) and patch > 0) or size % patch == 0
+
+
+def _close_gaps(boxes: np.ndarray, views: np.ndarray, pieces: np.ndarray, width: int, height: int, whole_views: bool) -> np.ndarray:
     """Neighbouring tokens of a view meet: where a box ends and, at most one step of the coordinates' 8 bits (and a
     pixel) away, another of the view starts, both edges move to their midpoint. The extents are of rounded
     coordinates (a 640-pixel side in steps of 2.5 px), so neighbours' boxes left gaps of up to a step between them,
     which a drawing showed as stripes no token reads; tokens of one column (row) share their edges exactly (a pixel's
-    x does not depend on its y), so each edge value is moved once for all of them."""
+    x does not depend on its y), so each edge value is moved once for all of them. Across a seam between two tiles
+    (the edge's boxes and its partner's in no common tile) the gap is closed only where the tower reads its views
+    whole: SigLIP's unread 6 / 384 of a tile is a real gap of about a step, which rounding cannot tell from none."""
     closed = boxes.copy()
     for view in np.unique(views[views >= 0]):
         chosen = views == view
@@ -106,9 +118,12 @@ def _close_gaps(boxes: np.ndarray, views: np.ndarray, width: int, height: int) -
                 if not len(near):
                     continue
                 start = near[np.argmin(np.abs(near - end))]
+                ending, starting = chosen & (boxes[:, high] == end), chosen & (boxes[:, low] == start)
+                if not whole_views and not set(pieces[ending]) & set(pieces[starting]):
+                    continue
                 middle = (start + end) / 2
-                closed[chosen & (boxes[:, high] == end), high] = middle
-                closed[chosen & (boxes[:, low] == start), low] = middle
+                closed[ending, high] = middle
+                closed[starting, low] = middle
     return closed
 
 
@@ -254,14 +269,14 @@ def qwen_vl_tokens(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> t
 
 
 def _view_features(loaded: LoadedModel, image: Image.Image, reduce: Reduce) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anyres: per-view patch features [view, patch, feature + 1] (the last: 0 base view, 1 tiles), and the
+    """Anyres: per-view patch features [view, patch, feature + 1] (the last: the piece, 0 the base view, 1, 2, ... the tiles), and the
     processor's image_sizes."""
     if _extra_vision_tokens(loaded):
         raise ModelError(f"regions and overlays are not supported for {loaded.spec.architecture} with a CLS feature kept (strategy 'full')")
     processed = _process(loaded, image)
     views = processed["pixel_values"][0]  # [view, channel, height, width]
     patch = int(loaded.config.vision_config.patch_size)
-    features = torch.stack([_view(reduce(_blocks(view, patch, patch)), min(index, 1)) for index, view in enumerate(views)])
+    features = torch.stack([_view(reduce(_blocks(view, patch, patch)), index) for index, view in enumerate(views)])
     return features, processed["image_sizes"]
 
 

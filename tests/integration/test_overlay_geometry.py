@@ -130,6 +130,23 @@ def test_onevision_views_leave_the_pixels_siglip_does_not_read():
     assert np.isnan(drawn[:, read_columns + 1 :]).all() and np.isnan(drawn[read_rows + 1 :]).all()
 
 
+def test_onevision_tile_seams_keep_their_unread_stripes_and_next_tiles_meet():
+    """A 1024 × 768 image: OneVision puts it on a 1152 × 768 canvas of 3 × 2 tiles of 384 (its best pinpoint), and
+    each tile's last 6 of 384 pixels are unread, so both vertical seams keep a gap (one had been closed as if it were
+    rounding); LLaVA-NeXT's CLIP reads its 336-pixel tiles whole, so its tiles meet."""
+
+    def tile_gaps(loaded, size):
+        layout = token_layout(loaded, size)
+        tiles = layout.boxes[layout.views == 1]
+        ends, starts = np.unique(tiles[:, 2]), np.unique(tiles[:, 0])
+        following = [(end, starts[starts >= end].min()) for end in ends if (starts >= end).any()]  # each cell's right neighbour
+        return [(end, start) for end, start in following if start > end]
+
+    seams = tile_gaps(_onevision()[0], (1024, 768))
+    assert len(seams) == 2 and all(start - end > 1 for end, start in seams)
+    assert tile_gaps(_llava_next(), (1024, 768)) == []
+
+
 def test_onevision_tiles_of_siglip_384_in_patches_of_14_are_mapped():
     """27 × 27 patches a tile (the convolution leaves pixels 378-383 unread): as many tokens as the processor counts
     for the image (LlavaOnevisionProcessor's arithmetic, here its image processor's grid and the model's packing), a
