@@ -48,6 +48,15 @@ def _ranking(warehouse: Path | str | None, setup: RunSetup, options: SweepOption
         if warn is not None and row is not None and not row["complete"]:  # only a run named by --ranking-run can be incomplete
             warn([f"ranking run {run_id} is incomplete ({row['parts_committed']} of {row['n_parts']} parts committed): its head scores are those of its committed samples"])
     _check_heads_fit(list(scores), setup.details["model_info"], run_id, setup.model_label)
+    unscored = [head for head, value in scores.items() if value is None]
+    if warn is not None and unscored and "bottom" in getattr(options, "strategies", ()):
+        layer, head = unscored[0]
+        warn(
+            [
+                f"ranking run {run_id} has no {score} for {len(unscored)} of {len(scores)} heads (e.g. layer {layer} head {head}): they rank below every scored head, "
+                "so --strategy bottom masks them first"
+            ]
+        )
     return HeadRanking(run_id, score, options.ranking_query, scores)
 
 

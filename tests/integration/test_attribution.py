@@ -517,3 +517,28 @@ def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, ti
     with pytest.raises(UsageError, match="twice as many patterns as heads"):
         attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=10, command=["test"]))
     assert attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=0, command=["test"])).fitted
+
+
+def test_a_bottom_sweep_by_a_ranking_with_unscored_heads_says_they_go_first(tmp_path, tiny_mha, monkeypatch):
+    """A patterns run whose patterns never ablate head (0, 0) has no score for it; masking its bottom heads masks that
+    head first (it ranks below every scored head), and the sweep says so in one warning line."""
+    from attnwh.extract import attribution
+
+    drawn = attribution.draw_patterns
+
+    def never_head_0(n_heads, n, p, seed):
+        patterns = drawn(n_heads, n, p, seed)
+        patterns[:, 0] = False
+        patterns[~patterns.any(axis=1), 1] = True  # no pattern empty (it would be the baseline)
+        return patterns
+
+    monkeypatch.setattr(attribution, "draw_patterns", never_head_0)
+    run = run_attribute(tmp_path / "wh", prepare_attribute(_options(tiny_mha, method="patterns", patterns=16, bootstrap=0, p=0.25)))
+    assert _scores(tmp_path / "wh", run.run_id)[(0, 0)]["score"] is None
+    warnings: list[str] = []
+    options = MaskOptions(model=str(tiny_mha), benchmark=BENCHMARK, limit=LIMIT, k=("1",), strategies=("bottom",), device="cpu", ranking_run=run.run_id, command=["test"])
+    result, _ = mask_sweep(tmp_path / "wh", options, warn=warnings.extend)
+    assert [line for line in warnings if "no attribution for 1 of 12 heads (e.g. layer 0 head 0)" in line and "bottom masks them first" in line]
+    with open_session(tmp_path / "wh") as session:
+        masked = session.query("select heads from sweep_conditions where run_id = $run and condition_id > 0", {"run": result.run_id}).to_pylist()
+    assert [[(h["layer"], h["head"]) for h in row["heads"]] for row in masked] == [[(0, 0)]]
