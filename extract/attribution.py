@@ -113,22 +113,31 @@ def check_attribute_options(options: AttributeOptions) -> None:
 
 
 def check_against_model(options: AttributeOptions, n_heads: int) -> int:
-    """The number of patterns, checked against the model's H heads: a plain least-squares fit needs more
-    patterns than heads (H coefficients and an intercept), and twice as many for its bootstrap intervals (a
-    resample holds ~63% of the patterns); ridge and lasso do not, they shrink."""
+    """The number of patterns, checked against the model's H heads (``check_least_squares``)."""
     n = options.patterns or default_patterns(n_heads)
-    if options.method == "patterns" and options.fit == "ols" and n < n_heads + 2:
-        raise UsageError(
-            f"--fit ols needs more patterns than heads: {n} patterns for {n_heads} heads and an intercept leave the least-squares fit "
-            f"undetermined; ask for at least {n_heads + 2} (--patterns), or use --fit ridge (the default), which shrinks the effects toward 0 and still ranks the heads"
-        )
-    if options.method == "patterns" and options.fit == "ols" and options.bootstrap > 0 and n < 2 * n_heads:
-        raise UsageError(
-            f"--fit ols with --bootstrap needs at least twice as many patterns as heads ({2 * n_heads} for {n_heads} heads; got {n}): a resample of {n} patterns "
-            "holds about 63% of them, too few to determine every head, and its least-squares fit then takes the smallest coefficients, narrowing the intervals "
-            "without saying so; ask for more (--patterns), use --bootstrap 0, or --fit ridge (the default)"
-        )
+    if options.method == "patterns":
+        check_least_squares(options, n, n_heads, "ask for at least {needed} (--patterns), or use --fit ridge (the default)")
     return n
+
+
+def check_least_squares(options: AttributeOptions, n: int, n_heads: int, remedy: str, held: str = "") -> None:
+    """``--fit ols`` on ``n`` patterns (``held``: the run that holds them, for a refit): a plain least-squares fit needs
+    more patterns than heads (H coefficients and an intercept), and twice as many for its bootstrap intervals (a
+    resample holds ~63% of the patterns); ridge and lasso do not, they shrink. ``remedy`` says what to do, with the
+    patterns ``{needed}``."""
+    if options.fit != "ols":
+        return
+    if n < n_heads + 2:
+        raise UsageError(
+            f"--fit ols needs more patterns than heads: {held}{n} patterns for {n_heads} heads and an intercept leave the least-squares fit undetermined; "
+            f"{remedy.format(needed=n_heads + 2)}, which shrinks the effects toward 0 and still ranks the heads"
+        )
+    if options.bootstrap > 0 and n < 2 * n_heads:
+        raise UsageError(
+            f"--fit ols with --bootstrap needs at least twice as many patterns as heads: {held}{n} for {n_heads} heads; a resample holds about 63% of them, too few "
+            "to determine every head, and its least-squares fit then takes the smallest coefficients, narrowing the intervals without saying so; "
+            f"{remedy.format(needed=2 * n_heads)}, or use --bootstrap 0"
+        )
 
 
 def check_targets(setup: SweepSetup, options: AttributeOptions) -> None:
@@ -560,13 +569,7 @@ def refit_attribution(warehouse_path, source_id: str, options: AttributeOptions)
         head_fit = mean_effects(-changes[1:].T)
     else:
         matrix = np.array([[head in ablated[c] for head in heads] for c in range(1, n_conditions)], dtype=bool)
-        if options.fit == "ols" and len(matrix) < len(heads) + 2:
-            raise UsageError(f"--fit ols needs more patterns than heads: {source_id} holds {len(matrix)} patterns for {len(heads)} heads; refit with --fit ridge or lasso")
-        if options.fit == "ols" and options.bootstrap > 0 and len(matrix) < 2 * len(heads):
-            raise UsageError(
-                f"--fit ols with --bootstrap needs at least twice as many patterns as heads: {source_id} holds {len(matrix)} for {len(heads)} heads "
-                "(a resample holds about 63% of them, and least squares would narrow the intervals without saying so); refit with --bootstrap 0, or --fit ridge or lasso"
-            )
+        check_least_squares(options, len(matrix), len(heads), "refit with --fit ridge or lasso", held=f"{source_id} holds ")
         head_fit = fit_patterns(matrix, changes[1:], options.fit, options.alpha, options.bootstrap, options.seed)
     spec = {key: value for key, value in manifest["spec"].items() if key not in ("kind", "plan_hash", "layout_version")}
     refitted = {"target": options.target}

@@ -4,7 +4,8 @@ logit lens out. Shared by extraction and masking (and anything else that runs a 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -56,12 +57,19 @@ def batch_view(loaded: LoadedModel, encoded: dict[str, torch.Tensor]) -> BatchVi
     return BatchView(info["n_layers"], info["n_heads"], info["n_kv_heads"], segments, encoded["attention_mask"], encoded)
 
 
-def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()):
-    """One plain forward pass (no generation) with ``interventions`` active; returns the model's output."""
+@contextmanager
+def _bound(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention]) -> Iterator[None]:
+    """No gradients, and ``interventions`` bound to this batch and active for the calls inside."""
     parts = loaded.parts
     view = batch_view(loaded, encoded)
     bound = [intervention.bind(view) for intervention in interventions]
     with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+        yield
+
+
+def forward_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interventions: Sequence[Intervention] = ()):
+    """One plain forward pass (no generation) with ``interventions`` active; returns the model's output."""
+    with _bound(loaded, encoded, interventions):
         return loaded.model(**encoded)
 
 
@@ -71,10 +79,7 @@ def prefill_with(loaded: LoadedModel, encoded: dict[str, torch.Tensor], interven
     left-padded row's positions from its first pad, ``generate`` from its first real token (and a model may number
     them its own way: Qwen2-VL's 3-D positions), so keys of the two are rotated at positions that differ by the row's
     padding; one step of ``generate`` is its prefill."""
-    parts = loaded.parts
-    view = batch_view(loaded, encoded)
-    bound = [intervention.bind(view) for intervention in interventions]
-    with torch.inference_mode(), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, bound):
+    with _bound(loaded, encoded, interventions):
         loaded.model.generate(**encoded, max_new_tokens=1, do_sample=False, num_beams=1, pad_token_id=loaded.pad_token_id, eos_token_id=None)
 
 

@@ -5,6 +5,7 @@ how a part writes them (Parquet with the schema version in its metadata, Zarr fo
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, to
     for count in range(1, len(answer) + 1):
         # where the prefix's text stops agreeing with the answer's: a byte-fallback tokenizer decodes a character cut
         # between its byte tokens as one U+FFFD per byte, a prefix longer than the answer's text at that point
-        end = max(end, _agreeing_length(tokenizer.decode(answer[:count], skip_special_tokens=True), text))
+        end = max(end, len(os.path.commonprefix([tokenizer.decode(answer[:count], skip_special_tokens=True), text])))
         ends.append(end)
     words = _answer_words(text, sample)
     columns: dict[str, list] = {name: [] for name in GEN_TOKENS.names}
@@ -206,11 +207,6 @@ def gen_tokens_table(run_id: str, sample_idx: int, steps: list[int], eos_ids, to
         if word is not None:
             seen_words.add(word.index)
     return pa.table(columns, schema=GEN_TOKENS)
-
-
-def _agreeing_length(prefix: str, text: str) -> int:
-    """How many first characters ``prefix`` and ``text`` share."""
-    return next((index for index, (a, b) in enumerate(zip(prefix, text)) if a != b), min(len(prefix), len(text)))
 
 
 _PLAIN_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")

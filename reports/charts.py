@@ -219,11 +219,12 @@ def pruning_curves(rows: list[dict]) -> dict:
     def panel(row: dict) -> str:
         return f"{row['model']} · {row['benchmark']} · {row.get('phase') or 'prefill'} · keep {row['keep']}"
 
+    panels = [panel(row) for row in rows]
     changed = defaultdict(list)
-    for row in rows:
-        changed[panel(row)].append(row.get("changed_most"))
-    unchanged = {name for name, values in changed.items() if all(value == 0 for value in values)}
-    data = [{**row, "panel": panel(row) + (f" · {PRUNING_UNCHANGED}" if panel(row) in unchanged else "")} for row in rows]
+    for name, row in zip(panels, rows):
+        changed[name].append(row.get("changed_most"))
+    titles = {name: name + (f" · {PRUNING_UNCHANGED}" if all(value == 0 for value in values) else "") for name, values in changed.items()}
+    data = [{**row, "panel": titles[name]} for name, row in zip(panels, rows)]
     base = alt.Chart(ROWS).encode(
         x=alt.X("kv_share:Q", title="share of image KV kept", scale=alt.Scale(type="log")),
         color=alt.Color("allocation:N", title="allocation", scale=alt.Scale(domain=["score", "uniform", "random"]), legend=SOLID_LEGEND),

@@ -93,14 +93,13 @@ def _ranking(score: str | None) -> str:
 def masking_sentence(row: dict) -> str:
     names = [name for name in ("baseline_accuracy", "top_accuracy", "random_accuracy", "bottom_accuracy") if row[name] is not None]
     shown = dict(zip(names, _percents(*(row[name] for name in names))))
-    baseline, top = shown["baseline_accuracy"], shown["top_accuracy"]
+    baseline = f"{shown['baseline_accuracy']} {_interval(row['baseline_ci_low'], row['baseline_ci_high'])}"
+    moved = "leaves accuracy at " + baseline
+    if row["baseline_accuracy"] != row["top_accuracy"]:
+        moved = f"moves accuracy from {baseline} to {shown['top_accuracy']} {_interval(row['top_ci_low'], row['top_ci_high'])}"
     text = (
         f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}{_ranking(row.get('ranking_score'))}): "
-        f"masking its top {row['k']} heads ({_percent(row['fraction'])} of all, "
-        f"{row['stage']} layers, {row['mode']} mode) "
-        + ("leaves accuracy at " if row["baseline_accuracy"] == row["top_accuracy"] else "moves accuracy from ")
-        + f"{baseline} {_interval(row['baseline_ci_low'], row['baseline_ci_high'])}"
-        + ("" if row["baseline_accuracy"] == row["top_accuracy"] else f" to {top} {_interval(row['top_ci_low'], row['top_ci_high'])}")
+        f"masking its top {row['k']} heads ({_percent(row['fraction'])} of all, {row['stage']} layers, {row['mode']} mode) {moved}"
     )
     if row["random_accuracy"] is not None:
         text += (
