@@ -318,6 +318,26 @@ def _attention_module(layer: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
+def _is_norm(module: torch.nn.Module) -> bool:
+    return type(module).__name__.endswith(NORM_CLASS_SUFFIXES) or isinstance(module, torch.nn.LayerNorm)
+
+
+def position_wise_modules(layer: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules of decoder layer ``layer`` that compute each position from that position alone, and whose output
+    reaches the layer's output only at that position: its feed-forward (the one child with weights besides its
+    self-attention and its norms) and its attention's output projection (``o_proj``, transformers' name for it). Empty
+    where the layer is of another form (several such children: AltUp, hyper-connections, a linear-attention mixer, a
+    cross-attention layer), so that nothing is assumed of layers whose shape is not this one."""
+    attention = _attention_module(layer)
+    if attention is None:
+        return []
+    others = [child for child in layer.children() if not _is_norm(child) and not any(module is attention for module in child.modules()) and any(True for _ in child.parameters())]
+    if len(others) != 1:
+        return []
+    projection = getattr(attention, "o_proj", None)
+    return others + ([projection] if isinstance(projection, torch.nn.Linear) else [])
+
+
 class StreamsThenNorm(torch.nn.Module):
     """Named exception: hyper-connections (HY-V4-VL, GLM-5-Next). The residual is several streams, merged by the
     decoder's ``hc_head`` before its final norm (``norm(hc_head(h))``); the logit lens does the same."""
@@ -337,7 +357,7 @@ def _final_norm(owner: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
 
 
 def _plain_final_norm(owner: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
-    norms = [(name, child) for name, child in owner.named_children() if type(child).__name__.endswith(NORM_CLASS_SUFFIXES) or isinstance(child, torch.nn.LayerNorm)]
+    norms = [(name, child) for name, child in owner.named_children() if _is_norm(child)]
     named = [child for name, child in norms if name in ("norm", "final_layernorm", "final_norm", "ln_f", "norm_f")]
     if len(named) == 1:
         return named[0]

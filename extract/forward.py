@@ -132,6 +132,7 @@ class ForwardCall:
     lens: bool = False  # whether the observer wants each decoder layer's output
     prefix: Any = None  # a recorded or replayed prefix of layers (extract.reuse), for a sweep's conditions
     cache: Any = None  # the KV cache the current forward pass is handed (set as each pass starts), packed where pruned
+    final_rows: bool = False  # whether a prefill's last decoder layer computes the final position alone (extract.reuse: only its logits are read)
 
 
 ACTIVE_CALL: ContextVar[ForwardCall | None] = ContextVar("attnwh_forward_call", default=None)
@@ -351,6 +352,7 @@ def forward_call(
     observer: Observer | None = None,
     lens: bool = False,
     prefix: Any = None,
+    final_rows: bool = False,
 ) -> Iterator[ForwardCall]:
     """Make a call's interventions (each a ``{layer: LayerIntervention}`` from ``Intervention.bind``) and
     observer active for the forward passes this thread or task runs inside the block."""
@@ -361,7 +363,9 @@ def forward_call(
     for bound in layer_edits:
         for layer, edit in bound.items():
             edits.setdefault(layer, []).append(edit)
-    call = ForwardCall(text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens, prefix)
+    call = ForwardCall(
+        text_model, list(decoder_layers), {id(module): index for index, module in enumerate(attention_modules)}, edits, observer, lens, prefix, final_rows=final_rows
+    )
     token = ACTIVE_CALL.set(call)
     try:
         yield call

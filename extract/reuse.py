@@ -64,10 +64,12 @@ import numpy as np
 import torch
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+from attnwh.extract.discovery import position_wise_modules
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
 from attnwh.extract.packed_cache import SharedPrefixLayer
 from attnwh.extract.pruning import SNAPKV_WINDOW, as_bool_mask
 
+FINAL_ROWS_MARKER = "attnwh_final_rows_hooks"  # set once on a last decoder layer whose FinalRows hooks are installed (structural, not per call)
 PIXEL_KEYS = ("pixel_values", "pixel_values_images", "pixel_values_videos", "image_patches")
 
 
@@ -156,10 +158,41 @@ def _tile_nested(value: Any, times: int, per_image: list[int] | None) -> Any:
 
 def install_replay(decoder_layers: Sequence[torch.nn.Module]) -> None:
     """Wrap, once per model, each decoder layer's ``forward`` so that the calling context's prefix (if any)
-    may record its output or stand in for it. Call it before the model is shared (``LoadedModel`` does)."""
+    may record its output or stand in for it, and hook the last layer's position-wise modules so that a call's
+    prefill may compute its final position alone there (``FinalRows``). Call it before the model is shared
+    (``LoadedModel`` does)."""
     for index, layer in enumerate(decoder_layers):
         if not isinstance(vars(layer).get("forward"), _ReplayableForward):  # installed already: the wrapper says so itself
             layer.forward = _ReplayableForward(index, layer.forward)
+    last = decoder_layers[-1] if decoder_layers else None
+    if last is not None and not getattr(last, FINAL_ROWS_MARKER, False):
+        for module in position_wise_modules(last):
+            module.register_forward_pre_hook(FinalRows(last))
+        setattr(last, FINAL_ROWS_MARKER, True)
+
+
+class FinalRows:
+    """Forward pre-hook of the last decoder layer's feed-forward and attention output projection
+    (``discovery.position_wise_modules``): in a prefill of a call that reads only the final position's logits
+    (``ForwardCall.final_rows``: a sweep's conditions, which observe nothing), the module is handed the final
+    position alone. What the layer adds to the residual there is then computed for that position only; at the other
+    positions the layer's output is not the model's (the residual plus the final position's update, broadcast), and
+    nothing reads it: ``generate`` keeps the final position's logits, the next token's pass reads this layer's keys
+    and values (computed for every position, before the projection), and no recorded boundary is this layer's
+    output but the one a whole replayed prefill hands on, of which again only the final position is read. The
+    first batch's check compares it with the whole layer (``extract.sweep.SweepSamples._check_replay``)."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.layer = layer
+
+    def __call__(self, module: torch.nn.Module, args: tuple):
+        call = ACTIVE_CALL.get()
+        if call is None or not call.final_rows or call.observer is not None or not call.decoder_layers or call.decoder_layers[-1] is not self.layer:
+            return None
+        hidden = args[0] if args else None
+        if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[1] <= 1:  # a decode step: one position already
+            return None
+        return (hidden[:, -1:], *args[1:])
 
 
 class _ReplayableForward:
@@ -683,6 +716,7 @@ def intervention_key(value: Any) -> Any:
 
 
 __all__ = [
+    "FinalRows",
     "PrefixRecording",
     "PrefixReplay",
     "ReuseError",

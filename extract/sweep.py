@@ -256,6 +256,9 @@ class SweepSamples:
         self.reuse_checked = False  # the first group evaluated compares reuse with the plain path
         self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
         self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
+        # a prefill's last decoder layer computes the final position alone (reuse.FinalRows), checked against the whole
+        # layer by the first batch's replay of that layer: a model of one decoder layer has no prefix to replay it from
+        self.final_rows = loaded.spec.n_decoder_layers > 1
 
     @classmethod
     def of_inputs(cls, loaded: LoadedModel, inputs: dict[str, torch.Tensor], max_new_tokens: int, stack: int | None = 1) -> tuple[SweepSamples, Batch]:
@@ -438,19 +441,25 @@ class SweepSamples:
             self._run_stack(batch, group, view, inputs, stack, 0, None, generations)
             settled(stack)
         later = sorted([(start, stack) for stack, start in zip(stacks, stack_starts) if start > 0], key=lambda pair: -pair[0])
-        if baseline or later:
-            recording = PrefixRecording(frozenset(start - 1 for start, _ in later), max((start for start, _ in later), default=0), replays_interventions(bound))
+        deepest = max((start for start, _ in later), default=0)
+        # the check replays the baseline from the deepest start; with the last layer's final rows (the recording's and
+        # every stack's), from the last layer at the deepest, so that the replay computes that layer whole
+        check_from = min(deepest or spec.n_decoder_layers - 1, spec.n_decoder_layers - 1) if self.final_rows else deepest
+        if baseline or later or (checking and check_from > 0):
+            starts_held = [start for start, _ in later] + ([check_from] if checking and check_from > 0 else [])
+            recording = PrefixRecording(frozenset(start - 1 for start in starts_held), max(starts_held, default=0), replays_interventions(bound))
             # the prefill alone, unless the baseline's answers are wanted or this batch checks the replay (whose decode steps read the replayed cache)
             limit = self.max_new_tokens if baseline or checking else 1
-            with self.stack.measured(1), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording):
+            with self.stack.measured(1), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=recording, final_rows=self.final_rows):
                 recorded = generate(loaded, inputs, limit, self._stop(batch))
             for index in baseline:
                 generations[index] = recorded
             settled(baseline)
             if checking:
-                self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit)
+                self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit, check_from)
                 if self.reuse_off is not None:
                     return self._plain_each(batch, group, settle)
+                recording.keep_for([start for start, _ in later])  # what the check alone read
             for position, (start, stack) in enumerate(later):
                 self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
                 settled(stack)
@@ -486,7 +495,7 @@ class SweepSamples:
         prefix = PrefixReplay(recording, start, times) if start > 0 else None
         stacked = None
         try:
-            with self.stack.measured(times), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix):
+            with self.stack.measured(times), forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, edits, prefix=prefix, final_rows=self.final_rows):
                 stacked = generate(self.loaded, tile(inputs, times), self.max_new_tokens, self._stop(batch, times))
         except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError is a RuntimeError; anything else is raised again
             if times == 1 or not out_of_memory(error):
@@ -520,16 +529,17 @@ class SweepSamples:
                 return f"with the images {label}, the text model is handed a different {differs}"
         return None
 
-    def _check_replay(self, batch: Batch, inputs: dict[str, Any], recording: PrefixRecording, recorded: Generation, limit: int) -> str | None:
-        """The rest of the check: the baseline started at the deepest recorded layer answers as the recorded
-        baseline did (first-token log-probabilities within 1e-4 in fp32, 5e-2 in half precision)."""
-        if recording.depth == 0:
+    def _check_replay(self, batch: Batch, inputs: dict[str, Any], recording: PrefixRecording, recorded: Generation, limit: int, start: int) -> str | None:
+        """The rest of the check: the baseline started at layer ``start`` (the deepest start, or the last layer at
+        the deepest: see ``_reused``), with every layer it runs computed whole, answers as the recorded baseline did
+        (first-token log-probabilities within 1e-4 in fp32, 5e-2 in half precision)."""
+        if start == 0:
             return None
         parts = self.loaded.parts
-        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, recording.depth, 1)):
+        with forward_call(parts.text_model, parts.attention_modules, parts.decoder_layers, prefix=PrefixReplay(recording, start, 1)):
             replayed = generate(self.loaded, inputs, limit, self._stop(batch))
         differs = self._differs(recorded, replayed, "answers")
-        return None if differs is None else f"started at layer {recording.depth} from the recorded prefix, the baseline answers differently ({differs})"
+        return None if differs is None else f"started at layer {start} from the recorded prefix, the baseline answers differently ({differs})"
 
     def _differs(self, expected: Generation, got: Generation, tokens: str) -> str | None:
         """None where ``got`` generated ``expected``'s tokens (its ``answers`` or its ``steps``) and its first-token

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from attnwh.extract import reuse
+from attnwh.extract.discovery import position_wise_modules
 from attnwh.extract.masking import HeadMask
 from attnwh.extract.models import load_model
 from attnwh.extract.pruning import KVPrune, allocate
@@ -426,3 +427,69 @@ def test_a_shared_prompt_layer_that_decodes_wrongly_turns_reuse_off(llava_sweep,
     plain.max_new_tokens = 6
     for interventions, condition_rows in zip(group, rows):
         assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in plain.evaluate(interventions)]
+
+
+def test_the_last_layer_computes_the_final_position_alone_in_a_prefill(family_sweep):
+    """In every prefill of a reused sweep (the baseline's recording, each condition's) the last decoder layer's
+    feed-forward and attention output projection are handed the final position alone, while its attention reads
+    every position (the keys and values the decode steps read); the plain path runs them on every position. The
+    answers are the plain path's (``test_reused_sweep_equals_each_condition_on_its_own``)."""
+    family, loaded, setup = family_sweep
+    last_layer = loaded.parts.decoder_layers[-1]
+    modules = position_wise_modules(last_layer)
+    assert len(modules) == 2, family.name  # every tested family's last layer: a feed-forward and an o_proj
+    n_layers = loaded.info["n_layers"]
+    group = [[], [HeadMask(((n_layers - 1, 0),), "zero")], [HeadMask(((0, 1),), "zero")]]
+    samples = SweepSamples(loaded, setup, 5)
+    samples.reuse_checked = True  # no check: its replay computes the last layer whole
+    batch = next(samples.each_batch())
+    prompt_length = batch.encoded["input_ids"].shape[1]
+    seen: dict[str, list[int]] = {"layer": [], "attention": [], "feed_forward": [], "o_proj": []}
+
+    def rows(name):
+        def hook(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if seen["layer"] and seen["layer"][-1] == prompt_length:  # within the last layer's prefill call
+                seen[name].append(hidden.shape[1])
+
+        return hook
+
+    hooks = [
+        last_layer.register_forward_pre_hook(lambda module, args, kwargs: seen["layer"].append((args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True),
+        loaded.parts.attention_modules[-1].register_forward_pre_hook(rows("attention"), with_kwargs=True),
+        *[module.register_forward_pre_hook(rows(name), with_kwargs=True) for module, name in zip(modules, ("feed_forward", "o_proj"))],
+    ]
+    try:
+        samples.reused_generations(batch, group)
+        assert seen["attention"] == [prompt_length] * 3  # the baseline's recording and both conditions
+        assert seen["feed_forward"] == seen["o_proj"] == [1] * 3
+        for name in seen:
+            seen[name].clear()
+        samples.plain_generation(batch, group[1])
+        assert seen["feed_forward"] == seen["o_proj"] == [prompt_length]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_a_last_layer_that_reads_the_wrong_position_turns_reuse_off(llava_sweep, monkeypatch):
+    """The first batch's check replays the last layer whole against the recording's final rows: a final-rows hook
+    that hands the layer the wrong position is caught even when no condition starts after layer 0, and the rows are
+    the plain path's."""
+    family, loaded, setup = llava_sweep
+
+    def wrong(self, module, args):
+        hidden = args[0]
+        return (hidden[:, -2:-1], *args[1:]) if hidden.shape[1] > 1 and reuse.ACTIVE_CALL.get().final_rows else None
+
+    monkeypatch.setattr(reuse.FinalRows, "__call__", wrong)
+    group = [[HeadMask(((0, 0),), "zero")], [HeadMask(((0, 1),), "paper")]]  # both start at layer 0: no prefix of theirs to replay
+    samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    rows = samples.evaluate_group(group)
+    assert samples.reuse_off is not None and f"started at layer {loaded.spec.n_decoder_layers - 1}" in samples.reuse_off
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    for interventions, condition_rows in zip(group, rows):
+        expected = plain.evaluate(interventions)
+        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in expected]
+        for got, want in zip(condition_rows, expected):
+            assert got["option_logprobs"] == want["option_logprobs"]
