@@ -10,6 +10,8 @@ machine drifts by tens of percent within minutes), and the medians of the paired
 - ``reuse``: the default: images once per batch, the baseline's prefix once, each condition started at its
   first intervened layer, answers stopped once decided (within the same limit); ``--stack N`` conditions per pass;
 - ``unstacked`` (``--against unstacked``): reuse with one condition per pass, to measure ``--stack N`` against.
+- ``whole-last-layer`` (``--against whole-last-layer``): reuse with every prefill's last decoder layer computed for
+  every position (``SweepSamples.final_rows`` off), to measure what computing its final position alone saves.
 
 Sweeps: ``mask`` = top / random / bottom × early / mid / late / all at one k (2 heads per stage) with one
 random seed: 13 conditions (the baseline included); ``prune`` = the default grid (full; score / uniform /
@@ -73,6 +75,16 @@ def child_main(args) -> int:
 
     torch.set_num_threads(args.threads)
     stack = args.stack if args.path == "reuse" else 1  # "unstacked": reuse with one condition per pass
+    if args.path == "whole-last-layer":  # reuse with the last layer's prefill computed for every position
+        from attnwh.extract import sweep
+
+        start_samples = sweep.SweepSamples._start
+
+        def whole_last_layer(self, *arguments, **keywords):
+            start_samples(self, *arguments, **keywords)
+            self.final_rows = False
+
+        sweep.SweepSamples._start = whole_last_layer
     reuse = args.path != "today"
     common = dict(model=args.model, benchmark=args.benchmark, limit=args.limit, batch_size=args.batch_size, device="cpu", dtype="float32", seeds=1, reuse=reuse, stack=stack)
     common["max_new_tokens"] = None if reuse else args.new_tokens  # reuse: stopped once decided, within the same limit
@@ -223,8 +235,8 @@ def main() -> int:
     parser.add_argument(
         "--against",
         default="today",
-        choices=["today", "unstacked"],
-        help="what the reuse path is measured against: today's path (--no-reuse), or reuse with one condition per pass (to measure --stack)",
+        choices=["today", "unstacked", "whole-last-layer"],
+        help="what the reuse path is measured against: today's path (--no-reuse), reuse with one condition per pass (to measure --stack), or reuse with each prefill's last layer computed for every position",
     )
     parser.add_argument("--out", type=Path, default=Path("bench/results-sweep.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -40,7 +40,9 @@ from attnwh.extract.masking import HeadMask
 from attnwh.extract.segments import IMAGE, prompt_segments
 
 TOLERANCE = 1e-5
-CHECKS_VERSION = 4  # bumped when the checks change (2: reuse; 3: the lens's probabilities; 4: the last layer's final rows), so that verdicts cached by `attnwh models --all` are made again
+# bumped when the checks change (2: reuse; 3: the lens's probabilities; 4: the last layer's final rows), so that verdicts
+# cached by `attnwh models --all` are made again
+CHECKS_VERSION = 4
 CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED = "captured", "out of scope", "not built here", "failed"
 STATUSES = (CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED)
 

@@ -27,6 +27,9 @@ same for all of them. Per batch of samples the sweep therefore:
 5. **computes a condition once** however often the grid names it (``same_conditions``): conditions whose
    interventions are equal field by field share one generation, and a condition whose interventions touch no
    layer is the baseline.
+6. **computes the last decoder layer for the final position alone** in every prefill (``FinalRows``): the
+   sweep reads the logits there only, so that layer's feed-forward and attention output projection are handed
+   the final position, while its attention computes every position's keys and values for the decode steps.
 
 Memory stays near the plain path's (issue 29 asks for 1.2× at the same batch size): the recorded prefix is
 the only thing held beside what a condition holds on its own, and it is held once. The baseline decodes
@@ -44,7 +47,8 @@ outside the cache, a grid the forward needs beside the features). So the first b
 it (``extract.sweep.SweepSamples``): what the text model is handed with the images encoded once (and tiled
 for a stack) equals what it is handed from the pixels (``text_model_inputs``, ``compare_inputs``: the pass
 stops at the text model), and the baseline started at the deepest recorded layer answers as the recorded
-baseline did; otherwise reuse is turned off for the run and every condition runs the plain way.
+baseline did (its last layer computed whole, against the recording's final position alone); otherwise reuse is
+turned off for the run and every condition runs the plain way.
 
 The state of each call lives in the call (``ForwardCall.prefix``); the layer wrapper that consults it is
 installed once per model (``install_replay``), like the dispatch hooks of ``extract.forward``.
