@@ -11,8 +11,9 @@ and a 95% interval, and whose ``attribution_fits`` row records the method's sett
   patterns), the baseline is condition 0. Per pattern the target's change from the baseline, averaged over
   the samples, is regressed on the pattern's 0/1 ablation indicators with scikit-learn (``ridge``: ``RidgeCV``,
   ``lasso``: ``LassoCV``, ``ols``: ``LinearRegression``); a head's score is minus its coefficient. Intervals:
-  percentiles over bootstrap resamples of the patterns (the fit's alpha kept); held-out R² and the Spearman
-  correlation of predicted and observed change on a held-out fifth of the patterns. A head whose effect needs
+  percentiles over bootstrap resamples of the patterns and the samples (the fit's alpha kept); held-out R² and the
+  Spearman correlation of predicted and observed change on a held-out fifth of the patterns, predicted by a fit
+  whose alpha was cross-validated without them. A head whose effect needs
   a partner ablated with it (a redundant pair) gets p × the pair's joint effect: single-head ablation sees 0.
 - ``single``: one head ablated at a time (H conditions of a sweep): the score is the mean drop over samples,
   the standard error over samples. Misses heads whose work another head also does.
@@ -199,7 +200,8 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
     """Per-head coefficients of the mean ``change`` over samples (the target's change from the baseline under each
     pattern; ``change`` [n] or [n, samples]) on ``patterns`` [n, heads] (1 = ablated), with scikit-learn; scores are
     minus the coefficients (the drop a head's ablation causes). Held out: a fifth of the patterns (at least 2) are
-    left out of one extra fit, whose R² and Spearman correlation on them are reported.
+    left out of one extra fit, whose R² and Spearman correlation on them are reported; its alpha (unless given) is
+    cross-validated on the other patterns alone.
 
     The bootstrap resamples the patterns and the samples alike (each resample refits the mean change over its
     samples), so that an interval says how far the score would move with other patterns *and* other samples, as
@@ -223,7 +225,9 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
     if n - n_out >= 2:
         order = rng.permutation(n)
         held, kept = order[:n_out], order[n_out:]
-        predicted = _fixed(fit, chosen).fit(x[kept], y[kept]).predict(x[held])
+        # alpha chosen again on the kept patterns alone (where cross-validation chose it): the held-out ones must not
+        # have chosen the model that predicts them, or the held-out R² is optimistic
+        predicted = _estimator(fit, alpha, seed).fit(x[kept], y[kept]).predict(x[held])
         r2_heldout = float(r2_score(y[held], predicted))
         rho = spearmanr(predicted, y[held]).statistic
         spearman_heldout = float(rho) if np.isfinite(rho) else None

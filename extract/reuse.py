@@ -170,8 +170,11 @@ def install_replay(decoder_layers: Sequence[torch.nn.Module]) -> None:
             layer.forward = _ReplayableForward(index, layer.forward)
     last = decoder_layers[-1] if decoder_layers else None
     if last is not None and not getattr(last, FINAL_ROWS_MARKER, False):
-        for module in position_wise_modules(last):
-            module.register_forward_pre_hook(FinalRows(last))
+        earlier = {id(module) for layer in decoder_layers[:-1] for module in layer.modules()}
+        modules = position_wise_modules(last)
+        if not any(id(module) in earlier for module in modules):  # a module shared with earlier layers (Zamba's shared block) runs whole
+            for module in modules:
+                module.register_forward_pre_hook(FinalRows(last))
         setattr(last, FINAL_ROWS_MARKER, True)
 
 

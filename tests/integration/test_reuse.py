@@ -132,6 +132,16 @@ def test_reuse_skips_the_image_encoder_and_the_prefix(family_sweep, monkeypatch)
     assert prefill_calls == [1] * last + [3]  # the baseline's prefill everywhere, the two conditions' at the last layer only
 
 
+def assert_plain_rows(loaded, setup, group, rows) -> None:
+    """``rows`` (a sweep's, reuse turned off by its check) are the plain path's, log-probabilities to the last bit."""
+    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    for interventions, condition_rows in zip(group, rows):
+        expected = plain.evaluate(interventions)
+        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in expected]
+        for got, want in zip(condition_rows, expected):
+            assert got["option_logprobs"] == want["option_logprobs"]
+
+
 def test_a_replay_that_differs_turns_reuse_off_and_keeps_the_plain_results(llava_sweep, monkeypatch):
     """The first batch compares reuse with the plain path: a replay that hands on a wrong boundary state is
     caught, reuse is turned off, and the rows are the plain path's."""
@@ -148,12 +158,7 @@ def test_a_replay_that_differs_turns_reuse_off_and_keeps_the_plain_results(llava
     samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     rows = samples.evaluate_group(group)
     assert samples.reuse_off is not None and "started at layer" in samples.reuse_off
-    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
-    for interventions, condition_rows in zip(group, rows):
-        expected = plain.evaluate(interventions)
-        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in expected]
-        for got, want in zip(condition_rows, expected):
-            assert got["option_logprobs"] == want["option_logprobs"]
+    assert_plain_rows(loaded, setup, group, rows)
 
 
 def test_plan_stacks_groups_by_first_layer_and_never_costs_more_than_slack():
@@ -487,9 +492,34 @@ def test_a_last_layer_that_reads_the_wrong_position_turns_reuse_off(llava_sweep,
     samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
     rows = samples.evaluate_group(group)
     assert samples.reuse_off is not None and f"started at layer {loaded.spec.n_decoder_layers - 1}" in samples.reuse_off
-    plain = SweepSamples(loaded, setup, 3, stop_when_decided=True)
-    for interventions, condition_rows in zip(group, rows):
-        expected = plain.evaluate(interventions)
-        assert [row["output_text"] for row in condition_rows] == [row["output_text"] for row in expected]
-        for got, want in zip(condition_rows, expected):
-            assert got["option_logprobs"] == want["option_logprobs"]
+    assert_plain_rows(loaded, setup, group, rows)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_feed_forward_shared_with_earlier_layers_runs_whole(shared):
+    """The final-rows hooks go on the last layer's own modules only: where its feed-forward is also an earlier layer's
+    (a block shared between layers, as Zamba's), slicing it would cut that layer's positions too, so it runs whole.
+    Either way the final position's logits equal the model's own (transformers' forward, no call active)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from attnwh.extract.forward import forward_call
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).eval()
+    layers = model.model.layers
+    if shared:
+        layers[-1].mlp = layers[0].mlp
+    reuse.install_replay(layers)
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.inference_mode():
+        expected = model(input_ids=ids).logits[:, -1]
+        seen = []
+        hook = layers[-1].mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[1]))
+        try:
+            with forward_call(model.model, [layer.self_attn for layer in layers], layers, final_rows=True):
+                got = model(input_ids=ids).logits[:, -1]
+        finally:
+            hook.remove()
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert seen == ([9, 9] if shared else [1])  # shared: called by layers 0 and 2, each on every position

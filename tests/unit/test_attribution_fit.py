@@ -228,3 +228,28 @@ def test_mean_effects_interval_is_student_t():
         assert (fitted.scores[head], fitted.std_error[head]) == pytest.approx((mean, se), rel=1e-12)
         assert (fitted.ci_low[head], fitted.ci_high[head]) == pytest.approx((mean - 2.131449545559323 * se, mean + 2.131449545559323 * se), rel=1e-12)
     assert np.isnan(mean_effects(drops[:1]).ci_low).all()
+
+
+@pytest.mark.parametrize("fit", ["ridge", "lasso"])
+def test_the_held_out_patterns_do_not_choose_alpha(fit):
+    """The held-out R² and Spearman are those of a fit whose alpha scikit-learn's cross-validation chose on the kept
+    patterns alone (computed here with RidgeCV / LassoCV on the same split): alpha chosen on every pattern, the held-out
+    fifth included, made them optimistic. The data are such that the two choices differ."""
+    from sklearn.linear_model import LassoCV, RidgeCV
+    from sklearn.metrics import r2_score
+
+    from attnwh.extract.attribution import ALPHAS
+
+    rng = np.random.default_rng(12)
+    n = 40
+    patterns = draw_patterns(H, n, 0.2, seed=12)
+    change = -(patterns @ rng.normal(0, 1.0, H)) + rng.normal(0, 1.0, n)
+    fitted = fit_patterns(patterns, change, fit, bootstrap=0, seed=7)
+    x, order = patterns.astype(float), np.random.default_rng(7).permutation(n)  # the split fit_patterns draws first
+    held, kept = order[: n // 5], order[n // 5 :]
+    estimator = RidgeCV(alphas=ALPHAS) if fit == "ridge" else LassoCV(alphas=ALPHAS, cv=5, max_iter=20_000, random_state=7)
+    reference = estimator.fit(x[kept], change[kept])
+    assert reference.alpha_ != fitted.alpha  # the kept patterns alone choose another alpha than all of them
+    predicted = reference.predict(x[held])
+    assert fitted.r2_heldout == pytest.approx(r2_score(change[held], predicted), abs=1e-9)
+    assert fitted.spearman_heldout == pytest.approx(spearmanr(predicted, change[held]).statistic, abs=1e-9)
