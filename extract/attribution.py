@@ -180,14 +180,15 @@ class HeadFit:
     intercept: float = 0.0
 
 
-def _estimator(fit: str, alpha: float | None, seed: int):
+def _estimator(fit: str, alpha: float | None, seed: int, n: int):
+    """The fit's estimator for ``n`` patterns: lasso's alpha cross-validated in 5 folds, or one per pattern below 5."""
     from sklearn.linear_model import Lasso, LassoCV, LinearRegression, Ridge, RidgeCV
 
     if fit == "ols":
         return LinearRegression()
     if fit == "ridge":
         return Ridge(alpha=alpha) if alpha is not None else RidgeCV(alphas=ALPHAS)
-    return Lasso(alpha=alpha, max_iter=20_000) if alpha is not None else LassoCV(alphas=ALPHAS, cv=5, max_iter=20_000, random_state=seed)
+    return Lasso(alpha=alpha, max_iter=20_000) if alpha is not None else LassoCV(alphas=ALPHAS, cv=min(5, n), max_iter=20_000, random_state=seed)
 
 
 def _fixed(fit: str, alpha: float | None):
@@ -216,7 +217,7 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
     grid = grid[:, None] if grid.ndim == 1 else grid  # [patterns, samples]
     y = grid.mean(axis=1)
     n, n_samples = grid.shape
-    model = _estimator(fit, alpha, seed).fit(x, y)
+    model = _estimator(fit, alpha, seed, n).fit(x, y)
     chosen = None if fit == "ols" else float(getattr(model, "alpha_", alpha))
     scores = -np.asarray(model.coef_, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -227,7 +228,7 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
         held, kept = order[:n_out], order[n_out:]
         # alpha chosen again on the kept patterns alone (where cross-validation chose it): the held-out ones must not
         # have chosen the model that predicts them, or the held-out R² is optimistic
-        predicted = _estimator(fit, alpha, seed).fit(x[kept], y[kept]).predict(x[held])
+        predicted = _estimator(fit, alpha, seed, len(kept)).fit(x[kept], y[kept]).predict(x[held])
         r2_heldout = float(r2_score(y[held], predicted))
         rho = spearmanr(predicted, y[held]).statistic
         spearman_heldout = float(rho) if np.isfinite(rho) else None

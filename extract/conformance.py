@@ -194,7 +194,8 @@ def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torc
     """A sweep's reuse (extract.reuse: images encoded once, the baseline's prefix replayed, conditions stacked three to a
     pass) against each condition on its own the plain way, on the tiny model: the baseline, one-head masks of the first
     and a middle attention layer, three masks of the last (one stack of three, started there), and a cache pruning
-    whose prefill is replayed whole; ``REUSE_NEW_TOKENS`` greedy tokens each. "exact" when the first batch's check keeps reuse on, the answers are identical and the first
+    whose prefill is replayed whole; ``REUSE_NEW_TOKENS`` greedy tokens each. "exact" when the first batch's check keeps reuse (and the
+    last layer's final rows, where hooked) on, the answers are identical and the first
     tokens' log-probabilities within ``TOLERANCE``; else what differed (a sweep on this architecture then runs the plain
     way after its first batch's check, or, for a difference that check does not see, must not reuse)."""
     import numpy as np
@@ -219,6 +220,8 @@ def _check_reuse(model_type: str, model, spec: ModelSpec, inputs: dict[str, torc
         reused = samples.reused_generations(batch, group)
         if samples.reuse_off is not None:
             return f"turned off by the first batch's check: {samples.reuse_off}"
+        if samples.final_rows_off is not None:
+            return f"the last layer's final rows turned off by the first batch: {samples.final_rows_off}"
         if samples.stack.largest != 3:
             return f"not checked: its largest stack held {samples.stack.largest} conditions, not 3"
         for index, interventions in enumerate(group):

@@ -169,13 +169,19 @@ def install_replay(decoder_layers: Sequence[torch.nn.Module]) -> None:
         if not isinstance(vars(layer).get("forward"), _ReplayableForward):  # installed already: the wrapper says so itself
             layer.forward = _ReplayableForward(index, layer.forward)
     last = decoder_layers[-1] if decoder_layers else None
-    if last is not None and not getattr(last, FINAL_ROWS_MARKER, False):
+    if last is not None and getattr(last, FINAL_ROWS_MARKER, None) is None:
         earlier = {id(module) for layer in decoder_layers[:-1] for module in layer.modules()}
         modules = position_wise_modules(last)
-        if not any(id(module) in earlier for module in modules):  # a module shared with earlier layers (Zamba's shared block) runs whole
-            for module in modules:
-                module.register_forward_pre_hook(FinalRows(last))
-        setattr(last, FINAL_ROWS_MARKER, True)
+        if any(id(module) in earlier for module in modules):  # a module shared with earlier layers (Zamba's shared block) runs whole
+            modules = []
+        for module in modules:
+            module.register_forward_pre_hook(FinalRows(last), with_kwargs=True)
+        setattr(last, FINAL_ROWS_MARKER, bool(modules))
+
+
+def has_final_rows(decoder_layers: Sequence[torch.nn.Module]) -> bool:
+    """Whether ``install_replay`` hooked the last decoder layer's position-wise modules (``FinalRows``)."""
+    return bool(decoder_layers) and bool(getattr(decoder_layers[-1], FINAL_ROWS_MARKER, False))
 
 
 class FinalRows:
@@ -192,14 +198,16 @@ class FinalRows:
     def __init__(self, layer: torch.nn.Module):
         self.layer = layer
 
-    def __call__(self, module: torch.nn.Module, args: tuple):
+    def __call__(self, module: torch.nn.Module, args: tuple, kwargs: dict):
         call = ACTIVE_CALL.get()
         if call is None or not call.final_rows or call.observer is not None or not call.decoder_layers or call.decoder_layers[-1] is not self.layer:
             return None
         hidden = args[0] if args else None
         if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[1] <= 1:  # a decode step: one position already
             return None
-        return (hidden[:, -1:], *args[1:])
+        if any(isinstance(value, torch.Tensor) for value in (*args[1:], *kwargs.values())):
+            return None  # handed more than the hidden states (Ernie 4.5's MoE: its tokens' types, per position): run whole
+        return (hidden[:, -1:], *args[1:]), kwargs
 
 
 class _ReplayableForward:
@@ -730,6 +738,7 @@ __all__ = [
     "StackedLayer",
     "encode_media",
     "first_layer",
+    "has_final_rows",
     "install_replay",
     "intervention_key",
     "plan_stacks",

@@ -46,10 +46,12 @@ from attnwh.extract.ranks import Rank, detect_rank, processes_on_this_machine, w
 from attnwh.extract.reuse import (
     PrefixRecording,
     PrefixReplay,
+    ReuseError,
     StackSize,
     compare_inputs,
     encode_media,
     first_layer,
+    has_final_rows,
     out_of_memory,
     plan_stacks,
     replays_interventions,
@@ -257,8 +259,10 @@ class SweepSamples:
         self._check_lock = threading.Lock()  # held by the thread that checks; the others wait for its verdict
         self.reuse_off: str | None = None  # why reuse was turned off for this model, after a failed comparison
         # a prefill's last decoder layer computes the final position alone (reuse.FinalRows), checked against the whole
-        # layer by the first batch's replay of that layer: a model of one decoder layer has no prefix to replay it from
-        self.final_rows = loaded.spec.n_decoder_layers > 1
+        # layer by the first batch's replay of that layer: a model of one decoder layer has no prefix to replay it from;
+        # a pass or a check that fails with it turns it off first, and the group runs again without it
+        self.final_rows = loaded.spec.n_decoder_layers > 1 and has_final_rows(loaded.parts.decoder_layers)
+        self.final_rows_off: str | None = None  # why the final rows were turned off for this model
 
     @classmethod
     def of_inputs(cls, loaded: LoadedModel, inputs: dict[str, torch.Tensor], max_new_tokens: int, stack: int | None = 1) -> tuple[SweepSamples, Batch]:
@@ -398,8 +402,19 @@ class SweepSamples:
         except Exception as error:  # noqa: BLE001  any error of a replayed pass: the plain path is the reference
             if out_of_memory(error):
                 raise
+            if self.final_rows:  # the last layer's final rows may not suit this model: reuse without them first
+                self.final_rows, self.final_rows_off = False, f"{type(error).__name__}: {first_line(error)}"
+                return self._reused_or_plain(batch, group, checking, settle)
             self.reuse_off = f"a replayed prefix failed ({type(error).__name__}: {first_line(error)})"
             return self._plain_each(batch, group, settle)
+
+    def _check_failed(self, batch: Batch, group: Sequence[Sequence[Intervention]], settle: Settle | None) -> list[Generation | None]:
+        """A check of the replay (``reuse_off`` says what differed): made again without the last layer's final rows where
+        they were on (``_reused_or_plain``), else every condition the plain way."""
+        if self.final_rows:
+            differed, self.reuse_off = self.reuse_off, None
+            raise ReuseError(differed)
+        return self._plain_each(batch, group, settle)
 
     def _reused(self, batch: Batch, group: Sequence[Sequence[Intervention]], checking: bool, settle: Settle | None = None) -> list[Generation | None]:
         loaded, parts = self.loaded, self.loaded.parts
@@ -458,7 +473,7 @@ class SweepSamples:
             if checking:
                 self.reuse_off = self._check_replay(batch, inputs, recording, recorded, limit, check_from)
                 if self.reuse_off is not None:
-                    return self._plain_each(batch, group, settle)
+                    return self._check_failed(batch, group, settle)
                 recording.keep_for([start for start, _ in later])  # what the check alone read
             for position, (start, stack) in enumerate(later):
                 self._run_stack(batch, group, view, inputs, stack, start, recording, generations)
@@ -469,7 +484,7 @@ class SweepSamples:
         if checking:
             self.reuse_off = self._check_replayed_interventions(batch, group, bound, generations)
             if self.reuse_off is not None:
-                return self._plain_each(batch, group, settle)
+                return self._check_failed(batch, group, settle)
         return generations
 
     def _plain_each(self, batch: Batch, group: Sequence[Sequence[Intervention]], settle: Settle | None) -> list[Generation | None]:

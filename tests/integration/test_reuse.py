@@ -477,21 +477,43 @@ def test_the_last_layer_computes_the_final_position_alone_in_a_prefill(family_sw
             hook.remove()
 
 
-def test_a_last_layer_that_reads_the_wrong_position_turns_reuse_off(llava_sweep, monkeypatch):
+def test_a_last_layer_that_reads_the_wrong_position_turns_the_final_rows_off(llava_sweep, monkeypatch):
     """The first batch's check replays the last layer whole against the recording's final rows: a final-rows hook
-    that hands the layer the wrong position is caught even when no condition starts after layer 0, and the rows are
-    the plain path's."""
+    that hands the layer the wrong position is caught even when no condition starts after layer 0; the group runs
+    again without the final rows, whose check passes, so reuse stays on, and the rows are the plain path's."""
     family, loaded, setup = llava_sweep
 
-    def wrong(self, module, args):
+    def wrong(self, module, args, kwargs):
         hidden = args[0]
-        return (hidden[:, -2:-1], *args[1:]) if hidden.shape[1] > 1 and reuse.ACTIVE_CALL.get().final_rows else None
+        return ((hidden[:, -2:-1], *args[1:]), kwargs) if hidden.shape[1] > 1 and reuse.ACTIVE_CALL.get().final_rows else None
 
     monkeypatch.setattr(reuse.FinalRows, "__call__", wrong)
     group = [[HeadMask(((0, 0),), "zero")], [HeadMask(((0, 1),), "paper")]]  # both start at layer 0: no prefix of theirs to replay
     samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    assert samples.final_rows
     rows = samples.evaluate_group(group)
-    assert samples.reuse_off is not None and f"started at layer {loaded.spec.n_decoder_layers - 1}" in samples.reuse_off
+    assert samples.reuse_off is None and not samples.final_rows
+    assert f"started at layer {loaded.spec.n_decoder_layers - 1}" in samples.final_rows_off
+    assert_plain_rows(loaded, setup, group, rows)
+
+
+def test_a_last_layer_that_fails_on_its_final_rows_runs_whole_with_reuse_on(llava_sweep, monkeypatch):
+    """A model whose last layer cannot take its final position alone (a layer that reshapes the feed-forward's output
+    to the residual's shape, as Llama 4's does, raises): the group runs again without the final rows, reuse stays on,
+    and the rows are the plain path's; a later group keeps them off."""
+    family, loaded, setup = llava_sweep
+
+    def failing(self, module, args, kwargs):
+        if args[0].shape[1] > 1 and reuse.ACTIVE_CALL.get().final_rows:
+            raise RuntimeError("shape '[3, 40, 64]' is invalid for input of size 192")
+        return None
+
+    monkeypatch.setattr(reuse.FinalRows, "__call__", failing)
+    n_layers = loaded.info["n_layers"]
+    group = [[], [HeadMask(((n_layers - 1, 0),), "zero")], [HeadMask(((1, 1),), "zero")]]
+    samples = SweepSamples(loaded, setup, 3, stop_when_decided=True)
+    rows = samples.evaluate_group(group)
+    assert samples.reuse_off is None and not samples.final_rows and "is invalid for input" in samples.final_rows_off
     assert_plain_rows(loaded, setup, group, rows)
 
 

@@ -253,3 +253,20 @@ def test_the_held_out_patterns_do_not_choose_alpha(fit):
     predicted = reference.predict(x[held])
     assert fitted.r2_heldout == pytest.approx(r2_score(change[held], predicted), abs=1e-9)
     assert fitted.spearman_heldout == pytest.approx(spearmanr(predicted, change[held]).statistic, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6])
+def test_lasso_cross_validates_alpha_with_few_patterns(n):
+    """``--patterns`` takes 2 and more: lasso's cross-validation takes as many folds as it has patterns below 5 (its
+    five folds raised a ValueError after the whole sweep had run, from the full fit below 5 patterns and from the
+    held-out fit's kept patterns below 7); its alpha is the one scikit-learn's LassoCV chooses in those folds."""
+    from sklearn.linear_model import LassoCV
+
+    from attnwh.extract.attribution import ALPHAS
+
+    patterns = draw_patterns(6, n, 0.3, seed=1)
+    change = np.random.default_rng(0).normal(size=(n, 3))
+    fitted = fit_patterns(patterns, change, "lasso", bootstrap=3, seed=2)
+    reference = LassoCV(alphas=ALPHAS, cv=min(5, n), max_iter=20_000, random_state=2).fit(patterns.astype(float), change.mean(axis=1))
+    assert fitted.alpha == reference.alpha_
+    assert (fitted.r2_heldout is None) == (n - max(2, n // 5) < 2)
