@@ -230,8 +230,9 @@ def fit_patterns(patterns: np.ndarray, change: np.ndarray, fit: str = "ridge", a
         # have chosen the model that predicts them, or the held-out R² is optimistic
         predicted = _estimator(fit, alpha, seed, len(kept)).fit(x[kept], y[kept]).predict(x[held])
         r2_heldout = float(r2_score(y[held], predicted))
-        rho = spearmanr(predicted, y[held]).statistic
-        spearman_heldout = float(rho) if np.isfinite(rho) else None
+        if np.ptp(predicted) > 0 and np.ptp(y[held]) > 0:  # a constant side has no rank correlation (scipy would warn and give NaN)
+            rho = spearmanr(predicted, y[held]).statistic
+            spearman_heldout = float(rho) if np.isfinite(rho) else None
     draws = []
     for _ in range(bootstrap):
         pick, among = rng.integers(0, n, n), rng.integers(0, n_samples, n_samples)
