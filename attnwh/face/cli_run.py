@@ -46,7 +46,8 @@ ReuseOption = Annotated[
         "--reuse/--no-reuse",
         help="Share what conditions have in common: each batch's images encoded once, the baseline's layers before a condition's first "
         "masked or pruned layer run once and each condition started there (their output and KV cache are kept for the "
-        "batch at hand only: the device holds one batch's); checked against the plain path on the first batch, and "
+        "batch at hand only: the device holds one batch's), and each prefill's last layer computed for the final position "
+        "alone (the logits read nothing else); checked against the plain path on the first batch, and "
         "turned off if they differ. --no-reuse: each condition from scratch. Either way the processor's output for "
         "every batch is held on the host, without the pictures, up to a quarter of the memory this process may use "
         "(the machine's or its cgroup's, divided among the launch's processes on the machine; a Dask worker's memory "
