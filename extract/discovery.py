@@ -331,7 +331,9 @@ def position_wise_modules(layer: torch.nn.Module) -> list[torch.nn.Module]:
     attention = _attention_module(layer)
     if attention is None:
         return []
-    others = [child for child in layer.children() if not _is_norm(child) and not any(module is attention for module in child.modules()) and any(True for _ in child.parameters())]
+    others = [
+        child for child in layer.children() if not _is_norm(child) and not any(module is attention for module in child.modules()) and next(child.parameters(), None) is not None
+    ]
     if len(others) != 1:
         return []
     projection = getattr(attention, "o_proj", None)

@@ -196,12 +196,12 @@ def test_a_batch_holds_one_conditions_logits_at_a_time(toy, monkeypatch, reuse_o
 def assert_rows_equal(got: list[list[dict]], expected: list[list[dict]], tolerance: float = 1e-5) -> None:
     """Rows equal field by field, the option log-probabilities within ``tolerance`` (a reused sweep computes the last
     layer's final position alone: the same sums in another order)."""
-    assert len(got) == len(expected)
-    for condition, (got_rows, expected_rows) in enumerate(zip(got, expected)):
-        assert len(got_rows) == len(expected_rows), condition
-        for got_row, expected_row in zip(got_rows, expected_rows):
-            assert {k: v for k, v in got_row.items() if k != "option_logprobs"} == {k: v for k, v in expected_row.items() if k != "option_logprobs"}, condition
-            got_logprobs, expected_logprobs = got_row.get("option_logprobs"), expected_row.get("option_logprobs")
-            assert (got_logprobs is None) == (expected_logprobs is None), condition
-            if got_logprobs is not None:
-                assert len(got_logprobs) == len(expected_logprobs) and max(abs(a - b) for a, b in zip(got_logprobs, expected_logprobs)) <= tolerance, condition
+
+    def without_logprobs(rows: list[dict]) -> list[dict]:
+        return [{key: value for key, value in row.items() if key != "option_logprobs"} for row in rows]
+
+    for got_rows, expected_rows in zip(got, expected, strict=True):
+        assert without_logprobs(got_rows) == without_logprobs(expected_rows)
+        for mine, theirs in zip(got_rows, expected_rows):
+            assert (mine["option_logprobs"] is None) == (theirs["option_logprobs"] is None)
+            assert (mine["option_logprobs"] or []) == pytest.approx(theirs["option_logprobs"] or [], abs=tolerance)
