@@ -32,7 +32,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from attnwh.core.errors import ModelError
-from attnwh.extract.packed_cache import PackedLayer, pack_layer, packed_attention
+from attnwh.extract.packed_cache import PackedLayer, pack_layer, packed_attention, reserve_room
 
 CAPTURE_ATTENTION = "attnwh_capture"
 # what some models hand their attention function that changes the attention weights, and that attnwh
@@ -133,6 +133,7 @@ class ForwardCall:
     prefix: Any = None  # a recorded or replayed prefix of layers (extract.reuse), for a sweep's conditions
     cache: Any = None  # the KV cache the current forward pass is handed (set as each pass starts), packed where pruned
     final_rows: bool = False  # whether a prefill's last decoder layer computes the final position alone (extract.reuse: only its logits are read)
+    kv_room: int | None = None  # the token limit of the generation running in the call: its cache's dynamic layers reserve room for it (packed_cache.ReservedLayer)
 
 
 ACTIVE_CALL: ContextVar[ForwardCall | None] = ContextVar("attnwh_forward_call", default=None)
@@ -323,6 +324,8 @@ def _forward_start(module, args, kwargs) -> None:
     if call.prefix is not None:
         call.prefix.begin_forward(kwargs)
     call.cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if call.kv_room is not None:
+        reserve_room(call.cache, call.kv_room)
 
 
 def _embedding_input(module, args, kwargs) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from attnwh.extract.benchmarks.templates import LETTERS
 from attnwh.extract.capture import QUERY_STEPS, CaptureSession, CaptureSpec, capture_session
-from attnwh.extract.forward import BatchView, Intervention, forward_call
+from attnwh.extract.forward import ACTIVE_CALL, BatchView, Intervention, forward_call
 from attnwh.extract.lens import HeadTransform, LensResult, head_logits, head_transforms, logit_lens, matching_transform, without_probabilities
 from attnwh.extract.models import LoadedModel
 from attnwh.extract.segments import prompt_segments
@@ -195,10 +195,11 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
     and where ``stop`` found them decided (``calibration``: matches every step's lens to the model's logits)."""
     from transformers import LogitsProcessorList, StoppingCriteriaList
 
-    with torch.inference_mode():
+    limit = max(max_new_tokens, stop.passes_needed)
+    with torch.inference_mode(), _room_reserved(limit):
         output = loaded.model.generate(
             **inputs,
-            max_new_tokens=max(max_new_tokens, stop.passes_needed),
+            max_new_tokens=limit,
             do_sample=False,
             num_beams=1,
             pad_token_id=loaded.pad_token_id,
@@ -218,6 +219,20 @@ def generate(loaded: LoadedModel, inputs: dict, max_new_tokens: int, stop: StopR
         steps.append(row[: cut + 1])
     second = output.logits[1].float().cpu() if len(output.logits) > 1 else None
     return Generation(answers, steps, output.logits[0].float().cpu(), {}, second)
+
+
+@contextmanager
+def _room_reserved(limit: int) -> Iterator[None]:
+    """For the generation in the block: its cache's decode steps write into room reserved for ``limit`` tokens
+    (``packed_cache.ReservedLayer``), set on the calling context's forward call and cleared after."""
+    call = ACTIVE_CALL.get()
+    if call is not None:
+        call.kv_room = limit
+    try:
+        yield
+    finally:
+        if call is not None:
+            call.kv_room = None
 
 
 def letter_token_ids(tokenizer) -> list[torch.Tensor]:

@@ -16,6 +16,7 @@ positions and masks are made as for the full cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -237,6 +238,77 @@ class SharedPrefixLayer(DynamicLayer):
         return self._prompt_keys.shape[-2] + (0 if self._tail_keys is None else self._tail_keys.shape[-2])
 
 
+GROWTH = 64  # positions a reserved layer holds beyond what is filled, at most (and grows by, when full)
+
+
+class ReservedLayer(DynamicLayer):
+    """A full-attention cache layer that writes each step's keys and values into room reserved after the
+    filled positions, where ``DynamicLayer`` concatenates the whole layer into a new tensor at every step: a
+    copy of every layer's keys and values per decode step (on a CPU a sixth of a step at a 600-token prompt,
+    and a growing share as answers grow).
+
+    ``keys`` / ``values`` are views of the filled positions of larger buffers. A view handed out is never
+    written afterwards (later steps write past its end), so what each step returns equals what
+    ``DynamicLayer`` returns, tensor for tensor. The room: ``GROWTH`` positions at most, never more than the
+    generation may still append (``room``, its token limit), so an 8-token answer reserves 8 positions and a
+    long one copies its layer once per ``GROWTH`` steps. Where anything else replaces ``keys`` or ``values``
+    (the inherited ``crop``, ``batch_select_indices``, ``batch_repeat_interleave``, ``reset``, offloading),
+    the next step adopts them into new buffers."""
+
+    def __init__(self, room: int):
+        super().__init__()
+        self.room = room  # positions the generation may append after the first update (the prefill)
+        self._prompt: int | None = None  # positions after the first update
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._handed: tuple[torch.Tensor, torch.Tensor] | None = None  # the views last handed out (``keys``, ``values``)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the step's keys and values after the filled positions; returns the views of all filled positions."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        end = length + key_states.shape[-2]
+        current = self._handed is not None and self.keys is self._handed[0] and self.values is self._handed[1]
+        if not current or end > self._buffers[0].shape[-2] or self._buffers[0].shape[:-2] != key_states.shape[:-2]:
+            self._adopt(key_states, value_states, length, end)
+        keys, values = self._buffers
+        keys[..., length:end, :] = key_states
+        values[..., length:end, :] = value_states
+        self.keys, self.values = keys[..., :end, :], values[..., :end, :]
+        self._handed = (self.keys, self.values)
+        return self.keys, self.values
+
+    def _adopt(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, end: int) -> None:
+        """New buffers holding the filled positions (what ``keys`` / ``values`` hold now) and room after ``end``."""
+        if self._prompt is None:
+            self._prompt = end
+        ahead = self.room - (end - self._prompt)  # what the generation may still append
+        capacity = end + (min(GROWTH, ahead) if ahead > 0 else GROWTH if length > 0 else 0)
+        buffers = []
+        for filled, states in ((self.keys, key_states), (self.values, value_states)):
+            buffer = states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))
+            if length:
+                buffer[..., :length, :] = filled.to(buffer.device)
+            buffers.append(buffer)
+        self._buffers = (buffers[0], buffers[1])
+
+    def reserved(self) -> int:
+        """Positions this layer's buffers hold (filled and room)."""
+        return 0 if self._buffers is None else self._buffers[0].shape[-2]
+
+
+def reserve_room(cache: Any, room: int) -> None:
+    """Make ``cache``'s empty full-attention dynamic layers ``ReservedLayer``s with ``room`` (the generation's
+    token limit): before a generation's first pass, so that its decode steps write in place. Sliding-window,
+    static, quantised and any other layers stay as they are, as does a cache without per-layer entries."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(layers, list):
+        return
+    for index, entry in enumerate(layers):
+        if type(entry) is DynamicLayer and not entry.is_initialized:
+            layers[index] = ReservedLayer(room)
+
+
 def _joined(prompt: torch.Tensor | None, tail: torch.Tensor | None) -> torch.Tensor | None:
     return prompt if tail is None or prompt is None else torch.cat([prompt, tail], dim=-2)
 
@@ -246,7 +318,7 @@ def pack_layer(cache, layer: int, kept: torch.Tensor) -> PackedLayer | None:
     prompt_key]``); None (left as it is) where the entry is not a full-attention dynamic layer holding exactly
     the prompt (a sliding window, a static or quantised cache, ...): the gathered path serves those."""
     layers = getattr(cache, "layers", None)
-    if layers is None or layer >= len(layers) or type(layers[layer]) not in (DynamicLayer, SharedPrefixLayer):
+    if layers is None or layer >= len(layers) or type(layers[layer]) not in (DynamicLayer, ReservedLayer, SharedPrefixLayer):
         return None
     entry = layers[layer]
     if not entry.is_initialized or entry.keys.shape[-2] != kept.shape[-1] or entry.keys.shape[:2] != kept.shape[:2]:
@@ -256,4 +328,4 @@ def pack_layer(cache, layer: int, kept: torch.Tensor) -> PackedLayer | None:
     return packed
 
 
-__all__ = ["PackedLayer", "SharedPrefixLayer", "pack_layer", "packed_attention"]
+__all__ = ["PackedLayer", "ReservedLayer", "SharedPrefixLayer", "pack_layer", "packed_attention", "reserve_room"]

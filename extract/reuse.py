@@ -70,7 +70,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from attnwh.extract.discovery import position_wise_modules
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
-from attnwh.extract.packed_cache import SharedPrefixLayer
+from attnwh.extract.packed_cache import ReservedLayer, SharedPrefixLayer
 from attnwh.extract.pruning import SNAPKV_WINDOW, as_bool_mask
 
 FINAL_ROWS_MARKER = "attnwh_final_rows_hooks"  # set once on a last decoder layer whose FinalRows hooks are installed (structural, not per call)
@@ -305,7 +305,7 @@ class PrefixRecording:
                 self.outputs[index] = output
             if index < self.depth:
                 entry = _cache_of(kwargs).layers[index]
-                if type(entry) is DynamicLayer and entry.is_initialized:
+                if type(entry) in (DynamicLayer, ReservedLayer) and entry.is_initialized:  # its prompt's tensors are never written again
                     self.entries[index] = _Live(entry, entry.keys.shape[-2])
                     for layer, (rows, key, mask, scaling) in self.attended.items():
                         if key is entry.keys:  # read from the entry when replayed: not held a second time

@@ -356,14 +356,12 @@ def test_intervention_keys_are_equal_exactly_when_the_fields_are():
 
 
 def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, monkeypatch):
-    """The baseline decodes through transformers' own cache layers, the recording holding those layers rather
+    """The baseline decodes through its own cache layers (attnwh's ``ReservedLayer``), the recording holding those layers rather
     than a copy of their prompt; each replayed condition's decode steps append to a tail of their own and read
     the prompt's keys the baseline left (one copy in memory for the whole batch), not copies made at their first
     step. Stacks run deepest first and the recording drops what no stack left to run reads: the stack that starts
     at layer 1 finds only layer 0's entry and boundary."""
-    from transformers.cache_utils import DynamicLayer
-
-    from attnwh.extract.packed_cache import SharedPrefixLayer
+    from attnwh.extract.packed_cache import ReservedLayer, SharedPrefixLayer
 
     family, loaded, setup = llava_sweep
     n_layers = loaded.info["n_layers"]
@@ -375,7 +373,7 @@ def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, m
     def layer(self, index, forward, args, kwargs):
         output = original_layer(self, index, forward, args, kwargs)
         if self.passes == 1 and index in self.entries:
-            baseline_layers.append(self.entries[index].layer is reuse._cache_of(kwargs).layers[index] and type(self.entries[index].layer) is DynamicLayer)
+            baseline_layers.append(self.entries[index].layer is reuse._cache_of(kwargs).layers[index] and type(self.entries[index].layer) is ReservedLayer)
         return output
 
     def entry(self, index):
