@@ -11,6 +11,9 @@ Variants, alternating in one process for several rounds (paired ratios), each ti
 ``torch.cuda.synchronize()`` calls, with the peak of ``torch.cuda.max_memory_allocated``:
 
 - ``plain``: SDPA generation of the same answers, no capture (the limit);
+- ``plain_dynamic``: the same with transformers' ``DynamicLayer`` instead of attnwh's ``ReservedLayer`` (a new
+  tensor of each layer's whole cache per decode step instead of a write into reserved room; run it with
+  ``--new-tokens 64`` or more, where the decode steps weigh);
 - ``capture``: attnwh's capture (statistics of every head for prompt and gen1, logit lens);
 - ``capture_rows``: the same keeping the raw rows (float16, copied to the host as extract does);
 - ``eager``: eager attention with ``output_attentions=True`` and the same statistics afterwards;
@@ -37,6 +40,7 @@ step) and the last position's lm_head per generated token; MFU = FLOPs × sample
     python bench/bench_gpu.py --batch-size 32 --whole    # plus the whole run_extract
     python bench/bench_gpu.py --sweep --variants plain            # plus the masking sweep, today's path against reuse
     python bench/bench_gpu.py --prune-cache --variants plain      # plus the packed pruned cache's decode steps and memory
+    python bench/bench_gpu.py --variants plain plain_dynamic --new-tokens 256 --batches 1   # reserved room against DynamicLayer
     python bench/bench_gpu.py --scale tiny --device cpu --rounds 1   # a smoke run of the script itself
 """
 
@@ -212,7 +216,17 @@ def paired(args, folder: Path, device, dtype) -> dict:
         if rows:
             session.stacked_rows(torch.float16)
 
-    variants = {"plain": plain, "capture": lambda: capture(False), "capture_rows": lambda: capture(True)}
+    def plain_dynamic():  # transformers' DynamicLayer: a new tensor of every layer's whole cache per decode step
+        from attnwh.extract import forward
+
+        reserve = forward.reserve_room
+        forward.reserve_room = lambda cache, room: None  # this bench process only, restored after the batch
+        try:
+            plain()
+        finally:
+            forward.reserve_room = reserve
+
+    variants = {"plain": plain, "plain_dynamic": plain_dynamic, "capture": lambda: capture(False), "capture_rows": lambda: capture(True)}
     eager = None
     if "eager" in args.variants:
         eager = AutoModelForImageTextToText.from_pretrained(str(folder), dtype=dtype, attn_implementation="eager").to(device).eval()
@@ -372,7 +386,7 @@ def main() -> int:
     parser.add_argument("--scale", choices=sorted(SCALES), default="7b")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--variants", nargs="+", default=["plain", "capture", "capture_rows", "eager"], choices=["plain", "capture", "capture_rows", "eager"])
+    parser.add_argument("--variants", nargs="+", default=["plain", "capture", "capture_rows", "eager"], choices=["plain", "plain_dynamic", "capture", "capture_rows", "eager"])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
@@ -442,7 +456,7 @@ def main() -> int:
         }
     ratios = {}
     times = measured["times"]
-    for top, bottom in (("capture", "plain"), ("capture_rows", "plain"), ("eager", "capture")):
+    for top, bottom in (("capture", "plain"), ("capture_rows", "plain"), ("eager", "capture"), ("plain_dynamic", "plain")):
         if top in times and bottom in times:
             ratios[f"{top} / {bottom} time (paired)"] = statistics.median(a / b for a, b in zip(times[top], times[bottom]))
     results = {
