@@ -36,7 +36,8 @@ the only thing held beside what a condition holds on its own, and it is held onc
 through transformers' own cache layers, and the recording holds those layers (not a copy of their prompt),
 taking their prompt once the baseline is done; every replayed condition's cache layers over it are
 ``SharedPrefixLayer`` objects (decode steps append to a tail of their own, where a ``DynamicLayer`` would copy
-the prompt at its first step and hold the copy), so the first batch's check compares the two kinds of layer;
+the prompt at its first step and hold the copy; for answers that may run past ``GROWTH`` tokens the prompt is copied
+once into a ``ReservedLayer`` instead, ``_copy_entry``), so the first batch's check compares the two kinds of layer;
 stacks that start at layer 0 run before the recording exists; the others run deepest first, and after each
 the recording drops the boundaries and cache entries no stack left to run reads (``PrefixRecording.keep_for``).
 
@@ -70,7 +71,7 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from attnwh.extract.discovery import position_wise_modules
 from attnwh.extract.forward import ACTIVE_CALL, LayerIntervention, forward_call, pack_pruned
-from attnwh.extract.packed_cache import ReservedLayer, SharedPrefixLayer
+from attnwh.extract.packed_cache import GROWTH, ReservedLayer, SharedPrefixLayer
 from attnwh.extract.pruning import SNAPKV_WINDOW, as_bool_mask
 
 FINAL_ROWS_MARKER = "attnwh_final_rows_hooks"  # set once on a last decoder layer whose FinalRows hooks are installed (structural, not per call)
@@ -233,16 +234,24 @@ def _cache_of(kwargs: dict[str, Any]):
 _CONCATENATING = (DynamicLayer, DynamicSlidingWindowLayer)
 
 
-def _copy_entry(entry: Any, times: int = 1) -> Any:
+def _copy_entry(entry: Any, times: int = 1, room: int | None = None) -> Any:
     """A cache entry (one layer's keys, values, states) as a new object, its batch-first tensors tiled ``times``. A
     dynamic layer's tensors are shared (its decode steps concatenate into new ones, so the recorded ones stay as the
     prefill left them); any other layer's are cloned, with its dicts and lists: a linear-attention layer's
     convolution and recurrent states, or a static layer's keys, are written in place by its decode steps, which must
     not reach the recording (nor one condition's steps another's). A shared prompt (``PrefixRecording.entry``'s
-    full-attention layers) stays shared: a new ``SharedPrefixLayer`` over it, whose decode steps do not copy it."""
+    full-attention layers) stays shared: a new ``SharedPrefixLayer`` over it, whose decode steps do not copy it into
+    the call's memory but join it with their tail at each step; for a generation that may append more than
+    ``GROWTH`` tokens (``room``: a long answer) those joins would copy the prompt more often than once per
+    ``GROWTH`` steps, so the prompt is copied once into a ``ReservedLayer`` (the plain path's memory for the layer)."""
     if isinstance(entry, SharedPrefixLayer):
         keys, values = entry.shared()
-        return SharedPrefixLayer(tile(keys, times), tile(values, times))
+        keys, values = tile(keys, times), tile(values, times)
+        if room is not None and room > GROWTH:
+            reserved = ReservedLayer(room)
+            reserved.update(keys, values)
+            return reserved
+        return SharedPrefixLayer(keys, values)
     clone = type(entry) not in _CONCATENATING
     copied = copy.copy(entry)
     for name, item in vars(entry).items():
@@ -358,7 +367,8 @@ class PrefixReplay:
         if self.passes != 1 or index >= self.start:
             return forward(*args, **kwargs)
         cache = _cache_of(kwargs)
-        entry = _copy_entry(self.recording.entry(index), self.times)
+        call = ACTIVE_CALL.get()
+        entry = _copy_entry(self.recording.entry(index), self.times, None if call is None else call.kv_room)
         if index < len(cache.layers):
             cache.layers[index] = entry
         elif index == len(cache.layers):  # a cache that grows its entries as layers first write to it

@@ -406,6 +406,37 @@ def test_decode_steps_read_the_recorded_prefix_without_copying_it(llava_sweep, m
         assert generations[index].steps == samples.plain_generation(next(samples.each_batch()), interventions).steps
 
 
+def test_long_answers_copy_the_recorded_prompt_once_instead_of_joining_it_at_every_step(llava_sweep, monkeypatch):
+    """A generation that may append more than ``GROWTH`` tokens: each replayed condition's layers over the recorded
+    prompt are ``ReservedLayer``s holding one copy of it (as the plain path's layers hold theirs), not
+    ``SharedPrefixLayer``s joining it with their tail at every step; every token equals the plain path's."""
+    from attnwh.extract.packed_cache import GROWTH
+
+    family, loaded, setup = llava_sweep
+    n_layers = loaded.info["n_layers"]
+    group = [[], [HeadMask(((1, 0),), "zero")], [HeadMask(((n_layers - 1, 0),), "zero")]]
+    kinds, original = [], reuse.PrefixReplay.layer
+
+    def replay(self, index, forward, args, kwargs):
+        output = original(self, index, forward, args, kwargs)
+        if self.passes == 1 and index < self.start:
+            kinds.append(type(reuse._cache_of(kwargs).layers[index]).__name__)
+        return output
+
+    monkeypatch.setattr(reuse.PrefixReplay, "layer", replay)
+    monkeypatch.setattr(loaded, "eos_token_ids", ())  # every answer to the limit
+    samples = SweepSamples(loaded, setup, 3)
+    samples.reuse_checked, samples.max_new_tokens = True, GROWTH + 4
+    batch = next(samples.each_batch())
+    generations = samples.reused_generations(batch, group)
+    assert len(kinds) == (n_layers - 1) + 1 and set(kinds) == {"ReservedLayer"}  # the two stacks' replayed layers
+    for index, interventions in enumerate(group):
+        expected = samples.plain_generation(batch, interventions)
+        assert generations[index].steps == expected.steps and len(expected.steps[0]) == GROWTH + 4
+        gap = (torch.log_softmax(generations[index].first_logits, -1) - torch.log_softmax(expected.first_logits, -1)).abs().max().item()
+        assert gap <= TOLERANCE
+
+
 def test_a_shared_prompt_layer_that_decodes_wrongly_turns_reuse_off(llava_sweep, monkeypatch):
     """The first batch's check replays the baseline from the deepest start, its shared layers decoding through
     ``SharedPrefixLayer``, against the baseline decoded through transformers' own cache: a shared layer that

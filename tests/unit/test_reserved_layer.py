@@ -66,11 +66,11 @@ def test_reserved_layer_equals_a_dynamic_layer(batch, prompt, room, steps, opera
 def test_decode_steps_copy_the_layer_once_per_growth():
     """The point of the layer: 200 single-token steps after a 500-position prompt write into ceil(200 / GROWTH)
     buffers, the prefill's included (``DynamicLayer`` makes a new tensor per step)."""
-    layer, made = ReservedLayer(10_000), set()
+    layer, made = ReservedLayer(10_000), {}
     layer.update(torch.zeros(1, 1, 500, 2), torch.zeros(1, 1, 500, 2))
     for _ in range(200):
         keys, _values = layer.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
-        made.add(keys.untyped_storage().data_ptr())
+        made[keys.untyped_storage().data_ptr()] = keys  # held, so that no later buffer takes a freed one's address
     assert len(made) == -(-200 // GROWTH)
     assert keys.shape[-2] == 700 and float(keys[..., 500:, :].min()) == 1.0
 
