@@ -269,7 +269,8 @@ class ReservedLayer(DynamicLayer):
         length = self.get_seq_length()
         end = length + key_states.shape[-2]
         current = self._handed is not None and self.keys is self._handed[0] and self.values is self._handed[1]
-        if not current or end > self._buffers[0].shape[-2] or self._buffers[0].shape[:-2] != key_states.shape[:-2]:
+        buffer = None if self._buffers is None else self._buffers[0]
+        if not current or end > buffer.shape[-2] or buffer.shape[:-2] != key_states.shape[:-2] or buffer.dtype != key_states.dtype or buffer.device != key_states.device:
             self._adopt(key_states, value_states, length, end)
         keys, values = self._buffers
         keys[..., length:end, :] = key_states
@@ -280,7 +281,7 @@ class ReservedLayer(DynamicLayer):
 
     def _adopt(self, key_states: torch.Tensor, value_states: torch.Tensor, length: int, end: int) -> None:
         """New buffers holding the filled positions (what ``keys`` / ``values`` hold now) and room after ``end``."""
-        if self._prompt is None:
+        if self._prompt is None or length == 0:  # the first keys (again, after a reset): what the generation appends counts from here
             self._prompt = end
         ahead = self.room - (end - self._prompt)  # what the generation may still append
         capacity = end + (min(GROWTH, ahead) if ahead > 0 else GROWTH if length > 0 else 0)

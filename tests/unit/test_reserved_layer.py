@@ -51,10 +51,12 @@ def test_reserved_layer_equals_a_dynamic_layer(batch, prompt, room, steps, opera
             elif operation == "repeat":
                 reference.batch_repeat_interleave(2)
                 reserved.batch_repeat_interleave(2)
-            elif operation == "reset":  # emptied: the next keys begin the layer again
+            elif operation == "reset":  # emptied: the next keys begin the layer again, with the room counted from them
                 reference.reset()
                 reserved.reset()
                 assert reserved.get_seq_length() == reference.get_seq_length() == 0
+                step(prompt + 1, batch)
+                assert reserved.reserved() == prompt + 1 + min(room, GROWTH)
             elif operation == "offload":  # another tensor put in place of the layer's (as offloading does)
                 reserved.keys, reserved.values = reserved.keys.clone(), reserved.values.clone()
         step(width, reference.keys.shape[0] if reference.get_seq_length() else batch)
@@ -94,3 +96,21 @@ def test_a_step_past_the_room_grows_by_growth(room):
     for _ in range(room + 1):
         layer.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
     assert layer.reserved() == 4 + room + 1 + GROWTH  # the step that did not fit, and GROWTH more
+
+
+def test_after_a_reset_the_room_counts_from_the_new_keys():
+    layer = ReservedLayer(10)
+    layer.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+    for _ in range(6):
+        layer.update(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+    layer.reset()
+    layer.update(torch.zeros(1, 1, 7, 2), torch.zeros(1, 1, 7, 2))
+    assert layer.get_seq_length() == 7 and layer.reserved() == 7 + 10
+
+
+def test_keys_of_another_dtype_are_adopted_into_buffers_of_that_dtype():
+    """As ``DynamicLayer`` would fail or promote, never silently cast: the layer's buffers follow the keys' dtype."""
+    layer = ReservedLayer(8)
+    layer.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2))
+    keys, values = layer.update(torch.ones(1, 1, 1, 2, dtype=torch.float64), torch.ones(1, 1, 1, 2, dtype=torch.float64))
+    assert keys.dtype == torch.float64 and keys.shape[-2] == 4 and float(keys[..., 3, :].min()) == 1.0
