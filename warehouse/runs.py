@@ -186,6 +186,22 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
     "part_size": int,
     "n_parts": int,
 }
+# fields a reader puts in the runs table when present (each a column of ``schema.RUNS``): absent or null, or of this type
+OPTIONAL_MANIFEST_FIELDS: dict[str, type] = {"created": str, "device": str, "model_info": dict}
+MODEL_INFO_FIELDS: dict[str, type] = {"architecture": str, "n_layers": int, "n_heads": int, "n_kv_heads": int, "n_decoder_layers": int}
+INT32_MAX = 2**31 - 1
+
+
+def _mistyped(content: dict[str, Any], kinds: dict[str, type], prefix: str = "") -> list[str]:
+    """The fields of ``content`` present (not null) but not of their kind (a bool is no int; an int past int32 none of the counts)."""
+    wrong = []
+    for name, kind in kinds.items():
+        value = content.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and not 0 <= value <= INT32_MAX):
+            wrong.append(prefix + name)
+    return wrong
 
 
 def load_run(paths: RunPaths) -> Run:
@@ -207,6 +223,14 @@ def read_manifest(paths: RunPaths) -> dict[str, Any]:
     wrong = [name for name, kind in MANIFEST_FIELDS.items() if not isinstance(content.get(name), kind) or isinstance(content.get(name), bool)]
     if wrong:
         raise WarehouseError(f"{paths.manifest} lacks or mistypes {', '.join(wrong)}; not a run manifest")
+    wrong = _mistyped(content, OPTIONAL_MANIFEST_FIELDS)
+    wrong += _mistyped(content.get("model_info") or {}, MODEL_INFO_FIELDS, "model_info.") if isinstance(content.get("model_info"), dict) else []
+    wrong += [name for name in ("n_samples", "part_size", "n_parts") if not 0 <= content[name] < 2**63]
+    if wrong:
+        raise WarehouseError(f"{paths.manifest} mistypes {', '.join(wrong)}; not a run manifest")
+    folder = getattr(paths.root, "name", "")
+    if folder.startswith("run=") and folder != f"run={content['run_id']}":
+        raise WarehouseError(f"{paths.manifest} names run {content['run_id']!r} but lies in {folder}; not this folder's manifest")
     if (problem := layout_version_problem(content["spec"].get("layout_version"))) is not None:
         raise WarehouseError(f"{paths.manifest} {problem}")
     if content["part_size"] < 1 or content["n_parts"] != -(-content["n_samples"] // content["part_size"]):

@@ -18,6 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from attnwh.face.cli import INTERNAL_ERROR_EXIT
 from tests.reliability.harness import EXTRACT, MASK, NEW_RUN, digests, run_cli, run_folder
@@ -206,3 +208,42 @@ def test_damaged_rows_are_said_by_every_reader_of_rows(pristine, tmp_path, capsy
         notebook.rows(run_id).compute()
     after = digests(root)
     assert [name for name, digest in before.items() if after.get(name) != digest and "_staging" not in name] == []
+
+
+# a field of RUN.json that readers put in the runs table, and values of another type than the field's (the run id:
+# another run's, so that the folder and its manifest disagree)
+MISTYPED_FIELDS = ("created", "device", "model_info", "model_info.architecture", "model_info.n_layers", "model_info.n_heads", "run_id")
+WRONG_VALUES = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False, allow_infinity=False), st.lists(st.integers(), max_size=2), st.text(max_size=8), st.booleans()
+)
+
+
+def _wrong_for(field: str, value) -> bool:
+    """Whether ``value`` is wrong for ``field`` (a count must be an int from 0 to int32's largest; a text a str; model_info a dict)."""
+    name = field.removeprefix("model_info.")
+    if name in ("n_layers", "n_heads"):
+        return not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31)
+    if name == "model_info":
+        return not isinstance(value, dict)
+    return not isinstance(value, str) or field == "run_id"
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(MISTYPED_FIELDS), value=WRONG_VALUES)
+def test_a_mistyped_manifest_field_leaves_its_run_out_and_verify_names_it(pristine, tmp_path_factory, capsys, field, value):
+    """One field of RUN.json of the wrong type (or another run's id) used to make every reader exit with an internal
+    error while ``verify`` said ok: now readers leave the run out with a warning and ``verify`` names the file."""
+    assume(_wrong_for(field, value))
+    root = tmp_path_factory.mktemp("mistyped") / "wh"
+    shutil.copytree(pristine, root)
+    path = run_folder(root, "extract") / "RUN.json"
+    manifest = json.loads(path.read_text())
+    holder, name = (manifest["model_info"], field.split(".")[1]) if field.startswith("model_info.") else (manifest, field)
+    holder[name] = value if field != "run_id" else f"other{value}"
+    path.write_text(json.dumps(manifest))
+    run_id = run_folder(pristine, "extract").name.removeprefix("run=")
+    code, out, err = run_cli(capsys, "verify", "--warehouse", str(root))
+    assert code != 0 and "RUN.json" in out + err and "Traceback" not in out + err, out + err
+    for args in (["runs"], ["sql", "select count(*) as n from samples"], ["query", "head_attention"]):
+        code, out, err = run_cli(capsys, *args, "--warehouse", str(root))
+        assert code == 0 and f"attnwh: warning: run {run_id} left out" in err and "RUN.json" in err, (args, out + err)
