@@ -88,6 +88,9 @@ def default_patterns(n_heads: int) -> int:
     return max(64, 4 * n_heads)
 
 
+MIN_ABLATING = 0.01  # the least chance that a pattern ablates some head (empty ones are drawn again) that --fraction may give
+
+
 def check_attribute_options(options: AttributeOptions) -> None:
     """The options alone (the model's shape is checked once its config is read)."""
     choices = ((options.method,), METHODS, "method"), ((options.ablation,), ABLATIONS, "ablation"), ((options.target,), TARGETS, "target"), ((options.fit,), FITS, "fit")
@@ -118,6 +121,12 @@ def check_against_model(options: AttributeOptions, n_heads: int) -> int:
     n = options.patterns or default_patterns(n_heads)
     if options.method == "patterns":
         check_least_squares(options, n, n_heads, "ask for at least {needed} (--patterns), or use --fit ridge (the default)")
+        ablating = -np.expm1(n_heads * np.log1p(-options.p))  # the chance a pattern ablates some head: 1 - (1 - p)^H
+        if ablating < MIN_ABLATING:  # an empty pattern is drawn again: with this few non-empty ones the draws would not end
+            raise UsageError(
+                f"--fraction {options.p} ablates no head in {1 - ablating:.4%} of patterns on a model of {n_heads} heads: "
+                f"choose at least {MIN_ABLATING / n_heads:.2g} (the study's patterns ablate a fraction near 0.2)"
+            )
     return n
 
 

@@ -79,7 +79,7 @@ def writer_alive(attempt: str) -> bool:
             return attempt in _HELD
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process (a number past any process id is none either)
         return False
     except PermissionError:
         return True

@@ -162,3 +162,13 @@ def test_a_failure_after_the_record_is_written_keeps_the_committed_files(run, mo
     assert parts.committed_part_ids(run) == {3}
     parts.recover(run)
     assert parts.verify(run) == []
+
+
+def test_a_process_id_past_any_process_is_not_a_live_writer():
+    """A leftover staging name with a process id no process can have (the audit: 10**23) is a dead writer's, not an
+    ``OverflowError`` from ``os.kill``."""
+    import socket
+
+    from attnwh.warehouse.leases import writer_alive
+
+    assert not writer_alive(f"{socket.gethostname()}-{10**23}-abcd1234")

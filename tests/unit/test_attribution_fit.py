@@ -271,3 +271,23 @@ def test_lasso_cross_validates_alpha_with_few_patterns(n):
     reference = LassoCV(alphas=ALPHAS, cv=min(5, n), max_iter=20_000, random_state=2).fit(patterns.astype(float), change.mean(axis=1))
     assert fitted.alpha == reference.alpha_
     assert (fitted.r2_heldout is None) == (n - max(2, n // 5) < 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=st.floats(min_value=1e-320, max_value=0.5, exclude_min=False), n_heads=st.integers(1, 1024))
+def test_a_fraction_that_leaves_almost_every_pattern_empty_is_refused_before_drawing(p, n_heads):
+    """An empty pattern is drawn again, so a fraction whose patterns ablate nothing almost always (1e-320: found
+    by the audit, the draws never ended) is refused in one line; any fraction accepted draws its patterns at once."""
+    options = AttributeOptions(p=p, patterns=8)
+    check_attribute_options(options)
+    if 1 - (1 - p) ** n_heads < 0.009:  # below the 1% the check keeps, with the rounding of this plain formula
+        with pytest.raises(UsageError, match="--fraction"):
+            check_against_model(options, n_heads)
+        return
+    try:
+        check_against_model(options, n_heads)
+    except UsageError:
+        assert 1 - (1 - p) ** n_heads < 0.011
+        return
+    patterns = draw_patterns(n_heads, 8, p, seed=0)
+    assert patterns.shape == (8, n_heads) and patterns.any(axis=1).all()
