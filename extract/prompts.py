@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import ModelError, UsageError, first_line
 
 LLAVA_SYSTEM = "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the human's questions."
 
@@ -25,7 +25,10 @@ class PromptFormat:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
             if not getattr(processor, "chat_template", None):
                 raise UsageError("this model has no chat template; choose a --prompt-format")
-            return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            try:
+                return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:  # noqa: BLE001  a template that does not parse or render (jinja2's errors, the template's own raise_exception)
+                raise ModelError(f"the model's chat template does not render ({type(exc).__name__}: {first_line(exc)}); fix it or choose a --prompt-format") from exc
         placeholder = getattr(processor, "image_token", None)
         if placeholder is None:
             raise UsageError(f"prompt format {self.name} needs a processor with an image token; use chat_template")

@@ -10,10 +10,14 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
+import json
+import random
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from attnwh.core.errors import AttnwhError, BenchmarkError, ModelError, UsageError, WarehouseError
@@ -112,6 +116,34 @@ def test_model_folder_without_a_processor(tmp_path, tiny_mha):
         (bare / name).write_bytes((Path(tiny_mha) / name).read_bytes())
     with pytest.raises(ModelError, match="processor"):
         run_extract(tmp_path / "wh", ExtractOptions(model=str(bare), limit=2, device="cpu", command=["test"]))
+
+
+def _weights_damaged(folder: Path, how: int) -> None:
+    weights = folder / "model.safetensors"
+    content = weights.read_bytes()
+    weights.write_bytes([content[: len(content) // 2], b"", random.Random(how).randbytes(4096), content[:8] + bytes(64)][how])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.sampled_from(["weights", "config", "template"]), how=st.integers(0, 3))
+def test_a_damaged_model_folder_is_one_model_error(tmp_path_factory, tiny_mha, damage, how):
+    """Weights truncated, emptied, garbage or with a broken header; a config the weights do not fit; a chat template
+    that does not parse: ``ModelError`` naming the model (one line on the command line), not safetensors', torch's
+    or jinja2's own exception (exit 70: the audit of helper-36)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("damaged-model") / "model"
+    shutil.copytree(tiny_mha, folder)
+    if damage == "weights":
+        _weights_damaged(folder, how)
+    elif damage == "config":
+        config = json.loads((folder / "config.json").read_text())
+        config["text_config"]["vocab_size"] = 3 + how  # no longer the embedding's rows
+        (folder / "config.json").write_text(json.dumps(config))
+    else:
+        (folder / "chat_template.jinja").write_text("{% for message in messages %}{{ message" + "}" * how)
+    with pytest.raises(ModelError, match="template|weights|processor"):
+        run_extract(tmp_path_factory.mktemp("wh") / "wh", ExtractOptions(model=str(folder), limit=2, device="cpu", command=["test"]))
 
 
 def test_warehouse_paths(tmp_path):
