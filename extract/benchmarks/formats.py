@@ -64,9 +64,37 @@ def read_json(path: Path, expected: str, text: str | None = None) -> tuple[str, 
     """The text of a JSON file (``text``: already read) and its parsed value."""
     text = read_text(path) if text is None else text
     try:
-        return text, json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BenchmarkError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}") from exc
+    except RecursionError as exc:
+        raise BenchmarkError(f"{path}: {NESTED}; expected {expected}") from exc
+    if lone_surrogate(value):
+        raise BenchmarkError(f"{path}: {SURROGATE}; expected {expected}")
+    return text, value
+
+
+NESTED = "JSON nested too deeply to read"
+SURROGATE = "a string holds a lone surrogate escape (\\ud800 to \\udfff without its pair), which is no character"
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether a parsed JSON value holds a string (or key) with a lone surrogate: JSON's escapes allow one, no UTF-8 text
+    (a Parquet string column, a file name) can hold it. Walked without recursion (a value may be nested deeply)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def json_list_items(path: Path, expected: str, key: str | None = None, text: str | None = None) -> tuple[Any, list[Located]]:
@@ -100,13 +128,21 @@ def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False, tex
         if not line.strip():
             continue
         try:
-            items.append((number, json.loads(line)))
+            value = json.loads(line)
+            problem = SURROGATE if lone_surrogate(value) else None
         except json.JSONDecodeError as exc:
-            message = f"{path}: line {number}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}"
-            if not keep_bad_lines:
-                raise BenchmarkError(message) from exc
-            first_error = first_error or message
-            items.append((number, BadLine(f"not JSON ({exc.msg} at column {exc.colno})")))
+            problem, message = f"not JSON ({exc.msg} at column {exc.colno})", f"{path}: line {number}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}"
+        except RecursionError:
+            problem = NESTED
+        if problem is None:
+            items.append((number, value))
+            continue
+        if problem in (NESTED, SURROGATE):
+            message = f"{path}: line {number}: {problem}; expected {expected}"
+        if not keep_bad_lines:
+            raise BenchmarkError(message)
+        first_error = first_error or message
+        items.append((number, BadLine(problem)))
     if not items:
         raise BenchmarkError(f"{path}: line 1: the file is empty; expected {expected}")
     if first_error is not None and all(isinstance(item, BadLine) for _, item in items):

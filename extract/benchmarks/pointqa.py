@@ -144,12 +144,16 @@ def read_rows(path: Path, split: str) -> list[_Row]:
         raise BenchmarkError(f"{path}: the file is empty; expected {EXPECTED}")
     try:
         document = json.loads(text)
+    except RecursionError as exc:
+        raise BenchmarkError(f"{path}: {formats.NESTED}; expected {EXPECTED}") from exc
     except json.JSONDecodeError as exc:
         if not text.lstrip().startswith("{"):
             raise BenchmarkError(f"{path}: line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); expected {EXPECTED}") from exc
         lines = formats.read_json_lines(path, "one PointQA JSON object per line", keep_bad_lines=True, text=text)
         rows = [_Row(f"line {line}", str(line), value) for line, value in lines]
     else:
+        if formats.lone_surrogate(document):
+            raise BenchmarkError(f"{path}: {formats.SURROGATE}; expected {EXPECTED}")
         if isinstance(document, list):
             _, items = formats.json_list_items(path, EXPECTED, text=text)
             rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(items, 1)]

@@ -102,6 +102,39 @@ def test_malformed_rows_and_files(tmp_path):
         get_benchmark("pope").load(folder, "adversarial")
 
 
+POPE_LINE = {"question_id": 1, "image": "a.jpg", "text": "Is there a cat?", "label": "yes"}
+QBENCH_ENTRY = {"img_path": "a.jpg", "question": "Is it sharp?", "candidates": ["Yes", "No"], "correct_ans": "Yes"}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    benchmark=st.sampled_from(["pope", "qbench"]),
+    field=st.sampled_from(["text", "image", "question_id", "extra"]),
+    bad=st.one_of(
+        st.integers(0xD800, 0xDFFF).map(lambda code: f'"a \\u{code:04x} b"'),  # a lone surrogate escape, as the file spells it
+        st.integers(2_000, 60_000).map(lambda depth: "[" * depth + "]" * depth),  # nesting past Python's recursion limit
+    ),
+)
+def test_a_question_file_with_a_lone_surrogate_or_deep_nesting_is_one_benchmark_error(tmp_path_factory, benchmark, field, bad):
+    """The audit of helper-36: a lone surrogate escape (valid JSON, no character: no Parquet string column can hold it)
+    ended the whole run with an internal error at its first write, and every resume the same way; a deeply nested
+    value with Python's ``RecursionError``. Now the file is refused in one line naming it and the line."""
+    folder = tmp_path_factory.mktemp(benchmark)
+    if benchmark == "pope":
+        keys = {"text": "text", "image": "image", "question_id": "question_id", "extra": "extra"}
+        line = json.dumps({**POPE_LINE, keys[field]: "PLACEHOLDER"}).replace('"PLACEHOLDER"', bad)
+        (folder / "coco_pope_random.json").write_text(json.dumps(POPE_LINE) + "\n" + line + "\n")
+        split, name = "random", "coco_pope_random.json"
+    else:
+        keys = {"text": "question", "image": "img_path", "question_id": "correct_ans", "extra": "extra"}
+        entry = json.dumps({**QBENCH_ENTRY, keys[field]: "PLACEHOLDER"}).replace('"PLACEHOLDER"', bad)
+        (folder / "llvisionqa_dev.json").write_text("[" + json.dumps(QBENCH_ENTRY) + ",\n" + entry + "]")
+        split, name = "dev", "llvisionqa_dev.json"
+    with pytest.raises(BenchmarkError, match=name) as refused:
+        get_benchmark(benchmark).load(folder, split)
+    assert "surrogate" in str(refused.value) or "nested too deeply" in str(refused.value)
+
+
 def test_unknown_benchmark_and_model(tmp_path):
     with pytest.raises(BenchmarkError, match="did you mean 'pope'"):
         run_extract(tmp_path / "wh", ExtractOptions(benchmark="popee", command=["test"]))
