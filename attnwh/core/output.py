@@ -9,6 +9,7 @@ import math
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 FORMATS = ("table", "csv", "json")
 TABLE_ROWS = 10_000  # rows a streamed terminal table shows (csv and json write every row)
@@ -56,13 +57,13 @@ def render_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str
         yield buffer.getvalue()
         for batch in batches:
             buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="\n").writerows([[_cell(row[c]) for c in names] for row in batch.to_pylist()])
+            csv.writer(buffer, lineterminator="\n").writerows([[_cell(row[c]) for c in names] for row in python_rows(batch)])
             yield buffer.getvalue()
         return
     if fmt == "json":
         separator = "["
         for batch in batches:
-            for row in batch.to_pylist():
+            for row in python_rows(batch):
                 yield f"{separator}\n {json_text(row)}"
                 separator = ","
         yield "[]\n" if separator == "[" else "\n]\n"
@@ -75,6 +76,16 @@ def render_stream(schema: pa.Schema, batches: Iterable[pa.RecordBatch], fmt: str
             shown.append(batch.slice(0, TABLE_ROWS - held))
             held += shown[-1].num_rows
     yield render(pa.Table.from_batches(shown, schema=schema), "table", total=total) + "\n"
+
+
+def python_rows(table: pa.Table | pa.RecordBatch) -> list[dict]:
+    """The rows as Python values; a date or time Python's ``datetime`` cannot hold (DuckDB's ``'infinity'::date``, a
+    year past 9999 or before 1) makes its whole column text, as Arrow writes it (``<value out of range: ...>``)."""
+    try:
+        return table.to_pylist()
+    except (OverflowError, ValueError):
+        columns = [pa.compute.cast(column, pa.string()) if pa.types.is_temporal(column.type) else column for column in table.columns]
+        return type(table).from_arrays(columns, names=table.column_names).to_pylist()
 
 
 def json_text(value, indent: int | None = None) -> str:
@@ -96,7 +107,7 @@ def json_text(value, indent: int | None = None) -> str:
 def render(table: pa.Table, fmt: str, max_rows: int | None = None, total: int | None = None) -> str:
     """``table`` as an aligned table (its first ``max_rows`` rows; the footer counts ``total`` rows, the table's own
     by default), CSV or JSON."""
-    rows = table.to_pylist()
+    rows = python_rows(table)
     if fmt == "json":
         return json_text(rows, indent=1)
     if fmt == "csv":

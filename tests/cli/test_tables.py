@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from attnwh.face.cli import app
@@ -166,3 +168,21 @@ def test_sql_streams_its_rows_batch_by_batch(warehouse):
     assert json.loads(empty.output) == []
     failed = invoke("sql", "select error('boom')", "--warehouse", str(warehouse), "--format", "csv")
     assert failed.exit_code != 0 and "attnwh: error:" in failed.output and "boom" in failed.output
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    value=st.sampled_from(["'infinity'::date", "'-infinity'::date", "'infinity'::timestamp", "'-5000-01-01'::date", "'294247-01-10'::timestamp", "'10000-01-01'::date"]),
+    fmt=st.sampled_from(["table", "csv", "json"]),
+)
+def test_dates_python_cannot_hold_are_text_not_an_internal_error(warehouse, value, fmt):
+    """The audit of helper-36: a read-only SELECT of a date past Python's (DuckDB's infinity, a year past 9999 or
+    before 1) ended with an internal error in every format; now its column is text as Arrow writes it, and a
+    date Python holds beside it in another statement stays as before."""
+    result = invoke("sql", f"select {value} as d, 1 as i", "--warehouse", str(warehouse), "--format", fmt)
+    assert result.exit_code == 0 and "internal error" not in result.output, result.output
+    if fmt == "json":
+        (row,) = json.loads(result.output)
+        assert row["i"] == 1 and isinstance(row["d"], str)
+    ordinary = invoke("sql", "select '2026-01-02'::date as d", "--warehouse", str(warehouse), "--format", fmt)
+    assert "2026-01-02" in ordinary.output
