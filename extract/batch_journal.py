@@ -13,7 +13,8 @@ folder, whose fingerprint fixes the model, benchmark and settings) and are read 
 rows' schema, and rows that do not fit the sweep tables' schema of this attnwh are not taken.
 
 A file that cannot be read (cut short, damaged, another format or schema) is ignored: its batch is evaluated
-again and the file written anew. A group's folder goes once its conditions are committed; ``tidy`` removes every
+again and the file written anew. Each file begins with the sha256 of the rest, so that a byte changed in place (a
+digit of a count, which would still be valid JSON of the right types) is a damaged file too, not rows committed. A group's folder goes once its conditions are committed; ``tidy`` removes every
 folder whose conditions are all committed (left by a process that grouped them otherwise, or stopped between its
 last commit and the removal), and the whole ``_progress/`` once the sweep is complete.
 """
@@ -33,7 +34,9 @@ from attnwh.warehouse.layout import PROGRESS_MANIFEST, RunPaths, is_progress_bat
 from attnwh.warehouse.schema import OBJECT_COUNTS, SWEEP_RESULTS, SWEEP_TARGETS
 from attnwh.warehouse.storage import Location
 
-FORMAT = 2  # {"format", "schema", "conditions": [id, ...], "samples": [[sample_idx, sample_key], ...], "rows": [[row per sample] per condition]}
+# a line with the sha256 of the rest, then {"format", "schema", "conditions": [id, ...], "samples": [[sample_idx, sample_key], ...],
+# "rows": [[row per sample] per condition]}: a byte changed anywhere (a digit of a count, a flipped answer) is a file not taken
+FORMAT = 3
 SCHEMA = hashlib.sha256(f"{SWEEP_RESULTS}\n{SWEEP_TARGETS}".encode()).hexdigest()[:16]  # the rows' tables as this attnwh writes them
 
 Rows = list[dict[str, Any]]
@@ -52,14 +55,18 @@ def batch_file_name(samples: Samples) -> str:
 
 def encode_batch_rows(condition_ids: Sequence[int], samples: Samples, rows: Sequence[Rows]) -> bytes:
     record = {"format": FORMAT, "schema": SCHEMA, "conditions": list(condition_ids), "samples": [list(sample) for sample in samples], "rows": [list(r) for r in rows]}
-    return json.dumps(record, default=_plain).encode()
+    body = json.dumps(record, default=_plain).encode()
+    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
 def decode_batch_rows(content: bytes) -> tuple[Samples, dict[int, Rows]] | None:
     """The batch's samples and its rows by condition id, or None where ``content`` is not a whole batch file of this
     format whose rows fit the sweep tables (``SWEEP_RESULTS``, and ``SWEEP_TARGETS`` for rows with targets)."""
+    digest, _, body = content.partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode() != digest:  # changed since it was written (or cut short): evaluated again
+        return None
     try:
-        loaded = json.loads(content)
+        loaded = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(loaded, dict) or loaded.get("format") != FORMAT or loaded.get("schema") != SCHEMA:

@@ -6,6 +6,7 @@ sweep gives (the reference: a fresh warehouse's sweep, run straight through)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pyarrow as pa
@@ -116,6 +117,28 @@ def test_an_interrupted_sweep_resumes_from_its_finished_batches(extracted, tmp_p
     assert not run.progress.exists() and parts.verify(run) == [] and run_status(run)["batches_kept"] == 0
 
 
+def signed(body: bytes) -> bytes:
+    """A batch file's content as a writer makes it: the body's sha256 on the first line."""
+    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def test_a_digit_changed_in_place_is_evaluated_again_not_committed(extracted, tmp_path, monkeypatch):
+    """The audit of helper-36: one digit of a batch file's ``kv_keys`` changed (still valid JSON of the right types)
+    was committed on resume and ``verify`` was clean. The file's digest now makes it a damaged file."""
+    warehouse = fresh(extracted, tmp_path)
+    with pytest.raises(Interrupted):
+        mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=interrupt_after(2))
+    run = mask_run_paths(warehouse)
+    first = sorted(run.progress.rglob("samples-*.json"))[0]
+    content = first.read_bytes()
+    at = content.index(b'"kv_keys": ') + len(b'"kv_keys": ')
+    first.write_bytes(content[:at] + bytes([ord("1") if content[at] != ord("1") else ord("2")]) + content[at + 1 :])
+    evaluated = count_batches(monkeypatch)
+    mask_sweep(warehouse, MaskOptions(**OPTIONS))
+    assert evaluated == [BATCH] * 2  # the changed batch and the one never finished
+    assert_same(results(warehouse), extracted[1])
+
+
 def test_a_damaged_journal_file_is_evaluated_again(extracted, tmp_path, monkeypatch):
     warehouse = fresh(extracted, tmp_path)
     with pytest.raises(Interrupted):
@@ -123,9 +146,9 @@ def test_a_damaged_journal_file_is_evaluated_again(extracted, tmp_path, monkeypa
     run = mask_run_paths(warehouse)
     first, second = sorted(run.progress.rglob("samples-*.json"))
     first.write_bytes(first.read_bytes()[:-20])  # cut short
-    record = json.loads(second.read_text())
-    record["rows"][0][1]["sample_key"] = "another sample"  # rows of another sample: not this batch's
-    second.write_text(json.dumps(record))
+    record = json.loads(second.read_bytes().partition(b"\n")[2])
+    record["rows"][0][1]["sample_key"] = "another sample"  # rows of another sample: not this batch's (with a right digest)
+    second.write_bytes(signed(json.dumps(record).encode()))
 
     evaluated = count_batches(monkeypatch)
     mask_sweep(warehouse, MaskOptions(**OPTIONS))
@@ -210,7 +233,7 @@ def test_the_real_file_decodes_to_rows_that_commit(real_file):
 def test_any_damage_to_a_file_decodes_to_committable_rows_or_none(real_file, data):
     """Random bytes; the real file cut, a byte changed, a field of a row removed or given another value: each decodes
     to rows the sweep tables take, or to None; never raises."""
-    record = json.loads(real_file)
+    record = json.loads(real_file.partition(b"\n")[2])
     kind = data.draw(st.sampled_from(["bytes", "cut", "flip", "drop", "retype"]))
     if kind == "bytes":
         content = data.draw(st.binary(max_size=300))
@@ -227,8 +250,10 @@ def test_any_damage_to_a_file_decodes_to_committable_rows_or_none(real_file, dat
             del row[field_name]
         else:
             row[field_name] = data.draw(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=3), st.lists(st.integers(), max_size=2)))
-        content = json.dumps(record).encode()
+        content = signed(json.dumps(record).encode())  # as a writer of wrong rows would sign them: the rows' checks decide
     decoded = decode_batch_rows(content)
+    if kind in ("cut", "flip") and content != real_file:  # any byte changed or cut: the digest refuses it
+        assert decoded is None
     if decoded is not None:
         samples, rows = decoded
         for condition_id, condition_rows in rows.items():
