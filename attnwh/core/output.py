@@ -9,7 +9,7 @@ import math
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute as pc
 
 FORMATS = ("table", "csv", "json")
 TABLE_ROWS = 10_000  # rows a streamed terminal table shows (csv and json write every row)
@@ -84,7 +84,7 @@ def python_rows(table: pa.Table | pa.RecordBatch) -> list[dict]:
     try:
         return table.to_pylist()
     except (OverflowError, ValueError):
-        columns = [pa.compute.cast(column, pa.string()) if pa.types.is_temporal(column.type) else column for column in table.columns]
+        columns = [pc.cast(column, pa.string()) if pa.types.is_temporal(column.type) else column for column in table.columns]
         return type(table).from_arrays(columns, names=table.column_names).to_pylist()
 
 

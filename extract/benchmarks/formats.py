@@ -129,16 +129,15 @@ def read_json_lines(path: Path, expected: str, keep_bad_lines: bool = False, tex
             continue
         try:
             value = json.loads(line)
-            problem = SURROGATE if lone_surrogate(value) else None
         except json.JSONDecodeError as exc:
             problem, message = f"not JSON ({exc.msg} at column {exc.colno})", f"{path}: line {number}, column {exc.colno}: not valid JSON ({exc.msg}); expected {expected}"
         except RecursionError:
-            problem = NESTED
-        if problem is None:
-            items.append((number, value))
-            continue
-        if problem in (NESTED, SURROGATE):
-            message = f"{path}: line {number}: {problem}; expected {expected}"
+            problem, message = NESTED, f"{path}: line {number}: {NESTED}; expected {expected}"
+        else:
+            if not lone_surrogate(value):
+                items.append((number, value))
+                continue
+            problem, message = SURROGATE, f"{path}: line {number}: {SURROGATE}; expected {expected}"
         if not keep_bad_lines:
             raise BenchmarkError(message)
         first_error = first_error or message

@@ -152,11 +152,11 @@ def read_rows(path: Path, split: str) -> list[_Row]:
         lines = formats.read_json_lines(path, "one PointQA JSON object per line", keep_bad_lines=True, text=text)
         rows = [_Row(f"line {line}", str(line), value) for line, value in lines]
     else:
-        if formats.lone_surrogate(document):
-            raise BenchmarkError(f"{path}: {formats.SURROGATE}; expected {EXPECTED}")
-        if isinstance(document, list):
+        if isinstance(document, list):  # read again by json_list_items, which refuses a lone surrogate itself
             _, items = formats.json_list_items(path, EXPECTED, text=text)
             rows = [_Row(f"entry {index} (line {line})", str(index), value) for index, (line, value) in enumerate(items, 1)]
+        elif formats.lone_surrogate(document):
+            raise BenchmarkError(f"{path}: {formats.SURROGATE}; expected {EXPECTED}")
         elif isinstance(document, dict) and document and all(isinstance(value, list) for value in document.values()):
             rows = _genome_mapping(document)
         elif isinstance(document, dict):
