@@ -8,6 +8,7 @@ cannot capture fails before any weight is read; its modules are then found in th
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,14 @@ from typing import Any
 import torch
 
 from attnwh.core.errors import ModelError, UsageError
-from attnwh.extract.discovery import ModelParts, ModelSpec, describe, find_parts
+from attnwh.extract.discovery import IMAGE_TOKEN_KEYS, VIDEO_TOKEN_KEYS, ModelParts, ModelSpec, describe, find_parts
 from attnwh.extract.forward import CAPTURE_ATTENTION, install_dispatch
 from attnwh.extract.reuse import install_replay
 
 _REVISION_WINDOW = 1 << 20
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# config fields that count something (a zero leaves transformers' own checks dividing by it)
+_COUNT_KEYS = ("num_attention_heads", "num_key_value_heads", "num_hidden_layers", "hidden_size", "head_dim", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -106,12 +109,45 @@ def load_config(source: ModelSource):
     try:
         config = AutoConfig.from_pretrained(source.location)
     except Exception as exc:  # any failure to parse a config.json (strict config fields raise their own errors) is a bad model folder
-        raise ModelError(f"cannot load a model config from {source.label}: {_short(exc)}") from exc
+        reason = _bad_count(Path(source.location) / "config.json") if source.revision != "hub" else None
+        raise ModelError(f"cannot load a model config from {source.label}: {reason or _short(exc)}") from exc
     try:
         spec = describe(config)
     except ModelError as exc:
         raise type(exc)(f"{source.label}: {exc}") from exc
+    _check_token_ids(source, config, spec)
     return config, spec
+
+
+def _bad_count(config_file: Path) -> str | None:
+    """The first count field of a config.json (its sub-configs included) that is not a positive integer, said in words; None
+    when there is none or the file cannot be read (transformers' own message then says what is wrong)."""
+    try:
+        document = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    pending: list[tuple[str, object]] = [("", document)]
+    while pending:
+        prefix, node = pending.pop(0)
+        if not isinstance(node, dict):
+            continue
+        for key, value in node.items():
+            if key in _COUNT_KEYS and value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                return f"{prefix}{key} is {value!r}; it must be a positive integer"
+            pending.append((f"{prefix}{key}.", value))
+    return None
+
+
+def _check_token_ids(source: ModelSource, config, spec: ModelSpec) -> None:
+    """Every token id that marks image (or video) positions is inside the vocabulary: one beyond it marks none of the
+    prompt's positions, and the model's forward would refuse the first batch."""
+    for keys in (IMAGE_TOKEN_KEYS, VIDEO_TOKEN_KEYS):
+        for owner in (config, config.get_text_config(decoder=True)):
+            values = {key: getattr(owner, key, None) for key in keys}
+            beyond = sorted({value for value in values.values() if isinstance(value, int) and not isinstance(value, bool) and value >= spec.vocab_size})
+            if beyond:
+                names = " / ".join(key for key, value in values.items() if value == beyond[0])
+                raise ModelError(f"{source.label}: the config's {names} {beyond[0]} is beyond the vocabulary (vocab_size {spec.vocab_size}); no token would mark a position")
 
 
 def revision(source: ModelSource, config) -> str:

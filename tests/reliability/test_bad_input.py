@@ -219,3 +219,37 @@ def test_bad_options_are_usage_errors(tmp_path):
     for bad in (dict(batch_size=0), dict(limit=-1), dict(queries=("first",)), dict(dtype="float8"), dict(device="tpu")):
         with pytest.raises(UsageError):
             run_extract(tmp_path / "wh", ExtractOptions(command=["test"], **bad))
+
+
+def _model_with_config(tmp_path_factory, tiny_mha, change) -> Path:
+    """A copy of the tiny model whose config.json ``change`` edited (weights and processor untouched)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("config-model") / "model"
+    shutil.copytree(tiny_mha, folder)
+    config = json.loads((folder / "config.json").read_text())
+    change(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["image_token_index", "image_token_id"]), beyond=st.integers(0, 2**40))
+def test_an_image_token_id_beyond_the_vocabulary_is_one_model_error(tmp_path_factory, tiny_mha, key, beyond):
+    """The audit of helper-37: ``image_token_index: 99999`` with 39 tokens in the vocabulary passed every check and ended
+    the run at its first batch with transformers' ValueError (exit 70). Now the config is refused when it is read, in
+    one line naming the field and the vocabulary's size, before any warehouse is created."""
+    vocab_size = json.loads((Path(tiny_mha) / "config.json").read_text())["text_config"]["vocab_size"]
+    folder = _model_with_config(tmp_path_factory, tiny_mha, lambda config: config.update({key: vocab_size + beyond}))
+    warehouse = tmp_path_factory.mktemp("wh") / "wh"
+    with pytest.raises(ModelError, match=f"{key}.* {vocab_size + beyond} is beyond the vocabulary \\(vocab_size {vocab_size}\\)"):
+        run_extract(warehouse, ExtractOptions(model=str(folder), limit=2, device="cpu", command=["test"]))
+    assert not warehouse.exists()
+
+
+def test_a_zero_count_in_the_config_is_named(tmp_path_factory, tiny_mha):
+    """``num_attention_heads: 0`` made transformers' own config check divide by zero: the line said only ``integer
+    modulo by zero``. Now it names the field."""
+    folder = _model_with_config(tmp_path_factory, tiny_mha, lambda config: config["text_config"].update({"num_attention_heads": 0}))
+    with pytest.raises(ModelError, match="text_config.num_attention_heads is 0; it must be a positive integer"):
+        run_extract(tmp_path_factory.mktemp("wh") / "wh", ExtractOptions(model=str(folder), limit=2, device="cpu", command=["test"]))
