@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, handles_errors, head_score, progress, stack_size, warn, warn_reuse_off
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_new_folder, handles_errors, head_score, progress, stack_size, warn, warn_reuse_off
+
+MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the toy's norms are seeded with seed + 1
 
 # the options extract and mask share
 ModelOption = Annotated[str | None, typer.Option(help="Hub id or model folder (default: toy-llava, the embedded trained toy).")]
@@ -369,7 +371,10 @@ def toy_train(
     steps = LANGUAGE_STEPS if steps is None else steps
     if steps < 1:
         raise UsageError(f"--steps must be at least 1, got {steps}")
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed takes 0 to {MAX_SEED} (a 64-bit seed), got {seed}")
     folder = out if out is not None else attnwh_home() / "models" / f"toy-llava-{size}-trained"
+    check_new_folder(folder, "--out")
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} exists and is not empty; give another --out")
     metrics = train_toy(folder, steps=steps, seed=seed, size=size, log=lambda line: typer.echo(line, err=True))

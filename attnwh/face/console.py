@@ -6,6 +6,7 @@ commands, the progress bar and the option types. Library code raises ``AttnwhErr
 from __future__ import annotations
 
 import functools
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +57,20 @@ def check_outside_warehouse(path: Path, warehouse: str | None, option: str = "--
     inside, target = Path(root).resolve(), Path(path).resolve()
     if target == inside or inside in target.parents:
         raise UsageError(f"{option} {path} is inside the warehouse {root}: attnwh writes there only through its commits; choose a path outside it")
+
+
+def check_new_folder(folder: Path, option: str) -> None:
+    """Refuse a folder a command would write into only after its work (training, extraction) when it cannot be made there:
+    a file by that name, a file among its parents, or a parent this process may not write in."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{option} {folder} is a file, not a folder; give a folder")
+    existing = folder if folder.exists() else next((parent for parent in folder.parents if parent.exists()), Path("."))
+    if not existing.is_dir():
+        raise UsageError(f"{option} {folder}: {existing} is a file, so no folder can be made under it")
+    try:  # what writing there needs: a folder made and removed (os.access says yes to root on read-only or virtual file systems)
+        tempfile.TemporaryDirectory(dir=existing, prefix=".attnwh-probe-").cleanup()
+    except OSError as exc:
+        raise UsageError(f"{option} {folder}: cannot write in {existing} ({exc.strerror or exc})") from exc
 
 
 def one_line(text: str) -> str:

@@ -1,0 +1,53 @@
+"""Bad input on the command line (README, "Bad input"): each refused in one line and a non-zero exit before any
+expensive work, leaving nothing behind (the audit of helper-37: each of these ended in exit 70, some only after the work)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from attnwh.face.cli import main
+
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def run_main(capsys, args: list[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def refused(capsys, args: list[str], *fragments: str) -> str:
+    """The command's one line on stderr: exit 2 (a usage error), each fragment in it, no internal error."""
+    code, err = run_main(capsys, args)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: "), err
+    assert all(fragment in err for fragment in fragments), err
+    return err
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """``toy train`` must refuse before training: training here fails the test at once (it would take minutes)."""
+
+    def train(*args, **kwargs):
+        raise AssertionError("trained before refusing")
+
+    monkeypatch.setattr("attnwh.extract.toy.train.train_toy", train)
+
+
+def test_toy_train_out_that_cannot_be_a_folder_is_refused_before_training(tmp_path, capsys, monkeypatch, no_training):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    refused(capsys, ["toy", "train", "--out", "a-file"], "--out a-file is a file")
+    refused(capsys, ["toy", "train", "--out", "a-file/sub/model"], "a-file is a file, so no folder can be made under it")
+    refused(capsys, ["toy", "train", "--out", "/proc/attnwh-no/model"], "cannot write in /proc")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
+
+
+@SETTINGS
+@given(seed=st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63)))
+def test_toy_train_seed_outside_64_bits_is_refused(tmp_path_factory, capsys, no_training, seed):
+    out = tmp_path_factory.mktemp("toy") / "model"
+    refused(capsys, ["toy", "train", "--out", str(out), "--seed", str(seed)], "--seed takes 0 to 9223372036854775807", str(seed))
+    assert not out.exists()
