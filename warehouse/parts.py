@@ -11,12 +11,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from attnwh.core.errors import WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.commit import FAULT_ENV, FAULT_ONCE_ENV, FAULT_POINTS, FENCE_POINT, commit_part, describe_files, recover  # noqa: F401  (re-exported)
-from attnwh.warehouse.layout import RunPaths, part_name, record_name
+from attnwh.warehouse.layout import RunPaths, part_name, record_name, table_file_name
 from attnwh.warehouse.leases import DEFAULT_LEASE_SECONDS, LEASE_ENV, attempt_writer, lease_age, lease_timeout, new_attempt_id  # noqa: F401  (re-exported)
-from attnwh.warehouse.records import CommitRecord, commit_log_names, commit_records, committed_part_ids, part_folder, part_id_of, record_part_id, sha256, table_files  # noqa: F401  (re-exported)
+from attnwh.warehouse.records import (  # noqa: F401  (re-exported)
+    CommitRecord,
+    commit_log_names,
+    commit_records,
+    committed_part_ids,
+    part_folder,
+    part_id_of,
+    record_part_id,
+    sha256,
+    table_files,
+    unrecorded_parts,
+)
 from attnwh.warehouse.runs import load_run, read_manifest
 from attnwh.warehouse.storage import Location
 
@@ -88,12 +102,6 @@ def _size(path: Location) -> int | None:
         raise storage.unreadable(path, exc) from exc
 
 
-def unrecorded_parts(run: RunPaths) -> list[str]:
-    """Published part folders with no commit record: readers cannot trust them, so they are not read."""
-    recorded = {part_name(part_id) for part_id in committed_part_ids(run)}
-    return [name for name in storage.names_in(run.parts) if name not in recorded and storage.is_dir(run.parts / name)]
-
-
 def _file_problem(folder: Location, entry: dict[str, Any], found: dict[str, int]) -> str | None:
     """What is wrong with one file of a part against its record's ``entry`` (``found``: the sizes of the part's files), or None."""
     size = found.get(entry["path"])
@@ -106,6 +114,17 @@ def _file_problem(folder: Location, entry: dict[str, Any], found: dict[str, int]
     except OSError as exc:  # unreadable (permissions, an I/O error): a problem of this file, not the end of the check
         return f"{entry['path']} is unreadable ({exc.strerror or first_line(exc)})"
     return None if digest == entry["sha256"] else f"{entry['path']} content differs from its sha256"
+
+
+def _rows_problem(path: Location, rows: int) -> str | None:
+    """What is wrong with a table file whose bytes match its record against the rows the record counts (its
+    footer's count; readers trust the record's), or None."""
+    try:
+        source, filesystem = storage.arrow_source(path)
+        found = pq.read_metadata(source, filesystem=filesystem).num_rows
+    except (OSError, pa.ArrowInvalid) as exc:
+        return f"{path.name} is not a readable Parquet file ({first_line(exc)})"
+    return None if found == rows else f"{path.name} holds {found} rows, commit says {rows}"
 
 
 def verify(run: RunPaths) -> list[str]:
@@ -144,7 +163,13 @@ def verify(run: RunPaths) -> list[str]:
         if missing:
             problems.append(f"{part_name(record.part_id)}: folder missing ({folder if record.folder else run.published_part(record.part_id)})")
             continue
-        problems += [f"{part_name(record.part_id)}: {problem}" for entry in record.files if (problem := _file_problem(folder, entry, found)) is not None]
+        file_problems = {entry["path"]: problem for entry in record.files if (problem := _file_problem(folder, entry, found)) is not None}
+        problems += [f"{part_name(record.part_id)}: {problem}" for problem in file_problems.values()]
+        problems += [
+            f"{part_name(record.part_id)}: {problem}"
+            for table, rows in record.tables.items()
+            if table_file_name(table) not in file_problems and (problem := _rows_problem(folder / table_file_name(table), rows)) is not None
+        ]
         listed = {entry["path"] for entry in record.files}
         problems += [f"{part_name(record.part_id)}: unreferenced file {path}" for path in sorted(found) if path not in listed]
     try:

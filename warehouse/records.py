@@ -15,8 +15,8 @@ from typing import Any
 
 from attnwh.core.errors import IntegrityError, first_line
 from attnwh.warehouse import storage
-from attnwh.warehouse.layout import RunPaths, record_name, table_file, table_file_name
-from attnwh.warehouse.schema import SCHEMA_VERSION
+from attnwh.warehouse.layout import RunPaths, part_name, record_name, table_file, table_file_name
+from attnwh.warehouse.schema import SCHEMA_VERSION, TABLES
 from attnwh.warehouse.storage import Location
 
 _HASH_BLOCK = 1 << 20
@@ -69,10 +69,21 @@ class CommitRecord:
         listed = {entry["path"] for entry in files}
         if (unlisted := next((name for name in tables if table_file_name(name) not in listed), None)) is not None:
             raise IntegrityError(f"commit record {path} counts rows of table {unlisted} but lists no file {table_file_name(unlisted)}")
+        # a table's file the record lists but does not count would be left out of every view without a word
+        if (uncounted := next((entry for entry in files if _table_of(entry) is not None and _table_of(entry) not in tables), None)) is not None:
+            raise IntegrityError(f"commit record {path} lists {uncounted['path']} but counts no rows of table {_table_of(uncounted)}")
+        if (miscounted := next((entry for entry in files if "rows" in entry and entry["rows"] != tables.get(_table_of(entry))), None)) is not None:
+            raise IntegrityError(f"commit record {path} says {miscounted['path']} holds {miscounted['rows']!r} rows but counts {tables.get(_table_of(miscounted))!r}")
         writer = content.get("writer") if isinstance(content.get("writer"), dict) else None
         created = content.get("created") if isinstance(content.get("created"), str) else None
         folder = posixpath.normpath(content["folder"]) if content.get("folder") is not None else None  # joined as text by readers
         return cls(content["part_id"], content["attempt"], files, tables, version, created, writer, folder)
+
+
+def _table_of(entry: dict[str, Any]) -> str | None:
+    """The table whose file a record's ``entry`` is (a part's ``<table>.parquet``), or None."""
+    table = entry["path"].removesuffix(".parquet")
+    return table if entry["path"] == table_file_name(table) and table in TABLES else None
 
 
 def _file_entry(entry: Any) -> bool:
@@ -107,6 +118,12 @@ def commit_log_names(run: RunPaths) -> list[str]:
     """The names of the commit log's objects named like a record (``part-*.json``); a commit log that cannot be
     listed raises ``WarehouseError`` naming it (the run's parts would look uncommitted)."""
     return [name for name in storage.names_in(run.commits, "part-") if name.endswith(".json")]
+
+
+def unrecorded_parts(run: RunPaths) -> list[str]:
+    """Published part folders with no commit record: readers cannot trust them, so they are not read."""
+    recorded = {part_name(part_id) for part_id in committed_part_ids(run)}
+    return [name for name in storage.names_in(run.parts) if name not in recorded and storage.is_dir(run.parts / name)]
 
 
 def commit_records(run: RunPaths, listed: dict[str, str | None] | None = None) -> list[CommitRecord]:

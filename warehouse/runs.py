@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from attnwh.core.errors import FingerprintMismatch, WarehouseError, first_line
 from attnwh.warehouse import storage
 from attnwh.warehouse.layout import LAYOUT_VERSION, RunPaths, Warehouse, layout_version_problem
+from attnwh.warehouse.records import unrecorded_parts
 from attnwh.warehouse.schema import META_VERSION, PLAN, RUNS, SCHEMA_VERSION, unreadable_version
 
 RUN_ID_LENGTH = 12
@@ -286,6 +287,13 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
         raise WarehouseError(
             f"cannot resume run {run_id}: {exc}. Committed parts are untouched; restore the file from a copy, or start a new run with --run NEW_ID (or move {paths.root} away)"
         ) from exc
+    # published parts with no record: the commit log was damaged (a record or the whole _commits folder deleted);
+    # writing on would fail at the first commit, or commit over parts readers cannot see
+    if not storage.is_object_store(paths.root) and (unrecorded := unrecorded_parts(paths)):
+        raise WarehouseError(
+            f"cannot resume run {run_id}: {len(unrecorded)} published part(s) ({', '.join(unrecorded[:3])}{', ...' if len(unrecorded) > 3 else ''}) have no commit record"
+            f" in {paths.commits}. Committed parts are untouched; restore the commit log from a copy, or start a new run with --run NEW_ID (or move {paths.root} away)"
+        )
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
         differing = {key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))}

@@ -247,3 +247,82 @@ def test_a_mistyped_manifest_field_leaves_its_run_out_and_verify_names_it(pristi
     for args in (["runs"], ["sql", "select count(*) as n from samples"], ["query", "head_attention"]):
         code, out, err = run_cli(capsys, *args, "--warehouse", str(root))
         assert code == 0 and f"attnwh: warning: run {run_id} left out" in err and "RUN.json" in err, (args, out + err)
+
+
+def _record_edit(edit: str, table: str, rows: int) -> Callable[[dict], None]:
+    """A commit record's ``tables`` and file entries edited as a hand or a buggy tool would: every result is still
+    a well-formed record of the right types."""
+
+    def apply(content: dict) -> None:
+        entry = next(entry for entry in content["files"] if entry["path"] == f"{table}.parquet")
+        if edit == "table uncounted":
+            del content["tables"][table]
+        elif edit == "table and its file's count dropped":
+            del content["tables"][table]
+            entry.pop("rows", None)
+        elif edit == "both counts changed":
+            content["tables"][table] = entry["rows"] = rows
+        else:  # "one count changed"
+            content["tables"][table] = rows
+
+    return apply
+
+
+RECORD_EDITS = ("table uncounted", "table and its file's count dropped", "both counts changed", "one count changed")
+
+
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edit=st.sampled_from(RECORD_EDITS), table=st.sampled_from(("samples", "head_metrics")), rows=st.integers(min_value=0, max_value=2**40))
+def test_a_commit_record_that_miscounts_its_tables_is_named_and_hides_no_rows(pristine, tmp_path_factory, capsys, edit, table, rows):
+    """A record whose ``tables`` leaves out a table it lists the file of would hide that file's rows from every
+    view while ``verify`` said ok; one whose counts are not the file's would pass ``verify``. Now the record is
+    refused (readers leave the run out, naming it) or, where its counts agree with each other but not with the
+    file, ``verify`` names the file, its rows and the record's count; no view loses rows without a word."""
+    root = tmp_path_factory.mktemp("miscounted") / "wh"
+    shutil.copytree(pristine, root)
+    run = run_folder(root, "extract")
+    record = run / "_commits" / "part-000000.json"
+    content = json.loads(record.read_text())
+    held = pq.read_metadata(run / "parts" / "part-000000" / f"{table}.parquet").num_rows
+    assume(edit.endswith("dropped") or edit == "table uncounted" or rows != held)
+    _record_edit(edit, table, rows)(content)
+    record.write_text(json.dumps(content))
+    warehouse = ["--warehouse", str(root)]
+    run_id = run.name.removeprefix("run=")
+
+    code, out, err = run_cli(capsys, "verify", *warehouse)
+    assert code != 0 and "Traceback" not in out + err, out + err
+    if edit == "both counts changed":
+        assert f"{table}.parquet holds {held} rows, commit says {rows}" in out + err, out + err
+    else:
+        assert "part-000000.json" in out + err, out + err
+    code, out, err = run_cli(capsys, "sql", f"select count(*) as n from {table}", "--format", "json", *warehouse)
+    assert "Traceback" not in out + err and code != INTERNAL_ERROR_EXIT, out + err
+    if edit == "both counts changed":  # the record agrees with itself: the file's rows are all there
+        total = sum(pq.read_metadata(path).num_rows for path in run.glob(f"parts/*/{table}.parquet"))
+        assert code == 0 and json.loads(out)[0]["n"] == total, out + err
+    else:
+        assert f"run {run_id} left out" in err and "part-000000.json" in err, err
+
+
+@pytest.mark.parametrize("lost", ["the commit log", "one record"])
+def test_resuming_over_published_parts_without_records_is_refused_naming_them(pristine, tmp_path, capsys, lost):
+    """Published parts whose records are gone (the ``_commits`` folder deleted, or one record): resuming used to
+    end with "could not write part-000000 ...: No such file or directory", or commit anew beside files no record
+    vouches for. Now it is refused in one line naming the parts and the commit log; nothing changes."""
+    root = tmp_path / "wh"
+    shutil.copytree(pristine, root)
+    run = run_folder(root, "extract")
+    if lost == "the commit log":
+        shutil.rmtree(run / "_commits")
+    else:
+        (run / "_commits" / "part-000001.json").unlink()
+    before = digests(root)
+    code, out, err = run_cli(capsys, *EXTRACT, "--warehouse", str(root))
+    lines = [line for line in err.splitlines() if not line.startswith("attnwh: warning: ")]
+    assert code not in (0, INTERNAL_ERROR_EXIT) and len(lines) == 1, out + err
+    missing = "part-000000, part-000001" if lost == "the commit log" else "part-000001"
+    assert f"cannot resume run {run.name.removeprefix('run=')}: " in lines[0] and f"({missing}) have no commit record in {run / '_commits'}" in lines[0], lines
+    assert digests(root) == before
+    code, out, err = run_cli(capsys, "verify", "--warehouse", str(root))
+    assert code != 0 and "published without a commit record" in out + err, out + err
