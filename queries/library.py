@@ -172,10 +172,17 @@ def check_runs_named(session: Catalog, name: str, given: dict[str, str]) -> None
     named = {key: value for key, value in given.items() if key in RUN_PARAMETERS and key in get_mart(name).parameters}
     if not named:
         return
-    known = set(session.query("select run_id from stg_runs where run_id in (select unnest($ids))", {"ids": list(named.values())}).column("run_id").to_pylist())
+    found = session.query("select run_id, kind from stg_runs where run_id in (select unnest($ids))", {"ids": list(named.values())}).to_pylist()
+    kinds = {row["run_id"]: row["kind"] for row in found}
     for key, value in named.items():
-        if value not in known:
+        if value not in kinds:
             raise UsageError(f"--param {key}={value}: no run {value!r} in the warehouse (`attnwh runs` lists them)")
+        # a run of another kind holds none of the rows the query reads: it would answer with no rows
+        accepted = get_mart(name).parameters[key].get("kinds")
+        if accepted and kinds[value] not in accepted:
+            raise UsageError(
+                f"--param {key}={value}: run {value!r} is a{'n' if kinds[value][0] in 'aeiou' else ''} {kinds[value]} run; query {name} reads {' or '.join(accepted)} runs"
+            )
 
 
 def data_test_failures(mart: Mart, table: pa.Table) -> list[str]:

@@ -242,3 +242,31 @@ def test_outputs_inside_the_warehouse_are_refused(warehouse, tmp_path):
         ], result.output
     assert digests() == before
     assert invoke("heads", "export", run_id, "--out", str(tmp_path / "heads.json"), "--warehouse", str(warehouse)).exit_code == 0  # outside: written
+
+
+def test_a_named_query_given_a_run_of_another_kind_says_so(warehouse, tmp_path):
+    """A query whose run parameter reads one kind of run (a mask sweep's table, an extraction's head scores) answered
+    a run of another kind with no rows and no word, as if the run had none; now one line names the run's kind and
+    the kinds the query reads. Every mart parameter that names a run declares its kinds."""
+    from attnwh.queries.library import RUN_PARAMETERS, marts
+
+    declared = {(mart.name, key): spec["kinds"] for mart in marts().values() for key, spec in mart.parameters.items() if key in RUN_PARAMETERS}
+    assert declared and all(declared.values()), declared
+    copy = tmp_path / "wh"
+    shutil.copytree(warehouse, copy)
+    swept = invoke("mask", "--limit", "2", "--k", "1", "--strategy", "top", "--stage", "late", "--seeds", "1", "--warehouse", str(copy))
+    assert swept.exit_code == 0, swept.output
+    with open_session(copy) as session:
+        runs = {row["kind"]: row["run_id"] for row in session.query("select kind, run_id from runs").to_pylist()}
+    assert set(runs) == {"extract", "mask"}
+    for (name, key), kinds in declared.items():
+        for kind, run_id in runs.items():
+            result = invoke("query", name, "--param", f"{key}={run_id}", "--format", "json", "--warehouse", str(copy))
+            if kind in kinds:
+                if name in ("mask_sweep", "head_ranking"):  # a query of its own kind answers with its rows
+                    assert result.exit_code == 0 and json.loads(result.output), result.output
+            else:
+                lines = result.output.strip().splitlines()
+                article = "an" if kind[0] in "aeiou" else "a"
+                expected = f"attnwh: error: --param {key}={run_id}: run {run_id!r} is {article} {kind} run; query {name} reads {' or '.join(kinds)} runs"
+                assert result.exit_code != 0 and lines == [expected], (name, key, result.output)
