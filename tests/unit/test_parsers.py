@@ -40,6 +40,8 @@ LETTER = [
     ("blue", "C"),  # exactly one option's text
     ("Yellow.", "D"),
     ("A red circle", "invalid"),  # an article, not a letter
+    ("B is correct.", "invalid"),  # a letter followed by a sentence: "B is not correct." would read alike
+    ("B is not correct.", "invalid"),
     ("E", "invalid"),  # past the last option
     ("answer is a red", "invalid"),
     ("I think so", "invalid"),
