@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -132,7 +133,7 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     if source.manifest["kind"] != "extract" or not source.manifest["spec"].get("rows"):
         raise UsageError(f"run {options.source_run} is not an extraction with raw rows (extract it with --rows)")
     _check_name(warehouse, options.name, statistic, parameters, options.reserved_names)
-    _check_source(source)
+    n_image = _check_source(source)
     boxes = read_regions(options.regions) if options.regions is not None else None
     spec = {
         "source_run_id": source.run_id,
@@ -143,6 +144,11 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
         "columns": list(statistic.columns),
         "sinks": statistic.sinks,
     }
+    # a new run's masks before it is created: a sample, image or model they cannot be made from leaves no empty run behind
+    masks = region_masks(source, boxes, options) if boxes is not None and not _derived_run_exists(warehouse, spec) else None
+    for key, mask in (masks or {}).items():
+        if key in n_image and mask.any() and len(mask) != n_image[key]:
+            raise UsageError(f"sample {key}: its boxes map to {len(mask)} image tokens, but run {source.run_id} has {n_image[key]}; give --model the run's model")
     run, new_run = open_or_create_run(
         warehouse,
         kind="derived",
@@ -162,7 +168,8 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     result = RecomputeResult(run.run_id, source.run_id, options.name, new_run, len(source_records), len(done & set(source_records)))
     if not pending:
         return result
-    masks = region_masks(source, boxes, options) if boxes is not None else None
+    if boxes is not None and masks is None:  # a resumed run (its folder exists): masks only when parts are left to compute
+        masks = region_masks(source, boxes, options)
     tasks = {part_id: _task(statistic, options.name, parameters, source, run, part_id, masks) for part_id in pending}
     if on_progress:
         on_progress(0, len(pending))
@@ -177,12 +184,14 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     return _recompute_on_dask(scheduler, options, run, tasks, result, on_progress)
 
 
-def _check_source(source: Run) -> None:
+def _check_source(source: Run) -> dict[str, int]:
     """Before the derived run is created: every committed part's raw rows are the files its commit record lists
     (``rows_file_problem``: a chunk missing or cut is said now, not after an empty derived run exists); and the
     statistics read a sample's image tokens as its span ``image_start:image_end`` of the stored rows, so a run whose
     images are split by text tokens (Idefics3's tile markers, Pixtral's row breaks), where the span holds more than
-    the image tokens (the rows keep no token types to tell them apart), is refused."""
+    the image tokens (the rows keep no token types to tell them apart), is refused. Returns the image tokens of each
+    sample with rows."""
+    n_image: dict[str, int] = {}
     for record in parts.commit_records(source.paths):
         if has_rows(record) and (problem := rows_file_problem(source.paths, record, ("attention", "sample_idx"))) is not None:
             raise IntegrityError(f"run {source.run_id}: {problem}; run `attnwh verify`")
@@ -194,6 +203,9 @@ def _check_source(source: Run) -> None:
                     f"run {source.run_id}: sample {row['sample_key']}'s {row['n_image']} image tokens lie split over a span of "
                     f"{row['image_end'] - row['image_start']} (text tokens between tiles or rows); recompute reads the span and would count them"
                 )
+            if row["status"] == "ok" and row["image_start"] is not None:
+                n_image[row["sample_key"]] = row["image_end"] - row["image_start"]
+    return n_image
 
 
 def _recompute_on_dask(scheduler, options: RecomputeOptions, run: Run, tasks: dict[int, Task], result: RecomputeResult, on_progress) -> RecomputeResult:
@@ -382,6 +394,18 @@ def _check_name(warehouse, name: str, statistic: Statistic, parameters: dict[str
                 )
 
 
+def _derived_run_exists(warehouse, spec: dict[str, Any]) -> bool:
+    """Whether a derived run of these settings is in the warehouse already (the command resumes it)."""
+    for paths in warehouse.run_folders():
+        try:
+            manifest = read_manifest(paths)
+        except WarehouseError:
+            continue
+        if manifest["kind"] == "derived" and all(manifest["spec"].get(key) == value for key, value in spec.items()):
+            return True
+    return False
+
+
 def _comparable(parameters: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (parameters or {}).items() if key != "regions_sha256"}
 
@@ -420,13 +444,7 @@ def read_regions(path: Path) -> dict[str, list[tuple[float, float, float, float]
             raise UsageError(f'{where}: expected {{"sample_key": "...", "boxes": [[x0, y0, x1, y1], ...]}}')
         parsed = []
         for box in entry["boxes"]:
-            if (
-                not isinstance(box, list)
-                or len(box) != 4
-                or not all(isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) for value in box)
-                or box[2] < box[0]
-                or box[3] < box[1]
-            ):
+            if not isinstance(box, list) or len(box) != 4 or not all(_finite_number(value) for value in box) or box[2] < box[0] or box[3] < box[1]:
                 raise UsageError(f"{where}: a box is four finite numbers x0, y0, x1, y1 with x0 ≤ x1 and y0 ≤ y1; got {json.dumps(box)[:80]}")
             parsed.append(tuple(float(value) for value in box))
         if entry["sample_key"] in boxes:
@@ -435,6 +453,16 @@ def read_regions(path: Path) -> dict[str, list[tuple[float, float, float, float]
     if not boxes:
         raise UsageError(f"--regions {path} has no boxes")
     return boxes
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number a float can hold: not a bool, NaN or infinite (1e999 reads as inf), nor an integer past float's range."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of 309 digits or more
+        return False
 
 
 def region_masks(source: Run, boxes: dict[str, list], options: RecomputeOptions) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import ModelError, UsageError
 from attnwh.extract.mask_run import MaskOptions
 from attnwh.extract.recompute import RecomputeOptions, read_regions
 from attnwh.extract.run import ExtractOptions, run_extract
@@ -239,11 +239,40 @@ def test_bad_runs_and_names_give_one_line(toy_run, capsys, tiny_mha):
 
 
 def test_regions_file_naming_unknown_samples_is_refused(toy_run, tmp_path):
+    """Refused before the derived run is created: the audit of helper-37 found each such refusal leaving an empty
+    derived run folder behind (a RUN.json and a plan, no part), listed by ``runs`` as a run of 0 parts."""
     warehouse, run_id = toy_run
+    runs_before = sorted(path.name for path in (warehouse / "runs").rglob("run=*"))
     regions = tmp_path / "regions.jsonl"
     regions.write_text(json.dumps({"sample_key": "no-such-sample", "boxes": [[0, 0, 4, 4]]}) + "\n")
     with pytest.raises(UsageError, match=f"names 1 sample\\(s\\) not in run {run_id}: no-such-sample"):
         recompute(warehouse, RecomputeOptions(run_id, "region", "r", regions=regions, command=["test"]))
+    known = reference_rows(warehouse, run_id)[0][1]
+    regions.write_text(json.dumps({"sample_key": known, "boxes": [[0, 0, 4, 4]]}) + "\n")
+    with pytest.raises(ModelError, match="model folder /nonexistent/model does not exist"):
+        recompute(warehouse, RecomputeOptions(run_id, "region", "r", regions=regions, model="/nonexistent/model", command=["test"]))
+    assert sorted(path.name for path in (warehouse / "runs").rglob("run=*")) == runs_before
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    coordinate=st.one_of(
+        st.integers(309, 2_000).map(lambda digits: "1" + "0" * digits),  # an integer no float holds
+        st.integers(309, 100_000).map(lambda exponent: f"1e{exponent}"),  # read as inf
+        st.integers(309, 2_000).map(lambda exponent: f"-1E+{exponent}"),
+    ),
+    position=st.integers(0, 3),
+)
+def test_a_box_coordinate_past_float_range_is_one_line(tmp_path, coordinate, position):
+    """An integer of 309 digits or more in a box ended ``recompute`` with numpy's TypeError (exit 70): now the line
+    names the file and the box, as for any other bad box."""
+    box = ["0", "0", "10", "10"]
+    box[position] = coordinate
+    path = tmp_path / "regions.jsonl"
+    path.write_text('{"sample_key": "s", "boxes": [[' + ", ".join(box) + "]]}\n", encoding="utf-8")
+    with pytest.raises(UsageError, match=f"{path}:1: a box is four finite numbers") as refused:
+        read_regions(path)
+    assert "\n" not in str(refused.value)
 
 
 BOX = st.lists(st.one_of(st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=3), st.none()), max_size=5)
