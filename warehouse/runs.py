@@ -292,8 +292,13 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
     if not storage.is_object_store(paths.root) and (unrecorded := unrecorded_parts(paths)):
         raise WarehouseError(
             f"cannot resume run {run_id}: {len(unrecorded)} published part(s) ({', '.join(unrecorded[:3])}{', ...' if len(unrecorded) > 3 else ''}) have no commit record"
-            f" in {paths.commits}. Committed parts are untouched; restore the commit log from a copy, or start a new run with --run NEW_ID (or move {paths.root} away)"
+            f" in {paths.commits}. Committed parts are untouched; restore the commit log from a copy, move those folders out of {paths.parts} to compute them again,"
+            f" or start a new run with --run NEW_ID (or move {paths.root} away)"
         )
+    try:  # a commit log (or staging folder) removed while no part is published: the run goes on from nothing committed
+        storage.make_folders(paths.commits, paths.staging, paths.parts)
+    except OSError as exc:
+        raise WarehouseError(f"cannot resume run {run_id}: cannot create its folders under {paths.root}: {exc.strerror or exc}") from exc
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
         differing = {key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))}
