@@ -8,6 +8,8 @@ import typer
 
 from attnwh.face.console import FormatOption, check_format, handles_errors
 
+DEFAULT_WORKERS = 2  # allowed on a machine of fewer cores too
+
 
 @handles_errors
 def models(
@@ -22,7 +24,7 @@ def models(
     ] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="With --all: run the checks again instead of reading the cached verdicts.")] = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="With --all: check only these model types (repeatable), e.g. --only qwen3_vl.")] = None,
-    workers: Annotated[int, typer.Option("--workers", min=1, help="With --all: processes that run the checks (each uses one thread).")] = 2,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="With --all: processes that run the checks (each uses one thread; at most one per CPU core).")] = DEFAULT_WORKERS,
 ) -> None:
     """List the model families attnwh knows by name and the study's models; --all checks every architecture of transformers.
 
@@ -112,9 +114,13 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     from attnwh.core.home import attnwh_home
     from attnwh.core.output import render
     from attnwh.extract import conformance
+    from attnwh.extract.executors import usable_cores
     from attnwh.face.console import progress
 
     check_format(fmt)
+    cores = usable_cores()
+    if workers > max(DEFAULT_WORKERS, cores):
+        raise UsageError(f"--workers takes 1 to {max(DEFAULT_WORKERS, cores)} on this machine ({cores} CPU cores; each worker is a process), got {workers}")
     names = conformance.matrix_names()
     unknown = [name for name in only if name not in names]
     if unknown:

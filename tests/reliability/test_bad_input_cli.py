@@ -51,3 +51,33 @@ def test_toy_train_seed_outside_64_bits_is_refused(tmp_path_factory, capsys, no_
     out = tmp_path_factory.mktemp("toy") / "model"
     refused(capsys, ["toy", "train", "--out", str(out), "--seed", str(seed)], "--seed takes 0 to 9223372036854775807", str(seed))
     assert not out.exists()
+
+
+@pytest.fixture
+def no_matrix(monkeypatch):
+    """``models --all`` must refuse before checking any architecture."""
+
+    def run_matrix(*args, **kwargs):
+        raise AssertionError("checked architectures before refusing")
+
+    monkeypatch.setattr("attnwh.extract.conformance.run_matrix", run_matrix)
+
+
+@SETTINGS
+@given(extra=st.integers(min_value=1, max_value=2**80))
+def test_models_all_workers_beyond_the_cores_are_refused(capsys, no_matrix, extra):
+    from attnwh.extract.executors import usable_cores
+
+    workers = max(2, usable_cores()) + extra
+    refused(capsys, ["models", "--all", "--refresh", "--only", "llava", "--workers", str(workers)], f"--workers takes 1 to {max(2, usable_cores())}", str(workers))
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_attnwh_home_that_is_a_file_is_named(tmp_path, capsys, monkeypatch, no_matrix, no_training, under):
+    home_file = tmp_path / "home-file"
+    home_file.write_text("x")
+    home = home_file / "attnwh" if under else home_file
+    monkeypatch.setenv("ATTNWH_HOME", str(home))
+    for args in (["models", "--all", "--refresh", "--only", "llava"], ["toy", "train"]):
+        refused(capsys, args, f"ATTNWH_HOME: {home} is not a folder")
+    assert home_file.read_text() == "x"
