@@ -117,6 +117,7 @@ def toy_zoo(
     from attnwh.extract.run import ExtractOptions, run_extract
     from attnwh.extract.toy.default import ZOO
 
+    check_zoo_options(k, seeds)
     done = []
     for model in ZOO:
         for benchmark, queries in ZOO_BENCHMARKS.items():
@@ -135,6 +136,26 @@ def toy_zoo(
             done.append((model, benchmark, extraction.run_id, mask.run_id))
     zoo_attribution(warehouse, ZOO[0], limit, k, seeds, device, on_step, warn)
     return done
+
+
+def check_zoo_options(k: tuple[str, ...], seeds: int) -> None:
+    """The sweeps' ``--k`` (against every toy's heads) and ``--seeds``, before the first extraction: the first sweep
+    read them only after it."""
+    from attnwh.extract.masking import parse_k
+    from attnwh.extract.models import load_config, resolve_source
+    from attnwh.extract.sweep import MAX_SEEDS
+    from attnwh.extract.toy.default import ZOO, model_location
+
+    if not k:
+        raise UsageError("--k takes at least one count or fraction of heads (5, 0.1, 10%); got nothing")
+    if not 1 <= seeds <= MAX_SEEDS:
+        raise UsageError(f"--seeds takes 1 to {MAX_SEEDS}, got {seeds}")
+    for model in ZOO:
+        _, spec = load_config(resolve_source(model_location(model)))
+        try:
+            parse_k(k, spec.n_layers * spec.n_heads)
+        except UsageError as exc:
+            raise UsageError(f"{exc} (the sweep of {model})") from exc
 
 
 # the zoo's attribution (attnwh attribute): the small toy on the colour choices, patterns with their defaults on at most

@@ -81,3 +81,26 @@ def test_attnwh_home_that_is_a_file_is_named(tmp_path, capsys, monkeypatch, no_m
     for args in (["models", "--all", "--refresh", "--only", "llava"], ["toy", "train"]):
         refused(capsys, args, f"ATTNWH_HOME: {home} is not a folder")
     assert home_file.read_text() == "x"
+
+
+@pytest.fixture
+def no_extraction(monkeypatch):
+    """``toy zoo`` must refuse its sweeps' options before its first extraction."""
+
+    def run_extract(*args, **kwargs):
+        raise AssertionError("extracted before refusing")
+
+    monkeypatch.setattr("attnwh.extract.run.run_extract", run_extract)
+
+
+@SETTINGS
+@given(
+    option=st.one_of(
+        st.tuples(st.just("--k"), st.from_regex(r"[a-z]{1,4}|0\.1,[a-z]{1,3}|,|3[3-9]|[4-9][0-9]", fullmatch=True)),
+        st.tuples(st.just("--seeds"), st.one_of(st.integers(max_value=0), st.integers(min_value=1001)).map(str)),
+    )
+)
+def test_toy_zoo_sweep_options_are_refused_before_extracting(tmp_path_factory, capsys, no_extraction, option):
+    warehouse = tmp_path_factory.mktemp("zoo") / "wh"
+    refused(capsys, ["toy", "zoo", "--warehouse", str(warehouse), *option], option[0])
+    assert not warehouse.exists()
