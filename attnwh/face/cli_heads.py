@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session, warn
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, output_path, read_session, warn
 
 HeadsFormatOption = Annotated[str, typer.Option("--format", help="retrieval-json (Retrieval_Head, SparseMM) or duo-tsv (DuoAttention, kvpress).")]
 
@@ -19,7 +19,12 @@ def export(
     fmt: HeadsFormatOption = "retrieval-json",
     score: Annotated[str, typer.Option(parser=head_score, metavar="SCORE", help=f"Head score: {SCORE_HELP}.")] = "concentration_x_sum",
     query: Annotated[str, typer.Option(help="Captured query: gen1 or prompt.")] = "gen1",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here (default: standard output); duo-tsv: also a config.json beside it, as DuoAttention reads it.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", parser=output_path, metavar="PATH", help="Write here (default: standard output); duo-tsv: also a config.json beside it, as DuoAttention reads it."
+        ),
+    ] = None,
     warehouse: WarehouseOption = None,
 ) -> None:
     """Write a run's head scores as a Retrieval_Head / SparseMM JSON or a DuoAttention TSV.

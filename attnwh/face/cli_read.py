@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import FormatOption, WarehouseOption, check_format, check_outside_warehouse, fail, handles_errors, read_session, warn
+from attnwh.face.console import FormatOption, WarehouseOption, check_format, check_outside_warehouse, fail, handles_errors, output_path, read_session, warn
 
 
 @handles_errors
@@ -128,7 +128,7 @@ def verify(run_id: Annotated[str | None, typer.Argument(help="Check only this ru
 
 @handles_errors
 def report(
-    out: Annotated[Path, typer.Option(help="Folder to write the pages (index.html, ...) into.")] = Path("attnwh-report"),
+    out: Annotated[Path, typer.Option(parser=output_path, metavar="PATH", help="Folder to write the pages (index.html, ...) into.")] = Path("attnwh-report"),
     warehouse: WarehouseOption = None,
     query: Annotated[str, typer.Option(help="Which captured query the head charts show: gen1 or prompt.")] = "gen1",
     fmt: Annotated[str, typer.Option("--format", help="html, or png / svg / pdf to also write every chart as a file under charts/.")] = "html",

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, check_new_folder, handles_errors, head_score, progress, stack_size, warn, warn_reuse_off
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_new_folder, handles_errors, head_score, output_path, progress, stack_size, warn, warn_reuse_off
 
 MAX_SEED = 2**63 - 1  # torch seeds are 64-bit; the toy's norms are seeded with seed + 1
 
@@ -350,7 +350,7 @@ def _run_sweep(kind: str, sweep, warehouse: str | None, options) -> None:
 
 @handles_errors
 def toy_train(
-    out: Annotated[Path | None, typer.Option(help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-SIZE-trained).")] = None,
+    out: Annotated[Path | None, typer.Option(parser=output_path, metavar="PATH", help="Model folder to write (default: $ATTNWH_HOME/models/toy-llava-SIZE-trained).")] = None,
     steps: Annotated[int | None, typer.Option(help="Language-model training steps after the vision tower's (default 3000).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights (training data are fixed).")] = 0,
     size: Annotated[str, typer.Option(help="small (4 layers x 8 heads, hidden 64), medium (6 x 12, 96) or large (8 x 16, 128).")] = "small",

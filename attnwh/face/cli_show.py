@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from attnwh.core.errors import UsageError
-from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, read_session
+from attnwh.face.console import SCORE_HELP, WarehouseOption, check_outside_warehouse, handles_errors, head_score, output_path, read_session
 
 SHOW_FORMATS = (".png", ".svg", ".html")
 
@@ -17,7 +17,7 @@ SHOW_FORMATS = (".png", ".svg", ".html")
 def show(
     run_id: Annotated[str, typer.Argument(metavar="RUN_ID", help="An extraction run that kept its raw rows (not --no-rows).")],
     sample: Annotated[str, typer.Argument(metavar="SAMPLE", help="A sample's benchmark key, or its index in the run's plan.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Write the picture here: FILE.png, FILE.svg or FILE.html (self-contained).")],
+    out: Annotated[Path, typer.Option("--out", "-o", parser=output_path, metavar="PATH", help="Write the picture here: FILE.png, FILE.svg or FILE.html (self-contained).")],
     layer: Annotated[int | None, typer.Option(help="Draw this layer: one head with --head, else the mean of its heads.")] = None,
     head: Annotated[int | None, typer.Option(help="With --layer: draw this head.")] = None,
     top: Annotated[int | None, typer.Option(help="Draw the run's top K heads by --score, one panel each (default without --layer: 4).")] = None,

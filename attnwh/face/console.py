@@ -45,6 +45,16 @@ def stack_size(value: str | int | None) -> int | None:
     return int(digits)
 
 
+def output_path(value: str | Path | None) -> Path | None:
+    """An ``--out`` value: a path, never an empty one (``Path("")`` is the current folder: a report's pages or a model
+    would be written among whatever is there)."""
+    if value is None or isinstance(value, Path):
+        return value
+    if not value.strip():
+        raise typer.BadParameter("is empty; name the folder or file to write")
+    return Path(value)
+
+
 def check_outside_warehouse(path: Path, warehouse: str | None, option: str = "--out") -> None:
     """Refuse an output path inside the warehouse (a local one): a file written there replaces or adds to what its
     commits recorded, and the readers then leave the run out."""
@@ -62,15 +72,16 @@ def check_outside_warehouse(path: Path, warehouse: str | None, option: str = "--
 def check_new_folder(folder: Path, option: str) -> None:
     """Refuse a folder a command would write into only after its work (training, extraction) when it cannot be made there:
     a file by that name, a file among its parents, or a parent this process may not write in."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{option} {folder} is a file, not a folder; give a folder")
-    existing = folder if folder.exists() else next((parent for parent in folder.parents if parent.exists()), Path("."))
-    if not existing.is_dir():
-        raise UsageError(f"{option} {folder}: {existing} is a file, so no folder can be made under it")
-    try:  # what writing there needs: a folder made and removed (os.access says yes to root on read-only or virtual file systems)
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{option} {folder} is a file, not a folder; give a folder")
+        existing = folder if folder.exists() else next((parent for parent in folder.parents if parent.exists()), Path("."))
+        if not existing.is_dir():
+            raise UsageError(f"{option} {folder}: {existing} is a file, so no folder can be made under it")
+        # what writing there needs: a folder made and removed (os.access says yes to root on read-only or virtual file systems)
         tempfile.TemporaryDirectory(dir=existing, prefix=".attnwh-probe-").cleanup()
-    except OSError as exc:
-        raise UsageError(f"{option} {folder}: cannot write in {existing} ({exc.strerror or exc})") from exc
+    except OSError as exc:  # a name too long, a permission denied
+        raise UsageError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") from exc
 
 
 def one_line(text: str) -> str:

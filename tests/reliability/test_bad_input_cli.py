@@ -41,7 +41,8 @@ def test_toy_train_out_that_cannot_be_a_folder_is_refused_before_training(tmp_pa
     (tmp_path / "a-file").write_text("x")
     refused(capsys, ["toy", "train", "--out", "a-file"], "--out a-file is a file")
     refused(capsys, ["toy", "train", "--out", "a-file/sub/model"], "a-file is a file, so no folder can be made under it")
-    refused(capsys, ["toy", "train", "--out", "/proc/attnwh-no/model"], "cannot write in /proc")
+    refused(capsys, ["toy", "train", "--out", "/proc/attnwh-no/model"], "--out /proc/attnwh-no/model: cannot write there")
+    refused(capsys, ["toy", "train", "--out", "a" * 300], "cannot write there (File name too long)")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a-file"]
 
 
@@ -104,3 +105,14 @@ def test_toy_zoo_sweep_options_are_refused_before_extracting(tmp_path_factory, c
     warehouse = tmp_path_factory.mktemp("zoo") / "wh"
     refused(capsys, ["toy", "zoo", "--warehouse", str(warehouse), *option], option[0])
     assert not warehouse.exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["report"], ["report", "--figure", "9"], ["heads", "export", "some-run"], ["show", "some-run", "0"], ["toy", "train"]], ids=lambda args: " ".join(args)
+)
+@pytest.mark.parametrize("empty", ["", " "])
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, no_training, args, empty):
+    """``report --out ''`` wrote the report's pages into the current folder (``Path('')`` is ``.``)."""
+    monkeypatch.chdir(tmp_path)
+    refused(capsys, [*args, "--out", empty], "Invalid value for '--out'", "is empty")
+    assert list(tmp_path.iterdir()) == []
