@@ -97,9 +97,13 @@ def masking_sentence(row: dict) -> str:
     moved = "leaves accuracy at " + baseline
     if row["baseline_accuracy"] != row["top_accuracy"]:
         moved = f"moves accuracy from {baseline} to {shown['top_accuracy']} {_interval(row['top_ci_low'], row['top_ci_high'])}"
+    incomplete = "" if row.get("complete", True) else f", incomplete: {row['parts_committed']} of {row['n_parts']} parts committed"
+    masked = f"its top {row['k']} heads"
+    if row.get("whole_stage"):  # top and bottom are the same heads: every head of the stage
+        masked = f"all {row['k']} heads" + ("" if row["stage"] == "all" else f" of its {row['stage']} layers")
     text = (
-        f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}{_ranking(row.get('ranking_score'))}): "
-        f"masking its top {row['k']} heads ({_percent(row['fraction'])} of all, {row['stage']} layers, {row['mode']} mode) {moved}"
+        f"{row['model']} on {row['benchmark']} (mask run {row['run_id']}{_ranking(row.get('ranking_score'))}{incomplete}): "
+        f"masking {masked} ({_percent(row['fraction'])} of all, {row['stage']} layers, {row['mode']} mode) {moved}"
     )
     if row["random_accuracy"] is not None:
         text += (
@@ -108,10 +112,11 @@ def masking_sentence(row: dict) -> str:
         )
     if row["bottom_accuracy"] is not None:
         text += f"; the bottom {row['k']}, {shown['bottom_accuracy']} {_interval(row['bottom_ci_low'], row['bottom_ci_high'])}"
+    whose = "their" if row.get("whole_stage") else "the top heads'"
     if row["top_ci_high"] < row["baseline_ci_low"]:
-        text += "; the top heads' interval lies below the baseline's"
+        text += f"; {whose} interval lies below the baseline's"
     elif row["top_ci_low"] <= row["baseline_ci_high"]:
-        text += "; the top heads' interval overlaps the baseline's"
+        text += f"; {whose} interval overlaps the baseline's"
     return text + "."
 
 

@@ -83,9 +83,20 @@ def _extraction(root, model: str, benchmark: str, minute: int, image_sums: list[
     return _run(root, "extract", model, benchmark, minute, tables, [f"s{i}" for i in range(n_samples)], shape, complete)
 
 
-def _mask(root, model: str, benchmark: str, minute: int, ranking: tuple[str, str], correct: dict[tuple[str, int], int], total_heads: int = 4, complete: bool = True) -> str:
+def _mask(
+    root,
+    model: str,
+    benchmark: str,
+    minute: int,
+    ranking: tuple[str, str],
+    correct: dict[tuple[str, int], int],
+    total_heads: int = 4,
+    complete: bool = True,
+    heads: dict[tuple[str, int], list[tuple[int, int]]] | None = None,
+) -> str:
     """A mask run (zero mode, every stage) of 10 samples whose heads ``ranking`` (run, score) ranked: the unmasked
-    baseline answers all 10 right, each (strategy, k) condition the first ``correct[strategy, k]`` of them."""
+    baseline answers all 10 right, each (strategy, k) condition the first ``correct[strategy, k]`` of them; each
+    condition masks ``heads[strategy, k]`` (none where not given)."""
     conditions = [("none", 0, 10), *((strategy, k, n) for (strategy, k), n in correct.items())]
 
     def tables(run_id):
@@ -96,7 +107,7 @@ def _mask(root, model: str, benchmark: str, minute: int, ranking: tuple[str, str
                 "kind": "mask",
                 "ranking_run_id": ranking[0],
                 "ranking_score": ranking[1],
-                "heads": [],
+                "heads": [{"layer": layer, "head": head} for layer, head in (heads or {}).get((strategy, k), [])],
                 "settings": json.dumps({"strategy": strategy, "stage": "all", "k": k, "fraction": k / total_heads, "seed": 0 if strategy == "random" else None, "mode": "zero"}),
             }
             for index, (strategy, k, _) in enumerate(conditions)
@@ -428,3 +439,44 @@ def test_models_masked_at_the_nearest_whole_heads_to_one_share_are_compared():
     assert [len(fractions) for _, fractions in story.shared_shares(dense)] == [12] * 128
     # whole heads nearest a share, worked by hand: 102 of LLaVA-1.5-7B's 1,024 heads and 160 of 13B's 1,600 are 10%
     assert [round(share, 6) for share, _ in story.shared_shares({"7b": {102 / 1024: (102, 0.0)}, "13b": {0.1: (160, 0.0)}})] == [0.1]
+
+
+def test_front_page_masking_sentence_compares_top_with_other_heads(tmp_path):
+    """At k = every head of a stage the top and the bottom heads are the same heads: the sentence compared the two as if
+    they differed ("its top 4 heads ... 30%; the bottom 4, 30%"), and at the largest k, where the random control is left
+    out, said nothing of it. Now it is told at the largest k whose bottom heads are other heads, one with a random
+    control first; a run whose only k is the whole stage is told as every head, without a bottom; an incomplete run
+    says so."""
+    every = [(0, 0), (0, 1), (1, 0), (1, 1)]  # the 2 x 2 model's heads: stage "all" holds 4
+    heads = {
+        ("top", 1): [(1, 0)],
+        ("bottom", 1): [(0, 0)],
+        ("random", 1): [(0, 1)],
+        ("top", 2): [(1, 0), (1, 1)],
+        ("bottom", 2): [(0, 0), (0, 1)],
+        ("top", 4): every,
+        ("bottom", 4): every[::-1],  # the same heads in another order
+    }
+    correct = {("top", 1): 6, ("bottom", 1): 9, ("random", 1): 8, ("top", 2): 5, ("bottom", 2): 7, ("top", 4): 3, ("bottom", 4): 3}
+    root = tmp_path / "wh"
+    chosen = _mask(root, "hand", "handmade", 1, ("r", "image_sum"), correct, heads=heads)
+    whole = _mask(root, "hand", "other", 1, ("r", "image_sum"), {key: correct[key] for key in (("top", 4), ("bottom", 4))}, heads=heads, complete=False)
+    with open_session(root) as session:
+        rows = {row["run_id"]: row for row in run_mart(session, "report_story_masking").to_pylist()}
+    # k = 1 (a random control there) rather than k = 2 (none) or k = 4 (the bottom heads are the top heads)
+    row = rows[chosen]
+    assert (row["k"], row["whole_stage"], row["top_accuracy"], row["random_accuracy"], row["bottom_accuracy"], row["complete"]) == (1, False, 0.6, 0.8, 0.9, True)
+    sentence = story.masking_sentence(row)
+    assert "masking its top 1 heads (25% of all, all layers, zero mode) moves accuracy from 100% [" in sentence, sentence
+    assert "; 1 random heads give 80% (mean of 1 seed(s), 80% to 80%); the bottom 1, 90% [" in sentence, sentence
+    # the whole stage alone: every head, no bottom; the run's second part never committed
+    row = rows[whole]
+    assert (row["k"], row["whole_stage"], row["top_accuracy"], row["bottom_accuracy"], row["complete"]) == (4, True, 0.3, None, False)
+    sentence = story.masking_sentence(row)
+    low, high = _wilson(3, 10)
+    assert f"(mask run {whole}, heads ranked by attention (image_sum), incomplete: 1 of 2 parts committed): masking all 4 heads (100% of all, all layers, zero mode)" in sentence, (
+        sentence
+    )
+    assert f"to 30% [{100 * low:.0f}%, {100 * high:.0f}%]; their interval lies below the baseline's." in sentence, sentence
+    assert "bottom" not in sentence and "top" not in sentence
+    assert _report_data_tests(root) == []
