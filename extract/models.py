@@ -72,6 +72,8 @@ class LoadedModel:
 
 def resolve_source(model: str) -> ModelSource:
     """A local folder or a hub id; the embedded default names are resolved by the caller."""
+    if not model.strip():  # Path("") is the current folder: its (absent) config.json was the message
+        raise ModelError("the model name is empty; give a model folder or hub id (without --model: the embedded toy)")
     folder = Path(model).expanduser()
     if folder.is_dir():
         return ModelSource(model, str(folder.resolve()), _folder_revision(folder))

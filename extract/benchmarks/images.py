@@ -34,6 +34,8 @@ def _decode(handle, label: str) -> Image.Image:
 
 def open_image_file(path: Path) -> Image.Image:
     path = Path(path)
+    if path.is_dir():  # an image name that is empty or names a folder: "not found" sent people looking for a missing file
+        raise ImageLoadError(f"{path}: a folder, not an image file")
     if not path.is_file():
         raise ImageLoadError(f"{path}: image file not found")
     if path.stat().st_size == 0:

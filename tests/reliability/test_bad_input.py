@@ -142,6 +142,15 @@ def test_unknown_benchmark_and_model(tmp_path):
         run_extract(tmp_path / "wh", ExtractOptions(model="./no/such/model", command=["test"]))
 
 
+@pytest.mark.parametrize("model", ["", " "])
+def test_an_empty_model_name_is_one_model_error(tmp_path, monkeypatch, model):
+    """``--model ''`` read the current folder as a model folder: "cannot load a model config from : Unrecognized model
+    in /the/current/folder"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelError, match="the model name is empty"):
+        run_extract(tmp_path / "wh", ExtractOptions(model=model, command=["test"]))
+
+
 def test_model_folder_without_a_processor(tmp_path, tiny_mha):
     bare = tmp_path / "bare-model"
     bare.mkdir()
@@ -171,11 +180,11 @@ def test_a_damaged_model_folder_is_one_model_error(tmp_path_factory, tiny_mha, d
         _weights_damaged(folder, how)
     elif damage == "config":
         config = json.loads((folder / "config.json").read_text())
-        config["text_config"]["vocab_size"] = 3 + how  # no longer the embedding's rows
+        config["text_config"]["vocab_size"] = 3 + how  # no longer the embedding's rows (3 or 4: the image token 4 beyond it)
         (folder / "config.json").write_text(json.dumps(config))
     else:
         (folder / "chat_template.jinja").write_text("{% for message in messages %}{{ message" + "}" * how)
-    with pytest.raises(ModelError, match="template|weights|processor"):
+    with pytest.raises(ModelError, match="template|weights|processor|beyond the vocabulary"):
         run_extract(tmp_path_factory.mktemp("wh") / "wh", ExtractOptions(model=str(folder), limit=2, device="cpu", command=["test"]))
 
 

@@ -183,6 +183,16 @@ def test_pope_gqa_missing_image_is_an_error_row_when_loaded(tmp_path):
     assert_broken_image(samples[1], "2400000.jpg", "not found")
 
 
+def test_an_image_name_that_is_a_folder_says_so(tmp_path):
+    """An image name naming a folder (a subfolder's name, ``.``) was said to be "not found", sending people looking for a
+    missing file; now the error row says it is a folder."""
+    items = [{"question_id": 1, "image": "val2014", "text": "Is there a cup in the image?", "label": "no"}]
+    fx.write_images(tmp_path / "val2014", {"COCO_val2014_000000000001.jpg": fx.jpeg((8, 6))})
+    (tmp_path / "coco_pope_random.json").write_text(json.dumps(items), encoding="utf-8")
+    (sample,) = get_benchmark("pope").load(tmp_path, "random")
+    assert_broken_image(sample, "val2014", "a folder, not an image file")
+
+
 def test_pope_reads_a_json_array_and_crlf_lines_alike(tmp_path):
     items = [{"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a cup in the image?", "label": "no"}]
     fx.write_images(tmp_path / "val2014", {"COCO_val2014_000000000001.jpg": fx.jpeg((8, 6))})
