@@ -148,6 +148,12 @@ class Condition:
     heads: tuple[Head, ...]
 
 
+def heads_at_share(share: float, total_heads: int) -> int:
+    """The whole heads a share of all heads masks (``--k 0.1``): the nearest, a half to the even count (Python's
+    ``round``; 2.5 heads are 2, 3.5 are 4). The report names a share by it when it compares models."""
+    return round(share * total_heads)
+
+
 def parse_k(values: Sequence[str], total_heads: int) -> list[int]:
     """Counts (``5``) or fractions of all heads (``0.1``, ``10%``) → head counts."""
     counts = []
@@ -155,9 +161,9 @@ def parse_k(values: Sequence[str], total_heads: int) -> list[int]:
         text = str(value).strip()
         try:
             if text.endswith("%"):
-                count = round(float(text[:-1]) / 100 * total_heads)
+                count = heads_at_share(float(text[:-1]) / 100, total_heads)
             elif "." in text:
-                count = round(float(text) * total_heads)
+                count = heads_at_share(float(text), total_heads)
             else:
                 count = int(text)
         except ValueError as exc:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
+from attnwh.extract.masking import heads_at_share
 from attnwh.queries.library import Catalog, get_mart, run_mart
 from attnwh.queries.rankings import ATTRIBUTION_SCORE, IMPORTED_SCORE
 from attnwh.reports.page import Section, Sentence
@@ -144,19 +145,21 @@ def _rounded_to(k: int, fraction: float) -> tuple[float, float]:
     return (k - 0.5) / heads, (k + 0.5) / heads
 
 
-def _named_share(low: float, high: float, fractions: list[float]) -> float:
+def _named_share(low: float, high: float, fractions: list[float], masks: Callable[[float], bool]) -> float | None:
     """The share to name for the range of shares [low, high) that the models' masked ``fractions`` round from: the
-    fractions' own where they are one, else the one with the fewest decimals (as a percentage) nearest their mean."""
+    fractions' own where they are one, else the one with the fewest decimals (as a percentage) nearest their mean
+    at which ``--k`` masks each model's count (``masks``: a half-head tie goes to the even count, so an end of the
+    range may not); None where no share is found."""
     if len(set(fractions)) == 1:
         return fractions[0]
     centre = sum(fractions) / len(fractions)
     for digits in range(3):
         step = 10 ** -(digits + 2)
         candidates = [round(step * count, digits + 2) for count in range(math.ceil(round(low / step, 9)), math.floor(round(high / step, 9)) + 1)]
-        candidates = [candidate for candidate in candidates if low <= candidate < high]
+        candidates = [candidate for candidate in candidates if low <= candidate < high and masks(candidate)]
         if candidates:
             return min(candidates, key=lambda candidate: abs(candidate - centre))
-    return centre
+    return centre if masks(centre) else None
 
 
 def shared_shares(costs: dict[str, dict[float, tuple[int, float]]]) -> list[tuple[float, dict[str, float]]]:
@@ -171,7 +174,14 @@ def shared_shares(costs: dict[str, dict[float, tuple[int, float]]]) -> list[tupl
         ranges = [
             (max(low, start), min(high, stop), {**chosen, model: fraction}) for low, high, chosen in ranges for start, stop, fraction in own if max(low, start) < min(high, stop)
         ]
-    found = [(_named_share(low, high, list(chosen.values())), chosen) for low, high, chosen in ranges]
+
+    def masks(chosen: dict[str, float]) -> Callable[[float], bool]:
+        """Whether ``--k share`` masks, in each chosen model, the count it was masked at there."""
+        counts = {model: costs[model][fraction][0] for model, fraction in chosen.items()}
+        sizes = {model: round(counts[model] / fraction) for model, fraction in chosen.items()}
+        return lambda share: all(heads_at_share(share, sizes[model]) == count for model, count in counts.items())
+
+    found = [(share, chosen) for low, high, chosen in ranges if (share := _named_share(low, high, list(chosen.values()), masks(chosen))) is not None]
     return sorted(found, key=lambda item: item[0], reverse=True)
 
 

@@ -434,6 +434,11 @@ def test_models_masked_at_the_nearest_whole_heads_to_one_share_are_compared():
     # neighbouring counts of one size are never one share (no --k rounds to both), however the fractions were rounded
     assert story.shared_shares({"a": {round(11 / 1024, 6): (11, 0.0)}, "b": {round(10 / 1024, 6): (10, 0.0)}}) == []
     assert story.shared_shares({"a": {round(26 / 128, 6): (26, 0.0)}, "b": {round(25 / 128, 6): (25, 0.0)}}) == []
+    # a half-head tie goes to the even count, as --k rounds it: 25% of 10 heads masks 2, so 3 of 10 and 25 of 100 are
+    # not named 25% (which would mask 2 of 10) but the next share that masks both: 25.4%
+    assert [round(share, 6) for share, _ in story.shared_shares({"a": {0.3: (3, 0.0)}, "b": {0.25: (25, 0.0)}})] == [0.254]
+    # 2 of 10 and 25 of 100: 24.5% would mask 24 of 100 (the even count), so 24.6%
+    assert [round(share, 6) for share, _ in story.shared_shares({"a": {0.2: (2, 0.0)}, "b": {0.25: (25, 0.0)}})] == [0.246]
     # twelve models masked at every count of 128 heads: one pass, every share once (a search over combinations took minutes)
     dense = {f"m{index}": {round(k / 128, 6): (k, 0.0) for k in range(1, 129)} for index in range(12)}
     assert [len(fractions) for _, fractions in story.shared_shares(dense)] == [12] * 128
