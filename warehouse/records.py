@@ -52,7 +52,9 @@ class CommitRecord:
         if not isinstance(content, dict):
             raise IntegrityError(f"commit record {path} holds a JSON {type(content).__name__}, not a commit record")
         version = content.get("schema_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise IntegrityError(f"commit record {path} is damaged: its schema_version is {json.dumps(version)[:40]}, not a whole number")
+        if version > SCHEMA_VERSION:
             raise IntegrityError(f"commit record {path} has schema version {version!r}; this attnwh reads up to {SCHEMA_VERSION}")
         files, tables = content.get("files"), content.get("tables")
         well_formed = (

@@ -333,3 +333,18 @@ def test_resuming_over_published_parts_without_records_is_refused_naming_them(pr
     assert code == 0, out + err
     code, out, err = run_cli(capsys, "verify", "--warehouse", str(root))
     assert code == 0, out + err
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(version=st.one_of(st.none(), st.booleans(), st.text(max_size=3), st.lists(st.integers(0, 3), max_size=2), st.floats(allow_nan=False, allow_infinity=False)))
+def test_a_commit_record_whose_schema_version_is_no_number_is_called_damaged(pristine, tmp_path_factory, capsys, version):
+    """``"schema_version": [2]`` was told as "has schema version [2]; this attnwh reads up to 2" (as if attnwh were too
+    old); it is a damaged record, and ``verify`` says so."""
+    root = tmp_path_factory.mktemp("version") / "wh"
+    shutil.copytree(pristine, root)
+    record = run_folder(root, "extract") / "_commits" / "part-000000.json"
+    content = json.loads(record.read_text())
+    content["schema_version"] = version
+    record.write_text(json.dumps(content))
+    code, out, err = run_cli(capsys, "verify", "--warehouse", str(root))
+    assert code != 0 and f"{record} is damaged: its schema_version is {json.dumps(version)[:40]}, not a whole number" in out + err, out + err
