@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,15 +142,30 @@ def _bad_count(config_file: Path) -> str | None:
 
 
 def _check_token_ids(source: ModelSource, config, spec: ModelSpec) -> None:
-    """Every token id that marks image (or video) positions is inside the vocabulary: one beyond it marks none of the
-    prompt's positions, and the model's forward would refuse the first batch."""
+    """Every token id that marks image (or video) positions is one the tokenizer can write: another marks none of the
+    prompt's positions, and the model's forward would refuse the first batch. An id past the text model's
+    ``vocab_size`` is not wrong in itself (PaliGemma and Gemma 3 replace their image tokens before the embedding
+    lookup), so only such an id sends for the tokenizer, whose size decides."""
     for keys in (IMAGE_TOKEN_KEYS, VIDEO_TOKEN_KEYS):
         for owner in (config, config.get_text_config(decoder=True)):
             values = {key: getattr(owner, key, None) for key in keys}
             beyond = sorted({value for value in values.values() if isinstance(value, int) and not isinstance(value, bool) and value >= spec.vocab_size})
-            if beyond:
-                names = " / ".join(key for key, value in values.items() if value == beyond[0])
-                raise ModelError(f"{source.label}: the config's {names} {beyond[0]} is beyond the vocabulary (vocab_size {spec.vocab_size}); no token would mark a position")
+            if beyond and beyond[-1] >= (tokens := _tokenizer_size(source)):
+                names = " / ".join(key for key, value in values.items() if value == beyond[-1])
+                raise ModelError(
+                    f"{source.label}: the config's {names} {beyond[-1]} is beyond the vocabulary (vocab_size {spec.vocab_size}, {tokens} tokens in the tokenizer);"
+                    " no token would mark a position"
+                )
+
+
+def _tokenizer_size(source: ModelSource) -> int:
+    """How many tokens the model's tokenizer has; unbounded where it cannot be read (loading the processor then says why)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return len(AutoTokenizer.from_pretrained(source.location))
+    except Exception:  # noqa: BLE001  any failure to read the tokenizer is the processor's to report, later and in its own words
+        return sys.maxsize
 
 
 def revision(source: ModelSource, config) -> str:

@@ -251,9 +251,26 @@ def test_an_image_token_id_beyond_the_vocabulary_is_one_model_error(tmp_path_fac
     vocab_size = json.loads((Path(tiny_mha) / "config.json").read_text())["text_config"]["vocab_size"]
     folder = _model_with_config(tmp_path_factory, tiny_mha, lambda config: config.update({key: vocab_size + beyond}))
     warehouse = tmp_path_factory.mktemp("wh") / "wh"
-    with pytest.raises(ModelError, match=f"{key}.* {vocab_size + beyond} is beyond the vocabulary \\(vocab_size {vocab_size}\\)"):
+    with pytest.raises(ModelError, match=f"{key}.* {vocab_size + beyond} is beyond the vocabulary \\(vocab_size {vocab_size}, {vocab_size} tokens in the tokenizer\\)"):
         run_extract(warehouse, ExtractOptions(model=str(folder), limit=2, device="cpu", command=["test"]))
     assert not warehouse.exists()
+
+
+def test_an_image_token_id_past_vocab_size_that_the_tokenizer_writes_is_accepted(tiny_mha):
+    """PaliGemma and Gemma 3 mark images with a token past their text model's ``vocab_size`` (they replace it before the
+    embedding lookup): such an id is refused only where the tokenizer cannot write it either."""
+    import dataclasses
+
+    from attnwh.extract import models
+
+    source = models.resolve_source(str(tiny_mha))
+    config, spec = models.load_config(source)
+    tokens = models._tokenizer_size(source)
+    config.image_token_index = tokens - 1  # past a vocab_size of tokens - 4, written by the tokenizer
+    models._check_token_ids(source, config, dataclasses.replace(spec, vocab_size=tokens - 4))
+    config.image_token_index = tokens
+    with pytest.raises(ModelError, match=f"image_token_index {tokens} is beyond the vocabulary \\(vocab_size {tokens - 4}, {tokens} tokens in the tokenizer\\)"):
+        models._check_token_ids(source, config, dataclasses.replace(spec, vocab_size=tokens - 4))
 
 
 def test_a_zero_count_in_the_config_is_named(tmp_path_factory, tiny_mha):
