@@ -24,7 +24,7 @@ import torch
 
 from attnwh.core.errors import UsageError
 from attnwh.extract.forward import BatchView, LayerIntervention
-from attnwh.warehouse.definitions import layer_stages
+from attnwh.warehouse.definitions import heads_at_share, layer_stages
 
 MODES = ("zero", "mean", "paper")
 STAGES = ("early", "mid", "late", "all")
@@ -146,12 +146,6 @@ class Condition:
     fraction: float  # k / all heads of the model
     seed: int | None
     heads: tuple[Head, ...]
-
-
-def heads_at_share(share: float, total_heads: int) -> int:
-    """The whole heads a share of all heads masks (``--k 0.1``): the nearest, a half to the even count (Python's
-    ``round``; 2.5 heads are 2, 3.5 are 4). The report names a share by it when it compares models."""
-    return round(share * total_heads)
 
 
 def parse_k(values: Sequence[str], total_heads: int) -> list[int]:

@@ -9,10 +9,10 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
-from attnwh.extract.masking import heads_at_share
 from attnwh.queries.library import Catalog, get_mart, run_mart
 from attnwh.queries.rankings import ATTRIBUTION_SCORE, IMPORTED_SCORE
 from attnwh.reports.page import Section, Sentence
+from attnwh.warehouse.definitions import heads_at_share
 
 TITLE = "In sentences"
 DESCRIPTION = "What the warehouse shows, computed from its marts each time the report is built (the SQL is below); each sentence links to its figure."

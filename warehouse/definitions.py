@@ -99,6 +99,12 @@ def layer_stages(n_layers: int) -> list[str]:
     return [stage for (stage,) in _evaluate("select stage(layer, $n) from range($n) as t(layer) order by layer", {"n": n_layers})]
 
 
+def heads_at_share(share: float, total_heads: int) -> int:
+    """The whole heads a share of all heads masks (``attnwh mask --k 0.1``): the nearest, a half to the even count
+    (Python's ``round``; 2.5 heads are 2, 3.5 are 4). The report names a share by it when it compares models."""
+    return round(share * total_heads)
+
+
 @cache
 def head_score_names() -> tuple[str, ...]:
     """The head scores that rank heads, by the ``head_score_names`` macro (the choices of every ``--score``)."""
