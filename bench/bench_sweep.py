@@ -74,6 +74,7 @@ def child_main(args) -> int:
     from attnwh.extract.sweep import HeadRanking
 
     torch.set_num_threads(args.threads)
+    phases = time_decoder_layers()
     stack = args.stack if args.path == "reuse" else 1  # "unstacked": reuse with one condition per pass
     if args.path == "whole-last-layer":  # reuse with the last layer's prefill computed for every position
         from attnwh.extract import sweep
@@ -114,8 +115,40 @@ def child_main(args) -> int:
     rows = duckdb.sql(
         f"select condition_id, sample_idx, parsed, option_logprobs from read_parquet('{result.run_path}/**/sweep_results*.parquet') order by all"  # noqa: S608 (a bench's own temp path)
     ).fetchall()
-    print(json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows, "reuse_off": result.reuse_off}))
+    print(
+        json.dumps({"seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": rows, "reuse_off": result.reuse_off, "phases": phases})
+    )
     return 0
+
+
+def time_decoder_layers() -> dict[str, list[float]]:
+    """Every decoder layer's forward in this (child) process, timed by what it did: computed the prompt (``prefill``)
+    or one position (``decode``), or handed on a recorded output without running its attention (``replayed``, a
+    reused prefix): ``{phase: [layer calls, seconds]}``, filled as the sweep runs. Where a sweep's time goes: the
+    prefill of each condition from its first intervened layer, or its decode steps."""
+    import torch
+
+    totals = {"prefill": [0, 0.0], "decode": [0, 0.0], "replayed": [0, 0.0]}
+    running: dict[int, list] = {}  # decoder layer -> [start, whether its attention ran]
+
+    def before(module, inputs):
+        name = type(module).__name__
+        if name.endswith("DecoderLayer") and inputs and isinstance(inputs[0], torch.Tensor):
+            running[id(module)] = [time.perf_counter(), False]
+        elif name.endswith("Attention"):
+            for entry in running.values():
+                entry[1] = True
+
+    def after(module, inputs, output):
+        entry = running.pop(id(module), None)
+        if entry is not None:
+            phase = totals[("decode" if inputs[0].shape[1] == 1 else "prefill") if entry[1] else "replayed"]
+            phase[0] += 1
+            phase[1] += time.perf_counter() - entry[0]
+
+    torch.nn.modules.module.register_module_forward_pre_hook(before)
+    torch.nn.modules.module.register_module_forward_hook(after)
+    return totals
 
 
 def run_child(args, model: str, kind: str, path: str, warehouse: Path) -> dict:
@@ -169,6 +202,7 @@ def parent_main(args) -> int:
                     peaks = {path: [] for path in paths}
                     check = None
                     rows = {path: [] for path in paths}
+                    phases = {path: [] for path in paths}
                     for round_index in range(args.rounds):
                         order = paths if round_index % 2 == 0 else paths[::-1]
                         outputs = {}
@@ -178,6 +212,7 @@ def parent_main(args) -> int:
                             walls[path].append(outputs[path]["wall_seconds"])
                             peaks[path].append(outputs[path]["peak_rss_mib"])
                             rows[path].append(outputs[path]["rows"])
+                            phases[path].append(outputs[path]["phases"])
                         this_round = compare(outputs[args.against]["rows"], outputs["reuse"]["rows"])
                         if check is None or this_round["max_option_logprob_gap"] > check["max_option_logprob_gap"]:  # the worst round's, not the last's
                             this_round["answers_identical"] = this_round["answers_identical"] and (check is None or check["answers_identical"])
@@ -210,6 +245,7 @@ def parent_main(args) -> int:
                         "peak_ratio_median": statistics.median(peak_ratios),
                         **check,
                         "option_logprob_gap_between_rounds": self_gaps,
+                        "decoder_layer_phases": phases,  # per path and round: {prefill | decode: [layer calls, seconds]}
                     }
                     results["runs"].append(entry)
                     print(
@@ -219,6 +255,12 @@ def parent_main(args) -> int:
                         f"(between rounds: {', '.join(f'{path} {gap:.1e}' for path, gap in self_gaps.items() if gap is not None) or 'one round'})",
                         flush=True,
                     )
+                    for path in paths:  # where each path's time went: the first round's decoder layers, by what they were handed
+                        (prefill_calls, prefill_seconds), (decode_calls, decode_seconds) = phases[path][0]["prefill"], phases[path][0]["decode"]
+                        print(
+                            f"{'':9} {path:>18}: prefill {prefill_calls} layer passes {prefill_seconds:.1f} s, decode {decode_calls} layer steps {decode_seconds:.1f} s, of {times[path][0]:.1f} s",
+                            flush=True,
+                        )
     args.out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0
