@@ -32,7 +32,7 @@ from attnwh.extract.ranks import detect_rank, wait_seconds, writer_of
 from attnwh.extract.regions import region_mask
 from attnwh.extract.scoring import score_answer
 from attnwh.extract.segments import image_spans
-from attnwh.extract.setup import check_max_new_tokens, prepare_run
+from attnwh.extract.setup import check_max_new_tokens, check_parsers_unchanged, prepare_run
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.layout import RunPaths, open_warehouse
@@ -122,6 +122,8 @@ def run_extract(warehouse_path: Path | str | None, options: ExtractOptions, on_p
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths)
     pending = [part_id for part_id in range(plan.n_parts) if part_id not in committed and rank.takes(part_id)]
+    if committed and pending:
+        check_parsers_unchanged(run, "samples", samples)
     if options.max_parts is not None:
         pending = pending[: options.max_parts]
     result = ExtractResult(run.run_id, run.paths.root, new_run, plan.n_parts, len(committed), 0, 0, 0)

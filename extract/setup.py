@@ -91,3 +91,30 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
     details = {"model_location": source.location, "model_info": model_spec.info, "device": str(device), "command": options.command, "environment": environment_info()}
     template = benchmark.template_for(prompt_style)
     return RunSetup(benchmark, split, data, samples, model_label, source, config, model_spec, prompt_format, template, device, dtype, max_new_tokens, spec, details)
+
+
+def check_parsers_unchanged(run, table: str, samples: list[Sample]) -> None:
+    """Refuse to resume a run whose answers were parsed by another version of a parser than this attnwh's: its
+    parts would count answers by two rules (a parser's version is stored on every row, not in the fingerprint).
+    The run's last committed part of ``table`` (``samples``, ``sweep_results``) tells what its last writer used."""
+    import pyarrow.parquet as pq
+
+    from attnwh.extract.benchmarks.parsers import PARSERS
+    from attnwh.warehouse import parts, storage
+
+    records = [record for record in parts.commit_records(run.paths) if table in record.tables]
+    if not records:
+        return
+    path = parts.table_files(run.paths, table, records[-1:])[0]
+    try:
+        source, filesystem = storage.arrow_source(path)
+        columns = pq.read_table(source, filesystem=filesystem, columns=["parser", "parser_version"]).to_pylist()
+    except Exception:  # noqa: BLE001  a damaged or older file: the readers' checks and verify say what is wrong with it
+        return
+    current = {sample.parser: PARSERS[sample.parser].version for sample in samples if sample.parser in PARSERS}
+    for row in columns:
+        if row["parser"] in current and row["parser_version"] is not None and row["parser_version"] != current[row["parser"]]:
+            raise UsageError(
+                f"cannot resume run {run.run_id}: its answers were parsed by {row['parser']} v{row['parser_version']}, this attnwh parses by"
+                f" v{current[row['parser']]}; its parts would count answers by two rules. Start a new run with --run NEW_ID"
+            )

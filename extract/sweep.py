@@ -62,7 +62,7 @@ from attnwh.extract.reuse import (
 )
 from attnwh.extract.scoring import answer_target, option_ids, score_answer
 from attnwh.extract.segments import IMAGE
-from attnwh.extract.setup import RunSetup, check_max_new_tokens, prepare_run
+from attnwh.extract.setup import RunSetup, check_max_new_tokens, check_parsers_unchanged, prepare_run
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import RunPaths, open_warehouse
@@ -768,7 +768,10 @@ def open_sweep_run(
     )
     parts.recover(run.paths)
     committed = parts.committed_part_ids(run.paths) & {c.condition_id for c in conditions}
-    return run, len(committed), [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
+    pending = [c for c in conditions if c.condition_id not in committed and rank.takes(c.condition_id)]
+    if committed and pending:
+        check_parsers_unchanged(run, "sweep_results", setup.samples)
+    return run, len(committed), pending
 
 
 @dataclass(frozen=True)
