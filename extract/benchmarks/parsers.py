@@ -19,6 +19,8 @@ _LEADING_LETTER = re.compile(r"^[\s\"'*]*\(?([A-Z])(?:[.):,\"'*]|\s+(?![a-z])|$)
 _STATED_LETTER = re.compile(r"\b(?i:answer|option|choice)\s*(?i:is\s*:?|:)?\s*\(?([A-Z])(?:[.):,\s]|$)")
 # the whole answer one letter in either case: "b", "(b)", "b." (the study's att_mmbench.py compares case-insensitively)
 _LONE_LETTER = re.compile(r"^\(?([A-Za-z])[.)]?$")
+# a letter, then the rest of the answer: read only where the rest is that option's own text ("B green" for B. green)
+_LETTER_AND_TEXT = re.compile(r"^\(?([A-Z])[.):]?\s+(.+)$", re.S)
 
 
 @dataclass(frozen=True)
@@ -68,20 +70,29 @@ def parse_letter(text: str, choices: tuple[str, ...]) -> str:
 
     In order, the first within the offered choices: a letter standing alone at the start (``B``, ``B.``,
     ``(B)``, ``B) red``); a stated letter (``The answer is B``, ``Answer: B``, ``The answer is: B``,
-    ``Option B``); the whole answer one letter in either case (``b``); the whole answer equal to exactly one
-    option's text (``red`` for ``B. red``). Anything else is invalid (a letter past the last option too: "I
-    think B" is not read as I, nor as B).
+    ``Option B``); the whole answer one letter in either case (``b``); a letter followed by that option's own
+    text (``B red`` for ``B. red``); the whole answer equal to exactly one option's text (``red`` for ``B. red``).
+    Anything else is invalid (a letter past the last option too: "I think B" is not read as I, nor as B; nor a
+    letter followed by a sentence: "B is correct." would read as "B is not correct." does).
     """
     text = unicodedata.normalize("NFKC", text).strip()
     for pattern, source in ((_LEADING_LETTER, text), (_STATED_LETTER, text), (_LONE_LETTER, text)):
         match = pattern.search(source) if pattern is _STATED_LETTER else pattern.match(source)
         if match is not None and _offered(match.group(1), choices):
             return match.group(1).upper()
-    cleaned = text.rstrip(".").strip().casefold()
-    matches = [index for index, choice in enumerate(choices) if choice.strip().rstrip(".").casefold() == cleaned]
+    match = _LETTER_AND_TEXT.match(text)
+    if match is not None and _offered(match.group(1), choices) and _plain(match.group(2)) == _plain(choices[ord(match.group(1)) - ord("A")]):
+        return match.group(1)
+    cleaned = _plain(text)
+    matches = [index for index, choice in enumerate(choices) if _plain(choice) == cleaned]
     if cleaned and len(matches) == 1:
         return chr(ord("A") + matches[0])
     return INVALID
+
+
+def _plain(text: str) -> str:
+    """An answer or option text as compared whole: stripped, a final full stop dropped, case folded."""
+    return text.strip().rstrip(".").strip().casefold()
 
 
 def _offered(letter: str, choices: tuple[str, ...]) -> bool:
@@ -113,7 +124,7 @@ PARSERS: dict[str, Parser] = {
     for parser in (
         Parser("yes_no", "1", parse_yes_no, "first word, yes or no", decided_yes_no, "yes_no"),
         Parser("pope", "1", parse_pope, "POPE's evaluate.py: no if the first sentence has the word No, no or not, else yes", decided_pope, "yes_no"),
-        Parser("letter", "3", parse_letter, "leading or stated option letter, or the exact text of one option", decided_letter, "letter"),
+        Parser("letter", "4", parse_letter, "leading or stated option letter, a letter with its option's text, or the exact text of one option", decided_letter, "letter"),
         Parser("free_text", "1", parse_free_text, "the whole open answer, NFKC, lower case, white space collapsed"),
     )
 }

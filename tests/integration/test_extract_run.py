@@ -140,7 +140,7 @@ def test_option_log_probabilities_equal_a_plain_forward(tmp_path, tiny_mha):
     letters = [processor.tokenizer.convert_tokens_to_ids(letter) for letter in "ABCD"]
     benchmark = get_benchmark("toy-shapes-choice").load(None, "test")
     for row, sample in zip(samples, benchmark):
-        assert row["sample_key"] == sample.key and row["parser"] == "letter" and row["parser_version"] == "3"
+        assert row["sample_key"] == sample.key and row["parser"] == "letter" and row["parser_version"] == "4"
         encoded = processor(images=[sample.load_image()], text=[row["prompt"]], return_tensors="pt")
         with torch.inference_mode():
             logits = model(**encoded).logits[0, -1]

@@ -42,6 +42,10 @@ LETTER = [
     ("A red circle", "invalid"),  # an article, not a letter
     ("B is correct.", "invalid"),  # a letter followed by a sentence: "B is not correct." would read alike
     ("B is not correct.", "invalid"),
+    ("B green", "B"),  # a letter with its option's own text (v4)
+    ("C  Blue.", "C"),
+    ("C red", "invalid"),  # a letter with another option's text: neither
+    ("D D", "D"),  # a letter standing alone at the start
     ("E", "invalid"),  # past the last option
     ("answer is a red", "invalid"),
     ("I think so", "invalid"),
@@ -139,7 +143,7 @@ def test_a_decided_pope_answer_reads_the_same_however_it_goes_on(start, rest):
 
 
 def test_parsers_are_named_and_versioned():
-    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "pope": "1", "letter": "3", "free_text": "1"}
+    assert {name: parser.version for name, parser in PARSERS.items()} == {"yes_no": "1", "pope": "1", "letter": "4", "free_text": "1"}
     with pytest.raises(ValueError, match="unknown parser"):
         parse("fuzzy", "B")
 
