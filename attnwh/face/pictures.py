@@ -116,7 +116,8 @@ def sample_rows(session, run_id: str, samples: Sequence[str], query: str) -> lis
     for row in found:
         if row["sample_idx"] not in position:
             raise UsageError(f"sample {row['sample_key']} of run {run_id} has no stored rows")
-        keys = np.asarray(array[position[row["sample_idx"]], queries.index(query)].compute(), dtype=np.float32)  # [layer, head, key]
+        # read here, in threads: not on whatever scheduler the process's dask configuration names (a notebook's cluster)
+        keys = np.asarray(array[position[row["sample_idx"]], queries.index(query)].compute(scheduler="threads"), dtype=np.float32)  # [layer, head, key]
         image = keys[..., row["image_start"] : row["image_end"]]
         result.append(SampleRows(run_id, spec, row, image))
     return result

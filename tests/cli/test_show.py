@@ -128,3 +128,13 @@ def test_out_of_range_heads_are_one_line(hostile_warehouse, extract_run, capsys,
             continue
         code, out, err = run_main(capsys, ["show", extract_run, "0", *options, "--out", str(tmp_path / "x.png"), "--warehouse", str(hostile_warehouse)])
         assert code != 0 and out == "" and len(err.splitlines()) == 1 and err.startswith("attnwh: error: ") and "must be between" in err, err
+
+
+def test_show_reads_its_rows_whatever_scheduler_dask_is_configured_with(hostile_warehouse, extract_run, capsys, tmp_path):
+    """A process whose dask configuration names the distributed scheduler with no client (a notebook's closed cluster, or
+    a client cut short) made ``show`` and ``report`` end with an internal error: the rows are read here, in threads."""
+    import dask
+
+    with dask.config.set(scheduler="dask.distributed"):
+        code, out, err = run_main(capsys, ["show", extract_run, "0", "--layer", "1", "--head", "2", "--out", str(tmp_path / "one.png"), "--warehouse", str(hostile_warehouse)])
+    assert (code, err) == (0, "") and out.strip() == f"wrote {tmp_path / 'one.png'}"

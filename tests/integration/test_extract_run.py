@@ -52,7 +52,7 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, tiny_gqa):
     rows, sample_idx, queries = arrays.open_rows(run_paths)
     straight_rows, _, _ = arrays.open_rows(open_warehouse(tmp_path / "straight").run_folders()[0])
     assert sorted(sample_idx.tolist()) == list(range(10)) and queries == ["prompt", "gen1"]
-    np.testing.assert_array_equal(rows.compute(), straight_rows.compute())
+    np.testing.assert_array_equal(rows.compute(scheduler="threads"), straight_rows.compute(scheduler="threads"))
     assert parts.verify(run_paths) == []
 
 
@@ -84,7 +84,7 @@ def test_rows_are_the_captured_rows_without_padding(tmp_path, tiny_mha):
         metrics = session.query("select sample_idx, query, layer, head, image_sum, bos_sum from head_metrics order by sample_idx, query, layer, head").to_pylist()
     run_paths = open_warehouse(tmp_path / "wh").run_folders()[0]
     rows, sample_idx, queries = arrays.open_rows(run_paths)
-    rows = rows.compute().astype(np.float32)
+    rows = rows.compute(scheduler="threads").astype(np.float32)
     lengths = {s["sample_idx"]: s["n_tokens"] for s in samples}
     for position, idx in enumerate(sample_idx):
         prompt_row = rows[position, queries.index("prompt")]

@@ -297,8 +297,8 @@ def test_raw_rows_of_every_generated_step(tmp_path):
     options = ExtractOptions(limit=6, queries=("prompt", "gen1", "gen"), gen_rows=True, max_new_tokens=3, batch_size=3, device="cpu", command=["test"])
     result = run_extract(tmp_path / "wh", options)
     with attnwh.open(tmp_path / "wh") as handle:
-        fixed = handle.rows(result.run_id).compute()
-        steps = handle.gen_rows(result.run_id).compute()
+        fixed = handle.rows(result.run_id).compute(scheduler="threads")
+        steps = handle.gen_rows(result.run_id).compute(scheduler="threads")
         metrics = handle.query("gen_attention_by_step").df()
         per_row = {
             (row["sample_idx"], row["step"], row["layer"], row["head"]): row["image_sum"]

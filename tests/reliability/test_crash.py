@@ -55,7 +55,7 @@ def snapshot(warehouse: Path) -> dict:
     for run in open_warehouse(warehouse).run_folders():
         if any(run.root.glob("parts/*/rows.zarr")):
             attention, indices, _ = arrays.open_rows(run)
-            tables["rows"] = (np.asarray(attention.compute()).tobytes(), indices.tolist())
+            tables["rows"] = (np.asarray(attention.compute(scheduler="threads")).tobytes(), indices.tolist())
     return tables
 
 

@@ -205,7 +205,7 @@ def test_damaged_rows_are_said_by_every_reader_of_rows(pristine, tmp_path, capsy
     assert run_id in samples_page and "rows.zarr" in samples_page, "the report does not say why the run has no pictures"
 
     with open_notebook(root) as notebook, pytest.raises(IntegrityError, match="part-000000/rows.zarr"):
-        notebook.rows(run_id).compute()
+        notebook.rows(run_id).compute(scheduler="threads")
     after = digests(root)
     assert [name for name, digest in before.items() if after.get(name) != digest and "_staging" not in name] == []
 
