@@ -65,7 +65,7 @@ def mask_condition(condition: Condition, mode: str) -> SweepCondition:
 
 def prepare_mask(options: MaskOptions) -> SweepSetup:
     """Options checked; benchmark, samples, model config and prompt resolved (the ranking is the caller's to find)."""
-    _check_options(options)
+    check_mask_options(options)
     return prepare_sweep(options)
 
 
@@ -91,7 +91,7 @@ def run_mask(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progres
     return replace(result, left_out=tuple(left_out))
 
 
-def _check_options(options: MaskOptions) -> None:
+def check_mask_options(options: MaskOptions) -> None:
     check_sweep_options(options, ((options.strategies, STRATEGIES, "strategy"), (options.stages, STAGES, "stage")))
     if not options.k:
         raise UsageError("--k takes at least one count or fraction of heads (5, 0.1, 10%); got nothing")

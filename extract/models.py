@@ -146,16 +146,20 @@ def _check_token_ids(source: ModelSource, config, spec: ModelSpec) -> None:
     prompt's positions, and the model's forward would refuse the first batch. An id past the text model's
     ``vocab_size`` is not wrong in itself (PaliGemma and Gemma 3 replace their image tokens before the embedding
     lookup), so only such an id sends for the tokenizer, whose size decides."""
-    for keys in (IMAGE_TOKEN_KEYS, VIDEO_TOKEN_KEYS):
-        for owner in (config, config.get_text_config(decoder=True)):
-            values = {key: getattr(owner, key, None) for key in keys}
-            beyond = sorted({value for value in values.values() if isinstance(value, int) and not isinstance(value, bool) and value >= spec.vocab_size})
-            if beyond and beyond[-1] >= (tokens := _tokenizer_size(source)):
-                names = " / ".join(key for key, value in values.items() if value == beyond[-1])
-                raise ModelError(
-                    f"{source.label}: the config's {names} {beyond[-1]} is beyond the vocabulary (vocab_size {spec.vocab_size}, {tokens} tokens in the tokenizer);"
-                    " no token would mark a position"
-                )
+    keys = (*IMAGE_TOKEN_KEYS, *VIDEO_TOKEN_KEYS)
+    ids = [
+        (key, value)
+        for owner in (config, config.get_text_config(decoder=True))
+        for key in keys
+        if isinstance(value := getattr(owner, key, None), int) and not isinstance(value, bool)
+    ]
+    beyond = max((value for _, value in ids if value >= spec.vocab_size), default=None)
+    if beyond is not None and beyond >= (tokens := _tokenizer_size(source)):  # the tokenizer read once, and only for such an id
+        names = " / ".join(dict.fromkeys(key for key, value in ids if value == beyond))
+        raise ModelError(
+            f"{source.label}: the config's {names} {beyond} is beyond the vocabulary (vocab_size {spec.vocab_size}, {tokens} tokens in the tokenizer);"
+            " no token would mark a position"
+        )
 
 
 def _tokenizer_size(source: ModelSource) -> int:

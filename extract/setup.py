@@ -102,10 +102,12 @@ def check_parsers_unchanged(run, table: str, samples: list[Sample]) -> None:
     from attnwh.extract.benchmarks.parsers import PARSERS
     from attnwh.warehouse import parts, storage
 
-    records = [record for record in parts.commit_records(run.paths) if table in record.tables]
-    if not records:
+    # the last committed part that holds the table (a sweep's last part may be attribution's fit): its record alone is read
+    records = (parts.CommitRecord.load(run.paths.commit_record(part_id)) for part_id in sorted(parts.committed_part_ids(run.paths), reverse=True))
+    record = next((record for record in records if table in record.tables), None)
+    if record is None:
         return
-    path = parts.table_files(run.paths, table, records[-1:])[0]
+    path = parts.table_files(run.paths, table, [record])[0]
     try:
         source, filesystem = storage.arrow_source(path)
         columns = pq.read_table(source, filesystem=filesystem, columns=["parser", "parser_version"]).to_pylist()

@@ -141,8 +141,13 @@ def _rounded_to(k: int, fraction: float) -> tuple[float, float]:
     """The shares of all heads whose nearest whole head count is ``k`` heads of this model (``fraction`` = k / its
     heads, rounded to 6 places by ``masking_costs``: the head count is the whole number nearest k / fraction): the
     half-open [(k − ½) / H, (k + ½) / H), so that neighbouring counts of one model never share a share."""
-    heads = round(k / fraction)
+    heads = _heads(k, fraction)
     return (k - 0.5) / heads, (k + 0.5) / heads
+
+
+def _heads(k: int, fraction: float) -> int:
+    """A model's heads, from a count masked and its share of them (``masking_costs`` rounds the share to 6 places)."""
+    return round(k / fraction)
 
 
 def _named_share(low: float, high: float, fractions: list[float], masks: Callable[[float], bool]) -> float | None:
@@ -178,7 +183,7 @@ def shared_shares(costs: dict[str, dict[float, tuple[int, float]]]) -> list[tupl
     def masks(chosen: dict[str, float]) -> Callable[[float], bool]:
         """Whether ``--k share`` masks, in each chosen model, the count it was masked at there."""
         counts = {model: costs[model][fraction][0] for model, fraction in chosen.items()}
-        sizes = {model: round(counts[model] / fraction) for model, fraction in chosen.items()}
+        sizes = {model: _heads(counts[model], fraction) for model, fraction in chosen.items()}
         return lambda share: all(heads_at_share(share, sizes[model]) == count for model, count in counts.items())
 
     found = [(share, chosen) for low, high, chosen in ranges if (share := _named_share(low, high, list(chosen.values()), masks(chosen))) is not None]

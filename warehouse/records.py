@@ -71,11 +71,12 @@ class CommitRecord:
         listed = {entry["path"] for entry in files}
         if (unlisted := next((name for name in tables if table_file_name(name) not in listed), None)) is not None:
             raise IntegrityError(f"commit record {path} counts rows of table {unlisted} but lists no file {table_file_name(unlisted)}")
-        # a table's file the record lists but does not count would be left out of every view without a word
-        if (uncounted := next((entry for entry in files if _table_of(entry) is not None and _table_of(entry) not in tables), None)) is not None:
-            raise IntegrityError(f"commit record {path} lists {uncounted['path']} but counts no rows of table {_table_of(uncounted)}")
-        if (miscounted := next((entry for entry in files if "rows" in entry and entry["rows"] != tables.get(_table_of(entry))), None)) is not None:
-            raise IntegrityError(f"commit record {path} says {miscounted['path']} holds {miscounted['rows']!r} rows but counts {tables.get(_table_of(miscounted))!r}")
+        for entry in files:
+            table = _table_of(entry)
+            if table is not None and table not in tables:  # its rows would be left out of every view without a word
+                raise IntegrityError(f"commit record {path} lists {entry['path']} but counts no rows of table {table}")
+            if "rows" in entry and entry["rows"] != tables.get(table):
+                raise IntegrityError(f"commit record {path} says {entry['path']} holds {entry['rows']!r} rows but counts {tables.get(table)!r}")
         writer = content.get("writer") if isinstance(content.get("writer"), dict) else None
         created = content.get("created") if isinstance(content.get("created"), str) else None
         folder = posixpath.normpath(content["folder"]) if content.get("folder") is not None else None  # joined as text by readers

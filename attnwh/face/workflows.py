@@ -141,15 +141,12 @@ def toy_zoo(
 def check_zoo_options(k: tuple[str, ...], seeds: int) -> None:
     """The sweeps' ``--k`` (against every toy's heads) and ``--seeds``, before the first extraction: the first sweep
     read them only after it."""
+    from attnwh.extract.mask_run import MaskOptions, check_mask_options
     from attnwh.extract.masking import parse_k
     from attnwh.extract.models import load_config, resolve_source
-    from attnwh.extract.sweep import MAX_SEEDS
     from attnwh.extract.toy.default import ZOO, model_location
 
-    if not k:
-        raise UsageError("--k takes at least one count or fraction of heads (5, 0.1, 10%); got nothing")
-    if not 1 <= seeds <= MAX_SEEDS:
-        raise UsageError(f"--seeds takes 1 to {MAX_SEEDS}, got {seeds}")
+    check_mask_options(MaskOptions(k=k, seeds=seeds))  # what every sweep of the zoo would check first
     for model in ZOO:
         _, spec = load_config(resolve_source(model_location(model)))
         try:
