@@ -40,9 +40,10 @@ from attnwh.extract.masking import HeadMask
 from attnwh.extract.segments import IMAGE, prompt_segments
 
 TOLERANCE = 1e-5
-# bumped when the checks change (2: reuse; 3: the lens's probabilities; 4: the last layer's final rows), so that verdicts
-# cached by `attnwh models --all` are made again
-CHECKS_VERSION = 4
+# bumped when the checks change (2: reuse; 3: the lens's probabilities; 4: the last layer's final rows; 5: BLIP-2 /
+# InstructBLIP configured as their checkpoints, skips that build now checked, Ovis2's indicator tokens), so that
+# verdicts cached by `attnwh models --all` are made again
+CHECKS_VERSION = 5
 CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED = "captured", "out of scope", "not built here", "failed"
 STATUSES = (CAPTURED, OUT_OF_SCOPE, NOT_BUILT, FAILED)
 
@@ -139,11 +140,17 @@ def _check(model_type: str, settings: dict, architecture: str) -> Verdict:
 
 
 def _scope_or(model_type: str, architecture: str, status: str, reason: str) -> Verdict:
-    """An architecture whose tiny model cannot be made here: out of scope if its default config says so."""
+    """An architecture whose tiny model cannot be made here: out of scope if its default config says so, with the
+    keys its checkpoints set (``checkpoint_sets``: an image token id the default leaves unset) set to any id."""
     from transformers import AutoConfig
 
+    from attnwh.extract import tiny_models
+
     try:
-        describe(AutoConfig.for_model(model_type))
+        config = AutoConfig.for_model(model_type)
+        for key in tiny_models.tiny_overrides().get(model_type, {}).get("checkpoint_sets", []):
+            setattr(config, key, 0)
+        describe(config)
     except OutOfScope as exc:
         return Verdict(model_type, architecture, OUT_OF_SCOPE, str(exc).split(": ", 1)[-1])
     except Exception:  # noqa: S110  (the tiny model's reason is the one to report)
@@ -181,10 +188,21 @@ def _run_checks(model_type: str, spec: ModelSpec, settings: dict) -> tuple[int, 
     logit_error = (captured.logits[:, -1] - expected.logits[:, -1]).abs().max().item()
     if logit_error > 1e-4:
         raise ConformanceFailure(f"logits under capture differ from eager by {logit_error:.1e}")
-    max_error = _check_rows(spec, session.stacked_rows()["prompt"], expected.attentions)
+    max_error = _check_rows(spec, session.stacked_rows()["prompt"], _eager_attentions(expected))
     _check_lens(parts, session, captured.logits, spec)
     _check_one_head_mask(model, parts, spec, inputs, segments)
     return image_tokens, max_error, _check_reuse(model_type, model, spec, inputs)
+
+
+def _eager_attentions(output) -> tuple:
+    """The eager reference's attention maps: the output's own, or its language model's (BLIP-2 and InstructBLIP
+    return the text model's outputs as ``language_model_outputs``)."""
+    if getattr(output, "attentions", None) is not None:
+        return output.attentions
+    inner = getattr(output, "language_model_outputs", None)
+    if getattr(inner, "attentions", None) is not None:
+        return inner.attentions
+    raise ConformanceFailure(f"{type(output).__name__} holds no attention maps for the eager reference")
 
 
 REUSE_NEW_TOKENS = 3  # decode steps after the prefill: a replayed cache (or state) must serve them too

@@ -4,7 +4,7 @@ No adapter per architecture. From the **config** alone (before any weight is rea
 the architecture and ``model_type``, the text config (``config.get_text_config()``) and the key it
 sits under (``config.sub_configs``), its layers, heads, key-value heads and head size, which decoder
 layers are attention layers in a hybrid (``layer_types``), and the token ids that mark image and
-video positions (``image_token_id`` / ``image_token_index``, ``video_token_id`` / ...). A model
+video positions (``image_token_id`` / ``image_token_index``, with Ovis2's ``visual_indicator_token_ids``; ``video_token_id`` / ...). A model
 attnwh cannot capture is refused here, in one line naming the reason (``OutOfScope``).
 
 From the **module tree** (``find_parts``): the decoder (``get_decoder()``, descended to the module
@@ -30,6 +30,9 @@ from attnwh.extract import regions
 from attnwh.extract.regions import TokenFunction
 
 IMAGE_TOKEN_KEYS = ("image_token_id", "image_token_index")
+# other ids the model overwrites with vision-side embeddings, image positions as well: Ovis2's visual indicator tokens
+# around its image tokens (<IMG_START>, <IMG_GRID>, <IMG_COL>, <IMG_ROW>, <IMG_END>), rows of its visual embedding table
+IMAGE_MARKER_KEYS = ("visual_indicator_token_ids",)
 VIDEO_TOKEN_KEYS = ("video_token_id", "video_token_index")
 # layer kinds (config.layer_types) whose layers attend through the attention interface; anything else
 # ('linear_attention', 'conv', 'mamba', 'mlp', 'moe', ...) is not an attention layer
@@ -151,6 +154,7 @@ def describe(config) -> ModelSpec:
     image_ids = _token_ids(config, text, IMAGE_TOKEN_KEYS)
     if not image_ids:
         raise OutOfScope(f"{architecture} is out of scope: its config marks no image positions by a token id ({' / '.join(IMAGE_TOKEN_KEYS)})")
+    image_ids += tuple(marker for marker in _token_ids(config, text, IMAGE_MARKER_KEYS) if marker not in image_ids)
     n_decoder_layers = _int(text, "num_hidden_layers", architecture)
     layer_types = _attribute(text, "layer_types")
     if isinstance(layer_types, (list, tuple)) and layer_types and len(layer_types) != n_decoder_layers:
@@ -226,8 +230,9 @@ def _token_ids(config, text, keys: tuple[str, ...]) -> tuple[int, ...]:
     for source in (config, text):
         for key in keys:
             value = _attribute(source, key)
-            if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and value not in ids:
-                ids.append(value)
+            for item in value if isinstance(value, list | tuple) else [value]:
+                if isinstance(item, int) and not isinstance(item, bool) and item >= 0 and item not in ids:
+                    ids.append(item)
     return tuple(ids)
 
 

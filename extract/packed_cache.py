@@ -75,7 +75,8 @@ class PackedLayer(DynamicLayer):
         tensors = [self.counts, self.keys, self.values]
         for bucket in self.buckets:
             tensors += [bucket.segments, bucket.keys, bucket.values] + ([] if bucket.valid is None else [bucket.valid])
-        return sum(tensor.untyped_storage().nbytes() for tensor in tensors)
+        storages = {tensor.untyped_storage().data_ptr(): tensor.untyped_storage().nbytes() for tensor in tensors}  # views of one storage (the buckets' segment index) counted once
+        return sum(storages.values())
 
     def slots(self) -> int:
         """Key slots held for the prompt, padding included, summed over rows and KV heads."""

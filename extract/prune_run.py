@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from attnwh.core.errors import UsageError
-from attnwh.extract.pruning import ALLOCATIONS, KEEP, PHASES, SNAPKV_KERNEL, SNAPKV_WINDOW, KVPrune, allocate
+from attnwh.extract.pruning import ALLOCATIONS, BUDGET_ROUNDING, KEEP, PHASES, SNAPKV_KERNEL, SNAPKV_WINDOW, KVPrune, allocate
 from attnwh.extract.sweep import HeadRanking, ProgressCallback, SweepCondition, SweepOptions, SweepResult, SweepSamples, SweepSetup, check_sweep_options, prepare_sweep, run_sweep
 
 DEFAULT_SHARES = ("1", "0.5", "0.25", "0.1", "0.05")
@@ -111,10 +111,10 @@ def kv_head_scores(scores: dict[tuple[int, int], float], n_layers: int, n_heads:
 
 
 def build_prune_conditions(
-    shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray, phases: tuple[str, ...] = ("cache",)
+    shares: list[float], allocations: tuple[str, ...], keeps: tuple[str, ...], seeds: int, floor: float, kv_scores: np.ndarray, phases: tuple[str, ...] = ("cache",), group: int = 1
 ) -> list[PruneCondition]:
     """``full`` (condition 0: every key kept, the same under either phase), then phase × keep × share ×
-    allocation (× seed for random), shares below 1 only."""
+    allocation (× seed for random), shares below 1 only; ``group``: query heads per KV head (``random`` draws per query head)."""
     conditions = [PruneCondition(0, "full", 1.0, keeps[0], None, None, np.ones(kv_scores.shape), phases[0])]
     for phase in phases:
         for keep in keeps:
@@ -125,7 +125,7 @@ def build_prune_conditions(
                     if allocation == "full":
                         continue
                     for seed in range(seeds) if allocation == "random" else [None]:
-                        kept = allocate(allocation, share, kv_scores, floor, seed or 0)
+                        kept = allocate(allocation, share, kv_scores, floor, seed or 0, group)
                         floor_of = floor if allocation in ("score", "random") else None
                         conditions.append(PruneCondition(len(conditions), allocation, share, keep, floor_of, seed, kept, phase))
     return conditions
@@ -140,13 +140,15 @@ def run_prune(warehouse_path, setup: SweepSetup, ranking: HeadRanking, on_progre
     """Run (or resume) the pruning sweep of ``setup``; ``score`` budgets follow ``ranking``."""
     options, info = setup.options, setup.info
     kv_scores = kv_head_scores(ranking.scores, info["n_layers"], info["n_heads"], info["n_kv_heads"])
-    conditions = build_prune_conditions(parse_shares(options.kv_shares), options.allocations, options.keep, options.seeds, options.floor, kv_scores, options.phase)
+    group = info["n_heads"] // info["n_kv_heads"]
+    conditions = build_prune_conditions(parse_shares(options.kv_shares), options.allocations, options.keep, options.seeds, options.floor, kv_scores, options.phase, group)
     spec = {
         **setup.run.spec,
         "ranking_run": ranking.run_id,
         "ranking_score": ranking.score,
         "ranking_query": options.ranking_query,
         "conditions": [c.fingerprint() for c in conditions],
+        "budget_rounding": BUDGET_ROUNDING,  # how shares become keys per sample (not stored per condition): a run rounded otherwise is not resumed
     }
     if any(c.phase == "cache" and c.keep == "attention" and c.allocation != "full" for c in conditions):
         spec["observation_window"] = {"window": SNAPKV_WINDOW, "kernel": SNAPKV_KERNEL, "pooling": "avgpool"}  # SnapKV's choice of the kept keys

@@ -26,14 +26,16 @@ Allocations of a total share ``s`` of all image KV (every budget a share of the 
 - ``score``: every KV head gets the floor ``floor · s``; the rest, ``(1 − floor) · s`` on average,
   goes in proportion to the head's score; a share above 1 is capped and its excess handed on to the
   others in proportion again (water-filling), so the mean stays ``s``;
-- ``random``: ``score`` with scores drawn uniformly at random (seeded).
+- ``random``: ``score`` with scores drawn uniformly at random (seeded), one per **query** head and summed per
+  KV head as real scores are (SparseMM's random baseline: a KV head of g query heads scores a sum of g draws).
 
 Which image keys a head keeps within its budget: ``attention`` or ``stride`` (evenly spaced). With
 ``attention`` the ``cache`` phase chooses as SnapKV does (``window_scores``: the attention of an
 observation window of the prompt's last positions, summed over the window and pooled along the keys);
 the ``prefill`` phase keeps attnwh's first rule, the last prompt row's attention. Either sums over the
 KV head's query heads (GQA). Budgets in keys are rounded
-so that their sum over heads is the rounded total (largest remainders).
+so that their sum over heads is the rounded total (largest remainders; heads tied on their remainder, as every
+head of ``uniform`` is, take the leftover keys evenly spaced over the layers and heads, not the first layers first).
 """
 
 from __future__ import annotations
@@ -57,13 +59,15 @@ PHASES = ("cache", "prefill")  # when removed keys leave a head's softmax: after
 # ``init_snapkv``: window_size 32, kernel_size 5, pooling 'avgpool'; its LongBench example runs w32 k7 maxpool)
 SNAPKV_WINDOW = 32  # observation window: the prompt's last positions whose attention chooses the kept keys
 SNAPKV_KERNEL = 5  # average pooling along the keys (stride 1, zero-padded by kernel // 2 each side, divided by the kernel)
+BUDGET_ROUNDING = "largest remainders, ties evenly spaced"  # ``budgets``: named in a prune run's fingerprint (runs rounded before it, ties to the first heads, are not resumed)
 
 
-def allocate(allocation: str, share: float, scores: np.ndarray | None, floor: float = 0.1, seed: int = 0) -> np.ndarray:
+def allocate(allocation: str, share: float, scores: np.ndarray | None, floor: float = 0.1, seed: int = 0, group: int = 1) -> np.ndarray:
     """The kept share of image keys per (layer, KV head), each in [0, 1], their mean ``share``.
 
     ``scores`` [layer, kv_head] (``score``; negative scores count as 0); ``random`` draws its own
-    from ``seed``; ``uniform`` and ``full`` need none (``full`` keeps everything).
+    from ``seed``, one per query head (``group`` query heads per KV head) summed per KV head;
+    ``uniform`` and ``full`` need none (``full`` keeps everything).
     """
     if allocation not in ALLOCATIONS:
         raise UsageError(f"--allocation takes {', '.join(ALLOCATIONS)}; got {allocation!r}")
@@ -75,7 +79,7 @@ def allocate(allocation: str, share: float, scores: np.ndarray | None, floor: fl
         shape = scores.shape if scores is not None else None
         if shape is None:
             raise ValueError("random allocation needs the model's shape (pass any score table)")
-        scores = np.random.default_rng(seed).random(shape)
+        scores = np.random.default_rng(seed).random((shape[0], shape[1] * group)).reshape(shape[0], shape[1], group).sum(axis=2)  # group 1: one draw per head
     if scores is None:
         raise ValueError(f"{allocation} allocation needs the model's shape (pass a score table)")
     if allocation == "full":
@@ -108,16 +112,25 @@ def _water_fill(kept: np.ndarray, weights: np.ndarray, amount: float) -> None:
 
 def budgets(kept: np.ndarray, n_image: int) -> np.ndarray:
     """Image keys kept per (layer, KV head) for a sample of ``n_image`` image tokens: ``kept · n_image``
-    rounded so that the sum is the rounded total (largest remainders), each within [0, n_image]."""
+    rounded so that the sum is the rounded total (largest remainders), each within [0, n_image].
+
+    Heads tied on their remainder (every head of ``uniform``; the floor-only heads of ``score``) share the
+    last leftover keys evenly spaced in (layer, KV head) order: 26 keys for 32 heads of remainder 0.8 go
+    to heads 0, 1, 2, 3, 4, 6, ... of every layer alike, where the first 26 heads would leave the last
+    layer's six with no image key at all."""
     exact = kept.reshape(-1) * n_image
     total = int(round(float(exact.sum())))
     counts = np.floor(exact + 1e-9).astype(np.int64)
-    remainders = exact - counts
+    remainders = np.round(exact - counts, 9)  # equal shares give equal remainders to the rounding of a float
     missing = total - int(counts.sum())
-    if missing > 0:
-        order = np.argsort(-remainders, kind="stable")
-        order = [i for i in order if counts[i] < n_image][:missing]
-        counts[order] += 1
+    for remainder in sorted({float(r) for r in remainders[counts < n_image]}, reverse=True):
+        if missing <= 0:
+            break
+        tied = np.flatnonzero((remainders == remainder) & (counts < n_image))
+        if len(tied) > missing:
+            tied = tied[((np.arange(missing) + 0.5) * len(tied) / missing).astype(np.int64)]  # evenly spaced
+        counts[tied] += 1
+        missing -= len(tied)
     return np.clip(counts, 0, n_image).reshape(kept.shape)
 
 

@@ -16,6 +16,8 @@ Per-architecture exceptions are DATA, in ``tiny_overrides.json`` next to this mo
 
     {"<model_type>": {
         "skip": "one-line reason",           # cannot be made here -> TinyModelError(reason)
+        "checkpoint_sets": ["image_token_id"], # keys the default config leaves unset and checkpoints set: a skipped
+                                             #   architecture is then "not built here", not out of scope (conformance)
         "config": {"a.b.c": value},          # set by dotted path on the shrunk config (after the generic shrink)
         "image": {"size": [w, h]},           # size of the random PIL image (default [140, 112])
         "processor_class": "Name",           # image processor class (a transformers attribute) when the

@@ -161,3 +161,37 @@ def test_attention_arguments_capture_cannot_apply_are_refused(argument):
         attention(torch.nn.Linear(1, 1), query, key, value, None, **{argument: torch.zeros(1)})
     output, _ = attention(torch.nn.Linear(1, 1), query, key, value, None, **{argument: None})
     assert output.shape == (1, 3, 2, 4)
+
+
+def test_ovis2s_visual_indicator_tokens_are_image_positions():
+    """Ovis2 writes its visual indicator tokens (``<IMG_START>`` before the image's tokens, ``<IMG_GRID>`` and ``<IMG_END>``
+    after, ``<IMG_COL>`` / ``<IMG_ROW>`` between tiles: ``Ovis2Processor.replace_image_token``) from its visual embedding
+    table, as it writes the image tokens from the vision tower: every position whose input embedding the model changes
+    is image, and no other (they were system and prompt: 256 of 259 written positions typed image)."""
+    from attnwh.extract import tiny_models
+    from attnwh.extract.segments import IMAGE, prompt_segments
+
+    model = tiny_models.build_tiny("ovis2")
+    inputs = tiny_models.tiny_inputs("ovis2", model, batch=1)
+    config = model.config
+    start, grid, col, row, end = config.visual_indicator_token_ids
+    ids = inputs["input_ids"][0].tolist()
+    n, first = ids.count(config.image_token_id), ids.index(config.image_token_id)
+    half = n // 2  # two tiles side by side, as the processor writes a grid: start, tile, col, tile, grid, end
+    tiles = [start, *[config.image_token_id] * half, col, *[config.image_token_id] * (n - half), row, grid, end]
+    inputs["input_ids"] = torch.tensor([ids[:first] + tiles + ids[first + n :]])
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    given = {}
+
+    def record(module, args, kwargs):
+        given.setdefault("embeds", kwargs["inputs_embeds"].detach().clone())
+
+    hook = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)
+    with torch.no_grad():
+        model(**inputs)
+    hook.remove()
+    plain = model.get_input_embeddings()(inputs["input_ids"])
+    written = (given["embeds"] - plain).abs().amax(dim=-1)[0] > 1e-6
+    segments = prompt_segments(inputs["input_ids"], inputs["attention_mask"], describe(config).image_token_ids)[0]
+    assert int(written.sum()) == n + 5
+    assert torch.equal(segments == IMAGE, written)

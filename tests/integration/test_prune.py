@@ -51,6 +51,37 @@ def test_uniform_score_and_random_allocations_equal_hand_computations():
     assert not np.allclose(allocate("random", 0.25, SCORES, seed=4), allocate("random", 0.25, SCORES, seed=5))
 
 
+def test_random_allocation_draws_per_query_head_and_sums_per_kv_head_as_sparsemm():
+    """SparseMM's random baseline (``SparseMM.__init__``: one ``random.random()`` per layer × attention head, then
+    ``.view(L, H / g, g).sum(-1)``): a KV head of 4 query heads scores a sum of 4 draws, whose spread is half a
+    single draw's; one draw per KV head made the random budgets of GQA models ~2.5× as uneven as the field's."""
+    drawn = np.random.default_rng(4).random((2, 12))  # 2 layers × 12 query heads, 3 KV heads of 4
+    per_kv = np.array([[row[0:4].sum(), row[4:8].sum(), row[8:12].sum()] for row in drawn])
+    assert np.allclose(allocate("random", 0.25, SCORES, floor=0.1, seed=4, group=4), 0.025 + 1.35 * per_kv / per_kv.sum())
+    wide = allocate("random", 0.1, np.zeros((28, 4)), floor=0.1, seed=0, group=7)  # Qwen2.5-VL-7B's shape: 28 query heads, 4 KV heads
+    assert wide.std() / wide.mean() < 0.3  # one draw per KV head: 0.50-0.54 (helper-39's review)
+
+
+def test_tied_budgets_spread_evenly_over_the_layers():
+    """Every head of ``uniform`` has the same remainder: the leftover keys go evenly spaced, so no layer keeps fewer
+    image keys than another by more than one key in all (the first heads first gave the toy's 4 × 8 heads at 5%
+    of 16 image keys one key in each of the first three layers' heads and the last layer's six heads none)."""
+    counts = budgets(np.full((4, 8), 0.05), 16)
+    assert counts.sum() == 26 and counts.max() - counts.min() <= 1
+    per_layer = counts.sum(axis=1)
+    assert per_layer.max() - per_layer.min() <= 1, per_layer
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(1, 700), st.floats(0, 1))
+def test_uniform_budgets_differ_by_at_most_one_key_between_layers(n_layers, n_kv, n_image, share):
+    counts = budgets(np.full((n_layers, n_kv), share), n_image)
+    assert counts.max() - counts.min() <= 1
+    assert abs(int(counts.sum()) - share * n_image * n_layers * n_kv) <= 0.5 + 1e-6
+    per_layer = counts.sum(axis=1)
+    assert per_layer.max() - per_layer.min() <= 1, per_layer
+
+
 def test_budgets_round_to_the_requested_share_by_largest_remainders():
     kept = np.array([[0.3, 0.0, 0.9], [0.15, 0.15, 0.5]])  # mean 1/3
     counts = budgets(kept, 10)  # exact: 3, 0, 9, 1.5, 1.5, 5 -> total 20; one of the halves rounds up... to 20 in all
@@ -303,7 +334,9 @@ def test_score_budgets_follow_an_imported_duo_attention_file(tmp_path, tiny_gqa,
         "--kv-share",
         "1,0.25",
         "--allocation",
-        "score",
+        "score,random",
+        "--seeds",
+        "1",
         "--ranking-run",
         ranking,
         "--warehouse",
@@ -317,3 +350,7 @@ def test_score_budgets_follow_an_imported_duo_attention_file(tmp_path, tiny_gqa,
     w = np.array([0.1, 0.9, 0.5, 0.3, 1.0, 0.0])  # each KV head's two query heads hold its score: their sum is 2 w, the same proportions
     assert np.allclose(row["kept_shares"], 0.1 * 0.25 + 0.9 * 0.25 * 6 * w / w.sum(), atol=1e-6)
     assert (row["ranking_score"], row["ranking_run_id"]) == ("imported", ranking)
+    with open_session(warehouse) as session:
+        (drawn_row,) = session.query("select kept_shares from prune_conditions where allocation = 'random'").to_pylist()
+    drawn = np.random.default_rng(0).random((3, 4)).reshape(3, 2, 2).sum(axis=2).ravel()  # seed 0, a draw per query head, summed per KV head
+    assert np.allclose(drawn_row["kept_shares"], 0.1 * 0.25 + 0.9 * 0.25 * 6 * drawn / drawn.sum(), atol=1e-6)

@@ -178,6 +178,8 @@ def test_the_packed_cache_holds_only_the_kept_keys_and_decodes_as_the_gathered_p
         tail = 2 * 3 * 2 * (steps - 1) * head_dim * 4  # keys and values of 3 rows × 2 KV heads × the generated steps
         assert sum(expected) * 2 * head_dim * 4 + tail <= entry.nbytes() <= 1.02 * (sum(expected) * 2 * head_dim * 4) + tail
         assert entry.nbytes() < full.keys.untyped_storage().nbytes() + full.values.untyped_storage().nbytes()
+        held = sum(b.keys.numel() * 4 + b.values.numel() * 4 + (0 if b.valid is None else b.valid.numel()) for b in entry.buckets)
+        assert entry.nbytes() == held + 3 * 2 * 8 * 2 + tail  # + the counts and the segment index, 8 bytes each per (row, KV head), the index once
         for segment, count in enumerate(expected):  # each packed key is one of the full cache's keys of its (row, KV head)
             row, kv_head = divmod(segment, 2)
             keys = entry.kept_keys(segment)

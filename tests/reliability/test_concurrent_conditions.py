@@ -32,7 +32,7 @@ def _conditions(n_layers: int, n_kv: int) -> list[tuple[str, list, CaptureSpec |
         ("baseline", [], None),
         ("mask zero", [HeadMask(((0, 0), (1, 1), (2, 0)), "zero")], None),
         ("mask paper", [HeadMask(((0, 1), (2, 1)), "paper")], None),
-        ("prune 5% uniform", [KVPrune(allocate("uniform", 0.05, scores), "attention")], None),
+        ("prune 3% uniform", [KVPrune(allocate("uniform", 0.03, scores), "attention")], None),
         ("prune 50% score", [KVPrune(allocate("score", 0.5, scores), "stride")], None),
         ("capture", [], CaptureSpec(("prompt", "gen1"), rows=True, lens=True)),
         ("capture under pruning", [KVPrune(allocate("uniform", 0.25, scores), "attention")], CaptureSpec(("prompt", "gen1"), rows=True, lens=True)),
