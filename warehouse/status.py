@@ -1,6 +1,6 @@
 """Where a run stands while processes (ranks, cluster workers) write into it: parts committed and
 planned, who committed each (host, pid, rank and world size, Dask worker: fields in JSON, one label
-in the table), the rate and an ETA from the commit times, attempts in flight with the age of
+in the table), the rate (samples per second; a sweep's conditions per second since it began) and an ETA from the commit times, attempts in flight with the age of
 their lease, and a sweep's batches kept for parts not committed yet. Read from the commit log, the staging and
 progress folders only: it never blocks a writer.
 """
@@ -16,6 +16,8 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
 from attnwh.warehouse.layout import RunPaths, is_progress_batch, progress_listing
 
+SAMPLE_PARTS = ("extract", "derived")  # kinds whose parts are samples; the sweeps' (mask, prune, attribution) are conditions
+
 
 def run_status(run: RunPaths) -> dict[str, Any]:
     """One run's progress; a damaged run says what is wrong instead (as readers see it: its manifest, its commit log
@@ -27,7 +29,12 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         return {"run_id": name, "problem": str(exc)}
     manifest, records = readable.manifest, readable.records
     times = sorted(_time(record.created) for record in records if _time(record.created) is not None)
-    per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+    by_samples = manifest["kind"] in SAMPLE_PARTS
+    if by_samples:  # parts of samples, committed one after another: the rate between the first and the last commit
+        per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
+    else:  # a sweep's parts are its conditions, committed a group at a time (a burst at the group's end): since the run began
+        began = _time(manifest.get("created"))
+        per_second = len(times) / (times[-1] - began) if times and began is not None and times[-1] > began else None
     remaining = manifest["n_parts"] - len(records)
     writers = Counter(_writer_label(record.writer, record.attempt) for record in records)
     return {
@@ -37,7 +44,8 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         "benchmark": manifest["benchmark"],
         "parts_committed": len(records),
         "parts_planned": manifest["n_parts"],
-        "samples_per_second": per_second * manifest["part_size"] if per_second else None,
+        "samples_per_second": per_second * manifest["part_size"] if per_second and by_samples else None,
+        "conditions_per_second": per_second if per_second and not by_samples else None,  # mask, prune, attribution: a part is a condition
         "eta_seconds": remaining / per_second if per_second and remaining else (0.0 if not remaining else None),
         "writers": dict(sorted(writers.items())),
         "parts": [

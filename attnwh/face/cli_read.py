@@ -190,6 +190,7 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Only this run.")] 
             "benchmark": s.get("benchmark"),
             "committed": f"{s['parts_committed']}/{s['parts_planned']}" if "parts_committed" in s else None,
             "samples_per_s": round(s["samples_per_second"], 2) if s.get("samples_per_second") else None,
+            "conditions_per_s": round(s["conditions_per_second"], 3) if s.get("conditions_per_second") else None,
             "eta_s": round(s["eta_seconds"]) if s.get("eta_seconds") is not None else None,
             "writers": ", ".join(f"{writer} ({count})" for writer, count in s.get("writers", {}).items()),
             "in_flight": ", ".join(

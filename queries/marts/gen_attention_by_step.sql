@@ -33,3 +33,4 @@ from added as a
 join stg_runs as r using (run_id)
 join stg_layers as l using (run_id, layer)
 where a.n_values > 0
+order by a.run_id, a.step_bucket, a.layer

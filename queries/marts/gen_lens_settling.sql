@@ -28,3 +28,4 @@ from per_token as p
 join stg_gen_tokens as t using (run_id, sample_idx, step)
 where t.word_start
 group by t.run_id, t.model, t.benchmark, t.token_kind
+order by t.run_id, t.token_kind

@@ -57,3 +57,4 @@ select
 from compared as c
 join stg_runs as r using (run_id)
 join stg_layers as l using (run_id, layer)
+order by c.run_id, separation_rank

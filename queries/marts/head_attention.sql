@@ -16,3 +16,4 @@ select
     case when h.n_concentration_x_sum > 0 then h.sum_concentration_x_sum / h.n_concentration_x_sum end as mean_concentration_x_sum
 from stg_head_summary as h
 join stg_runs as r using (run_id)
+order by h.run_id, h.query, h.layer, h.head

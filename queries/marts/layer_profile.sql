@@ -8,3 +8,4 @@ select
     case when n_concentration > 0 then sum_concentration / n_concentration end as mean_concentration,
     case when n_concentration_x_sum > 0 then sum_concentration_x_sum / n_concentration_x_sum end as mean_concentration_x_sum
 from stg_layer_summary
+order by run_id, query, layer

@@ -15,3 +15,4 @@ select
     avg(target_prob) as mean_target_prob
 from stg_logit_lens
 group by run_id, model, benchmark, query, layer
+order by run_id, query, layer

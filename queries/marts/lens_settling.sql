@@ -26,3 +26,4 @@ select
     avg(case when settle_layer < n_layers then 1.0 else 0.0 end) as share_settled_early
 from per_sample
 group by run_id, model, benchmark, query
+order by run_id, query

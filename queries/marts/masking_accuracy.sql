@@ -14,3 +14,4 @@ select
     a.* exclude (run_id, model, benchmark, kind, condition_id, baseline, settings, ranking_run_id, ranking_score, image_kv_kept, kv_bytes, kv_bytes_full, kv_saving)
 from stg_mask_conditions as m
 join sweep_accuracy as a using (run_id, condition_id)
+order by m.run_id, m.condition_id

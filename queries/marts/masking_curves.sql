@@ -18,3 +18,4 @@ select
     avg(delta) as delta
 from masking_accuracy
 group by run_id, model, benchmark, mode, strategy, stage, k
+order by run_id, mode, strategy, stage, k

@@ -17,3 +17,4 @@ select
     a.* exclude (run_id, model, benchmark, kind, condition_id, baseline, settings, ranking_run_id, ranking_score)
 from stg_prune_conditions as p
 join sweep_accuracy as a using (run_id, condition_id)
+order by p.run_id, p.condition_id

@@ -62,3 +62,4 @@ select
 from stg_runs as r
 left join counted as c using (run_id)
 left join circular as g using (run_id)
+order by r.created, r.run_id

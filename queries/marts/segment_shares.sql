@@ -8,3 +8,4 @@ select
     sum_prompt / n as prompt,
     sum_generated / n as generated
 from stg_layer_summary
+order by run_id, query, layer

@@ -69,3 +69,4 @@ final as (
     left join paired as p using (run_id, condition_id)
 )
 select * from final
+order by run_id, condition_id

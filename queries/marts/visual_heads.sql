@@ -82,3 +82,4 @@ left join detected as d using (run_id, layer, head)
 join stg_runs as r using (run_id)
 left join attributed as p using (run_id)
 left join stg_head_attributions as a on a.run_id = p.attribution_run and a.layer = m.layer and a.head = m.head
+order by m.run_id, m.query, rank

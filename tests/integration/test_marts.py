@@ -72,6 +72,54 @@ def test_mart_sidecar_tests_pass_on_a_real_warehouse(toy_warehouse, name):
     assert data_test_failures(mart, table) == []
 
 
+@pytest.mark.parametrize("name", sorted(marts()))
+def test_every_mart_orders_its_rows(name):
+    """A mart's last statement ends in an ORDER BY of its own (not one inside a window or a subquery): without it
+    DuckDB hands rows in whatever order its threads finish, and `attnwh query head_attention` showed layers shuffled
+    differently at each call (helper-41)."""
+    sql = "\n".join(line.split("--")[0] for line in get_mart(name).sql.splitlines()).lower()
+    at = sql.rfind("order by")
+    assert at >= 0, f"{name} has no ORDER BY"
+    depth = 0
+    for character in sql[at:]:
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        assert depth >= 0, f"{name}'s last ORDER BY sits inside parentheses (a window or a subquery), not on its rows"
+
+
+def test_status_rates_samples_of_an_extraction_and_conditions_of_a_sweep(toy_warehouse):
+    """`attnwh status`: an extraction's samples per second between its first and last commit; a sweep's parts are its
+    conditions, committed a group at a time in a burst at the group's end, so its rate is conditions per second since
+    the run began (the first-to-last-commit rate read 30 "samples" per second for a sweep of 0.5 conditions per second)."""
+    from datetime import datetime
+
+    from attnwh.warehouse.status import run_status
+
+    for folder in sorted(toy_warehouse.glob("runs/*/*/run=*")):
+        manifest = json.loads((folder / "RUN.json").read_text())
+        commits = sorted(datetime.fromisoformat(json.loads(path.read_text())["created"]).timestamp() for path in (folder / "_commits").glob("part-*.json"))
+        status = run_status(open_warehouse(toy_warehouse).find_run(manifest["run_id"]))
+        if manifest["kind"] == "extract":
+            assert status["conditions_per_second"] is None
+            assert status["samples_per_second"] == pytest.approx((len(commits) - 1) / (commits[-1] - commits[0]) * manifest["part_size"])
+        else:
+            began = datetime.fromisoformat(manifest["created"]).timestamp()
+            assert status["samples_per_second"] is None
+            assert status["conditions_per_second"] == pytest.approx(len(commits) / (commits[-1] - began))
+
+
+def test_run_list_counts_an_extractions_samples_and_a_sweeps_conditions(toy_warehouse):
+    """`attnwh runs`: a sweep's parts are its conditions; listed as samples, the mask run of 24 samples read 9."""
+    conditions = {}
+    for path in toy_warehouse.glob("runs/*/*/run=*/parts/*/sweep_conditions.parquet"):
+        run_id = path.parts[-4].removeprefix("run=")
+        conditions[run_id] = conditions.get(run_id, 0) + pq.read_table(path).num_rows
+    with open_session(toy_warehouse) as session:
+        rows = {row["kind"]: row for row in run_mart(session, "run_list").to_pylist()}
+    assert (rows["extract"]["n_samples"], rows["extract"]["n_conditions"]) == (24, None)
+    for kind in ("mask", "prune"):
+        assert (rows[kind]["n_samples"], rows[kind]["n_conditions"]) == (None, conditions[rows[kind]["run_id"]]), kind
+
+
 def _extract_run(warehouse) -> str:
     with open_session(warehouse) as session:
         return session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]
