@@ -162,7 +162,9 @@ def parse_k(values: Sequence[str], total_heads: int) -> list[int]:
                 count = int(text)
         except ValueError as exc:
             raise UsageError(f"--k takes counts or fractions of all heads (5, 0.1, 10%); got {text!r}") from exc
-        if count < 0 or count > total_heads:
+        if count < 0 or text.startswith("-"):
+            raise UsageError(f"--k {text} is negative: k counts heads (0 to {total_heads}) or is a share of them (0 to 1, 0% to 100%)")
+        if count > total_heads:
             raise UsageError(f"--k {text} is {count} heads; the model has {total_heads}")
         counts.append(count)
     return sorted(set(counts))

@@ -301,9 +301,18 @@ def _resume(paths: RunPaths, spec: dict[str, Any], digest: str, run_id: str) -> 
         raise WarehouseError(f"cannot resume run {run_id}: cannot create its folders under {paths.root}: {exc.strerror or exc}") from exc
     if run.manifest["fingerprint"] != digest:
         old = run.manifest["spec"]
+        if old.get("kind") != spec.get("kind"):  # --run naming a run of another kind: say that, not every key its kind sets
+            raise WarehouseError(
+                f"run {run_id} is {_a(old.get('kind'))} run, not {_a(spec.get('kind'))} run; name a new run with --run NEW_ID, or leave --run out"
+                f" ({spec.get('kind')} names its run from its settings)"
+            )
         differing = {key: (old.get(key), spec.get(key)) for key in sorted(set(old) | set(spec)) if canonical_json(old.get(key)) != canonical_json(spec.get(key))}
         raise FingerprintMismatch(run_id, differing)
     return run
+
+
+def _a(kind: object) -> str:
+    return f"an {kind}" if str(kind)[:1] in "aeiou" else f"a {kind}"
 
 
 def _wait_for(paths: RunPaths, run_id: str, seconds: float) -> None:

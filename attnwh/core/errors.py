@@ -35,8 +35,17 @@ class FingerprintMismatch(WarehouseError):
     def __init__(self, run_id: str, differing: dict[str, tuple[object, object]]):
         self.run_id = run_id
         self.differing = differing
-        keys = ", ".join(f"{key} (run: {old!r}, now: {new!r})" for key, (old, new) in sorted(differing.items()))
+        keys = ", ".join(f"{key} (run: {_short(old)}, now: {_short(new)})" for key, (old, new) in sorted(differing.items()))
         super().__init__(f"run {run_id} was made with other settings; differing keys: {keys}")
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """A setting as a one-line error shows it: a long one (a sweep's list of conditions) cut, with its length."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} items: " if isinstance(value, list | tuple | dict) else ""
+    return f"{size}{text[: limit - len(size)]}..."
 
 
 class IntegrityError(WarehouseError):

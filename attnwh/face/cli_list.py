@@ -23,7 +23,7 @@ def models(
         ),
     ] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="With --all: run the checks again instead of reading the cached verdicts.")] = False,
-    only: Annotated[list[str] | None, typer.Option("--only", help="With --all: check only these model types (repeatable), e.g. --only qwen3_vl.")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="With --all: check only these model types (repeatable, or comma-separated), e.g. --only qwen3_vl,llava.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="With --all: processes that run the checks (each uses one thread; at most one per CPU core).")] = DEFAULT_WORKERS,
 ) -> None:
     """List the model families attnwh knows by name and the study's models; --all checks every architecture of transformers.
@@ -37,7 +37,7 @@ def models(
     import pyarrow as pa
 
     if all_architectures:
-        _conformance_matrix(fmt, refresh, only or [], workers)
+        _conformance_matrix(fmt, refresh, [name.strip() for item in only or [] for name in item.split(",") if name.strip()], workers)
         return
 
     from attnwh.core.output import render

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from attnwh.core.errors import UsageError
+from attnwh.core.errors import SqlError, UsageError
 from attnwh.face.console import FormatOption, WarehouseOption, check_format, check_outside_warehouse, fail, handles_errors, output_path, read_session, warn
 
 
@@ -35,9 +36,23 @@ def sql(
         except OSError as exc:
             raise UsageError(f"cannot read {file}: {exc.strerror or exc}") from exc
     with read_session(warehouse) as session:
-        schema, batches = session.user_batches(statement)
+        try:
+            schema, batches = session.user_batches(statement)
+        except SqlError as exc:
+            raise _with_query_hint(exc) from exc
         for piece in render_stream(schema, batches, fmt):
             typer.echo(piece, nl=False)
+
+
+def _with_query_hint(exc: SqlError) -> SqlError:
+    """A missing table that is a named query with parameters (no view: its SQL needs them bound) says how to run it."""
+    from attnwh.queries.library import marts
+
+    missing = re.search(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist', str(exc))
+    if missing is None or missing.group(1) not in marts():
+        return exc
+    name = missing.group(1)
+    return SqlError(f"{name} is a named query with parameters, not a view: run it with `attnwh query {name}` (--param NAME=VALUE; `attnwh query --list` shows them)")
 
 
 @handles_errors

@@ -120,6 +120,34 @@ def test_run_list_counts_an_extractions_samples_and_a_sweeps_conditions(toy_ware
         assert (rows[kind]["n_samples"], rows[kind]["n_conditions"]) == (None, conditions[rows[kind]["run_id"]]), kind
 
 
+def test_resuming_a_run_of_another_kind_or_other_settings_is_one_short_line(toy_warehouse, capsys):
+    """`--run` naming an extraction from `attnwh mask` is told as a run of another kind (the line listed every condition
+    and both plan hashes, ~2 KB); other settings of the same kind name the keys with long values cut."""
+    from tests.reliability.harness import run_cli
+
+    with open_session(toy_warehouse) as session:
+        runs = {row["kind"]: row["run_id"] for row in session.query("select kind, run_id from runs").to_pylist()}
+    common = ["--limit", "24", "--device", "cpu", "--batch-size", "12", "--warehouse", str(toy_warehouse)]
+    code, out, err = run_cli(capsys, "mask", "--run", runs["extract"], *common)
+    assert (
+        code != 0
+        and err.strip()
+        == f"attnwh: error: run {runs['extract']} is an extract run, not a mask run; name a new run with --run NEW_ID, or leave --run out (mask names its run from its settings)"
+    )
+    code, out, err = run_cli(capsys, "mask", "--run", runs["mask"], "--k", "0,3", "--seeds", "2", *common)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "differing keys: conditions (run: 7 items: [[" in err and len(err) < 400, err
+
+
+def test_sql_naming_a_named_query_with_parameters_says_to_run_it_with_query(toy_warehouse, capsys):
+    """Marts with parameters are no views: `attnwh sql "select * from visual_heads"` said only "Table ... does not exist"."""
+    from tests.reliability.harness import run_cli
+
+    code, out, err = run_cli(capsys, "sql", "select * from visual_heads", "--warehouse", str(toy_warehouse))
+    assert code != 0 and "visual_heads is a named query with parameters, not a view: run it with `attnwh query visual_heads`" in err
+    code, out, err = run_cli(capsys, "sql", "select * from no_such_table", "--warehouse", str(toy_warehouse))
+    assert code != 0 and "Table with name no_such_table does not exist" in err
+
+
 def _extract_run(warehouse) -> str:
     with open_session(warehouse) as session:
         return session.query("select run_id from runs where kind = 'extract'").to_pylist()[0]["run_id"]

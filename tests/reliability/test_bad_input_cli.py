@@ -116,3 +116,21 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, no_training, arg
     monkeypatch.chdir(tmp_path)
     refused(capsys, [*args, "--out", empty], "Invalid value for '--out'", "is empty")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_models_all_only_takes_a_comma_list_as_the_other_list_options(tmp_path, capsys, monkeypatch):
+    """`--only llava,qwen3_vl` was one unknown model type named 'llava,qwen3_vl'; it now names two, as repeating it does."""
+    from attnwh.extract import conformance
+    from tests.reliability.harness import run_cli
+
+    checked = []
+
+    def run_matrix(names, workers, on_verdict=None):
+        checked.append(list(names))
+        return [conformance.Verdict(name, name, conformance.CAPTURED, "checked here") for name in names]
+
+    monkeypatch.setattr("attnwh.extract.conformance.run_matrix", run_matrix)
+    monkeypatch.setenv("ATTNWH_HOME", str(tmp_path / "home"))
+    for args in (["--only", "llava,qwen3_vl"], ["--only", "llava", "--only", " qwen3_vl"]):
+        code, out, err = run_cli(capsys, "models", "--all", "--refresh", *args, "--format", "csv")
+        assert code == 0 and checked[-1] == ["llava", "qwen3_vl"] and out.count("checked here") == 2, out
