@@ -7,6 +7,7 @@ import io
 import json
 import math
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,10 +35,12 @@ def readable(value, column: str = "") -> str:
     CSV and JSON keep the exact values."""
     if value is None:
         return ""
+    if isinstance(value, Decimal) and value.is_finite():  # DuckDB's DECIMAL (a literal 0.25, sum() of one): read as a number too
+        value = int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+        return f"{value:,}" if abs(value) >= 1000 else str(value)  # as floats: 3,328 beside 10,496 in one column
     if math.isnan(value) or math.isinf(value):
         return str(value)
     if is_p_value(column) and 0 < value < 1e-3:

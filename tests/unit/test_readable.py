@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pyarrow as pa
 import pytest
 
@@ -24,6 +26,11 @@ from attnwh.core.output import readable, render
         (True, "complete", "True"),
         (float("nan"), "mean", "nan"),
         ("gen1", "query", "gen1"),
+        (3328, "n_rows", "3,328"),  # as 10,496 below it in one column (thousands were separated from 10,000 on)
+        (999, "n_rows", "999"),
+        (Decimal("0.0001234"), "share", "0.000123"),  # DuckDB's DECIMAL as a number: it printed in full
+        (Decimal("123456.7"), "total", "123,457"),
+        (Decimal("12"), "n", "12"),
     ],
 )
 def test_readable_numbers(value, column, shown):
