@@ -30,7 +30,7 @@ def models(
 
     Any architecture the matrix lists as captured works with `attnwh extract --model DIR` without a flag.
 
-    Example: attnwh models --format csv
+    Example: attnwh models --format csv      (csv and json: the models' table alone; the families are in the terminal table)
 
     Example: attnwh models --all --format json
     """
@@ -131,9 +131,13 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     missing = [name for name in wanted if name not in verdicts]
     if missing:
         with progress("conformance", "architectures") as update:
-            for done, verdict in enumerate(conformance.run_matrix(missing, workers), start=1):
+
+            def checked(verdict) -> None:  # as each verdict comes (the list comes once all are checked)
                 verdicts[verdict.model_type] = verdict
-                update(done, len(missing))
+                update(len([name for name in missing if name in verdicts]), len(missing))
+
+            for verdict in conformance.run_matrix(missing, workers, on_verdict=checked):
+                verdicts[verdict.model_type] = verdict
         conformance.save_cached(cache, verdicts.values())
     rows = [verdicts[name].as_row() for name in wanted]
     table = pa.Table.from_pylist(rows)
