@@ -100,8 +100,9 @@ class ModelSpec:
     head_dim: int | None  # None: it differs between attention layers
     hidden_size: int
     vocab_size: int
-    image_token_ids: tuple[int, ...]
+    image_token_ids: tuple[int, ...]  # every id typed image: the image tokens', then ``image_marker_ids``
     video_token_ids: tuple[int, ...] = ()
+    image_marker_ids: tuple[int, ...] = ()  # Ovis2's visual indicator tokens (written from its visual embedding table)
     final_logit_softcapping: float | None = None  # Gemma: logits are tanh-capped (changes probabilities, not ranks)
     logit_scales: tuple[float, ...] = ()  # factors the text config names for the logits (logits_scaling, logit_scale): extract.lens.head_transforms
 
@@ -154,7 +155,8 @@ def describe(config) -> ModelSpec:
     image_ids = _token_ids(config, text, IMAGE_TOKEN_KEYS)
     if not image_ids:
         raise OutOfScope(f"{architecture} is out of scope: its config marks no image positions by a token id ({' / '.join(IMAGE_TOKEN_KEYS)})")
-    image_ids += tuple(marker for marker in _token_ids(config, text, IMAGE_MARKER_KEYS) if marker not in image_ids)
+    markers = tuple(marker for marker in _token_ids(config, text, IMAGE_MARKER_KEYS) if marker not in image_ids)
+    image_ids += markers
     n_decoder_layers = _int(text, "num_hidden_layers", architecture)
     layer_types = _attribute(text, "layer_types")
     if isinstance(layer_types, (list, tuple)) and layer_types and len(layer_types) != n_decoder_layers:
@@ -184,6 +186,7 @@ def describe(config) -> ModelSpec:
         hidden_size=hidden_size,
         vocab_size=_int(text, "vocab_size", architecture),
         image_token_ids=image_ids,
+        image_marker_ids=markers,
         video_token_ids=_token_ids(config, text, VIDEO_TOKEN_KEYS),
         final_logit_softcapping=_attribute(text, "final_logit_softcapping") or None,
         logit_scales=tuple(

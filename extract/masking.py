@@ -16,6 +16,7 @@ rounded), and ``all``.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -154,16 +155,14 @@ def parse_k(values: Sequence[str], total_heads: int) -> list[int]:
     for value in values:
         text = str(value).strip()
         try:
-            if text.endswith("%"):
-                count = heads_at_share(float(text[:-1]) / 100, total_heads)
-            elif "." in text:
-                count = heads_at_share(float(text), total_heads)
-            else:
-                count = int(text)
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text) if "." in text else int(text)
+            if not math.isfinite(number):
+                raise ValueError(text)
         except ValueError as exc:
             raise UsageError(f"--k takes counts or fractions of all heads (5, 0.1, 10%); got {text!r}") from exc
-        if count < 0 or text.startswith("-"):
+        if number < 0:
             raise UsageError(f"--k {text} is negative: k counts heads (0 to {total_heads}) or is a share of them (0 to 1, 0% to 100%)")
+        count = number if isinstance(number, int) else heads_at_share(number, total_heads)
         if count > total_heads:
             raise UsageError(f"--k {text} is {count} heads; the model has {total_heads}")
         counts.append(count)

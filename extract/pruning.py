@@ -115,22 +115,25 @@ def budgets(kept: np.ndarray, n_image: int) -> np.ndarray:
     rounded so that the sum is the rounded total (largest remainders), each within [0, n_image].
 
     Heads tied on their remainder (every head of ``uniform``; the floor-only heads of ``score``) share the
-    last leftover keys evenly spaced in (layer, KV head) order: 26 keys for 32 heads of remainder 0.8 go
-    to heads 0, 1, 2, 3, 4, 6, ... of every layer alike, where the first 26 heads would leave the last
-    layer's six with no image key at all."""
+    last leftover keys evenly spaced in (layer, KV head) order: 26 keys for 4 layers × 8 heads of remainder
+    0.8 give the layers 6, 7, 6 and 7 keys, where the first 26 heads would leave the last layer's six heads
+    with no image key at all."""
     exact = kept.reshape(-1) * n_image
     total = int(round(float(exact.sum())))
     counts = np.floor(exact + 1e-9).astype(np.int64)
-    remainders = np.round(exact - counts, 9)  # equal shares give equal remainders to the rounding of a float
     missing = total - int(counts.sum())
-    for remainder in sorted({float(r) for r in remainders[counts < n_image]}, reverse=True):
-        if missing <= 0:
-            break
-        tied = np.flatnonzero((remainders == remainder) & (counts < n_image))
-        if len(tied) > missing:
-            tied = tied[((np.arange(missing) + 0.5) * len(tied) / missing).astype(np.int64)]  # evenly spaced
-        counts[tied] += 1
-        missing -= len(tied)
+    open_heads = np.flatnonzero(counts < n_image)
+    if missing > 0 and len(open_heads):
+        remainders = np.round(exact - counts, 9)[open_heads]  # equal shares give equal remainders to the rounding of a float
+        levels, sizes = np.unique(remainders, return_counts=True)  # ascending
+        levels, taken = levels[::-1], np.cumsum(sizes[::-1])  # largest first; heads taken by the end of each level
+        whole = int(np.searchsorted(taken, missing, side="right"))  # levels whose every head takes a key
+        if whole:
+            counts[open_heads[remainders >= levels[whole - 1]]] += 1
+        left = missing - (int(taken[whole - 1]) if whole else 0)
+        if left > 0 and whole < len(levels):
+            tied = open_heads[remainders == levels[whole]]
+            counts[tied[((np.arange(left) + 0.5) * len(tied) / left).astype(np.int64)]] += 1  # evenly spaced
     return np.clip(counts, 0, n_image).reshape(kept.shape)
 
 

@@ -88,6 +88,8 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
     }
+    if model_spec.image_marker_ids:  # typed image since 2026-12-06 (they were text): such a run made before is not resumed
+        spec["image_markers"] = list(model_spec.image_marker_ids)
     details = {"model_location": source.location, "model_info": model_spec.info, "device": str(device), "command": options.command, "environment": environment_info()}
     template = benchmark.template_for(prompt_style)
     return RunSetup(benchmark, split, data, samples, model_label, source, config, model_spec, prompt_format, template, device, dtype, max_new_tokens, spec, details)

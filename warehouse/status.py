@@ -16,7 +16,8 @@ from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
 from attnwh.warehouse.layout import RunPaths, is_progress_batch, progress_listing
 
-SAMPLE_PARTS = ("extract", "derived")  # kinds whose parts are samples; the sweeps' (mask, prune, attribution) are conditions
+SAMPLE_PARTS = ("extract", "derived")  # kinds whose parts are samples
+CONDITION_PARTS = ("mask", "prune", "attribution")  # the sweeps: a part is a condition (a heads import, ``ranking``, has no rate)
 
 
 def run_status(run: RunPaths) -> dict[str, Any]:
@@ -32,9 +33,11 @@ def run_status(run: RunPaths) -> dict[str, Any]:
     by_samples = manifest["kind"] in SAMPLE_PARTS
     if by_samples:  # parts of samples, committed one after another: the rate between the first and the last commit
         per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    else:  # a sweep's parts are its conditions, committed a group at a time (a burst at the group's end): since the run began
+    elif manifest["kind"] in CONDITION_PARTS:  # a sweep's parts are its conditions, committed a group at a time (a burst at the group's end): since the run began
         began = _time(manifest.get("created"))
         per_second = len(times) / (times[-1] - began) if times and began is not None and times[-1] > began else None
+    else:
+        per_second = None
     remaining = manifest["n_parts"] - len(records)
     writers = Counter(_writer_label(record.writer, record.attempt) for record in records)
     return {

@@ -40,12 +40,14 @@ class FingerprintMismatch(WarehouseError):
 
 
 def _short(value: object, limit: int = 60) -> str:
-    """A setting as a one-line error shows it: a long one (a sweep's list of conditions) cut, with its length."""
+    """A setting as a one-line error shows it: a long one (a sweep's list of conditions) cut in its middle, its start
+    and its end kept (two paths differing in their last letters stay told apart), with its length."""
     text = repr(value)
     if len(text) <= limit:
         return text
     size = f"{len(value)} items: " if isinstance(value, list | tuple | dict) else ""
-    return f"{size}{text[: limit - len(size)]}..."
+    keep = (limit - len(size)) // 2
+    return f"{size}{text[:keep]}...{text[-keep:]}"
 
 
 class IntegrityError(WarehouseError):

@@ -35,8 +35,8 @@ def readable(value, column: str = "") -> str:
     CSV and JSON keep the exact values."""
     if value is None:
         return ""
-    if isinstance(value, Decimal) and value.is_finite():  # DuckDB's DECIMAL (a literal 0.25, sum() of one): read as a number too
-        value = int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
+    if isinstance(value, Decimal):  # DuckDB's DECIMAL (a literal 0.25, sum() of one): read as a number too
+        value = int(value) if value.is_finite() and value == value.to_integral_value() and value.adjusted() < 100 else float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):

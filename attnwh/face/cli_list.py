@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from attnwh.core.errors import UsageError
 from attnwh.face.console import FormatOption, check_format, handles_errors
 
 DEFAULT_WORKERS = 2  # allowed on a machine of fewer cores too
@@ -37,7 +38,10 @@ def models(
     import pyarrow as pa
 
     if all_architectures:
-        _conformance_matrix(fmt, refresh, [name.strip() for item in only or [] for name in item.split(",") if name.strip()], workers)
+        names = [name.strip() for item in only or [] for name in item.split(",") if name.strip()]
+        if only and not names:
+            raise UsageError(f"--only names no model type: {', '.join(map(repr, only))}")
+        _conformance_matrix(fmt, refresh, names, workers)
         return
 
     from attnwh.core.output import render
@@ -110,7 +114,6 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     """``attnwh models --all``: the verdicts of ``extract.conformance``, computed once per transformers version."""
     import pyarrow as pa
 
-    from attnwh.core.errors import UsageError
     from attnwh.core.home import attnwh_home
     from attnwh.core.output import render
     from attnwh.extract import conformance

@@ -204,8 +204,8 @@ def status(run_id: Annotated[str | None, typer.Argument(help="Only this run.")] 
             "kind": s.get("kind"),
             "benchmark": s.get("benchmark"),
             "committed": f"{s['parts_committed']}/{s['parts_planned']}" if "parts_committed" in s else None,
-            "samples_per_s": round(s["samples_per_second"], 2) if s.get("samples_per_second") else None,
-            "conditions_per_s": round(s["conditions_per_second"], 3) if s.get("conditions_per_second") else None,
+            "samples_per_s": s.get("samples_per_second"),  # three significant digits as every table's numbers (0.0004 conditions/s of a 7B sweep is no 0)
+            "conditions_per_s": s.get("conditions_per_second"),
             "eta_s": round(s["eta_seconds"]) if s.get("eta_seconds") is not None else None,
             "writers": ", ".join(f"{writer} ({count})" for writer, count in s.get("writers", {}).items()),
             "in_flight": ", ".join(

@@ -194,4 +194,5 @@ def test_ovis2s_visual_indicator_tokens_are_image_positions():
     written = (given["embeds"] - plain).abs().amax(dim=-1)[0] > 1e-6
     segments = prompt_segments(inputs["input_ids"], inputs["attention_mask"], describe(config).image_token_ids)[0]
     assert int(written.sum()) == n + 5
+    assert describe(config).image_marker_ids == tuple(config.visual_indicator_token_ids)  # named in a run's fingerprint (extract.setup)
     assert torch.equal(segments == IMAGE, written)

@@ -134,3 +134,8 @@ def test_models_all_only_takes_a_comma_list_as_the_other_list_options(tmp_path, 
     for args in (["--only", "llava,qwen3_vl"], ["--only", "llava", "--only", " qwen3_vl"]):
         code, out, err = run_cli(capsys, "models", "--all", "--refresh", *args, "--format", "csv")
         assert code == 0 and checked[-1] == ["llava", "qwen3_vl"] and out.count("checked here") == 2, out
+
+
+@pytest.mark.parametrize("only", [",", " ", ", ,"])
+def test_models_all_only_naming_nothing_is_refused_not_read_as_every_architecture(capsys, no_matrix, only):
+    refused(capsys, ["models", "--all", "--refresh", "--only", only], "--only names no model type")

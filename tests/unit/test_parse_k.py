@@ -26,3 +26,13 @@ def test_a_negative_k_is_told_as_negative(text):
 def test_more_heads_than_the_model_has_are_named(count):
     with pytest.raises(UsageError, match=f"is {count} heads; the model has 32"):
         parse_k([str(count)], 32)
+
+
+@given(st.sampled_from(["inf%", "-inf%", "1e309%", "nan", "inf", "1e999.5"]))
+def test_a_k_that_is_no_finite_number_is_one_line(text):
+    with pytest.raises(UsageError, match="--k takes counts or fractions of all heads"):
+        parse_k([text], 32)
+
+
+def test_minus_zero_is_zero_heads():
+    assert parse_k(["-0", "-0.0"], 32) == [0]

@@ -31,6 +31,8 @@ from attnwh.core.output import readable, render
         (Decimal("0.0001234"), "share", "0.000123"),  # DuckDB's DECIMAL as a number: it printed in full
         (Decimal("123456.7"), "total", "123,457"),
         (Decimal("12"), "n", "12"),
+        (Decimal("1E+30"), "n", "1,000,000,000,000,000,000,000,000,000,000"),  # whole, not through a float's digits
+        (Decimal("NaN"), "mean", "nan"),  # as a float's NaN
     ],
 )
 def test_readable_numbers(value, column, shown):
