@@ -32,7 +32,9 @@ from attnwh.warehouse.runs import check_plan_footer, runs_table
 from attnwh.warehouse.schema import META_DEFINITIONS, SCHEMA_VERSION, TABLES, view_name
 from attnwh.warehouse.sql_guard import check_read_only
 
-_MISSING_TABLE = re.compile(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist')
+MISSING_TABLE = re.compile(  # DuckDB's error for a table or view it does not know (the CLI's hint reads it too)
+    r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist'
+)
 # DuckDB's errors that come from reading a file, not from the statement: its unclassified errors (a Parquet page's or
 # footer's thrift that does not decode), I/O errors, and internal or deserialisation errors; by their type, or by the
 # prefix of their message where Arrow's stream of a result carries one as an OSError
@@ -398,7 +400,7 @@ class Catalog:
             try:
                 return action()
             except duckdb.CatalogException as exc:
-                match = _MISSING_TABLE.search(str(exc))
+                match = MISSING_TABLE.search(str(exc))
                 name = match.group(1).removeprefix(PENDING_PREFIX) if match is not None else None
                 if name not in self._on_demand:
                     raise

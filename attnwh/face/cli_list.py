@@ -135,12 +135,11 @@ def _conformance_matrix(fmt: str, refresh: bool, only: list[str], workers: int) 
     if missing:
         with progress("conformance", "architectures") as update:
 
-            def checked(verdict) -> None:  # as each verdict comes (the list comes once all are checked)
+            def checked(verdict) -> None:  # as each verdict comes (run_matrix's list comes once all are checked)
                 verdicts[verdict.model_type] = verdict
-                update(len([name for name in missing if name in verdicts]), len(missing))
+                update(sum(name in verdicts for name in missing), len(missing))
 
-            for verdict in conformance.run_matrix(missing, workers, on_verdict=checked):
-                verdicts[verdict.model_type] = verdict
+            conformance.run_matrix(missing, workers, on_verdict=checked)
         conformance.save_cached(cache, verdicts.values())
     rows = [verdicts[name].as_row() for name in wanted]
     table = pa.Table.from_pylist(rows)

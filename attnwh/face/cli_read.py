@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated
 
@@ -47,8 +46,9 @@ def sql(
 def _with_query_hint(exc: SqlError) -> SqlError:
     """A missing table that is a named query with parameters (no view: its SQL needs them bound) says how to run it."""
     from attnwh.queries.library import marts
+    from attnwh.warehouse.catalog import MISSING_TABLE
 
-    missing = re.search(r'Table with name "?([A-Za-z_][A-Za-z0-9_]*)"? does not exist', str(exc))
+    missing = MISSING_TABLE.search(str(exc))
     if missing is None or missing.group(1) not in marts():
         return exc
     name = missing.group(1)

@@ -125,9 +125,12 @@ def test_models_all_only_takes_a_comma_list_as_the_other_list_options(tmp_path, 
 
     checked = []
 
-    def run_matrix(names, workers, on_verdict=None):
+    def run_matrix(names, workers, on_verdict=None):  # as the real one: each verdict handed on as it comes, then the list
         checked.append(list(names))
-        return [conformance.Verdict(name, name, conformance.CAPTURED, "checked here") for name in names]
+        verdicts = [conformance.Verdict(name, name, conformance.CAPTURED, "checked here") for name in names]
+        for verdict in verdicts:
+            on_verdict(verdict)
+        return verdicts
 
     monkeypatch.setattr("attnwh.extract.conformance.run_matrix", run_matrix)
     monkeypatch.setenv("ATTNWH_HOME", str(tmp_path / "home"))
