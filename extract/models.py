@@ -71,6 +71,11 @@ class LoadedModel:
         return self.spec.info
 
 
+# the files of a model folder besides its weights that change what a run computes: the config, the generation config
+# (where its answers end), the tokenizer and processor (its prompts' tokens, its images' pixels) and the chat template
+_SETTINGS_FILES = ("*.json", "*.model", "*.jinja", "merges.txt")
+
+
 def resolve_source(model: str) -> ModelSource:
     """A local folder or a hub id; the embedded default names are resolved by the caller."""
     if not model.strip():  # Path("") is the current folder: its (absent) config.json was the message
@@ -86,15 +91,16 @@ def resolve_source(model: str) -> ModelSource:
 
 
 def _folder_revision(folder: Path) -> str:
-    """A content digest of a local model: its config, and each weight file's name, size, first and last MiB.
+    """A content digest of a local model: its settings files whole (the config, ``generation_config.json``'s end-of-answer
+    tokens, the tokenizer's and processor's files, the chat template), and each weight file's name, size, first and last MiB.
 
     Reading whole 7B checkpoints would cost tens of seconds per command; the ends of a safetensors
     file hold its header (names, shapes, offsets) and tensor data, which any retraining changes.
     """
     digest = hashlib.sha256()
-    config = folder / "config.json"
-    if config.is_file():
-        digest.update(config.read_bytes())
+    for settings in sorted(path for pattern in _SETTINGS_FILES for path in folder.glob(pattern) if path.is_file()):
+        digest.update(f"{settings.name}\n".encode())
+        digest.update(settings.read_bytes())
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
         size = weights.stat().st_size
         digest.update(f"{weights.name}:{size}\n".encode())

@@ -191,6 +191,9 @@ MANIFEST_FIELDS: dict[str, type | tuple[type, ...]] = {
 OPTIONAL_MANIFEST_FIELDS: dict[str, type] = {"created": str, "device": str, "model_info": dict}
 MODEL_INFO_FIELDS: dict[str, type] = {"architecture": str, "n_layers": int, "n_heads": int, "n_kv_heads": int, "n_decoder_layers": int}
 INT32_MAX = 2**31 - 1
+# what one part of a run of each kind holds: a part of samples (an extraction, a derived run) or one condition of a
+# sweep; a heads import (``ranking``) has neither. ``attnwh status``'s rate and ``attnwh runs``' counts read it
+PART_UNITS: dict[str, str] = {"extract": "sample", "derived": "sample", "mask": "condition", "prune": "condition", "attribution": "condition"}
 
 
 def _mistyped(content: dict[str, Any], kinds: dict[str, type], prefix: str = "") -> list[str]:
@@ -382,6 +385,7 @@ def runs_table(runs: list[tuple[RunPaths, Any]]) -> pa.Table:
                 "device": manifest.get("device"),
                 "spec": json.dumps(spec, sort_keys=True),
                 "path": str(run.root),
+                "part_unit": PART_UNITS.get(manifest.get("kind")),
             }
         )
     return pa.Table.from_pylist(rows, schema=RUNS)

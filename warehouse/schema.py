@@ -349,6 +349,7 @@ RUNS = pa.schema(
         ("device", pa.string()),
         ("spec", pa.string()),
         ("path", pa.string()),
+        ("part_unit", pa.string()),  # what a part holds: 'sample' (extract, derived), 'condition' (mask, prune, attribution), null (ranking)
     ]
 )
 

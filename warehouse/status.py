@@ -15,9 +15,7 @@ from attnwh.core.errors import WarehouseError
 from attnwh.warehouse import parts
 from attnwh.warehouse.commit import names_under
 from attnwh.warehouse.layout import RunPaths, is_progress_batch, progress_listing
-
-SAMPLE_PARTS = ("extract", "derived")  # kinds whose parts are samples
-CONDITION_PARTS = ("mask", "prune", "attribution")  # the sweeps: a part is a condition (a heads import, ``ranking``, has no rate)
+from attnwh.warehouse.runs import PART_UNITS
 
 
 def run_status(run: RunPaths) -> dict[str, Any]:
@@ -30,10 +28,11 @@ def run_status(run: RunPaths) -> dict[str, Any]:
         return {"run_id": name, "problem": str(exc)}
     manifest, records = readable.manifest, readable.records
     times = sorted(_time(record.created) for record in records if _time(record.created) is not None)
-    by_samples = manifest["kind"] in SAMPLE_PARTS
+    unit = PART_UNITS.get(manifest["kind"])  # a heads import (``ranking``) has no rate
+    by_samples = unit == "sample"
     if by_samples:  # parts of samples, committed one after another: the rate between the first and the last commit
         per_second = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else None
-    elif manifest["kind"] in CONDITION_PARTS:  # a sweep's parts are its conditions, committed a group at a time (a burst at the group's end): since the run began
+    elif unit == "condition":  # a sweep's parts are its conditions, committed a group at a time (a burst at the group's end): since the run began
         began = _time(manifest.get("created"))
         per_second = len(times) / (times[-1] - began) if times and began is not None and times[-1] > began else None
     else:

@@ -24,5 +24,6 @@ select
     device,
     spec,
     path,
+    part_unit,
     row_number() over (partition by kind, model, benchmark order by complete desc, created desc, run_id desc) as shown_order
 from runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -37,6 +38,25 @@ def test_local_revision_changes_with_the_weights(tmp_path, tiny_mha):
     weights = bytearray((copy / "model.safetensors").read_bytes())
     weights[-1] ^= 0xFF  # same size, other content
     (copy / "model.safetensors").write_bytes(bytes(weights))
+    assert resolve_source(str(copy)).revision != before
+
+
+@pytest.mark.parametrize("name", ["generation_config.json", "tokenizer_config.json", "chat_template.jinja", "processor_config.json"])
+def test_local_revision_changes_with_the_settings_a_run_reads(tmp_path, tiny_mha, name):
+    """Where answers end (generation_config.json's EOS tokens), the prompt's tokens and the chat template change what a
+    run computes, so a run made before an edit is not resumed after it (its revision is in the run's fingerprint)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_mha, copy)
+    before = resolve_source(str(copy)).revision
+    (copy / "README.md").write_text("notes beside the model change nothing it computes\n")
+    assert resolve_source(str(copy)).revision == before
+    edited = copy / name
+    if name == "generation_config.json":
+        settings = json.loads(edited.read_text()) if edited.exists() else {}
+        edited.write_text(json.dumps({**settings, "eos_token_id": [2, 40]}))
+    else:
+        assert edited.exists(), f"the tiny model has no {name}"
+        edited.write_text(edited.read_text() + " ")
     assert resolve_source(str(copy)).revision != before
 
 
