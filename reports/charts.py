@@ -271,18 +271,37 @@ def gen_attention_by_step(rows: list[dict]) -> dict:
 
 def hallucination_heads(rows: list[dict]) -> dict:
     """The heads that separate grounded from hallucinated object words best: per head, the difference of its image
-    attention (grounded − hallucinated) with its 95% Welch interval, best first, one panel per model × benchmark, of one run."""
+    attention (grounded − hallucinated, at the same steps of the answers) with its 95% Welch interval, best first, one
+    panel per model × benchmark, of one run."""
     data = [
         {
             "panel": _panel(row),
             "head_label": f"L{row['layer']} H{row['head']}",
-            **{key: row[key] for key in ("run_id", "layer", "head", "stage", "difference", "ci_low", "ci_high", "n_grounded", "n_hallucinated", "separation_rank")},
+            **{
+                key: row[key]
+                for key in (
+                    "run_id",
+                    "layer",
+                    "head",
+                    "stage",
+                    "difference",
+                    "ci_low",
+                    "ci_high",
+                    "n_grounded",
+                    "n_hallucinated",
+                    "n_hallucinated_left_out",
+                    "n_buckets",
+                    "separation_rank",
+                )
+            },
         }
         for row in rows
     ]
     base = alt.Chart(ROWS).encode(y=alt.Y("head_label:N", title="head (layer, head)", sort=alt.EncodingSortField("separation_rank", order="ascending")))
     bars = base.mark_rule(strokeWidth=2).encode(
-        x=alt.X("ci_low:Q", title="image attention: grounded − hallucinated (95% interval)"), x2="ci_high:Q", color=alt.Color("stage:N", sort=["early", "mid", "late"])
+        x=alt.X("ci_low:Q", title="image attention: grounded − hallucinated, at the same steps (95% interval)"),
+        x2="ci_high:Q",
+        color=alt.Color("stage:N", sort=["early", "mid", "late"]),
     )
     points = base.mark_point(filled=True, size=50).encode(
         x="difference:Q",
@@ -298,6 +317,8 @@ def hallucination_heads(rows: list[dict]) -> dict:
             alt.Tooltip("ci_high:Q", format=".4f"),
             "n_grounded:Q",
             "n_hallucinated:Q",
+            "n_hallucinated_left_out:Q",
+            "n_buckets:Q",
         ],
     )
     zero = alt.Chart(ROWS).mark_rule(color="#999", strokeDash=[3, 3]).encode(x=alt.datum(0))

@@ -76,8 +76,8 @@ def rollups(metrics: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 def gen_rollup(metrics: pa.Table, tokens: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """``gen_scores`` (by step bucket, token kind and layer) and ``gen_head_scores`` (by object-word kind, layer and
-    head) of one part's ``gen_metrics`` and ``gen_tokens``."""
+    """``gen_scores`` (by step bucket, token kind and layer) and ``gen_head_scores`` (by step bucket, object-word kind,
+    layer and head, a sample as the unit) of one part's ``gen_metrics`` and ``gen_tokens``."""
     steps, heads = _build_rollups(
         {"part_gen_metrics": metrics, "part_gen_tokens": tokens},
         [
@@ -86,7 +86,7 @@ def gen_rollup(metrics: pa.Table, tokens: pa.Table) -> tuple[pa.Table, pa.Table]
                 GEN_SCORES,
             ),
             (
-                "select *, definitions_version() as definitions from summarise_gen_heads('part_gen_metrics', 'part_gen_tokens') order by token_kind, score, layer, head",
+                "select *, definitions_version() as definitions from summarise_gen_heads('part_gen_metrics', 'part_gen_tokens') order by step_bucket, token_kind, score, layer, head",
                 GEN_HEAD_SCORES,
             ),
         ],

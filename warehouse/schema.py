@@ -160,17 +160,20 @@ GEN_SCORES = pa.schema(
     ]
 )
 
-# per part, kind of object word, layer, head and summarised value: the rollup of ``gen_metrics`` at the first token of
-# grounded and hallucinated object words that per-head marts read (``summarise_gen_heads`` in rollups.sql)
+# per part, step bucket, kind of object word, layer, head and summarised value: the rollup of ``gen_metrics`` at the first
+# token of grounded and hallucinated object words that per-head marts read (``summarise_gen_heads`` in rollups.sql), a
+# sample as the unit (its mean over its words of the kind in the bucket)
 GEN_HEAD_SCORES = pa.schema(
     [
         ("run_id", pa.string()),
+        ("step_bucket", pa.int16()),  # the first step of the bucket: 0, 1, 2, 4, 8, 16, ...
         ("token_kind", pa.string()),  # 'grounded' | 'hallucinated'
         ("layer", pa.int16()),
         ("head", pa.int16()),
         ("score", pa.string()),
-        ("n", pa.int64()),  # tokens
-        ("total", pa.float64()),
+        ("n", pa.int64()),  # samples with a word of the kind in the bucket
+        ("n_tokens", pa.int64()),  # the words (their first tokens)
+        ("total", pa.float64()),  # of the samples' means
         ("total_sq", pa.float64()),
         ("max_value", pa.float64()),
         ("definitions", pa.string()),

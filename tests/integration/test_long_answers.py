@@ -47,19 +47,34 @@ def image_sum(sample: int, step: int, layer: int, head: int) -> float:
     return round(0.05 + 0.11 * step + 0.07 * layer + 0.13 * head + 0.031 * sample + 0.017 * ((step * 7 + head * 3 + sample) % 5) + 0.023 * layer * (step % 3), 6)
 
 
-def _write(root, stale: bool):
+# more answers, for hallucination_heads, which compares the kinds within a step bucket (0, 1, 2-3, 4-7) where each has
+# two samples: buckets 1, 2 and 4 are compared; in bucket 0 one sample has a hallucinated word (left out); sample 0
+# repeats "cat" and sample 3 "cup" within a bucket (one sample's evidence each)
+HALLUCINATING = {
+    0: [("a", None), ("dog", "grounded"), ("cat", "hallucinated"), ("cat", "hallucinated"), None],
+    1: [("dog", "grounded"), ("bowl", "grounded"), ("sofa", "hallucinated"), ("tree", "hallucinated"), ("hat", "grounded"), None],
+    2: [("cat", "grounded"), ("bird", "hallucinated"), ("dog", "grounded"), ("and", None), ("tree", "hallucinated"), None],
+    3: [("the", None), ("bird", "hallucinated"), ("cup", "grounded"), ("cup", "grounded"), ("sofa", "hallucinated"), ("hat", "safe"), None],
+    4: [("dog", "grounded"), ("dog", "grounded"), ("cat", "grounded"), ("bird", "hallucinated"), ("lamp", "grounded"), ("box", "hallucinated"), None],
+    5: [("cat", "hallucinated"), ("the", None), None],
+}
+
+
+def _write(root, stale: bool, answers=ANSWERS, objects=OBJECTS, value=None):
+    value = value or image_sum
     warehouse = open_warehouse(root, create=True)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": N_LAYERS, "n_heads": N_HEADS, "n_kv_heads": N_HEADS}}
-    run, _ = open_or_create_run(warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=Plan(["s0", "s1"], 2), run_id=None, details=details)
+    run, _ = open_or_create_run(
+        warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=Plan([f"s{s}" for s in answers], len(answers)), run_id=None, details=details
+    )
     names = ("object_mentions", "hallucinated", "truth_objects", "truth_mentioned", "hallu_objects", "hallu_mentioned")
 
     def write(folder):
         samples = pa.Table.from_pylist(
-            [{"run_id": run.run_id, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "n_image": 4, **dict(zip(names, counts))} for s, counts in OBJECTS.items()],
-            schema=SAMPLES,
+            [{"run_id": run.run_id, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "n_image": 4, **dict(zip(names, objects.get(s, ())))} for s in answers], schema=SAMPLES
         )
         metrics, tokens, lens = [], [], []
-        for s, words in ANSWERS.items():
+        for s, words in answers.items():
             for step, word in enumerate(words):
                 tokens.append(
                     {
@@ -77,9 +92,7 @@ def _write(root, stale: bool):
                 )
                 for layer in range(N_LAYERS):
                     for head in range(N_HEADS):
-                        metrics.append(
-                            {"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "head": head, "n_image": 4, "image_sum": image_sum(s, step, layer, head)}
-                        )
+                        metrics.append({"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "head": head, "n_image": 4, "image_sum": value(s, step, layer, head)})
                 for layer, rank in enumerate(LENS.get((s, step), [])):
                     lens.append({"run_id": run.run_id, "sample_idx": s, "step": step, "layer": layer, "token_rank": rank, "token_prob": 1 / rank})
         tables = {"samples": samples, "gen_metrics": pa.Table.from_pylist(metrics, schema=GEN_METRICS), "gen_tokens": pa.Table.from_pylist(tokens, schema=GEN_TOKENS)}
@@ -100,6 +113,11 @@ def _write(root, stale: bool):
 @pytest.fixture(params=["current", "stale"])
 def long_answers(request, tmp_path):
     return _write(tmp_path / "wh", stale=request.param == "stale")
+
+
+@pytest.fixture(params=["current", "stale"])
+def hallucinating_answers(request, tmp_path):
+    return _write(tmp_path / "wh", stale=request.param == "stale", answers=HALLUCINATING, objects={})
 
 
 def _rows(warehouse, name, order, given=None):
@@ -161,30 +179,80 @@ def test_attention_by_step_counts_tokens_where_the_score_has_no_value(tmp_path):
     assert {bucket: (row["n_values"], row["n_tokens"]) for bucket, row in by_bucket.items()} == {0: (2, 1), 1: (1, 1)}  # was n_tokens 0 at step 1
 
 
-def test_hallucination_heads_by_hand(long_answers):
-    rows = _rows(long_answers, "hallucination_heads", ("layer", "head"))
+def test_hallucination_heads_by_hand(hallucinating_answers):
+    """Per head: per step bucket, each sample's mean of each kind, Welch's pieces over the samples where both kinds have
+    two; the buckets' differences weighted by their hallucinated samples; the Satterthwaite degrees of freedom of that
+    weighted sum (computed here in plain Python from the hand-written answers)."""
+    rows = _rows(hallucinating_answers, "hallucination_heads", ("layer", "head"))
     assert [(row["layer"], row["head"]) for row in rows] == [(layer, head) for layer in range(N_LAYERS) for head in range(N_HEADS)]
     separations = {}
     for row in rows:
-        kinds = {"grounded": [], "hallucinated": []}
-        for s, words in ANSWERS.items():
+        layer, head = row["layer"], row["head"]
+        by_sample = {}  # (bucket, kind) -> sample -> values
+        for s, words in HALLUCINATING.items():
             for step, word in enumerate(words):
-                if word is not None and word[1] in kinds:
-                    kinds[word[1]].append(image_sum(s, step, row["layer"], row["head"]))
-        grounded, hallucinated = kinds["grounded"], kinds["hallucinated"]
-        difference = statistics.fmean(grounded) - statistics.fmean(hallucinated)
-        a, b = statistics.variance(grounded) / len(grounded), statistics.variance(hallucinated) / len(hallucinated)
-        se = math.sqrt(a + b)
-        df = (a + b) ** 2 / (a**2 / (len(grounded) - 1) + b**2 / (len(hallucinated) - 1))  # Welch-Satterthwaite
+                if word is not None and word[1] in ("grounded", "hallucinated"):
+                    by_sample.setdefault((_bucket(step), word[1]), {}).setdefault(s, []).append(image_sum(s, step, layer, head))
+        compared, words_compared, hallucinated_words = [], {"grounded": 0, "hallucinated": 0}, 0
+        for bucket in sorted({bucket for bucket, _ in by_sample}):
+            grounded, hallucinated = by_sample.get((bucket, "grounded"), {}), by_sample.get((bucket, "hallucinated"), {})
+            hallucinated_words += sum(map(len, hallucinated.values()))
+            if len(grounded) < 2 or len(hallucinated) < 2:
+                continue
+            words_compared["grounded"] += sum(map(len, grounded.values()))
+            words_compared["hallucinated"] += sum(map(len, hallucinated.values()))
+            g = [statistics.fmean(values) for values in grounded.values()]  # a sample's mean: its repeated word once
+            h = [statistics.fmean(values) for values in hallucinated.values()]
+            compared.append((len(h), statistics.fmean(g), statistics.fmean(h), statistics.variance(g), statistics.variance(h), len(g)))
+        assert len(compared) == 3  # buckets 1, 2-3 and 4-7; bucket 0 has one hallucinating sample
+        total = sum(weight for weight, *_ in compared)
+        weights = [weight / total for weight, *_ in compared]
+        mean_g = sum(w * c[1] for w, c in zip(weights, compared))
+        mean_h = sum(w * c[2] for w, c in zip(weights, compared))
+        pieces = [(w * w * c[3] / c[5], c[5]) for w, c in zip(weights, compared)] + [(w * w * c[4] / c[0], c[0]) for w, c in zip(weights, compared)]
+        se = math.sqrt(sum(piece for piece, _ in pieces))
+        df = se**4 / sum(piece**2 / (n - 1) for piece, n in pieces)  # Welch-Satterthwaite of the weighted sum
         quantile = student_t.ppf(0.975, math.floor(df))  # scipy's t, at the degrees of freedom rounded down
-        assert (row["n_grounded"], row["n_hallucinated"]) == (4, 4)  # 'safe' and plain words are neither
+        difference = mean_g - mean_h
+        assert (row["n_grounded"], row["n_hallucinated"], row["n_hallucinated_left_out"], row["n_buckets"]) == (
+            words_compared["grounded"],
+            words_compared["hallucinated"],
+            hallucinated_words - words_compared["hallucinated"],
+            3,
+        )
+        assert (row["n_grounded"], row["n_hallucinated"], row["n_hallucinated_left_out"]) == (9, 10, 1)  # 'safe' and plain words are neither
+        assert (row["mean_grounded"], row["mean_hallucinated"]) == pytest.approx((mean_g, mean_h), abs=1e-6)
         assert row["difference"] == pytest.approx(difference, abs=1e-6)
-        assert row["welch_df"] == pytest.approx(df, rel=1e-6) and 3 <= df <= 6
+        assert row["welch_df"] == pytest.approx(df, rel=1e-6)
         assert (row["ci_low"], row["ci_high"]) == pytest.approx((difference - quantile * se, difference + quantile * se), abs=1e-6)
         assert row["welch_t"] == pytest.approx(difference / se, rel=1e-6)
-        separations[(row["layer"], row["head"])] = abs(difference / se)
+        pooled = sum(w * (c[3] + c[4]) / 2 for w, c in zip(weights, compared))
+        assert row["effect_size"] == pytest.approx(difference / math.sqrt(pooled), rel=1e-6)
+        separations[(layer, head)] = abs(difference / se)
     best_first = sorted(separations, key=lambda key: (-round(separations[key], 9), key))
     assert [next(row["separation_rank"] for row in rows if (row["layer"], row["head"]) == key) for key in best_first] == [1, 2, 3, 4]
+
+
+def test_hallucination_heads_compares_words_at_the_same_steps(tmp_path):
+    """Image attention that falls with the step alone (the same for both kinds at every step) and hallucinated words later
+    in the answers than grounded ones: pooled over the steps grounded words would 'attend more'; within the steps they do
+    not, and the mart says so. Steps 0-1: grounded words only; steps 2-3: one of each kind, in either order; steps 4-5:
+    hallucinated words only (left out: no grounded word to compare them with)."""
+    g, h = ("dog", "grounded"), ("cat", "hallucinated")
+    answers = {s: [g, g, *((g, h) if s < 2 else (h, g)), h, h, None] for s in range(4)}
+
+    def falling(s, step, layer, head):
+        return 0.5 - 0.05 * step + 0.01 * layer + 0.02 * head
+
+    root = _write(tmp_path / "wh", stale=False, answers=answers, objects={}, value=falling)
+    kinds = {kind: [falling(s, step, 0, 0) for s, words in answers.items() for step, word in enumerate(words) if word and word[1] == kind] for kind in ("grounded", "hallucinated")}
+    assert statistics.fmean(kinds["grounded"]) - statistics.fmean(kinds["hallucinated"]) == pytest.approx(0.4 / 3)  # pooled over the steps
+    rows = _rows(root, "hallucination_heads", ("layer", "head"))
+    assert len(rows) == N_LAYERS * N_HEADS
+    for row in rows:
+        assert (row["n_buckets"], row["n_grounded"], row["n_hallucinated"], row["n_hallucinated_left_out"]) == (1, 4, 4, 8)
+        assert row["difference"] == pytest.approx(0, abs=1e-9)
+        assert row["ci_low"] < 0 < row["ci_high"]
 
 
 def test_lens_settling_per_kind_of_word_by_hand(long_answers):

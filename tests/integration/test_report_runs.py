@@ -222,14 +222,15 @@ GEN_WORDS = [("dog", "grounded"), ("cat", "hallucinated"), ("bowl", "grounded"),
 
 
 def _gen_run(root, minute: int, base: float, slope: float, complete: bool = True) -> str:
-    """An extraction run with every generated step (--queries gen) of one sample: four object words, grounded and
-    hallucinated in turn; every head's image sum at step s is base + slope × s + 0.01 × head."""
+    """An extraction run with every generated step (--queries gen) of three samples: four object words each, grounded and
+    hallucinated in turn; every head's image sum at step s of sample i is base + slope × s + 0.01 × head + 0.003 × i."""
 
     def tables(run_id):
-        samples = pa.Table.from_pylist([{"run_id": run_id, "sample_idx": 0, "sample_key": "s0", "status": "ok", "n_image": 4}], schema=SAMPLES)
+        samples = pa.Table.from_pylist([{"run_id": run_id, "sample_idx": i, "sample_key": f"s{i}", "status": "ok", "n_image": 4} for i in range(3)], schema=SAMPLES)
         metrics = pa.Table.from_pylist(
             [
-                {"run_id": run_id, "sample_idx": 0, "step": step, "layer": layer, "head": head, "n_image": 4, "image_sum": base + slope * step + 0.01 * head}
+                {"run_id": run_id, "sample_idx": i, "step": step, "layer": layer, "head": head, "n_image": 4, "image_sum": base + slope * step + 0.01 * head + 0.003 * i}
+                for i in range(3)
                 for step in range(len(GEN_WORDS))
                 for layer in range(2)
                 for head in range(2)
@@ -240,7 +241,7 @@ def _gen_run(root, minute: int, base: float, slope: float, complete: bool = True
             [
                 {
                     "run_id": run_id,
-                    "sample_idx": 0,
+                    "sample_idx": i,
                     "step": step,
                     "token_id": 10 + step,
                     "eos": False,
@@ -250,6 +251,7 @@ def _gen_run(root, minute: int, base: float, slope: float, complete: bool = True
                     "object": word,
                     "object_status": status,
                 }
+                for i in range(3)
                 for step, (word, status) in enumerate(GEN_WORDS)
             ],
             schema=GEN_TOKENS,
@@ -257,7 +259,7 @@ def _gen_run(root, minute: int, base: float, slope: float, complete: bool = True
         scores, heads = gen_rollup(metrics, tokens)
         return {"samples": samples, "gen_metrics": metrics, "gen_tokens": tokens, "gen_scores": scores, "gen_head_scores": heads}
 
-    return _run(root, "extract", "hand", "handmade", minute, tables, ["s0"], complete=complete)
+    return _run(root, "extract", "hand", "handmade", minute, tables, ["s0", "s1", "s2"], complete=complete)
 
 
 def test_long_answer_charts_draw_one_run_per_panel(tmp_path):
@@ -270,15 +272,16 @@ def test_long_answer_charts_draw_one_run_per_panel(tmp_path):
     with open_session(root) as session:
         by_step = chart_spec(session, "gen_attention_by_step")["datasets"]["rows"]
         heads = chart_spec(session, "hallucination_heads")["datasets"]["rows"]
-    # the shown run: mean over heads 0 and 1 (+0.005) of 0.5 + 0.1 × step; bucket 2 holds steps 2 and 3
-    expected = {(layer, bucket): value for layer in range(2) for bucket, value in ((0, 0.505), (1, 0.605), (2, 0.755))}
+    # the shown run: mean over heads 0 and 1 (+0.005) and samples (+0.003) of 0.5 + 0.1 × step; bucket 2 holds steps 2 and 3
+    expected = {(layer, bucket): value for layer in range(2) for bucket, value in ((0, 0.508), (1, 0.608), (2, 0.758))}
     assert {row["run_id"] for row in by_step} == {shown} and len(by_step) == len(expected)
     assert {(row["layer"], row["step_bucket"]): row["mean_value"] for row in by_step} == pytest.approx(expected, abs=1e-6)
-    # grounded words at steps 0 and 2, hallucinated at 1 and 3: every head's difference is -slope (-0.1 in the shown run)
+    # grounded words at steps 0 and 2, hallucinated at 1 and 3: compared in bucket 2-3 (steps 0 and 1 hold one kind
+    # each), where every head's difference is -slope (-0.1 in the shown run)
     assert {row["run_id"] for row in heads} == {shown}
     assert sorted((row["layer"], row["head"]) for row in heads) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert [row["difference"] for row in heads] == pytest.approx([-0.1] * 4, abs=1e-6)
-    assert all((row["n_grounded"], row["n_hallucinated"]) == (2, 2) for row in heads)
+    assert all((row["n_grounded"], row["n_hallucinated"], row["n_hallucinated_left_out"]) == (3, 3, 3) for row in heads)
 
 
 # ------------------------------------------------------------------ causal.html, run_overview

@@ -76,7 +76,7 @@ create or replace macro gen_metric_values(rows, tokens) as table
         from query_table(rows) as m
         left join query_table(tokens) as t on t.run_id = m.run_id and t.sample_idx = m.sample_idx and t.step = m.step
     )
-    select k.run_id, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
+    select k.run_id, k.sample_idx, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
     from kinded as k, (select unnest(summarised_names()) as score) as s;
 
 -- per (run, step bucket, token kind, layer, score): the sums of summarise_head_metrics over the layer's heads and
@@ -95,18 +95,29 @@ create or replace macro summarise_gen_metrics(rows, tokens) as table
     from gen_metric_values(rows, tokens)
     group by run_id, step_bucket, token_kind, layer, score;
 
--- per (run, object-word kind, layer, head, score) at the first token of grounded and hallucinated object words
+-- per (run, step bucket, object-word kind, layer, head, score) at the first token of grounded and hallucinated object
+-- words, with a sample as the unit: each sample's mean over its words of the kind in the bucket (a word an answer
+-- repeats is one sample's evidence, not several), then over the samples: n (samples), n_tokens (words), the sum and
+-- sum of squares of the samples' means, the largest value. hallucination_heads compares the kinds within a bucket
+-- (hallucinated words come later in an answer, where image attention is lower for every word) and across samples.
 create or replace macro summarise_gen_heads(rows, tokens) as table
+    with per_sample as (
+        select run_id, step_bucket, token_kind, layer, head, score, sample_idx, count(value) as n_tokens, avg(value) as value, max(value) as max_value
+        from gen_metric_values(rows, tokens)
+        where token_kind in ('grounded', 'hallucinated') and value is not null
+        group by run_id, step_bucket, token_kind, layer, head, score, sample_idx
+    )
     select
         run_id,
+        step_bucket,
         token_kind,
         layer,
         head,
         score,
-        count(value) as n,
-        coalesce(sum(value), 0) as total,
-        coalesce(sum(value * value), 0) as total_sq,
-        max(value) as max_value
-    from gen_metric_values(rows, tokens)
-    where token_kind in ('grounded', 'hallucinated')
-    group by run_id, token_kind, layer, head, score;
+        count(*) as n,
+        sum(n_tokens) as n_tokens,
+        sum(value) as total,
+        sum(value * value) as total_sq,
+        max(max_value) as max_value
+    from per_sample
+    group by run_id, step_bucket, token_kind, layer, head, score;
