@@ -154,13 +154,31 @@ class GroupJournal:
         return [[dict(row) for row in found[condition_id]] for condition_id in self.condition_ids]
 
     def record(self, samples: Samples, rows: Sequence[Rows]) -> None:
-        """Keep a finished batch's rows (one list per condition, in the group's order)."""
-        folder = self.folder
-        if not self._started:  # first the manifest, so that ``tidy`` knows the folder's conditions whatever its batch files hold
-            storage.make_folders(folder)
-            storage.put(folder / PROGRESS_MANIFEST, json.dumps(sorted(self.condition_ids)).encode())
+        """Keep a finished batch's rows (one list per condition, in the group's order).
+
+        The group's folder may go while this process works on the group: the same group run twice at once (a Dask
+        task the scheduler gave to another worker while its first worker, which it had lost touch with, went on) is
+        cleared by the copy that commits first, and a folder emptied by another group's ``clear`` can go between
+        its creation and the batch file's. Then the batch is kept in a folder made again, unless every condition of
+        the group is committed already (nothing is left to keep: this process's own commits will find them there)."""
+        target, content = self.folder / batch_file_name(tuple(samples)), encode_batch_rows(self.condition_ids, tuple(samples), rows)
+        try:
+            self._start()
+            storage.put(target, content)
+        except FileNotFoundError:
+            if set(self.condition_ids) <= parts.committed_part_ids(self.journal.run):
+                return
+            self._started = False
+            self._start()
+            storage.put(target, content)
+
+    def _start(self) -> None:
+        """The group's folder and, first, its manifest, so that ``tidy`` knows the folder's conditions whatever its
+        batch files hold."""
+        if not self._started:
+            storage.make_folders(self.folder)
+            storage.put(self.folder / PROGRESS_MANIFEST, json.dumps(sorted(self.condition_ids)).encode())
             self._started = True
-        storage.put(folder / batch_file_name(tuple(samples)), encode_batch_rows(self.condition_ids, tuple(samples), rows))
 
     def clear(self) -> None:
         """The group's conditions are committed: its files go (and the journal's folder, where nothing else is left)."""

@@ -163,7 +163,7 @@ def put(target: Location, content: bytes) -> None:
     if is_object_store(target):
         target.fs.pipe_file(target.path, content)
         return
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # a process's threads (a Dask worker's) write apart
     with open(tmp, "wb") as handle:
         handle.write(content)
         handle.flush()

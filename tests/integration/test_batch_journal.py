@@ -117,6 +117,49 @@ def test_an_interrupted_sweep_resumes_from_its_finished_batches(extracted, tmp_p
     assert not run.progress.exists() and parts.verify(run) == [] and run_status(run)["batches_kept"] == 0
 
 
+def test_a_group_folder_cleared_by_a_copy_of_the_task_is_made_again(extracted, tmp_path):
+    """The same group run twice at once (a Dask task the scheduler gave to a second worker while the first, which it had
+    lost touch with, went on): the copy that commits first clears the group's folder, while the other still records
+    batches. Before the fix its next batch's write failed (FileNotFoundError on the temporary file): the sweep ended in
+    an internal error. Here the folder goes after the group's first batch."""
+    import shutil
+
+    warehouse = fresh(extracted, tmp_path)
+    cleared = []
+
+    def clear_after_first_batch(done: float, total: int) -> None:
+        if done and done != int(done) and not cleared:
+            run = mask_run_paths(warehouse)
+            (folder,) = [path for path in run.progress.iterdir() if path.is_dir()]
+            shutil.rmtree(folder)
+            cleared.append(folder)
+
+    result, _ = mask_sweep(warehouse, MaskOptions(**OPTIONS), on_progress=clear_after_first_batch)
+    assert cleared and result.conditions_written == result.conditions_total
+    assert_same(results(warehouse), extracted[1])
+    assert not mask_run_paths(warehouse).progress.exists()
+
+
+def test_a_batch_of_a_group_committed_meanwhile_is_not_kept(extracted, tmp_path):
+    """The other copy committed every condition of the group and cleared its folder: nothing is left to keep, so the
+    batch is not written (no folder made again for tidy to find)."""
+    from attnwh.extract.batch_journal import BatchJournal
+
+    warehouse = fresh(extracted, tmp_path)
+    mask_sweep(warehouse, MaskOptions(**OPTIONS))
+    run = mask_run_paths(warehouse)
+    ids = sorted(parts.committed_part_ids(run))
+    rows = [[{"sample_idx": 0, "sample_key": "s0"}] for _ in ids]
+    group = BatchJournal.open(run).group(ids)
+    group.record(((0, "s0"),), rows)  # the folder made, the manifest and a batch written
+    assert group.folder.is_dir()
+    import shutil
+
+    shutil.rmtree(run.progress)  # the copy that committed cleared it
+    group.record(((1, "s1"),), [[{"sample_idx": 1, "sample_key": "s1"}] for _ in ids])
+    assert not run.progress.exists()
+
+
 def signed(body: bytes) -> bytes:
     """A batch file's content as a writer makes it: the body's sha256 on the first line."""
     return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
