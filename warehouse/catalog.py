@@ -73,6 +73,7 @@ def sql_error(exc: BaseException) -> SqlError:
 
 
 ROLLUP_TABLES = ("head_scores", "head_ranks")
+GEN_ROLLUP_TABLES = ("gen_scores", "gen_head_scores")  # the long answers' (``--queries gen``)
 
 
 def _as_rollup(rows: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -296,6 +297,25 @@ class Catalog:
         self._register_table("rolled_up_runs", pa.table({"run_id": pa.array(rolled, pa.string())}))
         # what staging adds up: the rollups of those runs, each run's parts added up once on this machine
         self._on_demand.update({f"rolled_up_{table}": partial(self._define_rolled_up, table, rolled) for table in ROLLUP_TABLES})
+        # the long answers' (``--queries gen``) rollups the same way: the runs every part of whose gen_metrics has both
+        # rollups, built from the current definitions (by their footers; a file without the tag is recomputed), each
+        # run's parts added up once on this machine (at 100 M gen_metrics rows a run has ~100 parts); the others'
+        # gen_metrics rows in ``gen_metrics_not_rolled_up``, from which staging recomputes them. When every run is
+        # current that view holds no file, so a session reads no gen_metrics row.
+        gen_rolled = sorted(
+            run_id
+            for run_id, tables in self._run_files.items()
+            if tables["gen_metrics"]
+            and all(len(tables[table]) == len(tables["gen_metrics"]) for table in GEN_ROLLUP_TABLES)
+            and all(self._file_metadata.get(path, {}).get(META_DEFINITIONS.decode()) == version for table in GEN_ROLLUP_TABLES for path in tables[table])
+        )
+        self._on_demand.update({f"rolled_up_{table}": partial(self._define_rolled_up, table, gen_rolled) for table in GEN_ROLLUP_TABLES})
+        stale = [path for run_id, tables in self._run_files.items() if run_id not in gen_rolled for path in tables["gen_metrics"]]
+        if stale:
+            relation = self._with_every_column(self.connection.read_parquet(stale, union_by_name=True), TABLES["gen_metrics"])
+        else:
+            relation = self._arrow_relation(TABLES["gen_metrics"].empty_table())
+        relation.create_view("gen_metrics_not_rolled_up", replace=True)
         others = [path for run_id, tables in self._run_files.items() if run_id not in rolled for path in tables["head_metrics"]]
         if others:
             relation = self._with_every_column(self.connection.read_parquet(others, union_by_name=True), TABLES["head_metrics"])
@@ -313,7 +333,8 @@ class Catalog:
         session that needs it, and kept by a key of the parts' committed hashes and the definitions' version
         (which covers that macro: so it is found again only for exactly those parts and that arithmetic);
         staging adding up one row per head gives the same rows.
-        With the cache off (``ATTNWH_OBJECT_CACHE=off``) the parts are read as before.
+        With the cache off (``ATTNWH_OBJECT_CACHE=off``) the parts are read as before. The same for the long
+        answers' ``gen_scores`` / ``gen_head_scores``.
         """
         cache = storage.object_cache()
         adding_up = f"select * from add_up_{table}('rolled_up_{table}')"

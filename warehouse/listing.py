@@ -46,6 +46,9 @@ DESCRIPTIONS = {
     "head_metrics_not_rolled_up": "the head_metrics rows of every run not in rolled_up_runs (staging recomputes their sums from them)",
     "rolled_up_head_scores": "the head_scores rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
     "rolled_up_head_ranks": "the head_ranks rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
+    "gen_metrics_not_rolled_up": "the gen_metrics rows of every run whose gen_scores / gen_head_scores rollups are not all current (staging recomputes their sums from them)",
+    "rolled_up_gen_scores": "the gen_scores rollups of the runs whose long-answer rollups are all current (each run's parts added up once, kept on this machine)",
+    "rolled_up_gen_head_scores": "the gen_head_scores rollups of the runs whose long-answer rollups are all current (each run's parts added up once, kept on this machine)",
 }
 
 

@@ -1,11 +1,5 @@
--- the gen_metrics rows of runs whose gen_scores / gen_head_scores rollups were built from other definitions (or
--- from several versions): stg_gen_scores and stg_gen_head_scores recompute their sums with the current definitions.
--- A filter on the scan itself, so that when every run is current (the usual case) no gen_metrics row is read.
-select m.*
-from gen_metrics as m
-where m.run_id in (
-    select run_id
-    from (select run_id, definitions from gen_scores union all select run_id, definitions from gen_head_scores)
-    group by run_id
-    having bool_or(definitions is distinct from definitions_version())
-)
+-- the gen_metrics rows of runs whose gen_scores / gen_head_scores rollups were not all built from the current
+-- definitions (by their files' footers; or some part lacks them): stg_gen_scores and stg_gen_head_scores recompute
+-- their sums from them with the current definitions. The session's gen_metrics_not_rolled_up holds those runs' files
+-- only, so when every run is current (the usual case) no gen_metrics row is read.
+select * from gen_metrics_not_rolled_up

@@ -20,7 +20,7 @@ from attnwh.warehouse.listing import leading_comment, one_line
 from attnwh.warehouse.schema import TABLES
 
 runner = CliRunner()
-RAW = ["runs", *TABLES, "definitions_info", "rolled_up_runs", "head_metrics_not_rolled_up"]
+RAW = ["runs", *TABLES, "definitions_info", "rolled_up_runs", "head_metrics_not_rolled_up", "gen_metrics_not_rolled_up"]
 
 
 def invoke(*args: str):

@@ -60,21 +60,28 @@ HALLUCINATING = {
 }
 
 
-def _write(root, stale: bool, answers=ANSWERS, objects=OBJECTS, value=None):
+def _write(root, stale, answers=ANSWERS, objects=OBJECTS, value=None, part_size=None):
+    """A run of ``answers`` in parts of ``part_size`` samples (all in one by default); ``stale``: True (every part) or
+    the ids of the parts whose rollups are of other definitions."""
     value = value or image_sum
+    keys = list(answers)
+    part_size = part_size or len(keys)
     warehouse = open_warehouse(root, create=True)
     details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": N_LAYERS, "n_heads": N_HEADS, "n_kv_heads": N_HEADS}}
     run, _ = open_or_create_run(
-        warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=Plan([f"s{s}" for s in answers], len(answers)), run_id=None, details=details
+        warehouse, kind="extract", model="hand", benchmark="handmade", spec={"dtype": "float32"}, plan=Plan([f"s{s}" for s in keys], part_size), run_id=None, details=details
     )
     names = ("object_mentions", "hallucinated", "truth_objects", "truth_mentioned", "hallu_objects", "hallu_mentioned")
 
-    def write(folder):
+    def writer(chosen, stale):
+        return lambda folder: write(folder, chosen, stale)
+
+    def write(folder, chosen, stale):
         samples = pa.Table.from_pylist(
-            [{"run_id": run.run_id, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "n_image": 4, **dict(zip(names, objects.get(s, ())))} for s in answers], schema=SAMPLES
+            [{"run_id": run.run_id, "sample_idx": s, "sample_key": f"s{s}", "status": "ok", "n_image": 4, **dict(zip(names, objects.get(s, ())))} for s in chosen], schema=SAMPLES
         )
         metrics, tokens, lens = [], [], []
-        for s, words in answers.items():
+        for s, words in ((s, answers[s]) for s in chosen):
             for step, word in enumerate(words):
                 tokens.append(
                     {
@@ -106,7 +113,8 @@ def _write(root, stale: bool, answers=ANSWERS, objects=OBJECTS, value=None):
             pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
         return {name: table.num_rows for name, table in tables.items()}
 
-    parts.commit_part(run.paths, 0, write)
+    for part_id, start in enumerate(range(0, len(keys), part_size)):
+        parts.commit_part(run.paths, part_id, writer(keys[start : start + part_size], stale is True or (stale is not False and part_id in stale)))
     return root
 
 
@@ -253,6 +261,40 @@ def test_hallucination_heads_compares_words_at_the_same_steps(tmp_path):
         assert (row["n_buckets"], row["n_grounded"], row["n_hallucinated"], row["n_hallucinated_left_out"]) == (1, 4, 4, 8)
         assert row["difference"] == pytest.approx(0, abs=1e-9)
         assert row["ci_low"] < 0 < row["ci_high"]
+
+
+@pytest.mark.parametrize("stale", [(), (1,)], ids=["current", "one part stale"])
+def test_a_run_of_many_parts_gives_the_rows_of_one_part(tmp_path, monkeypatch, stale):
+    """The long-answer rollups of a run of many parts, added up once and kept on this machine (then read from there), or
+    recomputed from the rows when a part's are of other definitions: the marts' rows equal those of the same answers in
+    one part (whose rows the tests above check by hand)."""
+    one = _write(tmp_path / "one", stale=False, answers=HALLUCINATING, objects={})
+    many = _write(tmp_path / "many", stale=set(stale), answers=HALLUCINATING, objects={}, part_size=2)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", str(cache))
+
+    def marts(root):
+        found = {}
+        for name, order in (("hallucination_heads", ("layer", "head")), ("gen_attention_by_step", ("step_bucket", "layer"))):
+            found[name] = [{key: value for key, value in row.items() if key != "run_id"} for row in _rows(root, name, order)]
+        return found
+
+    def same(got, expected):
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert len(got[name]) == len(expected[name]) and all(a.keys() == b.keys() for a, b in zip(got[name], expected[name]))
+            for a, b in zip(got[name], expected[name]):
+                for key, value in b.items():
+                    assert a[key] == (pytest.approx(value, rel=1e-9) if isinstance(value, float) else value), (name, key)
+
+    expected = marts(one)
+    assert len(expected["hallucination_heads"]) == N_LAYERS * N_HEADS
+    for _ in range(2):  # added up and kept, then read from the cache
+        same(marts(many), expected)
+    kept = sorted(path.name.split("-")[1] for path in cache.rglob("rollup-gen*"))
+    assert kept == ([] if stale else ["gen_head_scores", "gen_scores"])  # a stale run is recomputed, not kept
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", "off")
+    same(marts(many), expected)
 
 
 def test_lens_settling_per_kind_of_word_by_hand(long_answers):

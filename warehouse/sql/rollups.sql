@@ -121,3 +121,17 @@ create or replace macro summarise_gen_heads(rows, tokens) as table
         max(max_value) as max_value
     from per_sample
     group by run_id, step_bucket, token_kind, layer, head, score;
+
+-- a run's long-answer rollup rows of many parts added up (stg_gen_scores, stg_gen_head_scores, and the compacted
+-- tables a reading machine keeps): the one definition of adding up their parts
+create or replace macro add_up_gen_scores(parts) as table
+    select run_id, step_bucket, token_kind, layer, score, cast(sum(n) as bigint) as n, sum(total) as total, sum(total_sq) as total_sq, max(max_value) as max_value
+    from query_table(parts)
+    group by run_id, step_bucket, token_kind, layer, score;
+
+create or replace macro add_up_gen_head_scores(parts) as table
+    select
+        run_id, step_bucket, token_kind, layer, head, score,
+        cast(sum(n) as bigint) as n, cast(sum(n_tokens) as bigint) as n_tokens, sum(total) as total, sum(total_sq) as total_sq, max(max_value) as max_value
+    from query_table(parts)
+    group by run_id, step_bucket, token_kind, layer, head, score;
