@@ -144,6 +144,10 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
         "columns": list(statistic.columns),
         "sinks": statistic.sinks,
     }
+    if boxes is not None:  # the rule the boxes' tokens are found by (a run made by an earlier one is not resumed)
+        from attnwh.extract.regions import REGION_RULE
+
+        spec["regions"] = REGION_RULE
     # a new run's masks before it is created: a sample, image or model they cannot be made from leaves no empty run behind
     masks = region_masks(source, boxes, options) if boxes is not None and not _derived_run_exists(warehouse, spec) else None
     for key, mask in (masks or {}).items():

@@ -7,8 +7,10 @@ processor, with the same sizes, and only normalisation switched off so that pixe
 [0, 1]. A processed pixel is inside a box when all its channels exceed ``THRESHOLD`` (0.5: far
 above the ringing of bicubic resampling, and above the mean-colour padding LLaVA's pad-to-square
 adds, whose darkest channel is 0.41). An image token is in the region when any pixel of its patch
-(or pooled block of patches, or merged patches) is inside. A box thinner than about half a
-processed pixel therefore marks no token.
+(or pooled block of patches, or merged patches) is inside. Resampling can smooth a box thinner than about a processed
+pixel below the threshold (a 1 × 1-pixel box on a 640 × 480 image is 0.7 × 0.7 processed pixels): a box thinner than
+``THIN_SHARE`` of the image's side also marks the tokens whose cells (``token_layout``) contain its centre, one per
+view; a box whose centre lies where the model reads no pixel (a centre crop's margin) marks no more.
 
 Patch grids map to image tokens per family (each family's data names its function, ``discovery.Family.image_tokens``,
 which reduces each token's block of processed pixels; a family without one has no region mapping and no overlays, and
@@ -54,8 +56,38 @@ TokenFunction = Callable[["LoadedModel", Image.Image, Reduce], torch.Tensor]
 
 
 def region_mask(loaded: LoadedModel, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
-    """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box."""
-    return _image_tokens(loaded, "regions")(loaded, render_box_mask(image.size, boxes), _any_inside)[:, 0] > 0
+    """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box, and, for a box
+    thin enough that resampling may smooth it away (``_thin``), where the token's cell contains the box's centre (a
+    token the box overlaps: the rule is the same, only found another way)."""
+    inside = _image_tokens(loaded, "regions")(loaded, render_box_mask(image.size, boxes), _any_inside)[:, 0] > 0
+    thin = [box for box in boxes if _thin(box, image.size)]
+    if thin:
+        try:
+            layout = _layout(loaded, image.size)
+        except ModelError:  # no layout (OneVision's down-sampled tiles): such boxes mark what their pixels mark
+            return inside
+        for box in thin:
+            inside |= torch.from_numpy(_cells_containing(layout.boxes, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)))
+    return inside
+
+
+# a box narrower or lower than this share of the image's side may be under a processed pixel (every family processes a
+# side to at least 224 pixels, so this is 2 or more of them): its centre's cell is marked too
+THIN_SHARE = 1 / 112
+# the rule regions are made by, named in the fingerprint of runs with boxes (a run whose regions were made by an
+# earlier rule is not resumed by this one): overlap with the processed box mask, and a thin box's centre cell
+REGION_RULE = "overlap, thin box centre"
+
+
+def _thin(box: Box, size: tuple[int, int]) -> bool:
+    return box[2] - box[0] < THIN_SHARE * size[0] or box[3] - box[1] < THIN_SHARE * size[1]
+
+
+def _cells_containing(boxes: np.ndarray, point: tuple[float, float]) -> np.ndarray:
+    """[n_image] bool: the tokens whose cells (``boxes``, half-open; NaN: no cell) contain ``point``."""
+    x, y = point
+    with np.errstate(invalid="ignore"):
+        return (boxes[:, 0] <= x) & (x < boxes[:, 2]) & (boxes[:, 1] <= y) & (y < boxes[:, 3])
 
 
 @dataclass(frozen=True)
@@ -72,10 +104,40 @@ class TokenLayout:
     views: np.ndarray
 
 
+# the largest coordinate step (side / 255) a drawing accepts, in units of the smallest token cell: up to 0.47 cell
+# LLaVA-1.5's cells were within a quarter cell of the hand-computed ones, at 0.5 cell off by more than half a cell
+COARSEST_STEP = 0.4
+
+
 def token_layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
     """The layout of an image of ``size`` (width, height), from the family's own mapping of processed pixels to
     tokens: an image whose red and green channels are the pixel's x and y (8 bits: a 640-pixel side to ±1.3 px)
-    and whose blue channel is full goes through the processor; padding the processor adds has a darker blue."""
+    and whose blue channel is full goes through the processor; padding the processor adds has a darker blue.
+
+    Refused (``ModelError``) where a coordinate step is more than ``COARSEST_STEP`` of the smallest token cell along a
+    side (LLaVA-1.5 on an image more than 4.25 times as wide as high): the cells would be misplaced by a step or more."""
+    layout = _layout(loaded, size)
+    _check_steps(layout)
+    return layout
+
+
+def _check_steps(layout: TokenLayout) -> None:
+    """Refuse a layout whose coordinate steps are coarse against its cells. A view's cell along a side is its
+    tokens' mean box width (height): each box edge is off by at most a step, and neighbours share their edges, so
+    the errors of a row's boxes add up to those of its two ends."""
+    spatial = layout.views >= 0
+    for low, high, side, name in ((0, 2, layout.size[0], "width"), (1, 3, layout.size[1], "height")):
+        cells = [float(np.mean(layout.boxes[layout.views == view, high] - layout.boxes[layout.views == view, low])) for view in np.unique(layout.views[spatial])]
+        step = side / 255
+        if cells and step > COARSEST_STEP * min(cells):
+            raise ModelError(
+                f"overlays are not drawn for an image of {layout.size[0]}×{layout.size[1]} pixels: its token layout places cells in steps of "
+                f"{step:.1f} px along its {name}, more than {COARSEST_STEP:g} of its smallest token cell ({min(cells):.1f} px); its region statistics are kept"
+            )
+
+
+def _layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
+    """``token_layout`` without refusing coarse steps (a thin region box's centre needs no more than its cell)."""
     width, height = size
     xs = np.rint(255 * (np.arange(width) + 0.5) / width).astype(np.uint8)
     ys = np.rint(255 * (np.arange(height) + 0.5) / height).astype(np.uint8)

@@ -63,9 +63,13 @@ def read_image(sample) -> Image.Image:
         raise UsageError(f"sample {sample.key}: cannot read its image ({type(exc).__name__}: {exc})") from exc
 
 
-def sample_images(spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None) -> dict[str, SampleImage]:
+def sample_images(
+    spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None
+) -> dict[str, SampleImage]:
     """Each stored sample's image and token layout (``spec``: the run's RUN.json spec; ``data`` / ``model``: where
-    the benchmark's files or the model moved since the run)."""
+    the benchmark's files or the model moved since the run). A sample whose layout cannot be drawn (``token_layout``'s
+    ``ModelError``) raises, or with ``refused`` is left out and its reason put there by key."""
+    from attnwh.core.errors import ModelError
     from attnwh.extract.part_tables import image_sha256
     from attnwh.extract.regions import token_layout
 
@@ -79,7 +83,13 @@ def sample_images(spec: Mapping[str, Any], stored: Sequence[StoredSample], data:
         image = read_image(sample)
         if entry.image_sha256 is not None and image_sha256(image) != entry.image_sha256:
             raise UsageError(f"sample {entry.key}: the benchmark's image is not the one the run read (its pixels differ); give --data with the run's files")
-        layout = token_layout(loaded, image.size)
+        try:
+            layout = token_layout(loaded, image.size)
+        except ModelError as exc:
+            if refused is None:
+                raise
+            refused[entry.key] = str(exc)
+            continue
         if entry.n_image is not None and len(layout.views) != entry.n_image:
             raise UsageError(f"sample {entry.key}: the processor gives {len(layout.views)} image tokens, the run stored {entry.n_image}; give --model with the run's model")
         found[entry.key] = SampleImage(entry.key, image, tuple(sample.boxes), layout)

@@ -19,6 +19,7 @@ from attnwh.extract.benchmarks.templates import check_style
 from attnwh.extract.discovery import ModelSpec
 from attnwh.extract.models import ModelSource, load_config, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
+from attnwh.extract.regions import REGION_RULE
 from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
 from attnwh.warehouse.runs import environment_info
 
@@ -88,6 +89,8 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         "max_new_tokens": max_new_tokens,
         "decoding": "greedy",
     }
+    if any(sample.boxes for sample in samples):  # region statistics: the rule their tokens are found by
+        spec["regions"] = REGION_RULE
     if model_spec.image_marker_ids:  # typed image since 2026-12-06 (they were text): such a run made before is not resumed
         spec["image_markers"] = list(model_spec.image_marker_ids)
     details = {"model_location": source.location, "model_info": model_spec.info, "device": str(device), "command": options.command, "environment": environment_info()}

@@ -27,6 +27,9 @@ from PIL import Image
 
 COLOUR_MAP = "magma"  # perceptually uniform, and dark where nothing is attended
 OVERLAY_ALPHA = 0.6
+UNREAD_COLOUR = (0.5, 0.5, 0.5)  # pixels no token reads (a centre crop's margins): grey, nearly opaque
+UNREAD_ALPHA = 0.85
+UNREAD_NOTE = "grey: not read by the model"
 
 
 def overlay_maps(
@@ -119,12 +122,16 @@ class SampleFigure:
         return {True: "right", False: "wrong", None: "not scored"}[self.correct]
 
     def caption_lines(self) -> list[str]:
-        return [self.heading, f"Q: {self.question}", f"A: {self.answer}   (gold: {self.gold}; {self.verdict()})", *self.notes]
+        unread = [UNREAD_NOTE] if any(np.isnan(panel.values).any() for panel in self.panels) else []
+        return [self.heading, f"Q: {self.question}", f"A: {self.answer}   (gold: {self.gold}; {self.verdict()})", *self.notes, *unread]
 
     def figure(self):
-        """A matplotlib figure (Agg: no display needed)."""
+        """A matplotlib figure (Agg: no display needed). Constrained layout keeps every colour bar, its ticks and its
+        label inside the figure; the ticks are in scientific notation (attention per token is about 1e-3)."""
+        from matplotlib import colormaps
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
+        from matplotlib.ticker import ScalarFormatter
 
         columns = max(1, min(self.columns, len(self.panels)))
         rows = -(-len(self.panels) // columns)
@@ -132,22 +139,27 @@ class SampleFigure:
         caption = [textwrap.fill(line, width=max(40, int(30 * columns))) for line in self.caption_lines()]
         caption_inches = 0.2 * sum(line.count("\n") + 1 for line in caption) + 0.15
         row_inches = self.panel_inches * height / width + 0.45  # the panel and its two-line title
-        figure = Figure(figsize=(self.panel_inches * columns * 1.3, caption_inches + rows * row_inches), dpi=self.dpi)
-        figure.text(0.01, 1 - 0.05 / figure.get_figheight(), "\n".join(caption), va="top", ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
-        top = 1 - (caption_inches + 0.4) / figure.get_figheight()
-        grid = figure.add_gridspec(rows, columns, top=top, bottom=0.02, left=0.02, right=0.93, wspace=0.3, hspace=0.45 * 1 / self.panel_inches * 2)
+        figure = Figure(figsize=(self.panel_inches * columns * 1.3, caption_inches + rows * row_inches), dpi=self.dpi, layout="constrained")
+        figure.suptitle("\n".join(caption), x=0.01, ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
+        colour_map = colormaps[COLOUR_MAP].with_extremes(bad=(*UNREAD_COLOUR, UNREAD_ALPHA))
+        grid = figure.add_gridspec(rows, columns)
         for index, panel in enumerate(self.panels):
             axes = figure.add_subplot(grid[index // columns, index % columns])
             axes.imshow(self.image, extent=(0, width, height, 0), interpolation="bilinear")
             values = np.ma.masked_invalid(panel.values)
-            shown = axes.imshow(values, extent=(0, width, height, 0), cmap=COLOUR_MAP, alpha=OVERLAY_ALPHA, interpolation="nearest", vmin=0)
+            # the map's alpha per pixel: a scalar alpha would also make the unread grey as transparent as the map
+            alpha = np.where(np.isnan(panel.values), UNREAD_ALPHA, OVERLAY_ALPHA)
+            shown = axes.imshow(values, extent=(0, width, height, 0), cmap=colour_map, alpha=alpha, interpolation="nearest", vmin=0)
             for x0, y0, x1, y1 in self.boxes:
                 axes.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="#00e5ff", linewidth=1.5))
             axes.set_title(panel.title, fontsize=8, parse_math=False)
             axes.set_xticks([])
             axes.set_yticks([])
-            bar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.03)
+            formatter = ScalarFormatter(useMathText=True)
+            formatter.set_powerlimits((-2, 3))
+            bar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.03, format=formatter)
             bar.ax.tick_params(labelsize=6)
+            bar.ax.yaxis.get_offset_text().set_fontsize(6)
             bar.set_label("attention per token", fontsize=6)
         return figure
 

@@ -123,12 +123,13 @@ def sample_rows(session, run_id: str, samples: Sequence[str], query: str) -> lis
     return result
 
 
-def images_of(rows: Sequence[SampleRows], data: Path | None = None, model: str | None = None) -> dict[str, Any]:
-    """Each sample's image and token layout (``extract.sample_images``)."""
+def images_of(rows: Sequence[SampleRows], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None) -> dict[str, Any]:
+    """Each sample's image and token layout (``extract.sample_images``; ``refused``: where samples whose layout
+    cannot be drawn are left, with the reason, instead of raising)."""
     from attnwh.extract.sample_images import StoredSample, sample_images
 
     stored = [StoredSample(row.sample["sample_key"], row.sample["image_sha256"], row.sample["n_image"]) for row in rows]
-    return sample_images(rows[0].spec, stored, data, model) if rows else {}
+    return sample_images(rows[0].spec, stored, data, model, refused) if rows else {}
 
 
 def display_size(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
@@ -276,24 +277,30 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
         runs = session.query("select run_id, model, benchmark from runs where kind = 'extract' order by model, benchmark, created, run_id").to_pylist()
         built, skipped = [], []
         for run in runs:
+            refused: dict[str, str] = {}
             try:
-                pictures = run_pictures(session, run, n_samples, top, query)
+                pictures = run_pictures(session, run, n_samples, top, query, refused)
             except AttnwhError as exc:
-                skipped.append({"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "no pictures because": str(exc)})
+                skipped.append({"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "sample": None, "no pictures because": str(exc)})
                 continue
+            finally:
+                skipped += [
+                    {"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "sample": key, "no pictures because": reason} for key, reason in refused.items()
+                ]
             title = f"Where heads look: {run['model']} on {run['benchmark']} (run {run['run_id']}, first {n_samples} samples, query {query})"
             built.append(
                 Section(title, REPORT_DESCRIPTION.format(top=top) if not built else "", REPORT_SQL, pictures=pictures, empty_message="No sample of this run was answered.")
             )
         if skipped:
-            built.append(Section("Where heads look: runs without pictures", "Extraction runs whose samples cannot be drawn, and why.", REPORT_SQL, table=skipped))
+            built.append(Section("Where heads look: runs without pictures", "Extraction runs (or their samples) that cannot be drawn, and why.", REPORT_SQL, table=skipped))
         return built + flips.sample_sections(session, flip_drawer(session, query))
 
     return sections
 
 
-def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: str) -> list:
-    """Thumbnails of a run's first samples: its top heads and a random other head (seeded by the run's id)."""
+def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: str, refused: dict[str, str] | None = None) -> list:
+    """Thumbnails of a run's first samples: its top heads and a random other head (seeded by the run's id). A sample
+    whose layout cannot be drawn is left out, its reason put in ``refused`` by key."""
     import random
 
     from attnwh.queries.rankings import ranked_scores
@@ -306,12 +313,14 @@ def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: 
     if not keys:
         return []
     rows = sample_rows(session, run_id, keys, query)
-    images = images_of(rows)
+    images = images_of(rows, refused={} if refused is None else refused)
     scores, recorded = ranked_scores(session, run_id, DEFAULT_SCORE, query)
     ranked = list(scores)
     contrast = random.Random(run_id).choice(ranked[top:]) if len(ranked) > top else None
     pictures = []
     for row in rows:
+        if row.sample["sample_key"] not in images:
+            continue
         maps = head_maps(row, ranked[:top], scores, recorded)
         if contrast is not None:
             maps += head_maps(row, [contrast], scores, recorded, label="random: ")

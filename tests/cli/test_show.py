@@ -138,3 +138,33 @@ def test_show_reads_its_rows_whatever_scheduler_dask_is_configured_with(hostile_
     with dask.config.set(scheduler="dask.distributed"):
         code, out, err = run_main(capsys, ["show", extract_run, "0", "--layer", "1", "--head", "2", "--out", str(tmp_path / "one.png"), "--warehouse", str(hostile_warehouse)])
     assert (code, err) == (0, "") and out.strip() == f"wrote {tmp_path / 'one.png'}"
+
+
+def test_a_sample_whose_layout_is_refused_is_left_out_of_the_samples_page_with_its_reason(hostile_warehouse, extract_run, monkeypatch):
+    """The report's Samples page draws the run's other samples and lists the refused one (issue 47: layouts placed
+    in coarse steps are refused); before, one refused sample left the whole run without pictures."""
+    from attnwh.core.errors import ModelError
+    from attnwh.extract import regions
+    from attnwh.face.pictures import report_sections
+    from attnwh.queries.library import open_session
+    from attnwh.reports import flips
+
+    real, calls = regions.token_layout, []
+
+    def first_refused(loaded, size):
+        calls.append(size)
+        if len(calls) == 1:
+            raise ModelError("overlays are not drawn for this planted image")
+        return real(loaded, size)
+
+    monkeypatch.setattr(regions, "token_layout", first_refused)
+    monkeypatch.setattr(flips, "sample_sections", lambda session, draw=None: [])  # the flips' pictures: not this test's
+    with open_session(hostile_warehouse) as session:  # the report's session
+        first = session.query("select sample_key from samples where run_id = $run and status = 'ok' order by sample_idx limit 2", {"run": extract_run}).to_pylist()
+        sections = report_sections(n_samples=2)(session)
+    drawn = next(section for section in sections if extract_run in section.title and section.pictures is not None)
+    assert len(first) == 2 and len(drawn.pictures) == 1 and first[1]["sample_key"] in drawn.pictures[0].caption
+    listed = next(section for section in sections if section.title == "Where heads look: runs without pictures").table
+    assert [(row["run_id"], row["sample"], row["no pictures because"]) for row in listed] == [
+        (extract_run, first[0]["sample_key"], "overlays are not drawn for this planted image")
+    ]

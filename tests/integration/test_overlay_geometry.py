@@ -172,3 +172,53 @@ def test_a_tile_of_one_patch_or_more_reads_whole_patches_only():
     assert _blocks(torch.zeros(3, 384, 384), 14, 14).shape == (27 * 27, 3, 14, 14)
     with pytest.raises(ModelError, match="smaller than one"):
         _blocks(torch.zeros(3, 10, 10), 14, 14)
+
+
+def _llava15_cells(size: tuple[int, int]) -> np.ndarray:
+    """[576, 4] each token's cell on the original image, by hand from LLaVA-1.5's processing: the shortest side
+    resized to 336 (the other to int(336 · long / short)), the centre 336 × 336 cropped, patches of 14 row-major."""
+    width, height = size
+    resized = (336, int(336 * height / width)) if width <= height else (int(336 * width / height), 336)
+    left, top = (resized[0] - 336) // 2, (resized[1] - 336) // 2
+    scale_x, scale_y = width / resized[0], height / resized[1]
+    rows, cols = np.divmod(np.arange(576), 24)
+    return np.stack([(left + 14 * cols) * scale_x, (top + 14 * rows) * scale_y, (left + 14 * cols + 14) * scale_x, (top + 14 * rows + 14) * scale_y], axis=1)
+
+
+@pytest.mark.parametrize(
+    "box", [(330, 250, 331, 251), (330.2, 250.2, 330.7, 250.9), (100, 30, 101, 31), (545, 455, 546, 456)], ids=["1x1", "sub-pixel", "top-left", "bottom-right"]
+)
+def test_a_box_resampling_smooths_away_marks_the_token_at_its_centre(box):
+    """A 1 × 1-pixel box on 640 × 480 is 0.7 × 0.7 processed pixels: resampling leaves it below the threshold
+    everywhere. It marks the one token whose patch (by hand) contains its centre. Was: no token."""
+    size = (640, 480)
+    cells = _llava15_cells(size)
+    centre_x, centre_y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    expected = np.flatnonzero((cells[:, 0] <= centre_x) & (centre_x < cells[:, 2]) & (cells[:, 1] <= centre_y) & (centre_y < cells[:, 3]))
+    assert len(expected) == 1
+    marked = region_mask(_llava15(), Image.new("RGB", size), [box]).numpy()
+    assert np.flatnonzero(marked).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("box", [(10, 250, 11, 251), (78, 0, 79, 1), (600, 470, 600.5, 470.5)])
+def test_a_thin_box_in_the_cropped_margin_marks_no_token(box):
+    """The centre crop of 640 × 480 reads x 80 .. 560 only: a box left or right of it marks nothing."""
+    assert not region_mask(_llava15(), Image.new("RGB", (640, 480)), [box]).any()
+
+
+@pytest.mark.parametrize("size", [(3000, 200), (200, 3000), (1270, 240)])
+def test_layouts_placed_in_steps_coarser_than_0_4_cell_are_refused(size):
+    """A coordinate step is side / 255; LLaVA-1.5's cell is the shortest side / 24 (by hand). Where the step is more
+    than 0.4 cell the layout is refused in one line naming the image; there its cells are off by more than a quarter
+    cell against the hand-computed ones (on 3000 × 200, by 11 px against cells of 8.3 px). Was: drawn misplaced."""
+    from attnwh.extract.regions import _layout
+
+    with pytest.raises(ModelError, match=f"image of {size[0]}×{size[1]} pixels: .* steps of {max(size) / 255:.1f} px"):
+        token_layout(_llava15(), size)
+    assert np.abs(_layout(_llava15(), size).boxes - _llava15_cells(size)).max() > min(size) / 24 / 4
+
+
+@pytest.mark.parametrize("size", [(1000, 240), (640, 480), (240, 1000)])
+def test_layouts_in_steps_of_0_4_cell_or_less_are_placed_within_a_quarter_cell(size):
+    layout = token_layout(_llava15(), size)
+    assert np.abs(layout.boxes - _llava15_cells(size)).max() <= min(size) / 24 / 4
