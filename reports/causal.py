@@ -16,6 +16,7 @@ from attnwh.reports.page import Section
 PAGE = "causal.html"
 TITLE = "Attention against causal importance"
 TOP_K = (5, 10)  # the top-k overlaps shown (where both rankings have that many heads)
+MIN_HEADS = 5  # ranking_agreement's fewest heads scored by both rankings for a rank correlation (null below)
 NO_RUNS = (
     "No attribution runs in this warehouse: `attnwh attribute --benchmark BENCHMARK` ranks heads by what ablating them does "
     "to the gold answer; with an extraction run of the same model and benchmark, this page sets the two rankings side by side."
@@ -28,9 +29,14 @@ def _sql(name: str, parameters: dict[str, str]) -> str:
     return shown + ("\n-- parameters: " + ", ".join(f"{key} = {value!r}" for key, value in parameters.items()) if parameters else "")
 
 
-def strength(rho: float) -> str:
+def strength(rho: float | None, n_heads: int | None = None) -> str:
     """Words for a rank correlation's size (|rho| < 0.1 hardly at all, < 0.3 weakly, < 0.6 moderately, else
-    strongly), and its sign."""
+    strongly), and its sign; where ranking_agreement gives none (``rho`` None), why: fewer than MIN_HEADS heads scored
+    by both rankings (``n_heads``), or a ranking that is one tie."""
+    if rho is None:
+        if n_heads is not None and n_heads < MIN_HEADS:
+            return f"cannot be told: only {n_heads} head(s) are scored by both rankings, too few for a rank correlation (it takes {MIN_HEADS})"
+        return "cannot be told: one ranking scores every head alike"
     size = abs(rho)
     if size < 0.1:
         return "hardly at all"
@@ -70,7 +76,7 @@ def agreement_rows(session: Catalog, heads: list[dict], query: str, score: str) 
     rows = []
     for (attribution, extraction), head in sorted(pairs.items(), key=lambda item: (item[1]["model"], item[1]["benchmark"], item[0])):
         grid = run_mart(session, "ranking_agreement", {"run_a": extraction, "run_b": attribution, "query_a": query, "score_a": score}).to_pylist()
-        if not grid or grid[0]["spearman"] is None:
+        if not grid:  # no head scored by both
             continue
         row = {
             "model": head["model"],
@@ -94,14 +100,19 @@ def headline(rows: list[dict], query: str, score: str) -> str:
     """The page's first sentence, from the agreement rows."""
     if not rows:
         return "Attribution runs are stored, but no complete extraction run of the same model revision and benchmark to compare their heads' attention with."
-    rhos = [row["spearman"] for row in rows]
-    median = statistics.median(rhos)
+    rhos = [row["spearman"] for row in rows if row["spearman"] is not None]
     models = len({row["model"] for row in rows})
+    if not rhos:
+        most = max(row["n_heads"] for row in rows)
+        return f"Over {len(rows)} attribution run(s) of {models} model(s), whether where heads look ({score} on {query}) and what ablating them does agree {strength(None, most)}."
+    median = statistics.median(rhos)
     spread = f" (from {min(rhos):.2f} to {max(rhos):.2f})" if len(rhos) > 1 else ""
     sentence = (
         f"Over {len(rows)} attribution run(s) of {models} model(s), where heads look ({score} on {query}) and what ablating them does agree "
         f"{strength(median)}: Spearman's rho {median:.2f}{' (median)' if len(rhos) > 1 else ''}{spread}"
     )
+    if len(rhos) < len(rows):
+        sentence += f" ({len(rows) - len(rhos)} run(s) without a rank correlation, too few heads scored by both rankings or one tie, left out)"
     top = [row[f"jaccard_top{TOP_K[0]}"] for row in rows if row[f"jaccard_top{TOP_K[0]}"] is not None]
     if top:
         sentence += f"; the top {TOP_K[0]} heads of the two rankings overlap with a Jaccard index of {statistics.median(top):.2f}{' (median)' if len(top) > 1 else ''}"

@@ -408,8 +408,8 @@ HEAD_ATTRIBUTIONS = pa.schema(
         ("layer", pa.int16()),
         ("head", pa.int16()),
         ("score", pa.float64()),
-        ("std_error", pa.float64()),  # patterns: bootstrap standard deviation; single, gradient: standard error over samples
-        ("ci_low", pa.float64()),  # 95% interval (patterns: bootstrap percentiles; single, gradient: ± 1.96 standard errors)
+        ("std_error", pa.float64()),  # patterns: the bootstrap's standard deviation × sqrt(S / (S - 1)); single, gradient: standard error over samples
+        ("ci_low", pa.float64()),  # 95% interval: score ± t(0.975, S - 1) standard errors over S samples (null for one sample)
         ("ci_high", pa.float64()),
     ]
 )
@@ -428,9 +428,10 @@ ATTRIBUTION_FITS = pa.schema(
         ("r2_heldout", pa.float64()),  # R² of the fit on held-out patterns
         ("spearman_heldout", pa.float64()),  # rank correlation of predicted and observed change on held-out patterns
         ("r2_train", pa.float64()),
-        # how std_error, ci_low and ci_high were drawn: 'patterns and samples' (patterns' bootstrap), 't over samples'
-        # (single, gradient); null in fits written before it was recorded, whose patterns bootstrap resampled the
-        # patterns only (too narrow: stg_head_attributions leaves those intervals out)
+        # how std_error, ci_low and ci_high were drawn: 't over patterns and samples' (patterns: Student's t with the
+        # bootstrap's standard error), 't over samples' (single, gradient); 'patterns and samples' in older patterns
+        # fits (the bootstrap's percentiles, under-covering with few samples), null in fits written before it was
+        # recorded, whose bootstrap resampled the patterns only: stg_head_attributions leaves both out
         ("interval", pa.string()),
     ]
 )

@@ -2,9 +2,12 @@
 -- mean of a head score over the run's samples (as head_ranking orders them: missing scores last, ties
 -- to the lower layer, then head), or a ranking run's heads by their score (an attribution run of attnwh
 -- attribute: causal importance; an imported ranking: the file's score; query and score do not apply); the two
--- may differ in run (benchmark, model of the same shape, kind), query and score. Heads are matched by (layer, head). Over the heads both score: Spearman's rho (Pearson's
--- correlation of average ranks, ties sharing their mean rank) and Kendall's tau-b (ties corrected);
--- and for each k: the top-k heads both rankings share, and their Jaccard index.
+-- may differ in run (benchmark, model of the same shape, kind), query and score: each run's model and benchmark are
+-- shown beside it, so that a mismatched pair is told from a matched one. Heads are matched by (layer, head), and
+-- only those both rankings score count: a head either leaves unscored (an attribution's head its patterns never
+-- ablate) is in neither ranking. Over them: Spearman's rho (Pearson's correlation of average ranks, ties sharing
+-- their mean rank) and Kendall's tau-b (ties corrected), both null below 5 heads (too few to say anything);
+-- and for each k up to their number: the top-k heads both rankings share, and their Jaccard index.
 with a as (
     select layer, head, case when n > 0 then total / n end as score
     from stg_head_scores
@@ -23,20 +26,19 @@ b as (
     union all
     select layer, head, score from imported_rankings where run_id = $run_b
 ),
-heads as (
-    select layer, head, a.score as score_a, b.score as score_b,
-        row_number() over (order by a.score desc nulls last, layer, head) as place_a,
-        row_number() over (order by b.score desc nulls last, layer, head) as place_b
-    from a join b using (layer, head)
-),
 scored as (
-    select * from heads where score_a is not null and score_b is not null
+    select layer, head, a.score as score_a, b.score as score_b
+    from a join b using (layer, head)
+    where a.score is not null and b.score is not null
 ),
 ranked as (
     select
         *,
         rank() over (order by score_a) + (count(*) over (partition by score_a) - 1) / 2 as rank_a,
-        rank() over (order by score_b) + (count(*) over (partition by score_b) - 1) / 2 as rank_b
+        rank() over (order by score_b) + (count(*) over (partition by score_b) - 1) / 2 as rank_b,
+        -- places for the top-k cuts: ties to the lower layer, then head, as head_ranking orders them
+        row_number() over (order by score_a desc, layer, head) as place_a,
+        row_number() over (order by score_b desc, layer, head) as place_b
     from scored
 ),
 pairs as (
@@ -48,16 +50,20 @@ pairs as (
     from scored as x
     join scored as y on (x.layer, x.head) < (y.layer, y.head)
 ),
+counted as (
+    select count(*) as n_heads from scored
+),
 correlations as (
     select
-        (select count(*) from scored) as n_heads,
-        -- null, as tau-b is, where a ranking is one tie (DuckDB's corr gives NaN there)
-        (select case when var_pop(rank_a) > 0 and var_pop(rank_b) > 0 then corr(rank_a, rank_b) end from ranked) as spearman,
+        n.n_heads,
+        -- null below 5 heads (4 heads give rho in steps of 0.2 and tau in steps of 1/6: no figure to report), and,
+        -- as tau-b is, where a ranking is one tie (DuckDB's corr gives NaN there)
+        case when n.n_heads >= 5 then (select case when var_pop(rank_a) > 0 and var_pop(rank_b) > 0 then corr(rank_a, rank_b) end from ranked) end as spearman,
         case
-            when (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
+            when n.n_heads >= 5 and (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
             then (concordant - discordant) / sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
         end as kendall_tau_b
-    from pairs
+    from pairs, counted as n
 ),
 -- two models of different shapes have no common heads to match by (layer, head): refused rather than compared
 shape_check as (
@@ -78,6 +84,10 @@ grid as (
 select
     $run_a as run_a,
     $run_b as run_b,
+    (select model from stg_runs where run_id = $run_a) as model_a,
+    (select benchmark from stg_runs where run_id = $run_a) as benchmark_a,
+    (select model from stg_runs where run_id = $run_b) as model_b,
+    (select benchmark from stg_runs where run_id = $run_b) as benchmark_b,
     -- an attribution run or an imported ranking has no query or attention score: null there
     case when s.scored_a then $query_a end as query_a,
     case when s.scored_b then $query_b end as query_b,
@@ -87,8 +97,8 @@ select
     c.spearman,
     c.kendall_tau_b,
     g.k,
-    (select count(*) from heads where place_a <= g.k and place_b <= g.k) as shared,
-    (select count(*) from heads where place_a <= g.k and place_b <= g.k) / (2 * g.k - (select count(*) from heads where place_a <= g.k and place_b <= g.k)) as jaccard
+    (select count(*) from ranked where place_a <= g.k and place_b <= g.k) as shared,
+    (select count(*) from ranked where place_a <= g.k and place_b <= g.k) / (2 * g.k - (select count(*) from ranked where place_a <= g.k and place_b <= g.k)) as jaccard
 from grid as g, correlations as c, shape_check as s
-where g.k <= (select count(*) from heads) and (s.refused is null or error(s.refused) is null)
+where g.k <= c.n_heads and (s.refused is null or error(s.refused) is null)
 order by g.k

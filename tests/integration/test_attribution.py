@@ -276,10 +276,11 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path, tiny_mha):
         (["--fraction", "0"], "strictly between 0 and 1"),
         (["--method", "shapley"], "--method takes patterns, single, gradient"),
         (["--benchmark", "toy-shapes-caption"], "without a gold option"),
-        (["--fit", "ols", "--patterns", "5"], "--fit ols needs more patterns than heads"),
+        (["--fit", "ols", "--patterns", "13"], "--fit ols needs more patterns than heads: 13 patterns for 12 heads"),
+        (["--patterns", "3"], "--patterns takes 12 to 65536 (each pattern is a condition of the sweep; fewer than 12 leave the fit's"),  # was fitted silently
         (["--ablation", "paper"], "--ablation takes zero, mean"),
         (["--seed", "-1"], "--seed takes 0 to 4294967295 (a NumPy seed), got -1"),  # was NumPy's ValueError: an internal error
-        (["--patterns", "99999999999"], "--patterns takes 2 to 65536 (each pattern is a condition of the sweep), got 99999999999"),  # was a 23 TiB MemoryError
+        (["--patterns", "99999999999"], "--patterns takes 12 to 65536 (each pattern is a condition of the sweep; "),  # was a 23 TiB MemoryError
         (["--bootstrap", "10000000000"], "--bootstrap takes 0 to 100000 resamples, got 10000000000"),
     ):
         result = runner.invoke(app, ["attribute", "--model", str(tiny_mha), "--warehouse", str(tmp_path / "wh"), "--limit", "2", *args])
@@ -326,7 +327,7 @@ WORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=10)
 BAD_OPTIONS = st.one_of(
     st.tuples(st.just("--fraction"), st.one_of(st.floats(max_value=0.0), st.floats(min_value=1.0), st.just(float("nan"))).map(repr)),
     st.tuples(st.just("--fraction"), WORDS),
-    st.tuples(st.just("--patterns"), st.integers(min_value=-(10**6), max_value=1).map(str)),
+    st.tuples(st.just("--patterns"), st.integers(min_value=-(10**6), max_value=11).map(str)),
     st.tuples(st.just("--bootstrap"), st.integers(min_value=-(10**6), max_value=-1).map(str)),
     st.tuples(st.just("--alpha"), st.one_of(st.floats(max_value=0.0), st.just(float("inf")), st.just(float("nan"))).map(repr)),
     st.tuples(
@@ -500,7 +501,7 @@ def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, ti
     warehouse, runs = attributed
     with open_session(warehouse) as session:
         kinds = {row["method"]: row["interval"] for row in session.query("select method, interval from attribution_fits").to_pylist()}
-    assert kinds == {"patterns": "patterns and samples", "single": "t over samples", "gradient": "t over samples"}
+    assert kinds == {"patterns": "t over patterns and samples", "single": "t over samples", "gradient": "t over samples"}
     written = attribution._fit_row
 
     def as_before(*args, **kwargs):
@@ -511,12 +512,40 @@ def test_a_patterns_fit_without_its_interval_kind_shows_no_interval(tmp_path, ti
     rows = _scores(tmp_path / "wh", old.run_id).values()
     assert all(row["score"] is not None for row in rows)
     assert all((row["std_error"], row["ci_low"], row["ci_high"]) == (None, None, None) for row in rows)
+    # the bootstrap's percentiles ('patterns and samples', under-covering with few samples) are left out alike
+    monkeypatch.setattr(attribution, "_fit_row", lambda *args, **kwargs: {**written(*args, **kwargs), "interval": "patterns and samples"})
+    percentiles = run_attribute(tmp_path / "wh", prepare_attribute(_options(tiny_mha, method="patterns", patterns=16, bootstrap=10, p=0.25, seed=1)))
+    rows = _scores(tmp_path / "wh", percentiles.run_id).values()
+    assert all(row["score"] is not None and (row["std_error"], row["ci_low"], row["ci_high"]) == (None, None, None) for row in rows)
     new = _scores(warehouse, runs["patterns"].run_id).values()
     assert all(row["ci_low"] is not None and row["ci_low"] <= row["score"] <= row["ci_high"] for row in new)
     # its 16 patterns for 12 heads: least squares with a bootstrap is refused on a refit as on a sweep (2H needed)
     with pytest.raises(UsageError, match="twice as many patterns as heads"):
         attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=10, command=["test"]))
     assert attribution.refit_attribution(tmp_path / "wh", old.run_id, AttributeOptions(fit="ols", bootstrap=0, command=["test"])).fitted
+
+
+def test_one_sample_stores_no_interval_and_too_few_patterns_are_not_refitted(tmp_path, tiny_mha, monkeypatch):
+    """With one sample (--limit 1) a patterns run's bootstrap could resample the patterns only, yet its intervals were
+    stored as over patterns and samples: its standard errors and intervals are null, as single's are, its scores
+    kept. A run of fewer patterns than a fit takes (made here with the minimum lowered, as a run made before it was)
+    is refused by --refit in one line."""
+    from attnwh.extract import attribution
+
+    one = dict(model=str(tiny_mha), benchmark=BENCHMARK, limit=1, device="cpu", dtype="float32", command=["test"])
+    for method, extra in (("patterns", {"patterns": 12, "bootstrap": 10, "p": 0.25}), ("single", {})):
+        run = run_attribute(tmp_path / "wh", prepare_attribute(AttributeOptions(method=method, **one, **extra)))
+        with open_session(tmp_path / "wh") as session:
+            stored = session.query("select score, std_error, ci_low, ci_high from head_attributions where run_id = $run", {"run": run.run_id}).to_pylist()
+        assert run.fit["n_samples"] == 1 and len(stored) == 12 and any(row["score"] is not None for row in stored), method
+        assert all((row["std_error"], row["ci_low"], row["ci_high"]) == (None, None, None) for row in stored), method
+    monkeypatch.setattr(attribution, "MIN_PATTERNS", 2)
+    few = run_attribute(tmp_path / "wh", prepare_attribute(AttributeOptions(method="patterns", patterns=4, bootstrap=0, p=0.25, **one)))
+    monkeypatch.undo()
+    result = CliRunner().invoke(app, ["attribute", "--refit", few.run_id, "--warehouse", str(tmp_path / "wh")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [
+        f"attnwh: error: --refit: {few.run_id} holds 4 patterns; a fit takes at least 12 (as --patterns does): sweep again with --patterns 12 or more"
+    ], result.output
 
 
 def test_a_bottom_sweep_by_a_ranking_with_unscored_heads_says_they_go_first(tmp_path, tiny_mha, monkeypatch):

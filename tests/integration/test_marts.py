@@ -706,6 +706,61 @@ def test_ranking_agreement_by_hand(tmp_path):
     assert (flat[0]["spearman"], flat[0]["kendall_tau_b"]) == (None, None)
 
 
+def _attribution_run(root, benchmark: str, scores: list[float | None], n_layers: int = 2, n_heads: int = 4) -> str:
+    """An attribution run whose heads' scores are the given values (layer-major; None: a head its patterns never
+    ablated, stored null), written as attnwh attribute writes its fit part."""
+    from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
+
+    warehouse = open_warehouse(root, create=True)
+    details = {"model_info": {"architecture": "LlavaForConditionalGeneration", "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads}}
+    run, _ = open_or_create_run(warehouse, kind="attribution", model="hand", benchmark=benchmark, spec={"scores": scores}, plan=Plan(["fit"], 1), run_id=None, details=details)
+
+    def write(folder):
+        heads = [{"run_id": run.run_id, "layer": i // n_heads, "head": i % n_heads, "score": score} for i, score in enumerate(scores)]
+        fit = [{"run_id": run.run_id, "method": "patterns", "ablation": "zero", "target": "margin", "fit": "ridge", "n_conditions": 12, "n_samples": 4}]
+        tables = {"head_attributions": pa.Table.from_pylist(heads, schema=HEAD_ATTRIBUTIONS), "attribution_fits": pa.Table.from_pylist(fit, schema=ATTRIBUTION_FITS)}
+        for name, table in tables.items():
+            pq.write_table(table.replace_schema_metadata(with_metadata(name, table.schema).metadata), folder / f"{name}.parquet")
+        return {name: table.num_rows for name, table in tables.items()}
+
+    parts.commit_part(run.paths, 0, write)
+    return run.run_id
+
+
+def _top(scores: dict[tuple[int, int], float], k: int) -> set[tuple[int, int]]:
+    return set(sorted(scores, key=lambda head: (-scores[head], head))[:k])
+
+
+def test_ranking_agreement_ranks_only_the_heads_both_score(tmp_path):
+    """An attribution run that leaves heads unscored (null) against an extraction run: the unscored heads are in
+    neither ranking (they were ranked last in one and by their attention in the other, so that a top-k cut counted
+    them), k stops at the heads both score, and below 5 of them rho and tau-b are null (a figure from 4 heads was
+    shown); each run's model and benchmark stand beside it. Top-k sets worked here in Python."""
+    attention = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]  # heads (0,0) ... (1,3)
+    causal = [None, 0.1, 0.2, 0.3, 0.4, 0.8, 0.7, 0.6]  # attention's best head unscored
+    ids = _scored_runs(tmp_path / "wh", {"pope": attention}, n_heads=4)
+    attribution = _attribution_run(tmp_path / "wh", "mmbench", causal)
+    rows = _rows(tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": attribution, "score_a": "image_sum"}, order=("k",))
+    both = [i for i, score in enumerate(causal) if score is not None]
+    by_a = {(i // 4, i % 4): attention[i] for i in both}
+    by_b = {(i // 4, i % 4): causal[i] for i in both}
+    assert [row["k"] for row in rows] == [1, 5] and rows[0]["n_heads"] == 7
+    for row in rows:
+        shared = len(_top(by_a, row["k"]) & _top(by_b, row["k"]))
+        assert (row["shared"], row["jaccard"]) == (shared, pytest.approx(shared / (2 * row["k"] - shared)))
+    assert rows[1]["shared"] == 3  # (0,3), (1,0), (1,1): with (0,0) in attention's top 5, two
+    a, b = [attention[i] for i in both], [causal[i] for i in both]
+    assert rows[0]["spearman"] == pytest.approx(_pearson(_average_ranks(a), _average_ranks(b)), abs=1e-9)
+    assert rows[0]["kendall_tau_b"] == pytest.approx(_kendall_tau_b(a, b), abs=1e-9)
+    assert (rows[0]["model_a"], rows[0]["benchmark_a"], rows[0]["model_b"], rows[0]["benchmark_b"]) == ("hand", "pope", "hand", "mmbench")
+    assert data_test_failures(get_mart("ranking_agreement"), pa.Table.from_pylist(rows)) == []
+    # 4 heads scored by both: the grid stops at k = 1 (k = 5 and 10 were shown), no correlation
+    few = _attribution_run(tmp_path / "wh", "mmbench", [None, None, 0.2, None, 0.4, None, 0.7, 0.6])
+    rows = _rows(tmp_path / "wh", "ranking_agreement", {"run_a": ids["pope"], "run_b": few, "score_a": "image_sum"}, order=("k",))
+    assert [(row["k"], row["n_heads"], row["spearman"], row["kendall_tau_b"]) for row in rows] == [(1, 4, None, None)]
+    assert rows[0]["shared"] == len(_top({(0, 2): 0.7, (1, 0): 0.5, (1, 2): 0.3, (1, 3): 0.2}, 1) & _top({(0, 2): 0.2, (1, 0): 0.4, (1, 2): 0.7, (1, 3): 0.6}, 1))
+
+
 def test_yes_no_metrics_equal_popes_script(tmp_path):
     """Ten POPE answers in two settings, scored by POPE's evaluate.py (its counts and formulas, written out here) and by
     the mart; an invalid answer (the study's first-word parser) is counted apart; a letter question is left out."""

@@ -169,7 +169,7 @@ def test_attribution_on_two_workers_equals_the_single_process_run(tmp_path):
 
     scores = []
     for name, scheduler in (("single", "local"), ("cluster", "local:2")):
-        args = ["attribute", "--limit", "4", "--patterns", "4", "--bootstrap", "5", "--batch-size", "4", "--device", "cpu", "--scheduler", scheduler]
+        args = ["attribute", "--limit", "4", "--patterns", "12", "--bootstrap", "5", "--batch-size", "4", "--device", "cpu", "--scheduler", scheduler]
         done = subprocess.run(
             [sys.executable, "-m", "attnwh.face.cli", *args, "--warehouse", str(tmp_path / name)],
             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
@@ -178,7 +178,7 @@ def test_attribution_on_two_workers_equals_the_single_process_run(tmp_path):
         )
         assert done.returncode == 0, done.stderr
         (run,) = open_warehouse(tmp_path / name).run_folders()
-        assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(6))  # baseline, 4 patterns, fit
+        assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(14))  # baseline, 12 patterns (the fewest a fit takes), fit
         with open_session(tmp_path / name) as session:
             scores.append(session.query("select layer, head, score, ci_low, ci_high from head_attributions order by layer, head").to_pylist())
     assert len(scores[0]) == 32

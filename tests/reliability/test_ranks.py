@@ -146,7 +146,7 @@ def test_status_names_the_writers_rate_and_eta(pristine, capsys):
     assert code == 0 and "2/2" in out and "rank 0/1 (2)" in out
 
 
-ATTRIBUTE = ["attribute", "--limit", "6", "--patterns", "6", "--bootstrap", "5", "--device", "cpu", "--batch-size", "6"]
+ATTRIBUTE = ["attribute", "--limit", "6", "--patterns", "12", "--bootstrap", "5", "--device", "cpu", "--batch-size", "6"]
 
 
 def _attributions(warehouse: Path) -> list[dict]:
@@ -163,8 +163,8 @@ def test_attribution_across_ranks_is_fitted_by_the_last_rank_and_equals_one_proc
     finish(launch(ATTRIBUTE, ranked, RANK="0", WORLD_SIZE="2"), launch(ATTRIBUTE, ranked, RANK="1", WORLD_SIZE="2"))
     finish(launch(ATTRIBUTE, alone))
     (run,) = open_warehouse(ranked).run_folders()
-    assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(8))
+    assert parts.verify(run) == [] and parts.committed_part_ids(run) == set(range(14))
     written = writers(ranked, "attribution")
-    assert sorted(written) == list(range(8))  # the baseline, 6 patterns and the fit
-    assert all(writer["rank"] == condition % 2 and writer["world_size"] == 2 for condition, writer in written.items() if condition < 7)
+    assert sorted(written) == list(range(14))  # the baseline, 12 patterns (the fewest a fit takes) and the fit
+    assert all(writer["rank"] == condition % 2 and writer["world_size"] == 2 for condition, writer in written.items() if condition < 13)
     assert _attributions(ranked) == _attributions(alone) and len(_attributions(alone)) == 32

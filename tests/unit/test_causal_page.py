@@ -53,3 +53,22 @@ def test_headline_words_follow_the_numbers():
         "Spearman's rho 0.50 (median) (from 0.10 to 0.70); the top 5 heads of the two rankings overlap with a Jaccard index of 0.25 (median)."
     )
     assert headline([], "gen1", "image_sum").startswith("Attribution runs are stored, but no complete extraction run")
+
+
+def test_too_few_heads_are_said_to_be_too_few():
+    """ranking_agreement gives no rank correlation below 5 heads scored by both rankings (one from 4 heads moves in
+    steps of 0.2): the headline says there are too few heads instead of describing a correlation (a run without one
+    was dropped from the page, and strength() took a number only), and a run without one is left out of the median."""
+    assert strength(None, 4) == "cannot be told: only 4 head(s) are scored by both rankings, too few for a rank correlation (it takes 5)"
+    assert strength(None, 12) == "cannot be told: one ranking scores every head alike"
+    rows = [{"model": "m", "n_heads": 4, "spearman": None, "jaccard_top5": None}]
+    assert headline(rows, "gen1", "image_sum") == (
+        "Over 1 attribution run(s) of 1 model(s), whether where heads look (image_sum on gen1) and what ablating them does agree cannot be told: "
+        "only 4 head(s) are scored by both rankings, too few for a rank correlation (it takes 5)."
+    )
+    rows.append({"model": "m", "n_heads": 32, "spearman": 0.45, "jaccard_top5": 0.25})
+    assert headline(rows, "gen1", "image_sum") == (
+        "Over 2 attribution run(s) of 1 model(s), where heads look (image_sum on gen1) and what ablating them does agree moderately: Spearman's rho 0.45 "
+        "(1 run(s) without a rank correlation, too few heads scored by both rankings or one tie, left out); the top 5 heads of the two rankings overlap "
+        "with a Jaccard index of 0.25."
+    )
