@@ -175,6 +175,9 @@ GEN_HEAD_SCORES = pa.schema(
         ("n_tokens", pa.int64()),  # the words (their first tokens)
         ("total", pa.float64()),  # of the samples' means
         ("total_sq", pa.float64()),
+        ("total_step", pa.float64()),  # of the samples' mean steps (of those words), their squares, and their products with the means
+        ("total_step_sq", pa.float64()),
+        ("total_step_value", pa.float64()),
         ("max_value", pa.float64()),
         ("definitions", pa.string()),
     ]
@@ -408,8 +411,8 @@ HEAD_ATTRIBUTIONS = pa.schema(
         ("layer", pa.int16()),
         ("head", pa.int16()),
         ("score", pa.float64()),
-        ("std_error", pa.float64()),  # patterns: the bootstrap's standard deviation × sqrt(S / (S - 1)); single, gradient: standard error over samples
-        ("ci_low", pa.float64()),  # 95% interval: score ± t(0.975, S - 1) standard errors over S samples (null for one sample)
+        ("std_error", pa.float64()),  # patterns: sqrt(var of per-sample fits / S + var over a bootstrap of the patterns); single, gradient: standard error over samples
+        ("ci_low", pa.float64()),  # 95% interval: score ± t(0.975, df) standard errors (patterns: df by Welch-Satterthwaite; single, gradient: S - 1); null for one sample
         ("ci_high", pa.float64()),
     ]
 )

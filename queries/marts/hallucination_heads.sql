@@ -2,14 +2,15 @@
 -- default) at the first token of object words that name an object in the image (grounded) against object words
 -- that name one not in it (hallucinated, by the benchmark's annotation), compared at the same steps of the answer
 -- and with a sample as the unit. Hallucinated words come later in an answer than grounded ones, and image attention
--- falls with the step for every word, so the kinds are compared within each step bucket (0, 1, 2-3, 4-7, ...): per
--- bucket, the samples' means of each kind (a word an answer repeats in a bucket is one sample's evidence), their
--- difference, and the buckets' differences averaged with the hallucinated samples' weights (grounded words at the
--- hallucinated words' steps). A bucket is compared where both kinds have at least two samples; the hallucinated words
--- of the others are counted as left out, and a head with no such bucket has no row. Both means, their difference with
--- a 95% Welch interval (Student's t at the Welch-Satterthwaite degrees of freedom of the weighted sum, rounded down:
--- with few samples, several times wider than ± 1.96 standard errors), the Welch t and a standardised effect size, and
--- the head's place among the run's heads by how well it separates the two (|t|).
+-- falls with the step for every word, so the kinds are compared within each step bucket (0, 1, 2-3, 4-7, ...) and,
+-- within it, adjusted for the step (an analysis of covariance per bucket: the samples' mean values of each kind
+-- against their mean steps, one slope for both kinds; a word an answer repeats in a bucket is one sample's evidence);
+-- the buckets' adjusted differences are averaged with the hallucinated samples' weights (grounded words at the
+-- hallucinated words' steps). A bucket is compared where both kinds have at least two samples and one degree of
+-- freedom is left; the hallucinated words of the others are counted as left out, and a head with no such bucket has
+-- no row. Both means, their difference with a 95% interval (Student's t at the Satterthwaite degrees of freedom of
+-- the weighted sum, rounded down), its t and a standardised effect size, and the head's place among the run's heads
+-- by how well it separates the two (|t|).
 with units as (
     select
         run_id,
@@ -20,11 +21,14 @@ with units as (
         n,
         n_tokens,
         total / n as mean,
-        case when n > 1 then greatest(total_sq - total * total / n, 0) / (n - 1) end as variance
+        total_step / n as mean_step,
+        greatest(total_step_sq - total_step * total_step / n, 0) as sxx,
+        total_step_value - total_step * total / n as sxy,
+        greatest(total_sq - total * total / n, 0) as syy
     from stg_gen_head_scores
     where score = $score and n > 0
 ),
-buckets as (
+paired as (
     select
         g.run_id,
         g.layer,
@@ -36,19 +40,32 @@ buckets as (
         h.n_tokens as tokens_hallucinated,
         g.mean as mean_grounded,
         h.mean as mean_hallucinated,
-        g.variance as var_grounded,
-        h.variance as var_hallucinated
+        g.mean_step as step_grounded,
+        h.mean_step as step_hallucinated,
+        g.sxx + h.sxx as sxx,
+        g.sxy + h.sxy as sxy,
+        g.syy + h.syy as syy
     from units as g
     join units as h on h.run_id = g.run_id and h.layer = g.layer and h.head = g.head and h.step_bucket = g.step_bucket and h.token_kind = 'hallucinated'
     where g.token_kind = 'grounded' and g.n >= 2 and h.n >= 2
 ),
-weighted as (
+sloped as (
     select
         *,
-        samples_hallucinated / sum(samples_hallucinated) over (partition by run_id, layer, head) as w,
-        var_grounded / samples_grounded as se2_grounded,
-        var_hallucinated / samples_hallucinated as se2_hallucinated
-    from buckets
+        case when sxx > 0 then sxy / sxx else 0 end as slope,  -- the value's change per step within the kinds
+        samples_grounded + samples_hallucinated - (case when sxx > 0 then 3 else 2 end) as df
+    from paired
+),
+buckets as (
+    select
+        *,
+        mean_grounded + slope * (step_hallucinated - step_grounded) as adjusted_grounded,  -- at the hallucinated words' steps
+        greatest(syy - slope * sxy, 0) / df as residual_var,
+        greatest(syy - slope * sxy, 0) / df * (
+            1 / samples_grounded + 1 / samples_hallucinated + case when sxx > 0 then (step_grounded - step_hallucinated) ^ 2 / sxx else 0 end
+        ) as var_difference
+    from sloped
+    where df >= 1
 ),
 combined as (
     select
@@ -58,12 +75,14 @@ combined as (
         count(*) as n_buckets,
         cast(sum(tokens_grounded) as bigint) as n_grounded,
         cast(sum(tokens_hallucinated) as bigint) as n_hallucinated,
-        sum(w * mean_grounded) as mean_grounded,
+        sum(w * adjusted_grounded) as mean_grounded,
         sum(w * mean_hallucinated) as mean_hallucinated,
-        sum(w * w * (se2_grounded + se2_hallucinated)) as se2,
-        sum((w * w * se2_grounded) ^ 2 / (samples_grounded - 1) + (w * w * se2_hallucinated) ^ 2 / (samples_hallucinated - 1)) as df_denominator,
-        sum(w * (var_grounded + var_hallucinated) / 2) as pooled_variance
-    from weighted
+        sum(w * step_grounded) as step_grounded,
+        sum(w * step_hallucinated) as step_hallucinated,
+        sum(w * w * var_difference) as se2,
+        sum((w * w * var_difference) ^ 2 / df) as df_denominator,
+        sum(w * residual_var) as residual_var
+    from (select *, samples_hallucinated / sum(samples_hallucinated) over (partition by run_id, layer, head) as w from buckets) as b
     group by run_id, layer, head
 ),
 hallucinated_words as (
@@ -93,6 +112,8 @@ select
     c.n_hallucinated,
     c.n_hallucinated_left_out,
     c.n_buckets,
+    c.step_grounded,
+    c.step_hallucinated,
     c.mean_grounded,
     c.mean_hallucinated,
     c.difference,
@@ -100,7 +121,7 @@ select
     c.difference - t_975(c.welch_df) * c.se as ci_low,
     c.difference + t_975(c.welch_df) * c.se as ci_high,
     case when c.se > 0 then c.difference / c.se end as welch_t,
-    case when c.pooled_variance > 0 then c.difference / sqrt(c.pooled_variance) end as effect_size,
+    case when c.residual_var > 0 then c.difference / sqrt(c.residual_var) end as effect_size,
     row_number() over (partition by c.run_id order by abs(coalesce(c.difference / nullif(c.se, 0), 0)) desc, c.layer, c.head) as separation_rank
 from compared as c
 join stg_runs as r using (run_id)

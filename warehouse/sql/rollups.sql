@@ -76,7 +76,7 @@ create or replace macro gen_metric_values(rows, tokens) as table
         from query_table(rows) as m
         left join query_table(tokens) as t on t.run_id = m.run_id and t.sample_idx = m.sample_idx and t.step = m.step
     )
-    select k.run_id, k.sample_idx, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
+    select k.run_id, k.sample_idx, k.step, k.step_bucket, k.token_kind, k.layer, k.head, s.score, head_score(s.score, k) as value
     from kinded as k, (select unnest(summarised_names()) as score) as s;
 
 -- per (run, step bucket, token kind, layer, score): the sums of summarise_head_metrics over the layer's heads and
@@ -96,13 +96,16 @@ create or replace macro summarise_gen_metrics(rows, tokens) as table
     group by run_id, step_bucket, token_kind, layer, score;
 
 -- per (run, step bucket, object-word kind, layer, head, score) at the first token of grounded and hallucinated object
--- words, with a sample as the unit: each sample's mean over its words of the kind in the bucket (a word an answer
--- repeats is one sample's evidence, not several), then over the samples: n (samples), n_tokens (words), the sum and
--- sum of squares of the samples' means, the largest value. hallucination_heads compares the kinds within a bucket
--- (hallucinated words come later in an answer, where image attention is lower for every word) and across samples.
+-- words, with a sample as the unit: each sample's mean over its words of the kind in the bucket, and their mean step (a
+-- word an answer repeats is one sample's evidence, not several), then over the samples: n (samples), n_tokens (words),
+-- the sums of the samples' mean values, mean steps, their squares and products, the largest value. hallucination_heads
+-- compares the kinds within a bucket (hallucinated words come later in an answer, where image attention is lower for
+-- every word), adjusted for the steps within it, across samples.
 create or replace macro summarise_gen_heads(rows, tokens) as table
     with per_sample as (
-        select run_id, step_bucket, token_kind, layer, head, score, sample_idx, count(value) as n_tokens, avg(value) as value, max(value) as max_value
+        select
+            run_id, step_bucket, token_kind, layer, head, score, sample_idx,
+            count(value) as n_tokens, avg(value) as value, avg(step) as step, max(value) as max_value
         from gen_metric_values(rows, tokens)
         where token_kind in ('grounded', 'hallucinated') and value is not null
         group by run_id, step_bucket, token_kind, layer, head, score, sample_idx
@@ -118,6 +121,9 @@ create or replace macro summarise_gen_heads(rows, tokens) as table
         sum(n_tokens) as n_tokens,
         sum(value) as total,
         sum(value * value) as total_sq,
+        sum(step) as total_step,
+        sum(step * step) as total_step_sq,
+        sum(step * value) as total_step_value,
         max(max_value) as max_value
     from per_sample
     group by run_id, step_bucket, token_kind, layer, head, score;
@@ -132,6 +138,7 @@ create or replace macro add_up_gen_scores(parts) as table
 create or replace macro add_up_gen_head_scores(parts) as table
     select
         run_id, step_bucket, token_kind, layer, head, score,
-        cast(sum(n) as bigint) as n, cast(sum(n_tokens) as bigint) as n_tokens, sum(total) as total, sum(total_sq) as total_sq, max(max_value) as max_value
+        cast(sum(n) as bigint) as n, cast(sum(n_tokens) as bigint) as n_tokens, sum(total) as total, sum(total_sq) as total_sq,
+        sum(total_step) as total_step, sum(total_step_sq) as total_step_sq, sum(total_step_value) as total_step_value, max(max_value) as max_value
     from query_table(parts)
     group by run_id, step_bucket, token_kind, layer, head, score;
