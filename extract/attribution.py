@@ -55,6 +55,7 @@ from attnwh.extract.ranks import writer_of
 from attnwh.extract.scoring import gold_option, option_ids
 from attnwh.extract.sweep import ProgressCallback, SweepCondition, SweepOptions, SweepSamples, SweepSetup, check_sweep_options, open_sweep_run, prepare_sweep, run_sweep
 from attnwh.warehouse import parts, storage
+from attnwh.warehouse.definitions import patterns_interval
 from attnwh.warehouse.layout import RunPaths, open_warehouse
 from attnwh.warehouse.runs import MANIFEST_FIELDS, Plan, load_run, open_or_create_run
 from attnwh.warehouse.schema import ATTRIBUTION_FITS, HEAD_ATTRIBUTIONS
@@ -66,9 +67,6 @@ FITS = ("ridge", "lasso", "ols")
 TARGET_COLUMN = {"logprob": "gold_logprob", "margin": "gold_margin"}
 ALPHAS = tuple(float(a) for a in np.logspace(-4, 3, 15))  # the grid cross-validation chooses ridge's / lasso's alpha from
 FIT_PART = "fit"  # the part after a sweep's conditions that holds its heads' scores
-# attribution_fits.interval of a patterns fit: Student's t over the samples and the patterns (_interval); older fits'
-# 'patterns and samples', the bootstrap's percentiles, under-covered (stg_head_attributions hides their intervals)
-PATTERNS_INTERVAL = "t over patterns and samples"
 
 
 @dataclass
@@ -453,7 +451,7 @@ def _fit_row(run_id: str, options: AttributeOptions, head_fit: HeadFit, n_condit
         "r2_heldout": head_fit.r2_heldout,
         "spearman_heldout": head_fit.spearman_heldout,
         "r2_train": head_fit.r2_train,
-        "interval": PATTERNS_INTERVAL if options.method == "patterns" else "t over samples",
+        "interval": patterns_interval() if options.method == "patterns" else "t over samples",  # older patterns fits' intervals are hidden (stg_head_attributions)
     }
 
 

@@ -132,9 +132,6 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
     source = load_run(paths)
     if source.manifest["kind"] != "extract" or not source.manifest["spec"].get("rows"):
         raise UsageError(f"run {options.source_run} is not an extraction with raw rows (extract it with --rows)")
-    _check_name(warehouse, options.name, statistic, parameters, options.reserved_names)
-    n_image = _check_source(source)
-    boxes = read_regions(options.regions) if options.regions is not None else None
     spec = {
         "source_run_id": source.run_id,
         "source_fingerprint": source.manifest["fingerprint"],
@@ -144,10 +141,13 @@ def run_recompute(warehouse_path: Path | str | None, options: RecomputeOptions, 
         "columns": list(statistic.columns),
         "sinks": statistic.sinks,
     }
-    if boxes is not None:  # the rule the boxes' tokens are found by (a run made by an earlier one is not resumed)
+    if options.regions is not None:  # the rule the boxes' tokens are found by (a run made by an earlier one is not resumed)
         from attnwh.extract.regions import REGION_RULE
 
         spec["regions"] = REGION_RULE
+    _check_name(warehouse, spec, statistic, options.reserved_names)
+    n_image = _check_source(source)
+    boxes = read_regions(options.regions) if options.regions is not None else None
     # a new run's masks before it is created: a sample, image or model they cannot be made from leaves no empty run behind
     masks = region_masks(source, boxes, options) if boxes is not None and not _derived_run_exists(warehouse, spec) else None
     for key, mask in (masks or {}).items():
@@ -377,7 +377,11 @@ def _check_parameters(statistic: Statistic, options: RecomputeOptions) -> dict[s
     return parameters
 
 
-def _check_name(warehouse, name: str, statistic: Statistic, parameters: dict[str, Any], reserved: frozenset[str]) -> None:
+def _check_name(warehouse, new: dict[str, Any], statistic: Statistic, reserved: frozenset[str]) -> None:
+    """The derived run's name (``new``: its spec) is free, holds the same statistic and parameters over other runs, or
+    holds this very run (resumed). A name holding the same source run made otherwise (another regions file, boxes
+    found by an earlier rule) is refused: the view would hold both runs' rows, each source row twice."""
+    name, parameters = new["name"], new["parameters"]
     check_view_name(name, reserved)
     if statistic.sinks:
         check_view_name(name + SINKS_SUFFIX, reserved)
@@ -395,6 +399,12 @@ def _check_name(warehouse, name: str, statistic: Statistic, parameters: dict[str
             if spec.get("statistic") != statistic.name or _comparable(spec.get("parameters")) != _comparable(parameters):
                 raise UsageError(
                     f"--name {name} already holds {spec.get('statistic')} {json.dumps(spec.get('parameters'), sort_keys=True)} (run {manifest['run_id']}); choose another name"
+                )
+            differing = sorted(key for key in new if spec.get(key) != new[key])  # the stored spec has the run's own keys besides
+            if spec.get("source_run_id") == new["source_run_id"] and differing:
+                raise UsageError(
+                    f"--name {name} already holds run {new['source_run_id']} made with other settings (run {manifest['run_id']}; differing: {', '.join(differing)}; "
+                    "a regions file's, or the rule boxes are found by); choose another name"
                 )
 
 

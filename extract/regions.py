@@ -9,8 +9,8 @@ above the ringing of bicubic resampling, and above the mean-colour padding LLaVA
 adds, whose darkest channel is 0.41). An image token is in the region when any pixel of its patch
 (or pooled block of patches, or merged patches) is inside. Resampling can smooth a box thinner than about a processed
 pixel below the threshold (a 1 × 1-pixel box on a 640 × 480 image is 0.7 × 0.7 processed pixels): a box thinner than
-``THIN_SHARE`` of the image's side also marks the tokens whose cells (``token_layout``) contain its centre, one per
-view; a box whose centre lies where the model reads no pixel (a centre crop's margin) marks no more.
+``THIN_SHARE`` of the image's side that marks no token alone marks the tokens whose cells (``token_layout``) contain
+its centre, one per view; a box whose centre lies where the model reads no pixel (a centre crop's margin) marks none.
 
 Patch grids map to image tokens per family (each family's data names its function, ``discovery.Family.image_tokens``,
 which reduces each token's block of processed pixels; a family without one has no region mapping and no overlays, and
@@ -56,23 +56,31 @@ TokenFunction = Callable[["LoadedModel", Image.Image, Reduce], torch.Tensor]
 
 
 def region_mask(loaded: LoadedModel, image: Image.Image, boxes: Sequence[Box]) -> torch.Tensor:
-    """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box, and, for a box
-    thin enough that resampling may smooth it away (``_thin``), where the token's cell contains the box's centre (a
-    token the box overlaps: the rule is the same, only found another way)."""
-    inside = _image_tokens(loaded, "regions")(loaded, render_box_mask(image.size, boxes), _any_inside)[:, 0] > 0
+    """[n_image] bool in the order of the image tokens: True where the token's patch overlaps a box, and, for a thin box
+    (``_thin``) that resampling smoothed away (it marks no token alone), where the token's cell contains the box's
+    centre: a token the box overlaps, so the rule is the same, found another way; not where the layout's cells are
+    too coarse to say which (``token_layout`` refuses them)."""
+    image_tokens = _image_tokens(loaded, "regions")
+
+    def marked(chosen: Sequence[Box]) -> torch.Tensor:
+        return image_tokens(loaded, render_box_mask(image.size, chosen), _any_inside)[:, 0] > 0
+
+    inside = marked(boxes)
     thin = [box for box in boxes if _thin(box, image.size)]
-    if thin:
+    lost = [box for box in thin if not (inside if len(boxes) == 1 else marked([box])).any()]  # a pass each: thin boxes are few
+    if lost:
         try:
-            layout = _layout(loaded, image.size)
-        except ModelError:  # no layout (OneVision's down-sampled tiles): such boxes mark what their pixels mark
+            layout = token_layout(loaded, image.size)
+        except ModelError:  # no layout (OneVision's down-sampled tiles), or one whose cells are a step or more off
             return inside
-        for box in thin:
+        for box in lost:
             inside |= torch.from_numpy(_cells_containing(layout.boxes, ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)))
     return inside
 
 
-# a box narrower or lower than this share of the image's side may be under a processed pixel (every family processes a
-# side to at least 224 pixels, so this is 2 or more of them): its centre's cell is marked too
+# a box narrower or lower than this share of the image's side may be under a processed pixel (a family's view of an
+# image is at least 224 pixels a side, so this is about 2 of them or more; anyres' tiles of a very wide image see
+# less): checked alone, and where it marks nothing, its centre's cell is marked
 THIN_SHARE = 1 / 112
 # the rule regions are made by, named in the fingerprint of runs with boxes (a run whose regions were made by an
 # earlier rule is not resumed by this one): overlap with the processed box mask, and a thin box's centre cell
@@ -104,6 +112,11 @@ class TokenLayout:
     views: np.ndarray
 
 
+class CoarseLayoutError(ModelError):
+    """An image whose layout's coordinate steps are coarse against its cells (``token_layout``): that sample cannot be
+    drawn, where other samples of its run can."""
+
+
 # the largest coordinate step (side / 255) a drawing accepts, in units of the smallest token cell: up to 0.47 cell
 # LLaVA-1.5's cells were within a quarter cell of the hand-computed ones, at 0.5 cell off by more than half a cell
 COARSEST_STEP = 0.4
@@ -130,7 +143,7 @@ def _check_steps(layout: TokenLayout) -> None:
         cells = [float(np.mean(layout.boxes[layout.views == view, high] - layout.boxes[layout.views == view, low])) for view in np.unique(layout.views[spatial])]
         step = side / 255
         if cells and step > COARSEST_STEP * min(cells):
-            raise ModelError(
+            raise CoarseLayoutError(
                 f"overlays are not drawn for an image of {layout.size[0]}×{layout.size[1]} pixels: its token layout places cells in steps of "
                 f"{step:.1f} px along its {name}, more than {COARSEST_STEP:g} of its smallest token cell ({min(cells):.1f} px); its region statistics are kept"
             )

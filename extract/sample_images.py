@@ -67,11 +67,11 @@ def sample_images(
     spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None
 ) -> dict[str, SampleImage]:
     """Each stored sample's image and token layout (``spec``: the run's RUN.json spec; ``data`` / ``model``: where
-    the benchmark's files or the model moved since the run). A sample whose layout cannot be drawn (``token_layout``'s
-    ``ModelError``) raises, or with ``refused`` is left out and its reason put there by key."""
-    from attnwh.core.errors import ModelError
+    the benchmark's files or the model moved since the run). A sample whose layout is too coarse to draw
+    (``CoarseLayoutError``) raises, or with ``refused`` is left out and its reason put there by key; a model whose
+    layouts cannot be drawn at all raises either way (the run has no pictures)."""
     from attnwh.extract.part_tables import image_sha256
-    from attnwh.extract.regions import token_layout
+    from attnwh.extract.regions import CoarseLayoutError, token_layout
 
     samples = run_samples(spec, data)
     loaded = run_geometry(spec, model)
@@ -85,7 +85,7 @@ def sample_images(
             raise UsageError(f"sample {entry.key}: the benchmark's image is not the one the run read (its pixels differ); give --data with the run's files")
         try:
             layout = token_layout(loaded, image.size)
-        except ModelError as exc:
+        except CoarseLayoutError as exc:
             if refused is None:
                 raise
             refused[entry.key] = str(exc)

@@ -12,11 +12,11 @@ import altair as alt
 from attnwh.queries.library import Catalog, get_mart, run_mart
 from attnwh.reports.charts import PANEL_COLUMNS, ROWS, SOLID_LEGEND, _spec
 from attnwh.reports.page import Section
+from attnwh.warehouse.definitions import min_agreement_heads
 
 PAGE = "causal.html"
 TITLE = "Attention against causal importance"
 TOP_K = (5, 10)  # the top-k overlaps shown (where both rankings have that many heads)
-MIN_HEADS = 5  # ranking_agreement's fewest heads scored by both rankings for a rank correlation (null below)
 NO_RUNS = (
     "No attribution runs in this warehouse: `attnwh attribute --benchmark BENCHMARK` ranks heads by what ablating them does "
     "to the gold answer; with an extraction run of the same model and benchmark, this page sets the two rankings side by side."
@@ -31,11 +31,11 @@ def _sql(name: str, parameters: dict[str, str]) -> str:
 
 def strength(rho: float | None, n_heads: int | None = None) -> str:
     """Words for a rank correlation's size (|rho| < 0.1 hardly at all, < 0.3 weakly, < 0.6 moderately, else
-    strongly), and its sign; where ranking_agreement gives none (``rho`` None), why: fewer than MIN_HEADS heads scored
+    strongly), and its sign; where ranking_agreement gives none (``rho`` None), why: fewer than min_agreement_heads() heads scored
     by both rankings (``n_heads``), or a ranking that is one tie."""
     if rho is None:
-        if n_heads is not None and n_heads < MIN_HEADS:
-            return f"cannot be told: only {n_heads} head(s) are scored by both rankings, too few for a rank correlation (it takes {MIN_HEADS})"
+        if n_heads is not None and n_heads < min_agreement_heads():
+            return f"cannot be told: only {n_heads} head(s) are scored by both rankings, too few for a rank correlation (it takes {min_agreement_heads()})"
         return "cannot be told: one ranking scores every head alike"
     size = abs(rho)
     if size < 0.1:
@@ -103,8 +103,11 @@ def headline(rows: list[dict], query: str, score: str) -> str:
     rhos = [row["spearman"] for row in rows if row["spearman"] is not None]
     models = len({row["model"] for row in rows})
     if not rhos:
-        most = max(row["n_heads"] for row in rows)
-        return f"Over {len(rows)} attribution run(s) of {models} model(s), whether where heads look ({score} on {query}) and what ablating them does agree {strength(None, most)}."
+        reasons = sorted({strength(None, row["n_heads"]) for row in rows})  # each run's own reason: few heads, or one tie
+        return (
+            f"Over {len(rows)} attribution run(s) of {models} model(s), whether where heads look ({score} on {query}) and what ablating them does agree "
+            f"{'; '.join(reasons) if len(reasons) == 1 else 'cannot be told: ' + '; '.join(reason.removeprefix('cannot be told: ') for reason in reasons)}."
+        )
     median = statistics.median(rhos)
     spread = f" (from {min(rhos):.2f} to {max(rhos):.2f})" if len(rhos) > 1 else ""
     sentence = (

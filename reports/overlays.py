@@ -141,7 +141,9 @@ class SampleFigure:
         row_inches = self.panel_inches * height / width + 0.45  # the panel and its two-line title
         figure = Figure(figsize=(self.panel_inches * columns * 1.3, caption_inches + rows * row_inches), dpi=self.dpi, layout="constrained")
         figure.suptitle("\n".join(caption), x=0.01, ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
-        colour_map = colormaps[COLOUR_MAP].with_extremes(bad=(*UNREAD_COLOUR, UNREAD_ALPHA))
+        # opaque here: the alpha per pixel below sets it (a bad colour's own alpha is multiplied by it where matplotlib
+        # resamples a map smaller than its panel: 0.85 × 0.85, a lighter grey)
+        colour_map = colormaps[COLOUR_MAP].with_extremes(bad=(*UNREAD_COLOUR, 1.0))
         grid = figure.add_gridspec(rows, columns)
         for index, panel in enumerate(self.panels):
             axes = figure.add_subplot(grid[index // columns, index % columns])

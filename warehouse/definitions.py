@@ -111,6 +111,18 @@ def head_score_names() -> tuple[str, ...]:
     return tuple(_evaluate("select head_score_names()")[0][0])
 
 
+@cache
+def patterns_interval() -> str:
+    """The label of a patterns attribution fit's intervals as drawn today, by the ``patterns_interval`` macro."""
+    return _evaluate("select patterns_interval()")[0][0]
+
+
+@cache
+def min_agreement_heads() -> int:
+    """The fewest heads two rankings must both score for a rank correlation, by the ``min_agreement_heads`` macro."""
+    return _evaluate("select min_agreement_heads()")[0][0]
+
+
 def _evaluate(sql: str, parameters: dict | None = None) -> list[tuple]:
     """Rows of ``sql`` in a fresh in-memory DuckDB with the definitions' macros."""
     connection = duckdb.connect(":memory:")

@@ -287,6 +287,8 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
                 skipped += [
                     {"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "sample": key, "no pictures because": reason} for key, reason in refused.items()
                 ]
+            if refused and not pictures:  # every sample refused: the table says why, no empty section
+                continue
             title = f"Where heads look: {run['model']} on {run['benchmark']} (run {run['run_id']}, first {n_samples} samples, query {query})"
             built.append(
                 Section(title, REPORT_DESCRIPTION.format(top=top) if not built else "", REPORT_SQL, pictures=pictures, empty_message="No sample of this run was answered.")

@@ -58,9 +58,9 @@ correlations as (
         n.n_heads,
         -- null below 5 heads (4 heads give rho in steps of 0.2 and tau in steps of 1/6: no figure to report), and,
         -- as tau-b is, where a ranking is one tie (DuckDB's corr gives NaN there)
-        case when n.n_heads >= 5 then (select case when var_pop(rank_a) > 0 and var_pop(rank_b) > 0 then corr(rank_a, rank_b) end from ranked) end as spearman,
+        case when n.n_heads >= min_agreement_heads() then (select case when var_pop(rank_a) > 0 and var_pop(rank_b) > 0 then corr(rank_a, rank_b) end from ranked) end as spearman,
         case
-            when n.n_heads >= 5 and (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
+            when n.n_heads >= min_agreement_heads() and (concordant + discordant + ties_a) * (concordant + discordant + ties_b) > 0
             then (concordant - discordant) / sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
         end as kendall_tau_b
     from pairs, counted as n

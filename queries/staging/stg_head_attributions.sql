@@ -18,9 +18,9 @@ select
     -- (--refit draws them again): written before the bootstrap resampled the samples too (interval null), they were
     -- conditional on the samples, about half as wide as they should be; the bootstrap's percentiles ('patterns and
     -- samples') covered 83% at 5 samples, 91% at 16
-    case when f.method = 'patterns' and f.interval is distinct from 't over patterns and samples' then null else a.std_error end as std_error,
-    case when f.method = 'patterns' and f.interval is distinct from 't over patterns and samples' then null else a.ci_low end as ci_low,
-    case when f.method = 'patterns' and f.interval is distinct from 't over patterns and samples' then null else a.ci_high end as ci_high,
+    case when f.method = 'patterns' and f.interval is distinct from patterns_interval() then null else a.std_error end as std_error,
+    case when f.method = 'patterns' and f.interval is distinct from patterns_interval() then null else a.ci_low end as ci_low,
+    case when f.method = 'patterns' and f.interval is distinct from patterns_interval() then null else a.ci_high end as ci_high,
     row_number() over (partition by a.run_id order by a.score desc nulls last, a.layer, a.head) as rank,
     f.method,
     f.ablation,

@@ -143,7 +143,6 @@ def test_show_reads_its_rows_whatever_scheduler_dask_is_configured_with(hostile_
 def test_a_sample_whose_layout_is_refused_is_left_out_of_the_samples_page_with_its_reason(hostile_warehouse, extract_run, monkeypatch):
     """The report's Samples page draws the run's other samples and lists the refused one (issue 47: layouts placed
     in coarse steps are refused); before, one refused sample left the whole run without pictures."""
-    from attnwh.core.errors import ModelError
     from attnwh.extract import regions
     from attnwh.face.pictures import report_sections
     from attnwh.queries.library import open_session
@@ -154,7 +153,7 @@ def test_a_sample_whose_layout_is_refused_is_left_out_of_the_samples_page_with_i
     def first_refused(loaded, size):
         calls.append(size)
         if len(calls) == 1:
-            raise ModelError("overlays are not drawn for this planted image")
+            raise regions.CoarseLayoutError("overlays are not drawn for this planted image")
         return real(loaded, size)
 
     monkeypatch.setattr(regions, "token_layout", first_refused)
@@ -168,3 +167,25 @@ def test_a_sample_whose_layout_is_refused_is_left_out_of_the_samples_page_with_i
     assert [(row["run_id"], row["sample"], row["no pictures because"]) for row in listed] == [
         (extract_run, first[0]["sample_key"], "overlays are not drawn for this planted image")
     ]
+
+
+def test_a_model_whose_layouts_cannot_be_drawn_is_one_row_not_one_per_sample(hostile_warehouse, extract_run, monkeypatch):
+    """A model without overlays (a family with no token mapping) is a reason of the run: one row under "runs without
+    pictures" and no section of its own. Since samples could be refused one by one, every sample was listed with the
+    run's reason, beside an empty section saying "No sample of this run was answered"."""
+    from attnwh.core.errors import ModelError
+    from attnwh.extract import regions
+    from attnwh.face.pictures import report_sections
+    from attnwh.queries.library import open_session
+    from attnwh.reports import flips
+
+    def unsupported(loaded, size):
+        raise ModelError("overlays are not supported for this planted model")
+
+    monkeypatch.setattr(regions, "token_layout", unsupported)
+    monkeypatch.setattr(flips, "sample_sections", lambda session, draw=None: [])
+    with open_session(hostile_warehouse) as session:
+        sections = report_sections(n_samples=2)(session)
+    assert not [section for section in sections if extract_run in section.title]
+    listed = next(section for section in sections if section.title == "Where heads look: runs without pictures").table
+    assert [(row["sample"], row["no pictures because"]) for row in listed if row["run_id"] == extract_run] == [(None, "overlays are not supported for this planted model")]

@@ -254,6 +254,28 @@ def test_regions_file_naming_unknown_samples_is_refused(toy_run, tmp_path):
     assert sorted(path.name for path in (warehouse / "runs").rglob("run=*")) == runs_before
 
 
+def test_a_name_holding_the_same_run_made_otherwise_is_refused(toy_run, tmp_path):
+    """The same name over the same source run with another regions file (or boxes found by another rule, as after
+    attnwh's rule for thin boxes changed) made a second derived run under the name, and the view held each source row
+    twice. Now refused in one line; the same command again resumes the run it made."""
+    warehouse, run_id = toy_run
+    known = reference_rows(warehouse, run_id)[0][1]
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(json.dumps({"sample_key": known, "boxes": [[0, 0, 4, 4]]}) + "\n")
+    second.write_text(json.dumps({"sample_key": known, "boxes": [[2, 2, 9, 9]]}) + "\n")
+    made = recompute(warehouse, RecomputeOptions(run_id, "region", "r", regions=first, command=["test"]))
+    again = recompute(warehouse, RecomputeOptions(run_id, "region", "r", regions=first, command=["test"]))
+    assert made.new_run and not again.new_run and again.run_id == made.run_id
+    runs_before = sorted(path.name for path in (warehouse / "runs").rglob("run=*"))
+    with pytest.raises(UsageError, match=f"--name r already holds run {run_id} made with other settings .*differing: parameters") as refused:
+        recompute(warehouse, RecomputeOptions(run_id, "region", "r", regions=second, command=["test"]))
+    assert "\n" not in str(refused.value)
+    assert sorted(path.name for path in (warehouse / "runs").rglob("run=*")) == runs_before
+    with open_session(warehouse) as session:
+        counts = session.query("select count(*) as n, count(distinct (sample_idx, query, layer, head)) as distinct_rows from r").to_pylist()[0]
+    assert counts["n"] == counts["distinct_rows"] > 0
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     coordinate=st.one_of(

@@ -66,6 +66,12 @@ def test_too_few_heads_are_said_to_be_too_few():
         "Over 1 attribution run(s) of 1 model(s), whether where heads look (image_sum on gen1) and what ablating them does agree cannot be told: "
         "only 4 head(s) are scored by both rankings, too few for a rank correlation (it takes 5)."
     )
+    # two runs without a correlation, for different reasons: each said (the largest n_heads spoke for both)
+    tied = [*rows, {"model": "m", "n_heads": 12, "spearman": None, "jaccard_top5": None}]
+    assert headline(tied, "gen1", "image_sum") == (
+        "Over 2 attribution run(s) of 1 model(s), whether where heads look (image_sum on gen1) and what ablating them does agree cannot be told: "
+        "one ranking scores every head alike; only 4 head(s) are scored by both rankings, too few for a rank correlation (it takes 5)."
+    )
     rows.append({"model": "m", "n_heads": 32, "spearman": 0.45, "jaccard_top5": 0.25})
     assert headline(rows, "gen1", "image_sum") == (
         "Over 2 attribution run(s) of 1 model(s), where heads look (image_sum on gen1) and what ablating them does agree moderately: Spearman's rho 0.45 "

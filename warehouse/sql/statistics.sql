@@ -44,3 +44,10 @@ create or replace macro mcnemar_p(b, c) as
             from (select unnest(range(0, least(b, c) + 1)) as i)
         ))
     end;
+
+-- how a patterns attribution fit's intervals are drawn today (attribution_fits.interval, written by attnwh attribute):
+-- stg_head_attributions hides the intervals of fits labelled otherwise (older constructions that under-covered)
+create or replace macro patterns_interval() as 't over patterns and samples';
+
+-- the fewest heads two rankings must both score for ranking_agreement's rank correlations (null below)
+create or replace macro min_agreement_heads() as 5;
