@@ -310,18 +310,17 @@ class Catalog:
             and all(self._file_metadata.get(path, {}).get(META_DEFINITIONS.decode()) == version for table in GEN_ROLLUP_TABLES for path in tables[table])
         )
         self._on_demand.update({f"rolled_up_{table}": partial(self._define_rolled_up, table, gen_rolled) for table in GEN_ROLLUP_TABLES})
-        stale = [path for run_id, tables in self._run_files.items() if run_id not in gen_rolled for path in tables["gen_metrics"]]
-        if stale:
-            relation = self._with_every_column(self.connection.read_parquet(stale, union_by_name=True), TABLES["gen_metrics"])
+        self._define_not_rolled_up("gen_metrics", gen_rolled)
+        self._define_not_rolled_up("head_metrics", rolled)
+
+    def _define_not_rolled_up(self, table: str, rolled: list[str]) -> None:
+        """``<table>_not_rolled_up``: the rows of ``table`` of every run not in ``rolled`` (staging recomputes their sums)."""
+        files = [path for run_id, tables in self._run_files.items() if run_id not in rolled for path in tables[table]]
+        if files:
+            relation = self._with_every_column(self.connection.read_parquet(files, union_by_name=True), TABLES[table])
         else:
-            relation = self._arrow_relation(TABLES["gen_metrics"].empty_table())
-        relation.create_view("gen_metrics_not_rolled_up", replace=True)
-        others = [path for run_id, tables in self._run_files.items() if run_id not in rolled for path in tables["head_metrics"]]
-        if others:
-            relation = self._with_every_column(self.connection.read_parquet(others, union_by_name=True), TABLES["head_metrics"])
-        else:
-            relation = self._arrow_relation(TABLES["head_metrics"].empty_table())
-        relation.create_view("head_metrics_not_rolled_up", replace=True)
+            relation = self._arrow_relation(TABLES[table].empty_table())
+        relation.create_view(f"{table}_not_rolled_up", replace=True)
 
     def _define_rolled_up(self, table: str, rolled: list[str]) -> None:
         """``rolled_up_<table>``: the ``head_scores`` / ``head_ranks`` rows of the rolled-up runs, a run of
