@@ -127,7 +127,7 @@ def token_layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
     tokens: an image whose red and green channels are the pixel's x and y (8 bits: a 640-pixel side to ±1.3 px)
     and whose blue channel is full goes through the processor; padding the processor adds has a darker blue.
 
-    Refused (``ModelError``) where a coordinate step is more than ``COARSEST_STEP`` of the smallest token cell along a
+    Refused (``CoarseLayoutError``) where a coordinate step is more than ``COARSEST_STEP`` of the smallest token cell along a
     side (LLaVA-1.5 on an image more than 4.25 times as wide as high): the cells would be misplaced by a step or more."""
     layout = _layout(loaded, size)
     _check_steps(layout)
@@ -150,7 +150,7 @@ def _check_steps(layout: TokenLayout) -> None:
 
 
 def _layout(loaded: LoadedModel, size: tuple[int, int]) -> TokenLayout:
-    """``token_layout`` without refusing coarse steps (a thin region box's centre needs no more than its cell)."""
+    """``token_layout`` before its check of the coordinate steps."""
     width, height = size
     xs = np.rint(255 * (np.arange(width) + 0.5) / width).astype(np.uint8)
     ys = np.rint(255 * (np.arange(height) + 0.5) / height).astype(np.uint8)

@@ -315,7 +315,7 @@ def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: 
     if not keys:
         return []
     rows = sample_rows(session, run_id, keys, query)
-    images = images_of(rows, refused={} if refused is None else refused)
+    images = images_of(rows, refused=refused)
     scores, recorded = ranked_scores(session, run_id, DEFAULT_SCORE, query)
     ranked = list(scores)
     contrast = random.Random(run_id).choice(ranked[top:]) if len(ranked) > top else None

@@ -80,6 +80,10 @@ shape_check as (
 ),
 grid as (
     select unnest([1, 5, 10, 20, 50, 100, 200]) as k
+),
+top_k as (  -- the heads in both top-k sets
+    select g.k, (select count(*) from ranked where place_a <= g.k and place_b <= g.k) as shared
+    from grid as g
 )
 select
     $run_a as run_a,
@@ -96,9 +100,9 @@ select
     c.n_heads,
     c.spearman,
     c.kendall_tau_b,
-    g.k,
-    (select count(*) from ranked where place_a <= g.k and place_b <= g.k) as shared,
-    (select count(*) from ranked where place_a <= g.k and place_b <= g.k) / (2 * g.k - (select count(*) from ranked where place_a <= g.k and place_b <= g.k)) as jaccard
-from grid as g, correlations as c, shape_check as s
-where g.k <= c.n_heads and (s.refused is null or error(s.refused) is null)
-order by g.k
+    t.k,
+    t.shared,
+    t.shared / (2 * t.k - t.shared) as jaccard
+from top_k as t, correlations as c, shape_check as s
+where t.k <= c.n_heads and (s.refused is null or error(s.refused) is null)
+order by t.k
