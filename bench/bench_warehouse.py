@@ -9,6 +9,7 @@ the full report build. Prints a table and writes JSON.
     python bench/bench_warehouse.py --samples 2000 --out bench/results-warehouse.json
     python bench/bench_warehouse.py --samples 10000 30000 100000 --out bench/results-warehouse-100m.json   # 10 M → 100 M rows
     python bench/bench_warehouse.py --s3 --out bench/results-warehouse-s3.json   # the same warehouse on a local S3 emulator
+    python bench/bench_warehouse.py --stale --samples 10000 --out bench/results-warehouse-stale.json   # rollups of older definitions
 
 With ``--s3`` the warehouse is built twice through the commit protocol, into a local folder and into
 ``s3://`` on moto's S3 server (started on 127.0.0.1), and every mart is timed on both, side by side
@@ -296,6 +297,44 @@ def measure_s3(scratch: Path, samples: int, args) -> dict:
     }
 
 
+def measure_stale(root: Path, scratch: Path, samples: int, args) -> dict:
+    """Every mart over a run whose committed rollups are of other definitions (as after an upgrade that changed
+    definitions.sql): recomputed from its rows by every session (the local cache off) against summed from its rows
+    once and read from the local cache (on), rounds alternating in one run; and the first session's cost."""
+    import os
+
+    from attnwh.warehouse import definitions
+
+    started = time.perf_counter()
+    run_id, n_rows = build(root, samples, args.layers, args.heads, args.part_size)
+    print(f"built {n_rows:,} head_metrics rows in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    current = definitions.definitions_sql()
+    definitions.definitions_sql = lambda: current + "\n-- a later version of the definitions (the same formulas)\n"
+    cache = str(scratch / "object-cache")
+    os.environ["ATTNWH_OBJECT_CACHE"] = cache
+    started = time.perf_counter()
+    with open_session(root) as session:
+        run_mart(session, "visual_heads", {})
+    first_s = time.perf_counter() - started
+    print(f"first session (the run's sums computed from its rows and kept), visual_heads: {first_s:.2f} s", file=sys.stderr)
+    timings: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
+    for _ in range(args.repeats):
+        for setting in ("off", "on"):
+            os.environ["ATTNWH_OBJECT_CACHE"] = "off" if setting == "off" else cache
+            for name, seconds in time_marts(root, run_id, 1).items():
+                timings[setting].setdefault(name, []).append(seconds)
+    medians = {setting: {name: statistics.median(values) for name, values in found.items()} for setting, found in timings.items()}
+    print(f"\n{'mart':<22}{'from rows':>10}{'kept':>9}{'ratio':>8}  ({n_rows:,} rows of other definitions; first session {first_s:.2f} s)")
+    for name in medians["off"]:
+        print(f"{name:<22}{medians['off'][name]:>10.3f}{medians['on'][name]:>9.3f}{medians['off'][name] / medians['on'][name]:>8.2f}")
+    return {
+        "head_metrics_rows": n_rows,
+        "from_rows_seconds": medians["off"],  # every session recomputes the run's sums from its rows (cache off)
+        "kept_seconds": medians["on"],  # the sums computed once from the rows, read from the local cache
+        "first_session_seconds": first_s,  # visual_heads in the session that computes and keeps them
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, nargs="+", default=[10_000], help="one warehouse per size, built and timed in turn")
@@ -306,6 +345,9 @@ def main() -> int:
     parser.add_argument("--warehouse", type=Path, default=None, help="build here (default: a temp folder; one size only)")
     parser.add_argument("--out", type=Path, default=Path("bench/results-warehouse.json"))
     parser.add_argument("--s3", action="store_true", help="time every mart on a local folder and on a local S3 emulator, side by side")
+    parser.add_argument(
+        "--stale", action="store_true", help="rollups of other definitions: every mart recomputed from the rows (cache off) against computed once and kept, side by side"
+    )
     args = parser.parse_args()
     if args.warehouse is not None and len(args.samples) > 1:
         parser.error("--warehouse takes one --samples size")
@@ -316,8 +358,9 @@ def main() -> int:
     for samples in args.samples:
         with tempfile.TemporaryDirectory(prefix="attnwh-bench-") as scratch:
             root = args.warehouse or Path(scratch) / "wh"
-            sizes.append(measure_s3(Path(scratch), samples, args) if args.s3 else measure(root, Path(scratch), samples, args))
-    if len(sizes) > 1:
+            measured = measure_s3 if args.s3 else measure_stale if args.stale else measure
+            sizes.append(measured(Path(scratch), samples, args) if args.s3 else measured(root, Path(scratch), samples, args))
+    if len(sizes) > 1 and not args.stale:
         names = list(sizes[0]["marts_seconds"])
         print(f"\n{'what':<22}" + "".join(f"{size['head_metrics_rows'] / 1e6:>9.0f}M" for size in sizes))
         for name in names:

@@ -43,12 +43,12 @@ DESCRIPTIONS = {
     "attribution_fits": "one row per attribution run: method, ablation, target, fit, and the fit's held-out R² and rank correlation",
     "definitions_info": "the version of the definitions (head scores, concentration, stages) this session computes with",
     "rolled_up_runs": "the runs whose head_scores / head_ranks rollups were all built from the current definitions",
-    "head_metrics_not_rolled_up": "the head_metrics rows of every run not in rolled_up_runs (staging recomputes their sums from them)",
-    "rolled_up_head_scores": "the head_scores rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
-    "rolled_up_head_ranks": "the head_ranks rollups of the runs in rolled_up_runs (each run's parts added up once, kept on this machine)",
-    "gen_metrics_not_rolled_up": "the gen_metrics rows of every run whose gen_scores / gen_head_scores rollups are not all current (staging recomputes their sums from them)",
-    "rolled_up_gen_scores": "the gen_scores rollups of the runs whose long-answer rollups are all current (each run's parts added up once, kept on this machine)",
-    "rolled_up_gen_head_scores": "the gen_head_scores rollups of the runs whose long-answer rollups are all current (each run's parts added up once, kept on this machine)",
+    "head_metrics_not_rolled_up": "the head_metrics rows of every run not in rolled_up_runs when the local cache is off (staging recomputes their sums from them; with it on, the first session sums them up once)",
+    "rolled_up_head_scores": "the head_scores rollups: of the runs in rolled_up_runs each run's parts added up once, of the others (with the local cache on) computed from their rows once, kept on this machine",
+    "rolled_up_head_ranks": "the head_ranks rollups: of the runs in rolled_up_runs each run's parts added up once, of the others (with the local cache on) computed from their rows once, kept on this machine",
+    "gen_metrics_not_rolled_up": "the gen_metrics rows of every run whose gen_scores / gen_head_scores rollups are not all current, when the local cache is off (staging recomputes their sums from them)",
+    "rolled_up_gen_scores": "the gen_scores rollups: of the runs whose long-answer rollups are all current each run's parts added up once, of the others (with the local cache on) computed from their rows once, kept on this machine",
+    "rolled_up_gen_head_scores": "the gen_head_scores rollups: of the runs whose long-answer rollups are all current each run's parts added up once, of the others (with the local cache on) computed from their rows once, kept on this machine",
 }
 
 

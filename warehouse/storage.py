@@ -191,6 +191,7 @@ def object_cache() -> Path | None:
     Only what cannot change is kept: the tails of committed files, by the sha256 their commit record
     holds; commit records and manifests, by their key and ETag (an overwritten record has another ETag); each
     run's footer metadata, by its files' hashes; and each run's rollups added up over its parts, by the parts'
+    hashes and the definitions, or computed from its rows where its rollups are of other definitions, by the rows'
     hashes and the definitions (any warehouse, local ones too). Removing the folder at any time is safe."""
     from attnwh.core.home import attnwh_home
 

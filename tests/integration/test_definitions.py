@@ -154,3 +154,56 @@ def test_a_run_of_many_parts_is_added_up_once_then_read_from_the_local_cache(war
     storage.keep_content(cache, summary.name, b"not parquet")
     means, _ = answers()
     assert means == pytest.approx(flat(expected))
+
+
+def test_a_run_of_other_definitions_is_summed_from_its_rows_once_then_read_from_the_local_cache(warehouse, edited, monkeypatch, tmp_path):
+    """After a definitions change a run's committed rollups are of the old formula: the first session sums its
+    head_metrics rows with the new one and keeps that on this machine (by the rows' hashes and the definitions), later
+    sessions read it instead of the rows; with the cache off every session recomputes from the rows. Every answer is
+    plain Python's with the new formula."""
+    root, run_id = warehouse
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", str(cache))
+    expected = by_python(root, run_id)
+
+    def answers() -> tuple[dict, dict, int]:
+        with open_session(root) as session:
+            attention = run_mart(session, "head_attention").to_pylist()
+            visual = run_mart(session, "visual_heads", {"k": "3"}).to_pylist()
+            (recomputed,) = session.query("select count(*) from head_metrics_not_rolled_up").column(0).to_pylist()
+        means = {(r["layer"], r["head"], name): r[f"mean_{name}"] for r in attention if r["query"] == "gen1" for name in ("concentration", "concentration_x_sum")}
+        return means, {(r["layer"], r["head"]): (r["mean_score"], r["detection_score"]) for r in visual}, recomputed
+
+    for session in ("sums the rows", "reads the cache"):
+        means, visual, from_rows = answers()
+        assert means == pytest.approx(flat(expected)), session
+        assert {key: value[0] for key, value in visual.items()} == pytest.approx({key: value[1] for key, value in expected.items()}), session
+        assert {key: value[1] for key, value in visual.items()} == {key: value[2] for key, value in expected.items()}, session
+        assert from_rows == 0, session  # no row is left for staging to recompute from
+        assert sorted(path.name.split("-")[1] for path in cache.rglob("recomputed-*")) == ["head_ranks", "head_scores"], session
+        assert not list(cache.rglob("rollup-*")), session  # the old rollups are not added up
+
+    # later sessions really read the kept table: one altered (a valid table) shows in the answers ...
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    (summary,) = cache.rglob("recomputed-head_scores-*")
+    table = pq.read_table(pa.BufferReader(storage.cached_content(cache, summary.name)))
+    altered = pa.BufferOutputStream()
+    doubled = pc.if_else(pc.equal(table["score"], "concentration"), pc.multiply(table["total"], 2.0), table["total"])
+    pq.write_table(table.set_column(table.schema.get_field_index("total"), "total", doubled), altered)
+    storage.keep_content(cache, summary.name, altered.getvalue().to_pybytes())
+    means, _, _ = answers()
+    assert means == pytest.approx(flat(expected, doubled="concentration"))
+    # ... under these definitions only: another version sums the rows again (and does not take the altered table)
+    edited_sql = definitions.definitions_sql()
+    monkeypatch.setattr(definitions, "definitions_sql", lambda: edited_sql + "\n-- another version, the same formulas\n")
+    means, _, from_rows = answers()
+    assert means == pytest.approx(flat(expected)) and from_rows == 0
+    assert len(list(cache.rglob("recomputed-head_scores-*"))) == 2
+    # ... and with the cache off, every session recomputes from the rows
+    monkeypatch.setenv("ATTNWH_OBJECT_CACHE", "off")
+    means, _, from_rows = answers()
+    assert means == pytest.approx(flat(expected))
+    with open_session(root) as session:
+        assert from_rows == session.query("select count(*) from head_metrics").column(0)[0].as_py() > 0

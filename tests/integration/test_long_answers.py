@@ -289,8 +289,8 @@ def test_hallucination_heads_compares_words_at_the_same_steps(tmp_path):
 @pytest.mark.parametrize("stale", [(), (1,)], ids=["current", "one part stale"])
 def test_a_run_of_many_parts_gives_the_rows_of_one_part(tmp_path, monkeypatch, stale):
     """The long-answer rollups of a run of many parts, added up once and kept on this machine (then read from there), or
-    recomputed from the rows when a part's are of other definitions: the marts' rows equal those of the same answers in
-    one part (whose rows the tests above check by hand)."""
+    recomputed from the rows when a part's are of other definitions (once, then kept; every session with the cache off):
+    the marts' rows equal those of the same answers in one part (whose rows the tests above check by hand)."""
     one = _write(tmp_path / "one", stale=False, answers=HALLUCINATING, objects={})
     many = _write(tmp_path / "many", stale=set(stale), answers=HALLUCINATING, objects={}, part_size=2)
     cache = tmp_path / "cache"
@@ -315,7 +315,9 @@ def test_a_run_of_many_parts_gives_the_rows_of_one_part(tmp_path, monkeypatch, s
     for _ in range(2):  # added up and kept, then read from the cache
         same(marts(many), expected)
     kept = sorted(path.name.split("-")[1] for path in cache.rglob("rollup-gen*"))
-    assert kept == ([] if stale else ["gen_head_scores", "gen_scores"])  # a stale run is recomputed, not kept
+    assert kept == ([] if stale else ["gen_head_scores", "gen_scores"])  # a stale run's parts are not added up ...
+    recomputed = sorted(path.name.split("-")[1] for path in cache.rglob("recomputed-gen*"))
+    assert recomputed == (["gen_head_scores", "gen_scores"] if stale else [])  # ... but summed from its rows once and kept
     monkeypatch.setenv("ATTNWH_OBJECT_CACHE", "off")
     same(marts(many), expected)
 
