@@ -14,7 +14,7 @@ import pyarrow as pa
 from attnwh.core.errors import UsageError
 from attnwh.extract.models import load_config, resolve_source, revision
 from attnwh.extract.part_tables import write_parquet
-from attnwh.extract.toy.default import DEFAULT_MODEL, model_location
+from attnwh.extract.toy.default import model_label, model_location
 from attnwh.warehouse import parts
 from attnwh.warehouse.head_files import check_format, parse_heads
 from attnwh.warehouse.layout import open_warehouse
@@ -50,7 +50,7 @@ def import_heads(warehouse_path: Path | str | None, options: ImportOptions) -> I
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {options.file}: {getattr(exc, 'strerror', None) or exc}") from exc
-    label = options.model or DEFAULT_MODEL
+    label = model_label(options.model)
     source = resolve_source(model_location(options.model))
     config, model_spec = load_config(source)
     info = model_spec.info

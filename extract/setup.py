@@ -20,7 +20,7 @@ from attnwh.extract.discovery import ModelSpec
 from attnwh.extract.models import ModelSource, load_config, resolve_device, resolve_dtype, resolve_source, revision
 from attnwh.extract.prompts import PromptFormat, get_format
 from attnwh.extract.regions import REGION_RULE
-from attnwh.extract.toy.default import DEFAULT_BENCHMARK, DEFAULT_MODEL, model_location
+from attnwh.extract.toy.default import DEFAULT_BENCHMARK, model_label, model_location
 from attnwh.warehouse.runs import environment_info
 
 MAX_NEW_TOKENS = 4096  # the most tokens attnwh generates per answer: LLaVA-1.5's whole context, 8× AMBER's 512
@@ -65,7 +65,7 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
     if not samples:
         raise UsageError("the benchmark selection has no samples")
     samples = [replace(sample, parser=benchmark.parser_for(prompt_style, sample.parser)) for sample in samples]  # the style's parser (POPE: the study reads the first word)
-    model_label = options.model or DEFAULT_MODEL
+    label = model_label(options.model)
     source = resolve_source(model_location(options.model))
     config, model_spec = load_config(source)
     prompt_format = get_format(options.prompt_format)
@@ -76,7 +76,7 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
     dtype = resolve_dtype(options.dtype, device, config)
     max_new_tokens = options.max_new_tokens or benchmark.max_new_tokens
     spec = {
-        "model": model_label,
+        "model": label,
         "model_revision": revision(source, config),
         "dtype": str(dtype).removeprefix("torch."),
         "prompt_format": prompt_format.name,
@@ -95,7 +95,7 @@ def prepare_run(options, local_rank: int | None = None) -> RunSetup:
         spec["image_markers"] = list(model_spec.image_marker_ids)
     details = {"model_location": source.location, "model_info": model_spec.info, "device": str(device), "command": options.command, "environment": environment_info()}
     template = benchmark.template_for(prompt_style)
-    return RunSetup(benchmark, split, data, samples, model_label, source, config, model_spec, prompt_format, template, device, dtype, max_new_tokens, spec, details)
+    return RunSetup(benchmark, split, data, samples, label, source, config, model_spec, prompt_format, template, device, dtype, max_new_tokens, spec, details)
 
 
 def check_parsers_unchanged(run, table: str, samples: list[Sample]) -> None:

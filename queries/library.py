@@ -57,6 +57,7 @@ class Mart:
     columns: dict[str, str]
     parameters: dict[str, Any]
     tests: dict[str, Any]
+    when_empty: str | None = None  # what `attnwh query` says when the answer has no rows ({parameter} filled in)
 
 
 def _package_files():
@@ -84,6 +85,7 @@ def marts() -> dict[str, Mart]:
             columns=sidecar.get("columns") or {},
             parameters=_resolved(sidecar.get("parameters") or {}),
             tests=sidecar.get("tests") or {},
+            when_empty=sidecar.get("when_empty"),
         )
     return found
 
@@ -117,7 +119,7 @@ def get_mart(name: str) -> Mart:
     if name not in found:
         import difflib
 
-        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.5)
+        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise UsageError(f"unknown query {name!r}; {hint}see `attnwh query --list`")
     return found[name]
@@ -175,6 +177,8 @@ def check_runs_named(session: Catalog, name: str, given: dict[str, str]) -> None
     found = session.query("select run_id, kind from stg_runs where run_id in (select unnest($ids))", {"ids": list(named.values())}).to_pylist()
     kinds = {row["run_id"]: row["kind"] for row in found}
     for key, value in named.items():
+        if value not in kinds and value in session.left_out:
+            raise UsageError(f"--param {key}={value}: run {value!r} is damaged and left out of every view ({session.left_out[value]}); see `attnwh verify`")
         if value not in kinds:
             raise UsageError(f"--param {key}={value}: no run {value!r} in the warehouse (`attnwh runs` lists them)")
         # a run of another kind holds none of the rows the query reads: it would answer with no rows

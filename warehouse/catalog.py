@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from attnwh.core.errors import SqlError, WarehouseError, first_line
+from attnwh.core.errors import SqlError, SqlRefused, WarehouseError, first_line
 from attnwh.warehouse import parts, storage
 from attnwh.warehouse.definitions import define_macros, definitions_version
 from attnwh.warehouse.derived import define_derived_views, derived_view_claims
@@ -59,10 +59,13 @@ def sql_errors(streamed: bool = False) -> Iterator[None]:
         raise
 
 
-def sql_error(exc: BaseException) -> SqlError:
+def sql_error(exc: BaseException) -> SqlError | SqlRefused:
     """One line for a statement DuckDB could not run; a failure that is not the statement's (reading a file's
-    bytes) says that a committed file may be damaged, since DuckDB names no file and ``verify`` finds it."""
+    bytes) says that a committed file may be damaged, since DuckDB names no file and ``verify`` finds it. A read of
+    a file outside the warehouse (which the locked session does not permit) is refused SQL, as a write is."""
     message = first_line(exc)
+    if isinstance(exc, duckdb.PermissionException):
+        return SqlRefused(f"only files inside the warehouse can be read: {message}")
     if isinstance(exc, duckdb.Error):
         from_a_file = type(exc) is duckdb.Error or isinstance(exc, _FILE_FAILURES) or (isinstance(exc, duckdb.InvalidInputException) and _DAMAGED_INPUT.search(message) is not None)
     elif isinstance(exc, OSError):
@@ -107,6 +110,7 @@ class Catalog:
         self.connection.execute("SET parquet_metadata_cache = true")
         self._keep_alive: list[pa.Table] = []
         self.warnings: list[str] = []  # damaged runs (left out of every view, or not resumable): callers must show them
+        self.left_out: dict[str, str] = {}  # run id -> why it is left out of every view (a command naming it says so)
         self._on_demand: dict[str, str | Callable[[], None]] = {}  # views defined when a query first names them
         self.descriptions: dict[str, str] = dict(DESCRIPTIONS)  # name -> one line, the comment of its table or view
         self._listed = False  # whether a statement listed the catalog (``list_everything``)
@@ -132,6 +136,11 @@ class Catalog:
         self._on_demand.update({view_name(table): self._raw_view(table, files[table]) for table in TABLES})
         self._define_derived_views(runs)
 
+    def _leave_out(self, run: RunPaths, problem: str) -> None:
+        run_id = run.root.name.removeprefix("run=")
+        self.left_out[run_id] = problem
+        self.warnings.append(f"run {run_id} left out: {problem}; see `attnwh verify`")
+
     def _define_readable_views(self, found_runs: list[RunPaths], runs: list, files: dict[str, list[str]]) -> None:
         """Fill ``runs`` and ``files`` with the sound runs and their committed files."""
         readable_runs: list[tuple[RunPaths, parts.ReadableRun, dict[str, list[str]]]] = []
@@ -140,7 +149,7 @@ class Catalog:
         readables = storage.concurrently([partial(_readable_or_problem, run) for run in found_runs])
         for run, readable in zip(found_runs, readables):
             if isinstance(readable, WarehouseError):
-                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {readable}; see `attnwh verify`")
+                self._leave_out(run, str(readable))
                 continue
             run = readable.paths  # with its listing: the plan's footer comes from the local cache
             # one stat (and one object-store path) per part, not per table: files are named by joining text
@@ -156,7 +165,7 @@ class Catalog:
         problems = self._table_file_problems([run_files for _, _, run_files in readable_runs])
         for (run, readable, run_files), problem in zip(readable_runs, problems):
             if problem is not None:
-                self.warnings.append(f"run {run.root.name.removeprefix('run=')} left out: {problem}; see `attnwh verify`")
+                self._leave_out(run, problem)
                 continue
             try:
                 unrecorded = [] if storage.is_object_store(run.root) else parts.unrecorded_parts(run)  # object stores publish nothing (verify lists them)

@@ -161,5 +161,6 @@ def attribute(
     if fitted.get("r2_heldout") is not None:
         quality = f"; held-out R² {fitted['r2_heldout']:.3f}, Spearman {fitted['spearman_heldout'] if fitted['spearman_heldout'] is not None else float('nan'):.3f}"
     alpha_text = f", alpha {fitted['alpha']:.3g}" if fitted.get("alpha") is not None else ""
-    typer.echo(f"attribution run {result.run_id} ({result.method}, {fitted.get('n_conditions')} condition(s), {fitted.get('n_samples')} sample(s){alpha_text}{quality})")
+    ablations = f"{fitted['n_conditions']} ablation(s) and the baseline, " if fitted.get("n_conditions") else ""  # gradient: none
+    typer.echo(f"attribution run {result.run_id} ({result.method}, {ablations}{fitted.get('n_samples')} sample(s){alpha_text}{quality})")
     typer.echo(f"mask by it: attnwh mask --ranking-run {result.run_id} ...; compare: attnwh query ranking_agreement -p run_a=RUN -p run_b={result.run_id}")

@@ -92,11 +92,18 @@ def query(
         key, separator, value = item.partition("=")
         if not separator or not key.strip():
             raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
+        if key.strip() in given and given[key.strip()] != value:
+            raise UsageError(f"--param {key.strip()} given twice ({given[key.strip()]!r} and {value!r}); give it once")
         given[key.strip()] = value
     with read_session(warehouse) as session:
         check_runs_named(session, name, given)
         table = run_mart(session, name, given)
     typer.echo(render(table, fmt))
+    hint = marts()[name].when_empty
+    if table.num_rows == 0 and hint:
+        from collections import defaultdict
+
+        warn([hint.format_map(defaultdict(lambda: "RUN", given))])
 
 
 @handles_errors

@@ -412,7 +412,7 @@ def toy_zoo(
 
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, got {limit}")
-    done = run_zoo(warehouse, limit, _names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn)
+    done = run_zoo(warehouse, limit, _names(k), seeds, device, on_step=lambda line: typer.echo(line, err=True), warn=warn, progress_bar=progress)
     for model, benchmark, extraction, mask in done:
         typer.echo(f"{model:<18} {benchmark:<19} extraction {extraction}  mask {mask or f'none ({ZOO_SAME_QUESTIONS[benchmark]} asks the same questions)'}")
 

@@ -8,6 +8,7 @@ imports none of them.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,15 +106,31 @@ ZOO_BENCHMARKS = {
 ZOO_SAME_QUESTIONS = {"toy-shapes-region": "toy-shapes-choice"}
 
 
+# a progress bar for one step of a workflow: (label, unit) -> a context that gives the step's ``on_progress``
+ProgressBar = Callable[[str, str], AbstractContextManager[ProgressCallback | None]]
+
+
+def _bar(progress_bar: ProgressBar | None, label: str, unit: str) -> AbstractContextManager[ProgressCallback | None]:
+    return progress_bar(label, unit) if progress_bar is not None else nullcontext(None)
+
+
 def toy_zoo(
-    warehouse: Path | str | None, limit: int, k: tuple[str, ...], seeds: int, device: str = "auto", on_step: Callable[[str], None] | None = None, warn: Warn | None = None
+    warehouse: Path | str | None,
+    limit: int,
+    k: tuple[str, ...],
+    seeds: int,
+    device: str = "auto",
+    on_step: Callable[[str], None] | None = None,
+    warn: Warn | None = None,
+    progress_bar: ProgressBar | None = None,
 ) -> list[tuple[str, str, str, str | None]]:
     """``attnwh toy zoo``: every shipped toy (three scales) on every toy benchmark (yes / no, colour
     choice, colour choice with the named shape's box as the region, and descriptions of the shapes, whose
     object words are counted against the scene): an extraction (the descriptions' at every generated token),
     then a masking sweep ranked by it (on the descriptions: CHAIR, Cover and Hal per condition); and the small toy's
     head attribution on the colour choices with a masking sweep ranked by it (``zoo_attribution``, its runs named
-    through ``on_step``). Returns (model, benchmark, extraction run, mask run) per pair; resumes."""
+    through ``on_step``; each step's progress through ``progress_bar``). Returns (model, benchmark, extraction run, mask
+    run) per pair; resumes."""
     from attnwh.extract.run import ExtractOptions, run_extract
     from attnwh.extract.toy.default import ZOO
 
@@ -124,17 +141,21 @@ def toy_zoo(
             swept = benchmark not in ZOO_SAME_QUESTIONS
             if on_step is not None:
                 on_step(f"{model} on {benchmark}: extract" + (", then mask" if swept else f" (no sweep: {ZOO_SAME_QUESTIONS.get(benchmark)}'s questions)"))
-            extraction = run_extract(warehouse, ExtractOptions(model=model, benchmark=benchmark, limit=limit, queries=queries, device=device, command=["attnwh", "toy", "zoo"]))
+            with _bar(progress_bar, "  extract", "samples") as on_progress:
+                options = ExtractOptions(model=model, benchmark=benchmark, limit=limit, queries=queries, device=device, command=["attnwh", "toy", "zoo"])
+                extraction = run_extract(warehouse, options, on_progress=on_progress)
             if not swept:
                 done.append((model, benchmark, extraction.run_id, None))
                 continue
-            mask, _ = mask_sweep(
-                warehouse,
-                MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
-                warn=warn,
-            )
+            with _bar(progress_bar, "  mask", "conditions") as on_progress:
+                mask, _ = mask_sweep(
+                    warehouse,
+                    MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=extraction.run_id, command=["attnwh", "toy", "zoo"]),
+                    on_progress=on_progress,
+                    warn=warn,
+                )
             done.append((model, benchmark, extraction.run_id, mask.run_id))
-    zoo_attribution(warehouse, ZOO[0], limit, k, seeds, device, on_step, warn)
+    zoo_attribution(warehouse, ZOO[0], limit, k, seeds, device, on_step, warn, progress_bar)
     return done
 
 
@@ -161,7 +182,15 @@ ZOO_ATTRIBUTION_BENCHMARK, ZOO_ATTRIBUTION_SAMPLES = "toy-shapes-choice", 64
 
 
 def zoo_attribution(
-    warehouse: Path | str | None, model: str, limit: int, k: tuple[str, ...], seeds: int, device: str, on_step: Callable[[str], None] | None, warn: Warn | None
+    warehouse: Path | str | None,
+    model: str,
+    limit: int,
+    k: tuple[str, ...],
+    seeds: int,
+    device: str,
+    on_step: Callable[[str], None] | None,
+    warn: Warn | None,
+    progress_bar: ProgressBar | None = None,
 ) -> tuple[str, str]:
     """Head attribution (patterns) of ``model`` on the zoo's attribution benchmark (its first samples, at most
     ``ZOO_ATTRIBUTION_SAMPLES``), and a mask sweep ranked by it over ``limit`` samples: (attribution run, mask run)."""
@@ -171,9 +200,11 @@ def zoo_attribution(
     samples = min(limit, ZOO_ATTRIBUTION_SAMPLES)
     if on_step is not None:
         on_step(f"{model} on {benchmark}: attribute (random ablation patterns, {samples} samples), then mask by it")
-    attribution = run_attribute(warehouse, prepare_attribute(AttributeOptions(model=model, benchmark=benchmark, limit=samples, device=device, command=command)))
+    with _bar(progress_bar, "  attribute", "conditions") as on_progress:
+        attribution = run_attribute(warehouse, prepare_attribute(AttributeOptions(model=model, benchmark=benchmark, limit=samples, device=device, command=command)), on_progress)
     options = MaskOptions(model=model, benchmark=benchmark, limit=limit, k=k, seeds=seeds, device=device, ranking_run=attribution.run_id, command=command)
-    mask, _ = mask_sweep(warehouse, options, warn=warn)
+    with _bar(progress_bar, "  mask", "conditions") as on_progress:
+        mask, _ = mask_sweep(warehouse, options, on_progress=on_progress, warn=warn)
     if on_step is not None:
         on_step(f"{model} on {benchmark}: attribution run {attribution.run_id}, mask run ranked by it {mask.run_id}")
     return attribution.run_id, mask.run_id

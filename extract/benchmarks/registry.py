@@ -81,7 +81,7 @@ def get_benchmark(name: str) -> Benchmark:
     _load_builtin()
     if name in BENCHMARKS:
         return BENCHMARKS[name]
-    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1, cutoff=0.6)  # 0.5 offered qbench for nosuch
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise BenchmarkError(f"unknown benchmark {name!r}; {hint}available: {', '.join(sorted(BENCHMARKS))}")
 

@@ -21,6 +21,14 @@ TOY_MODELS = {DEFAULT_MODEL: CHECKPOINT, "toy-llava-small": CHECKPOINT, "toy-lla
 ZOO = ("toy-llava-small", "toy-llava-medium", "toy-llava-large")
 
 
+def model_label(model: str | None) -> str:
+    """The model name a run records for ``--model``: a shipped toy by its zoo name (``toy-llava``, the default, is
+    ``toy-llava-small``: one model, one name in ``runs``, its ranking runs and the report), else the id or folder as given."""
+    if model is None or model == DEFAULT_MODEL:
+        return ZOO[0]
+    return model
+
+
 def default_model_folder(name: str = DEFAULT_MODEL) -> Path:
     """A shipped trained toy LLaVA (the small one unless ``name`` says another)."""
     folder = TOY_MODELS[name]

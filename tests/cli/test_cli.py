@@ -69,11 +69,17 @@ def test_sql_refusal_is_one_line(warehouse):
     assert result.output.strip().splitlines() == [
         "attnwh: error: only SELECT (with PIVOT / UNPIVOT, DESCRIBE, SUMMARIZE) and EXPLAIN statements run on the warehouse; this is COPY"
     ]
+    # a read outside the warehouse is refused SQL too (exit 2, as the README says), not a statement that failed (exit 1)
+    result = invoke("sql", "select * from read_csv('/etc/passwd')", "--warehouse", str(warehouse))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        'attnwh: error: only files inside the warehouse can be read: Permission Error: Cannot access file "/etc/passwd" - file system operations are disabled by configuration'
+    ]
 
 
 def test_runs_and_verify(warehouse):
     runs = json.loads(invoke("runs", "--warehouse", str(warehouse), "--format", "json").output)
-    assert [(r["model"], r["benchmark"], r["n_samples"], r["complete"]) for r in runs] == [("toy-llava", "toy-shapes", 20, True)]
+    assert [(r["model"], r["benchmark"], r["n_samples"], r["complete"]) for r in runs] == [("toy-llava-small", "toy-shapes", 20, True)]
     result = invoke("verify", "--warehouse", str(warehouse))
     assert result.exit_code == 0
     assert result.output == f"{runs[0]['run_id']}: ok (2 committed part(s))\n"
@@ -101,6 +107,7 @@ def test_report(warehouse, tmp_path):
     "args, message",
     [
         (["extract", "--benchmark", "toy-shape"], "unknown benchmark 'toy-shape'; did you mean 'toy-shapes'?"),
+        (["extract", "--benchmark", "nosuch"], "unknown benchmark 'nosuch'; available: amber-"),  # no far-fetched "did you mean 'qbench'?"
         (["extract", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["extract", "--queries", "prompt,gen9"], "unknown capture queries ['gen9']"),
         (["extract", "--queries", "gen,gen"], "capture queries repeat: gen, gen"),
@@ -128,6 +135,7 @@ def test_report(warehouse, tmp_path):
         (["heads", "export", "nosuchrun"], "no run 'nosuchrun' in the warehouse to export heads from"),
         (["query", "head_ranking", "--param", "run_id=nosuchrun"], "--param run_id=nosuchrun: no run 'nosuchrun' in the warehouse"),
         (["query", "visual_heads", "--param", "k=99999999999999999999"], "parameter k of visual_heads is out of range: 99999999999999999999"),
+        (["query", "visual_heads", "-p", "k=5", "-p", "k=6"], "--param k given twice ('5' and '6'); give it once"),
     ],
 )
 def test_user_errors_are_one_line(warehouse, args, message):
@@ -270,3 +278,35 @@ def test_a_named_query_given_a_run_of_another_kind_says_so(warehouse, tmp_path):
                 article = "an" if kind[0] in "aeiou" else "a"
                 expected = f"attnwh: error: --param {key}={run_id}: run {run_id!r} is {article} {kind} run; query {name} reads {' or '.join(kinds)} runs"
                 assert result.exit_code != 0 and lines == [expected], (name, key, result.output)
+
+
+def test_a_named_query_given_a_damaged_run_says_it_is_left_out(warehouse, tmp_path):
+    """A run left out of every view for damage was answered "no run ... in the warehouse", as if it never existed."""
+    copy = tmp_path / "wh"
+    shutil.copytree(warehouse, copy)
+    with open_session(copy) as session:
+        run_id = session.query("select run_id from runs where kind = 'extract'").column(0)[0].as_py()
+    (manifest,) = copy.rglob(f"run={run_id}/RUN.json")
+    manifest.write_text("{not json")
+    result = invoke("query", "head_ranking", "--param", f"run_id={run_id}", "--warehouse", str(copy))
+    assert result.exit_code == 2
+    error = [line for line in result.output.splitlines() if line.startswith("attnwh: error:")]
+    assert len(error) == 1 and error[0].startswith(f"attnwh: error: --param run_id={run_id}: run '{run_id}' is damaged and left out of every view ("), result.output
+    assert error[0].endswith("; see `attnwh verify`")
+
+
+def test_an_empty_sweep_table_says_where_the_rows_are(tmp_path):
+    """A mask sweep over descriptions has no accuracy: `attnwh query mask_sweep` answered (0 rows) and no word; it now
+    points at sweep_hallucination, which holds the run's conditions."""
+    warehouse = tmp_path / "wh"
+    common = ["--benchmark", "toy-shapes-caption", "--limit", "2", "--warehouse", str(warehouse)]
+    assert invoke("extract", *common, "--no-rows").exit_code == 0
+    swept = invoke("mask", *common, "--k", "0,1", "--strategy", "top", "--seeds", "1")
+    assert swept.exit_code == 0, swept.output
+    with open_session(warehouse) as session:
+        run_id = session.query("select run_id from runs where kind = 'mask'").column(0)[0].as_py()
+    empty = invoke("query", "mask_sweep", "-p", f"run_id={run_id}", "--format", "json", "--warehouse", str(warehouse))
+    assert empty.exit_code == 0
+    assert f"its conditions' CHAIR, Cover and Hal are in attnwh query sweep_hallucination -p run_id={run_id}" in empty.output
+    rows = json.loads(invoke("query", "sweep_hallucination", "-p", f"run_id={run_id}", "--format", "json", "--warehouse", str(warehouse)).output)
+    assert len(rows) == 2  # the baseline and k = 1

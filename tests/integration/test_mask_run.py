@@ -55,6 +55,20 @@ def test_sweep_resumes_without_work(swept):
     assert summary.num_rows == first.conditions_total
 
 
+def test_the_default_toy_and_its_zoo_name_are_one_model(swept):
+    """``toy-llava`` (the default) is ``toy-llava-small``: runs record the zoo's name, so a sweep naming either finds
+    the other's extraction to rank by and resumes the same run (before, the zoo's extraction of toy-llava-small could
+    not rank a default ``attnwh mask``, and the report showed the one model twice)."""
+    from dataclasses import replace
+
+    warehouse, options, first = swept
+    with open_session(warehouse) as session:
+        assert session.query("select distinct model from runs").column(0).to_pylist() == ["toy-llava-small"]
+    for name in ("toy-llava-small", "toy-llava"):
+        again, _ = mask_sweep(warehouse, replace(options, model=name))
+        assert (again.run_id, again.conditions_written) == (first.run_id, 0), name
+
+
 def test_mask_without_an_extraction_run_fails_clearly(tmp_path):
     with pytest.raises(UsageError, match="no complete extraction run of toy-llava"):
         mask_sweep(tmp_path / "empty", MaskOptions(limit=4, device="cpu", command=["test"]))
