@@ -64,7 +64,7 @@ def test_statements_that_do_more_than_read_are_refused(session, statement):
 )
 def test_files_outside_the_warehouse_cannot_be_read(session, statement):
     opened, tmp_path = session
-    with pytest.raises(SqlError):
+    with pytest.raises(SqlRefused, match="only files inside the warehouse can be read"):  # refused SQL (exit 2), as a write is
         opened.user_query(statement.format(tmp=tmp_path))
 
 
