@@ -177,9 +177,9 @@ def check_runs_named(session: Catalog, name: str, given: dict[str, str]) -> None
     found = session.query("select run_id, kind from stg_runs where run_id in (select unnest($ids))", {"ids": list(named.values())}).to_pylist()
     kinds = {row["run_id"]: row["kind"] for row in found}
     for key, value in named.items():
-        if value not in kinds and value in session.left_out:
-            raise UsageError(f"--param {key}={value}: run {value!r} is damaged and left out of every view ({session.left_out[value]}); see `attnwh verify`")
         if value not in kinds:
+            if value in session.left_out:
+                raise UsageError(f"--param {key}={value}: run {value!r} is damaged and left out of every view ({session.left_out[value]}); see `attnwh verify`")
             raise UsageError(f"--param {key}={value}: no run {value!r} in the warehouse (`attnwh runs` lists them)")
         # a run of another kind holds none of the rows the query reads: it would answer with no rows
         accepted = get_mart(name).parameters[key].get("kinds")

@@ -70,7 +70,7 @@ def query(
     import pyarrow as pa
 
     from attnwh.core.output import render
-    from attnwh.queries.library import check_runs_named, marts, run_mart
+    from attnwh.queries.library import check_runs_named, get_mart, marts, run_mart
 
     check_format(fmt)
     if list_:
@@ -90,17 +90,18 @@ def query(
     given = {}
     for item in param or []:
         key, separator, value = item.partition("=")
-        if not separator or not key.strip():
+        key = key.strip()
+        if not separator or not key:
             raise UsageError(f"--param takes KEY=VALUE, got {item!r}")
-        if key.strip() in given and given[key.strip()] != value:
-            raise UsageError(f"--param {key.strip()} given twice ({given[key.strip()]!r} and {value!r}); give it once")
-        given[key.strip()] = value
+        if given.get(key, value) != value:
+            raise UsageError(f"--param {key} given twice ({given[key]!r} and {value!r}); give it once")
+        given[key] = value
     with read_session(warehouse) as session:
         check_runs_named(session, name, given)
         table = run_mart(session, name, given)
     typer.echo(render(table, fmt))
-    hint = marts()[name].when_empty
-    if table.num_rows == 0 and hint:
+    # the sidecars are read again only for an empty answer (marts() parses every one)
+    if table.num_rows == 0 and (hint := get_mart(name).when_empty):
         from collections import defaultdict
 
         warn([hint.format_map(defaultdict(lambda: "RUN", given))])
