@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pyarrow as pa
 import yaml
 
 from attnwh.core.errors import UsageError
+from attnwh.core.registry import did_you_mean
 from attnwh.warehouse.catalog import Catalog
 from attnwh.warehouse.definitions import head_score_names
 from attnwh.warehouse.layout import open_warehouse
@@ -70,6 +73,12 @@ def staging_sql() -> list[tuple[str, str]]:
 
 
 def marts() -> dict[str, Mart]:
+    """Every mart of the package, by name (a new dict of the same frozen marts: the sidecars are parsed once)."""
+    return dict(_parsed_marts())
+
+
+@cache
+def _parsed_marts() -> MappingProxyType[str, Mart]:
     folder = _package_files() / "marts"
     found = {}
     for entry in sorted(folder.iterdir(), key=lambda item: item.name):
@@ -87,7 +96,7 @@ def marts() -> dict[str, Mart]:
             tests=sidecar.get("tests") or {},
             when_empty=sidecar.get("when_empty"),
         )
-    return found
+    return MappingProxyType(found)
 
 
 # what a sidecar may name instead of listing choices: lists the definitions own, read from them
@@ -117,11 +126,7 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
 def get_mart(name: str) -> Mart:
     found = marts()
     if name not in found:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(found), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UsageError(f"unknown query {name!r}; {hint}see `attnwh query --list`")
+        raise UsageError(f"unknown query {name!r}; {did_you_mean(name, found)}see `attnwh query --list`")
     return found[name]
 
 

@@ -126,27 +126,24 @@ class SampleFigure:
         return [self.heading, f"Q: {self.question}", f"A: {self.answer}   (gold: {self.gold}; {self.verdict()})", *self.notes, *unread]
 
     def figure(self):
-        """A matplotlib figure (Agg: no display needed). Constrained layout keeps every colour bar, its ticks and its
-        label inside the figure; the ticks are in scientific notation (attention per token is about 1e-3)."""
+        """A matplotlib figure (Agg: no display needed), laid out in inches (``_Layout``): every colour bar, its ticks and
+        its label inside the figure; the numbers are scaled by a power of ten (attention per token is about 1e-3)."""
         from matplotlib import colormaps
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
-        from matplotlib.ticker import ScalarFormatter
 
         columns = max(1, min(self.columns, len(self.panels)))
-        rows = -(-len(self.panels) // columns)
         width, height = self.image.size
         caption = [textwrap.fill(line, width=max(40, int(30 * columns))) for line in self.caption_lines()]
-        caption_inches = 0.2 * sum(line.count("\n") + 1 for line in caption) + 0.15
-        row_inches = self.panel_inches * height / width + 0.45  # the panel and its two-line title
-        figure = Figure(figsize=(self.panel_inches * columns * 1.3, caption_inches + rows * row_inches), dpi=self.dpi, layout="constrained")
-        figure.suptitle("\n".join(caption), x=0.01, ha="left", fontsize=9, parse_math=False, color=self._verdict_colour())
+        lines = sum(line.count("\n") + 1 for line in caption), max(panel.title.count("\n") + 1 for panel in self.panels)
+        layout = _Layout(self.panel_inches, height / width, columns, len(self.panels), *lines)
+        figure = Figure(figsize=layout.size, dpi=self.dpi)
+        figure.suptitle("\n".join(caption), x=0.01, y=layout.caption_top, ha="left", va="top", fontsize=9, parse_math=False, color=self._verdict_colour())
         # opaque here: the alpha per pixel below sets it (a bad colour's own alpha is multiplied by it where matplotlib
         # resamples a map smaller than its panel: 0.85 × 0.85, a lighter grey)
         colour_map = colormaps[COLOUR_MAP].with_extremes(bad=(*UNREAD_COLOUR, 1.0))
-        grid = figure.add_gridspec(rows, columns)
         for index, panel in enumerate(self.panels):
-            axes = figure.add_subplot(grid[index // columns, index % columns])
+            axes = figure.add_axes(layout.panel(index))
             axes.imshow(self.image, extent=(0, width, height, 0), interpolation="bilinear")
             values = np.ma.masked_invalid(panel.values)
             # the map's alpha per pixel: a scalar alpha would also make the unread grey as transparent as the map
@@ -157,11 +154,9 @@ class SampleFigure:
             axes.set_title(panel.title, fontsize=8, parse_math=False)
             axes.set_xticks([])
             axes.set_yticks([])
-            formatter = ScalarFormatter(useMathText=True)
-            formatter.set_powerlimits((-2, 3))
-            bar = figure.colorbar(shown, ax=axes, fraction=0.046, pad=0.03, format=formatter)
+            bar = figure.colorbar(shown, cax=figure.add_axes(layout.bar(index)), format=_per_token_formatter())
             bar.ax.tick_params(labelsize=6)
-            bar.ax.yaxis.get_offset_text().set_fontsize(6)
+            bar.ax.yaxis.get_offset_text().set_fontsize(7)  # its superscripts are small
             bar.set_label("attention per token", fontsize=6)
         return figure
 
@@ -170,6 +165,14 @@ class SampleFigure:
 
     def png(self) -> bytes:
         return self._save("png")
+
+    def rgb(self) -> Image.Image:
+        """The figure's pixels as drawn for ``png()``, without encoding them."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        canvas = FigureCanvasAgg(self.figure())
+        canvas.draw()
+        return Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB")
 
     def svg(self) -> bytes:
         return self._save("svg")
@@ -204,6 +207,89 @@ class SampleFigure:
         return self.png()
 
 
+_SUPERSCRIPT = str.maketrans("-0123456789", "\N{SUPERSCRIPT MINUS}⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _per_token_formatter():
+    """A colour bar's numbers: plain, scaled by a power of ten written ×10⁻³ above the bar beyond 1e-2 .. 1e3. Plain
+    text, not matplotlib's math text, which parsed every number again (a third of a picture's time)."""
+    from matplotlib.ticker import ScalarFormatter
+
+    class PerToken(ScalarFormatter):
+        def get_offset(self) -> str:
+            return "×10" + str(self.orderOfMagnitude).translate(_SUPERSCRIPT) if len(self.locs) and self.orderOfMagnitude else ""
+
+    formatter = PerToken(useOffset=False, useMathText=False)
+    formatter.set_powerlimits((-2, 3))
+    return formatter
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a figure's caption, panels and colour bars lie, in inches. Fixed sizes, not a layout engine: matplotlib's
+    constrained layout measured every tick label again on each draw, half of a picture's time. A row is the panels'
+    titles (8 pt) above the panels; right of each panel its colour bar, 0.7 of the panel's height, and room for the
+    bar's numbers and label (6 pt: at most five characters, as ``ScalarFormatter`` writes them with an offset); the
+    caption (9 pt) above the rows."""
+
+    panel_inches: float
+    aspect: float  # the image's height / width: the panels keep it
+    columns: int
+    panels: int
+    caption_lines: int
+    title_lines: int
+
+    MARGIN = 0.06  # left of each panel
+    ROW_GAP = 0.1  # below each row: half a bar's lowest number may reach below it
+    BAR_PAD = 0.24  # the bar's offset text (×10⁻³) starts left of the bar: clear of the panel
+    BAR_WIDTH = 0.1
+    BAR_TEXT = 0.5  # tick marks, numbers and the label right of a bar
+    BAR_SHARE = 0.7  # of the panel's height, centred on it
+    BAR_LEAST = 0.95  # inches: its label's length, and a little (a wide image's bar reaches below its panel)
+
+    @property
+    def cell(self) -> tuple[float, float]:
+        width = max(1.3 * self.panel_inches, self.MARGIN + self.panel_inches + self.BAR_PAD + self.BAR_WIDTH + self.BAR_TEXT)
+        return width, self.title_inches + max(self.panel_inches * self.aspect, self.bar_inches) + self.ROW_GAP
+
+    @property
+    def bar_inches(self) -> float:
+        return max(self.BAR_SHARE * self.panel_inches * self.aspect, self.BAR_LEAST)
+
+    @property
+    def title_inches(self) -> float:
+        return 0.14 * self.title_lines + 0.12
+
+    @property
+    def caption_inches(self) -> float:
+        return 0.16 * self.caption_lines + 0.15
+
+    @property
+    def size(self) -> tuple[float, float]:
+        width, height = self.cell
+        return width * self.columns, self.caption_inches + height * -(-self.panels // self.columns)
+
+    @property
+    def caption_top(self) -> float:
+        return 1 - 0.05 / self.size[1]
+
+    def panel(self, index: int) -> tuple[float, float, float, float]:
+        """Panel ``index``'s axes as (left, bottom, width, height), fractions of the figure."""
+        (cell_width, cell_height), (width, height) = self.cell, self.size
+        left = (index % self.columns) * cell_width + self.MARGIN
+        top = self.caption_inches + (index // self.columns) * cell_height + self.title_inches
+        panel_height = self.panel_inches * self.aspect
+        return left / width, 1 - (top + panel_height) / height, self.panel_inches / width, panel_height / height
+
+    def bar(self, index: int) -> tuple[float, float, float, float]:
+        """Panel ``index``'s colour bar as (left, bottom, width, height), fractions of the figure."""
+        left, bottom, panel_width, panel_height = self.panel(index)
+        width, height = self.size
+        bar_height = self.bar_inches / height
+        top = bottom + panel_height - max(0.0, panel_height - bar_height) / 2  # centred, or from the panel's top down
+        return left + panel_width + self.BAR_PAD / width, top - bar_height, self.BAR_WIDTH / width, bar_height
+
+
 def png_data_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
@@ -212,6 +298,5 @@ def thumbnail_data_uri(figure: SampleFigure, quality: int = 70) -> str:
     """The figure as a compressed JPEG data URI (a fifth of the PNG's bytes for heat maps over photographs), for
     pages that inline many pictures."""
     buffer = io.BytesIO()
-    with Image.open(io.BytesIO(figure.png())) as picture:
-        picture.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=True)
+    figure.rgb().save(buffer, format="JPEG", quality=quality, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -10,7 +10,6 @@ what was expected.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from attnwh.core.errors import BenchmarkError
-from attnwh.core.registry import register
+from attnwh.core.registry import did_you_mean, register
 from attnwh.extract.benchmarks.objects import ObjectAnnotation
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels of the original image
@@ -81,9 +80,7 @@ def get_benchmark(name: str) -> Benchmark:
     _load_builtin()
     if name in BENCHMARKS:
         return BENCHMARKS[name]
-    close = difflib.get_close_matches(name, list(BENCHMARKS), n=1, cutoff=0.6)  # 0.5 offered qbench for nosuch
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise BenchmarkError(f"unknown benchmark {name!r}; {hint}available: {', '.join(sorted(BENCHMARKS))}")
+    raise BenchmarkError(f"unknown benchmark {name!r}; {did_you_mean(name, BENCHMARKS)}available: {', '.join(sorted(BENCHMARKS))}")
 
 
 def all_benchmarks() -> list[Benchmark]:
