@@ -10,7 +10,7 @@ processor and the family's mapping (``regions.token_layout``, on a model built w
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,28 @@ class SampleImage:
     image: Image.Image  # RGB, as the run read it
     boxes: tuple[Box, ...]  # the benchmark's regions (PointQA), in pixels of the image
     layout: Any  # regions.TokenLayout
+
+
+@dataclass
+class SampleSources:
+    """The benchmarks' samples and the models' geometry that drawing samples reads, kept for one call that draws many
+    runs of a few benchmarks and models (the report's Samples page: loading the processor again for each run was a
+    tenth of the report's time). Made by that call and handed down; never shared between calls."""
+
+    samples: dict[tuple[str, str, str | None], dict[str, Any]] = field(default_factory=dict)
+    geometries: dict[str, Any] = field(default_factory=dict)
+
+    def samples_of(self, spec: Mapping[str, Any], data: Path | str | None) -> dict[str, Any]:
+        key = (spec["benchmark"], str(data or spec.get("data")), spec.get("split"))
+        if key not in self.samples:
+            self.samples[key] = run_samples(spec, data)
+        return self.samples[key]
+
+    def geometry_of(self, spec: Mapping[str, Any], model: str | None):
+        key = model or spec["model"]
+        if key not in self.geometries:
+            self.geometries[key] = run_geometry(spec, model)
+        return self.geometries[key]
 
 
 def run_samples(spec: Mapping[str, Any], data: Path | str | None = None) -> dict[str, Any]:
@@ -64,17 +86,24 @@ def read_image(sample) -> Image.Image:
 
 
 def sample_images(
-    spec: Mapping[str, Any], stored: Sequence[StoredSample], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None
+    spec: Mapping[str, Any],
+    stored: Sequence[StoredSample],
+    data: Path | None = None,
+    model: str | None = None,
+    refused: dict[str, str] | None = None,
+    sources: SampleSources | None = None,
 ) -> dict[str, SampleImage]:
     """Each stored sample's image and token layout (``spec``: the run's RUN.json spec; ``data`` / ``model``: where
     the benchmark's files or the model moved since the run). A sample whose layout is too coarse to draw
     (``CoarseLayoutError``) raises, or with ``refused`` is left out and its reason put there by key; a model whose
-    layouts cannot be drawn at all raises either way (the run has no pictures)."""
+    layouts cannot be drawn at all raises either way (the run has no pictures). ``sources``: what an earlier call of
+    the same caller loaded."""
     from attnwh.extract.part_tables import image_sha256
     from attnwh.extract.regions import CoarseLayoutError, token_layout
 
-    samples = run_samples(spec, data)
-    loaded = run_geometry(spec, model)
+    sources = sources if sources is not None else SampleSources()
+    samples = sources.samples_of(spec, data)
+    loaded = sources.geometry_of(spec, model)
     found = {}
     for entry in stored:
         sample = samples.get(entry.key)

@@ -123,13 +123,13 @@ def sample_rows(session, run_id: str, samples: Sequence[str], query: str) -> lis
     return result
 
 
-def images_of(rows: Sequence[SampleRows], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None) -> dict[str, Any]:
+def images_of(rows: Sequence[SampleRows], data: Path | None = None, model: str | None = None, refused: dict[str, str] | None = None, sources=None) -> dict[str, Any]:
     """Each sample's image and token layout (``extract.sample_images``; ``refused``: where samples whose layout
-    cannot be drawn are left, with the reason, instead of raising)."""
+    cannot be drawn are left, with the reason, instead of raising; ``sources``: a ``SampleSources`` of the caller's)."""
     from attnwh.extract.sample_images import StoredSample, sample_images
 
     stored = [StoredSample(row.sample["sample_key"], row.sample["image_sha256"], row.sample["n_image"]) for row in rows]
-    return sample_images(rows[0].spec, stored, data, model, refused) if rows else {}
+    return sample_images(rows[0].spec, stored, data, model, refused, sources) if rows else {}
 
 
 def display_size(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
@@ -269,17 +269,19 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
 
     def sections(session) -> list:
         from attnwh.core.errors import AttnwhError
+        from attnwh.extract.sample_images import SampleSources
         from attnwh.reports import flips
         from attnwh.reports.page import Section
 
         if n_samples < 1:
             return flips.sample_sections(session)
+        sources = SampleSources()  # each benchmark and model loaded once for the page
         runs = session.query("select run_id, model, benchmark from runs where kind = 'extract' order by model, benchmark, created, run_id").to_pylist()
         built, skipped = [], []
         for run in runs:
             refused: dict[str, str] = {}
             try:
-                pictures = run_pictures(session, run, n_samples, top, query, refused)
+                pictures = run_pictures(session, run, n_samples, top, query, refused, sources)
             except AttnwhError as exc:
                 skipped.append({"model": run["model"], "benchmark": run["benchmark"], "run_id": run["run_id"], "sample": None, "no pictures because": str(exc)})
                 continue
@@ -295,14 +297,14 @@ def report_sections(n_samples: int = REPORT_SAMPLES, top: int = REPORT_TOP, quer
             )
         if skipped:
             built.append(Section("Where heads look: runs without pictures", "Extraction runs (or their samples) that cannot be drawn, and why.", REPORT_SQL, table=skipped))
-        return built + flips.sample_sections(session, flip_drawer(session, query))
+        return built + flips.sample_sections(session, flip_drawer(session, query, sources))
 
     return sections
 
 
-def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: str, refused: dict[str, str] | None = None) -> list:
+def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: str, refused: dict[str, str] | None = None, sources=None) -> list:
     """Thumbnails of a run's first samples: its top heads and a random other head (seeded by the run's id). A sample
-    whose layout cannot be drawn is left out, its reason put in ``refused`` by key."""
+    whose layout cannot be drawn is left out, its reason put in ``refused`` by key; ``sources``: a ``SampleSources``."""
     import random
 
     from attnwh.queries.rankings import ranked_scores
@@ -315,7 +317,7 @@ def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: 
     if not keys:
         return []
     rows = sample_rows(session, run_id, keys, query)
-    images = images_of(rows, refused=refused)
+    images = images_of(rows, refused=refused, sources=sources)
     scores, recorded = ranked_scores(session, run_id, DEFAULT_SCORE, query)
     ranked = list(scores)
     contrast = random.Random(run_id).choice(ranked[top:]) if len(ranked) > top else None
@@ -338,9 +340,10 @@ def run_pictures(session, run: dict[str, Any], n_samples: int, top: int, query: 
 FLIP_PICTURE_HEADS = 4  # masked heads drawn over a flipped sample (the condition's best-ranked first)
 
 
-def flip_drawer(session, query: str):
+def flip_drawer(session, query: str, sources=None):
     """``reports.flips.DrawFlip``: the masked heads over a flipped sample, from the ranking run's rows; None where
-    that run kept no rows or has not the sample (the Samples page's table says enough); each sample drawn once."""
+    that run kept no rows or has not the sample (the Samples page's table says enough); each sample drawn once
+    (``sources``: a ``SampleSources``)."""
     from attnwh.core.errors import AttnwhError
 
     drawn: dict[tuple[str, str, str], Any] = {}
@@ -349,7 +352,7 @@ def flip_drawer(session, query: str):
         key = (flip["ranking_run_id"], flip["sample_key"], what)
         if key not in drawn:
             try:
-                drawn[key] = _flip_picture(session, flip, what, query)
+                drawn[key] = _flip_picture(session, flip, what, query, sources)
             except AttnwhError:
                 drawn[key] = None
         return drawn[key]
@@ -357,7 +360,7 @@ def flip_drawer(session, query: str):
     return draw
 
 
-def _flip_picture(session, flip: dict[str, Any], what: str, query: str):
+def _flip_picture(session, flip: dict[str, Any], what: str, query: str, sources=None):
     """The masked heads over the flipped sample's image, from the ranking run's rows."""
     from attnwh.queries.rankings import ranked_scores
     from attnwh.reports.overlays import thumbnail_data_uri
@@ -365,7 +368,7 @@ def _flip_picture(session, flip: dict[str, Any], what: str, query: str):
 
     ranking_run = flip["ranking_run_id"]
     rows = sample_rows(session, ranking_run, [flip["sample_key"]], query)[0]
-    picture = images_of([rows])[rows.sample["sample_key"]]
+    picture = images_of([rows], sources=sources)[rows.sample["sample_key"]]
     scores, recorded = ranked_scores(session, ranking_run, DEFAULT_SCORE, query)
     order = {head: rank for rank, head in enumerate(scores)}
     heads = sorted(((head["layer"], head["head"]) for head in flip["heads"]), key=lambda head: order.get(head, len(order)))[:FLIP_PICTURE_HEADS]
