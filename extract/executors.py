@@ -286,15 +286,18 @@ def dask_client(scheduler: Scheduler, threads_per_worker: int = 1) -> Iterator[A
     except ImportError as exc:  # pragma: no cover  (a dependency)
         raise UsageError("--scheduler other than local needs the distributed package (pip install distributed)") from exc
     cluster = None
+    # never the process's default scheduler: attnwh hands its work to this client, and a default set by a client that
+    # then failed to connect stayed set (every later .compute() in a notebook failed: "no Client active")
+    own = {"set_as_default": False}
     try:
         if scheduler.kind == "cluster":
             with dask.config.set(WORKER_CONFIG):
                 cluster = LocalCluster(n_workers=scheduler.workers, threads_per_worker=threads_per_worker, processes=True, host="127.0.0.1", dashboard_address=":0")
-            client = Client(cluster)
+            client = Client(cluster, **own)
         elif scheduler.kind == "file":
-            client = Client(scheduler_file=scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
+            client = Client(scheduler_file=scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"), **own)
         else:
-            client = Client(scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"))
+            client = Client(scheduler.address, timeout=os.environ.get(TIMEOUT_ENV, "20s"), **own)
     except Exception as exc:  # noqa: BLE001  (distributed fails on bad addresses with AssertionError, TypeError, KeyError, ...)
         if cluster is not None:
             cluster.close()
@@ -371,7 +374,7 @@ def sweep_on_dask(scheduler: Scheduler, threads_per_worker: int, run, conditions
         if on_progress:
             on_progress(0, len(conditions))
         done = 0
-        for future in as_completed(list(futures)):
+        for future in as_completed(list(futures), loop=client.loop):  # the client is not the default one
             report = future.result()
             written += report.written
             reports.append(report)

@@ -220,7 +220,7 @@ def _recompute_on_dask(scheduler, options: RecomputeOptions, run: Run, tasks: di
     with dask_client(scheduler, options.threads_per_worker) as client:
         result.dashboard = client.dashboard_link
         futures = [client.submit(recompute_part_task, task, part_id, key=f"attnwh-{run.run_id}-{part_id}", pure=False) for part_id, task in tasks.items()]
-        for count, future in enumerate(as_completed(futures), start=1):
+        for count, future in enumerate(as_completed(futures, loop=client.loop), start=1):  # the client is not the default one
             written, rows = future.result()
             result.parts_written += written
             result.rows_written += rows

@@ -183,7 +183,7 @@ def _extract_on_dask(scheduler, options: ExtractOptions, run: Run, plan: Plan, p
         done = 0
         if on_progress:
             on_progress(0, total)
-        for future in as_completed(futures):
+        for future in as_completed(futures, loop=client.loop):  # the client is not the default one
             written, samples, errors, first_error = future.result()
             result.parts_written += written
             result.samples_written += samples

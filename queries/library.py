@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -73,8 +73,9 @@ def staging_sql() -> list[tuple[str, str]]:
 
 
 def marts() -> dict[str, Mart]:
-    """Every mart of the package, by name (a new dict of the same frozen marts: the sidecars are parsed once)."""
-    return dict(_parsed_marts())
+    """Every mart of the package, by name. The sidecars are parsed once; the choices they take from the definitions
+    (``choices: head_score_names``) are read from them on each call."""
+    return {name: replace(mart, parameters=_resolved(mart.parameters)) for name, mart in _parsed_marts().items()}
 
 
 @cache
@@ -92,7 +93,7 @@ def _parsed_marts() -> MappingProxyType[str, Mart]:
             description=sidecar["description"],
             grain=sidecar["grain"],
             columns=sidecar.get("columns") or {},
-            parameters=_resolved(sidecar.get("parameters") or {}),
+            parameters=sidecar.get("parameters") or {},
             tests=sidecar.get("tests") or {},
             when_empty=sidecar.get("when_empty"),
         )

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import pytest
 
 from attnwh.core.errors import UsageError
@@ -79,8 +80,12 @@ def test_bad_schedulers_are_one_clear_line(capsys, tmp_path, monkeypatch):
         parse_scheduler(None)
     monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
     monkeypatch.setenv("ATTNWH_DASK_CONNECT_TIMEOUT", "1s")
+    configured = dask.config.get("scheduler", None)
     code, _, err = run_cli(capsys, "extract", *ARGS, "--scheduler", "tcp://127.0.0.1:9", "--warehouse", str(tmp_path / "wh"))
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("attnwh: error: cannot reach the Dask scheduler at tcp://127.0.0.1:9")
+    # the process's dask configuration is the caller's (a notebook's): the client that never connected named itself
+    # the default scheduler, and every later .compute() in the process failed ("no Client active")
+    assert dask.config.get("scheduler", None) == configured
     assert not list((tmp_path / "wh").glob("runs/**/RUN.json"))  # refused before any run was created
     assert run_cli(capsys, "extract", "--limit", "4", "--no-rows", "--warehouse", str(tmp_path / "wh"))[0] == 0  # what mask ranks heads by
     before = sorted(path.parent.name for path in (tmp_path / "wh").glob("runs/**/RUN.json"))

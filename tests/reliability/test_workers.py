@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import dask
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -194,11 +195,15 @@ def test_a_scheduler_file_holding_garbage_is_one_line_naming_it(tmp_path, monkey
     monkeypatch.setenv("ATTNWH_DASK_CONNECT_TIMEOUT", "1s")
     path = tmp_path / "scheduler.json"
     path.write_bytes(content)
+    configured = dask.config.get("scheduler", None)
     with pytest.raises(UsageError) as raised:
         with executors.dask_client(parse_scheduler(str(path))):
             pass
     text = str(raised.value)
     assert len(text.splitlines()) == 1 and str(path) in text
+    # the process's dask configuration stays the caller's: the client that never connected had named itself the
+    # default scheduler, and every later .compute() in the process failed ("no Client active")
+    assert dask.config.get("scheduler", None) == configured
 
 
 @pytest.mark.parametrize("content", [b'{"x":1}', b"not json at all", bytes(range(256)), b"[1, 2]", b'{"address": 5}'])
