@@ -135,7 +135,7 @@ class SampleFigure:
         columns = max(1, min(self.columns, len(self.panels)))
         width, height = self.image.size
         caption = [textwrap.fill(line, width=max(40, int(30 * columns))) for line in self.caption_lines()]
-        lines = sum(line.count("\n") + 1 for line in caption), max(panel.title.count("\n") + 1 for panel in self.panels)
+        lines = sum(line.count("\n") + 1 for line in caption), max((panel.title.count("\n") + 1 for panel in self.panels), default=1)
         layout = _Layout(self.panel_inches, height / width, columns, len(self.panels), *lines)
         figure = Figure(figsize=layout.size, dpi=self.dpi)
         figure.suptitle("\n".join(caption), x=0.01, y=layout.caption_top, ha="left", va="top", fontsize=9, parse_math=False, color=self._verdict_colour())
