@@ -75,7 +75,7 @@ def staging_sql() -> list[tuple[str, str]]:
 def marts() -> dict[str, Mart]:
     """Every mart of the package, by name. The sidecars are parsed once; the choices they take from the definitions
     (``choices: head_score_names``) are read from them on each call."""
-    return {name: replace(mart, parameters=_resolved(mart.parameters)) for name, mart in _parsed_marts().items()}
+    return {name: _with_choices(mart) for name, mart in _parsed_marts().items()}
 
 
 @cache
@@ -104,6 +104,10 @@ def _parsed_marts() -> MappingProxyType[str, Mart]:
 _NAMED_CHOICES = {"head_score_names": head_score_names}
 
 
+def _with_choices(mart: Mart) -> Mart:
+    return replace(mart, parameters=_resolved(mart.parameters))
+
+
 def _resolved(parameters: dict[str, Any]) -> dict[str, Any]:
     """Parameters with ``choices: head_score_names`` (a name of the definitions' lists) replaced by the list itself."""
     return {name: {**spec, "choices": list(_NAMED_CHOICES[spec["choices"]]())} if isinstance(spec.get("choices"), str) else spec for name, spec in parameters.items()}
@@ -125,10 +129,10 @@ def open_session(warehouse_path: Path | str | None) -> Catalog:
 
 
 def get_mart(name: str) -> Mart:
-    found = marts()
+    found = _parsed_marts()
     if name not in found:
         raise UsageError(f"unknown query {name!r}; {did_you_mean(name, found)}see `attnwh query --list`")
-    return found[name]
+    return _with_choices(found[name])  # the one mart asked for, not every mart resolved
 
 
 _CASTS = {"string": str, "int": int, "float": float}
